@@ -1,0 +1,248 @@
+//! Who is the caller? Authenticators turn a [`Credential`] into a [`UserInfo`].
+//!
+//! Authentication is a pure function of the credential:
+//! [`Authenticator::authenticate`] answers `Ok(Some(identity))` when the
+//! credential is its own and valid, `Ok(None)` when it is not its kind of
+//! credential (the next authenticator is asked), and `Err` when it is its own
+//! and bad, or its backend is unreachable. A [`Chain`] asks each in order.
+
+mod static_token;
+mod x509;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use http::StatusCode;
+
+pub use static_token::{StaticTokenError, StaticTokens};
+pub use x509::ClientCertificates;
+
+use crate::credential::Credential;
+use crate::impersonate::{ImpersonationHeaders, InvalidIdentity};
+use crate::status::{Reason, Status};
+
+/// The identity of an authenticated user, as Kubernetes models it
+/// (`authentication.k8s.io/v1` `UserInfo`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserInfo {
+    /// The user name; never empty for an authenticated user.
+    pub username: String,
+    /// A unique, stable identifier, when the identity source has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Group names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Additional attributes, keyed by a lower-case name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// An authenticated user together with its impersonation headers, which are
+/// built once and reused for every request of that user.
+#[derive(Debug)]
+pub struct Identity {
+    user: UserInfo,
+    headers: OnceLock<Result<ImpersonationHeaders, InvalidIdentity>>,
+}
+
+impl Identity {
+    /// Wraps a user for sharing between requests.
+    pub fn new(user: UserInfo) -> Arc<Identity> {
+        Arc::new(Identity {
+            user,
+            headers: OnceLock::new(),
+        })
+    }
+
+    /// The user.
+    pub fn user(&self) -> &UserInfo {
+        &self.user
+    }
+
+    /// The `Impersonate-*` headers for this user, built on first use.
+    ///
+    /// Fails when a value could not be carried in a header unchanged (control
+    /// characters, CR/LF, surrounding blanks, an empty user name).
+    pub fn impersonation_headers(&self) -> Result<&ImpersonationHeaders, &InvalidIdentity> {
+        self.headers
+            .get_or_init(|| ImpersonationHeaders::for_user(&self.user))
+            .as_ref()
+    }
+}
+
+/// Why a credential did not authenticate anyone.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthnError {
+    /// The credential belongs to this authenticator but is not valid. The
+    /// reason is for logs and must not contain the credential.
+    #[error("invalid credential: {0}")]
+    Invalid(String),
+    /// Too many failed attempts; the caller should retry after this many seconds.
+    #[error("too many failed attempts, retry after {retry_after_secs}s")]
+    TooManyAttempts {
+        /// Seconds to wait.
+        retry_after_secs: u64,
+    },
+    /// The identity backend (IdP, directory) cannot be reached.
+    #[error("{backend} is unavailable: {reason}")]
+    Unavailable {
+        /// Which backend, for the caller's message.
+        backend: String,
+        /// What went wrong (no secrets).
+        reason: String,
+    },
+}
+
+impl AuthnError {
+    /// The Status the caller sees for this error. Invalid credentials all look
+    /// alike to the caller ("Unauthorized"), as in kube-apiserver.
+    pub fn to_status(&self) -> Status {
+        match self {
+            AuthnError::Invalid(_) => Status::unauthorized(),
+            AuthnError::TooManyAttempts { retry_after_secs } => Status::failure(
+                StatusCode::TOO_MANY_REQUESTS,
+                Reason::TooManyRequests,
+                format!("too many failed login attempts, retry after {retry_after_secs}s"),
+            ),
+            AuthnError::Unavailable { backend, .. } => Status::failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::ServiceUnavailable,
+                format!("authentication backend {backend} is unavailable, try again later"),
+            ),
+        }
+    }
+}
+
+/// The future an [`Authenticator`] returns.
+pub type AuthnFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Arc<Identity>>, AuthnError>> + Send + 'a>>;
+
+/// Something that can tell who presented a credential.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Authenticates `credential`: `Ok(Some)` when it is valid and this
+    /// authenticator's, `Ok(None)` when it is not this authenticator's kind,
+    /// `Err` when it is this authenticator's and bad, or the backend is down.
+    fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a>;
+
+    /// Whether the authenticator is ready to answer (keys loaded, backend seen).
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    /// A short name for logs and metrics.
+    fn name(&self) -> &str;
+}
+
+/// Authenticators asked in order; the first that claims the credential decides.
+#[derive(Clone)]
+pub struct Chain {
+    authenticators: Arc<[Arc<dyn Authenticator>]>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.authenticators.iter().map(|a| a.name()))
+            .finish()
+    }
+}
+
+impl Chain {
+    /// A chain of `authenticators`, asked in this order.
+    pub fn new(authenticators: Vec<Arc<dyn Authenticator>>) -> Self {
+        Chain {
+            authenticators: authenticators.into(),
+        }
+    }
+
+    /// Authenticates with the first authenticator that claims the credential.
+    pub async fn authenticate(
+        &self,
+        credential: &Credential,
+    ) -> Result<Option<Arc<Identity>>, AuthnError> {
+        for authenticator in self.authenticators.iter() {
+            if let Some(identity) = authenticator.authenticate(credential).await? {
+                return Ok(Some(identity));
+            }
+        }
+        Ok(None)
+    }
+
+    /// True when every authenticator is ready.
+    pub fn is_ready(&self) -> bool {
+        self.authenticators.iter().all(|a| a.is_ready())
+    }
+}
+
+impl Authenticator for Chain {
+    fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a> {
+        Box::pin(Chain::authenticate(self, credential))
+    }
+
+    fn is_ready(&self) -> bool {
+        Chain::is_ready(self)
+    }
+
+    fn name(&self) -> &str {
+        "chain"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::Secret;
+
+    struct Fixed(Option<&'static str>, bool);
+    impl Authenticator for Fixed {
+        fn authenticate<'a>(&'a self, _c: &'a Credential) -> AuthnFuture<'a> {
+            Box::pin(async move {
+                if self.1 {
+                    return Err(AuthnError::Invalid("bad".into()));
+                }
+                Ok(self.0.map(|u| {
+                    Identity::new(UserInfo {
+                        username: u.into(),
+                        ..Default::default()
+                    })
+                }))
+            })
+        }
+        fn name(&self) -> &str {
+            "fixed"
+        }
+    }
+
+    fn bearer() -> Credential {
+        Credential::Bearer(Secret::new("t"))
+    }
+
+    #[tokio::test]
+    async fn first_claiming_authenticator_decides() {
+        let chain = Chain::new(vec![
+            Arc::new(Fixed(None, false)),
+            Arc::new(Fixed(Some("second"), false)),
+            Arc::new(Fixed(Some("third"), false)),
+        ]);
+        let id = chain.authenticate(&bearer()).await.unwrap().unwrap();
+        assert_eq!(id.user().username, "second");
+    }
+
+    #[tokio::test]
+    async fn error_stops_the_chain() {
+        let chain = Chain::new(vec![
+            Arc::new(Fixed(None, true)),
+            Arc::new(Fixed(Some("never"), false)),
+        ]);
+        assert!(chain.authenticate(&bearer()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn nobody_claims_gives_none() {
+        let chain = Chain::new(vec![Arc::new(Fixed(None, false))]);
+        assert!(chain.authenticate(&bearer()).await.unwrap().is_none());
+    }
+}

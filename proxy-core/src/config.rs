@@ -1,0 +1,321 @@
+//! Configuration shared by library users and the `authproxy` binary: which
+//! authenticators run, and how the API server is reached.
+//!
+//! Types deserialize from YAML/JSON with camelCase keys and refuse unknown
+//! fields. [`AuthenticationConfig::validate`] and [`UpstreamConfig::validate`]
+//! report every problem with its path (`upstream.caFile`), so one run of
+//! `authproxy check-config` shows them all. Relative paths are resolved
+//! against a base directory (the config file's).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::authn::{Authenticator, Chain, ClientCertificates, StaticTokens};
+use crate::kubeconfig::Kubeconfig;
+use crate::tls;
+use crate::upstream::{UpstreamCredential, UpstreamOptions};
+
+/// Where the in-cluster service-account files live.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// One problem in a configuration, with the path of the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the field (`upstream.tokenFile`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+fn check_readable(problems: &mut Vec<Problem>, field: &str, path: &Path) {
+    if let Err(e) = std::fs::metadata(path) {
+        problems.push(problem(
+            field,
+            format!("cannot read {}: {e}", path.display()),
+        ));
+    }
+}
+
+/// Which authenticators run, in this order: client certificates, static tokens.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthenticationConfig {
+    /// Accept TLS client certificates verified by the listener (CN → user, O → groups).
+    #[serde(default)]
+    pub client_certificates: bool,
+    /// Static bearer tokens from a kube `--token-auth-file` CSV.
+    pub static_tokens: Option<StaticTokensConfig>,
+}
+
+/// Static token file settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StaticTokensConfig {
+    /// The CSV file (`token,user,uid,"group1,group2"`).
+    pub file: PathBuf,
+    /// How often the file is re-read (default 1s).
+    #[serde(default, with = "humantime_serde")]
+    pub reload_interval: Option<Duration>,
+}
+
+/// A problem building authenticators or the upstream from a valid-looking config.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct BuildError {
+    /// The field whose value could not be used.
+    pub field: String,
+    /// Why.
+    pub message: String,
+}
+
+impl AuthenticationConfig {
+    /// Every problem in the section, `prefix` being its path.
+    pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Some(st) = &self.static_tokens {
+            let field = format!("{prefix}.staticTokens.file");
+            let path = resolve(base, &st.file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    if let Err(e) = StaticTokens::from_csv(&text, &path.display().to_string()) {
+                        problems.push(problem(field, e.to_string()));
+                    }
+                }
+                Err(e) => problems.push(problem(
+                    field,
+                    format!("cannot read {}: {e}", path.display()),
+                )),
+            }
+        }
+        if !self.client_certificates && self.static_tokens.is_none() {
+            problems.push(problem(prefix, "no authenticator is configured"));
+        }
+        problems
+    }
+
+    /// Builds the chain. Watches files, so call it within a tokio runtime.
+    pub fn build(&self, prefix: &str, base: &Path) -> Result<Chain, BuildError> {
+        let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
+        if self.client_certificates {
+            chain.push(Arc::new(ClientCertificates));
+        }
+        if let Some(st) = &self.static_tokens {
+            let path = resolve(base, &st.file);
+            let interval = st
+                .reload_interval
+                .unwrap_or(crate::reload::DEFAULT_INTERVAL);
+            let tokens = StaticTokens::load_and_watch(&path, interval).map_err(|e| BuildError {
+                field: format!("{prefix}.staticTokens.file"),
+                message: e.to_string(),
+            })?;
+            chain.push(tokens);
+        }
+        Ok(Chain::new(chain))
+    }
+}
+
+/// How the API server is reached. With neither `url` nor `kubeconfig`, the
+/// in-cluster service account is used (`KUBERNETES_SERVICE_HOST`/`_PORT` and
+/// the files under [`SERVICE_ACCOUNT_DIR`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamConfig {
+    /// `https://host:port` of the API server (optionally with a path prefix).
+    pub url: Option<String>,
+    /// PEM CA bundle for the server certificate (default: the system bundle).
+    pub ca_file: Option<PathBuf>,
+    /// File holding the proxy's bearer token; re-read as it rotates.
+    pub token_file: Option<PathBuf>,
+    /// Client certificate presented to the server (PEM).
+    pub client_cert_file: Option<PathBuf>,
+    /// Key of the client certificate (PEM).
+    pub client_key_file: Option<PathBuf>,
+    /// Name verified in the server certificate instead of the URL's host.
+    pub server_name: Option<String>,
+    /// Take server, CA and credential from a kubeconfig instead.
+    pub kubeconfig: Option<KubeconfigRef>,
+    /// Time allowed to connect (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// How often the token file is re-read (default 1s).
+    #[serde(default, with = "humantime_serde")]
+    pub token_reload_interval: Option<Duration>,
+}
+
+/// A kubeconfig file and the context to use in it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeconfigRef {
+    /// The kubeconfig file.
+    pub path: PathBuf,
+    /// The context (default: the file's current-context).
+    pub context: Option<String>,
+}
+
+impl UpstreamConfig {
+    /// Every problem in the section, `prefix` being its path.
+    pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if self.url.is_some() && self.kubeconfig.is_some() {
+            problems.push(problem(
+                format!("{prefix}.kubeconfig"),
+                "set either url or kubeconfig, not both",
+            ));
+        }
+        if let Some(url) = &self.url {
+            match url.parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+                _ => problems.push(problem(
+                    format!("{prefix}.url"),
+                    format!("{url:?} is not an https:// URL"),
+                )),
+            }
+        }
+        for (name, path) in [
+            ("caFile", &self.ca_file),
+            ("tokenFile", &self.token_file),
+            ("clientCertFile", &self.client_cert_file),
+            ("clientKeyFile", &self.client_key_file),
+        ] {
+            if let Some(path) = path {
+                check_readable(
+                    &mut problems,
+                    &format!("{prefix}.{name}"),
+                    &resolve(base, path),
+                );
+            }
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            problems.push(problem(
+                format!("{prefix}.clientKeyFile"),
+                "clientCertFile and clientKeyFile go together",
+            ));
+        }
+        if let Some(k) = &self.kubeconfig {
+            if let Err(e) = Kubeconfig::load(&resolve(base, &k.path))
+                .and_then(|kc| kc.upstream(k.context.as_deref()))
+            {
+                problems.push(problem(format!("{prefix}.kubeconfig"), e.to_string()));
+            }
+        }
+        if let Some(name) = &self.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                problems.push(problem(
+                    format!("{prefix}.serverName"),
+                    "not a DNS name or IP address",
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Resolves the section into client options (reads CA and key files).
+    pub fn to_options(&self, prefix: &str, base: &Path) -> Result<UpstreamOptions, BuildError> {
+        let err = |field: &str, message: String| BuildError {
+            field: format!("{prefix}.{field}"),
+            message,
+        };
+        let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(10));
+        let interval = self
+            .token_reload_interval
+            .unwrap_or(crate::reload::DEFAULT_INTERVAL);
+        if let Some(k) = &self.kubeconfig {
+            let mut options = Kubeconfig::load(&resolve(base, &k.path))
+                .and_then(|kc| kc.upstream(k.context.as_deref()))
+                .map_err(|e| err("kubeconfig", e.to_string()))?;
+            options.connect_timeout = connect_timeout;
+            if let UpstreamCredential::TokenFile { interval: i, .. } = &mut options.credential {
+                *i = interval;
+            }
+            return Ok(options);
+        }
+        let (url, default_ca, default_token) = match &self.url {
+            Some(url) => (url.clone(), None, None),
+            None => {
+                let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+                    err(
+                        "url",
+                        "not set, and not running in a cluster (KUBERNETES_SERVICE_HOST is unset)"
+                            .into(),
+                    )
+                })?;
+                let port =
+                    std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                let dir = Path::new(SERVICE_ACCOUNT_DIR);
+                (
+                    format!("https://{host}:{port}"),
+                    Some(dir.join("ca.crt")),
+                    Some(dir.join("token")),
+                )
+            }
+        };
+        let url = url
+            .parse::<http::Uri>()
+            .map_err(|e| err("url", e.to_string()))?;
+        let ca_file = self
+            .ca_file
+            .as_ref()
+            .map(|p| resolve(base, p))
+            .or(default_ca);
+        let ca_pem = match &ca_file {
+            Some(path) => Some(tls::read_file(path).map_err(|e| err("caFile", e.to_string()))?),
+            None => None,
+        };
+        let client_identity = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Some((
+                tls::load_certs(&resolve(base, cert))
+                    .map_err(|e| err("clientCertFile", e.to_string()))?,
+                Arc::new(
+                    tls::load_key(&resolve(base, key))
+                        .map_err(|e| err("clientKeyFile", e.to_string()))?,
+                ),
+            )),
+            _ => None,
+        };
+        let token_file = self
+            .token_file
+            .as_ref()
+            .map(|p| resolve(base, p))
+            .or(default_token);
+        Ok(UpstreamOptions {
+            url,
+            ca_pem,
+            client_identity,
+            server_name: self.server_name.clone(),
+            credential: match token_file {
+                Some(path) => UpstreamCredential::TokenFile { path, interval },
+                None => UpstreamCredential::None,
+            },
+            connect_timeout,
+        })
+    }
+}

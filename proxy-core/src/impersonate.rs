@@ -1,0 +1,378 @@
+//! Impersonation by Kubernetes rules: what the caller sent as identity is
+//! removed, and the authenticated identity is set as `Impersonate-*` headers.
+//!
+//! Removed from every request: `Authorization`, `Proxy-Authorization`, every
+//! `Impersonate-*` header in any letter case, `Host` (the upstream's is set by
+//! the client), the hop-by-hop headers of RFC 9110 §7.6.1 and every header the
+//! `Connection` header names. An upgrade (`Connection: upgrade` with
+//! `Upgrade`) keeps exactly those two so the tunnel can be set up.
+//!
+//! Set: `Impersonate-User`, one `Impersonate-Group` per group,
+//! `Impersonate-Uid` when known, and one `Impersonate-Extra-<key>` per value,
+//! the key percent-encoded the way client-go encodes it and kube-apiserver
+//! decodes it (bytes outside the header-token alphabet, and `%`, become `%XX`).
+//! A value a header cannot carry unchanged (control characters, CR/LF,
+//! surrounding blanks, an empty user name) is refused, never forwarded.
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::HeaderMap;
+
+use crate::authn::UserInfo;
+
+const IMPERSONATE_PREFIX: &str = "impersonate-";
+const EXTRA_PREFIX: &str = "impersonate-extra-";
+
+/// Hop-by-hop headers, always removed.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// An identity value that cannot be sent as an `Impersonate-*` header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("identity field {field} cannot be impersonated: {reason}")]
+pub struct InvalidIdentity {
+    /// Which field (`username`, `groups`, `uid`, `extra.<key>`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// The `Impersonate-*` headers for one user, built once and reused.
+#[derive(Debug, Clone)]
+pub struct ImpersonationHeaders {
+    entries: Vec<(HeaderName, HeaderValue)>,
+}
+
+fn value(
+    field: impl Into<String>,
+    text: &str,
+    allow_empty: bool,
+) -> Result<HeaderValue, InvalidIdentity> {
+    let fail = |reason| InvalidIdentity {
+        field: field.into(),
+        reason,
+    };
+    if text.is_empty() && !allow_empty {
+        return Err(fail("empty"));
+    }
+    if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(fail(
+            "contains a control character (CR, LF, NUL, tab or similar)",
+        ));
+    }
+    if text.starts_with(' ') || text.ends_with(' ') {
+        return Err(fail("starts or ends with a space, which HTTP would strip"));
+    }
+    HeaderValue::from_bytes(text.as_bytes()).map_err(|_| fail("not a valid header value"))
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$&'*+-.^_`|~".contains(&b)
+}
+
+/// Encodes an extra key as client-go does for `Impersonate-Extra-<key>`.
+pub fn encode_extra_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        let b = b.to_ascii_lowercase();
+        if is_token_byte(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl ImpersonationHeaders {
+    /// Builds the headers for `user`, refusing values kube would not receive intact.
+    pub fn for_user(user: &UserInfo) -> Result<Self, InvalidIdentity> {
+        let mut entries = Vec::with_capacity(2 + user.groups.len() + user.extra.len());
+        entries.push((
+            HeaderName::from_static("impersonate-user"),
+            value("username", &user.username, false)?,
+        ));
+        let group = HeaderName::from_static("impersonate-group");
+        for g in &user.groups {
+            entries.push((group.clone(), value("groups", g, false)?));
+        }
+        if let Some(uid) = user.uid.as_deref().filter(|u| !u.is_empty()) {
+            entries.push((
+                HeaderName::from_static("impersonate-uid"),
+                value("uid", uid, false)?,
+            ));
+        }
+        for (key, values) in &user.extra {
+            if key.is_empty() {
+                return Err(InvalidIdentity {
+                    field: "extra".into(),
+                    reason: "empty key",
+                });
+            }
+            let name = HeaderName::from_bytes(
+                format!("{EXTRA_PREFIX}{}", encode_extra_key(key)).as_bytes(),
+            )
+            .map_err(|_| InvalidIdentity {
+                field: format!("extra.{}", key.escape_debug()),
+                reason: "key cannot be encoded",
+            })?;
+            for v in values {
+                entries.push((
+                    name.clone(),
+                    value(format!("extra.{}", key.escape_debug()), v, true)?,
+                ));
+            }
+        }
+        Ok(ImpersonationHeaders { entries })
+    }
+
+    /// The header pairs, in the order they are set.
+    pub fn entries(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.entries
+    }
+
+    /// Appends the headers to `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.entries {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// True when the request asks for a protocol upgrade (`Connection: upgrade`
+/// together with an `Upgrade` header), as kubectl exec/attach/port-forward do.
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes every credential, impersonation and hop-by-hop header the caller
+/// sent. An upgrade request keeps `Connection: upgrade` and its `Upgrade`.
+pub fn strip_caller_identity(headers: &mut HeaderMap) {
+    let upgrade = if is_upgrade(headers) {
+        headers.remove(header::UPGRADE)
+    } else {
+        None
+    };
+    // Headers the caller declared hop-by-hop in `Connection`.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION).iter() {
+        if let Ok(v) = v.to_str() {
+            for token in v.split(',') {
+                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
+                    doomed.push(name);
+                }
+            }
+        }
+    }
+    for name in headers.keys() {
+        if name.as_str().starts_with(IMPERSONATE_PREFIX) {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::AUTHORIZATION);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    headers.remove(header::HOST);
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade);
+    }
+}
+
+/// Strips the caller's identity and sets `identity` as impersonation headers.
+pub fn rewrite(headers: &mut HeaderMap, identity: &ImpersonationHeaders) {
+    strip_caller_identity(headers);
+    identity.apply(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn alice() -> UserInfo {
+        let mut extra = BTreeMap::new();
+        extra.insert(
+            "acme.com/project".to_string(),
+            vec!["p1".to_string(), "p2".to_string()],
+        );
+        extra.insert("scopes".to_string(), vec!["view".to_string()]);
+        UserInfo {
+            username: "alice".into(),
+            uid: Some("1001".into()),
+            groups: vec!["devs".into(), "ops".into()],
+            extra,
+        }
+    }
+
+    fn values(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn headers_follow_kube_rules() {
+        let mut h = HeaderMap::new();
+        rewrite(&mut h, &ImpersonationHeaders::for_user(&alice()).unwrap());
+        assert_eq!(values(&h, "impersonate-user"), ["alice"]);
+        assert_eq!(values(&h, "impersonate-group"), ["devs", "ops"]);
+        assert_eq!(values(&h, "impersonate-uid"), ["1001"]);
+        assert_eq!(
+            values(&h, "impersonate-extra-acme.com%2Fproject"),
+            ["p1", "p2"]
+        );
+        assert_eq!(values(&h, "impersonate-extra-scopes"), ["view"]);
+    }
+
+    #[test]
+    fn extra_keys_are_encoded_like_client_go() {
+        assert_eq!(encode_extra_key("acme.com/Project"), "acme.com%2Fproject");
+        assert_eq!(encode_extra_key("100%"), "100%25");
+        assert_eq!(encode_extra_key("a b"), "a%20b");
+        assert_eq!(encode_extra_key("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn caller_identity_is_removed_in_every_letter_case() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "Authorization",
+            "proxy-authorization",
+            "Impersonate-User",
+            "IMPERSONATE-GROUP",
+            "impersonate-uid",
+            "Impersonate-Extra-Scopes",
+            "iMpErSoNaTe-extra-x",
+            "Host",
+            "Keep-Alive",
+            "TE",
+            "Trailer",
+            "X-Secret-Hop",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret-Hop"),
+        );
+        h.insert("accept", HeaderValue::from_static("application/json"));
+        rewrite(&mut h, &ImpersonationHeaders::for_user(&alice()).unwrap());
+        for v in h.values() {
+            assert_ne!(v, "evil");
+        }
+        assert!(h.get("x-secret-hop").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn upgrade_keeps_connection_and_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+        assert!(is_upgrade(&h));
+        strip_caller_identity(&mut h);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "SPDY/3.1");
+    }
+
+    #[test]
+    fn crlf_and_control_characters_are_refused() {
+        for bad in [
+            "alice\r\nImpersonate-Group: system:masters",
+            "al\nice",
+            "nul\0",
+            "tab\tbed",
+            " alice",
+            "",
+        ] {
+            let u = UserInfo {
+                username: bad.into(),
+                ..Default::default()
+            };
+            assert!(
+                ImpersonationHeaders::for_user(&u).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        let u = UserInfo {
+            username: "a".into(),
+            groups: vec!["x\ry".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            ImpersonationHeaders::for_user(&u).unwrap_err().field,
+            "groups"
+        );
+    }
+
+    #[test]
+    fn utf8_names_pass_unchanged() {
+        let u = UserInfo {
+            username: "josé".into(),
+            ..Default::default()
+        };
+        let h = ImpersonationHeaders::for_user(&u).unwrap();
+        assert_eq!(h.entries()[0].1.as_bytes(), "josé".as_bytes());
+    }
+
+    proptest! {
+        #[test]
+        fn no_caller_impersonation_header_survives(
+            names in proptest::collection::vec("[iI][mM][pP][eE][rR][sS][oO][nN][aA][tT][eE]-[a-zA-Z%.-]{1,12}", 0..6),
+            user in "[a-z]{1,10}",
+        ) {
+            let mut h = HeaderMap::new();
+            for n in &names {
+                h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("smuggled"));
+            }
+            let u = UserInfo { username: user.clone(), ..Default::default() };
+            rewrite(&mut h, &ImpersonationHeaders::for_user(&u).unwrap());
+            for (name, v) in h.iter() {
+                prop_assert_ne!(v, "smuggled", "{} survived", name);
+            }
+            prop_assert_eq!(h.get_all("impersonate-user").iter().count(), 1);
+        }
+
+        #[test]
+        fn accepted_values_round_trip(username in "\\PC{1,20}") {
+            let u = UserInfo { username: username.clone(), ..Default::default() };
+            if let Ok(h) = ImpersonationHeaders::for_user(&u) {
+                prop_assert_eq!(h.entries()[0].1.as_bytes(), username.as_bytes());
+            }
+        }
+
+        #[test]
+        fn extra_key_encoding_round_trips(key in "\\PC{1,20}") {
+            let encoded = encode_extra_key(&key);
+            let name = format!("impersonate-extra-{}", encoded);
+            prop_assert!(HeaderName::from_bytes(name.as_bytes()).is_ok());
+            let decoded = percent_encoding::percent_decode_str(&encoded).decode_utf8().unwrap();
+            prop_assert_eq!(decoded.to_string(), key.to_ascii_lowercase());
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Authentication and impersonation for the Kubernetes API, as tower middleware.
+//!
+//! A request travels through these modules in order:
+//!
+//! 1. [`credential`] reads what the caller presented (Bearer token, Basic
+//!    username/password, or a TLS client certificate);
+//! 2. [`authn`] turns it into a [`UserInfo`] through a [`Chain`] of
+//!    [`Authenticator`]s;
+//! 3. [`impersonate`] removes every credential and `Impersonate-*` header the
+//!    caller sent and sets `Impersonate-User`, `-Group`, `-Uid` and `-Extra-*`
+//!    from the authenticated identity;
+//! 4. [`upstream`] forwards the request, streaming, to the API server with the
+//!    proxy's own credential.
+//!
+//! [`AuthnLayer`] and [`ImpersonateLayer`] are the tower face of steps 2 and 3;
+//! failures reach the caller as Kubernetes `Status` objects (see [`status`]).
+//! The API server authorizes the impersonated user; this crate makes no
+//! authorization decision about the forwarded request.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use proxy_core::{authn::{Chain, StaticTokens}, AuthnLayer, ImpersonateLayer};
+//! use tower_layer::Layer;
+//!
+//! let tokens = StaticTokens::from_csv("s3cret,alice,1001,\"devs,ops\"\n", "inline").unwrap();
+//! let chain = Chain::new(vec![Arc::new(tokens)]);
+//! // `inner` would be `proxy_core::upstream::Upstream` in a real proxy.
+//! let inner = tower::service_fn(|_req: http::Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(proxy_core::ProxyBody::empty()))
+//! });
+//! let _svc = AuthnLayer::new(chain).layer(ImpersonateLayer::new().layer(inner));
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod authn;
+pub mod body;
+pub mod config;
+pub mod credential;
+pub mod impersonate;
+pub mod kubeconfig;
+pub mod layer;
+pub mod reload;
+pub mod status;
+pub mod tls;
+pub mod upstream;
+
+pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};
+pub use body::ProxyBody;
+pub use credential::{Credential, CredentialError};
+pub use layer::{proxy_stack, Authn, AuthnLayer, Impersonate, ImpersonateLayer, ProxyStack};
+
+/// The boxed error type used where several error sources meet (bodies, services).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,116 @@
+//! Kubernetes `Status` objects: how the proxy tells a caller what went wrong.
+//!
+//! kubectl and client-go print the `message` of a `metav1.Status` body, so
+//! every failure the proxy produces itself is one of these, with the HTTP code
+//! and `reason` kube-apiserver would use for the same condition.
+
+use http::{header, HeaderValue, Response, StatusCode};
+use serde::Serialize;
+
+use crate::body::ProxyBody;
+
+/// The `reason` field of a Status, as kube-apiserver spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Reason {
+    /// 401: no credential, or one that could not be verified.
+    Unauthorized,
+    /// 403: the request is understood but refused.
+    Forbidden,
+    /// 400: the request is malformed.
+    BadRequest,
+    /// 429: too many failed attempts; retry later.
+    TooManyRequests,
+    /// 500: something failed inside the proxy.
+    InternalError,
+    /// 503 (or 502): a backend the proxy needs is unreachable.
+    ServiceUnavailable,
+    /// 504: a backend did not answer in time.
+    Timeout,
+}
+
+/// A `metav1.Status` failure object.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: Metadata,
+    status: &'static str,
+    /// Human-readable description; never contains a secret.
+    pub message: String,
+    /// Machine-readable reason.
+    pub reason: Reason,
+    /// The HTTP status code, repeated in the body as kube does.
+    pub code: u16,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Metadata {}
+
+impl Status {
+    /// A failure Status with the given HTTP code, reason and message.
+    pub fn failure(code: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
+        Status {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Metadata {},
+            status: "Failure",
+            message: message.into(),
+            reason,
+            code: code.as_u16(),
+        }
+    }
+
+    /// 401 Unauthorized with kube's wording.
+    pub fn unauthorized() -> Self {
+        Self::failure(
+            StatusCode::UNAUTHORIZED,
+            Reason::Unauthorized,
+            "Unauthorized",
+        )
+    }
+
+    /// The Status as an HTTP response with a JSON body.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // Serializing this struct cannot fail: it holds only strings and numbers.
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = Response::new(ProxyBody::full(body));
+        *response.status_mut() = code;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthorized_status_matches_kube_shape() {
+        let json = serde_json::to_value(Status::unauthorized()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "message": "Unauthorized",
+                "reason": "Unauthorized", "code": 401
+            })
+        );
+    }
+
+    #[test]
+    fn response_carries_code_and_content_type() {
+        let r = Status::failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::ServiceUnavailable,
+            "down",
+        )
+        .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

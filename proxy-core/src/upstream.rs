@@ -1,0 +1,429 @@
+//! Forwarding to the API server: a pooled hyper client over rustls that
+//! carries the proxy's own credential.
+//!
+//! - HTTP/2 when the server offers it by ALPN, else HTTP/1.1; upgrades
+//!   (SPDY/3.1 and WebSocket, as kubectl exec, attach and port-forward use)
+//!   go over HTTP/1.1 and are tunnelled both ways.
+//! - Request and response bodies stream; nothing is buffered.
+//! - The credential is a bearer token read from a file that is re-read as it
+//!   rotates (projected service-account tokens), or a client certificate.
+//! - Only connecting has a timeout; streaming bodies (watches, logs) do not.
+//! - An unreachable server is a 503 `Status`; other transport failures a 502.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::body::ProxyBody;
+use crate::impersonate::is_upgrade;
+use crate::reload::{watch_file, FileWatch};
+use crate::status::{Reason, Status};
+use crate::tls::{self, TlsError};
+use crate::BoxError;
+
+/// How the proxy proves itself to the API server.
+#[derive(Debug, Clone, Default)]
+pub enum UpstreamCredential {
+    /// No bearer token (a client certificate may still be configured).
+    #[default]
+    None,
+    /// A fixed bearer token (from a kubeconfig `token`).
+    StaticToken(crate::credential::Secret),
+    /// A bearer token read from this file and re-read every `interval`.
+    TokenFile {
+        /// The token file (e.g. a projected service-account token).
+        path: PathBuf,
+        /// How often it is re-read.
+        interval: Duration,
+    },
+}
+
+/// Everything needed to reach the API server.
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Base URL (`https://host:port`, optionally with a path prefix).
+    pub url: Uri,
+    /// PEM CA bundle to verify the server; `None` uses the system bundle.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key presented to the server.
+    pub client_identity: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
+    /// Name to verify in the server certificate instead of the URL's host.
+    pub server_name: Option<String>,
+    /// The proxy's bearer token.
+    pub credential: UpstreamCredential,
+    /// Time allowed to open a TCP connection.
+    pub connect_timeout: Duration,
+}
+
+/// A problem building the upstream client.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The URL is not usable.
+    #[error("upstream url {url}: {problem}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// The server name override is not a valid DNS name or IP address.
+    #[error("upstream serverName {0:?} is not a valid DNS name or IP address")]
+    ServerName(String),
+    /// TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The token file could not be read or is empty.
+    #[error("upstream token file {path}: {problem}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The proxy's bearer token, swapped whole when its file changes.
+#[derive(Debug, Default)]
+pub struct TokenSource {
+    current: ArcSwapOption<HeaderValue>,
+}
+
+impl TokenSource {
+    fn header_from(content: &[u8]) -> Result<HeaderValue, String> {
+        let token = std::str::from_utf8(content)
+            .map_err(|_| "token is not UTF-8".to_string())?
+            .trim();
+        if token.is_empty() {
+            return Err("token file is empty".into());
+        }
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "token holds characters a header cannot carry".to_string())?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    /// The current `Authorization` value, if any.
+    pub fn current(&self) -> Option<Arc<HeaderValue>> {
+        self.current.load_full()
+    }
+}
+
+type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+
+/// The upstream service: forwards each request to the API server.
+///
+/// `B` is the request body type of the server it is embedded in (hyper's
+/// `Incoming` for a hyper server). Never fails: transport errors become
+/// `Status` responses.
+pub struct Upstream<B = hyper::body::Incoming> {
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B> {
+    /// Client offering h2 and http/1.1 by ALPN.
+    client: HttpsClient<B>,
+    /// HTTP/1.1-only client for upgrades.
+    upgrade_client: HttpsClient<B>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    path_prefix: String,
+    token: Arc<TokenSource>,
+    _watch: Option<FileWatch>,
+}
+
+impl<B> Clone for Upstream<B> {
+    fn clone(&self) -> Self {
+        Upstream {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for Upstream<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("authority", &self.inner.authority)
+            .field("path_prefix", &self.inner.path_prefix)
+            .finish()
+    }
+}
+
+impl<B> Upstream<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Builds the client. Reads the CA, client certificate and token file now;
+    /// a token file is then watched, so this must be called within a tokio
+    /// runtime when one is configured.
+    pub fn new(options: UpstreamOptions) -> Result<Self, UpstreamError> {
+        let url_error = |problem| UpstreamError::Url {
+            url: options.url.to_string(),
+            problem,
+        };
+        if options.url.scheme() != Some(&http::uri::Scheme::HTTPS) {
+            return Err(url_error("must be an https:// URL"));
+        }
+        let authority = options
+            .url
+            .authority()
+            .cloned()
+            .ok_or_else(|| url_error("has no host"))?;
+        if options.url.query().is_some() {
+            return Err(url_error("must not have a query"));
+        }
+        let path_prefix = options.url.path().trim_end_matches('/').to_owned();
+
+        let roots = match &options.ca_pem {
+            Some(pem) => tls::root_store(pem, "upstream CA")?,
+            None => tls::system_roots()?,
+        };
+        let identity = options
+            .client_identity
+            .as_ref()
+            .map(|(chain, key)| (chain.clone(), key.clone_key()));
+        let server_name = match &options.server_name {
+            Some(name) => Some(
+                ServerName::try_from(name.clone())
+                    .map_err(|_| UpstreamError::ServerName(name.clone()))?,
+            ),
+            None => None,
+        };
+        let make_client = |alpn: &[&[u8]], http2: bool| -> Result<HttpsClient<B>, UpstreamError> {
+            let config = tls::client_config(
+                roots.clone(),
+                identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
+                alpn,
+            )?;
+            let mut http = HttpConnector::new();
+            http.enforce_http(false);
+            http.set_nodelay(true);
+            http.set_connect_timeout(Some(options.connect_timeout));
+            let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_only();
+            if let Some(name) = &server_name {
+                builder =
+                    builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone()));
+            }
+            let connector = if http2 {
+                builder.enable_all_versions().wrap_connector(http)
+            } else {
+                builder.enable_http1().wrap_connector(http)
+            };
+            Ok(Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build(connector))
+        };
+        let client = make_client(&[b"h2", b"http/1.1"], true)?;
+        let upgrade_client = make_client(&[b"http/1.1"], false)?;
+
+        let token = Arc::new(TokenSource::default());
+        let watch = match &options.credential {
+            UpstreamCredential::None => None,
+            UpstreamCredential::StaticToken(secret) => {
+                let value =
+                    TokenSource::header_from(secret.expose().as_bytes()).map_err(|problem| {
+                        UpstreamError::Token {
+                            path: PathBuf::from("<kubeconfig token>"),
+                            problem,
+                        }
+                    })?;
+                token.current.store(Some(Arc::new(value)));
+                None
+            }
+            UpstreamCredential::TokenFile { path, interval } => {
+                let token_error = |problem: String| UpstreamError::Token {
+                    path: path.clone(),
+                    problem,
+                };
+                let content = std::fs::read(path).map_err(|e| token_error(e.to_string()))?;
+                token.current.store(Some(Arc::new(
+                    TokenSource::header_from(&content).map_err(token_error)?,
+                )));
+                let weak = Arc::downgrade(&token);
+                Some(watch_file(
+                    path.clone(),
+                    *interval,
+                    content,
+                    move |content| {
+                        let value = TokenSource::header_from(content)?;
+                        if let Some(token) = weak.upgrade() {
+                            token.current.store(Some(Arc::new(value)));
+                        }
+                        Ok(())
+                    },
+                ))
+            }
+        };
+        Ok(Upstream {
+            inner: Arc::new(Inner {
+                client,
+                upgrade_client,
+                scheme: http::uri::Scheme::HTTPS,
+                authority,
+                path_prefix,
+                token,
+                _watch: watch,
+            }),
+        })
+    }
+
+    /// The proxy's current upstream token source.
+    pub fn token_source(&self) -> &Arc<TokenSource> {
+        &self.inner.token
+    }
+
+    fn target(&self, uri: &Uri) -> Result<Uri, http::Error> {
+        let inner = &self.inner;
+        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let builder = Uri::builder()
+            .scheme(inner.scheme.clone())
+            .authority(inner.authority.clone());
+        if inner.path_prefix.is_empty() {
+            builder.path_and_query(path_and_query).build()
+        } else {
+            builder
+                .path_and_query(format!("{}{}", inner.path_prefix, path_and_query))
+                .build()
+        }
+    }
+}
+
+fn unreachable_status(error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+    tracing::warn!(error = %error, source = ?std::error::Error::source(error), "upstream request failed");
+    if error.is_connect() {
+        Status::failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::ServiceUnavailable,
+            "the upstream API server is unreachable",
+        )
+        .into_response()
+    } else {
+        Status::failure(
+            StatusCode::BAD_GATEWAY,
+            Reason::ServiceUnavailable,
+            "the upstream API server closed the connection or answered with a malformed response",
+        )
+        .into_response()
+    }
+}
+
+/// Removes hop-by-hop headers from an upstream response (not from a 101).
+fn strip_response_hop_headers(headers: &mut http::HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::TRAILER,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::HeaderName::from_static("keep-alive"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for Upstream<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.target(req.uri()) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => {
+                let status = Status::failure(
+                    StatusCode::BAD_REQUEST,
+                    Reason::BadRequest,
+                    "request path cannot be forwarded",
+                );
+                return Box::pin(std::future::ready(Ok(status.into_response())));
+            }
+        }
+        *req.version_mut() = Version::HTTP_11;
+        match self.inner.token.current() {
+            Some(token) => {
+                req.headers_mut()
+                    .insert(header::AUTHORIZATION, HeaderValue::clone(&token));
+            }
+            None => {
+                req.headers_mut().remove(header::AUTHORIZATION);
+            }
+        }
+        let inner = self.inner.clone();
+        if is_upgrade(req.headers()) {
+            return Box::pin(forward_upgrade(inner, req));
+        }
+        Box::pin(async move {
+            Ok(match inner.client.request(req).await {
+                Ok(response) => {
+                    let (mut parts, body) = response.into_parts();
+                    strip_response_hop_headers(&mut parts.headers);
+                    Response::from_parts(parts, ProxyBody::Incoming(body))
+                }
+                Err(error) => unreachable_status(&error),
+            })
+        })
+    }
+}
+
+/// Forwards an upgrade request over HTTP/1.1 and, on `101`, joins the
+/// caller's upgraded connection to the upstream's, copying both ways.
+async fn forward_upgrade<B>(
+    inner: Arc<Inner<B>>,
+    mut req: Request<B>,
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let caller = hyper::upgrade::on(&mut req);
+    let mut response = match inner.upgrade_client.request(req).await {
+        Ok(response) => response,
+        Err(error) => return Ok(unreachable_status(&error)),
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = response.into_parts();
+        strip_response_hop_headers(&mut parts.headers);
+        return Ok(Response::from_parts(parts, ProxyBody::Incoming(body)));
+    }
+    let upstream = hyper::upgrade::on(&mut response);
+    tokio::spawn(async move {
+        match tokio::try_join!(caller, upstream) {
+            Ok((caller, upstream)) => {
+                let mut caller = TokioIo::new(caller);
+                let mut upstream = TokioIo::new(upstream);
+                if let Err(error) = tokio::io::copy_bidirectional(&mut caller, &mut upstream).await
+                {
+                    tracing::debug!(%error, "upgraded connection ended with an error");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "protocol upgrade failed"),
+        }
+    });
+    let (parts, _body) = response.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::empty()))
+}
