@@ -1,1 +1,9 @@
-//! placeholder
+//! The `authproxy` process: configuration file, TLS listener, signals, logs,
+//! and the demo. Everything reusable lives in `proxy_core`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod server;

@@ -202,11 +202,12 @@ where
             ),
             None => None,
         };
-        let make_client = |alpn: &[&[u8]], http2: bool| -> Result<HttpsClient<B>, UpstreamError> {
+        let make_client = |http2: bool| -> Result<HttpsClient<B>, UpstreamError> {
             let config = tls::client_config(
                 roots.clone(),
                 identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
-                alpn,
+                // ALPN (h2, http/1.1) is set by the connector builder below.
+                &[],
             )?;
             let mut http = HttpConnector::new();
             http.enforce_http(false);
@@ -230,8 +231,8 @@ where
                 .pool_idle_timeout(Duration::from_secs(90))
                 .build(connector))
         };
-        let client = make_client(&[b"h2", b"http/1.1"], true)?;
-        let upgrade_client = make_client(&[b"http/1.1"], false)?;
+        let client = make_client(true)?;
+        let upgrade_client = make_client(false)?;
 
         let token = Arc::new(TokenSource::default());
         let watch = match &options.credential {

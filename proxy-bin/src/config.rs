@@ -1,0 +1,218 @@
+//! The `authproxy` configuration file (YAML).
+//!
+//! ```yaml
+//! listen: 0.0.0.0:8443
+//! tls: {certFile: tls.crt, keyFile: tls.key, clientCAFile: client-ca.crt}
+//! upstream: {url: https://10.0.0.1:6443, caFile: ca.crt, tokenFile: token}
+//! authentication:
+//!   staticTokens: {file: tokens.csv}
+//! logging: {format: json, level: info}
+//! shutdownTimeout: 30s
+//! ```
+//!
+//! Loading reports every problem at once, each naming the file and the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proxy_core::config::{AuthenticationConfig, Problem, UpstreamConfig};
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    /// Address the proxy listens on (default `0.0.0.0:8443`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The listener's certificate, key and optional client CA.
+    pub tls: ListenerTls,
+    /// How the API server is reached (default: in-cluster service account).
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Which authenticators run.
+    pub authentication: AuthenticationConfig,
+    /// Log format and level.
+    #[serde(default)]
+    pub logging: Logging,
+    /// How long in-flight requests may take to finish on SIGTERM (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+
+/// TLS settings of the listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// PEM certificate chain served to clients.
+    pub cert_file: PathBuf,
+    /// PEM private key of the certificate.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, client certificates signed by it are verified
+    /// and can authenticate (with `authentication.clientCertificates`).
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Logging {
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `authproxy=debug,info`); `RUST_LOG` wins.
+    pub level: Option<String>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration file that cannot be used: every problem, with the file.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The problems, each with its field path.
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} problem(s)",
+            self.path.display(),
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {p}", self.path.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl FileConfig {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let fail = |field: &str, message: String| ConfigError {
+            path: path.to_owned(),
+            problems: vec![Problem {
+                field: field.to_owned(),
+                message,
+            }],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail("(file)", e.to_string()))?;
+        let config = Self::parse(&text).map_err(|(field, message)| fail(&field, message))?;
+        let problems = config.validate(&config.base_dir(path));
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Parses YAML; on failure returns the field path and the message.
+    pub fn parse(text: &str) -> Result<FileConfig, (String, String)> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." {
+                "(top level)".to_owned()
+            } else {
+                field
+            };
+            (field, e.into_inner().to_string())
+        })
+    }
+
+    /// The folder relative paths in `path` are resolved against.
+    pub fn base_dir(&self, path: &Path) -> PathBuf {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// Every problem in the configuration.
+    pub fn validate(&self, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (field, path) in [
+            ("tls.certFile", Some(&self.tls.cert_file)),
+            ("tls.keyFile", Some(&self.tls.key_file)),
+            ("tls.clientCAFile", self.tls.client_ca_file.as_ref()),
+        ] {
+            if let Some(path) = path {
+                let path = if path.is_absolute() {
+                    path.clone()
+                } else {
+                    base.join(path)
+                };
+                if let Err(e) = std::fs::metadata(&path) {
+                    problems.push(Problem {
+                        field: field.to_owned(),
+                        message: format!("cannot read {}: {e}", path.display()),
+                    });
+                }
+            }
+        }
+        if self.authentication.client_certificates && self.tls.client_ca_file.is_none() {
+            problems.push(Problem {
+                field: "authentication.clientCertificates".into(),
+                message: "needs tls.clientCAFile to verify client certificates".into(),
+            });
+        }
+        problems.extend(self.upstream.validate("upstream", base));
+        problems.extend(self.authentication.validate("authentication", base));
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let (field, message) = FileConfig::parse(
+            "tls: {certFile: a, keyFile: b}\nauthentication: {}\nupstream: {urll: x}\n",
+        )
+        .unwrap_err();
+        assert_eq!(field, "upstream.urll");
+        assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(&path, "tls: {certFile: missing.crt, keyFile: missing.key}\nupstream: {url: 'http://x'}\nauthentication: {}\n").unwrap();
+        let err = FileConfig::load(&path).unwrap_err();
+        let text = err.to_string();
+        for field in [
+            "tls.certFile",
+            "tls.keyFile",
+            "upstream.url",
+            "authentication",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+        assert!(text.contains("authproxy.yaml"), "{text}");
+    }
+}

@@ -1,0 +1,334 @@
+//! The TLS listener: accepts connections (HTTP/1.1 and HTTP/2 by ALPN),
+//! answers `/livez` and `/readyz` itself, hands every other request to the
+//! proxy stack, and drains in-flight requests on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use proxy_core::credential::ClientCertificate;
+use proxy_core::upstream::{Upstream, UpstreamError};
+use proxy_core::{proxy_stack, Chain, ProxyBody, ProxyStack};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower_service::Service;
+
+use crate::config::FileConfig;
+
+/// Time a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Listener TLS material is unusable.
+    #[error("{field}: {source}")]
+    Tls {
+        /// The config field.
+        field: &'static str,
+        /// The problem.
+        source: proxy_core::tls::TlsError,
+    },
+    /// Client-certificate verification could not be set up.
+    #[error("tls.clientCAFile: {0}")]
+    ClientVerifier(String),
+    /// An authenticator or the upstream could not be built.
+    #[error(transparent)]
+    Build(#[from] proxy_core::config::BuildError),
+    /// The upstream client could not be built.
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// The listen address could not be bound.
+    #[error("listen {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Builds the listener's rustls configuration: ALPN h2 and http/1.1, and
+/// optional (not required) client certificates verified against a CA.
+pub fn listener_tls(
+    config: &FileConfig,
+    base: &Path,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    use proxy_core::tls;
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            base.join(p)
+        }
+    };
+    let chain =
+        tls::load_certs(&resolve(&config.tls.cert_file)).map_err(|source| StartError::Tls {
+            field: "tls.certFile",
+            source,
+        })?;
+    let key = tls::load_key(&resolve(&config.tls.key_file)).map_err(|source| StartError::Tls {
+        field: "tls.keyFile",
+        source,
+    })?;
+    let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls {
+            field: "tls",
+            source: e.into(),
+        })?;
+    let builder = match &config.tls.client_ca_file {
+        Some(ca) => {
+            let path = resolve(ca);
+            let pem = tls::read_file(&path).map_err(|source| StartError::Tls {
+                field: "tls.clientCAFile",
+                source,
+            })?;
+            let roots = tls::root_store(&pem, &path.display().to_string()).map_err(|source| {
+                StartError::Tls {
+                    field: "tls.clientCAFile",
+                    source,
+                }
+            })?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                tls::provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| StartError::ClientVerifier(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut server = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| StartError::Tls {
+            field: "tls.keyFile",
+            source: e.into(),
+        })?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
+/// What the listener serves.
+#[derive(Clone)]
+pub struct Proxy {
+    /// The authenticate → impersonate → forward stack.
+    pub stack: ProxyStack,
+    /// The chain, asked for readiness.
+    pub chain: Chain,
+}
+
+impl Proxy {
+    /// Builds the stack from a validated configuration. Call within a runtime.
+    pub fn from_config(config: &FileConfig, base: &Path) -> Result<Proxy, StartError> {
+        let chain = config.authentication.build("authentication", base)?;
+        let upstream = Upstream::new(config.upstream.to_options("upstream", base)?)?;
+        Ok(Proxy {
+            stack: proxy_stack(chain.clone(), upstream),
+            chain,
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.chain.is_ready()
+    }
+
+    async fn handle(
+        mut self,
+        mut req: Request<Incoming>,
+        cert: Option<ClientCertificate>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        match req.uri().path() {
+            "/livez" => return Ok(plain(StatusCode::OK, "ok")),
+            "/readyz" => {
+                return Ok(if self.is_ready() {
+                    plain(StatusCode::OK, "ok")
+                } else {
+                    plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: authenticators are still loading",
+                    )
+                })
+            }
+            _ => {}
+        }
+        if let Some(cert) = cert {
+            req.extensions_mut().insert(cert);
+        }
+        self.stack.call(req).await
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// A proxy listening in the background.
+pub struct RunningServer {
+    addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, drains in-flight requests (up to the deadline) and waits.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Waits until the server stops (after [`RunningServer::trigger`] or a failure).
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+    }
+
+    /// A handle that starts the shutdown when sent to (or dropped).
+    pub fn trigger(&mut self) -> Option<oneshot::Sender<()>> {
+        self.shutdown.take()
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if self.shutdown.is_some() {
+            self.task.abort();
+        }
+    }
+}
+
+/// Binds `config.listen` and serves the proxy in the background.
+pub async fn start(config: &FileConfig, base: &Path) -> Result<RunningServer, StartError> {
+    let tls = listener_tls(config, base)?;
+    let proxy = Proxy::from_config(config, base)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let timeout = config.shutdown_timeout.unwrap_or(Duration::from_secs(30));
+    serve(listener, tls, proxy, timeout)
+}
+
+/// Serves `proxy` on an already bound listener in the background.
+pub fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    proxy: Proxy,
+    shutdown_timeout: Duration,
+) -> Result<RunningServer, StartError> {
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(accept_loop(listener, tls, proxy, rx, shutdown_timeout));
+    tracing::info!(%addr, "listening");
+    Ok(RunningServer {
+        addr,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    proxy: Proxy,
+    mut shutdown: oneshot::Receiver<()>,
+    shutdown_timeout: Duration,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let proxy = proxy.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let cert = stream.get_ref().1.peer_certificates().map(|chain| {
+                ClientCertificate(
+                    chain
+                        .iter()
+                        .map(|c| c.clone().into_owned())
+                        .collect::<Vec<_>>()
+                        .into(),
+                )
+            });
+            let service =
+                hyper::service::service_fn(move |req| proxy.clone().handle(req, cert.clone()));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight requests");
+    if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; closing remaining connections");
+    }
+}
+
+/// A plain serving configuration (no client certificates), ALPN h2 + http/1.1.
+pub fn plain_tls(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, proxy_core::tls::TlsError> {
+    use proxy_core::tls;
+    let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(tls::load_certs(cert)?, tls::load_key(key)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
