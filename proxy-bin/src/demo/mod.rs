@@ -153,6 +153,10 @@ impl Demo {
             out,
             "  kubectl --kubeconfig {kubeconfig} --context bob get pods"
         );
+        let _ = writeln!(
+            out,
+            "  kubectl --kubeconfig {kubeconfig} --context bob auth whoami   # kubectl 1.27 and later"
+        );
         let _ = writeln!(out);
         let _ = writeln!(out, "A bad token gets a 401 Status:");
         let _ = writeln!(out, "  curl -sS --cacert {ca} -H 'Authorization: Bearer wrong-token' {proxy}/api/v1/namespaces/default/pods");
