@@ -11,7 +11,7 @@ mod upstream;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use proxy_core::config::{AuthenticationConfig, StaticTokensConfig, UpstreamConfig};
@@ -177,7 +177,7 @@ impl Demo {
     }
 }
 
-fn write_kubeconfig(dir: &Path, proxy: SocketAddr, ca: &PathBuf) -> std::io::Result<()> {
+fn write_kubeconfig(dir: &Path, proxy: SocketAddr, ca: &Path) -> std::io::Result<()> {
     let mut users = String::new();
     let mut contexts = String::new();
     for (name, token, _, _) in USERS {

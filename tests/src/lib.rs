@@ -1,0 +1,224 @@
+//! Test support for authproxy's end-to-end tests: starts the real parts on
+//! loopback (the API-server double, authproxy itself) and runs real clients
+//! (curl, kubectl) against them.
+//!
+//! Every wait is a bounded poll that fails with what it saw; a missing tool is
+//! a failed test that says how to install it, never a skip.
+
+pub mod apiserver;
+pub mod pki;
+pub mod upgrade;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+/// The double, under the name the tests use.
+pub use apiserver as double;
+pub use apiserver::{RecordedRequest, RunningDouble, UserInfo};
+use authproxy::config::FileConfig;
+use authproxy::server::RunningServer;
+pub use pki::TestPki;
+
+/// The proxy's service-account identity at the double.
+pub const PROXY_USER: &str = "system:serviceaccount:authproxy:proxy";
+/// The proxy's first token at the double.
+pub const PROXY_TOKEN: &str = "proxy-token-one";
+
+/// The command that installs every test dependency.
+pub const INSTALL_HINT: &str = "run `scripts/test.sh` (it installs kubectl, curl, slapd and node packages), or `apt-get install -y curl kubernetes-client`";
+
+/// Fails with an install hint when `tool` is not on PATH.
+pub fn require_tool(tool: &str) -> anyhow::Result<()> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    if !found {
+        bail!("`{tool}` is not installed; {INSTALL_HINT}");
+    }
+    Ok(())
+}
+
+/// Polls `check` every 20ms until it returns `Some`, failing after `limit`
+/// with the last thing `describe` reports.
+pub async fn wait_for<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, String>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("nothing yet");
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(seen) => last = seen,
+        }
+        if start.elapsed() > limit {
+            bail!("{what}: not seen within {limit:?}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The users the tests log in as: (token, name, uid, groups).
+pub const USERS: [(&str, &str, &str, &str); 4] = [
+    ("alice-token", "alice", "1001", "devs"),
+    ("bob-token", "bob", "1002", ""),
+    ("admin-token", "root", "0", "admins"),
+    // A name holding a control character: kube could not receive it intact.
+    ("bell-token", "mal\u{7}lory", "1003", "devs"),
+];
+
+/// One test's world: CA, the API-server double, authproxy in front of it.
+pub struct Env {
+    /// Test CA and certificates.
+    pub pki: TestPki,
+    /// The API-server double.
+    pub double: RunningDouble,
+    /// authproxy, in process, over real TLS on loopback.
+    pub proxy: Option<RunningServer>,
+    /// The folder of config, token and kubeconfig files.
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// Starts the double and authproxy with static tokens and client certificates.
+    pub async fn start() -> anyhow::Result<Env> {
+        let pki = TestPki::new()?;
+        let server_cert = pki.issue_server("apiserver")?;
+        let tls = pki::server_config(&server_cert, &[b"h2", b"http/1.1"])?;
+        let config = double::DoubleConfig::new(tls).with_token(
+            PROXY_TOKEN,
+            UserInfo {
+                username: PROXY_USER.into(),
+                uid: String::new(),
+                groups: vec!["system:serviceaccounts".into()],
+                extra: Default::default(),
+            },
+        );
+        let double = double::start(config).await?;
+        let dir = tempfile::tempdir()?;
+        let proxy_cert = pki.issue_server("proxy")?;
+        let mut csv = String::new();
+        for (token, name, uid, groups) in USERS {
+            csv.push_str(&format!("{token},{name},{uid},\"{groups}\"\n"));
+        }
+        std::fs::write(dir.path().join("tokens.csv"), csv)?;
+        std::fs::write(dir.path().join("proxy-token"), PROXY_TOKEN)?;
+        let yaml = format!(
+            "listen: 127.0.0.1:0\n\
+             tls: {{certFile: {cert}, keyFile: {key}, clientCAFile: {ca}}}\n\
+             upstream: {{url: '{url}', caFile: {ca}, tokenFile: proxy-token, tokenReloadInterval: 50ms, connectTimeout: 2s}}\n\
+             authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv, reloadInterval: 50ms}}\n\
+             shutdownTimeout: 2s\n",
+            cert = proxy_cert.cert_path.display(),
+            key = proxy_cert.key_path.display(),
+            ca = pki.ca_path().display(),
+            url = double.url(),
+        );
+        let config_path = dir.path().join("authproxy.yaml");
+        std::fs::write(&config_path, yaml)?;
+        let config = FileConfig::load(&config_path)?;
+        let proxy = authproxy::server::start(&config, dir.path()).await?;
+        let env = Env {
+            pki,
+            double,
+            proxy: Some(proxy),
+            dir,
+        };
+        env.write_kubeconfig()?;
+        Ok(env)
+    }
+
+    /// `https://127.0.0.1:PORT` of authproxy.
+    pub fn proxy_url(&self) -> String {
+        let addr = self
+            .proxy
+            .as_ref()
+            .map(|p| p.addr())
+            .expect("proxy running");
+        format!("https://{addr}")
+    }
+
+    /// A kubeconfig pointing at authproxy with one context per test user.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    fn write_kubeconfig(&self) -> anyhow::Result<()> {
+        let mut users = String::new();
+        let mut contexts = String::new();
+        for (token, name, _, _) in USERS
+            .into_iter()
+            .filter(|u| !u.1.contains(char::is_control))
+        {
+            users.push_str(&format!("- name: {name}\n  user:\n    token: {token}\n"));
+            contexts.push_str(&format!(
+                "- name: {name}\n  context:\n    cluster: proxy\n    user: {name}\n    namespace: default\n"
+            ));
+        }
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n{users}contexts:\n{contexts}current-context: alice\n",
+            self.proxy_url(),
+            self.pki.ca_path().display()
+        );
+        std::fs::write(self.kubeconfig(), text)?;
+        Ok(())
+    }
+
+    /// Runs curl against authproxy with the test CA; `args` follow the CA
+    /// option. Returns (HTTP status, body). `-w` writes the status last.
+    pub async fn curl(&self, args: &[&str]) -> anyhow::Result<(u16, String)> {
+        curl_with_ca(self.pki.ca_path(), args).await
+    }
+
+    /// Runs kubectl with the test kubeconfig.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        require_tool("kubectl")?;
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
+        cmd.env_remove("KUBECONFIG").kill_on_drop(true);
+        let output = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .context("kubectl did not finish in 30s")??;
+        Ok(output)
+    }
+
+    /// Requests the double received, in order.
+    pub fn upstream_requests(&self) -> Vec<RecordedRequest> {
+        self.double.requests()
+    }
+}
+
+/// Runs curl with `--cacert ca` and returns (status, body).
+pub async fn curl_with_ca(ca: &Path, args: &[&str]) -> anyhow::Result<(u16, String)> {
+    require_tool("curl")?;
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args(args)
+        .args(["-w", "\n%{http_code}"])
+        .kill_on_drop(true);
+    let output = cmd.output().await.context("running curl")?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
+    let code: u16 = code.trim().parse().with_context(|| {
+        format!(
+            "curl printed no status; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    Ok((code, body.to_owned()))
+}
+
+/// Text of a process's stdout and stderr, for assertions and messages.
+pub fn output_text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
