@@ -210,6 +210,12 @@ pub async fn curl_with_ca(ca: &Path, args: &[&str]) -> anyhow::Result<(u16, Stri
             String::from_utf8_lossy(&output.stderr)
         )
     })?;
+    if code == 0 {
+        bail!(
+            "curl got no HTTP answer: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     Ok((code, body.to_owned()))
 }
 

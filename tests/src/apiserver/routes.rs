@@ -41,7 +41,7 @@ fn status(code: StatusCode, reason: &str, message: &str, kind: Option<&str>) -> 
 
 pub(crate) async fn handle(
     state: Arc<State>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     if let Ok(mut log) = state.requests.lock() {
         log.push(RecordedRequest {
@@ -56,6 +56,15 @@ pub(crate) async fn handle(
             version: req.version(),
             headers: req.headers().clone(),
         });
+    }
+    // Like kube-apiserver, read the whole request body before answering
+    // (upgrade requests have none and keep their connection).
+    if !req.headers().contains_key(header::UPGRADE) {
+        while let Some(frame) = req.body_mut().frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
     }
     let token = req
         .headers()

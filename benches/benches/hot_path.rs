@@ -1,0 +1,112 @@
+//! Per-request cost of the proxy's own work on a cache hit: parsing the
+//! credential, authenticating a static token, and rewriting the headers.
+//!
+//! Run: `cargo bench -p authproxy-benches --bench hot_path`. Target: the whole
+//! `per_request` path at most 2 µs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue};
+use proxy_core::authn::StaticTokens;
+use proxy_core::impersonate::{rewrite, ImpersonationHeaders};
+use proxy_core::{Authenticator, Chain, Credential, UserInfo};
+
+fn token_table() -> StaticTokens {
+    let mut csv = String::new();
+    for i in 0..1000 {
+        csv.push_str(&format!(
+            "token-{i:04}-abcdefghijklmnopqrstuvwxyz,user{i},{i},\"devs,ops\"\n"
+        ));
+    }
+    StaticTokens::from_csv(&csv, "bench").expect("valid table")
+}
+
+/// The headers kubectl sends for `get pods`, plus a smuggled impersonation.
+fn kubectl_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "accept",
+        HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
+    );
+    h.insert(
+        "user-agent",
+        HeaderValue::from_static("kubectl/v1.30.0 (linux/amd64) kubernetes/abcdef"),
+    );
+    h.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer token-0500-abcdefghijklmnopqrstuvwxyz"),
+    );
+    h.insert("host", HeaderValue::from_static("127.0.0.1:8443"));
+    h.insert("accept-encoding", HeaderValue::from_static("gzip"));
+    h.insert("kubectl-command", HeaderValue::from_static("kubectl get"));
+    h.insert(
+        "kubectl-session",
+        HeaderValue::from_static("0b7e7d3e-6a3c-4f8f-9a55-1234567890ab"),
+    );
+    h.insert("impersonate-user", HeaderValue::from_static("system:admin"));
+    h
+}
+
+fn user() -> UserInfo {
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert("acme.com/project".to_string(), vec!["p1".to_string()]);
+    UserInfo {
+        username: "alice".into(),
+        uid: Some("1001".into()),
+        groups: vec!["devs".into(), "ops".into()],
+        extra,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let headers = kubectl_headers();
+    let extensions = http::Extensions::new();
+    c.bench_function("credential_parse", |b| {
+        b.iter(|| Credential::from_parts(black_box(&headers), &extensions))
+    });
+
+    let tokens = token_table();
+    c.bench_function("static_token_lookup_hit_1000", |b| {
+        b.iter(|| tokens.lookup(black_box("token-0500-abcdefghijklmnopqrstuvwxyz")))
+    });
+
+    let impersonation = ImpersonationHeaders::for_user(&user()).expect("valid user");
+    c.bench_function("header_rewrite", |b| {
+        b.iter_batched_ref(
+            kubectl_headers,
+            |h| rewrite(h, black_box(&impersonation)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+
+    let chain = Chain::new(vec![Arc::new(token_table()) as Arc<dyn Authenticator>]);
+    c.bench_function("per_request", |b| {
+        b.iter_batched_ref(
+            kubectl_headers,
+            |h| {
+                let credential = Credential::from_parts(h, &extensions)
+                    .expect("parses")
+                    .expect("present");
+                let identity = chain
+                    .authenticate(&credential)
+                    .now_or_never()
+                    .expect("static tokens answer at once")
+                    .expect("no error")
+                    .expect("known token");
+                let headers = identity.impersonation_headers().expect("valid identity");
+                rewrite(h, headers);
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group! {
+    name = hot_path;
+    config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    targets = benches
+}
+criterion_main!(hot_path);
