@@ -121,7 +121,7 @@ impl TokenSource {
     }
 }
 
-type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, DrainOnDrop<B>>;
 
 /// The upstream service: forwards each request to the API server.
 ///
@@ -379,14 +379,16 @@ where
             return Box::pin(forward_upgrade(inner, req));
         }
         Box::pin(async move {
-            Ok(match inner.client.request(req).await {
-                Ok(response) => {
-                    let (mut parts, body) = response.into_parts();
-                    strip_response_hop_headers(&mut parts.headers);
-                    Response::from_parts(parts, ProxyBody::Incoming(body))
-                }
-                Err(error) => unreachable_status(&error),
-            })
+            Ok(
+                match inner.client.request(req.map(DrainOnDrop::new)).await {
+                    Ok(response) => {
+                        let (mut parts, body) = response.into_parts();
+                        strip_response_hop_headers(&mut parts.headers);
+                        Response::from_parts(parts, ProxyBody::Incoming(body))
+                    }
+                    Err(error) => unreachable_status(&error),
+                },
+            )
         })
     }
 }
@@ -402,7 +404,11 @@ where
     B::Error: Into<BoxError>,
 {
     let caller = hyper::upgrade::on(&mut req);
-    let mut response = match inner.upgrade_client.request(req).await {
+    let mut response = match inner
+        .upgrade_client
+        .request(req.map(DrainOnDrop::new))
+        .await
+    {
         Ok(response) => response,
         Err(error) => return Ok(unreachable_status(&error)),
     };
@@ -427,4 +433,96 @@ where
     });
     let (parts, _body) = response.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))
+}
+
+/// How much of an unread request body is drained after the upstream answered.
+const DRAIN_LIMIT_BYTES: usize = 1 << 20;
+/// How long draining may take.
+const DRAIN_LIMIT_TIME: Duration = Duration::from_secs(5);
+
+/// A request body that, when dropped unfinished (the upstream answered before
+/// reading it all), reads the rest in the background up to a limit. Without
+/// this the caller's HTTP/2 stream would be reset (`CANCEL`) while its
+/// response is still on the way, and an HTTP/1.1 connection could not be kept.
+pub struct DrainOnDrop<B> {
+    inner: Option<B>,
+    /// Called with the body when it is dropped unfinished (set where `B`'s
+    /// bounds are known, so `Drop` needs none).
+    drain: fn(B),
+}
+
+impl<B> DrainOnDrop<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+{
+    fn new(body: B) -> Self {
+        DrainOnDrop {
+            inner: Some(body),
+            drain: drain_in_background::<B>,
+        }
+    }
+}
+
+fn drain_in_background<B>(mut body: B)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+{
+    if body.is_end_stream() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        use http_body_util::BodyExt;
+        let drain = async {
+            let mut read = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    read += bytes::Buf::remaining(data);
+                    if read > DRAIN_LIMIT_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_LIMIT_TIME, drain).await;
+    });
+}
+
+impl<B> http_body::Body for DrainOnDrop<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        match self.get_mut().inner.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+impl<B> Drop for DrainOnDrop<B> {
+    fn drop(&mut self) {
+        if let Some(body) = self.inner.take() {
+            (self.drain)(body);
+        }
+    }
 }

@@ -42,6 +42,8 @@ async fn kubectl_lists_pods_as_the_impersonated_user() -> anyhow::Result<()> {
     assert_eq!(listed.header_values("impersonate-group"), ["devs"]);
     assert_eq!(listed.header_values("impersonate-uid"), ["1001"]);
     assert_eq!(listed.bearer_token().as_deref(), Some(PROXY_TOKEN));
+    // The double offers h2 by ALPN, so the proxy speaks HTTP/2 to it.
+    assert_eq!(listed.version, http::Version::HTTP_2);
     Ok(())
 }
 
@@ -373,6 +375,11 @@ async fn upgraded_connection_echoes_bytes_both_ways() -> anyhow::Result<()> {
         .expect("exec reached the double");
     assert_eq!(exec.header_values("impersonate-user"), ["alice"]);
     assert_eq!(exec.header_values("upgrade"), ["SPDY/3.1"]);
+    assert_eq!(
+        exec.version,
+        http::Version::HTTP_11,
+        "upgrades travel over HTTP/1.1"
+    );
     Ok(())
 }
 
@@ -462,5 +469,39 @@ async fn readiness_and_liveness_are_served_by_the_proxy() -> anyhow::Result<()> 
         assert_eq!((code, body.as_str()), (200, "ok"), "{path}");
     }
     assert!(env.upstream_requests().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusal_before_the_body_is_read_reaches_http2_callers_intact() -> anyhow::Result<()> {
+    // kube-apiserver refuses (401/403) before reading a request body; the proxy
+    // must still deliver the whole answer, not reset the caller's stream.
+    let env = Env::start().await?;
+    let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+    let body = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"x"}},"pad":"{}"}}"#,
+        "y".repeat(16)
+    );
+    for _ in 0..100 {
+        let (code, answer) = env
+            .curl(&[
+                "--http2",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                "Authorization: Bearer bob-token",
+                "--data-binary",
+                &body,
+                &url,
+            ])
+            .await?;
+        assert_eq!(code, 403, "{answer}");
+        assert!(
+            answer.contains(r#"User \"bob\" cannot create resource \"pods\""#),
+            "{answer}"
+        );
+    }
     Ok(())
 }

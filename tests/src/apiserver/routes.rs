@@ -57,15 +57,6 @@ pub(crate) async fn handle(
             headers: req.headers().clone(),
         });
     }
-    // Like kube-apiserver, read the whole request body before answering
-    // (upgrade requests have none and keep their connection).
-    if !req.headers().contains_key(header::UPGRADE) {
-        while let Some(frame) = req.body_mut().frame().await {
-            if frame.is_err() {
-                break;
-            }
-        }
-    }
     let token = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -110,6 +101,16 @@ pub(crate) async fn handle(
             &attrs.forbidden_message(&user.username),
             Some(&kind),
         ));
+    }
+    // Like kube-apiserver, refusals above are answered without reading the
+    // body (filters run first); a request that gets this far has its body
+    // read before it is answered. Upgrade requests keep their connection.
+    if !req.headers().contains_key(header::UPGRADE) {
+        while let Some(frame) = req.body_mut().frame().await {
+            if frame.is_err() {
+                break;
+            }
+        }
     }
     Ok(route(&state, req, &path, &attrs, user))
 }

@@ -1,0 +1,59 @@
+//! The whole proxy stack (authenticate → impersonate → forward) served by a
+//! plain hyper server.
+//!
+//! For brevity this listens without TLS on loopback; a real deployment
+//! terminates TLS in front of the stack as `authproxy serve` does.
+//!
+//! ```sh
+//! UPSTREAM_URL=https://127.0.0.1:6443 UPSTREAM_CA_FILE=ca.crt UPSTREAM_TOKEN_FILE=token \
+//! TOKENS_CSV=tokens.csv cargo run -p authproxy-examples --example embed_in_hyper
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use proxy_core::authn::StaticTokens;
+use proxy_core::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
+use proxy_core::{proxy_stack, Chain};
+
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("set {name}"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let tokens = StaticTokens::load_and_watch(env("TOKENS_CSV")?.as_ref(), Duration::from_secs(1))?;
+    let chain = Chain::new(vec![tokens]);
+    let upstream: Upstream = Upstream::new(UpstreamOptions {
+        url: env("UPSTREAM_URL")?.parse()?,
+        ca_pem: Some(std::fs::read(env("UPSTREAM_CA_FILE")?)?),
+        client_identity: None,
+        server_name: None,
+        credential: UpstreamCredential::TokenFile {
+            path: env("UPSTREAM_TOKEN_FILE")?.into(),
+            interval: Duration::from_secs(1),
+        },
+        connect_timeout: Duration::from_secs(10),
+    })?;
+    let stack = Arc::new(proxy_stack(chain, upstream));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    println!("listening on http://127.0.0.1:8080");
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let service = TowerToHyperService::new(proxy_stack_clone(&stack));
+        tokio::spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
+
+/// Each connection gets its own clone of the stack (cheap: it is all `Arc`s).
+fn proxy_stack_clone(stack: &Arc<proxy_core::ProxyStack>) -> proxy_core::ProxyStack {
+    proxy_core::ProxyStack::clone(stack)
+}
