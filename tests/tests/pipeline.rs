@@ -505,3 +505,49 @@ async fn refusal_before_the_body_is_read_reaches_http2_callers_intact() -> anyho
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_lets_in_flight_streams_finish() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let mut env = Env::start().await?;
+    authproxy_tests::require_tool("curl")?;
+    let url = format!("{}/api/v1/namespaces/default/pods?watch=1", env.proxy_url());
+    let mut child = tokio::process::Command::new("curl")
+        .args(["-sSN", "--http1.1", "--max-time", "20", "--cacert"])
+        .arg(env.pki.ca_path())
+        .args(["-H", "Authorization: Bearer alice-token", &url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await??;
+    assert!(first.is_some_and(|l| l.contains("ADDED")));
+
+    let proxy = env.proxy.take().expect("proxy");
+    let addr = proxy.addr();
+    let shutdown = tokio::spawn(proxy.shutdown());
+    // New connections are refused once shutdown has begun.
+    wait_for(
+        Duration::from_secs(5),
+        "the listener to close",
+        || async move {
+            Ok(tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(()))
+        },
+    )
+    .await?;
+    // The watch that was in flight still delivers its remaining events.
+    let mut rest = 0;
+    while let Some(line) =
+        tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await??
+    {
+        if line.contains("ADDED") {
+            rest += 1;
+        }
+    }
+    assert_eq!(rest, 2, "the in-flight watch was cut short");
+    tokio::time::timeout(Duration::from_secs(5), shutdown).await??;
+    Ok(())
+}
