@@ -1,14 +1,10 @@
 //! Test certificates made with rcgen: one CA per test, loopback serving
 //! certificates and client certificates, written to the test's own folder.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
+use authproxy::pki::{IssuedPem, ThrowawayCa};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -28,8 +24,7 @@ pub struct CertFiles {
 /// A throwaway CA and the folder its files live in.
 pub struct TestPki {
     dir: tempfile::TempDir,
-    ca: Certificate,
-    ca_key: KeyPair,
+    ca: ThrowawayCa,
     ca_pem: String,
     ca_path: PathBuf,
 }
@@ -38,25 +33,13 @@ impl TestPki {
     /// A new CA in a new temporary folder.
     pub fn new() -> anyhow::Result<TestPki> {
         let dir = tempfile::tempdir()?;
-        let ca_key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "authproxy test CA");
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = params.self_signed(&ca_key)?;
-        let ca_pem = ca.pem();
+        let ca = ThrowawayCa::new("authproxy test CA")?;
+        let ca_pem = ca.ca_pem();
         let ca_path = dir.path().join("ca.crt");
         std::fs::write(&ca_path, &ca_pem)?;
         Ok(TestPki {
             dir,
             ca,
-            ca_key,
             ca_pem,
             ca_path,
         })
@@ -77,12 +60,12 @@ impl TestPki {
         self.dir.path()
     }
 
-    fn write(&self, name: &str, cert: &Certificate, key: &KeyPair) -> anyhow::Result<CertFiles> {
+    fn write(&self, name: &str, issued: IssuedPem) -> anyhow::Result<CertFiles> {
         let files = CertFiles {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
             cert_path: self.dir.path().join(format!("{name}.crt")),
             key_path: self.dir.path().join(format!("{name}.key")),
+            cert_pem: issued.cert_pem,
+            key_pem: issued.key_pem,
         };
         std::fs::write(&files.cert_path, &files.cert_pem)?;
         std::fs::write(&files.key_path, &files.key_pem)?;
@@ -91,38 +74,18 @@ impl TestPki {
 
     /// A serving certificate for `localhost`, 127.0.0.1 and ::1.
     pub fn issue_server(&self, name: &str) -> anyhow::Result<CertFiles> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key)?;
-        self.write(name, &cert, &key)
+        self.write(name, self.ca.issue_server(name)?)
     }
 
-    /// A client certificate with `common_name` (kube: user) and `organizations` (kube: groups).
+    /// A client certificate with `common_name` (kube: user) and an optional
+    /// organization (kube: group).
     pub fn issue_client(
         &self,
         name: &str,
         common_name: &str,
-        organizations: &[&str],
+        organization: Option<&str>,
     ) -> anyhow::Result<CertFiles> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        for o in organizations {
-            params.distinguished_name.push(DnType::OrganizationName, *o);
-        }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key)?;
-        self.write(name, &cert, &key)
+        self.write(name, self.ca.issue_client(common_name, organization)?)
     }
 }
 

@@ -255,7 +255,7 @@ async fn identity_with_a_control_character_is_refused_not_forwarded() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificate_authenticates_as_cn_and_o() -> anyhow::Result<()> {
     let env = Env::start().await?;
-    let cert = env.pki.issue_client("carol", "carol", &["qa"])?;
+    let cert = env.pki.issue_client("carol", "carol", Some("qa"))?;
     let url = format!(
         "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
         env.proxy_url()
