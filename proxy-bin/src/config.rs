@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use proxy_core::authn::oidc::OidcFlags;
 use proxy_core::config::{AuthenticationConfig, Problem, UpstreamConfig};
 use serde::Deserialize;
 
@@ -108,6 +109,12 @@ impl std::fmt::Display for ConfigError {
 impl FileConfig {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        Self::load_with(path, &OidcFlags::default())
+    }
+
+    /// Like [`FileConfig::load`], adding the issuer of kube-apiserver style
+    /// `--oidc-*` flags to `authentication.jwt`.
+    pub fn load_with(path: &Path, flags: &OidcFlags) -> Result<FileConfig, ConfigError> {
         let fail = |field: &str, message: String| ConfigError {
             path: path.to_owned(),
             problems: vec![Problem {
@@ -116,7 +123,12 @@ impl FileConfig {
             }],
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail("(file)", e.to_string()))?;
-        let config = Self::parse(&text).map_err(|(field, message)| fail(&field, message))?;
+        let mut config = Self::parse(&text).map_err(|(field, message)| fail(&field, message))?;
+        match flags.to_jwt() {
+            Ok(Some(jwt)) => config.authentication.jwt.push(jwt),
+            Ok(None) => {}
+            Err(problem) => return Err(fail(&problem.field, problem.message)),
+        }
         let problems = config.validate(&config.base_dir(path));
         if problems.is_empty() {
             Ok(config)

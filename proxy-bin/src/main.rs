@@ -28,11 +28,15 @@ enum Command {
         /// The configuration file (YAML).
         #[arg(long, short)]
         config: PathBuf,
+        #[command(flatten)]
+        oidc: OidcArgs,
     },
     /// Check a configuration file and report every problem.
     CheckConfig {
         /// The configuration file (YAML).
         file: PathBuf,
+        #[command(flatten)]
+        oidc: OidcArgs,
     },
     /// Run the proxy in front of an embedded demo API server, and print
     /// commands that show it at work.
@@ -41,6 +45,61 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
     },
+}
+
+/// kube-apiserver's OIDC flags, same names and meanings; they add one issuer.
+#[derive(clap::Args, Debug, Default)]
+struct OidcArgs {
+    /// The issuer URL; the token's `iss` must equal it.
+    #[arg(long = "oidc-issuer-url")]
+    issuer_url: Option<String>,
+    /// The client ID: the token's `aud` must contain it.
+    #[arg(long = "oidc-client-id")]
+    client_id: Option<String>,
+    /// PEM CA bundle for the issuer's TLS.
+    #[arg(long = "oidc-ca-file")]
+    ca_file: Option<PathBuf>,
+    /// The claim used as user name (default `sub`).
+    #[arg(long = "oidc-username-claim")]
+    username_claim: Option<String>,
+    /// Prefix for user names (default `<issuer>#` unless the claim is `email`; `-` for none).
+    #[arg(long = "oidc-username-prefix")]
+    username_prefix: Option<String>,
+    /// The claim holding groups (a string or an array).
+    #[arg(long = "oidc-groups-claim")]
+    groups_claim: Option<String>,
+    /// Prefix for group names.
+    #[arg(long = "oidc-groups-prefix")]
+    groups_prefix: Option<String>,
+    /// `key=value`: a claim that must be present with this value (repeatable).
+    #[arg(long = "oidc-required-claim")]
+    required_claims: Vec<String>,
+    /// Allowed signing algorithms, comma-separated (default RS256).
+    #[arg(long = "oidc-signing-algs")]
+    signing_algs: Option<String>,
+}
+
+impl OidcArgs {
+    fn to_flags(&self) -> anyhow::Result<proxy_core::authn::oidc::OidcFlags> {
+        let ca_pem = match &self.ca_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--oidc-ca-file {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(proxy_core::authn::oidc::OidcFlags {
+            issuer_url: self.issuer_url.clone(),
+            client_id: self.client_id.clone(),
+            ca_pem,
+            username_claim: self.username_claim.clone(),
+            username_prefix: self.username_prefix.clone(),
+            groups_claim: self.groups_claim.clone(),
+            groups_prefix: self.groups_prefix.clone(),
+            required_claims: self.required_claims.clone(),
+            signing_algs: self.signing_algs.clone(),
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -66,13 +125,13 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::CheckConfig { file } => {
-            FileConfig::load(&file)?;
+        Command::CheckConfig { file, oidc } => {
+            FileConfig::load_with(&file, &oidc.to_flags()?)?;
             println!("{}: ok", file.display());
             Ok(())
         }
-        Command::Serve { config: path } => {
-            let config = FileConfig::load(&path)?;
+        Command::Serve { config: path, oidc } => {
+            let config = FileConfig::load_with(&path, &oidc.to_flags()?)?;
             logging::init(config.logging.format, config.logging.level.as_deref());
             let mut running = server::start(&config, &config.base_dir(&path))
                 .await

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::authn::{Authenticator, Chain, ClientCertificates, StaticTokens};
+use crate::authn::cache::CacheSettings;
+use crate::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
+use crate::authn::{Authenticator, CachedAuthenticator, Chain, ClientCertificates, StaticTokens};
 use crate::kubeconfig::Kubeconfig;
 use crate::tls;
 use crate::upstream::{UpstreamCredential, UpstreamOptions};
@@ -60,7 +62,8 @@ fn check_readable(problems: &mut Vec<Problem>, field: &str, path: &Path) {
     }
 }
 
-/// Which authenticators run, in this order: client certificates, static tokens.
+/// Which authenticators run, in this order: client certificates, static
+/// tokens, OIDC issuers (behind a token cache).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthenticationConfig {
@@ -69,6 +72,81 @@ pub struct AuthenticationConfig {
     pub client_certificates: bool,
     /// Static bearer tokens from a kube `--token-auth-file` CSV.
     pub static_tokens: Option<StaticTokensConfig>,
+    /// OIDC issuers, as the `jwt:` list of kube's `AuthenticationConfiguration`.
+    #[serde(default)]
+    pub jwt: Vec<JwtAuthenticator>,
+    /// A kube `AuthenticationConfiguration` file whose `jwt:` entries are added.
+    pub authentication_config_file: Option<PathBuf>,
+    /// The cache in front of token authenticators.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// Token cache settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CacheConfig {
+    /// Longest a verified token is trusted without re-verification (default 2m;
+    /// never past the token's own `exp`).
+    #[serde(default, rename = "maxTTL", with = "humantime_serde")]
+    pub max_ttl: Option<Duration>,
+    /// How long a refused token stays refused without re-verification (default 10s).
+    #[serde(default, rename = "negativeTTL", with = "humantime_serde")]
+    pub negative_ttl: Option<Duration>,
+    /// Most cached tokens (default 10000).
+    pub capacity: Option<u64>,
+}
+
+/// kube's `AuthenticationConfiguration` file (only `jwt:` is used).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeAuthenticationConfiguration {
+    /// `apiserver.config.k8s.io/v1beta1` or `/v1`.
+    pub api_version: String,
+    /// `AuthenticationConfiguration`.
+    pub kind: String,
+    /// The JWT authenticators.
+    #[serde(default)]
+    pub jwt: Vec<JwtAuthenticator>,
+    /// Anonymous access settings: not used by authproxy (refused when set).
+    pub anonymous: Option<serde_json::Value>,
+}
+
+impl KubeAuthenticationConfiguration {
+    /// Reads the file and checks apiVersion and kind.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let config: Self =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text))
+                .map_err(|e| format!("{}: {}: {}", path.display(), e.path(), e.inner()))?;
+        if ![
+            "apiserver.config.k8s.io/v1beta1",
+            "apiserver.config.k8s.io/v1",
+        ]
+        .contains(&config.api_version.as_str())
+        {
+            return Err(format!(
+                "{}: apiVersion {:?} is not apiserver.config.k8s.io/v1beta1 or v1",
+                path.display(),
+                config.api_version
+            ));
+        }
+        if config.kind != "AuthenticationConfiguration" {
+            return Err(format!(
+                "{}: kind {:?} is not AuthenticationConfiguration",
+                path.display(),
+                config.kind
+            ));
+        }
+        if config.anonymous.is_some() {
+            return Err(format!(
+                "{}: anonymous: anonymous access is not supported by authproxy",
+                path.display()
+            ));
+        }
+        Ok(config)
+    }
 }
 
 /// Static token file settings.
@@ -111,10 +189,57 @@ impl AuthenticationConfig {
                 )),
             }
         }
-        if !self.client_certificates && self.static_tokens.is_none() {
-            problems.push(problem(prefix, "no authenticator is configured"));
+        match self.jwt_entries(prefix, base) {
+            Ok(entries) => {
+                for (path, jwt) in &entries {
+                    if let Err(mut more) = jwt.settings(path) {
+                        problems.append(&mut more);
+                    }
+                }
+                if !self.client_certificates && self.static_tokens.is_none() && entries.is_empty() {
+                    problems.push(problem(prefix, "no authenticator is configured"));
+                }
+            }
+            Err(p) => problems.push(p),
         }
         problems
+    }
+
+    /// Every `jwt:` entry with its path: this section's, then the kube file's.
+    pub fn jwt_entries(
+        &self,
+        prefix: &str,
+        base: &Path,
+    ) -> Result<Vec<(String, JwtAuthenticator)>, Problem> {
+        let mut entries: Vec<(String, JwtAuthenticator)> = self
+            .jwt
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (format!("{prefix}.jwt[{i}]"), j.clone()))
+            .collect();
+        if let Some(file) = &self.authentication_config_file {
+            let path = resolve(base, file);
+            let kube = KubeAuthenticationConfiguration::load(&path).map_err(|message| {
+                problem(format!("{prefix}.authenticationConfigFile"), message)
+            })?;
+            entries.extend(
+                kube.jwt
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, j)| (format!("{}: jwt[{i}]", path.display()), j)),
+            );
+        }
+        Ok(entries)
+    }
+
+    /// The cache settings with defaults filled in.
+    pub fn cache_settings(&self) -> CacheSettings {
+        let d = CacheSettings::default();
+        CacheSettings {
+            max_ttl: self.cache.max_ttl.unwrap_or(d.max_ttl),
+            negative_ttl: self.cache.negative_ttl.unwrap_or(d.negative_ttl),
+            capacity: self.cache.capacity.unwrap_or(d.capacity),
+        }
     }
 
     /// Builds the chain. Watches files, so call it within a tokio runtime.
@@ -133,6 +258,33 @@ impl AuthenticationConfig {
                 message: e.to_string(),
             })?;
             chain.push(tokens);
+        }
+        let entries = self.jwt_entries(prefix, base).map_err(|p| BuildError {
+            field: p.field,
+            message: p.message,
+        })?;
+        if !entries.is_empty() {
+            let mut issuers: Vec<Arc<dyn Authenticator>> = Vec::new();
+            for (path, jwt) in entries {
+                let settings = jwt.settings(&path).map_err(|problems| BuildError {
+                    field: path.clone(),
+                    message: problems
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })?;
+                let issuer = OidcAuthenticator::start(settings).map_err(|e| BuildError {
+                    field: format!("{path}.issuer.certificateAuthority"),
+                    message: e.to_string(),
+                })?;
+                issuers.push(issuer);
+            }
+            let oidc = Chain::new(issuers);
+            chain.push(Arc::new(CachedAuthenticator::new(
+                Arc::new(oidc),
+                self.cache_settings(),
+            )));
         }
         Ok(Chain::new(chain))
     }

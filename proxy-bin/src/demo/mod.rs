@@ -84,6 +84,7 @@ impl Demo {
                     file: dir.path().join("tokens.csv"),
                     reload_interval: None,
                 }),
+                ..Default::default()
             },
             logging: Logging::default(),
             shutdown_timeout: Some(Duration::from_secs(5)),

@@ -6,6 +6,8 @@
 //! credential (the next authenticator is asked), and `Err` when it is its own
 //! and bad, or its backend is unreachable. A [`Chain`] asks each in order.
 
+pub mod cache;
+pub mod oidc;
 mod static_token;
 mod x509;
 
@@ -16,6 +18,8 @@ use std::sync::{Arc, OnceLock};
 
 use http::StatusCode;
 
+pub use cache::CachedAuthenticator;
+pub use oidc::OidcAuthenticator;
 pub use static_token::{StaticTokenError, StaticTokens};
 pub use x509::ClientCertificates;
 
@@ -45,16 +49,28 @@ pub struct UserInfo {
 #[derive(Debug)]
 pub struct Identity {
     user: UserInfo,
+    expires_at: Option<std::time::SystemTime>,
     headers: OnceLock<Result<ImpersonationHeaders, InvalidIdentity>>,
 }
 
 impl Identity {
     /// Wraps a user for sharing between requests.
     pub fn new(user: UserInfo) -> Arc<Identity> {
+        Self::expiring(user, None)
+    }
+
+    /// Wraps a user whose credential expires at `expires_at` (a token's `exp`).
+    pub fn expiring(user: UserInfo, expires_at: Option<std::time::SystemTime>) -> Arc<Identity> {
         Arc::new(Identity {
             user,
+            expires_at,
             headers: OnceLock::new(),
         })
+    }
+
+    /// When the credential behind this identity expires, if it does.
+    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
+        self.expires_at
     }
 
     /// The user.
