@@ -6,6 +6,7 @@
 //! a failed test that says how to install it, never a skip.
 
 pub mod apiserver;
+pub mod oidc;
 pub mod pki;
 pub mod upgrade;
 
@@ -86,7 +87,12 @@ pub struct Env {
 impl Env {
     /// Starts the double and authproxy with static tokens and client certificates.
     pub async fn start() -> anyhow::Result<Env> {
-        let pki = TestPki::new()?;
+        Self::start_with(TestPki::new()?, "").await
+    }
+
+    /// Like [`Env::start`] with more `authentication:` settings: `extra_auth`
+    /// is YAML (or JSON) lines already indented by two spaces.
+    pub async fn start_with(pki: TestPki, extra_auth: &str) -> anyhow::Result<Env> {
         let server_cert = pki.issue_server("apiserver")?;
         let tls = pki::server_config(&server_cert, &[b"h2", b"http/1.1"])?;
         let config = double::DoubleConfig::new(tls).with_token(
@@ -111,7 +117,7 @@ impl Env {
             "listen: 127.0.0.1:0\n\
              tls: {{certFile: {cert}, keyFile: {key}, clientCAFile: {ca}}}\n\
              upstream: {{url: '{url}', caFile: {ca}, tokenFile: proxy-token, tokenReloadInterval: 50ms, connectTimeout: 2s}}\n\
-             authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv, reloadInterval: 50ms}}\n\
+             authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv, reloadInterval: 50ms}}\n{extra_auth}\n\
              shutdownTimeout: 2s\n",
             cert = proxy_cert.cert_path.display(),
             key = proxy_cert.key_path.display(),

@@ -43,7 +43,7 @@ pub struct DoubleConfig {
 
 impl DoubleConfig {
     /// No tokens yet; rules: everyone authenticated may create
-    /// selfsubjectreviews; group `devs` may get/list/watch pods and exec,
+    /// selfsubjectreviews; groups `devs` and `oidc:devs` may get/list/watch pods and exec,
     /// attach and port-forward in `default`; group `admins` may do anything;
     /// the proxy's service account may impersonate anything.
     pub fn new(tls: Arc<rustls::ServerConfig>) -> Self {

@@ -209,7 +209,7 @@ pub fn default_rules(proxy_user: &str) -> Vec<Rule> {
             .for_groups(&["system:authenticated"]),
         Rule::allow(&["get", "list", "watch"], &["pods"])
             .in_namespaces(&["default"])
-            .for_groups(&["devs"]),
+            .for_groups(&["devs", "oidc:devs"]),
         Rule::allow(
             &["create", "get"],
             &["pods/exec", "pods/attach", "pods/portforward"],

@@ -34,6 +34,13 @@ pub struct JwtAuthenticator {
     /// authproxy extension: clock skew allowed on exp/nbf/iat (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub clock_skew: Option<Duration>,
+    /// authproxy extension: least time between key refreshes caused by
+    /// tokens with an unknown `kid` (default 10s).
+    #[serde(default, with = "humantime_serde")]
+    pub key_refresh_min_interval: Option<Duration>,
+    /// authproxy extension: time between scheduled key refreshes (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub key_refresh_interval: Option<Duration>,
 }
 
 /// `issuer` of a `jwt:` entry.
@@ -332,8 +339,12 @@ impl JwtAuthenticator {
                 .collect(),
             algorithms,
             clock_skew: self.clock_skew.unwrap_or(Duration::from_secs(30)),
-            min_refresh_interval: Duration::from_secs(10),
-            refresh_interval: Duration::from_secs(300),
+            min_refresh_interval: self
+                .key_refresh_min_interval
+                .unwrap_or(Duration::from_secs(10)),
+            refresh_interval: self
+                .key_refresh_interval
+                .unwrap_or(Duration::from_secs(300)),
         })
     }
 }
@@ -421,6 +432,8 @@ impl OidcFlags {
                 .as_ref()
                 .map(|s| s.split(',').map(|a| a.trim().to_owned()).collect()),
             clock_skew: None,
+            key_refresh_min_interval: None,
+            key_refresh_interval: None,
         }))
     }
 }

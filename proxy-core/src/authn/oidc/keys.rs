@@ -195,10 +195,12 @@ impl KeySet {
         self.fetch_and_store().await;
     }
 
-    /// Refreshes now (single-flight with on-demand refreshes). True when keys are loaded.
+    /// Refreshes now (single-flight with on-demand refreshes). True when keys
+    /// are loaded. Scheduled refreshes do not count against the on-demand
+    /// rate limit, so a key rotated right after a scheduled refresh is still
+    /// picked up by the first token that uses it.
     pub async fn refresh_now(&self) -> bool {
-        let mut state = self.refresh.lock().await;
-        state.last_attempt = Some(Instant::now());
+        let _state = self.refresh.lock().await;
         self.fetch_and_store().await;
         self.is_loaded()
     }

@@ -1,0 +1,289 @@
+//! The real OpenID provider (`oidc-provider` from npm, run by node from
+//! tests/oidc/provider.js) and a client that signs in through its
+//! authorization-code + PKCE flow with curl, as a browser would.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::pki::TestPki;
+use crate::{require_tool, wait_for, INSTALL_HINT};
+
+/// Where the provider's script and node packages live.
+pub fn provider_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc")
+}
+
+/// The redirect URI registered for the test clients.
+pub const REDIRECT_URI: &str = "http://127.0.0.1/callback";
+
+/// A signing key made for the provider: (PEM file, kid).
+#[derive(Debug, Clone)]
+pub struct SigningKey {
+    /// PEM private key file.
+    pub path: PathBuf,
+    /// Its key id.
+    pub kid: String,
+    /// PEM private key (the tests sign negative-case tokens with it).
+    pub pem: String,
+}
+
+/// Makes a key with node's crypto: `rsa` (2048) or `ec` (P-256).
+pub async fn generate_key(dir: &Path, kind: &str, kid: &str) -> anyhow::Result<SigningKey> {
+    require_tool("node")?;
+    let script = match kind {
+        "rsa" => "const c=require('crypto');process.stdout.write(c.generateKeyPairSync('rsa',{modulusLength:2048}).privateKey.export({type:'pkcs8',format:'pem'}))",
+        "ec" => "const c=require('crypto');process.stdout.write(c.generateKeyPairSync('ec',{namedCurve:'P-256'}).privateKey.export({type:'pkcs8',format:'pem'}))",
+        other => bail!("unknown key kind {other}"),
+    };
+    let out = tokio::process::Command::new("node")
+        .args(["-e", script])
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!(
+            "node could not make a key: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pem = String::from_utf8(out.stdout)?;
+    let path = dir.join(format!("{kid}.pem"));
+    std::fs::write(&path, &pem)?;
+    Ok(SigningKey {
+        path,
+        kid: kid.into(),
+        pem,
+    })
+}
+
+/// A running provider. Dropping it kills the process.
+pub struct OidcProvider {
+    child: Option<tokio::process::Child>,
+    port: u16,
+    ca: PathBuf,
+    tls: (PathBuf, PathBuf),
+    jar: tempfile::TempDir,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl OidcProvider {
+    /// Starts the provider on a free port with `keys`, waits until discovery answers.
+    pub async fn start(pki: &TestPki, keys: &[SigningKey]) -> anyhow::Result<OidcProvider> {
+        let cert = pki.issue_server("oidc-provider")?;
+        let mut provider = OidcProvider {
+            child: None,
+            port: free_port()?,
+            ca: pki.ca_path().to_owned(),
+            tls: (cert.cert_path, cert.key_path),
+            jar: tempfile::tempdir()?,
+        };
+        provider.launch(keys).await?;
+        Ok(provider)
+    }
+
+    async fn launch(&mut self, keys: &[SigningKey]) -> anyhow::Result<()> {
+        require_tool("node")?;
+        let dir = provider_dir();
+        if !dir.join("node_modules/oidc-provider").is_dir() {
+            bail!("tests/oidc/node_modules is missing; {INSTALL_HINT}");
+        }
+        let join = |f: fn(&SigningKey) -> String| keys.iter().map(f).collect::<Vec<_>>().join(",");
+        let child = tokio::process::Command::new("node")
+            .arg(dir.join("provider.js"))
+            .current_dir(&dir)
+            .env("PORT", self.port.to_string())
+            .env("ISSUER", self.issuer())
+            .env("TLS_CERT", &self.tls.0)
+            .env("TLS_KEY", &self.tls.1)
+            .env("SIGNING_KEYS", join(|k| k.path.display().to_string()))
+            .env("KEY_IDS", join(|k| k.kid.clone()))
+            .env("REDIRECT_URI", REDIRECT_URI)
+            .env("NODE_NO_WARNINGS", "1")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting node")?;
+        self.child = Some(child);
+        let url = format!("{}/.well-known/openid-configuration", self.issuer());
+        let ca = self.ca.clone();
+        wait_for(Duration::from_secs(20), "oidc-provider discovery", || {
+            let (url, ca) = (url.clone(), ca.clone());
+            async move {
+                match crate::curl_with_ca(&ca, &[&url]).await {
+                    Ok((200, _)) => Ok(Some(())),
+                    Ok((code, body)) => Err(format!("{code}: {body}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Stops the provider (an IdP outage).
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Stops it if running and starts it again on the same port with `keys`.
+    pub async fn restart(&mut self, keys: &[SigningKey]) -> anyhow::Result<()> {
+        self.stop().await;
+        self.launch(keys).await
+    }
+
+    /// The issuer URL.
+    pub fn issuer(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// How many times the provider served its JWKS.
+    pub async fn jwks_count(&self) -> anyhow::Result<u64> {
+        let (code, body) =
+            crate::curl_with_ca(&self.ca, &[&format!("{}/test/jwks-count", self.issuer())]).await?;
+        if code != 200 {
+            bail!("jwks-count: {code} {body}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        v["count"].as_u64().context("count")
+    }
+
+    async fn step(
+        &self,
+        jar: &Path,
+        url: &str,
+        form: Option<&[(&str, &str)]>,
+    ) -> anyhow::Result<(u16, Option<String>, String)> {
+        let jar = jar.display().to_string();
+        let mut args: Vec<String> = vec![
+            "-b".into(),
+            jar.clone(),
+            "-c".into(),
+            jar,
+            "-D".into(),
+            "-".into(),
+        ];
+        if let Some(form) = form {
+            for (k, v) in form {
+                args.push("--data-urlencode".into());
+                args.push(format!("{k}={v}"));
+            }
+        }
+        args.push(url.into());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, text) = crate::curl_with_ca(&self.ca, &refs).await?;
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+        let location = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("location: ")
+                    .or_else(|| l.strip_prefix("Location: "))
+            })
+            .map(|l| l.trim().to_owned());
+        Ok((code, location, body.to_owned()))
+    }
+
+    fn absolute(&self, location: &str) -> String {
+        if location.starts_with("http") {
+            location.to_owned()
+        } else {
+            format!("{}{location}", self.issuer())
+        }
+    }
+
+    /// Signs in as `login` through authorization code + PKCE and returns the ID token.
+    pub async fn id_token(&self, client_id: &str, login: &str) -> anyhow::Result<String> {
+        let verifier = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(format!("{login}{}", self.port)));
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(verifier.as_bytes()));
+        let auth = format!(
+            "{}/auth?client_id={client_id}&response_type=code&scope=openid%20email%20groups&redirect_uri={}&code_challenge={challenge}&code_challenge_method=S256&state=st4te&nonce=n0nce",
+            self.issuer(),
+            percent_encoding::utf8_percent_encode(REDIRECT_URI, percent_encoding::NON_ALPHANUMERIC),
+        );
+        // A fresh cookie jar: a new browser session, so no single sign-on
+        // from an earlier login.
+        let jar = tempfile::NamedTempFile::new_in(self.jar.path())?.into_temp_path();
+        let mut url = auth;
+        let mut form: Option<Vec<(&str, &str)>> = None;
+        for _ in 0..12 {
+            let (code, location, body) = self.step(&jar, &url, form.as_deref()).await?;
+            form = None;
+            if let Some(location) = location {
+                if location.starts_with(REDIRECT_URI) {
+                    let code = location
+                        .split(['?', '&'])
+                        .find_map(|p| p.strip_prefix("code="))
+                        .context("no code in the redirect")?
+                        .to_owned();
+                    return self.exchange(&jar, client_id, &code, &verifier).await;
+                }
+                url = self.absolute(&location);
+                continue;
+            }
+            // An interaction page: the login form or the consent form.
+            let action = body
+                .split("action=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .with_context(|| format!("no form on the page ({code}): {body}"))?;
+            url = self.absolute(action);
+            form = Some(if body.contains("name=\"login\"") {
+                vec![("prompt", "login"), ("login", login), ("password", "any")]
+            } else {
+                vec![("prompt", "consent")]
+            });
+        }
+        bail!("the sign-in flow did not reach the redirect URI")
+    }
+
+    async fn exchange(
+        &self,
+        jar: &Path,
+        client_id: &str,
+        code: &str,
+        verifier: &str,
+    ) -> anyhow::Result<String> {
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", REDIRECT_URI),
+            ("client_id", client_id),
+            ("code_verifier", verifier),
+        ];
+        let (status, _, body) = self
+            .step(jar, &format!("{}/token", self.issuer()), Some(&form))
+            .await?;
+        if status != 200 {
+            bail!("token endpoint answered {status}: {body}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&body)?;
+        v["id_token"]
+            .as_str()
+            .map(str::to_owned)
+            .context("no id_token in the token response")
+    }
+}
+
+/// The SPKI PEM public key of a signing key (for the HS256-with-public-key attack).
+pub async fn public_pem(key: &SigningKey) -> anyhow::Result<String> {
+    let script = "const c=require('crypto');const fs=require('fs');process.stdout.write(c.createPublicKey(fs.readFileSync(process.argv[1])).export({type:'spki',format:'pem'}))";
+    let out = tokio::process::Command::new("node")
+        .args(["-e", script])
+        .arg(&key.path)
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("node: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
