@@ -23,37 +23,53 @@ async fn world() -> anyhow::Result<World> {
         generate_key(key_dir.path(), "ec", "ec-1").await?,
     ];
     let idp = OidcProvider::start(&pki, &keys).await?;
-    let jwt = json!([{
-        "issuer": {"url": idp.issuer(), "audiences": ["kubernetes", "kubernetes-es"], "certificateAuthority": pki.ca_pem()},
-        "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"}, "uid": {"claim": "sub"}},
-        "signingAlgorithms": ["RS256", "ES256"],
-        "clockSkew": "5s",
-    }]);
-    let env = Env::start_with(pki, &format!("  jwt: {jwt}")).await?;
-    let url = format!("{}/readyz", env.proxy_url());
-    let env_ref = &env;
-    wait_for(
-        Duration::from_secs(20),
-        "authproxy ready (keys loaded)",
-        || {
-            let url = url.clone();
-            async move {
-                let (code, body) = env_ref.curl(&[&url]).await.map_err(|e| e.to_string())?;
-                if code == 200 {
-                    Ok(Some(()))
-                } else {
-                    Err(format!("{code} {body}"))
-                }
-            }
-        },
-    )
-    .await?;
+    let auth = jwt_config(&idp, pki.ca_pem());
+    let env = Env::start_with(pki, &auth).await?;
+    wait_ready(&env).await?;
     Ok(World {
         env,
         idp,
         keys,
         _key_dir: key_dir,
     })
+}
+
+/// The `authentication:` lines for the provider, as kube's `jwt:` list.
+fn jwt_config(idp: &OidcProvider, ca_pem: &str) -> String {
+    let jwt = json!([{
+        "issuer": {"url": idp.issuer(), "audiences": ["kubernetes", "kubernetes-es"], "certificateAuthority": ca_pem},
+        "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"}, "uid": {"claim": "sub"}},
+        "signingAlgorithms": ["RS256", "ES256"],
+        "clockSkew": "5s",
+    }]);
+    format!("  jwt: {jwt}")
+}
+
+async fn readyz(env: &Env) -> anyhow::Result<u16> {
+    Ok(env.curl(&[&format!("{}/readyz", env.proxy_url())]).await?.0)
+}
+
+async fn wait_ready(env: &Env) -> anyhow::Result<()> {
+    wait_for(
+        Duration::from_secs(20),
+        "authproxy ready (keys loaded)",
+        || async move {
+            match readyz(env).await {
+                Ok(200) => Ok(Some(())),
+                Ok(code) => Err(format!("/readyz {code}")),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+async fn pods_status(env: &Env, token: &str) -> anyhow::Result<u16> {
+    let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+    Ok(env
+        .curl(&["-H", &format!("Authorization: Bearer {token}"), &url])
+        .await?
+        .0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,4 +235,80 @@ async fn unknown_key_id_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let stranger = generate_key(dir.path(), "rsa", "stranger").await?;
     assert_refused(&w, &sign_rs256(&stranger, "stranger", &claims(&w))?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_keys_are_accepted_and_a_burst_causes_one_jwks_fetch() -> anyhow::Result<()> {
+    let mut w = world().await?;
+    let old = w.idp.id_token("kubernetes", "alice").await?;
+    assert_eq!(pods_status(&w.env, &old).await?, 200);
+
+    let dir = tempfile::tempdir()?;
+    let rotated = vec![
+        generate_key(dir.path(), "rsa", "rsa-2").await?,
+        generate_key(dir.path(), "ec", "ec-2").await?,
+    ];
+    w.idp.restart(&rotated).await?;
+    let token = w.idp.id_token("kubernetes", "alice").await?;
+    let before = w.idp.jwks_count().await?;
+
+    // 100 concurrent requests carrying the new kid, from one curl.
+    let url = format!("{}/api/v1/namespaces/default/pods", w.env.proxy_url());
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "30",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "100",
+        "--cacert",
+    ])
+    .arg(w.env.pki.ca_path())
+    .args([
+        "-H",
+        &format!("Authorization: Bearer {token}"),
+        "-w",
+        "%{http_code}\\n",
+    ]);
+    for _ in 0..100 {
+        cmd.args(["-o", "/dev/null"]).arg(&url);
+    }
+    let out = cmd.output().await?;
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let codes: Vec<&str> = codes.lines().collect();
+    assert_eq!(codes.len(), 100, "{}", String::from_utf8_lossy(&out.stderr));
+    let failed = codes.iter().filter(|c| **c != "200").count();
+    assert_eq!(failed, 0, "{failed} of 100 requests were not 200");
+    assert_eq!(
+        w.idp.jwks_count().await? - before,
+        1,
+        "a burst with a new kid must cause exactly one JWKS fetch"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idp_outage_keeps_known_keys_and_a_fresh_proxy_waits_until_the_idp_is_back(
+) -> anyhow::Result<()> {
+    let mut w = world().await?;
+    let unused = w.idp.id_token("kubernetes", "carol").await?; // never sent before the outage: not cached
+    w.idp.stop().await;
+    assert_eq!(
+        pods_status(&w.env, &unused).await?,
+        200,
+        "keys in memory must keep working"
+    );
+
+    let fresh = Env::start_with(TestPki::new()?, &jwt_config(&w.idp, w.env.pki.ca_pem())).await?;
+    for _ in 0..5 {
+        assert_eq!(readyz(&fresh).await?, 503, "ready without keys");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    w.idp.restart(&w.keys).await?;
+    wait_ready(&fresh).await?;
+    let token = w.idp.id_token("kubernetes", "alice").await?;
+    assert_eq!(pods_status(&fresh, &token).await?, 200);
+    Ok(())
 }
