@@ -104,9 +104,90 @@ fn benches(c: &mut Criterion) {
     });
 }
 
+/// OIDC verification without a cache (RS256 and ES256) and the cache hit in
+/// front of it. Keys are preloaded from benches/fixtures (bench-only keys).
+fn oidc(c: &mut Criterion) {
+    use proxy_core::authn::cache::CacheSettings;
+    use proxy_core::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
+    use proxy_core::authn::CachedAuthenticator;
+    use proxy_core::credential::Secret;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    // The issuer is never reached (loopback discard port); keys are preloaded.
+    let issuer = "https://127.0.0.1:9";
+    let jwt: JwtAuthenticator = serde_json::from_value(serde_json::json!({
+        "issuer": {"url": issuer, "audiences": ["bench"]},
+        "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"}},
+        "signingAlgorithms": ["RS256", "ES256"],
+    }))
+    .expect("config");
+    let authenticator =
+        OidcAuthenticator::start(jwt.settings("bench").expect("settings")).expect("authenticator");
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(
+        &std::fs::read_to_string(format!("{fixtures}/jwks.json")).expect("jwks"),
+    )
+    .expect("jwks json");
+    authenticator.keys().preload(&jwks).expect("preload");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = serde_json::json!({"iss": issuer, "aud": "bench", "sub": "u1", "email": "alice@example.com",
+        "email_verified": true, "groups": ["devs", "ops"], "iat": now, "exp": now + 3600});
+    let sign = |alg: jsonwebtoken::Algorithm, kid: &str, key: jsonwebtoken::EncodingKey| {
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some(kid.into());
+        Credential::Bearer(Secret::new(
+            jsonwebtoken::encode(&header, &claims, &key).expect("sign"),
+        ))
+    };
+    let pem = |name: &str| std::fs::read(format!("{fixtures}/{name}")).expect("key");
+    let rs256 = sign(
+        jsonwebtoken::Algorithm::RS256,
+        "rsa-bench",
+        jsonwebtoken::EncodingKey::from_rsa_pem(&pem("rs256-bench-only.pem")).expect("rsa"),
+    );
+    let es256 = sign(
+        jsonwebtoken::Algorithm::ES256,
+        "ec-bench",
+        jsonwebtoken::EncodingKey::from_ec_pem(&pem("es256-bench-only.pem")).expect("ec"),
+    );
+
+    let verify = |credential: &Credential| {
+        authenticator
+            .authenticate(credential)
+            .now_or_never()
+            .expect("keys are loaded: no waiting")
+            .expect("valid token")
+            .expect("claimed")
+    };
+    assert_eq!(verify(&rs256).user().username, "alice@example.com");
+    c.bench_function("oidc_verify_rs256_cold", |b| {
+        b.iter(|| verify(black_box(&rs256)))
+    });
+    c.bench_function("oidc_verify_es256_cold", |b| {
+        b.iter(|| verify(black_box(&es256)))
+    });
+
+    let cached = CachedAuthenticator::new(authenticator.clone(), CacheSettings::default());
+    let hit = |credential: &Credential| {
+        runtime
+            .block_on(cached.authenticate(credential))
+            .expect("valid token")
+            .expect("claimed")
+    };
+    hit(&rs256);
+    c.bench_function("oidc_cache_hit", |b| b.iter(|| hit(black_box(&rs256))));
+}
+
 criterion_group! {
     name = hot_path;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = benches
+    targets = benches, oidc
 }
 criterion_main!(hot_path);

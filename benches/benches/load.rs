@@ -130,16 +130,51 @@ async fn bare_proxy(
     Ok(addr)
 }
 
-/// authproxy: static tokens + impersonation + upstream with a token file.
+/// An OIDC issuer with the bench keys preloaded, behind the token cache, and
+/// an RS256 ID token it accepts.
+fn oidc_chain() -> anyhow::Result<(Chain, String)> {
+    use proxy_core::authn::cache::CacheSettings;
+    use proxy_core::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
+    use proxy_core::authn::CachedAuthenticator;
+    let issuer = "https://127.0.0.1:9"; // never reached: keys are preloaded
+    let jwt: JwtAuthenticator = serde_json::from_value(serde_json::json!({
+        "issuer": {"url": issuer, "audiences": ["bench"]},
+        "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"}},
+    }))?;
+    let oidc = OidcAuthenticator::start(
+        jwt.settings("bench")
+            .map_err(|p| anyhow::anyhow!("{p:?}"))?,
+    )?;
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/jwks.json"))?)?;
+    oidc.keys().preload(&jwks).map_err(anyhow::Error::msg)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = serde_json::json!({"iss": issuer, "aud": "bench", "sub": "u1", "email": "bench@example.com",
+        "email_verified": true, "groups": ["devs", "ops"], "iat": now, "exp": now + 3600});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-bench".into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(format!(
+        "{fixtures}/rs256-bench-only.pem"
+    ))?)?;
+    let token = jsonwebtoken::encode(&header, &claims, &key)?;
+    let cached = CachedAuthenticator::new(oidc, CacheSettings::default());
+    Ok((Chain::new(vec![Arc::new(cached)]), token))
+}
+
+/// authproxy: `chain` (default: static tokens) + impersonation + upstream with a token file.
 async fn authproxy(
     tls: Arc<rustls::ServerConfig>,
     ca_pem: &str,
     upstream: SocketAddr,
     dir: &std::path::Path,
+    chain: Option<Chain>,
 ) -> anyhow::Result<(SocketAddr, authproxy::server::RunningServer)> {
     let tokens =
         StaticTokens::from_csv(&format!("{USER_TOKEN},bench,1000,\"devs,ops\"\n"), "bench")?;
-    let chain = Chain::new(vec![Arc::new(tokens)]);
+    let chain = chain.unwrap_or_else(|| Chain::new(vec![Arc::new(tokens)]));
     let token_file = dir.join("proxy-token");
     std::fs::write(&token_file, PROXY_TOKEN)?;
     let upstream = Upstream::new(UpstreamOptions {
@@ -182,7 +217,7 @@ impl RunResult {
 /// Sends `total` requests over 64 keep-alive HTTP/1.1 connections.
 async fn load(
     addr: SocketAddr,
-    token: &'static str,
+    token: Arc<str>,
     client_tls: Arc<rustls::ClientConfig>,
     total: usize,
 ) -> anyhow::Result<RunResult> {
@@ -203,6 +238,7 @@ async fn load(
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(CONNECTIONS);
     for mut sender in senders {
+        let token = token.clone();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(per_connection);
             for _ in 0..per_connection {
@@ -256,29 +292,37 @@ fn main() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let upstream_addr = upstream(server_tls.clone()).await?;
         let bare_addr = bare_proxy(server_tls.clone(), pki.ca_pem(), upstream_addr).await?;
-        let (authproxy_addr, _running) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path()).await?;
-        let targets = [("direct", upstream_addr, PROXY_TOKEN), ("bare-proxy", bare_addr, PROXY_TOKEN), ("authproxy", authproxy_addr, USER_TOKEN)];
+        let (authproxy_addr, _running) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), None).await?;
+        let (oidc, id_token) = oidc_chain()?;
+        let (oidc_addr, _running_oidc) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), Some(oidc)).await?;
+        let targets: [(&str, SocketAddr, Arc<str>); 4] = [
+            ("direct", upstream_addr, PROXY_TOKEN.into()),
+            ("bare-proxy", bare_addr, PROXY_TOKEN.into()),
+            ("authproxy", authproxy_addr, USER_TOKEN.into()),
+            ("authproxy-oidc", oidc_addr, id_token.into()),
+        ];
 
         println!("load: {total} requests over {CONNECTIONS} keep-alive HTTP/1.1 connections per run, best of 2 runs");
-        for (_, addr, token) in targets {
-            load(addr, token, client_tls.clone(), total / 10).await?; // warm-up: pools, caches
+        for (_, addr, token) in &targets {
+            load(*addr, token.clone(), client_tls.clone(), total / 10).await?; // warm-up: pools, caches
         }
-        let mut best: Vec<Option<RunResult>> = vec![None, None, None];
+        let mut best: Vec<Option<RunResult>> = vec![None, None, None, None];
         for _round in 0..2 {
             for (i, (_, addr, token)) in targets.iter().enumerate() {
-                let result = load(*addr, token, client_tls.clone(), total).await?;
+                let result = load(*addr, token.clone(), client_tls.clone(), total).await?;
                 if best[i].as_ref().is_none_or(|b| result.rps() > b.rps()) {
                     best[i] = Some(result);
                 }
             }
         }
-        println!("{:<12} {:>9} {:>10} {:>9} {:>9}", "target", "requests", "req/s", "p50", "p99");
+        println!("{:<15} {:>9} {:>10} {:>9} {:>9}", "target", "requests", "req/s", "p50", "p99");
         for ((name, _, _), result) in targets.iter().zip(&best) {
             let r = result.as_ref().context("result")?;
-            println!("{name:<12} {:>9} {:>10.0} {:>7}µs {:>7}µs", r.requests, r.rps(), r.percentile(0.5).as_micros(), r.percentile(0.99).as_micros());
+            println!("{name:<15} {:>9} {:>10.0} {:>7}µs {:>7}µs", r.requests, r.rps(), r.percentile(0.5).as_micros(), r.percentile(0.99).as_micros());
         }
         let rps = |i: usize| best[i].as_ref().map(RunResult::rps).unwrap_or(0.0);
         println!("ratio authproxy/bare-proxy throughput: {:.2}", rps(2) / rps(1));
+        println!("ratio authproxy-oidc/bare-proxy throughput: {:.2}", rps(3) / rps(1));
         println!("ratio authproxy/direct throughput: {:.2}", rps(2) / rps(0));
         Ok(())
     })

@@ -243,6 +243,15 @@ impl KeySet {
         serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
     }
 
+    /// Installs keys from a JWKS document now, as if fetched (for pinned
+    /// keys, and for benchmarks that must not depend on an IdP).
+    pub fn preload(&self, jwks: &JwkSet) -> Result<(), String> {
+        self.keys
+            .store(Some(Arc::new(Self::keys_from(jwks, "preloaded JWKS")?)));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
     async fn fetch(&self) -> Result<Keys, String> {
         let discovery: Discovery = self.get_json(&self.discovery_url).await?;
         if discovery.issuer != self.issuer {
@@ -252,6 +261,10 @@ impl KeySet {
             ));
         }
         let set: JwkSet = self.get_json(&discovery.jwks_uri).await?;
+        Self::keys_from(&set, &discovery.jwks_uri)
+    }
+
+    fn keys_from(set: &JwkSet, source: &str) -> Result<Keys, String> {
         let mut keys = Vec::new();
         let mut by_kid = HashMap::new();
         for jwk in &set.keys {
@@ -278,7 +291,7 @@ impl KeySet {
             });
         }
         if keys.is_empty() {
-            return Err(format!("{}: no usable signing keys", discovery.jwks_uri));
+            return Err(format!("{source}: no usable signing keys"));
         }
         Ok(Keys { keys, by_kid })
     }
