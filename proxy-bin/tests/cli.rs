@@ -203,3 +203,222 @@ fn bad_token_file_line_is_reported_without_the_token() {
         "a token leaked into an error: {stderr}"
     );
 }
+
+fn minimal_config(dir: &std::path::Path, authentication: &str) -> std::path::PathBuf {
+    for file in ["tls.crt", "tls.key"] {
+        std::fs::write(dir.join(file), "x").expect("write");
+    }
+    let path = dir.join("c.yaml");
+    std::fs::write(
+        &path,
+        format!("tls: {{certFile: tls.crt, keyFile: tls.key}}\nupstream: {{url: 'https://127.0.0.1:6443'}}\nauthentication:\n{authentication}\n"),
+    )
+    .expect("write");
+    path
+}
+
+#[test]
+fn oidc_flags_are_accepted_with_kube_names_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = minimal_config(dir.path(), "  clientCertificates: false");
+    let ok = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .args([
+            "--oidc-issuer-url",
+            "https://idp.example",
+            "--oidc-client-id",
+            "kubernetes",
+            "--oidc-username-claim",
+            "email",
+        ])
+        .args([
+            "--oidc-groups-claim",
+            "groups",
+            "--oidc-groups-prefix",
+            "oidc:",
+            "--oidc-required-claim",
+            "hd=example.com",
+        ])
+        .args(["--oidc-signing-algs", "RS256,ES256"])
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let hs = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .args([
+            "--oidc-issuer-url",
+            "https://idp.example",
+            "--oidc-client-id",
+            "k",
+            "--oidc-signing-algs",
+            "HS256",
+        ])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&hs.stderr);
+    assert!(
+        !hs.status.success() && stderr.contains("signingAlgorithms[0]") && stderr.contains("HS256"),
+        "{stderr}"
+    );
+    let no_client = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .args(["--oidc-issuer-url", "https://idp"])
+        .output()
+        .expect("run");
+    assert!(String::from_utf8_lossy(&no_client.stderr).contains("--oidc-client-id"));
+}
+
+#[test]
+fn kube_authentication_configuration_file_is_read_and_cel_is_refused_by_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kube = dir.path().join("auth-config.yaml");
+    for (version, mapping, expect_ok) in [
+        ("v1beta1", "username: {claim: email, prefix: ''}", true),
+        (
+            "v1",
+            "username: {claim: sub, prefix: 'oidc:'}\n    groups: {claim: groups, prefix: ''}",
+            true,
+        ),
+        ("v1", "username: {expression: 'claims.email'}", false),
+    ] {
+        std::fs::write(
+            &kube,
+            format!("apiVersion: apiserver.config.k8s.io/{version}\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: https://idp.example\n    audiences: [kubernetes]\n  claimMappings:\n    {mapping}\n"),
+        )
+        .expect("write");
+        let path = minimal_config(dir.path(), "  authenticationConfigFile: auth-config.yaml");
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.success(),
+            expect_ok,
+            "{version} {mapping}: {stderr}"
+        );
+        if !expect_ok {
+            assert!(
+                stderr.contains("claimMappings.username.expression")
+                    && stderr.contains("not supported yet"),
+                "{stderr}"
+            );
+            assert!(stderr.contains("auth-config.yaml"), "{stderr}");
+        }
+    }
+}
+
+/// Runs `authproxy serve` with debug logs, sends good, bad and JWT-shaped
+/// tokens and a Basic password, and checks that none of them reached a log line.
+#[test]
+fn secrets_never_reach_a_log_line() {
+    require("curl");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = authproxy::pki::ThrowawayCa::new("log test CA").expect("ca");
+    let serving = ca.issue_server("localhost").expect("cert");
+    std::fs::write(dir.path().join("ca.crt"), ca.ca_pem()).expect("write");
+    std::fs::write(dir.path().join("tls.crt"), &serving.cert_pem).expect("write");
+    std::fs::write(dir.path().join("tls.key"), &serving.key_pem).expect("write");
+    std::fs::write(
+        dir.path().join("tokens.csv"),
+        "good-secret-token-1234,alice,1,\"devs\"\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("proxy-token"), "proxy-secret-token-5678").expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\ntls: {{certFile: tls.crt, keyFile: tls.key}}\nupstream: {{url: 'https://127.0.0.1:1', caFile: ca.crt, tokenFile: proxy-token, connectTimeout: 1s}}\n\
+             authentication:\n  staticTokens: {{file: tokens.csv}}\n  jwt:\n  - issuer: {{url: 'https://127.0.0.1:2', audiences: [k]}}\n    claimMappings: {{username: {{claim: sub, prefix: ''}}}}\n\
+             logging: {{format: json, level: debug}}\n"
+        ),
+    )
+    .expect("write");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut child = KillOnDrop(child);
+    let url = format!("https://127.0.0.1:{port}/api/v1/namespaces/default/pods");
+    let ca_path = dir.path().join("ca.crt");
+    let curl = |header: &str| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(&ca_path)
+            .args(["-H", header, &url])
+            .output()
+            .expect("curl")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl("X-Probe: 1").stdout.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "authproxy did not answer within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // header.payload.signature with iss of the configured issuer
+    let jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6Imsxc2VjcmV0In0.eyJpc3MiOiJodHRwczovLzEyNy4wLjAuMToyIiwic3ViIjoiand0LXNlY3JldC1wYXlsb2FkIn0.c2lnbmF0dXJlLXNlY3JldA";
+    for header in [
+        "Authorization: Bearer good-secret-token-1234".to_string(),
+        "Authorization: Bearer bad-secret-token-9999".to_string(),
+        format!("Authorization: Bearer {jwt}"),
+        "Authorization: Basic YWxpY2U6cGFzc3dvcmQtc2VjcmV0LTQyNDI=".to_string(), // alice:password-secret-4242
+    ] {
+        let out = curl(&header);
+        assert!(!out.stdout.is_empty(), "no answer for {header}");
+    }
+    let _ = child.0.kill();
+    let output = child.0.wait_with_output_ref();
+    for secret in [
+        "good-secret-token-1234",
+        "bad-secret-token-9999",
+        "proxy-secret-token-5678",
+        jwt,
+        "c2lnbmF0dXJlLXNlY3JldA",
+        "password-secret-4242",
+        "YWxpY2U6cGFzc3dvcmQtc2VjcmV0LTQyNDI=",
+    ] {
+        assert!(
+            !output.contains(secret),
+            "a secret reached the logs: {secret}\n{output}"
+        );
+    }
+    assert!(
+        output.contains("authentication failed") || output.contains("no authenticator accepted"),
+        "expected authentication log lines:\n{output}"
+    );
+}
+
+trait WaitOutput {
+    fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitOutput for std::process::Child {
+    fn wait_with_output_ref(&mut self) -> String {
+        let mut text = String::new();
+        if let Some(mut stderr) = self.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        }
+        let _ = self.wait();
+        text
+    }
+}
