@@ -13,9 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use proxy_core::credential::ClientCertificate;
+use proxy_core::credential::{ClientAddr, ClientCertificate};
 use proxy_core::upstream::{Upstream, UpstreamError};
-use proxy_core::{proxy_stack, Chain, ProxyBody, ProxyStack};
+use proxy_core::{Chain, ProxyBody, ProxyStack};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -133,10 +133,18 @@ impl Proxy {
     pub fn from_config(config: &FileConfig, base: &Path) -> Result<Proxy, StartError> {
         let chain = config.authentication.build("authentication", base)?;
         let upstream = Upstream::new(config.upstream.to_options("upstream", base)?)?;
-        Ok(Proxy {
-            stack: proxy_stack(chain.clone(), upstream),
-            chain,
-        })
+        let mut authn = proxy_core::AuthnLayer::new(chain.clone());
+        if config.authentication.ldap.is_some() {
+            // kubectl and browsers answer a Basic challenge with username/password.
+            authn = authn.with_challenge(http::HeaderValue::from_static(
+                "Basic realm=\"authproxy\", Bearer realm=\"authproxy\"",
+            ));
+        }
+        let stack = tower_layer::Layer::layer(
+            &authn,
+            tower_layer::Layer::layer(&proxy_core::ImpersonateLayer::new(), upstream),
+        );
+        Ok(Proxy { stack, chain })
     }
 
     fn is_ready(&self) -> bool {
@@ -147,6 +155,7 @@ impl Proxy {
         mut self,
         mut req: Request<Incoming>,
         cert: Option<ClientCertificate>,
+        peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
         match req.uri().path() {
             "/livez" => return Ok(plain(StatusCode::OK, "ok")),
@@ -165,6 +174,7 @@ impl Proxy {
         if let Some(cert) = cert {
             req.extensions_mut().insert(cert);
         }
+        req.extensions_mut().insert(ClientAddr(peer.ip()));
         self.stack.call(req).await
     }
 }
@@ -300,8 +310,9 @@ async fn accept_loop(
                         .into(),
                 )
             });
-            let service =
-                hyper::service::service_fn(move |req| proxy.clone().handle(req, cert.clone()));
+            let service = hyper::service::service_fn(move |req| {
+                proxy.clone().handle(req, cert.clone(), peer)
+            });
             let builder = auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {

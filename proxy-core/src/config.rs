@@ -80,6 +80,8 @@ pub struct AuthenticationConfig {
     /// The cache in front of token authenticators.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// LDAP logins with `Authorization: Basic`.
+    pub ldap: Option<crate::authn::ldap::LdapConfig>,
 }
 
 /// Token cache settings.
@@ -189,6 +191,21 @@ impl AuthenticationConfig {
                 )),
             }
         }
+        if let Some(ldap) = &self.ldap {
+            problems.extend(ldap.problems(&format!("{prefix}.ldap")));
+            check_readable(
+                &mut problems,
+                &format!("{prefix}.ldap.bindPasswordFile"),
+                &resolve(base, &ldap.bind_password_file),
+            );
+            if let Some(ca) = &ldap.ca_file {
+                check_readable(
+                    &mut problems,
+                    &format!("{prefix}.ldap.caFile"),
+                    &resolve(base, ca),
+                );
+            }
+        }
         match self.jwt_entries(prefix, base) {
             Ok(entries) => {
                 for (path, jwt) in &entries {
@@ -196,7 +213,11 @@ impl AuthenticationConfig {
                         problems.append(&mut more);
                     }
                 }
-                if !self.client_certificates && self.static_tokens.is_none() && entries.is_empty() {
+                if !self.client_certificates
+                    && self.static_tokens.is_none()
+                    && self.ldap.is_none()
+                    && entries.is_empty()
+                {
                     problems.push(problem(prefix, "no authenticator is configured"));
                 }
             }

@@ -43,6 +43,11 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug)]
 pub struct ClientCertificate(pub Arc<[CertificateDer<'static>]>);
 
+/// The caller's network address; a listener puts it into the request
+/// extensions so that login throttling can count per client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// A credential presented by the caller.
 #[derive(Clone, Debug)]
 pub enum Credential {
@@ -54,6 +59,8 @@ pub enum Credential {
         username: String,
         /// The password, as sent (possibly empty: authenticators must refuse that).
         password: Secret,
+        /// The caller's address, when the listener knows it.
+        client: Option<std::net::IpAddr>,
     },
     /// A client certificate verified by the TLS listener.
     ClientCertificate(ClientCertificate),
@@ -91,7 +98,11 @@ impl Credential {
             (Some(_), Some(_)) => Err(CredentialError::Repeated),
             (Some(value), None) => {
                 let value = value.to_str().map_err(|_| CredentialError::NotAscii)?;
-                Self::from_authorization(value)
+                let mut credential = Self::from_authorization(value)?;
+                if let Some(Credential::Basic { client, .. }) = credential.as_mut() {
+                    *client = extensions.get::<ClientAddr>().map(|a| a.0);
+                }
+                Ok(credential)
             }
             (None, _) => Ok(extensions
                 .get::<ClientCertificate>()
@@ -124,6 +135,7 @@ impl Credential {
             Ok(Some(Credential::Basic {
                 username: username.to_owned(),
                 password: Secret::new(password),
+                client: None,
             }))
         } else {
             Ok(None)
@@ -172,7 +184,9 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode("al:ice:pa:ss")
         );
         match parse(&v).unwrap() {
-            Some(Credential::Basic { username, password }) => {
+            Some(Credential::Basic {
+                username, password, ..
+            }) => {
                 assert_eq!(username, "al");
                 assert_eq!(password.expose(), "ice:pa:ss");
             }

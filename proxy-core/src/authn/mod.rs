@@ -7,6 +7,7 @@
 //! and bad, or its backend is unreachable. A [`Chain`] asks each in order.
 
 pub mod cache;
+pub mod ldap;
 pub mod oidc;
 mod static_token;
 mod x509;
@@ -19,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 use http::StatusCode;
 
 pub use cache::CachedAuthenticator;
+pub use ldap::LdapAuthenticator;
 pub use oidc::OidcAuthenticator;
 pub use static_token::{StaticTokenError, StaticTokens};
 pub use x509::ClientCertificates;

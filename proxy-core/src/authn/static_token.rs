@@ -315,6 +315,7 @@ mod tests {
         let basic = Credential::Basic {
             username: "alice".into(),
             password: Secret::new("tok-alice"),
+            client: None,
         };
         assert!(t.authenticate(&basic).await.unwrap().is_none());
         let unknown = Credential::Bearer(Secret::new("nope"));

@@ -1,0 +1,202 @@
+//! LDAP settings (the `authentication.ldap` section).
+//!
+//! ```yaml
+//! ldap:
+//!   url: ldaps://ldap.example.com:636      # or ldap://…:389 with startTLS: true
+//!   caFile: ldap-ca.crt
+//!   bindDN: cn=authproxy,ou=services,dc=example,dc=com
+//!   bindPasswordFile: ldap-bind-password
+//!   userSearch: {baseDN: 'ou=people,dc=example,dc=com', filter: '(uid={username})', usernameAttribute: uid, uidAttribute: uidNumber}
+//!   groupSearch: {baseDN: 'ou=groups,dc=example,dc=com', filter: '(member={dn})', nameAttribute: cn}
+//!   groupPrefix: 'ldap:'
+//! ```
+//!
+//! In filters `{username}` and `{dn}` are replaced by the RFC 4515-escaped
+//! user name and user DN. Active Directory: `userSearch.filter:
+//! (sAMAccountName={username})`, `usernameAttribute: sAMAccountName`,
+//! `uidAttribute: objectGUID`, and either `memberOfAttribute: memberOf` or
+//! `groupSearch.filter: (member:1.2.840.113556.1.4.1941:={dn})` for nested groups.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::throttle::Limits;
+
+/// The `authentication.ldap` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LdapConfig {
+    /// `ldaps://host:port` or `ldap://host:port`.
+    pub url: String,
+    /// Upgrade `ldap://` with StartTLS.
+    #[serde(default, rename = "startTLS")]
+    pub start_tls: bool,
+    /// Allow plain `ldap://` without StartTLS to a host that is not loopback.
+    /// Passwords then cross the network in clear text.
+    #[serde(default, rename = "insecureNoTLS")]
+    pub insecure_no_tls: bool,
+    /// PEM CA bundle for the directory's certificate (default: system bundle).
+    pub ca_file: Option<PathBuf>,
+    /// The service account that searches.
+    #[serde(rename = "bindDN")]
+    pub bind_dn: String,
+    /// File holding the service account's password.
+    pub bind_password_file: PathBuf,
+    /// How users are found.
+    pub user_search: UserSearch,
+    /// How groups are found (or use `memberOfAttribute`).
+    pub group_search: Option<GroupSearch>,
+    /// Read groups from this attribute of the user entry (group DNs; the
+    /// first RDN value is the group name).
+    pub member_of_attribute: Option<String>,
+    /// Prepended to every group name.
+    #[serde(default)]
+    pub group_prefix: String,
+    /// TCP connect timeout (default 5s).
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Per-operation timeout (default 5s).
+    #[serde(default, with = "humantime_serde")]
+    pub operation_timeout: Option<Duration>,
+    /// Service connections kept open for searches (default 2).
+    pub pool_size: Option<usize>,
+    /// How long a successful login is remembered (default 30s).
+    #[serde(default, rename = "cacheTTL", with = "humantime_serde")]
+    pub cache_ttl: Option<Duration>,
+    /// Failed-login limits.
+    #[serde(default)]
+    pub throttle: ThrottleConfig,
+}
+
+/// `userSearch`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UserSearch {
+    /// Where users live.
+    #[serde(rename = "baseDN")]
+    pub base_dn: String,
+    /// Filter with `{username}` (default `(uid={username})`).
+    pub filter: Option<String>,
+    /// Attribute holding the user name (default `uid`).
+    pub username_attribute: Option<String>,
+    /// Attribute holding a stable id (optional).
+    pub uid_attribute: Option<String>,
+}
+
+/// `groupSearch`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GroupSearch {
+    /// Where groups live.
+    #[serde(rename = "baseDN")]
+    pub base_dn: String,
+    /// Filter with `{dn}` and/or `{username}` (default `(member={dn})`;
+    /// groupOfUniqueNames: `(uniqueMember={dn})`; posixGroup: `(memberUid={username})`).
+    pub filter: Option<String>,
+    /// Attribute holding the group name (default `cn`).
+    pub name_attribute: Option<String>,
+}
+
+/// `throttle`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ThrottleConfig {
+    /// Failures per user name before blocking (default 5).
+    pub max_failures_per_user: Option<u32>,
+    /// Failures per client address before blocking (default 20).
+    pub max_failures_per_client: Option<u32>,
+    /// How long failures are remembered (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub window: Option<Duration>,
+    /// First block length, doubling per further failure (default 30s).
+    #[serde(default, with = "humantime_serde")]
+    pub backoff: Option<Duration>,
+    /// Longest block (default 15m).
+    #[serde(default, with = "humantime_serde")]
+    pub max_backoff: Option<Duration>,
+}
+
+impl ThrottleConfig {
+    /// (per user, per client) limits with defaults.
+    pub fn limits(&self) -> (Limits, Limits) {
+        let window = self.window.unwrap_or(Duration::from_secs(300));
+        let backoff = self.backoff.unwrap_or(Duration::from_secs(30));
+        let max_backoff = self.max_backoff.unwrap_or(Duration::from_secs(900));
+        let limits = |max_failures| Limits {
+            max_failures,
+            window,
+            backoff,
+            max_backoff,
+        };
+        (
+            limits(self.max_failures_per_user.unwrap_or(5)),
+            limits(self.max_failures_per_client.unwrap_or(20)),
+        )
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl LdapConfig {
+    /// Every problem in the section, `path` being its location.
+    pub fn problems(&self, path: &str) -> Vec<crate::config::Problem> {
+        let mut problems = Vec::new();
+        let mut p = |field: &str, message: String| {
+            problems.push(crate::config::Problem {
+                field: format!("{path}.{field}"),
+                message,
+            })
+        };
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("", ""));
+        let host = rest.split('/').next().unwrap_or_default();
+        let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+        match scheme {
+            "ldaps" if self.start_tls => p("startTLS", "ldaps:// is already TLS; StartTLS applies to ldap:// only".into()),
+            "ldaps" => {}
+            "ldap" if self.start_tls || self.insecure_no_tls || is_loopback_host(host) => {}
+            "ldap" => p(
+                "url",
+                format!("{} sends passwords in clear text: use ldaps://, set startTLS: true, or (not recommended) insecureNoTLS: true", self.url),
+            ),
+            _ => p("url", format!("{:?} is not an ldap:// or ldaps:// URL", self.url)),
+        }
+        if host.is_empty() {
+            p("url", "has no host".into());
+        }
+        let filter = self
+            .user_search
+            .filter
+            .as_deref()
+            .unwrap_or("(uid={username})");
+        if !filter.contains("{username}") {
+            p("userSearch.filter", "must contain {username}".into());
+        }
+        if !filter.starts_with('(') || !filter.ends_with(')') {
+            p(
+                "userSearch.filter",
+                "must be a parenthesized LDAP filter".into(),
+            );
+        }
+        if let Some(g) = &self.group_search {
+            let filter = g.filter.as_deref().unwrap_or("(member={dn})");
+            if !filter.contains("{dn}") && !filter.contains("{username}") {
+                p(
+                    "groupSearch.filter",
+                    "must contain {dn} or {username}".into(),
+                );
+            }
+        }
+        if self.bind_dn.is_empty() {
+            p("bindDN", "is required".into());
+        }
+        problems
+    }
+}
