@@ -15,13 +15,16 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# OpenLDAP for the LDAP tests (Debian's package does not start a daemon here).
+[ -x /usr/sbin/slapd ] || missing+=(slapd)
+command -v ldapwhoami >/dev/null 2>&1 || missing+=(ldap-utils)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-for tool in curl kubectl node npm; do
+for tool in curl kubectl node npm /usr/sbin/slapd /usr/sbin/slapadd; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 

@@ -280,6 +280,29 @@ impl AuthenticationConfig {
             })?;
             chain.push(tokens);
         }
+        if let Some(ldap) = &self.ldap {
+            let err = |field: &str, message: String| BuildError {
+                field: format!("{prefix}.ldap.{field}"),
+                message,
+            };
+            let password = std::fs::read_to_string(resolve(base, &ldap.bind_password_file))
+                .map_err(|e| err("bindPasswordFile", e.to_string()))?;
+            let roots = match &ldap.ca_file {
+                Some(ca) => {
+                    let path = resolve(base, ca);
+                    let pem = tls::read_file(&path).map_err(|e| err("caFile", e.to_string()))?;
+                    tls::root_store(&pem, &path.display().to_string())
+                        .map_err(|e| err("caFile", e.to_string()))?
+                }
+                None => tls::system_roots().map_err(|e| err("caFile", e.to_string()))?,
+            };
+            let client =
+                tls::client_config(roots, None, &[]).map_err(|e| err("caFile", e.to_string()))?;
+            let secret = crate::credential::Secret::new(password.trim_end_matches(['\r', '\n']));
+            chain.push(Arc::new(crate::authn::LdapAuthenticator::new(
+                ldap, client, secret,
+            )));
+        }
         let entries = self.jwt_entries(prefix, base).map_err(|p| BuildError {
             field: p.field,
             message: p.message,

@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod oidc;
 pub mod pki;
+pub mod slapd;
 pub mod upgrade;
 
 use std::path::{Path, PathBuf};

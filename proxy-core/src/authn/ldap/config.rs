@@ -200,3 +200,47 @@ impl LdapConfig {
         problems
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(yaml: &str) -> LdapConfig {
+        serde_yaml::from_str(&format!(
+            "bindDN: cn=svc\nbindPasswordFile: pw\nuserSearch: {{baseDN: 'ou=people'}}\n{yaml}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn clear_text_ldap_to_a_remote_host_needs_an_explicit_opt_in() {
+        let problems = config("url: ldap://ldap.example.com:389").problems("authentication.ldap");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "authentication.ldap.url");
+        assert!(config("url: ldap://ldap.example.com:389\nstartTLS: true")
+            .problems("l")
+            .is_empty());
+        assert!(
+            config("url: ldap://ldap.example.com:389\ninsecureNoTLS: true")
+                .problems("l")
+                .is_empty()
+        );
+        assert!(config("url: ldaps://ldap.example.com")
+            .problems("l")
+            .is_empty());
+        assert!(config("url: ldap://127.0.0.1:389").problems("l").is_empty());
+        assert!(!config("url: ldaps://x\nstartTLS: true")
+            .problems("l")
+            .is_empty());
+    }
+
+    #[test]
+    fn filters_must_use_the_placeholders() {
+        let mut c = config("url: ldaps://x");
+        c.user_search.filter = Some("(uid=alice)".into());
+        assert!(c
+            .problems("l")
+            .iter()
+            .any(|p| p.field == "l.userSearch.filter"));
+    }
+}

@@ -1,0 +1,170 @@
+//! OpenLDAP `slapd` from Debian, started as a child process on free loopback
+//! ports with a throwaway configuration, the fixture tests/fixtures/ldap.ldif,
+//! LDAP (with StartTLS) and LDAPS listeners, and `-d 256` statistics logging
+//! so tests can count the binds the directory saw.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+
+use crate::pki::TestPki;
+use crate::{wait_for, INSTALL_HINT};
+
+/// The directory's suffix.
+pub const SUFFIX: &str = "dc=example,dc=org";
+/// The service account.
+pub const SERVICE_DN: &str = "cn=authproxy,ou=services,dc=example,dc=org";
+/// Its password.
+pub const SERVICE_PASSWORD: &str = "service-secret";
+
+/// A running slapd. Dropping it kills the process and removes its files.
+pub struct Slapd {
+    child: Option<tokio::process::Child>,
+    dir: tempfile::TempDir,
+    /// `ldap://` port (StartTLS available).
+    pub ldap_port: u16,
+    /// `ldaps://` port.
+    pub ldaps_port: u16,
+}
+
+fn find(tool: &str) -> anyhow::Result<PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin"] {
+        let path = Path::new(dir).join(tool);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    bail!("`{tool}` is not installed; {INSTALL_HINT}")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Slapd {
+    /// Loads the fixture and starts slapd with TLS from `pki`.
+    pub async fn start(pki: &TestPki) -> anyhow::Result<Slapd> {
+        let slapd = find("slapd")?;
+        let slapadd = find("slapadd")?;
+        let dir = tempfile::tempdir()?;
+        let cert = pki.issue_server("slapd")?;
+        std::fs::create_dir(dir.path().join("db"))?;
+        let conf = format!(
+            "include /etc/ldap/schema/core.schema\n\
+             include /etc/ldap/schema/cosine.schema\n\
+             include /etc/ldap/schema/inetorgperson.schema\n\
+             include /etc/ldap/schema/nis.schema\n\
+             modulepath /usr/lib/ldap\n\
+             moduleload back_mdb\n\
+             pidfile {d}/slapd.pid\n\
+             TLSCACertificateFile {ca}\n\
+             TLSCertificateFile {cert}\n\
+             TLSCertificateKeyFile {key}\n\
+             database mdb\n\
+             maxsize 10485760\n\
+             suffix \"{SUFFIX}\"\n\
+             rootdn \"cn=admin,{SUFFIX}\"\n\
+             rootpw admin-secret\n\
+             directory {d}/db\n\
+             access to attrs=userPassword by self read by anonymous auth by * none\n\
+             access to * by * read\n",
+            d = dir.path().display(),
+            ca = pki.ca_path().display(),
+            cert = cert.cert_path.display(),
+            key = cert.key_path.display(),
+        );
+        std::fs::write(dir.path().join("slapd.conf"), conf)?;
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ldap.ldif");
+        let out = tokio::process::Command::new(&slapadd)
+            .arg("-f")
+            .arg(dir.path().join("slapd.conf"))
+            .arg("-l")
+            .arg(&fixture)
+            .output()
+            .await
+            .context("running slapadd")?;
+        if !out.status.success() {
+            bail!("slapadd failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut slapd_server = Slapd {
+            child: None,
+            dir,
+            ldap_port: free_port()?,
+            ldaps_port: free_port()?,
+        };
+        slapd_server.launch(&slapd).await?;
+        Ok(slapd_server)
+    }
+
+    async fn launch(&mut self, slapd: &Path) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let child = tokio::process::Command::new(slapd)
+            .arg("-f")
+            .arg(self.dir.path().join("slapd.conf"))
+            .arg("-h")
+            .arg(format!(
+                "ldap://127.0.0.1:{}/ ldaps://127.0.0.1:{}/",
+                self.ldap_port, self.ldaps_port
+            ))
+            .args(["-d", "256"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting slapd")?;
+        self.child = Some(child);
+        let ports = (self.ldap_port, self.ldaps_port);
+        wait_for(
+            Duration::from_secs(10),
+            "slapd accepting connections",
+            || async move {
+                let a = tokio::net::TcpStream::connect(("127.0.0.1", ports.0)).await;
+                let b = tokio::net::TcpStream::connect(("127.0.0.1", ports.1)).await;
+                match (a, b) {
+                    (Ok(_), Ok(_)) => Ok(Some(())),
+                    (a, b) => Err(format!("ldap: {:?}, ldaps: {:?}", a.err(), b.err())),
+                }
+            },
+        )
+        .await
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("slapd.log")
+    }
+
+    /// Kills slapd (a directory outage).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts slapd again on the same ports and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        let _ = std::fs::remove_file(self.dir.path().join("slapd.pid"));
+        self.launch(&find("slapd")?).await
+    }
+
+    /// How many BIND operations slapd logged for `dn` (its own statistics).
+    pub fn binds_for(&self, dn: &str) -> anyhow::Result<usize> {
+        let log = std::fs::read_to_string(self.log_path())?;
+        // One line per bind request: `conn=N op=M BIND dn="…" method=128`.
+        let needle = format!("BIND dn=\"{dn}\" method=");
+        Ok(log.lines().filter(|l| l.contains(&needle)).count())
+    }
+
+    /// A file holding the service account's password.
+    pub fn service_password_file(&self) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join("bind-password");
+        std::fs::write(&path, format!("{SERVICE_PASSWORD}\n"))?;
+        Ok(path)
+    }
+}

@@ -1,0 +1,232 @@
+//! LDAP logins against a real OpenLDAP slapd: bind-search-bind through
+//! authproxy to the API-server double, with curl and kubectl.
+
+use std::time::Duration;
+
+use authproxy_tests::slapd::{Slapd, SERVICE_DN};
+use authproxy_tests::{output_text, Env, TestPki};
+use serde_json::json;
+
+const ALICE_DN: &str = "uid=alice,ou=people,dc=example,dc=org";
+const DAVE_DN: &str = "uid=dave,ou=people,dc=example,dc=org";
+
+async fn world(start_tls: bool) -> anyhow::Result<(Env, Slapd)> {
+    let pki = TestPki::new()?;
+    let slapd = Slapd::start(&pki).await?;
+    let url = if start_tls {
+        format!("ldap://127.0.0.1:{}", slapd.ldap_port)
+    } else {
+        format!("ldaps://127.0.0.1:{}", slapd.ldaps_port)
+    };
+    let ldap = json!({
+        "url": url,
+        "startTLS": start_tls,
+        "caFile": pki.ca_path(),
+        "bindDN": SERVICE_DN,
+        "bindPasswordFile": slapd.service_password_file()?,
+        "userSearch": {"baseDN": "ou=people,dc=example,dc=org", "filter": "(uid={username})", "usernameAttribute": "uid", "uidAttribute": "employeeNumber"},
+        "groupSearch": {"baseDN": "ou=groups,dc=example,dc=org", "filter": "(member={dn})", "nameAttribute": "cn"},
+        "connectTimeout": "2s",
+        "operationTimeout": "2s",
+        "throttle": {"maxFailuresPerUser": 5, "maxFailuresPerClient": 50},
+    });
+    let env = Env::start_with(pki, &format!("  ldap: {ldap}")).await?;
+    Ok((env, slapd))
+}
+
+async fn pods_as(env: &Env, user: &str, password: &str) -> anyhow::Result<(u16, String)> {
+    let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+    env.curl(&["-u", &format!("{user}:{password}"), &url]).await
+}
+
+/// A kubeconfig whose users log in with username/password (client-go sends Basic).
+fn basic_kubeconfig(env: &Env) -> anyhow::Result<std::path::PathBuf> {
+    let path = env.dir.path().join("kubeconfig-ldap");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
+             users:\n- name: alice\n  user: {{username: alice, password: alice-password}}\n- name: bob\n  user: {{username: bob, password: bob-password}}\n\
+             contexts:\n- name: alice\n  context: {{cluster: proxy, user: alice, namespace: default}}\n- name: bob\n  context: {{cluster: proxy, user: bob, namespace: default}}\n\
+             current-context: alice\n",
+            env.proxy_url(),
+            env.pki.ca_path().display()
+        ),
+    )?;
+    Ok(path)
+}
+
+async fn kubectl(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    authproxy_tests::require_tool("kubectl")?;
+    let mut cmd = tokio::process::Command::new("kubectl");
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .kill_on_drop(true);
+    Ok(tokio::time::timeout(Duration::from_secs(30), cmd.output()).await??)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_with_ldap_credentials_lists_pods_and_bob_is_forbidden() -> anyhow::Result<()> {
+    let (env, _slapd) = world(false).await?;
+    let kubeconfig = basic_kubeconfig(&env)?;
+    let out = kubectl(
+        &kubeconfig,
+        &["--context", "alice", "get", "pods", "-o", "json"],
+    )
+    .await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let listed = env
+        .upstream_requests()
+        .into_iter()
+        .find(|r| r.uri.path() == "/api/v1/namespaces/default/pods")
+        .expect("reached the double");
+    assert_eq!(listed.header_values("impersonate-user"), ["alice"]);
+    assert_eq!(listed.header_values("impersonate-group"), ["devs"]);
+    assert_eq!(listed.header_values("impersonate-uid"), ["1001"]);
+    assert!(
+        listed
+            .header_values("authorization")
+            .iter()
+            .all(|v| !v.starts_with("Basic")),
+        "the password reached the API server"
+    );
+
+    let out = kubectl(&kubeconfig, &["--context", "bob", "get", "pods"]).await?;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"pods is forbidden: User "bob" cannot list resource "pods" in API group "" in the namespace "default""#),
+        "{}",
+        output_text(&out)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_works_and_a_user_in_two_groups_gets_both() -> anyhow::Result<()> {
+    let (env, _slapd) = world(true).await?;
+    let (code, body) = pods_as(&env, "carol", "carol-password").await?;
+    assert_eq!(code, 200, "{body}");
+    let seen = env.upstream_requests().pop().expect("request");
+    assert_eq!(seen.header_values("impersonate-group"), ["devs", "ops"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_and_empty_passwords_are_refused_and_empty_never_binds() -> anyhow::Result<()> {
+    let (env, slapd) = world(false).await?;
+    let (code, body) = pods_as(&env, "alice", "wrong-password").await?;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains(r#""reason":"Unauthorized""#), "{body}");
+    let (code, body) = pods_as(&env, "dave", "").await?;
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(
+        slapd.binds_for(DAVE_DN)?,
+        0,
+        "an empty-password bind reached slapd"
+    );
+    assert!(
+        slapd.binds_for(SERVICE_DN)? >= 1,
+        "slapd's bind log is not being read"
+    );
+    assert!(env.upstream_requests().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_injection_authenticates_nobody_but_metacharacters_in_a_real_name_work(
+) -> anyhow::Result<()> {
+    let (env, _slapd) = world(false).await?;
+    for user in ["*)(uid=*", "*", "alice)(|(uid=*", "*)(objectClass=*"] {
+        for password in ["alice-password", "x", "*"] {
+            let (code, body) = pods_as(&env, user, password).await?;
+            assert_eq!(code, 401, "{user:?}/{password:?}: {body}");
+        }
+    }
+    assert!(env.upstream_requests().is_empty());
+    let (code, body) = pods_as(&env, "ev*l(user)", "evil-password").await?;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        env.upstream_requests()[0].header_values("impersonate-user"),
+        ["ev*l(user)"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_outage_is_503_and_recovery_needs_no_restart() -> anyhow::Result<()> {
+    let (env, mut slapd) = world(false).await?;
+    assert_eq!(pods_as(&env, "alice", "alice-password").await?.0, 200);
+    slapd.kill().await;
+    let (code, body) = pods_as(&env, "carol", "carol-password").await?;
+    assert_eq!(code, 503, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(status["reason"], "ServiceUnavailable");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("LDAP"),
+        "{body}"
+    );
+    slapd.restart().await?;
+    let (code, body) = pods_as(&env, "carol", "carol-password").await?;
+    assert_eq!(code, 200, "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brute_force_is_throttled_and_slapd_sees_no_more_binds_than_the_limit() -> anyhow::Result<()>
+{
+    let (env, slapd) = world(false).await?;
+    let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+    // 20 wrong passwords for alice at once, from one curl.
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "--parallel",
+        "--parallel-immediate",
+        "--parallel-max",
+        "20",
+        "--cacert",
+    ])
+    .arg(env.pki.ca_path())
+    .args(["-w", "%{http_code}\\n"]);
+    for i in 0..20 {
+        cmd.args(["-o", "/dev/null", "-u", &format!("alice:guess-{i}"), &url]);
+    }
+    let started = std::time::Instant::now();
+    let out = cmd.output().await?;
+    let codes = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(codes.len(), 20, "{}", String::from_utf8_lossy(&out.stderr));
+    let refused = codes.iter().filter(|c| *c == "401").count();
+    let throttled = codes.iter().filter(|c| *c == "429").count();
+    assert_eq!(refused + throttled, 20, "{codes:?}");
+    assert_eq!(
+        refused, 5,
+        "exactly the configured 5 attempts reach the directory: {codes:?}"
+    );
+    assert_eq!(
+        slapd.binds_for(ALICE_DN)?,
+        5,
+        "slapd saw more binds than the limit"
+    );
+    // the right password is throttled too while the block lasts
+    let (code, body) = pods_as(&env, "alice", "alice-password").await?;
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains(r#""reason":"TooManyRequests""#), "{body}");
+    Ok(())
+}
