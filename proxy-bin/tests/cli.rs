@@ -119,6 +119,8 @@ fn check_config_accepts_the_example_file() {
         "client-ca.crt",
         "upstream-ca.crt",
         "proxy-token",
+        "ldap-ca.crt",
+        "ldap-bind-password",
     ] {
         std::fs::write(dir.path().join(file), "x").expect("write");
     }

@@ -112,6 +112,12 @@ async fn starttls_works_and_a_user_in_two_groups_gets_both() -> anyhow::Result<(
     assert_eq!(code, 200, "{body}");
     let seen = env.upstream_requests().pop().expect("request");
     assert_eq!(seen.header_values("impersonate-group"), ["devs", "ops"]);
+    // Static tokens work in the same chain as LDAP.
+    let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+    let (code, body) = env
+        .curl(&["-H", "Authorization: Bearer alice-token", &url])
+        .await?;
+    assert_eq!(code, 200, "{body}");
     Ok(())
 }
 
