@@ -132,11 +132,42 @@ impl LdapAuthenticator {
         }
     }
 
+    /// Host and port of the URL, with LDAP's default ports.
+    fn address(&self) -> Result<String, AuthnError> {
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .map_err(|_| unavailable(format!("{} is not a URL", self.url)))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| unavailable(format!("{} has no host", self.url)))?;
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("ldaps") {
+                636
+            } else {
+                389
+            });
+        Ok(format!("{host}:{port}"))
+    }
+
     async fn connect(&self) -> Result<Ldap, AuthnError> {
+        // Our own TCP connection, so that Nagle's algorithm is off: LDAP
+        // exchanges small messages and would otherwise wait for delayed ACKs.
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect(self.address()?),
+        )
+        .await
+        .map_err(|_| unavailable("connect timed out"))?
+        .map_err(unavailable)?;
+        tcp.set_nodelay(true).map_err(unavailable)?;
+        let tcp = tcp.into_std().map_err(unavailable)?;
         let settings = LdapConnSettings::new()
             .set_conn_timeout(self.connect_timeout)
             .set_config(self.tls.clone())
-            .set_starttls(self.start_tls);
+            .set_starttls(self.start_tls)
+            .set_std_stream(ldap3::StdStream::Tcp(tcp));
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.url)
             .await
             .map_err(unavailable)?;
