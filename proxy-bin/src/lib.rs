@@ -8,3 +8,4 @@ pub mod demo;
 pub mod logging;
 pub mod pki;
 pub mod server;
+pub mod webhook;

@@ -38,6 +38,17 @@ enum Command {
         #[command(flatten)]
         oidc: OidcArgs,
     },
+    /// Serve kube-apiserver's TokenReview webhook with the same authenticators.
+    Webhook {
+        /// The configuration file (YAML); `upstream` and `listen` are not used.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Where the webhook listens (loopback by default).
+        #[arg(long, default_value = authproxy::webhook::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        #[command(flatten)]
+        oidc: OidcArgs,
+    },
     /// Run the proxy in front of an embedded demo API server, and print
     /// commands that show it at work.
     Demo {
@@ -140,6 +151,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 shutdown_signal().await;
                 tracing::info!("signal received");
+                if let Some(trigger) = trigger {
+                    let _ = trigger.send(());
+                }
+            });
+            running.wait().await;
+            Ok(())
+        }
+        Command::Webhook {
+            config: path,
+            listen,
+            oidc,
+        } => {
+            let config = FileConfig::load_with(&path, &oidc.to_flags()?)?;
+            logging::init(config.logging.format, config.logging.level.as_deref());
+            let mut running = authproxy::webhook::start(&config, &config.base_dir(&path), listen)
+                .await
+                .with_context(|| format!("{}", path.display()))?;
+            let trigger = running.trigger();
+            tokio::spawn(async move {
+                shutdown_signal().await;
                 if let Some(trigger) = trigger {
                     let _ = trigger.send(());
                 }

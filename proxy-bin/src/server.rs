@@ -151,7 +151,7 @@ impl Proxy {
         self.chain.is_ready()
     }
 
-    async fn handle(
+    async fn serve_request(
         mut self,
         mut req: Request<Incoming>,
         cert: Option<ClientCertificate>,
@@ -179,7 +179,8 @@ impl Proxy {
     }
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+/// A small text response (health endpoints).
+pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -187,6 +188,29 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
         http::HeaderValue::from_static("text/plain"),
     );
     response
+}
+
+/// What a listener does with each request: the proxy, or the webhook.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers one request. `cert` is the verified client certificate, if any.
+    fn handle(
+        self,
+        req: Request<Incoming>,
+        cert: Option<ClientCertificate>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static;
+}
+
+impl Handler for Proxy {
+    fn handle(
+        self,
+        req: Request<Incoming>,
+        cert: Option<ClientCertificate>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static
+    {
+        self.serve_request(req, cert, peer)
+    }
 }
 
 /// A proxy listening in the background.
@@ -244,10 +268,10 @@ pub async fn start(config: &FileConfig, base: &Path) -> Result<RunningServer, St
 }
 
 /// Serves `proxy` on an already bound listener in the background.
-pub fn serve(
+pub fn serve<H: Handler>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    proxy: Proxy,
+    proxy: H,
     shutdown_timeout: Duration,
 ) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -264,10 +288,10 @@ pub fn serve(
     })
 }
 
-async fn accept_loop(
+async fn accept_loop<H: Handler>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    proxy: Proxy,
+    proxy: H,
     mut shutdown: oneshot::Receiver<()>,
     shutdown_timeout: Duration,
 ) {

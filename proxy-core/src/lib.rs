@@ -46,6 +46,7 @@ pub mod layer;
 pub mod reload;
 pub mod status;
 pub mod tls;
+pub mod tokenreview;
 pub mod upstream;
 
 pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};

@@ -10,11 +10,13 @@
 //!   kube's wording;
 //! - serves discovery, pods list/get/watch (streamed), SelfSubjectReview and
 //!   an upgrade endpoint that echoes bytes;
+//! - acts as kube-apiserver's token webhook client ([`webhook_client`]);
 //! - records every request it receives, headers included, before any check.
 
 mod impersonation;
 pub mod rbac;
 mod routes;
+pub mod webhook_client;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,0 +1,230 @@
+//! The TokenReview webhook: kube-apiserver's `--authentication-token-webhook`
+//! asks "who holds this token?" and the same authenticator chain that guards
+//! the proxy answers.
+//!
+//! Accepts `authentication.k8s.io/v1` and `v1beta1` `TokenReview` bodies and
+//! answers in the version asked: `status.authenticated`, `status.user`
+//! (username, uid, groups, extra) and `status.audiences`, or
+//! `authenticated: false` with `status.error` and no user. The token never
+//! appears in an answer or a log line.
+//!
+//! Audiences: the authenticators here are audience-agnostic (an OIDC token's
+//! `aud` is checked against the configured audiences), so when
+//! `spec.audiences` is set the answer confirms those audiences, as kube does
+//! for its audience-agnostic authenticators.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::authn::{AuthnError, Chain};
+use crate::credential::{Credential, Secret};
+
+/// The largest TokenReview body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// A TokenReview request as kube-apiserver sends it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenReviewRequest {
+    /// `authentication.k8s.io/v1` or `v1beta1`.
+    pub api_version: String,
+    /// `TokenReview`.
+    pub kind: String,
+    /// What to review.
+    pub spec: TokenReviewSpec,
+}
+
+/// `spec` of a TokenReview.
+#[derive(Deserialize)]
+pub struct TokenReviewSpec {
+    /// The bearer token.
+    #[serde(default)]
+    pub token: String,
+    /// Audiences the caller wants the token checked for.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+impl std::fmt::Debug for TokenReviewSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewSpec")
+            .field("token", &"[redacted]")
+            .field("audiences", &self.audiences)
+            .finish()
+    }
+}
+
+/// A TokenReview answer.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenReviewResponse {
+    api_version: String,
+    kind: &'static str,
+    metadata: Empty,
+    /// The verdict.
+    pub status: TokenReviewStatus,
+}
+
+#[derive(Debug, Serialize)]
+struct Empty {}
+
+/// `status` of a TokenReview.
+#[derive(Debug, Default, Serialize)]
+pub struct TokenReviewStatus {
+    /// Whether the token is valid.
+    pub authenticated: bool,
+    /// Who holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<ReviewedUser>,
+    /// The audiences the token is valid for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Why not (never holds the token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `status.user` (note `extra` values are lists, uid a string).
+#[derive(Debug, Serialize)]
+pub struct ReviewedUser {
+    /// User name.
+    pub username: String,
+    /// Unique id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Groups.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Extra attributes.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// Why a request body is not a TokenReview.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not JSON of the right shape.
+    #[error("request body is not a TokenReview: {0}")]
+    Malformed(String),
+    /// Wrong kind or apiVersion.
+    #[error("expected kind TokenReview in authentication.k8s.io/v1 or v1beta1, got {kind} in {api_version}")]
+    WrongKind {
+        /// The kind sent.
+        kind: String,
+        /// The apiVersion sent.
+        api_version: String,
+    },
+}
+
+/// Parses a TokenReview body.
+pub fn parse(body: &[u8]) -> Result<TokenReviewRequest, ReviewError> {
+    let request: TokenReviewRequest =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Malformed(e.to_string()))?;
+    let version_ok = ["authentication.k8s.io/v1", "authentication.k8s.io/v1beta1"]
+        .contains(&request.api_version.as_str());
+    if request.kind != "TokenReview" || !version_ok {
+        return Err(ReviewError::WrongKind {
+            kind: request.kind,
+            api_version: request.api_version,
+        });
+    }
+    Ok(request)
+}
+
+/// Reviews a token with `chain`.
+pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewResponse {
+    let TokenReviewRequest {
+        api_version, spec, ..
+    } = request;
+    let status = if spec.token.is_empty() {
+        TokenReviewStatus {
+            error: Some("no token".into()),
+            ..Default::default()
+        }
+    } else {
+        let credential = Credential::Bearer(Secret::new(spec.token));
+        match chain.authenticate(&credential).await {
+            Ok(Some(identity)) => {
+                let user = identity.user();
+                TokenReviewStatus {
+                    authenticated: true,
+                    user: Some(ReviewedUser {
+                        username: user.username.clone(),
+                        uid: user.uid.clone(),
+                        groups: user.groups.clone(),
+                        extra: user.extra.clone(),
+                    }),
+                    audiences: spec.audiences,
+                    error: None,
+                }
+            }
+            Ok(None) => TokenReviewStatus {
+                error: Some("token not recognized".into()),
+                ..Default::default()
+            },
+            Err(AuthnError::Invalid(reason)) => {
+                tracing::info!(%reason, "token review: token refused");
+                TokenReviewStatus {
+                    error: Some("token is invalid".into()),
+                    ..Default::default()
+                }
+            }
+            Err(error) => TokenReviewStatus {
+                error: Some(error.to_string()),
+                ..Default::default()
+            },
+        }
+    };
+    TokenReviewResponse {
+        api_version,
+        kind: "TokenReview",
+        metadata: Empty {},
+        status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::StaticTokens;
+    use std::sync::Arc;
+
+    fn chain() -> Chain {
+        Chain::new(vec![Arc::new(
+            StaticTokens::from_csv("t0k3n,alice,1001,\"devs\"\n", "t").unwrap(),
+        )])
+    }
+
+    #[tokio::test]
+    async fn known_token_is_reviewed_in_the_version_asked() {
+        let body = br#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1beta1","metadata":{"creationTimestamp":null},"spec":{"token":"t0k3n","audiences":["api"]},"status":{"user":{}}}"#;
+        let answer = serde_json::to_value(review(&chain(), parse(body).unwrap()).await).unwrap();
+        assert_eq!(answer["apiVersion"], "authentication.k8s.io/v1beta1");
+        assert_eq!(answer["status"]["authenticated"], true);
+        assert_eq!(answer["status"]["user"]["username"], "alice");
+        assert_eq!(
+            answer["status"]["user"]["groups"],
+            serde_json::json!(["devs"])
+        );
+        assert_eq!(answer["status"]["audiences"], serde_json::json!(["api"]));
+    }
+
+    #[tokio::test]
+    async fn unknown_token_has_no_user_and_the_token_is_not_echoed() {
+        let body = br#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","spec":{"token":"s3cret-guess"}}"#;
+        let answer = serde_json::to_string(&review(&chain(), parse(body).unwrap()).await).unwrap();
+        assert!(answer.contains(r#""authenticated":false"#), "{answer}");
+        assert!(!answer.contains("\"user\""), "{answer}");
+        assert!(!answer.contains("s3cret-guess"), "{answer}");
+    }
+
+    #[test]
+    fn other_kinds_are_refused() {
+        assert!(parse(
+            br#"{"kind":"SubjectAccessReview","apiVersion":"authorization.k8s.io/v1","spec":{}}"#
+        )
+        .is_err());
+        assert!(parse(b"not json").is_err());
+    }
+}
