@@ -183,6 +183,29 @@ fn oidc(c: &mut Criterion) {
     };
     hit(&rs256);
     c.bench_function("oidc_cache_hit", |b| b.iter(|| hit(black_box(&rs256))));
+
+    // A TokenReview as kube-apiserver sends it, for a token in the cache:
+    // parse the body, review through the chain, serialize the answer.
+    let Credential::Bearer(token) = &rs256 else {
+        unreachable!("bearer")
+    };
+    let body = serde_json::to_vec(&serde_json::json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null}, "spec": {"token": token.expose()}, "status": {"user": {}}}))
+    .expect("body");
+    let chain = proxy_core::Chain::new(vec![Arc::new(CachedAuthenticator::new(
+        authenticator.clone(),
+        CacheSettings::default(),
+    ))]);
+    let review = |body: &[u8]| {
+        let request = proxy_core::tokenreview::parse(body).expect("TokenReview");
+        let answer = runtime.block_on(proxy_core::tokenreview::review(&chain, request));
+        assert!(answer.status.authenticated);
+        serde_json::to_vec(&answer).expect("json")
+    };
+    review(&body);
+    c.bench_function("tokenreview_cached", |b| {
+        b.iter(|| review(black_box(&body)))
+    });
 }
 
 criterion_group! {

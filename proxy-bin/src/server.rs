@@ -13,7 +13,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use proxy_core::credential::{ClientAddr, ClientCertificate};
+use proxy_core::credential::{ClientAddr, ClientCertificate, Credential};
+use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ProxyBody, ProxyStack};
 use tokio::net::TcpListener;
@@ -124,14 +125,21 @@ pub fn listener_tls(
 pub struct Proxy {
     /// The authenticate → impersonate → forward stack.
     pub stack: ProxyStack,
-    /// The chain, asked for readiness.
+    /// The chain, asked for readiness and by the token endpoint.
     pub chain: Chain,
+    /// Issues tokens at [`TOKEN_PATH`] when configured.
+    pub issuer: Option<Arc<proxy_core::authn::IssuedTokens>>,
 }
+
+/// Where a login (Basic, or an OIDC ID token) is exchanged for an issued token.
+pub const TOKEN_PATH: &str = "/authproxy/v1/token";
 
 impl Proxy {
     /// Builds the stack from a validated configuration. Call within a runtime.
     pub fn from_config(config: &FileConfig, base: &Path) -> Result<Proxy, StartError> {
-        let chain = config.authentication.build("authentication", base)?;
+        let (chain, issuer) = config
+            .authentication
+            .build_with_issuer("authentication", base)?;
         let upstream = Upstream::new(config.upstream.to_options("upstream", base)?)?;
         let mut authn = proxy_core::AuthnLayer::new(chain.clone());
         if config.authentication.ldap.is_some() {
@@ -144,7 +152,11 @@ impl Proxy {
             &authn,
             tower_layer::Layer::layer(&proxy_core::ImpersonateLayer::new(), upstream),
         );
-        Ok(Proxy { stack, chain })
+        Ok(Proxy {
+            stack,
+            chain,
+            issuer,
+        })
     }
 
     fn is_ready(&self) -> bool {
@@ -175,7 +187,84 @@ impl Proxy {
             req.extensions_mut().insert(cert);
         }
         req.extensions_mut().insert(ClientAddr(peer.ip()));
+        if req.uri().path() == TOKEN_PATH {
+            return Ok(match (&self.issuer, req.method()) {
+                (Some(issuer), &http::Method::POST) => issue_token(&self.chain, issuer, &req).await,
+                (Some(_), _) => Status::failure(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    Reason::BadRequest,
+                    "POST to get a token",
+                )
+                .into_response(),
+                (None, _) => Status::failure(
+                    StatusCode::NOT_FOUND,
+                    Reason::BadRequest,
+                    "issued tokens are not enabled",
+                )
+                .into_response(),
+            });
+        }
         self.stack.call(req).await
+    }
+}
+
+/// Exchanges a login (Basic, or a Bearer token that is not one of ours) for
+/// an issued token, answered as a kubectl `ExecCredential`.
+async fn issue_token(
+    chain: &Chain,
+    issuer: &proxy_core::authn::IssuedTokens,
+    req: &Request<Incoming>,
+) -> Response<ProxyBody> {
+    let unauthorized = || {
+        let mut r = Status::unauthorized().into_response();
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Basic realm=\"authproxy\""),
+        );
+        r
+    };
+    let credential = match Credential::from_parts(req.headers(), req.extensions()) {
+        Ok(Some(credential @ Credential::Basic { .. })) => credential,
+        Ok(Some(Credential::Bearer(token)))
+            if proxy_core::authn::oidc::peek_issuer(token.expose()).as_deref()
+                != Some(issuer.issuer()) =>
+        {
+            Credential::Bearer(token)
+        }
+        _ => return unauthorized(),
+    };
+    let identity = match chain.authenticate(&credential).await {
+        Ok(Some(identity)) => identity,
+        Ok(None) => return unauthorized(),
+        Err(error) => {
+            tracing::info!(%error, "token request refused");
+            let mut r = error.to_status().into_response();
+            if r.status() == StatusCode::UNAUTHORIZED {
+                r = unauthorized();
+            }
+            return r;
+        }
+    };
+    match issuer.issue(identity.user()) {
+        Ok((token, expires)) => {
+            let body = serde_json::json!({
+                "kind": "ExecCredential",
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "spec": {"interactive": false},
+                "status": {"token": token, "expirationTimestamp": humantime::format_rfc3339_seconds(expires).to_string()},
+            });
+            let mut r = Response::new(ProxyBody::full(body.to_string()));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            r.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        Err(error) => error.to_status().into_response(),
     }
 }
 

@@ -82,6 +82,45 @@ pub struct AuthenticationConfig {
     pub cache: CacheConfig,
     /// LDAP logins with `Authorization: Basic`.
     pub ldap: Option<crate::authn::ldap::LdapConfig>,
+    /// Tokens the proxy issues after a login (`POST /authproxy/v1/token`).
+    pub issued_tokens: Option<IssuedTokensConfig>,
+}
+
+/// `issuedTokens`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IssuedTokensConfig {
+    /// `iss` and `aud` of the tokens (default `authproxy`).
+    pub issuer: Option<String>,
+    /// PKCS#8 PEM keys (P-256 or Ed25519); the first signs, all verify.
+    pub signing_key_files: Vec<PathBuf>,
+    /// Token lifetime (default 8h).
+    #[serde(default, with = "humantime_serde")]
+    pub lifetime: Option<Duration>,
+}
+
+impl IssuedTokensConfig {
+    /// Loads the keys.
+    pub fn load(
+        &self,
+        prefix: &str,
+        base: &Path,
+    ) -> Result<Arc<crate::authn::IssuedTokens>, BuildError> {
+        let files: Vec<PathBuf> = self
+            .signing_key_files
+            .iter()
+            .map(|f| resolve(base, f))
+            .collect();
+        crate::authn::IssuedTokens::load(
+            self.issuer.as_deref().unwrap_or("authproxy"),
+            &files,
+            self.lifetime.unwrap_or(Duration::from_secs(8 * 3600)),
+        )
+        .map_err(|e| BuildError {
+            field: format!("{prefix}.issuedTokens.signingKeyFiles"),
+            message: e.to_string(),
+        })
+    }
 }
 
 /// Token cache settings.
@@ -191,6 +230,11 @@ impl AuthenticationConfig {
                 )),
             }
         }
+        if let Some(issued) = &self.issued_tokens {
+            if let Err(e) = issued.load(prefix, base) {
+                problems.push(problem(e.field, e.message));
+            }
+        }
         if let Some(ldap) = &self.ldap {
             problems.extend(ldap.problems(&format!("{prefix}.ldap")));
             check_readable(
@@ -216,6 +260,7 @@ impl AuthenticationConfig {
                 if !self.client_certificates
                     && self.static_tokens.is_none()
                     && self.ldap.is_none()
+                    && self.issued_tokens.is_none()
                     && entries.is_empty()
                 {
                     problems.push(problem(prefix, "no authenticator is configured"));
@@ -265,7 +310,20 @@ impl AuthenticationConfig {
 
     /// Builds the chain. Watches files, so call it within a tokio runtime.
     pub fn build(&self, prefix: &str, base: &Path) -> Result<Chain, BuildError> {
+        Ok(self.build_with_issuer(prefix, base)?.0)
+    }
+
+    /// Builds the chain and, when configured, the token issuer (also in the chain).
+    pub fn build_with_issuer(
+        &self,
+        prefix: &str,
+        base: &Path,
+    ) -> Result<(Chain, Option<Arc<crate::authn::IssuedTokens>>), BuildError> {
         let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
+        let issuer = match &self.issued_tokens {
+            Some(config) => Some(config.load(prefix, base)?),
+            None => None,
+        };
         if self.client_certificates {
             chain.push(Arc::new(ClientCertificates));
         }
@@ -279,6 +337,9 @@ impl AuthenticationConfig {
                 message: e.to_string(),
             })?;
             chain.push(tokens);
+        }
+        if let Some(issuer) = &issuer {
+            chain.push(issuer.clone());
         }
         if let Some(ldap) = &self.ldap {
             let err = |field: &str, message: String| BuildError {
@@ -318,11 +379,11 @@ impl AuthenticationConfig {
                         .collect::<Vec<_>>()
                         .join("; "),
                 })?;
-                let issuer = OidcAuthenticator::start(settings).map_err(|e| BuildError {
+                let oidc_issuer = OidcAuthenticator::start(settings).map_err(|e| BuildError {
                     field: format!("{path}.issuer.certificateAuthority"),
                     message: e.to_string(),
                 })?;
-                issuers.push(issuer);
+                issuers.push(oidc_issuer);
             }
             let oidc = Chain::new(issuers);
             chain.push(Arc::new(CachedAuthenticator::new(
@@ -330,7 +391,7 @@ impl AuthenticationConfig {
                 self.cache_settings(),
             )));
         }
-        Ok(Chain::new(chain))
+        Ok((Chain::new(chain), issuer))
     }
 }
 

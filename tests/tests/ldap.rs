@@ -30,7 +30,13 @@ async fn world(start_tls: bool) -> anyhow::Result<(Env, Slapd)> {
         "operationTimeout": "2s",
         "throttle": {"maxFailuresPerUser": 5, "maxFailuresPerClient": 50},
     });
-    let env = Env::start_with(pki, &format!("  ldap: {ldap}")).await?;
+    let key = pki.dir().join("issuer.pem");
+    std::fs::write(
+        &key,
+        pki.issue_client("issuer-key", "unused", None)?.key_pem,
+    )?;
+    let issued = json!({"issuer": "authproxy-test", "signingKeyFiles": [key], "lifetime": "10m"});
+    let env = Env::start_with(pki, &format!("  ldap: {ldap}\n  issuedTokens: {issued}")).await?;
     Ok((env, slapd))
 }
 
@@ -234,5 +240,60 @@ async fn brute_force_is_throttled_and_slapd_sees_no_more_binds_than_the_limit() 
     let (code, body) = pods_as(&env, "alice", "alice-password").await?;
     assert_eq!(code, 429, "{body}");
     assert!(body.contains(r#""reason":"TooManyRequests""#), "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ldap_login_is_exchanged_for_an_issued_token_and_slapd_sees_one_user_bind(
+) -> anyhow::Result<()> {
+    let (env, slapd) = world(false).await?;
+    let url = format!("{}/authproxy/v1/token", env.proxy_url());
+    let (code, body) = env
+        .curl(&["-X", "POST", "-u", "dave:dave-password", &url])
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let credential: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(credential["kind"], "ExecCredential");
+    let token = credential["status"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert!(
+        credential["status"]["expirationTimestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{body}"
+    );
+    assert!(!token.contains("dave-password"));
+    for _ in 0..5 {
+        let pods = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+        let (code, body) = env
+            .curl(&["-H", &format!("Authorization: Bearer {token}"), &pods])
+            .await?;
+        assert_eq!(
+            code, 403,
+            "dave has no pods rule, but is authenticated: {body}"
+        );
+        assert!(body.contains(r#"User \"dave\""#), "{body}");
+    }
+    assert_eq!(
+        slapd.binds_for("uid=dave,ou=people,dc=example,dc=org")?,
+        1,
+        "one login, one user bind"
+    );
+    // an issued token cannot be exchanged for another (no endless renewal)
+    let (code, _) = env
+        .curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &url,
+        ])
+        .await?;
+    assert_eq!(code, 401);
+    // wrong password: no token
+    let (code, _) = env.curl(&["-X", "POST", "-u", "dave:wrong", &url]).await?;
+    assert_eq!(code, 401);
     Ok(())
 }

@@ -20,6 +20,10 @@ async fn token_reviews_get_kube_shaped_answers() -> anyhow::Result<()> {
         dir.path().join("tokens.csv"),
         "static-token-1,sam,2001,\"ops,admins\"\n",
     )?;
+    std::fs::write(
+        dir.path().join("issuer.pem"),
+        pki.issue_client("issuer-key", "unused", None)?.key_pem,
+    )?;
     let jwt = json!([{
         "issuer": {"url": idp.issuer(), "audiences": ["kubernetes"], "certificateAuthority": pki.ca_pem()},
         "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"}, "uid": {"claim": "sub"}},
@@ -28,7 +32,7 @@ async fn token_reviews_get_kube_shaped_answers() -> anyhow::Result<()> {
     std::fs::write(
         &config_path,
         format!(
-            "tls: {{certFile: {}, keyFile: {}}}\nauthentication:\n  staticTokens: {{file: tokens.csv}}\n  jwt: {jwt}\n",
+            "tls: {{certFile: {}, keyFile: {}}}\nauthentication:\n  staticTokens: {{file: tokens.csv}}\n  jwt: {jwt}\n  issuedTokens: {{issuer: authproxy-test, signingKeyFiles: [issuer.pem]}}\n",
             cert.cert_path.display(),
             cert.key_path.display()
         ),
@@ -80,6 +84,24 @@ async fn token_reviews_get_kube_shaped_answers() -> anyhow::Result<()> {
         stat["status"]["audiences"],
         json!(["https://kubernetes.default.svc"])
     );
+
+    // A token issued by another replica that shares the signing key.
+    let replica = proxy_core::authn::IssuedTokens::load(
+        "authproxy-test",
+        &[dir.path().join("issuer.pem")],
+        Duration::from_secs(600),
+    )?;
+    let user = proxy_core::UserInfo {
+        username: "dora".into(),
+        uid: Some("3001".into()),
+        groups: vec!["devs".into()],
+        ..Default::default()
+    };
+    let (issued, _) = replica.issue(&user)?;
+    let answer = token_review(addr, pki.ca_pem(), "authentication.k8s.io/v1", &issued, &[]).await?;
+    assert_eq!(answer["status"]["authenticated"], true, "{answer}");
+    assert_eq!(answer["status"]["user"]["username"], "dora");
+    assert_eq!(answer["status"]["user"]["uid"], "3001");
 
     for bad in ["wrong-token", "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0."] {
         let answer = token_review(addr, pki.ca_pem(), "authentication.k8s.io/v1", bad, &[]).await?;

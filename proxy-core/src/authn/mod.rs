@@ -7,6 +7,7 @@
 //! and bad, or its backend is unreachable. A [`Chain`] asks each in order.
 
 pub mod cache;
+pub mod issued;
 pub mod ldap;
 pub mod oidc;
 mod static_token;
@@ -20,6 +21,7 @@ use std::sync::{Arc, OnceLock};
 use http::StatusCode;
 
 pub use cache::CachedAuthenticator;
+pub use issued::IssuedTokens;
 pub use ldap::LdapAuthenticator;
 pub use oidc::OidcAuthenticator;
 pub use static_token::{StaticTokenError, StaticTokens};

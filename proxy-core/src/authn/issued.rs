@@ -1,0 +1,303 @@
+//! Tokens the proxy issues itself after an LDAP or OIDC login, so kubectl
+//! need not send a password on every call.
+//!
+//! Tokens are short-lived JWTs signed with ES256 (P-256) or EdDSA (Ed25519)
+//! keys read from PEM files (PKCS#8), so every replica that mounts the same
+//! files (a Secret) verifies every other replica's tokens. The first key
+//! signs; every listed key verifies; a key's `kid` is derived from its public
+//! key. Removing a key from the list revokes every token it signed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Authenticator, AuthnError, AuthnFuture, Identity, UserInfo};
+use crate::credential::Credential;
+
+/// A problem with a signing key file.
+#[derive(Debug, thiserror::Error)]
+#[error("signing key {path}: {problem}")]
+pub struct KeyError {
+    /// The file.
+    pub path: String,
+    /// What is wrong (never key material).
+    pub problem: String,
+}
+
+struct SigningKey {
+    kid: String,
+    alg: Algorithm,
+    encoding: EncodingKey,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: String,
+    sub: String,
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+    user: UserInfo,
+}
+
+/// Issues and verifies the proxy's own tokens.
+pub struct IssuedTokens {
+    issuer: String,
+    lifetime: Duration,
+    signer: SigningKey,
+    verifiers: HashMap<String, (Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for IssuedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedTokens")
+            .field("issuer", &self.issuer)
+            .field("keys", &self.verifiers.len())
+            .finish()
+    }
+}
+
+fn load_key(path: &Path) -> Result<(SigningKey, DecodingKey), KeyError> {
+    let err = |problem: String| KeyError {
+        path: path.display().to_string(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+        .map_err(|_| err("not a PKCS#8 PEM private key".into()))?;
+    let der = der.secret_pkcs8_der();
+    let rng = ring::rand::SystemRandom::new();
+    let b64 = |bytes: &[u8]| {
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+    };
+    let (alg, public, decoding) =
+        if let Ok(pair) = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng) {
+            let point = pair.public_key().as_ref().to_vec();
+            if point.len() != 65 {
+                return Err(err("unexpected P-256 public key length".into()));
+            }
+            let decoding = DecodingKey::from_ec_components(&b64(&point[1..33]), &b64(&point[33..]))
+                .map_err(|e| err(e.to_string()))?;
+            (Algorithm::ES256, point, decoding)
+        } else if let Ok(pair) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
+            let public = pair.public_key().as_ref().to_vec();
+            let decoding =
+                DecodingKey::from_ed_components(&b64(&public)).map_err(|e| err(e.to_string()))?;
+            (Algorithm::EdDSA, public, decoding)
+        } else {
+            return Err(err(
+                "only P-256 (ES256) and Ed25519 (EdDSA) keys are supported".into(),
+            ));
+        };
+    let encoding = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_der(der),
+        _ => EncodingKey::from_ed_der(der),
+    };
+    let kid = Sha256::digest(&public)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((SigningKey { kid, alg, encoding }, decoding))
+}
+
+impl IssuedTokens {
+    /// Loads the keys; the first one signs. `issuer` names the tokens' `iss`.
+    pub fn load(
+        issuer: &str,
+        key_files: &[impl AsRef<Path>],
+        lifetime: Duration,
+    ) -> Result<Arc<Self>, KeyError> {
+        let mut verifiers = HashMap::new();
+        let mut signer = None;
+        for path in key_files {
+            let (key, decoding) = load_key(path.as_ref())?;
+            verifiers.insert(key.kid.clone(), (key.alg, decoding));
+            signer.get_or_insert(key);
+        }
+        let signer = signer.ok_or_else(|| KeyError {
+            path: "(none)".into(),
+            problem: "at least one signing key file is required".into(),
+        })?;
+        Ok(Arc::new(IssuedTokens {
+            issuer: issuer.to_owned(),
+            lifetime,
+            signer,
+            verifiers,
+        }))
+    }
+
+    /// The tokens' `iss`.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Issues a token for `user`; returns it with its expiry.
+    pub fn issue(&self, user: &UserInfo) -> Result<(String, SystemTime), AuthnError> {
+        self.issue_at(
+            user,
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs(),
+        )
+    }
+
+    fn issue_at(&self, user: &UserInfo, now: u64) -> Result<(String, SystemTime), AuthnError> {
+        let exp = now + self.lifetime.as_secs();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.issuer.clone(),
+            sub: user.username.clone(),
+            iat: now,
+            nbf: now,
+            exp,
+            user: user.clone(),
+        };
+        let mut header = Header::new(self.signer.alg);
+        header.kid = Some(self.signer.kid.clone());
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.signer.encoding).map_err(|_| {
+                AuthnError::Unavailable {
+                    backend: "token issuer".into(),
+                    reason: "signing failed".into(),
+                }
+            })?;
+        Ok((token, UNIX_EPOCH + Duration::from_secs(exp)))
+    }
+
+    fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthnError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthnError::Invalid("malformed issued token".into()))?;
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthnError::Invalid("issued token without kid".into()))?;
+        let (alg, key) = self.verifiers.get(&kid).ok_or_else(|| {
+            AuthnError::Invalid("issued token signed by an unknown or removed key".into())
+        })?;
+        if header.alg != *alg {
+            return Err(AuthnError::Invalid(
+                "issued token algorithm does not match its key".into(),
+            ));
+        }
+        let mut validation = Validation::new(*alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.issuer]);
+        validation.leeway = 5;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|_| AuthnError::Invalid("issued token rejected".into()))?;
+        Ok(Identity::expiring(
+            data.claims.user,
+            Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp)),
+        ))
+    }
+}
+
+impl Authenticator for IssuedTokens {
+    fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a> {
+        let result = match credential {
+            Credential::Bearer(token) => match crate::authn::oidc::peek_issuer(token.expose()) {
+                Some(iss) if iss == self.issuer => self.verify(token.expose()).map(Some),
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn name(&self) -> &str {
+        "issued"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_file(dir: &Path, name: &str, ed: bool) -> std::path::PathBuf {
+        let rng = ring::rand::SystemRandom::new();
+        let der = if ed {
+            Ed25519KeyPair::generate_pkcs8(&rng)
+                .unwrap()
+                .as_ref()
+                .to_vec()
+        } else {
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .unwrap()
+                .as_ref()
+                .to_vec()
+        };
+        let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        path
+    }
+
+    fn alice() -> UserInfo {
+        UserInfo {
+            username: "alice".into(),
+            uid: Some("1001".into()),
+            groups: vec!["devs".into()],
+            extra: Default::default(),
+        }
+    }
+
+    #[test]
+    fn issued_tokens_verify_across_replicas_and_removed_keys_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            key_file(dir.path(), "old.pem", false),
+            key_file(dir.path(), "new.pem", true),
+        );
+        let replica_a =
+            IssuedTokens::load("authproxy", &[&old, &new], Duration::from_secs(60)).unwrap();
+        let replica_b =
+            IssuedTokens::load("authproxy", &[&new, &old], Duration::from_secs(60)).unwrap();
+        let (token_a, _) = replica_a.issue(&alice()).unwrap();
+        let (token_b, _) = replica_b.issue(&alice()).unwrap();
+        assert_eq!(replica_b.verify(&token_a).unwrap().user(), &alice());
+        assert_eq!(replica_a.verify(&token_b).unwrap().user(), &alice());
+        let rotated = IssuedTokens::load("authproxy", &[&new], Duration::from_secs(60)).unwrap();
+        assert!(
+            rotated.verify(&token_a).is_err(),
+            "a token of a removed key must be refused"
+        );
+        assert!(rotated.verify(&token_b).is_ok());
+    }
+
+    #[test]
+    fn expired_and_foreign_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path(), "k.pem", false);
+        let tokens = IssuedTokens::load("authproxy", &[&key], Duration::from_secs(60)).unwrap();
+        let an_hour_ago = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 3600;
+        let (expired, _) = tokens.issue_at(&alice(), an_hour_ago).unwrap();
+        assert!(
+            tokens.verify(&expired).is_err(),
+            "an expired token must be refused"
+        );
+        let other = IssuedTokens::load("someone-else", &[&key], Duration::from_secs(60)).unwrap();
+        let (foreign, _) = other.issue(&alice()).unwrap();
+        assert!(
+            tokens.verify(&foreign).is_err(),
+            "another issuer's token must be refused"
+        );
+    }
+}
