@@ -6,6 +6,7 @@
 pub mod config;
 pub mod demo;
 pub mod logging;
+pub mod login;
 pub mod pki;
 pub mod server;
 pub mod webhook;

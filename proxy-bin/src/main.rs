@@ -49,12 +49,45 @@ enum Command {
         #[command(flatten)]
         oidc: OidcArgs,
     },
+    /// kubectl exec credential plugin: print an ExecCredential for kubectl.
+    Login {
+        #[command(subcommand)]
+        method: LoginMethod,
+    },
+    /// Write a kubeconfig whose user runs `authproxy login`.
+    Kubeconfig {
+        /// The proxy's URL.
+        #[arg(long)]
+        server: String,
+        /// CA bundle of the proxy's certificate.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Name of the cluster, user and context.
+        #[arg(long, default_value = "authproxy")]
+        name: String,
+        /// Where to write it (default: standard output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Run the proxy in front of an embedded demo API server, and print
     /// commands that show it at work.
     Demo {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoginMethod {
+    /// Exchange an LDAP username/password (AUTHPROXY_USERNAME/AUTHPROXY_PASSWORD, or a prompt) for an issued token.
+    Ldap {
+        /// The proxy's URL.
+        #[arg(long)]
+        server: String,
+        /// CA bundle of the proxy's certificate.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -176,6 +209,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             });
             running.wait().await;
+            Ok(())
+        }
+        Command::Login {
+            method: LoginMethod::Ldap { server, ca_file },
+        } => {
+            let credential = authproxy::login::login_ldap(&server, ca_file.as_deref()).await?;
+            println!("{credential}");
+            Ok(())
+        }
+        Command::Kubeconfig {
+            server,
+            ca_file,
+            name,
+            output,
+        } => {
+            let binary = std::env::current_exe().context("locating the authproxy binary")?;
+            let text = authproxy::login::kubeconfig(&server, ca_file.as_deref(), &name, &binary)?;
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{text}"),
+            }
             Ok(())
         }
         Command::Demo { listen } => {

@@ -235,3 +235,21 @@ pub fn output_text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// The `authproxy` binary of this build (`cargo test --workspace` builds it
+/// before any test runs).
+pub fn authproxy_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target folder")?;
+    let binary = dir.join("authproxy");
+    if !binary.is_file() {
+        bail!(
+            "{} is missing: run `cargo build -p proxy-bin` (scripts/test.sh builds it)",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}

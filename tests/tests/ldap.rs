@@ -297,3 +297,73 @@ async fn an_ldap_login_is_exchanged_for_an_issued_token_and_slapd_sees_one_user_
     assert_eq!(code, 401);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_with_the_login_plugin_logs_in_once_and_caches_the_token_0600() -> anyhow::Result<()>
+{
+    use std::os::unix::fs::PermissionsExt;
+    let (env, slapd) = world(false).await?;
+    let binary = authproxy_tests::authproxy_binary()?;
+    let kubeconfig = env.dir.path().join("kubeconfig-login");
+    let out = tokio::process::Command::new(&binary)
+        .args(["kubeconfig", "--server", &env.proxy_url(), "--ca-file"])
+        .arg(env.pki.ca_path())
+        .arg("--output")
+        .arg(&kubeconfig)
+        .output()
+        .await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let cache = tempfile::tempdir()?;
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.arg("--kubeconfig").arg(&kubeconfig).args(args);
+        cmd.env_remove("KUBECONFIG")
+            .env("XDG_CACHE_HOME", cache.path())
+            .env("AUTHPROXY_USERNAME", "alice")
+            .env("AUTHPROXY_PASSWORD", "alice-password")
+            .kill_on_drop(true);
+        async move {
+            Ok::<_, anyhow::Error>(
+                tokio::time::timeout(Duration::from_secs(30), cmd.output()).await??,
+            )
+        }
+    };
+    for _ in 0..3 {
+        let out = run(&["get", "pods", "-o", "json"]).await?;
+        assert!(out.status.success(), "{}", output_text(&out));
+    }
+    assert_eq!(
+        slapd.binds_for(ALICE_DN)?,
+        1,
+        "three kubectl calls, one directory login"
+    );
+    let files: Vec<_> =
+        std::fs::read_dir(cache.path().join("authproxy"))?.collect::<Result<_, _>>()?;
+    assert_eq!(files.len(), 1);
+    let cached = files[0].path();
+    assert_eq!(
+        std::fs::metadata(&cached)?.permissions().mode() & 0o777,
+        0o600
+    );
+    let last = env.upstream_requests().pop().expect("request");
+    assert_eq!(last.header_values("impersonate-user"), ["alice"]);
+
+    // An expired cached token is never sent: the plugin logs in again.
+    let mut stale: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cached)?)?;
+    stale["status"]["token"] = json!("stale-token-must-not-be-sent");
+    stale["status"]["expirationTimestamp"] = json!("2020-01-01T00:00:00Z");
+    std::fs::write(&cached, stale.to_string())?;
+    let out = run(&["get", "pods", "-o", "json"]).await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    // (the proxy answers this second login from its own short login cache)
+    let fresh: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cached)?)?;
+    assert_ne!(
+        fresh["status"]["token"], "stale-token-must-not-be-sent",
+        "the expired token was kept"
+    );
+    assert_ne!(
+        fresh["status"]["expirationTimestamp"],
+        "2020-01-01T00:00:00Z"
+    );
+    Ok(())
+}
