@@ -68,6 +68,18 @@ enum Command {
         /// Where to write it (default: standard output).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Log in with OIDC at this issuer instead of LDAP.
+        #[arg(long)]
+        oidc_issuer: Option<String>,
+        /// The OIDC client ID (with --oidc-issuer).
+        #[arg(long, default_value = "kubernetes")]
+        oidc_client_id: String,
+        /// CA bundle of the OIDC issuer (with --oidc-issuer).
+        #[arg(long)]
+        oidc_ca_file: Option<PathBuf>,
+        /// Use the device-authorization flow (headless) instead of a browser.
+        #[arg(long)]
+        device: bool,
     },
     /// Run the proxy in front of an embedded demo API server, and print
     /// commands that show it at work.
@@ -80,6 +92,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LoginMethod {
+    /// Sign in at an OIDC issuer (authorization code + PKCE in a browser, or
+    /// the device flow) and hand kubectl the ID token; refresh tokens are used.
+    Oidc {
+        /// The issuer URL.
+        #[arg(long)]
+        issuer: String,
+        /// The OIDC client ID.
+        #[arg(long, default_value = "kubernetes")]
+        client_id: String,
+        /// CA bundle of the issuer.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Use the device-authorization flow instead of a browser.
+        #[arg(long)]
+        device: bool,
+        /// Scopes to ask for.
+        #[arg(long, default_value = "openid email groups offline_access")]
+        scopes: String,
+    },
     /// Exchange an LDAP username/password (AUTHPROXY_USERNAME/AUTHPROXY_PASSWORD, or a prompt) for an issued token.
     Ldap {
         /// The proxy's URL.
@@ -218,14 +249,68 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{credential}");
             Ok(())
         }
+        Command::Login {
+            method:
+                LoginMethod::Oidc {
+                    issuer,
+                    client_id,
+                    ca_file,
+                    device,
+                    scopes,
+                },
+        } => {
+            let credential = authproxy::login::login_oidc(
+                &issuer,
+                &client_id,
+                ca_file.as_deref(),
+                device,
+                &scopes,
+            )
+            .await?;
+            println!("{credential}");
+            Ok(())
+        }
         Command::Kubeconfig {
             server,
             ca_file,
             name,
             output,
+            oidc_issuer,
+            oidc_client_id,
+            oidc_ca_file,
+            device,
         } => {
             let binary = std::env::current_exe().context("locating the authproxy binary")?;
-            let text = authproxy::login::kubeconfig(&server, ca_file.as_deref(), &name, &binary)?;
+            let absolute = |p: &PathBuf| std::fs::canonicalize(p).map(|p| p.display().to_string());
+            let mut args: Vec<String> = match &oidc_issuer {
+                Some(issuer) => vec![
+                    "login".into(),
+                    "oidc".into(),
+                    "--issuer".into(),
+                    issuer.clone(),
+                    "--client-id".into(),
+                    oidc_client_id.clone(),
+                ],
+                None => vec![
+                    "login".into(),
+                    "ldap".into(),
+                    "--server".into(),
+                    server.clone(),
+                ],
+            };
+            let ca = if oidc_issuer.is_some() {
+                oidc_ca_file.as_ref()
+            } else {
+                ca_file.as_ref()
+            };
+            if let Some(ca) = ca {
+                args.extend(["--ca-file".to_string(), absolute(ca)?]);
+            }
+            if device && oidc_issuer.is_some() {
+                args.push("--device".into());
+            }
+            let text =
+                authproxy::login::kubeconfig(&server, ca_file.as_deref(), &name, &binary, &args)?;
             match output {
                 Some(path) => std::fs::write(&path, text)
                     .with_context(|| format!("writing {}", path.display()))?,

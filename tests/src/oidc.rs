@@ -246,6 +246,43 @@ impl OidcProvider {
         bail!("the sign-in flow did not reach the redirect URI")
     }
 
+    /// Completes a device-flow sign-in as `login`, as a person would in a
+    /// browser: opens `verification_uri_complete`, confirms the code, logs in
+    /// and consents.
+    pub async fn complete_device(&self, uri: &str, login: &str) -> anyhow::Result<()> {
+        let jar = tempfile::NamedTempFile::new_in(self.jar.path())?.into_temp_path();
+        let mut url = uri.to_owned();
+        let mut form: Option<Vec<(String, String)>> = None;
+        for _ in 0..12 {
+            let fields: Option<Vec<(&str, &str)>> = form
+                .as_ref()
+                .map(|f| f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect());
+            let (code, location, body) = self.step(&jar, &url, fields.as_deref()).await?;
+            form = None;
+            if let Some(location) = location {
+                url = self.absolute(&location);
+                continue;
+            }
+            let Some((action, mut inputs)) = parse_form(&body) else {
+                if code == 200 && body.to_lowercase().contains("success") {
+                    return Ok(());
+                }
+                bail!("device sign-in stopped at a page without a form ({code}): {body}");
+            };
+            for (name, value) in inputs.iter_mut() {
+                match name.as_str() {
+                    "login" => *value = login.to_owned(),
+                    "password" => *value = "any".to_owned(),
+                    _ => {}
+                }
+            }
+            inputs.retain(|(name, _)| name != "abort");
+            url = self.absolute(&action);
+            form = Some(inputs);
+        }
+        bail!("the device sign-in did not finish")
+    }
+
     async fn exchange(
         &self,
         jar: &Path,
@@ -286,4 +323,32 @@ pub async fn public_pem(key: &SigningKey) -> anyhow::Result<String> {
         bail!("node: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(String::from_utf8(out.stdout)?)
+}
+
+fn attribute(tag: &str, name: &str) -> Option<String> {
+    let start = tag.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = tag[start..].find('"')? + start;
+    Some(tag[start..end].replace("&amp;", "&"))
+}
+
+/// The first form of an HTML page: its action and every named input with its value.
+fn parse_form(html: &str) -> Option<(String, Vec<(String, String)>)> {
+    let form_start = html.find("<form")?;
+    let form_tag_end = html[form_start..].find('>')? + form_start;
+    let action = attribute(&html[form_start..form_tag_end], "action")?;
+    let form_end = html[form_start..]
+        .find("</form>")
+        .map(|e| e + form_start)
+        .unwrap_or(html.len());
+    let mut inputs = Vec::new();
+    let mut rest = &html[form_start..form_end];
+    while let Some(i) = rest.find("<input") {
+        let end = rest[i..].find('>').map(|e| e + i).unwrap_or(rest.len());
+        let tag = &rest[i..end];
+        if let Some(name) = attribute(tag, "name") {
+            inputs.push((name, attribute(tag, "value").unwrap_or_default()));
+        }
+        rest = &rest[end..];
+    }
+    Some((action, inputs))
 }

@@ -312,3 +312,85 @@ async fn idp_outage_keeps_known_keys_and_a_fresh_proxy_waits_until_the_idp_is_ba
     assert_eq!(pods_status(&fresh, &token).await?, 200);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_with_login_oidc_device_flow_gets_pods_and_reuses_the_cached_token(
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let w = world().await?;
+    let binary = authproxy_tests::authproxy_binary()?;
+    let kubeconfig = w.env.dir.path().join("kubeconfig-oidc");
+    let out = tokio::process::Command::new(&binary)
+        .args(["kubeconfig", "--server", &w.env.proxy_url(), "--ca-file"])
+        .arg(w.env.pki.ca_path())
+        .args([
+            "--oidc-issuer",
+            &w.idp.issuer(),
+            "--oidc-client-id",
+            "kubernetes",
+            "--device",
+            "--oidc-ca-file",
+        ])
+        .arg(w.env.pki.ca_path())
+        .arg("--output")
+        .arg(&kubeconfig)
+        .output()
+        .await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let cache = tempfile::tempdir()?;
+    let kubectl = || {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["get", "pods", "-o", "json"]);
+        cmd.env_remove("KUBECONFIG")
+            .env("XDG_CACHE_HOME", cache.path())
+            .kill_on_drop(true);
+        cmd
+    };
+    let mut child = kubectl()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let uri = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
+            .await??
+            .expect("the plugin printed no sign-in URL");
+        if let Some(uri) = line.strip_prefix("To sign in, open ") {
+            break uri.trim().to_owned();
+        }
+    };
+    w.idp.complete_device(&uri, "alice").await?;
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let listed = w
+        .env
+        .upstream_requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.uri.path() == "/api/v1/namespaces/default/pods")
+        .expect("pods list");
+    assert_eq!(
+        listed.header_values("impersonate-user"),
+        ["alice@example.com"]
+    );
+
+    let files: Vec<_> =
+        std::fs::read_dir(cache.path().join("authproxy"))?.collect::<Result<_, _>>()?;
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        std::fs::metadata(files[0].path())?.permissions().mode() & 0o777,
+        0o600
+    );
+    // The second call uses the cached ID token: no sign-in prompt, no new device flow.
+    let out = tokio::time::timeout(Duration::from_secs(30), kubectl().output()).await??;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("To sign in"),
+        "{}",
+        output_text(&out)
+    );
+    Ok(())
+}
