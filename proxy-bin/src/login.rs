@@ -213,7 +213,8 @@ fn jwt_expiry(id_token: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
 }
 
-fn exec_credential(token: &str, expires: SystemTime) -> String {
+/// A client.authentication.k8s.io/v1 `ExecCredential` holding `token`.
+pub fn exec_credential(token: &str, expires: SystemTime) -> String {
     serde_json::json!({
         "kind": "ExecCredential",
         "apiVersion": "client.authentication.k8s.io/v1",

@@ -247,13 +247,8 @@ async fn issue_token(
     };
     match issuer.issue(identity.user()) {
         Ok((token, expires)) => {
-            let body = serde_json::json!({
-                "kind": "ExecCredential",
-                "apiVersion": "client.authentication.k8s.io/v1",
-                "spec": {"interactive": false},
-                "status": {"token": token, "expirationTimestamp": humantime::format_rfc3339_seconds(expires).to_string()},
-            });
-            let mut r = Response::new(ProxyBody::full(body.to_string()));
+            let body = crate::login::exec_credential(&token, expires);
+            let mut r = Response::new(ProxyBody::full(body));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),
