@@ -392,5 +392,37 @@ async fn kubectl_with_login_oidc_device_flow_gets_pods_and_reuses_the_cached_tok
         "{}",
         output_text(&out)
     );
+
+    // An expired ID token in the cache is never sent: the refresh token gets a new one.
+    use base64::Engine;
+    let path = files[0].path();
+    let mut cached: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    assert!(
+        cached["refresh_token"].is_string(),
+        "the provider issued no refresh token: {cached}"
+    );
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let expired = format!(
+        "{}.{}.c2ln",
+        b64(json!({"alg": "RS256"})),
+        b64(json!({"iss": w.idp.issuer(), "exp": 1_600_000_000}))
+    );
+    cached["id_token"] = json!(expired);
+    std::fs::write(&path, cached.to_string())?;
+    let out = tokio::time::timeout(Duration::from_secs(30), kubectl().output()).await??;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("To sign in"),
+        "refresh must not ask for a new sign-in: {}",
+        output_text(&out)
+    );
+    let refreshed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    assert_ne!(
+        refreshed["id_token"],
+        json!(expired),
+        "the expired ID token was kept"
+    );
     Ok(())
 }
