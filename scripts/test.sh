@@ -8,11 +8,10 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# Debian packages: curl and kubectl for the end-to-end tests, node and npm
-# for the OpenID provider.
+# Debian packages: curl for the end-to-end tests, node and npm for the OpenID
+# provider. kubectl is built below, matching the API server.
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
-command -v kubectl >/dev/null 2>&1 || missing+=(kubernetes-client)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 # OpenLDAP for the LDAP tests (Debian's package does not start a daemon here).
@@ -24,7 +23,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-for tool in curl kubectl node npm /usr/sbin/slapd /usr/sbin/slapadd; do
+for tool in curl node npm /usr/sbin/slapd /usr/sbin/slapadd; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 
@@ -35,6 +34,44 @@ if [ ! -f "$oidc/node_modules/.package-lock.json" ] || ! cmp -s "$oidc/package-l
   (cd "$oidc" && npm ci --no-audit --no-fund --loglevel=error)
   cp "$oidc/package-lock.json" "$oidc/node_modules/.installed-lock.json"
 fi
+
+# The real Kubernetes parts: kube-apiserver, kubectl and etcd, built from the
+# pinned Go module tests/kube/ once into target/kube/<key>/ (key: the module's
+# go.mod, go.sum and etcd/main.go) and reused while those files are unchanged.
+go_required=1.26
+go_ok() {
+  command -v go >/dev/null 2>&1 || return 1
+  local v
+  v=$(go env GOVERSION 2>/dev/null | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+  [ "$(printf '%s\n%s\n' "$go_required" "$v" | sort -V | head -n1)" = "$go_required" ]
+}
+[ -x /usr/local/go/bin/go ] && PATH="/usr/local/go/bin:$PATH"
+if ! go_ok; then
+  echo "error: Go $go_required or newer is required to build kube-apiserver, kubectl and etcd for the tests (found: $(go version 2>/dev/null || echo none)); install it from https://go.dev/dl/ and put it on PATH" >&2
+  exit 1
+fi
+kube_module=tests/kube
+kube_version=$(awk '$1 == "k8s.io/kubernetes" {print $2}' "$kube_module/go.mod")
+kube_minor=$(echo "$kube_version" | cut -d. -f2)
+kube_ldflags="-s"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor -X $pkg.gitTreeState=clean"
+done
+kube_key=$( { cat "$kube_module/go.mod" "$kube_module/go.sum" "$kube_module/etcd/main.go"; echo "$kube_ldflags"; } | sha256sum | cut -c1-16)
+kube_bin="$PWD/target/kube/$kube_key"
+if [ ! -x "$kube_bin/kube-apiserver" ] || [ ! -x "$kube_bin/kubectl" ] || [ ! -x "$kube_bin/etcd" ]; then
+  echo "building kube-apiserver, kubectl and etcd $kube_version from $kube_module (first run only: several minutes)"
+  rm -rf "$kube_bin.partial"
+  mkdir -p "$kube_bin.partial"
+  (cd "$kube_module" && GOFLAGS=-buildvcs=false go build -trimpath -ldflags="$kube_ldflags" -o "$kube_bin.partial/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd)
+  rm -rf "$kube_bin"
+  mv "$kube_bin.partial" "$kube_bin"
+fi
+ln -sfn "$kube_key" target/kube/current
+export AUTHPROXY_KUBE_BIN="$kube_bin"
+# Tests and people running them use this kubectl, matching the server.
+export PATH="$kube_bin:$PATH"
 
 # The suite: unit, property, doc and end-to-end tests of every crate.
 cargo test --workspace --locked "$@"

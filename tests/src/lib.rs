@@ -6,6 +6,7 @@
 //! a failed test that says how to install it, never a skip.
 
 pub mod apiserver;
+pub mod kube;
 pub mod oidc;
 pub mod pki;
 pub mod slapd;
@@ -29,7 +30,7 @@ pub const PROXY_USER: &str = "system:serviceaccount:authproxy:proxy";
 pub const PROXY_TOKEN: &str = "proxy-token-one";
 
 /// The command that installs every test dependency.
-pub const INSTALL_HINT: &str = "run `scripts/test.sh` (it installs kubectl, curl, slapd and node packages), or `apt-get install -y curl kubernetes-client`";
+pub const INSTALL_HINT: &str = "run `scripts/test.sh` (it installs curl, slapd and node packages and builds kube-apiserver, kubectl and etcd)";
 
 /// Fails with an install hint when `tool` is not on PATH.
 pub fn require_tool(tool: &str) -> anyhow::Result<()> {
@@ -107,35 +108,22 @@ impl Env {
         );
         let double = double::start(config).await?;
         let dir = tempfile::tempdir()?;
-        let proxy_cert = pki.issue_server("proxy")?;
-        let mut csv = String::new();
-        for (token, name, uid, groups) in USERS {
-            csv.push_str(&format!("{token},{name},{uid},\"{groups}\"\n"));
-        }
-        std::fs::write(dir.path().join("tokens.csv"), csv)?;
-        std::fs::write(dir.path().join("proxy-token"), PROXY_TOKEN)?;
-        let yaml = format!(
-            "listen: 127.0.0.1:0\n\
-             tls: {{certFile: {cert}, keyFile: {key}, clientCAFile: {ca}}}\n\
-             upstream: {{url: '{url}', caFile: {ca}, tokenFile: proxy-token, tokenReloadInterval: 50ms, connectTimeout: 2s}}\n\
-             authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv, reloadInterval: 50ms}}\n{extra_auth}\n\
-             shutdownTimeout: 2s\n",
-            cert = proxy_cert.cert_path.display(),
-            key = proxy_cert.key_path.display(),
-            ca = pki.ca_path().display(),
-            url = double.url(),
-        );
-        let config_path = dir.path().join("authproxy.yaml");
-        std::fs::write(&config_path, yaml)?;
-        let config = FileConfig::load(&config_path)?;
-        let proxy = authproxy::server::start(&config, dir.path()).await?;
+        let proxy = start_proxy(
+            &pki,
+            dir.path(),
+            &double.url(),
+            pki.ca_path(),
+            PROXY_TOKEN,
+            extra_auth,
+        )
+        .await?;
         let env = Env {
             pki,
             double,
             proxy: Some(proxy),
             dir,
         };
-        env.write_kubeconfig()?;
+        write_user_kubeconfig(&env.kubeconfig(), &env.proxy_url(), env.pki.ca_path())?;
         Ok(env)
     }
 
@@ -154,27 +142,6 @@ impl Env {
         self.dir.path().join("kubeconfig")
     }
 
-    fn write_kubeconfig(&self) -> anyhow::Result<()> {
-        let mut users = String::new();
-        let mut contexts = String::new();
-        for (token, name, _, _) in USERS
-            .into_iter()
-            .filter(|u| !u.1.contains(char::is_control))
-        {
-            users.push_str(&format!("- name: {name}\n  user:\n    token: {token}\n"));
-            contexts.push_str(&format!(
-                "- name: {name}\n  context:\n    cluster: proxy\n    user: {name}\n    namespace: default\n"
-            ));
-        }
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n{users}contexts:\n{contexts}current-context: alice\n",
-            self.proxy_url(),
-            self.pki.ca_path().display()
-        );
-        std::fs::write(self.kubeconfig(), text)?;
-        Ok(())
-    }
-
     /// Runs curl against authproxy with the test CA; `args` follow the CA
     /// option. Returns (HTTP status, body). `-w` writes the status last.
     pub async fn curl(&self, args: &[&str]) -> anyhow::Result<(u16, String)> {
@@ -183,20 +150,90 @@ impl Env {
 
     /// Runs kubectl with the test kubeconfig.
     pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
-        require_tool("kubectl")?;
-        let mut cmd = tokio::process::Command::new("kubectl");
-        cmd.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
-        cmd.env_remove("KUBECONFIG").kill_on_drop(true);
-        let output = tokio::time::timeout(Duration::from_secs(30), cmd.output())
-            .await
-            .context("kubectl did not finish in 30s")??;
-        Ok(output)
+        kubectl_with(&self.kubeconfig(), args).await
     }
 
     /// Requests the double received, in order.
     pub fn upstream_requests(&self) -> Vec<RecordedRequest> {
         self.double.requests()
     }
+}
+
+/// Starts authproxy in process in front of `upstream_url` (trusting
+/// `upstream_ca`, presenting `upstream_token`), with a serving certificate from
+/// `pki`, client certificates from `pki`, the static tokens of [`USERS`], and
+/// more `authentication:` settings in `extra_auth` (YAML lines indented by two
+/// spaces). Its files go to `dir`.
+pub async fn start_proxy(
+    pki: &TestPki,
+    dir: &Path,
+    upstream_url: &str,
+    upstream_ca: &Path,
+    upstream_token: &str,
+    extra_auth: &str,
+) -> anyhow::Result<RunningServer> {
+    let proxy_cert = pki.issue_server("proxy")?;
+    let mut csv = String::new();
+    for (token, name, uid, groups) in USERS {
+        csv.push_str(&format!("{token},{name},{uid},\"{groups}\"\n"));
+    }
+    std::fs::write(dir.join("tokens.csv"), csv)?;
+    std::fs::write(dir.join("proxy-token"), upstream_token)?;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\n\
+         tls: {{certFile: {cert}, keyFile: {key}, clientCAFile: {ca}}}\n\
+         upstream: {{url: '{upstream_url}', caFile: {upstream_ca}, tokenFile: proxy-token, tokenReloadInterval: 50ms, connectTimeout: 2s}}\n\
+         authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv, reloadInterval: 50ms}}\n{extra_auth}\n\
+         shutdownTimeout: 2s\n",
+        cert = proxy_cert.cert_path.display(),
+        key = proxy_cert.key_path.display(),
+        ca = pki.ca_path().display(),
+        upstream_ca = upstream_ca.display(),
+    );
+    let config_path = dir.join("authproxy.yaml");
+    std::fs::write(&config_path, yaml)?;
+    let config = FileConfig::load(&config_path)?;
+    Ok(authproxy::server::start(&config, dir).await?)
+}
+
+/// Writes a kubeconfig for `server` (trusting `ca`) with one token context
+/// per test user (the current one is alice).
+pub fn write_user_kubeconfig(path: &Path, server: &str, ca: &Path) -> anyhow::Result<()> {
+    let mut users = String::new();
+    let mut contexts = String::new();
+    for (token, name, _, _) in USERS
+        .into_iter()
+        .filter(|u| !u.1.contains(char::is_control))
+    {
+        users.push_str(&format!("- name: {name}\n  user:\n    token: {token}\n"));
+        contexts.push_str(&format!(
+            "- name: {name}\n  context:\n    cluster: proxy\n    user: {name}\n    namespace: default\n"
+        ));
+    }
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n{users}contexts:\n{contexts}current-context: alice\n",
+        ca.display()
+    );
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// The kubectl built with kube-apiserver (see [`kube::kube_bin`]), without
+/// a `KUBECONFIG` from the environment, killed if dropped.
+pub fn kubectl_command() -> anyhow::Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::new(kube::kube_bin()?.join("kubectl"));
+    cmd.env_remove("KUBECONFIG").kill_on_drop(true);
+    Ok(cmd)
+}
+
+/// Runs kubectl with `kubeconfig` and `args`, bounded by 30 s.
+pub async fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    let mut cmd = kubectl_command()?;
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    let output = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+        .await
+        .context("kubectl did not finish in 30s")??;
+    Ok(output)
 }
 
 /// Runs curl with `--cacert ca` and returns (status, body).

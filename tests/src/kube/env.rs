@@ -1,0 +1,87 @@
+//! authproxy in front of the real kube-apiserver: one proxy per test, with
+//! its own CA for its serving and client certificates, the static-token test
+//! users, and the proxy's service-account token as its upstream credential.
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use authproxy::server::RunningServer;
+
+use super::{kube, Kube};
+use crate::pki::TestPki;
+use crate::{curl_with_ca, start_proxy, write_user_kubeconfig};
+
+/// One test's proxy in front of the shared kube-apiserver.
+pub struct KubeEnv {
+    /// The shared API server.
+    pub kube: &'static Kube,
+    /// This test's CA: the proxy's serving certificate and client certificates.
+    pub pki: TestPki,
+    /// authproxy, in process, over real TLS on loopback.
+    pub proxy: Option<RunningServer>,
+    /// The folder of config, token and kubeconfig files.
+    pub dir: tempfile::TempDir,
+}
+
+impl KubeEnv {
+    /// Starts authproxy with static tokens and client certificates.
+    pub async fn start() -> anyhow::Result<KubeEnv> {
+        Self::start_with(TestPki::new()?, "").await
+    }
+
+    /// Like [`KubeEnv::start`] with more `authentication:` settings
+    /// (YAML lines indented by two spaces).
+    pub async fn start_with(pki: TestPki, extra_auth: &str) -> anyhow::Result<KubeEnv> {
+        let kube = tokio::task::spawn_blocking(|| kube().map_err(|e| e.to_string()))
+            .await?
+            .map_err(anyhow::Error::msg)?;
+        let dir = tempfile::tempdir()?;
+        let proxy = start_proxy(
+            &pki,
+            dir.path(),
+            &kube.url(),
+            kube.pki().ca_path(),
+            kube.proxy_token(),
+            extra_auth,
+        )
+        .await?;
+        let env = KubeEnv {
+            kube,
+            pki,
+            proxy: Some(proxy),
+            dir,
+        };
+        write_user_kubeconfig(&env.kubeconfig(), &env.proxy_url(), env.pki.ca_path())?;
+        Ok(env)
+    }
+
+    /// `https://127.0.0.1:PORT` of authproxy.
+    pub fn proxy_url(&self) -> String {
+        let addr = self
+            .proxy
+            .as_ref()
+            .map(|p| p.addr())
+            .expect("proxy running");
+        format!("https://{addr}")
+    }
+
+    /// A kubeconfig pointing at authproxy with one context per test user.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// Runs curl against authproxy trusting this test's CA; returns (status, body).
+    pub async fn curl(&self, args: &[&str]) -> anyhow::Result<(u16, String)> {
+        curl_with_ca(self.pki.ca_path(), args).await
+    }
+
+    /// Runs curl straight at kube-apiserver (no proxy); returns (status, body).
+    pub async fn curl_kube(&self, args: &[&str]) -> anyhow::Result<(u16, String)> {
+        curl_with_ca(self.kube.pki().ca_path(), args).await
+    }
+
+    /// Runs the matching kubectl with the test kubeconfig.
+    pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        crate::kubectl_with(&self.kubeconfig(), args).await
+    }
+}

@@ -1,0 +1,586 @@
+//! The real Kubernetes API server for the end-to-end tests: etcd and
+//! kube-apiserver built from the pinned Go module in tests/kube/ (by
+//! `scripts/test.sh`), started once per test binary on free loopback ports
+//! and shared by its tests.
+//!
+//! - kube-apiserver serves TLS from a test CA, authorizes with RBAC, keeps
+//!   kube's default HTTP/2 limit (100 streams per connection), writes its
+//!   audit log at `Metadata` level (the witness of what reached the server),
+//!   and calls a TokenReview webhook at [`Kube::webhook_addr`], where the
+//!   webhook tests start `authproxy webhook`.
+//! - Set-up is done as an admin through kubectl with real objects: the proxy's
+//!   service account with a ClusterRole to impersonate and nothing else, and
+//!   group `devs` allowed to read pods and configmaps in `default`.
+//! - Both processes run under a small supervisor that reads the test
+//!   process's end of a pipe: when the test binary exits, for any reason, the
+//!   pipe closes and the supervisor stops the server and deletes its folder.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde_json::Value;
+
+use crate::pki::TestPki;
+
+mod checks;
+mod env;
+pub use checks::{assert_kubectl_acts_as, Expected};
+pub use env::KubeEnv;
+
+/// The admin's static token (group `system:masters`), for set-up only.
+pub const ADMIN_TOKEN: &str = "kube-admin-token";
+/// The proxy's service account, in kube's user-name form.
+pub const PROXY_SERVICE_ACCOUNT: &str = "system:serviceaccount:authproxy:proxy";
+
+/// Where `scripts/test.sh` puts the binaries, named in the failure message.
+const BUILD_HINT: &str = "the kube binaries are built by `scripts/test.sh` (Go 1.26 or newer, from tests/kube/go.mod); run it once, or set AUTHPROXY_KUBE_BIN to a folder holding kube-apiserver, kubectl and etcd";
+
+/// A running etcd + kube-apiserver pair, shared by one test binary's tests.
+pub struct Kube {
+    dir: PathBuf,
+    bin: PathBuf,
+    pki: TestPki,
+    port: u16,
+    webhook_addr: SocketAddr,
+    proxy_token: String,
+    // The supervisors stop their server when these close (process exit).
+    _servers: Mutex<Vec<Supervised>>,
+}
+
+static KUBE: OnceLock<Result<Kube, String>> = OnceLock::new();
+
+/// The test binary's kube-apiserver, started on first use.
+///
+/// Blocks while starting (a few seconds); later calls return at once.
+pub fn kube() -> anyhow::Result<&'static Kube> {
+    KUBE.get_or_init(|| Kube::start().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("starting kube-apiserver: {e}"))
+}
+
+/// The folder holding kube-apiserver, kubectl and etcd.
+pub fn kube_bin() -> anyhow::Result<PathBuf> {
+    let has_all = |dir: &Path| {
+        ["kube-apiserver", "kubectl", "etcd"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
+    if let Some(dir) = std::env::var_os("AUTHPROXY_KUBE_BIN") {
+        let dir = PathBuf::from(dir);
+        if has_all(&dir) {
+            return Ok(dir);
+        }
+        bail!(
+            "AUTHPROXY_KUBE_BIN={} lacks a binary; {BUILD_HINT}",
+            dir.display()
+        );
+    }
+    // the last build of scripts/test.sh
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kube/current");
+    if has_all(&dir) {
+        return Ok(dir);
+    }
+    bail!(
+        "{} lacks kube-apiserver, kubectl or etcd; {BUILD_HINT}",
+        dir.display()
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs `program` under a supervisor shell: it stops the program (and, when
+/// `cleanup` is given, deletes that folder) once its stdin closes, which
+/// happens when this test process exits, however it exits.
+fn supervised(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    cleanup: Option<&Path>,
+) -> anyhow::Result<Supervised> {
+    // The supervisor exits with the program (so an early death is seen);
+    // its watcher outlives both until the test process closes the pipe.
+    const SUPERVISOR: &str = r#"prog="$1"; shift; clean="$1"; shift
+"$prog" "$@" </dev/null & pid=$!
+(
+  while read -r _; do :; done
+  kill -TERM "$pid" 2>/dev/null
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  if [ -n "$clean" ]; then rm -rf -- "$clean"; fi
+) </dev/stdin >/dev/null 2>&1 &
+exec 0<&-
+wait "$pid""#;
+    let log = std::fs::File::create(log)?;
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(SUPERVISOR)
+        .arg("supervisor")
+        .arg(program)
+        .arg(cleanup.map(Path::as_os_str).unwrap_or_default())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    let lifeline = child.stdin.take().context("supervisor stdin")?;
+    Ok(Supervised {
+        child,
+        _lifeline: lifeline,
+    })
+}
+
+/// A server process died: no point in polling on.
+#[derive(Debug)]
+struct Exited(String);
+
+impl std::fmt::Display for Exited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Exited {}
+
+/// A supervised server process.
+struct Supervised {
+    child: std::process::Child,
+    _lifeline: ChildStdin,
+}
+
+impl Supervised {
+    /// Fails if the server has exited.
+    fn alive(&mut self, name: &str, log: &Path) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            return Err(
+                Exited(format!("{name} exited ({status}); its log:\n{}", tail(log))).into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Polls `check` every 100 ms until it is `Ok(true)`, failing after `limit`
+/// with the last thing it saw.
+fn poll(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut last = String::from("nothing yet");
+    loop {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) if e.is::<Exited>() => return Err(e),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if start.elapsed() > limit {
+            bail!("{what}: not ready within {limit:?}; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+impl Kube {
+    fn start() -> anyhow::Result<Kube> {
+        let bin = kube_bin()?;
+        let dir = tempfile::Builder::new()
+            .prefix("authproxy-kube-")
+            .tempdir()?
+            .keep();
+
+        // etcd, unsynced: the data is thrown away with the folder.
+        let (etcd_port, peer_port) = (free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd_args: Vec<String> = vec![
+            "--name=test".into(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=test={peer_url}"),
+            "--unsafe-no-fsync".into(),
+            "--log-level=warn".into(),
+        ];
+        let etcd_log = dir.join("etcd.log");
+        let mut etcd = supervised(&bin.join("etcd"), &etcd_args, &etcd_log, None)?;
+        poll(Duration::from_secs(30), "etcd /health", || {
+            etcd.alive("etcd", &etcd_log)?;
+            let out = Command::new("curl")
+                .args(["-sf", "--max-time", "2"])
+                .arg(format!("{etcd_url}/health"))
+                .output()?;
+            Ok(out.status.success())
+        })
+        .with_context(|| format!("etcd log:\n{}", tail(&etcd_log)))?;
+
+        // kube-apiserver
+        let pki = TestPki::new()?;
+        let serving = pki.issue_server("kube-apiserver")?;
+        let sa_key = pki.issue_client("service-accounts", "service-accounts", None)?;
+        let webhook_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!("{ADMIN_TOKEN},kube-admin,0,\"system:masters\"\n"),
+        )?;
+        std::fs::write(
+            dir.join("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+        )?;
+        std::fs::write(
+            dir.join("webhook.kubeconfig"),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: authproxy\n  cluster:\n    server: https://{webhook_addr}/\n    certificate-authority: {ca}\nusers:\n- name: kube-apiserver\n  user: {{}}\ncontexts:\n- name: webhook\n  context: {{cluster: authproxy, user: kube-apiserver}}\ncurrent-context: webhook\n",
+                ca = pki.ca_path().display()
+            ),
+        )?;
+        let port = free_port()?;
+        let d = |name: &str| dir.join(name).display().to_string();
+        let api_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={port}"),
+            format!("--cert-dir={}", d("certs")),
+            format!("--tls-cert-file={}", serving.cert_path.display()),
+            format!("--tls-private-key-file={}", serving.key_path.display()),
+            format!("--client-ca-file={}", pki.ca_path().display()),
+            // kube reads the public key from the certificate
+            format!("--service-account-key-file={}", sa_key.cert_path.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                sa_key.key_path.display()
+            ),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--authorization-mode=RBAC".into(),
+            // a lone server on loopback publishes no endpoints
+            "--endpoint-reconciler-type=none".into(),
+            format!("--token-auth-file={}", d("tokens.csv")),
+            format!("--audit-log-path={}", d("audit.log")),
+            format!("--audit-policy-file={}", d("audit-policy.yaml")),
+            "--audit-log-mode=blocking".into(),
+            format!(
+                "--authentication-token-webhook-config-file={}",
+                d("webhook.kubeconfig")
+            ),
+            "--authentication-token-webhook-version=v1".into(),
+            "--authentication-token-webhook-cache-ttl=1s".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        let api_log = dir.join("kube-apiserver.log");
+        let mut apiserver =
+            supervised(&bin.join("kube-apiserver"), &api_args, &api_log, Some(&dir))?;
+        poll(Duration::from_secs(90), "kube-apiserver /readyz", || {
+            apiserver.alive("kube-apiserver", &api_log)?;
+            let out = Command::new("curl")
+                .args([
+                    "-s",
+                    "--max-time",
+                    "5",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--cacert",
+                ])
+                .arg(pki.ca_path())
+                .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+                .arg(format!("https://127.0.0.1:{port}/readyz"))
+                .output()?;
+            let code = String::from_utf8_lossy(&out.stdout).into_owned();
+            if code == "200" {
+                Ok(true)
+            } else {
+                bail!("HTTP {code}")
+            }
+        })
+        .with_context(|| format!("kube-apiserver log:\n{}", tail(&api_log)))?;
+        let mut kube = Kube {
+            dir,
+            bin,
+            pki,
+            port,
+            webhook_addr,
+            proxy_token: String::new(),
+            _servers: Mutex::new(vec![etcd, apiserver]),
+        };
+        kube.write_admin_kubeconfig()?;
+        kube.set_up()?;
+        Ok(kube)
+    }
+
+    fn write_admin_kubeconfig(&self) -> anyhow::Result<()> {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    token: {ADMIN_TOKEN}\ncontexts:\n- name: admin\n  context: {{cluster: kube, user: admin, namespace: default}}\ncurrent-context: admin\n",
+            self.url(),
+            self.pki.ca_path().display()
+        );
+        std::fs::write(self.admin_kubeconfig(), text)?;
+        Ok(())
+    }
+
+    /// The objects every test relies on, created as the admin.
+    fn set_up(&mut self) -> anyhow::Result<()> {
+        const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: authproxy}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: proxy, namespace: authproxy}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: authproxy-impersonator}
+rules:
+- apiGroups: [""]
+  resources: [users, groups, serviceaccounts]
+  verbs: [impersonate]
+- apiGroups: [authentication.k8s.io]
+  resources: [uids, userextras]
+  verbs: [impersonate]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: authproxy-impersonator}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: authproxy-impersonator}
+subjects:
+- {kind: ServiceAccount, name: proxy, namespace: authproxy}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: devs-read, namespace: default}
+rules:
+- apiGroups: [""]
+  resources: [pods, configmaps]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: devs-read, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: devs-read}
+subjects:
+- {kind: Group, name: devs, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: default, namespace: default}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: default}
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - {name: web, image: registry.invalid/web:1}
+"#;
+        // The default namespace appears shortly after readiness.
+        poll(Duration::from_secs(30), "namespace default", || {
+            Ok(self
+                .admin(&["get", "namespace", "default"], None)?
+                .status
+                .success())
+        })?;
+        let out = self.admin(&["apply", "-f", "-"], Some(OBJECTS))?;
+        if !out.status.success() {
+            bail!("set-up objects: {}", crate::output_text(&out));
+        }
+        let out = self.admin(
+            &[
+                "create",
+                "token",
+                "proxy",
+                "-n",
+                "authproxy",
+                "--duration=24h",
+            ],
+            None,
+        )?;
+        if !out.status.success() {
+            bail!("proxy token: {}", crate::output_text(&out));
+        }
+        self.proxy_token = String::from_utf8(out.stdout)?.trim().to_owned();
+        Ok(())
+    }
+
+    /// Runs kubectl as the admin, with `stdin` if given (blocking).
+    pub fn admin(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(self.kubectl());
+        cmd.arg("--kubeconfig")
+            .arg(self.admin_kubeconfig())
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("running kubectl")?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(text.as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs kubectl as the admin from async code, with `stdin` if given.
+    pub async fn admin_async(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let stdin = stdin.map(str::to_owned);
+        let kube: &'static Kube = kube()?;
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            kube.admin(&args, stdin.as_deref())
+        })
+        .await?
+    }
+
+    /// Creates a configmap in `default` labelled `marker=<marker>`, as the admin.
+    pub async fn create_configmap(&self, name: &str, marker: &str) -> anyhow::Result<()> {
+        let yaml = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default, labels: {{marker: {marker}}}}}\ndata: {{k: v}}\n"
+        );
+        let out = self
+            .admin_async(&["create", "-f", "-"], Some(&yaml))
+            .await?;
+        if !out.status.success() {
+            bail!("creating configmap {name}: {}", crate::output_text(&out));
+        }
+        Ok(())
+    }
+
+    /// A new token of the proxy's service account, valid for an hour.
+    pub async fn new_proxy_token(&self) -> anyhow::Result<String> {
+        let out = self
+            .admin_async(
+                &[
+                    "create",
+                    "token",
+                    "proxy",
+                    "-n",
+                    "authproxy",
+                    "--duration=1h",
+                ],
+                None,
+            )
+            .await?;
+        if !out.status.success() {
+            bail!("proxy token: {}", crate::output_text(&out));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// `https://127.0.0.1:PORT` of kube-apiserver.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The test CA: it signed kube-apiserver's serving certificate, and kube
+    /// trusts the client certificates and the webhook certificate it signs.
+    pub fn pki(&self) -> &TestPki {
+        &self.pki
+    }
+
+    /// The matching kubectl.
+    pub fn kubectl(&self) -> PathBuf {
+        self.bin.join("kubectl")
+    }
+
+    /// The admin's kubeconfig.
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// A service-account token of the proxy's identity (`authproxy:proxy`).
+    pub fn proxy_token(&self) -> &str {
+        &self.proxy_token
+    }
+
+    /// Where kube-apiserver sends its TokenReviews (`https://ADDR/`, trusting
+    /// this CA); nothing listens there until a test starts the webhook.
+    pub fn webhook_addr(&self) -> SocketAddr {
+        self.webhook_addr
+    }
+
+    /// Every audit event written so far (kube's `audit.k8s.io/v1` Events).
+    pub fn audit_events(&self) -> anyhow::Result<Vec<Value>> {
+        let text = std::fs::read_to_string(self.dir.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).context("audit line is not JSON"))
+            .collect()
+    }
+
+    /// The audit events for which `matches` holds.
+    pub fn audit_where(&self, matches: impl Fn(&Value) -> bool) -> anyhow::Result<Vec<Value>> {
+        Ok(self
+            .audit_events()?
+            .into_iter()
+            .filter(|e| matches(e))
+            .collect())
+    }
+
+    /// The audit events whose `userAgent` is `agent` (tests mark their curl
+    /// requests with a unique user agent to find them).
+    pub fn audit_by_agent(&self, agent: &str) -> anyhow::Result<Vec<Value>> {
+        self.audit_where(|e| e["userAgent"] == agent)
+    }
+
+    /// Waits (10 s at most) until at least `count` audit events match, and
+    /// returns all that match.
+    pub async fn wait_audit(
+        &self,
+        count: usize,
+        matches: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Vec<Value>> {
+        let matches = &matches;
+        crate::wait_for(Duration::from_secs(10), "audit events", || async move {
+            let seen = self.audit_where(matches).map_err(|e| e.to_string())?;
+            if seen.len() >= count {
+                Ok(Some(seen))
+            } else {
+                Err(format!("{} of {count} events", seen.len()))
+            }
+        })
+        .await
+    }
+
+    /// Waits for `count` audit events with user agent `agent`.
+    pub async fn wait_audit_by_agent(
+        &self,
+        agent: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<Value>> {
+        self.wait_audit(count, |e| e["userAgent"] == agent).await
+    }
+}
+
+/// A marker unique to this process and call, to find a test's requests in
+/// kube's audit log (as a curl user agent, or inside a label selector).
+pub fn unique_marker(what: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{what}-{}-{n}", std::process::id())
+}
