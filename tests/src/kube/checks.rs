@@ -23,9 +23,12 @@ pub struct Expected<'a> {
 }
 
 impl Expected<'_> {
-    /// Whether RBAC lets this user list pods in `default` (group `devs`).
+    /// Whether RBAC lets this user list pods in `default` (groups `devs`
+    /// and `oidc:devs` are bound to a Role that may).
     pub fn may_list_pods(&self) -> bool {
-        self.groups.contains(&"devs")
+        self.groups
+            .iter()
+            .any(|g| *g == "devs" || *g == "oidc:devs")
     }
 }
 

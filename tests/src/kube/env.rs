@@ -80,6 +80,30 @@ impl KubeEnv {
         curl_with_ca(self.kube.pki().ca_path(), args).await
     }
 
+    /// Asserts that no request with user agent `agent` reached kube-apiserver:
+    /// first sends a request of its own and waits for its audit event, so
+    /// every earlier request that reached the server is logged by then.
+    pub async fn assert_not_forwarded(&self, agent: &str) -> anyhow::Result<()> {
+        let barrier = super::unique_marker("barrier");
+        let (code, body) = self
+            .curl(&[
+                "-A",
+                &barrier,
+                "-H",
+                "Authorization: Bearer alice-token",
+                &format!("{}/api/v1/namespaces/default/pods", self.proxy_url()),
+            ])
+            .await?;
+        anyhow::ensure!(code == 200, "barrier request: {code} {body}");
+        self.kube.wait_audit_by_agent(&barrier, 1).await?;
+        let reached = self.kube.audit_by_agent(agent)?;
+        anyhow::ensure!(
+            reached.is_empty(),
+            "requests reached kube-apiserver: {reached:?}"
+        );
+        Ok(())
+    }
+
     /// Runs the matching kubectl with the test kubeconfig.
     pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
         crate::kubectl_with(&self.kubeconfig(), args).await

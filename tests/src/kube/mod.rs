@@ -358,7 +358,9 @@ rules:
   resources: [users, groups, serviceaccounts]
   verbs: [impersonate]
 - apiGroups: [authentication.k8s.io]
-  resources: [uids, userextras]
+  # uids, and userextras/<key> for every extra key: RBAC matches subresources
+  # only by name or by "*"
+  resources: ["*"]
   verbs: [impersonate]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -382,6 +384,7 @@ metadata: {name: devs-read, namespace: default}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: devs-read}
 subjects:
 - {kind: Group, name: devs, apiGroup: rbac.authorization.k8s.io}
+- {kind: Group, name: "oidc:devs", apiGroup: rbac.authorization.k8s.io}
 ---
 apiVersion: v1
 kind: ServiceAccount
