@@ -171,28 +171,57 @@ pub async fn login_ldap(server: &str, ca_file: Option<&Path>) -> anyhow::Result<
     Ok(text)
 }
 
-/// `authproxy kubeconfig`: a kubeconfig whose user runs `authproxy` with
-/// `login_args` (e.g. `login ldap --server …`) as an exec credential plugin.
+/// A cluster entry of a kubeconfig: the name of its context, its URL and the
+/// CA bundle of its certificate.
+#[derive(Debug, Clone)]
+pub struct KubeconfigCluster<'a> {
+    /// Name of the cluster and of its context.
+    pub name: &'a str,
+    /// The server URL.
+    pub server: &'a str,
+    /// CA bundle of the server's certificate (made absolute).
+    pub ca_file: Option<&'a Path>,
+}
+
+/// A kubeconfig with one context per cluster, all sharing one user `user`
+/// that runs `binary login_args...` as a client.authentication.k8s.io/v1 exec
+/// credential plugin. The first cluster's context is the current one.
+///
+/// Errors when a CA file cannot be found.
 pub fn kubeconfig(
-    server: &str,
-    ca_file: Option<&Path>,
-    name: &str,
+    clusters: &[KubeconfigCluster<'_>],
+    user: &str,
     binary: &Path,
     login_args: &[String],
 ) -> anyhow::Result<String> {
-    let ca = match ca_file {
-        Some(path) => format!(
-            "    certificate-authority: {}\n",
-            std::fs::canonicalize(path)?.display()
-        ),
-        None => String::new(),
-    };
+    let mut cluster_text = String::new();
+    let mut context_text = String::new();
+    for cluster in clusters {
+        let ca = match cluster.ca_file {
+            Some(path) => format!(
+                "    certificate-authority: {}\n",
+                std::fs::canonicalize(path)
+                    .with_context(|| format!("CA file {}", path.display()))?
+                    .display()
+            ),
+            None => String::new(),
+        };
+        cluster_text.push_str(&format!(
+            "- name: {}\n  cluster:\n    server: {}\n{ca}",
+            cluster.name, cluster.server
+        ));
+        context_text.push_str(&format!(
+            "- name: {0}\n  context:\n    cluster: {0}\n    user: {user}\n",
+            cluster.name
+        ));
+    }
+    let current = clusters.first().map(|c| c.name).unwrap_or(user);
     let args: String = login_args
         .iter()
         .map(|a| format!("      - {}\n", serde_json::Value::String(a.clone())))
         .collect();
     Ok(format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {server}\n{ca}users:\n- name: {name}\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      args:\n{args}      interactiveMode: IfAvailable\n      provideClusterInfo: false\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\ncurrent-context: {name}\n",
+        "apiVersion: v1\nkind: Config\nclusters:\n{cluster_text}users:\n- name: {user}\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      args:\n{args}      interactiveMode: IfAvailable\n      provideClusterInfo: false\ncontexts:\n{context_text}current-context: {current}\n",
         binary.display()
     ))
 }

@@ -77,6 +77,14 @@ enum Command {
         /// CA bundle of the OIDC issuer (with --oidc-issuer).
         #[arg(long)]
         oidc_ca_file: Option<PathBuf>,
+        /// Also a context `<name>-direct` for the API server itself (its
+        /// authentication webhook is `authproxy webhook`), sharing the same login:
+        /// the cluster stays reachable when the proxy is not.
+        #[arg(long)]
+        direct_server: Option<String>,
+        /// CA bundle of the API server's certificate (with --direct-server).
+        #[arg(long, requires = "direct_server")]
+        direct_ca_file: Option<PathBuf>,
         /// Use the device-authorization flow (headless) instead of a browser.
         #[arg(long)]
         device: bool,
@@ -278,6 +286,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             oidc_issuer,
             oidc_client_id,
             oidc_ca_file,
+            direct_server,
+            direct_ca_file,
             device,
         } => {
             let binary = std::env::current_exe().context("locating the authproxy binary")?;
@@ -309,8 +319,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if device && oidc_issuer.is_some() {
                 args.push("--device".into());
             }
-            let text =
-                authproxy::login::kubeconfig(&server, ca_file.as_deref(), &name, &binary, &args)?;
+            use authproxy::login::KubeconfigCluster;
+            let direct_name = format!("{name}-direct");
+            let mut clusters = vec![KubeconfigCluster {
+                name: &name,
+                server: &server,
+                ca_file: ca_file.as_deref(),
+            }];
+            if let Some(direct) = &direct_server {
+                clusters.push(KubeconfigCluster {
+                    name: &direct_name,
+                    server: direct,
+                    ca_file: direct_ca_file.as_deref(),
+                });
+            }
+            let text = authproxy::login::kubeconfig(&clusters, &name, &binary, &args)?;
             match output {
                 Some(path) => std::fs::write(&path, text)
                     .with_context(|| format!("writing {}", path.display()))?,
