@@ -65,9 +65,11 @@ async fn impersonation_needs_the_impersonate_verb() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(code, 403, "{body}");
+    // kube 1.37 words it in terms of constrained impersonation when the
+    // requester holds no impersonation right at all
     assert_eq!(
         status(&body)["message"],
-        r#"users "root" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#
+        r#"pods is forbidden: User "alice" cannot impersonate-on:user-info:list resource "pods" in API group "" in the namespace "default""#
     );
     Ok(())
 }

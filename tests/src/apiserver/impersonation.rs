@@ -18,11 +18,36 @@ fn values(headers: &HeaderMap, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Applies `Impersonate-*` headers for `requester`: returns the effective user.
+/// Go's `%#v` of a `[]string`, as kube prints it in messages.
+fn go_strings(values: &[String]) -> String {
+    if values.is_empty() {
+        return "[]string(nil)".into();
+    }
+    let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    format!("[]string{{{}}}", quoted.join(", "))
+}
+
+/// Go's `%#v` of a `map[string][]string` (keys sorted, as Go prints maps).
+fn go_extra(extra: &std::collections::BTreeMap<String, Vec<String>>) -> String {
+    if extra.is_empty() {
+        return "map[string][]string(nil)".into();
+    }
+    let entries: Vec<String> = extra
+        .iter()
+        .map(|(k, v)| format!("{k:?}:{}", go_strings(v)))
+        .collect();
+    format!("map[string][]string{{{}}}", entries.join(", "))
+}
+
+/// Applies `Impersonate-*` headers for `requester`: returns the effective
+/// user. `request` is what the request itself asks to do: kube (1.37, with
+/// constrained impersonation) words a refusal of an impersonator that holds
+/// no impersonation right at all in terms of it.
 pub fn effective_user(
     requester: &UserInfo,
     headers: &HeaderMap,
     rules: &[Rule],
+    request: &Attributes,
 ) -> Result<UserInfo, Refusal> {
     let users = values(headers, "impersonate-user");
     let groups = values(headers, "impersonate-group");
@@ -41,9 +66,14 @@ pub fn effective_user(
     }
     if users.is_empty() {
         if !groups.is_empty() || !uids.is_empty() || !extra.is_empty() {
+            let uid = uids.first().cloned().unwrap_or_default();
             return Err(Refusal {
                 code: StatusCode::BAD_REQUEST,
-                message: format!("requested [groups {groups:?} uid {uids:?} extra {extra:?}] without impersonating a user"),
+                message: format!(
+                    "requested &user.DefaultInfo{{Name:\"\", UID:{uid:?}, Groups:{}, Extra:{}}} without impersonating a user name",
+                    go_strings(&groups),
+                    go_extra(&extra)
+                ),
             });
         }
         return Ok(requester.clone());
@@ -66,6 +96,17 @@ pub fn effective_user(
         namespace: namespace.into(),
         path: None,
     };
+    let holds_any_right = rules
+        .iter()
+        .any(|rule| rule.grants_verb_to("impersonate", requester));
+    if !holds_any_right {
+        let mut constrained = request.clone();
+        constrained.verb = format!("impersonate-on:user-info:{}", request.verb);
+        return Err(Refusal {
+            code: StatusCode::FORBIDDEN,
+            message: constrained.forbidden_message(&requester.username),
+        });
+    }
     let username = users[0].clone();
     match username
         .strip_prefix("system:serviceaccount:")

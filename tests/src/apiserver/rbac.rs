@@ -178,13 +178,22 @@ impl Rule {
         self
     }
 
+    /// Whether this rule gives `user` `verb` on anything.
+    pub fn grants_verb_to(&self, verb: &str, user: &UserInfo) -> bool {
+        let subject = self.users.iter().any(|u| u == &user.username)
+            || self.groups.iter().any(|g| user.groups.contains(g));
+        subject && self.verbs.iter().any(|v| v == verb)
+    }
+
     fn matches(&self, user: &UserInfo, attrs: &Attributes) -> bool {
         let subject = self.users.iter().any(|u| u == &user.username)
             || self.groups.iter().any(|g| user.groups.contains(g));
+        // kube's RBAC: "*", the exact resource[/subresource], or "*/subresource"
+        let subresource = attrs.resource.split_once('/').map(|(_, sub)| sub);
         let resource = self.resources.iter().any(|r| {
             r == "*"
                 || r == &attrs.resource
-                || (r.ends_with("/*") && attrs.resource.starts_with(&r[..r.len() - 1]))
+                || subresource.is_some_and(|sub| r.strip_prefix("*/") == Some(sub))
         });
         subject
             && attrs.path.is_none()
@@ -207,7 +216,7 @@ pub fn default_rules(proxy_user: &str) -> Vec<Rule> {
         Rule::allow(&["create"], &["selfsubjectreviews"])
             .in_group("authentication.k8s.io")
             .for_groups(&["system:authenticated"]),
-        Rule::allow(&["get", "list", "watch"], &["pods"])
+        Rule::allow(&["get", "list", "watch"], &["pods", "configmaps"])
             .in_namespaces(&["default"])
             .for_groups(&["devs", "oidc:devs"]),
         Rule::allow(
@@ -221,7 +230,8 @@ pub fn default_rules(proxy_user: &str) -> Vec<Rule> {
             .for_groups(&["admins"]),
         Rule::allow(&["impersonate"], &["users", "groups", "serviceaccounts"])
             .for_users(&[proxy_user]),
-        Rule::allow(&["impersonate"], &["uids", "userextras/*"])
+        // uids and userextras/<key>: kube's RBAC needs "*" (or each key)
+        Rule::allow(&["impersonate"], &["*"])
             .in_group("authentication.k8s.io")
             .for_users(&[proxy_user]),
     ]

@@ -75,7 +75,8 @@ pub(crate) async fn handle(
     if !requester.groups.iter().any(|g| g == "system:authenticated") {
         requester.groups.push("system:authenticated".into());
     }
-    let user = match effective_user(&requester, req.headers(), &state.rules) {
+    let request_attrs = Attributes::from_request(req.method(), req.uri().path(), req.uri().query());
+    let user = match effective_user(&requester, req.headers(), &state.rules, &request_attrs) {
         Ok(user) => user,
         Err(refusal) => {
             let reason = if refusal.code == StatusCode::FORBIDDEN {

@@ -350,6 +350,10 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {name: proxy, namespace: authproxy}
 ---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: nobody, namespace: authproxy}
+---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: authproxy-impersonator}
@@ -476,16 +480,15 @@ spec:
 
     /// A new token of the proxy's service account, valid for an hour.
     pub async fn new_proxy_token(&self) -> anyhow::Result<String> {
+        self.service_account_token("proxy").await
+    }
+
+    /// A new token of service account `name` in namespace `authproxy`
+    /// (`proxy`, or `nobody`, which may do nothing), valid for an hour.
+    pub async fn service_account_token(&self, name: &str) -> anyhow::Result<String> {
         let out = self
             .admin_async(
-                &[
-                    "create",
-                    "token",
-                    "proxy",
-                    "-n",
-                    "authproxy",
-                    "--duration=1h",
-                ],
+                &["create", "token", name, "-n", "authproxy", "--duration=1h"],
                 None,
             )
             .await?;
