@@ -73,7 +73,10 @@ mod tests {
     fn client_address_is_appended_after_the_callers_entries() {
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.9.9.9"));
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4, 5.6.7.8"));
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("1.2.3.4, 5.6.7.8"),
+        );
         h.insert(&X_REAL_IP, HeaderValue::from_static("8.8.8.8"));
         append_client(&mut h, Some(&client("127.0.0.1")));
         let values: Vec<_> = h.get_all(&X_FORWARDED_FOR).iter().collect();

@@ -316,10 +316,7 @@ mod tests {
         h.insert("x-remote", HeaderValue::from_static("kept"));
         rewrite(&mut h, &ImpersonationHeaders::for_user(&alice()).unwrap());
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert!(
-            left.iter().all(|n| !n.starts_with("x-remote-")),
-            "{left:?}"
-        );
+        assert!(left.iter().all(|n| !n.starts_with("x-remote-")), "{left:?}");
         // Only the `x-remote-` family is identity; a bare `x-remote` is not.
         assert_eq!(h["x-remote"], "kept");
     }

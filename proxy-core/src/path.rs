@@ -174,7 +174,11 @@ mod tests {
     #[test]
     fn the_query_is_kept_and_never_normalized() {
         assert_eq!(
-            join("/k8s/clusters/c1", "/api/../api/v1/pods?fieldSelector=a%2F..&w=1").unwrap(),
+            join(
+                "/k8s/clusters/c1",
+                "/api/../api/v1/pods?fieldSelector=a%2F..&w=1"
+            )
+            .unwrap(),
             "/k8s/clusters/c1/api/v1/pods?fieldSelector=a%2F..&w=1"
         );
         assert_eq!(join("", "/api?x=/../").unwrap(), "/api?x=/../");
