@@ -12,7 +12,7 @@
 //! password is zeroed in memory after use, and cache files are written
 //! through a fresh private temporary file that is renamed into place.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -138,18 +138,10 @@ fn credentials() -> anyhow::Result<(String, Zeroizing<String>)> {
             read_line()?.trim().to_owned()
         }
     };
-    let password = Zeroizing::new(match std::env::var(PASSWORD_ENV) {
-        Ok(p) => p,
-        // On a terminal the password is not echoed; from a pipe it is a line.
-        Err(_) if std::io::stdin().is_terminal() => {
-            rpassword::prompt_password("Password: ").context("reading the password")?
-        }
-        Err(_) => {
-            eprint!("Password: ");
-            let line = Zeroizing::new(read_line()?);
-            line.trim_end_matches(['\r', '\n']).to_owned()
-        }
-    });
+    let password = match std::env::var(PASSWORD_ENV) {
+        Ok(p) => Zeroizing::new(p),
+        Err(_) => crate::prompt::password("Password: ").context("reading the password")?,
+    };
     if username.is_empty() || password.is_empty() {
         bail!("a username and a password are required");
     }
