@@ -325,3 +325,73 @@ async fn login_password_typed_on_a_terminal_is_not_echoed() -> anyhow::Result<()
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_each_broken_kube_rule_with_its_path() -> anyhow::Result<()> {
+    let binary = authproxy_binary()?;
+    let pki = TestPki::new()?;
+    let cert = pki.issue_server("proxy")?;
+    let dir = tempfile::tempdir()?;
+    let kube = dir.path().join("authn-config.yaml");
+    std::fs::write(
+        &kube,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n\
+         - issuer: {url: 'https://idp.example', audiences: [kube]}\n  \
+           claimMappings:\n    username: {claim: sub, prefix: ''}\n    groups: {claim: groups}\n",
+    )?;
+    let config = dir.path().join("authproxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\n\
+             tls: {{certFile: {cert}, keyFile: {key}}}\n\
+             upstream: {{url: 'https://127.0.0.1:6443', caFile: {ca}}}\n\
+             authentication:\n  \
+               authenticationConfigFile: authn-config.yaml\n  \
+               jwt:\n  \
+               - issuer: {{url: 'https://idp.example', audiences: [kube]}}\n    \
+                 claimMappings:\n      \
+                   username: {{claim: sub, prefix: ''}}\n      \
+                   groups: {{claim: groups}}\n      \
+                   extra:\n      \
+                   - {{key: tenant, claim: t}}\n      \
+                   - {{key: Acme.com/tenant, claim: t}}\n      \
+                   - {{key: authentication.kubernetes.io/x, claim: t}}\n      \
+                   - {{key: k8s.io/y, claim: t}}\n",
+            cert = cert.cert_path.display(),
+            key = cert.key_path.display(),
+            ca = pki.ca_path().display(),
+        ),
+    )?;
+    let out = tokio::process::Command::new(&binary)
+        .arg("check-config")
+        .arg(&config)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let jwt = "authentication.jwt[0]";
+    let file = format!("{}: jwt[0]", kube.display());
+    for (field, words) in [
+        (format!("{jwt}.claimMappings.groups.prefix"), "required"),
+        (
+            format!("{jwt}.claimMappings.extra[0].key"),
+            "domain-prefixed",
+        ),
+        (format!("{jwt}.claimMappings.extra[1].key"), "lowercase"),
+        (format!("{jwt}.claimMappings.extra[2].key"), "reserved"),
+        (format!("{jwt}.claimMappings.extra[3].key"), "reserved"),
+        (format!("{file}.claimMappings.groups.prefix"), "required"),
+        (format!("{file}.issuer.url"), "duplicate issuer"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("{field}:")) && l.contains(words)),
+            "{field} ({words}) not reported:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("authproxy.yaml"), "{stderr}");
+    Ok(())
+}
