@@ -250,11 +250,19 @@ pub fn kubeconfig(
     ))
 }
 
-/// What `login oidc` keeps between runs (mode 0600).
+/// What `login oidc` keeps between runs (mode 0600); zeroed when dropped.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct OidcCache {
     id_token: String,
     refresh_token: Option<String>,
+}
+
+impl Drop for OidcCache {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.id_token.zeroize();
+        self.refresh_token.zeroize();
+    }
 }
 
 fn jwt_expiry(id_token: &str) -> Option<SystemTime> {
@@ -351,6 +359,7 @@ impl Oidc {
         let mut tokens = Self::tokens(&answer)?;
         tokens.refresh_token = tokens
             .refresh_token
+            .take()
             .or_else(|| Some(refresh_token.to_owned()));
         Some(tokens)
     }
