@@ -8,5 +8,6 @@ pub mod demo;
 pub mod logging;
 pub mod login;
 pub mod pki;
+pub mod prompt;
 pub mod server;
 pub mod webhook;

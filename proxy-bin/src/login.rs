@@ -7,8 +7,12 @@
 //! until it expires, so kubectl does not send a password on every call and
 //! the directory sees one login, not one per command. An expired cached
 //! token is never printed: a new one is obtained instead.
+//!
+//! Secrets on the way: the password prompt does not echo on a terminal, the
+//! password is zeroed in memory after use, and cache files are written
+//! through a fresh private temporary file that is renamed into place.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +23,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 /// Environment variables `login ldap` reads credentials from.
 pub const USERNAME_ENV: &str = "AUTHPROXY_USERNAME";
@@ -46,53 +51,96 @@ fn cache_file(server: &str, username: &str) -> anyhow::Result<PathBuf> {
     Ok(cache_dir()?.join(format!("ldap-{key}.json")))
 }
 
+/// Reads a cache file without following a symlink planted in its place.
+fn read_private(path: &Path) -> Option<String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+    }
+    let mut text = String::new();
+    options.open(path).ok()?.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// The still-valid cached ExecCredential, if any.
 fn cached(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = read_private(path)?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
     let expires =
         humantime::parse_rfc3339(value["status"]["expirationTimestamp"].as_str()?).ok()?;
     (expires > SystemTime::now() + EXPIRY_MARGIN).then_some(text)
 }
 
+/// Writes `text` to `path` as a private file, atomically: through a fresh
+/// temporary file in the same folder (created exclusively, mode 0600, never
+/// through a symlink) that is then renamed over `path`. A symlink or file
+/// planted at a predictable name cannot redirect or read the secret, and a
+/// reader never sees half a file. The folder is created with mode 0700.
 fn store(path: &Path, text: &str) -> anyhow::Result<()> {
     let dir = path.parent().context("cache path has no folder")?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let name = path
+        .file_name()
+        .context("cache path has no file name")?
+        .to_string_lossy();
+    let mut random = [0u8; 12];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut random)
+        .map_err(|_| anyhow::anyhow!("no random numbers for a temporary file name"))?;
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join(format!(".{name}.{suffix}.tmp"));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
     let mut file = options
         .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(error).with_context(|| format!("writing {}", path.display()));
+    }
     Ok(())
 }
 
-fn credentials() -> anyhow::Result<(String, String)> {
+/// Reads a line from the terminal (or standard input).
+fn read_line() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line)
+}
+
+fn credentials() -> anyhow::Result<(String, Zeroizing<String>)> {
     let username = match std::env::var(USERNAME_ENV) {
         Ok(u) if !u.is_empty() => u,
         _ => {
             eprint!("Username: ");
-            let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line)?;
-            line.trim().to_owned()
+            read_line()?.trim().to_owned()
         }
     };
     let password = match std::env::var(PASSWORD_ENV) {
-        Ok(p) => p,
-        Err(_) => {
-            eprint!("Password (input is shown; set {PASSWORD_ENV} to avoid the prompt): ");
-            let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line)?;
-            line.trim_end_matches(['\r', '\n']).to_owned()
-        }
+        Ok(p) => Zeroizing::new(p),
+        Err(_) => crate::prompt::password("Password: ").context("reading the password")?,
     };
     if username.is_empty() || password.is_empty() {
         bail!("a username and a password are required");
@@ -132,12 +180,17 @@ async fn request_token(
     password: &str,
 ) -> anyhow::Result<String> {
     let client: HttpsClient<Empty<Bytes>> = https_client(ca_file)?;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let pair = Zeroizing::new(format!("{username}:{password}"));
+    let basic = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
     let request = http::Request::post(format!(
         "{}/authproxy/v1/token",
         server.trim_end_matches('/')
     ))
-    .header(http::header::AUTHORIZATION, format!("Basic {basic}"))
+    .header(http::header::AUTHORIZATION, {
+        let mut value = http::HeaderValue::from_str(&format!("Basic {}", basic.as_str()))?;
+        value.set_sensitive(true);
+        value
+    })
     .body(Empty::new())?;
     let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
         .await
@@ -226,11 +279,19 @@ pub fn kubeconfig(
     ))
 }
 
-/// What `login oidc` keeps between runs (mode 0600).
+/// What `login oidc` keeps between runs (mode 0600); zeroed when dropped.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct OidcCache {
     id_token: String,
     refresh_token: Option<String>,
+}
+
+impl Drop for OidcCache {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.id_token.zeroize();
+        self.refresh_token.zeroize();
+    }
 }
 
 fn jwt_expiry(id_token: &str) -> Option<SystemTime> {
@@ -327,6 +388,7 @@ impl Oidc {
         let mut tokens = Self::tokens(&answer)?;
         tokens.refresh_token = tokens
             .refresh_token
+            .take()
             .or_else(|| Some(refresh_token.to_owned()));
         Some(tokens)
     }
@@ -483,9 +545,7 @@ pub async fn login_oidc(
         .map(|b| format!("{b:02x}"))
         .collect();
     let path = cache_dir()?.join(format!("oidc-{key}.json"));
-    let cached: Option<OidcCache> = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
+    let cached: Option<OidcCache> = read_private(&path).and_then(|t| serde_json::from_str(&t).ok());
     if let Some(c) = &cached {
         if let Some(exp) =
             jwt_expiry(&c.id_token).filter(|e| *e > SystemTime::now() + EXPIRY_MARGIN)
@@ -527,4 +587,72 @@ pub async fn login_oidc(
     let exp = jwt_expiry(&tokens.id_token).context("the ID token has no exp")?;
     store(&path, &serde_json::to_string(&tokens)?)?;
     Ok(exec_credential(&tokens.id_token, exp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn cache_is_written_privately_and_never_through_a_planted_symlink() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("authproxy");
+        std::fs::create_dir(&cache).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = cache.join("ldap-0123.json");
+        // The names a writer might predict: `<name>.tmp` and the file itself.
+        symlink(&victim, path.with_extension("tmp")).unwrap();
+        store(&path, "first-secret").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first-secret");
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+        std::fs::remove_file(&path).unwrap();
+        symlink(&victim, &path).unwrap();
+        store(&path, "second-secret").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(read_private(&path).as_deref(), Some("second-secret"));
+        // No temporary file is left behind.
+        let left: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_cache_file_is_not_read() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.json");
+        std::fs::write(&elsewhere, "{}").unwrap();
+        let path = dir.path().join("oidc-x.json");
+        symlink(&elsewhere, &path).unwrap();
+        assert_eq!(read_private(&path), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_cache_folder_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a").join("authproxy").join("f.json");
+        store(&path, "x").unwrap();
+        let parent = path.parent().unwrap();
+        let mode = std::fs::metadata(parent).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
 }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::authn::cache::CacheSettings;
 use crate::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
+use crate::authn::policy::RefuseSystemNames;
 use crate::authn::{Authenticator, CachedAuthenticator, Chain, ClientCertificates, StaticTokens};
 use crate::kubeconfig::Kubeconfig;
 use crate::tls;
@@ -252,9 +253,19 @@ impl AuthenticationConfig {
         }
         match self.jwt_entries(prefix, base) {
             Ok(entries) => {
-                for (path, jwt) in &entries {
+                for (i, (path, jwt)) in entries.iter().enumerate() {
                     if let Err(mut more) = jwt.settings(path) {
                         problems.append(&mut more);
+                    }
+                    let url = &jwt.issuer.url;
+                    if entries[..i]
+                        .iter()
+                        .any(|(_, earlier)| &earlier.issuer.url == url)
+                    {
+                        problems.push(problem(
+                            format!("{path}.issuer.url"),
+                            format!("duplicate issuer {url:?}: each issuer may be configured once"),
+                        ));
                     }
                 }
                 if !self.client_certificates
@@ -360,9 +371,11 @@ impl AuthenticationConfig {
             let client =
                 tls::client_config(roots, None, &[]).map_err(|e| err("caFile", e.to_string()))?;
             let secret = crate::credential::Secret::new(password.trim_end_matches(['\r', '\n']));
-            chain.push(Arc::new(crate::authn::LdapAuthenticator::new(
-                ldap, client, secret,
-            )));
+            chain.push(RefuseSystemNames::unless_allowed(
+                Arc::new(crate::authn::LdapAuthenticator::new(ldap, client, secret)),
+                ldap.allow_system_names
+                    .unwrap_or(crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES),
+            ));
         }
         let entries = self.jwt_entries(prefix, base).map_err(|p| BuildError {
             field: p.field,
@@ -379,11 +392,15 @@ impl AuthenticationConfig {
                         .collect::<Vec<_>>()
                         .join("; "),
                 })?;
+                let allow_system_names = settings.allow_system_names;
                 let oidc_issuer = OidcAuthenticator::start(settings).map_err(|e| BuildError {
                     field: format!("{path}.issuer.certificateAuthority"),
                     message: e.to_string(),
                 })?;
-                issuers.push(oidc_issuer);
+                issuers.push(RefuseSystemNames::unless_allowed(
+                    oidc_issuer,
+                    allow_system_names,
+                ));
             }
             let oidc = Chain::new(issuers);
             chain.push(Arc::new(CachedAuthenticator::new(

@@ -14,7 +14,8 @@ use base64::Engine;
 use http::{header, HeaderMap};
 use rustls_pki_types::CertificateDer;
 
-/// A secret string (token or password). Its `Debug` form never shows the value.
+/// A secret string (token or password). Its `Debug` form never shows the
+/// value, and the value is zeroed in memory when dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -27,6 +28,14 @@ impl Secret {
     /// The secret value. Callers must not log it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for Secret {
+    /// Zeroes the value in memory, so a freed token or password does not
+    /// linger in the heap.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 

@@ -2,7 +2,11 @@
 //! removed, and the authenticated identity is set as `Impersonate-*` headers.
 //!
 //! Removed from every request: `Authorization`, `Proxy-Authorization`, every
-//! `Impersonate-*` header in any letter case, `Host` (the upstream's is set by
+//! `Impersonate-*` header in any letter case, every `X-Remote-*` header (the
+//! front-proxy identity headers of kube's `--requestheader-*` flags:
+//! `X-Remote-User`, `X-Remote-Group`, `X-Remote-Uid`, `X-Remote-Extra-<key>`,
+//! which an API server trusting the proxy's client certificate would take as
+//! the caller's identity), `Host` (the upstream's is set by
 //! the client), the hop-by-hop headers of RFC 9110 §7.6.1 and every header the
 //! `Connection` header names. An upgrade (`Connection: upgrade` with
 //! `Upgrade`) keeps exactly those two so the tunnel can be set up.
@@ -21,6 +25,10 @@ use crate::authn::UserInfo;
 
 const IMPERSONATE_PREFIX: &str = "impersonate-";
 const EXTRA_PREFIX: &str = "impersonate-extra-";
+/// Prefix of the front-proxy identity headers kube's `--requestheader-*`
+/// flags are commonly set to (`X-Remote-User`, `X-Remote-Group`,
+/// `X-Remote-Uid`, `X-Remote-Extra-`).
+const REMOTE_PREFIX: &str = "x-remote-";
 
 /// Hop-by-hop headers, always removed.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -158,8 +166,8 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes every credential, impersonation and hop-by-hop header the caller
-/// sent. An upgrade request keeps `Connection: upgrade` and its `Upgrade`.
+/// Removes every credential, impersonation, front-proxy identity
+/// (`X-Remote-*`) and hop-by-hop header the caller sent. An upgrade request keeps `Connection: upgrade` and its `Upgrade`.
 pub fn strip_caller_identity(headers: &mut HeaderMap) {
     let upgrade = if is_upgrade(headers) {
         headers.remove(header::UPGRADE)
@@ -178,7 +186,8 @@ pub fn strip_caller_identity(headers: &mut HeaderMap) {
         }
     }
     for name in headers.keys() {
-        if name.as_str().starts_with(IMPERSONATE_PREFIX) {
+        let name_text = name.as_str();
+        if name_text.starts_with(IMPERSONATE_PREFIX) || name_text.starts_with(REMOTE_PREFIX) {
             doomed.push(name.clone());
         }
     }
@@ -290,6 +299,29 @@ mod tests {
     }
 
     #[test]
+    fn front_proxy_identity_headers_are_removed_in_every_letter_case() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "X-Remote-User",
+            "x-remote-group",
+            "X-REMOTE-UID",
+            "X-Remote-Extra-Scopes",
+            "x-ReMoTe-extra-acme.com%2fproject",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("system:masters"),
+            );
+        }
+        h.insert("x-remote", HeaderValue::from_static("kept"));
+        rewrite(&mut h, &ImpersonationHeaders::for_user(&alice()).unwrap());
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert!(left.iter().all(|n| !n.starts_with("x-remote-")), "{left:?}");
+        // Only the `x-remote-` family is identity; a bare `x-remote` is not.
+        assert_eq!(h["x-remote"], "kept");
+    }
+
+    #[test]
     fn upgrade_keeps_connection_and_upgrade() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -343,7 +375,7 @@ mod tests {
     proptest! {
         #[test]
         fn no_caller_impersonation_header_survives(
-            names in proptest::collection::vec("[iI][mM][pP][eE][rR][sS][oO][nN][aA][tT][eE]-[a-zA-Z%.-]{1,12}", 0..6),
+            names in proptest::collection::vec("([iI][mM][pP][eE][rR][sS][oO][nN][aA][tT][eE]|[xX]-[rR][eE][mM][oO][tT][eE])-[a-zA-Z%.-]{1,12}", 0..6),
             user in "[a-z]{1,10}",
         ) {
             let mut h = HeaderMap::new();

@@ -1,6 +1,9 @@
 //! Just enough of kubeconfig to reach an API server the way kubectl does:
 //! the context's cluster (server, CA, TLS server name) and user (token, token
 //! file, client certificate). Paths are relative to the kubeconfig's folder.
+//!
+//! The `Debug` form of a [`Kubeconfig`] redacts every secret it holds (the
+//! token, inline client keys), and those are zeroed in memory when dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,7 +55,7 @@ struct Cluster {
     tls_server_name: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 struct User {
     token: Option<String>,
@@ -62,6 +65,40 @@ struct User {
     client_certificate_data: Option<String>,
     client_key: Option<PathBuf>,
     client_key_data: Option<String>,
+    /// Basic-auth password (not used to reach the API server, but it is a
+    /// secret the file may hold, so it is redacted and zeroed like the rest).
+    password: Option<String>,
+}
+
+/// `Some("[redacted]")` for a secret that is set, so Debug shows presence only.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "[redacted]")
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("token", &redacted(&self.token))
+            .field("token_file", &self.token_file)
+            .field("client_certificate", &self.client_certificate)
+            .field(
+                "client_certificate_data",
+                &self.client_certificate_data.as_ref().map(|_| "[set]"),
+            )
+            .field("client_key", &self.client_key)
+            .field("client_key_data", &redacted(&self.client_key_data))
+            .field("password", &redacted(&self.password))
+            .finish()
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.token.zeroize();
+        self.client_key_data.zeroize();
+        self.password.zeroize();
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,7 +209,9 @@ impl Kubeconfig {
             &user.client_certificate,
             "client-certificate",
         )?;
-        let key = self.data_or_file(&user.client_key_data, &user.client_key, "client-key")?;
+        let key = self
+            .data_or_file(&user.client_key_data, &user.client_key, "client-key")?
+            .map(zeroize::Zeroizing::new);
         let client_identity = match (cert, key) {
             (Some(cert), Some(key)) => Some((
                 tls::parse_certs(&cert, "kubeconfig client-certificate")
@@ -207,6 +246,35 @@ impl Kubeconfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_redacts_tokens_passwords_and_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(
+            &path,
+            r#"
+current-context: one
+clusters:
+- name: c1
+  cluster: {server: "https://10.0.0.1:6443"}
+users:
+- name: u1
+  user: {token: tok-SECRET-1, client-key-data: S0VZLVNFQ1JFVC0y, password: pw-SECRET-3}
+contexts:
+- name: one
+  context: {cluster: c1, user: u1}
+"#,
+        )
+        .unwrap();
+        let kubeconfig = Kubeconfig::load(&path).unwrap();
+        let debug = format!("{kubeconfig:?} {kubeconfig:#?}");
+        for secret in ["tok-SECRET-1", "S0VZLVNFQ1JFVC0y", "pw-SECRET-3"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("[redacted]"), "{debug}");
+        assert!(debug.contains("https://10.0.0.1:6443"), "{debug}");
+    }
 
     #[test]
     fn context_cluster_and_user_are_resolved() {

@@ -7,10 +7,12 @@
 //! 2. [`authn`] turns it into a [`UserInfo`] through a [`Chain`] of
 //!    [`Authenticator`]s;
 //! 3. [`impersonate`] removes every credential and `Impersonate-*` header the
-//!    caller sent and sets `Impersonate-User`, `-Group`, `-Uid` and `-Extra-*`
-//!    from the authenticated identity;
+//!    caller sent (and the front-proxy `X-Remote-*` headers) and sets
+//!    `Impersonate-User`, `-Group`, `-Uid` and `-Extra-*` from the
+//!    authenticated identity; [`forwarded`] appends the client's address to
+//!    `X-Forwarded-For`;
 //! 4. [`upstream`] forwards the request, streaming, to the API server with the
-//!    proxy's own credential.
+//!    proxy's own credential, below its path prefix (see [`path`]).
 //!
 //! [`AuthnLayer`] and [`ImpersonateLayer`] are the tower face of steps 2 and 3;
 //! failures reach the caller as Kubernetes `Status` objects (see [`status`]).
@@ -40,9 +42,11 @@ pub mod authn;
 pub mod body;
 pub mod config;
 pub mod credential;
+pub mod forwarded;
 pub mod impersonate;
 pub mod kubeconfig;
 pub mod layer;
+pub mod path;
 pub mod reload;
 pub mod status;
 pub mod tls;

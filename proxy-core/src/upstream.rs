@@ -290,19 +290,19 @@ where
         &self.inner.token
     }
 
-    fn target(&self, uri: &Uri) -> Result<Uri, http::Error> {
+    /// The upstream URI for a request: the path, its dot-segments removed,
+    /// below the configured path prefix (see [`crate::path`]).
+    fn target(&self, uri: &Uri) -> Result<Uri, String> {
         let inner = &self.inner;
         let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let builder = Uri::builder()
+        let joined =
+            crate::path::join(&inner.path_prefix, path_and_query).map_err(|e| e.to_string())?;
+        Uri::builder()
             .scheme(inner.scheme.clone())
-            .authority(inner.authority.clone());
-        if inner.path_prefix.is_empty() {
-            builder.path_and_query(path_and_query).build()
-        } else {
-            builder
-                .path_and_query(format!("{}{}", inner.path_prefix, path_and_query))
-                .build()
-        }
+            .authority(inner.authority.clone())
+            .path_and_query(joined)
+            .build()
+            .map_err(|_| "request path cannot be forwarded".to_owned())
     }
 }
 
@@ -355,12 +355,8 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         match self.target(req.uri()) {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => {
-                let status = Status::failure(
-                    StatusCode::BAD_REQUEST,
-                    Reason::BadRequest,
-                    "request path cannot be forwarded",
-                );
+            Err(message) => {
+                let status = Status::failure(StatusCode::BAD_REQUEST, Reason::BadRequest, message);
                 return Box::pin(std::future::ready(Ok(status.into_response())));
             }
         }

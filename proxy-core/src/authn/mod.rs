@@ -10,6 +10,7 @@ pub mod cache;
 pub mod issued;
 pub mod ldap;
 pub mod oidc;
+pub mod policy;
 mod static_token;
 mod x509;
 

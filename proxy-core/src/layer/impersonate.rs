@@ -1,5 +1,6 @@
 //! [`ImpersonateLayer`]: replaces whatever identity the caller sent with the
-//! authenticated [`Identity`] as `Impersonate-*` headers.
+//! authenticated [`Identity`] as `Impersonate-*` headers, and appends the
+//! client's address (the [`ClientAddr`] extension) to `X-Forwarded-For`.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,6 +12,8 @@ use tower_service::Service;
 
 use crate::authn::Identity;
 use crate::body::ProxyBody;
+use crate::credential::ClientAddr;
+use crate::forwarded;
 use crate::impersonate::rewrite;
 use crate::status::{Reason, Status};
 
@@ -73,6 +76,8 @@ where
         match identity.impersonation_headers() {
             Ok(headers) => {
                 rewrite(req.headers_mut(), headers);
+                let client = req.extensions().get::<ClientAddr>().copied();
+                forwarded::append_client(req.headers_mut(), client.as_ref());
                 Either::Right(self.inner.call(req))
             }
             Err(invalid) => {

@@ -54,6 +54,11 @@ pub struct LdapConfig {
     /// Prepended to every group name.
     #[serde(default)]
     pub group_prefix: String,
+    /// Let user and group names starting with `system:` through (default
+    /// false, see [`DEFAULT_ALLOW_SYSTEM_NAMES`](crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES)):
+    /// otherwise a directory entry named `system:masters` would hand out
+    /// Kubernetes' own powers.
+    pub allow_system_names: Option<bool>,
     /// TCP connect timeout (default 5s).
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use crate::authn::policy::extra_key_problems;
 use crate::config::Problem;
 
 /// One `jwt:` entry of kube's `AuthenticationConfiguration`.
@@ -41,6 +42,11 @@ pub struct JwtAuthenticator {
     /// authproxy extension: time between scheduled key refreshes (default 5m).
     #[serde(default, with = "humantime_serde")]
     pub key_refresh_interval: Option<Duration>,
+    /// authproxy extension: let user and group names starting with `system:`
+    /// through (default false, see
+    /// [`DEFAULT_ALLOW_SYSTEM_NAMES`](crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES)).
+    #[serde(default)]
+    pub allow_system_names: Option<bool>,
 }
 
 /// `issuer` of a `jwt:` entry.
@@ -128,6 +134,8 @@ pub struct ExtraMapping {
 /// Everything one issuer's authenticator needs, validated.
 #[derive(Debug, Clone)]
 pub struct IssuerSettings {
+    /// Whether `system:` user and group names pass (`allowSystemNames`).
+    pub allow_system_names: bool,
     /// Exact `iss`.
     pub issuer_url: String,
     /// Discovery document URL.
@@ -177,6 +185,23 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     }
 }
 
+/// An `https://` URL with a host and no user name, query or fragment.
+fn is_plain_https_url(url: &str) -> bool {
+    // `http::Uri` drops a fragment silently: look for it first.
+    if url.contains('#') {
+        return false;
+    }
+    match url.parse::<http::Uri>() {
+        Ok(u) => {
+            u.scheme_str() == Some("https")
+                && u.host().is_some()
+                && u.query().is_none()
+                && !u.authority().is_some_and(|a| a.as_str().contains('@'))
+        }
+        Err(_) => false,
+    }
+}
+
 fn cel(problems: &mut Vec<Problem>, field: String, set: bool) {
     if set {
         problems.push(Problem {
@@ -196,20 +221,42 @@ impl JwtAuthenticator {
             message,
         };
         let url = self.issuer.url.trim_end_matches(' ').to_owned();
-        match url.parse::<http::Uri>() {
-            Ok(u)
-                if u.scheme_str() == Some("https") && u.host().is_some() && u.query().is_none() => {
-            }
-            _ => problems.push(p(
+        if !is_plain_https_url(&url) {
+            problems.push(p(
                 "issuer.url",
-                format!("{url:?} must be an https:// URL without query"),
-            )),
+                format!("{url:?} must be an https:// URL without user name, query or fragment"),
+            ));
+        }
+        if let Some(discovery) = &self.issuer.discovery_url {
+            if discovery.trim_end_matches('/') == url.trim_end_matches('/') {
+                problems.push(p(
+                    "issuer.discoveryURL",
+                    "must be different from issuer.url".into(),
+                ));
+            } else if !is_plain_https_url(discovery) {
+                problems.push(p(
+                    "issuer.discoveryURL",
+                    format!(
+                        "{discovery:?} must be an https:// URL without user name, query or fragment"
+                    ),
+                ));
+            }
         }
         if self.issuer.audiences.is_empty() {
             problems.push(p(
                 "issuer.audiences",
                 "at least one audience is required".into(),
             ));
+        }
+        for (i, audience) in self.issuer.audiences.iter().enumerate() {
+            if audience.is_empty() {
+                problems.push(p(&format!("issuer.audiences[{i}]"), "is empty".into()));
+            } else if self.issuer.audiences[..i].contains(audience) {
+                problems.push(p(
+                    &format!("issuer.audiences[{i}]"),
+                    format!("duplicate audience {audience:?}"),
+                ));
+            }
         }
         if let Some(policy) = &self.issuer.audience_match_policy {
             if policy != "MatchAny" {
@@ -231,6 +278,27 @@ impl JwtAuthenticator {
                     &format!("claimValidationRules[{i}]"),
                     "claim and requiredValue are required".into(),
                 ));
+            }
+            if rule.claim.is_some() && rule.expression.is_some() {
+                problems.push(p(
+                    &format!("claimValidationRules[{i}]"),
+                    "claim and expression can't both be set".into(),
+                ));
+            }
+            if rule.claim.is_some() && rule.message.is_some() {
+                problems.push(p(
+                    &format!("claimValidationRules[{i}].message"),
+                    "may not be specified when claim is set".into(),
+                ));
+            }
+            if let Some(claim) = &rule.claim {
+                let earlier = &self.claim_validation_rules[..i];
+                if earlier.iter().any(|r| r.claim.as_ref() == Some(claim)) {
+                    problems.push(p(
+                        &format!("claimValidationRules[{i}].claim"),
+                        format!("duplicate claim {claim:?}"),
+                    ));
+                }
             }
         }
         cel(
@@ -267,9 +335,17 @@ impl JwtAuthenticator {
                 format!("{path}.claimMappings.groups.expression"),
                 g.expression.is_some(),
             );
-            g.claim
-                .clone()
-                .map(|c| (c, g.prefix.clone().unwrap_or_default()))
+            let claim = g.claim.clone()?;
+            match &g.prefix {
+                Some(prefix) => Some((claim, prefix.clone())),
+                None => {
+                    problems.push(p(
+                        "claimMappings.groups.prefix",
+                        "required when claim is set (it may be an empty string)".into(),
+                    ));
+                    None
+                }
+            }
         });
         let uid_claim = m.uid.as_ref().and_then(|u| {
             cel(
@@ -286,14 +362,21 @@ impl JwtAuthenticator {
                 format!("{path}.claimMappings.extra[{i}].valueExpression"),
                 e.value_expression.is_some(),
             );
+            for message in extra_key_problems(&e.key) {
+                problems.push(p(&format!("claimMappings.extra[{i}].key"), message));
+            }
+            if m.extra[..i].iter().any(|earlier| earlier.key == e.key) {
+                problems.push(p(
+                    &format!("claimMappings.extra[{i}].key"),
+                    format!("duplicate key {:?}", e.key),
+                ));
+            }
             match &e.claim {
-                Some(claim) if !e.key.is_empty() => {
-                    extra.push((e.key.to_ascii_lowercase(), claim.clone()))
-                }
-                _ if e.value_expression.is_some() => {}
-                _ => problems.push(p(
-                    &format!("claimMappings.extra[{i}]"),
-                    "key and claim are required".into(),
+                Some(claim) => extra.push((e.key.clone(), claim.clone())),
+                None if e.value_expression.is_some() => {}
+                None => problems.push(p(
+                    &format!("claimMappings.extra[{i}].claim"),
+                    "is required".into(),
                 )),
             }
         }
@@ -314,6 +397,9 @@ impl JwtAuthenticator {
             return Err(problems);
         }
         Ok(IssuerSettings {
+            allow_system_names: self
+                .allow_system_names
+                .unwrap_or(crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES),
             discovery_url: self.issuer.discovery_url.clone().unwrap_or_else(|| {
                 format!(
                     "{}/.well-known/openid-configuration",
@@ -434,6 +520,7 @@ impl OidcFlags {
             clock_skew: None,
             key_refresh_min_interval: None,
             key_refresh_interval: None,
+            allow_system_names: None,
         }))
     }
 }

@@ -246,7 +246,7 @@ mod tests {
 
     fn settings() -> IssuerSettings {
         let jwt: JwtAuthenticator = serde_yaml::from_str(
-            "issuer: {url: 'https://idp.example', audiences: [kube]}\nclaimMappings:\n  username: {claim: email, prefix: ''}\n  groups: {claim: groups, prefix: 'oidc:'}\n  uid: {claim: sub}\n  extra: [{key: Example.com/Tenant, claim: tenant}]\nclaimValidationRules: [{claim: hd, requiredValue: example.com}]\n",
+            "issuer: {url: 'https://idp.example', audiences: [kube]}\nclaimMappings:\n  username: {claim: email, prefix: ''}\n  groups: {claim: groups, prefix: 'oidc:'}\n  uid: {claim: sub}\n  extra: [{key: example.com/tenant, claim: tenant}]\nclaimValidationRules: [{claim: hd, requiredValue: example.com}]\n",
         )
         .unwrap();
         jwt.settings("jwt[0]").unwrap()
@@ -345,6 +345,105 @@ mod tests {
         );
         assert!(text.contains("not supported yet"), "{text}");
         assert!(text.contains("signingAlgorithms[0]"), "{text}");
+    }
+
+    fn problems_of(yaml: &str) -> Vec<crate::config::Problem> {
+        let jwt: JwtAuthenticator = serde_yaml::from_str(yaml).unwrap();
+        jwt.settings("authentication.jwt[0]")
+            .err()
+            .unwrap_or_default()
+    }
+
+    fn has(problems: &[crate::config::Problem], field: &str, words: &str) -> bool {
+        problems
+            .iter()
+            .any(|p| p.field == field && p.message.contains(words))
+    }
+
+    #[test]
+    fn groups_claim_without_prefix_is_refused_as_kube_does() {
+        let problems = problems_of(
+            "issuer: {url: 'https://idp', audiences: [k]}\nclaimMappings:\n  username: {claim: sub, prefix: ''}\n  groups: {claim: groups}\n",
+        );
+        assert!(
+            has(
+                &problems,
+                "authentication.jwt[0].claimMappings.groups.prefix",
+                "required when claim is set"
+            ),
+            "{problems:?}"
+        );
+        assert!(problems_of(
+            "issuer: {url: 'https://idp', audiences: [k]}\nclaimMappings:\n  username: {claim: sub, prefix: ''}\n  groups: {claim: groups, prefix: ''}\n",
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn extra_keys_must_be_lowercase_domain_prefixed_and_not_kubes() {
+        let problems = problems_of(
+            "issuer: {url: 'https://idp', audiences: [k]}\nclaimMappings:\n  username: {claim: sub, prefix: ''}\n  extra:\n  - {key: tenant, claim: t}\n  - {key: Acme.com/Tenant, claim: t}\n  - {key: authentication.kubernetes.io/x, claim: t}\n  - {key: k8s.io/y, claim: t}\n  - {key: acme.com/ok, claim: t}\n  - {key: acme.com/ok, claim: u}\n",
+        );
+        let f = |i: usize| format!("authentication.jwt[0].claimMappings.extra[{i}].key");
+        assert!(has(&problems, &f(0), "domain-prefixed"), "{problems:?}");
+        assert!(has(&problems, &f(1), "lowercase"), "{problems:?}");
+        assert!(
+            has(&problems, &f(2), "reserved for Kubernetes"),
+            "{problems:?}"
+        );
+        assert!(
+            has(&problems, &f(3), "reserved for Kubernetes"),
+            "{problems:?}"
+        );
+        assert!(!problems.iter().any(|p| p.field == f(4)), "{problems:?}");
+        assert!(has(&problems, &f(5), "duplicate"), "{problems:?}");
+    }
+
+    #[test]
+    fn issuer_and_rules_follow_kubes_structural_checks() {
+        let problems = problems_of(
+            "issuer: {url: 'https://user@idp', discoveryURL: 'https://user@idp/', audiences: [k, k, '']}\nclaimValidationRules:\n- {claim: hd, requiredValue: a, message: m}\n- {claim: hd, requiredValue: b}\nclaimMappings:\n  username: {claim: sub, prefix: ''}\n",
+        );
+        let f = |s: &str| format!("authentication.jwt[0].{s}");
+        assert!(
+            has(&problems, &f("issuer.url"), "user name"),
+            "{problems:?}"
+        );
+        assert!(
+            has(&problems, &f("issuer.discoveryURL"), "different"),
+            "{problems:?}"
+        );
+        assert!(
+            has(&problems, &f("issuer.audiences[1]"), "duplicate"),
+            "{problems:?}"
+        );
+        assert!(
+            has(&problems, &f("issuer.audiences[2]"), "empty"),
+            "{problems:?}"
+        );
+        assert!(
+            has(&problems, &f("claimValidationRules[0].message"), "may not"),
+            "{problems:?}"
+        );
+        assert!(
+            has(&problems, &f("claimValidationRules[1].claim"), "duplicate"),
+            "{problems:?}"
+        );
+        assert!(!problems_of(
+            "issuer: {url: 'https://idp#frag', audiences: [k]}\nclaimMappings:\n  username: {claim: sub, prefix: ''}\n"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn system_names_are_refused_by_default_and_allowed_on_request() {
+        let s = settings();
+        assert!(!s.allow_system_names);
+        let jwt: JwtAuthenticator = serde_yaml::from_str(
+            "issuer: {url: 'https://idp', audiences: [k]}\nallowSystemNames: true\n",
+        )
+        .unwrap();
+        assert!(jwt.settings("j").unwrap().allow_system_names);
     }
 
     #[test]

@@ -1,0 +1,397 @@
+//! What reaches the API server as identity and origin, through authproxy
+//! with curl in front and the API-server double behind: front-proxy identity
+//! headers never pass, the client's address is appended to
+//! `X-Forwarded-For`, request paths stay below the upstream URL's prefix,
+//! `system:` names from a directory are refused, and `authproxy login` does
+//! not echo a typed password.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use authproxy::config::FileConfig;
+use authproxy::server::RunningServer;
+use authproxy_tests::slapd::{Slapd, SERVICE_DN, SUFFIX};
+use authproxy_tests::{authproxy_binary, curl_with_ca, require_tool, Env, TestPki};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+fn assert_status(body: &str, code: u16, reason: &str) -> Value {
+    let status: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    assert_eq!(status["kind"], "Status", "{body}");
+    assert_eq!(status["code"], code, "{body}");
+    assert_eq!(status["reason"], reason, "{body}");
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn front_proxy_identity_headers_never_reach_upstream() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let url = format!("{}{PODS}", env.proxy_url());
+    let (code, body) = env
+        .curl(&[
+            "-H",
+            "Authorization: Bearer alice-token",
+            "-H",
+            "X-Remote-User: system:admin",
+            "-H",
+            "x-remote-group: system:masters",
+            "-H",
+            "X-REMOTE-UID: 0",
+            "-H",
+            "X-Remote-Extra-Scopes: all",
+            "-H",
+            "x-remote-extra-acme.com%2Fproject: p1",
+            &url,
+        ])
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let listed = env
+        .upstream_requests()
+        .into_iter()
+        .find(|r| r.uri.path() == PODS)
+        .context("the pods list did not reach the double")?;
+    let smuggled: Vec<&str> = listed
+        .headers
+        .keys()
+        .map(|n| n.as_str())
+        .filter(|n| n.starts_with("x-remote-"))
+        .collect();
+    assert!(smuggled.is_empty(), "reached the API server: {smuggled:?}");
+    assert_eq!(listed.header_values("impersonate-user"), ["alice"]);
+    assert_eq!(listed.header_values("impersonate-group"), ["devs"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_ends_with_the_real_client_address() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let url = format!("{}{PODS}", env.proxy_url());
+    let alice = "Authorization: Bearer alice-token";
+    let (code, body) = env
+        .curl(&[
+            "-H",
+            alice,
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
+            "-H",
+            "X-Real-Ip: 198.51.100.1",
+            &format!("{url}?caller=claims"),
+        ])
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = env
+        .curl(&["-H", alice, &format!("{url}?caller=silent")])
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let requests = env.upstream_requests();
+    let by_query = |q: &str| {
+        requests
+            .iter()
+            .find(|r| r.uri.query() == Some(q))
+            .cloned()
+            .with_context(|| format!("no request with ?{q} reached the double"))
+    };
+    let claims = by_query("caller=claims")?;
+    // The caller's claim is kept as a claim; the proxy's witness comes last.
+    assert_eq!(
+        claims.header_values("x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"]
+    );
+    // kube would list X-Real-Ip after the forwarded addresses: it must not pass.
+    assert!(claims.header_values("x-real-ip").is_empty());
+    let silent = by_query("caller=silent")?;
+    assert_eq!(silent.header_values("x-forwarded-for"), ["127.0.0.1"]);
+    Ok(())
+}
+
+/// A second authproxy in `env`'s folder, whose upstream URL carries `prefix`.
+async fn proxy_with_upstream_prefix(env: &Env, prefix: &str) -> anyhow::Result<RunningServer> {
+    let cert = env.pki.issue_server("proxy-prefixed")?;
+    let yaml = format!(
+        "listen: 127.0.0.1:0\n\
+         tls: {{certFile: {cert}, keyFile: {key}}}\n\
+         upstream: {{url: '{url}{prefix}', caFile: {ca}, tokenFile: proxy-token, connectTimeout: 2s}}\n\
+         authentication:\n  staticTokens: {{file: tokens.csv}}\n\
+         shutdownTimeout: 2s\n",
+        cert = cert.cert_path.display(),
+        key = cert.key_path.display(),
+        ca = env.pki.ca_path().display(),
+        url = env.double.url(),
+    );
+    let path = env.dir.path().join("authproxy-prefixed.yaml");
+    std::fs::write(&path, yaml)?;
+    let config = FileConfig::load(&path)?;
+    Ok(authproxy::server::start(&config, env.dir.path()).await?)
+}
+
+/// The segments a server that percent-decodes the path and then resolves
+/// dot-segments (as Go's net/http users do) would act on.
+fn resolved(path: &str) -> Vec<String> {
+    let decoded = percent_encoding::percent_decode_str(path)
+        .decode_utf8_lossy()
+        .into_owned();
+    let mut out: Vec<String> = Vec::new();
+    for segment in decoded.split('/').skip(1) {
+        match segment {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other.to_owned()),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_never_climb_out_of_the_upstream_prefix() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let proxy = proxy_with_upstream_prefix(&env, "/k8s/clusters/c1").await?;
+    let base = format!("https://{}", proxy.addr());
+    let alice = "Authorization: Bearer alice-token";
+    let ca = env.pki.ca_path();
+    for (i, path) in [
+        "/api/v1/../../../../v3/settings",
+        "/%2e%2e/%2E%2e/%2e%2E/v3/settings",
+        "/api/.%2e/%2E./%2e/../v3/settings",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let url = format!("{base}{path}?probe={i}");
+        let (_code, body) = curl_with_ca(ca, &["--path-as-is", "-H", alice, &url]).await?;
+        let seen = env
+            .upstream_requests()
+            .into_iter()
+            .find(|r| r.uri.query() == Some(&format!("probe={i}")))
+            .with_context(|| format!("{path} did not reach the double: {body}"))?;
+        let segments = resolved(seen.uri.path());
+        assert!(
+            segments.len() >= 3 && segments[..3] == ["k8s", "clusters", "c1"],
+            "{path} reached the API server as {} (resolves to {segments:?})",
+            seen.uri
+        );
+        assert_eq!(seen.uri.path(), "/k8s/clusters/c1/v3/settings", "{path}");
+    }
+    // A dot-segment behind an encoded slash has no safe reading: refused.
+    let url = format!("{base}/api/..%2f..%2f..%2fv3/settings?probe=slash");
+    let (code, body) = curl_with_ca(ca, &["--path-as-is", "-H", alice, &url]).await?;
+    assert_eq!(code, 400, "{body}");
+    assert_status(&body, 400, "BadRequest");
+    assert!(
+        !env.upstream_requests()
+            .iter()
+            .any(|r| r.uri.query() == Some("probe=slash")),
+        "the refused path reached the API server"
+    );
+    Ok(())
+}
+
+/// Adds an LDAP entry with the directory's admin account (after slapd started).
+async fn ldap_add(slapd: &Slapd, ldif: &str) -> anyhow::Result<()> {
+    require_tool("ldapadd")?;
+    let mut child = tokio::process::Command::new("ldapadd")
+        .args(["-x", "-H"])
+        .arg(format!("ldap://127.0.0.1:{}", slapd.ldap_port))
+        .args(["-D", &format!("cn=admin,{SUFFIX}"), "-w", "admin-secret"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("ldapadd stdin")?;
+    stdin.write_all(ldif.as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await??;
+    anyhow::ensure!(
+        out.status.success(),
+        "ldapadd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_group_named_system_masters_is_refused_by_default() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let slapd = Slapd::start(&pki).await?;
+    ldap_add(
+        &slapd,
+        &format!(
+            "dn: cn=system:masters,ou=groups,{SUFFIX}\nobjectClass: groupOfNames\ncn: system:masters\nmember: uid=alice,ou=people,{SUFFIX}\n"
+        ),
+    )
+    .await?;
+    let ldap = json!({
+        "url": format!("ldaps://127.0.0.1:{}", slapd.ldaps_port),
+        "caFile": pki.ca_path(),
+        "bindDN": SERVICE_DN,
+        "bindPasswordFile": slapd.service_password_file()?,
+        "userSearch": {"baseDN": format!("ou=people,{SUFFIX}"), "filter": "(uid={username})"},
+        "groupSearch": {"baseDN": format!("ou=groups,{SUFFIX}"), "filter": "(member={dn})", "nameAttribute": "cn"},
+        "connectTimeout": "2s",
+        "operationTimeout": "2s",
+    });
+    let env = Env::start_with(pki, &format!("  ldap: {ldap}")).await?;
+    let url = format!("{}{PODS}", env.proxy_url());
+
+    let (code, body) = env.curl(&["-u", "alice:alice-password", &url]).await?;
+    assert_eq!(code, 401, "{body}");
+    assert_status(&body, 401, "Unauthorized");
+    assert!(!body.contains("alice-password"), "{body}");
+    let escalated = env
+        .upstream_requests()
+        .into_iter()
+        .filter(|r| {
+            r.header_values("impersonate-group")
+                .iter()
+                .any(|g| g.starts_with("system:"))
+        })
+        .count();
+    assert_eq!(escalated, 0, "a system: group reached the API server");
+
+    // A directory user without reserved names still gets in.
+    let (code, body) = env.curl(&["-u", "carol:carol-password", &url]).await?;
+    assert_eq!(code, 200, "{body}");
+    Ok(())
+}
+
+/// Reads from `out` until `needle` shows up (bounded), returning all read.
+async fn read_until(
+    out: &mut (impl AsyncReadExt + Unpin),
+    seen: &mut Vec<u8>,
+    needle: &str,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout_at(deadline, out.read(&mut buf))
+            .await
+            .with_context(|| {
+                format!(
+                    "{needle:?} not seen within 20s; seen: {}",
+                    String::from_utf8_lossy(seen)
+                )
+            })??;
+        anyhow::ensure!(
+            n > 0,
+            "output ended before {needle:?}: {}",
+            String::from_utf8_lossy(seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_password_typed_on_a_terminal_is_not_echoed() -> anyhow::Result<()> {
+    require_tool("script")?;
+    let binary = authproxy_binary()?;
+    let cache = tempfile::tempdir()?;
+    // `script` gives the login a pseudo-terminal and copies it to stdout.
+    // The server does not exist: only the prompt matters here.
+    let command = format!(
+        "{} login ldap --server https://127.0.0.1:9",
+        binary.display()
+    );
+    let mut child = tokio::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("AUTHPROXY_USERNAME", "alice")
+        .env_remove("AUTHPROXY_PASSWORD")
+        .env("XDG_CACHE_HOME", cache.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting script")?;
+    let mut stdin = child.stdin.take().context("script stdin")?;
+    let mut stdout = child.stdout.take().context("script stdout")?;
+    let mut seen = Vec::new();
+    read_until(&mut stdout, &mut seen, "Password").await?;
+    stdin.write_all(b"hunter2-typed\n").await?;
+    stdin.flush().await?;
+    // The login then fails to reach the server and prints why.
+    read_until(&mut stdout, &mut seen, "authproxy:").await?;
+    drop(stdin);
+    let _ = tokio::time::timeout(Duration::from_secs(20), child.wait()).await;
+    let transcript = String::from_utf8_lossy(&seen);
+    assert!(
+        !transcript.contains("hunter2-typed"),
+        "the password was echoed: {transcript}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_each_broken_kube_rule_with_its_path() -> anyhow::Result<()> {
+    let binary = authproxy_binary()?;
+    let pki = TestPki::new()?;
+    let cert = pki.issue_server("proxy")?;
+    let dir = tempfile::tempdir()?;
+    let kube = dir.path().join("authn-config.yaml");
+    std::fs::write(
+        &kube,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n\
+         - issuer: {url: 'https://idp.example', audiences: [kube]}\n  \
+           claimMappings:\n    username: {claim: sub, prefix: ''}\n    groups: {claim: groups}\n",
+    )?;
+    let config = dir.path().join("authproxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\n\
+             tls: {{certFile: {cert}, keyFile: {key}}}\n\
+             upstream: {{url: 'https://127.0.0.1:6443', caFile: {ca}}}\n\
+             authentication:\n  \
+               authenticationConfigFile: authn-config.yaml\n  \
+               jwt:\n  \
+               - issuer: {{url: 'https://idp.example', audiences: [kube]}}\n    \
+                 claimMappings:\n      \
+                   username: {{claim: sub, prefix: ''}}\n      \
+                   groups: {{claim: groups}}\n      \
+                   extra:\n      \
+                   - {{key: tenant, claim: t}}\n      \
+                   - {{key: Acme.com/tenant, claim: t}}\n      \
+                   - {{key: authentication.kubernetes.io/x, claim: t}}\n      \
+                   - {{key: k8s.io/y, claim: t}}\n",
+            cert = cert.cert_path.display(),
+            key = cert.key_path.display(),
+            ca = pki.ca_path().display(),
+        ),
+    )?;
+    let out = tokio::process::Command::new(&binary)
+        .arg("check-config")
+        .arg(&config)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let jwt = "authentication.jwt[0]";
+    let file = format!("{}: jwt[0]", kube.display());
+    for (field, words) in [
+        (format!("{jwt}.claimMappings.groups.prefix"), "required"),
+        (
+            format!("{jwt}.claimMappings.extra[0].key"),
+            "domain-prefixed",
+        ),
+        (format!("{jwt}.claimMappings.extra[1].key"), "lowercase"),
+        (format!("{jwt}.claimMappings.extra[2].key"), "reserved"),
+        (format!("{jwt}.claimMappings.extra[3].key"), "reserved"),
+        (format!("{file}.claimMappings.groups.prefix"), "required"),
+        (format!("{file}.issuer.url"), "duplicate issuer"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("{field}:")) && l.contains(words)),
+            "{field} ({words}) not reported:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("authproxy.yaml"), "{stderr}");
+    Ok(())
+}
