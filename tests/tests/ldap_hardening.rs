@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use authproxy_tests::slapd::{Slapd, SERVICE_DN};
-use authproxy_tests::{wait_for, Env, TestPki};
+use authproxy_tests::{Env, TestPki};
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -158,7 +158,10 @@ async fn cancelled_http2_logins_release_their_throttle_slots() -> anyhow::Result
     }))
     .await?;
     let (code, body, _) = login(&env, "dave", "dave-password").await?;
-    assert!(authenticated_as(code, &body, "dave"), "warming the pool: {body}");
+    assert!(
+        authenticated_as(code, &body, "dave"),
+        "warming the pool: {body}"
+    );
     slapd.pause().await?;
     let send = h2_connection(&env).await?;
     // Six wrong guesses wait for slapd: both users' and the client's budgets
@@ -187,11 +190,17 @@ async fn cancelled_http2_logins_release_their_throttle_slots() -> anyhow::Result
             logins.push((user, login.context("slots of cancelled logins were kept")?));
         }
     }
-    assert!(!send.is_closed(), "only streams were reset, not the connection");
+    assert!(
+        !send.is_closed(),
+        "only streams were reset, not the connection"
+    );
     slapd.resume().await?;
     for (user, login) in logins {
         let code = tokio::time::timeout(Duration::from_secs(15), login).await???;
-        assert!(code == 200 || (user == "bob" && code == 403), "{user}: {code}");
+        assert!(
+            code == 200 || (user == "bob" && code == 403),
+            "{user}: {code}"
+        );
     }
     assert_eq!(
         (slapd.binds_for(ALICE_DN)?, slapd.binds_for(BOB_DN)?),
@@ -206,7 +215,10 @@ async fn a_hung_directory_answers_503_within_the_operation_timeout_and_the_next_
 ) -> anyhow::Result<()> {
     let (env, slapd) = world(json!({"operationTimeout": "1s", "connectTimeout": "1s"})).await?;
     let (code, body, _) = login(&env, "dave", "dave-password").await?;
-    assert!(authenticated_as(code, &body, "dave"), "warming the pool: {body}");
+    assert!(
+        authenticated_as(code, &body, "dave"),
+        "warming the pool: {body}"
+    );
     slapd.pause().await?;
     // Every login meets an operation on a pooled connection or on a new one;
     // each must end within connect + operation timeouts (generous bound).
@@ -214,19 +226,25 @@ async fn a_hung_directory_answers_503_within_the_operation_timeout_and_the_next_
         let (code, body, took) = login(&env, user, "some-password").await?;
         assert_eq!(code, 503, "{user}: {body}");
         assert!(body.contains(r#""reason":"ServiceUnavailable""#), "{body}");
-        assert!(took < Duration::from_secs(6), "{user}: answered after {took:?}");
+        assert!(
+            took < Duration::from_secs(6),
+            "{user}: answered after {took:?}"
+        );
     }
     slapd.resume().await?;
     let (code, body, took) = login(&env, "carol", "carol-password").await?;
     assert_eq!(code, 200, "after SIGCONT ({took:?}): {body}");
-    let seen = env.upstream_requests().pop().context("a request upstream")?;
+    let seen = env
+        .upstream_requests()
+        .pop()
+        .context("a request upstream")?;
     assert_eq!(seen.header_values("impersonate-user"), ["carol"]);
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spellings_of_one_name_and_other_names_of_one_entry_share_one_budget(
-) -> anyhow::Result<()> {
+async fn spellings_of_one_name_and_other_names_of_one_entry_share_one_budget() -> anyhow::Result<()>
+{
     let (env, slapd) = world(json!({
         "userSearch": {"baseDN": "ou=people,dc=example,dc=org", "filter": "(|(uid={username})(employeeNumber={username}))"},
         "throttle": {"maxFailuresPerUser": 3, "maxFailuresPerClient": 50},
@@ -268,7 +286,10 @@ async fn a_success_clears_only_its_own_account_not_the_client_failures_of_other_
     assert_eq!(code, 401, "{body}");
     // four failures from this client: blocked, whatever name comes next
     let (code, body, _) = login(&env, "carol", "carol-password").await?;
-    assert_eq!(code, 429, "alice's success wiped the client's failures: {body}");
+    assert_eq!(
+        code, 429,
+        "alice's success wiped the client's failures: {body}"
+    );
     Ok(())
 }
 
@@ -327,7 +348,10 @@ async fn member_of_groups_are_only_those_under_the_configured_base_dn() -> anyho
         .await?;
     let (code, body, _) = login(&env, "frank", "frank-password").await?;
     assert_eq!(code, 200, "{body}");
-    let seen = env.upstream_requests().pop().context("a request upstream")?;
+    let seen = env
+        .upstream_requests()
+        .pop()
+        .context("a request upstream")?;
     assert_eq!(seen.header_values("impersonate-user"), ["frank"]);
     assert_eq!(seen.header_values("impersonate-group"), ["devs", "ops"]);
     Ok(())

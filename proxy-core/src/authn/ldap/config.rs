@@ -14,7 +14,8 @@
 //! In filters `{username}` and `{dn}` are replaced by the RFC 4515-escaped
 //! user name and user DN. Active Directory: `userSearch.filter:
 //! (sAMAccountName={username})`, `usernameAttribute: sAMAccountName`,
-//! `uidAttribute: objectGUID`, and either `memberOfAttribute: memberOf` or
+//! `uidAttribute: objectGUID`, and either `memberOfAttribute: memberOf` with
+//! `memberOfBaseDN: 'OU=Groups,DC=corp,DC=example'` or
 //! `groupSearch.filter: (member:1.2.840.113556.1.4.1941:={dn})` for nested groups.
 
 use std::path::PathBuf;
@@ -223,7 +224,10 @@ impl LdapConfig {
                 "memberOfBaseDN",
                 "is required with memberOfAttribute: only groups under it are taken".into(),
             ),
-            (None, Some(_)) => p("memberOfBaseDN", "applies only with memberOfAttribute".into()),
+            (None, Some(_)) => p(
+                "memberOfBaseDN",
+                "applies only with memberOfAttribute".into(),
+            ),
             (_, Some(base)) => {
                 if let Err(e) = super::dn::Dn::parse(base) {
                     p("memberOfBaseDN", e.to_string());
@@ -298,7 +302,8 @@ mod tests {
         let c = config("url: ldaps://x\nmemberOfAttribute: memberOf\nmemberOfBaseDN: 'not a dn'");
         let fields: Vec<_> = c.problems("l").into_iter().map(|p| p.field).collect();
         assert_eq!(fields, ["l.memberOfBaseDN"]);
-        let c = config("url: ldaps://x\nmemberOfAttribute: memberOf\nmemberOfBaseDN: 'ou=groups,dc=x'");
+        let c =
+            config("url: ldaps://x\nmemberOfAttribute: memberOf\nmemberOfBaseDN: 'ou=groups,dc=x'");
         assert!(c.problems("l").is_empty());
         let c = config(
             "url: ldaps://x\nmaxUsernameLength: 0\noperationTimeout: 0s\nthrottle: {capacity: 0, maxFailuresPerUser: 0}",

@@ -56,7 +56,9 @@ impl Directory {
             bind_dn: config.bind_dn.clone(),
             bind_password,
             connect_timeout: config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            operation_timeout: config.operation_timeout.unwrap_or(DEFAULT_OPERATION_TIMEOUT),
+            operation_timeout: config
+                .operation_timeout
+                .unwrap_or(DEFAULT_OPERATION_TIMEOUT),
             pool: (0..config.pool_size.unwrap_or(2).max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -127,7 +129,12 @@ impl Directory {
         };
         tokio::time::timeout(self.connect_timeout, opening)
             .await
-            .map_err(|_| unavailable(format!("connect timed out after {:?}", self.connect_timeout)))?
+            .map_err(|_| {
+                unavailable(format!(
+                    "connect timed out after {:?}",
+                    self.connect_timeout
+                ))
+            })?
     }
 
     /// A bound service connection from the pool (opened and bound on first use

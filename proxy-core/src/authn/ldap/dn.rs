@@ -132,7 +132,11 @@ fn same_rdn(a: &[Ava], b: &[Ava]) -> bool {
 }
 
 fn fold(value: &str) -> String {
-    value.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
+    value
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// The group name of `group_dn` if it lies under `base`.
@@ -203,7 +207,12 @@ mod tests {
 
     #[test]
     fn malformed_dns_are_refused() {
-        for bad in ["=x,ou=groups", "cn=#0403616263,ou=groups,dc=example,dc=org", "cn=a\\", "cn=a\\4"] {
+        for bad in [
+            "=x,ou=groups",
+            "cn=#0403616263,ou=groups,dc=example,dc=org",
+            "cn=a\\",
+            "cn=a\\4",
+        ] {
             assert!(
                 group_name(bad, &base()).is_none(),
                 "{bad:?} should not name a group"

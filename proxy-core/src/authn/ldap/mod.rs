@@ -118,7 +118,10 @@ impl LdapAuthenticator {
     /// `memberOfAttribute` yielding no groups.
     pub fn new(config: &LdapConfig, tls: rustls::ClientConfig, bind_password: Secret) -> Self {
         let (user_limits, client_limits) = config.throttle.limits();
-        let capacity = config.throttle.capacity.unwrap_or(DEFAULT_THROTTLE_CAPACITY);
+        let capacity = config
+            .throttle
+            .capacity
+            .unwrap_or(DEFAULT_THROTTLE_CAPACITY);
         let mut salt = [0u8; 32];
         let _ = rustls::crypto::ring::default_provider()
             .secure_random
@@ -184,7 +187,10 @@ impl LdapAuthenticator {
         let mut attrs = vec![self.username_attr.clone()];
         attrs.extend(self.uid_attr.clone());
         attrs.extend(self.member_of.as_ref().map(|(attr, _)| attr.clone()));
-        let entries = self.directory.search(&self.user_base, &filter, attrs).await?;
+        let entries = self
+            .directory
+            .search(&self.user_base, &filter, attrs)
+            .await?;
         let [entry] = entries.as_slice() else {
             tracing::info!(
                 matches = entries.len(),
@@ -257,7 +263,12 @@ impl LdapAuthenticator {
         }
         // The client first: a blocked client adds no user names to remember.
         let client = match client {
-            Some(ip) => Some(self.per_client.begin(&client_key(ip)).await.map_err(too_many)?),
+            Some(ip) => Some(
+                self.per_client
+                    .begin(&client_key(ip))
+                    .await
+                    .map_err(too_many)?,
+            ),
             None => None,
         };
         let user_key = format!("user:{}", canonical_username(username));

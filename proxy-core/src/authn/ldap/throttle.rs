@@ -291,7 +291,10 @@ mod tests {
     async fn a_dropped_slot_is_released_and_counts_only_once_the_password_was_tried() {
         let t = Throttle::new(limits(), 100);
         for _ in 0..10 {
-            let slot = t.begin("u").await.expect("every cancelled attempt is released");
+            let slot = t
+                .begin("u")
+                .await
+                .expect("every cancelled attempt is released");
             drop(slot);
         }
         for _ in 0..3 {
