@@ -222,4 +222,24 @@ mod tests {
         assert!(Dn::parse("not a dn").is_err());
         assert!(Dn::parse("admins").is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(text in "\\PC{0,64}") {
+            let _ = group_name(&text, &base());
+        }
+
+        #[test]
+        fn an_escaped_name_under_the_base_comes_back_intact(name in "[^\\x00]{1,24}") {
+            let escaped: String = name
+                .chars()
+                .map(|c| match c {
+                    ',' | '+' | '"' | '\\' | '<' | '>' | ';' | '=' | '#' | ' ' => format!("\\{c}"),
+                    c => c.to_string(),
+                })
+                .collect();
+            let dn = format!("cn={escaped},ou=groups,dc=example,dc=org");
+            proptest::prop_assert_eq!(group_name(&dn, &base()), Some(name));
+        }
+    }
 }

@@ -346,4 +346,14 @@ mod tests {
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(client_key(mapped), "192.0.2.7");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn the_canonical_name_is_stable_and_trimmed(name in "\\PC{0,40}") {
+            let once = canonical_username(&name);
+            proptest::prop_assert_eq!(canonical_username(&once), once.clone());
+            proptest::prop_assert!(!once.starts_with(' ') && !once.ends_with(' '));
+            proptest::prop_assert!(!once.contains("  "));
+        }
+    }
 }
