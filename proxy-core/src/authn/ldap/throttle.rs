@@ -109,7 +109,9 @@ impl Throttle {
                 return Err(until.duration_since(now).as_secs().max(1));
             }
         }
-        if e.in_flight == 0 && now.duration_since(e.since) > self.limits.window {
+        // Failures expire with the window even while other attempts are in
+        // flight (a busy address behind NAT always has some).
+        if now.duration_since(e.since) > self.limits.window {
             e.failures = 0;
             e.since = now;
             e.blocked_until = None;
@@ -304,6 +306,26 @@ mod tests {
         assert!(
             t.begin("u").await.is_err(),
             "a cancelled attempt whose password reached the directory counts"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_expire_with_the_window_even_while_attempts_are_in_flight() {
+        let t = Throttle::new(
+            Limits {
+                window: Duration::from_millis(500),
+                ..limits()
+            },
+            100,
+        );
+        let _held = t.begin("u").await.unwrap();
+        t.begin("u").await.unwrap().finish(Outcome::Failed);
+        t.begin("u").await.unwrap().finish(Outcome::Failed);
+        assert!(t.begin("u").await.is_err(), "2 failures + 1 in flight");
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            t.begin("u").await.is_ok(),
+            "the failures outlived the window"
         );
     }
 
