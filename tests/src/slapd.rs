@@ -161,6 +161,98 @@ impl Slapd {
         Ok(log.lines().filter(|l| l.contains(&needle)).count())
     }
 
+    /// How many lines of slapd's statistics log contain `needle` (e.g.
+    /// `SRCH base=` for searches).
+    pub fn log_lines_containing(&self, needle: &str) -> anyhow::Result<usize> {
+        let log = std::fs::read_to_string(self.log_path())?;
+        Ok(log.lines().filter(|l| l.contains(needle)).count())
+    }
+
+    /// Bytes clients sent that slapd has not read yet, over all its
+    /// connections (the kernel's receive queues, from /proc/net/tcp). While
+    /// slapd is paused this grows with every request sent to it: the witness
+    /// that a request reached the directory.
+    pub fn unread_bytes(&self) -> anyhow::Result<u64> {
+        let mut total = 0;
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let Ok(text) = std::fs::read_to_string(table) else {
+                continue;
+            };
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let (Some(local), Some(state), Some(queues)) =
+                    (fields.get(1), fields.get(3), fields.get(4))
+                else {
+                    continue;
+                };
+                let port = local
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                let ours = port.is_some_and(|p| p == self.ldap_port || p == self.ldaps_port);
+                // 01: ESTABLISHED; the queues are `tx:rx` in hex.
+                if ours && *state == "01" {
+                    let rx = queues.split_once(':').map(|(_, rx)| rx).unwrap_or("0");
+                    total += u64::from_str_radix(rx, 16).unwrap_or(0);
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Stops slapd with SIGSTOP: it keeps its sockets, accepts TCP
+    /// connections in the kernel, and answers nothing (a hung directory).
+    pub async fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP").await
+    }
+
+    /// Lets a paused slapd run again (SIGCONT).
+    pub async fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT").await
+    }
+
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .context("slapd is not running")?;
+        let status = tokio::process::Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill {signal} {pid} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Adds entries while slapd runs (`ldapadd` as the directory's admin).
+    pub async fn add(&self, ldif: &str) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        let ldapadd = find("ldapadd")?;
+        let mut child = tokio::process::Command::new(ldapadd)
+            .args(["-x", "-H"])
+            .arg(format!("ldap://127.0.0.1:{}", self.ldap_port))
+            .args(["-D", &format!("cn=admin,{SUFFIX}"), "-w", "admin-secret"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting ldapadd")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(ldif.as_bytes()).await?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .context("ldapadd did not finish in 10s")??;
+        if !out.status.success() {
+            bail!("ldapadd failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// A file holding the service account's password.
     pub fn service_password_file(&self) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join("bind-password");

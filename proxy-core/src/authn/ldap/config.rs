@@ -14,7 +14,8 @@
 //! In filters `{username}` and `{dn}` are replaced by the RFC 4515-escaped
 //! user name and user DN. Active Directory: `userSearch.filter:
 //! (sAMAccountName={username})`, `usernameAttribute: sAMAccountName`,
-//! `uidAttribute: objectGUID`, and either `memberOfAttribute: memberOf` or
+//! `uidAttribute: objectGUID`, and either `memberOfAttribute: memberOf` with
+//! `memberOfBaseDN: 'OU=Groups,DC=corp,DC=example'` or
 //! `groupSearch.filter: (member:1.2.840.113556.1.4.1941:={dn})` for nested groups.
 
 use std::path::PathBuf;
@@ -23,6 +24,16 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::throttle::Limits;
+
+/// Default `maxUsernameLength`, in bytes.
+pub const DEFAULT_MAX_USERNAME_LENGTH: usize = 256;
+/// Default `throttle.capacity`: keys remembered per kind (user names and
+/// entries; client addresses).
+pub const DEFAULT_THROTTLE_CAPACITY: u64 = 50_000;
+/// Default `operationTimeout`.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `connectTimeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `authentication.ldap` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -49,8 +60,15 @@ pub struct LdapConfig {
     /// How groups are found (or use `memberOfAttribute`).
     pub group_search: Option<GroupSearch>,
     /// Read groups from this attribute of the user entry (group DNs; the
-    /// first RDN value is the group name).
+    /// first RDN value is the group name). Needs `memberOfBaseDN`.
     pub member_of_attribute: Option<String>,
+    /// Only DNs under this base DN in `memberOfAttribute` are groups; others
+    /// (roles, distribution lists, other tenants' groups) are ignored.
+    #[serde(rename = "memberOfBaseDN")]
+    pub member_of_base_dn: Option<String>,
+    /// Longest user name in bytes; longer ones are refused before any
+    /// counting or directory work (default [`DEFAULT_MAX_USERNAME_LENGTH`]).
+    pub max_username_length: Option<usize>,
     /// Prepended to every group name.
     #[serde(default)]
     pub group_prefix: String,
@@ -59,10 +77,11 @@ pub struct LdapConfig {
     /// otherwise a directory entry named `system:masters` would hand out
     /// Kubernetes' own powers.
     pub allow_system_names: Option<bool>,
-    /// TCP connect timeout (default 5s).
+    /// Time to open a connection, TLS and StartTLS included (default 5s).
     #[serde(default, with = "humantime_serde")]
     pub connect_timeout: Option<Duration>,
-    /// Per-operation timeout (default 5s).
+    /// Bound on every LDAP operation (bind, search), on every connection
+    /// (default 5s). A pooled connection whose operation timed out is replaced.
     #[serde(default, with = "humantime_serde")]
     pub operation_timeout: Option<Duration>,
     /// Service connections kept open for searches (default 2).
@@ -121,6 +140,9 @@ pub struct ThrottleConfig {
     /// Longest block (default 15m).
     #[serde(default, with = "humantime_serde")]
     pub max_backoff: Option<Duration>,
+    /// Most keys remembered per kind, least recently used forgotten first
+    /// (default [`DEFAULT_THROTTLE_CAPACITY`]).
+    pub capacity: Option<u64>,
 }
 
 impl ThrottleConfig {
@@ -202,6 +224,44 @@ impl LdapConfig {
         if self.bind_dn.is_empty() {
             p("bindDN", "is required".into());
         }
+        match (&self.member_of_attribute, &self.member_of_base_dn) {
+            (Some(_), None) => p(
+                "memberOfBaseDN",
+                "is required with memberOfAttribute: only groups under it are taken".into(),
+            ),
+            (None, Some(_)) => p(
+                "memberOfBaseDN",
+                "applies only with memberOfAttribute".into(),
+            ),
+            (_, Some(base)) => {
+                if let Err(e) = super::dn::Dn::parse(base) {
+                    p("memberOfBaseDN", e.to_string());
+                }
+            }
+            (None, None) => {}
+        }
+        if self.max_username_length == Some(0) {
+            p("maxUsernameLength", "must be at least 1".into());
+        }
+        if self.operation_timeout.is_some_and(|t| t.is_zero()) {
+            p("operationTimeout", "must be more than 0".into());
+        }
+        if self.connect_timeout.is_some_and(|t| t.is_zero()) {
+            p("connectTimeout", "must be more than 0".into());
+        }
+        let t = &self.throttle;
+        if t.max_failures_per_user == Some(0) {
+            p("throttle.maxFailuresPerUser", "must be at least 1".into());
+        }
+        if t.max_failures_per_client == Some(0) {
+            p("throttle.maxFailuresPerClient", "must be at least 1".into());
+        }
+        if t.capacity == Some(0) {
+            p("throttle.capacity", "must be at least 1".into());
+        }
+        if t.window.is_some_and(|w| w.is_zero()) {
+            p("throttle.window", "must be more than 0".into());
+        }
         problems
     }
 }
@@ -237,6 +297,32 @@ mod tests {
         assert!(!config("url: ldaps://x\nstartTLS: true")
             .problems("l")
             .is_empty());
+    }
+
+    #[test]
+    fn member_of_needs_a_base_dn_and_limits_must_be_positive() {
+        let c = config("url: ldaps://x\nmemberOfAttribute: memberOf");
+        let fields: Vec<_> = c.problems("l").into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["l.memberOfBaseDN"]);
+        let c = config("url: ldaps://x\nmemberOfAttribute: memberOf\nmemberOfBaseDN: 'not a dn'");
+        let fields: Vec<_> = c.problems("l").into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["l.memberOfBaseDN"]);
+        let c =
+            config("url: ldaps://x\nmemberOfAttribute: memberOf\nmemberOfBaseDN: 'ou=groups,dc=x'");
+        assert!(c.problems("l").is_empty());
+        let c = config(
+            "url: ldaps://x\nmaxUsernameLength: 0\noperationTimeout: 0s\nthrottle: {capacity: 0, maxFailuresPerUser: 0}",
+        );
+        let fields: Vec<_> = c.problems("l").into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "l.maxUsernameLength",
+                "l.operationTimeout",
+                "l.throttle.maxFailuresPerUser",
+                "l.throttle.capacity"
+            ]
+        );
     }
 
     #[test]

@@ -2,31 +2,41 @@
 //!
 //! 1. An empty password is refused before anything reaches the directory
 //!    (an empty simple bind is an *unauthenticated* bind that many servers
-//!    accept as anonymous).
-//! 2. The attempt is throttled per user name and per client address.
-//! 3. A recent success is answered from a cache keyed by the user name and a
+//!    accept as anonymous), and so is a user name longer than
+//!    `maxUsernameLength`, before any counting.
+//! 2. A recent success is answered from a cache keyed by the user name and a
 //!    salted SHA-256 of the password (the salt is random per process).
+//! 3. The attempt is throttled per client address, then per user name in the
+//!    form the directory compares it (case and spaces folded).
 //! 4. A pooled service connection searches the user with the configured
 //!    filter, the user name escaped per RFC 4515; exactly one entry must match.
+//!    The attempt is then throttled per entry DN too, so spellings of one
+//!    name, or different names of one entry, share one budget.
 //! 5. The user's DN binds with the password on a connection of its own.
 //! 6. Groups come from a group search (the DN escaped) or a memberOf-style
-//!    attribute.
+//!    attribute, scoped to `memberOfBaseDN`.
 //!
-//! A directory that cannot be reached is a 503; the next request tries again.
+//! A directory that cannot be reached, or does not answer within
+//! `operationTimeout`, is a 503; the next request tries again. A request
+//! cancelled at any point releases its throttle slots.
 
 pub mod config;
+mod directory;
+mod dn;
 mod throttle;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ldap3::{ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
+use ldap3::ldap_escape;
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
 pub use config::LdapConfig;
-use throttle::Throttle;
+use config::{DEFAULT_MAX_USERNAME_LENGTH, DEFAULT_THROTTLE_CAPACITY};
+use directory::Directory;
+use dn::Dn;
+use throttle::{canonical_username, client_key, Outcome, Slot, Throttle};
 
 use super::{Authenticator, AuthnError, AuthnFuture, Identity, UserInfo};
 use crate::credential::{Credential, Secret};
@@ -36,22 +46,15 @@ const INVALID_CREDENTIALS: u32 = 49;
 
 /// The LDAP authenticator.
 pub struct LdapAuthenticator {
-    url: String,
-    start_tls: bool,
-    tls: Arc<rustls::ClientConfig>,
-    bind_dn: String,
-    bind_password: Secret,
+    directory: Directory,
     user_base: String,
     user_filter: String,
     username_attr: String,
     uid_attr: Option<String>,
     group_search: Option<(String, String, String)>,
-    member_of_attr: Option<String>,
+    member_of: Option<(String, Option<Dn>)>,
     group_prefix: String,
-    connect_timeout: Duration,
-    operation_timeout: Duration,
-    pool: Vec<tokio::sync::Mutex<Option<Ldap>>>,
-    next: AtomicUsize,
+    max_username_length: usize,
     cache: Cache<(String, [u8; 32]), Arc<Identity>>,
     salt: [u8; 32],
     per_user: Throttle,
@@ -61,42 +64,71 @@ pub struct LdapAuthenticator {
 impl std::fmt::Debug for LdapAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LdapAuthenticator")
-            .field("url", &self.url)
+            .field("url", &self.directory.url())
             .finish()
     }
 }
 
-fn unavailable(error: impl std::fmt::Display) -> AuthnError {
-    AuthnError::Unavailable {
-        backend: "LDAP directory".into(),
-        reason: error.to_string(),
-    }
+fn too_many(retry_after_secs: u64) -> AuthnError {
+    AuthnError::TooManyAttempts { retry_after_secs }
 }
 
-fn first_rdn_value(dn: &str) -> &str {
-    let first = dn.split(',').next().unwrap_or(dn);
-    first
-        .split_once('=')
-        .map(|(_, v)| v)
-        .unwrap_or(first)
-        .trim()
+/// The throttle slots one login holds: its client address, its user name
+/// and, once the search found the entry, the entry's DN.
+struct Attempt {
+    client: Option<Slot>,
+    user: Slot,
+    entry: Option<Slot>,
+}
+
+impl Attempt {
+    /// The password is on its way to the directory: from now on a cancelled
+    /// attempt counts as a failure (its answer is unknown).
+    fn password_sent(&mut self) {
+        let slots = std::iter::once(&mut self.user)
+            .chain(self.entry.as_mut())
+            .chain(self.client.as_mut());
+        for slot in slots {
+            slot.if_dropped(Outcome::Failed);
+        }
+    }
+
+    fn finish(self, result: &Result<Option<UserInfo>, AuthnError>) {
+        let (user, client) = match result {
+            // A success clears this account's failures only, never those
+            // that other names piled up from the same client.
+            Ok(Some(_)) => (Outcome::Succeeded, Outcome::Uncounted),
+            Ok(None) => (Outcome::Failed, Outcome::Failed),
+            Err(_) => (Outcome::Uncounted, Outcome::Uncounted),
+        };
+        self.user.finish(user);
+        if let Some(slot) = self.entry {
+            slot.finish(user);
+        }
+        if let Some(slot) = self.client {
+            slot.finish(client);
+        }
+    }
 }
 
 impl LdapAuthenticator {
     /// Builds the authenticator; `bind_password` is the service account's.
+    ///
+    /// A `memberOfBaseDN` that is not a DN (refused by validation) leaves
+    /// `memberOfAttribute` yielding no groups.
     pub fn new(config: &LdapConfig, tls: rustls::ClientConfig, bind_password: Secret) -> Self {
         let (user_limits, client_limits) = config.throttle.limits();
+        let capacity = config
+            .throttle
+            .capacity
+            .unwrap_or(DEFAULT_THROTTLE_CAPACITY);
         let mut salt = [0u8; 32];
         let _ = rustls::crypto::ring::default_provider()
             .secure_random
             .fill(&mut salt);
         let search = &config.user_search;
         LdapAuthenticator {
-            url: config.url.clone(),
-            start_tls: config.start_tls,
-            tls: Arc::new(tls),
-            bind_dn: config.bind_dn.clone(),
-            bind_password,
+            directory: Directory::new(config, tls, bind_password),
             user_base: search.base_dn.clone(),
             user_filter: search
                 .filter
@@ -114,115 +146,22 @@ impl LdapAuthenticator {
                     g.name_attribute.clone().unwrap_or_else(|| "cn".into()),
                 )
             }),
-            member_of_attr: config.member_of_attribute.clone(),
+            // Without a valid base no DN is under it: no groups, never all.
+            member_of: config.member_of_attribute.clone().map(|attr| {
+                let base = config.member_of_base_dn.as_deref();
+                (attr, base.and_then(|b| Dn::parse(b).ok()))
+            }),
             group_prefix: config.group_prefix.clone(),
-            connect_timeout: config.connect_timeout.unwrap_or(Duration::from_secs(5)),
-            operation_timeout: config.operation_timeout.unwrap_or(Duration::from_secs(5)),
-            pool: (0..config.pool_size.unwrap_or(2).max(1))
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
-            next: AtomicUsize::new(0),
+            max_username_length: config
+                .max_username_length
+                .unwrap_or(DEFAULT_MAX_USERNAME_LENGTH),
             cache: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(config.cache_ttl.unwrap_or(Duration::from_secs(30)))
                 .build(),
             salt,
-            per_user: Throttle::new(user_limits),
-            per_client: Throttle::new(client_limits),
-        }
-    }
-
-    /// Host and port of the URL, with LDAP's default ports.
-    fn address(&self) -> Result<String, AuthnError> {
-        let uri: http::Uri = self
-            .url
-            .parse()
-            .map_err(|_| unavailable(format!("{} is not a URL", self.url)))?;
-        let host = uri
-            .host()
-            .ok_or_else(|| unavailable(format!("{} has no host", self.url)))?;
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("ldaps") {
-                636
-            } else {
-                389
-            });
-        Ok(format!("{host}:{port}"))
-    }
-
-    async fn connect(&self) -> Result<Ldap, AuthnError> {
-        // Our own TCP connection, so that Nagle's algorithm is off: LDAP
-        // exchanges small messages and would otherwise wait for delayed ACKs.
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect(self.address()?),
-        )
-        .await
-        .map_err(|_| unavailable("connect timed out"))?
-        .map_err(unavailable)?;
-        tcp.set_nodelay(true).map_err(unavailable)?;
-        let tcp = tcp.into_std().map_err(unavailable)?;
-        let settings = LdapConnSettings::new()
-            .set_conn_timeout(self.connect_timeout)
-            .set_config(self.tls.clone())
-            .set_starttls(self.start_tls)
-            .set_std_stream(ldap3::StdStream::Tcp(tcp));
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.url)
-            .await
-            .map_err(unavailable)?;
-        ldap3::drive!(conn);
-        ldap.with_timeout(self.operation_timeout);
-        Ok(ldap)
-    }
-
-    /// A bound service connection from the pool (opened and bound on first use
-    /// or after a failure).
-    async fn service(&self) -> Result<(usize, Ldap), AuthnError> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
-        let mut guard = self.pool[slot].lock().await;
-        if let Some(ldap) = guard.as_mut() {
-            if !ldap.is_closed() {
-                return Ok((slot, ldap.clone()));
-            }
-        }
-        let mut ldap = self.connect().await?;
-        let result = ldap
-            .simple_bind(&self.bind_dn, self.bind_password.expose())
-            .await
-            .map_err(unavailable)?;
-        if result.rc != 0 {
-            return Err(unavailable(format!(
-                "service account bind refused (LDAP result {})",
-                result.rc
-            )));
-        }
-        *guard = Some(ldap.clone());
-        Ok((slot, ldap))
-    }
-
-    async fn forget(&self, slot: usize) {
-        *self.pool[slot].lock().await = None;
-    }
-
-    async fn search(
-        &self,
-        base: &str,
-        filter: &str,
-        attrs: Vec<String>,
-    ) -> Result<Vec<SearchEntry>, AuthnError> {
-        let (slot, mut ldap) = self.service().await?;
-        let result = match ldap.search(base, Scope::Subtree, filter, attrs).await {
-            Ok(result) => result,
-            Err(error) => {
-                self.forget(slot).await;
-                return Err(unavailable(error));
-            }
-        };
-        match result.success() {
-            Ok((entries, _)) => Ok(entries.into_iter().map(SearchEntry::construct).collect()),
-            Err(ldap3::LdapError::LdapResult { result }) if result.rc == 32 => Ok(Vec::new()), // noSuchObject
-            Err(error) => Err(unavailable(error)),
+            per_user: Throttle::new(user_limits, capacity),
+            per_client: Throttle::new(client_limits, capacity),
         }
     }
 
@@ -240,14 +179,18 @@ impl LdapAuthenticator {
         &self,
         username: &str,
         password: &Secret,
+        attempt: &mut Attempt,
     ) -> Result<Option<UserInfo>, AuthnError> {
         let filter = self
             .user_filter
             .replace("{username}", &ldap_escape(username));
         let mut attrs = vec![self.username_attr.clone()];
         attrs.extend(self.uid_attr.clone());
-        attrs.extend(self.member_of_attr.clone());
-        let entries = self.search(&self.user_base, &filter, attrs).await?;
+        attrs.extend(self.member_of.as_ref().map(|(attr, _)| attr.clone()));
+        let entries = self
+            .directory
+            .search(&self.user_base, &filter, attrs)
+            .await?;
         let [entry] = entries.as_slice() else {
             tracing::info!(
                 matches = entries.len(),
@@ -255,13 +198,10 @@ impl LdapAuthenticator {
             );
             return Ok(None);
         };
-        let mut user_conn = self.connect().await?;
-        let bind = user_conn
-            .simple_bind(&entry.dn, password.expose())
-            .await
-            .map_err(unavailable)?;
-        let _ = user_conn.unbind().await;
-        match bind.rc {
+        let entry_key = format!("dn:{}", entry.dn.to_lowercase());
+        attempt.entry = Some(self.per_user.begin(&entry_key).await.map_err(too_many)?);
+        attempt.password_sent();
+        match self.directory.user_bind(&entry.dn, password).await? {
             0 => {}
             INVALID_CREDENTIALS => return Ok(None),
             rc => {
@@ -272,16 +212,20 @@ impl LdapAuthenticator {
         let attr = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
         let name = attr(&self.username_attr).unwrap_or_else(|| username.to_owned());
         let mut groups: Vec<String> = Vec::new();
-        if let Some(member_of) = &self.member_of_attr {
-            for dn in entry.attrs.get(member_of).into_iter().flatten() {
-                groups.push(first_rdn_value(dn).to_owned());
+        if let Some((member_of, Some(base))) = &self.member_of {
+            for group_dn in entry.attrs.get(member_of).into_iter().flatten() {
+                groups.extend(dn::group_name(group_dn, base));
             }
         }
         if let Some((base, filter, name_attr)) = &self.group_search {
             let filter = filter
                 .replace("{dn}", &ldap_escape(entry.dn.as_str()))
                 .replace("{username}", &ldap_escape(name.as_str()));
-            for group in self.search(base, &filter, vec![name_attr.clone()]).await? {
+            let found = self
+                .directory
+                .search(base, &filter, vec![name_attr.clone()])
+                .await?;
+            for group in found {
                 groups.extend(group.attrs.get(name_attr).and_then(|v| v.first()).cloned());
             }
         }
@@ -307,31 +251,35 @@ impl LdapAuthenticator {
         if username.is_empty() || password.expose().is_empty() {
             return Err(AuthnError::Invalid("empty user name or password".into()));
         }
+        if username.len() > self.max_username_length {
+            return Err(AuthnError::Invalid(format!(
+                "user name longer than {} bytes",
+                self.max_username_length
+            )));
+        }
         let key = self.cache_key(username, password);
         if let Some(identity) = self.cache.get(&key).await {
             return Ok(Some(identity));
         }
-        let user_key = format!("user:{}", username.to_lowercase());
-        let client_key = client.map(|ip| format!("client:{ip}"));
-        self.per_user
-            .begin(&user_key)
-            .map_err(|retry_after_secs| AuthnError::TooManyAttempts { retry_after_secs })?;
-        if let Some(client_key) = &client_key {
-            if let Err(retry_after_secs) = self.per_client.begin(client_key) {
-                self.per_user.end(&user_key, None);
-                return Err(AuthnError::TooManyAttempts { retry_after_secs });
-            }
-        }
-        let result = self.login(username, password).await;
-        let failed = match &result {
-            Ok(Some(_)) => Some(false),
-            Ok(None) => Some(true),
-            Err(_) => None,
+        // The client first: a blocked client adds no user names to remember.
+        let client = match client {
+            Some(ip) => Some(
+                self.per_client
+                    .begin(&client_key(ip))
+                    .await
+                    .map_err(too_many)?,
+            ),
+            None => None,
         };
-        self.per_user.end(&user_key, failed);
-        if let Some(client_key) = &client_key {
-            self.per_client.end(client_key, failed);
-        }
+        let user_key = format!("user:{}", canonical_username(username));
+        let user = self.per_user.begin(&user_key).await.map_err(too_many)?;
+        let mut attempt = Attempt {
+            client,
+            user,
+            entry: None,
+        };
+        let result = self.login(username, password, &mut attempt).await;
+        attempt.finish(&result);
         match result? {
             Some(user) => {
                 let identity = Identity::new(user);
@@ -367,15 +315,6 @@ impl Authenticator for LdapAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn group_names_come_from_the_first_rdn() {
-        assert_eq!(
-            first_rdn_value("cn=devs,ou=groups,dc=example,dc=org"),
-            "devs"
-        );
-        assert_eq!(first_rdn_value("devs"), "devs");
-    }
 
     #[test]
     fn filter_metacharacters_are_escaped() {

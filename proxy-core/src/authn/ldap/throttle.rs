@@ -1,15 +1,28 @@
-//! Throttling failed logins, per user name and per client address, so the
-//! proxy cannot be used to guess passwords against the directory.
+//! Throttling failed logins, per user name, per directory entry and per
+//! client address, so the proxy cannot be used to guess passwords against the
+//! directory, nor turned against the people it serves.
 //!
-//! An attempt reserves a slot before it reaches the directory; attempts in
+//! An attempt reserves a [`Slot`] before it reaches the directory; attempts in
 //! flight count as failures until they end, so a burst of concurrent guesses
 //! gets no more binds than the limit. After `max_failures` failures within
 //! `window`, the key is blocked with a backoff that doubles per further
-//! failure, up to `max_backoff`. A success clears the key.
+//! failure, up to `max_backoff`.
+//!
+//! A slot is released on every path: when the request future is dropped
+//! (a cancelled HTTP/2 stream, a client timeout) the slot's drop releases it.
+//!
+//! The counters live in a bounded cache (`capacity` keys, least recently used
+//! forgotten first, idle keys forgotten after `window + max_backoff`), so
+//! attacker-chosen keys cannot grow memory; every operation is O(1) and holds
+//! a per-key lock only for a few comparisons, never across an await.
+//! A poisoned counter refuses the attempt (fail closed).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::policy::EvictionPolicy;
 
 /// Limits for one kind of key.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +37,13 @@ pub struct Limits {
     pub max_backoff: Duration,
 }
 
+impl Limits {
+    fn backoff(&self, over: u32) -> Duration {
+        let factor = 1u32.checked_shl(over.min(16)).unwrap_or(u32::MAX);
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     failures: u32,
@@ -32,99 +52,198 @@ struct Entry {
     blocked_until: Option<Instant>,
 }
 
+/// How an attempt ended, for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The password was right: the key's failures are forgotten.
+    Succeeded,
+    /// The password was tried and wrong (or its answer was never seen).
+    Failed,
+    /// The attempt does not count either way (the directory was down, the
+    /// request was cancelled before the password was tried, or the key is a
+    /// client address that a success must not clear).
+    Uncounted,
+}
+
 /// Failure counters for one kind of key.
 #[derive(Debug)]
 pub struct Throttle {
     limits: Limits,
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Cache<String, Arc<Mutex<Entry>>>,
 }
 
 impl Throttle {
-    /// A throttle with these limits.
-    pub fn new(limits: Limits) -> Self {
+    /// A throttle with these limits remembering at most `capacity` keys.
+    pub fn new(limits: Limits, capacity: u64) -> Self {
+        let idle = limits.window.saturating_add(limits.max_backoff);
         Throttle {
             limits,
-            entries: Mutex::new(HashMap::new()),
+            entries: Cache::builder()
+                .max_capacity(capacity)
+                .eviction_policy(EvictionPolicy::lru())
+                .time_to_idle(idle.max(Duration::from_secs(1)))
+                .build(),
         }
-    }
-
-    fn backoff(&self, over: u32) -> Duration {
-        let factor = 1u32.checked_shl(over.min(16)).unwrap_or(u32::MAX);
-        self.limits
-            .backoff
-            .saturating_mul(factor)
-            .min(self.limits.max_backoff)
     }
 
     /// Reserves an attempt for `key`, or says how many seconds to wait.
-    pub fn begin(&self, key: &str) -> Result<(), u64> {
+    pub async fn begin(&self, key: &str) -> Result<Slot, u64> {
         let now = Instant::now();
-        let Ok(mut entries) = self.entries.lock() else {
-            return Ok(());
+        let entry = self
+            .entries
+            .get_with_by_ref(key, async {
+                Arc::new(Mutex::new(Entry {
+                    failures: 0,
+                    in_flight: 0,
+                    since: now,
+                    blocked_until: None,
+                }))
+            })
+            .await;
+        let refused = self.limits.backoff.as_secs().max(1);
+        let Ok(mut e) = entry.lock() else {
+            return Err(refused);
         };
-        if entries.len() > 100_000 {
-            entries.retain(|_, e| {
-                e.in_flight > 0
-                    || e.blocked_until.is_some_and(|b| b > now)
-                    || now.duration_since(e.since) < self.limits.window
-            });
-        }
-        let entry = entries.entry(key.to_owned()).or_insert(Entry {
-            failures: 0,
-            in_flight: 0,
-            since: now,
-            blocked_until: None,
-        });
-        if let Some(until) = entry.blocked_until {
+        if let Some(until) = e.blocked_until {
             if until > now {
                 return Err(until.duration_since(now).as_secs().max(1));
             }
         }
-        if entry.in_flight == 0
-            && now.duration_since(entry.since) > self.limits.window
-            && entry.blocked_until.is_none_or(|b| b <= now)
-        {
-            entry.failures = 0;
-            entry.since = now;
-            entry.blocked_until = None;
+        // Failures expire with the window even while other attempts are in
+        // flight (a busy address behind NAT always has some).
+        if now.duration_since(e.since) > self.limits.window {
+            e.failures = 0;
+            e.since = now;
+            e.blocked_until = None;
         }
-        if entry.failures + entry.in_flight >= self.limits.max_failures {
-            let wait = self.backoff(entry.failures.saturating_sub(self.limits.max_failures));
-            return Err(wait.as_secs().max(1));
+        if e.failures.saturating_add(e.in_flight) >= self.limits.max_failures {
+            let over = e.failures.saturating_sub(self.limits.max_failures);
+            return Err(self.limits.backoff(over).as_secs().max(1));
         }
-        entry.in_flight += 1;
-        Ok(())
+        e.in_flight += 1;
+        drop(e);
+        Ok(Slot {
+            entry: Some(entry),
+            limits: self.limits,
+            if_dropped: Outcome::Uncounted,
+        })
     }
 
-    /// Ends an attempt begun with [`Throttle::begin`]. `failed: None` means
-    /// the attempt did not count (the directory was down).
-    pub fn end(&self, key: &str, failed: Option<bool>) {
-        let now = Instant::now();
-        let Ok(mut entries) = self.entries.lock() else {
+    /// How many keys are remembered (after pending evictions ran).
+    #[cfg(test)]
+    async fn len(&self) -> u64 {
+        self.entries.run_pending_tasks().await;
+        self.entries.entry_count()
+    }
+}
+
+/// One reserved attempt for one key. Dropping it without
+/// [`Slot::finish`] ends it as [`Slot::if_dropped`] says.
+#[derive(Debug)]
+pub struct Slot {
+    entry: Option<Arc<Mutex<Entry>>>,
+    limits: Limits,
+    if_dropped: Outcome,
+}
+
+impl Slot {
+    /// Sets how the attempt counts if it is dropped unfinished (e.g. the
+    /// request is cancelled once the password went to the directory).
+    pub fn if_dropped(&mut self, outcome: Outcome) {
+        self.if_dropped = outcome;
+    }
+
+    /// Ends the attempt.
+    pub fn finish(mut self, outcome: Outcome) {
+        self.end(outcome);
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        let Some(entry) = self.entry.take() else {
             return;
         };
-        let Some(entry) = entries.get_mut(key) else {
-            return;
-        };
-        entry.in_flight = entry.in_flight.saturating_sub(1);
-        match failed {
-            Some(false) => {
-                if entry.in_flight == 0 {
-                    entries.remove(key);
-                } else {
-                    entry.failures = 0;
+        // The counters stay meaningful even if another holder panicked.
+        let mut e = entry.lock().unwrap_or_else(PoisonError::into_inner);
+        e.in_flight = e.in_flight.saturating_sub(1);
+        match outcome {
+            Outcome::Succeeded => {
+                e.failures = 0;
+                e.blocked_until = None;
+                e.since = Instant::now();
+            }
+            Outcome::Failed => {
+                let now = Instant::now();
+                if e.failures == 0 {
+                    e.since = now;
+                }
+                e.failures = e.failures.saturating_add(1);
+                if e.failures >= self.limits.max_failures {
+                    let over = e.failures - self.limits.max_failures;
+                    e.blocked_until = Some(now + self.limits.backoff(over));
                 }
             }
-            Some(true) => {
-                entry.failures += 1;
-                if entry.failures >= self.limits.max_failures {
-                    entry.blocked_until =
-                        Some(now + self.backoff(entry.failures - self.limits.max_failures));
-                }
-            }
-            None => {}
+            Outcome::Uncounted => {}
         }
     }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let outcome = self.if_dropped;
+        self.end(outcome);
+    }
+}
+
+/// The throttle key of a client address: IPv4 addresses (also when mapped
+/// into IPv6) as they are, IPv6 addresses by their /64 prefix, the smallest
+/// block a single site is usually given.
+pub fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
+
+/// The throttle key of a user name: the name as the directory compares it
+/// (RFC 4518 insignificant-character handling and case folding of
+/// `caseIgnoreMatch`): characters the directory ignores removed, every kind
+/// of space turned into one plain space, leading and trailing spaces
+/// removed, the rest lower-cased.
+pub fn canonical_username(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut pending_space = false;
+    for c in name.chars() {
+        if ignored_by_directory(c) {
+            continue;
+        }
+        if c.is_whitespace() || c.is_control() {
+            pending_space = !out.is_empty();
+            continue;
+        }
+        if pending_space {
+            out.push(' ');
+            pending_space = false;
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+/// Characters RFC 4518 section 2.2 maps to nothing (other than controls
+/// that are whitespace, which map to a space).
+fn ignored_by_directory(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{8}' | '\u{E}'..='\u{1F}' | '\u{7F}'..='\u{84}' | '\u{86}'..='\u{9F}'
+        | '\u{AD}' | '\u{34F}' | '\u{6DD}' | '\u{70F}' | '\u{1806}' | '\u{180B}'..='\u{180E}'
+        | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2063}'
+        | '\u{206A}'..='\u{206F}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFC}'
+        | '\u{1D173}'..='\u{1D17A}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
 }
 
 #[cfg(test)]
@@ -140,35 +259,123 @@ mod tests {
         }
     }
 
-    #[test]
-    fn blocks_after_the_limit_counting_attempts_in_flight() {
-        let t = Throttle::new(limits());
+    #[tokio::test]
+    async fn blocks_after_the_limit_counting_attempts_in_flight() {
+        let t = Throttle::new(limits(), 100);
+        let mut slots = Vec::new();
         for _ in 0..3 {
-            t.begin("u").unwrap();
+            slots.push(t.begin("u").await.unwrap());
         }
         assert!(
-            t.begin("u").is_err(),
+            t.begin("u").await.is_err(),
             "a fourth concurrent attempt must wait"
         );
-        for _ in 0..3 {
-            t.end("u", Some(true));
+        for slot in slots {
+            slot.finish(Outcome::Failed);
         }
-        let wait = t.begin("u").unwrap_err();
+        let wait = t.begin("u").await.unwrap_err();
         assert!((1..=2).contains(&wait), "{wait}");
-        assert!(t.begin("other").is_ok());
+        assert!(t.begin("other").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn success_clears_and_outages_do_not_count() {
+        let t = Throttle::new(limits(), 100);
+        t.begin("u").await.unwrap().finish(Outcome::Failed);
+        t.begin("u").await.unwrap().finish(Outcome::Succeeded);
+        for _ in 0..5 {
+            t.begin("u").await.unwrap().finish(Outcome::Uncounted);
+        }
+        assert!(t.begin("u").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_slot_is_released_and_counts_only_once_the_password_was_tried() {
+        let t = Throttle::new(limits(), 100);
+        for _ in 0..10 {
+            let slot = t
+                .begin("u")
+                .await
+                .expect("every cancelled attempt is released");
+            drop(slot);
+        }
+        for _ in 0..3 {
+            let mut slot = t.begin("u").await.unwrap();
+            slot.if_dropped(Outcome::Failed);
+        }
+        assert!(
+            t.begin("u").await.is_err(),
+            "a cancelled attempt whose password reached the directory counts"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_expire_with_the_window_even_while_attempts_are_in_flight() {
+        let t = Throttle::new(
+            Limits {
+                window: Duration::from_millis(500),
+                ..limits()
+            },
+            100,
+        );
+        let _held = t.begin("u").await.unwrap();
+        t.begin("u").await.unwrap().finish(Outcome::Failed);
+        t.begin("u").await.unwrap().finish(Outcome::Failed);
+        assert!(t.begin("u").await.is_err(), "2 failures + 1 in flight");
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(
+            t.begin("u").await.is_ok(),
+            "the failures outlived the window"
+        );
+    }
+
+    #[tokio::test]
+    async fn distinct_long_names_never_grow_the_throttle_beyond_its_capacity() {
+        let t = Throttle::new(limits(), 1_000);
+        for i in 0..5_000 {
+            let name = format!("{i:0>250}");
+            t.begin(&name).await.unwrap().finish(Outcome::Failed);
+        }
+        let len = t.len().await;
+        assert!(len <= 1_000, "{len} keys remembered");
+        assert!(len > 0);
     }
 
     #[test]
-    fn success_clears_and_outages_do_not_count() {
-        let t = Throttle::new(limits());
-        t.begin("u").unwrap();
-        t.end("u", Some(true));
-        t.begin("u").unwrap();
-        t.end("u", Some(false));
-        for _ in 0..5 {
-            t.begin("u").unwrap();
-            t.end("u", None);
+    fn names_the_directory_matches_alike_share_one_key() {
+        let alice = canonical_username("alice");
+        for variant in [
+            " alice",
+            "alice ",
+            "ALICE",
+            "\talice\u{A0}",
+            "al\u{AD}ice",
+            "ali\u{200B}ce",
+        ] {
+            assert_eq!(canonical_username(variant), alice, "{variant:?}");
         }
-        assert!(t.begin("u").is_ok());
+        assert_eq!(canonical_username(" Ann  \u{3000}Lee "), "ann lee");
+        assert_ne!(canonical_username("al ice"), alice);
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_canonical_name_is_stable_and_trimmed(name in "\\PC{0,40}") {
+            let once = canonical_username(&name);
+            proptest::prop_assert_eq!(canonical_username(&once), once.clone());
+            proptest::prop_assert!(!once.starts_with(' ') && !once.ends_with(' '));
+            proptest::prop_assert!(!once.contains("  "));
+        }
     }
 }

@@ -1,0 +1,221 @@
+//! Talking to the directory: opening connections (TCP, TLS or StartTLS), a
+//! small pool of service-bound connections for searches, and user binds on
+//! connections of their own.
+//!
+//! Every operation is bounded by `operationTimeout` (ldap3's own timeout
+//! applies to one operation only, so each call is wrapped here), and opening
+//! a connection by `connectTimeout`. A pooled connection whose operation
+//! failed or timed out is discarded, so the next request opens a fresh one
+//! instead of waiting on a connection that went silent.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
+
+use super::config::{LdapConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT};
+use crate::authn::AuthnError;
+use crate::credential::Secret;
+
+/// The error every directory problem becomes: a 503 for the caller.
+pub fn unavailable(error: impl std::fmt::Display) -> AuthnError {
+    AuthnError::Unavailable {
+        backend: "LDAP directory".into(),
+        reason: error.to_string(),
+    }
+}
+
+struct Pooled {
+    id: u64,
+    ldap: Ldap,
+}
+
+/// Connections to one directory.
+pub struct Directory {
+    url: String,
+    start_tls: bool,
+    tls: Arc<rustls::ClientConfig>,
+    bind_dn: String,
+    bind_password: Secret,
+    connect_timeout: Duration,
+    operation_timeout: Duration,
+    pool: Vec<tokio::sync::Mutex<Option<Pooled>>>,
+    next: AtomicUsize,
+    ids: AtomicU64,
+}
+
+impl Directory {
+    /// Connections as `config` says; nothing is opened yet.
+    pub fn new(config: &LdapConfig, tls: rustls::ClientConfig, bind_password: Secret) -> Self {
+        Directory {
+            url: config.url.clone(),
+            start_tls: config.start_tls,
+            tls: Arc::new(tls),
+            bind_dn: config.bind_dn.clone(),
+            bind_password,
+            connect_timeout: config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            operation_timeout: config
+                .operation_timeout
+                .unwrap_or(DEFAULT_OPERATION_TIMEOUT),
+            pool: (0..config.pool_size.unwrap_or(2).max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+            ids: AtomicU64::new(0),
+        }
+    }
+
+    /// The directory's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs one LDAP operation within `operationTimeout`.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        operation: impl Future<Output = ldap3::result::Result<T>>,
+    ) -> Result<T, AuthnError> {
+        match tokio::time::timeout(self.operation_timeout, operation).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(unavailable(format!(
+                "{what} timed out after {:?}",
+                self.operation_timeout
+            ))),
+        }
+    }
+
+    /// Host and port of the URL, with LDAP's default ports.
+    fn address(&self) -> Result<String, AuthnError> {
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .map_err(|_| unavailable(format!("{} is not a URL", self.url)))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| unavailable(format!("{} has no host", self.url)))?;
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("ldaps") {
+                636
+            } else {
+                389
+            });
+        Ok(format!("{host}:{port}"))
+    }
+
+    /// A new connection, TLS (or StartTLS) done, within `connectTimeout`.
+    async fn connect(&self) -> Result<Ldap, AuthnError> {
+        let opening = async {
+            // Our own TCP connection, so that Nagle's algorithm is off: LDAP
+            // exchanges small messages and would otherwise wait for delayed ACKs.
+            let tcp = tokio::net::TcpStream::connect(self.address()?)
+                .await
+                .map_err(unavailable)?;
+            tcp.set_nodelay(true).map_err(unavailable)?;
+            let tcp = tcp.into_std().map_err(unavailable)?;
+            let settings = LdapConnSettings::new()
+                .set_conn_timeout(self.connect_timeout)
+                .set_config(self.tls.clone())
+                .set_starttls(self.start_tls)
+                .set_std_stream(ldap3::StdStream::Tcp(tcp));
+            let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.url)
+                .await
+                .map_err(unavailable)?;
+            ldap3::drive!(conn);
+            Ok(ldap)
+        };
+        tokio::time::timeout(self.connect_timeout, opening)
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "connect timed out after {:?}",
+                    self.connect_timeout
+                ))
+            })?
+    }
+
+    /// A bound service connection from the pool (opened and bound on first use
+    /// or after a failure), with its slot and id.
+    async fn service(&self) -> Result<(usize, u64, Ldap), AuthnError> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        let mut guard = tokio::time::timeout(
+            self.connect_timeout + self.operation_timeout,
+            self.pool[slot].lock(),
+        )
+        .await
+        .map_err(|_| unavailable("no service connection became free in time"))?;
+        if let Some(pooled) = guard.as_mut() {
+            if !pooled.ldap.is_closed() {
+                return Ok((slot, pooled.id, pooled.ldap.clone()));
+            }
+        }
+        *guard = None;
+        let mut ldap = self.connect().await?;
+        let result = self
+            .bounded(
+                "service account bind",
+                ldap.simple_bind(&self.bind_dn, self.bind_password.expose()),
+            )
+            .await?;
+        if result.rc != 0 {
+            return Err(unavailable(format!(
+                "service account bind refused (LDAP result {})",
+                result.rc
+            )));
+        }
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        *guard = Some(Pooled {
+            id,
+            ldap: ldap.clone(),
+        });
+        Ok((slot, id, ldap))
+    }
+
+    /// Discards the pooled connection `id` if it is still in `slot`.
+    async fn discard(&self, slot: usize, id: u64) {
+        let mut guard = self.pool[slot].lock().await;
+        if guard.as_ref().is_some_and(|p| p.id == id) {
+            *guard = None;
+        }
+    }
+
+    /// A subtree search as the service account; no such base is no entries.
+    pub async fn search(
+        &self,
+        base: &str,
+        filter: &str,
+        attrs: Vec<String>,
+    ) -> Result<Vec<SearchEntry>, AuthnError> {
+        let (slot, id, mut ldap) = self.service().await?;
+        let result = match self
+            .bounded("search", ldap.search(base, Scope::Subtree, filter, attrs))
+            .await
+        {
+            Ok(result) => result,
+            Err(error) => {
+                self.discard(slot, id).await;
+                return Err(error);
+            }
+        };
+        match result.success() {
+            Ok((entries, _)) => Ok(entries.into_iter().map(SearchEntry::construct).collect()),
+            Err(ldap3::LdapError::LdapResult { result }) if result.rc == 32 => Ok(Vec::new()), // noSuchObject
+            Err(error) => Err(unavailable(error)),
+        }
+    }
+
+    /// Binds `dn` with `password` on a connection of its own; the LDAP
+    /// result code (0: success).
+    pub async fn user_bind(&self, dn: &str, password: &Secret) -> Result<u32, AuthnError> {
+        let mut conn = self.connect().await?;
+        let bind = self
+            .bounded("user bind", conn.simple_bind(dn, password.expose()))
+            .await?;
+        // The unbind is a courtesy; the connection closes when dropped anyway.
+        let _ = self.bounded("unbind", conn.unbind()).await;
+        Ok(bind.rc)
+    }
+}
