@@ -202,6 +202,12 @@ impl Limits {
         if self.max_connections == 0 {
             problem("maxConnections", "must be at least 1".into());
         }
+        if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            problem(
+                "maxConnections",
+                format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            );
+        }
         if self.max_header_bytes < MIN_HEADER_BYTES {
             problem(
                 "maxHeaderBytes",
