@@ -381,6 +381,63 @@ async fn http2_streams_beyond_the_limit_are_refused_by_settings() -> anyhow::Res
     Ok(())
 }
 
+/// An HTTP/2 frame header: payload length, type, flags, stream id.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap_or(0).to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_burst_gets_goaway_while_others_are_served() -> anyhow::Result<()> {
+    let proxy = Listener::proxy("{http2: {maxPendingAcceptResetStreams: 2}}").await?;
+    let mut raw = proxy.tls(&[b"h2"]).await?;
+    // Preface and empty SETTINGS, then ten streams each opened (HEADERS:
+    // GET https / from HPACK's static table) and at once reset (CANCEL), all
+    // in one write so the server reads them before accepting any.
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend(frame(0x4, 0, 0, &[]));
+    for stream in (1..20).step_by(2) {
+        burst.extend(frame(0x1, 0x5, stream, &[0x82, 0x87, 0x84]));
+        burst.extend(frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    raw.write_all(&burst).await?;
+    raw.flush().await?;
+
+    let mut seen = Vec::new();
+    let goaway = tokio::time::timeout(BOUND, async {
+        loop {
+            let mut head = [0u8; 9];
+            if raw.read_exact(&mut head).await.is_err() {
+                return None;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if raw.read_exact(&mut payload).await.is_err() {
+                return None;
+            }
+            seen.push(head[3]);
+            if head[3] == 0x7 && payload.len() >= 8 {
+                return Some(u32::from_be_bytes([
+                    payload[4], payload[5], payload[6], payload[7],
+                ]));
+            }
+        }
+    })
+    .await;
+    match goaway {
+        Ok(Some(code)) => assert_eq!(code, 0xb, "GOAWAY error code (ENHANCE_YOUR_CALM)"),
+        Ok(None) => bail!("connection closed without GOAWAY; frame types seen: {seen:?}"),
+        Err(_) => bail!("no GOAWAY within {BOUND:?}; frame types seen: {seen:?}"),
+    }
+
+    let mut other = proxy.http1().await?;
+    assert_eq!(other.get("/livez").await?, 200);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_token_exchange_bodies_get_413() -> anyhow::Result<()> {
     let proxy = Listener::proxy("{maxRequestBodyBytes: 1024}").await?;
