@@ -50,10 +50,7 @@ pub(crate) async fn serve<H: Handler>(
     slot: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let handshake = tokio::time::timeout(
-        listener.handshake_timeout,
-        listener.acceptor.accept(tcp),
-    );
+    let handshake = tokio::time::timeout(listener.handshake_timeout, listener.acceptor.accept(tcp));
     let stream = tokio::select! {
         accepted = handshake => match accepted {
             Ok(Ok(stream)) => stream,
@@ -85,7 +82,10 @@ pub(crate) async fn serve<H: Handler>(
         let answer = handler.clone().handle(req, cert.clone(), peer);
         async move {
             let response = answer.await?;
-            Ok::<_, Infallible>(response.map(|body| TrackedBody { body, _guard: guard }))
+            Ok::<_, Infallible>(response.map(|body| TrackedBody {
+                body,
+                _guard: guard,
+            }))
         }
     });
     let io = TokioIo::new(Slotted {

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use proxy_core::body::read_limited;
 use proxy_core::credential::{ClientAddr, ClientCertificate, Credential};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
-use proxy_core::body::read_limited;
 use proxy_core::{Chain, ProxyBody, ProxyStack};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};

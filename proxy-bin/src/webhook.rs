@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use proxy_core::body::read_limited;
 use proxy_core::credential::ClientCertificate;
 use proxy_core::status::{Reason, Status};
-use proxy_core::body::read_limited;
 use proxy_core::{tokenreview, Chain, ProxyBody};
 use tokio::net::TcpListener;
 

@@ -135,9 +135,7 @@ mod tests {
         let body = StreamBody::new(futures_util::stream::iter(vec![Err::<
             Frame<Bytes>,
             BoxError,
-        >(
-            "polled".into()
-        )]));
+        >("polled".into())]));
         let status = read_limited(&headers, body, 10).await.unwrap_err();
         assert_eq!(status.code, 413);
         assert_eq!(status.reason, Reason::RequestEntityTooLarge);

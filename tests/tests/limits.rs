@@ -92,7 +92,8 @@ impl Listener {
     /// An HTTP/1.1 client connection; the task ends when the connection closes.
     async fn http1(&self) -> anyhow::Result<Http1> {
         let stream = self.tls(&[b"http/1.1"]).await?;
-        let (send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         Ok(Http1 {
             send,
             connection: tokio::spawn(connection),
@@ -176,8 +177,7 @@ async fn read_until_closed_within<S: tokio::io::AsyncRead + Unpin>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_sending_half_a_header_is_dropped_while_others_are_served() -> anyhow::Result<()>
-{
+async fn a_client_sending_half_a_header_is_dropped_while_others_are_served() -> anyhow::Result<()> {
     let proxy = Listener::proxy("{headerReadTimeout: 1s, idleTimeout: 60s}").await?;
     let mut slow = proxy.tls(&[b"http/1.1"]).await?;
     slow.write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
@@ -308,8 +308,10 @@ async fn an_oversized_request_head_is_refused() -> anyhow::Result<()> {
     assert_eq!(code, 200, "a 4 KB header is within the limit");
 
     let mut raw = proxy.tls(&[b"http/1.1"]).await?;
-    raw.write_all(format!("GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n").as_bytes())
-        .await?;
+    raw.write_all(
+        format!("GET /livez HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await?;
     raw.flush().await?;
     let seen = read_until_closed(&mut raw, "a 20 KB request head").await?;
     let seen = String::from_utf8_lossy(&seen);
@@ -342,7 +344,9 @@ async fn http2_streams_beyond_the_limit_are_refused_by_settings() -> anyhow::Res
             .map_err(anyhow::Error::from)
     };
     let (answer, _) = send.send_request(get("/livez")?, true)?;
-    let answer = tokio::time::timeout(BOUND, answer).await.context("no answer")??;
+    let answer = tokio::time::timeout(BOUND, answer)
+        .await
+        .context("no answer")??;
     assert_eq!(answer.status(), 200);
     assert_eq!(
         *advertised.borrow(),
@@ -478,7 +482,10 @@ async fn the_webhook_listener_has_the_same_limits() -> anyhow::Result<()> {
         .to_string()
     };
     let (code, answer) = webhook
-        .curl("/", &["-X", "POST", "--data-binary", &review(&"x".repeat(2048))])
+        .curl(
+            "/",
+            &["-X", "POST", "--data-binary", &review(&"x".repeat(2048))],
+        )
         .await?;
     assert_eq!(code, 413, "{answer}");
     let status: serde_json::Value = serde_json::from_str(&answer)?;
@@ -489,7 +496,10 @@ async fn the_webhook_listener_has_the_same_limits() -> anyhow::Result<()> {
         .await?;
     slow.flush().await?;
     let (code, answer) = webhook
-        .curl("/", &["-X", "POST", "--data-binary", &review("alice-token")])
+        .curl(
+            "/",
+            &["-X", "POST", "--data-binary", &review("alice-token")],
+        )
         .await?;
     assert_eq!(code, 200, "{answer}");
     assert!(answer.contains(r#""authenticated":true"#), "{answer}");
