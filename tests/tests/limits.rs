@@ -194,7 +194,10 @@ async fn a_client_sending_half_a_header_is_dropped_while_others_are_served() -> 
         "the half request was answered: {}",
         String::from_utf8_lossy(&seen)
     );
-    assert_eq!(other.get("/livez").await?, 200);
+    // A new client is served too. (`other` itself may be gone by now: on
+    // HTTP/1.1 the header-read timeout also bounds the wait for the next
+    // request on a keep-alive connection.)
+    assert_eq!(proxy.http1().await?.get("/livez").await?, 200);
     Ok(())
 }
 
