@@ -419,7 +419,9 @@ async fn accept_loop<H: Handler>(
         idle_timeout: limits.idle_timeout,
         handler,
     });
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     // Every connection task holds a receiver: `closed()` is "all connections gone".
     let (stopping, _) = watch::channel(false);
     let mut last_cap_warning: Option<Instant> = None;
