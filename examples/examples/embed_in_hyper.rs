@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use proxy_core::authn::StaticTokens;
 use proxy_core::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
@@ -40,13 +40,30 @@ async fn main() -> anyhow::Result<()> {
     })?;
     let stack = Arc::new(proxy_stack(chain, upstream));
 
+    // hyper applies its HTTP/1 header-read timeout and HTTP/2 PINGs only
+    // with a timer: without one, a client that sends half a request head
+    // holds its connection for good. (`authproxy serve` also caps
+    // connections and closes idle ones; see its `limits:` settings.)
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .keep_alive_interval(Duration::from_secs(30));
+    let builder = Arc::new(builder);
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
     println!("listening on http://127.0.0.1:8080");
     loop {
         let (tcp, _) = listener.accept().await?;
         let service = TowerToHyperService::new(proxy_stack_clone(&stack));
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            let _ = builder
                 .serve_connection_with_upgrades(TokioIo::new(tcp), service)
                 .await;
         });

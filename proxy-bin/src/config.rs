@@ -7,6 +7,7 @@
 //! authentication:
 //!   staticTokens: {file: tokens.csv}
 //! logging: {format: json, level: info}
+//! limits: {headerReadTimeout: 30s, idleTimeout: 90s, maxConnections: 10000}
 //! shutdownTimeout: 30s
 //! ```
 //!
@@ -19,6 +20,8 @@ use std::time::Duration;
 use proxy_core::authn::oidc::OidcFlags;
 use proxy_core::config::{AuthenticationConfig, Problem, UpstreamConfig};
 use serde::Deserialize;
+
+use crate::limits::Limits;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +40,9 @@ pub struct FileConfig {
     /// Log format and level.
     #[serde(default)]
     pub logging: Logging,
+    /// Timeouts, caps and sizes of the listener (see [`crate::limits`]).
+    #[serde(default)]
+    pub limits: Limits,
     /// How long in-flight requests may take to finish on SIGTERM (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
@@ -190,6 +196,7 @@ impl FileConfig {
                 message: "needs tls.clientCAFile to verify client certificates".into(),
             });
         }
+        problems.extend(self.limits.validate("limits"));
         problems.extend(self.upstream.validate("upstream", base));
         problems.extend(self.authentication.validate("authentication", base));
         problems

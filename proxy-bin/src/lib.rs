@@ -4,7 +4,9 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod connection;
 pub mod demo;
+pub mod limits;
 pub mod logging;
 pub mod login;
 pub mod pki;

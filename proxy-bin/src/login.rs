@@ -447,7 +447,6 @@ impl Oidc {
 
     /// Authorization code + PKCE with a loopback redirect.
     async fn browser(&self, scopes: &str) -> anyhow::Result<OidcCache> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut random = [0u8; 32];
         let _ = rustls::crypto::ring::default_provider()
             .secure_random
@@ -480,22 +479,9 @@ impl Oidc {
                 .stderr(std::process::Stdio::null())
                 .spawn();
         }
-        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(300), listener.accept())
+        let query = loopback_callback(&listener, &state, SIGN_IN_WAIT)
             .await
-            .context("no sign-in within 5 minutes")??;
-        let mut head = vec![0u8; 8192];
-        let n = stream.read(&mut head).await?;
-        let line = String::from_utf8_lossy(&head[..n])
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        let query = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.split_once('?'))
-            .map(|(_, q)| q.to_owned())
-            .unwrap_or_default();
+            .context("no sign-in within 5 minutes")?;
         let param = |name: &str| {
             query
                 .split('&')
@@ -506,7 +492,6 @@ impl Oidc {
                         .into_owned()
                 })
         };
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nSigned in. You can close this window.\n").await;
         if param("state").as_deref() != Some(state.as_str()) {
             bail!("the sign-in answer does not match this login (state)");
         }
@@ -529,6 +514,75 @@ impl Oidc {
         }
         Self::tokens(&answer).context("the token answer has no id_token")
     }
+}
+
+/// How long the browser sign-in may take.
+const SIGN_IN_WAIT: Duration = Duration::from_secs(300);
+/// Time a connection to the loopback redirect has to send its request head.
+const CALLBACK_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head read from a connection to the loopback redirect.
+const CALLBACK_MAX_HEAD: usize = 8192;
+
+/// Waits up to `wait` for the browser's redirect to `/callback` carrying
+/// `state`, and returns its query string. Connections are read side by side,
+/// each within [`CALLBACK_READ_TIMEOUT`]: one that sends nothing (a browser's
+/// preconnect, a port scan) or something else is answered or dropped and the
+/// wait goes on.
+async fn loopback_callback(
+    listener: &tokio::net::TcpListener,
+    state: &str,
+    wait: Duration,
+) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut reading = tokio::task::JoinSet::new();
+    let state_param = format!("state={state}");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    reading.spawn(read_callback(stream));
+                }
+            }
+            Some(done) = reading.join_next() => {
+                let Ok(Some((mut stream, query))) = done else { continue };
+                if query.split('&').any(|kv| kv == state_param) {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nSigned in. You can close this window.\n").await;
+                    return Ok(query);
+                }
+                let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nNot the sign-in this login waits for.\n").await;
+            }
+            () = tokio::time::sleep_until(deadline) => bail!("no redirect within {wait:?}"),
+        }
+    }
+}
+
+/// Reads one request head (bounded in time and size); returns the stream and
+/// the query of a `GET /callback?...`, or `None` for anything else.
+async fn read_callback(
+    mut stream: tokio::net::TcpStream,
+) -> Option<(tokio::net::TcpStream, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(CALLBACK_READ_TIMEOUT, async {
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < CALLBACK_MAX_HEAD {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(read, Ok(true)) {
+        return None;
+    }
+    let line = String::from_utf8_lossy(&head).lines().next()?.to_owned();
+    let mut words = line.split_whitespace();
+    let (method, target) = (words.next()?, words.next()?);
+    let query = target.strip_prefix("/callback?")?;
+    (method == "GET").then(|| (stream, query.to_owned()))
 }
 
 /// `authproxy login oidc`: prints an ExecCredential holding an ID token.
@@ -654,5 +708,48 @@ mod tests {
         let parent = path.parent().unwrap();
         let mode = std::fs::metadata(parent).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+}
+
+#[cfg(test)]
+mod callback_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn answer_of(mut stream: tokio::net::TcpStream, request: &str) -> String {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer).await;
+        answer
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_stray_connection_does_not_block_the_sign_in_redirect() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waiting = tokio::spawn(async move {
+            loopback_callback(&listener, "s1", Duration::from_secs(60)).await
+        });
+        let clients = async {
+            // A preconnect that never sends anything, held open.
+            let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let stray = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let stray = answer_of(stray, "GET /callback?code=x&state=other HTTP/1.1\r\n\r\n").await;
+            assert!(stray.starts_with("HTTP/1.1 400"), "{stray}");
+            let real = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let real = answer_of(
+                real,
+                "GET /callback?code=c0de&state=s1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            )
+            .await;
+            assert!(real.starts_with("HTTP/1.1 200"), "{real}");
+            let query = waiting.await.unwrap().unwrap();
+            drop(silent);
+            query
+        };
+        let query = tokio::time::timeout(Duration::from_secs(5), clients)
+            .await
+            .expect("the redirect was not taken while a silent connection was open");
+        assert_eq!(query, "code=c0de&state=s1");
     }
 }

@@ -6,26 +6,26 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use proxy_core::body::read_limited;
 use proxy_core::credential::{ClientAddr, ClientCertificate, Credential};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ProxyBody, ProxyStack};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tower_service::Service;
 
 use crate::config::FileConfig;
+use crate::connection;
+use crate::limits::Limits;
 
-/// Time a client has to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time between two "connection cap reached" warnings.
+const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +129,8 @@ pub struct Proxy {
     pub chain: Chain,
     /// Issues tokens at [`TOKEN_PATH`] when configured.
     pub issuer: Option<Arc<proxy_core::authn::IssuedTokens>>,
+    /// Largest body read at [`TOKEN_PATH`] (`limits.maxRequestBodyBytes`).
+    pub max_request_body_bytes: usize,
 }
 
 /// Where a login (Basic, or an OIDC ID token) is exchanged for an issued token.
@@ -156,6 +158,7 @@ impl Proxy {
             stack,
             chain,
             issuer,
+            max_request_body_bytes: config.limits.max_request_body_bytes,
         })
     }
 
@@ -189,7 +192,16 @@ impl Proxy {
         req.extensions_mut().insert(ClientAddr(peer.ip()));
         if req.uri().path() == TOKEN_PATH {
             return Ok(match (&self.issuer, req.method()) {
-                (Some(issuer), &http::Method::POST) => issue_token(&self.chain, issuer, &req).await,
+                (Some(issuer), &http::Method::POST) => {
+                    let (parts, body) = req.into_parts();
+                    // The login travels in headers; a body is read (up to the
+                    // limit) only so that an oversized one is refused.
+                    let limit = self.max_request_body_bytes;
+                    if let Err(status) = read_limited(&parts.headers, body, limit).await {
+                        return Ok(status.into_response());
+                    }
+                    issue_token(&self.chain, issuer, &parts).await
+                }
                 (Some(_), _) => Status::failure(
                     StatusCode::METHOD_NOT_ALLOWED,
                     Reason::BadRequest,
@@ -213,7 +225,7 @@ impl Proxy {
 async fn issue_token(
     chain: &Chain,
     issuer: &proxy_core::authn::IssuedTokens,
-    req: &Request<Incoming>,
+    req: &http::request::Parts,
 ) -> Response<ProxyBody> {
     let unauthorized = || {
         let mut r = Status::unauthorized().into_response();
@@ -223,7 +235,7 @@ async fn issue_token(
         );
         r
     };
-    let credential = match Credential::from_parts(req.headers(), req.extensions()) {
+    let credential = match Credential::from_parts(&req.headers, &req.extensions) {
         Ok(Some(credential @ Credential::Basic { .. })) => credential,
         Ok(Some(Credential::Bearer(token)))
             if proxy_core::authn::oidc::peek_issuer(token.expose()).as_deref()
@@ -348,14 +360,27 @@ pub async fn start(config: &FileConfig, base: &Path) -> Result<RunningServer, St
             source,
         })?;
     let timeout = config.shutdown_timeout.unwrap_or(Duration::from_secs(30));
-    serve(listener, tls, proxy, timeout)
+    serve_with_limits(listener, tls, proxy, config.limits.clone(), timeout)
 }
 
-/// Serves `proxy` on an already bound listener in the background.
+/// Serves `proxy` on an already bound listener in the background, with the
+/// default [`Limits`].
 pub fn serve<H: Handler>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     proxy: H,
+    shutdown_timeout: Duration,
+) -> Result<RunningServer, StartError> {
+    serve_with_limits(listener, tls, proxy, Limits::default(), shutdown_timeout)
+}
+
+/// Serves `handler` on an already bound listener in the background, with
+/// `limits` (validated) on every connection.
+pub fn serve_with_limits<H: Handler>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    handler: H,
+    limits: Limits,
     shutdown_timeout: Duration,
 ) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
@@ -363,7 +388,14 @@ pub fn serve<H: Handler>(
         source,
     })?;
     let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(accept_loop(listener, tls, proxy, rx, shutdown_timeout));
+    let task = tokio::spawn(accept_loop(
+        listener,
+        tls,
+        handler,
+        limits,
+        rx,
+        shutdown_timeout,
+    ));
     tracing::info!(%addr, "listening");
     Ok(RunningServer {
         addr,
@@ -375,13 +407,41 @@ pub fn serve<H: Handler>(
 async fn accept_loop<H: Handler>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    proxy: H,
+    handler: H,
+    limits: Limits,
     mut shutdown: oneshot::Receiver<()>,
     shutdown_timeout: Duration,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
+    let shared = Arc::new(connection::Listener {
+        acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        builder: limits.connection_builder(),
+        handshake_timeout: limits.tls_handshake_timeout,
+        idle_timeout: limits.idle_timeout,
+        handler,
+    });
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    // Every connection task holds a receiver: `closed()` is "all connections gone".
+    let (stopping, _) = watch::channel(false);
+    let mut last_cap_warning: Option<Instant> = None;
     loop {
+        if slots.available_permits() == 0
+            && !matches!(last_cap_warning, Some(at) if at.elapsed() <= CAP_WARNING_INTERVAL)
+        {
+            tracing::warn!(
+                max = limits.max_connections,
+                "connection cap reached: accepting pauses until a connection closes"
+            );
+            last_cap_warning = Some(Instant::now());
+        }
+        let slot = tokio::select! {
+            _ = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -394,43 +454,18 @@ async fn accept_loop<H: Handler>(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let proxy = proxy.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let cert = stream.get_ref().1.peer_certificates().map(|chain| {
-                ClientCertificate(
-                    chain
-                        .iter()
-                        .map(|c| c.clone().into_owned())
-                        .collect::<Vec<_>>()
-                        .into(),
-                )
-            });
-            let service = hyper::service::service_fn(move |req| {
-                proxy.clone().handle(req, cert.clone(), peer)
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connection::serve(
+            shared.clone(),
+            tcp,
+            peer,
+            slot,
+            stopping.subscribe(),
+        ));
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight requests");
-    if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
+    stopping.send_replace(true);
+    if tokio::time::timeout(shutdown_timeout, stopping.closed())
         .await
         .is_err()
     {

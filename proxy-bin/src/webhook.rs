@@ -9,15 +9,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use proxy_core::body::read_limited;
 use proxy_core::credential::ClientCertificate;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{tokenreview, Chain, ProxyBody};
 use tokio::net::TcpListener;
 
 use crate::config::FileConfig;
-use crate::server::{listener_tls, plain, serve, Handler, RunningServer, StartError};
+use crate::server::{listener_tls, plain, serve_with_limits, Handler, RunningServer, StartError};
 
 /// The default listen address: loopback, as kube-api-auth on RKE nodes.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6440";
@@ -26,6 +26,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6440";
 #[derive(Clone)]
 pub struct Webhook {
     chain: Chain,
+    max_request_body_bytes: usize,
 }
 
 impl Webhook {
@@ -51,19 +52,10 @@ impl Webhook {
                 .into_response();
             }
         }
-        let body = match Limited::new(req.into_body(), tokenreview::MAX_BODY_BYTES)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(_) => {
-                return Status::failure(
-                    StatusCode::BAD_REQUEST,
-                    Reason::BadRequest,
-                    "request body unreadable or larger than 1 MiB",
-                )
-                .into_response();
-            }
+        let (parts, body) = req.into_parts();
+        let body = match read_limited(&parts.headers, body, self.max_request_body_bytes).await {
+            Ok(body) => body,
+            Err(status) => return status.into_response(),
         };
         let request = match tokenreview::parse(&body) {
             Ok(request) => request,
@@ -99,7 +91,8 @@ impl Handler for Webhook {
     }
 }
 
-/// Starts the TokenReview endpoint on `listen` with the config's TLS and authenticators.
+/// Starts the TokenReview endpoint on `listen` with the config's TLS,
+/// authenticators and `limits`.
 pub async fn start(
     config: &FileConfig,
     base: &Path,
@@ -113,10 +106,15 @@ pub async fn start(
             addr: listen,
             source,
         })?;
-    serve(
+    let webhook = Webhook {
+        chain,
+        max_request_body_bytes: config.limits.max_request_body_bytes,
+    };
+    serve_with_limits(
         listener,
         tls,
-        Webhook { chain },
+        webhook,
+        config.limits.clone(),
         config.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
     )
 }

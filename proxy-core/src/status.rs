@@ -18,6 +18,8 @@ pub enum Reason {
     Forbidden,
     /// 400: the request is malformed.
     BadRequest,
+    /// 413: the request body is larger than the endpoint accepts.
+    RequestEntityTooLarge,
     /// 429: too many failed attempts; retry later.
     TooManyRequests,
     /// 500: something failed inside the proxy.
@@ -67,6 +69,15 @@ impl Status {
             StatusCode::UNAUTHORIZED,
             Reason::Unauthorized,
             "Unauthorized",
+        )
+    }
+
+    /// 413 Request Entity Too Large with kube's wording.
+    pub fn too_large(limit: usize) -> Self {
+        Self::failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Reason::RequestEntityTooLarge,
+            format!("Request entity too large: limit is {limit}"),
         )
     }
 

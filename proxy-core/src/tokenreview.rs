@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use crate::authn::{AuthnError, Chain};
 use crate::credential::{Credential, Secret};
 
-/// The largest TokenReview body accepted.
+/// The largest TokenReview body accepted by default (a listener's
+/// `limits.maxRequestBodyBytes`); read bodies with [`crate::body::read_limited`].
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// A TokenReview request as kube-apiserver sends it.

@@ -87,6 +87,7 @@ impl Demo {
                 ..Default::default()
             },
             logging: Logging::default(),
+            limits: Default::default(),
             shutdown_timeout: Some(Duration::from_secs(5)),
         };
         let problems = config.validate(dir.path());

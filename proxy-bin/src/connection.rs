@@ -1,0 +1,225 @@
+//! One client connection of a listener, from the accepted socket to its
+//! close: the TLS handshake within `limits.tlsHandshakeTimeout`, HTTP with the
+//! listener's limits, a graceful close when no request has been in flight for
+//! `limits.idleTimeout` or when the listener shuts down.
+//!
+//! The connection holds its slot of `limits.maxConnections` for as long as
+//! its socket is open: an upgraded stream (exec, attach, port-forward) takes
+//! the socket, and the slot, with it.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use proxy_core::credential::ClientCertificate;
+use proxy_core::{BoxError, ProxyBody};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use crate::server::Handler;
+
+/// What every connection of one listener shares.
+pub(crate) struct Listener<H> {
+    /// TLS of the listener.
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// HTTP/1.1 and HTTP/2 with the listener's limits.
+    pub builder: auto::Builder<TokioExecutor>,
+    /// `limits.tlsHandshakeTimeout`.
+    pub handshake_timeout: Duration,
+    /// `limits.idleTimeout`.
+    pub idle_timeout: Duration,
+    /// Answers the requests.
+    pub handler: H,
+}
+
+/// Serves one accepted socket until it closes. `shutdown` turns true when the
+/// listener stops; the connection then finishes its requests and closes.
+pub(crate) async fn serve<H: Handler>(
+    listener: Arc<Listener<H>>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: OwnedSemaphorePermit,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let handshake = tokio::time::timeout(listener.handshake_timeout, listener.acceptor.accept(tcp));
+    let stream = tokio::select! {
+        accepted = handshake => match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        () = signalled(&mut shutdown) => return,
+    };
+    let cert = stream.get_ref().1.peer_certificates().map(|chain| {
+        ClientCertificate(
+            chain
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect::<Vec<_>>()
+                .into(),
+        )
+    });
+    let (in_flight, mut activity) = watch::channel(0usize);
+    let in_flight = Arc::new(in_flight);
+    let handler = listener.handler.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let guard = InFlight::begin(&in_flight);
+        let answer = handler.clone().handle(req, cert.clone(), peer);
+        async move {
+            let response = answer.await?;
+            Ok::<_, Infallible>(response.map(|body| TrackedBody {
+                body,
+                _guard: guard,
+            }))
+        }
+    });
+    let io = TokioIo::new(Slotted {
+        io: stream,
+        _slot: slot,
+    });
+    let connection = listener.builder.serve_connection_with_upgrades(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = signalled(&mut shutdown), if !closing => {
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = idle(&mut activity, listener.idle_timeout), if !closing => {
+                tracing::debug!(%peer, "closing an idle connection");
+                closing = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Resolves once the listener shuts down (or is gone).
+async fn signalled(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Resolves once no request has been in flight for `timeout`.
+async fn idle(activity: &mut watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if activity.wait_for(|n| *n == 0).await.is_err() {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(timeout) => return,
+            changed = activity.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        }
+    }
+}
+
+/// Counts one request as in flight until its response body is done or dropped.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn begin(count: &Arc<watch::Sender<usize>>) -> Self {
+        count.send_modify(|n| *n += 1);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+struct TrackedBody {
+    body: ProxyBody,
+    _guard: InFlight,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A socket holding its slot of the connection cap until it is dropped.
+struct Slotted<T> {
+    io: T,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Slotted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
