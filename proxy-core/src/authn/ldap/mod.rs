@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 pub use config::LdapConfig;
 use throttle::Throttle;
 
-use super::{Authenticator, AuthnError, AuthnFuture, Identity, UserInfo};
+use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::{Credential, Secret};
 
 /// LDAP result code for a wrong password.
@@ -334,7 +334,13 @@ impl LdapAuthenticator {
         }
         match result? {
             Some(user) => {
-                let identity = Identity::new(user);
+                let identity = Identity::verified(
+                    user,
+                    Verification {
+                        source: Source::Ldap,
+                        ..Default::default()
+                    },
+                );
                 self.cache.insert(key, identity.clone()).await;
                 Ok(Some(identity))
             }

@@ -21,7 +21,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
@@ -34,8 +34,9 @@ const MAX_DOCUMENT_BYTES: usize = 1 << 20;
 
 struct Key {
     key: Arc<DecodingKey>,
-    /// The JWK's `alg`, when it names one.
-    alg: Option<Algorithm>,
+    /// The algorithms this key may verify: the issuer's allowed algorithms
+    /// that fit the key's type and curve (and its `alg`, when it names one).
+    algorithms: Vec<Algorithm>,
 }
 
 struct Keys {
@@ -57,12 +58,90 @@ pub struct KeySet {
     generation: AtomicU64,
     fetches: AtomicU64,
     min_refresh_interval: Duration,
+    algorithms: Vec<Algorithm>,
 }
 
-#[derive(Deserialize)]
-struct Discovery {
-    issuer: String,
-    jwks_uri: String,
+/// The fields of an OpenID discovery document authproxy uses.
+#[derive(Debug, Deserialize)]
+pub struct Discovery {
+    /// The issuer the document speaks for.
+    pub issuer: String,
+    /// Where the issuer's JWKS is.
+    pub jwks_uri: String,
+}
+
+/// Parses an OpenID discovery document (bytes from the IdP). Never panics.
+pub fn parse_discovery(bytes: &[u8]) -> Result<Discovery, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("not a discovery document: {e}"))
+}
+
+/// Most keys of one JWKS considered; the rest are ignored.
+const MAX_KEYS: usize = 100;
+/// Most log lines about unusable keys per JWKS load.
+const MAX_SKIP_LOGS: usize = 5;
+/// Most characters of an IdP- or caller-chosen `kid` shown in logs and errors.
+const MAX_KID_CHARS: usize = 64;
+
+/// A `kid` as it may appear in a log line or an error: at most
+/// [`MAX_KID_CHARS`] characters, control and non-ASCII characters escaped.
+pub fn shown_kid(kid: &str) -> String {
+    let mut shown: String = kid
+        .chars()
+        .take(MAX_KID_CHARS)
+        .flat_map(char::escape_default)
+        .collect();
+    if kid.chars().nth(MAX_KID_CHARS).is_some() {
+        shown.push_str("...");
+    }
+    shown
+}
+
+/// The algorithms a JWK can verify, derived from its key type and curve
+/// (`kty`/`crv`), narrowed to its `alg` when it names one, and to `allowed`.
+fn usable_algorithms(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Vec<Algorithm>, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    let family: &[Algorithm] = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => &[
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => &[Algorithm::ES256],
+            EllipticCurve::P384 => &[Algorithm::ES384],
+            ref other => return Err(format!("curve {other:?} is not supported for EC keys")),
+        },
+        AlgorithmParameters::OctetKeyPair(okp) => match okp.curve {
+            EllipticCurve::Ed25519 => &[Algorithm::EdDSA],
+            ref other => return Err(format!("curve {other:?} is not supported for OKP keys")),
+        },
+        AlgorithmParameters::OctetKey(_) => {
+            return Err("symmetric (oct) keys are never accepted".into())
+        }
+    };
+    let named = match jwk.common.key_algorithm {
+        None => None,
+        Some(alg) => Some(
+            alg.to_string()
+                .parse::<Algorithm>()
+                .map_err(|_| format!("alg {alg} is not a signing algorithm"))?,
+        ),
+    };
+    let algorithms: Vec<Algorithm> = family
+        .iter()
+        .copied()
+        .filter(|a| allowed.contains(a) && named.is_none_or(|n| n == *a))
+        .collect();
+    if algorithms.is_empty() {
+        return Err(match named {
+            Some(n) if !family.contains(&n) => format!("alg {n:?} does not fit the key type"),
+            _ => "no allowed signing algorithm fits the key".into(),
+        });
+    }
+    Ok(algorithms)
 }
 
 impl KeySet {
@@ -96,6 +175,7 @@ impl KeySet {
             generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
             min_refresh_interval: settings.min_refresh_interval,
+            algorithms: settings.algorithms.clone(),
         })
     }
 
@@ -134,7 +214,7 @@ impl KeySet {
     fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<DecodingKey>> {
         let keys = self.keys.load();
         let keys = keys.as_ref()?;
-        let fits = |k: &Key| k.alg.is_none_or(|a| a == alg);
+        let fits = |k: &Key| k.algorithms.contains(&alg);
         match kid {
             Some(kid) => keys
                 .by_kid
@@ -175,7 +255,8 @@ impl KeySet {
             });
         }
         Err(AuthnError::Invalid(format!(
-            "no signing key {kid:?} for {alg:?} at issuer {}",
+            "no signing key \"{}\" for {alg:?} at issuer {}",
+            kid.map(shown_kid).unwrap_or_default(),
             self.issuer
         )))
     }
@@ -219,7 +300,7 @@ impl KeySet {
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+    async fn get_bytes(&self, url: &str) -> Result<Bytes, String> {
         let uri: http::Uri = url.parse().map_err(|_| format!("{url} is not a URL"))?;
         let request = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
@@ -240,59 +321,98 @@ impl KeySet {
         .map_err(|_| format!("{url}: timed out reading"))?
         .map_err(|e| format!("{url}: {e}"))?
         .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+        Ok(body)
     }
 
     /// Installs keys from a JWKS document now, as if fetched (for pinned
     /// keys, and for benchmarks that must not depend on an IdP).
     pub fn preload(&self, jwks: &JwkSet) -> Result<(), String> {
-        self.keys
-            .store(Some(Arc::new(Self::keys_from(jwks, "preloaded JWKS")?)));
+        let bytes = serde_json::to_vec(jwks).map_err(|e| e.to_string())?;
+        self.keys.store(Some(Arc::new(keys_from(
+            &bytes,
+            &self.algorithms,
+            "preloaded JWKS",
+        )?)));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
     async fn fetch(&self) -> Result<Keys, String> {
-        let discovery: Discovery = self.get_json(&self.discovery_url).await?;
+        let discovery = parse_discovery(&self.get_bytes(&self.discovery_url).await?)
+            .map_err(|e| format!("{}: {e}", self.discovery_url))?;
         if discovery.issuer != self.issuer {
             return Err(format!(
                 "discovery document names issuer {:?}, expected {:?}",
-                discovery.issuer, self.issuer
+                discovery.issuer.chars().take(256).collect::<String>(),
+                self.issuer
             ));
         }
-        let set: JwkSet = self.get_json(&discovery.jwks_uri).await?;
-        Self::keys_from(&set, &discovery.jwks_uri)
+        let jwks_uri = discovery.jwks_uri;
+        keys_from(&self.get_bytes(&jwks_uri).await?, &self.algorithms, &jwks_uri)
     }
+}
 
-    fn keys_from(set: &JwkSet, source: &str) -> Result<Keys, String> {
-        let mut keys = Vec::new();
-        let mut by_kid = HashMap::new();
-        for jwk in &set.keys {
-            let signing = !matches!(
-                jwk.common.public_key_use,
-                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
-            );
-            if !signing || !jwk.is_supported() {
-                continue;
-            }
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                continue;
-            };
-            let alg = jwk
-                .common
-                .key_algorithm
-                .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-            if let Some(kid) = &jwk.common.key_id {
-                by_kid.insert(kid.clone(), keys.len());
-            }
-            keys.push(Key {
-                key: Arc::new(key),
-                alg,
+/// Checks a JWKS document (bytes from the IdP) the way a key load does and
+/// counts the keys usable with `allowed`. Never panics; unusable keys are
+/// skipped (and logged, a few per document).
+pub fn parse_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<usize, String> {
+    keys_from(bytes, allowed, "JWKS").map(|keys| keys.keys.len())
+}
+
+#[derive(Deserialize)]
+struct RawSet {
+    keys: Vec<serde_json::Value>,
+}
+
+fn keys_from(bytes: &[u8], allowed: &[Algorithm], source: &str) -> Result<Keys, String> {
+    let set: RawSet =
+        serde_json::from_slice(bytes).map_err(|e| format!("{source}: not a JWKS: {e}"))?;
+    let mut keys = Vec::new();
+    let mut by_kid = HashMap::new();
+    let mut skipped = 0usize;
+    let total = set.keys.len();
+    for (index, raw) in set.keys.into_iter().take(MAX_KEYS).enumerate() {
+        let kid = raw
+            .get("kid")
+            .and_then(serde_json::Value::as_str)
+            .map(shown_kid)
+            .unwrap_or_default();
+        let parsed = serde_json::from_value::<Jwk>(raw)
+            .map_err(|e| format!("not a usable JWK: {e}"))
+            .and_then(|jwk| {
+                if matches!(
+                    jwk.common.public_key_use,
+                    Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                ) {
+                    return Err("an encryption key (use: enc)".into());
+                }
+                let algorithms = usable_algorithms(&jwk, allowed)?;
+                let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+                Ok((jwk.common.key_id, Key { key: Arc::new(key), algorithms }))
             });
+        match parsed {
+            Ok((kid, key)) => {
+                if let Some(kid) = kid {
+                    by_kid.entry(kid).or_insert(keys.len());
+                }
+                keys.push(key);
+            }
+            Err(reason) => {
+                skipped += 1;
+                if skipped <= MAX_SKIP_LOGS {
+                    tracing::info!(%source, index, kid = %kid, %reason, "skipping a JWKS key");
+                }
+            }
         }
-        if keys.is_empty() {
-            return Err(format!("{source}: no usable signing keys"));
-        }
-        Ok(Keys { keys, by_kid })
     }
+    if skipped > MAX_SKIP_LOGS {
+        tracing::info!(%source, skipped, "more JWKS keys skipped");
+    }
+    if total > MAX_KEYS {
+        tracing::info!(%source, total, considered = MAX_KEYS, "JWKS holds too many keys; the rest are ignored");
+    }
+    if keys.is_empty() {
+        return Err(format!("{source}: no usable signing keys"));
+    }
+    Ok(Keys { keys, by_kid })
 }

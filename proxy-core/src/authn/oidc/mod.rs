@@ -21,9 +21,9 @@ use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::{Map, Value};
 
 pub use config::{IssuerSettings, JwtAuthenticator, OidcFlags};
-pub use keys::KeySet;
+pub use keys::{parse_discovery, parse_jwks, shown_kid, Discovery, KeySet};
 
-use super::{Authenticator, AuthnError, AuthnFuture, Identity, UserInfo};
+use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
 
 /// One OIDC issuer's authenticator.
@@ -71,9 +71,11 @@ impl OidcAuthenticator {
         let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_issuer(&[&settings.issuer_url]);
         validation.set_audience(&settings.audiences);
-        validation.leeway = settings.clock_skew.as_secs();
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // exp, nbf and iat are checked by `check_times`, which honours
+        // fractional NumericDates; jsonwebtoken would round them.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["iss", "aud"]);
         Ok(Arc::new(OidcAuthenticator {
             name: format!("oidc:{}", settings.issuer_url),
             settings,
@@ -105,19 +107,77 @@ impl OidcAuthenticator {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
-            .as_secs();
-        if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
-            if iat > now + self.settings.clock_skew.as_secs() {
-                return Err(invalid("ID token issued in the future (iat)"));
-            }
+            .as_secs_f64();
+        let times = check_times(&claims, now, self.settings.clock_skew.as_secs_f64())?;
+        let audiences = matched_audiences(&claims, &self.settings.audiences);
+        if audiences.is_empty() {
+            return Err(invalid("audience does not match"));
         }
         let user = map_claims(&self.settings, &claims)?;
-        let expires = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
-        Ok(Identity::expiring(user, expires))
+        Ok(Identity::verified(
+            user,
+            Verification {
+                source: Source::Oidc,
+                expires_at: Some(times.expires_at),
+                audiences: Some(audiences),
+            },
+        ))
     }
+}
+
+/// Expiry times beyond this (year 2514) are treated as this.
+const LATEST_EXP_SECS: f64 = 17_179_869_184.0;
+
+/// The validated times of a token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TokenTimes {
+    expires_at: SystemTime,
+}
+
+/// A NumericDate claim (RFC 7519 section 2: seconds since the epoch, integer
+/// or fractional): `Ok(None)` when absent, an error when not a finite,
+/// non-negative number.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, AuthnError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(value) => match value.as_f64() {
+            Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(t)),
+            _ => Err(invalid(format!("claim {name:?} is not a NumericDate"))),
+        },
+    }
+}
+
+/// Checks `exp` (required), `nbf` and `iat` against `now`, fractions of a
+/// second included, allowing `skew` seconds either way.
+fn check_times(claims: &Map<String, Value>, now: f64, skew: f64) -> Result<TokenTimes, AuthnError> {
+    let exp = numeric_date(claims, "exp")?.ok_or_else(|| invalid("claim \"exp\" is missing"))?;
+    if exp + skew <= now {
+        return Err(invalid("ID token expired (exp)"));
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
+        if nbf > now + skew {
+            return Err(invalid("ID token not yet valid (nbf)"));
+        }
+    }
+    if let Some(iat) = numeric_date(claims, "iat")? {
+        if iat > now + skew {
+            return Err(invalid("ID token issued in the future (iat)"));
+        }
+    }
+    Ok(TokenTimes {
+        expires_at: UNIX_EPOCH + Duration::from_secs_f64(exp.min(LATEST_EXP_SECS)),
+    })
+}
+
+/// The configured audiences the token's `aud` (a string or a list) names,
+/// in configuration order.
+fn matched_audiences(claims: &Map<String, Value>, configured: &[String]) -> Vec<String> {
+    let named = |a: &str| match claims.get("aud") {
+        Some(Value::String(aud)) => aud == a,
+        Some(Value::Array(auds)) => auds.iter().any(|v| v.as_str() == Some(a)),
+        _ => false,
+    };
+    configured.iter().filter(|a| named(a)).cloned().collect()
 }
 
 fn describe(error: &jsonwebtoken::errors::Error) -> &'static str {
