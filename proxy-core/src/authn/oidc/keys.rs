@@ -416,3 +416,138 @@ fn keys_from(bytes: &[u8], allowed: &[Algorithm], source: &str) -> Result<Keys, 
     }
     Ok(Keys { keys, by_kid })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn settings(algorithms: &str) -> IssuerSettings {
+        let jwt: super::super::JwtAuthenticator = serde_yaml::from_str(&format!(
+            "issuer: {{url: 'https://idp.example', audiences: [kube]}}\nsigningAlgorithms: {algorithms}\n"
+        ))
+        .unwrap();
+        jwt.settings("jwt[0]").unwrap()
+    }
+
+    fn p256_jwk(kid: &str) -> serde_json::Value {
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let der = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
+        let point = pair.public_key().as_ref();
+        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(&point[1..33]), "y": b64(&point[33..])})
+    }
+
+    fn rsa_jwk(kid: &str) -> serde_json::Value {
+        // Any modulus loads; these tests never verify a signature with it.
+        json!({"kty": "RSA", "kid": kid, "e": "AQAB", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw"})
+    }
+
+    #[test]
+    fn keys_without_alg_are_typed_by_kty_and_crv_and_unusable_ones_skipped() {
+        let jwks = json!({"keys": [
+            rsa_jwk("rsa-no-alg"),
+            p256_jwk("ec-no-alg"),
+            {"kty": "EC", "crv": "P-521", "kid": "p521", "x": "AA", "y": "AA"},
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "alg": "RSA-OAEP", "e": "AQAB", "n": "AQAB"},
+            {"kty": "RSA", "kid": "unknown-alg", "alg": "RS1024", "e": "AQAB", "n": "AQAB"},
+            {"kty": "EC", "crv": "P-256", "kid": "ec-rs", "alg": "RS256", "x": "AA", "y": "AA"},
+            {"kty": "XYZ"},
+            5,
+            "not a key"
+        ]});
+        let bytes = serde_json::to_vec(&jwks).unwrap();
+        assert_eq!(parse_jwks(&bytes, &[Algorithm::RS256, Algorithm::ES256]), Ok(2));
+        // An RSA key without alg is still refused for algorithms not allowed.
+        assert_eq!(parse_jwks(&bytes, &[Algorithm::ES256]), Ok(1));
+        assert!(parse_jwks(&bytes, &[Algorithm::EdDSA]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_key_without_alg_verifies_only_its_own_family() {
+        let set = KeySet::new(&settings("[RS256, ES256]")).unwrap();
+        let jwks: JwkSet =
+            serde_json::from_value(json!({"keys": [rsa_jwk("r"), p256_jwk("e")]})).unwrap();
+        set.preload(&jwks).unwrap();
+        assert!(set.key_for(Some("r"), Algorithm::RS256).await.is_ok());
+        assert!(set.key_for(Some("r"), Algorithm::ES256).await.is_err());
+        assert!(set.key_for(Some("e"), Algorithm::ES256).await.is_ok());
+        assert!(set.key_for(Some("r"), Algorithm::PS256).await.is_err(), "PS256 is not allowed");
+    }
+
+    #[tokio::test]
+    async fn an_attacker_chosen_kid_is_bounded_and_escaped_in_the_error() {
+        let set = KeySet::new(&settings("[ES256]")).unwrap();
+        let jwks: JwkSet = serde_json::from_value(json!({"keys": [p256_jwk("known")]})).unwrap();
+        set.preload(&jwks).unwrap();
+        let kid = format!("evil\n\u{1b}[31m{}", "k".repeat(100_000));
+        let Err(AuthnError::Invalid(reason)) = set.key_for(Some(&kid), Algorithm::ES256).await else {
+            panic!("an unknown kid must be refused");
+        };
+        assert!(reason.len() < 400, "reason is {} bytes long", reason.len());
+        assert!(!reason.contains('\n') && !reason.contains('\u{1b}'), "{reason}");
+    }
+
+    #[test]
+    fn shown_kid_truncates_and_escapes() {
+        assert_eq!(shown_kid("abc"), "abc");
+        assert_eq!(shown_kid("a\nb"), "a\\nb");
+        let long = shown_kid(&"x".repeat(1000));
+        assert_eq!(long, format!("{}...", "x".repeat(MAX_KID_CHARS)));
+    }
+
+    fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            prop_oneof![
+                Just("RSA".to_owned()), Just("EC".to_owned()), Just("OKP".to_owned()),
+                Just("oct".to_owned()), Just("P-256".to_owned()), Just("P-384".to_owned()),
+                Just("P-521".to_owned()), Just("Ed25519".to_owned()), Just("X25519".to_owned()),
+                Just("RS256".to_owned()), Just("ES256".to_owned()), Just("EdDSA".to_owned()),
+                Just("sig".to_owned()), Just("enc".to_owned()), Just("AQAB".to_owned()),
+                Just("AA".to_owned()), ".{0,12}"
+            ]
+            .prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 32, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("kty".to_owned()), Just("crv".to_owned()), Just("alg".to_owned()),
+                        Just("use".to_owned()), Just("kid".to_owned()), Just("n".to_owned()),
+                        Just("e".to_owned()), Just("x".to_owned()), Just("y".to_owned()),
+                        Just("k".to_owned()), Just("keys".to_owned()), Just("issuer".to_owned()),
+                        Just("jwks_uri".to_owned()), Just("key_ops".to_owned()), ".{0,6}"
+                    ],
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn nothing_an_idp_sends_panics_the_key_loader(
+            keys in prop::collection::vec(arbitrary_json(), 0..6),
+            raw in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let jwks = serde_json::to_vec(&json!({"keys": keys})).unwrap();
+            let all = [Algorithm::RS256, Algorithm::PS256, Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA];
+            let _ = parse_jwks(&jwks, &all);
+            let _ = parse_jwks(&raw, &all);
+            let _ = parse_discovery(&raw);
+            let _ = parse_discovery(&serde_json::to_vec(&keys).unwrap());
+        }
+    }
+}

@@ -408,6 +408,40 @@ mod tests {
     }
 
     #[test]
+    fn fractional_numeric_dates_are_honoured() {
+        let now = 1_700_000_000.0;
+        let times = |v: Value| check_times(&claims(v), now, 0.0);
+        let ok = times(json!({"exp": now + 0.5, "nbf": now - 0.25, "iat": now - 0.75})).unwrap();
+        assert_eq!(
+            ok.expires_at,
+            UNIX_EPOCH + Duration::from_secs_f64(now + 0.5),
+            "a fractional exp is the cache's deadline"
+        );
+        assert!(times(json!({"exp": now - 0.3})).is_err(), "exp just passed");
+        assert!(times(json!({"exp": now + 10.0, "nbf": now + 0.4})).is_err(), "nbf");
+        assert!(times(json!({"exp": now + 10.0, "iat": now + 0.4})).is_err(), "iat");
+        for bad in [json!("1700000100"), json!(-1.5), json!(null), json!([1])] {
+            assert!(times(json!({"exp": bad.clone()})).is_err(), "exp {bad}");
+            assert!(times(json!({"exp": now + 10.0, "nbf": bad.clone()})).is_err(), "nbf {bad}");
+            assert!(times(json!({"exp": now + 10.0, "iat": bad.clone()})).is_err(), "iat {bad}");
+        }
+        assert!(times(json!({})).is_err(), "exp is required");
+        let skewed = check_times(&claims(json!({"exp": now - 20.5})), now, 30.0);
+        assert!(skewed.is_ok(), "within the clock skew");
+        assert!(times(json!({"exp": 1e300})).is_ok(), "a far exp does not overflow");
+    }
+
+    #[test]
+    fn matched_audiences_are_the_configured_ones_the_token_names() {
+        let configured = vec!["kube".to_owned(), "other".to_owned()];
+        let m = |v: Value| matched_audiences(&claims(v), &configured);
+        assert_eq!(m(json!({"aud": "kube"})), ["kube"]);
+        assert_eq!(m(json!({"aud": ["x", "other", "kube"]})), ["kube", "other"]);
+        assert!(m(json!({"aud": ["x"]})).is_empty());
+        assert!(m(json!({"aud": 5})).is_empty());
+    }
+
+    #[test]
     fn issuer_is_peeked_without_verification() {
         let payload =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"iss":"https://idp"}"#);
