@@ -40,6 +40,36 @@ pub struct FileConfig {
     /// How long in-flight requests may take to finish on SIGTERM (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// Settings of `authproxy webhook` (the TokenReview endpoint).
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
+
+/// Failed TokenReviews allowed per client address and minute when
+/// `webhook.failedReviewsPerMinute` is unset.
+pub const DEFAULT_FAILED_REVIEWS_PER_MINUTE: u32 = 300;
+
+/// `webhook`: who may ask for TokenReviews and how often they may fail.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookConfig {
+    /// Serve TokenReviews on a non-loopback address without `tls.clientCAFile`,
+    /// that is to anyone who can reach it (default false: refused at start).
+    #[serde(default)]
+    pub allow_unauthenticated_clients: bool,
+    /// Refused reviews allowed per client address and minute, in bursts of up
+    /// to that many; past it the webhook answers `429` with `Retry-After`,
+    /// which kube-apiserver treats as an error (retried, never cached).
+    /// Default [`DEFAULT_FAILED_REVIEWS_PER_MINUTE`]; `0` turns it off.
+    pub failed_reviews_per_minute: Option<u32>,
+}
+
+impl WebhookConfig {
+    /// The failed-review limit with its default filled in.
+    pub fn failed_reviews_per_minute(&self) -> u32 {
+        self.failed_reviews_per_minute
+            .unwrap_or(DEFAULT_FAILED_REVIEWS_PER_MINUTE)
+    }
 }
 
 fn default_listen() -> SocketAddr {

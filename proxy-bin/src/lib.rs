@@ -9,4 +9,5 @@ pub mod logging;
 pub mod login;
 pub mod pki;
 pub mod server;
+pub mod token_endpoint;
 pub mod webhook;

@@ -90,6 +90,9 @@ pub struct TokenReviewStatus {
     /// Why not (never holds the token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The token could not be checked (backend down, throttled): not a refusal.
+    #[serde(skip)]
+    backend_error: bool,
 }
 
 /// `status.user` (note `extra` values are lists, uid a string).
@@ -171,9 +174,13 @@ fn quoted(list: &[String]) -> String {
     format!("[{}]", items.join(" "))
 }
 
-/// Whether an answer is a refusal (for throttling failed reviews).
-pub fn is_refusal(response: &TokenReviewResponse) -> bool {
-    !response.status.authenticated
+impl TokenReviewResponse {
+    /// Whether the token was refused (unknown, invalid, or not valid for the
+    /// audiences asked), as opposed to accepted or not checkable because a
+    /// backend is down. Failed-review throttles count these.
+    pub fn is_refusal(&self) -> bool {
+        !self.status.authenticated && !self.status.backend_error
+    }
 }
 
 /// Reviews a token with `chain`.
@@ -202,7 +209,7 @@ pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewRe
                             extra: user.extra.clone(),
                         }),
                         audiences,
-                        error: None,
+                        ..Default::default()
                     }
                 }
                 Err(error) => TokenReviewStatus {
@@ -222,6 +229,7 @@ pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewRe
                 }
             }
             Err(error) => TokenReviewStatus {
+                backend_error: true,
                 error: Some(error.to_string()),
                 ..Default::default()
             },

@@ -88,6 +88,7 @@ impl Demo {
             },
             logging: Logging::default(),
             shutdown_timeout: Some(Duration::from_secs(5)),
+            webhook: Default::default(),
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {
