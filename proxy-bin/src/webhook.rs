@@ -53,6 +53,11 @@ impl Webhook {
         if is_review {
             if let Err(wait) = self.failed_reviews.check(&client) {
                 tracing::info!(%client, "token review refused: too many failed reviews");
+                // Read the (bounded) body first: an HTTP/2 client whose
+                // request is answered before it is sent sees a stream reset.
+                let _ = Limited::new(req.into_body(), tokenreview::MAX_BODY_BYTES)
+                    .collect()
+                    .await;
                 return throttled(wait);
             }
         }
