@@ -257,4 +257,45 @@ mod tests {
         }
         assert!(text.contains("authproxy.yaml"), "{text}");
     }
+
+    #[test]
+    fn the_example_issued_tokens_block_parses_and_validates() {
+        let example = include_str!("../authproxy.example.yaml");
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("  # ") {
+                Some(rest) if line.contains("issuedTokens:") || rest.starts_with("  ") => {
+                    format!("  {rest}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let config = FileConfig::parse(&uncommented).unwrap();
+        let issued = config.authentication.issued_tokens.expect("issuedTokens");
+        assert!(issued.problems("authentication.issuedTokens").is_empty());
+        assert_eq!(
+            issued.exchange_sources(),
+            proxy_core::config::DEFAULT_EXCHANGE_FROM
+        );
+        assert_eq!(issued.exchange_limits.resolved(), (60, 10));
+        assert_eq!(
+            config.webhook.failed_reviews_per_minute(),
+            DEFAULT_FAILED_REVIEWS_PER_MINUTE
+        );
+    }
+
+    #[test]
+    fn issued_tokens_cannot_be_an_exchange_source() {
+        let config = FileConfig::parse(
+            "tls: {certFile: a, keyFile: b}\nauthentication:\n  issuedTokens: {signingKeyFiles: [k], exchangeFrom: [oidc, issued]}\n",
+        )
+        .unwrap();
+        let problems = config
+            .authentication
+            .issued_tokens
+            .unwrap()
+            .problems("authentication.issuedTokens");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "authentication.issuedTokens.exchangeFrom[1]");
+    }
 }
