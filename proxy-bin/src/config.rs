@@ -296,6 +296,9 @@ mod tests {
             .unwrap()
             .problems("authentication.issuedTokens");
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].field, "authentication.issuedTokens.exchangeFrom[1]");
+        assert_eq!(
+            problems[0].field,
+            "authentication.issuedTokens.exchangeFrom[1]"
+        );
     }
 }

@@ -13,8 +13,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use proxy_core::credential::ClientCertificate;
-use proxy_core::status::{Reason, Status};
 use proxy_core::rate_limit::RateLimiter;
+use proxy_core::status::{Reason, Status};
 use proxy_core::{tokenreview, Chain, ProxyBody};
 use tokio::net::TcpListener;
 
@@ -111,9 +111,12 @@ impl Webhook {
         let request = match tokenreview::parse(&body) {
             Ok(request) => request,
             Err(error) => {
-                let mut response =
-                    Status::failure(StatusCode::BAD_REQUEST, Reason::BadRequest, error.to_string())
-                        .into_response();
+                let mut response = Status::failure(
+                    StatusCode::BAD_REQUEST,
+                    Reason::BadRequest,
+                    error.to_string(),
+                )
+                .into_response();
                 response.extensions_mut().insert(FailedReview(true));
                 return response;
             }

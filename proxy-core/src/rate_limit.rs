@@ -63,7 +63,9 @@ impl RateLimiter {
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(&hash) {
             let full = f64::from(self.per_minute);
             let rate = full / 60.0;
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full);
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full
+            });
         }
         let bucket = buckets.entry(hash).or_insert(Bucket {
             tokens: f64::from(self.per_minute),
@@ -108,7 +110,9 @@ impl RateLimiter {
     /// Takes one event from `key`'s allowance (it may go below zero briefly
     /// when events raced past [`RateLimiter::check`]).
     pub fn record(&self, key: &str) {
-        self.with_bucket(key, |bucket| bucket.tokens = (bucket.tokens - 1.0).max(-1.0));
+        self.with_bucket(key, |bucket| {
+            bucket.tokens = (bucket.tokens - 1.0).max(-1.0)
+        });
     }
 }
 

@@ -196,8 +196,7 @@ pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewRe
     } else {
         let credential = Credential::Bearer(Secret::new(spec.token));
         match chain.authenticate(&credential).await {
-            Ok(Some(identity)) => match answered_audiences(identity.audiences(), &spec.audiences)
-            {
+            Ok(Some(identity)) => match answered_audiences(identity.audiences(), &spec.audiences) {
                 Ok(audiences) => {
                     let user = identity.user();
                     TokenReviewStatus {
@@ -286,7 +285,9 @@ mod tests {
             refused,
             r#"token audiences ["kube" "other"] is invalid for the target audiences ["vault"]"#
         );
-        assert!(answered_audiences(None, &aud(&["vault"])).unwrap().is_empty());
+        assert!(answered_audiences(None, &aud(&["vault"]))
+            .unwrap()
+            .is_empty());
         assert!(answered_audiences(None, &[]).unwrap().is_empty());
     }
 

@@ -101,8 +101,8 @@ async fn assert_refused(w: &World, token: &str, what: &str) -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jwks_keys_without_alg_are_typed_from_kty_and_verify_real_id_tokens(
-) -> anyhow::Result<()> {
+async fn jwks_keys_without_alg_are_typed_from_kty_and_verify_real_id_tokens() -> anyhow::Result<()>
+{
     let w = world(&[("KEYS_WITHOUT_ALG", "1")]).await?;
     // The provider really publishes its RSA key without `alg`.
     let jwks_url = format!("{}/jwks", w.idp.issuer());

@@ -77,8 +77,8 @@ async fn curl_review(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_a_client_ca_the_webhook_requires_a_verified_client_certificate(
-) -> anyhow::Result<()> {
+async fn with_a_client_ca_the_webhook_requires_a_verified_client_certificate() -> anyhow::Result<()>
+{
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
     let cert = pki.issue_server("webhook")?;
@@ -185,12 +185,12 @@ async fn failed_reviews_are_throttled_per_client_address() -> anyhow::Result<()>
     assert_eq!(code, 429, "{body}");
     let retry_after = body
         .lines()
-        .find_map(|l| l.strip_prefix("retry-after: ").or_else(|| l.strip_prefix("Retry-After: ")))
+        .find_map(|l| {
+            l.strip_prefix("retry-after: ")
+                .or_else(|| l.strip_prefix("Retry-After: "))
+        })
         .and_then(|v| v.trim().parse::<u64>().ok());
-    assert!(
-        retry_after.is_some_and(|s| (1..=60).contains(&s)),
-        "{body}"
-    );
+    assert!(retry_after.is_some_and(|s| (1..=60).contains(&s)), "{body}");
     assert!(body.contains(r#""kind":"Status""#), "{body}");
     assert!(body.contains(r#""reason":"TooManyRequests""#), "{body}");
     assert!(!body.contains("guess-4"), "the token was echoed");
@@ -263,7 +263,11 @@ async fn token_reviews_confirm_only_the_audiences_the_token_is_valid_for() -> an
         ..Default::default()
     })?;
     let own = review(issued.clone(), &[]).await?;
-    assert_eq!(own["status"]["audiences"], json!(["authproxy-test"]), "{own}");
+    assert_eq!(
+        own["status"]["audiences"],
+        json!(["authproxy-test"]),
+        "{own}"
+    );
     let other = review(issued, &["https://vault.example"]).await?;
     assert_eq!(other["status"]["authenticated"], false, "{other}");
 
@@ -340,8 +344,8 @@ async fn an_exchanged_token_never_outlives_the_id_token_it_came_from() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_configured_logins_are_exchanged_and_exchanges_are_rate_limited(
-) -> anyhow::Result<()> {
+async fn only_configured_logins_are_exchanged_and_exchanges_are_rate_limited() -> anyhow::Result<()>
+{
     let dir = tempfile::tempdir()?;
     let pki = TestPki::new()?;
     let key_path = dir.path().join("issuer.pem");
@@ -379,7 +383,10 @@ async fn only_configured_logins_are_exchanged_and_exchanges_are_rate_limited(
     }
     let (code, body) = exchange(&limited, &alice).await?;
     assert_eq!(code, 429, "per user: {body}");
-    assert!(body.to_ascii_lowercase().contains("retry-after: "), "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("retry-after: "),
+        "{body}"
+    );
     assert!(body.contains("for this user"), "{body}");
     let (code, body) = exchange(&limited, &bob).await?;
     assert_eq!(code, 200, "bob has his own allowance: {body}");

@@ -164,11 +164,7 @@ impl IssuedTokens {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let cap = not_after.map(|at| {
-            at.duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs()
-        });
+        let cap = not_after.map(|at| at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs());
         self.issue_at(user, now, cap)
     }
 

@@ -348,7 +348,11 @@ impl KeySet {
             ));
         }
         let jwks_uri = discovery.jwks_uri;
-        keys_from(&self.get_bytes(&jwks_uri).await?, &self.algorithms, &jwks_uri)
+        keys_from(
+            &self.get_bytes(&jwks_uri).await?,
+            &self.algorithms,
+            &jwks_uri,
+        )
     }
 }
 
@@ -387,8 +391,15 @@ fn keys_from(bytes: &[u8], allowed: &[Algorithm], source: &str) -> Result<Keys, 
                     return Err("an encryption key (use: enc)".into());
                 }
                 let algorithms = usable_algorithms(&jwk, allowed)?;
-                let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
-                Ok((jwk.common.key_id, Key { key: Arc::new(key), algorithms }))
+                let key =
+                    DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+                Ok((
+                    jwk.common.key_id,
+                    Key {
+                        key: Arc::new(key),
+                        algorithms,
+                    },
+                ))
             });
         match parsed {
             Ok((kid, key)) => {
@@ -438,7 +449,8 @@ mod tests {
         let pair =
             EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der.as_ref(), &rng).unwrap();
         let point = pair.public_key().as_ref();
-        let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+        let b64 =
+            |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
         json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(&point[1..33]), "y": b64(&point[33..])})
     }
 
@@ -462,7 +474,10 @@ mod tests {
             "not a key"
         ]});
         let bytes = serde_json::to_vec(&jwks).unwrap();
-        assert_eq!(parse_jwks(&bytes, &[Algorithm::RS256, Algorithm::ES256]), Ok(2));
+        assert_eq!(
+            parse_jwks(&bytes, &[Algorithm::RS256, Algorithm::ES256]),
+            Ok(2)
+        );
         // An RSA key without alg is still refused for algorithms not allowed.
         assert_eq!(parse_jwks(&bytes, &[Algorithm::ES256]), Ok(1));
         assert!(parse_jwks(&bytes, &[Algorithm::EdDSA]).is_err());
@@ -477,7 +492,10 @@ mod tests {
         assert!(set.key_for(Some("r"), Algorithm::RS256).await.is_ok());
         assert!(set.key_for(Some("r"), Algorithm::ES256).await.is_err());
         assert!(set.key_for(Some("e"), Algorithm::ES256).await.is_ok());
-        assert!(set.key_for(Some("r"), Algorithm::PS256).await.is_err(), "PS256 is not allowed");
+        assert!(
+            set.key_for(Some("r"), Algorithm::PS256).await.is_err(),
+            "PS256 is not allowed"
+        );
     }
 
     #[tokio::test]
@@ -486,11 +504,15 @@ mod tests {
         let jwks: JwkSet = serde_json::from_value(json!({"keys": [p256_jwk("known")]})).unwrap();
         set.preload(&jwks).unwrap();
         let kid = format!("evil\n\u{1b}[31m{}", "k".repeat(100_000));
-        let Err(AuthnError::Invalid(reason)) = set.key_for(Some(&kid), Algorithm::ES256).await else {
+        let Err(AuthnError::Invalid(reason)) = set.key_for(Some(&kid), Algorithm::ES256).await
+        else {
             panic!("an unknown kid must be refused");
         };
         assert!(reason.len() < 400, "reason is {} bytes long", reason.len());
-        assert!(!reason.contains('\n') && !reason.contains('\u{1b}'), "{reason}");
+        assert!(
+            !reason.contains('\n') && !reason.contains('\u{1b}'),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -508,12 +530,23 @@ mod tests {
             any::<i64>().prop_map(serde_json::Value::from),
             any::<f64>().prop_map(serde_json::Value::from),
             prop_oneof![
-                Just("RSA".to_owned()), Just("EC".to_owned()), Just("OKP".to_owned()),
-                Just("oct".to_owned()), Just("P-256".to_owned()), Just("P-384".to_owned()),
-                Just("P-521".to_owned()), Just("Ed25519".to_owned()), Just("X25519".to_owned()),
-                Just("RS256".to_owned()), Just("ES256".to_owned()), Just("EdDSA".to_owned()),
-                Just("sig".to_owned()), Just("enc".to_owned()), Just("AQAB".to_owned()),
-                Just("AA".to_owned()), ".{0,12}"
+                Just("RSA".to_owned()),
+                Just("EC".to_owned()),
+                Just("OKP".to_owned()),
+                Just("oct".to_owned()),
+                Just("P-256".to_owned()),
+                Just("P-384".to_owned()),
+                Just("P-521".to_owned()),
+                Just("Ed25519".to_owned()),
+                Just("X25519".to_owned()),
+                Just("RS256".to_owned()),
+                Just("ES256".to_owned()),
+                Just("EdDSA".to_owned()),
+                Just("sig".to_owned()),
+                Just("enc".to_owned()),
+                Just("AQAB".to_owned()),
+                Just("AA".to_owned()),
+                ".{0,12}"
             ]
             .prop_map(serde_json::Value::from),
         ];
@@ -522,11 +555,21 @@ mod tests {
                 prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
                 prop::collection::btree_map(
                     prop_oneof![
-                        Just("kty".to_owned()), Just("crv".to_owned()), Just("alg".to_owned()),
-                        Just("use".to_owned()), Just("kid".to_owned()), Just("n".to_owned()),
-                        Just("e".to_owned()), Just("x".to_owned()), Just("y".to_owned()),
-                        Just("k".to_owned()), Just("keys".to_owned()), Just("issuer".to_owned()),
-                        Just("jwks_uri".to_owned()), Just("key_ops".to_owned()), ".{0,6}"
+                        Just("kty".to_owned()),
+                        Just("crv".to_owned()),
+                        Just("alg".to_owned()),
+                        Just("use".to_owned()),
+                        Just("kid".to_owned()),
+                        Just("n".to_owned()),
+                        Just("e".to_owned()),
+                        Just("x".to_owned()),
+                        Just("y".to_owned()),
+                        Just("k".to_owned()),
+                        Just("keys".to_owned()),
+                        Just("issuer".to_owned()),
+                        Just("jwks_uri".to_owned()),
+                        Just("key_ops".to_owned()),
+                        ".{0,6}"
                     ],
                     inner,
                     0..8

@@ -418,17 +418,32 @@ mod tests {
             "a fractional exp is the cache's deadline"
         );
         assert!(times(json!({"exp": now - 0.3})).is_err(), "exp just passed");
-        assert!(times(json!({"exp": now + 10.0, "nbf": now + 0.4})).is_err(), "nbf");
-        assert!(times(json!({"exp": now + 10.0, "iat": now + 0.4})).is_err(), "iat");
+        assert!(
+            times(json!({"exp": now + 10.0, "nbf": now + 0.4})).is_err(),
+            "nbf"
+        );
+        assert!(
+            times(json!({"exp": now + 10.0, "iat": now + 0.4})).is_err(),
+            "iat"
+        );
         for bad in [json!("1700000100"), json!(-1.5), json!(null), json!([1])] {
             assert!(times(json!({"exp": bad.clone()})).is_err(), "exp {bad}");
-            assert!(times(json!({"exp": now + 10.0, "nbf": bad.clone()})).is_err(), "nbf {bad}");
-            assert!(times(json!({"exp": now + 10.0, "iat": bad.clone()})).is_err(), "iat {bad}");
+            assert!(
+                times(json!({"exp": now + 10.0, "nbf": bad.clone()})).is_err(),
+                "nbf {bad}"
+            );
+            assert!(
+                times(json!({"exp": now + 10.0, "iat": bad.clone()})).is_err(),
+                "iat {bad}"
+            );
         }
         assert!(times(json!({})).is_err(), "exp is required");
         let skewed = check_times(&claims(json!({"exp": now - 20.5})), now, 30.0);
         assert!(skewed.is_ok(), "within the clock skew");
-        assert!(times(json!({"exp": 1e300})).is_ok(), "a far exp does not overflow");
+        assert!(
+            times(json!({"exp": 1e300})).is_ok(),
+            "a far exp does not overflow"
+        );
     }
 
     #[test]
