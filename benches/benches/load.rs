@@ -229,7 +229,7 @@ async fn authproxy(
     let proxy = Proxy {
         stack: proxy_stack(chain.clone(), upstream),
         chain,
-        issuer: None,
+        token_endpoint: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
