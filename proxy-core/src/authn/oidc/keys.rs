@@ -501,7 +501,9 @@ mod tests {
     #[tokio::test]
     async fn an_attacker_chosen_kid_is_bounded_and_escaped_in_the_error() {
         let set = KeySet::new(&settings("[ES256]")).unwrap();
-        let jwks: JwkSet = serde_json::from_value(json!({"keys": [p256_jwk("known")]})).unwrap();
+        let mut known = p256_jwk("known");
+        known["alg"] = json!("ES256");
+        let jwks: JwkSet = serde_json::from_value(json!({"keys": [known]})).unwrap();
         set.preload(&jwks).unwrap();
         let kid = format!("evil\n\u{1b}[31m{}", "k".repeat(100_000));
         let Err(AuthnError::Invalid(reason)) = set.key_for(Some(&kid), Algorithm::ES256).await
