@@ -4,8 +4,8 @@
 //! authenticator's; anything else is passed on. From there the token must:
 //! use an allowed algorithm (never `none`, never HMAC), be signed by one of
 //! the issuer's current keys, carry `iss` exactly, an `aud` containing a
-//! configured audience, `exp`/`nbf`/`iat` within the clock skew, and every
-//! required claim with its value. Claims then map to the user with kube's
+//! configured audience, `exp`/`nbf`/`iat` (NumericDates, fractions honoured)
+//! within the clock skew, and every required claim with its value. Claims then map to the user with kube's
 //! rules (username prefix, `email_verified` when the username is `email`,
 //! groups as a string or an array). No token appears in an error or a log.
 
