@@ -229,7 +229,7 @@ async fn authproxy(
     let proxy = Proxy {
         stack: proxy_stack(chain.clone(), upstream),
         chain,
-        issuer: None,
+        token_endpoint: None,
         max_request_body_bytes: authproxy::limits::DEFAULT_MAX_REQUEST_BODY_BYTES,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await?;

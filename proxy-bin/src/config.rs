@@ -46,6 +46,36 @@ pub struct FileConfig {
     /// How long in-flight requests may take to finish on SIGTERM (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// Settings of `authproxy webhook` (the TokenReview endpoint).
+    #[serde(default)]
+    pub webhook: WebhookConfig,
+}
+
+/// Failed TokenReviews allowed per client address and minute when
+/// `webhook.failedReviewsPerMinute` is unset.
+pub const DEFAULT_FAILED_REVIEWS_PER_MINUTE: u32 = 300;
+
+/// `webhook`: who may ask for TokenReviews and how often they may fail.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WebhookConfig {
+    /// Serve TokenReviews on a non-loopback address without `tls.clientCAFile`,
+    /// that is to anyone who can reach it (default false: refused at start).
+    #[serde(default)]
+    pub allow_unauthenticated_clients: bool,
+    /// Refused reviews allowed per client address and minute, in bursts of up
+    /// to that many; past it the webhook answers `429` with `Retry-After`,
+    /// which kube-apiserver treats as an error (retried, never cached).
+    /// Default [`DEFAULT_FAILED_REVIEWS_PER_MINUTE`]; `0` turns it off.
+    pub failed_reviews_per_minute: Option<u32>,
+}
+
+impl WebhookConfig {
+    /// The failed-review limit with its default filled in.
+    pub fn failed_reviews_per_minute(&self) -> u32 {
+        self.failed_reviews_per_minute
+            .unwrap_or(DEFAULT_FAILED_REVIEWS_PER_MINUTE)
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -233,5 +263,49 @@ mod tests {
             assert!(text.contains(field), "{field} missing from {text}");
         }
         assert!(text.contains("authproxy.yaml"), "{text}");
+    }
+
+    #[test]
+    fn the_example_issued_tokens_block_parses_and_validates() {
+        let example = include_str!("../authproxy.example.yaml");
+        let uncommented: String = example
+            .lines()
+            .map(|line| match line.strip_prefix("  # ") {
+                Some(rest) if line.contains("issuedTokens:") || rest.starts_with("  ") => {
+                    format!("  {rest}\n")
+                }
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        let config = FileConfig::parse(&uncommented).unwrap();
+        let issued = config.authentication.issued_tokens.expect("issuedTokens");
+        assert!(issued.problems("authentication.issuedTokens").is_empty());
+        assert_eq!(
+            issued.exchange_sources(),
+            proxy_core::config::DEFAULT_EXCHANGE_FROM
+        );
+        assert_eq!(issued.exchange_limits.resolved(), (60, 10));
+        assert_eq!(
+            config.webhook.failed_reviews_per_minute(),
+            DEFAULT_FAILED_REVIEWS_PER_MINUTE
+        );
+    }
+
+    #[test]
+    fn issued_tokens_cannot_be_an_exchange_source() {
+        let config = FileConfig::parse(
+            "tls: {certFile: a, keyFile: b}\nauthentication:\n  issuedTokens: {signingKeyFiles: [k], exchangeFrom: [oidc, issued]}\n",
+        )
+        .unwrap();
+        let problems = config
+            .authentication
+            .issued_tokens
+            .unwrap()
+            .problems("authentication.issuedTokens");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].field,
+            "authentication.issuedTokens.exchangeFrom[1]"
+        );
     }
 }

@@ -12,4 +12,5 @@ pub mod login;
 pub mod pki;
 pub mod prompt;
 pub mod server;
+pub mod token_endpoint;
 pub mod webhook;

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use proxy_core::body::read_limited;
-use proxy_core::credential::{ClientAddr, ClientCertificate, Credential};
+use proxy_core::credential::{ClientAddr, ClientCertificate};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ProxyBody, ProxyStack};
@@ -23,6 +22,7 @@ use tower_service::Service;
 use crate::config::FileConfig;
 use crate::connection;
 use crate::limits::Limits;
+use crate::token_endpoint::TokenEndpoint;
 
 /// Least time between two "connection cap reached" warnings.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
@@ -47,6 +47,14 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
+    /// A setting forbids starting this way.
+    #[error("{field}: {message}")]
+    Refused {
+        /// The config field (or flag) to change.
+        field: &'static str,
+        /// Why, and what to do.
+        message: String,
+    },
     /// The listen address could not be bound.
     #[error("listen {addr}: {source}")]
     Bind {
@@ -57,11 +65,32 @@ pub enum StartError {
     },
 }
 
+/// Whether a listener with `tls.clientCAFile` set requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// Verified when presented; callers without one are served (the proxy:
+    /// they may authenticate otherwise).
+    Optional,
+    /// The TLS handshake fails without a verified client certificate (the
+    /// webhook: only kube-apiserver may ask).
+    Required,
+}
+
 /// Builds the listener's rustls configuration: ALPN h2 and http/1.1, and
 /// optional (not required) client certificates verified against a CA.
 pub fn listener_tls(
     config: &FileConfig,
     base: &Path,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    listener_tls_with(config, base, ClientCertificates::Optional)
+}
+
+/// Like [`listener_tls`], choosing whether client certificates are required
+/// when `tls.clientCAFile` is set.
+pub fn listener_tls_with(
+    config: &FileConfig,
+    base: &Path,
+    client_certificates: ClientCertificates,
 ) -> Result<Arc<rustls::ServerConfig>, StartError> {
     use proxy_core::tls;
     let resolve = |p: &Path| {
@@ -102,8 +131,11 @@ pub fn listener_tls(
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 tls::provider(),
-            )
-            .allow_unauthenticated()
+            );
+            let verifier = match client_certificates {
+                ClientCertificates::Optional => verifier.allow_unauthenticated(),
+                ClientCertificates::Required => verifier,
+            }
             .build()
             .map_err(|e| StartError::ClientVerifier(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
@@ -128,13 +160,12 @@ pub struct Proxy {
     /// The chain, asked for readiness and by the token endpoint.
     pub chain: Chain,
     /// Issues tokens at [`TOKEN_PATH`] when configured.
-    pub issuer: Option<Arc<proxy_core::authn::IssuedTokens>>,
+    pub token_endpoint: Option<Arc<TokenEndpoint>>,
     /// Largest body read at [`TOKEN_PATH`] (`limits.maxRequestBodyBytes`).
     pub max_request_body_bytes: usize,
 }
 
-/// Where a login (Basic, or an OIDC ID token) is exchanged for an issued token.
-pub const TOKEN_PATH: &str = "/authproxy/v1/token";
+pub use crate::token_endpoint::TOKEN_PATH;
 
 impl Proxy {
     /// Builds the stack from a validated configuration. Call within a runtime.
@@ -154,10 +185,18 @@ impl Proxy {
             &authn,
             tower_layer::Layer::layer(&proxy_core::ImpersonateLayer::new(), upstream),
         );
+        let token_endpoint = match (issuer, &config.authentication.issued_tokens) {
+            (Some(issuer), Some(settings)) => Some(Arc::new(TokenEndpoint::new(
+                chain.clone(),
+                issuer,
+                settings,
+            ))),
+            _ => None,
+        };
         Ok(Proxy {
             stack,
             chain,
-            issuer,
+            token_endpoint,
             max_request_body_bytes: config.limits.max_request_body_bytes,
         })
     }
@@ -191,24 +230,9 @@ impl Proxy {
         }
         req.extensions_mut().insert(ClientAddr(peer.ip()));
         if req.uri().path() == TOKEN_PATH {
-            return Ok(match (&self.issuer, req.method()) {
-                (Some(issuer), &http::Method::POST) => {
-                    let (parts, body) = req.into_parts();
-                    // The login travels in headers; a body is read (up to the
-                    // limit) only so that an oversized one is refused.
-                    let limit = self.max_request_body_bytes;
-                    if let Err(status) = read_limited(&parts.headers, body, limit).await {
-                        return Ok(status.into_response());
-                    }
-                    issue_token(&self.chain, issuer, &parts).await
-                }
-                (Some(_), _) => Status::failure(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    Reason::BadRequest,
-                    "POST to get a token",
-                )
-                .into_response(),
-                (None, _) => Status::failure(
+            return Ok(match &self.token_endpoint {
+                Some(endpoint) => endpoint.answer(req, self.max_request_body_bytes).await,
+                None => Status::failure(
                     StatusCode::NOT_FOUND,
                     Reason::BadRequest,
                     "issued tokens are not enabled",
@@ -217,61 +241,6 @@ impl Proxy {
             });
         }
         self.stack.call(req).await
-    }
-}
-
-/// Exchanges a login (Basic, or a Bearer token that is not one of ours) for
-/// an issued token, answered as a kubectl `ExecCredential`.
-async fn issue_token(
-    chain: &Chain,
-    issuer: &proxy_core::authn::IssuedTokens,
-    req: &http::request::Parts,
-) -> Response<ProxyBody> {
-    let unauthorized = || {
-        let mut r = Status::unauthorized().into_response();
-        r.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Basic realm=\"authproxy\""),
-        );
-        r
-    };
-    let credential = match Credential::from_parts(&req.headers, &req.extensions) {
-        Ok(Some(credential @ Credential::Basic { .. })) => credential,
-        Ok(Some(Credential::Bearer(token)))
-            if proxy_core::authn::oidc::peek_issuer(token.expose()).as_deref()
-                != Some(issuer.issuer()) =>
-        {
-            Credential::Bearer(token)
-        }
-        _ => return unauthorized(),
-    };
-    let identity = match chain.authenticate(&credential).await {
-        Ok(Some(identity)) => identity,
-        Ok(None) => return unauthorized(),
-        Err(error) => {
-            tracing::info!(%error, "token request refused");
-            let mut r = error.to_status().into_response();
-            if r.status() == StatusCode::UNAUTHORIZED {
-                r = unauthorized();
-            }
-            return r;
-        }
-    };
-    match issuer.issue(identity.user()) {
-        Ok((token, expires)) => {
-            let body = crate::login::exec_credential(&token, expires);
-            let mut r = Response::new(ProxyBody::full(body));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            r.headers_mut().insert(
-                http::header::CACHE_CONTROL,
-                http::HeaderValue::from_static("no-store"),
-            );
-            r
-        }
-        Err(error) => error.to_status().into_response(),
     }
 }
 

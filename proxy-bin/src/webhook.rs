@@ -6,18 +6,23 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::body::read_limited;
 use proxy_core::credential::ClientCertificate;
+use proxy_core::rate_limit::RateLimiter;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{tokenreview, Chain, ProxyBody};
 use tokio::net::TcpListener;
 
 use crate::config::FileConfig;
-use crate::server::{listener_tls, plain, serve_with_limits, Handler, RunningServer, StartError};
+use crate::server::{
+    listener_tls_with, plain, serve_with_limits, ClientCertificates, Handler, RunningServer,
+    StartError,
+};
 
 /// The default listen address: loopback, as kube-api-auth on RKE nodes.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6440";
@@ -26,11 +31,47 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6440";
 #[derive(Clone)]
 pub struct Webhook {
     chain: Chain,
+    failed_reviews: Arc<RateLimiter>,
     max_request_body_bytes: usize,
 }
 
+fn throttled(retry_after_secs: u64) -> Response<ProxyBody> {
+    let mut response = Status::failure(
+        StatusCode::TOO_MANY_REQUESTS,
+        Reason::TooManyRequests,
+        format!("too many failed token reviews from this address, retry after {retry_after_secs}s"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    response
+}
+
 impl Webhook {
-    async fn answer(self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn answer(self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+        let client = peer.ip().to_string();
+        let is_review = req.method() == Method::POST;
+        if is_review {
+            if let Err(wait) = self.failed_reviews.check(&client) {
+                tracing::info!(%client, "token review refused: too many failed reviews");
+                // Read the (bounded) body first: an HTTP/2 client whose
+                // request is answered before it is sent sees a stream reset.
+                let (parts, body) = req.into_parts();
+                let _ = read_limited(&parts.headers, body, self.max_request_body_bytes).await;
+                return throttled(wait);
+            }
+        }
+        let response = self.answer_unthrottled(req).await;
+        if let Some(failed) = response.extensions().get::<FailedReview>() {
+            if failed.0 {
+                self.failed_reviews.record(&client);
+            }
+        }
+        response
+    }
+
+    async fn answer_unthrottled(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/livez") => return plain(StatusCode::OK, "ok"),
             (&Method::GET, "/readyz") if self.chain.is_ready() => {
@@ -55,20 +96,27 @@ impl Webhook {
         let (parts, body) = req.into_parts();
         let body = match read_limited(&parts.headers, body, self.max_request_body_bytes).await {
             Ok(body) => body,
-            Err(status) => return status.into_response(),
+            Err(status) => {
+                let mut response = status.into_response();
+                response.extensions_mut().insert(FailedReview(true));
+                return response;
+            }
         };
         let request = match tokenreview::parse(&body) {
             Ok(request) => request,
             Err(error) => {
-                return Status::failure(
+                let mut response = Status::failure(
                     StatusCode::BAD_REQUEST,
                     Reason::BadRequest,
                     error.to_string(),
                 )
-                .into_response()
+                .into_response();
+                response.extensions_mut().insert(FailedReview(true));
+                return response;
             }
         };
         let answer = tokenreview::review(&self.chain, request).await;
+        let failed = FailedReview(answer.is_refusal());
         let mut response = Response::new(ProxyBody::full(
             serde_json::to_vec(&answer).unwrap_or_default(),
         ));
@@ -76,30 +124,61 @@ impl Webhook {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        response.extensions_mut().insert(failed);
         response
     }
 }
+
+/// Marks a webhook answer that counts against the failed-review limit.
+#[derive(Debug, Clone, Copy)]
+struct FailedReview(bool);
 
 impl Handler for Webhook {
     async fn handle(
         self,
         req: Request<Incoming>,
         _cert: Option<ClientCertificate>,
-        _peer: SocketAddr,
+        peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        Ok(self.answer(req).await)
+        Ok(self.answer(req, peer).await)
     }
 }
 
-/// Starts the TokenReview endpoint on `listen` with the config's TLS,
-/// authenticators and `limits`.
+/// Starts the TokenReview endpoint on `listen` with the config's TLS and authenticators.
+///
+/// With `tls.clientCAFile` set, callers must present a client certificate it
+/// verifies (kube-apiserver presents its own with `client-certificate` in the
+/// webhook kubeconfig). Without it, the webhook listens on loopback only,
+/// unless `webhook.allowUnauthenticatedClients` says otherwise.
 pub async fn start(
     config: &FileConfig,
     base: &Path,
     listen: SocketAddr,
 ) -> Result<RunningServer, StartError> {
-    let tls = listener_tls(config, base)?;
+    let verified = config.tls.client_ca_file.is_some();
+    if !verified && !listen.ip().is_loopback() && !config.webhook.allow_unauthenticated_clients {
+        return Err(StartError::Refused {
+            field: "webhook.allowUnauthenticatedClients",
+            message: format!(
+                "{listen} is not a loopback address and tls.clientCAFile is not set, so anyone \
+                 who reaches it could ask who holds a token; set tls.clientCAFile to require \
+                 kube-apiserver's client certificate, listen on loopback, or set \
+                 webhook.allowUnauthenticatedClients: true"
+            ),
+        });
+    }
+    let tls = listener_tls_with(config, base, ClientCertificates::Required)?;
     let chain = config.authentication.build("authentication", base)?;
+    if verified {
+        tracing::info!(%listen, "webhook: callers must present a client certificate signed by tls.clientCAFile");
+    } else if listen.ip().is_loopback() {
+        tracing::info!(%listen, "webhook: loopback only; no client certificate required (set tls.clientCAFile to require one)");
+    } else {
+        tracing::warn!(%listen, "webhook: answering anyone who can reach it (webhook.allowUnauthenticatedClients)");
+    }
+    let failed_reviews = Arc::new(RateLimiter::per_minute(
+        config.webhook.failed_reviews_per_minute(),
+    ));
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -108,6 +187,7 @@ pub async fn start(
         })?;
     let webhook = Webhook {
         chain,
+        failed_reviews,
         max_request_body_bytes: config.limits.max_request_body_bytes,
     };
     serve_with_limits(

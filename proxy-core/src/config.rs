@@ -95,12 +95,77 @@ pub struct IssuedTokensConfig {
     pub issuer: Option<String>,
     /// PKCS#8 PEM keys (P-256 or Ed25519); the first signs, all verify.
     pub signing_key_files: Vec<PathBuf>,
-    /// Token lifetime (default 8h).
+    /// Token lifetime (default 8h); never past the expiry of the credential
+    /// it was exchanged for.
     #[serde(default, with = "humantime_serde")]
     pub lifetime: Option<Duration>,
+    /// Which logins may be exchanged for a token (default
+    /// [`DEFAULT_EXCHANGE_FROM`]): `ldap`, `oidc`, `staticToken`,
+    /// `clientCertificate`. Issued tokens are never exchanged.
+    pub exchange_from: Option<Vec<crate::authn::Source>>,
+    /// How many exchanges are allowed per client address and per user.
+    #[serde(default)]
+    pub exchange_limits: ExchangeLimits,
+}
+
+/// Logins exchanged for issued tokens when `issuedTokens.exchangeFrom` is unset.
+pub const DEFAULT_EXCHANGE_FROM: [crate::authn::Source; 2] =
+    [crate::authn::Source::Ldap, crate::authn::Source::Oidc];
+
+/// Exchanges per client address when `exchangeLimits.perClientPerMinute` is unset.
+pub const DEFAULT_EXCHANGES_PER_CLIENT_PER_MINUTE: u32 = 60;
+/// Exchanges per user when `exchangeLimits.perUserPerMinute` is unset.
+pub const DEFAULT_EXCHANGES_PER_USER_PER_MINUTE: u32 = 10;
+
+/// `issuedTokens.exchangeLimits`: token exchanges allowed per minute (in
+/// bursts of up to that many); `0` turns a limit off.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExchangeLimits {
+    /// Per client address (default [`DEFAULT_EXCHANGES_PER_CLIENT_PER_MINUTE`]).
+    pub per_client_per_minute: Option<u32>,
+    /// Per authenticated user (default [`DEFAULT_EXCHANGES_PER_USER_PER_MINUTE`]).
+    pub per_user_per_minute: Option<u32>,
+}
+
+impl ExchangeLimits {
+    /// (per client, per user) with defaults filled in.
+    pub fn resolved(&self) -> (u32, u32) {
+        (
+            self.per_client_per_minute
+                .unwrap_or(DEFAULT_EXCHANGES_PER_CLIENT_PER_MINUTE),
+            self.per_user_per_minute
+                .unwrap_or(DEFAULT_EXCHANGES_PER_USER_PER_MINUTE),
+        )
+    }
 }
 
 impl IssuedTokensConfig {
+    /// The logins that may be exchanged, defaults filled in.
+    pub fn exchange_sources(&self) -> Vec<crate::authn::Source> {
+        self.exchange_from
+            .clone()
+            .unwrap_or_else(|| DEFAULT_EXCHANGE_FROM.to_vec())
+    }
+
+    /// Problems in the section, `prefix` being its path.
+    pub fn problems(&self, prefix: &str) -> Vec<Problem> {
+        use crate::authn::Source;
+        let mut problems = Vec::new();
+        for (i, source) in self.exchange_from.iter().flatten().enumerate() {
+            if matches!(source, Source::Issued | Source::Other) {
+                problems.push(problem(
+                    format!("{prefix}.exchangeFrom[{i}]"),
+                    format!(
+                        "{:?} cannot be exchanged; use ldap, oidc, staticToken or clientCertificate",
+                        source.as_str()
+                    ),
+                ));
+            }
+        }
+        problems
+    }
+
     /// Loads the keys.
     pub fn load(
         &self,
@@ -232,6 +297,7 @@ impl AuthenticationConfig {
             }
         }
         if let Some(issued) = &self.issued_tokens {
+            problems.extend(issued.problems(&format!("{prefix}.issuedTokens")));
             if let Err(e) = issued.load(prefix, base) {
                 problems.push(problem(e.field, e.message));
             }

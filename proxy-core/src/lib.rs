@@ -47,6 +47,7 @@ pub mod impersonate;
 pub mod kubeconfig;
 pub mod layer;
 pub mod path;
+pub mod rate_limit;
 pub mod reload;
 pub mod status;
 pub mod tls;

@@ -8,10 +8,17 @@
 //! `authenticated: false` with `status.error` and no user. The token never
 //! appears in an answer or a log line.
 //!
-//! Audiences: the authenticators here are audience-agnostic (an OIDC token's
-//! `aud` is checked against the configured audiences), so when
-//! `spec.audiences` is set the answer confirms those audiences, as kube does
-//! for its audience-agnostic authenticators.
+//! Audiences follow kube's rules:
+//! - an audience-aware credential (an OIDC ID token, an issued token) is
+//!   answered with its audiences when `spec.audiences` is empty, else with the
+//!   intersection; an empty intersection is `authenticated: false` with
+//!   "token audiences ... is invalid for the target audiences ..." (the
+//!   service-account JWT authenticator's rule);
+//! - an audience-agnostic credential (static token, LDAP, client certificate)
+//!   is answered with no audiences. kube-apiserver's webhook client then
+//!   checks the audiences it wanted against its own API audiences, which is
+//!   what kube does for its own audience-agnostic authenticators
+//!   (`WrapAudienceAgnosticToken`): this webhook cannot know them.
 
 use std::collections::BTreeMap;
 
@@ -84,6 +91,9 @@ pub struct TokenReviewStatus {
     /// Why not (never holds the token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The token could not be checked (backend down, throttled): not a refusal.
+    #[serde(skip)]
+    backend_error: bool,
 }
 
 /// `status.user` (note `extra` values are lists, uid a string).
@@ -133,6 +143,47 @@ pub fn parse(body: &[u8]) -> Result<TokenReviewRequest, ReviewError> {
     Ok(request)
 }
 
+/// The audiences a review answers: see the module documentation.
+pub fn answered_audiences(
+    token_audiences: Option<&[String]>,
+    requested: &[String],
+) -> Result<Vec<String>, String> {
+    let Some(token_audiences) = token_audiences else {
+        return Ok(Vec::new());
+    };
+    if requested.is_empty() {
+        return Ok(token_audiences.to_vec());
+    }
+    let both: Vec<String> = requested
+        .iter()
+        .filter(|a| token_audiences.contains(a))
+        .cloned()
+        .collect();
+    if both.is_empty() {
+        return Err(format!(
+            "token audiences {} is invalid for the target audiences {}",
+            quoted(token_audiences),
+            quoted(requested)
+        ));
+    }
+    Ok(both)
+}
+
+/// A list as Go's `%q` prints a string slice: `["a" "b"]`.
+fn quoted(list: &[String]) -> String {
+    let items: Vec<String> = list.iter().map(|a| format!("{a:?}")).collect();
+    format!("[{}]", items.join(" "))
+}
+
+impl TokenReviewResponse {
+    /// Whether the token was refused (unknown, invalid, or not valid for the
+    /// audiences asked), as opposed to accepted or not checkable because a
+    /// backend is down. Failed-review throttles count these.
+    pub fn is_refusal(&self) -> bool {
+        !self.status.authenticated && !self.status.backend_error
+    }
+}
+
 /// Reviews a token with `chain`.
 pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewResponse {
     let TokenReviewRequest {
@@ -146,20 +197,26 @@ pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewRe
     } else {
         let credential = Credential::Bearer(Secret::new(spec.token));
         match chain.authenticate(&credential).await {
-            Ok(Some(identity)) => {
-                let user = identity.user();
-                TokenReviewStatus {
-                    authenticated: true,
-                    user: Some(ReviewedUser {
-                        username: user.username.clone(),
-                        uid: user.uid.clone(),
-                        groups: user.groups.clone(),
-                        extra: user.extra.clone(),
-                    }),
-                    audiences: spec.audiences,
-                    error: None,
+            Ok(Some(identity)) => match answered_audiences(identity.audiences(), &spec.audiences) {
+                Ok(audiences) => {
+                    let user = identity.user();
+                    TokenReviewStatus {
+                        authenticated: true,
+                        user: Some(ReviewedUser {
+                            username: user.username.clone(),
+                            uid: user.uid.clone(),
+                            groups: user.groups.clone(),
+                            extra: user.extra.clone(),
+                        }),
+                        audiences,
+                        ..Default::default()
+                    }
                 }
-            }
+                Err(error) => TokenReviewStatus {
+                    error: Some(error),
+                    ..Default::default()
+                },
+            },
             Ok(None) => TokenReviewStatus {
                 error: Some("token not recognized".into()),
                 ..Default::default()
@@ -172,6 +229,7 @@ pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewRe
                 }
             }
             Err(error) => TokenReviewStatus {
+                backend_error: true,
                 error: Some(error.to_string()),
                 ..Default::default()
             },
@@ -208,7 +266,30 @@ mod tests {
             answer["status"]["user"]["groups"],
             serde_json::json!(["devs"])
         );
-        assert_eq!(answer["status"]["audiences"], serde_json::json!(["api"]));
+        assert!(
+            answer["status"].get("audiences").is_none(),
+            "a static token is audience-agnostic: no audiences are confirmed: {answer}"
+        );
+    }
+
+    #[test]
+    fn audiences_follow_kube_rules() {
+        let token = vec!["kube".to_owned(), "other".to_owned()];
+        let aud = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(answered_audiences(Some(&token), &[]).unwrap(), token);
+        assert_eq!(
+            answered_audiences(Some(&token), &aud(&["x", "other"])).unwrap(),
+            aud(&["other"])
+        );
+        let refused = answered_audiences(Some(&token), &aud(&["vault"])).unwrap_err();
+        assert_eq!(
+            refused,
+            r#"token audiences ["kube" "other"] is invalid for the target audiences ["vault"]"#
+        );
+        assert!(answered_audiences(None, &aud(&["vault"]))
+            .unwrap()
+            .is_empty());
+        assert!(answered_audiences(None, &[]).unwrap().is_empty());
     }
 
     #[tokio::test]

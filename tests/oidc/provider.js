@@ -6,6 +6,7 @@
 //   SIGNING_KEYS            comma-separated PEM private keys (RSA → RS256, EC → ES256)
 //   KEY_IDS                 comma-separated kid for each key
 //   REDIRECT_URI            the loopback redirect URI of the test clients
+//   KEYS_WITHOUT_ALG        when set, the JWKS keys carry no `alg`
 //
 // Clients: `kubernetes` (ID tokens RS256) and `kubernetes-es` (ES256), both
 // public with PKCE. Accounts: any login name; groups by name (see GROUPS).
@@ -26,7 +27,9 @@ const GROUPS = { alice: ['devs'], bob: [], carol: ['devs', 'ops'] };
 const kids = env('KEY_IDS').split(',');
 const keys = env('SIGNING_KEYS').split(',').map((file, i) => {
   const jwk = crypto.createPrivateKey(fs.readFileSync(file)).export({ format: 'jwk' });
-  return { ...jwk, kid: kids[i], use: 'sig', alg: jwk.kty === 'RSA' ? 'RS256' : 'ES256' };
+  // KEYS_WITHOUT_ALG=1 publishes the keys without `alg` (optional in RFC 7517).
+  const alg = process.env.KEYS_WITHOUT_ALG ? undefined : (jwk.kty === 'RSA' ? 'RS256' : 'ES256');
+  return { ...jwk, kid: kids[i], use: 'sig', alg };
 });
 
 const client = (id, alg) => ({

@@ -66,6 +66,7 @@ pub struct OidcProvider {
     ca: PathBuf,
     tls: (PathBuf, PathBuf),
     jar: tempfile::TempDir,
+    env: Vec<(String, String)>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -77,6 +78,16 @@ fn free_port() -> anyhow::Result<u16> {
 impl OidcProvider {
     /// Starts the provider on a free port with `keys`, waits until discovery answers.
     pub async fn start(pki: &TestPki, keys: &[SigningKey]) -> anyhow::Result<OidcProvider> {
+        Self::start_with_env(pki, keys, &[]).await
+    }
+
+    /// Like [`OidcProvider::start`] with more environment for provider.js
+    /// (`KEYS_WITHOUT_ALG`), kept across restarts.
+    pub async fn start_with_env(
+        pki: &TestPki,
+        keys: &[SigningKey],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<OidcProvider> {
         let cert = pki.issue_server("oidc-provider")?;
         let mut provider = OidcProvider {
             child: None,
@@ -84,6 +95,10 @@ impl OidcProvider {
             ca: pki.ca_path().to_owned(),
             tls: (cert.cert_path, cert.key_path),
             jar: tempfile::tempdir()?,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         provider.launch(keys).await?;
         Ok(provider)
@@ -107,6 +122,7 @@ impl OidcProvider {
             .env("KEY_IDS", join(|k| k.kid.clone()))
             .env("REDIRECT_URI", REDIRECT_URI)
             .env("NODE_NO_WARNINGS", "1")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()

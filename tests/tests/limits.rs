@@ -57,7 +57,7 @@ impl Listener {
              tls: {{certFile: {cert}, keyFile: {key}}}\n\
              upstream: {{url: 'https://127.0.0.1:9', caFile: {ca}, tokenFile: proxy-token}}\n\
              authentication:\n  staticTokens: {{file: tokens.csv}}\n  \
-             issuedTokens: {{issuer: authproxy-test, signingKeyFiles: [issuer.pem]}}\n\
+             issuedTokens: {{issuer: authproxy-test, signingKeyFiles: [issuer.pem], exchangeFrom: [staticToken]}}\n\
              limits: {limits}\n\
              shutdownTimeout: 2s\n",
             cert = cert.cert_path.display(),

@@ -89,6 +89,7 @@ impl Demo {
             logging: Logging::default(),
             limits: Default::default(),
             shutdown_timeout: Some(Duration::from_secs(5)),
+            webhook: Default::default(),
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {

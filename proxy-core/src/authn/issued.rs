@@ -19,7 +19,7 @@ use rustls_pki_types::PrivatePkcs8KeyDer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Authenticator, AuthnError, AuthnFuture, Identity, UserInfo};
+use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
 
 /// A problem with a signing key file.
@@ -141,19 +141,48 @@ impl IssuedTokens {
         &self.issuer
     }
 
-    /// Issues a token for `user`; returns it with its expiry.
-    pub fn issue(&self, user: &UserInfo) -> Result<(String, SystemTime), AuthnError> {
-        self.issue_at(
-            user,
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs(),
-        )
+    /// The configured lifetime of a token.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
     }
 
-    fn issue_at(&self, user: &UserInfo, now: u64) -> Result<(String, SystemTime), AuthnError> {
-        let exp = now + self.lifetime.as_secs();
+    /// Issues a token for `user`; returns it with its expiry.
+    pub fn issue(&self, user: &UserInfo) -> Result<(String, SystemTime), AuthnError> {
+        self.issue_until(user, None)
+    }
+
+    /// Issues a token for `user` that expires after the configured lifetime
+    /// or at `not_after` (the source credential's expiry), whichever comes
+    /// first. Fails with [`AuthnError::Invalid`] when `not_after` is less
+    /// than a second away.
+    pub fn issue_until(
+        &self,
+        user: &UserInfo,
+        not_after: Option<SystemTime>,
+    ) -> Result<(String, SystemTime), AuthnError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let cap = not_after.map(|at| at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs());
+        self.issue_at(user, now, cap)
+    }
+
+    fn issue_at(
+        &self,
+        user: &UserInfo,
+        now: u64,
+        not_after: Option<u64>,
+    ) -> Result<(String, SystemTime), AuthnError> {
+        let mut exp = now.saturating_add(self.lifetime.as_secs());
+        if let Some(cap) = not_after {
+            if cap <= now {
+                return Err(AuthnError::Invalid(
+                    "the credential presented for exchange expires now".into(),
+                ));
+            }
+            exp = exp.min(cap);
+        }
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.issuer.clone(),
@@ -195,9 +224,13 @@ impl IssuedTokens {
         validation.leeway = 5;
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|_| AuthnError::Invalid("issued token rejected".into()))?;
-        Ok(Identity::expiring(
+        Ok(Identity::verified(
             data.claims.user,
-            Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp)),
+            Verification {
+                source: Source::Issued,
+                expires_at: Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp)),
+                audiences: Some(vec![data.claims.aud]),
+            },
         ))
     }
 }
@@ -288,7 +321,7 @@ mod tests {
             .unwrap()
             .as_secs()
             - 3600;
-        let (expired, _) = tokens.issue_at(&alice(), an_hour_ago).unwrap();
+        let (expired, _) = tokens.issue_at(&alice(), an_hour_ago, None).unwrap();
         assert!(
             tokens.verify(&expired).is_err(),
             "an expired token must be refused"

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
 use http::StatusCode;
 
@@ -49,33 +50,104 @@ pub struct UserInfo {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
+/// Which kind of authenticator vouched for an identity (for policies such as
+/// which logins may be exchanged for an issued token).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    /// A verified TLS client certificate.
+    ClientCertificate,
+    /// A static token file entry.
+    StaticToken,
+    /// An LDAP username and password.
+    Ldap,
+    /// An OIDC ID token.
+    Oidc,
+    /// A token the proxy issued itself.
+    Issued,
+    /// Any other authenticator (one a library user wrote).
+    #[default]
+    Other,
+}
+
+impl Source {
+    /// The name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::ClientCertificate => "clientCertificate",
+            Source::StaticToken => "staticToken",
+            Source::Ldap => "ldap",
+            Source::Oidc => "oidc",
+            Source::Issued => "issued",
+            Source::Other => "other",
+        }
+    }
+}
+
+/// What an authenticator knows about a credential besides the user: where it
+/// came from, when it expires and which audiences it is valid for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// The kind of authenticator.
+    pub source: Source,
+    /// When the credential expires (a token's `exp`), if it does.
+    pub expires_at: Option<SystemTime>,
+    /// The audiences the credential is valid for; `None` for an
+    /// audience-agnostic credential (static token, LDAP password, client
+    /// certificate), which kube answers with the API server's own audiences.
+    pub audiences: Option<Vec<String>>,
+}
+
 /// An authenticated user together with its impersonation headers, which are
 /// built once and reused for every request of that user.
 #[derive(Debug)]
 pub struct Identity {
     user: UserInfo,
-    expires_at: Option<std::time::SystemTime>,
+    verification: Verification,
     headers: OnceLock<Result<ImpersonationHeaders, InvalidIdentity>>,
 }
 
 impl Identity {
-    /// Wraps a user for sharing between requests.
+    /// Wraps a user for sharing between requests (source
+    /// [`Source::Other`], no expiry, audience-agnostic).
     pub fn new(user: UserInfo) -> Arc<Identity> {
-        Self::expiring(user, None)
+        Self::verified(user, Verification::default())
     }
 
     /// Wraps a user whose credential expires at `expires_at` (a token's `exp`).
-    pub fn expiring(user: UserInfo, expires_at: Option<std::time::SystemTime>) -> Arc<Identity> {
+    pub fn expiring(user: UserInfo, expires_at: Option<SystemTime>) -> Arc<Identity> {
+        Self::verified(
+            user,
+            Verification {
+                expires_at,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Wraps a user with everything its authenticator knows about the credential.
+    pub fn verified(user: UserInfo, verification: Verification) -> Arc<Identity> {
         Arc::new(Identity {
             user,
-            expires_at,
+            verification,
             headers: OnceLock::new(),
         })
     }
 
     /// When the credential behind this identity expires, if it does.
-    pub fn expires_at(&self) -> Option<std::time::SystemTime> {
-        self.expires_at
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.verification.expires_at
+    }
+
+    /// The audiences the credential is valid for; `None` when the
+    /// authenticator is audience-agnostic.
+    pub fn audiences(&self) -> Option<&[String]> {
+        self.verification.audiences.as_deref()
+    }
+
+    /// Which kind of authenticator vouched for the user.
+    pub fn source(&self) -> Source {
+        self.verification.source
     }
 
     /// The user.

@@ -15,7 +15,7 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Authenticator, AuthnFuture, Identity, UserInfo};
+use super::{Authenticator, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
 use crate::reload::{watch_file, FileWatch};
 
@@ -198,7 +198,13 @@ fn parse_table(text: &str, source_name: &str) -> Result<Table, StaticTokenError>
             key,
             Entry {
                 token: token.as_bytes().into(),
-                identity: Identity::new(user),
+                identity: Identity::verified(
+                    user,
+                    Verification {
+                        source: Source::StaticToken,
+                        ..Default::default()
+                    },
+                ),
             },
         );
     }

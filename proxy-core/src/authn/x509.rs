@@ -7,7 +7,7 @@
 
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::{Authenticator, AuthnError, AuthnFuture, Identity, UserInfo};
+use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
 
 /// Authenticates verified client certificates: CN → user, O → groups.
@@ -49,7 +49,15 @@ impl Authenticator for ClientCertificates {
     fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a> {
         let result = match credential {
             Credential::ClientCertificate(chain) => match chain.0.first() {
-                Some(leaf) => Self::user_from_der(leaf).map(|u| Some(Identity::new(u))),
+                Some(leaf) => Self::user_from_der(leaf).map(|u| {
+                    Some(Identity::verified(
+                        u,
+                        Verification {
+                            source: Source::ClientCertificate,
+                            ..Default::default()
+                        },
+                    ))
+                }),
                 None => Err(AuthnError::Invalid("empty client certificate chain".into())),
             },
             _ => Ok(None),

@@ -38,7 +38,7 @@ use directory::Directory;
 use dn::Dn;
 use throttle::{canonical_username, client_key, Outcome, Slot, Throttle};
 
-use super::{Authenticator, AuthnError, AuthnFuture, Identity, UserInfo};
+use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::{Credential, Secret};
 
 /// LDAP result code for a wrong password.
@@ -282,7 +282,13 @@ impl LdapAuthenticator {
         attempt.finish(&result);
         match result? {
             Some(user) => {
-                let identity = Identity::new(user);
+                let identity = Identity::verified(
+                    user,
+                    Verification {
+                        source: Source::Ldap,
+                        ..Default::default()
+                    },
+                );
                 self.cache.insert(key, identity.clone()).await;
                 Ok(Some(identity))
             }

@@ -4,8 +4,8 @@
 //! authenticator's; anything else is passed on. From there the token must:
 //! use an allowed algorithm (never `none`, never HMAC), be signed by one of
 //! the issuer's current keys, carry `iss` exactly, an `aud` containing a
-//! configured audience, `exp`/`nbf`/`iat` within the clock skew, and every
-//! required claim with its value. Claims then map to the user with kube's
+//! configured audience, `exp`/`nbf`/`iat` (NumericDates, fractions honoured)
+//! within the clock skew, and every required claim with its value. Claims then map to the user with kube's
 //! rules (username prefix, `email_verified` when the username is `email`,
 //! groups as a string or an array). No token appears in an error or a log.
 
@@ -21,9 +21,9 @@ use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::{Map, Value};
 
 pub use config::{IssuerSettings, JwtAuthenticator, OidcFlags};
-pub use keys::KeySet;
+pub use keys::{parse_discovery, parse_jwks, shown_kid, Discovery, KeySet};
 
-use super::{Authenticator, AuthnError, AuthnFuture, Identity, UserInfo};
+use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
 
 /// One OIDC issuer's authenticator.
@@ -71,9 +71,11 @@ impl OidcAuthenticator {
         let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_issuer(&[&settings.issuer_url]);
         validation.set_audience(&settings.audiences);
-        validation.leeway = settings.clock_skew.as_secs();
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // exp, nbf and iat are checked by `check_times`, which honours
+        // fractional NumericDates; jsonwebtoken would round them.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["iss", "aud"]);
         Ok(Arc::new(OidcAuthenticator {
             name: format!("oidc:{}", settings.issuer_url),
             settings,
@@ -105,19 +107,77 @@ impl OidcAuthenticator {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
-            .as_secs();
-        if let Some(iat) = claims.get("iat").and_then(Value::as_u64) {
-            if iat > now + self.settings.clock_skew.as_secs() {
-                return Err(invalid("ID token issued in the future (iat)"));
-            }
+            .as_secs_f64();
+        let times = check_times(&claims, now, self.settings.clock_skew.as_secs_f64())?;
+        let audiences = matched_audiences(&claims, &self.settings.audiences);
+        if audiences.is_empty() {
+            return Err(invalid("audience does not match"));
         }
         let user = map_claims(&self.settings, &claims)?;
-        let expires = claims
-            .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp));
-        Ok(Identity::expiring(user, expires))
+        Ok(Identity::verified(
+            user,
+            Verification {
+                source: Source::Oidc,
+                expires_at: Some(times.expires_at),
+                audiences: Some(audiences),
+            },
+        ))
     }
+}
+
+/// Expiry times beyond this (year 2514) are treated as this.
+const LATEST_EXP_SECS: f64 = 17_179_869_184.0;
+
+/// The validated times of a token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct TokenTimes {
+    expires_at: SystemTime,
+}
+
+/// A NumericDate claim (RFC 7519 section 2: seconds since the epoch, integer
+/// or fractional): `Ok(None)` when absent, an error when not a finite,
+/// non-negative number.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, AuthnError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(value) => match value.as_f64() {
+            Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(t)),
+            _ => Err(invalid(format!("claim {name:?} is not a NumericDate"))),
+        },
+    }
+}
+
+/// Checks `exp` (required), `nbf` and `iat` against `now`, fractions of a
+/// second included, allowing `skew` seconds either way.
+fn check_times(claims: &Map<String, Value>, now: f64, skew: f64) -> Result<TokenTimes, AuthnError> {
+    let exp = numeric_date(claims, "exp")?.ok_or_else(|| invalid("claim \"exp\" is missing"))?;
+    if exp + skew <= now {
+        return Err(invalid("ID token expired (exp)"));
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")? {
+        if nbf > now + skew {
+            return Err(invalid("ID token not yet valid (nbf)"));
+        }
+    }
+    if let Some(iat) = numeric_date(claims, "iat")? {
+        if iat > now + skew {
+            return Err(invalid("ID token issued in the future (iat)"));
+        }
+    }
+    Ok(TokenTimes {
+        expires_at: UNIX_EPOCH + Duration::from_secs_f64(exp.min(LATEST_EXP_SECS)),
+    })
+}
+
+/// The configured audiences the token's `aud` (a string or a list) names,
+/// in configuration order.
+fn matched_audiences(claims: &Map<String, Value>, configured: &[String]) -> Vec<String> {
+    let named = |a: &str| match claims.get("aud") {
+        Some(Value::String(aud)) => aud == a,
+        Some(Value::Array(auds)) => auds.iter().any(|v| v.as_str() == Some(a)),
+        _ => false,
+    };
+    configured.iter().filter(|a| named(a)).cloned().collect()
 }
 
 fn describe(error: &jsonwebtoken::errors::Error) -> &'static str {
@@ -444,6 +504,55 @@ mod tests {
         )
         .unwrap();
         assert!(jwt.settings("j").unwrap().allow_system_names);
+    }
+
+    #[test]
+    fn fractional_numeric_dates_are_honoured() {
+        let now = 1_700_000_000.0;
+        let times = |v: Value| check_times(&claims(v), now, 0.0);
+        let ok = times(json!({"exp": now + 0.5, "nbf": now - 0.25, "iat": now - 0.75})).unwrap();
+        assert_eq!(
+            ok.expires_at,
+            UNIX_EPOCH + Duration::from_secs_f64(now + 0.5),
+            "a fractional exp is the cache's deadline"
+        );
+        assert!(times(json!({"exp": now - 0.3})).is_err(), "exp just passed");
+        assert!(
+            times(json!({"exp": now + 10.0, "nbf": now + 0.4})).is_err(),
+            "nbf"
+        );
+        assert!(
+            times(json!({"exp": now + 10.0, "iat": now + 0.4})).is_err(),
+            "iat"
+        );
+        for bad in [json!("1700000100"), json!(-1.5), json!(null), json!([1])] {
+            assert!(times(json!({"exp": bad.clone()})).is_err(), "exp {bad}");
+            assert!(
+                times(json!({"exp": now + 10.0, "nbf": bad.clone()})).is_err(),
+                "nbf {bad}"
+            );
+            assert!(
+                times(json!({"exp": now + 10.0, "iat": bad.clone()})).is_err(),
+                "iat {bad}"
+            );
+        }
+        assert!(times(json!({})).is_err(), "exp is required");
+        let skewed = check_times(&claims(json!({"exp": now - 20.5})), now, 30.0);
+        assert!(skewed.is_ok(), "within the clock skew");
+        assert!(
+            times(json!({"exp": 1e300})).is_ok(),
+            "a far exp does not overflow"
+        );
+    }
+
+    #[test]
+    fn matched_audiences_are_the_configured_ones_the_token_names() {
+        let configured = vec!["kube".to_owned(), "other".to_owned()];
+        let m = |v: Value| matched_audiences(&claims(v), &configured);
+        assert_eq!(m(json!({"aud": "kube"})), ["kube"]);
+        assert_eq!(m(json!({"aud": ["x", "other", "kube"]})), ["kube", "other"]);
+        assert!(m(json!({"aud": ["x"]})).is_empty());
+        assert!(m(json!({"aud": 5})).is_empty());
     }
 
     #[test]

@@ -1,0 +1,161 @@
+//! Keyed rate limits (per client address, per user name): a token bucket per
+//! key, refilled at a steady rate, holding at most one minute's allowance.
+//!
+//! Used where a caller can make the proxy do costly or sensitive work many
+//! times: token exchanges and failed TokenReviews. The table of keys is
+//! bounded: idle keys (full buckets) are dropped when it grows past
+//! [`MAX_KEYS`], and keys are hashed, so a caller-chosen key is never kept at
+//! its full length.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Most keys tracked before idle ones are dropped.
+pub const MAX_KEYS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+/// A per-key limit of `per_minute` events, in bursts of up to `per_minute`.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_minute: u32,
+    hasher: RandomState,
+    buckets: Mutex<HashMap<u64, Bucket>>,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `per_minute` events per key; `0` allows everything.
+    pub fn per_minute(per_minute: u32) -> Self {
+        RateLimiter {
+            per_minute,
+            hasher: RandomState::new(),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether this limiter limits anything.
+    pub fn is_enabled(&self) -> bool {
+        self.per_minute > 0
+    }
+
+    fn refill(&self, bucket: &mut Bucket, now: Instant) {
+        let rate = f64::from(self.per_minute) / 60.0;
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(f64::from(self.per_minute));
+        bucket.updated = now;
+    }
+
+    fn with_bucket<T>(&self, key: &str, f: impl FnOnce(&mut Bucket) -> T) -> Option<T> {
+        if !self.is_enabled() {
+            return None;
+        }
+        let now = Instant::now();
+        let hash = self.hasher.hash_one(key);
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return None;
+        };
+        if buckets.len() >= MAX_KEYS && !buckets.contains_key(&hash) {
+            let full = f64::from(self.per_minute);
+            let rate = full / 60.0;
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full
+            });
+        }
+        let bucket = buckets.entry(hash).or_insert(Bucket {
+            tokens: f64::from(self.per_minute),
+            updated: now,
+        });
+        self.refill(bucket, now);
+        Some(f(bucket))
+    }
+
+    fn wait(&self, tokens: f64) -> Duration {
+        let rate = f64::from(self.per_minute) / 60.0;
+        Duration::from_secs_f64(((1.0 - tokens) / rate).clamp(0.0, 60.0))
+    }
+
+    /// Takes one event from `key`'s allowance, or says how long to wait
+    /// (whole seconds, at least 1) when it is used up.
+    pub fn acquire(&self, key: &str) -> Result<(), u64> {
+        self.with_bucket(key, |bucket| {
+            if bucket.tokens >= 1.0 {
+                bucket.tokens -= 1.0;
+                Ok(())
+            } else {
+                Err(self.wait(bucket.tokens).as_secs().max(1))
+            }
+        })
+        .unwrap_or(Ok(()))
+    }
+
+    /// Says how long to wait when `key`'s allowance is used up, without
+    /// taking from it (pair with [`RateLimiter::record`]).
+    pub fn check(&self, key: &str) -> Result<(), u64> {
+        self.with_bucket(key, |bucket| {
+            if bucket.tokens >= 1.0 {
+                Ok(())
+            } else {
+                Err(self.wait(bucket.tokens).as_secs().max(1))
+            }
+        })
+        .unwrap_or(Ok(()))
+    }
+
+    /// Takes one event from `key`'s allowance (it may go below zero briefly
+    /// when events raced past [`RateLimiter::check`]).
+    pub fn record(&self, key: &str) {
+        self.with_bucket(key, |bucket| {
+            bucket.tokens = (bucket.tokens - 1.0).max(-1.0)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_gets_its_allowance_and_then_a_wait() {
+        let limiter = RateLimiter::per_minute(3);
+        for _ in 0..3 {
+            assert_eq!(limiter.acquire("10.0.0.1"), Ok(()));
+        }
+        let wait = limiter.acquire("10.0.0.1").unwrap_err();
+        assert!((1..=20).contains(&wait), "{wait}");
+        assert_eq!(limiter.acquire("10.0.0.2"), Ok(()), "keys are independent");
+    }
+
+    #[test]
+    fn check_and_record_count_only_what_is_recorded() {
+        let limiter = RateLimiter::per_minute(2);
+        for _ in 0..10 {
+            assert_eq!(limiter.check("k"), Ok(()));
+        }
+        limiter.record("k");
+        limiter.record("k");
+        assert!(limiter.check("k").is_err());
+    }
+
+    #[test]
+    fn zero_disables_the_limit() {
+        let limiter = RateLimiter::per_minute(0);
+        for _ in 0..1000 {
+            assert_eq!(limiter.acquire("k"), Ok(()));
+        }
+    }
+
+    #[test]
+    fn the_key_table_stays_bounded() {
+        let limiter = RateLimiter::per_minute(1);
+        for i in 0..(MAX_KEYS + 10) {
+            limiter.check(&format!("client-{i}")).unwrap();
+        }
+        assert!(limiter.buckets.lock().unwrap().len() <= MAX_KEYS);
+    }
+}
