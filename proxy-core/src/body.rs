@@ -27,7 +27,8 @@ pub async fn read_limited<B>(
     limit: usize,
 ) -> Result<Bytes, Status>
 where
-    B: Body,
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
     B::Error: Into<BoxError>,
 {
     use http_body_util::BodyExt;
@@ -35,20 +36,76 @@ where
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut body = body;
     if announced.is_some_and(|n| n > limit as u64) {
+        drain_unread(body);
         return Err(Status::too_large(limit));
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(Status::too_large(limit))
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Status::failure(
+                http::StatusCode::BAD_REQUEST,
+                Reason::BadRequest,
+                "the request body could not be read",
+            ));
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue; // trailers carry nothing to keep
+        };
+        use bytes::Buf as _;
+        if collected.len() + data.remaining() > limit {
+            drain_unread(body);
+            return Err(Status::too_large(limit));
         }
-        Err(_) => Err(Status::failure(
-            http::StatusCode::BAD_REQUEST,
-            Reason::BadRequest,
-            "the request body could not be read",
-        )),
+        while data.has_remaining() {
+            let chunk = data.chunk();
+            let n = chunk.len();
+            collected.extend_from_slice(chunk);
+            data.advance(n);
+        }
     }
+    Ok(collected.freeze())
+}
+
+/// How much of an unread request body is drained after it was answered.
+pub const DRAIN_LIMIT_BYTES: usize = 1 << 20;
+/// How long draining may take.
+pub const DRAIN_LIMIT_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads what is left of a request body in the background, up to
+/// [`DRAIN_LIMIT_BYTES`] and [`DRAIN_LIMIT_TIME`], then drops it.
+///
+/// A request answered before its body was read (a refusal, an upstream that
+/// answers early) must not drop the body at once: the caller's HTTP/2 stream
+/// would be reset while the answer is still on its way, and an HTTP/1.1
+/// connection could not be kept. Does nothing outside a Tokio runtime.
+pub fn drain_unread<B>(mut body: B)
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+{
+    if body.is_end_stream() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        use http_body_util::BodyExt;
+        let drain = async {
+            let mut read = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(data) = frame.data_ref() {
+                    read += bytes::Buf::remaining(data);
+                    if read > DRAIN_LIMIT_BYTES {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_LIMIT_TIME, drain).await;
+    });
 }
 
 /// A response body: either streamed from the upstream or made by the proxy.
