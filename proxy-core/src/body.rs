@@ -115,6 +115,47 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A body streamed from the upstream, frame by frame.
     Incoming(hyper::body::Incoming),
+    /// A body streamed from the upstream whose first frame was read already
+    /// (see [`prefetch_fixed_length`]).
+    Prefetched(
+        Option<Result<Frame<Bytes>, BoxError>>,
+        hyper::body::Incoming,
+    ),
+}
+
+/// Longest wait for the first frame of a fixed-length upstream answer.
+pub const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads the first frame of a fixed-length upstream answer (one with a
+/// `Content-Length`) before the answer is handed on, waiting
+/// [`PREFETCH_WAIT`] at most.
+///
+/// The caller then gets the headers and the start of the body in one flush.
+/// Sent apart, an HTTP/2 caller still uploading a body that the upstream
+/// refused (kube answers 401/403 before reading it) may stop its upload with
+/// the headers alone; its cut-short upload breaks the stream (a
+/// `Content-Length` mismatch is a protocol error) and the answer's body is
+/// lost. Streaming answers (watches, logs) carry no `Content-Length` and
+/// pass at once.
+pub async fn prefetch_fixed_length(
+    response: http::Response<hyper::body::Incoming>,
+) -> http::Response<ProxyBody> {
+    use http_body_util::BodyExt;
+    let fixed = response
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0");
+    let (parts, mut body) = response.into_parts();
+    if !fixed || body.is_end_stream() {
+        return http::Response::from_parts(parts, ProxyBody::Incoming(body));
+    }
+    match tokio::time::timeout(PREFETCH_WAIT, body.frame()).await {
+        Ok(Some(first)) => http::Response::from_parts(
+            parts,
+            ProxyBody::Prefetched(Some(first.map_err(BoxError::from)), body),
+        ),
+        Ok(None) | Err(_) => http::Response::from_parts(parts, ProxyBody::Incoming(body)),
+    }
 }
 
 impl ProxyBody {
@@ -153,6 +194,12 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+            ProxyBody::Prefetched(first, body) => match first.take() {
+                Some(frame) => Poll::Ready(Some(frame)),
+                None => Pin::new(body)
+                    .poll_frame(cx)
+                    .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+            },
         }
     }
 
@@ -160,6 +207,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(body) => body.is_end_stream(),
+            ProxyBody::Prefetched(first, body) => first.is_none() && body.is_end_stream(),
         }
     }
 
@@ -168,6 +216,9 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Incoming(body) => body.size_hint(),
+            // the first frame's length is not counted: a hint, not exact
+            ProxyBody::Prefetched(None, body) => body.size_hint(),
+            ProxyBody::Prefetched(Some(_), _) => SizeHint::default(),
         }
     }
 }
