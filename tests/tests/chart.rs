@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context as _};
 use authproxy::config::FileConfig;
-use authproxy_tests::helm::{chart_dir, helm, objects, one, template_text, write_mounted_files};
+use authproxy_tests::helm::{
+    chart_dir, helm, objects as parse_objects, one, template_text, write_mounted_files,
+};
 use authproxy_tests::kube::{assert_kubectl_acts_as, kube, unique_marker, Expected, Kube};
 use authproxy_tests::oidc::{generate_key, OidcProvider};
 use authproxy_tests::{output_text, wait_for, TestPki};
@@ -38,7 +40,12 @@ fn kinds(mode: &str) -> Vec<&'static str> {
 }
 
 /// A values file: the mode, a serving certificate, and `more` merged in.
-fn values_file(dir: &Path, pki: &TestPki, mode: &str, more: Value) -> anyhow::Result<std::path::PathBuf> {
+fn values_file(
+    dir: &Path,
+    pki: &TestPki,
+    mode: &str,
+    more: Value,
+) -> anyhow::Result<std::path::PathBuf> {
     let cert = pki.issue_server("authproxy")?;
     let mut values = json!({"mode": mode, "tls": {"cert": cert.cert_pem, "key": cert.key_pem}});
     if let (Some(values), Value::Object(more)) = (values.as_object_mut(), more) {
@@ -61,7 +68,10 @@ fn pod_spec(objects: &[Value]) -> anyhow::Result<&Value> {
 /// The hardening every authproxy pod has.
 fn assert_hardened(spec: &Value) -> anyhow::Result<()> {
     let pod = &spec["securityContext"];
-    ensure!(pod["runAsNonRoot"] == true && pod["runAsUser"] == 65532, "{pod}");
+    ensure!(
+        pod["runAsNonRoot"] == true && pod["runAsUser"] == 65532,
+        "{pod}"
+    );
     ensure!(pod["seccompProfile"]["type"] == "RuntimeDefault", "{pod}");
     let container = spec["containers"]
         .as_array()
@@ -71,11 +81,23 @@ fn assert_hardened(spec: &Value) -> anyhow::Result<()> {
     ensure!(sc["readOnlyRootFilesystem"] == true, "{sc}");
     ensure!(sc["allowPrivilegeEscalation"] == false, "{sc}");
     ensure!(sc["capabilities"]["drop"] == json!(["ALL"]), "{sc}");
-    ensure!(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "{container}");
-    ensure!(container["livenessProbe"]["httpGet"]["path"] == "/livez", "{container}");
-    ensure!(container["resources"]["requests"]["cpu"].is_string(), "{container}");
+    ensure!(
+        container["readinessProbe"]["httpGet"]["path"] == "/readyz",
+        "{container}"
+    );
+    ensure!(
+        container["livenessProbe"]["httpGet"]["path"] == "/livez",
+        "{container}"
+    );
+    ensure!(
+        container["resources"]["requests"]["cpu"].is_string(),
+        "{container}"
+    );
     // preStop sleep + shutdownTimeout + margin: the drain is never cut short
-    ensure!(container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5, "{container}");
+    ensure!(
+        container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5,
+        "{container}"
+    );
     ensure!(spec["terminationGracePeriodSeconds"] == 40, "{spec}");
     Ok(())
 }
@@ -85,7 +107,8 @@ fn chart_config(objects: &[Value]) -> anyhow::Result<FileConfig> {
     let text = one(objects, "ConfigMap")?["data"]["authproxy.yaml"]
         .as_str()
         .context("authproxy.yaml")?;
-    FileConfig::parse(text).map_err(|(field, message)| anyhow::anyhow!("{field}: {message}\n{text}"))
+    FileConfig::parse(text)
+        .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,15 +119,30 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
     let chart = chart.to_string_lossy();
     for mode in MODES {
         let values = values_file(dir.path(), &pki, mode, json!({}))?;
-        let out = helm(&["lint", "--strict", &chart, "--values", &values.to_string_lossy()]).await?;
-        ensure!(out.status.success(), "helm lint {mode}: {}", output_text(&out));
+        let out = helm(&[
+            "lint",
+            "--strict",
+            &chart,
+            "--values",
+            &values.to_string_lossy(),
+        ])
+        .await?;
+        ensure!(
+            out.status.success(),
+            "helm lint {mode}: {}",
+            output_text(&out)
+        );
 
-        let objects = objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
+        let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
         let mut rendered: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
         rendered.sort_unstable();
         assert_eq!(rendered, kinds(mode), "{mode}");
         let config = chart_config(&objects)?;
-        assert_eq!(config.shutdown_timeout, Some(Duration::from_secs(30)), "{mode}");
+        assert_eq!(
+            config.shutdown_timeout,
+            Some(Duration::from_secs(30)),
+            "{mode}"
+        );
         if mode != "sidecar" {
             assert_hardened(pod_spec(&objects)?).with_context(|| mode.to_owned())?;
         }
@@ -113,37 +151,73 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
             for rule in role["rules"].as_array().context("rules")? {
                 assert_eq!(rule["verbs"], json!(["impersonate"]), "{rule}");
             }
-            assert_eq!(role["metadata"]["name"], "ns-authproxy", "namespaced cluster name");
+            assert_eq!(
+                role["metadata"]["name"], "ns-authproxy",
+                "namespaced cluster name"
+            );
         }
     }
 
     // Deployment: HA shape
     let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
-    let objects = objects(&template_text("authproxy", "ns", &values, &["--set", "service.type=LoadBalancer"]).await?)?;
+    let objects = parse_objects(
+        &template_text(
+            "authproxy",
+            "ns",
+            &values,
+            &["--set", "service.type=LoadBalancer"],
+        )
+        .await?,
+    )?;
     let service = one(&objects, "Service")?;
     assert_eq!(service["spec"]["type"], "LoadBalancer");
-    assert_eq!(service["spec"]["externalTrafficPolicy"], "Local", "client IPs reach the audit log");
+    assert_eq!(
+        service["spec"]["externalTrafficPolicy"], "Local",
+        "client IPs reach the audit log"
+    );
     assert!(one(&objects, "HorizontalPodAutoscaler")?["spec"]["minReplicas"].as_u64() >= Some(2));
-    assert_eq!(one(&objects, "PodDisruptionBudget")?["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        one(&objects, "PodDisruptionBudget")?["spec"]["maxUnavailable"],
+        1
+    );
     let spec = pod_spec(&objects)?;
     assert!(spec["affinity"]["podAntiAffinity"].is_object(), "{spec}");
-    assert_eq!(spec["topologySpreadConstraints"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        spec["topologySpreadConstraints"].as_array().map(Vec::len),
+        Some(2)
+    );
 
     // kube-api-auth: host network, loopback webhook, control-plane nodes
     let values = values_file(dir.path(), &pki, "kubeApiAuth", json!({}))?;
-    let objects = objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
+    let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
     let spec = pod_spec(&objects)?;
     assert_eq!(spec["hostNetwork"], true);
     let container = &spec["containers"][0];
     assert_eq!(
         container["args"],
-        json!(["webhook", "--config", "/etc/authproxy/config/authproxy.yaml", "--listen", "127.0.0.1:6440"])
+        json!([
+            "webhook",
+            "--config",
+            "/etc/authproxy/config/authproxy.yaml",
+            "--listen",
+            "127.0.0.1:6440"
+        ])
     );
     assert_eq!(container["readinessProbe"]["httpGet"]["host"], "127.0.0.1");
     assert_eq!(container["readinessProbe"]["httpGet"]["port"], 6440);
-    let tolerated: Vec<&Value> = spec["tolerations"].as_array().into_iter().flatten().map(|t| &t["key"]).collect();
-    assert!(tolerated.contains(&&json!("node-role.kubernetes.io/control-plane")), "{tolerated:?}");
-    assert!(spec["affinity"]["nodeAffinity"].to_string().contains("node-role.kubernetes.io/control-plane"));
+    let tolerated: Vec<&Value> = spec["tolerations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| &t["key"])
+        .collect();
+    assert!(
+        tolerated.contains(&&json!("node-role.kubernetes.io/control-plane")),
+        "{tolerated:?}"
+    );
+    assert!(spec["affinity"]["nodeAffinity"]
+        .to_string()
+        .contains("node-role.kubernetes.io/control-plane"));
 
     // LDAP bind password and issued-token keys: Secrets, mounted, in order
     let values = values_file(
@@ -160,41 +234,84 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
                 {"name": "key-2026-11", "pem": "new"}, {"name": "key-2026-05", "pem": "old"}]},
         }),
     )?;
-    let objects = objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
+    let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
     let config = chart_config(&objects)?;
-    let issued = config.authentication.issued_tokens.as_ref().context("issuedTokens")?;
+    let issued = config
+        .authentication
+        .issued_tokens
+        .as_ref()
+        .context("issuedTokens")?;
     assert_eq!(
         issued.signing_key_files,
-        ["/etc/authproxy/signing-keys/key-2026-11", "/etc/authproxy/signing-keys/key-2026-05"]
-            .map(std::path::PathBuf::from),
+        [
+            "/etc/authproxy/signing-keys/key-2026-11",
+            "/etc/authproxy/signing-keys/key-2026-05"
+        ]
+        .map(std::path::PathBuf::from),
         "the first key signs"
     );
     let root = tempfile::tempdir()?;
     write_mounted_files(&objects, pod_spec(&objects)?, root.path())?;
-    assert_eq!(std::fs::read_to_string(root.path().join("etc/authproxy/ldap/bind-password"))?, "s3cret");
-    assert_eq!(std::fs::read_to_string(root.path().join("etc/authproxy/signing-keys/key-2026-05"))?, "old");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/authproxy/ldap/bind-password"))?,
+        "s3cret"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/authproxy/signing-keys/key-2026-05"))?,
+        "old"
+    );
     let text = one(&objects, "ConfigMap")?["data"]["authproxy.yaml"].to_string();
-    assert!(text.contains("bindPasswordFile: /etc/authproxy/ldap/bind-password") && !text.contains("s3cret"), "{text}");
+    assert!(
+        text.contains("bindPasswordFile: /etc/authproxy/ldap/bind-password")
+            && !text.contains("s3cret"),
+        "{text}"
+    );
 
     // optional monitoring objects
     let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
-    let objects = objects(
+    let objects = parse_objects(
         &template_text(
             "authproxy",
             "ns",
             &values,
-            &["--set", "metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true"],
+            &[
+                "--set",
+                "metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true",
+            ],
         )
         .await?,
     )?;
-    assert_eq!(one(&objects, "ServiceMonitor")?["spec"]["endpoints"][0]["path"], "/metrics");
-    assert!(one(&objects, "PrometheusRule")?["spec"]["groups"][0]["rules"].as_array().is_some_and(|r| r.len() >= 3));
+    assert_eq!(
+        one(&objects, "ServiceMonitor")?["spec"]["endpoints"][0]["path"],
+        "/metrics"
+    );
+    assert!(
+        one(&objects, "PrometheusRule")?["spec"]["groups"][0]["rules"]
+            .as_array()
+            .is_some_and(|r| r.len() >= 3)
+    );
 
     // bad values: helm refuses them, naming the value
-    for (set, wanted) in [("mode=proxy", "mode: \"proxy\" is not one of"), ("tls.cert=", "tls: set tls.existingSecret")] {
+    for (set, wanted) in [
+        ("mode=proxy", "mode: \"proxy\" is not one of"),
+        ("tls.cert=", "tls: set tls.existingSecret"),
+    ] {
         let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
-        let out = helm(&["template", "x", &chart, "--values", &values.to_string_lossy(), "--set", set]).await?;
-        ensure!(!out.status.success(), "{set} rendered: {}", output_text(&out));
+        let out = helm(&[
+            "template",
+            "x",
+            &chart,
+            "--values",
+            &values.to_string_lossy(),
+            "--set",
+            set,
+        ])
+        .await?;
+        ensure!(
+            !out.status.success(),
+            "{set} rendered: {}",
+            output_text(&out)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(stderr.contains(wanted), "{set}: {stderr}");
     }
@@ -204,7 +321,11 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
 /// Runs kubectl as the admin; fails with its output unless it succeeds.
 async fn admin_ok(kube: &Kube, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
     let out = kube.admin_async(args, stdin).await?;
-    ensure!(out.status.success(), "kubectl {args:?}: {}", output_text(&out));
+    ensure!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        output_text(&out)
+    );
     Ok(String::from_utf8(out.stdout)?)
 }
 
@@ -233,7 +354,7 @@ async fn each_mode_applies_and_is_created_on_the_real_api_server() -> anyhow::Re
         let out = admin_ok(kube, &["apply", "--dry-run=server", "-f", "-"], Some(&yaml)).await?;
         ensure!(out.contains("(server dry run)"), "{mode}: {out}");
         admin_ok(kube, &["create", "-f", "-"], Some(&yaml)).await?;
-        for object in objects(&yaml)? {
+        for object in parse_objects(&yaml)? {
             let kind = object["kind"].as_str().context("kind")?;
             let name = object["metadata"]["name"].as_str().context("name")?;
             admin_ok(kube, &["get", "-n", &ns, kind, name, "-o", "name"], None)
@@ -243,7 +364,12 @@ async fn each_mode_applies_and_is_created_on_the_real_api_server() -> anyhow::Re
         if mode == "sidecar" {
             // the documented pod, beside the sidecar mode's objects
             let example = std::fs::read_to_string(chart_dir().join("examples/sidecar-pod.yaml"))?;
-            admin_ok(kube, &["apply", "--dry-run=server", "-n", &ns, "-f", "-"], Some(&example)).await?;
+            admin_ok(
+                kube,
+                &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+                Some(&example),
+            )
+            .await?;
             admin_ok(kube, &["create", "-n", &ns, "-f", "-"], Some(&example)).await?;
         }
     }
@@ -255,9 +381,11 @@ async fn sidecar_example_runs_the_container_the_chart_runs() -> anyhow::Result<(
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
     let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
-    let objects = objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
+    let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
     let chart_spec = pod_spec(&objects)?;
-    let example: Value = serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("examples/sidecar-pod.yaml"))?)?;
+    let example: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        chart_dir().join("examples/sidecar-pod.yaml"),
+    )?)?;
     let example_spec = &example["spec"];
     let container = |spec: &Value| -> anyhow::Result<Value> {
         spec["containers"]
@@ -268,7 +396,11 @@ async fn sidecar_example_runs_the_container_the_chart_runs() -> anyhow::Result<(
     };
     assert_eq!(container(example_spec)?, container(chart_spec)?);
     assert_eq!(example_spec["volumes"], chart_spec["volumes"]);
-    for key in ["securityContext", "terminationGracePeriodSeconds", "serviceAccountName"] {
+    for key in [
+        "securityContext",
+        "terminationGracePeriodSeconds",
+        "serviceAccountName",
+    ] {
         assert_eq!(example_spec[key], chart_spec[key], "{key}");
     }
     Ok(())
@@ -300,9 +432,17 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
     )?;
     let yaml = template_text("authproxy", &ns, &values, &[]).await?;
     admin_ok(kube, &["create", "-f", "-"], Some(&yaml)).await?;
-    let objects = objects(&yaml)?;
-    let sa = one(&objects, "ServiceAccount")?["metadata"]["name"].as_str().context("sa")?.to_owned();
-    let token = admin_ok(kube, &["create", "token", &sa, "-n", &ns, "--duration=1h"], None).await?;
+    let objects = parse_objects(&yaml)?;
+    let sa = one(&objects, "ServiceAccount")?["metadata"]["name"]
+        .as_str()
+        .context("sa")?
+        .to_owned();
+    let token = admin_ok(
+        kube,
+        &["create", "token", &sa, "-n", &ns, "--duration=1h"],
+        None,
+    )
+    .await?;
     std::fs::write(&token_file, token.trim())?;
 
     // authproxy with the files the chart's pod mounts, and the chart's config
@@ -310,8 +450,10 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
     let container = write_mounted_files(&objects, pod_spec(&objects)?, root.path())?;
     assert_eq!(container["args"][2], "/etc/authproxy/config/authproxy.yaml");
     let config_path = root.path().join("etc/authproxy/config/authproxy.yaml");
-    let text = std::fs::read_to_string(&config_path)?
-        .replace("/etc/authproxy/", &format!("{}/etc/authproxy/", root.path().display()));
+    let text = std::fs::read_to_string(&config_path)?.replace(
+        "/etc/authproxy/",
+        &format!("{}/etc/authproxy/", root.path().display()),
+    );
     std::fs::write(&config_path, text)?;
     let mut config = FileConfig::load(&config_path)?;
     config.listen = "127.0.0.1:0".parse()?;
@@ -350,14 +492,23 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
     let agent = unique_marker("chart-rbac");
     let (code, body) = authproxy_tests::curl_with_ca(
         pki.ca_path(),
-        &["-A", &agent, "-H", &format!("Authorization: Bearer {id_token}"), &format!("{url}/api/v1/namespaces/default/pods")],
+        &[
+            "-A",
+            &agent,
+            "-H",
+            &format!("Authorization: Bearer {id_token}"),
+            &format!("{url}/api/v1/namespaces/default/pods"),
+        ],
     )
     .await?;
     ensure!(code == 200, "{code} {body}");
     let sa_user = format!("system:serviceaccount:{ns}:{sa}");
     let event = &kube.wait_audit_by_agent(&agent, 1).await?[0];
     assert_eq!(event["user"]["username"], sa_user.as_str(), "{event}");
-    assert_eq!(event["impersonatedUser"]["username"], "alice@example.com", "{event}");
+    assert_eq!(
+        event["impersonatedUser"]["username"], "alice@example.com",
+        "{event}"
+    );
 
     // and nothing else: can-i as the chart's service account
     let can = |args: Vec<String>| async move {
@@ -378,25 +529,71 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
         ("* *", "no"),
         ("impersonate users", "yes"),
         ("impersonate groups", "yes"),
-        ("impersonate uids.authentication.k8s.io", "yes"),
     ] {
-        let mut args: Vec<String> = what.replace("{ns}", &ns).split(' ').map(str::to_owned).collect();
+        let mut args: Vec<String> = what
+            .replace("{ns}", &ns)
+            .split(' ')
+            .map(str::to_owned)
+            .collect();
         args.push(as_sa.clone());
         let answer = can(args).await?;
-        ensure!(answer == want, "can-i {what} as {sa_user}: {answer}, want {want}");
+        ensure!(
+            answer == want,
+            "can-i {what} as {sa_user}: {answer}, want {want}"
+        );
+    }
+    // uids and any extra key (kubectl's can-i cannot name these: ask kube)
+    for (resource, subresource) in [
+        ("uids", ""),
+        ("userextras", "example.com/login"),
+        ("userextras", "any.example/key"),
+    ] {
+        let review = json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": sa_user, "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}")],
+                     "resourceAttributes": {"verb": "impersonate", "group": "authentication.k8s.io",
+                                            "resource": resource, "subresource": subresource}}});
+        let answer: Value = serde_json::from_str(
+            &admin_ok(
+                kube,
+                &["create", "-f", "-", "-o", "json"],
+                Some(&review.to_string()),
+            )
+            .await?,
+        )?;
+        ensure!(
+            answer["status"]["allowed"] == true,
+            "impersonate {resource}/{subresource}: {answer}"
+        );
     }
     // everything it may do beyond what any service account may is impersonation
     let list = |user: String| {
         let can = &can;
-        async move { can(vec!["--list".into(), "-n".into(), "default".into(), format!("--as={user}")]).await }
+        async move {
+            can(vec![
+                "--list".into(),
+                "-n".into(),
+                "default".into(),
+                format!("--as={user}"),
+            ])
+            .await
+        }
     };
     let chart_rules = list(sa_user.clone()).await?;
     let baseline = list("system:serviceaccount:authproxy:nobody".into()).await?;
-    let extra: Vec<&str> = chart_rules.lines().filter(|l| !baseline.lines().any(|b| b == *l)).collect();
-    ensure!(!extra.is_empty(), "no rules beyond the baseline:\n{chart_rules}");
+    let extra: Vec<&str> = chart_rules
+        .lines()
+        .filter(|l| !baseline.lines().any(|b| b == *l))
+        .collect();
+    ensure!(
+        !extra.is_empty(),
+        "no rules beyond the baseline:\n{chart_rules}"
+    );
     for line in &extra {
         if !line.contains("[impersonate]") {
-            bail!("the chart's service account may do more than impersonate: {line}\n{chart_rules}");
+            bail!(
+                "the chart's service account may do more than impersonate: {line}\n{chart_rules}"
+            );
         }
     }
     Ok(())

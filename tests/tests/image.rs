@@ -78,11 +78,31 @@ fn binary_needs_only_libraries_the_runtime_image_provides() -> anyhow::Result<()
 }
 
 #[test]
-fn the_library_check_refuses_what_the_runtime_lacks() {
-    for foreign in ["libssl.so.3", "libcrypto.so.3", "libz.so.1", "libldap-2.5.so.0"] {
-        assert!(!is_runtime_library(foreign), "{foreign}");
+fn the_library_check_refuses_what_the_runtime_lacks() -> anyhow::Result<()> {
+    // curl links libcurl, OpenSSL and zlib: none of them is in the runtime image
+    authproxy_tests::require_tool("curl")?;
+    let curl = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("curl"))
+        .find(|path| path.is_file())
+        .context("curl on PATH")?;
+    let foreign: Vec<String> = needed_libraries(&curl)?
+        .into_iter()
+        .filter(|l| !is_runtime_library(l))
+        .collect();
+    ensure!(
+        foreign.iter().any(|l| l.starts_with("libcurl")),
+        "{foreign:?}"
+    );
+    for foreign in [
+        "libssl.so.3",
+        "libcrypto.so.3",
+        "libz.so.1",
+        "libldap-2.5.so.0",
+    ] {
+        ensure!(!is_runtime_library(foreign), "{foreign}");
     }
-    assert!(is_runtime_library("/lib64/ld-linux-x86-64.so.2"));
+    ensure!(is_runtime_library("/lib64/ld-linux-x86-64.so.2"));
+    Ok(())
 }
 
 /// The `FROM` lines of the Dockerfile, in order.
@@ -97,10 +117,15 @@ fn stages(dockerfile: &str) -> Vec<&str> {
 fn image_builds_on_the_runtime_release_and_runs_non_root() -> anyhow::Result<()> {
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile"))?;
     let stages = stages(&dockerfile);
-    ensure!(stages.len() == 2, "want a builder and a runtime stage: {stages:?}");
+    ensure!(
+        stages.len() == 2,
+        "want a builder and a runtime stage: {stages:?}"
+    );
     // glibc of the builder must not be newer than the runtime's: both Debian 12
     ensure!(
-        stages[0].contains("rust:") && stages[0].contains("-bookworm") && stages[0].ends_with(" AS builder"),
+        stages[0].contains("rust:")
+            && stages[0].contains("-bookworm")
+            && stages[0].ends_with(" AS builder"),
         "builder: {}",
         stages[0]
     );
