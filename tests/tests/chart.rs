@@ -598,3 +598,112 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// The folder and files of deploy/kube-apiserver agree with each other and
+/// with the chart: one webhook kubeconfig, in the folder both examples mount,
+/// pointing at the DaemonSet's listen address. Returns that address.
+fn webhook_examples_address() -> anyhow::Result<String> {
+    let dir = chart_dir().join("../../kube-apiserver");
+    let read = |name: &str| -> anyhow::Result<Value> {
+        Ok(serde_yaml::from_str(&std::fs::read_to_string(
+            dir.join(name),
+        )?)?)
+    };
+    let kubeconfig = read("webhook-kubeconfig.yaml")?;
+    let cluster = &kubeconfig["clusters"][0]["cluster"];
+    let server = cluster["server"].as_str().context("server")?;
+    let address = server
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split('/').next())
+        .context("https server")?
+        .to_owned();
+    let folder = "/etc/kubernetes/authproxy";
+    ensure!(
+        cluster["certificate-authority"]
+            .as_str()
+            .is_some_and(|ca| ca.starts_with(folder)),
+        "{cluster}"
+    );
+    let path = format!("{folder}/webhook-kubeconfig.yaml");
+    let rke2 = read("rke2-config.yaml")?;
+    let args = rke2["kube-apiserver-arg"].to_string();
+    ensure!(
+        args.contains(&format!("authentication-token-webhook-config-file={path}")),
+        "{args}"
+    );
+    ensure!(
+        args.contains("authentication-token-webhook-version=v1"),
+        "{args}"
+    );
+    ensure!(
+        rke2["kube-apiserver-extra-mount"]
+            .to_string()
+            .contains(&format!("{folder}:{folder}:ro")),
+        "{rke2}"
+    );
+    let kubeadm = read("kubeadm-config.yaml")?;
+    let api = &kubeadm["apiServer"];
+    ensure!(
+        api["extraArgs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["name"] == "authentication-token-webhook-config-file"
+                && a["value"] == path.as_str()),
+        "{api}"
+    );
+    ensure!(
+        api["extraVolumes"][0]["mountPath"] == folder
+            && api["extraVolumes"][0]["hostPath"] == folder,
+        "{api}"
+    );
+    Ok(address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_api_auth_mode_authenticates_tokens_for_kube_apiserver() -> anyhow::Result<()> {
+    let kube = shared_kube().await?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "chart-webhook-token,webhook-user,2001,\"devs\"\n")?;
+    // kube-apiserver trusts webhook certificates of its own test CA
+    let values = values_file(
+        dir.path(),
+        kube.pki(),
+        "kubeApiAuth",
+        json!({"config": {"authentication": {"staticTokens": {"file": tokens}}}}),
+    )?;
+    let objects = parse_objects(&template_text("authproxy", "kube-system", &values, &[]).await?)?;
+    let root = tempfile::tempdir()?;
+    let container = write_mounted_files(&objects, pod_spec(&objects)?, root.path())?;
+    assert_eq!(container["args"][4], webhook_examples_address()?.as_str());
+    let config_path = root.path().join("etc/authproxy/config/authproxy.yaml");
+    let text = std::fs::read_to_string(&config_path)?.replace(
+        "/etc/authproxy/",
+        &format!("{}/etc/authproxy/", root.path().display()),
+    );
+    std::fs::write(&config_path, text)?;
+    let config = FileConfig::load(&config_path)?;
+    // the shared kube-apiserver's webhook points at this address, not 6440
+    let _webhook =
+        authproxy::webhook::start(&config, &config.base_dir(&config_path), kube.webhook_addr())
+            .await?;
+
+    // kubectl straight at kube-apiserver, with a token only the webhook knows
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube\n  cluster: {{server: '{}', certificate-authority: '{}'}}\nusers:\n- name: u\n  user: {{token: chart-webhook-token}}\ncontexts:\n- name: u\n  context: {{cluster: kube, user: u, namespace: default}}\ncurrent-context: u\n",
+            kube.url(),
+            kube.pki().ca_path().display()
+        ),
+    )?;
+    let expected = Expected {
+        username: "webhook-user",
+        groups: &["devs"],
+        uid: Some("2001"),
+        extra: json!({}),
+    };
+    assert_kubectl_acts_as(&kubeconfig, None, &expected).await
+}
