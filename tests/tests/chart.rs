@@ -143,7 +143,15 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
             Some(Duration::from_secs(30)),
             "{mode}"
         );
-        if mode != "sidecar" {
+        if mode == "sidecar" {
+            // the server on the pod's loopback, with the pod's own token
+            let text = one(&objects, "ConfigMap")?["data"]["authproxy.yaml"].to_string();
+            assert!(text.contains("url: https://127.0.0.1:6443"), "{text}");
+            assert!(
+                text.contains("tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token"),
+                "{text}"
+            );
+        } else {
             assert_hardened(pod_spec(&objects)?).with_context(|| mode.to_owned())?;
         }
         if let Ok(role) = one(&objects, "ClusterRole") {
