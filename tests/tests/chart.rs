@@ -166,6 +166,11 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
         }
     }
 
+    // the image tag the chart runs by default is the version cargo builds
+    let chart_yaml: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml"))?)?;
+    assert_eq!(chart_yaml["appVersion"], env!("CARGO_PKG_VERSION"));
+
     // Deployment: HA shape
     let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
     let objects = parse_objects(
