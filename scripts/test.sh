@@ -73,5 +73,30 @@ export AUTHPROXY_KUBE_BIN="$kube_bin"
 # Tests and people running them use this kubectl, matching the server.
 export PATH="$kube_bin:$PATH"
 
+# helm, for the chart tests (lint, template), built the same way from the
+# pinned Go module tests/helm/ into target/helm/<key>/.
+helm_module=tests/helm
+helm_version=$(awk '$1 == "require" && $2 == "helm.sh/helm/v3" {print $3}' "$helm_module/go.mod")
+# As helm's own Makefile: its version, and the Kubernetes version that
+# `helm lint` and `helm template` assume (from the client-go it is built with).
+helm_k8s_minor=$(awk '$1 == "k8s.io/client-go" {print $2}' "$helm_module/go.mod" | cut -d. -f2)
+helm_ldflags="-s -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$helm_k8s_minor"
+done
+helm_key=$( { cat "$helm_module/go.mod" "$helm_module/go.sum"; echo "$helm_ldflags"; } | sha256sum | cut -c1-16)
+helm_bin="$PWD/target/helm/$helm_key"
+if [ ! -x "$helm_bin/helm" ]; then
+  echo "building helm $helm_version from $helm_module (first run only: a few minutes)"
+  rm -rf "$helm_bin.partial"
+  mkdir -p "$helm_bin.partial"
+  (cd "$helm_module" && GOFLAGS=-buildvcs=false go build -trimpath -ldflags="$helm_ldflags" -o "$helm_bin.partial/" \
+    helm.sh/helm/v3/cmd/helm)
+  rm -rf "$helm_bin"
+  mv "$helm_bin.partial" "$helm_bin"
+fi
+ln -sfn "$helm_key" target/helm/current
+export AUTHPROXY_HELM_BIN="$helm_bin"
+
 # The suite: unit, property, doc and end-to-end tests of every crate.
 cargo test --workspace --locked "$@"

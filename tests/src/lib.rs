@@ -6,6 +6,7 @@
 //! a failed test that says how to install it, never a skip.
 
 pub mod apiserver;
+pub mod helm;
 pub mod kube;
 pub mod oidc;
 pub mod pki;

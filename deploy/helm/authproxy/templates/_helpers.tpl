@@ -1,0 +1,203 @@
+{{/* Names. */}}
+{{- define "authproxy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "authproxy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "authproxy.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "authproxy.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/* Cluster-scoped objects carry the namespace: one release per namespace cannot collide. */}}
+{{- define "authproxy.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "authproxy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "authproxy.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "authproxy.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "authproxy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "authproxy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "authproxy.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "authproxy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: {{ .Values.mode }}
+{{- end }}
+
+{{- define "authproxy.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Checks values once; every template that renders objects includes it. */}}
+{{- define "authproxy.validate" -}}
+{{- if not (has .Values.mode (list "deployment" "sidecar" "kubeApiAuth")) }}
+{{- fail (printf "mode: %q is not one of deployment, sidecar, kubeApiAuth" .Values.mode) }}
+{{- end }}
+{{- if and (not .Values.tls.existingSecret) (not (and .Values.tls.cert .Values.tls.key)) }}
+{{- fail "tls: set tls.existingSecret (a kubernetes.io/tls Secret) or both tls.cert and tls.key" }}
+{{- end }}
+{{- if and .Values.issuedTokens.enabled (not .Values.issuedTokens.keys) (not (and .Values.issuedTokens.existingSecret .Values.issuedTokens.keyNames)) }}
+{{- fail "issuedTokens: set issuedTokens.keys, or issuedTokens.existingSecret with issuedTokens.keyNames" }}
+{{- end }}
+{{- if and (dig "authentication" "ldap" nil .Values.config) (not (or .Values.ldap.existingSecret .Values.ldap.bindPassword)) }}
+{{- fail "ldap: config.authentication.ldap needs ldap.existingSecret or ldap.bindPassword" }}
+{{- end }}
+{{- end }}
+
+{{- define "authproxy.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "authproxy.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{- define "authproxy.ldapSecretName" -}}
+{{- default (printf "%s-ldap" (include "authproxy.fullname" .)) .Values.ldap.existingSecret }}
+{{- end }}
+
+{{- define "authproxy.signingSecretName" -}}
+{{- default (printf "%s-signing-keys" (include "authproxy.fullname" .)) .Values.issuedTokens.existingSecret }}
+{{- end }}
+
+{{/* Ordered signing-key file names: the first signs. */}}
+{{- define "authproxy.signingKeyNames" -}}
+{{- if .Values.issuedTokens.keys }}
+{{- range .Values.issuedTokens.keys }}
+- {{ .name }}
+{{- end }}
+{{- else }}
+{{- range .Values.issuedTokens.keyNames }}
+- {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The config file: the user's `config` with the chart's paths. */}}
+{{- define "authproxy.configFile" -}}
+{{- $config := deepCopy .Values.config }}
+{{- $_ := set $config "listen" (printf "0.0.0.0:%v" .Values.port) }}
+{{- if eq .Values.mode "sidecar" }}
+{{- $_ := set $config "upstream" (merge (deepCopy (default dict $config.upstream)) .Values.sidecar.upstream) }}
+{{- end }}
+{{- $tls := dict "certFile" "/etc/authproxy/tls/tls.crt" "keyFile" "/etc/authproxy/tls/tls.key" }}
+{{- if .Values.tls.clientCA }}
+{{- $_ := set $tls "clientCAFile" "/etc/authproxy/config/client-ca.crt" }}
+{{- end }}
+{{- $_ := set $config "tls" $tls }}
+{{- $_ := set $config "shutdownTimeout" (printf "%vs" .Values.shutdownTimeoutSeconds) }}
+{{- $authn := default dict $config.authentication }}
+{{- if $authn.ldap }}
+{{- $_ := set $authn.ldap "bindPasswordFile" "/etc/authproxy/ldap/bind-password" }}
+{{- end }}
+{{- if .Values.issuedTokens.enabled }}
+{{- $files := list }}
+{{- range (include "authproxy.signingKeyNames" . | fromYamlArray) }}
+{{- $files = append $files (printf "/etc/authproxy/signing-keys/%s" .) }}
+{{- end }}
+{{- $_ := set $authn "issuedTokens" (dict "issuer" .Values.issuedTokens.issuer "lifetime" .Values.issuedTokens.lifetime "signingKeyFiles" $files) }}
+{{- end }}
+{{- $_ := set $config "authentication" $authn }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* Pod annotations that roll the pods when their config or secrets change. */}}
+{{- define "authproxy.checksums" -}}
+checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha256sum }}
+{{- end }}
+
+{{/* The volumes every mode mounts. */}}
+{{- define "authproxy.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "authproxy.fullname" . }}
+- name: tls
+  secret:
+    secretName: {{ include "authproxy.tlsSecretName" . }}
+{{- if dig "authentication" "ldap" nil .Values.config }}
+- name: ldap
+  secret:
+    secretName: {{ include "authproxy.ldapSecretName" . }}
+    items:
+    - {key: {{ ternary .Values.ldap.existingSecretKey "bind-password" (not (empty .Values.ldap.existingSecret)) }}, path: bind-password}
+{{- end }}
+{{- if .Values.issuedTokens.enabled }}
+- name: signing-keys
+  secret:
+    secretName: {{ include "authproxy.signingSecretName" . }}
+{{- end }}
+{{- end }}
+
+{{/* The authproxy container (all modes; the sidecar snippet is this container). */}}
+{{- define "authproxy.container" -}}
+- name: authproxy
+  image: {{ include "authproxy.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if eq .Values.mode "kubeApiAuth" }}
+  args: [webhook, --config, /etc/authproxy/config/authproxy.yaml, --listen, {{ .Values.kubeApiAuth.listen | quote }}]
+  {{- else }}
+  args: [serve, --config, /etc/authproxy/config/authproxy.yaml]
+  {{- end }}
+  {{- if ne .Values.mode "kubeApiAuth" }}
+  ports:
+  - {name: https, containerPort: {{ .Values.port }}, protocol: TCP}
+  {{- end }}
+  {{- $host := "" }}
+  {{- $port := "https" }}
+  {{- if eq .Values.mode "kubeApiAuth" }}
+  {{- $host = (splitList ":" .Values.kubeApiAuth.listen | first) }}
+  {{- $port = (splitList ":" .Values.kubeApiAuth.listen | last | int) }}
+  {{- end }}
+  readinessProbe:
+    httpGet: {path: /readyz, port: {{ $port }}, scheme: HTTPS{{ if $host }}, host: {{ $host }}{{ end }}}
+    periodSeconds: 5
+    failureThreshold: 2
+  livenessProbe:
+    httpGet: {path: /livez, port: {{ $port }}, scheme: HTTPS{{ if $host }}, host: {{ $host }}{{ end }}}
+    periodSeconds: 10
+    failureThreshold: 6
+  lifecycle:
+    preStop:
+      sleep: {seconds: {{ .Values.preStopSleepSeconds }}}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+  - {name: config, mountPath: /etc/authproxy/config, readOnly: true}
+  - {name: tls, mountPath: /etc/authproxy/tls, readOnly: true}
+  {{- if dig "authentication" "ldap" nil .Values.config }}
+  - {name: ldap, mountPath: /etc/authproxy/ldap, readOnly: true}
+  {{- end }}
+  {{- if .Values.issuedTokens.enabled }}
+  - {name: signing-keys, mountPath: /etc/authproxy/signing-keys, readOnly: true}
+  {{- end }}
+{{- end }}
+
+{{/* Pod-level settings shared by the Deployment and the DaemonSet. */}}
+{{- define "authproxy.podSpecCommon" -}}
+serviceAccountName: {{ include "authproxy.serviceAccountName" . }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+terminationGracePeriodSeconds: {{ add .Values.preStopSleepSeconds .Values.shutdownTimeoutSeconds 5 }}
+containers:
+  {{- include "authproxy.container" . | nindent 2 }}
+volumes:
+  {{- include "authproxy.volumes" . | nindent 2 }}
+{{- end }}

@@ -1,0 +1,722 @@
+//! The Helm chart (deploy/helm/authproxy) with the real helm and the real
+//! kube-apiserver: lint and template for each mode, every rendered mode
+//! applied with a server-side dry run and then created in its own namespace,
+//! and the chart's RBAC proven enough and no more by running authproxy with
+//! the chart's own config files and a token of the chart's service account.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context as _};
+use authproxy::config::FileConfig;
+use authproxy_tests::helm::{
+    chart_dir, helm, objects as parse_objects, one, template_text, write_mounted_files,
+};
+use authproxy_tests::kube::{assert_kubectl_acts_as, kube, unique_marker, Expected, Kube};
+use authproxy_tests::oidc::{generate_key, OidcProvider};
+use authproxy_tests::{output_text, wait_for, TestPki};
+use serde_json::{json, Value};
+
+const MODES: [&str; 3] = ["deployment", "sidecar", "kubeApiAuth"];
+
+/// The kinds each mode renders with the default values.
+fn kinds(mode: &str) -> Vec<&'static str> {
+    let mut kinds = vec!["ServiceAccount", "ConfigMap", "Secret"];
+    match mode {
+        "deployment" => kinds.extend([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+            "Service",
+            "NetworkPolicy",
+        ]),
+        "sidecar" => kinds.extend(["ClusterRole", "ClusterRoleBinding"]),
+        _ => kinds.push("DaemonSet"),
+    }
+    kinds.sort_unstable();
+    kinds
+}
+
+/// A values file: the mode, a serving certificate, and `more` merged in.
+fn values_file(
+    dir: &Path,
+    pki: &TestPki,
+    mode: &str,
+    more: Value,
+) -> anyhow::Result<std::path::PathBuf> {
+    let cert = pki.issue_server("authproxy")?;
+    let mut values = json!({"mode": mode, "tls": {"cert": cert.cert_pem, "key": cert.key_pem}});
+    if let (Some(values), Value::Object(more)) = (values.as_object_mut(), more) {
+        values.extend(more);
+    }
+    let path = dir.join(format!("values-{mode}-{}.yaml", unique_marker("v")));
+    std::fs::write(&path, serde_json::to_string_pretty(&values)?)?;
+    Ok(path)
+}
+
+/// The pod template of the mode's workload (Deployment or DaemonSet).
+fn pod_spec(objects: &[Value]) -> anyhow::Result<&Value> {
+    let workload = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" || o["kind"] == "DaemonSet")
+        .context("no workload")?;
+    Ok(&workload["spec"]["template"]["spec"])
+}
+
+/// The hardening every authproxy pod has.
+fn assert_hardened(spec: &Value) -> anyhow::Result<()> {
+    let pod = &spec["securityContext"];
+    ensure!(
+        pod["runAsNonRoot"] == true && pod["runAsUser"] == 65532,
+        "{pod}"
+    );
+    ensure!(pod["seccompProfile"]["type"] == "RuntimeDefault", "{pod}");
+    let container = spec["containers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "authproxy"))
+        .context("authproxy container")?;
+    let sc = &container["securityContext"];
+    ensure!(sc["readOnlyRootFilesystem"] == true, "{sc}");
+    ensure!(sc["allowPrivilegeEscalation"] == false, "{sc}");
+    ensure!(sc["capabilities"]["drop"] == json!(["ALL"]), "{sc}");
+    ensure!(
+        container["readinessProbe"]["httpGet"]["path"] == "/readyz",
+        "{container}"
+    );
+    ensure!(
+        container["livenessProbe"]["httpGet"]["path"] == "/livez",
+        "{container}"
+    );
+    ensure!(
+        container["resources"]["requests"]["cpu"].is_string(),
+        "{container}"
+    );
+    // preStop sleep + shutdownTimeout + margin: the drain is never cut short
+    ensure!(
+        container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5,
+        "{container}"
+    );
+    ensure!(spec["terminationGracePeriodSeconds"] == 40, "{spec}");
+    Ok(())
+}
+
+/// The config file the chart writes, parsed as authproxy parses it.
+fn chart_config(objects: &[Value]) -> anyhow::Result<FileConfig> {
+    let text = one(objects, "ConfigMap")?["data"]["authproxy.yaml"]
+        .as_str()
+        .context("authproxy.yaml")?;
+    FileConfig::parse(text)
+        .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let chart = chart_dir();
+    let chart = chart.to_string_lossy();
+    for mode in MODES {
+        let values = values_file(dir.path(), &pki, mode, json!({}))?;
+        let out = helm(&[
+            "lint",
+            "--strict",
+            &chart,
+            "--values",
+            &values.to_string_lossy(),
+        ])
+        .await?;
+        ensure!(
+            out.status.success(),
+            "helm lint {mode}: {}",
+            output_text(&out)
+        );
+
+        let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
+        let mut rendered: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        rendered.sort_unstable();
+        assert_eq!(rendered, kinds(mode), "{mode}");
+        let config = chart_config(&objects)?;
+        assert_eq!(
+            config.shutdown_timeout,
+            Some(Duration::from_secs(30)),
+            "{mode}"
+        );
+        if mode == "sidecar" {
+            // the server on the pod's loopback, with the pod's own token
+            let text = one(&objects, "ConfigMap")?["data"]["authproxy.yaml"].to_string();
+            assert!(text.contains("url: https://127.0.0.1:6443"), "{text}");
+            assert!(
+                text.contains("tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token"),
+                "{text}"
+            );
+        } else {
+            assert_hardened(pod_spec(&objects)?).with_context(|| mode.to_owned())?;
+        }
+        if let Ok(role) = one(&objects, "ClusterRole") {
+            // impersonation, nothing else
+            for rule in role["rules"].as_array().context("rules")? {
+                assert_eq!(rule["verbs"], json!(["impersonate"]), "{rule}");
+            }
+            assert_eq!(
+                role["metadata"]["name"], "ns-authproxy",
+                "namespaced cluster name"
+            );
+        }
+    }
+
+    // the image tag the chart runs by default is the version cargo builds
+    let chart_yaml: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml"))?)?;
+    assert_eq!(chart_yaml["appVersion"], env!("CARGO_PKG_VERSION"));
+
+    // Deployment: HA shape
+    let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
+    let objects = parse_objects(
+        &template_text(
+            "authproxy",
+            "ns",
+            &values,
+            &["--set", "service.type=LoadBalancer"],
+        )
+        .await?,
+    )?;
+    let service = one(&objects, "Service")?;
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(
+        service["spec"]["externalTrafficPolicy"], "Local",
+        "client IPs reach the audit log"
+    );
+    assert!(one(&objects, "HorizontalPodAutoscaler")?["spec"]["minReplicas"].as_u64() >= Some(2));
+    assert_eq!(
+        one(&objects, "PodDisruptionBudget")?["spec"]["maxUnavailable"],
+        1
+    );
+    let spec = pod_spec(&objects)?;
+    assert!(spec["affinity"]["podAntiAffinity"].is_object(), "{spec}");
+    assert_eq!(
+        spec["topologySpreadConstraints"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    // kube-api-auth: host network, loopback webhook, control-plane nodes
+    let values = values_file(dir.path(), &pki, "kubeApiAuth", json!({}))?;
+    let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
+    let spec = pod_spec(&objects)?;
+    assert_eq!(spec["hostNetwork"], true);
+    let container = &spec["containers"][0];
+    assert_eq!(
+        container["args"],
+        json!([
+            "webhook",
+            "--config",
+            "/etc/authproxy/config/authproxy.yaml",
+            "--listen",
+            "127.0.0.1:6440"
+        ])
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["host"], "127.0.0.1");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], 6440);
+    let tolerated: Vec<&Value> = spec["tolerations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| &t["key"])
+        .collect();
+    assert!(
+        tolerated.contains(&&json!("node-role.kubernetes.io/control-plane")),
+        "{tolerated:?}"
+    );
+    assert!(spec["affinity"]["nodeAffinity"]
+        .to_string()
+        .contains("node-role.kubernetes.io/control-plane"));
+
+    // LDAP bind password and issued-token keys: Secrets, mounted, in order
+    let values = values_file(
+        dir.path(),
+        &pki,
+        "deployment",
+        json!({
+            "config": {"authentication": {"ldap": {
+                "url": "ldaps://ldap.example.com:636",
+                "bindDN": "cn=authproxy,dc=example,dc=com",
+                "userSearch": {"baseDN": "ou=people,dc=example,dc=com", "filter": "(uid={username})"}}}},
+            "ldap": {"bindPassword": "s3cret"},
+            "issuedTokens": {"enabled": true, "keys": [
+                {"name": "key-2026-11", "pem": "new"}, {"name": "key-2026-05", "pem": "old"}]},
+        }),
+    )?;
+    let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
+    let config = chart_config(&objects)?;
+    let issued = config
+        .authentication
+        .issued_tokens
+        .as_ref()
+        .context("issuedTokens")?;
+    assert_eq!(
+        issued.signing_key_files,
+        [
+            "/etc/authproxy/signing-keys/key-2026-11",
+            "/etc/authproxy/signing-keys/key-2026-05"
+        ]
+        .map(std::path::PathBuf::from),
+        "the first key signs"
+    );
+    let root = tempfile::tempdir()?;
+    write_mounted_files(&objects, pod_spec(&objects)?, root.path())?;
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/authproxy/ldap/bind-password"))?,
+        "s3cret"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/authproxy/signing-keys/key-2026-05"))?,
+        "old"
+    );
+    let text = one(&objects, "ConfigMap")?["data"]["authproxy.yaml"].to_string();
+    assert!(
+        text.contains("bindPasswordFile: /etc/authproxy/ldap/bind-password")
+            && !text.contains("s3cret"),
+        "{text}"
+    );
+
+    // optional monitoring objects
+    let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
+    let objects = parse_objects(
+        &template_text(
+            "authproxy",
+            "ns",
+            &values,
+            &[
+                "--set",
+                "metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true",
+            ],
+        )
+        .await?,
+    )?;
+    assert_eq!(
+        one(&objects, "ServiceMonitor")?["spec"]["endpoints"][0]["path"],
+        "/metrics"
+    );
+    assert!(
+        one(&objects, "PrometheusRule")?["spec"]["groups"][0]["rules"]
+            .as_array()
+            .is_some_and(|r| r.len() >= 3)
+    );
+
+    // bad values: helm refuses them, naming the value
+    for (set, wanted) in [
+        ("mode=proxy", "mode: \"proxy\" is not one of"),
+        ("tls.cert=", "tls: set tls.existingSecret"),
+    ] {
+        let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
+        let out = helm(&[
+            "template",
+            "x",
+            &chart,
+            "--values",
+            &values.to_string_lossy(),
+            "--set",
+            set,
+        ])
+        .await?;
+        ensure!(
+            !out.status.success(),
+            "{set} rendered: {}",
+            output_text(&out)
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(stderr.contains(wanted), "{set}: {stderr}");
+    }
+    Ok(())
+}
+
+/// Runs kubectl as the admin; fails with its output unless it succeeds.
+async fn admin_ok(kube: &Kube, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    let out = kube.admin_async(args, stdin).await?;
+    ensure!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        output_text(&out)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+async fn shared_kube() -> anyhow::Result<&'static Kube> {
+    tokio::task::spawn_blocking(|| kube().map_err(|e| format!("{e:#}")))
+        .await?
+        .map_err(anyhow::Error::msg)
+}
+
+/// A fresh namespace, named after `what`.
+async fn namespace(kube: &Kube, what: &str) -> anyhow::Result<String> {
+    let ns = unique_marker(&format!("chart-{}", what.to_ascii_lowercase()));
+    admin_ok(kube, &["create", "namespace", &ns], None).await?;
+    Ok(ns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_mode_applies_and_is_created_on_the_real_api_server() -> anyhow::Result<()> {
+    let kube = shared_kube().await?;
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    for mode in MODES {
+        let ns = namespace(kube, mode).await?;
+        let values = values_file(dir.path(), &pki, mode, json!({}))?;
+        let yaml = template_text("authproxy", &ns, &values, &[]).await?;
+        let out = admin_ok(kube, &["apply", "--dry-run=server", "-f", "-"], Some(&yaml)).await?;
+        ensure!(out.contains("(server dry run)"), "{mode}: {out}");
+        admin_ok(kube, &["create", "-f", "-"], Some(&yaml)).await?;
+        for object in parse_objects(&yaml)? {
+            let kind = object["kind"].as_str().context("kind")?;
+            let name = object["metadata"]["name"].as_str().context("name")?;
+            admin_ok(kube, &["get", "-n", &ns, kind, name, "-o", "name"], None)
+                .await
+                .with_context(|| format!("{mode}: {kind} {name} was not created"))?;
+        }
+        if mode == "sidecar" {
+            // the documented pod, beside the sidecar mode's objects
+            let example = std::fs::read_to_string(chart_dir().join("examples/sidecar-pod.yaml"))?;
+            admin_ok(
+                kube,
+                &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+                Some(&example),
+            )
+            .await?;
+            admin_ok(kube, &["create", "-n", &ns, "-f", "-"], Some(&example)).await?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_example_runs_the_container_the_chart_runs() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
+    let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
+    let chart_spec = pod_spec(&objects)?;
+    let example: Value = serde_yaml::from_str(&std::fs::read_to_string(
+        chart_dir().join("examples/sidecar-pod.yaml"),
+    )?)?;
+    let example_spec = &example["spec"];
+    let container = |spec: &Value| -> anyhow::Result<Value> {
+        spec["containers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "authproxy"))
+            .cloned()
+            .context("authproxy container")
+    };
+    assert_eq!(container(example_spec)?, container(chart_spec)?);
+    assert_eq!(example_spec["volumes"], chart_spec["volumes"]);
+    for key in [
+        "securityContext",
+        "terminationGracePeriodSeconds",
+        "serviceAccountName",
+    ] {
+        assert_eq!(example_spec[key], chart_spec[key], "{key}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()> {
+    let kube = shared_kube().await?;
+    let ns = namespace(kube, "rbac").await?;
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+
+    // an OpenID provider whose tokens carry groups and an extra
+    let keys = vec![generate_key(dir.path(), "rsa", "rsa-1").await?];
+    let idp = OidcProvider::start(&pki, &keys).await?;
+    let token_file = dir.path().join("sa-token");
+    let values = values_file(
+        dir.path(),
+        &pki,
+        "deployment",
+        json!({"config": {
+            "upstream": {"url": kube.url(), "caFile": kube.pki().ca_path(), "tokenFile": token_file, "tokenReloadInterval": "50ms"},
+            "authentication": {"jwt": [{
+                "issuer": {"url": idp.issuer(), "audiences": ["kubernetes"], "certificateAuthority": pki.ca_pem()},
+                "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"},
+                                  "uid": {"claim": "sub"}, "extra": [{"key": "example.com/login", "claim": "sub"}]}}]},
+            "logging": {"format": "text", "level": "warn"},
+        }}),
+    )?;
+    let yaml = template_text("authproxy", &ns, &values, &[]).await?;
+    admin_ok(kube, &["create", "-f", "-"], Some(&yaml)).await?;
+    let objects = parse_objects(&yaml)?;
+    let sa = one(&objects, "ServiceAccount")?["metadata"]["name"]
+        .as_str()
+        .context("sa")?
+        .to_owned();
+    let token = admin_ok(
+        kube,
+        &["create", "token", &sa, "-n", &ns, "--duration=1h"],
+        None,
+    )
+    .await?;
+    std::fs::write(&token_file, token.trim())?;
+
+    // authproxy with the files the chart's pod mounts, and the chart's config
+    let root = tempfile::tempdir()?;
+    let container = write_mounted_files(&objects, pod_spec(&objects)?, root.path())?;
+    assert_eq!(container["args"][2], "/etc/authproxy/config/authproxy.yaml");
+    let config_path = root.path().join("etc/authproxy/config/authproxy.yaml");
+    let text = std::fs::read_to_string(&config_path)?.replace(
+        "/etc/authproxy/",
+        &format!("{}/etc/authproxy/", root.path().display()),
+    );
+    std::fs::write(&config_path, text)?;
+    let mut config = FileConfig::load(&config_path)?;
+    config.listen = "127.0.0.1:0".parse()?;
+    let proxy = authproxy::server::start(&config, &config.base_dir(&config_path)).await?;
+    let url = format!("https://{}", proxy.addr());
+    wait_for(Duration::from_secs(20), "authproxy ready", || {
+        let url = url.clone();
+        let ca = pki.ca_path().to_owned();
+        async move {
+            match authproxy_tests::curl_with_ca(&ca, &[&format!("{url}/readyz")]).await {
+                Ok((200, _)) => Ok(Some(())),
+                Ok((code, body)) => Err(format!("{code} {body}")),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await?;
+
+    // an impersonated request with user, uid, groups and an extra works
+    let id_token = idp.id_token("kubernetes", "alice").await?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster: {{server: '{url}', certificate-authority: '{}'}}\nusers:\n- name: alice\n  user: {{token: '{id_token}'}}\ncontexts:\n- name: alice\n  context: {{cluster: proxy, user: alice, namespace: default}}\ncurrent-context: alice\n",
+            pki.ca_path().display()
+        ),
+    )?;
+    let expected = Expected {
+        username: "alice@example.com",
+        groups: &["oidc:devs"],
+        uid: Some("alice"),
+        extra: json!({"example.com/login": ["alice"]}),
+    };
+    assert_kubectl_acts_as(&kubeconfig, None, &expected).await?;
+    let agent = unique_marker("chart-rbac");
+    let (code, body) = authproxy_tests::curl_with_ca(
+        pki.ca_path(),
+        &[
+            "-A",
+            &agent,
+            "-H",
+            &format!("Authorization: Bearer {id_token}"),
+            &format!("{url}/api/v1/namespaces/default/pods"),
+        ],
+    )
+    .await?;
+    ensure!(code == 200, "{code} {body}");
+    let sa_user = format!("system:serviceaccount:{ns}:{sa}");
+    let event = &kube.wait_audit_by_agent(&agent, 1).await?[0];
+    assert_eq!(event["user"]["username"], sa_user.as_str(), "{event}");
+    assert_eq!(
+        event["impersonatedUser"]["username"], "alice@example.com",
+        "{event}"
+    );
+
+    // and nothing else: can-i as the chart's service account
+    let can = |args: Vec<String>| async move {
+        let mut all = vec!["auth".to_owned(), "can-i".to_owned()];
+        all.extend(args);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let out = kube.admin_async(&all, None).await?;
+        Ok::<String, anyhow::Error>(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let as_sa = format!("--as={sa_user}");
+    for (what, want) in [
+        ("get secrets -A", "no"),
+        ("list secrets -n {ns}", "no"),
+        ("list pods -n default", "no"),
+        ("create configmaps -n {ns}", "no"),
+        ("create tokenreviews.authentication.k8s.io", "no"),
+        ("impersonate serviceaccounts", "no"),
+        ("* *", "no"),
+        ("impersonate users", "yes"),
+        ("impersonate groups", "yes"),
+    ] {
+        let mut args: Vec<String> = what
+            .replace("{ns}", &ns)
+            .split(' ')
+            .map(str::to_owned)
+            .collect();
+        args.push(as_sa.clone());
+        let answer = can(args).await?;
+        ensure!(
+            answer == want,
+            "can-i {what} as {sa_user}: {answer}, want {want}"
+        );
+    }
+    // uids and any extra key (kubectl's can-i cannot name these: ask kube)
+    for (resource, subresource) in [
+        ("uids", ""),
+        ("userextras", "example.com/login"),
+        ("userextras", "any.example/key"),
+    ] {
+        let review = json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": sa_user, "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}")],
+                     "resourceAttributes": {"verb": "impersonate", "group": "authentication.k8s.io",
+                                            "resource": resource, "subresource": subresource}}});
+        let answer: Value = serde_json::from_str(
+            &admin_ok(
+                kube,
+                &["create", "-f", "-", "-o", "json"],
+                Some(&review.to_string()),
+            )
+            .await?,
+        )?;
+        ensure!(
+            answer["status"]["allowed"] == true,
+            "impersonate {resource}/{subresource}: {answer}"
+        );
+    }
+    // everything it may do beyond what any service account may is impersonation
+    let list = |user: String| {
+        let can = &can;
+        async move {
+            can(vec![
+                "--list".into(),
+                "-n".into(),
+                "default".into(),
+                format!("--as={user}"),
+            ])
+            .await
+        }
+    };
+    let chart_rules = list(sa_user.clone()).await?;
+    let baseline = list("system:serviceaccount:authproxy:nobody".into()).await?;
+    let extra: Vec<&str> = chart_rules
+        .lines()
+        .filter(|l| !baseline.lines().any(|b| b == *l))
+        .collect();
+    ensure!(
+        !extra.is_empty(),
+        "no rules beyond the baseline:\n{chart_rules}"
+    );
+    for line in &extra {
+        if !line.contains("[impersonate]") {
+            bail!(
+                "the chart's service account may do more than impersonate: {line}\n{chart_rules}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The folder and files of deploy/kube-apiserver agree with each other and
+/// with the chart: one webhook kubeconfig, in the folder both examples mount,
+/// pointing at the DaemonSet's listen address. Returns that address.
+fn webhook_examples_address() -> anyhow::Result<String> {
+    let dir = chart_dir().join("../../kube-apiserver");
+    let read = |name: &str| -> anyhow::Result<Value> {
+        Ok(serde_yaml::from_str(&std::fs::read_to_string(
+            dir.join(name),
+        )?)?)
+    };
+    let kubeconfig = read("webhook-kubeconfig.yaml")?;
+    let cluster = &kubeconfig["clusters"][0]["cluster"];
+    let server = cluster["server"].as_str().context("server")?;
+    let address = server
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split('/').next())
+        .context("https server")?
+        .to_owned();
+    let folder = "/etc/kubernetes/authproxy";
+    ensure!(
+        cluster["certificate-authority"]
+            .as_str()
+            .is_some_and(|ca| ca.starts_with(folder)),
+        "{cluster}"
+    );
+    let path = format!("{folder}/webhook-kubeconfig.yaml");
+    let rke2 = read("rke2-config.yaml")?;
+    let args = rke2["kube-apiserver-arg"].to_string();
+    ensure!(
+        args.contains(&format!("authentication-token-webhook-config-file={path}")),
+        "{args}"
+    );
+    ensure!(
+        args.contains("authentication-token-webhook-version=v1"),
+        "{args}"
+    );
+    ensure!(
+        rke2["kube-apiserver-extra-mount"]
+            .to_string()
+            .contains(&format!("{folder}:{folder}:ro")),
+        "{rke2}"
+    );
+    let kubeadm = read("kubeadm-config.yaml")?;
+    let api = &kubeadm["apiServer"];
+    ensure!(
+        api["extraArgs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["name"] == "authentication-token-webhook-config-file"
+                && a["value"] == path.as_str()),
+        "{api}"
+    );
+    ensure!(
+        api["extraVolumes"][0]["mountPath"] == folder
+            && api["extraVolumes"][0]["hostPath"] == folder,
+        "{api}"
+    );
+    Ok(address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_api_auth_mode_authenticates_tokens_for_kube_apiserver() -> anyhow::Result<()> {
+    let kube = shared_kube().await?;
+    let dir = tempfile::tempdir()?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "chart-webhook-token,webhook-user,2001,\"devs\"\n")?;
+    // kube-apiserver trusts webhook certificates of its own test CA
+    let values = values_file(
+        dir.path(),
+        kube.pki(),
+        "kubeApiAuth",
+        json!({"config": {"authentication": {"staticTokens": {"file": tokens}}}}),
+    )?;
+    let objects = parse_objects(&template_text("authproxy", "kube-system", &values, &[]).await?)?;
+    let root = tempfile::tempdir()?;
+    let container = write_mounted_files(&objects, pod_spec(&objects)?, root.path())?;
+    assert_eq!(container["args"][4], webhook_examples_address()?.as_str());
+    let config_path = root.path().join("etc/authproxy/config/authproxy.yaml");
+    let text = std::fs::read_to_string(&config_path)?.replace(
+        "/etc/authproxy/",
+        &format!("{}/etc/authproxy/", root.path().display()),
+    );
+    std::fs::write(&config_path, text)?;
+    let config = FileConfig::load(&config_path)?;
+    // the shared kube-apiserver's webhook points at this address, not 6440
+    let _webhook =
+        authproxy::webhook::start(&config, &config.base_dir(&config_path), kube.webhook_addr())
+            .await?;
+
+    // kubectl straight at kube-apiserver, with a token only the webhook knows
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: kube\n  cluster: {{server: '{}', certificate-authority: '{}'}}\nusers:\n- name: u\n  user: {{token: chart-webhook-token}}\ncontexts:\n- name: u\n  context: {{cluster: kube, user: u, namespace: default}}\ncurrent-context: u\n",
+            kube.url(),
+            kube.pki().ca_path().display()
+        ),
+    )?;
+    let expected = Expected {
+        username: "webhook-user",
+        groups: &["devs"],
+        uid: Some("2001"),
+        extra: json!({}),
+    };
+    assert_kubectl_acts_as(&kubeconfig, None, &expected).await
+}

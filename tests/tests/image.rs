@@ -1,0 +1,160 @@
+//! What the container image relies on (docker is not needed to check it):
+//! the binary loads only the shared libraries the distroless `cc` runtime
+//! provides, the builder compiles on the runtime's Debian release, and the
+//! image runs the binary as a non-root user with the CA bundle where the
+//! binary reads it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context as _};
+use authproxy_tests::{authproxy_binary, output_text};
+
+/// Libraries of distroless `cc-debian12`: glibc (libc6: libc, libm and the
+/// compatibility stubs libpthread, libdl, librt), libgcc_s, and the loader.
+const RUNTIME_LIBRARIES: &[&str] = &[
+    "linux-vdso.so.1",
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libgcc_s.so.1",
+];
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The shared libraries `binary` needs, by name, from `ldd`.
+fn needed_libraries(binary: &Path) -> anyhow::Result<Vec<String>> {
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .context("running ldd (Debian package libc-bin)")?;
+    ensure!(
+        out.status.success(),
+        "ldd {}: {}",
+        binary.display(),
+        output_text(&out)
+    );
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+fn is_runtime_library(name: &str) -> bool {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    RUNTIME_LIBRARIES.contains(&file) || file.starts_with("ld-linux")
+}
+
+#[test]
+fn binary_needs_only_libraries_the_runtime_image_provides() -> anyhow::Result<()> {
+    // The debug binary of this build links the same libraries as the release
+    // binary the image ships; a release binary, when one was built, is checked too.
+    let mut binaries: Vec<PathBuf> = vec![authproxy_binary()?];
+    let release = root().join("target/release/authproxy");
+    if release.is_file() {
+        binaries.push(release);
+    }
+    for binary in binaries {
+        let needed = needed_libraries(&binary)?;
+        ensure!(
+            needed.iter().any(|l| l == "libc.so.6"),
+            "ldd of {} lists no libc: {needed:?}",
+            binary.display()
+        );
+        let foreign: Vec<&String> = needed.iter().filter(|l| !is_runtime_library(l)).collect();
+        if !foreign.is_empty() {
+            bail!(
+                "{} needs {foreign:?}, which gcr.io/distroless/cc-debian12 does not have: the image could not start it",
+                binary.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_library_check_refuses_what_the_runtime_lacks() -> anyhow::Result<()> {
+    // curl links libcurl, OpenSSL and zlib: none of them is in the runtime image
+    authproxy_tests::require_tool("curl")?;
+    let curl = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("curl"))
+        .find(|path| path.is_file())
+        .context("curl on PATH")?;
+    let foreign: Vec<String> = needed_libraries(&curl)?
+        .into_iter()
+        .filter(|l| !is_runtime_library(l))
+        .collect();
+    ensure!(
+        foreign.iter().any(|l| l.starts_with("libcurl")),
+        "{foreign:?}"
+    );
+    for foreign in [
+        "libssl.so.3",
+        "libcrypto.so.3",
+        "libz.so.1",
+        "libldap-2.5.so.0",
+    ] {
+        ensure!(!is_runtime_library(foreign), "{foreign}");
+    }
+    ensure!(is_runtime_library("/lib64/ld-linux-x86-64.so.2"));
+    Ok(())
+}
+
+/// The `FROM` lines of the Dockerfile, in order.
+fn stages(dockerfile: &str) -> Vec<&str> {
+    dockerfile
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("FROM "))
+        .collect()
+}
+
+#[test]
+fn image_builds_on_the_runtime_release_and_runs_non_root() -> anyhow::Result<()> {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile"))?;
+    let stages = stages(&dockerfile);
+    ensure!(
+        stages.len() == 2,
+        "want a builder and a runtime stage: {stages:?}"
+    );
+    // glibc of the builder must not be newer than the runtime's: both Debian 12
+    ensure!(
+        stages[0].contains("rust:")
+            && stages[0].contains("-bookworm")
+            && stages[0].ends_with(" AS builder"),
+        "builder: {}",
+        stages[0]
+    );
+    ensure!(
+        stages[1].starts_with("gcr.io/distroless/cc-debian12:nonroot"),
+        "runtime: {}",
+        stages[1]
+    );
+    ensure!(
+        dockerfile.contains("cargo build --release --locked"),
+        "the builder must use Cargo.lock's versions"
+    );
+    let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
+    ensure!(lines.contains(&"USER 65532:65532"), "numeric non-root user");
+    ensure!(
+        lines.contains(&r#"ENTRYPOINT ["/usr/local/bin/authproxy"]"#),
+        "exec-form entrypoint (there is no shell)"
+    );
+    // distroless ships Debian's CA bundle where the binary reads it
+    assert_eq!(
+        proxy_core::tls::SYSTEM_CA_BUNDLE,
+        "/etc/ssl/certs/ca-certificates.crt"
+    );
+    let ignore = std::fs::read_to_string(root().join(".dockerignore"))?;
+    for excluded in ["target/", ".git/", "**/node_modules/"] {
+        ensure!(
+            ignore.lines().any(|l| l.trim() == excluded),
+            ".dockerignore must leave out {excluded}"
+        );
+    }
+    Ok(())
+}
