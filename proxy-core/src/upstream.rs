@@ -377,10 +377,9 @@ where
         Box::pin(async move {
             Ok(
                 match inner.client.request(req.map(DrainOnDrop::new)).await {
-                    Ok(response) => {
-                        let (mut parts, body) = response.into_parts();
-                        strip_response_hop_headers(&mut parts.headers);
-                        Response::from_parts(parts, ProxyBody::Incoming(body))
+                    Ok(mut response) => {
+                        strip_response_hop_headers(response.headers_mut());
+                        crate::body::prefetch_fixed_length(response).await
                     }
                     Err(error) => unreachable_status(&error),
                 },
