@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use proxy_core::authn::oidc::OidcFlags;
-use proxy_core::config::{AuthenticationConfig, Problem, UpstreamConfig};
+use proxy_core::config::{AuthenticationConfig, LimitsConfig, Problem, UpstreamConfig};
 use serde::Deserialize;
 
 /// The whole configuration file.
@@ -34,6 +34,9 @@ pub struct FileConfig {
     pub upstream: UpstreamConfig,
     /// Which authenticators run.
     pub authentication: AuthenticationConfig,
+    /// Caps on what callers may hold open (long-running requests).
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Log format and level.
     #[serde(default)]
     pub logging: Logging,
@@ -192,6 +195,7 @@ impl FileConfig {
         }
         problems.extend(self.upstream.validate("upstream", base));
         problems.extend(self.authentication.validate("authentication", base));
+        problems.extend(self.limits.validate("limits"));
         problems
     }
 }
@@ -226,5 +230,26 @@ mod tests {
             assert!(text.contains(field), "{field} missing from {text}");
         }
         assert!(text.contains("authproxy.yaml"), "{text}");
+    }
+
+    #[test]
+    fn zero_caps_and_pool_sizes_are_named_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(
+            &path,
+            "tls: {certFile: a, keyFile: b}\nupstream: {url: 'https://x', maxConnections: 0, maxStreamsPerConnection: 0, keepAliveTimeout: 0s}\n\
+             authentication: {}\nlimits: {longRunning: {perUser: 20, total: 10}}\n",
+        )
+        .unwrap();
+        let text = FileConfig::load(&path).unwrap_err().to_string();
+        for field in [
+            "upstream.maxConnections",
+            "upstream.maxStreamsPerConnection",
+            "upstream.keepAliveTimeout",
+            "limits.longRunning.perUser",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
     }
 }

@@ -86,6 +86,7 @@ impl Demo {
                 }),
                 ..Default::default()
             },
+            limits: Default::default(),
             logging: Logging::default(),
             shutdown_timeout: Some(Duration::from_secs(5)),
         };
