@@ -366,3 +366,7 @@ where
     finish(Phase::Closed);
 }
 
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;
