@@ -196,6 +196,21 @@ impl FileConfig {
         problems.extend(self.upstream.validate("upstream", base));
         problems.extend(self.authentication.validate("authentication", base));
         problems.extend(self.limits.validate("limits"));
+        let pool = self.upstream.pool_settings();
+        let streams = pool
+            .max_connections
+            .saturating_mul(pool.max_streams_per_connection);
+        let long_running = self.limits.long_running_limits().total;
+        if streams > 0 && long_running >= streams {
+            problems.push(Problem {
+                field: "limits.longRunning.total".into(),
+                message: format!(
+                    "{long_running} long-running requests could hold all {streams} upstream streams \
+                     (upstream.maxConnections × upstream.maxStreamsPerConnection), leaving none for \
+                     short requests"
+                ),
+            });
+        }
         problems
     }
 }
@@ -230,6 +245,21 @@ mod tests {
             assert!(text.contains(field), "{field} missing from {text}");
         }
         assert!(text.contains("authproxy.yaml"), "{text}");
+    }
+
+    #[test]
+    fn long_running_total_must_leave_upstream_streams_for_short_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(
+            &path,
+            "tls: {certFile: a, keyFile: b}\nupstream: {url: 'https://x', maxConnections: 2}\n\
+             authentication: {}\nlimits: {longRunning: {perUser: 10, total: 200}}\n",
+        )
+        .unwrap();
+        let text = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(text.contains("limits.longRunning.total"), "{text}");
+        assert!(text.contains("all 200 upstream streams"), "{text}");
     }
 
     #[test]

@@ -107,7 +107,17 @@ impl H2Clients {
     /// Opens `connections` HTTP/2 connections to the proxy of `env`.
     pub async fn connect(env: &Env, connections: usize) -> anyhow::Result<H2Clients> {
         let addr = env.proxy.as_ref().context("proxy running")?.addr();
-        let config = pki::client_config(env.pki.ca_pem(), &[b"h2"])?;
+        Self::connect_to(addr, env.pki.ca_pem(), connections).await
+    }
+
+    /// Opens `connections` HTTP/2 connections to a proxy at `addr` whose
+    /// certificate (for `localhost`) is signed by `ca_pem`.
+    pub async fn connect_to(
+        addr: std::net::SocketAddr,
+        ca_pem: &str,
+        connections: usize,
+    ) -> anyhow::Result<H2Clients> {
+        let config = pki::client_config(ca_pem, &[b"h2"])?;
         let connector = tokio_rustls::TlsConnector::from(config);
         let mut senders = Vec::new();
         for _ in 0..connections {

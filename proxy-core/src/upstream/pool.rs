@@ -36,8 +36,10 @@ use tower_service::Service;
 
 use crate::BoxError;
 
-/// Default for [`PoolSettings::max_connections`].
-pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
+/// Default for [`PoolSettings::max_connections`]: with kube's 100 streams per
+/// connection, room for the default 10,000 long-running requests
+/// ([`crate::long_running::DEFAULT_TOTAL`]) and as many short ones besides.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 /// Default for [`PoolSettings::max_streams_per_connection`] (kube-apiserver's limit).
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 100;
 /// Default for [`PoolSettings::keep_alive_interval`].
