@@ -114,7 +114,9 @@ async fn run_one(binary: &Path, watches: usize, settle: Duration) -> anyhow::Res
     }
     std::fs::write(dir.path().join("tokens.csv"), csv)?;
     std::fs::write(dir.path().join("proxy-token"), PROXY_TOKEN)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let yaml = format!(
         "listen: 127.0.0.1:{port}\n\
          tls: {{certFile: {cert}, keyFile: {key}}}\n\
@@ -142,13 +144,14 @@ async fn run_one(binary: &Path, watches: usize, settle: Duration) -> anyhow::Res
     let pid = child.id().context("authproxy exited at once")?;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
 
-    let clients = authproxy_tests::wait_for(Duration::from_secs(20), "authproxy listening", || async {
-        match H2Clients::connect_to(addr, pki.ca_pem(), 1).await {
-            Ok(c) => Ok(Some(c)),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await?;
+    let clients =
+        authproxy_tests::wait_for(Duration::from_secs(20), "authproxy listening", || async {
+            match H2Clients::connect_to(addr, pki.ca_pem(), 1).await {
+                Ok(c) => Ok(Some(c)),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await?;
     // One request so the upstream connection and the token cache exist.
     drop(open_watch(&clients, "user-0-token", Duration::from_secs(10)).await?);
     drop(clients);
@@ -183,14 +186,18 @@ async fn run_one(binary: &Path, watches: usize, settle: Duration) -> anyhow::Res
     drop(clients);
     // Every client connection closed (the upstream pool's connections stay
     // open until their idle timeout).
-    authproxy_tests::wait_for(Duration::from_secs(60), "client connections closed", || async {
-        let fds = open_fds(pid);
-        if fds + connections <= peak_fds {
-            Ok(Some(()))
-        } else {
-            Err(format!("{fds} open file descriptors"))
-        }
-    })
+    authproxy_tests::wait_for(
+        Duration::from_secs(60),
+        "client connections closed",
+        || async {
+            let fds = open_fds(pid);
+            if fds + connections <= peak_fds {
+                Ok(Some(()))
+            } else {
+                Err(format!("{fds} open file descriptors"))
+            }
+        },
+    )
     .await?;
     tokio::time::sleep(settle).await;
     let (after_close, high_water) = rss_kib(pid)?;

@@ -145,8 +145,7 @@ mod tests {
     #[tokio::test]
     async fn hold_is_released_when_the_body_ends() {
         let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut body =
-            ProxyBody::full("data").with_hold(Hold::new(Flag(released.clone())));
+        let mut body = ProxyBody::full("data").with_hold(Hold::new(Flag(released.clone())));
         assert!(body.frame().await.is_some());
         assert!(!released.load(std::sync::atomic::Ordering::SeqCst));
         assert!(body.frame().await.is_none());

@@ -17,8 +17,8 @@ use crate::authn::cache::CacheSettings;
 use crate::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
 use crate::authn::{Authenticator, CachedAuthenticator, Chain, ClientCertificates, StaticTokens};
 use crate::kubeconfig::Kubeconfig;
-use crate::tls;
 use crate::long_running;
+use crate::tls;
 use crate::upstream::{PoolSettings, UpstreamCredential, UpstreamOptions};
 
 /// Where the in-cluster service-account files live.

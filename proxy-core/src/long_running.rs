@@ -193,19 +193,31 @@ mod tests {
     fn kube_long_running_requests_are_recognised() {
         for (path, query) in [
             ("/api/v1/pods", Some("watch=true")),
-            ("/api/v1/namespaces/default/pods", Some("labelSelector=a&watch=1")),
+            (
+                "/api/v1/namespaces/default/pods",
+                Some("labelSelector=a&watch=1"),
+            ),
             ("/api/v1/namespaces/default/pods/web-0", Some("watch=true")),
             ("/api/v1/watch/namespaces/default/pods", None),
             ("/apis/apps/v1/watch/deployments", None),
-            ("/apis/apps/v1/namespaces/default/deployments", Some("watch=true")),
-            ("/api/v1/namespaces/default/pods/web-0/exec", Some("command=sh")),
+            (
+                "/apis/apps/v1/namespaces/default/deployments",
+                Some("watch=true"),
+            ),
+            (
+                "/api/v1/namespaces/default/pods/web-0/exec",
+                Some("command=sh"),
+            ),
             ("/api/v1/namespaces/default/pods/web-0/attach", None),
             ("/api/v1/namespaces/default/pods/web-0/portforward", None),
             ("/api/v1/namespaces/default/pods/web-0/proxy/metrics", None),
             ("/api/v1/namespaces/default/services/web:80/proxy/", None),
             ("/api/v1/nodes/node-1/proxy/stats", None),
             ("/api/v1/proxy/namespaces/default/pods/web-0", None),
-            ("/api/v1/namespaces/default/pods/web-0/log", Some("follow=true")),
+            (
+                "/api/v1/namespaces/default/pods/web-0/log",
+                Some("follow=true"),
+            ),
         ] {
             assert!(is_long_running(path, query), "{path}?{query:?}");
         }
@@ -216,10 +228,19 @@ mod tests {
         for (path, query) in [
             ("/api/v1/namespaces/default/pods", None),
             ("/api/v1/namespaces/default/pods", Some("watch=false")),
-            ("/api/v1/namespaces/default/pods", Some("allowWatchBookmarks=true")),
+            (
+                "/api/v1/namespaces/default/pods",
+                Some("allowWatchBookmarks=true"),
+            ),
             ("/api/v1/namespaces/default/pods/web-0/log", None),
-            ("/api/v1/namespaces/default/pods/web-0/log", Some("follow=false")),
-            ("/api/v1/namespaces/default/pods/web-0/status", Some("watch=true")),
+            (
+                "/api/v1/namespaces/default/pods/web-0/log",
+                Some("follow=false"),
+            ),
+            (
+                "/api/v1/namespaces/default/pods/web-0/status",
+                Some("watch=true"),
+            ),
             ("/api/v1/namespaces/watch", None),
             ("/apis/authentication.k8s.io/v1/selfsubjectreviews", None),
             ("/version", Some("watch=true")),

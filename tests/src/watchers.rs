@@ -68,7 +68,11 @@ pub async fn start(options: WatchEnvOptions) -> anyhow::Result<Env> {
     let proxy_cert = pki.issue_server("proxy")?;
     let mut csv = String::new();
     for i in 0..options.users {
-        csv.push_str(&format!("{},watcher-{i},{},\"devs\"\n", watcher_token(i), 2000 + i));
+        csv.push_str(&format!(
+            "{},watcher-{i},{},\"devs\"\n",
+            watcher_token(i),
+            2000 + i
+        ));
     }
     std::fs::write(dir.path().join("tokens.csv"), csv)?;
     std::fs::write(dir.path().join("proxy-token"), PROXY_TOKEN)?;
@@ -125,10 +129,9 @@ impl H2Clients {
             let tls = connector
                 .connect(ServerName::try_from("localhost")?.to_owned(), tcp)
                 .await?;
-            let (send, connection) =
-                hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                    .handshake(TokioIo::new(tls))
-                    .await?;
+            let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(TokioIo::new(tls))
+                .await?;
             tokio::spawn(connection);
             senders.push(send);
         }

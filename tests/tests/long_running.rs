@@ -28,11 +28,16 @@ async fn thousand_held_watches_do_not_starve_short_requests() -> anyhow::Result<
     .await?;
     let clients = H2Clients::connect(&env, 20).await?;
 
-    let opened = join_all((0..WATCHES).map(|i| {
-        let clients = clients.clone();
-        async move { open_watch(&clients, &watcher_token(i % USERS), Duration::from_secs(60)).await }
-    }))
-    .await;
+    let opened =
+        join_all(
+            (0..WATCHES).map(|i| {
+                let clients = clients.clone();
+                async move {
+                    open_watch(&clients, &watcher_token(i % USERS), Duration::from_secs(60)).await
+                }
+            }),
+        )
+        .await;
     let mut held = Vec::new();
     for (i, watch) in opened.into_iter().enumerate() {
         held.push(watch.map_err(|e| e.context(format!("watch {i} of {WATCHES}")))?);
@@ -44,13 +49,19 @@ async fn thousand_held_watches_do_not_starve_short_requests() -> anyhow::Result<
             let start = Instant::now();
             let response = tokio::time::timeout(
                 Duration::from_secs(10),
-                clients.get("/api/v1/namespaces/default/pods/web-0", &watcher_token(i % USERS)),
+                clients.get(
+                    "/api/v1/namespaces/default/pods/web-0",
+                    &watcher_token(i % USERS),
+                ),
             )
             .await
             .map_err(|_| anyhow::anyhow!("short request {i} not answered within 10s"))??;
             let status = response.status();
             let body = body_text(response).await?;
-            anyhow::ensure!(status == StatusCode::OK, "short request {i}: {status} {body}");
+            anyhow::ensure!(
+                status == StatusCode::OK,
+                "short request {i}: {status} {body}"
+            );
             anyhow::ensure!(body.contains("\"web-0\""), "short request {i}: {body}");
             Ok(start.elapsed())
         }
@@ -72,7 +83,10 @@ async fn thousand_held_watches_do_not_starve_short_requests() -> anyhow::Result<
         .iter()
         .filter(|r| r.uri.query() == Some("watch=true"))
         .count();
-    assert_eq!(watch_requests, WATCHES, "every watch reached the API server");
+    assert_eq!(
+        watch_requests, WATCHES,
+        "every watch reached the API server"
+    );
     Ok(())
 }
 
@@ -92,7 +106,10 @@ fn assert_too_many(status: StatusCode, retry_after: Option<&http::HeaderValue>, 
 /// Waits (bounded) until `token` may open a watch again.
 async fn watch_allowed_again(clients: &H2Clients, token: &str) -> anyhow::Result<()> {
     authproxy_tests::wait_for(Duration::from_secs(10), "a freed watch place", || async {
-        let response = clients.get(WATCH_PATH, token).await.map_err(|e| e.to_string())?;
+        let response = clients
+            .get(WATCH_PATH, token)
+            .await
+            .map_err(|e| e.to_string())?;
         match response.status() {
             StatusCode::OK => Ok(Some(())),
             status => Err(format!("answered {status}")),
@@ -102,7 +119,8 @@ async fn watch_allowed_again(clients: &H2Clients, token: &str) -> anyhow::Result
 }
 
 #[tokio::test]
-async fn long_running_caps_answer_429_and_places_come_back_when_the_caller_goes() -> anyhow::Result<()> {
+async fn long_running_caps_answer_429_and_places_come_back_when_the_caller_goes(
+) -> anyhow::Result<()> {
     let env = watchers::start(WatchEnvOptions {
         users: 3,
         extra_yaml: "limits: {longRunning: {perUser: 3, total: 5}}".into(),
@@ -128,11 +146,17 @@ async fn long_running_caps_answer_429_and_places_come_back_when_the_caller_goes(
         .get("/api/v1/namespaces/default/pods/web-0/log?follow=true", &w0)
         .await?;
     assert_eq!(follow.status(), StatusCode::TOO_MANY_REQUESTS);
-    let get = clients.get("/api/v1/namespaces/default/pods/web-0", &w0).await?;
-    assert_eq!(get.status(), StatusCode::OK, "short requests are not capped");
+    let get = clients
+        .get("/api/v1/namespaces/default/pods/web-0", &w0)
+        .await?;
+    assert_eq!(
+        get.status(),
+        StatusCode::OK,
+        "short requests are not capped"
+    );
 
     // Another user fills the total.
-    let _second = vec![
+    let _second = [
         open_watch(&clients, &w1, limit).await?,
         open_watch(&clients, &w1, limit).await?,
     ];

@@ -84,9 +84,12 @@ fn too_many(refused: Refused) -> Response<ProxyBody> {
         }
         Refused::Total => "Too many requests, please try again later.",
     };
-    let mut response =
-        Status::failure(StatusCode::TOO_MANY_REQUESTS, Reason::TooManyRequests, message)
-            .into_response();
+    let mut response = Status::failure(
+        StatusCode::TOO_MANY_REQUESTS,
+        Reason::TooManyRequests,
+        message,
+    )
+    .into_response();
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));

@@ -45,7 +45,5 @@ pub fn proxy_stack_with<B>(
     limits: Limits,
     upstream: Upstream<B>,
 ) -> ProxyStack<B> {
-    authn.layer(
-        LongRunningLayer::new(limits).layer(ImpersonateLayer::new().layer(upstream)),
-    )
+    authn.layer(LongRunningLayer::new(limits).layer(ImpersonateLayer::new().layer(upstream)))
 }

@@ -409,7 +409,10 @@ where
 
 /// Forwards a request over a pooled HTTP/2 stream, or over HTTP/1.1 when
 /// the server has no HTTP/2.
-async fn forward<B>(inner: Arc<Inner<B>>, mut req: Request<B>) -> Result<Response<ProxyBody>, Infallible>
+async fn forward<B>(
+    inner: Arc<Inner<B>>,
+    mut req: Request<B>,
+) -> Result<Response<ProxyBody>, Infallible>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -461,11 +464,7 @@ where
     let caller = hyper::upgrade::on(&mut req);
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
-    let mut response = match inner
-        .http1_client
-        .request(req.map(DrainOnDrop::new))
-        .await
-    {
+    let mut response = match inner.http1_client.request(req.map(DrainOnDrop::new)).await {
         Ok(response) => response,
         Err(error) => return Ok(unreachable_status(&error)),
     };

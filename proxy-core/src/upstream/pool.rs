@@ -287,8 +287,11 @@ where
 
 /// Opens one connection, publishes its phase, drives it until it closes or
 /// stays idle too long, then removes it from the pool.
-async fn run_connection<B>(shared: Arc<Shared<B>>, conn: Arc<Conn<B>>, phase: watch::Sender<Phase<B>>)
-where
+async fn run_connection<B>(
+    shared: Arc<Shared<B>>,
+    conn: Arc<Conn<B>>,
+    phase: watch::Sender<Phase<B>>,
+) where
     B: http_body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
@@ -367,7 +370,6 @@ where
     }
     finish(Phase::Closed);
 }
-
 
 #[cfg(test)]
 #[path = "pool_tests.rs"]

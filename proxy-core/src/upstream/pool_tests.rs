@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use futures_util::StreamExt;
 use tower_service::Service;
 
 use super::PoolSettings;
@@ -51,7 +51,9 @@ fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
 /// `/hold` answers with a body that never ends; anything else with `ok`.
 async fn start_server() -> TestServer {
     let (tls, ca_pem) = tls_config();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
@@ -64,19 +66,22 @@ async fn start_server() -> TestServer {
                 let Ok(stream) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    if req.uri().path() == "/hold" {
-                        let stream = futures_util::stream::once(async {
-                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"held\n")))
-                        })
-                        .chain(futures_util::stream::pending());
-                        Ok::<_, Infallible>(Response::new(BodyExt::boxed(StreamBody::new(stream))))
-                    } else {
-                        Ok(Response::new(
-                            http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
-                        ))
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/hold" {
+                            let stream = futures_util::stream::once(async {
+                                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"held\n")))
+                            })
+                            .chain(futures_util::stream::pending());
+                            Ok::<_, Infallible>(Response::new(BodyExt::boxed(StreamBody::new(
+                                stream,
+                            ))))
+                        } else {
+                            Ok(Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
+                            ))
+                        }
+                    });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .max_concurrent_streams(SERVER_STREAMS)
                     .serve_connection(TokioIo::new(stream), service)
@@ -167,7 +172,10 @@ async fn at_the_connection_cap_requests_wait_for_a_stream_to_end() {
         "answered although every stream of the only allowed connection is held"
     );
     // The caller goes away mid-stream: its slot comes back.
-    drop(std::mem::replace(first.body_mut(), crate::ProxyBody::empty()));
+    drop(std::mem::replace(
+        first.body_mut(),
+        crate::ProxyBody::empty(),
+    ));
     drop(first);
     let response = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
