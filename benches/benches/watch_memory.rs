@@ -29,8 +29,8 @@
 //! | glibc (system) | 21.5 MiB | 90.4 MiB | 90.4 MiB | 90.7 MiB (100 s) |
 //! | mimalloc | 31.6 MiB | 122.4 MiB | 119.8 MiB | |
 //! | jemalloc, no background thread | 25.1 MiB | 101.0 MiB | 85.0 MiB | |
-//! | jemalloc, background thread | 25.1 MiB | 101.1 MiB | 60.9 MiB | |
-//! | jemalloc, background thread, 1 s decay | 25.1 MiB | 79.6 MiB | 57.2 MiB (100 s) | 34.4 MiB |
+//! | jemalloc, background threads (default build) | 25.2 MiB | 101.4 MiB | 61.9 MiB | 34.8 MiB |
+//! | same, `_RJEM_MALLOC_CONF=dirty_decay_ms:1000` | 25.1 MiB | 79.6 MiB | 57.2 MiB (100 s) | 34.4 MiB |
 //!
 //! Every allocator stays far under 256 MiB at the peak (about 7 KiB per
 //! held watch). Only jemalloc with background threads gives the memory back:
