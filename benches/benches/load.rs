@@ -225,6 +225,7 @@ async fn authproxy(
             interval: Duration::from_secs(1),
         },
         connect_timeout: Duration::from_secs(5),
+        pool: Default::default(),
     })?;
     let proxy = Proxy {
         stack: proxy_stack(chain.clone(), upstream),

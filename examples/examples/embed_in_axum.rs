@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
             interval: Duration::from_secs(1),
         },
         connect_timeout: Duration::from_secs(10),
+        pool: Default::default(),
     })?;
     // The layers in the order a request meets them.
     let proxy = AuthnLayer::new(Chain::new(vec![tokens]))

@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
             interval: Duration::from_secs(1),
         },
         connect_timeout: Duration::from_secs(10),
+        pool: Default::default(),
     })?;
     let stack = Arc::new(proxy_stack(chain, upstream));
 

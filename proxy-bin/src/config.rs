@@ -40,7 +40,8 @@ pub struct FileConfig {
     /// Log format and level.
     #[serde(default)]
     pub logging: Logging,
-    /// Timeouts, caps and sizes of the listener (see [`crate::limits`]).
+    /// Timeouts, caps and sizes of the listener, and caps on long-running
+    /// requests (see [`crate::limits`]).
     #[serde(default)]
     pub limits: Limits,
     /// How long in-flight requests may take to finish on SIGTERM (default 30s).
@@ -226,9 +227,24 @@ impl FileConfig {
                 message: "needs tls.clientCAFile to verify client certificates".into(),
             });
         }
-        problems.extend(self.limits.validate("limits"));
         problems.extend(self.upstream.validate("upstream", base));
         problems.extend(self.authentication.validate("authentication", base));
+        problems.extend(self.limits.validate("limits"));
+        let pool = self.upstream.pool_settings();
+        let streams = pool
+            .max_connections
+            .saturating_mul(pool.max_streams_per_connection);
+        let long_running = self.limits.long_running_limits().total;
+        if streams > 0 && long_running >= streams {
+            problems.push(Problem {
+                field: "limits.longRunning.total".into(),
+                message: format!(
+                    "{long_running} long-running requests could hold all {streams} upstream streams \
+                     (upstream.maxConnections × upstream.maxStreamsPerConnection), leaving none for \
+                     short requests"
+                ),
+            });
+        }
         problems
     }
 }
@@ -307,5 +323,41 @@ mod tests {
             problems[0].field,
             "authentication.issuedTokens.exchangeFrom[1]"
         );
+    }
+
+    #[test]
+    fn long_running_total_must_leave_upstream_streams_for_short_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(
+            &path,
+            "tls: {certFile: a, keyFile: b}\nupstream: {url: 'https://x', maxConnections: 2}\n\
+             authentication: {}\nlimits: {longRunning: {perUser: 10, total: 200}}\n",
+        )
+        .unwrap();
+        let text = FileConfig::load(&path).unwrap_err().to_string();
+        assert!(text.contains("limits.longRunning.total"), "{text}");
+        assert!(text.contains("all 200 upstream streams"), "{text}");
+    }
+
+    #[test]
+    fn zero_caps_and_pool_sizes_are_named_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(
+            &path,
+            "tls: {certFile: a, keyFile: b}\nupstream: {url: 'https://x', maxConnections: 0, maxStreamsPerConnection: 0, keepAliveTimeout: 0s}\n\
+             authentication: {}\nlimits: {longRunning: {perUser: 20, total: 10}}\n",
+        )
+        .unwrap();
+        let text = FileConfig::load(&path).unwrap_err().to_string();
+        for field in [
+            "upstream.maxConnections",
+            "upstream.maxStreamsPerConnection",
+            "upstream.keepAliveTimeout",
+            "limits.longRunning.perUser",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
     }
 }

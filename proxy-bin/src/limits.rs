@@ -94,6 +94,10 @@ pub struct Limits {
     /// HTTP/2 settings.
     #[serde(default)]
     pub http2: Http2Limits,
+    /// Caps on long-running requests (watch, exec, attach, port-forward,
+    /// proxy, `logs -f`) per user and in total.
+    #[serde(default)]
+    pub long_running: proxy_core::config::LongRunningConfig,
 }
 
 /// HTTP/2 limits of a listener (`limits.http2:`).
@@ -163,6 +167,7 @@ impl Default for Limits {
             max_header_bytes: max_header_bytes(),
             max_request_body_bytes: max_request_body_bytes(),
             http2: Http2Limits::default(),
+            long_running: Default::default(),
         }
     }
 }
@@ -180,9 +185,14 @@ impl Default for Http2Limits {
 }
 
 impl Limits {
+    /// The long-running caps with defaults filled in.
+    pub fn long_running_limits(&self) -> proxy_core::long_running::Limits {
+        self.long_running.limits()
+    }
+
     /// Every problem, each with its field path under `prefix` (`limits`).
     pub fn validate(&self, prefix: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
+        let mut problems = self.long_running.validate(&format!("{prefix}.longRunning"));
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {
                 field: format!("{prefix}.{field}"),

@@ -10,6 +10,16 @@ use authproxy::config::{FileConfig, LogFormat};
 use authproxy::{demo, logging, server};
 use clap::{Parser, Subcommand};
 
+// The global allocator, chosen by feature (see the `watch_memory` bench for
+// the figures behind the default).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "authproxy",

@@ -181,10 +181,8 @@ impl Proxy {
                 "Basic realm=\"authproxy\", Bearer realm=\"authproxy\"",
             ));
         }
-        let stack = tower_layer::Layer::layer(
-            &authn,
-            tower_layer::Layer::layer(&proxy_core::ImpersonateLayer::new(), upstream),
-        );
+        let stack =
+            proxy_core::proxy_stack_with(authn, config.limits.long_running_limits(), upstream);
         let token_endpoint = match (issuer, &config.authentication.issued_tokens) {
             (Some(issuer), Some(settings)) => Some(Arc::new(TokenEndpoint::new(
                 chain.clone(),

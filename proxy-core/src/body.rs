@@ -2,12 +2,15 @@
 //!
 //! Upstream responses stream through untouched ([`ProxyBody::Incoming`]);
 //! responses the proxy makes itself (Status objects, health) are small
-//! in-memory bodies. The enum avoids boxing on the hot path.
+//! in-memory bodies. The enum avoids boxing on the hot path. A body can
+//! carry a [`Hold`]: something released when the body ends or is dropped (an
+//! upstream HTTP/2 stream slot, a long-running request permit).
 //!
 //! The proxy's own endpoints (TokenReview, the token exchange) read request
 //! bodies with [`read_limited`], which never buffers more than its limit.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -83,7 +86,6 @@ pub const DRAIN_LIMIT_TIME: std::time::Duration = std::time::Duration::from_secs
 pub fn drain_unread<B>(mut body: B)
 where
     B: Body + Send + Unpin + 'static,
-    B::Data: Send,
 {
     if body.is_end_stream() {
         return;
@@ -121,6 +123,8 @@ pub enum ProxyBody {
         Option<Result<Frame<Bytes>, BoxError>>,
         hyper::body::Incoming,
     ),
+    /// Another body and what it holds until it ends or is dropped.
+    Held(Box<HeldBody>),
 }
 
 /// Longest wait for the first frame of a fixed-length upstream answer.
@@ -158,6 +162,35 @@ pub async fn prefetch_fixed_length(
     }
 }
 
+/// Something kept alive until a response body (or an upgraded tunnel) ends:
+/// cloning shares it, and it is released when the last clone is dropped.
+#[derive(Clone)]
+pub struct Hold {
+    _held: Arc<dyn Send + Sync>,
+}
+
+impl Hold {
+    /// Holds `value` until the last clone of this `Hold` is dropped.
+    pub fn new(value: impl Send + Sync + 'static) -> Self {
+        Hold {
+            _held: Arc::new(value),
+        }
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+/// A body with a [`Hold`] dropped at its end (last frame, error or drop).
+#[derive(Debug)]
+pub struct HeldBody {
+    body: ProxyBody,
+    hold: Option<Hold>,
+}
+
 impl ProxyBody {
     /// An empty body.
     pub fn empty() -> Self {
@@ -172,6 +205,17 @@ impl ProxyBody {
         } else {
             ProxyBody::Full(Some(bytes))
         }
+    }
+
+    /// This body, keeping `hold` until it ends or is dropped.
+    pub fn with_hold(self, hold: Hold) -> Self {
+        if self.is_end_stream() {
+            return self;
+        }
+        ProxyBody::Held(Box::new(HeldBody {
+            body: self,
+            hold: Some(hold),
+        }))
     }
 }
 
@@ -200,6 +244,13 @@ impl Body for ProxyBody {
                     .poll_frame(cx)
                     .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
             },
+            ProxyBody::Held(held) => {
+                let frame = Pin::new(&mut held.body).poll_frame(cx);
+                if matches!(&frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    held.hold = None;
+                }
+                frame
+            }
         }
     }
 
@@ -208,6 +259,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(body) => body.is_end_stream(),
             ProxyBody::Prefetched(first, body) => first.is_none() && body.is_end_stream(),
+            ProxyBody::Held(held) => held.body.is_end_stream(),
         }
     }
 
@@ -219,6 +271,7 @@ impl Body for ProxyBody {
             // the first frame's length is not counted: a hint, not exact
             ProxyBody::Prefetched(None, body) => body.size_hint(),
             ProxyBody::Prefetched(Some(_), _) => SizeHint::default(),
+            ProxyBody::Held(held) => held.body.size_hint(),
         }
     }
 }
@@ -257,5 +310,32 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code, 413);
+    }
+
+    use http_body_util::BodyExt;
+
+    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn hold_is_released_when_the_body_ends() {
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut body = ProxyBody::full("data").with_hold(Hold::new(Flag(released.clone())));
+        assert!(body.frame().await.is_some());
+        assert!(!released.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(body.frame().await.is_none());
+        assert!(released.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn hold_is_released_when_the_body_is_dropped() {
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let body = ProxyBody::full("data").with_hold(Hold::new(Flag(released.clone())));
+        drop(body);
+        assert!(released.load(std::sync::atomic::Ordering::SeqCst));
     }
 }

@@ -18,8 +18,9 @@ use crate::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
 use crate::authn::policy::RefuseSystemNames;
 use crate::authn::{Authenticator, CachedAuthenticator, Chain, ClientCertificates, StaticTokens};
 use crate::kubeconfig::Kubeconfig;
+use crate::long_running;
 use crate::tls;
-use crate::upstream::{UpstreamCredential, UpstreamOptions};
+use crate::upstream::{PoolSettings, UpstreamCredential, UpstreamOptions};
 
 /// Where the in-cluster service-account files live.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -504,6 +505,62 @@ pub struct UpstreamConfig {
     /// How often the token file is re-read (default 1s).
     #[serde(default, with = "humantime_serde")]
     pub token_reload_interval: Option<Duration>,
+    /// Most HTTP/2 connections to the API server (default
+    /// [`crate::upstream::pool::DEFAULT_MAX_CONNECTIONS`]); another is opened when every open
+    /// one has `maxStreamsPerConnection` streams.
+    pub max_connections: Option<usize>,
+    /// Streams opened on one HTTP/2 connection before another is opened
+    /// (default [`crate::upstream::pool::DEFAULT_MAX_STREAMS_PER_CONNECTION`], kube-apiserver's).
+    pub max_streams_per_connection: Option<usize>,
+    /// How often an HTTP/2 PING checks the connection (default 30s; `0s`: never).
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is dropped (default 15s).
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive_timeout: Option<Duration>,
+}
+
+/// `limits.longRunning`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LongRunningConfig {
+    /// Most long-running requests one user may hold open (default
+    /// [`crate::long_running::DEFAULT_PER_USER`]).
+    pub per_user: Option<usize>,
+    /// Most long-running requests open through the proxy (default
+    /// [`crate::long_running::DEFAULT_TOTAL`]).
+    pub total: Option<usize>,
+}
+
+impl LongRunningConfig {
+    /// Every problem in the section, `prefix` being its path
+    /// (`limits.longRunning`).
+    pub fn validate(&self, prefix: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let limits = self.limits();
+        if self.per_user == Some(0) {
+            problems.push(problem(format!("{prefix}.perUser"), "must be at least 1"));
+        }
+        if self.total == Some(0) {
+            problems.push(problem(format!("{prefix}.total"), "must be at least 1"));
+        }
+        if limits.per_user > limits.total {
+            problems.push(problem(
+                format!("{prefix}.perUser"),
+                format!("{} is more than total ({})", limits.per_user, limits.total),
+            ));
+        }
+        problems
+    }
+
+    /// The long-running caps with defaults filled in.
+    pub fn limits(&self) -> long_running::Limits {
+        let d = long_running::Limits::default();
+        long_running::Limits {
+            per_user: self.per_user.unwrap_or(d.per_user),
+            total: self.total.unwrap_or(d.total),
+        }
+    }
 }
 
 /// A kubeconfig file and the context to use in it.
@@ -562,6 +619,24 @@ impl UpstreamConfig {
                 problems.push(problem(format!("{prefix}.kubeconfig"), e.to_string()));
             }
         }
+        if self.max_connections == Some(0) {
+            problems.push(problem(
+                format!("{prefix}.maxConnections"),
+                "must be at least 1",
+            ));
+        }
+        if self.max_streams_per_connection == Some(0) {
+            problems.push(problem(
+                format!("{prefix}.maxStreamsPerConnection"),
+                "must be at least 1",
+            ));
+        }
+        if self.keep_alive_timeout == Some(Duration::ZERO) {
+            problems.push(problem(
+                format!("{prefix}.keepAliveTimeout"),
+                "must be more than 0s",
+            ));
+        }
         if let Some(name) = &self.server_name {
             if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
                 problems.push(problem(
@@ -571,6 +646,24 @@ impl UpstreamConfig {
             }
         }
         problems
+    }
+
+    /// The pool settings with defaults filled in.
+    pub fn pool_settings(&self) -> PoolSettings {
+        let d = PoolSettings::default();
+        PoolSettings {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .unwrap_or(d.max_streams_per_connection),
+            keep_alive_interval: match self.keep_alive_interval {
+                Some(Duration::ZERO) => None,
+                Some(interval) => Some(interval),
+                None => d.keep_alive_interval,
+            },
+            keep_alive_timeout: self.keep_alive_timeout.unwrap_or(d.keep_alive_timeout),
+            idle_timeout: d.idle_timeout,
+        }
     }
 
     /// Resolves the section into client options (reads CA and key files).
@@ -588,6 +681,7 @@ impl UpstreamConfig {
                 .and_then(|kc| kc.upstream(k.context.as_deref()))
                 .map_err(|e| err("kubeconfig", e.to_string()))?;
             options.connect_timeout = connect_timeout;
+            options.pool = self.pool_settings();
             if let UpstreamCredential::TokenFile { interval: i, .. } = &mut options.credential {
                 *i = interval;
             }
@@ -656,6 +750,7 @@ impl UpstreamConfig {
                 None => UpstreamCredential::None,
             },
             connect_timeout,
+            pool: self.pool_settings(),
         })
     }
 }

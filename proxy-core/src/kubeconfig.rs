@@ -239,6 +239,7 @@ impl Kubeconfig {
             server_name: c.tls_server_name.clone(),
             credential,
             connect_timeout: Duration::from_secs(10),
+            pool: Default::default(),
         })
     }
 }

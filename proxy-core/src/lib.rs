@@ -15,6 +15,8 @@
 //!    proxy's own credential, below its path prefix (see [`path`]).
 //!
 //! [`AuthnLayer`] and [`ImpersonateLayer`] are the tower face of steps 2 and 3;
+//! [`LongRunningLayer`] between them caps the watches and tunnels
+//! ([`long_running`]) each user may hold;
 //! failures reach the caller as Kubernetes `Status` objects (see [`status`]).
 //! The API server authorizes the impersonated user; this crate makes no
 //! authorization decision about the forwarded request.
@@ -46,6 +48,7 @@ pub mod forwarded;
 pub mod impersonate;
 pub mod kubeconfig;
 pub mod layer;
+pub mod long_running;
 pub mod path;
 pub mod rate_limit;
 pub mod reload;
@@ -57,7 +60,10 @@ pub mod upstream;
 pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};
 pub use body::ProxyBody;
 pub use credential::{Credential, CredentialError};
-pub use layer::{proxy_stack, Authn, AuthnLayer, Impersonate, ImpersonateLayer, ProxyStack};
+pub use layer::{
+    proxy_stack, proxy_stack_with, Authn, AuthnLayer, Impersonate, ImpersonateLayer,
+    LongRunningLayer, ProxyStack,
+};
 
 /// The boxed error type used where several error sources meet (bodies, services).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -12,6 +12,7 @@ pub mod oidc;
 pub mod pki;
 pub mod slapd;
 pub mod upgrade;
+pub mod watchers;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

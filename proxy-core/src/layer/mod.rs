@@ -4,29 +4,46 @@
 //!
 //! ```text
 //! request → Authn (credential → Identity in extensions)
+//!         → LongRunning (cap watches, exec, logs -f per user and in total)
 //!         → Impersonate (strip caller's identity, set Impersonate-*)
 //!         → Upstream (proxy's own credential, stream to the API server)
 //! ```
 //!
 //! Failures are Kubernetes `Status` responses: 401 (with `WWW-Authenticate`)
-//! for a missing or bad credential, 429 when login attempts are throttled,
+//! for a missing or bad credential, 429 when login attempts are throttled or
+//! a long-running cap is reached,
 //! 503 when an identity backend or the API server is unreachable.
 
 mod authn;
 mod impersonate;
+mod long_running;
 
 pub use authn::{Authn, AuthnLayer};
 pub use impersonate::{Impersonate, ImpersonateLayer};
+pub use long_running::{LongRunning, LongRunningLayer, RETRY_AFTER_SECONDS};
 
 use tower_layer::Layer;
 
 use crate::authn::Authenticator;
+use crate::long_running::Limits;
 use crate::upstream::Upstream;
 
-/// The whole proxy as one service: authenticate, impersonate, forward.
-pub type ProxyStack<B = hyper::body::Incoming> = Authn<Impersonate<Upstream<B>>>;
+/// The whole proxy as one service: authenticate, cap long-running requests,
+/// impersonate, forward.
+pub type ProxyStack<B = hyper::body::Incoming> = Authn<LongRunning<Impersonate<Upstream<B>>>>;
 
-/// Composes the layers in request order around `upstream`.
+/// Composes the layers in request order around `upstream`, with the default
+/// long-running caps.
 pub fn proxy_stack<B>(authenticator: impl Authenticator, upstream: Upstream<B>) -> ProxyStack<B> {
-    AuthnLayer::new(authenticator).layer(ImpersonateLayer::new().layer(upstream))
+    proxy_stack_with(AuthnLayer::new(authenticator), Limits::default(), upstream)
+}
+
+/// Composes the layers in request order around `upstream` with a configured
+/// [`AuthnLayer`] and long-running caps.
+pub fn proxy_stack_with<B>(
+    authn: AuthnLayer,
+    limits: Limits,
+    upstream: Upstream<B>,
+) -> ProxyStack<B> {
+    authn.layer(LongRunningLayer::new(limits).layer(ImpersonateLayer::new().layer(upstream)))
 }

@@ -11,7 +11,9 @@
 //! - serves discovery, pods list/get/watch (streamed), SelfSubjectReview and
 //!   an upgrade endpoint that echoes bytes;
 //! - acts as kube-apiserver's token webhook client ([`webhook_client`]);
-//! - records every request it receives, headers included, before any check.
+//! - records every request it receives, headers included, before any check;
+//! - allows [`MAX_CONCURRENT_STREAMS`] streams per HTTP/2 connection, as
+//!   kube-apiserver does.
 
 mod impersonation;
 pub mod rbac;
@@ -28,6 +30,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use rbac::{Rule, UserInfo};
+
+/// Streams a client may open at once on one HTTP/2 connection: kube-apiserver's
+/// limit (its `--http2-max-streams-per-connection` default).
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// How the double behaves.
 pub struct DoubleConfig {
@@ -137,7 +143,11 @@ pub async fn start(config: DoubleConfig) -> anyhow::Result<RunningDouble> {
                 };
                 let service =
                     hyper::service::service_fn(move |req| routes::handle(state.clone(), req));
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http2()
+                    .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
                 let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;

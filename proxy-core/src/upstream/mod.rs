@@ -1,13 +1,16 @@
 //! Forwarding to the API server: a pooled hyper client over rustls that
 //! carries the proxy's own credential.
 //!
-//! - HTTP/2 when the server offers it by ALPN, else HTTP/1.1; upgrades
+//! - HTTP/2 when the server offers it by ALPN, over a [`pool`] of
+//!   connections that grows as the server's per-connection stream limit is
+//!   used up (watches hold their stream); else HTTP/1.1; upgrades
 //!   (SPDY/3.1 and WebSocket, as kubectl exec, attach and port-forward use)
 //!   go over HTTP/1.1 and are tunnelled both ways.
 //! - Request and response bodies stream; nothing is buffered.
 //! - The credential is a bearer token read from a file that is re-read as it
 //!   rotates (projected service-account tokens), or a client certificate.
 //! - Only connecting has a timeout; streaming bodies (watches, logs) do not.
+//!   HTTP/2 PINGs detect a dead server under a long, quiet watch.
 //! - An unreachable server is a 503 `Status`; other transport failures a 502.
 
 use std::convert::Infallible;
@@ -27,7 +30,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::body::ProxyBody;
+pub mod pool;
+
+pub use pool::PoolSettings;
+
+use crate::body::{Hold, ProxyBody};
 use crate::impersonate::is_upgrade;
 use crate::reload::{watch_file, FileWatch};
 use crate::status::{Reason, Status};
@@ -66,6 +73,8 @@ pub struct UpstreamOptions {
     pub credential: UpstreamCredential,
     /// Time allowed to open a TCP connection.
     pub connect_timeout: Duration,
+    /// How HTTP/2 connections are pooled and kept alive.
+    pub pool: PoolSettings,
 }
 
 /// A problem building the upstream client.
@@ -133,10 +142,10 @@ pub struct Upstream<B = hyper::body::Incoming> {
 }
 
 struct Inner<B> {
-    /// Client offering h2 and http/1.1 by ALPN.
-    client: HttpsClient<B>,
-    /// HTTP/1.1-only client for upgrades.
-    upgrade_client: HttpsClient<B>,
+    /// HTTP/2 connections (ALPN offers h2 and http/1.1).
+    pool: pool::Pool<DrainOnDrop<B>>,
+    /// HTTP/1.1-only client, for upgrades and servers without HTTP/2.
+    http1_client: HttpsClient<B>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     path_prefix: String,
@@ -202,7 +211,7 @@ where
             ),
             None => None,
         };
-        let make_client = |http2: bool| -> Result<HttpsClient<B>, UpstreamError> {
+        let make_connector = |http2: bool| -> Result<HttpsConnector<HttpConnector>, UpstreamError> {
             let config = tls::client_config(
                 roots.clone(),
                 identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
@@ -220,19 +229,24 @@ where
                 builder =
                     builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone()));
             }
-            let connector = if http2 {
+            Ok(if http2 {
                 builder.enable_all_versions().wrap_connector(http)
             } else {
                 builder.enable_http1().wrap_connector(http)
-            };
-            Ok(Client::builder(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .build(connector))
+            })
         };
-        let client = make_client(true)?;
-        let upgrade_client = make_client(false)?;
+        let target = Uri::builder()
+            .scheme(http::uri::Scheme::HTTPS)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|_| url_error("has no usable host"))?;
+        let pool = pool::Pool::new(make_connector(true)?, target, options.pool.clone());
+        let http1_client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(options.pool.idle_timeout)
+            .build(make_connector(false)?);
 
         let token = Arc::new(TokenSource::default());
         let watch = match &options.credential {
@@ -274,8 +288,8 @@ where
         };
         Ok(Upstream {
             inner: Arc::new(Inner {
-                client,
-                upgrade_client,
+                pool,
+                http1_client,
                 scheme: http::uri::Scheme::HTTPS,
                 authority,
                 path_prefix,
@@ -283,6 +297,11 @@ where
                 _watch: watch,
             }),
         })
+    }
+
+    /// HTTP/2 connections open to the API server now (connecting ones included).
+    pub fn http2_connections(&self) -> usize {
+        self.inner.pool.connections()
     }
 
     /// The proxy's current upstream token source.
@@ -308,7 +327,11 @@ where
 
 fn unreachable_status(error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
     tracing::warn!(error = %error, source = ?std::error::Error::source(error), "upstream request failed");
-    if error.is_connect() {
+    failure_status(error.is_connect())
+}
+
+fn failure_status(connect: bool) -> Response<ProxyBody> {
+    if connect {
         Status::failure(
             StatusCode::SERVICE_UNAVAILABLE,
             Reason::ServiceUnavailable,
@@ -360,7 +383,6 @@ where
                 return Box::pin(std::future::ready(Ok(status.into_response())));
             }
         }
-        *req.version_mut() = Version::HTTP_11;
         match self.inner.token.current() {
             Some(token) => {
                 req.headers_mut()
@@ -372,20 +394,59 @@ where
         }
         let inner = self.inner.clone();
         if is_upgrade(req.headers()) {
+            *req.version_mut() = Version::HTTP_11;
             return Box::pin(forward_upgrade(inner, req));
         }
-        Box::pin(async move {
-            Ok(
-                match inner.client.request(req.map(DrainOnDrop::new)).await {
-                    Ok(mut response) => {
-                        strip_response_hop_headers(response.headers_mut());
-                        crate::body::prefetch_fixed_length(response).await
-                    }
-                    Err(error) => unreachable_status(&error),
-                },
-            )
-        })
+        // Held by the response body here; nothing to carry upstream.
+        req.extensions_mut().remove::<Hold>();
+        Box::pin(forward(inner, req))
     }
+}
+
+/// Forwards a request over a pooled HTTP/2 stream, or over HTTP/1.1 when
+/// the server has no HTTP/2.
+async fn forward<B>(
+    inner: Arc<Inner<B>>,
+    mut req: Request<B>,
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (response, guard) = match inner.pool.acquire().await {
+        Ok(pool::Route::Http2(mut send, guard)) => {
+            *req.version_mut() = Version::HTTP_2;
+            match send.send_request(req.map(DrainOnDrop::new)).await {
+                Ok(response) => (response, Some(guard)),
+                Err(error) => {
+                    tracing::warn!(%error, "upstream request failed");
+                    return Ok(failure_status(false));
+                }
+            }
+        }
+        Ok(pool::Route::Http1) => {
+            *req.version_mut() = Version::HTTP_11;
+            match inner.http1_client.request(req.map(DrainOnDrop::new)).await {
+                Ok(response) => (response, None),
+                Err(error) => return Ok(unreachable_status(&error)),
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "upstream request failed");
+            return Ok(failure_status(true));
+        }
+    };
+    let mut response = response;
+    strip_response_hop_headers(response.headers_mut());
+    let (parts, body) = crate::body::prefetch_fixed_length(response)
+        .await
+        .into_parts();
+    let body = match guard {
+        // The stream slot is given back when the body ends or is dropped.
+        Some(guard) => body.with_hold(Hold::new(guard)),
+        None => body,
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Forwards an upgrade request over HTTP/1.1 and, on `101`, joins the
@@ -399,11 +460,9 @@ where
     B::Error: Into<BoxError>,
 {
     let caller = hyper::upgrade::on(&mut req);
-    let mut response = match inner
-        .upgrade_client
-        .request(req.map(DrainOnDrop::new))
-        .await
-    {
+    // Kept (a long-running permit, say) until the tunnel closes.
+    let hold = req.extensions_mut().remove::<Hold>();
+    let mut response = match inner.http1_client.request(req.map(DrainOnDrop::new)).await {
         Ok(response) => response,
         Err(error) => return Ok(unreachable_status(&error)),
     };
@@ -425,15 +484,11 @@ where
             }
             Err(error) => tracing::warn!(%error, "protocol upgrade failed"),
         }
+        drop(hold);
     });
     let (parts, _body) = response.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
-
-/// How much of an unread request body is drained after the upstream answered.
-const DRAIN_LIMIT_BYTES: usize = 1 << 20;
-/// How long draining may take.
-const DRAIN_LIMIT_TIME: Duration = Duration::from_secs(5);
 
 /// A request body that, when dropped unfinished (the upstream answered before
 /// reading it all), reads the rest in the background up to a limit. Without
@@ -458,31 +513,11 @@ where
     }
 }
 
-fn drain_in_background<B>(mut body: B)
+fn drain_in_background<B>(body: B)
 where
     B: http_body::Body + Send + Unpin + 'static,
 {
-    if body.is_end_stream() {
-        return;
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        use http_body_util::BodyExt;
-        let drain = async {
-            let mut read = 0usize;
-            while let Some(Ok(frame)) = body.frame().await {
-                if let Some(data) = frame.data_ref() {
-                    read += bytes::Buf::remaining(data);
-                    if read > DRAIN_LIMIT_BYTES {
-                        break;
-                    }
-                }
-            }
-        };
-        let _ = tokio::time::timeout(DRAIN_LIMIT_TIME, drain).await;
-    });
+    crate::body::drain_unread(body);
 }
 
 impl<B> http_body::Body for DrainOnDrop<B>

@@ -1,0 +1,138 @@
+//! [`LongRunningLayer`]: caps the long-running requests (watch, exec,
+//! attach, port-forward, proxy, `logs -f`) each authenticated user and all
+//! users together may hold, answering `429 TooManyRequests` beyond them.
+//!
+//! It sits after [`AuthnLayer`](crate::AuthnLayer) (it needs the caller's
+//! [`Identity`]). The permit is held by the response body and, for an
+//! upgrade, by the tunnel ([`Hold`] in the request extensions, which
+//! [`Upstream`](crate::upstream::Upstream) keeps until the tunnel closes), so
+//! it comes back when the watch ends, the tunnel closes or the caller goes
+//! away.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::authn::Identity;
+use crate::body::{Hold, ProxyBody};
+use crate::long_running::{is_long_running, Limiter, Limits, Refused};
+use crate::status::{Reason, Status};
+
+/// Seconds a refused caller is told to wait (`Retry-After`), as kube-apiserver's
+/// max-in-flight filter says.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// Layer that caps long-running requests per user and in total.
+///
+/// ```
+/// use proxy_core::layer::LongRunningLayer;
+/// use proxy_core::long_running::Limits;
+/// use tower_layer::Layer;
+///
+/// let layer = LongRunningLayer::new(Limits { per_user: 100, total: 10_000 });
+/// let inner = tower::service_fn(|_req: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(proxy_core::ProxyBody::empty()))
+/// });
+/// let _service = layer.layer(inner);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct LongRunningLayer {
+    limiter: Limiter,
+}
+
+impl LongRunningLayer {
+    /// A layer with these caps.
+    pub fn new(limits: Limits) -> Self {
+        LongRunningLayer {
+            limiter: Limiter::new(limits),
+        }
+    }
+
+    /// The shared counter (to read what is held).
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+}
+
+impl<S> Layer<S> for LongRunningLayer {
+    type Service = LongRunning<S>;
+
+    fn layer(&self, inner: S) -> LongRunning<S> {
+        LongRunning {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+/// Service made by [`LongRunningLayer`].
+#[derive(Debug, Clone)]
+pub struct LongRunning<S> {
+    inner: S,
+    limiter: Limiter,
+}
+
+fn too_many(refused: Refused) -> Response<ProxyBody> {
+    let message = match refused {
+        Refused::PerUser => {
+            "Too many long-running requests (watch, exec, logs -f) by this user, please try again later."
+        }
+        Refused::Total => "Too many requests, please try again later.",
+    };
+    let mut response = Status::failure(
+        StatusCode::TOO_MANY_REQUESTS,
+        Reason::TooManyRequests,
+        message,
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    response
+}
+
+impl<S, B> Service<Request<B>> for LongRunning<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if !is_long_running(req.uri().path(), req.uri().query()) {
+            return Box::pin(self.inner.call(req));
+        }
+        // Without an identity (the layer used without AuthnLayer) every
+        // caller shares one count.
+        let user = req
+            .extensions()
+            .get::<Arc<Identity>>()
+            .map(|identity| identity.user().username.as_str())
+            .unwrap_or("");
+        let hold = match self.limiter.try_acquire(user) {
+            Ok(permit) => Hold::new(permit),
+            Err(refused) => {
+                tracing::info!(%refused, "refused a long-running request");
+                return Box::pin(std::future::ready(Ok(too_many(refused))));
+            }
+        };
+        req.extensions_mut().insert(hold.clone());
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| body.with_hold(hold)))
+        })
+    }
+}

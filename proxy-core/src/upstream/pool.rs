@@ -1,0 +1,376 @@
+//! HTTP/2 connections to the API server, opened as streams run out.
+//!
+//! kube-apiserver lets a client open a limited number of concurrent streams
+//! on one HTTP/2 connection (100 by default). Watches, `logs -f` and exec
+//! sessions hold their stream for minutes or hours, so a proxy that sends
+//! everything over one connection makes every new request queue behind
+//! them. The pool counts the streams it has open on each connection and opens
+//! another connection when every open one is full, up to
+//! [`PoolSettings::max_connections`]; at that cap a request waits for a
+//! stream to end. A stream slot is held until its response body ends or is
+//! dropped (the caller's cancel included).
+//!
+//! hyper's `SendRequest::poll_ready` stays ready while the peer's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` is used up (hyper queues the request
+//! inside the connection instead), and hyper does not expose the peer's
+//! value, so the per-connection limit is a setting
+//! ([`PoolSettings::max_streams_per_connection`], kube's 100 by default).
+//!
+//! Connections send HTTP/2 PING frames so a dead API server (or a silently
+//! dropped NAT entry) is noticed; a closed connection leaves the pool at
+//! once, and one without streams for [`PoolSettings::idle_timeout`] is closed.
+//! When the server does not offer `h2` by ALPN the pool reports it, and the
+//! caller falls back to its HTTP/1.1 client from then on.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use hyper::client::conn::http2::SendRequest;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{watch, Notify};
+use tower_service::Service;
+
+use crate::BoxError;
+
+/// Default for [`PoolSettings::max_connections`]: with kube's 100 streams per
+/// connection, room for the default 10,000 long-running requests
+/// ([`crate::long_running::DEFAULT_TOTAL`]) and as many short ones besides.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// Default for [`PoolSettings::max_streams_per_connection`] (kube-apiserver's limit).
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// Default for [`PoolSettings::keep_alive_interval`].
+pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default for [`PoolSettings::keep_alive_timeout`].
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default for [`PoolSettings::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How many HTTP/2 connections the pool may open and how it keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Most HTTP/2 connections open at once; at the cap, requests wait for a
+    /// free stream.
+    pub max_connections: usize,
+    /// Streams the pool opens on one connection before opening another (set
+    /// it to the API server's `--http2-max-streams-per-connection`).
+    pub max_streams_per_connection: usize,
+    /// How often an HTTP/2 PING is sent (`None`: never).
+    pub keep_alive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keep_alive_timeout: Duration,
+    /// How long a connection without streams is kept open.
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            keep_alive_interval: Some(DEFAULT_KEEP_ALIVE_INTERVAL),
+            keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// Why no stream could be had.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PoolError {
+    /// The connection could not be opened (TCP, TLS or the HTTP/2 handshake).
+    #[error("connecting to the upstream failed: {0}")]
+    Connect(String),
+}
+
+/// Where a request goes.
+pub(crate) enum Route<B> {
+    /// Over this HTTP/2 connection; the guard holds the stream slot.
+    Http2(SendRequest<B>, StreamGuard<B>),
+    /// The server speaks only HTTP/1.1: use the HTTP/1.1 client.
+    Http1,
+}
+
+/// The pool of HTTP/2 connections to one API server.
+pub(crate) struct Pool<B> {
+    shared: Arc<Shared<B>>,
+}
+
+impl<B> Clone for Pool<B> {
+    fn clone(&self) -> Self {
+        Pool {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<B> {
+    connector: HttpsConnector<HttpConnector>,
+    /// `https://host:port` to connect to.
+    target: Uri,
+    settings: PoolSettings,
+    state: Mutex<State<B>>,
+    /// Signalled when a stream ends or a connection changes phase.
+    changed: Notify,
+    http1_only: AtomicBool,
+    started: Instant,
+}
+
+struct State<B> {
+    conns: Vec<Arc<Conn<B>>>,
+    next_id: u64,
+}
+
+enum Phase<B> {
+    Connecting,
+    Ready(SendRequest<B>),
+    Failed(String),
+    Http1,
+    Closed,
+}
+
+enum Outcome<B> {
+    Send(SendRequest<B>),
+    Http1,
+    Failed(String),
+    Retry,
+}
+
+struct Conn<B> {
+    id: u64,
+    in_flight: AtomicUsize,
+    /// Milliseconds since the pool started when the last stream ended.
+    last_used: AtomicU64,
+    phase: watch::Receiver<Phase<B>>,
+}
+
+impl<B> Conn<B> {
+    /// True while new streams may be opened on it.
+    fn usable(&self) -> bool {
+        match &*self.phase.borrow() {
+            Phase::Connecting => true,
+            Phase::Ready(send) => !send.is_closed(),
+            Phase::Failed(_) | Phase::Http1 | Phase::Closed => false,
+        }
+    }
+}
+
+/// A stream slot on one connection, given back when dropped.
+pub(crate) struct StreamGuard<B> {
+    conn: Arc<Conn<B>>,
+    shared: Arc<Shared<B>>,
+}
+
+impl<B> Drop for StreamGuard<B> {
+    fn drop(&mut self) {
+        let now = self.shared.started.elapsed().as_millis() as u64;
+        self.conn.last_used.store(now, Ordering::Relaxed);
+        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.shared.changed.notify_waiters();
+    }
+}
+
+impl<B> Pool<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// A pool connecting to `target` (`https://host:port`) through `connector`.
+    pub(crate) fn new(
+        connector: HttpsConnector<HttpConnector>,
+        target: Uri,
+        settings: PoolSettings,
+    ) -> Self {
+        Pool {
+            shared: Arc::new(Shared {
+                connector,
+                target,
+                settings,
+                state: Mutex::new(State {
+                    conns: Vec::new(),
+                    next_id: 0,
+                }),
+                changed: Notify::new(),
+                http1_only: AtomicBool::new(false),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// Open HTTP/2 connections (connecting ones included).
+    pub(crate) fn connections(&self) -> usize {
+        self.shared
+            .state
+            .lock()
+            .map(|s| s.conns.iter().filter(|c| c.usable()).count())
+            .unwrap_or(0)
+    }
+
+    /// A stream slot on a connection with room, opening a connection when
+    /// every open one is full, waiting when the pool is at its cap.
+    /// Cancel-safe: a slot taken by a cancelled call is given back.
+    pub(crate) async fn acquire(&self) -> Result<Route<B>, PoolError> {
+        let shared = &self.shared;
+        loop {
+            if shared.http1_only.load(Ordering::Acquire) {
+                return Ok(Route::Http1);
+            }
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let Some(conn) = self.pick() else {
+                changed.await;
+                continue;
+            };
+            let guard = StreamGuard {
+                conn,
+                shared: shared.clone(),
+            };
+            let mut phase = guard.conn.phase.clone();
+            let outcome = match phase.wait_for(|p| !matches!(p, Phase::Connecting)).await {
+                Ok(current) => match &*current {
+                    Phase::Ready(send) if !send.is_closed() => Outcome::Send(send.clone()),
+                    Phase::Http1 => Outcome::Http1,
+                    Phase::Failed(error) => Outcome::Failed(error.clone()),
+                    // Closed meanwhile: take a slot elsewhere.
+                    Phase::Ready(_) | Phase::Closed | Phase::Connecting => Outcome::Retry,
+                },
+                Err(_) => Outcome::Failed("the connection task ended".into()),
+            };
+            match outcome {
+                Outcome::Send(send) => return Ok(Route::Http2(send, guard)),
+                Outcome::Http1 => return Ok(Route::Http1),
+                Outcome::Failed(error) => return Err(PoolError::Connect(error)),
+                Outcome::Retry => continue,
+            }
+        }
+    }
+
+    /// Takes a slot on the first connection with room, or starts a new one.
+    fn pick(&self) -> Option<Arc<Conn<B>>> {
+        let shared = &self.shared;
+        let limit = shared.settings.max_streams_per_connection.max(1);
+        let mut state = shared.state.lock().ok()?;
+        state.conns.retain(|c| c.usable());
+        for conn in &state.conns {
+            if conn.in_flight.load(Ordering::Acquire) < limit {
+                conn.in_flight.fetch_add(1, Ordering::AcqRel);
+                return Some(conn.clone());
+            }
+        }
+        if state.conns.len() >= shared.settings.max_connections.max(1) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(Phase::Connecting);
+        let conn = Arc::new(Conn {
+            id: state.next_id,
+            in_flight: AtomicUsize::new(1),
+            last_used: AtomicU64::new(0),
+            phase: rx,
+        });
+        state.next_id += 1;
+        state.conns.push(conn.clone());
+        tracing::debug!(
+            connection = conn.id,
+            open = state.conns.len(),
+            "opening another upstream HTTP/2 connection"
+        );
+        drop(state);
+        tokio::spawn(run_connection(shared.clone(), conn.clone(), tx));
+        Some(conn)
+    }
+}
+
+/// Opens one connection, publishes its phase, drives it until it closes or
+/// stays idle too long, then removes it from the pool.
+async fn run_connection<B>(
+    shared: Arc<Shared<B>>,
+    conn: Arc<Conn<B>>,
+    phase: watch::Sender<Phase<B>>,
+) where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let finish = |next: Phase<B>| {
+        phase.send_replace(next);
+        if let Ok(mut state) = shared.state.lock() {
+            state.conns.retain(|c| c.id != conn.id);
+        }
+        shared.changed.notify_waiters();
+    };
+    let mut connector = shared.connector.clone();
+    let stream = match connector.call(shared.target.clone()).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "connecting to the upstream failed");
+            return finish(Phase::Failed(error.to_string()));
+        }
+    };
+    if !stream.connected().is_negotiated_h2() {
+        tracing::info!("the upstream does not offer HTTP/2; using HTTP/1.1");
+        shared.http1_only.store(true, Ordering::Release);
+        return finish(Phase::Http1);
+    }
+    let settings = &shared.settings;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(settings.keep_alive_interval)
+        .keep_alive_timeout(settings.keep_alive_timeout)
+        .keep_alive_while_idle(true);
+    let (send, connection) = match builder.handshake(stream).await {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::warn!(%error, "the upstream HTTP/2 handshake failed");
+            return finish(Phase::Failed(error.to_string()));
+        }
+    };
+    phase.send_replace(Phase::Ready(send));
+    shared.changed.notify_waiters();
+
+    let idle_timeout = settings.idle_timeout;
+    let mut check = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(100)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(connection);
+    let result = loop {
+        tokio::select! {
+            result = &mut connection => break result,
+            _ = check.tick() => {
+                let now = shared.started.elapsed().as_millis() as u64;
+                let idle_for = now.saturating_sub(conn.last_used.load(Ordering::Relaxed));
+                if conn.in_flight.load(Ordering::Acquire) == 0
+                    && Duration::from_millis(idle_for) >= idle_timeout
+                {
+                    // Checked again under the lock, where slots are taken.
+                    let removed = match shared.state.lock() {
+                        Ok(mut state) if conn.in_flight.load(Ordering::Acquire) == 0 => {
+                            state.conns.retain(|c| c.id != conn.id);
+                            true
+                        }
+                        _ => false,
+                    };
+                    if removed {
+                        tracing::debug!(connection = conn.id, "closing an idle upstream connection");
+                        // Dropping the last `SendRequest` lets hyper close it.
+                        phase.send_replace(Phase::Closed);
+                        shared.changed.notify_waiters();
+                        break connection.await;
+                    }
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::info!(connection = conn.id, %error, "upstream HTTP/2 connection closed");
+    }
+    finish(Phase::Closed);
+}
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

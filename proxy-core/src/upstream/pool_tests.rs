@@ -1,0 +1,186 @@
+//! The pool against a real HTTP/2 server on loopback that allows two streams
+//! per connection.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower_service::Service;
+
+use super::PoolSettings;
+use crate::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
+
+/// Streams the test server allows per connection.
+const SERVER_STREAMS: u32 = 2;
+
+struct TestServer {
+    addr: std::net::SocketAddr,
+    ca_pem: String,
+    accepted: Arc<AtomicUsize>,
+}
+
+fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let chain = vec![leaf.der().clone()];
+    let key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    (Arc::new(config), ca.pem())
+}
+
+/// `/hold` answers with a body that never ends; anything else with `ok`.
+async fn start_server() -> TestServer {
+    let (tls, ca_pem) = tls_config();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/hold" {
+                            let stream = futures_util::stream::once(async {
+                                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"held\n")))
+                            })
+                            .chain(futures_util::stream::pending());
+                            Ok::<_, Infallible>(Response::new(BodyExt::boxed(StreamBody::new(
+                                stream,
+                            ))))
+                        } else {
+                            Ok(Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
+                            ))
+                        }
+                    });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(SERVER_STREAMS)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    TestServer {
+        addr,
+        ca_pem,
+        accepted,
+    }
+}
+
+fn upstream(server: &TestServer, max_connections: usize) -> Upstream<Empty<Bytes>> {
+    Upstream::new(UpstreamOptions {
+        url: format!("https://{}", server.addr).parse().unwrap(),
+        ca_pem: Some(server.ca_pem.clone().into_bytes()),
+        client_identity: None,
+        server_name: Some("localhost".into()),
+        credential: UpstreamCredential::None,
+        connect_timeout: Duration::from_secs(5),
+        pool: PoolSettings {
+            max_connections,
+            max_streams_per_connection: SERVER_STREAMS as usize,
+            ..PoolSettings::default()
+        },
+    })
+    .unwrap()
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::get(path).body(Empty::new()).unwrap()
+}
+
+/// Sends `/hold` and returns the response once its first bytes arrived.
+async fn hold(upstream: &mut Upstream<Empty<Bytes>>) -> Response<crate::ProxyBody> {
+    let mut response = upstream.call(get("/hold")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let frame = response.body_mut().frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "held\n");
+    response
+}
+
+async fn short(upstream: &mut Upstream<Empty<Bytes>>) -> String {
+    let response = tokio::time::timeout(Duration::from_secs(5), upstream.call(get("/")))
+        .await
+        .expect("a short request was answered while streams were held")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test]
+async fn pool_opens_a_second_connection_when_the_first_is_full() {
+    let server = start_server().await;
+    let mut upstream = upstream(&server, 8);
+    let held: Vec<_> = {
+        let mut held = Vec::new();
+        for _ in 0..SERVER_STREAMS {
+            held.push(hold(&mut upstream).await);
+        }
+        held
+    };
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(short(&mut upstream).await, "ok");
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        2,
+        "the short request went over a second connection"
+    );
+    assert_eq!(upstream.http2_connections(), 2);
+    drop(held);
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_requests_wait_for_a_stream_to_end() {
+    let server = start_server().await;
+    let mut upstream = upstream(&server, 1);
+    let mut first = hold(&mut upstream).await;
+    let _second = hold(&mut upstream).await;
+    let mut waiting = Box::pin(upstream.clone().call(get("/")));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "answered although every stream of the only allowed connection is held"
+    );
+    // The caller goes away mid-stream: its slot comes back.
+    drop(std::mem::replace(
+        first.body_mut(),
+        crate::ProxyBody::empty(),
+    ));
+    drop(first);
+    let response = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting request got the freed stream")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
