@@ -15,13 +15,14 @@
 //! A directory that cannot be reached is a 503; the next request tries again.
 
 pub mod config;
+pub mod filter;
 mod throttle;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ldap3::{ldap_escape, Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
@@ -241,9 +242,7 @@ impl LdapAuthenticator {
         username: &str,
         password: &Secret,
     ) -> Result<Option<UserInfo>, AuthnError> {
-        let filter = self
-            .user_filter
-            .replace("{username}", &ldap_escape(username));
+        let filter = filter::fill(&self.user_filter, &[("username", username)]);
         let mut attrs = vec![self.username_attr.clone()];
         attrs.extend(self.uid_attr.clone());
         attrs.extend(self.member_of_attr.clone());
@@ -278,9 +277,10 @@ impl LdapAuthenticator {
             }
         }
         if let Some((base, filter, name_attr)) = &self.group_search {
-            let filter = filter
-                .replace("{dn}", &ldap_escape(entry.dn.as_str()))
-                .replace("{username}", &ldap_escape(name.as_str()));
+            let filter = filter::fill(
+                filter,
+                &[("dn", entry.dn.as_str()), ("username", name.as_str())],
+            );
             for group in self.search(base, &filter, vec![name_attr.clone()]).await? {
                 groups.extend(group.attrs.get(name_attr).and_then(|v| v.first()).cloned());
             }
@@ -379,6 +379,6 @@ mod tests {
 
     #[test]
     fn filter_metacharacters_are_escaped() {
-        assert_eq!(ldap_escape("*)(uid=*"), "\\2a\\29\\28uid=\\2a");
+        assert_eq!(ldap3::ldap_escape("*)(uid=*"), "\\2a\\29\\28uid=\\2a");
     }
 }

@@ -65,6 +65,26 @@ struct Discovery {
     jwks_uri: String,
 }
 
+impl Discovery {
+    fn jwks_uri_of(self, issuer: &str) -> Result<String, String> {
+        if self.issuer != issuer {
+            return Err(format!(
+                "discovery document names issuer {:?}, expected {:?}",
+                self.issuer, issuer
+            ));
+        }
+        Ok(self.jwks_uri)
+    }
+}
+
+/// Reads an OpenID discovery document as the key loader does: the
+/// `jwks_uri` it names, when its `issuer` is exactly `issuer`.
+pub fn discovery_jwks_uri(document: &[u8], issuer: &str) -> Result<String, String> {
+    serde_json::from_slice::<Discovery>(document)
+        .map_err(|e| e.to_string())?
+        .jwks_uri_of(issuer)
+}
+
 impl KeySet {
     /// A key set for `settings`; nothing is fetched until [`KeySet::start`].
     pub fn new(settings: &IssuerSettings) -> Result<KeySet, tls::TlsError> {
@@ -254,14 +274,9 @@ impl KeySet {
 
     async fn fetch(&self) -> Result<Keys, String> {
         let discovery: Discovery = self.get_json(&self.discovery_url).await?;
-        if discovery.issuer != self.issuer {
-            return Err(format!(
-                "discovery document names issuer {:?}, expected {:?}",
-                discovery.issuer, self.issuer
-            ));
-        }
-        let set: JwkSet = self.get_json(&discovery.jwks_uri).await?;
-        Self::keys_from(&set, &discovery.jwks_uri)
+        let jwks_uri = discovery.jwks_uri_of(&self.issuer)?;
+        let set: JwkSet = self.get_json(&jwks_uri).await?;
+        Self::keys_from(&set, &jwks_uri)
     }
 
     fn keys_from(set: &JwkSet, source: &str) -> Result<Keys, String> {
