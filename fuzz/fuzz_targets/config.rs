@@ -8,7 +8,9 @@ use authproxy_fuzz::{confined, fixture_dir};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let config = match FileConfig::parse(text) {
         Ok(config) => config,
         Err((field, _)) => {

@@ -49,18 +49,28 @@ fuzz_target!(|data: &[u8]| {
         verify(sign(header, claims, &f.kid));
         return;
     }
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     verify(text.to_owned());
     let fields: Vec<&str> = text.split('\u{1f}').collect();
     let mut user = UserInfo {
         username: fields[0].to_owned(),
         uid: fields.get(1).map(|s| s.to_string()),
-        groups: fields.iter().skip(2).take(3).map(|s| s.to_string()).collect(),
+        groups: fields
+            .iter()
+            .skip(2)
+            .take(3)
+            .map(|s| s.to_string())
+            .collect(),
         extra: Default::default(),
     };
     if let (Some(k), Some(v)) = (fields.get(5), fields.get(6)) {
         user.extra.insert(k.to_string(), vec![v.to_string()]);
     }
-    let (token, _) = f.tokens.issue(&user).expect("issuing never fails with a loaded key");
+    let (token, _) = f
+        .tokens
+        .issue(&user)
+        .expect("issuing never fails with a loaded key");
     assert_eq!(verify(token).as_ref(), Some(&user));
 });

@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use proxy_core::kubeconfig::Kubeconfig;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let Ok(kubeconfig) = Kubeconfig::parse(text, &fixture_dir().join("kubeconfig")) else {
         return;
     };

@@ -27,17 +27,23 @@ fn shape(tag: &StructureTag) -> String {
 
 fn check(template: &str, username: &str, dn: &str) {
     let plain = fill(template, &[("username", "x"), ("dn", "x")]);
-    let Ok(expected) = ldap3::parse_filter(&plain) else { return };
+    let Ok(expected) = ldap3::parse_filter(&plain) else {
+        return;
+    };
     let expected = expected.into_structure();
     let filled = fill(template, &[("username", username), ("dn", dn)]);
     let parsed = ldap3::parse_filter(&filled)
-        .unwrap_or_else(|_| panic!("{template:?} filled with escaped values does not parse: {filled:?}"))
+        .unwrap_or_else(|_| {
+            panic!("{template:?} filled with escaped values does not parse: {filled:?}")
+        })
         .into_structure();
     assert_eq!(shape(&parsed), shape(&expected), "{filled:?}");
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let (template, values) = match text.split_once('\u{1e}') {
         Some((template, values)) => (Some(template), values),
         None => (None, text),

@@ -9,7 +9,9 @@ use authproxy::login::{is_fresh_exec_credential, usable_cached_id_token};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let now = SystemTime::now();
     let _ = is_fresh_exec_credential(text, now);
     if let Some((_, expires)) = usable_cached_id_token(text, now) {
