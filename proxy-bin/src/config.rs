@@ -181,12 +181,7 @@ impl FileConfig {
     pub fn parse(text: &str) -> Result<FileConfig, (String, String)> {
         let deserializer = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            let field = e.path().to_string();
-            let field = if field == "." {
-                "(top level)".to_owned()
-            } else {
-                field
-            };
+            let field = proxy_core::config::field_path(e.path());
             (field, e.into_inner().to_string())
         })
     }
@@ -261,6 +256,12 @@ mod tests {
         .unwrap_err();
         assert_eq!(field, "upstream.urll");
         assert!(message.contains("unknown field"), "{message}");
+    }
+
+    #[test]
+    fn an_error_at_an_empty_top_level_key_still_names_a_field() {
+        let (field, _) = FileConfig::parse(" ?").unwrap_err();
+        assert_eq!(field, "(top level)");
     }
 
     #[test]

@@ -68,10 +68,20 @@ fn read_private(path: &Path) -> Option<String> {
 /// The still-valid cached ExecCredential, if any.
 fn cached(path: &Path) -> Option<String> {
     let text = read_private(path)?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let expires =
-        humantime::parse_rfc3339(value["status"]["expirationTimestamp"].as_str()?).ok()?;
-    (expires > SystemTime::now() + EXPIRY_MARGIN).then_some(text)
+    is_fresh_exec_credential(&text, SystemTime::now()).then_some(text)
+}
+
+/// Whether `text`, the content of a `login ldap` cache file, is an
+/// `ExecCredential` whose `status.expirationTimestamp` is still comfortably
+/// ahead of `now`. Anything unreadable is not fresh.
+pub fn is_fresh_exec_credential(text: &str, now: SystemTime) -> bool {
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return false;
+    };
+    let Some(stamp) = value["status"]["expirationTimestamp"].as_str() else {
+        return false;
+    };
+    humantime::parse_rfc3339(stamp).is_ok_and(|expires| expires > now + EXPIRY_MARGIN)
 }
 
 /// Writes `text` to `path` as a private file, atomically: through a fresh
@@ -300,7 +310,16 @@ fn jwt_expiry(id_token: &str) -> Option<SystemTime> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let exp = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["exp"].as_u64()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(exp))
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
+
+/// The ID token kept in `text`, the content of a `login oidc` cache file,
+/// with its expiry, when it is still comfortably valid at `now`. The token
+/// is read without verification (the IdP and the proxy verify it).
+pub fn usable_cached_id_token(text: &str, now: SystemTime) -> Option<(String, SystemTime)> {
+    let cache: OidcCache = serde_json::from_str(text).ok()?;
+    let expires = jwt_expiry(&cache.id_token).filter(|e| *e > now + EXPIRY_MARGIN)?;
+    Some((cache.id_token.clone(), expires))
 }
 
 /// A client.authentication.k8s.io/v1 `ExecCredential` holding `token`.
@@ -419,8 +438,9 @@ impl Oidc {
             start["user_code"].as_str().unwrap_or("?")
         );
         let mut interval = Duration::from_secs(start["interval"].as_u64().unwrap_or(5).max(1));
-        let deadline = std::time::Instant::now()
-            + Duration::from_secs(start["expires_in"].as_u64().unwrap_or(600));
+        // The IdP's number, bounded so that no answer can overflow the clock.
+        let expires_in = start["expires_in"].as_u64().unwrap_or(600).min(86_400);
+        let deadline = std::time::Instant::now() + Duration::from_secs(expires_in);
         while std::time::Instant::now() < deadline {
             tokio::time::sleep(interval).await;
             let (status, answer) = self
@@ -599,14 +619,14 @@ pub async fn login_oidc(
         .map(|b| format!("{b:02x}"))
         .collect();
     let path = cache_dir()?.join(format!("oidc-{key}.json"));
-    let cached: Option<OidcCache> = read_private(&path).and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(c) = &cached {
-        if let Some(exp) =
-            jwt_expiry(&c.id_token).filter(|e| *e > SystemTime::now() + EXPIRY_MARGIN)
-        {
-            return Ok(exec_credential(&c.id_token, exp));
-        }
+    let text = read_private(&path);
+    if let Some((id_token, exp)) = text
+        .as_deref()
+        .and_then(|t| usable_cached_id_token(t, SystemTime::now()))
+    {
+        return Ok(exec_credential(&id_token, exp));
     }
+    let cached: Option<OidcCache> = text.and_then(|t| serde_json::from_str(&t).ok());
     let client: HttpsClient<http_body_util::Full<Bytes>> = https_client(ca_file)?;
     let discovery_url = format!(
         "{}/.well-known/openid-configuration",
@@ -751,5 +771,35 @@ mod callback_tests {
             .await
             .expect("the redirect was not taken while a silent connection was open");
         assert_eq!(query, "code=c0de&state=s1");
+    }
+
+    fn id_token(claims: &str) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims))
+    }
+
+    #[test]
+    fn a_cached_id_token_with_an_exp_beyond_the_clock_is_not_used() {
+        let now = SystemTime::now();
+        let far = serde_json::json!({"id_token": id_token(r#"{"exp":18446744073709551615}"#)});
+        assert_eq!(usable_cached_id_token(&far.to_string(), now), None);
+        let valid = id_token(r#"{"exp":4102444800}"#);
+        let cache = serde_json::json!({"id_token": valid, "refresh_token": "r"});
+        let (token, expires) = usable_cached_id_token(&cache.to_string(), now).unwrap();
+        assert_eq!((token.as_str(), expires > now), (valid.as_str(), true));
+        let expired = serde_json::json!({"id_token": id_token(r#"{"exp":1}"#)});
+        assert_eq!(usable_cached_id_token(&expired.to_string(), now), None);
+    }
+
+    #[test]
+    fn a_cached_exec_credential_is_fresh_only_before_its_expiry() {
+        let now = SystemTime::now();
+        let at = |stamp: &str| {
+            serde_json::json!({"status": {"token": "t", "expirationTimestamp": stamp}}).to_string()
+        };
+        assert!(is_fresh_exec_credential(&at("2099-01-01T00:00:00Z"), now));
+        assert!(!is_fresh_exec_credential(&at("2001-01-01T00:00:00Z"), now));
+        assert!(!is_fresh_exec_credential(&at("99999-01-01T00:00:00Z"), now));
+        assert!(!is_fresh_exec_credential("{", now));
     }
 }

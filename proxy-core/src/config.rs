@@ -47,6 +47,18 @@ fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
     }
 }
 
+/// The dotted path of the field a parse error is at, `(top level)` for the
+/// root (or a key YAML reads as empty, as in `? `), so a message always
+/// names a field.
+pub fn field_path(path: &serde_path_to_error::Path) -> String {
+    let field = path.to_string();
+    if field == "." || field.is_empty() {
+        "(top level)".to_owned()
+    } else {
+        field
+    }
+}
+
 fn resolve(base: &Path, path: &Path) -> PathBuf {
     if path.is_absolute() {
         path.to_owned()
@@ -225,9 +237,17 @@ impl KubeAuthenticationConfiguration {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let config: Self =
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text))
-                .map_err(|e| format!("{}: {}: {}", path.display(), e.path(), e.inner()))?;
+        let config: Self = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
+            &text,
+        ))
+        .map_err(|e| {
+            format!(
+                "{}: {}: {}",
+                path.display(),
+                field_path(e.path()),
+                e.inner()
+            )
+        })?;
         if ![
             "apiserver.config.k8s.io/v1beta1",
             "apiserver.config.k8s.io/v1",
@@ -752,5 +772,19 @@ impl UpstreamConfig {
             connect_timeout,
             pool: self.pool_settings(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_authentication_configuration_error_at_an_empty_key_names_a_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authn.yaml");
+        std::fs::write(&path, " ?").unwrap();
+        let message = KubeAuthenticationConfiguration::load(&path).unwrap_err();
+        assert!(message.contains(": (top level): "), "{message}");
     }
 }

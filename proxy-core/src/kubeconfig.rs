@@ -122,7 +122,17 @@ impl Kubeconfig {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        let raw: Raw = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses kubeconfig YAML as if read from `path` (relative file names in
+    /// it are resolved against `path`'s folder when [`Kubeconfig::upstream`]
+    /// reads them). Nothing is read here.
+    pub fn parse(text: &str, path: &Path) -> Result<Kubeconfig, KubeconfigError> {
+        let raw: Raw = serde_yaml::from_str(text).map_err(|e| KubeconfigError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         Ok(Kubeconfig {
             path: path.to_owned(),
             raw,

@@ -110,6 +110,15 @@ fn load_key(path: &Path) -> Result<(SigningKey, DecodingKey), KeyError> {
     Ok((SigningKey { kid, alg, encoding }, decoding))
 }
 
+/// The instant `exp` (seconds since the epoch) names; one beyond what the
+/// clock can hold is read as the year 2106.
+fn expiry(exp: u64) -> SystemTime {
+    let far = Duration::from_secs(u64::from(u32::MAX));
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(exp))
+        .unwrap_or(UNIX_EPOCH + far)
+}
+
 impl IssuedTokens {
     /// Loads the keys; the first one signs. `issuer` names the tokens' `iss`.
     pub fn load(
@@ -201,7 +210,7 @@ impl IssuedTokens {
                     reason: "signing failed".into(),
                 }
             })?;
-        Ok((token, UNIX_EPOCH + Duration::from_secs(exp)))
+        Ok((token, expiry(exp)))
     }
 
     fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthnError> {
@@ -228,7 +237,7 @@ impl IssuedTokens {
             data.claims.user,
             Verification {
                 source: Source::Issued,
-                expires_at: Some(UNIX_EPOCH + Duration::from_secs(data.claims.exp)),
+                expires_at: Some(expiry(data.claims.exp)),
                 audiences: Some(vec![data.claims.aud]),
             },
         ))
@@ -332,5 +341,15 @@ mod tests {
             tokens.verify(&foreign).is_err(),
             "another issuer's token must be refused"
         );
+    }
+
+    #[test]
+    fn an_enormous_lifetime_issues_a_token_that_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path(), "k.pem", false);
+        let tokens = IssuedTokens::load("authproxy", &[&key], Duration::MAX).unwrap();
+        let (token, expires) = tokens.issue(&alice()).unwrap();
+        assert!(expires > SystemTime::now());
+        assert_eq!(tokens.verify(&token).unwrap().user(), &alice());
     }
 }

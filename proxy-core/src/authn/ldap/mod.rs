@@ -23,12 +23,12 @@
 pub mod config;
 mod directory;
 mod dn;
+pub mod filter;
 mod throttle;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ldap3::ldap_escape;
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
 
@@ -181,9 +181,7 @@ impl LdapAuthenticator {
         password: &Secret,
         attempt: &mut Attempt,
     ) -> Result<Option<UserInfo>, AuthnError> {
-        let filter = self
-            .user_filter
-            .replace("{username}", &ldap_escape(username));
+        let filter = filter::fill(&self.user_filter, &[("username", username)]);
         let mut attrs = vec![self.username_attr.clone()];
         attrs.extend(self.uid_attr.clone());
         attrs.extend(self.member_of.as_ref().map(|(attr, _)| attr.clone()));
@@ -218,9 +216,10 @@ impl LdapAuthenticator {
             }
         }
         if let Some((base, filter, name_attr)) = &self.group_search {
-            let filter = filter
-                .replace("{dn}", &ldap_escape(entry.dn.as_str()))
-                .replace("{username}", &ldap_escape(name.as_str()));
+            let filter = filter::fill(
+                filter,
+                &[("dn", entry.dn.as_str()), ("username", name.as_str())],
+            );
             let found = self
                 .directory
                 .search(base, &filter, vec![name_attr.clone()])
@@ -320,10 +319,8 @@ impl Authenticator for LdapAuthenticator {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn filter_metacharacters_are_escaped() {
-        assert_eq!(ldap_escape("*)(uid=*"), "\\2a\\29\\28uid=\\2a");
+        assert_eq!(ldap3::ldap_escape("*)(uid=*"), "\\2a\\29\\28uid=\\2a");
     }
 }

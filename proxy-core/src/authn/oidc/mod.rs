@@ -566,4 +566,40 @@ mod tests {
         assert_eq!(peek_issuer("not-a-jwt"), None);
         assert_eq!(peek_issuer("a.b.c.d"), None);
     }
+
+    #[tokio::test]
+    async fn an_exp_beyond_the_clock_means_no_expiry_not_a_panic() {
+        use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = pair.public_key().as_ref();
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1",
+            "x": b64(&point[1..33]), "y": b64(&point[33..])}]});
+        // Nothing listens at this issuer: the preloaded keys are the only ones.
+        let jwt: JwtAuthenticator = serde_yaml::from_str(
+            "issuer: {url: 'https://127.0.0.1:9/idp', audiences: [kube]}\nclaimMappings: {username: {claim: sub, prefix: ''}}\nsigningAlgorithms: [ES256]\n",
+        )
+        .unwrap();
+        let oidc = OidcAuthenticator::start(jwt.settings("jwt[0]").unwrap()).unwrap();
+        oidc.keys()
+            .preload(&serde_json::from_value(jwks).unwrap())
+            .unwrap();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let claims = json!({"iss": "https://127.0.0.1:9/idp", "aud": "kube", "sub": "alice",
+            "exp": u64::MAX});
+        let token = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()),
+        )
+        .unwrap();
+        let credential = Credential::Bearer(crate::credential::Secret::new(token));
+        let identity = oidc.authenticate(&credential).await.unwrap().unwrap();
+        assert_eq!(identity.user().username, "alice");
+        assert_eq!(identity.expires_at(), None);
+    }
 }
