@@ -165,7 +165,8 @@ impl Env {
 /// `upstream_ca`, presenting `upstream_token`), with a serving certificate from
 /// `pki`, client certificates from `pki`, the static tokens of [`USERS`], and
 /// more `authentication:` settings in `extra_auth` (YAML lines indented by two
-/// spaces). Its files go to `dir`.
+/// spaces; lines that follow at column 0 are top-level settings, such as
+/// `limits:`). Its files go to `dir`.
 pub async fn start_proxy(
     pki: &TestPki,
     dir: &Path,

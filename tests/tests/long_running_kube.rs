@@ -1,0 +1,71 @@
+//! Many long-running requests held through authproxy against the real
+//! kube-apiserver, whose HTTP/2 connections carry at most 100 streams each:
+//! short requests are still answered at once.
+
+use std::time::{Duration, Instant};
+
+use authproxy_tests::kube::KubeEnv;
+use authproxy_tests::watchers::{body_text, open_watch, H2Clients};
+use authproxy_tests::TestPki;
+use futures_util::future::join_all;
+use http::StatusCode;
+
+/// Watches held open at once: three times what one upstream connection carries.
+const WATCHES: usize = 300;
+/// Short requests sent while they are held.
+const SHORT_REQUESTS: usize = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_watches_on_kube_do_not_starve_short_requests() -> anyhow::Result<()> {
+    // One user holds them all: lift the per-user cap above the count.
+    let env = KubeEnv::start_with(
+        TestPki::new()?,
+        "limits: {longRunning: {perUser: 1000, total: 2000}}",
+    )
+    .await?;
+    let addr = env.proxy.as_ref().map(|p| p.addr()).expect("proxy running");
+    let clients = H2Clients::connect_to(addr, env.pki.ca_pem(), 10).await?;
+
+    let opened = join_all((0..WATCHES).map(|_| {
+        let clients = clients.clone();
+        async move { open_watch(&clients, "alice-token", Duration::from_secs(60)).await }
+    }))
+    .await;
+    let mut held = Vec::new();
+    for (i, watch) in opened.into_iter().enumerate() {
+        held.push(watch.map_err(|e| e.context(format!("watch {i} of {WATCHES}")))?);
+    }
+
+    let latencies = join_all((0..SHORT_REQUESTS).map(|i| {
+        let clients = clients.clone();
+        async move {
+            let start = Instant::now();
+            let response = tokio::time::timeout(
+                Duration::from_secs(10),
+                clients.get("/api/v1/namespaces/default/pods/web-0", "alice-token"),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("short request {i} not answered within 10s"))??;
+            let status = response.status();
+            let body = body_text(response).await?;
+            anyhow::ensure!(
+                status == StatusCode::OK,
+                "short request {i}: {status} {body}"
+            );
+            anyhow::ensure!(body.contains("\"web-0\""), "short request {i}: {body}");
+            Ok(start.elapsed())
+        }
+    }))
+    .await
+    .into_iter()
+    .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut sorted = latencies;
+    sorted.sort();
+    let p99 = sorted[(sorted.len() * 99).div_ceil(100) - 1];
+    assert!(
+        p99 < Duration::from_secs(1),
+        "p99 of short requests with {WATCHES} watches held on kube: {p99:?} (all: {sorted:?})"
+    );
+    assert_eq!(held.len(), WATCHES);
+    Ok(())
+}
