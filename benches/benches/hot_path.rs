@@ -198,7 +198,7 @@ fn oidc(c: &mut Criterion) {
     ))]);
     let review = |body: &[u8]| {
         let request = proxy_core::tokenreview::parse(body).expect("TokenReview");
-        let answer = runtime.block_on(proxy_core::tokenreview::review(&chain, request));
+        let answer = runtime.block_on(proxy_core::tokenreview::review(&chain, &[], request));
         assert!(answer.status.authenticated);
         serde_json::to_vec(&answer).expect("json")
     };

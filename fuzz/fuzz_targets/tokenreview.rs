@@ -21,7 +21,7 @@ fn chain() -> &'static Chain {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(request) = parse(data) else { return };
-    let answer = block_on(review(chain(), request));
+    let answer = block_on(review(chain(), &[], request));
     if !answer.status.authenticated {
         assert!(answer.status.user.is_none());
         assert!(answer.status.audiences.is_empty());

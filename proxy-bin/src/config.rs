@@ -69,9 +69,25 @@ pub struct WebhookConfig {
     /// which kube-apiserver treats as an error (retried, never cached).
     /// Default [`DEFAULT_FAILED_REVIEWS_PER_MINUTE`]; `0` turns it off.
     pub failed_reviews_per_minute: Option<u32>,
+    /// The API audiences of the kube-apiserver that calls the webhook (its
+    /// `--api-audiences`, by default its `--service-account-issuer`): OIDC ID
+    /// tokens and issued tokens are valid for these besides their own
+    /// audiences. Default [`proxy_core::tokenreview::DEFAULT_API_AUDIENCES`].
+    pub api_audiences: Option<Vec<String>>,
 }
 
 impl WebhookConfig {
+    /// The API audiences with their default filled in.
+    pub fn api_audiences(&self) -> Vec<String> {
+        match &self.api_audiences {
+            Some(audiences) => audiences.clone(),
+            None => proxy_core::tokenreview::DEFAULT_API_AUDIENCES
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
+        }
+    }
+
     /// The failed-review limit with its default filled in.
     pub fn failed_reviews_per_minute(&self) -> u32 {
         self.failed_reviews_per_minute

@@ -33,6 +33,7 @@ pub struct Webhook {
     chain: Chain,
     failed_reviews: Arc<RateLimiter>,
     max_request_body_bytes: usize,
+    api_audiences: Arc<[String]>,
 }
 
 fn throttled(retry_after_secs: u64) -> Response<ProxyBody> {
@@ -115,7 +116,7 @@ impl Webhook {
                 return response;
             }
         };
-        let answer = tokenreview::review(&self.chain, request).await;
+        let answer = tokenreview::review(&self.chain, &self.api_audiences, request).await;
         let failed = FailedReview(answer.is_refusal());
         let mut response = Response::new(ProxyBody::full(
             serde_json::to_vec(&answer).unwrap_or_default(),
@@ -189,6 +190,7 @@ pub async fn start(
         chain,
         failed_reviews,
         max_request_body_bytes: config.limits.max_request_body_bytes,
+        api_audiences: config.webhook.api_audiences().into(),
     };
     serve_with_limits(
         listener,

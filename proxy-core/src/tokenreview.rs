@@ -9,11 +9,15 @@
 //! appears in an answer or a log line.
 //!
 //! Audiences follow kube's rules:
-//! - an audience-aware credential (an OIDC ID token, an issued token) is
-//!   answered with its audiences when `spec.audiences` is empty, else with the
-//!   intersection; an empty intersection is `authenticated: false` with
-//!   "token audiences ... is invalid for the target audiences ..." (the
-//!   service-account JWT authenticator's rule);
+//! - an audience-aware credential (an OIDC ID token, an issued token) is valid
+//!   for its own audiences and for the API audiences of the API server that
+//!   calls the webhook (`webhook.apiAudiences`: kube-apiserver accepts an OIDC
+//!   token for its own API audiences too). It is answered with those when
+//!   `spec.audiences` is empty, else with the intersection; an empty
+//!   intersection is `authenticated: false` with "token audiences ... is
+//!   invalid for the target audiences ..." (the service-account JWT
+//!   authenticator's rule): a token for the cluster is not valid for another
+//!   service;
 //! - an audience-agnostic credential (static token, LDAP, client certificate)
 //!   is answered with no audiences. kube-apiserver's webhook client then
 //!   checks the audiences it wanted against its own API audiences, which is
@@ -143,14 +147,35 @@ pub fn parse(body: &[u8]) -> Result<TokenReviewRequest, ReviewError> {
     Ok(request)
 }
 
+/// The audiences kube-apiserver asks for when `--api-audiences` is not set:
+/// its service-account issuer, which distributions set to one of these.
+pub const DEFAULT_API_AUDIENCES: [&str; 2] = [
+    "https://kubernetes.default.svc.cluster.local",
+    "https://kubernetes.default.svc",
+];
+
 /// The audiences a review answers: see the module documentation.
+/// `api_audiences` are those of the API server that calls the webhook: an
+/// audience-aware token is valid for them too, as kube-apiserver itself
+/// accepts an OIDC token for its own API audiences.
 pub fn answered_audiences(
     token_audiences: Option<&[String]>,
+    api_audiences: &[String],
     requested: &[String],
 ) -> Result<Vec<String>, String> {
     let Some(token_audiences) = token_audiences else {
         return Ok(Vec::new());
     };
+    let valid: Vec<String> = token_audiences
+        .iter()
+        .chain(
+            api_audiences
+                .iter()
+                .filter(|a| !token_audiences.contains(a)),
+        )
+        .cloned()
+        .collect();
+    let token_audiences = valid.as_slice();
     if requested.is_empty() {
         return Ok(token_audiences.to_vec());
     }
@@ -184,8 +209,13 @@ impl TokenReviewResponse {
     }
 }
 
-/// Reviews a token with `chain`.
-pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewResponse {
+/// Reviews a token with `chain`, for the API server whose audiences are
+/// `api_audiences` (see [`answered_audiences`]).
+pub async fn review(
+    chain: &Chain,
+    api_audiences: &[String],
+    request: TokenReviewRequest,
+) -> TokenReviewResponse {
     let TokenReviewRequest {
         api_version, spec, ..
     } = request;
@@ -197,26 +227,28 @@ pub async fn review(chain: &Chain, request: TokenReviewRequest) -> TokenReviewRe
     } else {
         let credential = Credential::Bearer(Secret::new(spec.token));
         match chain.authenticate(&credential).await {
-            Ok(Some(identity)) => match answered_audiences(identity.audiences(), &spec.audiences) {
-                Ok(audiences) => {
-                    let user = identity.user();
-                    TokenReviewStatus {
-                        authenticated: true,
-                        user: Some(ReviewedUser {
-                            username: user.username.clone(),
-                            uid: user.uid.clone(),
-                            groups: user.groups.clone(),
-                            extra: user.extra.clone(),
-                        }),
-                        audiences,
-                        ..Default::default()
+            Ok(Some(identity)) => {
+                match answered_audiences(identity.audiences(), api_audiences, &spec.audiences) {
+                    Ok(audiences) => {
+                        let user = identity.user();
+                        TokenReviewStatus {
+                            authenticated: true,
+                            user: Some(ReviewedUser {
+                                username: user.username.clone(),
+                                uid: user.uid.clone(),
+                                groups: user.groups.clone(),
+                                extra: user.extra.clone(),
+                            }),
+                            audiences,
+                            ..Default::default()
+                        }
                     }
+                    Err(error) => TokenReviewStatus {
+                        error: Some(error),
+                        ..Default::default()
+                    },
                 }
-                Err(error) => TokenReviewStatus {
-                    error: Some(error),
-                    ..Default::default()
-                },
-            },
+            }
             Ok(None) => TokenReviewStatus {
                 error: Some("token not recognized".into()),
                 ..Default::default()
@@ -258,7 +290,8 @@ mod tests {
     #[tokio::test]
     async fn known_token_is_reviewed_in_the_version_asked() {
         let body = br#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1beta1","metadata":{"creationTimestamp":null},"spec":{"token":"t0k3n","audiences":["api"]},"status":{"user":{}}}"#;
-        let answer = serde_json::to_value(review(&chain(), parse(body).unwrap()).await).unwrap();
+        let answer =
+            serde_json::to_value(review(&chain(), &[], parse(body).unwrap()).await).unwrap();
         assert_eq!(answer["apiVersion"], "authentication.k8s.io/v1beta1");
         assert_eq!(answer["status"]["authenticated"], true);
         assert_eq!(answer["status"]["user"]["username"], "alice");
@@ -276,26 +309,27 @@ mod tests {
     fn audiences_follow_kube_rules() {
         let token = vec!["kube".to_owned(), "other".to_owned()];
         let aud = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(answered_audiences(Some(&token), &[]).unwrap(), token);
+        assert_eq!(answered_audiences(Some(&token), &[], &[]).unwrap(), token);
         assert_eq!(
-            answered_audiences(Some(&token), &aud(&["x", "other"])).unwrap(),
+            answered_audiences(Some(&token), &[], &aud(&["x", "other"])).unwrap(),
             aud(&["other"])
         );
-        let refused = answered_audiences(Some(&token), &aud(&["vault"])).unwrap_err();
+        let refused = answered_audiences(Some(&token), &[], &aud(&["vault"])).unwrap_err();
         assert_eq!(
             refused,
             r#"token audiences ["kube" "other"] is invalid for the target audiences ["vault"]"#
         );
-        assert!(answered_audiences(None, &aud(&["vault"]))
+        assert!(answered_audiences(None, &[], &aud(&["vault"]))
             .unwrap()
             .is_empty());
-        assert!(answered_audiences(None, &[]).unwrap().is_empty());
+        assert!(answered_audiences(None, &[], &[]).unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn unknown_token_has_no_user_and_the_token_is_not_echoed() {
         let body = br#"{"kind":"TokenReview","apiVersion":"authentication.k8s.io/v1","spec":{"token":"s3cret-guess"}}"#;
-        let answer = serde_json::to_string(&review(&chain(), parse(body).unwrap()).await).unwrap();
+        let answer =
+            serde_json::to_string(&review(&chain(), &[], parse(body).unwrap()).await).unwrap();
         assert!(answer.contains(r#""authenticated":false"#), "{answer}");
         assert!(!answer.contains("\"user\""), "{answer}");
         assert!(!answer.contains("s3cret-guess"), "{answer}");

@@ -215,7 +215,7 @@ async fn token_reviews_confirm_only_the_audiences_the_token_is_valid_for() -> an
     let config = webhook_config(
         &pki,
         dir.path(),
-        "",
+        "webhook: {apiAudiences: ['https://kube.example']}",
         &format!("  jwt: {jwt}\n  issuedTokens: {{issuer: authproxy-test, signingKeyFiles: [issuer.pem]}}"),
     )?;
     let server = authproxy::webhook::start(&config, dir.path(), "127.0.0.1:0".parse()?).await?;
@@ -237,7 +237,20 @@ async fn token_reviews_confirm_only_the_audiences_the_token_is_valid_for() -> an
     let id_token = idp.id_token("kubernetes", "alice").await?;
     let own = review(id_token.clone(), &[]).await?;
     assert_eq!(own["status"]["authenticated"], true, "{own}");
-    assert_eq!(own["status"]["audiences"], json!(["kubernetes"]), "{own}");
+    assert_eq!(
+        own["status"]["audiences"],
+        json!(["kubernetes", "https://kube.example"]),
+        "{own}"
+    );
+    // kube-apiserver asks for its API audiences: the token is valid for them,
+    // as kube's own OIDC authenticator accepts it for them
+    let api = review(id_token.clone(), &["https://kube.example"]).await?;
+    assert_eq!(api["status"]["authenticated"], true, "{api}");
+    assert_eq!(
+        api["status"]["audiences"],
+        json!(["https://kube.example"]),
+        "{api}"
+    );
     let some = review(id_token.clone(), &["https://vault.example", "kubernetes"]).await?;
     assert_eq!(some["status"]["authenticated"], true, "{some}");
     assert_eq!(some["status"]["audiences"], json!(["kubernetes"]), "{some}");
@@ -252,7 +265,7 @@ async fn token_reviews_confirm_only_the_audiences_the_token_is_valid_for() -> an
         "{other}"
     );
 
-    // Issued tokens are valid for their own audience only.
+    // Issued tokens are valid for their own audience and the API audiences only.
     let replica = proxy_core::authn::IssuedTokens::load(
         "authproxy-test",
         &[dir.path().join("issuer.pem")],
@@ -265,7 +278,7 @@ async fn token_reviews_confirm_only_the_audiences_the_token_is_valid_for() -> an
     let own = review(issued.clone(), &[]).await?;
     assert_eq!(
         own["status"]["audiences"],
-        json!(["authproxy-test"]),
+        json!(["authproxy-test", "https://kube.example"]),
         "{own}"
     );
     let other = review(issued, &["https://vault.example"]).await?;
