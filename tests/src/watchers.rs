@@ -191,3 +191,45 @@ pub async fn body_text(response: Response<Incoming>) -> anyhow::Result<String> {
     let bytes = response.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+/// Sends `count` GETs of pod `web-0` in `default` at once (request `i` with
+/// `token(i)`), each bounded by 10 s, and returns their latencies sorted;
+/// fails on any answer but 200 with the pod.
+pub async fn short_get_latencies(
+    clients: &H2Clients,
+    count: usize,
+    token: impl Fn(usize) -> String,
+) -> anyhow::Result<Vec<Duration>> {
+    let requests = (0..count).map(|i| {
+        let clients = clients.clone();
+        let token = token(i);
+        async move {
+            let start = std::time::Instant::now();
+            let response = tokio::time::timeout(
+                Duration::from_secs(10),
+                clients.get("/api/v1/namespaces/default/pods/web-0", &token),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("short request {i} not answered within 10s"))??;
+            let status = response.status();
+            let body = body_text(response).await?;
+            anyhow::ensure!(
+                status == http::StatusCode::OK,
+                "short request {i}: {status} {body}"
+            );
+            anyhow::ensure!(body.contains("\"web-0\""), "short request {i}: {body}");
+            Ok(start.elapsed())
+        }
+    });
+    let mut latencies = futures_util::future::join_all(requests)
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// The 99th percentile of sorted `latencies`.
+pub fn p99(latencies: &[Duration]) -> Duration {
+    latencies[(latencies.len() * 99).div_ceil(100).max(1) - 1]
+}

@@ -4,10 +4,11 @@
 //! are capped per user and in total with a 429 `Status`, their places coming
 //! back when they end.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use authproxy_tests::watchers::{
-    self, body_text, open_watch, watcher_token, H2Clients, WatchEnvOptions, WATCH_PATH,
+    self, body_text, open_watch, p99, short_get_latencies, watcher_token, H2Clients,
+    WatchEnvOptions, WATCH_PATH,
 };
 use futures_util::future::join_all;
 use http::StatusCode;
@@ -43,35 +44,9 @@ async fn thousand_held_watches_do_not_starve_short_requests() -> anyhow::Result<
         held.push(watch.map_err(|e| e.context(format!("watch {i} of {WATCHES}")))?);
     }
 
-    let latencies = join_all((0..SHORT_REQUESTS).map(|i| {
-        let clients = clients.clone();
-        async move {
-            let start = Instant::now();
-            let response = tokio::time::timeout(
-                Duration::from_secs(10),
-                clients.get(
-                    "/api/v1/namespaces/default/pods/web-0",
-                    &watcher_token(i % USERS),
-                ),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("short request {i} not answered within 10s"))??;
-            let status = response.status();
-            let body = body_text(response).await?;
-            anyhow::ensure!(
-                status == StatusCode::OK,
-                "short request {i}: {status} {body}"
-            );
-            anyhow::ensure!(body.contains("\"web-0\""), "short request {i}: {body}");
-            Ok(start.elapsed())
-        }
-    }))
-    .await
-    .into_iter()
-    .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut sorted = latencies.clone();
-    sorted.sort();
-    let p99 = sorted[(sorted.len() * 99).div_ceil(100) - 1];
+    let sorted =
+        short_get_latencies(&clients, SHORT_REQUESTS, |i| watcher_token(i % USERS)).await?;
+    let p99 = p99(&sorted);
     assert!(
         p99 < Duration::from_secs(1),
         "p99 of short requests with {WATCHES} watches held: {p99:?} (all: {sorted:?})"

@@ -2,13 +2,12 @@
 //! kube-apiserver, whose HTTP/2 connections carry at most 100 streams each:
 //! short requests are still answered at once.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use authproxy_tests::kube::KubeEnv;
-use authproxy_tests::watchers::{body_text, open_watch, H2Clients};
+use authproxy_tests::watchers::{open_watch, p99, short_get_latencies, H2Clients};
 use authproxy_tests::TestPki;
 use futures_util::future::join_all;
-use http::StatusCode;
 
 /// Watches held open at once: three times what one upstream connection carries.
 const WATCHES: usize = 300;
@@ -36,32 +35,9 @@ async fn three_hundred_watches_on_kube_do_not_starve_short_requests() -> anyhow:
         held.push(watch.map_err(|e| e.context(format!("watch {i} of {WATCHES}")))?);
     }
 
-    let latencies = join_all((0..SHORT_REQUESTS).map(|i| {
-        let clients = clients.clone();
-        async move {
-            let start = Instant::now();
-            let response = tokio::time::timeout(
-                Duration::from_secs(10),
-                clients.get("/api/v1/namespaces/default/pods/web-0", "alice-token"),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("short request {i} not answered within 10s"))??;
-            let status = response.status();
-            let body = body_text(response).await?;
-            anyhow::ensure!(
-                status == StatusCode::OK,
-                "short request {i}: {status} {body}"
-            );
-            anyhow::ensure!(body.contains("\"web-0\""), "short request {i}: {body}");
-            Ok(start.elapsed())
-        }
-    }))
-    .await
-    .into_iter()
-    .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut sorted = latencies;
-    sorted.sort();
-    let p99 = sorted[(sorted.len() * 99).div_ceil(100) - 1];
+    let sorted =
+        short_get_latencies(&clients, SHORT_REQUESTS, |_| "alice-token".to_owned()).await?;
+    let p99 = p99(&sorted);
     assert!(
         p99 < Duration::from_secs(1),
         "p99 of short requests with {WATCHES} watches held on kube: {p99:?} (all: {sorted:?})"
