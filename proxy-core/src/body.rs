@@ -19,6 +19,25 @@ pub enum ProxyBody {
     Full(Option<Bytes>),
     /// A body streamed from the upstream, frame by frame.
     Incoming(hyper::body::Incoming),
+    /// A streamed body with a guard that is dropped when the stream ends or
+    /// the body is dropped (an in-flight gauge of a watch, for example).
+    Guarded(hyper::body::Incoming, Option<DropGuard>),
+}
+
+/// Something kept alive while a body streams, dropped when it ends.
+pub struct DropGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl DropGuard {
+    /// Keeps `value` until the body ends; its `Drop` does the work.
+    pub fn new(value: impl Send + Sync + 'static) -> Self {
+        DropGuard(Box::new(value))
+    }
+}
+
+impl std::fmt::Debug for DropGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DropGuard")
+    }
 }
 
 impl ProxyBody {
@@ -57,13 +76,20 @@ impl Body for ProxyBody {
             ProxyBody::Incoming(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+            ProxyBody::Guarded(body, guard) => {
+                let frame = Pin::new(body).poll_frame(cx);
+                if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    guard.take();
+                }
+                frame.map(|frame| frame.map(|f| f.map_err(BoxError::from)))
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Incoming(body) => body.is_end_stream(),
+            ProxyBody::Incoming(body) | ProxyBody::Guarded(body, _) => body.is_end_stream(),
         }
     }
 
@@ -71,7 +97,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Incoming(body) => body.size_hint(),
+            ProxyBody::Incoming(body) | ProxyBody::Guarded(body, _) => body.size_hint(),
         }
     }
 }

@@ -385,7 +385,7 @@ impl AuthenticationConfig {
                 })?;
                 issuers.push(oidc_issuer);
             }
-            let oidc = Chain::new(issuers);
+            let oidc = Chain::named("oidc", issuers);
             chain.push(Arc::new(CachedAuthenticator::new(
                 Arc::new(oidc),
                 self.cache_settings(),

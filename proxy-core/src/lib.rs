@@ -43,6 +43,7 @@ pub mod credential;
 pub mod impersonate;
 pub mod kubeconfig;
 pub mod layer;
+pub mod observe;
 pub mod reload;
 pub mod status;
 pub mod tls;

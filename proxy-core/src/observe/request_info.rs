@@ -1,0 +1,251 @@
+//! What a Kubernetes API request is about, read from its method and path the
+//! way kube-apiserver's `RequestInfoFactory` reads them: the `verb` of kube's
+//! audit log and RBAC (`get`, `list`, `watch`, `create`, `update`, `patch`,
+//! `delete`, `deletecollection`), the object (`objectRef`), and whether the
+//! request is long-running (watches, logs, exec, attach, port-forward, proxy).
+//!
+//! Parsing never fails: a path that is not a resource path is a
+//! non-resource request whose verb is the lower-case HTTP method.
+
+use http::{Method, Uri};
+use serde::Serialize;
+
+/// Subresources kube-apiserver treats as long-running.
+const LONG_RUNNING_SUBRESOURCES: [&str; 5] = ["attach", "exec", "proxy", "log", "portforward"];
+
+/// kube's `audit.k8s.io/v1` `ObjectReference`: the object a request is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// The resource (`pods`, `configmaps`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    /// The namespace, for namespaced requests.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    /// The object's name, when the request names one.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The API group (empty for the core group).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_group: String,
+    /// The API version (`v1`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api_version: String,
+    /// The subresource (`log`, `exec`, `status`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+}
+
+/// What a request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestInfo {
+    /// kube's verb for the request.
+    pub verb: &'static str,
+    /// The object, for resource requests.
+    pub object: Option<ObjectRef>,
+    /// True for requests that stream for long (kube's long-running requests).
+    pub long_running: bool,
+}
+
+impl RequestInfo {
+    /// True for verbs that only read.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.verb, "get" | "list" | "watch")
+    }
+}
+
+fn method_verb(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "get",
+        Method::HEAD => "head",
+        Method::POST => "post",
+        Method::PUT => "put",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        Method::OPTIONS => "options",
+        _ => "other",
+    }
+}
+
+/// True when the query holds `watch=true` or `watch=1` (kube's `ParseBool`).
+fn watch_param(uri: &Uri) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&').any(|pair| {
+            matches!(
+                pair.split_once('='),
+                Some(("watch", "1" | "t" | "T" | "true" | "TRUE" | "True"))
+            )
+        })
+    })
+}
+
+/// Reads `method` and `uri` as kube-apiserver does. `upgrade` marks a
+/// protocol upgrade (exec, attach, port-forward), always long-running.
+pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
+    let non_resource = RequestInfo {
+        verb: method_verb(method),
+        object: None,
+        long_running: upgrade,
+    };
+    let mut parts = uri.path().trim_matches('/').split('/');
+    let (api_group, api_version) = match parts.next() {
+        Some("api") => (String::new(), parts.next()),
+        Some("apis") => match (parts.next(), parts.next()) {
+            (Some(group), Some(version)) => (group.to_owned(), Some(version)),
+            _ => return non_resource,
+        },
+        _ => return non_resource,
+    };
+    let Some(api_version) = api_version.filter(|v| !v.is_empty()) else {
+        return non_resource;
+    };
+    let mut rest: Vec<&str> = parts.collect();
+    if rest.is_empty() || rest[0].is_empty() {
+        return non_resource;
+    }
+    let mut verb = match *method {
+        Method::POST => "create",
+        Method::GET | Method::HEAD => "get",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "",
+    };
+    // `/api/v1/watch/...`: the deprecated watch prefix.
+    if rest[0] == "watch" {
+        rest.remove(0);
+        if verb == "get" {
+            verb = "watch";
+        }
+        if rest.is_empty() {
+            return non_resource;
+        }
+    }
+    let mut object = ObjectRef {
+        api_group,
+        api_version: api_version.to_owned(),
+        ..ObjectRef::default()
+    };
+    // `namespaces/<ns>/<resource>...`, but `namespaces` and `namespaces/<ns>`
+    // alone are the namespace objects themselves.
+    let resource_parts: &[&str] = if rest[0] == "namespaces" && rest.len() > 1 {
+        object.namespace = rest[1].to_owned();
+        if rest.len() > 2 {
+            &rest[2..]
+        } else {
+            object.name = rest[1].to_owned();
+            &rest[..1]
+        }
+    } else {
+        &rest[..]
+    };
+    object.resource = resource_parts[0].to_owned();
+    if object.name.is_empty() {
+        if let Some(name) = resource_parts.get(1) {
+            object.name = (*name).to_owned();
+        }
+    }
+    if let Some(sub) = resource_parts.get(2) {
+        object.subresource = (*sub).to_owned();
+    }
+    if verb.is_empty() {
+        return RequestInfo {
+            verb: method_verb(method),
+            object: Some(object),
+            long_running: upgrade,
+        };
+    }
+    if object.name.is_empty() {
+        if verb == "get" {
+            verb = if watch_param(uri) { "watch" } else { "list" };
+        } else if verb == "delete" {
+            verb = "deletecollection";
+        }
+    } else if verb == "get" && watch_param(uri) {
+        // kube turns a watch of one named object into a list-watch by field selector.
+        verb = "watch";
+    }
+    let long_running = upgrade
+        || verb == "watch"
+        || LONG_RUNNING_SUBRESOURCES.contains(&object.subresource.as_str());
+    RequestInfo {
+        verb,
+        object: Some(object),
+        long_running,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(method: &str, uri: &str) -> RequestInfo {
+        parse(
+            &method.parse().unwrap(),
+            &uri.parse().unwrap(),
+            false,
+        )
+    }
+
+    #[test]
+    fn verbs_follow_kube() {
+        for (method, uri, verb) in [
+            ("GET", "/api/v1/namespaces/default/pods", "list"),
+            ("GET", "/api/v1/namespaces/default/pods?watch=true", "watch"),
+            ("GET", "/api/v1/namespaces/default/pods?watch=1&x=y", "watch"),
+            ("GET", "/api/v1/namespaces/default/pods?watch=false", "list"),
+            ("GET", "/api/v1/watch/namespaces/default/pods", "watch"),
+            ("GET", "/api/v1/namespaces/default/pods/p1", "get"),
+            ("POST", "/api/v1/namespaces/default/configmaps", "create"),
+            ("PUT", "/api/v1/namespaces/default/configmaps/c", "update"),
+            ("PATCH", "/api/v1/namespaces/default/configmaps/c", "patch"),
+            ("DELETE", "/api/v1/namespaces/default/configmaps/c", "delete"),
+            ("DELETE", "/api/v1/namespaces/default/configmaps", "deletecollection"),
+            ("GET", "/api/v1/namespaces", "list"),
+            ("GET", "/api/v1/namespaces/default", "get"),
+            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "create"),
+            ("GET", "/version", "get"),
+            ("GET", "/api", "get"),
+            ("GET", "/apis/apps", "get"),
+            ("POST", "/livez", "post"),
+        ] {
+            assert_eq!(info(method, uri).verb, verb, "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn object_ref_is_read_from_the_path() {
+        let i = info("GET", "/apis/apps/v1/namespaces/prod/deployments/web/status");
+        assert_eq!(
+            i.object.unwrap(),
+            ObjectRef {
+                resource: "deployments".into(),
+                namespace: "prod".into(),
+                name: "web".into(),
+                api_group: "apps".into(),
+                api_version: "v1".into(),
+                subresource: "status".into(),
+            }
+        );
+        let ns = info("GET", "/api/v1/namespaces/prod").object.unwrap();
+        assert_eq!((ns.resource.as_str(), ns.name.as_str()), ("namespaces", "prod"));
+        assert!(info("GET", "/healthz").object.is_none());
+    }
+
+    #[test]
+    fn long_running_requests_are_kube_s() {
+        assert!(info("GET", "/api/v1/namespaces/d/pods?watch=true").long_running);
+        assert!(info("GET", "/api/v1/namespaces/d/pods/p/log?follow=true").long_running);
+        assert!(info("POST", "/api/v1/namespaces/d/pods/p/exec").long_running);
+        assert!(!info("GET", "/api/v1/namespaces/d/pods").long_running);
+        assert!(parse(&Method::GET, &"/anything".parse().unwrap(), true).long_running);
+    }
+
+    #[test]
+    fn odd_paths_never_panic() {
+        for uri in ["/", "//", "/api/", "/apis//", "/api/v1/", "/api/v1/watch", "/api/v1/namespaces/"] {
+            let _ = info("GET", uri);
+        }
+    }
+}
