@@ -227,7 +227,11 @@ async fn authproxy(
         connect_timeout: Duration::from_secs(5),
     })?;
     let proxy = Proxy {
-        stack: proxy_stack(chain.clone(), upstream),
+        stack: tower_layer::Layer::layer(
+            &proxy_core::observe::ObserveLayer::new(),
+            proxy_stack(chain.clone(), upstream),
+        ),
+        metrics: None,
         chain,
         issuer: None,
     };

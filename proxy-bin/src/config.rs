@@ -40,6 +40,10 @@ pub struct FileConfig {
     /// How long in-flight requests may take to finish on SIGTERM (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// The `/metrics` listener (off without this section).
+    pub metrics: Option<crate::metrics_listener::MetricsConfig>,
+    /// The audit log (off without this section).
+    pub audit: Option<proxy_core::observe::config::AuditConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -192,6 +196,12 @@ impl FileConfig {
         }
         problems.extend(self.upstream.validate("upstream", base));
         problems.extend(self.authentication.validate("authentication", base));
+        if let Some(metrics) = &self.metrics {
+            problems.extend(metrics.validate("metrics", base));
+        }
+        if let Some(audit) = &self.audit {
+            problems.extend(audit.validate("audit", base));
+        }
         problems
     }
 }

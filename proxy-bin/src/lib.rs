@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod logging;
 pub mod login;
+pub mod metrics_listener;
 pub mod pki;
 pub mod server;
 pub mod webhook;

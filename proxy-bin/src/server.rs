@@ -16,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use proxy_core::credential::{ClientAddr, ClientCertificate, Credential};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
+use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::{Chain, ProxyBody, ProxyStack};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -47,6 +48,9 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
+    /// The audit log could not be opened.
+    #[error("audit.path: {0}")]
+    Audit(#[from] proxy_core::observe::audit::AuditError),
     /// The listen address could not be bound.
     #[error("listen {addr}: {source}")]
     Bind {
@@ -123,8 +127,10 @@ pub fn listener_tls(
 /// What the listener serves.
 #[derive(Clone)]
 pub struct Proxy {
-    /// The authenticate → impersonate → forward stack.
-    pub stack: ProxyStack,
+    /// The observe → authenticate → impersonate → forward stack.
+    pub stack: Observe<ProxyStack>,
+    /// The metrics, when the `metrics:` section is set.
+    pub metrics: Option<Metrics>,
     /// The chain, asked for readiness and by the token endpoint.
     pub chain: Chain,
     /// Issues tokens at [`TOKEN_PATH`] when configured.
@@ -140,6 +146,18 @@ impl Proxy {
         let (chain, issuer) = config
             .authentication
             .build_with_issuer("authentication", base)?;
+        let metrics = config.metrics.as_ref().map(|_| Metrics::new());
+        let chain = match &metrics {
+            Some(metrics) => metrics.instrument_chain(&chain),
+            None => chain,
+        };
+        let mut observe = ObserveLayer::new();
+        if let Some(metrics) = &metrics {
+            observe = observe.with_metrics(metrics.clone());
+        }
+        if let Some(audit) = &config.audit {
+            observe = observe.with_audit(audit.start(base)?);
+        }
         let upstream = Upstream::new(config.upstream.to_options("upstream", base)?)?;
         let mut authn = proxy_core::AuthnLayer::new(chain.clone());
         if config.authentication.ldap.is_some() {
@@ -149,11 +167,15 @@ impl Proxy {
             ));
         }
         let stack = tower_layer::Layer::layer(
-            &authn,
-            tower_layer::Layer::layer(&proxy_core::ImpersonateLayer::new(), upstream),
+            &observe,
+            tower_layer::Layer::layer(
+                &authn,
+                tower_layer::Layer::layer(&proxy_core::ImpersonateLayer::new(), upstream),
+            ),
         );
         Ok(Proxy {
             stack,
+            metrics,
             chain,
             issuer,
         })
@@ -189,7 +211,13 @@ impl Proxy {
         req.extensions_mut().insert(ClientAddr(peer.ip()));
         if req.uri().path() == TOKEN_PATH {
             return Ok(match (&self.issuer, req.method()) {
-                (Some(issuer), &http::Method::POST) => issue_token(&self.chain, issuer, &req).await,
+                (Some(issuer), &http::Method::POST) => {
+                    let response = issue_token(&self.chain, issuer, &req).await;
+                    if let (Some(metrics), true) = (&self.metrics, response.status().is_success()) {
+                        metrics.issued_token();
+                    }
+                    response
+                }
                 (Some(_), _) => Status::failure(
                     StatusCode::METHOD_NOT_ALLOWED,
                     Reason::BadRequest,
@@ -302,12 +330,31 @@ pub struct RunningServer {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    metrics: Option<crate::metrics_listener::MetricsListener>,
 }
 
 impl RunningServer {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the `/metrics` listener, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
+    }
+
+    /// Serves `metrics` as configured, for as long as this server runs.
+    pub async fn serve_metrics(
+        &mut self,
+        config: Option<&crate::metrics_listener::MetricsConfig>,
+        base: &Path,
+        metrics: Option<Metrics>,
+    ) -> Result<(), StartError> {
+        if let (Some(config), Some(metrics)) = (config, metrics) {
+            self.metrics = Some(config.start(base, metrics).await?);
+        }
+        Ok(())
     }
 
     /// Stops accepting, drains in-flight requests (up to the deadline) and waits.
@@ -348,7 +395,12 @@ pub async fn start(config: &FileConfig, base: &Path) -> Result<RunningServer, St
             source,
         })?;
     let timeout = config.shutdown_timeout.unwrap_or(Duration::from_secs(30));
-    serve(listener, tls, proxy, timeout)
+    let metrics = proxy.metrics.clone();
+    let mut running = serve(listener, tls, proxy, timeout)?;
+    running
+        .serve_metrics(config.metrics.as_ref(), base, metrics)
+        .await?;
+    Ok(running)
 }
 
 /// Serves `proxy` on an already bound listener in the background.
@@ -369,6 +421,7 @@ pub fn serve<H: Handler>(
         addr,
         shutdown: Some(tx),
         task,
+        metrics: None,
     })
 }
 

@@ -26,6 +26,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6440";
 #[derive(Clone)]
 pub struct Webhook {
     chain: Chain,
+    metrics: Option<proxy_core::observe::metrics::Metrics>,
 }
 
 impl Webhook {
@@ -77,6 +78,9 @@ impl Webhook {
             }
         };
         let answer = tokenreview::review(&self.chain, request).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.tokenreview(&answer);
+        }
         let mut response = Response::new(ProxyBody::full(
             serde_json::to_vec(&answer).unwrap_or_default(),
         ));
@@ -107,16 +111,31 @@ pub async fn start(
 ) -> Result<RunningServer, StartError> {
     let tls = listener_tls(config, base)?;
     let chain = config.authentication.build("authentication", base)?;
+    let metrics = config
+        .metrics
+        .as_ref()
+        .map(|_| proxy_core::observe::metrics::Metrics::new());
+    let chain = match &metrics {
+        Some(metrics) => metrics.instrument_chain(&chain),
+        None => chain,
+    };
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
             addr: listen,
             source,
         })?;
-    serve(
+    let mut running = serve(
         listener,
         tls,
-        Webhook { chain },
+        Webhook {
+            chain,
+            metrics: metrics.clone(),
+        },
         config.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
-    )
+    )?;
+    running
+        .serve_metrics(config.metrics.as_ref(), base, metrics)
+        .await?;
+    Ok(running)
 }

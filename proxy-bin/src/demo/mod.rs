@@ -88,6 +88,8 @@ impl Demo {
             },
             logging: Logging::default(),
             shutdown_timeout: Some(Duration::from_secs(5)),
+            metrics: None,
+            audit: None,
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {

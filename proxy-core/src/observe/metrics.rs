@@ -436,8 +436,17 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one TokenReview answer: `authenticated`, `unauthenticated` or `error`.
-    pub fn tokenreview(&self, result: &'static str) {
+    /// Counts one TokenReview answer by result: `authenticated`,
+    /// `unauthenticated` (no, unknown or invalid token) or `error` (a
+    /// backend is unavailable, or logins are throttled).
+    pub fn tokenreview(&self, answer: &crate::tokenreview::TokenReviewResponse) {
+        let result = match (answer.status.authenticated, answer.status.error.as_deref()) {
+            (true, _) => "authenticated",
+            (false, Some("no token" | "token not recognized" | "token is invalid") | None) => {
+                "unauthenticated"
+            }
+            (false, Some(_)) => "error",
+        };
         self.families
             .tokenreviews
             .get_or_create(&ResultLabel { result })
