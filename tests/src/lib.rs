@@ -7,6 +7,7 @@
 
 pub mod apiserver;
 pub mod kube;
+pub mod observe;
 pub mod oidc;
 pub mod pki;
 pub mod slapd;

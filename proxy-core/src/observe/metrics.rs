@@ -160,19 +160,19 @@ impl Collector for ScrapeTime {
         counter(
             &mut encoder,
             "authproxy_token_cache_hits",
-            "Token authentications answered from the cache.",
+            "Token authentications answered from the cache",
             stats.hits,
         )?;
         counter(
             &mut encoder,
             "authproxy_token_cache_misses",
-            "Token authentications the cache could not answer.",
+            "Token authentications the cache could not answer",
             stats.misses,
         )?;
         let entries = ConstGauge::new(i64::try_from(stats.entries).unwrap_or(i64::MAX));
         entries.encode(encoder.encode_descriptor(
             "authproxy_token_cache_entries",
-            "Tokens held in the cache (approximate).",
+            "Tokens held in the cache (approximate)",
             None,
             entries.metric_type(),
         )?)?;
@@ -188,13 +188,13 @@ impl Collector for ScrapeTime {
         counter(
             &mut encoder,
             "authproxy_audit_events",
-            "Audit events written.",
+            "Audit events written",
             written,
         )?;
         counter(
             &mut encoder,
             "authproxy_audit_events_dropped",
-            "Audit events dropped because the write queue was full.",
+            "Audit events dropped because the write queue was full",
             dropped,
         )
     }
@@ -208,7 +208,7 @@ struct Families {
     in_flight_long: Gauge,
     authentications: Family<AuthnLabels, Counter>,
     authn_duration: HistogramFamily<AuthenticatorLabel>,
-    upstream_errors: Family<ResultLabel, Counter>,
+    upstream_errors: Family<KindLabel, Counter>,
     tokenreviews: Family<ResultLabel, Counter>,
     issued_tokens: Counter,
     scrape_time: Arc<ScrapeTime>,
@@ -239,20 +239,20 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "authproxy_http_requests",
-            "Requests answered, by status code, method and kind.",
+            "Requests answered, by status code, method and kind",
             requests.clone(),
         );
         let request_duration: HistogramFamily<MethodLabel> =
             Family::new_with_constructor(request_histogram);
         registry.register(
             "authproxy_http_request_duration_seconds",
-            "Time to the response head of short (not long-running) requests.",
+            "Time to the response head of short (not long-running) requests",
             request_duration.clone(),
         );
         let in_flight = Family::<KindLabel, Gauge>::default();
         registry.register(
             "authproxy_http_requests_in_flight",
-            "Requests being served, by kind; long-running ones until their stream ends.",
+            "Requests being served, by kind; long-running ones until their stream ends",
             in_flight.clone(),
         );
         let in_flight_short = in_flight
@@ -268,37 +268,37 @@ impl Metrics {
         let authentications = Family::<AuthnLabels, Counter>::default();
         registry.register(
             "authproxy_authentications",
-            "Credentials an authenticator decided on, by authenticator and result.",
+            "Credentials an authenticator decided on, by authenticator and result",
             authentications.clone(),
         );
         let authn_duration: HistogramFamily<AuthenticatorLabel> =
             Family::new_with_constructor(authn_histogram);
         registry.register(
             "authproxy_authentication_duration_seconds",
-            "Time an authenticator took to decide, cache hits included.",
+            "Time an authenticator took to decide, cache hits included",
             authn_duration.clone(),
         );
-        let upstream_errors = Family::<ResultLabel, Counter>::default();
+        let upstream_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "authproxy_upstream_errors",
-            "Authenticated requests the API server could not be asked, by kind.",
+            "Authenticated requests the API server could not be asked, by kind",
             upstream_errors.clone(),
         );
         let tokenreviews = Family::<ResultLabel, Counter>::default();
         registry.register(
             "authproxy_tokenreviews",
-            "TokenReviews answered by the webhook, by result.",
+            "TokenReviews answered by the webhook, by result",
             tokenreviews.clone(),
         );
         let issued_tokens = Counter::default();
         registry.register(
             "authproxy_issued_tokens",
-            "Tokens issued after a login.",
+            "Tokens issued after a login",
             issued_tokens.clone(),
         );
         registry.register(
             "authproxy_build",
-            "The version of authproxy.",
+            "The version of authproxy",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
         let scrape_time = Arc::new(ScrapeTime::default());
@@ -432,7 +432,7 @@ impl Metrics {
     pub(crate) fn upstream_error(&self, kind: &'static str) {
         self.families
             .upstream_errors
-            .get_or_create(&ResultLabel { result: kind })
+            .get_or_create(&KindLabel { kind })
             .inc();
     }
 
