@@ -146,7 +146,9 @@ impl Proxy {
         let (chain, issuer) = config
             .authentication
             .build_with_issuer("authentication", base)?;
-        let metrics = config.metrics.as_ref().map(|_| Metrics::new());
+        // The audit log learns who authenticated from the instrumented chain.
+        let metrics =
+            (config.metrics.is_some() || config.audit.is_some()).then(Metrics::new);
         let chain = match &metrics {
             Some(metrics) => metrics.instrument_chain(&chain),
             None => chain,

@@ -146,7 +146,9 @@ impl ObserveLayer {
         self
     }
 
-    /// Writes every request to `audit` (by its policy).
+    /// Writes every request to `audit` (by its policy). The event's user and
+    /// authenticator come from a chain made by [`Metrics::instrument_chain`]
+    /// (with or without [`ObserveLayer::with_metrics`]).
     pub fn with_audit(mut self, audit: AuditLog) -> Self {
         if let Some(metrics) = &self.metrics {
             metrics.observe_audit(audit.counters());
