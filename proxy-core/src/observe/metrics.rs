@@ -301,6 +301,17 @@ impl Metrics {
             "The version of authproxy",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
         );
+        // Every bounded label value starts at zero, so rate() and alerts see the series.
+        for kind in ["unavailable", "bad_gateway", "timeout"] {
+            let _ = upstream_errors.get_or_create(&KindLabel { kind });
+        }
+        for result in ["authenticated", "unauthenticated", "error"] {
+            let _ = tokenreviews.get_or_create(&ResultLabel { result });
+        }
+        let _ = authentications.get_or_create(&AuthnLabels {
+            authenticator: Arc::from("none"),
+            result: "unclaimed",
+        });
         let scrape_time = Arc::new(ScrapeTime::default());
         registry.register_collector(Box::new(scrape_time.clone()));
         Metrics {
