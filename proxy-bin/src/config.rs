@@ -237,4 +237,27 @@ mod tests {
         }
         assert!(text.contains("authproxy.yaml"), "{text}");
     }
+
+    #[test]
+    fn metrics_and_audit_problems_name_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
+        std::fs::write(&path, "tls: {certFile: tokens.csv, keyFile: tokens.csv}\nupstream: {url: 'https://x'}\nauthentication: {staticTokens: {file: tokens.csv}}\nmetrics: {tls: {certFile: m.crt, keyFile: m.key}}\naudit: {path: nowhere/audit.log, queueSize: 0, omitPaths: [livez]}\n").unwrap();
+        let text = FileConfig::load(&path).unwrap_err().to_string();
+        for field in [
+            "metrics.tls.certFile",
+            "metrics.tls.keyFile",
+            "audit.path",
+            "audit.queueSize",
+            "audit.omitPaths[0]",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+        let (field, _) = FileConfig::parse(
+            "tls: {certFile: a, keyFile: b}\nauthentication: {}\naudit: {path: x, level: RequestResponse}\n",
+        )
+        .unwrap_err();
+        assert_eq!(field, "audit.level");
+    }
 }

@@ -77,7 +77,11 @@ impl MetricsConfig {
     }
 
     /// Binds the address and serves `metrics` in the background.
-    pub async fn start(&self, base: &Path, metrics: Metrics) -> Result<MetricsListener, StartError> {
+    pub async fn start(
+        &self,
+        base: &Path,
+        metrics: Metrics,
+    ) -> Result<MetricsListener, StartError> {
         let tls = match &self.tls {
             Some(tls) => Some(
                 crate::server::plain_tls(
@@ -141,10 +145,9 @@ fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<ProxyBody> {
         .into_response();
     }
     let mut response = Response::new(ProxyBody::full(metrics.encode()));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(CONTENT_TYPE),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     response
 }
 

@@ -14,9 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use proxy_core::credential::{ClientAddr, ClientCertificate, Credential};
+use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
-use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::{Chain, ProxyBody, ProxyStack};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -147,8 +147,7 @@ impl Proxy {
             .authentication
             .build_with_issuer("authentication", base)?;
         // The audit log learns who authenticated from the instrumented chain.
-        let metrics =
-            (config.metrics.is_some() || config.audit.is_some()).then(Metrics::new);
+        let metrics = (config.metrics.is_some() || config.audit.is_some()).then(Metrics::new);
         let chain = match &metrics {
             Some(metrics) => metrics.instrument_chain(&chain),
             None => chain,

@@ -83,13 +83,19 @@ pub async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<Scrape> {
         .context("running curl")?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("no HTTP answer from {addr}: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "no HTTP answer from {addr}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     };
     if !head.starts_with("HTTP/1.1 200") {
         bail!("scrape of {addr}: {head}");
     }
     let mut samples = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (sample, value) = line
             .rsplit_once(' ')
             .with_context(|| format!("bad sample line {line:?}"))?;

@@ -83,7 +83,10 @@ impl World {
 
 fn response_audit_id(head: &str) -> Option<String> {
     head.lines()
-        .find_map(|l| l.strip_prefix("audit-id: ").or_else(|| l.strip_prefix("Audit-Id: ")))
+        .find_map(|l| {
+            l.strip_prefix("audit-id: ")
+                .or_else(|| l.strip_prefix("Audit-Id: "))
+        })
         .map(|v| v.trim().to_owned())
 }
 
@@ -134,7 +137,10 @@ async fn proxy_and_kube_audit_events_join_on_one_audit_id() -> anyhow::Result<()
     assert_ne!(id, "caller-chosen");
 
     // kube-apiserver logged the same request under the same ID.
-    let theirs = w.kube.wait_audit(1, |e| e["auditID"] == id.as_str()).await?;
+    let theirs = w
+        .kube
+        .wait_audit(1, |e| e["auditID"] == id.as_str())
+        .await?;
     assert_eq!(theirs[0]["userAgent"], agent.as_str());
     assert_eq!(theirs[0]["user"]["username"], PROXY_SERVICE_ACCOUNT);
     assert_eq!(theirs[0]["impersonatedUser"]["username"], "alice");
@@ -185,8 +191,14 @@ async fn failed_authentications_are_logged_whatever_the_policy_and_without_the_c
         assert_eq!(event["verb"], "list");
     }
     let text = std::fs::read_to_string(&w.audit)?;
-    assert!(!text.contains(secret), "the credential reached the audit log");
-    assert!(!text.contains("alice-token"), "the credential reached the audit log");
+    assert!(
+        !text.contains(secret),
+        "the credential reached the audit log"
+    );
+    assert!(
+        !text.contains("alice-token"),
+        "the credential reached the audit log"
+    );
     Ok(())
 }
 
@@ -210,6 +222,8 @@ async fn a_watch_is_logged_at_response_started() -> anyhow::Result<()> {
     assert_eq!(events[0]["stage"], "ResponseStarted");
     assert_eq!(events[0]["verb"], "watch");
     let id = events[0]["auditID"].as_str().unwrap_or_default().to_owned();
-    w.kube.wait_audit(1, |e| e["auditID"] == id.as_str()).await?;
+    w.kube
+        .wait_audit(1, |e| e["auditID"] == id.as_str())
+        .await?;
     Ok(())
 }

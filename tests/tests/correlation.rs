@@ -12,7 +12,12 @@ use authproxy_tests::{curl_with_ca, pki, TestPki, UserInfo, PROXY_TOKEN, PROXY_U
 
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-async fn world() -> anyhow::Result<(TestPki, double::RunningDouble, authproxy::server::RunningServer, tempfile::TempDir)> {
+async fn world() -> anyhow::Result<(
+    TestPki,
+    double::RunningDouble,
+    authproxy::server::RunningServer,
+    tempfile::TempDir,
+)> {
     let pki = TestPki::new()?;
     let server_cert = pki.issue_server("apiserver")?;
     let tls = pki::server_config(&server_cert, &[b"h2", b"http/1.1"])?;
@@ -71,7 +76,9 @@ async fn trace_context_passes_unchanged_and_the_audit_id_goes_upstream() -> anyh
     )
     .await?;
     assert_eq!(code, 200, "{text}");
-    let answered_id = header(&text, "audit-id").expect("Audit-Id in the answer").to_owned();
+    let answered_id = header(&text, "audit-id")
+        .expect("Audit-Id in the answer")
+        .to_owned();
     let seen = upstream.requests();
     let request = seen
         .iter()
@@ -131,13 +138,21 @@ async fn log_lines_of_a_request_carry_its_audit_id() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(code, 401);
-    let id = header(&text, "audit-id").expect("Audit-Id in the answer").to_owned();
+    let id = header(&text, "audit-id")
+        .expect("Audit-Id in the answer")
+        .to_owned();
     let text = String::from_utf8(logs.0.lock().map(|l| l.clone()).unwrap_or_default())?;
     let line = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["fields"]["message"] == "no authenticator accepted the credential" && l["span"]["audit_id"] == id.as_str());
+        .find(|l| {
+            l["fields"]["message"] == "no authenticator accepted the credential"
+                && l["span"]["audit_id"] == id.as_str()
+        });
     assert!(line.is_some(), "no log line with audit_id {id} in\n{text}");
-    assert!(!text.contains("unknown-token-5e11"), "a credential reached the logs");
+    assert!(
+        !text.contains("unknown-token-5e11"),
+        "a credential reached the logs"
+    );
     Ok(())
 }

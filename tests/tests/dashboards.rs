@@ -76,7 +76,11 @@ async fn every_metric_in_dashboard_and_alerts_exists_in_a_real_scrape() -> anyho
     .await?;
     curl_with_ca(
         pki.ca_path(),
-        &["-H", "Authorization: Bearer alice-token", &format!("https://{}/api/v1/namespaces/default/pods", proxy.addr())],
+        &[
+            "-H",
+            "Authorization: Bearer alice-token",
+            &format!("https://{}/api/v1/namespaces/default/pods", proxy.addr()),
+        ],
     )
     .await?;
     let s = scrape(proxy.metrics_addr().expect("metrics listener")).await?;
@@ -90,12 +94,20 @@ async fn every_metric_in_dashboard_and_alerts_exists_in_a_real_scrape() -> anyho
         .iter()
         .filter(|n| !s.has_metric(n) && !declared.contains(family_of(n)))
         .collect();
-    assert!(missing.is_empty(), "not served: {missing:?}\nscrape:\n{}", s.text);
+    assert!(
+        missing.is_empty(),
+        "not served: {missing:?}\nscrape:\n{}",
+        s.text
+    );
     Ok(())
 }
 
 #[test]
 fn metric_names_are_found_in_queries() {
-    let names = metric_names("sum(rate(authproxy_http_requests_total{code=~\"5..\"}[5m])) / authproxy_x");
-    assert_eq!(names.into_iter().collect::<Vec<_>>(), ["authproxy_http_requests_total", "authproxy_x"]);
+    let names =
+        metric_names("sum(rate(authproxy_http_requests_total{code=~\"5..\"}[5m])) / authproxy_x");
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["authproxy_http_requests_total", "authproxy_x"]
+    );
 }

@@ -18,7 +18,9 @@ fn requests(code: u16, kind: &str) -> String {
 }
 
 fn authn(authenticator: &str, result: &str) -> String {
-    format!("authproxy_authentications_total{{authenticator=\"{authenticator}\",result=\"{result}\"}}")
+    format!(
+        "authproxy_authentications_total{{authenticator=\"{authenticator}\",result=\"{result}\"}}"
+    )
 }
 
 fn in_flight(kind: &str) -> String {
@@ -53,7 +55,10 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         "operationTimeout": "2s",
     });
     let key = pki.dir().join("issuer.pem");
-    std::fs::write(&key, pki.issue_client("issuer-key", "unused", None)?.key_pem)?;
+    std::fs::write(
+        &key,
+        pki.issue_client("issuer-key", "unused", None)?.key_pem,
+    )?;
     let issued = json!({"issuer": "authproxy-metrics", "signingKeyFiles": [key], "lifetime": "1s"});
     let audit_path = dir.path().join("audit.log");
     let proxy = start_observed_proxy(
@@ -79,7 +84,13 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
             curl_with_ca(&ca, &args).await
         }
     };
-    let bearer = |token: &str| vec!["-H".into(), format!("Authorization: Bearer {token}"), pods.clone()];
+    let bearer = |token: &str| {
+        vec![
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+            pods.clone(),
+        ]
+    };
 
     for _ in 0..3 {
         assert_eq!(curl(bearer("alice-token")).await?.0, 200);
@@ -103,9 +114,14 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
     .await?;
     assert_eq!(code, 200, "{body}");
     let credential: serde_json::Value = serde_json::from_str(&body)?;
-    let issued_token = credential["status"]["token"].as_str().unwrap_or("").to_owned();
+    let issued_token = credential["status"]["token"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
     let expires = humantime::parse_rfc3339(
-        credential["status"]["expirationTimestamp"].as_str().unwrap_or(""),
+        credential["status"]["expirationTimestamp"]
+            .as_str()
+            .unwrap_or(""),
     )?;
     assert_eq!(curl(bearer(&issued_token)).await?.0, 200);
     // Past the expiry and the verifier's 5 s leeway: the token is refused.
@@ -145,7 +161,11 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         Ok((s.value("authproxy_audit_events_total") >= expected_audit).then_some(s))
     })
     .await?;
-    let outage_kind = if outage_code == 503 { "unavailable" } else { "bad_gateway" };
+    let outage_kind = if outage_code == 503 {
+        "unavailable"
+    } else {
+        "bad_gateway"
+    };
     for (sample, value) in [
         (requests(200, "short"), 5.0),
         (requests(403, "short"), 1.0),
@@ -186,12 +206,25 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         .sum();
     assert_eq!(total_authn, 14.0, "{}", s.text);
     assert!(s.has_metric("authproxy_build_info"), "{}", s.text);
-    for secret in ["alice-token", "alice-password", "no-such-token", &issued_token] {
+    for secret in [
+        "alice-token",
+        "alice-password",
+        "no-such-token",
+        &issued_token,
+    ] {
         assert!(!s.text.contains(secret), "a credential reached /metrics");
     }
     let audit = std::fs::read_to_string(&audit_path)?;
-    for secret in ["alice-token", "alice-password", "no-such-token", &issued_token] {
-        assert!(!audit.contains(secret), "a credential reached the audit log");
+    for secret in [
+        "alice-token",
+        "alice-password",
+        "no-such-token",
+        &issued_token,
+    ] {
+        assert!(
+            !audit.contains(secret),
+            "a credential reached the audit log"
+        );
     }
     drop(slapd);
     Ok(())
@@ -226,7 +259,11 @@ async fn metrics_listener_serves_only_metrics_and_the_proxy_port_does_not() -> a
         .await?;
     assert_eq!(String::from_utf8_lossy(&output.stdout), "404");
     // The proxy's own port has no /metrics: it is an API request, refused without a credential.
-    let (code, _) = curl_with_ca(pki.ca_path(), &[&format!("https://{}/metrics", proxy.addr())]).await?;
+    let (code, _) = curl_with_ca(
+        pki.ca_path(),
+        &[&format!("https://{}/metrics", proxy.addr())],
+    )
+    .await?;
     assert_eq!(code, 401);
     Ok(())
 }

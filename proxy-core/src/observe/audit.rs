@@ -77,10 +77,13 @@ impl Policy {
     pub fn logs(&self, path: &str, read_only: bool) -> bool {
         self.level == Level::Metadata
             && (self.log_read_only || !read_only)
-            && !self.omit_paths.iter().any(|omit| match omit.strip_suffix('*') {
-                Some(prefix) => path.starts_with(prefix),
-                None => path == omit,
-            })
+            && !self
+                .omit_paths
+                .iter()
+                .any(|omit| match omit.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix),
+                    None => path == omit,
+                })
     }
 }
 
@@ -436,7 +439,10 @@ mod tests {
     fn wait_written(log: &AuditLog, count: u64) {
         let start = Instant::now();
         while log.counters().written.load(Ordering::Relaxed) < count {
-            assert!(start.elapsed() < Duration::from_secs(10), "events not written");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "events not written"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -463,7 +469,12 @@ mod tests {
         let mut lines = 0;
         for file in [path.clone(), numbered(&path, 1), numbered(&path, 2)] {
             let text = std::fs::read_to_string(&file).unwrap();
-            assert!(text.len() <= 1000, "{} is {} bytes", file.display(), text.len());
+            assert!(
+                text.len() <= 1000,
+                "{} is {} bytes",
+                file.display(),
+                text.len()
+            );
             for line in text.lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
                 assert_eq!(v["apiVersion"], "audit.k8s.io/v1");

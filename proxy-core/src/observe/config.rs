@@ -148,7 +148,12 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            ["audit.path", "audit.maxSizeMB", "audit.queueSize", "audit.omitPaths[0]"]
+            [
+                "audit.path",
+                "audit.maxSizeMB",
+                "audit.queueSize",
+                "audit.omitPaths[0]"
+            ]
         );
     }
 

@@ -525,7 +525,11 @@ impl InstrumentedAuthenticator {
             }
         };
         self.duration.observe(started.elapsed().as_secs_f64());
-        super::record::decided(&self.label, outcome, result.as_ref().ok().and_then(Option::as_ref));
+        super::record::decided(
+            &self.label,
+            outcome,
+            result.as_ref().ok().and_then(Option::as_ref),
+        );
         result
     }
 }
@@ -573,7 +577,10 @@ mod tests {
         );
         assert!(text.contains("authproxy_build_info{version="), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert!(!text.contains("good"), "a token reached the metrics: {text}");
+        assert!(
+            !text.contains("good"),
+            "a token reached the metrics: {text}"
+        );
     }
 
     #[test]

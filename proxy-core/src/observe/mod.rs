@@ -241,9 +241,8 @@ where
                 let proxy_reason = response.extensions().get::<Reason>().copied();
                 let decision = record.decision.get();
                 let authenticated = decision.is_some_and(|d| d.identity.is_some());
-                let failed_authentication = proxy_reason.is_some()
-                    && !authenticated
-                    && matches!(code, 401 | 429 | 503);
+                let failed_authentication =
+                    proxy_reason.is_some() && !authenticated && matches!(code, 401 | 429 | 503);
                 if let Some(metrics) = &metrics {
                     metrics.answered(method, code, kind, started);
                     if failed_authentication && decision.is_none() {
@@ -289,9 +288,10 @@ where
                                     );
                                 }
                                 None => {
-                                    event
-                                        .annotations
-                                        .insert(AUTHENTICATOR_KEY, decision.authenticator.to_string());
+                                    event.annotations.insert(
+                                        AUTHENTICATOR_KEY,
+                                        decision.authenticator.to_string(),
+                                    );
                                     event.annotations.insert(
                                         "authproxy.io/authentication-result",
                                         decision.result.to_owned(),
@@ -377,7 +377,10 @@ mod tests {
     #[test]
     fn connection_cannot_strip_correlation_headers() {
         let mut h = http::HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Audit-ID, keep-alive, traceparent"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Audit-ID, keep-alive, traceparent"),
+        );
         forget_connection_tokens(&mut h);
         assert_eq!(h[header::CONNECTION], "keep-alive");
     }

@@ -29,7 +29,11 @@ tokio::task_local! {
 }
 
 /// Notes a decision in the current request's record, if there is one.
-pub(crate) fn decided(authenticator: &Arc<str>, result: &'static str, identity: Option<&Arc<Identity>>) {
+pub(crate) fn decided(
+    authenticator: &Arc<str>,
+    result: &'static str,
+    identity: Option<&Arc<Identity>>,
+) {
     let _ = RECORD.try_with(|record| {
         let _ = record.decision.set(Decision {
             authenticator: authenticator.clone(),

@@ -181,11 +181,7 @@ mod tests {
     use super::*;
 
     fn info(method: &str, uri: &str) -> RequestInfo {
-        parse(
-            &method.parse().unwrap(),
-            &uri.parse().unwrap(),
-            false,
-        )
+        parse(&method.parse().unwrap(), &uri.parse().unwrap(), false)
     }
 
     #[test]
@@ -193,18 +189,34 @@ mod tests {
         for (method, uri, verb) in [
             ("GET", "/api/v1/namespaces/default/pods", "list"),
             ("GET", "/api/v1/namespaces/default/pods?watch=true", "watch"),
-            ("GET", "/api/v1/namespaces/default/pods?watch=1&x=y", "watch"),
+            (
+                "GET",
+                "/api/v1/namespaces/default/pods?watch=1&x=y",
+                "watch",
+            ),
             ("GET", "/api/v1/namespaces/default/pods?watch=false", "list"),
             ("GET", "/api/v1/watch/namespaces/default/pods", "watch"),
             ("GET", "/api/v1/namespaces/default/pods/p1", "get"),
             ("POST", "/api/v1/namespaces/default/configmaps", "create"),
             ("PUT", "/api/v1/namespaces/default/configmaps/c", "update"),
             ("PATCH", "/api/v1/namespaces/default/configmaps/c", "patch"),
-            ("DELETE", "/api/v1/namespaces/default/configmaps/c", "delete"),
-            ("DELETE", "/api/v1/namespaces/default/configmaps", "deletecollection"),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/configmaps/c",
+                "delete",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/configmaps",
+                "deletecollection",
+            ),
             ("GET", "/api/v1/namespaces", "list"),
             ("GET", "/api/v1/namespaces/default", "get"),
-            ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "create"),
+            (
+                "POST",
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                "create",
+            ),
             ("GET", "/version", "get"),
             ("GET", "/api", "get"),
             ("GET", "/apis/apps", "get"),
@@ -216,7 +228,10 @@ mod tests {
 
     #[test]
     fn object_ref_is_read_from_the_path() {
-        let i = info("GET", "/apis/apps/v1/namespaces/prod/deployments/web/status");
+        let i = info(
+            "GET",
+            "/apis/apps/v1/namespaces/prod/deployments/web/status",
+        );
         assert_eq!(
             i.object.unwrap(),
             ObjectRef {
@@ -229,7 +244,10 @@ mod tests {
             }
         );
         let ns = info("GET", "/api/v1/namespaces/prod").object.unwrap();
-        assert_eq!((ns.resource.as_str(), ns.name.as_str()), ("namespaces", "prod"));
+        assert_eq!(
+            (ns.resource.as_str(), ns.name.as_str()),
+            ("namespaces", "prod")
+        );
         assert!(info("GET", "/healthz").object.is_none());
     }
 
@@ -244,7 +262,15 @@ mod tests {
 
     #[test]
     fn odd_paths_never_panic() {
-        for uri in ["/", "//", "/api/", "/apis//", "/api/v1/", "/api/v1/watch", "/api/v1/namespaces/"] {
+        for uri in [
+            "/",
+            "//",
+            "/api/",
+            "/apis//",
+            "/api/v1/",
+            "/api/v1/watch",
+            "/api/v1/namespaces/",
+        ] {
             let _ = info("GET", uri);
         }
     }
