@@ -86,7 +86,7 @@ async fn trace_context_passes_unchanged_and_the_audit_id_goes_upstream() -> anyh
         .expect("the request reached the API server");
     assert_eq!(request.header_values("traceparent"), [TRACEPARENT]);
     assert_eq!(request.header_values("tracestate"), ["vendor=opaque"]);
-    assert_eq!(request.header_values("audit-id"), [answered_id.clone()]);
+    assert_eq!(request.header_values("audit-id"), [answered_id.as_str()]);
     assert_ne!(answered_id, "caller-chosen");
     Ok(())
 }
