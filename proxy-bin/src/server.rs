@@ -213,11 +213,13 @@ impl Proxy {
         if req.uri().path() == TOKEN_PATH {
             return Ok(match (&self.issuer, req.method()) {
                 (Some(issuer), &http::Method::POST) => {
-                    let response = issue_token(&self.chain, issuer, &req).await;
-                    if let (Some(metrics), true) = (&self.metrics, response.status().is_success()) {
-                        metrics.issued_token();
-                    }
-                    response
+                    // Through the observe layer: counted, audited, failed logins logged.
+                    let endpoint = TokenEndpoint {
+                        chain: self.chain.clone(),
+                        issuer: issuer.clone(),
+                        metrics: self.metrics.clone(),
+                    };
+                    return self.stack.around(endpoint).call(req).await;
                 }
                 (Some(_), _) => Status::failure(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -234,6 +236,40 @@ impl Proxy {
             });
         }
         self.stack.call(req).await
+    }
+}
+
+/// The token exchange as a service, so the observe layer can wrap it.
+#[derive(Clone)]
+struct TokenEndpoint {
+    chain: Chain,
+    issuer: Arc<proxy_core::authn::IssuedTokens>,
+    metrics: Option<Metrics>,
+}
+
+impl Service<Request<Incoming>> for TokenEndpoint {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let endpoint = self.clone();
+        Box::pin(async move {
+            let response = issue_token(&endpoint.chain, &endpoint.issuer, &req).await;
+            if let (Some(metrics), true) = (&endpoint.metrics, response.status().is_success()) {
+                metrics.issued_token();
+            }
+            Ok(response)
+        })
     }
 }
 

@@ -113,6 +113,15 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
     ])
     .await?;
     assert_eq!(code, 200, "{body}");
+    let (refused, _) = curl(vec![
+        "-X".into(),
+        "POST".into(),
+        "-u".into(),
+        "alice:wrong".into(),
+        format!("{url}/authproxy/v1/token"),
+    ])
+    .await?;
+    assert_eq!(refused, 401);
     let credential: serde_json::Value = serde_json::from_str(&body)?;
     let issued_token = credential["status"]["token"]
         .as_str()
@@ -155,7 +164,7 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
     let (outage_code, _) = curl(bearer("alice-token")).await?;
     assert!(matches!(outage_code, 502 | 503), "{outage_code}");
 
-    let expected_audit = 13.0;
+    let expected_audit = 15.0;
     let s: Scrape = wait_for(Duration::from_secs(10), "audit events written", || async {
         let s = scrape(metrics).await.map_err(|e| e.to_string())?;
         Ok((s.value("authproxy_audit_events_total") >= expected_audit).then_some(s))
@@ -172,9 +181,17 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         (requests(401, "short"), 5.0),
         (requests(200, "long_running"), 1.0),
         (requests(outage_code, "short"), 1.0),
+        (
+            "authproxy_http_requests_total{code=\"200\",method=\"POST\",kind=\"short\"}".into(),
+            1.0,
+        ),
+        (
+            "authproxy_http_requests_total{code=\"401\",method=\"POST\",kind=\"short\"}".into(),
+            1.0,
+        ),
         (authn("static-tokens", "success"), 6.0),
         (authn("ldap", "success"), 2.0),
-        (authn("ldap", "invalid"), 1.0),
+        (authn("ldap", "invalid"), 2.0),
         (authn("issued", "success"), 1.0),
         (authn("issued", "invalid"), 1.0),
         (authn("none", "unclaimed"), 3.0),
@@ -193,7 +210,7 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         ),
         (
             "authproxy_authentication_duration_seconds_count{authenticator=\"ldap\"}".into(),
-            3.0,
+            4.0,
         ),
     ] {
         assert_eq!(s.value(&sample), value, "{sample} in\n{}", s.text);
@@ -204,7 +221,7 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         .filter(|(k, _)| k.starts_with("authproxy_authentications_total{"))
         .map(|(_, v)| v)
         .sum();
-    assert_eq!(total_authn, 14.0, "{}", s.text);
+    assert_eq!(total_authn, 15.0, "{}", s.text);
     assert!(s.has_metric("authproxy_build_info"), "{}", s.text);
     for secret in [
         "alice-token",

@@ -178,6 +178,18 @@ pub struct Observe<S> {
     audit: Option<AuditLog>,
 }
 
+impl<S> Observe<S> {
+    /// The same audit IDs, metrics and audit log around another service
+    /// (an endpoint served beside the proxy stack, such as a token exchange).
+    pub fn around<T>(&self, inner: T) -> Observe<T> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
 /// What the audit event needs from the request, taken before it moves on.
 struct RequestFacts {
     uri: String,
