@@ -284,3 +284,59 @@ async fn metrics_listener_serves_only_metrics_and_the_proxy_port_does_not() -> a
     assert_eq!(code, 401);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_counts_tokenreviews_by_result() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let cert = pki.issue_server("webhook")?;
+    std::fs::write(
+        dir.path().join("tokens.csv"),
+        "alice-token,alice,1001,\"devs\"\n",
+    )?;
+    let path = dir.path().join("authproxy.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "tls: {{certFile: {}, keyFile: {}}}\nauthentication: {{staticTokens: {{file: tokens.csv}}}}\nmetrics: {{listen: '127.0.0.1:0'}}\n",
+            cert.cert_path.display(),
+            cert.key_path.display()
+        ),
+    )?;
+    let config = authproxy::config::FileConfig::load(&path)?;
+    let webhook = authproxy::webhook::start(&config, dir.path(), "127.0.0.1:0".parse()?).await?;
+    let review = |token: &str| {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}})
+            .to_string()
+    };
+    for token in ["alice-token", "alice-token", "unknown-token", ""] {
+        let (code, body) = curl_with_ca(
+            pki.ca_path(),
+            &[
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &review(token),
+                &format!("https://{}/", webhook.addr()),
+            ],
+        )
+        .await?;
+        assert_eq!(code, 200, "{body}");
+    }
+    let s = scrape(webhook.metrics_addr().expect("metrics listener")).await?;
+    for (result, count) in [
+        ("authenticated", 2.0),
+        ("unauthenticated", 2.0),
+        ("error", 0.0),
+    ] {
+        let sample = format!("authproxy_tokenreviews_total{{result=\"{result}\"}}");
+        assert_eq!(s.value(&sample), count, "{sample} in\n{}", s.text);
+    }
+    assert_eq!(
+        s.value(&authn("static-tokens", "success")),
+        2.0,
+        "{}",
+        s.text
+    );
+    Ok(())
+}

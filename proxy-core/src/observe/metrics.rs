@@ -583,6 +583,37 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn cache_hits_and_misses_are_read_at_scrape_time() {
+        let metrics = Metrics::new();
+        let tokens = StaticTokens::from_csv("good,alice,1,devs\n", "inline").unwrap();
+        let cached = crate::authn::CachedAuthenticator::new(
+            Arc::new(Chain::named("oidc", vec![Arc::new(tokens)])),
+            crate::authn::cache::CacheSettings::default(),
+        );
+        let chain = metrics.instrument_chain(&Chain::new(vec![Arc::new(cached)]));
+        for token in ["good", "good", "good", "other"] {
+            let _ = chain
+                .authenticate(&Credential::Bearer(Secret::new(token)))
+                .await;
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains("authproxy_token_cache_hits_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("authproxy_token_cache_misses_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "authproxy_authentications_total{authenticator=\"oidc\",result=\"success\"} 3"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn cache_names_are_unwrapped() {
         assert_eq!(authenticator_label("cached(oidc)"), "oidc");
