@@ -216,7 +216,13 @@ where
         let id_value = id.header_value();
         forget_connection_tokens(req.headers_mut());
         req.headers_mut().insert(AUDIT_ID, id_value.clone());
-        let info = request_info::parse(req.method(), req.uri(), is_upgrade(req.headers()));
+        let upgrade = is_upgrade(req.headers());
+        // The object (owned strings) only when an audit event may need it.
+        let info = if self.audit.is_some() {
+            request_info::parse(req.method(), req.uri(), upgrade)
+        } else {
+            request_info::classify(req.method(), req.uri(), upgrade)
+        };
         let kind = if info.long_running {
             RequestKind::LongRunning
         } else {

@@ -80,19 +80,42 @@ fn watch_param(uri: &Uri) -> bool {
     })
 }
 
-/// Reads `method` and `uri` as kube-apiserver does. `upgrade` marks a
-/// protocol upgrade (exec, attach, port-forward), always long-running.
-pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
-    let non_resource = RequestInfo {
-        verb: method_verb(method),
-        object: None,
-        long_running: upgrade,
-    };
-    let mut parts = uri.path().trim_matches('/').split('/');
-    let (api_group, api_version) = match parts.next() {
-        Some("api") => (String::new(), parts.next()),
-        Some("apis") => match (parts.next(), parts.next()) {
-            (Some(group), Some(version)) => (group.to_owned(), Some(version)),
+/// The object a request names, borrowed from its path.
+#[derive(Default)]
+struct Parts<'a> {
+    api_group: &'a str,
+    api_version: &'a str,
+    namespace: &'a str,
+    resource: &'a str,
+    name: &'a str,
+    subresource: &'a str,
+}
+
+impl Parts<'_> {
+    fn to_object(&self) -> ObjectRef {
+        ObjectRef {
+            resource: self.resource.to_owned(),
+            namespace: self.namespace.to_owned(),
+            name: self.name.to_owned(),
+            api_group: self.api_group.to_owned(),
+            api_version: self.api_version.to_owned(),
+            subresource: self.subresource.to_owned(),
+        }
+    }
+}
+
+/// The verb, the object (for resource requests) and whether it is long-running.
+fn read<'a>(
+    method: &Method,
+    uri: &'a Uri,
+    upgrade: bool,
+) -> (&'static str, Option<Parts<'a>>, bool) {
+    let non_resource = (method_verb(method), None, upgrade);
+    let mut segments = uri.path().trim_matches('/').split('/');
+    let (api_group, api_version) = match segments.next() {
+        Some("api") => ("", segments.next()),
+        Some("apis") => match (segments.next(), segments.next()) {
+            (Some(group), Some(version)) => (group, Some(version)),
             _ => return non_resource,
         },
         _ => return non_resource,
@@ -100,10 +123,6 @@ pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
     let Some(api_version) = api_version.filter(|v| !v.is_empty()) else {
         return non_resource;
     };
-    let mut rest: Vec<&str> = parts.collect();
-    if rest.is_empty() || rest[0].is_empty() {
-        return non_resource;
-    }
     let mut verb = match *method {
         Method::POST => "create",
         Method::GET | Method::HEAD => "get",
@@ -112,51 +131,49 @@ pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
         Method::DELETE => "delete",
         _ => "",
     };
+    let mut first = segments.next().filter(|s| !s.is_empty());
     // `/api/v1/watch/...`: the deprecated watch prefix.
-    if rest[0] == "watch" {
-        rest.remove(0);
+    if first == Some("watch") {
         if verb == "get" {
             verb = "watch";
         }
-        if rest.is_empty() {
-            return non_resource;
-        }
+        first = segments.next().filter(|s| !s.is_empty());
     }
-    let mut object = ObjectRef {
-        api_group,
-        api_version: api_version.to_owned(),
-        ..ObjectRef::default()
+    let Some(first) = first else {
+        return non_resource;
     };
+    let mut parts = Parts {
+        api_group,
+        api_version,
+        ..Parts::default()
+    };
+    let second = segments.next();
     // `namespaces/<ns>/<resource>...`, but `namespaces` and `namespaces/<ns>`
     // alone are the namespace objects themselves.
-    let resource_parts: &[&str] = if rest[0] == "namespaces" && rest.len() > 1 {
-        object.namespace = rest[1].to_owned();
-        if rest.len() > 2 {
-            &rest[2..]
-        } else {
-            object.name = rest[1].to_owned();
-            &rest[..1]
+    match (first, second) {
+        ("namespaces", Some(namespace)) => {
+            parts.namespace = namespace;
+            match segments.next() {
+                Some(resource) => {
+                    parts.resource = resource;
+                    parts.name = segments.next().unwrap_or("");
+                }
+                None => {
+                    parts.resource = "namespaces";
+                    parts.name = namespace;
+                }
+            }
         }
-    } else {
-        &rest[..]
-    };
-    object.resource = resource_parts[0].to_owned();
-    if object.name.is_empty() {
-        if let Some(name) = resource_parts.get(1) {
-            object.name = (*name).to_owned();
+        (resource, name) => {
+            parts.resource = resource;
+            parts.name = name.unwrap_or("");
         }
     }
-    if let Some(sub) = resource_parts.get(2) {
-        object.subresource = (*sub).to_owned();
-    }
+    parts.subresource = segments.next().unwrap_or("");
     if verb.is_empty() {
-        return RequestInfo {
-            verb: method_verb(method),
-            object: Some(object),
-            long_running: upgrade,
-        };
+        return (method_verb(method), Some(parts), upgrade);
     }
-    if object.name.is_empty() {
+    if parts.name.is_empty() {
         if verb == "get" {
             verb = if watch_param(uri) { "watch" } else { "list" };
         } else if verb == "delete" {
@@ -166,12 +183,28 @@ pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
         // kube turns a watch of one named object into a list-watch by field selector.
         verb = "watch";
     }
-    let long_running = upgrade
-        || verb == "watch"
-        || LONG_RUNNING_SUBRESOURCES.contains(&object.subresource.as_str());
+    let long_running =
+        upgrade || verb == "watch" || LONG_RUNNING_SUBRESOURCES.contains(&parts.subresource);
+    (verb, Some(parts), long_running)
+}
+
+/// Reads `method` and `uri` as kube-apiserver does. `upgrade` marks a
+/// protocol upgrade (exec, attach, port-forward), always long-running.
+pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
+    let (verb, parts, long_running) = read(method, uri, upgrade);
     RequestInfo {
         verb,
-        object: Some(object),
+        object: parts.map(|p| p.to_object()),
+        long_running,
+    }
+}
+
+/// Like [`parse`] without the object: no allocation, for the hot path.
+pub fn classify(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
+    let (verb, _, long_running) = read(method, uri, upgrade);
+    RequestInfo {
+        verb,
+        object: None,
         long_running,
     }
 }
@@ -258,6 +291,23 @@ mod tests {
         assert!(info("POST", "/api/v1/namespaces/d/pods/p/exec").long_running);
         assert!(!info("GET", "/api/v1/namespaces/d/pods").long_running);
         assert!(parse(&Method::GET, &"/anything".parse().unwrap(), true).long_running);
+    }
+
+    #[test]
+    fn classify_agrees_with_parse() {
+        for uri in [
+            "/api/v1/namespaces/d/pods?watch=1",
+            "/apis/apps/v1/deployments",
+            "/version",
+        ] {
+            let u: Uri = uri.parse().unwrap();
+            let full = parse(&Method::GET, &u, false);
+            let light = classify(&Method::GET, &u, false);
+            assert_eq!(
+                (full.verb, full.long_running),
+                (light.verb, light.long_running)
+            );
+        }
     }
 
     #[test]
