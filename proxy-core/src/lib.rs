@@ -14,6 +14,9 @@
 //!
 //! [`AuthnLayer`] and [`ImpersonateLayer`] are the tower face of steps 2 and 3;
 //! failures reach the caller as Kubernetes `Status` objects (see [`status`]).
+//! [`observe::ObserveLayer`], in front of them, gives each request an audit ID
+//! (sent upstream as `Audit-ID`), counts it in Prometheus metrics and writes it
+//! to an audit log in kube's `audit.k8s.io/v1` format.
 //! The API server authorizes the impersonated user; this crate makes no
 //! authorization decision about the forwarded request.
 //!
