@@ -340,3 +340,33 @@ async fn webhook_counts_tokenreviews_by_result() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listener_serves_tls_when_configured() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let server_cert = pki.issue_server("apiserver")?;
+    let tls = pki::server_config(&server_cert, &[b"h2", b"http/1.1"])?;
+    let upstream = double::start(DoubleConfig::new(tls)).await?;
+    let dir = tempfile::tempdir()?;
+    let metrics_cert = pki.issue_server("metrics")?;
+    let proxy = start_observed_proxy(
+        &pki,
+        dir.path(),
+        &upstream.url(),
+        pki.ca_path(),
+        PROXY_TOKEN,
+        "",
+        &format!(
+            "metrics: {{listen: '127.0.0.1:0', tls: {{certFile: {}, keyFile: {}}}}}",
+            metrics_cert.cert_path.display(),
+            metrics_cert.key_path.display()
+        ),
+    )
+    .await?;
+    let addr = proxy.metrics_addr().expect("metrics listener");
+    let (code, body) = curl_with_ca(pki.ca_path(), &[&format!("https://{addr}/metrics")]).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("authproxy_build_info{version="), "{body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    Ok(())
+}
