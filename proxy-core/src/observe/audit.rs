@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -31,6 +31,9 @@ use serde::Serialize;
 use super::metrics::AuditCounters;
 use super::request_info::ObjectRef;
 use crate::status::Reason;
+
+/// How long the writer waits when its queue is empty.
+const WRITER_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The key of the authenticator's name in the user's `extra` and annotations.
 pub const AUTHENTICATOR_KEY: &str = "authproxy.io/authenticator";
@@ -87,21 +90,59 @@ impl Policy {
     }
 }
 
-/// kube's `authentication.k8s.io/v1` `UserInfo` in an event.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct EventUser {
-    /// The user name.
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub username: String,
-    /// The uid.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// The groups.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
-    /// Extra attributes, with the authenticator under [`AUTHENTICATOR_KEY`].
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub extra: BTreeMap<String, Vec<String>>,
+/// kube's `authentication.k8s.io/v1` `UserInfo` in an event, serialized by
+/// the writer thread (the request path only shares the identity).
+#[derive(Debug, Clone, Default)]
+pub enum EventUser {
+    /// Authentication failed: `{}`.
+    #[default]
+    Unauthenticated,
+    /// The authenticated user and the authenticator that decided.
+    Authenticated {
+        /// The user.
+        identity: Arc<crate::authn::Identity>,
+        /// Its label, added to `extra` under [`AUTHENTICATOR_KEY`].
+        authenticator: Arc<str>,
+    },
+}
+
+impl Serialize for EventUser {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if let EventUser::Authenticated {
+            identity,
+            authenticator,
+        } = self
+        {
+            let user = identity.user();
+            map.serialize_entry("username", &user.username)?;
+            if let Some(uid) = &user.uid {
+                map.serialize_entry("uid", uid)?;
+            }
+            if !user.groups.is_empty() {
+                map.serialize_entry("groups", &user.groups)?;
+            }
+            let mut extra: BTreeMap<&str, Vec<&str>> = user
+                .extra
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect()))
+                .collect();
+            extra.insert(AUTHENTICATOR_KEY, vec![authenticator]);
+            map.serialize_entry("extra", &extra)?;
+        }
+        map.end()
+    }
+}
+
+/// A time, written as RFC 3339 with microseconds by the writer thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(pub SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
 }
 
 /// The `responseStatus` of an event (a `metav1.Status`).
@@ -162,9 +203,9 @@ pub struct Event {
     /// The answer's status.
     pub response_status: ResponseStatus,
     /// When the request arrived (RFC 3339, microseconds).
-    pub request_received_timestamp: String,
+    pub request_received_timestamp: Timestamp,
     /// When this stage was reached.
-    pub stage_timestamp: String,
+    pub stage_timestamp: Timestamp,
     /// The authenticator and its result on a failed authentication.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<&'static str, String>,
@@ -202,15 +243,11 @@ impl Event {
             user_agent,
             object_ref,
             response_status,
-            request_received_timestamp: timestamp(received),
-            stage_timestamp: timestamp(SystemTime::now()),
+            request_received_timestamp: Timestamp(received),
+            stage_timestamp: Timestamp(SystemTime::now()),
             annotations: BTreeMap::new(),
         }
     }
-}
-
-fn timestamp(at: SystemTime) -> String {
-    humantime::format_rfc3339_micros(at).to_string()
 }
 
 /// The audit log: a policy and a queue to the writer thread. Cheap to clone.
@@ -336,29 +373,33 @@ impl Writer {
 
     fn run(mut self, events: Receiver<Event>, counters: &AuditCounters) {
         let mut line = Vec::with_capacity(1024);
-        while let Ok(mut event) = events.recv() {
-            loop {
-                line.clear();
-                if serde_json::to_writer(&mut line, &event).is_ok() {
-                    line.push(b'\n');
-                    match self.write(&line) {
-                        Ok(()) => {
-                            counters.written.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(error) => {
-                            counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(%error, "audit event not written");
+        loop {
+            match events.try_recv() {
+                Ok(event) => {
+                    line.clear();
+                    if serde_json::to_writer(&mut line, &event).is_ok() {
+                        line.push(b'\n');
+                        match self.write(&line) {
+                            Ok(()) => {
+                                counters.written.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(error) => {
+                                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%error, "audit event not written");
+                            }
                         }
                     }
                 }
-                match events.try_recv() {
-                    Ok(next) => event = next,
-                    Err(_) => break,
+                Err(TryRecvError::Empty) => {
+                    // The queue is empty: make what was written visible, then
+                    // look again shortly. Polling keeps senders from waking
+                    // this thread on every event (a system call per request).
+                    if let Err(error) = self.flush() {
+                        tracing::warn!(%error, "audit log flush failed");
+                    }
+                    std::thread::sleep(WRITER_POLL);
                 }
-            }
-            // The queue is empty: make what was written visible.
-            if let Err(error) = self.flush() {
-                tracing::warn!(%error, "audit log flush failed");
+                Err(TryRecvError::Disconnected) => break,
             }
         }
         let _ = self.flush();

@@ -283,7 +283,7 @@ where
                             info.long_running,
                             facts.uri,
                             info.verb,
-                            EventUser::default(),
+                            EventUser::Unauthenticated,
                             facts.source_ip.into_iter().collect(),
                             facts.user_agent,
                             info.object,
@@ -293,17 +293,10 @@ where
                         if let Some(decision) = decision {
                             match &decision.identity {
                                 Some(identity) => {
-                                    let user = identity.user();
-                                    event.user = EventUser {
-                                        username: user.username.clone(),
-                                        uid: user.uid.clone(),
-                                        groups: user.groups.clone(),
-                                        extra: user.extra.clone(),
+                                    event.user = EventUser::Authenticated {
+                                        identity: identity.clone(),
+                                        authenticator: decision.authenticator.clone(),
                                     };
-                                    event.user.extra.insert(
-                                        AUTHENTICATOR_KEY.to_owned(),
-                                        vec![decision.authenticator.to_string()],
-                                    );
                                 }
                                 None => {
                                     event.annotations.insert(
