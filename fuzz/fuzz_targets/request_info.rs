@@ -5,7 +5,7 @@
 
 use http::{Method, Uri};
 use libfuzzer_sys::fuzz_target;
-use proxy_core::observe::request_info::{classify, parse};
+use proxy_core::observe::request_info::{classify, object_ref, parse};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
@@ -19,6 +19,8 @@ fuzz_target!(|data: &[u8]| {
         .clone();
     let upgrade = first & 0x80 != 0;
     let full = parse(&method, &uri, upgrade);
-    let light = classify(&method, &uri, upgrade);
+    let (light, resource) = classify(&method, &uri, upgrade);
     assert_eq!((full.verb, full.long_running), (light.verb, light.long_running));
+    assert_eq!(resource, full.object.is_some());
+    assert_eq!(object_ref(&uri), full.object);
 });

@@ -29,7 +29,6 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::metrics::AuditCounters;
-use super::request_info::ObjectRef;
 use crate::status::Reason;
 
 /// How long the writer waits when its queue is empty.
@@ -171,82 +170,117 @@ impl ResponseStatus {
     }
 }
 
+/// What a request said about itself, kept as shared handles (no copies on
+/// the request path) and written out by the writer thread.
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    /// The request's URI.
+    pub uri: http::Uri,
+    /// Its `User-Agent`.
+    pub user_agent: Option<http::HeaderValue>,
+    /// The caller's address.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Whether it names an API object (`objectRef` is then read from the URI).
+    pub resource: bool,
+}
+
 /// kube's `audit.k8s.io/v1` `Event`, as the proxy fills it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone)]
 pub struct Event {
-    kind: &'static str,
-    api_version: &'static str,
-    /// `Metadata`.
-    pub level: &'static str,
     /// The request's ID, also sent upstream as `Audit-ID`.
-    #[serde(rename = "auditID")]
-    pub audit_id: String,
-    /// `ResponseComplete`, or `ResponseStarted` for long-running requests.
-    pub stage: &'static str,
-    /// Path and query.
-    #[serde(rename = "requestURI")]
-    pub request_uri: String,
+    pub audit_id: super::AuditId,
+    /// True for long-running requests: stage `ResponseStarted`.
+    pub long_running: bool,
     /// kube's verb.
     pub verb: &'static str,
+    /// The request.
+    pub request: RequestFacts,
     /// The authenticated user (empty when authentication failed).
     pub user: EventUser,
-    /// The caller's address.
-    #[serde(rename = "sourceIPs")]
-    pub source_ips: Vec<String>,
-    /// The caller's `User-Agent`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_agent: Option<String>,
-    /// The object, for resource requests.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub object_ref: Option<ObjectRef>,
     /// The answer's status.
     pub response_status: ResponseStatus,
-    /// When the request arrived (RFC 3339, microseconds).
-    pub request_received_timestamp: Timestamp,
+    /// When the request arrived.
+    pub received: Timestamp,
     /// When this stage was reached.
-    pub stage_timestamp: Timestamp,
+    pub stage_reached: Timestamp,
     /// The authenticator and its result on a failed authentication.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<&'static str, String>,
 }
 
 impl Event {
     /// A Metadata-level event.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        audit_id: String,
+        audit_id: super::AuditId,
         long_running: bool,
-        request_uri: String,
         verb: &'static str,
-        user: EventUser,
-        source_ips: Vec<String>,
-        user_agent: Option<String>,
-        object_ref: Option<ObjectRef>,
+        request: RequestFacts,
         response_status: ResponseStatus,
         received: SystemTime,
     ) -> Self {
         Event {
-            kind: "Event",
-            api_version: "audit.k8s.io/v1",
-            level: "Metadata",
             audit_id,
-            stage: if long_running {
+            long_running,
+            verb,
+            request,
+            user: EventUser::Unauthenticated,
+            response_status,
+            received: Timestamp(received),
+            stage_reached: Timestamp(SystemTime::now()),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", "Event")?;
+        map.serialize_entry("apiVersion", "audit.k8s.io/v1")?;
+        map.serialize_entry("level", "Metadata")?;
+        map.serialize_entry("auditID", self.audit_id.as_str())?;
+        map.serialize_entry(
+            "stage",
+            if self.long_running {
                 "ResponseStarted"
             } else {
                 "ResponseComplete"
             },
-            request_uri,
-            verb,
-            user,
-            source_ips,
-            user_agent,
-            object_ref,
-            response_status,
-            request_received_timestamp: Timestamp(received),
-            stage_timestamp: Timestamp(SystemTime::now()),
-            annotations: BTreeMap::new(),
+        )?;
+        let uri = &self.request.uri;
+        map.serialize_entry(
+            "requestURI",
+            uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()),
+        )?;
+        map.serialize_entry("verb", self.verb)?;
+        map.serialize_entry("user", &self.user)?;
+        let ips: Vec<String> = self
+            .request
+            .source_ip
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        map.serialize_entry("sourceIPs", &ips)?;
+        if let Some(agent) = self
+            .request
+            .user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+        {
+            map.serialize_entry("userAgent", agent)?;
         }
+        if self.request.resource {
+            if let Some(object) = super::request_info::object_ref(uri) {
+                map.serialize_entry("objectRef", &object)?;
+            }
+        }
+        map.serialize_entry("responseStatus", &self.response_status)?;
+        map.serialize_entry("requestReceivedTimestamp", &self.received)?;
+        map.serialize_entry("stageTimestamp", &self.stage_reached)?;
+        if !self.annotations.is_empty() {
+            map.serialize_entry("annotations", &self.annotations)?;
+        }
+        map.end()
     }
 }
 
@@ -462,16 +496,17 @@ mod tests {
     use super::*;
     use std::time::{Duration, Instant};
 
-    fn event(n: usize) -> Event {
+    fn event(_n: usize) -> Event {
         Event::new(
-            format!("id-{n}"),
+            crate::observe::AuditId::next(),
             false,
-            "/api/v1/pods".into(),
             "list",
-            EventUser::default(),
-            vec!["127.0.0.1".into()],
-            None,
-            None,
+            RequestFacts {
+                uri: "/api/v1/pods".parse().unwrap(),
+                user_agent: None,
+                source_ip: Some([127, 0, 0, 1].into()),
+                resource: true,
+            },
             ResponseStatus::new(200, None),
             SystemTime::now(),
         )

@@ -49,7 +49,7 @@ use crate::body::{DropGuard, ProxyBody};
 use crate::credential::ClientAddr;
 use crate::impersonate::is_upgrade;
 use crate::status::Reason;
-use audit::{AuditLog, Event, EventUser, ResponseStatus, AUTHENTICATOR_KEY};
+use audit::{AuditLog, Event, EventUser, RequestFacts, ResponseStatus, AUTHENTICATOR_KEY};
 use metrics::{Metrics, RequestKind};
 use record::{RequestRecord, RECORD};
 
@@ -190,13 +190,6 @@ impl<S> Observe<S> {
     }
 }
 
-/// What the audit event needs from the request, taken before it moves on.
-struct RequestFacts {
-    uri: String,
-    user_agent: Option<String>,
-    source_ip: Option<String>,
-}
-
 impl<S, B> Service<Request<B>> for Observe<S>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>>,
@@ -217,12 +210,7 @@ where
         forget_connection_tokens(req.headers_mut());
         req.headers_mut().insert(AUDIT_ID, id_value.clone());
         let upgrade = is_upgrade(req.headers());
-        // The object (owned strings) only when an audit event may need it.
-        let info = if self.audit.is_some() {
-            request_info::parse(req.method(), req.uri(), upgrade)
-        } else {
-            request_info::classify(req.method(), req.uri(), upgrade)
-        };
+        let (info, resource) = request_info::classify(req.method(), req.uri(), upgrade);
         let kind = if info.long_running {
             RequestKind::LongRunning
         } else {
@@ -232,20 +220,12 @@ where
         let started = Instant::now();
         let received = SystemTime::now();
         let in_flight = self.metrics.as_ref().map(|m| m.start(kind));
+        // Shared handles only: the writer thread formats them.
         let facts = self.audit.as_ref().map(|_| RequestFacts {
-            uri: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
-            user_agent: req
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            source_ip: req
-                .extensions()
-                .get::<ClientAddr>()
-                .map(|a| a.0.to_string()),
+            uri: req.uri().clone(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            source_ip: req.extensions().get::<ClientAddr>().map(|a| a.0),
+            resource,
         });
         let record = Arc::new(RequestRecord::default());
         let span = tracing::info_span!("request", audit_id = %id);
@@ -276,17 +256,13 @@ where
                     }
                 }
                 if let (Some(audit), Some(facts)) = (&audit, facts) {
-                    let path = facts.uri.split('?').next().unwrap_or("");
+                    let path = facts.uri.path();
                     if failed_authentication || audit.policy().logs(path, info.is_read_only()) {
                         let mut event = Event::new(
-                            id.as_str().to_owned(),
+                            id,
                             info.long_running,
-                            facts.uri,
                             info.verb,
-                            EventUser::Unauthenticated,
-                            facts.source_ip.into_iter().collect(),
-                            facts.user_agent,
-                            info.object,
+                            facts,
                             ResponseStatus::new(code, proxy_reason),
                             received,
                         );

@@ -200,13 +200,23 @@ pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
 }
 
 /// Like [`parse`] without the object: no allocation, for the hot path.
-pub fn classify(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
-    let (verb, _, long_running) = read(method, uri, upgrade);
-    RequestInfo {
-        verb,
-        object: None,
-        long_running,
-    }
+/// Also says whether the request names an object (see [`object_ref`]).
+pub fn classify(method: &Method, uri: &Uri, upgrade: bool) -> (RequestInfo, bool) {
+    let (verb, parts, long_running) = read(method, uri, upgrade);
+    (
+        RequestInfo {
+            verb,
+            object: None,
+            long_running,
+        },
+        parts.is_some(),
+    )
+}
+
+/// The object a request's path names, if it names one (the method does
+/// not change it).
+pub fn object_ref(uri: &Uri) -> Option<ObjectRef> {
+    read(&Method::GET, uri, false).1.map(|p| p.to_object())
 }
 
 #[cfg(test)]
@@ -302,7 +312,9 @@ mod tests {
         ] {
             let u: Uri = uri.parse().unwrap();
             let full = parse(&Method::GET, &u, false);
-            let light = classify(&Method::GET, &u, false);
+            let (light, resource) = classify(&Method::GET, &u, false);
+            assert_eq!(resource, full.object.is_some());
+            assert_eq!(object_ref(&u), full.object);
             assert_eq!(
                 (full.verb, full.long_running),
                 (light.verb, light.long_running)
