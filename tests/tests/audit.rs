@@ -203,7 +203,7 @@ async fn failed_authentications_are_logged_whatever_the_policy_and_without_the_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_is_logged_at_response_started() -> anyhow::Result<()> {
+async fn a_watch_is_logged_when_it_starts_and_when_it_ends() -> anyhow::Result<()> {
     let w = world("omitPaths: ['/livez']").await?;
     let agent = unique_marker("audit-watch");
     let (code, _) = w
@@ -218,8 +218,11 @@ async fn a_watch_is_logged_at_response_started() -> anyhow::Result<()> {
         ])
         .await?;
     assert_eq!(code, 200);
-    let events = w.proxy_events(&agent, 1).await?;
+    // ResponseStarted at the head, ResponseComplete when the stream ended, as kube logs them.
+    let events = w.proxy_events(&agent, 2).await?;
     assert_eq!(events[0]["stage"], "ResponseStarted");
+    assert_eq!(events[1]["stage"], "ResponseComplete");
+    assert_eq!(events[0]["auditID"], events[1]["auditID"]);
     assert_eq!(events[0]["verb"], "watch");
     let id = events[0]["auditID"].as_str().unwrap_or_default().to_owned();
     w.kube

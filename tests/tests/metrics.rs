@@ -164,7 +164,7 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
     let (outage_code, _) = curl(bearer("alice-token")).await?;
     assert!(matches!(outage_code, 502 | 503), "{outage_code}");
 
-    let expected_audit = 15.0;
+    let expected_audit = 16.0; // the watch is logged twice (started, complete)
     let s: Scrape = wait_for(Duration::from_secs(10), "audit events written", || async {
         let s = scrape(metrics).await.map_err(|e| e.to_string())?;
         Ok((s.value("authproxy_audit_events_total") >= expected_audit).then_some(s))

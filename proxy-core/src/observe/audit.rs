@@ -11,7 +11,9 @@
 //!  "responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"…","stageTimestamp":"…"}
 //! ```
 //!
-//! Writing never blocks a request: events go through a bounded queue to a
+//! Every request is logged at `ResponseComplete`; a long-running one (a
+//! watch, logs, exec) also at `ResponseStarted`, when its response head is
+//! sent. Writing never blocks a request: events go through a bounded queue to a
 //! writer thread; when the queue is full the event is dropped and counted.
 //! The file is rotated by size (`audit.log` → `audit.log.1` …). Failed
 //! authentications are always logged, whatever the policy; the credential
@@ -189,7 +191,9 @@ pub struct RequestFacts {
 pub struct Event {
     /// The request's ID, also sent upstream as `Audit-ID`.
     pub audit_id: super::AuditId,
-    /// True for long-running requests: stage `ResponseStarted`.
+    /// True for the `ResponseStarted` stage of a long-running request;
+    /// false for `ResponseComplete` (logged for every request, and again
+    /// for a long-running one when its stream ends).
     pub long_running: bool,
     /// kube's verb.
     pub verb: &'static str,

@@ -255,6 +255,8 @@ where
                         }
                     }
                 }
+                // Logged again at ResponseComplete when a long-running stream ends.
+                let mut completion: Option<(AuditLog, Event)> = None;
                 if let (Some(audit), Some(facts)) = (&audit, facts) {
                     let path = facts.uri.path();
                     if failed_authentication || audit.policy().logs(path, info.is_read_only()) {
@@ -290,28 +292,51 @@ where
                                 .annotations
                                 .insert("authproxy.io/authentication-result", "unclaimed".into());
                         }
+                        if info.long_running {
+                            completion = Some((audit.clone(), event.clone()));
+                        }
                         audit.log(event);
                     }
                 }
                 if !response.headers().contains_key(AUDIT_ID) {
                     response.headers_mut().insert(AUDIT_ID, id_value);
                 }
-                if let Some(in_flight) = in_flight {
-                    if kind == RequestKind::LongRunning {
-                        let (parts, body) = response.into_parts();
-                        let body = match body {
-                            ProxyBody::Incoming(body) => {
-                                ProxyBody::Guarded(body, Some(DropGuard::new(in_flight)))
-                            }
-                            other => other,
-                        };
-                        response = Response::from_parts(parts, body);
-                    }
+                if in_flight.is_some() || completion.is_some() {
+                    let ends = StreamEnd {
+                        _in_flight: in_flight,
+                        completion,
+                    };
+                    let (parts, body) = response.into_parts();
+                    let body = match body {
+                        ProxyBody::Incoming(body) if kind == RequestKind::LongRunning => {
+                            ProxyBody::Guarded(body, Some(DropGuard::new(ends)))
+                        }
+                        // Answered at once: the guard ends here.
+                        other => other,
+                    };
+                    response = Response::from_parts(parts, body);
                 }
                 Ok(response)
             }
             .instrument(span),
         )
+    }
+}
+
+/// Kept while a long-running response streams: lowers the in-flight gauge
+/// and logs the `ResponseComplete` stage when dropped.
+struct StreamEnd {
+    _in_flight: Option<metrics::InFlight>,
+    completion: Option<(AuditLog, Event)>,
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        if let Some((audit, mut event)) = self.completion.take() {
+            event.long_running = false;
+            event.stage_reached = audit::Timestamp(SystemTime::now());
+            audit.log(event);
+        }
     }
 }
 
