@@ -301,14 +301,16 @@ where
                 if !response.headers().contains_key(AUDIT_ID) {
                     response.headers_mut().insert(AUDIT_ID, id_value);
                 }
-                if in_flight.is_some() || completion.is_some() {
+                // Short requests end here (the gauge drops with `in_flight`).
+                if kind == RequestKind::LongRunning && (in_flight.is_some() || completion.is_some())
+                {
                     let ends = StreamEnd {
                         _in_flight: in_flight,
                         completion,
                     };
                     let (parts, body) = response.into_parts();
                     let body = match body {
-                        ProxyBody::Incoming(body) if kind == RequestKind::LongRunning => {
+                        ProxyBody::Incoming(body) => {
                             ProxyBody::Guarded(body, Some(DropGuard::new(ends)))
                         }
                         // Answered at once: the guard ends here.
