@@ -208,9 +208,88 @@ fn oidc(c: &mut Criterion) {
     });
 }
 
+/// The whole tower stack (observe → authenticate → impersonate) around an
+/// inner service that answers at once, with observation off (audit IDs
+/// only), with metrics, and with metrics and an audit log to a file. The
+/// differences are the per-request cost of metrics and of queueing an audit
+/// event (the writer thread serializes and writes off the request path).
+fn observed_stack(c: &mut Criterion) {
+    use proxy_core::observe::audit::{AuditLog, Destination, Policy};
+    use proxy_core::observe::{metrics::Metrics, ObserveLayer};
+    use proxy_core::{AuthnLayer, ImpersonateLayer, ProxyBody};
+    use tower_layer::Layer;
+    use tower_service::Service;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inner = tower::service_fn(|_req: http::Request<()>| async {
+        Ok::<_, std::convert::Infallible>(http::Response::new(ProxyBody::empty()))
+    });
+    let request = || {
+        let mut req = http::Request::builder()
+            .uri("/api/v1/namespaces/default/pods?limit=500")
+            .body(())
+            .expect("request");
+        *req.headers_mut() = kubectl_headers();
+        req.extensions_mut()
+            .insert(proxy_core::credential::ClientAddr([127, 0, 0, 1].into()));
+        req
+    };
+    type MakeLayer<'a> = Box<dyn Fn() -> ObserveLayer + 'a>;
+    let variants: [(&str, MakeLayer); 3] = [
+        ("stack_observe_off", Box::new(ObserveLayer::new)),
+        (
+            "stack_metrics_on",
+            Box::new(|| ObserveLayer::new().with_metrics(Metrics::new())),
+        ),
+        (
+            "stack_metrics_and_audit_file",
+            Box::new(|| {
+                let audit = AuditLog::start(
+                    Destination::File {
+                        path: dir.path().join("audit.log"),
+                        max_bytes: 100 << 20,
+                        max_backups: 1,
+                    },
+                    Policy {
+                        log_read_only: true,
+                        ..Policy::default()
+                    },
+                    10_000,
+                )
+                .expect("audit log");
+                ObserveLayer::new()
+                    .with_metrics(Metrics::new())
+                    .with_audit(audit)
+            }),
+        ),
+    ];
+    for (name, layer) in variants {
+        let layer = layer();
+        let metrics = Metrics::new();
+        let chain = metrics.instrument_chain(&Chain::new(vec![
+            Arc::new(token_table()) as Arc<dyn Authenticator>
+        ]));
+        let mut stack =
+            layer.layer(AuthnLayer::new(chain).layer(ImpersonateLayer::new().layer(inner)));
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                request,
+                |req| {
+                    stack
+                        .call(req)
+                        .now_or_never()
+                        .expect("answers at once")
+                        .expect("infallible")
+                },
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+}
+
 criterion_group! {
     name = hot_path;
     config = Criterion::default().measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    targets = benches, oidc
+    targets = benches, oidc, observed_stack
 }
 criterion_main!(hot_path);

@@ -2,7 +2,8 @@
 //! hyper pass-through proxy written here (TLS in, TLS out, URI rewritten,
 //! nothing else), and (c) through authproxy (`authproxy::server::serve`) with
 //! static-token authentication and impersonation; (d) the same authproxy with
-//! OIDC (RS256, token cache) instead of static tokens.
+//! OIDC (RS256, token cache) instead of static tokens; (e) `authproxy-obs`,
+//! the static-token authproxy with metrics on and an audit log to a file.
 //!
 //! A fixed number of requests is spread over 64 concurrent keep-alive
 //! HTTP/1.1 connections (one hyper `client::conn::http1` handshake each over
@@ -209,6 +210,7 @@ async fn authproxy(
     upstream: SocketAddr,
     dir: &std::path::Path,
     chain: Option<Chain>,
+    observed: bool,
 ) -> anyhow::Result<(SocketAddr, authproxy::server::RunningServer)> {
     let tokens =
         StaticTokens::from_csv(&format!("{USER_TOKEN},bench,1000,\"devs,ops\"\n"), "bench")?;
@@ -227,8 +229,33 @@ async fn authproxy(
         connect_timeout: Duration::from_secs(5),
         pool: Default::default(),
     })?;
+    // Observed: metrics on and an audit log to a file in `dir`.
+    let mut observe = proxy_core::observe::ObserveLayer::new();
+    let mut metrics = None;
+    let chain = if observed {
+        let m = proxy_core::observe::metrics::Metrics::new();
+        let audit = proxy_core::observe::audit::AuditLog::start(
+            proxy_core::observe::audit::Destination::File {
+                path: dir.join("audit.log"),
+                max_bytes: 100 << 20,
+                max_backups: 2,
+            },
+            proxy_core::observe::audit::Policy {
+                log_read_only: true,
+                ..Default::default()
+            },
+            10_000,
+        )?;
+        observe = observe.with_metrics(m.clone()).with_audit(audit);
+        let chain = m.instrument_chain(&chain);
+        metrics = Some(m);
+        chain
+    } else {
+        chain
+    };
     let proxy = Proxy {
-        stack: proxy_stack(chain.clone(), upstream),
+        stack: tower_layer::Layer::layer(&observe, proxy_stack(chain.clone(), upstream)),
+        metrics,
         chain,
         token_endpoint: None,
         max_request_body_bytes: authproxy::limits::DEFAULT_MAX_REQUEST_BODY_BYTES,
@@ -448,19 +475,21 @@ fn main() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let upstream_addr = upstream(upstream_tls).await?;
         let bare_addr = bare_proxy(server_tls.clone(), pki.ca_pem(), upstream_addr, flag("LOAD_BARE_IMPERSONATE")).await?;
-        let (authproxy_addr, _running) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), None).await?;
+        let (authproxy_addr, _running) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), None, false).await?;
+        let (observed_addr, _running_observed) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), None, true).await?;
         let (oidc, id_token) = oidc_chain()?;
-        let (oidc_addr, _running_oidc) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), Some(oidc)).await?;
+        let (oidc_addr, _running_oidc) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), Some(oidc), false).await?;
         let mut targets: Vec<(&str, SocketAddr, Arc<str>)> = vec![
             ("direct", upstream_addr, PROXY_TOKEN.into()),
             ("bare", bare_addr, PROXY_TOKEN.into()),
             ("authproxy", authproxy_addr, USER_TOKEN.into()),
+            ("authproxy-obs", observed_addr, USER_TOKEN.into()),
             ("authproxy-oidc", oidc_addr, id_token.into()),
         ];
         if let Some(only) = &only {
             targets.retain(|(name, _, _)| only.iter().any(|o| o == name));
             if targets.is_empty() {
-                bail!("LOAD_TARGETS names none of direct, bare, authproxy, authproxy-oidc");
+                bail!("LOAD_TARGETS names none of direct, bare, authproxy, authproxy-obs, authproxy-oidc");
             }
         }
 
@@ -504,6 +533,7 @@ fn main() -> anyhow::Result<()> {
         };
         ratio("ratio authproxy/bare throughput", "authproxy", "bare");
         ratio("ratio authproxy/direct", "authproxy", "direct");
+        ratio("ratio authproxy-obs/authproxy throughput (metrics + audit file on/off)", "authproxy-obs", "authproxy");
         ratio("ratio authproxy-oidc/bare throughput", "authproxy-oidc", "bare");
         Ok(())
     })

@@ -47,6 +47,10 @@ pub struct FileConfig {
     /// How long in-flight requests may take to finish on SIGTERM (default 30s).
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// The `/metrics` listener (off without this section).
+    pub metrics: Option<crate::metrics_listener::MetricsConfig>,
+    /// The audit log (off without this section).
+    pub audit: Option<proxy_core::observe::config::AuditConfig>,
     /// Settings of `authproxy webhook` (the TokenReview endpoint).
     #[serde(default)]
     pub webhook: WebhookConfig,
@@ -256,6 +260,12 @@ impl FileConfig {
                 ),
             });
         }
+        if let Some(metrics) = &self.metrics {
+            problems.extend(metrics.validate("metrics", base));
+        }
+        if let Some(audit) = &self.audit {
+            problems.extend(audit.validate("audit", base));
+        }
         problems
     }
 }
@@ -376,5 +386,28 @@ mod tests {
         ] {
             assert!(text.contains(field), "{field} missing from {text}");
         }
+    }
+
+    #[test]
+    fn metrics_and_audit_problems_name_file_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
+        std::fs::write(&path, "tls: {certFile: tokens.csv, keyFile: tokens.csv}\nupstream: {url: 'https://x'}\nauthentication: {staticTokens: {file: tokens.csv}}\nmetrics: {tls: {certFile: m.crt, keyFile: m.key}}\naudit: {path: nowhere/audit.log, queueSize: 0, omitPaths: [livez]}\n").unwrap();
+        let text = FileConfig::load(&path).unwrap_err().to_string();
+        for field in [
+            "metrics.tls.certFile",
+            "metrics.tls.keyFile",
+            "audit.path",
+            "audit.queueSize",
+            "audit.omitPaths[0]",
+        ] {
+            assert!(text.contains(field), "{field} missing from {text}");
+        }
+        let (field, _) = FileConfig::parse(
+            "tls: {certFile: a, keyFile: b}\nauthentication: {}\naudit: {path: x, level: RequestResponse}\n",
+        )
+        .unwrap_err();
+        assert_eq!(field, "audit.level");
     }
 }

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod limits;
 pub mod logging;
 pub mod login;
+pub mod metrics_listener;
 pub mod pki;
 pub mod prompt;
 pub mod server;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::credential::{ClientAddr, ClientCertificate};
+use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ProxyBody, ProxyStack};
@@ -55,6 +56,9 @@ pub enum StartError {
         /// Why, and what to do.
         message: String,
     },
+    /// The audit log could not be opened.
+    #[error("audit.path: {0}")]
+    Audit(#[from] proxy_core::observe::audit::AuditError),
     /// The listen address could not be bound.
     #[error("listen {addr}: {source}")]
     Bind {
@@ -155,8 +159,10 @@ pub fn listener_tls_with(
 /// What the listener serves.
 #[derive(Clone)]
 pub struct Proxy {
-    /// The authenticate → impersonate → forward stack.
-    pub stack: ProxyStack,
+    /// The observe → authenticate → impersonate → forward stack.
+    pub stack: Observe<ProxyStack>,
+    /// The metrics, when the `metrics:` section is set.
+    pub metrics: Option<Metrics>,
     /// The chain, asked for readiness and by the token endpoint.
     pub chain: Chain,
     /// Issues tokens at [`TOKEN_PATH`] when configured.
@@ -173,6 +179,19 @@ impl Proxy {
         let (chain, issuer) = config
             .authentication
             .build_with_issuer("authentication", base)?;
+        // The audit log learns who authenticated from the instrumented chain.
+        let metrics = (config.metrics.is_some() || config.audit.is_some()).then(Metrics::new);
+        let chain = match &metrics {
+            Some(metrics) => metrics.instrument_chain(&chain),
+            None => chain,
+        };
+        let mut observe = ObserveLayer::new();
+        if let Some(metrics) = &metrics {
+            observe = observe.with_metrics(metrics.clone());
+        }
+        if let Some(audit) = &config.audit {
+            observe = observe.with_audit(audit.start(base)?);
+        }
         let upstream = Upstream::new(config.upstream.to_options("upstream", base)?)?;
         let mut authn = proxy_core::AuthnLayer::new(chain.clone());
         if config.authentication.ldap.is_some() {
@@ -181,8 +200,10 @@ impl Proxy {
                 "Basic realm=\"authproxy\", Bearer realm=\"authproxy\"",
             ));
         }
-        let stack =
-            proxy_core::proxy_stack_with(authn, config.limits.long_running_limits(), upstream);
+        let stack = tower_layer::Layer::layer(
+            &observe,
+            proxy_core::proxy_stack_with(authn, config.limits.long_running_limits(), upstream),
+        );
         let token_endpoint = match (issuer, &config.authentication.issued_tokens) {
             (Some(issuer), Some(settings)) => Some(Arc::new(TokenEndpoint::new(
                 chain.clone(),
@@ -193,6 +214,7 @@ impl Proxy {
         };
         Ok(Proxy {
             stack,
+            metrics,
             chain,
             token_endpoint,
             max_request_body_bytes: config.limits.max_request_body_bytes,
@@ -229,7 +251,15 @@ impl Proxy {
         req.extensions_mut().insert(ClientAddr(peer.ip()));
         if req.uri().path() == TOKEN_PATH {
             return Ok(match &self.token_endpoint {
-                Some(endpoint) => endpoint.answer(req, self.max_request_body_bytes).await,
+                Some(endpoint) => {
+                    // Through the observe layer: counted, audited, failed logins logged.
+                    let service = TokenService {
+                        endpoint: endpoint.clone(),
+                        max_body_bytes: self.max_request_body_bytes,
+                        metrics: self.metrics.clone(),
+                    };
+                    return self.stack.around(service).call(req).await;
+                }
                 None => Status::failure(
                     StatusCode::NOT_FOUND,
                     Reason::BadRequest,
@@ -239,6 +269,40 @@ impl Proxy {
             });
         }
         self.stack.call(req).await
+    }
+}
+
+/// The token exchange as a service, so the observe layer can wrap it.
+#[derive(Clone)]
+struct TokenService {
+    endpoint: Arc<TokenEndpoint>,
+    max_body_bytes: usize,
+    metrics: Option<Metrics>,
+}
+
+impl Service<Request<Incoming>> for TokenService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move {
+            let response = service.endpoint.answer(req, service.max_body_bytes).await;
+            if let (Some(metrics), true) = (&service.metrics, response.status().is_success()) {
+                metrics.issued_token();
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -281,12 +345,31 @@ pub struct RunningServer {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    metrics: Option<crate::metrics_listener::MetricsListener>,
 }
 
 impl RunningServer {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the `/metrics` listener, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
+    }
+
+    /// Serves `metrics` as configured, for as long as this server runs.
+    pub async fn serve_metrics(
+        &mut self,
+        config: Option<&crate::metrics_listener::MetricsConfig>,
+        base: &Path,
+        metrics: Option<Metrics>,
+    ) -> Result<(), StartError> {
+        if let (Some(config), Some(metrics)) = (config, metrics) {
+            self.metrics = Some(config.start(base, metrics).await?);
+        }
+        Ok(())
     }
 
     /// Stops accepting, drains in-flight requests (up to the deadline) and waits.
@@ -327,7 +410,12 @@ pub async fn start(config: &FileConfig, base: &Path) -> Result<RunningServer, St
             source,
         })?;
     let timeout = config.shutdown_timeout.unwrap_or(Duration::from_secs(30));
-    serve_with_limits(listener, tls, proxy, config.limits.clone(), timeout)
+    let metrics = proxy.metrics.clone();
+    let mut running = serve_with_limits(listener, tls, proxy, config.limits.clone(), timeout)?;
+    running
+        .serve_metrics(config.metrics.as_ref(), base, metrics)
+        .await?;
+    Ok(running)
 }
 
 /// Serves `proxy` on an already bound listener in the background, with the
@@ -368,6 +456,7 @@ pub fn serve_with_limits<H: Handler>(
         addr,
         shutdown: Some(tx),
         task,
+        metrics: None,
     })
 }
 

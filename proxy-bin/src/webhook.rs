@@ -34,6 +34,7 @@ pub struct Webhook {
     failed_reviews: Arc<RateLimiter>,
     max_request_body_bytes: usize,
     api_audiences: Arc<[String]>,
+    metrics: Option<proxy_core::observe::metrics::Metrics>,
 }
 
 fn throttled(retry_after_secs: u64) -> Response<ProxyBody> {
@@ -117,6 +118,9 @@ impl Webhook {
             }
         };
         let answer = tokenreview::review(&self.chain, &self.api_audiences, request).await;
+        if let Some(metrics) = &self.metrics {
+            metrics.tokenreview(&answer);
+        }
         let failed = FailedReview(answer.is_refusal());
         let mut response = Response::new(ProxyBody::full(
             serde_json::to_vec(&answer).unwrap_or_default(),
@@ -180,6 +184,14 @@ pub async fn start(
     let failed_reviews = Arc::new(RateLimiter::per_minute(
         config.webhook.failed_reviews_per_minute(),
     ));
+    let metrics = config
+        .metrics
+        .as_ref()
+        .map(|_| proxy_core::observe::metrics::Metrics::new());
+    let chain = match &metrics {
+        Some(metrics) => metrics.instrument_chain(&chain),
+        None => chain,
+    };
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -191,12 +203,17 @@ pub async fn start(
         failed_reviews,
         max_request_body_bytes: config.limits.max_request_body_bytes,
         api_audiences: config.webhook.api_audiences().into(),
+        metrics: metrics.clone(),
     };
-    serve_with_limits(
+    let mut running = serve_with_limits(
         listener,
         tls,
         webhook,
         config.limits.clone(),
         config.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
-    )
+    )?;
+    running
+        .serve_metrics(config.metrics.as_ref(), base, metrics)
+        .await?;
+    Ok(running)
 }

@@ -489,7 +489,7 @@ impl AuthenticationConfig {
                     allow_system_names,
                 ));
             }
-            let oidc = Chain::new(issuers);
+            let oidc = Chain::named("oidc", issuers);
             chain.push(Arc::new(CachedAuthenticator::new(
                 Arc::new(oidc),
                 self.cache_settings(),

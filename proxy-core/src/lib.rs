@@ -18,6 +18,9 @@
 //! [`LongRunningLayer`] between them caps the watches and tunnels
 //! ([`long_running`]) each user may hold;
 //! failures reach the caller as Kubernetes `Status` objects (see [`status`]).
+//! [`observe::ObserveLayer`], in front of them, gives each request an audit ID
+//! (sent upstream as `Audit-ID`), counts it in Prometheus metrics and writes it
+//! to an audit log in kube's `audit.k8s.io/v1` format.
 //! The API server authorizes the impersonated user; this crate makes no
 //! authorization decision about the forwarded request.
 //!
@@ -49,6 +52,7 @@ pub mod impersonate;
 pub mod kubeconfig;
 pub mod layer;
 pub mod long_running;
+pub mod observe;
 pub mod path;
 pub mod rate_limit;
 pub mod reload;

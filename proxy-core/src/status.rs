@@ -81,13 +81,15 @@ impl Status {
         )
     }
 
-    /// The Status as an HTTP response with a JSON body.
+    /// The Status as an HTTP response with a JSON body. The response's
+    /// extensions hold its [`Reason`], which marks it as made by the proxy.
     pub fn into_response(self) -> Response<ProxyBody> {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // Serializing this struct cannot fail: it holds only strings and numbers.
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = Response::new(ProxyBody::full(body));
         *response.status_mut() = code;
+        response.extensions_mut().insert(self.reason);
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

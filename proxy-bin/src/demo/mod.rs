@@ -90,6 +90,8 @@ impl Demo {
             limits: Default::default(),
             shutdown_timeout: Some(Duration::from_secs(5)),
             webhook: Default::default(),
+            metrics: None,
+            audit: None,
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {

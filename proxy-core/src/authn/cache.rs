@@ -67,6 +67,29 @@ impl Expiry<[u8; 32], Outcome> for Lifetimes {
     }
 }
 
+/// Counters of a token cache, summed over the caches of a chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Answers served from the cache.
+    pub hits: u64,
+    /// Answers the cache did not have.
+    pub misses: u64,
+    /// Entries held now (approximate).
+    pub entries: u64,
+}
+
+impl std::ops::Add for CacheStats {
+    type Output = CacheStats;
+
+    fn add(self, other: CacheStats) -> CacheStats {
+        CacheStats {
+            hits: self.hits + other.hits,
+            misses: self.misses + other.misses,
+            entries: self.entries + other.entries,
+        }
+    }
+}
+
 /// An authenticator with a cache in front.
 pub struct CachedAuthenticator {
     inner: Arc<dyn Authenticator>,
@@ -154,6 +177,15 @@ impl Authenticator for CachedAuthenticator {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn cache_stats(&self) -> CacheStats {
+        let (hits, misses) = self.counters();
+        CacheStats {
+            hits,
+            misses,
+            entries: self.cache.entry_count(),
+        } + self.inner.cache_stats()
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 
 use http::StatusCode;
 
-pub use cache::CachedAuthenticator;
+pub use cache::{CacheStats, CachedAuthenticator};
 pub use issued::IssuedTokens;
 pub use ldap::LdapAuthenticator;
 pub use oidc::OidcAuthenticator;
@@ -227,11 +227,18 @@ pub trait Authenticator: Send + Sync + 'static {
 
     /// A short name for logs and metrics.
     fn name(&self) -> &str;
+
+    /// Counters of the token caches in this authenticator (and those it
+    /// wraps), for metrics. None by default.
+    fn cache_stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
 }
 
 /// Authenticators asked in order; the first that claims the credential decides.
 #[derive(Clone)]
 pub struct Chain {
+    name: Arc<str>,
     authenticators: Arc<[Arc<dyn Authenticator>]>,
 }
 
@@ -246,9 +253,20 @@ impl std::fmt::Debug for Chain {
 impl Chain {
     /// A chain of `authenticators`, asked in this order.
     pub fn new(authenticators: Vec<Arc<dyn Authenticator>>) -> Self {
+        Self::named("chain", authenticators)
+    }
+
+    /// A chain with a name for logs and metrics (`oidc` for the issuers).
+    pub fn named(name: &str, authenticators: Vec<Arc<dyn Authenticator>>) -> Self {
         Chain {
+            name: name.into(),
             authenticators: authenticators.into(),
         }
+    }
+
+    /// The authenticators, in the order they are asked.
+    pub fn authenticators(&self) -> &[Arc<dyn Authenticator>] {
+        &self.authenticators
     }
 
     /// Authenticates with the first authenticator that claims the credential.
@@ -280,7 +298,13 @@ impl Authenticator for Chain {
     }
 
     fn name(&self) -> &str {
-        "chain"
+        &self.name
+    }
+
+    fn cache_stats(&self) -> CacheStats {
+        self.authenticators
+            .iter()
+            .fold(CacheStats::default(), |sum, a| sum + a.cache_stats())
     }
 }
 

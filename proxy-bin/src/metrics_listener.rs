@@ -1,0 +1,198 @@
+//! The `/metrics` listener: its own address (loopback by default), plain
+//! HTTP or TLS, serving the proxy's [`Metrics`] in the OpenMetrics text
+//! format. Any other path is a 404 `Status`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use proxy_core::config::Problem;
+use proxy_core::observe::metrics::{Metrics, CONTENT_TYPE};
+use proxy_core::status::{Reason, Status};
+use proxy_core::ProxyBody;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::server::StartError;
+
+/// The default metrics address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9095";
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9095))
+}
+
+/// `metrics:`: where `/metrics` is served. Without the section there is no
+/// metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    /// Address of the listener (default `127.0.0.1:9095`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Serve TLS with this certificate and key instead of plain HTTP.
+    pub tls: Option<MetricsTls>,
+}
+
+/// TLS of the metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsTls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+impl MetricsConfig {
+    /// Every problem in the section, `prefix` being its path.
+    pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Some(tls) = &self.tls {
+            for (name, path) in [("certFile", &tls.cert_file), ("keyFile", &tls.key_file)] {
+                let path = resolve(base, path);
+                if let Err(e) = std::fs::metadata(&path) {
+                    problems.push(Problem {
+                        field: format!("{prefix}.tls.{name}"),
+                        message: format!("cannot read {}: {e}", path.display()),
+                    });
+                }
+            }
+        }
+        problems
+    }
+
+    /// Binds the address and serves `metrics` in the background.
+    pub async fn start(
+        &self,
+        base: &Path,
+        metrics: Metrics,
+    ) -> Result<MetricsListener, StartError> {
+        let tls = match &self.tls {
+            Some(tls) => Some(
+                crate::server::plain_tls(
+                    &resolve(base, &tls.cert_file),
+                    &resolve(base, &tls.key_file),
+                )
+                .map_err(|source| StartError::Tls {
+                    field: "metrics.tls",
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let listener = TcpListener::bind(self.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: self.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: self.listen,
+            source,
+        })?;
+        tracing::info!(%addr, "serving /metrics");
+        let task = tokio::spawn(accept_loop(listener, tls, metrics));
+        Ok(MetricsListener { addr, task })
+    }
+}
+
+/// The running metrics listener; stops when dropped.
+#[derive(Debug)]
+pub struct MetricsListener {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl MetricsListener {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<ProxyBody> {
+    if req.uri().path() != "/metrics" {
+        return Status::failure(StatusCode::NOT_FOUND, Reason::BadRequest, "see /metrics")
+            .into_response();
+    }
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return Status::failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Reason::BadRequest,
+            "GET /metrics",
+        )
+        .into_response();
+    }
+    let mut response = Response::new(ProxyBody::full(metrics.encode()));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    response
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Metrics,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let response = answer(&metrics, &req);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let result = match acceptor {
+                Some(acceptor) => match tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(tcp),
+                )
+                .await
+                {
+                    Ok(Ok(stream)) => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    _ => return,
+                },
+                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "metrics connection ended with an error");
+            }
+        });
+    }
+}

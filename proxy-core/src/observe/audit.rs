@@ -1,0 +1,600 @@
+//! The audit log: one JSON line per request in kube's `audit.k8s.io/v1`
+//! `Event` shape, so pipelines that read kube-apiserver's audit log read
+//! the proxy's too, and join both on `auditID` (the proxy sends it upstream
+//! as the `Audit-ID` header, which kube-apiserver takes as its own).
+//!
+//! ```json
+//! {"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"8f1c…","stage":"ResponseComplete",
+//!  "requestURI":"/api/v1/namespaces/default/pods","verb":"list",
+//!  "user":{"username":"alice","uid":"1001","groups":["devs"],"extra":{"authproxy.io/authenticator":["static-tokens"]}},
+//!  "sourceIPs":["10.0.0.7"],"userAgent":"kubectl/v1.31.0","objectRef":{"resource":"pods","namespace":"default","apiVersion":"v1"},
+//!  "responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"…","stageTimestamp":"…"}
+//! ```
+//!
+//! Every request is logged at `ResponseComplete`; a long-running one (a
+//! watch, logs, exec) also at `ResponseStarted`, when its response head is
+//! sent. Writing never blocks a request: events go through a bounded queue to a
+//! writer thread; when the queue is full the event is dropped and counted.
+//! The file is rotated by size (`audit.log` → `audit.log.1` …). Failed
+//! authentications are always logged, whatever the policy; the credential
+//! never is.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use super::metrics::AuditCounters;
+use crate::status::Reason;
+
+/// How long the writer waits when its queue is empty.
+const WRITER_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The key of the authenticator's name in the user's `extra` and annotations.
+pub const AUTHENTICATOR_KEY: &str = "authproxy.io/authenticator";
+
+/// Where events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Standard output.
+    Stdout,
+    /// A file rotated by size.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Size at which it is rotated, in bytes.
+        max_bytes: u64,
+        /// Rotated files kept (`path.1` … `path.N`).
+        max_backups: u32,
+    },
+}
+
+/// How much is logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum Level {
+    /// Only failed authentications.
+    None,
+    /// Every request's metadata (no bodies).
+    #[default]
+    Metadata,
+}
+
+/// Which requests are logged (failed authentications always are).
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `Metadata` or `None`.
+    pub level: Level,
+    /// Paths not logged: exact, or a prefix when ending in `*`.
+    pub omit_paths: Vec<String>,
+    /// Log `get`, `list` and `watch` requests too.
+    pub log_read_only: bool,
+}
+
+impl Policy {
+    /// Whether a request that authenticated is logged.
+    pub fn logs(&self, path: &str, read_only: bool) -> bool {
+        self.level == Level::Metadata
+            && (self.log_read_only || !read_only)
+            && !self
+                .omit_paths
+                .iter()
+                .any(|omit| match omit.strip_suffix('*') {
+                    Some(prefix) => path.starts_with(prefix),
+                    None => path == omit,
+                })
+    }
+}
+
+/// kube's `authentication.k8s.io/v1` `UserInfo` in an event, serialized by
+/// the writer thread (the request path only shares the identity).
+#[derive(Debug, Clone, Default)]
+pub enum EventUser {
+    /// Authentication failed: `{}`.
+    #[default]
+    Unauthenticated,
+    /// The authenticated user and the authenticator that decided.
+    Authenticated {
+        /// The user.
+        identity: Arc<crate::authn::Identity>,
+        /// Its label, added to `extra` under [`AUTHENTICATOR_KEY`].
+        authenticator: Arc<str>,
+    },
+}
+
+impl Serialize for EventUser {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if let EventUser::Authenticated {
+            identity,
+            authenticator,
+        } = self
+        {
+            let user = identity.user();
+            map.serialize_entry("username", &user.username)?;
+            if let Some(uid) = &user.uid {
+                map.serialize_entry("uid", uid)?;
+            }
+            if !user.groups.is_empty() {
+                map.serialize_entry("groups", &user.groups)?;
+            }
+            let mut extra: BTreeMap<&str, Vec<&str>> = user
+                .extra
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect()))
+                .collect();
+            extra.insert(AUTHENTICATOR_KEY, vec![authenticator]);
+            map.serialize_entry("extra", &extra)?;
+        }
+        map.end()
+    }
+}
+
+/// A time, written as RFC 3339 with microseconds by the writer thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamp(pub SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
+}
+
+/// The `responseStatus` of an event (a `metav1.Status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResponseStatus {
+    metadata: BTreeMap<String, String>,
+    /// `Failure` for a failure the proxy answered itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    /// The reason of a failure the proxy answered itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    /// The HTTP status code.
+    pub code: u16,
+}
+
+impl ResponseStatus {
+    /// A status with `code`, and the reason when the proxy made the answer.
+    pub fn new(code: u16, reason: Option<Reason>) -> Self {
+        ResponseStatus {
+            metadata: BTreeMap::new(),
+            status: reason.map(|_| "Failure"),
+            reason,
+            code,
+        }
+    }
+}
+
+/// What a request said about itself, kept as shared handles (no copies on
+/// the request path) and written out by the writer thread.
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    /// The request's URI.
+    pub uri: http::Uri,
+    /// Its `User-Agent`.
+    pub user_agent: Option<http::HeaderValue>,
+    /// The caller's address.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// Whether it names an API object (`objectRef` is then read from the URI).
+    pub resource: bool,
+}
+
+/// kube's `audit.k8s.io/v1` `Event`, as the proxy fills it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The request's ID, also sent upstream as `Audit-ID`.
+    pub audit_id: super::AuditId,
+    /// True for the `ResponseStarted` stage of a long-running request;
+    /// false for `ResponseComplete` (logged for every request, and again
+    /// for a long-running one when its stream ends).
+    pub long_running: bool,
+    /// kube's verb.
+    pub verb: &'static str,
+    /// The request.
+    pub request: RequestFacts,
+    /// The authenticated user (empty when authentication failed).
+    pub user: EventUser,
+    /// The answer's status.
+    pub response_status: ResponseStatus,
+    /// When the request arrived.
+    pub received: Timestamp,
+    /// When this stage was reached.
+    pub stage_reached: Timestamp,
+    /// The authenticator and its result on a failed authentication.
+    pub annotations: BTreeMap<&'static str, String>,
+}
+
+impl Event {
+    /// A Metadata-level event.
+    pub fn new(
+        audit_id: super::AuditId,
+        long_running: bool,
+        verb: &'static str,
+        request: RequestFacts,
+        response_status: ResponseStatus,
+        received: SystemTime,
+    ) -> Self {
+        Event {
+            audit_id,
+            long_running,
+            verb,
+            request,
+            user: EventUser::Unauthenticated,
+            response_status,
+            received: Timestamp(received),
+            stage_reached: Timestamp(SystemTime::now()),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", "Event")?;
+        map.serialize_entry("apiVersion", "audit.k8s.io/v1")?;
+        map.serialize_entry("level", "Metadata")?;
+        map.serialize_entry("auditID", self.audit_id.as_str())?;
+        map.serialize_entry(
+            "stage",
+            if self.long_running {
+                "ResponseStarted"
+            } else {
+                "ResponseComplete"
+            },
+        )?;
+        let uri = &self.request.uri;
+        map.serialize_entry(
+            "requestURI",
+            uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()),
+        )?;
+        map.serialize_entry("verb", self.verb)?;
+        map.serialize_entry("user", &self.user)?;
+        let ips: Vec<String> = self
+            .request
+            .source_ip
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        map.serialize_entry("sourceIPs", &ips)?;
+        if let Some(agent) = self
+            .request
+            .user_agent
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+        {
+            map.serialize_entry("userAgent", agent)?;
+        }
+        if self.request.resource {
+            if let Some(object) = super::request_info::object_ref(uri) {
+                map.serialize_entry("objectRef", &object)?;
+            }
+        }
+        map.serialize_entry("responseStatus", &self.response_status)?;
+        map.serialize_entry("requestReceivedTimestamp", &self.received)?;
+        map.serialize_entry("stageTimestamp", &self.stage_reached)?;
+        if !self.annotations.is_empty() {
+            map.serialize_entry("annotations", &self.annotations)?;
+        }
+        map.end()
+    }
+}
+
+/// The audit log: a policy and a queue to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    queue: SyncSender<Event>,
+    policy: Arc<Policy>,
+    counters: Arc<AuditCounters>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// The audit file could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log {path}: {source}")]
+pub struct AuditError {
+    /// The file.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+impl AuditLog {
+    /// Opens the destination and starts the writer thread. The thread ends
+    /// (after writing what is queued) when the last clone is dropped.
+    pub fn start(
+        destination: Destination,
+        policy: Policy,
+        queue_size: usize,
+    ) -> Result<AuditLog, AuditError> {
+        let writer = Writer::open(destination)?;
+        let (queue, events) = sync_channel(queue_size.max(1));
+        let counters = Arc::new(AuditCounters::default());
+        let written = counters.clone();
+        std::thread::Builder::new()
+            .name("authproxy-audit".into())
+            .spawn(move || writer.run(events, &written))
+            .map_err(|source| AuditError {
+                path: PathBuf::from("(writer thread)"),
+                source,
+            })?;
+        Ok(AuditLog {
+            queue,
+            policy: Arc::new(policy),
+            counters,
+        })
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Written and dropped events, for metrics.
+    pub fn counters(&self) -> Arc<AuditCounters> {
+        self.counters.clone()
+    }
+
+    /// Queues an event; never blocks. A full queue drops it (counted).
+    pub fn log(&self, event: Event) {
+        match self.queue.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+enum Sink {
+    Stdout,
+    File {
+        path: PathBuf,
+        file: BufWriter<File>,
+        size: u64,
+        max_bytes: u64,
+        max_backups: u32,
+    },
+}
+
+struct Writer(Sink);
+
+fn open_append(path: &Path) -> Result<(File, u64), AuditError> {
+    let error = |source| AuditError {
+        path: path.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(error)?;
+    let size = file.metadata().map_err(error)?.len();
+    Ok((file, size))
+}
+
+impl Writer {
+    fn open(destination: Destination) -> Result<Writer, AuditError> {
+        Ok(Writer(match destination {
+            Destination::Stdout => Sink::Stdout,
+            Destination::File {
+                path,
+                max_bytes,
+                max_backups,
+            } => {
+                let (file, size) = open_append(&path)?;
+                Sink::File {
+                    path,
+                    file: BufWriter::new(file),
+                    size,
+                    max_bytes,
+                    max_backups,
+                }
+            }
+        }))
+    }
+
+    fn run(mut self, events: Receiver<Event>, counters: &AuditCounters) {
+        let mut line = Vec::with_capacity(1024);
+        loop {
+            match events.try_recv() {
+                Ok(event) => {
+                    line.clear();
+                    if serde_json::to_writer(&mut line, &event).is_ok() {
+                        line.push(b'\n');
+                        match self.write(&line) {
+                            Ok(()) => {
+                                counters.written.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(error) => {
+                                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%error, "audit event not written");
+                            }
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty) => {
+                    // The queue is empty: make what was written visible, then
+                    // look again shortly. Polling keeps senders from waking
+                    // this thread on every event (a system call per request).
+                    if let Err(error) = self.flush() {
+                        tracing::warn!(%error, "audit log flush failed");
+                    }
+                    std::thread::sleep(WRITER_POLL);
+                }
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        let _ = self.flush();
+    }
+
+    fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match &mut self.0 {
+            Sink::Stdout => std::io::stdout().lock().write_all(line),
+            Sink::File {
+                path,
+                file,
+                size,
+                max_bytes,
+                max_backups,
+            } => {
+                if *size > 0 && *size + line.len() as u64 > *max_bytes {
+                    file.flush()?;
+                    rotate(path, *max_backups)?;
+                    let (fresh, fresh_size) = open_append(path).map_err(|e| e.source)?;
+                    *file = BufWriter::new(fresh);
+                    *size = fresh_size;
+                }
+                file.write_all(line)?;
+                *size += line.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.0 {
+            Sink::Stdout => std::io::stdout().lock().flush(),
+            Sink::File { file, .. } => file.flush(),
+        }
+    }
+}
+
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// `path.N-1` → `path.N` … `path` → `path.1`; the oldest beyond `max_backups` goes.
+fn rotate(path: &Path, max_backups: u32) -> std::io::Result<()> {
+    if max_backups == 0 {
+        return std::fs::remove_file(path);
+    }
+    for n in (1..max_backups).rev() {
+        let from = numbered(path, n);
+        if from.exists() {
+            std::fs::rename(&from, numbered(path, n + 1))?;
+        }
+    }
+    std::fs::rename(path, numbered(path, 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn event(_n: usize) -> Event {
+        Event::new(
+            crate::observe::AuditId::next(),
+            false,
+            "list",
+            RequestFacts {
+                uri: "/api/v1/pods".parse().unwrap(),
+                user_agent: None,
+                source_ip: Some([127, 0, 0, 1].into()),
+                resource: true,
+            },
+            ResponseStatus::new(200, None),
+            SystemTime::now(),
+        )
+    }
+
+    fn wait_written(log: &AuditLog, count: u64) {
+        let start = Instant::now();
+        while log.counters().written.load(Ordering::Relaxed) < count {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "events not written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn file_is_rotated_by_size_keeping_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(
+            Destination::File {
+                path: path.clone(),
+                max_bytes: 1000,
+                max_backups: 2,
+            },
+            Policy::default(),
+            100,
+        )
+        .unwrap();
+        for n in 0..40 {
+            log.log(event(n));
+        }
+        wait_written(&log, 40);
+        drop(log);
+        let mut lines = 0;
+        for file in [path.clone(), numbered(&path, 1), numbered(&path, 2)] {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(
+                text.len() <= 1000,
+                "{} is {} bytes",
+                file.display(),
+                text.len()
+            );
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["apiVersion"], "audit.k8s.io/v1");
+                lines += 1;
+            }
+        }
+        assert!(!numbered(&path, 3).exists());
+        assert!(lines < 40, "older events past the backups are gone");
+    }
+
+    #[test]
+    fn policy_omits_paths_and_read_only_requests() {
+        let policy = Policy {
+            level: Level::Metadata,
+            omit_paths: vec!["/livez".into(), "/metrics/*".into()],
+            log_read_only: false,
+        };
+        assert!(!policy.logs("/livez", false));
+        assert!(!policy.logs("/metrics/x", false));
+        assert!(!policy.logs("/api/v1/pods", true));
+        assert!(policy.logs("/api/v1/pods", false));
+        let none = Policy {
+            level: Level::None,
+            log_read_only: true,
+            ..Policy::default()
+        };
+        assert!(!none.logs("/api/v1/pods", false));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (queue, _events) = sync_channel(1);
+        let log = AuditLog {
+            queue,
+            policy: Arc::new(Policy::default()),
+            counters: Arc::new(AuditCounters::default()),
+        };
+        for n in 0..5 {
+            log.log(event(n));
+        }
+        assert_eq!(log.counters().dropped.load(Ordering::Relaxed), 4);
+    }
+}

@@ -1,0 +1,622 @@
+//! Prometheus metrics of the proxy, with the `prometheus-client` crate.
+//!
+//! One [`Metrics`] per proxy holds every family; [`Metrics::encode`] writes
+//! them in the OpenMetrics text format for a `/metrics` endpoint. Labels are
+//! bounded: HTTP method, status code, request kind, authenticator name (from
+//! configuration) and result. Never a user name, token or path.
+//!
+//! | family | type | labels |
+//! | --- | --- | --- |
+//! | `authproxy_http_requests_total` | counter | `code`, `method`, `kind` (`short`, `long_running`) |
+//! | `authproxy_http_request_duration_seconds` | histogram | `method` (short requests, to the response head) |
+//! | `authproxy_http_requests_in_flight` | gauge | `kind` |
+//! | `authproxy_authentications_total` | counter | `authenticator`, `result` (`success`, `invalid`, `throttled`, `unavailable`; `unclaimed` for authenticator `none`) |
+//! | `authproxy_authentication_duration_seconds` | histogram | `authenticator` |
+//! | `authproxy_token_cache_hits_total`, `_misses_total` | counter | |
+//! | `authproxy_token_cache_entries` | gauge | |
+//! | `authproxy_upstream_errors_total` | counter | `kind` (`unavailable`, `bad_gateway`, `timeout`) |
+//! | `authproxy_tokenreviews_total` | counter | `result` (`authenticated`, `unauthenticated`, `error`) |
+//! | `authproxy_issued_tokens_total` | counter | |
+//! | `authproxy_audit_events_total`, `_dropped_total` | counter | |
+//! | `authproxy_build_info` | info | `version` |
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::authn::{Authenticator, AuthnError, AuthnFuture, Chain};
+use crate::credential::Credential;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Which kind of request: kube's long-running requests (watches, logs,
+/// exec, attach, port-forward, proxy) or the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// Answers once.
+    Short,
+    /// Streams for long.
+    LongRunning,
+}
+
+impl RequestKind {
+    fn label(self) -> &'static str {
+        match self {
+            RequestKind::Short => "short",
+            RequestKind::LongRunning => "long_running",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    code: u16,
+    method: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MethodLabel {
+    method: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthnLabels {
+    authenticator: Arc<str>,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthenticatorLabel {
+    authenticator: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn request_histogram() -> Histogram {
+    // 1 ms .. ~32 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn authn_histogram() -> Histogram {
+    // 0.1 ms .. ~13 s: a cache hit, an IdP round trip, an LDAP bind.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// The method label: the standard methods, else `other` (bounded).
+pub(crate) fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counters kept by the audit log, exported with the metrics.
+#[derive(Debug, Default)]
+pub struct AuditCounters {
+    /// Events written.
+    pub written: AtomicU64,
+    /// Events dropped because the queue was full.
+    pub dropped: AtomicU64,
+}
+
+/// Reads the caches of the instrumented chains and the audit counters at scrape time.
+#[derive(Default)]
+struct ScrapeTime {
+    chains: Mutex<Vec<Chain>>,
+    audit: Mutex<Option<Arc<AuditCounters>>>,
+}
+
+impl std::fmt::Debug for ScrapeTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScrapeTime")
+    }
+}
+
+impl Collector for ScrapeTime {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self
+            .chains
+            .lock()
+            .map(|chains| {
+                chains
+                    .iter()
+                    .fold(Default::default(), |sum: crate::authn::CacheStats, c| {
+                        sum + Authenticator::cache_stats(c)
+                    })
+            })
+            .unwrap_or_default();
+        let counter = |encoder: &mut DescriptorEncoder, name, help, value: u64| {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+        };
+        counter(
+            &mut encoder,
+            "authproxy_token_cache_hits",
+            "Token authentications answered from the cache",
+            stats.hits,
+        )?;
+        counter(
+            &mut encoder,
+            "authproxy_token_cache_misses",
+            "Token authentications the cache could not answer",
+            stats.misses,
+        )?;
+        let entries = ConstGauge::new(i64::try_from(stats.entries).unwrap_or(i64::MAX));
+        entries.encode(encoder.encode_descriptor(
+            "authproxy_token_cache_entries",
+            "Tokens held in the cache (approximate)",
+            None,
+            entries.metric_type(),
+        )?)?;
+        let audit = self.audit.lock().ok().and_then(|a| a.clone());
+        let (written, dropped) = audit
+            .map(|a| {
+                (
+                    a.written.load(Ordering::Relaxed),
+                    a.dropped.load(Ordering::Relaxed),
+                )
+            })
+            .unwrap_or_default();
+        counter(
+            &mut encoder,
+            "authproxy_audit_events",
+            "Audit events written",
+            written,
+        )?;
+        counter(
+            &mut encoder,
+            "authproxy_audit_events_dropped",
+            "Audit events dropped because the write queue was full",
+            dropped,
+        )
+    }
+}
+
+struct Families {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<MethodLabel>,
+    in_flight_short: Gauge,
+    in_flight_long: Gauge,
+    authentications: Family<AuthnLabels, Counter>,
+    authn_duration: HistogramFamily<AuthenticatorLabel>,
+    upstream_errors: Family<KindLabel, Counter>,
+    tokenreviews: Family<ResultLabel, Counter>,
+    issued_tokens: Counter,
+    scrape_time: Arc<ScrapeTime>,
+}
+
+/// Every metric of one proxy. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Metrics {
+    families: Arc<Families>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "authproxy_http_requests",
+            "Requests answered, by status code, method and kind",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<MethodLabel> =
+            Family::new_with_constructor(request_histogram);
+        registry.register(
+            "authproxy_http_request_duration_seconds",
+            "Time to the response head of short (not long-running) requests",
+            request_duration.clone(),
+        );
+        let in_flight = Family::<KindLabel, Gauge>::default();
+        registry.register(
+            "authproxy_http_requests_in_flight",
+            "Requests being served, by kind; long-running ones until their stream ends",
+            in_flight.clone(),
+        );
+        let in_flight_short = in_flight
+            .get_or_create(&KindLabel {
+                kind: RequestKind::Short.label(),
+            })
+            .clone();
+        let in_flight_long = in_flight
+            .get_or_create(&KindLabel {
+                kind: RequestKind::LongRunning.label(),
+            })
+            .clone();
+        let authentications = Family::<AuthnLabels, Counter>::default();
+        registry.register(
+            "authproxy_authentications",
+            "Credentials an authenticator decided on, by authenticator and result",
+            authentications.clone(),
+        );
+        let authn_duration: HistogramFamily<AuthenticatorLabel> =
+            Family::new_with_constructor(authn_histogram);
+        registry.register(
+            "authproxy_authentication_duration_seconds",
+            "Time an authenticator took to decide, cache hits included",
+            authn_duration.clone(),
+        );
+        let upstream_errors = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "authproxy_upstream_errors",
+            "Authenticated requests the API server could not be asked, by kind",
+            upstream_errors.clone(),
+        );
+        let tokenreviews = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "authproxy_tokenreviews",
+            "TokenReviews answered by the webhook, by result",
+            tokenreviews.clone(),
+        );
+        let issued_tokens = Counter::default();
+        registry.register(
+            "authproxy_issued_tokens",
+            "Tokens issued after a login",
+            issued_tokens.clone(),
+        );
+        registry.register(
+            "authproxy_build",
+            "The version of authproxy",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        // Every bounded label value starts at zero, so rate() and alerts see the series.
+        for kind in ["unavailable", "bad_gateway", "timeout"] {
+            let _ = upstream_errors.get_or_create(&KindLabel { kind });
+        }
+        for result in ["authenticated", "unauthenticated", "error"] {
+            let _ = tokenreviews.get_or_create(&ResultLabel { result });
+        }
+        let _ = authentications.get_or_create(&AuthnLabels {
+            authenticator: Arc::from("none"),
+            result: "unclaimed",
+        });
+        let scrape_time = Arc::new(ScrapeTime::default());
+        registry.register_collector(Box::new(scrape_time.clone()));
+        Metrics {
+            families: Arc::new(Families {
+                registry: Mutex::new(registry),
+                requests,
+                request_duration,
+                in_flight_short,
+                in_flight_long,
+                authentications,
+                authn_duration,
+                upstream_errors,
+                tokenreviews,
+                issued_tokens,
+                scrape_time,
+            }),
+        }
+    }
+
+    /// Every family in the OpenMetrics text format (see [`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Ok(registry) = self.families.registry.lock() {
+            if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+                text.clear();
+                let _ = writeln!(text, "# encoding failed\n# EOF");
+            }
+        }
+        text
+    }
+
+    /// A chain whose members count their answers and time them, labelled by
+    /// name (`static-tokens`, `x509`, `issued`, `ldap`, `oidc`); its caches
+    /// are read at scrape time.
+    pub fn instrument_chain(&self, chain: &Chain) -> Chain {
+        if let Ok(mut chains) = self.families.scrape_time.chains.lock() {
+            chains.push(chain.clone());
+        }
+        Chain::new(
+            chain
+                .authenticators()
+                .iter()
+                .map(|a| Arc::new(self.instrument(a.clone())) as Arc<dyn Authenticator>)
+                .collect(),
+        )
+    }
+
+    /// One authenticator that counts its answers and times them.
+    pub fn instrument(&self, inner: Arc<dyn Authenticator>) -> InstrumentedAuthenticator {
+        let label: Arc<str> = authenticator_label(inner.name()).into();
+        let f = &self.families;
+        let count = |result: &'static str| {
+            f.authentications
+                .get_or_create(&AuthnLabels {
+                    authenticator: label.clone(),
+                    result,
+                })
+                .clone()
+        };
+        InstrumentedAuthenticator {
+            success: count("success"),
+            invalid: count("invalid"),
+            throttled: count("throttled"),
+            unavailable: count("unavailable"),
+            duration: f
+                .authn_duration
+                .get_or_create(&AuthenticatorLabel {
+                    authenticator: label.clone(),
+                })
+                .clone(),
+            label,
+            inner,
+        }
+    }
+
+    /// Shares the audit log's counters with the scrape.
+    pub fn observe_audit(&self, counters: Arc<AuditCounters>) {
+        if let Ok(mut audit) = self.families.scrape_time.audit.lock() {
+            *audit = Some(counters);
+        }
+    }
+
+    /// Counts one request that started: the returned guard lowers the
+    /// in-flight gauge when dropped.
+    pub(crate) fn start(&self, kind: RequestKind) -> InFlight {
+        let gauge = match kind {
+            RequestKind::Short => &self.families.in_flight_short,
+            RequestKind::LongRunning => &self.families.in_flight_long,
+        };
+        gauge.inc();
+        InFlight(gauge.clone())
+    }
+
+    /// Counts one answered request (at its response head).
+    pub(crate) fn answered(
+        &self,
+        method: &'static str,
+        code: u16,
+        kind: RequestKind,
+        started: Instant,
+    ) {
+        let f = &self.families;
+        f.requests
+            .get_or_create(&RequestLabels {
+                code,
+                method,
+                kind: kind.label(),
+            })
+            .inc();
+        if kind == RequestKind::Short {
+            f.request_duration
+                .get_or_create(&MethodLabel { method })
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Counts a request no authenticator claimed (or without a credential).
+    pub(crate) fn unclaimed(&self) {
+        self.families
+            .authentications
+            .get_or_create(&AuthnLabels {
+                authenticator: Arc::from("none"),
+                result: "unclaimed",
+            })
+            .inc();
+    }
+
+    /// Counts an authenticated request the API server could not be asked.
+    pub(crate) fn upstream_error(&self, kind: &'static str) {
+        self.families
+            .upstream_errors
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// Counts one TokenReview answer by result: `authenticated`,
+    /// `unauthenticated` (no, unknown or invalid token) or `error` (a
+    /// backend is unavailable, or logins are throttled).
+    pub fn tokenreview(&self, answer: &crate::tokenreview::TokenReviewResponse) {
+        let result = match (answer.status.authenticated, answer.status.error.as_deref()) {
+            (true, _) => "authenticated",
+            (false, Some("no token" | "token not recognized" | "token is invalid") | None) => {
+                "unauthenticated"
+            }
+            (false, Some(_)) => "error",
+        };
+        self.families
+            .tokenreviews
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// Counts one issued token.
+    pub fn issued_token(&self) {
+        self.families.issued_tokens.inc();
+    }
+}
+
+/// The label of an authenticator: its name, without a cache's `cached(...)`.
+fn authenticator_label(name: &str) -> &str {
+    name.strip_prefix("cached(")
+        .and_then(|n| n.strip_suffix(')'))
+        .unwrap_or(name)
+}
+
+/// Lowers an in-flight gauge when dropped.
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// An authenticator that counts its answers by result and times them, and
+/// tells the request's audit record who decided (see [`super::record`]).
+pub struct InstrumentedAuthenticator {
+    inner: Arc<dyn Authenticator>,
+    label: Arc<str>,
+    success: Counter,
+    invalid: Counter,
+    throttled: Counter,
+    unavailable: Counter,
+    duration: Histogram,
+}
+
+impl InstrumentedAuthenticator {
+    async fn timed(
+        &self,
+        credential: &Credential,
+    ) -> Result<Option<Arc<crate::Identity>>, AuthnError> {
+        let started = Instant::now();
+        let result = self.inner.authenticate(credential).await;
+        let outcome = match &result {
+            Ok(None) => return result,
+            Ok(Some(_)) => {
+                self.success.inc();
+                "success"
+            }
+            Err(AuthnError::Invalid(_)) => {
+                self.invalid.inc();
+                "invalid"
+            }
+            Err(AuthnError::TooManyAttempts { .. }) => {
+                self.throttled.inc();
+                "throttled"
+            }
+            Err(AuthnError::Unavailable { .. }) => {
+                self.unavailable.inc();
+                "unavailable"
+            }
+        };
+        self.duration.observe(started.elapsed().as_secs_f64());
+        super::record::decided(
+            &self.label,
+            outcome,
+            result.as_ref().ok().and_then(Option::as_ref),
+        );
+        result
+    }
+}
+
+impl Authenticator for InstrumentedAuthenticator {
+    fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a> {
+        Box::pin(self.timed(credential))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn cache_stats(&self) -> crate::authn::CacheStats {
+        self.inner.cache_stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::StaticTokens;
+    use crate::credential::Secret;
+
+    #[tokio::test]
+    async fn authentications_are_counted_by_authenticator_and_result() {
+        let metrics = Metrics::new();
+        let tokens = StaticTokens::from_csv("good,alice,1,devs\n", "inline").unwrap();
+        let chain = metrics.instrument_chain(&Chain::new(vec![Arc::new(tokens)]));
+        for token in ["good", "good", "bad"] {
+            let _ = chain
+                .authenticate(&Credential::Bearer(Secret::new(token)))
+                .await;
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "authproxy_authentications_total{authenticator=\"static-tokens\",result=\"success\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("authproxy_build_info{version="), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            !text.contains("good"),
+            "a token reached the metrics: {text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cache_hits_and_misses_are_read_at_scrape_time() {
+        let metrics = Metrics::new();
+        let tokens = StaticTokens::from_csv("good,alice,1,devs\n", "inline").unwrap();
+        let cached = crate::authn::CachedAuthenticator::new(
+            Arc::new(Chain::named("oidc", vec![Arc::new(tokens)])),
+            crate::authn::cache::CacheSettings::default(),
+        );
+        let chain = metrics.instrument_chain(&Chain::new(vec![Arc::new(cached)]));
+        for token in ["good", "good", "good", "other"] {
+            let _ = chain
+                .authenticate(&Credential::Bearer(Secret::new(token)))
+                .await;
+        }
+        let text = metrics.encode();
+        assert!(
+            text.contains("authproxy_token_cache_hits_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("authproxy_token_cache_misses_total 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "authproxy_authentications_total{authenticator=\"oidc\",result=\"success\"} 3"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn cache_names_are_unwrapped() {
+        assert_eq!(authenticator_label("cached(oidc)"), "oidc");
+        assert_eq!(authenticator_label("ldap"), "ldap");
+    }
+}

@@ -1,0 +1,396 @@
+//! Seeing what the proxy does: an audit ID for every request (sent upstream
+//! as `Audit-ID`, returned as `Audit-Id`, on the request's tracing span),
+//! Prometheus [`metrics`], and an [`audit`] log in kube's own format.
+//!
+//! [`ObserveLayer`] goes outside [`AuthnLayer`](crate::AuthnLayer) so it sees
+//! failed authentications too:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use proxy_core::authn::{Chain, StaticTokens};
+//! use proxy_core::observe::{metrics::Metrics, ObserveLayer};
+//! use proxy_core::{AuthnLayer, ImpersonateLayer};
+//! use tower_layer::Layer;
+//!
+//! let metrics = Metrics::new();
+//! let tokens = StaticTokens::from_csv("t0k3n,alice,1,devs\n", "inline").unwrap();
+//! let chain = metrics.instrument_chain(&Chain::new(vec![Arc::new(tokens)]));
+//! let inner = tower::service_fn(|_req: http::Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(proxy_core::ProxyBody::empty()))
+//! });
+//! let _svc = ObserveLayer::new()
+//!     .with_metrics(metrics.clone())
+//!     .layer(AuthnLayer::new(chain).layer(ImpersonateLayer::new().layer(inner)));
+//! // metrics.encode() is the text of a /metrics endpoint.
+//! ```
+//!
+//! The caller's own `Audit-ID` is replaced: the ID in kube-apiserver's log is
+//! always the proxy's. `traceparent` and `tracestate` pass unchanged.
+
+pub mod audit;
+pub mod config;
+pub mod metrics;
+mod record;
+pub mod request_info;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use http::{header, HeaderName, HeaderValue, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Instrument as _;
+
+use crate::body::{Hold, ProxyBody};
+use crate::credential::ClientAddr;
+use crate::impersonate::is_upgrade;
+use crate::status::Reason;
+use audit::{AuditLog, Event, EventUser, RequestFacts, ResponseStatus, AUTHENTICATOR_KEY};
+use metrics::{Metrics, RequestKind};
+use record::{RequestRecord, RECORD};
+
+/// The header carrying the audit ID, as kube-apiserver names it.
+pub const AUDIT_ID: HeaderName = HeaderName::from_static("audit-id");
+
+/// A request's audit ID: UUID-shaped, unique in the process and across
+/// restarts (a random per-process part), cheap to make.
+#[derive(Clone, Copy)]
+pub struct AuditId([u8; 36]);
+
+impl AuditId {
+    /// The next ID.
+    pub fn next() -> AuditId {
+        static SEED: OnceLock<(u64, u64)> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let (prefix, key) = *SEED.get_or_init(|| {
+            let mut bytes = [0u8; 16];
+            let rng = ring::rand::SystemRandom::new();
+            // Without randomness the IDs stay unique within the process.
+            let _ = ring::rand::SecureRandom::fill(&rng, &mut bytes);
+            let (a, b) = bytes.split_at(8);
+            let mut a8 = [0u8; 8];
+            let mut b8 = [0u8; 8];
+            a8.copy_from_slice(a);
+            b8.copy_from_slice(b);
+            (u64::from_le_bytes(a8), u64::from_le_bytes(b8) | 1)
+        });
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // An odd multiplier and an xor: a bijection, so no two counters collide.
+        let mixed = n.wrapping_mul(key) ^ (key >> 1);
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&prefix.to_be_bytes());
+        raw[8..].copy_from_slice(&mixed.to_be_bytes());
+        raw[6] = (raw[6] & 0x0f) | 0x40; // version 4
+        let mut out = [0u8; 36];
+        let hex = b"0123456789abcdef";
+        let mut i = 0;
+        for (n, byte) in raw.iter().enumerate() {
+            if matches!(n, 4 | 6 | 8 | 10) {
+                out[i] = b'-';
+                i += 1;
+            }
+            out[i] = hex[usize::from(byte >> 4)];
+            out[i + 1] = hex[usize::from(byte & 0x0f)];
+            i += 2;
+        }
+        AuditId(out)
+    }
+
+    /// The ID as text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits and dashes are written.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+
+    fn header_value(&self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).unwrap_or(HeaderValue::from_static("invalid"))
+    }
+}
+
+impl std::fmt::Display for AuditId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for AuditId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Layer that gives every request an audit ID and, when configured, counts
+/// it in the metrics and writes it to the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct ObserveLayer {
+    metrics: Option<Metrics>,
+    audit: Option<AuditLog>,
+}
+
+impl ObserveLayer {
+    /// Audit IDs only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts requests in `metrics` (and the audit log's counters, if any).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        if let Some(audit) = &self.audit {
+            metrics.observe_audit(audit.counters());
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Writes every request to `audit` (by its policy). The event's user and
+    /// authenticator come from a chain made by [`Metrics::instrument_chain`]
+    /// (with or without [`ObserveLayer::with_metrics`]).
+    pub fn with_audit(mut self, audit: AuditLog) -> Self {
+        if let Some(metrics) = &self.metrics {
+            metrics.observe_audit(audit.counters());
+        }
+        self.audit = Some(audit);
+        self
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// Service made by [`ObserveLayer`].
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Option<Metrics>,
+    audit: Option<AuditLog>,
+}
+
+impl<S> Observe<S> {
+    /// The same audit IDs, metrics and audit log around another service
+    /// (an endpoint served beside the proxy stack, such as a token exchange).
+    pub fn around<T>(&self, inner: T) -> Observe<T> {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+impl<S, B> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<ProxyBody>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = AuditId::next();
+        let id_value = id.header_value();
+        forget_connection_tokens(req.headers_mut());
+        req.headers_mut().insert(AUDIT_ID, id_value.clone());
+        let upgrade = is_upgrade(req.headers());
+        let (info, resource) = request_info::classify(req.method(), req.uri(), upgrade);
+        let kind = if info.long_running {
+            RequestKind::LongRunning
+        } else {
+            RequestKind::Short
+        };
+        let method = metrics::method_label(req.method());
+        let started = Instant::now();
+        let received = SystemTime::now();
+        let in_flight = self.metrics.as_ref().map(|m| m.start(kind));
+        // Shared handles only: the writer thread formats them.
+        let facts = self.audit.as_ref().map(|_| RequestFacts {
+            uri: req.uri().clone(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            source_ip: req.extensions().get::<ClientAddr>().map(|a| a.0),
+            resource,
+        });
+        let record = Arc::new(RequestRecord::default());
+        let span = tracing::info_span!("request", audit_id = %id);
+        let future = RECORD.scope(record.clone(), self.inner.call(req));
+        let metrics = self.metrics.clone();
+        let audit = self.audit.clone();
+        Box::pin(
+            async move {
+                let mut response = future.await?;
+                let code = response.status().as_u16();
+                let proxy_reason = response.extensions().get::<Reason>().copied();
+                let decision = record.decision.get();
+                let authenticated = decision.is_some_and(|d| d.identity.is_some());
+                let failed_authentication =
+                    proxy_reason.is_some() && !authenticated && matches!(code, 401 | 429 | 503);
+                if let Some(metrics) = &metrics {
+                    metrics.answered(method, code, kind, started);
+                    if failed_authentication && decision.is_none() {
+                        metrics.unclaimed();
+                    }
+                    if authenticated && proxy_reason.is_some() {
+                        match code {
+                            502 => metrics.upstream_error("bad_gateway"),
+                            503 => metrics.upstream_error("unavailable"),
+                            504 => metrics.upstream_error("timeout"),
+                            _ => {}
+                        }
+                    }
+                }
+                // Logged again at ResponseComplete when a long-running stream ends.
+                let mut completion: Option<(AuditLog, Event)> = None;
+                if let (Some(audit), Some(facts)) = (&audit, facts) {
+                    let path = facts.uri.path();
+                    if failed_authentication || audit.policy().logs(path, info.is_read_only()) {
+                        let mut event = Event::new(
+                            id,
+                            info.long_running,
+                            info.verb,
+                            facts,
+                            ResponseStatus::new(code, proxy_reason),
+                            received,
+                        );
+                        if let Some(decision) = decision {
+                            match &decision.identity {
+                                Some(identity) => {
+                                    event.user = EventUser::Authenticated {
+                                        identity: identity.clone(),
+                                        authenticator: decision.authenticator.clone(),
+                                    };
+                                }
+                                None => {
+                                    event.annotations.insert(
+                                        AUTHENTICATOR_KEY,
+                                        decision.authenticator.to_string(),
+                                    );
+                                    event.annotations.insert(
+                                        "authproxy.io/authentication-result",
+                                        decision.result.to_owned(),
+                                    );
+                                }
+                            }
+                        } else if failed_authentication {
+                            event
+                                .annotations
+                                .insert("authproxy.io/authentication-result", "unclaimed".into());
+                        }
+                        if info.long_running {
+                            completion = Some((audit.clone(), event.clone()));
+                        }
+                        audit.log(event);
+                    }
+                }
+                if !response.headers().contains_key(AUDIT_ID) {
+                    response.headers_mut().insert(AUDIT_ID, id_value);
+                }
+                // Short requests end here (the gauge drops with `in_flight`).
+                if kind == RequestKind::LongRunning && (in_flight.is_some() || completion.is_some())
+                {
+                    let ends = StreamEnd {
+                        _in_flight: in_flight,
+                        completion,
+                    };
+                    let (parts, body) = response.into_parts();
+                    // Answered at once: the guard ends here; else with the stream.
+                    let body = body.with_hold(Hold::new(ends));
+                    response = Response::from_parts(parts, body);
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Kept while a long-running response streams: lowers the in-flight gauge
+/// and logs the `ResponseComplete` stage when dropped.
+struct StreamEnd {
+    _in_flight: Option<metrics::InFlight>,
+    completion: Option<(AuditLog, Event)>,
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        if let Some((audit, mut event)) = self.completion.take() {
+            event.long_running = false;
+            event.stage_reached = audit::Timestamp(SystemTime::now());
+            audit.log(event);
+        }
+    }
+}
+
+/// Removes `audit-id`, `traceparent` and `tracestate` from the caller's
+/// `Connection` header, so a caller cannot have them stripped as hop-by-hop.
+fn forget_connection_tokens(headers: &mut http::HeaderMap) {
+    let protected = |t: &str| {
+        ["audit-id", "traceparent", "tracestate"]
+            .iter()
+            .any(|p| t.trim().eq_ignore_ascii_case(p))
+    };
+    let mut found = false;
+    let mut kept: Vec<String> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        // Values that are not text name nothing the next hop would strip.
+        for token in value.to_str().unwrap_or("").split(',') {
+            if protected(token) {
+                found = true;
+            } else if !token.trim().is_empty() {
+                kept.push(token.trim().to_owned());
+            }
+        }
+    }
+    if !found {
+        return;
+    }
+    headers.remove(header::CONNECTION);
+    if let Ok(value) = HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(header::CONNECTION, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn audit_ids_are_unique_and_uuid_shaped() {
+        let ids: HashSet<String> = (0..10_000).map(|_| AuditId::next().to_string()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(5) {
+            assert_eq!(id.len(), 36);
+            assert_eq!(&id[14..15], "4", "{id}");
+        }
+    }
+
+    #[test]
+    fn connection_cannot_strip_correlation_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Audit-ID, keep-alive, traceparent"),
+        );
+        forget_connection_tokens(&mut h);
+        assert_eq!(h[header::CONNECTION], "keep-alive");
+    }
+}

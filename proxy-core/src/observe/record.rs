@@ -1,0 +1,44 @@
+//! What the authenticators decided about the request being served, told to
+//! the [`Observe`](super::Observe) layer around them without going through
+//! the authenticator interface: a task-local record set for the duration of
+//! one request's future.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::authn::Identity;
+
+/// Who decided about the credential, and how.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    /// The authenticator's label.
+    pub authenticator: Arc<str>,
+    /// `success`, `invalid`, `throttled` or `unavailable`.
+    pub result: &'static str,
+    /// The user, on success.
+    pub identity: Option<Arc<Identity>>,
+}
+
+/// One request's record; the first decision wins.
+#[derive(Debug, Default)]
+pub(crate) struct RequestRecord {
+    pub decision: OnceLock<Decision>,
+}
+
+tokio::task_local! {
+    pub(crate) static RECORD: Arc<RequestRecord>;
+}
+
+/// Notes a decision in the current request's record, if there is one.
+pub(crate) fn decided(
+    authenticator: &Arc<str>,
+    result: &'static str,
+    identity: Option<&Arc<Identity>>,
+) {
+    let _ = RECORD.try_with(|record| {
+        let _ = record.decision.set(Decision {
+            authenticator: authenticator.clone(),
+            result,
+            identity: identity.cloned(),
+        });
+    });
+}

@@ -1,0 +1,232 @@
+//! The audit log against the real kube-apiserver: the proxy's event and
+//! kube-apiserver's event join on one `auditID` (sent upstream as
+//! `Audit-ID`); failed authentications are always logged, never with the
+//! credential; the policy omits what it is told to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use authproxy::server::RunningServer;
+use authproxy_tests::kube::{kube, unique_marker, Kube, PROXY_SERVICE_ACCOUNT};
+use authproxy_tests::observe::{audit_lines, start_observed_proxy};
+use authproxy_tests::{curl_with_ca, wait_for, TestPki};
+use serde_json::Value;
+
+struct World {
+    kube: &'static Kube,
+    pki: TestPki,
+    proxy: RunningServer,
+    audit: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(audit: &str) -> anyhow::Result<World> {
+    let kube = tokio::task::spawn_blocking(|| kube().map_err(|e| e.to_string()))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("audit.log");
+    let proxy = start_observed_proxy(
+        &pki,
+        dir.path(),
+        &kube.url(),
+        kube.pki().ca_path(),
+        kube.proxy_token(),
+        "",
+        &format!("audit: {{path: {}, {audit}}}", path.display()),
+    )
+    .await?;
+    Ok(World {
+        kube,
+        pki,
+        proxy,
+        audit: path,
+        _dir: dir,
+    })
+}
+
+impl World {
+    /// curl through the proxy with `-D -` (headers first); returns (code, headers+body).
+    async fn curl(&self, args: &[&str]) -> anyhow::Result<(u16, String)> {
+        let mut all = vec!["-D", "-"];
+        all.extend_from_slice(args);
+        curl_with_ca(self.pki.ca_path(), &all).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.proxy.addr())
+    }
+
+    async fn proxy_events(&self, agent: &str, count: usize) -> anyhow::Result<Vec<Value>> {
+        let path = self.audit.clone();
+        let agent = agent.to_owned();
+        wait_for(Duration::from_secs(10), "proxy audit events", || {
+            let path = path.clone();
+            let agent = agent.clone();
+            async move {
+                let events: Vec<Value> = audit_lines(&path)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|e| e["userAgent"] == agent.as_str())
+                    .collect();
+                if events.len() >= count {
+                    Ok(Some(events))
+                } else {
+                    Err(format!("{} of {count}", events.len()))
+                }
+            }
+        })
+        .await
+    }
+}
+
+fn response_audit_id(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("audit-id: ")
+                .or_else(|| l.strip_prefix("Audit-Id: "))
+        })
+        .map(|v| v.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_and_kube_audit_events_join_on_one_audit_id() -> anyhow::Result<()> {
+    let w = world("level: Metadata").await?;
+    let agent = unique_marker("audit-join");
+    let (code, text) = w
+        .curl(&[
+            "-A",
+            &agent,
+            "-H",
+            "Authorization: Bearer alice-token",
+            // A caller's own ID is replaced, never trusted.
+            "-H",
+            "Audit-ID: caller-chosen",
+            &w.url("/api/v1/namespaces/default/configmaps?limit=1"),
+        ])
+        .await?;
+    assert_eq!(code, 200, "{text}");
+    let header_id = response_audit_id(&text).expect("Audit-Id response header");
+    let ours = w.proxy_events(&agent, 1).await?;
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let event = &ours[0];
+    assert_eq!(event["kind"], "Event");
+    assert_eq!(event["apiVersion"], "audit.k8s.io/v1");
+    assert_eq!(event["level"], "Metadata");
+    assert_eq!(event["stage"], "ResponseComplete");
+    assert_eq!(event["verb"], "list");
+    assert_eq!(
+        event["requestURI"],
+        "/api/v1/namespaces/default/configmaps?limit=1"
+    );
+    assert_eq!(event["user"]["username"], "alice");
+    assert_eq!(event["user"]["groups"], serde_json::json!(["devs"]));
+    assert_eq!(
+        event["user"]["extra"]["authproxy.io/authenticator"],
+        serde_json::json!(["static-tokens"])
+    );
+    assert_eq!(event["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(
+        event["objectRef"],
+        serde_json::json!({"resource": "configmaps", "namespace": "default", "apiVersion": "v1"})
+    );
+    assert_eq!(event["responseStatus"]["code"], 200);
+    let id = event["auditID"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(id, header_id);
+    assert_ne!(id, "caller-chosen");
+
+    // kube-apiserver logged the same request under the same ID.
+    let theirs = w
+        .kube
+        .wait_audit(1, |e| e["auditID"] == id.as_str())
+        .await?;
+    assert_eq!(theirs[0]["userAgent"], agent.as_str());
+    assert_eq!(theirs[0]["user"]["username"], PROXY_SERVICE_ACCOUNT);
+    assert_eq!(theirs[0]["impersonatedUser"]["username"], "alice");
+    assert_eq!(theirs[0]["verb"], "list");
+    assert!(w
+        .kube
+        .audit_where(|e| e["auditID"] == "caller-chosen")?
+        .is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_logged_whatever_the_policy_and_without_the_credential(
+) -> anyhow::Result<()> {
+    // Level None with every API path omitted: only failed authentications are written.
+    let w = world("level: None, omitPaths: ['/api/*'], logReadOnly: false").await?;
+    let agent = unique_marker("audit-refused");
+    let secret = "not-a-real-token-c0ffee";
+    let url = w.url("/api/v1/namespaces/default/pods");
+    for credential in [
+        vec!["-H".to_string(), format!("Authorization: Bearer {secret}")],
+        vec![],
+        vec!["-H".to_string(), "Authorization: Bearer alice-token".into()],
+    ] {
+        let mut args: Vec<&str> = vec!["-A", &agent];
+        args.extend(credential.iter().map(String::as_str));
+        args.push(&url);
+        w.curl(&args).await?;
+    }
+    let events = w.proxy_events(&agent, 2).await?;
+    // The good request (the third) is not logged: give the writer a barrier request to pass.
+    let barrier = unique_marker("audit-barrier");
+    w.curl(&["-A", &barrier, &url]).await?;
+    w.proxy_events(&barrier, 1).await?;
+    let events_now = audit_lines(&w.audit)?
+        .into_iter()
+        .filter(|e| e["userAgent"] == agent.as_str())
+        .count();
+    assert_eq!(events_now, 2, "{events:?}");
+    for event in &events {
+        assert_eq!(event["responseStatus"]["code"], 401);
+        assert_eq!(event["responseStatus"]["reason"], "Unauthorized");
+        assert_eq!(event["user"], serde_json::json!({}));
+        assert_eq!(
+            event["annotations"]["authproxy.io/authentication-result"],
+            "unclaimed"
+        );
+        assert_eq!(event["verb"], "list");
+    }
+    let text = std::fs::read_to_string(&w.audit)?;
+    assert!(
+        !text.contains(secret),
+        "the credential reached the audit log"
+    );
+    assert!(
+        !text.contains("alice-token"),
+        "the credential reached the audit log"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_is_logged_when_it_starts_and_when_it_ends() -> anyhow::Result<()> {
+    let w = world("omitPaths: ['/livez']").await?;
+    let agent = unique_marker("audit-watch");
+    let (code, _) = w
+        .curl(&[
+            "-A",
+            &agent,
+            "--max-time",
+            "2",
+            "-H",
+            "Authorization: Bearer alice-token",
+            &w.url("/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1"),
+        ])
+        .await?;
+    assert_eq!(code, 200);
+    // ResponseStarted at the head, ResponseComplete when the stream ended, as kube logs them.
+    let events = w.proxy_events(&agent, 2).await?;
+    assert_eq!(events[0]["stage"], "ResponseStarted");
+    assert_eq!(events[1]["stage"], "ResponseComplete");
+    assert_eq!(events[0]["auditID"], events[1]["auditID"]);
+    assert_eq!(events[0]["verb"], "watch");
+    let id = events[0]["auditID"].as_str().unwrap_or_default().to_owned();
+    w.kube
+        .wait_audit(1, |e| e["auditID"] == id.as_str())
+        .await?;
+    Ok(())
+}
