@@ -176,6 +176,29 @@ pub async fn start_proxy(
     upstream_token: &str,
     extra_auth: &str,
 ) -> anyhow::Result<RunningServer> {
+    start_proxy_with_top_level(
+        pki,
+        dir,
+        upstream_url,
+        upstream_ca,
+        upstream_token,
+        extra_auth,
+        "",
+    )
+    .await
+}
+
+/// Like [`start_proxy`], with `top_level` YAML appended at the top level of
+/// the config (`metrics:`, `audit:`, `limits:`).
+pub async fn start_proxy_with_top_level(
+    pki: &TestPki,
+    dir: &Path,
+    upstream_url: &str,
+    upstream_ca: &Path,
+    upstream_token: &str,
+    extra_auth: &str,
+    top_level: &str,
+) -> anyhow::Result<RunningServer> {
     let proxy_cert = pki.issue_server("proxy")?;
     let mut csv = String::new();
     for (token, name, uid, groups) in USERS {
@@ -188,7 +211,7 @@ pub async fn start_proxy(
          tls: {{certFile: {cert}, keyFile: {key}, clientCAFile: {ca}}}\n\
          upstream: {{url: '{upstream_url}', caFile: {upstream_ca}, tokenFile: proxy-token, tokenReloadInterval: 50ms, connectTimeout: 2s}}\n\
          authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv, reloadInterval: 50ms}}\n{extra_auth}\n\
-         shutdownTimeout: 2s\n",
+         shutdownTimeout: 2s\n{top_level}\n",
         cert = proxy_cert.cert_path.display(),
         key = proxy_cert.key_path.display(),
         ca = pki.ca_path().display(),

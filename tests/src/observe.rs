@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use authproxy::config::FileConfig;
 use authproxy::server::RunningServer;
 
 use crate::pki::TestPki;
-use crate::USERS;
 
 /// Starts authproxy like [`crate::start_proxy`], with `top_level` YAML
 /// appended at the top level of its config (`metrics:`, `audit:`) and
@@ -23,28 +21,16 @@ pub async fn start_observed_proxy(
     extra_auth: &str,
     top_level: &str,
 ) -> anyhow::Result<RunningServer> {
-    let proxy_cert = pki.issue_server("proxy")?;
-    let mut csv = String::new();
-    for (token, name, uid, groups) in USERS {
-        csv.push_str(&format!("{token},{name},{uid},\"{groups}\"\n"));
-    }
-    std::fs::write(dir.join("tokens.csv"), csv)?;
-    std::fs::write(dir.join("proxy-token"), upstream_token)?;
-    let yaml = format!(
-        "listen: 127.0.0.1:0\n\
-         tls: {{certFile: {cert}, keyFile: {key}, clientCAFile: {ca}}}\n\
-         upstream: {{url: '{upstream_url}', caFile: {upstream_ca}, tokenFile: proxy-token, tokenReloadInterval: 50ms, connectTimeout: 2s}}\n\
-         authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv, reloadInterval: 50ms}}\n{extra_auth}\n\
-         shutdownTimeout: 2s\n{top_level}\n",
-        cert = proxy_cert.cert_path.display(),
-        key = proxy_cert.key_path.display(),
-        ca = pki.ca_path().display(),
-        upstream_ca = upstream_ca.display(),
-    );
-    let config_path = dir.join("authproxy.yaml");
-    std::fs::write(&config_path, yaml)?;
-    let config = FileConfig::load(&config_path)?;
-    Ok(authproxy::server::start(&config, dir).await?)
+    crate::start_proxy_with_top_level(
+        pki,
+        dir,
+        upstream_url,
+        upstream_ca,
+        upstream_token,
+        extra_auth,
+        top_level,
+    )
+    .await
 }
 
 /// One scrape: every sample line, keyed by name and labels as printed
