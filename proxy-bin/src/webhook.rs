@@ -75,7 +75,8 @@ impl Webhook {
 
     async fn answer_unthrottled(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/livez") => return plain(StatusCode::OK, "ok"),
+            // `/healthcheck` is Rancher kube-api-auth's, so RKE setups keep their probes
+            (&Method::GET, "/livez" | "/healthcheck") => return plain(StatusCode::OK, "ok"),
             (&Method::GET, "/readyz") if self.chain.is_ready() => {
                 return plain(StatusCode::OK, "ok")
             }

@@ -52,6 +52,12 @@ async fn token_reviews_get_kube_shaped_answers() -> anyhow::Result<()> {
     })
     .await?;
 
+    // Rancher kube-api-auth's health path answers too
+    let (code, body) =
+        authproxy_tests::curl_with_ca(pki.ca_path(), &[&format!("https://{addr}/healthcheck")])
+            .await?;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+
     let id_token = idp.id_token("kubernetes", "alice").await?;
     let oidc = token_review(
         addr,
