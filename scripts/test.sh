@@ -37,7 +37,8 @@ fi
 
 # The real Kubernetes parts: kube-apiserver, kubectl and etcd, built from the
 # pinned Go module tests/kube/ once into target/kube/<key>/ (key: the module's
-# go.mod, go.sum and etcd/main.go) and reused while those files are unchanged.
+# go.mod, go.sum, etcd/main.go and the build flags) and reused while those are
+# unchanged.
 go_required=1.26
 go_ok() {
   command -v go >/dev/null 2>&1 || return 1

@@ -162,10 +162,14 @@ async fn smuggled_identity_headers_never_reach_kube_over_http1_or_http2() -> any
         "X-Remote-User: mallory-remote",
         "x-remote-group: system:masters",
         "X-Remote-Extra-Scopes: remote-extra",
+        // the caller's own hop stays in front; the proxy appends the address it saw
+        "X-Forwarded-For: 203.0.113.9",
     ];
     for version in ["--http1.1", "--http2"] {
         let agent = unique_marker("smuggle");
-        let mut args = vec![version, "-A", &agent];
+        // from 127.0.0.2, so the client the proxy saw differs from the proxy
+        // itself, which kube adds as the connection's address
+        let mut args = vec![version, "--interface", "127.0.0.2", "-A", &agent];
         args.extend(review_args(&url, "Authorization: Bearer alice-token"));
         for h in &smuggled {
             args.extend(["-H", h]);
@@ -182,6 +186,11 @@ async fn smuggled_identity_headers_never_reach_kube_over_http1_or_http2() -> any
         assert_eq!(events.len(), 1, "{version}: {events:?}");
         let event = &events[0];
         assert_eq!(event["user"]["username"], PROXY_SERVICE_ACCOUNT, "{event}");
+        assert_eq!(
+            event["sourceIPs"],
+            json!(["203.0.113.9", "127.0.0.2", "127.0.0.1"]),
+            "{version}: kube's audit shows the client the proxy saw last: {event}"
+        );
         assert_eq!(
             event["impersonatedUser"],
             json!({"username": "alice", "uid": "1001", "groups": ["devs", "system:authenticated"]}),
