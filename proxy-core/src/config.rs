@@ -538,6 +538,10 @@ pub struct UpstreamConfig {
     /// How long a PING may go unanswered before the connection is dropped (default 15s).
     #[serde(default, with = "humantime_serde")]
     pub keep_alive_timeout: Option<Duration>,
+    /// Most HTTP/2 connections kept open without streams (default
+    /// [`crate::upstream::pool::DEFAULT_MAX_IDLE_CONNECTIONS`]); further idle ones close
+    /// a second after their last stream ended.
+    pub max_idle_connections: Option<usize>,
 }
 
 /// `limits.longRunning`.
@@ -683,6 +687,7 @@ impl UpstreamConfig {
             },
             keep_alive_timeout: self.keep_alive_timeout.unwrap_or(d.keep_alive_timeout),
             idle_timeout: d.idle_timeout,
+            max_idle_connections: self.max_idle_connections.unwrap_or(d.max_idle_connections),
         }
     }
 

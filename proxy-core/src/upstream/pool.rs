@@ -19,6 +19,10 @@
 //! Connections send HTTP/2 PING frames so a dead API server (or a silently
 //! dropped NAT entry) is noticed; a closed connection leaves the pool at
 //! once, and one without streams for [`PoolSettings::idle_timeout`] is closed.
+//! Connections opened for a burst of watches do not linger that long: past
+//! [`PoolSettings::max_idle_connections`] idle ones, a connection whose last
+//! stream ended is closed after [`IDLE_GRACE`], so the memory its buffers
+//! hold (a few hundred KiB each) is given back soon after the watches end.
 //! When the server does not offer `h2` by ALPN the pool reports it, and the
 //! caller falls back to its HTTP/1.1 client from then on.
 
@@ -48,6 +52,12 @@ pub const DEFAULT_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default for [`PoolSettings::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Default for [`PoolSettings::max_idle_connections`].
+pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 2;
+/// How long a connection beyond [`PoolSettings::max_idle_connections`] stays
+/// open without streams, so that a request arriving just after its last
+/// stream ended still finds it.
+pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// How many HTTP/2 connections the pool may open and how it keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +74,9 @@ pub struct PoolSettings {
     pub keep_alive_timeout: Duration,
     /// How long a connection without streams is kept open.
     pub idle_timeout: Duration,
+    /// Most connections kept open without streams; further idle ones are
+    /// closed [`IDLE_GRACE`] after their last stream ended.
+    pub max_idle_connections: usize,
 }
 
 impl Default for PoolSettings {
@@ -74,6 +87,7 @@ impl Default for PoolSettings {
             keep_alive_interval: Some(DEFAULT_KEEP_ALIVE_INTERVAL),
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_idle_connections: DEFAULT_MAX_IDLE_CONNECTIONS,
         }
     }
 }
@@ -334,33 +348,55 @@ async fn run_connection<B>(
     shared.changed.notify_waiters();
 
     let idle_timeout = settings.idle_timeout;
-    let mut check = tokio::time::interval((idle_timeout / 2).max(Duration::from_millis(100)));
+    let max_idle = settings.max_idle_connections;
+    // Often enough to close a connection beyond `max_idle` about
+    // `IDLE_GRACE` after its last stream ended.
+    let mut check =
+        tokio::time::interval((idle_timeout / 2).clamp(Duration::from_millis(100), IDLE_GRACE));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(connection);
     let result = loop {
         tokio::select! {
             result = &mut connection => break result,
             _ = check.tick() => {
+                if conn.in_flight.load(Ordering::Acquire) != 0 {
+                    continue;
+                }
                 let now = shared.started.elapsed().as_millis() as u64;
-                let idle_for = now.saturating_sub(conn.last_used.load(Ordering::Relaxed));
-                if conn.in_flight.load(Ordering::Acquire) == 0
-                    && Duration::from_millis(idle_for) >= idle_timeout
-                {
-                    // Checked again under the lock, where slots are taken.
-                    let removed = match shared.state.lock() {
-                        Ok(mut state) if conn.in_flight.load(Ordering::Acquire) == 0 => {
+                let idle_for = Duration::from_millis(
+                    now.saturating_sub(conn.last_used.load(Ordering::Relaxed)),
+                );
+                if idle_for < IDLE_GRACE.min(idle_timeout) {
+                    continue;
+                }
+                // Checked again under the lock, where slots are taken.
+                let removed = match shared.state.lock() {
+                    Ok(mut state) if conn.in_flight.load(Ordering::Acquire) == 0 => {
+                        let close = idle_for >= idle_timeout || {
+                            let other_idle = state
+                                .conns
+                                .iter()
+                                .filter(|c| {
+                                    c.id != conn.id
+                                        && c.in_flight.load(Ordering::Acquire) == 0
+                                        && c.usable()
+                                })
+                                .count();
+                            other_idle >= max_idle
+                        };
+                        if close {
                             state.conns.retain(|c| c.id != conn.id);
-                            true
                         }
-                        _ => false,
-                    };
-                    if removed {
-                        tracing::debug!(connection = conn.id, "closing an idle upstream connection");
-                        // Dropping the last `SendRequest` lets hyper close it.
-                        phase.send_replace(Phase::Closed);
-                        shared.changed.notify_waiters();
-                        break connection.await;
+                        close
                     }
+                    _ => false,
+                };
+                if removed {
+                    tracing::debug!(connection = conn.id, "closing an idle upstream connection");
+                    // Dropping the last `SendRequest` lets hyper close it.
+                    phase.send_replace(Phase::Closed);
+                    shared.changed.notify_waiters();
+                    break connection.await;
                 }
             }
         }

@@ -184,3 +184,44 @@ async fn at_the_connection_cap_requests_wait_for_a_stream_to_end() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn idle_connections_beyond_the_setting_close_soon_after_their_streams_end() {
+    let server = start_server().await;
+    let mut upstream = Upstream::new(UpstreamOptions {
+        url: format!("https://{}", server.addr).parse().unwrap(),
+        ca_pem: Some(server.ca_pem.clone().into_bytes()),
+        client_identity: None,
+        server_name: Some("localhost".into()),
+        credential: UpstreamCredential::None,
+        connect_timeout: Duration::from_secs(5),
+        pool: PoolSettings {
+            max_connections: 8,
+            max_streams_per_connection: SERVER_STREAMS as usize,
+            max_idle_connections: 1,
+            ..PoolSettings::default()
+        },
+    })
+    .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 * SERVER_STREAMS {
+        held.push(hold(&mut upstream).await);
+    }
+    assert_eq!(upstream.http2_connections(), 3);
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while upstream.http2_connections() > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} idle connections still open 10 s after their streams ended",
+            upstream.http2_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The one within the setting stays for the idle timeout (90 s) and
+    // serves the next request without a new handshake.
+    tokio::time::sleep(super::IDLE_GRACE * 3).await;
+    assert_eq!(upstream.http2_connections(), 1);
+    assert_eq!(short(&mut upstream).await, "ok");
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
+}
