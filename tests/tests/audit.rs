@@ -103,6 +103,9 @@ async fn proxy_and_kube_audit_events_join_on_one_audit_id() -> anyhow::Result<()
             // A caller's own ID is replaced, never trusted.
             "-H",
             "Audit-ID: caller-chosen",
+            // A load balancer before the proxy said who connected to it.
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
             &w.url("/api/v1/namespaces/default/configmaps?limit=1"),
         ])
         .await?;
@@ -126,7 +129,11 @@ async fn proxy_and_kube_audit_events_join_on_one_audit_id() -> anyhow::Result<()
         event["user"]["extra"]["authproxy.io/authenticator"],
         serde_json::json!(["static-tokens"])
     );
-    assert_eq!(event["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+    // kube's order: X-Forwarded-For, then the connecting address.
+    assert_eq!(
+        event["sourceIPs"],
+        serde_json::json!(["203.0.113.9", "127.0.0.1"])
+    );
     assert_eq!(
         event["objectRef"],
         serde_json::json!({"resource": "configmaps", "namespace": "default", "apiVersion": "v1"})
@@ -145,6 +152,8 @@ async fn proxy_and_kube_audit_events_join_on_one_audit_id() -> anyhow::Result<()
     assert_eq!(theirs[0]["user"]["username"], PROXY_SERVICE_ACCOUNT);
     assert_eq!(theirs[0]["impersonatedUser"]["username"], "alice");
     assert_eq!(theirs[0]["verb"], "list");
+    // Both logs name the same sources.
+    assert_eq!(theirs[0]["sourceIPs"], event["sourceIPs"]);
     assert!(w
         .kube
         .audit_where(|e| e["auditID"] == "caller-chosen")?

@@ -182,8 +182,55 @@ pub struct RequestFacts {
     pub user_agent: Option<http::HeaderValue>,
     /// The caller's address.
     pub source_ip: Option<std::net::IpAddr>,
+    /// The caller's `X-Forwarded-For`, as it arrived.
+    pub forwarded_for: Option<http::HeaderValue>,
+    /// The caller's `X-Real-Ip`, as it arrived.
+    pub real_ip: Option<http::HeaderValue>,
     /// Whether it names an API object (`objectRef` is then read from the URI).
     pub resource: bool,
+}
+
+/// Most addresses taken from `X-Forwarded-For` into `sourceIPs`.
+const MAX_FORWARDED_IPS: usize = 16;
+
+impl RequestFacts {
+    /// `sourceIPs` as kube-apiserver lists them: the valid addresses of
+    /// `X-Forwarded-For` (the first [`MAX_FORWARDED_IPS`]), then `X-Real-Ip`
+    /// unless listed already, then the connecting address unless it is the
+    /// last one listed. The connecting address is the one that cannot be
+    /// forged; the rest is what callers and proxies before it said.
+    pub fn source_ips(&self) -> Vec<String> {
+        fn ip(text: &str) -> Option<std::net::IpAddr> {
+            text.trim().parse().ok()
+        }
+        let mut ips: Vec<std::net::IpAddr> = self
+            .forwarded_for
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(',')
+                    .filter_map(ip)
+                    .take(MAX_FORWARDED_IPS)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(real) = self
+            .real_ip
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(ip)
+        {
+            if !ips.contains(&real) {
+                ips.push(real);
+            }
+        }
+        if let Some(remote) = self.source_ip {
+            if ips.last() != Some(&remote) {
+                ips.push(remote);
+            }
+        }
+        ips.iter().map(ToString::to_string).collect()
+    }
 }
 
 /// kube's `audit.k8s.io/v1` `Event`, as the proxy fills it.
@@ -258,13 +305,7 @@ impl Serialize for Event {
         )?;
         map.serialize_entry("verb", self.verb)?;
         map.serialize_entry("user", &self.user)?;
-        let ips: Vec<String> = self
-            .request
-            .source_ip
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        map.serialize_entry("sourceIPs", &ips)?;
+        map.serialize_entry("sourceIPs", &self.request.source_ips())?;
         if let Some(agent) = self
             .request
             .user_agent
@@ -509,6 +550,8 @@ mod tests {
                 uri: "/api/v1/pods".parse().unwrap(),
                 user_agent: None,
                 source_ip: Some([127, 0, 0, 1].into()),
+                forwarded_for: None,
+                real_ip: None,
                 resource: true,
             },
             ResponseStatus::new(200, None),
@@ -525,6 +568,55 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    fn facts(forwarded_for: Option<&str>, real_ip: Option<&str>) -> RequestFacts {
+        RequestFacts {
+            uri: "/api".parse().unwrap(),
+            user_agent: None,
+            source_ip: Some([10, 0, 0, 9].into()),
+            forwarded_for: forwarded_for.map(|v| http::HeaderValue::from_str(v).unwrap()),
+            real_ip: real_ip.map(|v| http::HeaderValue::from_str(v).unwrap()),
+            resource: false,
+        }
+    }
+
+    #[test]
+    fn source_ips_follow_kube_forwarded_for_real_ip_then_the_connection() {
+        let cases: &[(Option<&str>, Option<&str>, &[&str])] = &[
+            (None, None, &["10.0.0.9"]),
+            (Some("203.0.113.9"), None, &["203.0.113.9", "10.0.0.9"]),
+            (
+                Some(" 203.0.113.9 , junk, 2001:db8::1"),
+                None,
+                &["203.0.113.9", "2001:db8::1", "10.0.0.9"],
+            ),
+            // The connecting address last already: not repeated.
+            (
+                Some("203.0.113.9, 10.0.0.9"),
+                None,
+                &["203.0.113.9", "10.0.0.9"],
+            ),
+            (None, Some("198.51.100.7"), &["198.51.100.7", "10.0.0.9"]),
+            (
+                Some("198.51.100.7"),
+                Some("198.51.100.7"),
+                &["198.51.100.7", "10.0.0.9"],
+            ),
+            (None, Some("not an address"), &["10.0.0.9"]),
+        ];
+        for (xff, real, expected) in cases {
+            assert_eq!(
+                facts(*xff, *real).source_ips(),
+                expected.to_vec(),
+                "X-Forwarded-For {xff:?}, X-Real-Ip {real:?}"
+            );
+        }
+        let long = vec!["192.0.2.1"; 100].join(",");
+        assert_eq!(
+            facts(Some(&long), None).source_ips().len(),
+            MAX_FORWARDED_IPS + 1
+        );
     }
 
     #[test]

@@ -225,6 +225,8 @@ where
             uri: req.uri().clone(),
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             source_ip: req.extensions().get::<ClientAddr>().map(|a| a.0),
+            forwarded_for: joined(req.headers(), &crate::forwarded::X_FORWARDED_FOR),
+            real_ip: req.headers().get("x-real-ip").cloned(),
             resource,
         });
         let record = Arc::new(RequestRecord::default());
@@ -366,6 +368,21 @@ fn forget_connection_tokens(headers: &mut http::HeaderMap) {
             headers.insert(header::CONNECTION, value);
         }
     }
+}
+
+/// Every value of header `name`, joined by `, ` as one value.
+fn joined(headers: &http::HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(first.clone());
+    };
+    let mut all = first.as_bytes().to_vec();
+    for value in std::iter::once(second).chain(values) {
+        all.extend_from_slice(b", ");
+        all.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_bytes(&all).ok()
 }
 
 #[cfg(test)]
