@@ -184,8 +184,6 @@ pub struct RequestFacts {
     pub source_ip: Option<std::net::IpAddr>,
     /// The caller's `X-Forwarded-For`, as it arrived.
     pub forwarded_for: Option<http::HeaderValue>,
-    /// The caller's `X-Real-Ip`, as it arrived.
-    pub real_ip: Option<http::HeaderValue>,
     /// Whether it names an API object (`objectRef` is then read from the URI).
     pub resource: bool,
 }
@@ -194,11 +192,12 @@ pub struct RequestFacts {
 const MAX_FORWARDED_IPS: usize = 16;
 
 impl RequestFacts {
-    /// `sourceIPs` as kube-apiserver lists them: the valid addresses of
-    /// `X-Forwarded-For` (the first [`MAX_FORWARDED_IPS`]), then `X-Real-Ip`
-    /// unless listed already, then the connecting address unless it is the
-    /// last one listed. The connecting address is the one that cannot be
-    /// forged; the rest is what callers and proxies before it said.
+    /// `sourceIPs` as kube-apiserver will list them for the forwarded
+    /// request: the valid addresses of `X-Forwarded-For` (the first
+    /// [`MAX_FORWARDED_IPS`]), then the connecting address unless it is the
+    /// last one listed. (A caller's `X-Real-Ip` is not forwarded, so it is not
+    /// listed.) The connecting address is the one that cannot be forged; the
+    /// rest is what callers and proxies before it said.
     pub fn source_ips(&self) -> Vec<String> {
         fn ip(text: &str) -> Option<std::net::IpAddr> {
             text.trim().parse().ok()
@@ -214,16 +213,6 @@ impl RequestFacts {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some(real) = self
-            .real_ip
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(ip)
-        {
-            if !ips.contains(&real) {
-                ips.push(real);
-            }
-        }
         if let Some(remote) = self.source_ip {
             if ips.last() != Some(&remote) {
                 ips.push(remote);
@@ -551,7 +540,6 @@ mod tests {
                 user_agent: None,
                 source_ip: Some([127, 0, 0, 1].into()),
                 forwarded_for: None,
-                real_ip: None,
                 resource: true,
             },
             ResponseStatus::new(200, None),
@@ -570,13 +558,12 @@ mod tests {
         }
     }
 
-    fn facts(forwarded_for: Option<&str>, real_ip: Option<&str>) -> RequestFacts {
+    fn facts(forwarded_for: Option<&str>) -> RequestFacts {
         RequestFacts {
             uri: "/api".parse().unwrap(),
             user_agent: None,
             source_ip: Some([10, 0, 0, 9].into()),
             forwarded_for: forwarded_for.map(|v| http::HeaderValue::from_str(v).unwrap()),
-            real_ip: real_ip.map(|v| http::HeaderValue::from_str(v).unwrap()),
             resource: false,
         }
     }

@@ -226,7 +226,6 @@ where
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
             source_ip: req.extensions().get::<ClientAddr>().map(|a| a.0),
             forwarded_for: joined(req.headers(), &crate::forwarded::X_FORWARDED_FOR),
-            real_ip: req.headers().get("x-real-ip").cloned(),
             resource,
         });
         let record = Arc::new(RequestRecord::default());
