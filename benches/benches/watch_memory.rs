@@ -34,13 +34,16 @@
 //!
 //! Release build, default features (jemalloc, background threads), quiet
 //! machine: idle 12.6 MiB, peak 118.9 MiB (10.9 KiB per watch), 47.0 MiB 15 s
-//! after close; with `WATCH_SETTLE_SECS=150`: 12.7 / 110.9 / 24.1 MiB.
-//!
+//! after close; with `WATCH_SETTLE_SECS=150`: 12.7 / 110.9 / 24.1 MiB. What
+//! stayed was the upstream connections the watches needed (about 230 KiB
+//! each) until their 90 s idle timeout. Since idle connections beyond
+//! `upstream.maxIdleConnections` (2) close a second after their last stream
+//! ended: idle 12.8 MiB, peak 107.4 MiB, 22.9 MiB 15 s after close (1.8×
+//! idle).
+
 //! Every allocator stays far under 256 MiB at the peak (about 7 KiB per
 //! held watch). Only jemalloc with background threads gives the memory back:
-//! the default build of `authproxy` uses it. What stays after close beyond
-//! 2× idle is the upstream connections the watches needed (about 230 KiB
-//! each), until their idle timeout closes them.
+//! the default build of `authproxy` uses it.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
