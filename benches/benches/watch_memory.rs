@@ -40,7 +40,7 @@
 //! `upstream.maxIdleConnections` (2) close a second after their last stream
 //! ended: idle 12.8 MiB, peak 107.4 MiB, 22.9 MiB 15 s after close (1.8×
 //! idle).
-
+//!
 //! Every allocator stays far under 256 MiB at the peak (about 7 KiB per
 //! held watch). Only jemalloc with background threads gives the memory back:
 //! the default build of `authproxy` uses it.
