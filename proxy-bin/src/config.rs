@@ -54,6 +54,10 @@ pub struct FileConfig {
     /// Settings of `authproxy webhook` (the TokenReview endpoint).
     #[serde(default)]
     pub webhook: WebhookConfig,
+    /// What to do with a caller's own `Impersonate-*` headers (`kubectl
+    /// --as`): `authorize` (default) or `deny`.
+    #[serde(default)]
+    pub caller_impersonation: proxy_core::impersonate::nested::Config,
 }
 
 /// Failed TokenReviews allowed per client address and minute when

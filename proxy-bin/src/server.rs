@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::credential::{ClientAddr, ClientCertificate};
+use proxy_core::impersonate::nested;
 use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
-use proxy_core::{Chain, ProxyBody, ProxyStack};
+use proxy_core::{Chain, NestedImpersonationLayer, ProxyBody, ProxyStack};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -192,7 +193,16 @@ impl Proxy {
         if let Some(audit) = &config.audit {
             observe = observe.with_audit(audit.start(base)?);
         }
-        let upstream = Upstream::new(config.upstream.to_options("upstream", base)?)?;
+        let upstream_options = config.upstream.to_options("upstream", base)?;
+        let upstream = Upstream::new(upstream_options.clone())?;
+        let settings = config.caller_impersonation.settings();
+        let nested = match settings.mode {
+            nested::Mode::Deny => NestedImpersonationLayer::deny(),
+            nested::Mode::Authorize => NestedImpersonationLayer::authorize(nested::Reviewer::new(
+                upstream_options,
+                &settings,
+            )?),
+        };
         let mut authn = proxy_core::AuthnLayer::new(chain.clone());
         if config.authentication.ldap.is_some() {
             // kubectl and browsers answer a Basic challenge with username/password.
@@ -202,7 +212,12 @@ impl Proxy {
         }
         let stack = tower_layer::Layer::layer(
             &observe,
-            proxy_core::proxy_stack_with(authn, config.limits.long_running_limits(), upstream),
+            proxy_core::proxy_stack_with(
+                authn,
+                config.limits.long_running_limits(),
+                nested,
+                upstream,
+            ),
         );
         let token_endpoint = match (issuer, &config.authentication.issued_tokens) {
             (Some(issuer), Some(settings)) => Some(Arc::new(TokenEndpoint::new(

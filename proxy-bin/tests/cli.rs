@@ -82,7 +82,9 @@ fn demo_prints_commands_that_show_the_impersonated_identity_and_a_401() {
     assert!(whoami.contains(r#""devs""#), "{whoami}");
     let smuggled = run(&commands[1]);
     assert!(
-        smuggled.contains(r#""username":"alice""#) && !smuggled.contains("system:masters"),
+        smuggled.contains(r#""code":403"#)
+            && smuggled.contains("impersonation through this proxy is not allowed")
+            && !smuggled.contains("system:masters"),
         "{smuggled}"
     );
     let alice = run(commands

@@ -66,7 +66,7 @@ pub use body::ProxyBody;
 pub use credential::{Credential, CredentialError};
 pub use layer::{
     proxy_stack, proxy_stack_with, Authn, AuthnLayer, Impersonate, ImpersonateLayer,
-    LongRunningLayer, ProxyStack,
+    LongRunningLayer, NestedImpersonationLayer, ProxyStack,
 };
 
 /// The boxed error type used where several error sources meet (bodies, services).

@@ -92,6 +92,11 @@ impl Demo {
             webhook: Default::default(),
             metrics: None,
             audit: None,
+            // The embedded upstream has no authorizer to ask.
+            caller_impersonation: proxy_core::impersonate::nested::Config {
+                mode: proxy_core::impersonate::nested::Mode::Deny,
+                ..Default::default()
+            },
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {
@@ -142,7 +147,7 @@ impl Demo {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "Impersonation headers sent by the caller are dropped (still alice, not system:admin):"
+            "Impersonation headers sent by the caller are never dropped silently; here they are refused (403):"
         );
         let _ = writeln!(out, "  curl -sS --cacert {ca} -H 'Authorization: Bearer alice-token' -H 'Impersonate-User: system:admin' -H 'Impersonate-Group: system:masters' {review} {proxy}/apis/authentication.k8s.io/v1/selfsubjectreviews");
         let _ = writeln!(out);

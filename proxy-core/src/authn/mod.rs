@@ -145,6 +145,11 @@ impl Identity {
         self.verification.audiences.as_deref()
     }
 
+    /// Everything the authenticator knew about the credential.
+    pub fn verification(&self) -> &Verification {
+        &self.verification
+    }
+
     /// Which kind of authenticator vouched for the user.
     pub fn source(&self) -> Source {
         self.verification.source

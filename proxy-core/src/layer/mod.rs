@@ -5,6 +5,8 @@
 //! ```text
 //! request → Authn (credential → Identity in extensions)
 //!         → LongRunning (cap watches, exec, logs -f per user and in total)
+//!         → NestedImpersonation (the caller's own Impersonate-*: refused, or
+//!           checked with SubjectAccessReviews and taken as the identity)
 //!         → Impersonate (strip caller's identity, set Impersonate-*)
 //!         → Upstream (proxy's own credential, stream to the API server)
 //! ```
@@ -17,10 +19,12 @@
 mod authn;
 mod impersonate;
 mod long_running;
+mod nested;
 
 pub use authn::{Authn, AuthnLayer};
 pub use impersonate::{Impersonate, ImpersonateLayer};
 pub use long_running::{LongRunning, LongRunningLayer, RETRY_AFTER_SECONDS};
+pub use nested::{NestedImpersonation, NestedImpersonationLayer};
 
 use tower_layer::Layer;
 
@@ -29,21 +33,34 @@ use crate::long_running::Limits;
 use crate::upstream::Upstream;
 
 /// The whole proxy as one service: authenticate, cap long-running requests,
-/// impersonate, forward.
-pub type ProxyStack<B = hyper::body::Incoming> = Authn<LongRunning<Impersonate<Upstream<B>>>>;
+/// take the caller's own impersonation request (or refuse it), impersonate,
+/// forward.
+pub type ProxyStack<B = hyper::body::Incoming> =
+    Authn<LongRunning<NestedImpersonation<Impersonate<Upstream<B>>>>>;
 
 /// Composes the layers in request order around `upstream`, with the default
-/// long-running caps.
+/// long-running caps; a caller's own `Impersonate-*` headers are refused
+/// (use [`proxy_stack_with`] and [`NestedImpersonationLayer::authorize`] to
+/// allow what the API server allows).
 pub fn proxy_stack<B>(authenticator: impl Authenticator, upstream: Upstream<B>) -> ProxyStack<B> {
-    proxy_stack_with(AuthnLayer::new(authenticator), Limits::default(), upstream)
+    proxy_stack_with(
+        AuthnLayer::new(authenticator),
+        Limits::default(),
+        NestedImpersonationLayer::deny(),
+        upstream,
+    )
 }
 
 /// Composes the layers in request order around `upstream` with a configured
-/// [`AuthnLayer`] and long-running caps.
+/// [`AuthnLayer`], long-running caps and handling of the caller's own
+/// impersonation headers.
 pub fn proxy_stack_with<B>(
     authn: AuthnLayer,
     limits: Limits,
+    nested: NestedImpersonationLayer,
     upstream: Upstream<B>,
 ) -> ProxyStack<B> {
-    authn.layer(LongRunningLayer::new(limits).layer(ImpersonateLayer::new().layer(upstream)))
+    authn.layer(
+        LongRunningLayer::new(limits).layer(nested.layer(ImpersonateLayer::new().layer(upstream))),
+    )
 }

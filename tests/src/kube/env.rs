@@ -9,7 +9,7 @@ use authproxy::server::RunningServer;
 
 use super::{kube, Kube};
 use crate::pki::TestPki;
-use crate::{curl_with_ca, start_proxy, write_user_kubeconfig};
+use crate::{curl_with_ca, start_proxy_with_top_level, write_user_kubeconfig};
 
 /// One test's proxy in front of the shared kube-apiserver.
 pub struct KubeEnv {
@@ -32,17 +32,28 @@ impl KubeEnv {
     /// Like [`KubeEnv::start`] with more `authentication:` settings
     /// (YAML lines indented by two spaces).
     pub async fn start_with(pki: TestPki, extra_auth: &str) -> anyhow::Result<KubeEnv> {
+        Self::start_with_top_level(pki, extra_auth, "").await
+    }
+
+    /// Like [`KubeEnv::start_with`], with `top_level` YAML appended at the
+    /// top level of the config.
+    pub async fn start_with_top_level(
+        pki: TestPki,
+        extra_auth: &str,
+        top_level: &str,
+    ) -> anyhow::Result<KubeEnv> {
         let kube = tokio::task::spawn_blocking(|| kube().map_err(|e| e.to_string()))
             .await?
             .map_err(anyhow::Error::msg)?;
         let dir = tempfile::tempdir()?;
-        let proxy = start_proxy(
+        let proxy = start_proxy_with_top_level(
             &pki,
             dir.path(),
             &kube.url(),
             kube.pki().ca_path(),
             kube.proxy_token(),
             extra_auth,
+            top_level,
         )
         .await?;
         let env = KubeEnv {

@@ -18,6 +18,8 @@
 //! A value a header cannot carry unchanged (control characters, CR/LF,
 //! surrounding blanks, an empty user name) is refused, never forwarded.
 
+pub mod nested;
+
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
