@@ -193,6 +193,9 @@ impl Proxy {
             observe = observe.with_audit(audit.start(base)?);
         }
         let upstream = Upstream::new(config.upstream.to_options("upstream", base)?)?;
+        if let Some(metrics) = &metrics {
+            metrics.observe_upstream(upstream.counters().clone());
+        }
         let mut authn = proxy_core::AuthnLayer::new(chain.clone());
         if config.authentication.ldap.is_some() {
             // kubectl and browsers answer a Basic challenge with username/password.
@@ -212,6 +215,9 @@ impl Proxy {
             ))),
             _ => None,
         };
+        if let (Some(metrics), Some(endpoint)) = (&metrics, &token_endpoint) {
+            metrics.observe_throttle("token-exchange", endpoint.throttle_counters());
+        }
         Ok(Proxy {
             stack,
             metrics,
