@@ -195,6 +195,9 @@ impl Proxy {
         }
         let upstream_options = config.upstream.to_options("upstream", base)?;
         let upstream = Upstream::new(upstream_options.clone())?;
+        if let Some(metrics) = &metrics {
+            metrics.observe_upstream(upstream.counters().clone());
+        }
         let settings = config.caller_impersonation.settings();
         let nested = match settings.mode {
             nested::Mode::Deny => NestedImpersonationLayer::deny(),
@@ -227,6 +230,9 @@ impl Proxy {
             ))),
             _ => None,
         };
+        if let (Some(metrics), Some(endpoint)) = (&metrics, &token_endpoint) {
+            metrics.observe_throttle("token-exchange", endpoint.throttle_counters());
+        }
         Ok(Proxy {
             stack,
             metrics,

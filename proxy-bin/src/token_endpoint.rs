@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use proxy_core::authn::{IssuedTokens, Source};
 use proxy_core::body::read_limited;
 use proxy_core::config::IssuedTokensConfig;
+use proxy_core::counters::{ThrottleCounters, ThrottleScope};
 use proxy_core::credential::{ClientAddr, Credential};
 use proxy_core::rate_limit::RateLimiter;
 use proxy_core::status::{Reason, Status};
@@ -32,6 +33,7 @@ pub struct TokenEndpoint {
     exchange_from: Vec<Source>,
     per_client: RateLimiter,
     per_user: RateLimiter,
+    throttled: Arc<ThrottleCounters>,
 }
 
 impl std::fmt::Debug for TokenEndpoint {
@@ -75,7 +77,13 @@ impl TokenEndpoint {
             exchange_from: config.exchange_sources(),
             per_client: RateLimiter::per_minute(per_client),
             per_user: RateLimiter::per_minute(per_user),
+            throttled: Arc::default(),
         }
+    }
+
+    /// Exchanges refused by the rate limits, by scope, for metrics.
+    pub fn throttle_counters(&self) -> Arc<ThrottleCounters> {
+        self.throttled.clone()
     }
 
     /// Answers a request to [`TOKEN_PATH`].
@@ -96,6 +104,7 @@ impl TokenEndpoint {
         if let Some(ClientAddr(ip)) = parts.extensions.get::<ClientAddr>() {
             if let Err(wait) = self.per_client.acquire(&ip.to_string()) {
                 tracing::info!(client = %ip, "token request refused: client rate limit");
+                self.throttled.throttled(ThrottleScope::Client);
                 return too_many(wait, "from this address");
             }
         }
@@ -144,6 +153,7 @@ impl TokenEndpoint {
         }
         if let Err(wait) = self.per_user.acquire(&identity.user().username) {
             tracing::info!("token request refused: user rate limit");
+            self.throttled.throttled(ThrottleScope::User);
             return too_many(wait, "for this user");
         }
         match self

@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::body::read_limited;
+use proxy_core::counters::{ThrottleCounters, ThrottleScope};
 use proxy_core::credential::ClientCertificate;
 use proxy_core::rate_limit::RateLimiter;
 use proxy_core::status::{Reason, Status};
@@ -32,6 +33,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6440";
 pub struct Webhook {
     chain: Chain,
     failed_reviews: Arc<RateLimiter>,
+    throttled: Arc<ThrottleCounters>,
     max_request_body_bytes: usize,
     api_audiences: Arc<[String]>,
     metrics: Option<proxy_core::observe::metrics::Metrics>,
@@ -57,6 +59,7 @@ impl Webhook {
         if is_review {
             if let Err(wait) = self.failed_reviews.check(&client) {
                 tracing::info!(%client, "token review refused: too many failed reviews");
+                self.throttled.throttled(ThrottleScope::Client);
                 // Read the (bounded) body first: an HTTP/2 client whose
                 // request is answered before it is sent sees a stream reset.
                 let (parts, body) = req.into_parts();
@@ -193,6 +196,10 @@ pub async fn start(
         Some(metrics) => metrics.instrument_chain(&chain),
         None => chain,
     };
+    let throttled = Arc::new(ThrottleCounters::default());
+    if let Some(metrics) = &metrics {
+        metrics.observe_throttle("webhook", throttled.clone());
+    }
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -202,6 +209,7 @@ pub async fn start(
     let webhook = Webhook {
         chain,
         failed_reviews,
+        throttled,
         max_request_body_bytes: config.limits.max_request_body_bytes,
         api_audiences: config.webhook.api_audiences().into(),
         metrics: metrics.clone(),

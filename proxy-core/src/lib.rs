@@ -46,6 +46,7 @@
 pub mod authn;
 pub mod body;
 pub mod config;
+pub mod counters;
 pub mod credential;
 pub mod forwarded;
 pub mod impersonate;

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use authproxy_tests::double::{self, DoubleConfig};
 use authproxy_tests::observe::{scrape, start_observed_proxy, Scrape};
+use authproxy_tests::oidc::{generate_key, OidcProvider};
 use authproxy_tests::slapd::{Slapd, SERVICE_DN};
 use authproxy_tests::{curl_with_ca, pki, wait_for, TestPki, UserInfo, PROXY_TOKEN, PROXY_USER};
 use serde_json::json;
@@ -25,6 +26,28 @@ fn authn(authenticator: &str, result: &str) -> String {
 
 fn in_flight(kind: &str) -> String {
     format!("authproxy_http_requests_in_flight{{kind=\"{kind}\"}}")
+}
+
+fn ldap_operations(operation: &str) -> String {
+    format!("authproxy_ldap_operation_duration_seconds_count{{operation=\"{operation}\"}}")
+}
+
+fn ldap_errors(kind: &str) -> String {
+    format!("authproxy_ldap_errors_total{{kind=\"{kind}\"}}")
+}
+
+fn throttled(authenticator: &str, scope: &str) -> String {
+    format!(
+        "authproxy_login_throttled_total{{authenticator=\"{authenticator}\",scope=\"{scope}\"}}"
+    )
+}
+
+fn upstream_connections(protocol: &str) -> String {
+    format!("authproxy_upstream_connections{{protocol=\"{protocol}\"}}")
+}
+
+fn upstream_in_flight(protocol: &str) -> String {
+    format!("authproxy_upstream_requests_in_flight{{protocol=\"{protocol}\"}}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,11 +170,25 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         "Authorization: Bearer alice-token".into(),
         format!("{pods}?watch=true"),
     ]));
-    wait_for(Duration::from_secs(10), "the watch in flight", || async {
+    let during = wait_for(Duration::from_secs(10), "the watch in flight", || async {
         let s = scrape(metrics).await.map_err(|e| e.to_string())?;
-        Ok((s.value(&in_flight("long_running")) == 1.0).then_some(()))
+        Ok((s.value(&in_flight("long_running")) == 1.0).then_some(s))
     })
     .await?;
+    // The watch holds one HTTP/2 stream upstream, on a connection kept open.
+    assert_eq!(
+        during.value(&upstream_in_flight("http2")),
+        1.0,
+        "{}",
+        during.text
+    );
+    assert_eq!(during.value(&upstream_in_flight("http1")), 0.0);
+    assert!(
+        during.value(&upstream_connections("http2")) >= 1.0,
+        "{}",
+        during.text
+    );
+    assert_eq!(during.value(&upstream_connections("http1")), 0.0);
     assert_eq!(watch.await??.0, 200);
     wait_for(Duration::from_secs(10), "the watch ended", || async {
         let s = scrape(metrics).await.map_err(|e| e.to_string())?;
@@ -212,6 +249,30 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
             "authproxy_authentication_duration_seconds_count{authenticator=\"ldap\"}".into(),
             4.0,
         ),
+        // Three logins reached the directory (the token request's good
+        // password was answered from the login cache): a user search and a
+        // bind each, and a group search for the one that succeeded, on the
+        // two pooled connections, each bound once as the service account.
+        (ldap_operations("bind"), 3.0),
+        (ldap_operations("search"), 4.0),
+        (ldap_operations("service_bind"), 2.0),
+        (
+            "authproxy_ldap_pool_connections{state=\"idle\"}".into(),
+            2.0,
+        ),
+        (
+            "authproxy_ldap_pool_connections{state=\"in_use\"}".into(),
+            0.0,
+        ),
+        (ldap_errors("timeout"), 0.0),
+        (ldap_errors("unavailable"), 0.0),
+        (ldap_errors("protocol"), 0.0),
+        (throttled("ldap", "user"), 0.0),
+        (throttled("ldap", "client"), 0.0),
+        (throttled("token-exchange", "user"), 0.0),
+        (throttled("token-exchange", "client"), 0.0),
+        (upstream_in_flight("http2"), 0.0),
+        (upstream_in_flight("http1"), 0.0),
     ] {
         assert_eq!(s.value(&sample), value, "{sample} in\n{}", s.text);
     }
@@ -244,6 +305,191 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         );
     }
     drop(slapd);
+    Ok(())
+}
+
+/// The double, trusting the proxy's token, with TLS from `pki`.
+async fn upstream_double(pki: &TestPki) -> anyhow::Result<double::RunningDouble> {
+    let server_cert = pki.issue_server("apiserver")?;
+    let tls = pki::server_config(&server_cert, &[b"h2", b"http/1.1"])?;
+    double::start(DoubleConfig::new(tls).with_token(
+        PROXY_TOKEN,
+        UserInfo {
+            username: PROXY_USER.into(),
+            uid: String::new(),
+            groups: vec!["system:serviceaccounts".into()],
+            extra: Default::default(),
+        },
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_throttled_logins_timeouts_and_outages_are_counted() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let mut slapd = Slapd::start(&pki).await?;
+    let upstream = upstream_double(&pki).await?;
+    let dir = tempfile::tempdir()?;
+    let ldap = json!({
+        "url": format!("ldaps://127.0.0.1:{}", slapd.ldaps_port),
+        "caFile": pki.ca_path(),
+        "bindDN": SERVICE_DN,
+        "bindPasswordFile": slapd.service_password_file()?,
+        "userSearch": {"baseDN": "ou=people,dc=example,dc=org"},
+        "connectTimeout": "1s",
+        "operationTimeout": "1s",
+        "throttle": {"maxFailuresPerUser": 2, "maxFailuresPerClient": 50},
+    });
+    let proxy = start_observed_proxy(
+        &pki,
+        dir.path(),
+        &upstream.url(),
+        pki.ca_path(),
+        PROXY_TOKEN,
+        &format!("  ldap: {ldap}"),
+        "metrics: {listen: '127.0.0.1:0'}",
+    )
+    .await?;
+    let metrics = proxy.metrics_addr().expect("metrics listener");
+    let pods = format!("https://{}{PODS}", proxy.addr());
+    let login = |user: &'static str| {
+        let ca = pki.ca_path().to_owned();
+        let pods = pods.clone();
+        async move { Ok::<u16, anyhow::Error>(curl_with_ca(&ca, &["-u", user, &pods]).await?.0) }
+    };
+    // Two wrong passwords use up alice's budget; the next two are refused
+    // before the directory is asked.
+    for expected in [401, 401, 429, 429] {
+        assert_eq!(login("alice:wrong").await?, expected);
+    }
+    // A hung directory: the pooled connection's search times out.
+    slapd.pause().await?;
+    assert_eq!(login("bob:bob-password").await?, 503);
+    // A directory gone: the other pooled connection is dead.
+    slapd.kill().await;
+    assert_eq!(login("carol:carol-password").await?, 503);
+
+    let s = scrape(metrics).await?;
+    for (sample, value) in [
+        (throttled("ldap", "user"), 2.0),
+        (throttled("ldap", "client"), 0.0),
+        (authn("ldap", "throttled"), 2.0),
+        (authn("ldap", "invalid"), 2.0),
+        (authn("ldap", "unavailable"), 2.0),
+        (ldap_errors("timeout"), 1.0),
+        (ldap_errors("unavailable"), 1.0),
+        (ldap_errors("protocol"), 0.0),
+        (ldap_operations("bind"), 2.0),
+        (ldap_operations("service_bind"), 2.0),
+        (
+            "authproxy_ldap_pool_connections{state=\"idle\"}".into(),
+            0.0,
+        ),
+        (
+            "authproxy_ldap_pool_connections{state=\"in_use\"}".into(),
+            0.0,
+        ),
+    ] {
+        assert_eq!(s.value(&sample), value, "{sample} in\n{}", s.text);
+    }
+    // The timed-out search took the operation timeout.
+    assert!(
+        s.value("authproxy_ldap_operation_duration_seconds_sum{operation=\"search\"}") >= 1.0,
+        "{}",
+        s.text
+    );
+    for secret in ["alice", "bob-password", "uid=", "dc=example"] {
+        assert!(!s.text.contains(secret), "{secret} reached /metrics");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_key_fetches_are_counted_by_issuer_and_result() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let key_dir = tempfile::tempdir()?;
+    let keys = vec![generate_key(key_dir.path(), "rsa", "rsa-1").await?];
+    let idp = OidcProvider::start(&pki, &keys).await?;
+    let upstream = upstream_double(&pki).await?;
+    // An issuer nobody answers for: a loopback port with no listener.
+    let down = format!(
+        "https://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port()
+    );
+    let entry = |issuer: &str| {
+        json!({
+            "issuer": {"url": issuer, "audiences": ["kubernetes"], "certificateAuthority": pki.ca_pem()},
+            "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"}},
+        })
+    };
+    let jwt = json!([entry(&idp.issuer()), entry(&down)]);
+    let dir = tempfile::tempdir()?;
+    let proxy = start_observed_proxy(
+        &pki,
+        dir.path(),
+        &upstream.url(),
+        pki.ca_path(),
+        PROXY_TOKEN,
+        &format!("  jwt: {jwt}"),
+        "metrics: {listen: '127.0.0.1:0'}",
+    )
+    .await?;
+    let metrics = proxy.metrics_addr().expect("metrics listener");
+    let fetches = |issuer: &str, result: &str| {
+        format!("authproxy_oidc_key_fetches_total{{issuer=\"{issuer}\",result=\"{result}\"}}")
+    };
+    let age = |issuer: &str| format!("authproxy_oidc_keys_age_seconds{{issuer=\"{issuer}\"}}");
+    let issuer = idp.issuer();
+    wait_for(
+        Duration::from_secs(20),
+        "keys loaded and a failed fetch",
+        || async {
+            let s = scrape(metrics).await.map_err(|e| e.to_string())?;
+            Ok((s.value(&fetches(&issuer, "success")) == 1.0
+                && s.value(&fetches(&down, "failure")) >= 1.0)
+                .then_some(()))
+        },
+    )
+    .await?;
+    let token = idp.id_token("kubernetes", "alice").await?;
+    let (code, body) = curl_with_ca(
+        pki.ca_path(),
+        &[
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("https://{}{PODS}", proxy.addr()),
+        ],
+    )
+    .await?;
+    assert_ne!(code, 401, "{body}");
+
+    let s = scrape(metrics).await?;
+    // The token's key was loaded at start: it caused no fetch.
+    assert_eq!(s.value(&fetches(&issuer, "success")), 1.0, "{}", s.text);
+    assert_eq!(s.value(&fetches(&issuer, "failure")), 0.0, "{}", s.text);
+    assert_eq!(s.value(&authn("oidc", "success")), 1.0, "{}", s.text);
+    let loaded_age = s.value(&age(&issuer));
+    assert!(loaded_age > 0.0 && loaded_age < 60.0, "{}", s.text);
+    assert_eq!(s.value(&fetches(&down, "success")), 0.0, "{}", s.text);
+    assert!(s.value(&fetches(&down, "failure")) >= 1.0, "{}", s.text);
+    assert!(
+        !s.samples.contains_key(&age(&down)),
+        "keys never loaded have no age: {}",
+        s.text
+    );
+    assert!(!s.text.contains(&token), "a token reached /metrics");
+    assert!(!s.text.contains("rsa-1"), "a kid reached /metrics");
+    // The age grows between scrapes; the count does not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = scrape(metrics).await?;
+    assert!(
+        later.value(&age(&issuer)) >= loaded_age + 1.0,
+        "{}",
+        later.text
+    );
+    assert_eq!(later.value(&fetches(&issuer, "success")), 1.0);
     Ok(())
 }
 

@@ -187,6 +187,10 @@ impl Authenticator for CachedAuthenticator {
             entries: self.cache.entry_count(),
         } + self.inner.cache_stats()
     }
+
+    fn counters(&self, found: &mut crate::counters::AuthnCounters) {
+        self.inner.counters(found);
+    }
 }
 
 #[cfg(test)]

@@ -238,6 +238,12 @@ pub trait Authenticator: Send + Sync + 'static {
     fn cache_stats(&self) -> CacheStats {
         CacheStats::default()
     }
+
+    /// Adds the backend counters of this authenticator (and those it
+    /// wraps) to `found`, for metrics. None by default.
+    fn counters(&self, found: &mut crate::counters::AuthnCounters) {
+        let _ = found;
+    }
 }
 
 /// Authenticators asked in order; the first that claims the credential decides.
@@ -310,6 +316,12 @@ impl Authenticator for Chain {
         self.authenticators
             .iter()
             .fold(CacheStats::default(), |sum, a| sum + a.cache_stats())
+    }
+
+    fn counters(&self, found: &mut crate::counters::AuthnCounters) {
+        for authenticator in self.authenticators.iter() {
+            authenticator.counters(found);
+        }
     }
 }
 

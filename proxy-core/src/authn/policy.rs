@@ -89,6 +89,10 @@ impl Authenticator for RefuseSystemNames {
         self.inner.is_ready()
     }
 
+    fn counters(&self, found: &mut crate::counters::AuthnCounters) {
+        self.inner.counters(found);
+    }
+
     fn name(&self) -> &str {
         self.inner.name()
     }

@@ -18,7 +18,20 @@
 //! | `authproxy_tokenreviews_total` | counter | `result` (`authenticated`, `unauthenticated`, `error`) |
 //! | `authproxy_issued_tokens_total` | counter | |
 //! | `authproxy_audit_events_total`, `_dropped_total` | counter | |
+//! | `authproxy_oidc_key_fetches_total` | counter | `issuer` (configured URL), `result` (`success`, `failure`) |
+//! | `authproxy_oidc_keys_age_seconds` | gauge | `issuer` (from the first load on) |
+//! | `authproxy_ldap_pool_connections` | gauge | `state` (`idle`, `in_use`) |
+//! | `authproxy_ldap_operation_duration_seconds` | histogram | `operation` (`bind`, `service_bind`, `search`) |
+//! | `authproxy_ldap_errors_total` | counter | `kind` (`timeout`, `unavailable`, `protocol`) |
+//! | `authproxy_login_throttled_total` | counter | `authenticator` (`ldap`, `token-exchange`, `webhook`), `scope` (`user`, `client`) |
+//! | `authproxy_upstream_connections` | gauge | `protocol` (`http2`, `http1`) |
+//! | `authproxy_upstream_requests_in_flight` | gauge | `protocol` |
 //! | `authproxy_build_info` | info | `version` |
+//!
+//! The OIDC, LDAP, throttle and upstream families are read at scrape time
+//! from counters those parts own (see [`crate::counters`]): a chain given to
+//! [`Metrics::instrument_chain`] brings its issuers' and directory's, and
+//! [`Metrics::observe_upstream`] and [`Metrics::observe_throttle`] add the others.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,6 +225,7 @@ struct Families {
     tokenreviews: Family<ResultLabel, Counter>,
     issued_tokens: Counter,
     scrape_time: Arc<ScrapeTime>,
+    backends: Arc<super::backends::BackendFamilies>,
 }
 
 /// Every metric of one proxy. Cheap to clone (shared).
@@ -314,6 +328,8 @@ impl Metrics {
         });
         let scrape_time = Arc::new(ScrapeTime::default());
         registry.register_collector(Box::new(scrape_time.clone()));
+        let backends = Arc::new(super::backends::BackendFamilies::default());
+        registry.register_collector(Box::new(backends.clone()));
         Metrics {
             families: Arc::new(Families {
                 registry: Mutex::new(registry),
@@ -327,6 +343,7 @@ impl Metrics {
                 tokenreviews,
                 issued_tokens,
                 scrape_time,
+                backends,
             }),
         }
     }
@@ -344,11 +361,14 @@ impl Metrics {
     }
 
     /// A chain whose members count their answers and time them, labelled by
-    /// name (`static-tokens`, `x509`, `issued`, `ldap`, `oidc`); its caches
-    /// are read at scrape time.
+    /// name (`static-tokens`, `x509`, `issued`, `ldap`, `oidc`); its caches,
+    /// OIDC key sets and LDAP directory are read at scrape time.
     pub fn instrument_chain(&self, chain: &Chain) -> Chain {
         if let Ok(mut chains) = self.families.scrape_time.chains.lock() {
             chains.push(chain.clone());
+        }
+        if let Ok(mut sources) = self.families.backends.sources.lock() {
+            Authenticator::counters(chain, &mut sources.authn);
         }
         Chain::new(
             chain
@@ -391,6 +411,25 @@ impl Metrics {
     pub fn observe_audit(&self, counters: Arc<AuditCounters>) {
         if let Ok(mut audit) = self.families.scrape_time.audit.lock() {
             *audit = Some(counters);
+        }
+    }
+
+    /// Reads the upstream's connections and requests in flight at scrape time.
+    pub fn observe_upstream(&self, counters: Arc<crate::counters::UpstreamCounters>) {
+        if let Ok(mut sources) = self.families.backends.sources.lock() {
+            sources.upstreams.push(counters);
+        }
+    }
+
+    /// Reads a login throttle's refusals at scrape time, labelled
+    /// `authenticator` (a fixed name: `token-exchange`, `webhook`).
+    pub fn observe_throttle(
+        &self,
+        authenticator: &'static str,
+        counters: Arc<crate::counters::ThrottleCounters>,
+    ) {
+        if let Ok(mut sources) = self.families.backends.sources.lock() {
+            sources.throttles.push((authenticator, counters));
         }
     }
 
@@ -547,6 +586,10 @@ impl Authenticator for InstrumentedAuthenticator {
         self.inner.name()
     }
 
+    fn counters(&self, found: &mut crate::counters::AuthnCounters) {
+        self.inner.counters(found);
+    }
+
     fn cache_stats(&self) -> crate::authn::CacheStats {
         self.inner.cache_stats()
     }
@@ -612,6 +655,46 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn backend_families_are_declared_and_read_at_scrape_time() {
+        use crate::counters::{Protocol, ThrottleCounters, ThrottleScope, UpstreamCounters};
+        let metrics = Metrics::new();
+        let text = metrics.encode();
+        for family in [
+            "# TYPE authproxy_oidc_key_fetches counter",
+            "# TYPE authproxy_oidc_keys_age_seconds gauge",
+            "# TYPE authproxy_ldap_pool_connections gauge",
+            "# TYPE authproxy_ldap_operation_duration_seconds histogram",
+            "# TYPE authproxy_ldap_errors counter",
+            "# TYPE authproxy_login_throttled counter",
+            "# TYPE authproxy_upstream_connections gauge",
+            "# TYPE authproxy_upstream_requests_in_flight gauge",
+        ] {
+            assert!(text.contains(family), "{family} in {text}");
+        }
+        let upstream = Arc::new(UpstreamCounters::default());
+        let throttle = Arc::new(ThrottleCounters::default());
+        metrics.observe_upstream(upstream.clone());
+        metrics.observe_throttle("webhook", throttle.clone());
+        let _conn = upstream.connection(Protocol::Http2);
+        let _streams = [
+            upstream.request(Protocol::Http2),
+            upstream.request(Protocol::Http2),
+        ];
+        throttle.throttled(ThrottleScope::Client);
+        let text = metrics.encode();
+        for sample in [
+            "authproxy_upstream_connections{protocol=\"http2\"} 1\n",
+            "authproxy_upstream_connections{protocol=\"http1\"} 0\n",
+            "authproxy_upstream_requests_in_flight{protocol=\"http2\"} 2\n",
+            "authproxy_login_throttled_total{authenticator=\"webhook\",scope=\"client\"} 1\n",
+            "authproxy_login_throttled_total{authenticator=\"webhook\",scope=\"user\"} 0\n",
+        ] {
+            assert!(text.contains(sample), "{sample} in {text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! always the proxy's. `traceparent` and `tracestate` pass unchanged.
 
 pub mod audit;
+mod backends;
 pub mod config;
 pub mod metrics;
 mod record;

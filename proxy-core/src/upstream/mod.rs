@@ -30,11 +30,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+mod counted;
 pub mod pool;
 
 pub use pool::PoolSettings;
 
 use crate::body::{Hold, ProxyBody};
+use crate::counters::{Protocol, UpstreamCounters};
 use crate::impersonate::is_upgrade;
 use crate::reload::{watch_file, FileWatch};
 use crate::status::{Reason, Status};
@@ -130,7 +132,8 @@ impl TokenSource {
     }
 }
 
-type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, DrainOnDrop<B>>;
+type HttpsClient<B> =
+    Client<counted::CountingConnector<HttpsConnector<HttpConnector>>, DrainOnDrop<B>>;
 
 /// The upstream service: forwards each request to the API server.
 ///
@@ -150,6 +153,7 @@ struct Inner<B> {
     authority: http::uri::Authority,
     path_prefix: String,
     token: Arc<TokenSource>,
+    counters: Arc<UpstreamCounters>,
     _watch: Option<FileWatch>,
 }
 
@@ -241,12 +245,22 @@ where
             .path_and_query("/")
             .build()
             .map_err(|_| url_error("has no usable host"))?;
-        let pool = pool::Pool::new(make_connector(true)?, target, options.pool.clone());
+        let counters = Arc::new(UpstreamCounters::default());
+        let pool = pool::Pool::new(
+            make_connector(true)?,
+            target,
+            options.pool.clone(),
+            counters.clone(),
+        );
         let http1_client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(options.pool.idle_timeout)
-            .build(make_connector(false)?);
+            .build(counted::CountingConnector::new(
+                make_connector(false)?,
+                counters.clone(),
+                Protocol::Http1,
+            ));
 
         let token = Arc::new(TokenSource::default());
         let watch = match &options.credential {
@@ -294,6 +308,7 @@ where
                 authority,
                 path_prefix,
                 token,
+                counters,
                 _watch: watch,
             }),
         })
@@ -302,6 +317,12 @@ where
     /// HTTP/2 connections open to the API server now (connecting ones included).
     pub fn http2_connections(&self) -> usize {
         self.inner.pool.connections()
+    }
+
+    /// Connections open to the API server and requests in flight on them,
+    /// by protocol, for metrics.
+    pub fn counters(&self) -> &Arc<UpstreamCounters> {
+        &self.inner.counters
     }
 
     /// The proxy's current upstream token source.
@@ -417,7 +438,7 @@ where
         Ok(pool::Route::Http2(mut send, guard)) => {
             *req.version_mut() = Version::HTTP_2;
             match send.send_request(req.map(DrainOnDrop::new)).await {
-                Ok(response) => (response, Some(guard)),
+                Ok(response) => (response, Some(Hold::new(guard))),
                 Err(error) => {
                     tracing::warn!(%error, "upstream request failed");
                     return Ok(failure_status(false));
@@ -426,8 +447,9 @@ where
         }
         Ok(pool::Route::Http1) => {
             *req.version_mut() = Version::HTTP_11;
+            let in_flight = inner.counters.request(Protocol::Http1);
             match inner.http1_client.request(req.map(DrainOnDrop::new)).await {
-                Ok(response) => (response, None),
+                Ok(response) => (response, Some(Hold::new(in_flight))),
                 Err(error) => return Ok(unreachable_status(&error)),
             }
         }
@@ -443,7 +465,7 @@ where
         .into_parts();
     let body = match guard {
         // The stream slot is given back when the body ends or is dropped.
-        Some(guard) => body.with_hold(Hold::new(guard)),
+        Some(hold) => body.with_hold(hold),
         None => body,
     };
     Ok(Response::from_parts(parts, body))
@@ -462,6 +484,7 @@ where
     let caller = hyper::upgrade::on(&mut req);
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
+    let in_flight = inner.counters.request(Protocol::Http1);
     let mut response = match inner.http1_client.request(req.map(DrainOnDrop::new)).await {
         Ok(response) => response,
         Err(error) => return Ok(unreachable_status(&error)),
@@ -485,6 +508,7 @@ where
             Err(error) => tracing::warn!(%error, "protocol upgrade failed"),
         }
         drop(hold);
+        drop(in_flight);
     });
     let (parts, _body) = response.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))

@@ -38,6 +38,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{watch, Notify};
 use tower_service::Service;
 
+use crate::counters::{Open, Protocol, UpstreamCounters};
 use crate::BoxError;
 
 /// Default for [`PoolSettings::max_connections`]: with kube's 100 streams per
@@ -131,6 +132,7 @@ struct Shared<B> {
     changed: Notify,
     http1_only: AtomicBool,
     started: Instant,
+    counters: Arc<UpstreamCounters>,
 }
 
 struct State<B> {
@@ -176,6 +178,7 @@ impl<B> Conn<B> {
 pub(crate) struct StreamGuard<B> {
     conn: Arc<Conn<B>>,
     shared: Arc<Shared<B>>,
+    _in_flight: Open,
 }
 
 impl<B> Drop for StreamGuard<B> {
@@ -193,11 +196,13 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    /// A pool connecting to `target` (`https://host:port`) through `connector`.
+    /// A pool connecting to `target` (`https://host:port`) through
+    /// `connector`, counting its connections and streams in `counters`.
     pub(crate) fn new(
         connector: HttpsConnector<HttpConnector>,
         target: Uri,
         settings: PoolSettings,
+        counters: Arc<UpstreamCounters>,
     ) -> Self {
         Pool {
             shared: Arc::new(Shared {
@@ -211,6 +216,7 @@ where
                 changed: Notify::new(),
                 http1_only: AtomicBool::new(false),
                 started: Instant::now(),
+                counters,
             }),
         }
     }
@@ -243,6 +249,7 @@ where
             let guard = StreamGuard {
                 conn,
                 shared: shared.clone(),
+                _in_flight: shared.counters.request(Protocol::Http2),
             };
             let mut phase = guard.conn.phase.clone();
             let outcome = match phase.wait_for(|p| !matches!(p, Phase::Connecting)).await {
@@ -346,6 +353,7 @@ async fn run_connection<B>(
     };
     phase.send_replace(Phase::Ready(send));
     shared.changed.notify_waiters();
+    let _open = shared.counters.connection(Protocol::Http2);
 
     let idle_timeout = settings.idle_timeout;
     let max_idle = settings.max_idle_connections;

@@ -7,16 +7,20 @@
 //! a connection by `connectTimeout`. A pooled connection whose operation
 //! failed or timed out is discarded, so the next request opens a fresh one
 //! instead of waiting on a connection that went silent.
+//!
+//! Every operation is timed and every failure counted by kind in the
+//! directory's [`LdapCounters`], with the pool's open and busy connections.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
 use super::config::{LdapConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT};
 use crate::authn::AuthnError;
+use crate::counters::{LdapCounters, LdapErrorKind, LdapOperation};
 use crate::credential::Secret;
 
 /// The error every directory problem becomes: a 503 for the caller.
@@ -24,6 +28,21 @@ pub fn unavailable(error: impl std::fmt::Display) -> AuthnError {
     AuthnError::Unavailable {
         backend: "LDAP directory".into(),
         reason: error.to_string(),
+    }
+}
+
+/// How an ldap3 error is counted.
+fn kind_of(error: &ldap3::LdapError) -> LdapErrorKind {
+    use ldap3::LdapError as E;
+    match error {
+        E::Timeout { .. } => LdapErrorKind::Timeout,
+        E::Io { .. }
+        | E::OpSend { .. }
+        | E::ResultRecv { .. }
+        | E::IdScrubSend { .. }
+        | E::MiscSend { .. }
+        | E::EndOfStream => LdapErrorKind::Unavailable,
+        _ => LdapErrorKind::Protocol,
     }
 }
 
@@ -44,11 +63,13 @@ pub struct Directory {
     pool: Vec<tokio::sync::Mutex<Option<Pooled>>>,
     next: AtomicUsize,
     ids: AtomicU64,
+    counters: Arc<LdapCounters>,
 }
 
 impl Directory {
     /// Connections as `config` says; nothing is opened yet.
     pub fn new(config: &LdapConfig, tls: rustls::ClientConfig, bind_password: Secret) -> Self {
+        let pool_size = config.pool_size.unwrap_or(2).max(1);
         Directory {
             url: config.url.clone(),
             start_tls: config.start_tls,
@@ -59,11 +80,12 @@ impl Directory {
             operation_timeout: config
                 .operation_timeout
                 .unwrap_or(DEFAULT_OPERATION_TIMEOUT),
-            pool: (0..config.pool_size.unwrap_or(2).max(1))
+            pool: (0..pool_size)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
             ids: AtomicU64::new(0),
+            counters: Arc::new(LdapCounters::new(pool_size)),
         }
     }
 
@@ -72,18 +94,39 @@ impl Directory {
         &self.url
     }
 
-    /// Runs one LDAP operation within `operationTimeout`.
+    /// The pool, latency, error and throttle counters, for metrics.
+    pub fn counters(&self) -> &Arc<LdapCounters> {
+        &self.counters
+    }
+
+    /// Counts a failure of `kind` and makes it the caller's 503.
+    fn failed(&self, kind: LdapErrorKind, error: impl std::fmt::Display) -> AuthnError {
+        self.counters.failed(kind);
+        unavailable(error)
+    }
+
+    /// Runs one LDAP operation within `operationTimeout`, timed and its
+    /// failure counted as `timed` (an unbind is neither).
     async fn bounded<T>(
         &self,
         what: &str,
+        timed: Option<LdapOperation>,
         operation: impl Future<Output = ldap3::result::Result<T>>,
     ) -> Result<T, AuthnError> {
-        match tokio::time::timeout(self.operation_timeout, operation).await {
-            Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(unavailable(format!(
-                "{what} timed out after {:?}",
-                self.operation_timeout
-            ))),
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.operation_timeout, operation).await;
+        if let Some(op) = timed {
+            self.counters.latency(op).observe(started.elapsed());
+        }
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if timed.is_none() => Err(unavailable(error)),
+            Ok(Err(error)) => Err(self.failed(kind_of(&error), error)),
+            Err(_) if timed.is_none() => Err(unavailable(format!("{what} timed out"))),
+            Err(_) => Err(self.failed(
+                LdapErrorKind::Timeout,
+                format!("{what} timed out after {:?}", self.operation_timeout),
+            )),
         }
     }
 
@@ -111,11 +154,17 @@ impl Directory {
         let opening = async {
             // Our own TCP connection, so that Nagle's algorithm is off: LDAP
             // exchanges small messages and would otherwise wait for delayed ACKs.
-            let tcp = tokio::net::TcpStream::connect(self.address()?)
+            let address = self
+                .address()
+                .map_err(|e| self.failed(LdapErrorKind::Protocol, e))?;
+            let tcp = tokio::net::TcpStream::connect(address)
                 .await
-                .map_err(unavailable)?;
-            tcp.set_nodelay(true).map_err(unavailable)?;
-            let tcp = tcp.into_std().map_err(unavailable)?;
+                .map_err(|e| self.failed(LdapErrorKind::Unavailable, e))?;
+            tcp.set_nodelay(true)
+                .map_err(|e| self.failed(LdapErrorKind::Unavailable, e))?;
+            let tcp = tcp
+                .into_std()
+                .map_err(|e| self.failed(LdapErrorKind::Unavailable, e))?;
             let settings = LdapConnSettings::new()
                 .set_conn_timeout(self.connect_timeout)
                 .set_config(self.tls.clone())
@@ -123,17 +172,17 @@ impl Directory {
                 .set_std_stream(ldap3::StdStream::Tcp(tcp));
             let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.url)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.failed(kind_of(&e), e))?;
             ldap3::drive!(conn);
             Ok(ldap)
         };
         tokio::time::timeout(self.connect_timeout, opening)
             .await
             .map_err(|_| {
-                unavailable(format!(
-                    "connect timed out after {:?}",
-                    self.connect_timeout
-                ))
+                self.failed(
+                    LdapErrorKind::Timeout,
+                    format!("connect timed out after {:?}", self.connect_timeout),
+                )
             })?
     }
 
@@ -146,31 +195,39 @@ impl Directory {
             self.pool[slot].lock(),
         )
         .await
-        .map_err(|_| unavailable("no service connection became free in time"))?;
+        .map_err(|_| {
+            self.failed(
+                LdapErrorKind::Timeout,
+                "no service connection became free in time",
+            )
+        })?;
         if let Some(pooled) = guard.as_mut() {
             if !pooled.ldap.is_closed() {
                 return Ok((slot, pooled.id, pooled.ldap.clone()));
             }
         }
         *guard = None;
+        self.counters.set_open(slot, false);
         let mut ldap = self.connect().await?;
         let result = self
             .bounded(
                 "service account bind",
+                Some(LdapOperation::ServiceBind),
                 ldap.simple_bind(&self.bind_dn, self.bind_password.expose()),
             )
             .await?;
         if result.rc != 0 {
-            return Err(unavailable(format!(
-                "service account bind refused (LDAP result {})",
-                result.rc
-            )));
+            return Err(self.failed(
+                LdapErrorKind::Protocol,
+                format!("service account bind refused (LDAP result {})", result.rc),
+            ));
         }
         let id = self.ids.fetch_add(1, Ordering::Relaxed);
         *guard = Some(Pooled {
             id,
             ldap: ldap.clone(),
         });
+        self.counters.set_open(slot, true);
         Ok((slot, id, ldap))
     }
 
@@ -179,6 +236,7 @@ impl Directory {
         let mut guard = self.pool[slot].lock().await;
         if guard.as_ref().is_some_and(|p| p.id == id) {
             *guard = None;
+            self.counters.set_open(slot, false);
         }
     }
 
@@ -190,20 +248,27 @@ impl Directory {
         attrs: Vec<String>,
     ) -> Result<Vec<SearchEntry>, AuthnError> {
         let (slot, id, mut ldap) = self.service().await?;
+        let in_use = self.counters.in_use(slot);
         let result = match self
-            .bounded("search", ldap.search(base, Scope::Subtree, filter, attrs))
+            .bounded(
+                "search",
+                Some(LdapOperation::Search),
+                ldap.search(base, Scope::Subtree, filter, attrs),
+            )
             .await
         {
             Ok(result) => result,
             Err(error) => {
+                drop(in_use);
                 self.discard(slot, id).await;
                 return Err(error);
             }
         };
+        drop(in_use);
         match result.success() {
             Ok((entries, _)) => Ok(entries.into_iter().map(SearchEntry::construct).collect()),
             Err(ldap3::LdapError::LdapResult { result }) if result.rc == 32 => Ok(Vec::new()), // noSuchObject
-            Err(error) => Err(unavailable(error)),
+            Err(error) => Err(self.failed(kind_of(&error), error)),
         }
     }
 
@@ -212,10 +277,14 @@ impl Directory {
     pub async fn user_bind(&self, dn: &str, password: &Secret) -> Result<u32, AuthnError> {
         let mut conn = self.connect().await?;
         let bind = self
-            .bounded("user bind", conn.simple_bind(dn, password.expose()))
+            .bounded(
+                "user bind",
+                Some(LdapOperation::Bind),
+                conn.simple_bind(dn, password.expose()),
+            )
             .await?;
         // The unbind is a courtesy; the connection closes when dropped anyway.
-        let _ = self.bounded("unbind", conn.unbind()).await;
+        let _ = self.bounded("unbind", None, conn.unbind()).await;
         Ok(bind.rc)
     }
 }

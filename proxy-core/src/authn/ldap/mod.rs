@@ -39,6 +39,7 @@ use dn::Dn;
 use throttle::{canonical_username, client_key, Outcome, Slot, Throttle};
 
 use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
+use crate::counters::ThrottleScope;
 use crate::credential::{Credential, Secret};
 
 /// LDAP result code for a wrong password.
@@ -71,6 +72,16 @@ impl std::fmt::Debug for LdapAuthenticator {
 
 fn too_many(retry_after_secs: u64) -> AuthnError {
     AuthnError::TooManyAttempts { retry_after_secs }
+}
+
+impl LdapAuthenticator {
+    /// Counts a throttled login and makes it the caller's 429.
+    fn throttled(&self, scope: ThrottleScope) -> impl FnOnce(u64) -> AuthnError + '_ {
+        move |retry_after_secs| {
+            self.directory.counters().throttled.throttled(scope);
+            too_many(retry_after_secs)
+        }
+    }
 }
 
 /// The throttle slots one login holds: its client address, its user name
@@ -197,7 +208,12 @@ impl LdapAuthenticator {
             return Ok(None);
         };
         let entry_key = format!("dn:{}", entry.dn.to_lowercase());
-        attempt.entry = Some(self.per_user.begin(&entry_key).await.map_err(too_many)?);
+        attempt.entry = Some(
+            self.per_user
+                .begin(&entry_key)
+                .await
+                .map_err(self.throttled(ThrottleScope::User))?,
+        );
         attempt.password_sent();
         match self.directory.user_bind(&entry.dn, password).await? {
             0 => {}
@@ -266,12 +282,16 @@ impl LdapAuthenticator {
                 self.per_client
                     .begin(&client_key(ip))
                     .await
-                    .map_err(too_many)?,
+                    .map_err(self.throttled(ThrottleScope::Client))?,
             ),
             None => None,
         };
         let user_key = format!("user:{}", canonical_username(username));
-        let user = self.per_user.begin(&user_key).await.map_err(too_many)?;
+        let user = self
+            .per_user
+            .begin(&user_key)
+            .await
+            .map_err(self.throttled(ThrottleScope::User))?;
         let mut attempt = Attempt {
             client,
             user,
@@ -310,6 +330,10 @@ impl Authenticator for LdapAuthenticator {
                 _ => Ok(None),
             }
         })
+    }
+
+    fn counters(&self, found: &mut crate::counters::AuthnCounters) {
+        found.ldap.push(self.directory.counters().clone());
     }
 
     fn name(&self) -> &str {

@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use super::config::IssuerSettings;
 use crate::authn::AuthnError;
+use crate::counters::KeyFetchCounters;
 use crate::tls;
 
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,6 +58,7 @@ pub struct KeySet {
     refresh: tokio::sync::Mutex<RefreshState>,
     generation: AtomicU64,
     fetches: AtomicU64,
+    counters: Arc<KeyFetchCounters>,
     min_refresh_interval: Duration,
     algorithms: Vec<Algorithm>,
 }
@@ -174,6 +176,7 @@ impl KeySet {
             refresh: tokio::sync::Mutex::new(RefreshState { last_attempt: None }),
             generation: AtomicU64::new(0),
             fetches: AtomicU64::new(0),
+            counters: Arc::new(KeyFetchCounters::new(&settings.issuer_url)),
             min_refresh_interval: settings.min_refresh_interval,
             algorithms: settings.algorithms.clone(),
         })
@@ -209,6 +212,11 @@ impl KeySet {
     /// How many JWKS fetches were attempted.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Fetch results and the age of the keys in use, for metrics.
+    pub fn counters(&self) -> &Arc<KeyFetchCounters> {
+        &self.counters
     }
 
     fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Option<Arc<DecodingKey>> {
@@ -293,8 +301,10 @@ impl KeySet {
                 tracing::debug!(issuer = %self.issuer, keys = keys.keys.len(), "signing keys loaded");
                 self.keys.store(Some(Arc::new(keys)));
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                self.counters.loaded(true);
             }
             Err(error) => {
+                self.counters.failed();
                 tracing::warn!(issuer = %self.issuer, %error, "cannot refresh signing keys; keeping the last good ones");
             }
         }
@@ -334,6 +344,7 @@ impl KeySet {
             "preloaded JWKS",
         )?)));
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.counters.loaded(false);
         Ok(())
     }
 

@@ -290,6 +290,10 @@ impl Authenticator for OidcAuthenticator {
         })
     }
 
+    fn counters(&self, found: &mut crate::counters::AuthnCounters) {
+        found.key_fetches.push(self.keys.counters().clone());
+    }
+
     fn is_ready(&self) -> bool {
         self.keys.is_loaded()
     }

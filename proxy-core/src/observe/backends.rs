@@ -1,0 +1,247 @@
+//! The metric families read at scrape time from the counters that the
+//! proxy's parts own ([`crate::counters`]): OIDC key fetches, the LDAP
+//! directory, login throttles and the upstream connections.
+//!
+//! Every family is declared even when nothing feeds it (no LDAP configured,
+//! say), so dashboards and alerts see the name; series appear as their
+//! sources do. Labels are bounded: an issuer URL from the configuration,
+//! and fixed words.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+
+use crate::counters::{
+    AuthnCounters, HistogramSnapshot, LdapErrorKind, LdapOperation, Protocol, ThrottleCounters,
+    ThrottleScope, UpstreamCounters,
+};
+
+/// The sources, registered as the proxy is put together.
+#[derive(Debug, Default)]
+pub(crate) struct Sources {
+    pub(crate) authn: AuthnCounters,
+    /// `(authenticator label, counters)` of every login throttle.
+    pub(crate) throttles: Vec<(&'static str, Arc<ThrottleCounters>)>,
+    pub(crate) upstreams: Vec<Arc<UpstreamCounters>>,
+}
+
+/// Encodes the families of [`Sources`] at scrape time.
+#[derive(Debug, Default)]
+pub(crate) struct BackendFamilies {
+    pub(crate) sources: Mutex<Sources>,
+}
+
+/// One family whose samples a closure writes.
+struct Samples<F> {
+    kind: MetricType,
+    write: F,
+}
+
+impl<F> std::fmt::Debug for Samples<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Samples")
+    }
+}
+
+impl<F> EncodeMetric for Samples<F>
+where
+    F: Fn(&mut MetricEncoder) -> Result<(), std::fmt::Error>,
+{
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        (self.write)(&mut encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.kind
+    }
+}
+
+fn family<F>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    write: F,
+) -> Result<(), std::fmt::Error>
+where
+    F: Fn(&mut MetricEncoder) -> Result<(), std::fmt::Error>,
+{
+    let samples = Samples { kind, write };
+    samples.encode(encoder.encode_descriptor(name, help, None, kind)?)
+}
+
+type Labels<'a, const N: usize> = [(&'static str, &'a str); N];
+
+fn counter<const N: usize>(
+    encoder: &mut MetricEncoder,
+    labels: &Labels<'_, N>,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    encoder
+        .encode_family(labels)?
+        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&value, None)
+}
+
+fn gauge<const N: usize, V: prometheus_client::encoding::EncodeGaugeValue>(
+    encoder: &mut MetricEncoder,
+    labels: &Labels<'_, N>,
+    value: V,
+) -> Result<(), std::fmt::Error> {
+    encoder.encode_family(labels)?.encode_gauge(&value)
+}
+
+impl Collector for BackendFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(sources) = self.sources.lock() else {
+            return Ok(());
+        };
+        let e = &mut encoder;
+        let oidc = &sources.authn.key_fetches;
+        family(
+            e,
+            "authproxy_oidc_key_fetches",
+            "Signing key (discovery and JWKS) fetches of an OIDC issuer, by result",
+            MetricType::Counter,
+            |m| {
+                for keys in oidc {
+                    let (succeeded, failed) = keys.fetches();
+                    let issuer = keys.issuer();
+                    counter(m, &[("issuer", issuer), ("result", "success")], succeeded)?;
+                    counter(m, &[("issuer", issuer), ("result", "failure")], failed)?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "authproxy_oidc_keys_age_seconds",
+            "Time since the signing keys in use were loaded (absent until the first load)",
+            MetricType::Gauge,
+            |m| {
+                for keys in oidc {
+                    if let Some(age) = keys.keys_age() {
+                        gauge(m, &[("issuer", keys.issuer())], age.as_secs_f64())?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let ldap = &sources.authn.ldap;
+        family(
+            e,
+            "authproxy_ldap_pool_connections",
+            "Pooled LDAP service connections open, by state (idle, in_use)",
+            MetricType::Gauge,
+            |m| {
+                if ldap.is_empty() {
+                    return Ok(());
+                }
+                let (idle, busy) = ldap.iter().fold((0, 0), |(i, b), l| {
+                    let (idle, busy) = l.pool();
+                    (i + idle, b + busy)
+                });
+                gauge(m, &[("state", "idle")], idle)?;
+                gauge(m, &[("state", "in_use")], busy)
+            },
+        )?;
+        family(
+            e,
+            "authproxy_ldap_operation_duration_seconds",
+            "Time LDAP operations took, failed and timed-out ones included, by operation",
+            MetricType::Histogram,
+            |m| {
+                for op in LdapOperation::ALL {
+                    let mut sum: Option<HistogramSnapshot> = None;
+                    for l in ldap {
+                        let s = l.latency(op).snapshot();
+                        match &mut sum {
+                            Some(total) => total.add(&s),
+                            None => sum = Some(s),
+                        }
+                    }
+                    if let Some(s) = sum {
+                        m.encode_family(&[("operation", op.label())])?
+                            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                            s.sum, s.count, &s.buckets, None,
+                        )?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "authproxy_ldap_errors",
+            "LDAP operations and connections that failed, by kind (timeout, unavailable, protocol)",
+            MetricType::Counter,
+            |m| {
+                if ldap.is_empty() {
+                    return Ok(());
+                }
+                for kind in LdapErrorKind::ALL {
+                    let total = ldap.iter().map(|l| l.errors(kind)).sum();
+                    counter(m, &[("kind", kind.label())], total)?;
+                }
+                Ok(())
+            },
+        )?;
+        let throttles: Vec<(&str, &ThrottleCounters)> = ldap
+            .iter()
+            .map(|l| ("ldap", &l.throttled))
+            .chain(sources.throttles.iter().map(|(n, c)| (*n, &**c)))
+            .collect();
+        family(
+            e,
+            "authproxy_login_throttled",
+            "Logins refused by a throttle before they were checked, by authenticator and scope (user, client)",
+            MetricType::Counter,
+            |m| {
+                for (authenticator, c) in &throttles {
+                    for scope in [ThrottleScope::User, ThrottleScope::Client] {
+                        counter(
+                            m,
+                            &[("authenticator", authenticator), ("scope", scope.label())],
+                            c.get(scope),
+                        )?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let upstreams = &sources.upstreams;
+        family(
+            e,
+            "authproxy_upstream_connections",
+            "Connections open to the API server, by protocol (http2, http1)",
+            MetricType::Gauge,
+            |m| {
+                if upstreams.is_empty() {
+                    return Ok(());
+                }
+                for protocol in Protocol::ALL {
+                    let open: i64 = upstreams.iter().map(|u| u.connections(protocol)).sum();
+                    gauge(m, &[("protocol", protocol.label())], open)?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "authproxy_upstream_requests_in_flight",
+            "Requests to the API server not yet finished (HTTP/2 streams, HTTP/1.1 requests and upgraded tunnels), by protocol",
+            MetricType::Gauge,
+            |m| {
+                if upstreams.is_empty() {
+                    return Ok(());
+                }
+                for protocol in Protocol::ALL {
+                    let open: i64 = upstreams.iter().map(|u| u.in_flight(protocol)).sum();
+                    gauge(m, &[("protocol", protocol.label())], open)?;
+                }
+                Ok(())
+            },
+        )
+    }
+}
