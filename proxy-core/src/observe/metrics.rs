@@ -19,6 +19,8 @@
 //! | `authproxy_issued_tokens_total` | counter | |
 //! | `authproxy_audit_events_total`, `_dropped_total` | counter | |
 //! | `authproxy_build_info` | info | `version` |
+//! | `authproxy_config_reloads_total` | counter | `file` (see [`crate::reload::ReloadKind`]), `result` (`success`, `failure`) |
+//! | `authproxy_config_last_reload_success_timestamp_seconds` | gauge | `file` |
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,6 +214,7 @@ struct Families {
     tokenreviews: Family<ResultLabel, Counter>,
     issued_tokens: Counter,
     scrape_time: Arc<ScrapeTime>,
+    config_reloads: ConfigReloads,
 }
 
 /// Every metric of one proxy. Cheap to clone (shared).
@@ -314,6 +317,7 @@ impl Metrics {
         });
         let scrape_time = Arc::new(ScrapeTime::default());
         registry.register_collector(Box::new(scrape_time.clone()));
+        let config_reloads = ConfigReloads::register(&mut registry);
         Metrics {
             families: Arc::new(Families {
                 registry: Mutex::new(registry),
@@ -327,6 +331,7 @@ impl Metrics {
                 tokenreviews,
                 issued_tokens,
                 scrape_time,
+                config_reloads,
             }),
         }
     }
@@ -549,6 +554,79 @@ impl Authenticator for InstrumentedAuthenticator {
 
     fn cache_stats(&self) -> crate::authn::CacheStats {
         self.inner.cache_stats()
+    }
+}
+
+// Reloads of watched files (certificates, CAs, keys, the authentication config).
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FileLabel {
+    file: &'static str,
+}
+
+struct ConfigReloads {
+    results: Family<ReloadLabels, Counter>,
+    last_success: Family<FileLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl ConfigReloads {
+    fn register(registry: &mut Registry) -> Self {
+        let results = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "authproxy_config_reloads",
+            "Changed files (certificates, CAs, keys, authentication config) taken or refused, by file kind and result",
+            results.clone(),
+        );
+        let last_success = Family::<FileLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "authproxy_config_last_reload_success_timestamp_seconds",
+            "When a changed file of this kind was last taken (Unix time)",
+            last_success.clone(),
+        );
+        for kind in crate::reload::ReloadKind::ALL {
+            for result in ["success", "failure"] {
+                let _ = results.get_or_create(&ReloadLabels {
+                    file: kind.as_str(),
+                    result,
+                });
+            }
+        }
+        ConfigReloads {
+            results,
+            last_success,
+        }
+    }
+}
+
+impl crate::reload::ReloadObserver for Metrics {
+    fn reload_result(&self, kind: crate::reload::ReloadKind, success: bool) {
+        let reloads = &self.families.config_reloads;
+        let file = kind.as_str();
+        let result = if success { "success" } else { "failure" };
+        reloads
+            .results
+            .get_or_create(&ReloadLabels { file, result })
+            .inc();
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            reloads.last_success.get_or_create(&FileLabel { file }).set(now);
+        }
+    }
+}
+
+impl Metrics {
+    /// A reporter that counts reloads in `authproxy_config_reloads_total`.
+    pub fn reload_reporter(&self) -> crate::reload::ReloadReporter {
+        crate::reload::ReloadReporter::new(Arc::new(self.clone()))
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
 use super::config::{LdapConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT};
@@ -30,6 +31,8 @@ pub fn unavailable(error: impl std::fmt::Display) -> AuthnError {
 struct Pooled {
     id: u64,
     ldap: Ldap,
+    /// Which bind password it was bound with.
+    password_generation: u64,
 }
 
 /// Connections to one directory.
@@ -38,7 +41,8 @@ pub struct Directory {
     start_tls: bool,
     tls: Arc<rustls::ClientConfig>,
     bind_dn: String,
-    bind_password: Secret,
+    bind_password: ArcSwap<Secret>,
+    password_generation: AtomicU64,
     connect_timeout: Duration,
     operation_timeout: Duration,
     pool: Vec<tokio::sync::Mutex<Option<Pooled>>>,
@@ -54,7 +58,8 @@ impl Directory {
             start_tls: config.start_tls,
             tls: Arc::new(tls),
             bind_dn: config.bind_dn.clone(),
-            bind_password,
+            bind_password: ArcSwap::from_pointee(bind_password),
+            password_generation: AtomicU64::new(0),
             connect_timeout: config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             operation_timeout: config
                 .operation_timeout
@@ -65,6 +70,13 @@ impl Directory {
             next: AtomicUsize::new(0),
             ids: AtomicU64::new(0),
         }
+    }
+
+    /// Binds service connections with `password` from now on; pooled ones
+    /// are re-bound when next used.
+    pub fn set_bind_password(&self, password: Secret) {
+        self.bind_password.store(Arc::new(password));
+        self.password_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The directory's URL.
@@ -148,16 +160,21 @@ impl Directory {
         .await
         .map_err(|_| unavailable("no service connection became free in time"))?;
         if let Some(pooled) = guard.as_mut() {
-            if !pooled.ldap.is_closed() {
+            let generation = self.password_generation.load(Ordering::Acquire);
+            if !pooled.ldap.is_closed() && pooled.password_generation == generation {
                 return Ok((slot, pooled.id, pooled.ldap.clone()));
             }
         }
+        // A closed connection, or one bound with a replaced password: its
+        // in-flight operations finish on their own handles.
         *guard = None;
         let mut ldap = self.connect().await?;
+        let password_generation = self.password_generation.load(Ordering::Acquire);
+        let password = self.bind_password.load_full();
         let result = self
             .bounded(
                 "service account bind",
-                ldap.simple_bind(&self.bind_dn, self.bind_password.expose()),
+                ldap.simple_bind(&self.bind_dn, password.expose()),
             )
             .await?;
         if result.rc != 0 {
@@ -170,6 +187,7 @@ impl Directory {
         *guard = Some(Pooled {
             id,
             ldap: ldap.clone(),
+            password_generation,
         });
         Ok((slot, id, ldap))
     }
