@@ -528,7 +528,8 @@ impl AuthenticationConfig {
             };
             let client =
                 tls::client_config(roots, None, &[]).map_err(|e| err("caFile", e.to_string()))?;
-            let authenticator = Arc::new(crate::authn::LdapAuthenticator::new(ldap, client, password));
+            let authenticator =
+                Arc::new(crate::authn::LdapAuthenticator::new(ldap, client, password));
             authenticator.watch_bind_password(
                 password_file,
                 reloading.interval,

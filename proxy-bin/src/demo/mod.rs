@@ -92,6 +92,7 @@ impl Demo {
             webhook: Default::default(),
             metrics: None,
             audit: None,
+            reload_interval: None,
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {

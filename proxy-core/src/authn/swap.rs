@@ -69,7 +69,9 @@ mod tests {
     use crate::credential::Secret;
 
     fn tokens(csv: &str) -> Chain {
-        Chain::new(vec![Arc::new(StaticTokens::from_csv(csv, "inline").unwrap())])
+        Chain::new(vec![Arc::new(
+            StaticTokens::from_csv(csv, "inline").unwrap(),
+        )])
     }
 
     #[tokio::test]

@@ -618,7 +618,10 @@ impl crate::reload::ReloadObserver for Metrics {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64();
-            reloads.last_success.get_or_create(&FileLabel { file }).set(now);
+            reloads
+                .last_success
+                .get_or_create(&FileLabel { file })
+                .set(now);
         }
     }
 }

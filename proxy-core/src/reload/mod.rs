@@ -199,6 +199,26 @@ pub fn watch_files<F>(
 where
     F: FnMut(&[Vec<u8>]) -> Result<(), String> + Send + 'static,
 {
+    watch_files_async(paths, interval, initial, kind, reporter, move |contents| {
+        std::future::ready(on_change(&contents))
+    })
+}
+
+/// Like [`watch_files`] with an `on_change` that may wait (to build a new
+/// value and see it ready before it is swapped in). The files are not read
+/// again until it has finished.
+pub fn watch_files_async<F, Fut>(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    initial: Vec<Vec<u8>>,
+    kind: ReloadKind,
+    reporter: ReloadReporter,
+    mut on_change: F,
+) -> FileWatch
+where
+    F: FnMut(Vec<Vec<u8>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
     let mut check_now = check_now_sender().subscribe();
     let task = tokio::spawn(async move {
         let names = paths
@@ -245,7 +265,7 @@ where
             if contents == last {
                 continue;
             }
-            match on_change(&contents) {
+            match on_change(contents.clone()).await {
                 Ok(()) => {
                     tracing::info!(file = %names, kind = kind.as_str(), "reloaded");
                     reporter.report(kind, true);

@@ -255,9 +255,10 @@ pub struct ReloadingServerVerifier {
 impl ReloadingServerVerifier {
     /// Verifies against `roots`.
     pub fn new(roots: rustls::RootCertStore) -> Result<Arc<Self>, TlsError> {
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), tls::provider())
-            .build()
-            .map_err(|e| rustls_error("CA", "CA certificate", e))?;
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), tls::provider())
+                .build()
+                .map_err(|e| rustls_error("CA", "CA certificate", e))?;
         Ok(Arc::new(ReloadingServerVerifier {
             current: Arc::new(ArcSwap::new(verifier)),
         }))
@@ -359,7 +360,10 @@ mod tests {
         let error = certified_key(cert.as_bytes(), "tls.crt", other_key.as_bytes(), "tls.key")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("tls.key") && error.contains("tls.crt"), "{error}");
+        assert!(
+            error.contains("tls.key") && error.contains("tls.crt"),
+            "{error}"
+        );
         assert!(!error.contains("PRIVATE KEY"), "{error}");
     }
 
