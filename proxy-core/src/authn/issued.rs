@@ -87,7 +87,7 @@ fn parse_key(pem: &[u8], path: &Path) -> Result<(SigningKey, DecodingKey), KeyEr
         path: path.display().to_string(),
         problem,
     };
-    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem)
         .map_err(|_| err("not a PKCS#8 PEM private key".into()))?;
     let der = der.secret_pkcs8_der();
     let rng = ring::rand::SystemRandom::new();
