@@ -96,7 +96,8 @@ async fn a_rotated_serving_cert_is_presented_to_new_handshakes_while_a_watch_goe
 
     let marker = unique_marker("rotate");
     let clients = H2Clients::connect_to(addr, env.pki.ca_pem(), 1).await?;
-    let path = format!("/api/v1/namespaces/default/configmaps?watch=true&labelSelector=marker%3D{marker}");
+    let path =
+        format!("/api/v1/namespaces/default/configmaps?watch=true&labelSelector=marker%3D{marker}");
     let mut watch = clients.get(&path, "alice-token").await?;
     anyhow::ensure!(watch.status() == 200, "watch: {}", watch.status());
 
@@ -187,7 +188,10 @@ async fn an_added_issuer_is_trusted_without_restart_and_a_broken_file_keeps_the_
     // Break the file: the old config serves on, the failure is counted once.
     replace_file(
         &config_path,
-        &with_issuer.replace("  clientCertificates: true\n", "  clientCertificates: true\n  bogusField: 1\n"),
+        &with_issuer.replace(
+            "  clientCertificates: true\n",
+            "  clientCertificates: true\n  bogusField: 1\n",
+        ),
     )?;
     let failure = "authproxy_config_reloads_total{file=\"authentication\",result=\"failure\"}";
     wait_for(WAIT, "the failed reload counted", || async move {
@@ -242,11 +246,10 @@ async fn a_corrected_ldap_bind_password_file_is_used_without_restart() -> anyhow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_upstream_ca_is_used_for_new_connections() -> anyhow::Result<()> {
-    let kube = tokio::task::spawn_blocking(|| {
-        authproxy_tests::kube::kube().map_err(|e| e.to_string())
-    })
-    .await?
-    .map_err(anyhow::Error::msg)?;
+    let kube =
+        tokio::task::spawn_blocking(|| authproxy_tests::kube::kube().map_err(|e| e.to_string()))
+            .await?
+            .map_err(anyhow::Error::msg)?;
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
     // Starts trusting a CA that did not sign kube-apiserver's certificate.
@@ -271,12 +274,18 @@ async fn a_replaced_upstream_ca_is_used_for_new_connections() -> anyhow::Result<
         }
     };
     let refused = get().await?;
-    assert!(matches!(refused, 502 | 503), "HTTP {refused} with the wrong CA");
+    assert!(
+        matches!(refused, 502 | 503),
+        "HTTP {refused} with the wrong CA"
+    );
     // A CA file without a certificate is refused; the next good one is taken.
     replace_file(&upstream_ca, "not a certificate\n")?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get().await?, refused);
-    replace_file(&upstream_ca, &std::fs::read_to_string(kube.pki().ca_path())?)?;
+    replace_file(
+        &upstream_ca,
+        &std::fs::read_to_string(kube.pki().ca_path())?,
+    )?;
     wait_for(WAIT, "kube-apiserver verified with the new CA", || async {
         match get().await {
             Ok(200) => Ok(Some(())),
@@ -290,17 +299,21 @@ async fn a_replaced_upstream_ca_is_used_for_new_connections() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_makes_the_binary_read_its_files_at_once() -> anyhow::Result<()> {
-    let kube = tokio::task::spawn_blocking(|| {
-        authproxy_tests::kube::kube().map_err(|e| e.to_string())
-    })
-    .await?
-    .map_err(anyhow::Error::msg)?;
+    let kube =
+        tokio::task::spawn_blocking(|| authproxy_tests::kube::kube().map_err(|e| e.to_string()))
+            .await?
+            .map_err(anyhow::Error::msg)?;
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
     let cert = pki.issue_server("proxy")?;
-    std::fs::write(dir.path().join("tokens.csv"), "alice-token,alice,1001,\"devs\"\n")?;
+    std::fs::write(
+        dir.path().join("tokens.csv"),
+        "alice-token,alice,1001,\"devs\"\n",
+    )?;
     std::fs::write(dir.path().join("proxy-token"), kube.proxy_token())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     // Intervals of an hour: only SIGHUP can make it read the files.
     let config = format!(
         "listen: 127.0.0.1:{port}\ntls: {{certFile: {}, keyFile: {}}}\n\

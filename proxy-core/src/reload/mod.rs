@@ -50,12 +50,12 @@ pub enum ReloadKind {
 }
 
 impl ReloadKind {
-    /// Every kind, for metrics that start each series at zero.
-    pub const ALL: [ReloadKind; 8] = [
+    /// Every kind that reports its reloads, for metrics that start each
+    /// series at zero (the upstream token is not counted yet).
+    pub const ALL: [ReloadKind; 7] = [
         ReloadKind::ServingCert,
         ReloadKind::ClientCa,
         ReloadKind::UpstreamCa,
-        ReloadKind::UpstreamToken,
         ReloadKind::Authentication,
         ReloadKind::LdapBindPassword,
         ReloadKind::IssuedTokenKeys,
