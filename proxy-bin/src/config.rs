@@ -58,6 +58,13 @@ pub struct FileConfig {
     /// --as`): `authorize` (default) or `deny`.
     #[serde(default)]
     pub caller_impersonation: proxy_core::impersonate::nested::Config,
+    /// How often watched files are re-read: serving certificate and key,
+    /// client and upstream CAs, this file's `authentication` section and its
+    /// `authenticationConfigFile`, the LDAP bind password, issued-token keys
+    /// (default [`proxy_core::reload::DEFAULT_INTERVAL`], 1s). SIGHUP reads
+    /// them at once.
+    #[serde(default, with = "humantime_serde")]
+    pub reload_interval: Option<Duration>,
 }
 
 /// Failed TokenReviews allowed per client address and minute when
@@ -210,6 +217,12 @@ impl FileConfig {
         })
     }
 
+    /// The reload interval with its default filled in.
+    pub fn reload_interval(&self) -> Duration {
+        self.reload_interval
+            .unwrap_or(proxy_core::reload::DEFAULT_INTERVAL)
+    }
+
     /// The folder relative paths in `path` are resolved against.
     pub fn base_dir(&self, path: &Path) -> PathBuf {
         path.parent()
@@ -239,6 +252,12 @@ impl FileConfig {
                     });
                 }
             }
+        }
+        if self.reload_interval == Some(Duration::ZERO) {
+            problems.push(Problem {
+                field: "reloadInterval".into(),
+                message: "must be more than 0s".into(),
+            });
         }
         if self.authentication.client_certificates && self.tls.client_ca_file.is_none() {
             problems.push(Problem {

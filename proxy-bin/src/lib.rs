@@ -12,6 +12,7 @@ pub mod login;
 pub mod metrics_listener;
 pub mod pki;
 pub mod prompt;
+pub mod reload;
 pub mod server;
 pub mod token_endpoint;
 pub mod webhook;

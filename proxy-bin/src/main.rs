@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use authproxy::config::{FileConfig, LogFormat};
+use authproxy::reload::ConfigSource;
 use authproxy::{demo, logging, server};
 use clap::{Parser, Subcommand};
 
@@ -224,9 +225,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config: path, oidc } => {
-            let config = FileConfig::load_with(&path, &oidc.to_flags()?)?;
+            let flags = oidc.to_flags()?;
+            let config = FileConfig::load_with(&path, &flags)?;
             logging::init(config.logging.format, config.logging.level.as_deref());
-            let mut running = server::start(&config, &config.base_dir(&path))
+            reload_on_sighup();
+            let source = ConfigSource {
+                path: path.clone(),
+                flags,
+            };
+            let mut running = server::start_watching(&config, source)
                 .await
                 .with_context(|| format!("{}", path.display()))?;
             let trigger = running.trigger();
@@ -245,9 +252,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             oidc,
         } => {
-            let config = FileConfig::load_with(&path, &oidc.to_flags()?)?;
+            let flags = oidc.to_flags()?;
+            let config = FileConfig::load_with(&path, &flags)?;
             logging::init(config.logging.format, config.logging.level.as_deref());
-            let mut running = authproxy::webhook::start(&config, &config.base_dir(&path), listen)
+            reload_on_sighup();
+            let source = ConfigSource {
+                path: path.clone(),
+                flags,
+            };
+            let mut running = authproxy::webhook::start_watching(&config, source, listen)
                 .await
                 .with_context(|| format!("{}", path.display()))?;
             let trigger = running.trigger();
@@ -367,6 +380,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             shutdown_signal().await;
             running.shutdown().await;
             Ok(())
+        }
+    }
+}
+
+/// On SIGHUP, every watched file (certificates, CAs, keys, the
+/// configuration) is read at once instead of at its next interval.
+fn reload_on_sighup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reading every watched file now");
+                        proxy_core::reload::check_all_now();
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen for SIGHUP"),
         }
     }
 }

@@ -77,22 +77,37 @@ impl MetricsConfig {
     }
 
     /// Binds the address and serves `metrics` in the background.
+    /// With `tls`, the certificate and key are re-read as `reloading` says.
     pub async fn start(
         &self,
         base: &Path,
         metrics: Metrics,
+        reloading: &proxy_core::config::Reloading,
     ) -> Result<MetricsListener, StartError> {
         let tls = match &self.tls {
-            Some(tls) => Some(
-                crate::server::plain_tls(
-                    &resolve(base, &tls.cert_file),
-                    &resolve(base, &tls.key_file),
+            Some(tls) => {
+                let cert = proxy_core::reload::tls::ReloadingCert::watch(
+                    resolve(base, &tls.cert_file),
+                    resolve(base, &tls.key_file),
+                    reloading.interval,
+                    reloading.reporter.clone(),
                 )
                 .map_err(|source| StartError::Tls {
                     field: "metrics.tls",
                     source,
-                })?,
-            ),
+                })?;
+                let provider = proxy_core::tls::provider();
+                let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| StartError::Tls {
+                        field: "metrics.tls",
+                        source: e.into(),
+                    })?
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(cert));
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Some(Arc::new(config))
+            }
             None => None,
         };
         let listener = TcpListener::bind(self.listen)

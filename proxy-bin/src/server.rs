@@ -24,7 +24,9 @@ use tower_service::Service;
 use crate::config::FileConfig;
 use crate::connection;
 use crate::limits::Limits;
+use crate::reload::{ConfigSource, LiveAuthentication};
 use crate::token_endpoint::TokenEndpoint;
+use proxy_core::reload::{FileWatch, ReloadReporter};
 
 /// Least time between two "connection cap reached" warnings.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
@@ -97,6 +99,22 @@ pub fn listener_tls_with(
     base: &Path,
     client_certificates: ClientCertificates,
 ) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    listener_tls_reporting(config, base, client_certificates, ReloadReporter::default())
+}
+
+/// Like [`listener_tls_with`], reporting reloads of the certificate, key and
+/// client CA (re-read every `reloadInterval`) to `reporter`.
+///
+/// Must be called within a tokio runtime: the files are watched for as long
+/// as the configuration is in use, and each new handshake gets the
+/// certificate and client CA in force (established connections keep theirs).
+pub fn listener_tls_reporting(
+    config: &FileConfig,
+    base: &Path,
+    client_certificates: ClientCertificates,
+    reporter: ReloadReporter,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    use proxy_core::reload::tls::{ReloadingCert, ReloadingClientVerifier};
     use proxy_core::tls;
     let resolve = |p: &Path| {
         if p.is_absolute() {
@@ -105,13 +123,15 @@ pub fn listener_tls_with(
             base.join(p)
         }
     };
-    let chain =
-        tls::load_certs(&resolve(&config.tls.cert_file)).map_err(|source| StartError::Tls {
-            field: "tls.certFile",
-            source,
-        })?;
-    let key = tls::load_key(&resolve(&config.tls.key_file)).map_err(|source| StartError::Tls {
-        field: "tls.keyFile",
+    let interval = config.reload_interval();
+    let cert = ReloadingCert::watch(
+        resolve(&config.tls.cert_file),
+        resolve(&config.tls.key_file),
+        interval,
+        reporter.clone(),
+    )
+    .map_err(|source| StartError::Tls {
+        field: "tls.certFile, tls.keyFile",
         source,
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(tls::provider())
@@ -122,37 +142,21 @@ pub fn listener_tls_with(
         })?;
     let builder = match &config.tls.client_ca_file {
         Some(ca) => {
-            let path = resolve(ca);
-            let pem = tls::read_file(&path).map_err(|source| StartError::Tls {
+            let verifier = ReloadingClientVerifier::watch(
+                resolve(ca),
+                client_certificates == ClientCertificates::Required,
+                interval,
+                reporter,
+            )
+            .map_err(|source| StartError::Tls {
                 field: "tls.clientCAFile",
                 source,
             })?;
-            let roots = tls::root_store(&pem, &path.display().to_string()).map_err(|source| {
-                StartError::Tls {
-                    field: "tls.clientCAFile",
-                    source,
-                }
-            })?;
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                tls::provider(),
-            );
-            let verifier = match client_certificates {
-                ClientCertificates::Optional => verifier.allow_unauthenticated(),
-                ClientCertificates::Required => verifier,
-            }
-            .build()
-            .map_err(|e| StartError::ClientVerifier(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(verifier))
         }
         None => builder.with_no_client_auth(),
     };
-    let mut server = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| StartError::Tls {
-            field: "tls.keyFile",
-            source: e.into(),
-        })?;
+    let mut server = builder.with_cert_resolver(Arc::new(cert));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(server))
 }
@@ -170,6 +174,8 @@ pub struct Proxy {
     pub token_endpoint: Option<Arc<TokenEndpoint>>,
     /// Largest body read at [`TOKEN_PATH`] (`limits.maxRequestBodyBytes`).
     pub max_request_body_bytes: usize,
+    /// The chain behind `chain`, swapped when the configuration changes.
+    pub live: LiveAuthentication,
 }
 
 pub use crate::token_endpoint::TOKEN_PATH;
@@ -177,15 +183,10 @@ pub use crate::token_endpoint::TOKEN_PATH;
 impl Proxy {
     /// Builds the stack from a validated configuration. Call within a runtime.
     pub fn from_config(config: &FileConfig, base: &Path) -> Result<Proxy, StartError> {
-        let (chain, issuer) = config
-            .authentication
-            .build_with_issuer("authentication", base)?;
         // The audit log learns who authenticated from the instrumented chain.
         let metrics = (config.metrics.is_some() || config.audit.is_some()).then(Metrics::new);
-        let chain = match &metrics {
-            Some(metrics) => metrics.instrument_chain(&chain),
-            None => chain,
-        };
+        let (live, chain) = LiveAuthentication::build(config, base, metrics.clone())?;
+        let issuer = live.issuer.clone();
         let mut observe = ObserveLayer::new();
         if let Some(metrics) = &metrics {
             observe = observe.with_metrics(metrics.clone());
@@ -195,6 +196,13 @@ impl Proxy {
         }
         let upstream_options = config.upstream.to_options("upstream", base)?;
         let upstream = Upstream::new(upstream_options.clone())?;
+        if let Some(ca) = config.upstream.ca_file_path(base) {
+            upstream.watch_ca_file(
+                ca,
+                config.reload_interval(),
+                live.reloading.reporter.clone(),
+            )?;
+        }
         if let Some(metrics) = &metrics {
             metrics.observe_upstream(upstream.counters().clone());
         }
@@ -237,6 +245,7 @@ impl Proxy {
             stack,
             metrics,
             chain,
+            live,
             token_endpoint,
             max_request_body_bytes: config.limits.max_request_body_bytes,
         })
@@ -367,6 +376,7 @@ pub struct RunningServer {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     metrics: Option<crate::metrics_listener::MetricsListener>,
+    config_watch: Option<FileWatch>,
 }
 
 impl RunningServer {
@@ -386,11 +396,23 @@ impl RunningServer {
         config: Option<&crate::metrics_listener::MetricsConfig>,
         base: &Path,
         metrics: Option<Metrics>,
+        reloading: &proxy_core::config::Reloading,
     ) -> Result<(), StartError> {
         if let (Some(config), Some(metrics)) = (config, metrics) {
-            self.metrics = Some(config.start(base, metrics).await?);
+            self.metrics = Some(config.start(base, metrics, reloading).await?);
         }
         Ok(())
+    }
+
+    /// Re-reads the configuration file as `live` says for as long as this
+    /// server runs (see [`crate::reload`]).
+    pub fn watch_config(
+        &mut self,
+        live: &LiveAuthentication,
+        source: ConfigSource,
+        started: &FileConfig,
+    ) {
+        self.config_watch = Some(live.watch(source, started));
     }
 
     /// Stops accepting, drains in-flight requests (up to the deadline) and waits.
@@ -422,8 +444,33 @@ impl Drop for RunningServer {
 
 /// Binds `config.listen` and serves the proxy in the background.
 pub async fn start(config: &FileConfig, base: &Path) -> Result<RunningServer, StartError> {
-    let tls = listener_tls(config, base)?;
+    start_from(config, base, None).await
+}
+
+/// Like [`start`] for the configuration file `source` (already loaded as
+/// `config`): its `authentication` section and `authenticationConfigFile`
+/// are re-read as they change, and on SIGHUP (see [`crate::reload`]).
+pub async fn start_watching(
+    config: &FileConfig,
+    source: ConfigSource,
+) -> Result<RunningServer, StartError> {
+    let base = config.base_dir(&source.path);
+    start_from(config, &base, Some(source)).await
+}
+
+async fn start_from(
+    config: &FileConfig,
+    base: &Path,
+    source: Option<ConfigSource>,
+) -> Result<RunningServer, StartError> {
     let proxy = Proxy::from_config(config, base)?;
+    let live = proxy.live.clone();
+    let tls = listener_tls_reporting(
+        config,
+        base,
+        ClientCertificates::Optional,
+        live.reloading.reporter.clone(),
+    )?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -434,8 +481,11 @@ pub async fn start(config: &FileConfig, base: &Path) -> Result<RunningServer, St
     let metrics = proxy.metrics.clone();
     let mut running = serve_with_limits(listener, tls, proxy, config.limits.clone(), timeout)?;
     running
-        .serve_metrics(config.metrics.as_ref(), base, metrics)
+        .serve_metrics(config.metrics.as_ref(), base, metrics, &live.reloading)
         .await?;
+    if let Some(source) = source {
+        running.watch_config(&live, source, config);
+    }
     Ok(running)
 }
 
@@ -478,6 +528,7 @@ pub fn serve_with_limits<H: Handler>(
         shutdown: Some(tx),
         task,
         metrics: None,
+        config_watch: None,
     })
 }
 

@@ -20,8 +20,9 @@ use proxy_core::{tokenreview, Chain, ProxyBody};
 use tokio::net::TcpListener;
 
 use crate::config::FileConfig;
+use crate::reload::{ConfigSource, LiveAuthentication};
 use crate::server::{
-    listener_tls_with, plain, serve_with_limits, ClientCertificates, Handler, RunningServer,
+    listener_tls_reporting, plain, serve_with_limits, ClientCertificates, Handler, RunningServer,
     StartError,
 };
 
@@ -164,6 +165,27 @@ pub async fn start(
     base: &Path,
     listen: SocketAddr,
 ) -> Result<RunningServer, StartError> {
+    start_from(config, base, listen, None).await
+}
+
+/// Like [`start`] for the configuration file `source` (already loaded as
+/// `config`): its `authentication` section is re-read as it changes, and on
+/// SIGHUP (see [`crate::reload`]).
+pub async fn start_watching(
+    config: &FileConfig,
+    source: ConfigSource,
+    listen: SocketAddr,
+) -> Result<RunningServer, StartError> {
+    let base = config.base_dir(&source.path);
+    start_from(config, &base, listen, Some(source)).await
+}
+
+async fn start_from(
+    config: &FileConfig,
+    base: &Path,
+    listen: SocketAddr,
+    source: Option<ConfigSource>,
+) -> Result<RunningServer, StartError> {
     let verified = config.tls.client_ca_file.is_some();
     if !verified && !listen.ip().is_loopback() && !config.webhook.allow_unauthenticated_clients {
         return Err(StartError::Refused {
@@ -176,8 +198,17 @@ pub async fn start(
             ),
         });
     }
-    let tls = listener_tls_with(config, base, ClientCertificates::Required)?;
-    let chain = config.authentication.build("authentication", base)?;
+    let metrics = config
+        .metrics
+        .as_ref()
+        .map(|_| proxy_core::observe::metrics::Metrics::new());
+    let (live, chain) = LiveAuthentication::build(config, base, metrics.clone())?;
+    let tls = listener_tls_reporting(
+        config,
+        base,
+        ClientCertificates::Required,
+        live.reloading.reporter.clone(),
+    )?;
     if verified {
         tracing::info!(%listen, "webhook: callers must present a client certificate signed by tls.clientCAFile");
     } else if listen.ip().is_loopback() {
@@ -188,14 +219,6 @@ pub async fn start(
     let failed_reviews = Arc::new(RateLimiter::per_minute(
         config.webhook.failed_reviews_per_minute(),
     ));
-    let metrics = config
-        .metrics
-        .as_ref()
-        .map(|_| proxy_core::observe::metrics::Metrics::new());
-    let chain = match &metrics {
-        Some(metrics) => metrics.instrument_chain(&chain),
-        None => chain,
-    };
     let throttled = Arc::new(ThrottleCounters::default());
     if let Some(metrics) = &metrics {
         metrics.observe_throttle("webhook", throttled.clone());
@@ -222,7 +245,10 @@ pub async fn start(
         config.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
     )?;
     running
-        .serve_metrics(config.metrics.as_ref(), base, metrics)
+        .serve_metrics(config.metrics.as_ref(), base, metrics, &live.reloading)
         .await?;
+    if let Some(source) = source {
+        running.watch_config(&live, source, config);
+    }
     Ok(running)
 }

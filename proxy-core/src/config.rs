@@ -179,6 +179,31 @@ impl IssuedTokensConfig {
         problems
     }
 
+    /// Loads the keys and re-reads their files as `reloading` says.
+    pub fn load_and_watch(
+        &self,
+        prefix: &str,
+        base: &Path,
+        reloading: &Reloading,
+    ) -> Result<Arc<crate::authn::IssuedTokens>, BuildError> {
+        let files: Vec<PathBuf> = self
+            .signing_key_files
+            .iter()
+            .map(|f| resolve(base, f))
+            .collect();
+        crate::authn::IssuedTokens::load_and_watch(
+            self.issuer.as_deref().unwrap_or("authproxy"),
+            &files,
+            self.lifetime.unwrap_or(Duration::from_secs(8 * 3600)),
+            reloading.interval,
+            reloading.reporter.clone(),
+        )
+        .map_err(|e| BuildError {
+            field: format!("{prefix}.issuedTokens.signingKeyFiles"),
+            message: e.to_string(),
+        })
+    }
+
     /// Loads the keys.
     pub fn load(
         &self,
@@ -286,6 +311,25 @@ pub struct StaticTokensConfig {
     /// How often the file is re-read (default 1s).
     #[serde(default, with = "humantime_serde")]
     pub reload_interval: Option<Duration>,
+}
+
+/// How built authenticators watch their files (bind password, signing keys,
+/// static tokens report here too).
+#[derive(Debug, Clone)]
+pub struct Reloading {
+    /// How often files are re-read.
+    pub interval: Duration,
+    /// Where results go (the metrics).
+    pub reporter: crate::reload::ReloadReporter,
+}
+
+impl Default for Reloading {
+    fn default() -> Self {
+        Reloading {
+            interval: crate::reload::DEFAULT_INTERVAL,
+            reporter: crate::reload::ReloadReporter::default(),
+        }
+    }
 }
 
 /// A problem building authenticators or the upstream from a valid-looking config.
@@ -417,10 +461,26 @@ impl AuthenticationConfig {
         prefix: &str,
         base: &Path,
     ) -> Result<(Chain, Option<Arc<crate::authn::IssuedTokens>>), BuildError> {
+        self.build_reloading(prefix, base, &Reloading::default(), None)
+    }
+
+    /// Builds the chain and the token issuer, watching files as `reloading`
+    /// says (the static token file at its own `reloadInterval`). With
+    /// `issuer`, that issuer is used instead of loading one (a rebuilt chain
+    /// keeps the running issuer and its key watch). Call within a tokio
+    /// runtime.
+    pub fn build_reloading(
+        &self,
+        prefix: &str,
+        base: &Path,
+        reloading: &Reloading,
+        issuer: Option<Arc<crate::authn::IssuedTokens>>,
+    ) -> Result<(Chain, Option<Arc<crate::authn::IssuedTokens>>), BuildError> {
         let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
-        let issuer = match &self.issued_tokens {
-            Some(config) => Some(config.load(prefix, base)?),
-            None => None,
+        let issuer = match (&self.issued_tokens, issuer) {
+            (Some(_), Some(running)) => Some(running),
+            (Some(config), None) => Some(config.load_and_watch(prefix, base, reloading)?),
+            (None, _) => None,
         };
         if self.client_certificates {
             chain.push(Arc::new(ClientCertificates));
@@ -430,10 +490,12 @@ impl AuthenticationConfig {
             let interval = st
                 .reload_interval
                 .unwrap_or(crate::reload::DEFAULT_INTERVAL);
-            let tokens = StaticTokens::load_and_watch(&path, interval).map_err(|e| BuildError {
-                field: format!("{prefix}.staticTokens.file"),
-                message: e.to_string(),
-            })?;
+            let tokens =
+                StaticTokens::load_and_watch_reported(&path, interval, reloading.reporter.clone())
+                    .map_err(|e| BuildError {
+                        field: format!("{prefix}.staticTokens.file"),
+                        message: e.to_string(),
+                    })?;
             chain.push(tokens);
         }
         if let Some(issuer) = &issuer {
@@ -444,8 +506,17 @@ impl AuthenticationConfig {
                 field: format!("{prefix}.ldap.{field}"),
                 message,
             };
-            let password = std::fs::read_to_string(resolve(base, &ldap.bind_password_file))
-                .map_err(|e| err("bindPasswordFile", e.to_string()))?;
+            let password_file = resolve(base, &ldap.bind_password_file);
+            let password = std::fs::read(&password_file)
+                .map_err(|e| err("bindPasswordFile", e.to_string()))
+                .and_then(|content| {
+                    crate::authn::ldap::bind_password_from(&content).map_err(|problem| {
+                        err(
+                            "bindPasswordFile",
+                            format!("{}: {problem}", password_file.display()),
+                        )
+                    })
+                })?;
             let roots = match &ldap.ca_file {
                 Some(ca) => {
                     let path = resolve(base, ca);
@@ -457,9 +528,15 @@ impl AuthenticationConfig {
             };
             let client =
                 tls::client_config(roots, None, &[]).map_err(|e| err("caFile", e.to_string()))?;
-            let secret = crate::credential::Secret::new(password.trim_end_matches(['\r', '\n']));
+            let authenticator =
+                Arc::new(crate::authn::LdapAuthenticator::new(ldap, client, password));
+            authenticator.watch_bind_password(
+                password_file,
+                reloading.interval,
+                reloading.reporter.clone(),
+            );
             chain.push(RefuseSystemNames::unless_allowed(
-                Arc::new(crate::authn::LdapAuthenticator::new(ldap, client, secret)),
+                authenticator,
                 ldap.allow_system_names
                     .unwrap_or(crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES),
             ));
@@ -688,6 +765,20 @@ impl UpstreamConfig {
             keep_alive_timeout: self.keep_alive_timeout.unwrap_or(d.keep_alive_timeout),
             idle_timeout: d.idle_timeout,
             max_idle_connections: self.max_idle_connections.unwrap_or(d.max_idle_connections),
+        }
+    }
+
+    /// The CA file the API server is verified against, when it is a file
+    /// of this section (`caFile`, or the in-cluster `ca.crt`); `None` for
+    /// the system bundle or a kubeconfig.
+    pub fn ca_file_path(&self, base: &Path) -> Option<PathBuf> {
+        if self.kubeconfig.is_some() {
+            return None;
+        }
+        match (&self.ca_file, &self.url) {
+            (Some(file), _) => Some(resolve(base, file)),
+            (None, None) => Some(Path::new(SERVICE_ACCOUNT_DIR).join("ca.crt")),
+            (None, Some(_)) => None,
         }
     }
 

@@ -167,7 +167,8 @@ impl Env {
 /// `pki`, client certificates from `pki`, the static tokens of [`USERS`], and
 /// more `authentication:` settings in `extra_auth` (YAML lines indented by two
 /// spaces; lines that follow at column 0 are top-level settings, such as
-/// `limits:`). Its files go to `dir`.
+/// `limits:`). Its files go to `dir`, the config as `authproxy.yaml`, which
+/// is watched and reloaded as `authproxy serve` does.
 pub async fn start_proxy(
     pki: &TestPki,
     dir: &Path,
@@ -220,7 +221,12 @@ pub async fn start_proxy_with_top_level(
     let config_path = dir.join("authproxy.yaml");
     std::fs::write(&config_path, yaml)?;
     let config = FileConfig::load(&config_path)?;
-    Ok(authproxy::server::start(&config, dir).await?)
+    // Watching its file as `authproxy serve` does (tests/reload.rs edits it).
+    let source = authproxy::reload::ConfigSource {
+        path: config_path,
+        flags: Default::default(),
+    };
+    Ok(authproxy::server::start_watching(&config, source).await?)
 }
 
 /// Writes a kubeconfig for `server` (trusting `ca`) with one token context

@@ -97,6 +97,7 @@ impl Demo {
                 mode: proxy_core::impersonate::nested::Mode::Deny,
                 ..Default::default()
             },
+            reload_interval: None,
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {

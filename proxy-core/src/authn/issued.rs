@@ -8,10 +8,11 @@
 //! key. Removing a key from the list revokes every token it signed.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use rustls_pki_types::pem::PemObject;
@@ -21,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
+use crate::reload::{watch_files, FileWatch, ReloadKind, ReloadReporter};
 
 /// A problem with a signing key file.
 #[derive(Debug, thiserror::Error)]
@@ -49,30 +51,43 @@ struct Claims {
     user: UserInfo,
 }
 
+/// The keys in force: the first file's signs, all verify.
+struct KeyRing {
+    signer: SigningKey,
+    verifiers: HashMap<String, (Algorithm, DecodingKey)>,
+}
+
 /// Issues and verifies the proxy's own tokens.
 pub struct IssuedTokens {
     issuer: String,
     lifetime: Duration,
-    signer: SigningKey,
-    verifiers: HashMap<String, (Algorithm, DecodingKey)>,
+    keys: ArcSwap<KeyRing>,
+    watch: std::sync::Mutex<Option<FileWatch>>,
 }
 
 impl std::fmt::Debug for IssuedTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuedTokens")
             .field("issuer", &self.issuer)
-            .field("keys", &self.verifiers.len())
+            .field("keys", &self.keys.load().verifiers.len())
             .finish()
     }
 }
 
 fn load_key(path: &Path) -> Result<(SigningKey, DecodingKey), KeyError> {
+    let pem = std::fs::read(path).map_err(|e| KeyError {
+        path: path.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    parse_key(&pem, path)
+}
+
+fn parse_key(pem: &[u8], path: &Path) -> Result<(SigningKey, DecodingKey), KeyError> {
     let err = |problem: String| KeyError {
         path: path.display().to_string(),
         problem,
     };
-    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let der = PrivatePkcs8KeyDer::from_pem_slice(&pem)
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem)
         .map_err(|_| err("not a PKCS#8 PEM private key".into()))?;
     let der = der.secret_pkcs8_der();
     let rng = ring::rand::SystemRandom::new();
@@ -110,6 +125,20 @@ fn load_key(path: &Path) -> Result<(SigningKey, DecodingKey), KeyError> {
     Ok((SigningKey { kid, alg, encoding }, decoding))
 }
 
+fn key_ring(keys: Vec<(SigningKey, DecodingKey)>) -> Result<KeyRing, KeyError> {
+    let mut verifiers = HashMap::new();
+    let mut signer = None;
+    for (key, decoding) in keys {
+        verifiers.insert(key.kid.clone(), (key.alg, decoding));
+        signer.get_or_insert(key);
+    }
+    let signer = signer.ok_or_else(|| KeyError {
+        path: "(none)".into(),
+        problem: "at least one signing key file is required".into(),
+    })?;
+    Ok(KeyRing { signer, verifiers })
+}
+
 /// The instant `exp` (seconds since the epoch) names; one beyond what the
 /// clock can hold is read as the year 2106.
 fn expiry(exp: u64) -> SystemTime {
@@ -126,23 +155,61 @@ impl IssuedTokens {
         key_files: &[impl AsRef<Path>],
         lifetime: Duration,
     ) -> Result<Arc<Self>, KeyError> {
-        let mut verifiers = HashMap::new();
-        let mut signer = None;
-        for path in key_files {
-            let (key, decoding) = load_key(path.as_ref())?;
-            verifiers.insert(key.kid.clone(), (key.alg, decoding));
-            signer.get_or_insert(key);
-        }
-        let signer = signer.ok_or_else(|| KeyError {
-            path: "(none)".into(),
-            problem: "at least one signing key file is required".into(),
-        })?;
+        let keys = key_files
+            .iter()
+            .map(|path| load_key(path.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(IssuedTokens {
             issuer: issuer.to_owned(),
             lifetime,
-            signer,
-            verifiers,
+            keys: ArcSwap::from_pointee(key_ring(keys)?),
+            watch: std::sync::Mutex::new(None),
         }))
+    }
+
+    /// Like [`IssuedTokens::load`], then re-reads the key files every
+    /// `interval` while the issuer lives: a new set of keys is taken whole
+    /// when every file parses (a key added verifies, a key removed revokes
+    /// its tokens, a new first key signs); otherwise the keys in force stay.
+    /// Must be called within a tokio runtime.
+    pub fn load_and_watch(
+        issuer: &str,
+        key_files: &[PathBuf],
+        lifetime: Duration,
+        interval: Duration,
+        reporter: ReloadReporter,
+    ) -> Result<Arc<Self>, KeyError> {
+        let this = Self::load(issuer, key_files, lifetime)?;
+        let initial = key_files
+            .iter()
+            .map(|path| std::fs::read(path).unwrap_or_default())
+            .collect();
+        let weak = Arc::downgrade(&this);
+        let paths = key_files.to_vec();
+        let watch = watch_files(
+            key_files.to_vec(),
+            interval,
+            initial,
+            ReloadKind::IssuedTokenKeys,
+            reporter,
+            move |contents| {
+                let keys = contents
+                    .iter()
+                    .zip(&paths)
+                    .map(|(pem, path)| parse_key(pem, path))
+                    .collect::<Result<Vec<_>, _>>()
+                    .and_then(key_ring)
+                    .map_err(|e| e.to_string())?;
+                if let Some(this) = weak.upgrade() {
+                    this.keys.store(Arc::new(keys));
+                }
+                Ok(())
+            },
+        );
+        if let Ok(mut slot) = this.watch.lock() {
+            *slot = Some(watch);
+        }
+        Ok(this)
     }
 
     /// The tokens' `iss`.
@@ -201,10 +268,11 @@ impl IssuedTokens {
             exp,
             user: user.clone(),
         };
-        let mut header = Header::new(self.signer.alg);
-        header.kid = Some(self.signer.kid.clone());
+        let keys = self.keys.load();
+        let mut header = Header::new(keys.signer.alg);
+        header.kid = Some(keys.signer.kid.clone());
         let token =
-            jsonwebtoken::encode(&header, &claims, &self.signer.encoding).map_err(|_| {
+            jsonwebtoken::encode(&header, &claims, &keys.signer.encoding).map_err(|_| {
                 AuthnError::Unavailable {
                     backend: "token issuer".into(),
                     reason: "signing failed".into(),
@@ -219,7 +287,8 @@ impl IssuedTokens {
         let kid = header
             .kid
             .ok_or_else(|| AuthnError::Invalid("issued token without kid".into()))?;
-        let (alg, key) = self.verifiers.get(&kid).ok_or_else(|| {
+        let keys = self.keys.load();
+        let (alg, key) = keys.verifiers.get(&kid).ok_or_else(|| {
             AuthnError::Invalid("issued token signed by an unknown or removed key".into())
         })?;
         if header.alg != *alg {

@@ -12,6 +12,7 @@ pub mod ldap;
 pub mod oidc;
 pub mod policy;
 mod static_token;
+pub mod swap;
 mod x509;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub use issued::IssuedTokens;
 pub use ldap::LdapAuthenticator;
 pub use oidc::OidcAuthenticator;
 pub use static_token::{StaticTokenError, StaticTokens};
+pub use swap::SwappableChain;
 pub use x509::ClientCertificates;
 
 use crate::credential::Credential;

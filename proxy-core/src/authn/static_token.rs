@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use super::{Authenticator, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
-use crate::reload::{watch_file, FileWatch};
+use crate::reload::{watch_file_reported, FileWatch, ReloadKind, ReloadReporter};
 
 /// A problem in a token file. Never holds a token.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,15 @@ impl StaticTokens {
     /// Reads a token file and re-reads it every `interval` while the returned
     /// authenticator lives. Must be called within a tokio runtime.
     pub fn load_and_watch(path: &Path, interval: Duration) -> Result<Arc<Self>, StaticTokenError> {
+        Self::load_and_watch_reported(path, interval, ReloadReporter::default())
+    }
+
+    /// Like [`StaticTokens::load_and_watch`], reporting each reload to `reporter`.
+    pub fn load_and_watch_reported(
+        path: &Path,
+        interval: Duration,
+        reporter: ReloadReporter,
+    ) -> Result<Arc<Self>, StaticTokenError> {
         let initial = std::fs::read(path).map_err(|source| StaticTokenError::Read {
             path: path.to_owned(),
             source,
@@ -97,15 +106,22 @@ impl StaticTokens {
         let text = String::from_utf8_lossy(&initial).into_owned();
         let this = Arc::new(Self::from_csv(&text, &name)?);
         let weak = Arc::downgrade(&this);
-        let watch = watch_file(path.to_owned(), interval, initial, move |content| {
-            let Some(this) = weak.upgrade() else {
-                return Ok(());
-            };
-            let text = std::str::from_utf8(content).map_err(|_| format!("{name} is not UTF-8"))?;
-            let table = parse_table(text, &name).map_err(|e| e.to_string())?;
-            this.table.store(Arc::new(table));
-            Ok(())
-        });
+        let watch = watch_file_reported(
+            path.to_owned(),
+            interval,
+            initial,
+            ReloadKind::StaticTokens,
+            reporter,
+            move |content| {
+                let text =
+                    std::str::from_utf8(content).map_err(|_| format!("{name} is not UTF-8"))?;
+                let table = parse_table(text, &name).map_err(|e| e.to_string())?;
+                if let Some(this) = weak.upgrade() {
+                    this.table.store(Arc::new(table));
+                }
+                Ok(())
+            },
+        );
         if let Ok(mut slot) = this.watch.lock() {
             *slot = Some(watch);
         }

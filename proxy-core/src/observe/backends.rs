@@ -21,7 +21,9 @@ use crate::counters::{
 /// The sources, registered as the proxy is put together.
 #[derive(Debug, Default)]
 pub(crate) struct Sources {
-    pub(crate) authn: AuthnCounters,
+    /// Chains whose OIDC and LDAP counters are read at each scrape (a chain
+    /// that is swapped on reload shows the one in force).
+    pub(crate) chains: Vec<crate::authn::Chain>,
     /// `(authenticator label, counters)` of every login throttle.
     pub(crate) throttles: Vec<(&'static str, Arc<ThrottleCounters>)>,
     pub(crate) upstreams: Vec<Arc<UpstreamCounters>>,
@@ -97,8 +99,12 @@ impl Collector for BackendFamilies {
         let Ok(sources) = self.sources.lock() else {
             return Ok(());
         };
+        let mut authn = AuthnCounters::default();
+        for chain in &sources.chains {
+            crate::authn::Authenticator::counters(chain, &mut authn);
+        }
         let e = &mut encoder;
-        let oidc = &sources.authn.key_fetches;
+        let oidc = &authn.key_fetches;
         family(
             e,
             "authproxy_oidc_key_fetches",
@@ -128,7 +134,7 @@ impl Collector for BackendFamilies {
                 Ok(())
             },
         )?;
-        let ldap = &sources.authn.ldap;
+        let ldap = &authn.ldap;
         family(
             e,
             "authproxy_ldap_pool_connections",

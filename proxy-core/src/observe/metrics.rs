@@ -27,6 +27,8 @@
 //! | `authproxy_upstream_connections` | gauge | `protocol` (`http2`, `http1`) |
 //! | `authproxy_upstream_requests_in_flight` | gauge | `protocol` |
 //! | `authproxy_build_info` | info | `version` |
+//! | `authproxy_config_reloads_total` | counter | `file` (see [`crate::reload::ReloadKind`]), `result` (`success`, `failure`) |
+//! | `authproxy_config_last_reload_success_timestamp_seconds` | gauge | `file` |
 //!
 //! The OIDC, LDAP, throttle and upstream families are read at scrape time
 //! from counters those parts own (see [`crate::counters`]): a chain given to
@@ -226,6 +228,7 @@ struct Families {
     issued_tokens: Counter,
     scrape_time: Arc<ScrapeTime>,
     backends: Arc<super::backends::BackendFamilies>,
+    config_reloads: ConfigReloads,
 }
 
 /// Every metric of one proxy. Cheap to clone (shared).
@@ -330,6 +333,7 @@ impl Metrics {
         registry.register_collector(Box::new(scrape_time.clone()));
         let backends = Arc::new(super::backends::BackendFamilies::default());
         registry.register_collector(Box::new(backends.clone()));
+        let config_reloads = ConfigReloads::register(&mut registry);
         Metrics {
             families: Arc::new(Families {
                 registry: Mutex::new(registry),
@@ -344,6 +348,7 @@ impl Metrics {
                 issued_tokens,
                 scrape_time,
                 backends,
+                config_reloads,
             }),
         }
     }
@@ -364,12 +369,25 @@ impl Metrics {
     /// name (`static-tokens`, `x509`, `issued`, `ldap`, `oidc`); its caches,
     /// OIDC key sets and LDAP directory are read at scrape time.
     pub fn instrument_chain(&self, chain: &Chain) -> Chain {
+        self.observe_chain(chain);
+        self.wrap_chain(chain)
+    }
+
+    /// Reads `chain`'s token cache, OIDC key and LDAP counters at each
+    /// scrape. Register a chain once: one whose authenticators are replaced
+    /// on reload ([`crate::authn::SwappableChain`]) shows the ones in force.
+    pub fn observe_chain(&self, chain: &Chain) {
         if let Ok(mut chains) = self.families.scrape_time.chains.lock() {
             chains.push(chain.clone());
         }
         if let Ok(mut sources) = self.families.backends.sources.lock() {
-            Authenticator::counters(chain, &mut sources.authn);
+            sources.chains.push(chain.clone());
         }
+    }
+
+    /// `chain` with every authenticator counting and timing its answers,
+    /// without registering it (see [`Metrics::observe_chain`]).
+    pub fn wrap_chain(&self, chain: &Chain) -> Chain {
         Chain::new(
             chain
                 .authenticators()
@@ -592,6 +610,82 @@ impl Authenticator for InstrumentedAuthenticator {
 
     fn cache_stats(&self) -> crate::authn::CacheStats {
         self.inner.cache_stats()
+    }
+}
+
+// Reloads of watched files (certificates, CAs, keys, the authentication config).
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReloadLabels {
+    file: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FileLabel {
+    file: &'static str,
+}
+
+struct ConfigReloads {
+    results: Family<ReloadLabels, Counter>,
+    last_success: Family<FileLabel, Gauge<f64, AtomicU64>>,
+}
+
+impl ConfigReloads {
+    fn register(registry: &mut Registry) -> Self {
+        let results = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "authproxy_config_reloads",
+            "Changed files (certificates, CAs, keys, authentication config) taken or refused, by file kind and result",
+            results.clone(),
+        );
+        let last_success = Family::<FileLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "authproxy_config_last_reload_success_timestamp_seconds",
+            "When a changed file of this kind was last taken (Unix time)",
+            last_success.clone(),
+        );
+        for kind in crate::reload::ReloadKind::ALL {
+            for result in ["success", "failure"] {
+                let _ = results.get_or_create(&ReloadLabels {
+                    file: kind.as_str(),
+                    result,
+                });
+            }
+        }
+        ConfigReloads {
+            results,
+            last_success,
+        }
+    }
+}
+
+impl crate::reload::ReloadObserver for Metrics {
+    fn reload_result(&self, kind: crate::reload::ReloadKind, success: bool) {
+        let reloads = &self.families.config_reloads;
+        let file = kind.as_str();
+        let result = if success { "success" } else { "failure" };
+        reloads
+            .results
+            .get_or_create(&ReloadLabels { file, result })
+            .inc();
+        if success {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            reloads
+                .last_success
+                .get_or_create(&FileLabel { file })
+                .set(now);
+        }
+    }
+}
+
+impl Metrics {
+    /// A reporter that counts reloads in `authproxy_config_reloads_total`.
+    pub fn reload_reporter(&self) -> crate::reload::ReloadReporter {
+        crate::reload::ReloadReporter::new(Arc::new(self.clone()))
     }
 }
 

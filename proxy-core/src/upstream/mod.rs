@@ -38,7 +38,8 @@ pub use pool::PoolSettings;
 use crate::body::{Hold, ProxyBody};
 use crate::counters::{Protocol, UpstreamCounters};
 use crate::impersonate::is_upgrade;
-use crate::reload::{watch_file, FileWatch};
+use crate::reload::tls::ReloadingServerVerifier;
+use crate::reload::{watch_file, FileWatch, ReloadReporter};
 use crate::status::{Reason, Status};
 use crate::tls::{self, TlsError};
 use crate::BoxError;
@@ -155,6 +156,9 @@ struct Inner<B> {
     token: Arc<TokenSource>,
     counters: Arc<UpstreamCounters>,
     _watch: Option<FileWatch>,
+    /// Verifies the API server's certificate; its CA can be swapped.
+    verifier: Arc<ReloadingServerVerifier>,
+    ca_watch: std::sync::Mutex<Option<FileWatch>>,
 }
 
 impl<B> Clone for Upstream<B> {
@@ -215,9 +219,10 @@ where
             ),
             None => None,
         };
+        let verifier = ReloadingServerVerifier::new(roots)?;
         let make_connector = |http2: bool| -> Result<HttpsConnector<HttpConnector>, UpstreamError> {
-            let config = tls::client_config(
-                roots.clone(),
+            let config = tls::client_config_with_verifier(
+                verifier.clone(),
                 identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
                 // ALPN (h2, http/1.1) is set by the connector builder below.
                 &[],
@@ -310,6 +315,8 @@ where
                 token,
                 counters,
                 _watch: watch,
+                verifier,
+                ca_watch: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -328,6 +335,24 @@ where
     /// The proxy's current upstream token source.
     pub fn token_source(&self) -> &Arc<TokenSource> {
         &self.inner.token
+    }
+
+    /// Re-reads the CA bundle `ca` every `interval` while this upstream
+    /// lives: connections opened after a change verify the API server against
+    /// the new CA; open (pooled) connections stay until they close. A file
+    /// without a usable certificate is refused and the CA in force stays.
+    /// Replaces an earlier watch. Must be called within a tokio runtime.
+    pub fn watch_ca_file(
+        &self,
+        ca: PathBuf,
+        interval: Duration,
+        reporter: ReloadReporter,
+    ) -> Result<(), UpstreamError> {
+        let watch = self.inner.verifier.watch(ca, interval, reporter)?;
+        if let Ok(mut slot) = self.inner.ca_watch.lock() {
+            *slot = Some(watch);
+        }
+        Ok(())
     }
 
     /// The upstream URI for a request: the path, its dot-segments removed,

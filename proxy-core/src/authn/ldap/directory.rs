@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 
 use super::config::{LdapConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT};
@@ -49,6 +50,8 @@ fn kind_of(error: &ldap3::LdapError) -> LdapErrorKind {
 struct Pooled {
     id: u64,
     ldap: Ldap,
+    /// Which bind password it was bound with.
+    password_generation: u64,
 }
 
 /// Connections to one directory.
@@ -57,7 +60,8 @@ pub struct Directory {
     start_tls: bool,
     tls: Arc<rustls::ClientConfig>,
     bind_dn: String,
-    bind_password: Secret,
+    bind_password: ArcSwap<Secret>,
+    password_generation: AtomicU64,
     connect_timeout: Duration,
     operation_timeout: Duration,
     pool: Vec<tokio::sync::Mutex<Option<Pooled>>>,
@@ -75,7 +79,8 @@ impl Directory {
             start_tls: config.start_tls,
             tls: Arc::new(tls),
             bind_dn: config.bind_dn.clone(),
-            bind_password,
+            bind_password: ArcSwap::from_pointee(bind_password),
+            password_generation: AtomicU64::new(0),
             connect_timeout: config.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             operation_timeout: config
                 .operation_timeout
@@ -87,6 +92,13 @@ impl Directory {
             ids: AtomicU64::new(0),
             counters: Arc::new(LdapCounters::new(pool_size)),
         }
+    }
+
+    /// Binds service connections with `password` from now on; pooled ones
+    /// are re-bound when next used.
+    pub fn set_bind_password(&self, password: Secret) {
+        self.bind_password.store(Arc::new(password));
+        self.password_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The directory's URL.
@@ -202,18 +214,23 @@ impl Directory {
             )
         })?;
         if let Some(pooled) = guard.as_mut() {
-            if !pooled.ldap.is_closed() {
+            let generation = self.password_generation.load(Ordering::Acquire);
+            if !pooled.ldap.is_closed() && pooled.password_generation == generation {
                 return Ok((slot, pooled.id, pooled.ldap.clone()));
             }
         }
+        // A closed connection, or one bound with a replaced password: its
+        // in-flight operations finish on their own handles.
         *guard = None;
         self.counters.set_open(slot, false);
         let mut ldap = self.connect().await?;
+        let password_generation = self.password_generation.load(Ordering::Acquire);
+        let password = self.bind_password.load_full();
         let result = self
             .bounded(
                 "service account bind",
                 Some(LdapOperation::ServiceBind),
-                ldap.simple_bind(&self.bind_dn, self.bind_password.expose()),
+                ldap.simple_bind(&self.bind_dn, password.expose()),
             )
             .await?;
         if result.rc != 0 {
@@ -226,6 +243,7 @@ impl Directory {
         *guard = Some(Pooled {
             id,
             ldap: ldap.clone(),
+            password_generation,
         });
         self.counters.set_open(slot, true);
         Ok((slot, id, ldap))

@@ -60,6 +60,7 @@ pub struct LdapAuthenticator {
     salt: [u8; 32],
     per_user: Throttle,
     per_client: Throttle,
+    password_watch: std::sync::Mutex<Option<crate::reload::FileWatch>>,
 }
 
 impl std::fmt::Debug for LdapAuthenticator {
@@ -68,6 +69,17 @@ impl std::fmt::Debug for LdapAuthenticator {
             .field("url", &self.directory.url())
             .finish()
     }
+}
+
+/// The service account's password from the content of its file: UTF-8,
+/// trailing line ends removed, not empty. The error never holds the content.
+pub fn bind_password_from(content: &[u8]) -> Result<Secret, &'static str> {
+    let text = std::str::from_utf8(content).map_err(|_| "not UTF-8")?;
+    let password = text.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        return Err("empty");
+    }
+    Ok(Secret::new(password))
 }
 
 fn too_many(retry_after_secs: u64) -> AuthnError {
@@ -123,6 +135,40 @@ impl Attempt {
 }
 
 impl LdapAuthenticator {
+    /// Re-reads the service account's password from `path` every `interval`
+    /// while the authenticator lives; service connections bind with the new
+    /// password from then on (pooled ones are re-bound). An empty file is
+    /// refused and the password in force stays. Must be called within a
+    /// tokio runtime.
+    pub fn watch_bind_password(
+        self: &Arc<Self>,
+        path: std::path::PathBuf,
+        interval: Duration,
+        reporter: crate::reload::ReloadReporter,
+    ) {
+        let initial = std::fs::read(&path).unwrap_or_default();
+        let weak = Arc::downgrade(self);
+        let name = path.display().to_string();
+        let watch = crate::reload::watch_file_reported(
+            path,
+            interval,
+            initial,
+            crate::reload::ReloadKind::LdapBindPassword,
+            reporter,
+            move |content| {
+                let password = bind_password_from(content)
+                    .map_err(|problem| format!("bindPasswordFile {name}: {problem}"))?;
+                if let Some(this) = weak.upgrade() {
+                    this.directory.set_bind_password(password);
+                }
+                Ok(())
+            },
+        );
+        if let Ok(mut slot) = self.password_watch.lock() {
+            *slot = Some(watch);
+        }
+    }
+
     /// Builds the authenticator; `bind_password` is the service account's.
     ///
     /// A `memberOfBaseDN` that is not a DN (refused by validation) leaves
@@ -173,6 +219,7 @@ impl LdapAuthenticator {
             salt,
             per_user: Throttle::new(user_limits, capacity),
             per_client: Throttle::new(client_limits, capacity),
+            password_watch: std::sync::Mutex::new(None),
         }
     }
 

@@ -1,0 +1,387 @@
+//! Re-reading files that change under a running proxy: rotated serving
+//! certificates and CAs, service-account tokens, edited token and
+//! configuration files, bind passwords, signing keys.
+//!
+//! A watcher reads its files every interval (and at once when
+//! [`check_all_now`] is called, which `authproxy` does on SIGHUP) and hands
+//! their content on when any of them differs from what was seen last. Reading
+//! (rather than comparing mtimes) also catches the symlink swaps Kubernetes
+//! uses for projected volumes and Secrets. A file that cannot be read or
+//! parsed keeps the last good value in force; the refusal is logged with the
+//! file and the reason (never the content) and reported to a
+//! [`ReloadObserver`] (the proxy's metrics).
+//!
+//! [`tls`] holds the rustls pieces that swap certificates and CAs for new
+//! handshakes while established connections go on.
+
+pub mod tls;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The default interval between reads of a watched file.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a watched file is, as the `file` label of
+/// `authproxy_config_reloads_total` names it (a bounded set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReloadKind {
+    /// A listener's serving certificate and key.
+    ServingCert,
+    /// The CA that verifies client certificates.
+    ClientCa,
+    /// The CA that verifies the API server.
+    UpstreamCa,
+    /// The proxy's own token for the API server.
+    UpstreamToken,
+    /// The configuration file's `authentication` section and the kube
+    /// `AuthenticationConfiguration` file.
+    Authentication,
+    /// The LDAP service account's password file.
+    LdapBindPassword,
+    /// The signing keys of issued tokens.
+    IssuedTokenKeys,
+    /// The static token file.
+    StaticTokens,
+}
+
+impl ReloadKind {
+    /// Every kind that reports its reloads, for metrics that start each
+    /// series at zero (the upstream token is not counted yet).
+    pub const ALL: [ReloadKind; 7] = [
+        ReloadKind::ServingCert,
+        ReloadKind::ClientCa,
+        ReloadKind::UpstreamCa,
+        ReloadKind::Authentication,
+        ReloadKind::LdapBindPassword,
+        ReloadKind::IssuedTokenKeys,
+        ReloadKind::StaticTokens,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadKind::ServingCert => "serving_cert",
+            ReloadKind::ClientCa => "client_ca",
+            ReloadKind::UpstreamCa => "upstream_ca",
+            ReloadKind::UpstreamToken => "upstream_token",
+            ReloadKind::Authentication => "authentication",
+            ReloadKind::LdapBindPassword => "ldap_bind_password",
+            ReloadKind::IssuedTokenKeys => "issued_token_keys",
+            ReloadKind::StaticTokens => "static_tokens",
+        }
+    }
+}
+
+/// Told about every reload attempt (the proxy's metrics implement it).
+pub trait ReloadObserver: Send + Sync + 'static {
+    /// A changed `kind` file was taken (`success`) or refused.
+    fn reload_result(&self, kind: ReloadKind, success: bool);
+}
+
+/// Where reload results go: nowhere, or a [`ReloadObserver`]. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ReloadReporter {
+    observer: Option<Arc<dyn ReloadObserver>>,
+}
+
+impl std::fmt::Debug for ReloadReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadReporter")
+            .field("observed", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl ReloadReporter {
+    /// Reports to `observer`.
+    pub fn new(observer: Arc<dyn ReloadObserver>) -> Self {
+        ReloadReporter {
+            observer: Some(observer),
+        }
+    }
+
+    /// Reports one result.
+    pub fn report(&self, kind: ReloadKind, success: bool) {
+        if let Some(observer) = &self.observer {
+            observer.reload_result(kind, success);
+        }
+    }
+}
+
+fn check_now_sender() -> &'static watch::Sender<u64> {
+    static CHECK_NOW: OnceLock<watch::Sender<u64>> = OnceLock::new();
+    CHECK_NOW.get_or_init(|| watch::channel(0).0)
+}
+
+/// Makes every watcher of the process read its files now, without waiting
+/// for its interval (`authproxy` calls it on SIGHUP).
+pub fn check_all_now() {
+    check_now_sender().send_modify(|generation| *generation = generation.wrapping_add(1));
+}
+
+/// A running file watch. Dropping it stops the watch.
+#[derive(Debug)]
+pub struct FileWatch {
+    task: JoinHandle<()>,
+}
+
+impl Drop for FileWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Watches `path`, calling `on_change` with the new content whenever it
+/// differs from `initial`, then from the last content seen.
+///
+/// `on_change` returns `Err(message)` when the content is not acceptable; the
+/// message is logged (it must not hold secrets) and the same content is not
+/// offered again. Must be called within a tokio runtime.
+pub fn watch_file<F>(path: PathBuf, interval: Duration, initial: Vec<u8>, on_change: F) -> FileWatch
+where
+    F: FnMut(&[u8]) -> Result<(), String> + Send + 'static,
+{
+    watch_file_reported(
+        path,
+        interval,
+        initial,
+        ReloadKind::UpstreamToken,
+        ReloadReporter::default(),
+        on_change,
+    )
+}
+
+/// Like [`watch_file`], reporting each result as `kind` to `reporter`.
+pub fn watch_file_reported<F>(
+    path: PathBuf,
+    interval: Duration,
+    initial: Vec<u8>,
+    kind: ReloadKind,
+    reporter: ReloadReporter,
+    mut on_change: F,
+) -> FileWatch
+where
+    F: FnMut(&[u8]) -> Result<(), String> + Send + 'static,
+{
+    watch_files(
+        vec![path],
+        interval,
+        vec![initial],
+        kind,
+        reporter,
+        move |contents| on_change(&contents[0]),
+    )
+}
+
+/// Watches a group of files that change together (a certificate and its key,
+/// a list of signing keys, a config file and the file it includes): when any
+/// of them differs from what was seen last, `on_change` gets all their
+/// contents, in the order of `paths`.
+///
+/// `initial` holds the contents already in force (same order). A refused
+/// group is not offered again until one of its files changes once more, so
+/// a certificate written before its key is refused and the pair is taken when
+/// the key follows. An unreadable file counts as one failure until it can be
+/// read again. Must be called within a tokio runtime.
+pub fn watch_files<F>(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    initial: Vec<Vec<u8>>,
+    kind: ReloadKind,
+    reporter: ReloadReporter,
+    mut on_change: F,
+) -> FileWatch
+where
+    F: FnMut(&[Vec<u8>]) -> Result<(), String> + Send + 'static,
+{
+    watch_files_async(paths, interval, initial, kind, reporter, move |contents| {
+        std::future::ready(on_change(&contents))
+    })
+}
+
+/// Like [`watch_files`] with an `on_change` that may wait (to build a new
+/// value and see it ready before it is swapped in). The files are not read
+/// again until it has finished.
+pub fn watch_files_async<F, Fut>(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    initial: Vec<Vec<u8>>,
+    kind: ReloadKind,
+    reporter: ReloadReporter,
+    mut on_change: F,
+) -> FileWatch
+where
+    F: FnMut(Vec<Vec<u8>>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let mut check_now = check_now_sender().subscribe();
+    let task = tokio::spawn(async move {
+        let names = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut last = initial;
+        let mut failing = false;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        check_now.mark_unchanged();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                changed = check_now.changed() => {
+                    if changed.is_err() {
+                        // The sender is static and never dropped; keep ticking.
+                        ticker.tick().await;
+                    }
+                }
+            }
+            let mut contents = Vec::with_capacity(paths.len());
+            let mut unreadable = None;
+            for path in &paths {
+                match tokio::fs::read(path).await {
+                    Ok(content) => contents.push(content),
+                    Err(error) => {
+                        unreadable = Some((path, error));
+                        break;
+                    }
+                }
+            }
+            if let Some((path, error)) = unreadable {
+                if !failing {
+                    tracing::warn!(file = %path.display(), kind = kind.as_str(), %error, "cannot read; keeping the previous content");
+                    reporter.report(kind, false);
+                }
+                failing = true;
+                continue;
+            }
+            failing = false;
+            if contents == last {
+                continue;
+            }
+            match on_change(contents.clone()).await {
+                Ok(()) => {
+                    tracing::info!(file = %names, kind = kind.as_str(), "reloaded");
+                    reporter.report(kind, true);
+                }
+                Err(message) => {
+                    tracing::warn!(file = %names, kind = kind.as_str(), %message, "reload refused; keeping the previous content");
+                    reporter.report(kind, false);
+                }
+            }
+            last = contents;
+        }
+    });
+    FileWatch { task }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn change_is_reported_once_and_bad_content_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, "one").unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen2 = seen.clone();
+        let _watch = watch_file(
+            path.clone(),
+            Duration::from_millis(10),
+            b"one".to_vec(),
+            move |c| {
+                let s = String::from_utf8_lossy(c).into_owned();
+                if s == "bad" {
+                    return Err("refused".into());
+                }
+                seen2.lock().unwrap().push(s);
+                Ok(())
+            },
+        );
+        std::fs::write(&path, "bad").unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // give the watcher a few rounds to observe "bad"
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::fs::write(&path, "two").unwrap();
+        loop {
+            if seen.lock().unwrap().as_slice() == ["two"] {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saw {:?}",
+                seen.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[derive(Default)]
+    struct Counts(AtomicUsize, AtomicUsize);
+    impl ReloadObserver for Counts {
+        fn reload_result(&self, _kind: ReloadKind, success: bool) {
+            if success { &self.0 } else { &self.1 }.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn check_all_now_reads_before_the_interval_and_results_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "1").unwrap();
+        std::fs::write(&b, "1").unwrap();
+        let counts = Arc::new(Counts::default());
+        let seen = Arc::new(Mutex::new(Vec::<Vec<Vec<u8>>>::new()));
+        let seen2 = seen.clone();
+        let _watch = watch_files(
+            vec![a.clone(), b.clone()],
+            Duration::from_secs(3600),
+            vec![b"1".to_vec(), b"1".to_vec()],
+            ReloadKind::ServingCert,
+            ReloadReporter::new(counts.clone()),
+            move |c| {
+                if c[0] != c[1] {
+                    return Err("pair does not match".into());
+                }
+                seen2.lock().unwrap().push(c.to_vec());
+                Ok(())
+            },
+        );
+        tokio::task::yield_now().await;
+        std::fs::write(&a, "2").unwrap();
+        let wait_for = |want_ok: usize, want_failed: usize| {
+            let counts = counts.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                loop {
+                    check_all_now();
+                    let seen = (
+                        counts.0.load(Ordering::SeqCst),
+                        counts.1.load(Ordering::SeqCst),
+                    );
+                    if seen == (want_ok, want_failed) {
+                        return;
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "counts {seen:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        wait_for(0, 1).await;
+        std::fs::write(&b, "2").unwrap();
+        wait_for(1, 1).await;
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            [vec![b"2".to_vec(), b"2".to_vec()]]
+        );
+    }
+}
