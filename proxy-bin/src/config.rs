@@ -58,6 +58,10 @@ pub struct FileConfig {
     /// --as`): `authorize` (default) or `deny`.
     #[serde(default)]
     pub caller_impersonation: proxy_core::impersonate::nested::Config,
+    /// How the identity goes upstream: `Impersonate-*` headers (default) or
+    /// front-proxy request headers.
+    #[serde(default)]
+    pub identity_headers: proxy_core::impersonate::ForwardConfig,
     /// How often watched files are re-read: serving certificate and key,
     /// client and upstream CAs, this file's `authentication` section and its
     /// `authenticationConfigFile`, the LDAP bind password, issued-token keys
@@ -266,6 +270,38 @@ impl FileConfig {
             });
         }
         problems.extend(self.upstream.validate("upstream", base));
+        if self.identity_headers.mode == proxy_core::impersonate::ForwardMode::FrontProxy {
+            if let Err(problem) = self.identity_headers.front_proxy_names("identityHeaders") {
+                problems.push(problem);
+            }
+            let upstream = &self.upstream;
+            if upstream.kubeconfig.is_none() {
+                if upstream.url.is_none() {
+                    problems.push(Problem {
+                        field: "upstream.url".into(),
+                        message: "identityHeaders.mode frontProxy needs the API server's URL (the \
+                                  in-cluster default would send the service-account token)"
+                            .into(),
+                    });
+                }
+                if upstream.client_cert_file.is_none() || upstream.client_key_file.is_none() {
+                    problems.push(Problem {
+                        field: "upstream.clientCertFile".into(),
+                        message: "identityHeaders.mode frontProxy needs a client certificate and \
+                                  key signed by the API server's --requestheader-client-ca-file"
+                            .into(),
+                    });
+                }
+                if upstream.token_file.is_some() {
+                    problems.push(Problem {
+                        field: "upstream.tokenFile".into(),
+                        message: "contradicts identityHeaders.mode frontProxy: the API server \
+                                  would take the identity from the token, not the headers"
+                            .into(),
+                    });
+                }
+            }
+        }
         problems.extend(self.authentication.validate("authentication", base));
         problems.extend(self.limits.validate("limits"));
         let pool = self.upstream.pool_settings();

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::credential::{ClientAddr, ClientCertificate};
-use proxy_core::impersonate::nested;
+use proxy_core::impersonate::{nested, ForwardMode, HeaderNames};
 use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
-use proxy_core::{Chain, NestedImpersonationLayer, ProxyBody, ProxyStack};
+use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -207,12 +207,31 @@ impl Proxy {
             metrics.observe_upstream(upstream.counters().clone());
         }
         let settings = config.caller_impersonation.settings();
+        let front_proxy = match config.identity_headers.mode {
+            ForwardMode::Impersonate => None,
+            ForwardMode::FrontProxy => Some(
+                config
+                    .identity_headers
+                    .front_proxy_names("identityHeaders")
+                    .map_err(|p| StartError::Refused {
+                        field: "identityHeaders",
+                        message: p.to_string(),
+                    })?,
+            ),
+        };
         let nested = match settings.mode {
             nested::Mode::Deny => NestedImpersonationLayer::deny(),
             nested::Mode::Authorize => NestedImpersonationLayer::authorize(nested::Reviewer::new(
                 upstream_options,
                 &settings,
+                front_proxy
+                    .clone()
+                    .unwrap_or_else(HeaderNames::impersonation),
             )?),
+        };
+        let impersonate = match front_proxy {
+            Some(names) => ImpersonateLayer::front_proxy(names),
+            None => ImpersonateLayer::new(),
         };
         let mut authn = proxy_core::AuthnLayer::new(chain.clone());
         if config.authentication.ldap.is_some() {
@@ -227,6 +246,7 @@ impl Proxy {
                 authn,
                 config.limits.long_running_limits(),
                 nested,
+                impersonate,
                 upstream,
             ),
         );

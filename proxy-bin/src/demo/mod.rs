@@ -93,6 +93,7 @@ impl Demo {
             metrics: None,
             audit: None,
             // The embedded upstream has no authorizer to ask.
+            identity_headers: Default::default(),
             caller_impersonation: proxy_core::impersonate::nested::Config {
                 mode: proxy_core::impersonate::nested::Mode::Deny,
                 ..Default::default()

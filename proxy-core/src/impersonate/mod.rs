@@ -101,23 +101,80 @@ pub fn encode_extra_key(key: &str) -> String {
     out
 }
 
+/// The header names an identity is sent in: kube's `Impersonate-*`, or the
+/// front-proxy (request-header) names of kube's `--requestheader-*` flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderNames {
+    /// The user name (`Impersonate-User`, `X-Remote-User`).
+    pub user: HeaderName,
+    /// Each group (`Impersonate-Group`, `X-Remote-Group`).
+    pub group: HeaderName,
+    /// The uid (`Impersonate-Uid`, `X-Remote-Uid`).
+    pub uid: HeaderName,
+    /// Prefix of one header per extra key, lower case
+    /// (`impersonate-extra-`, `x-remote-extra-`).
+    pub extra_prefix: String,
+}
+
+impl HeaderNames {
+    /// kube's impersonation headers.
+    pub fn impersonation() -> Self {
+        HeaderNames {
+            user: HeaderName::from_static("impersonate-user"),
+            group: HeaderName::from_static("impersonate-group"),
+            uid: HeaderName::from_static("impersonate-uid"),
+            extra_prefix: EXTRA_PREFIX.to_owned(),
+        }
+    }
+
+    /// The defaults of kube's `--requestheader-*` flags: `X-Remote-User`,
+    /// `X-Remote-Group`, `X-Remote-Uid`, `X-Remote-Extra-`.
+    pub fn front_proxy() -> Self {
+        HeaderNames {
+            user: HeaderName::from_static("x-remote-user"),
+            group: HeaderName::from_static("x-remote-group"),
+            uid: HeaderName::from_static("x-remote-uid"),
+            extra_prefix: "x-remote-extra-".to_owned(),
+        }
+    }
+
+    /// Removes every header these names cover from `headers` (the caller's
+    /// own), in any letter case.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        headers.remove(&self.user);
+        headers.remove(&self.group);
+        headers.remove(&self.uid);
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with(&self.extra_prefix))
+            .cloned()
+            .collect();
+        for name in doomed {
+            headers.remove(name);
+        }
+    }
+}
+
 impl ImpersonationHeaders {
     /// Builds the headers for `user`, refusing values kube would not receive intact.
     pub fn for_user(user: &UserInfo) -> Result<Self, InvalidIdentity> {
+        Self::for_user_with(user, &HeaderNames::impersonation())
+    }
+
+    /// Builds the headers for `user` under `names` (the front-proxy names,
+    /// say), with the same refusals and the same extra-key encoding: kube
+    /// decodes both alike.
+    pub fn for_user_with(user: &UserInfo, names: &HeaderNames) -> Result<Self, InvalidIdentity> {
         let mut entries = Vec::with_capacity(2 + user.groups.len() + user.extra.len());
         entries.push((
-            HeaderName::from_static("impersonate-user"),
+            names.user.clone(),
             value("username", &user.username, false)?,
         ));
-        let group = HeaderName::from_static("impersonate-group");
         for g in &user.groups {
-            entries.push((group.clone(), value("groups", g, false)?));
+            entries.push((names.group.clone(), value("groups", g, false)?));
         }
         if let Some(uid) = user.uid.as_deref().filter(|u| !u.is_empty()) {
-            entries.push((
-                HeaderName::from_static("impersonate-uid"),
-                value("uid", uid, false)?,
-            ));
+            entries.push((names.uid.clone(), value("uid", uid, false)?));
         }
         for (key, values) in &user.extra {
             if key.is_empty() {
@@ -127,7 +184,7 @@ impl ImpersonationHeaders {
                 });
             }
             let name = HeaderName::from_bytes(
-                format!("{EXTRA_PREFIX}{}", encode_extra_key(key)).as_bytes(),
+                format!("{}{}", names.extra_prefix, encode_extra_key(key)).as_bytes(),
             )
             .map_err(|_| InvalidIdentity {
                 field: format!("extra.{}", key.escape_debug()),
@@ -212,6 +269,89 @@ pub fn strip_caller_identity(headers: &mut HeaderMap) {
 pub fn rewrite(headers: &mut HeaderMap, identity: &ImpersonationHeaders) {
     strip_caller_identity(headers);
     identity.apply(headers);
+}
+
+/// How the identity goes upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ForwardMode {
+    /// `Impersonate-*` headers, with the proxy's own credential; the proxy's
+    /// identity needs RBAC to impersonate.
+    #[default]
+    Impersonate,
+    /// kube's request-header authentication (`--requestheader-*` flags): the
+    /// identity in `X-Remote-*` headers, trusted from the proxy's client
+    /// certificate (signed by the API server's `--requestheader-client-ca-file`,
+    /// its name in `--requestheader-allowed-names`). No impersonation RBAC;
+    /// works for aggregated API servers too.
+    FrontProxy,
+}
+
+/// The `identityHeaders:` section: how the identity goes upstream.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForwardConfig {
+    /// `impersonate` (default) or `frontProxy`.
+    #[serde(default)]
+    pub mode: ForwardMode,
+    /// Front-proxy user header (default `X-Remote-User`).
+    pub user_header: Option<String>,
+    /// Front-proxy group header (default `X-Remote-Group`).
+    pub group_header: Option<String>,
+    /// Front-proxy uid header (default `X-Remote-Uid`).
+    pub uid_header: Option<String>,
+    /// Front-proxy extra header prefix (default `X-Remote-Extra-`).
+    pub extra_header_prefix: Option<String>,
+}
+
+impl ForwardConfig {
+    /// The front-proxy header names, defaults filled in; an error names the
+    /// field (below `prefix`) of a name that is not a header name or that
+    /// collides with kube's `Impersonate-*` or `Authorization`.
+    pub fn front_proxy_names(&self, prefix: &str) -> Result<HeaderNames, crate::config::Problem> {
+        let defaults = HeaderNames::front_proxy();
+        let name = |field: &str, value: &Option<String>, default: &HeaderName| {
+            let Some(text) = value else {
+                return Ok(default.clone());
+            };
+            let problem = |message: &str| crate::config::Problem {
+                field: format!("{prefix}.{field}"),
+                message: message.to_owned(),
+            };
+            let name = HeaderName::from_bytes(text.trim().as_bytes())
+                .map_err(|_| problem("not a valid HTTP header name"))?;
+            if name.as_str().starts_with(IMPERSONATE_PREFIX) || name == header::AUTHORIZATION {
+                return Err(problem(
+                    "must not be an Impersonate-* or the Authorization header",
+                ));
+            }
+            Ok(name)
+        };
+        let extra_prefix = match &self.extra_header_prefix {
+            None => defaults.extra_prefix.clone(),
+            Some(text) => {
+                let lower = text.trim().to_ascii_lowercase();
+                if lower.is_empty()
+                    || HeaderName::from_bytes(format!("{lower}x").as_bytes()).is_err()
+                    || lower.starts_with(IMPERSONATE_PREFIX)
+                {
+                    return Err(crate::config::Problem {
+                        field: format!("{prefix}.extraHeaderPrefix"),
+                        message:
+                            "not a valid, non-empty header name prefix (and not Impersonate-*)"
+                                .into(),
+                    });
+                }
+                lower
+            }
+        };
+        Ok(HeaderNames {
+            user: name("userHeader", &self.user_header, &defaults.user)?,
+            group: name("groupHeader", &self.group_header, &defaults.group)?,
+            uid: name("uidHeader", &self.uid_header, &defaults.uid)?,
+            extra_prefix,
+        })
+    }
 }
 
 #[cfg(test)]

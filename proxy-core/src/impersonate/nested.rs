@@ -3,8 +3,10 @@
 //!
 //! With [`Mode::Deny`] such a request is refused with a 403 `Status`. With
 //! [`Mode::Authorize`] (the default) the proxy checks it as kube-apiserver's
-//! impersonation filter does: one `SubjectAccessReview` per requested
-//! attribute, for the authenticated user, verb `impersonate` on `users` (or
+//! impersonation filter does: one access review per requested attribute,
+//! asked as the authenticated user (a `SelfSubjectAccessReview` sent with
+//! the user's identity headers, so the proxy needs no right beyond the ones it
+//! already has), verb `impersonate` on `users` (or
 //! `serviceaccounts` in the account's namespace for
 //! `system:serviceaccount:<ns>:<name>`), `groups`, `uids` and
 //! `userextras/<key>` (the last two in group `authentication.k8s.io`). When
@@ -314,6 +316,9 @@ pub fn impersonated(original: &UserInfo, requested: &Requested) -> UserInfo {
 pub struct Reviewer {
     client: Upstream<Full<Bytes>>,
     cache: Option<moka::future::Cache<(Arc<str>, Attributes), bool>>,
+    /// The headers that name the user to the API server: the question is
+    /// asked as the user.
+    as_user: Arc<super::HeaderNames>,
 }
 
 impl std::fmt::Debug for Reviewer {
@@ -337,10 +342,18 @@ struct ReviewStatus {
 }
 
 impl Reviewer {
-    /// A reviewer sending `SubjectAccessReview`s to the API server of
-    /// `options` with the proxy's credential (it needs `create` on
-    /// `subjectaccessreviews.authorization.k8s.io`). Within a tokio runtime.
-    pub fn new(options: UpstreamOptions, settings: &Settings) -> Result<Self, UpstreamError> {
+    /// A reviewer asking the API server of `options`, with the proxy's
+    /// credential, a `SelfSubjectAccessReview` as the user, whom it names in
+    /// the headers `names`: [`super::HeaderNames::impersonation`] (the
+    /// proxy's impersonation rights suffice, no further RBAC) or the
+    /// front-proxy names (the proxy's client certificate is trusted to name
+    /// users). Every authenticated user may ask about itself. Within a tokio
+    /// runtime.
+    pub fn new(
+        options: UpstreamOptions,
+        settings: &Settings,
+        names: super::HeaderNames,
+    ) -> Result<Self, UpstreamError> {
         let cache = (!settings.cache_ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(settings.cache_size)
@@ -350,6 +363,7 @@ impl Reviewer {
         Ok(Reviewer {
             client: Upstream::new(options)?,
             cache,
+            as_user: Arc::new(names),
         })
     }
 
@@ -371,11 +385,6 @@ impl Reviewer {
     }
 
     async fn review(&self, user: &UserInfo, attributes: &Attributes) -> Result<bool, String> {
-        // kube-apiserver's own check sees the caller as authenticated.
-        let mut groups = user.groups.clone();
-        if !groups.iter().any(|g| g == "system:authenticated") {
-            groups.push("system:authenticated".into());
-        }
         let mut resource = serde_json::json!({
             "verb": "impersonate",
             "group": attributes.group,
@@ -388,27 +397,21 @@ impl Reviewer {
         if !attributes.namespace.is_empty() {
             resource["namespace"] = attributes.namespace.clone().into();
         }
-        let mut spec = serde_json::json!({
-            "user": user.username,
-            "groups": groups,
-            "resourceAttributes": resource,
-        });
-        if let Some(uid) = &user.uid {
-            spec["uid"] = uid.clone().into();
-        }
-        if !user.extra.is_empty() {
-            spec["extra"] = serde_json::to_value(&user.extra).unwrap_or_default();
-        }
         let body = serde_json::json!({
             "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": spec,
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": resource},
         });
-        let request = Request::post("/apis/authorization.k8s.io/v1/subjectaccessreviews")
+        // kube adds system:authenticated to the user named this way, as its
+        // own impersonation filter sees the caller.
+        let identity = super::ImpersonationHeaders::for_user_with(user, &self.as_user)
+            .map_err(|e| e.to_string())?;
+        let mut request = Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|e| e.to_string())?;
+        identity.apply(request.headers_mut());
         let response = match self.client.clone().call(request).await {
             Ok(response) => response,
             Err(never) => match never {},

@@ -1,6 +1,8 @@
 //! [`ImpersonateLayer`]: replaces whatever identity the caller sent with the
-//! authenticated [`Identity`] as `Impersonate-*` headers, and appends the
-//! client's address (the [`ClientAddr`] extension) to `X-Forwarded-For`.
+//! authenticated [`Identity`] as `Impersonate-*` headers (or, in front-proxy
+//! mode, as the request headers of kube's `--requestheader-*` flags), and
+//! appends the client's address (the [`ClientAddr`] extension) to
+//! `X-Forwarded-For`.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,7 +16,7 @@ use crate::authn::Identity;
 use crate::body::ProxyBody;
 use crate::credential::ClientAddr;
 use crate::forwarded;
-use crate::impersonate::rewrite;
+use crate::impersonate::{rewrite, strip_caller_identity, HeaderNames, ImpersonationHeaders};
 use crate::status::{Reason, Status};
 
 /// Layer that rewrites identity headers. Put it after [`AuthnLayer`](crate::AuthnLayer)
@@ -31,13 +33,25 @@ use crate::status::{Reason, Status};
 /// });
 /// let _service = ImpersonateLayer::new().layer(inner);
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ImpersonateLayer;
+#[derive(Debug, Clone, Default)]
+pub struct ImpersonateLayer {
+    front_proxy: Option<Arc<HeaderNames>>,
+}
 
 impl ImpersonateLayer {
-    /// The layer.
+    /// The layer: the identity goes upstream as `Impersonate-*` headers.
     pub fn new() -> Self {
-        ImpersonateLayer
+        ImpersonateLayer { front_proxy: None }
+    }
+
+    /// Front-proxy mode: the identity goes upstream in the headers `names`
+    /// (kube's `--requestheader-*` authentication), which the upstream
+    /// trusts from the proxy's client certificate. A caller's own headers of
+    /// those names are removed as every identity header is.
+    pub fn front_proxy(names: HeaderNames) -> Self {
+        ImpersonateLayer {
+            front_proxy: Some(Arc::new(names)),
+        }
     }
 }
 
@@ -45,7 +59,10 @@ impl<S> Layer<S> for ImpersonateLayer {
     type Service = Impersonate<S>;
 
     fn layer(&self, inner: S) -> Impersonate<S> {
-        Impersonate { inner }
+        Impersonate {
+            inner,
+            front_proxy: self.front_proxy.clone(),
+        }
     }
 }
 
@@ -53,6 +70,7 @@ impl<S> Layer<S> for ImpersonateLayer {
 #[derive(Debug, Clone)]
 pub struct Impersonate<S> {
     inner: S,
+    front_proxy: Option<Arc<HeaderNames>>,
 }
 
 impl<S, B> Service<Request<B>> for Impersonate<S>
@@ -73,6 +91,19 @@ where
         let Some(identity) = req.extensions().get::<Arc<Identity>>().cloned() else {
             return refuse(Status::unauthorized());
         };
+        if let Some(names) = &self.front_proxy {
+            return match ImpersonationHeaders::for_user_with(identity.user(), names) {
+                Ok(headers) => {
+                    strip_caller_identity(req.headers_mut());
+                    names.strip(req.headers_mut());
+                    headers.apply(req.headers_mut());
+                    let client = req.extensions().get::<ClientAddr>().copied();
+                    forwarded::append_client(req.headers_mut(), client.as_ref());
+                    Either::Right(self.inner.call(req))
+                }
+                Err(invalid) => refuse(invalid_identity(&invalid)),
+            };
+        }
         match identity.impersonation_headers() {
             Ok(headers) => {
                 rewrite(req.headers_mut(), headers);
@@ -80,14 +111,16 @@ where
                 forwarded::append_client(req.headers_mut(), client.as_ref());
                 Either::Right(self.inner.call(req))
             }
-            Err(invalid) => {
-                tracing::warn!(error = %invalid, "authenticated identity cannot be impersonated");
-                refuse(Status::failure(
-                    StatusCode::UNAUTHORIZED,
-                    Reason::Unauthorized,
-                    format!("the authenticated {invalid}"),
-                ))
-            }
+            Err(invalid) => refuse(invalid_identity(invalid)),
         }
     }
+}
+
+fn invalid_identity(invalid: &crate::impersonate::InvalidIdentity) -> Status {
+    tracing::warn!(error = %invalid, "authenticated identity cannot be impersonated");
+    Status::failure(
+        StatusCode::UNAUTHORIZED,
+        Reason::Unauthorized,
+        format!("the authenticated {invalid}"),
+    )
 }

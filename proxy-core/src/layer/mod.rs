@@ -47,20 +47,20 @@ pub fn proxy_stack<B>(authenticator: impl Authenticator, upstream: Upstream<B>) 
         AuthnLayer::new(authenticator),
         Limits::default(),
         NestedImpersonationLayer::deny(),
+        ImpersonateLayer::new(),
         upstream,
     )
 }
 
 /// Composes the layers in request order around `upstream` with a configured
-/// [`AuthnLayer`], long-running caps and handling of the caller's own
-/// impersonation headers.
+/// [`AuthnLayer`], long-running caps, handling of the caller's own
+/// impersonation headers and the way the identity goes upstream.
 pub fn proxy_stack_with<B>(
     authn: AuthnLayer,
     limits: Limits,
     nested: NestedImpersonationLayer,
+    impersonate: ImpersonateLayer,
     upstream: Upstream<B>,
 ) -> ProxyStack<B> {
-    authn.layer(
-        LongRunningLayer::new(limits).layer(nested.layer(ImpersonateLayer::new().layer(upstream))),
-    )
+    authn.layer(LongRunningLayer::new(limits).layer(nested.layer(impersonate.layer(upstream))))
 }

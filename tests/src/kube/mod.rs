@@ -9,8 +9,7 @@
 //!   and calls a TokenReview webhook at [`Kube::webhook_addr`], where the
 //!   webhook tests start `authproxy webhook`.
 //! - Set-up is done as an admin through kubectl with real objects: the proxy's
-//!   service account with a ClusterRole to impersonate and to create
-//!   SubjectAccessReviews (for a caller's own `--as`) and nothing else, and
+//!   service account with a ClusterRole to impersonate and nothing else, and
 //!   group `devs` allowed to read pods and configmaps in `default`.
 //! - Both processes run under a small supervisor that reads the test
 //!   process's end of a pipe: when the test binary exits, for any reason, the
@@ -367,10 +366,6 @@ rules:
   # only by name or by "*"
   resources: ["*"]
   verbs: [impersonate]
-# checks a caller's own Impersonate-* headers (kubectl --as)
-- apiGroups: [authorization.k8s.io]
-  resources: [subjectaccessreviews]
-  verbs: [create]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
