@@ -344,6 +344,63 @@ mod tests {
     }
 
     #[test]
+    fn front_proxy_mode_refuses_contradictory_upstream_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        for file in ["tls.crt", "tls.key"] {
+            std::fs::write(dir.path().join(file), "x").unwrap();
+        }
+        std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
+        let check = |upstream: &str, identity: &str| {
+            std::fs::write(
+                &path,
+                format!("tls: {{certFile: tls.crt, keyFile: tls.key}}\nupstream: {upstream}\nauthentication: {{staticTokens: {{file: tokens.csv}}}}\nidentityHeaders: {identity}\n"),
+            )
+            .unwrap();
+            FileConfig::parse(&std::fs::read_to_string(&path).unwrap())
+                .unwrap()
+                .validate(dir.path())
+                .into_iter()
+                .map(|p| p.field)
+                .collect::<Vec<_>>()
+        };
+        // No client certificate, and a token that would win over the headers.
+        let fields = check(
+            "{url: 'https://k', tokenFile: tls.key}",
+            "{mode: frontProxy}",
+        );
+        assert!(
+            fields.contains(&"upstream.clientCertFile".to_string()),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"upstream.tokenFile".to_string()),
+            "{fields:?}"
+        );
+        // The in-cluster default would send the service account's token.
+        let fields = check("{}", "{mode: frontProxy}");
+        assert!(fields.contains(&"upstream.url".to_string()), "{fields:?}");
+        // Header names that would collide with impersonation.
+        let fields = check(
+            "{url: 'https://k', clientCertFile: tls.crt, clientKeyFile: tls.key}",
+            "{mode: frontProxy, userHeader: Impersonate-User}",
+        );
+        assert_eq!(fields, ["identityHeaders.userHeader"]);
+        // Consistent: nothing to say.
+        let fields = check(
+            "{url: 'https://k', clientCertFile: tls.crt, clientKeyFile: tls.key}",
+            "{mode: frontProxy}",
+        );
+        assert!(fields.is_empty(), "{fields:?}");
+        // The same upstream without front-proxy mode is fine too.
+        let fields = check(
+            "{url: 'https://k', tokenFile: tls.key}",
+            "{mode: impersonate}",
+        );
+        assert!(fields.is_empty(), "{fields:?}");
+    }
+
+    #[test]
     fn an_error_at_an_empty_top_level_key_still_names_a_field() {
         let (field, _) = FileConfig::parse(" ?").unwrap_err();
         assert_eq!(field, "(top level)");

@@ -194,6 +194,14 @@ pub fn needs_restart(started: &FileConfig, new: &FileConfig) -> Vec<&'static str
     check("audit", differs(&started.audit, &new.audit));
     check("webhook", differs(&started.webhook, &new.webhook));
     check(
+        "callerImpersonation",
+        differs(&started.caller_impersonation, &new.caller_impersonation),
+    );
+    check(
+        "identityHeaders",
+        differs(&started.identity_headers, &new.identity_headers),
+    );
+    check(
         "reloadInterval",
         differs(&started.reload_interval, &new.reload_interval),
     );

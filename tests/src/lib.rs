@@ -200,23 +200,38 @@ pub async fn start_proxy_with_top_level(
     extra_auth: &str,
     top_level: &str,
 ) -> anyhow::Result<RunningServer> {
+    std::fs::write(dir.join("proxy-token"), upstream_token)?;
+    let upstream = format!(
+        "{{url: '{upstream_url}', caFile: {}, tokenFile: proxy-token, tokenReloadInterval: 50ms, connectTimeout: 2s}}",
+        upstream_ca.display()
+    );
+    start_proxy_with_upstream(pki, dir, &upstream, extra_auth, top_level).await
+}
+
+/// Like [`start_proxy_with_top_level`] with the whole `upstream:` section
+/// given (a flow mapping).
+pub async fn start_proxy_with_upstream(
+    pki: &TestPki,
+    dir: &Path,
+    upstream: &str,
+    extra_auth: &str,
+    top_level: &str,
+) -> anyhow::Result<RunningServer> {
     let proxy_cert = pki.issue_server("proxy")?;
     let mut csv = String::new();
     for (token, name, uid, groups) in USERS {
         csv.push_str(&format!("{token},{name},{uid},\"{groups}\"\n"));
     }
     std::fs::write(dir.join("tokens.csv"), csv)?;
-    std::fs::write(dir.join("proxy-token"), upstream_token)?;
     let yaml = format!(
         "listen: 127.0.0.1:0\n\
          tls: {{certFile: {cert}, keyFile: {key}, clientCAFile: {ca}}}\n\
-         upstream: {{url: '{upstream_url}', caFile: {upstream_ca}, tokenFile: proxy-token, tokenReloadInterval: 50ms, connectTimeout: 2s}}\n\
+         upstream: {upstream}\n\
          authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv, reloadInterval: 50ms}}\n{extra_auth}\n\
          shutdownTimeout: 2s\n{top_level}\n",
         cert = proxy_cert.cert_path.display(),
         key = proxy_cert.key_path.display(),
         ca = pki.ca_path().display(),
-        upstream_ca = upstream_ca.display(),
     );
     let config_path = dir.join("authproxy.yaml");
     std::fs::write(&config_path, yaml)?;

@@ -45,6 +45,8 @@ pub struct Kube {
     dir: PathBuf,
     bin: PathBuf,
     pki: TestPki,
+    /// The CA of kube's request-header (front-proxy) authentication.
+    front_proxy_pki: TestPki,
     port: u16,
     webhook_addr: SocketAddr,
     proxy_token: String,
@@ -53,6 +55,10 @@ pub struct Kube {
 }
 
 static KUBE: OnceLock<Result<Kube, String>> = OnceLock::new();
+
+/// The common name kube-apiserver allows on request-header client
+/// certificates (`--requestheader-allowed-names`).
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 
 /// The test binary's kube-apiserver, started on first use.
 ///
@@ -237,6 +243,8 @@ impl Kube {
         let serving = pki.issue_server("kube-apiserver")?;
         let sa_key = pki.issue_client("service-accounts", "service-accounts", None)?;
         let webhook_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        // A CA of its own, as kube requires for --requestheader-client-ca-file.
+        let front_proxy_pki = TestPki::new()?;
         std::fs::write(
             dir.join("tokens.csv"),
             format!("{ADMIN_TOKEN},kube-admin,0,\"system:masters\"\n"),
@@ -284,6 +292,16 @@ impl Kube {
             ),
             "--authentication-token-webhook-version=v1".into(),
             "--authentication-token-webhook-cache-ttl=1s".into(),
+            // request-header (front-proxy) authentication, kube's default names
+            format!(
+                "--requestheader-client-ca-file={}",
+                front_proxy_pki.ca_path().display()
+            ),
+            format!("--requestheader-allowed-names={FRONT_PROXY_CLIENT}"),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-uid-headers=X-Remote-Uid".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
             "--profiling=false".into(),
             "--v=1".into(),
         ];
@@ -319,6 +337,7 @@ impl Kube {
             dir,
             bin,
             pki,
+            front_proxy_pki,
             port,
             webhook_addr,
             proxy_token: String::new(),
@@ -496,6 +515,25 @@ spec:
             bail!("proxy token: {}", crate::output_text(&out));
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// A client certificate kube-apiserver's request-header authentication
+    /// trusts (its CA is `--requestheader-client-ca-file`, its name
+    /// [`FRONT_PROXY_CLIENT`] the allowed name), written to files under
+    /// `name`.
+    pub fn front_proxy_client(&self, name: &str) -> anyhow::Result<crate::pki::CertFiles> {
+        self.front_proxy_pki
+            .issue_client(name, FRONT_PROXY_CLIENT, None)
+    }
+
+    /// A client certificate from the request-header CA with a name kube
+    /// does not allow.
+    pub fn front_proxy_client_named(
+        &self,
+        name: &str,
+        common_name: &str,
+    ) -> anyhow::Result<crate::pki::CertFiles> {
+        self.front_proxy_pki.issue_client(name, common_name, None)
     }
 
     /// `https://127.0.0.1:PORT` of kube-apiserver.
