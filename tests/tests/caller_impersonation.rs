@@ -55,11 +55,22 @@ subjects:
 
 async fn env_with_rbac(top_level: &str) -> anyhow::Result<KubeEnv> {
     let env = KubeEnv::start_with_top_level(TestPki::new()?, "", top_level).await?;
-    let out = env
-        .kube
-        .admin_async(&["apply", "-f", "-"], Some(RBAC))
+    env.kube
+        .apply_rbac(
+            RBAC,
+            &[
+                &["impersonate", "users/carol", "--as", "alice"][..],
+                &[
+                    "impersonate",
+                    "serviceaccounts/default",
+                    "-n",
+                    "default",
+                    "--as",
+                    "alice",
+                ],
+            ],
+        )
         .await?;
-    anyhow::ensure!(out.status.success(), "{}", output_text(&out));
     // kubectl's discovery as alice herself, cached as a user's would be: a
     // refused `--as` then fails on the request itself, whose message kubectl
     // prints (a refused discovery request prints "unknown", with kube too).

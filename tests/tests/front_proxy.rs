@@ -153,11 +153,12 @@ roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: front-pr
 subjects:
 - {kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}
 "#;
-    let out = env
-        .kube
-        .admin_async(&["apply", "-f", "-"], Some(rbac))
+    env.kube
+        .apply_rbac(
+            rbac,
+            &[&["impersonate", "users/carol", "--as", "alice"][..]],
+        )
         .await?;
-    assert!(out.status.success(), "{}", output_text(&out));
     let out = env
         .kubectl(&[
             "--context",
@@ -182,7 +183,7 @@ subjects:
         "{review}"
     );
     // Warm kubectl's discovery cache as bob, then: bob may not be carol.
-    env.kubectl(&["--context", "bob", "auth", "whoami"]).await?;
+    env.kubectl(&["--context", "bob", "get", "pods"]).await?;
     let out = env
         .kubectl(&["--context", "bob", "--as", "carol", "get", "pods"])
         .await?;

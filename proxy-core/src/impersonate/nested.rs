@@ -16,8 +16,9 @@
 //! wording. Groups, uid or extras without a user are refused with a 400, as
 //! kube refuses them.
 //!
-//! Answers are cached briefly ([`Settings::cache_ttl`]), keyed by the
-//! authenticated user and the attribute: no credential is part of a key.
+//! Allowed answers are cached briefly ([`Settings::cache_ttl`]), keyed by
+//! the authenticated user and the attribute (no credential is part of a
+//! key); refusals are asked again each time, so a new grant works at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -380,7 +381,11 @@ impl Reviewer {
             return Ok(allowed);
         }
         let allowed = self.review(user, attributes).await?;
-        cache.insert(key, allowed).await;
+        // Only allowed answers are kept: a permission granted a moment ago
+        // works at once, as it does with kube itself.
+        if allowed {
+            cache.insert(key, allowed).await;
+        }
         Ok(allowed)
     }
 

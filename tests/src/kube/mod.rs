@@ -497,6 +497,38 @@ spec:
         Ok(())
     }
 
+    /// Applies `yaml` as the admin and waits until RBAC answers `can-i` with
+    /// yes for each of `checks` (e.g. `["impersonate", "users/carol", "--as",
+    /// "alice"]`): kube's authorizer sees new bindings a moment after they
+    /// are stored.
+    pub async fn apply_rbac(&self, yaml: &str, checks: &[&[&str]]) -> anyhow::Result<()> {
+        let out = self.admin_async(&["apply", "-f", "-"], Some(yaml)).await?;
+        if !out.status.success() {
+            bail!("apply: {}", crate::output_text(&out));
+        }
+        for check in checks {
+            let mut args = vec!["auth", "can-i"];
+            args.extend(check.iter());
+            crate::wait_for(Duration::from_secs(20), "RBAC in force", || {
+                let args = args.clone();
+                async move {
+                    let out = self
+                        .admin_async(&args, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                    if answer == "yes" {
+                        Ok(Some(()))
+                    } else {
+                        Err(answer)
+                    }
+                }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// A new token of the proxy's service account, valid for an hour.
     pub async fn new_proxy_token(&self) -> anyhow::Result<String> {
         self.service_account_token("proxy").await
