@@ -253,10 +253,21 @@ async fn authproxy(
     } else {
         chain
     };
+    // Nothing is reloaded in the bench: the chain is swapped by no one.
+    let live = authproxy::reload::LiveAuthentication {
+        chain: proxy_core::authn::SwappableChain::new(chain.clone()),
+        issuer: None,
+        metrics: metrics.clone(),
+        reloading: proxy_core::config::Reloading {
+            interval: Duration::from_secs(3600),
+            reporter: Default::default(),
+        },
+    };
     let proxy = Proxy {
         stack: tower_layer::Layer::layer(&observe, proxy_stack(chain.clone(), upstream)),
         metrics,
         chain,
+        live,
         token_endpoint: None,
         max_request_body_bytes: authproxy::limits::DEFAULT_MAX_REQUEST_BODY_BYTES,
     };

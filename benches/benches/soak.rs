@@ -217,7 +217,7 @@ async fn short_requests(
     let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        if sent % 500 == 0 {
+        if sent.is_multiple_of(500) {
             sender = None;
         }
         let send = match &mut sender {
