@@ -27,7 +27,7 @@ fn make_settings() -> IssuerSettings {
          claimValidationRules: [{{claim: hd, requiredValue: example.com}}]\n\
          signingAlgorithms: [ES256, EdDSA, RS256]\nkeyRefreshMinInterval: 24h\n"
     );
-    let jwt: JwtAuthenticator = serde_yaml::from_str(&yaml).expect("fixture settings");
+    let jwt: JwtAuthenticator = serde_yaml_ng::from_str(&yaml).expect("fixture settings");
     jwt.settings("fuzz").expect("fixture settings")
 }
 

@@ -214,7 +214,7 @@ impl FileConfig {
 
     /// Parses YAML; on failure returns the field path and the message.
     pub fn parse(text: &str) -> Result<FileConfig, (String, String)> {
-        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let field = proxy_core::config::field_path(e.path());
             (field, e.into_inner().to_string())

@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn an_empty_section_takes_every_default() {
-        let limits: Limits = serde_yaml::from_str("{}").unwrap();
+        let limits: Limits = serde_yaml_ng::from_str("{}").unwrap();
         assert_eq!(limits.tls_handshake_timeout, DEFAULT_TLS_HANDSHAKE_TIMEOUT);
         assert_eq!(limits.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
         assert_eq!(limits.idle_timeout, DEFAULT_IDLE_TIMEOUT);
@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn unusable_values_are_named_with_their_path() {
-        let limits: Limits = serde_yaml::from_str(
+        let limits: Limits = serde_yaml_ng::from_str(
             "{idleTimeout: 0s, maxConnections: 0, maxHeaderBytes: 100, http2: {maxConcurrentStreams: 0}}",
         )
         .unwrap();
@@ -319,6 +319,6 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(serde_yaml::from_str::<Limits>("{http2: {maxStreams: 5}}").is_err());
+        assert!(serde_yaml_ng::from_str::<Limits>("{http2: {maxStreams: 5}}").is_err());
     }
 }

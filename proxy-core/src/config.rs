@@ -262,7 +262,7 @@ impl KubeAuthenticationConfiguration {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let config: Self = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
+        let config: Self = serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(
             &text,
         ))
         .map_err(|e| {

@@ -129,7 +129,7 @@ impl Kubeconfig {
     /// it are resolved against `path`'s folder when [`Kubeconfig::upstream`]
     /// reads them). Nothing is read here.
     pub fn parse(text: &str, path: &Path) -> Result<Kubeconfig, KubeconfigError> {
-        let raw: Raw = serde_yaml::from_str(text).map_err(|e| KubeconfigError {
+        let raw: Raw = serde_yaml_ng::from_str(text).map_err(|e| KubeconfigError {
             path: path.to_owned(),
             message: e.to_string(),
         })?;

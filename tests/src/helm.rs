@@ -86,7 +86,7 @@ pub async fn template_text(
 /// The objects of a rendered chart, as JSON values.
 pub fn objects(yaml: &str) -> anyhow::Result<Vec<Value>> {
     let mut all = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
         let value: Value = serde::Deserialize::deserialize(doc).context("rendered YAML")?;
         if !value.is_null() {
             all.push(value);

@@ -168,7 +168,7 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
 
     // the image tag the chart runs by default is the version cargo builds
     let chart_yaml: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml"))?)?;
+        serde_yaml_ng::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml"))?)?;
     assert_eq!(chart_yaml["appVersion"], env!("CARGO_PKG_VERSION"));
 
     // Deployment: HA shape
@@ -396,7 +396,7 @@ async fn sidecar_example_runs_the_container_the_chart_runs() -> anyhow::Result<(
     let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
     let objects = parse_objects(&template_text("authproxy", "ns", &values, &[]).await?)?;
     let chart_spec = pod_spec(&objects)?;
-    let example: Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let example: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(
         chart_dir().join("examples/sidecar-pod.yaml"),
     )?)?;
     let example_spec = &example["spec"];
@@ -618,7 +618,7 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
 fn webhook_examples_address() -> anyhow::Result<String> {
     let dir = chart_dir().join("../../kube-apiserver");
     let read = |name: &str| -> anyhow::Result<Value> {
-        Ok(serde_yaml::from_str(&std::fs::read_to_string(
+        Ok(serde_yaml_ng::from_str(&std::fs::read_to_string(
             dir.join(name),
         )?)?)
     };

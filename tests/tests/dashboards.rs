@@ -40,7 +40,7 @@ async fn every_metric_in_dashboard_and_alerts_exists_in_a_real_scrape() -> anyho
     let dashboard = std::fs::read_to_string(folder.join("dashboard.json"))?;
     let alerts = std::fs::read_to_string(folder.join("alerts.yaml"))?;
     let dashboard_json: serde_json::Value = serde_json::from_str(&dashboard)?;
-    let rules: serde_yaml::Value = serde_yaml::from_str(&alerts)?;
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(&alerts)?;
     let mut exprs: Vec<String> = Vec::new();
     for panel in dashboard_json["panels"].as_array().into_iter().flatten() {
         for target in panel["targets"].as_array().into_iter().flatten() {

@@ -137,7 +137,7 @@ mod tests {
 
     #[test]
     fn problems_name_their_fields() {
-        let config: AuditConfig = serde_yaml::from_str(
+        let config: AuditConfig = serde_yaml_ng::from_str(
             "path: /no/such/dir/audit.log\nmaxSizeMB: 0\nqueueSize: 0\nomitPaths: [livez]\n",
         )
         .unwrap();
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(serde_yaml::from_str::<AuditConfig>("path: '-'\nlevel: Request\n").is_err());
-        assert!(serde_yaml::from_str::<AuditConfig>("path: '-'\nmaxSize: 3\n").is_err());
+        assert!(serde_yaml_ng::from_str::<AuditConfig>("path: '-'\nlevel: Request\n").is_err());
+        assert!(serde_yaml_ng::from_str::<AuditConfig>("path: '-'\nmaxSize: 3\n").is_err());
     }
 }

@@ -271,7 +271,7 @@ mod tests {
     use super::*;
 
     fn config(yaml: &str) -> LdapConfig {
-        serde_yaml::from_str(&format!(
+        serde_yaml_ng::from_str(&format!(
             "bindDN: cn=svc\nbindPasswordFile: pw\nuserSearch: {{baseDN: 'ou=people'}}\n{yaml}"
         ))
         .unwrap()

@@ -446,7 +446,7 @@ mod tests {
     use serde_json::json;
 
     fn settings(algorithms: &str) -> IssuerSettings {
-        let jwt: super::super::JwtAuthenticator = serde_yaml::from_str(&format!(
+        let jwt: super::super::JwtAuthenticator = serde_yaml_ng::from_str(&format!(
             "issuer: {{url: 'https://idp.example', audiences: [kube]}}\nsigningAlgorithms: {algorithms}\n"
         ))
         .unwrap();

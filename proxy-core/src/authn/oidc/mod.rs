@@ -309,7 +309,7 @@ mod tests {
     use serde_json::json;
 
     fn settings() -> IssuerSettings {
-        let jwt: JwtAuthenticator = serde_yaml::from_str(
+        let jwt: JwtAuthenticator = serde_yaml_ng::from_str(
             "issuer: {url: 'https://idp.example', audiences: [kube]}\nclaimMappings:\n  username: {claim: email, prefix: ''}\n  groups: {claim: groups, prefix: 'oidc:'}\n  uid: {claim: sub}\n  extra: [{key: example.com/tenant, claim: tenant}]\nclaimValidationRules: [{claim: hd, requiredValue: example.com}]\n",
         )
         .unwrap();
@@ -397,7 +397,7 @@ mod tests {
 
     #[test]
     fn cel_and_hmac_are_refused_with_the_field_named() {
-        let jwt: JwtAuthenticator = serde_yaml::from_str(
+        let jwt: JwtAuthenticator = serde_yaml_ng::from_str(
             "issuer: {url: 'https://idp', audiences: [k]}\nclaimMappings:\n  username: {expression: 'claims.sub'}\nsigningAlgorithms: [HS256]\n",
         )
         .unwrap();
@@ -412,7 +412,7 @@ mod tests {
     }
 
     fn problems_of(yaml: &str) -> Vec<crate::config::Problem> {
-        let jwt: JwtAuthenticator = serde_yaml::from_str(yaml).unwrap();
+        let jwt: JwtAuthenticator = serde_yaml_ng::from_str(yaml).unwrap();
         jwt.settings("authentication.jwt[0]")
             .err()
             .unwrap_or_default()
@@ -503,7 +503,7 @@ mod tests {
     fn system_names_are_refused_by_default_and_allowed_on_request() {
         let s = settings();
         assert!(!s.allow_system_names);
-        let jwt: JwtAuthenticator = serde_yaml::from_str(
+        let jwt: JwtAuthenticator = serde_yaml_ng::from_str(
             "issuer: {url: 'https://idp', audiences: [k]}\nallowSystemNames: true\n",
         )
         .unwrap();
@@ -583,7 +583,7 @@ mod tests {
         let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1",
             "x": b64(&point[1..33]), "y": b64(&point[33..])}]});
         // Nothing listens at this issuer: the preloaded keys are the only ones.
-        let jwt: JwtAuthenticator = serde_yaml::from_str(
+        let jwt: JwtAuthenticator = serde_yaml_ng::from_str(
             "issuer: {url: 'https://127.0.0.1:9/idp', audiences: [kube]}\nclaimMappings: {username: {claim: sub, prefix: ''}}\nsigningAlgorithms: [ES256]\n",
         )
         .unwrap();
