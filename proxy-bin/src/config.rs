@@ -4,6 +4,9 @@
 //! listen: 0.0.0.0:8443
 //! tls: {certFile: tls.crt, keyFile: tls.key, clientCAFile: client-ca.crt}
 //! upstream: {url: https://10.0.0.1:6443, caFile: ca.crt, tokenFile: token}
+//! # more API servers, at https://proxy/k8s/clusters/<name>/:
+//! upstreams:
+//!   - {name: east, url: https://10.0.1.1:6443, caFile: east-ca.crt, tokenFile: east-token}
 //! authentication:
 //!   staticTokens: {file: tokens.csv}
 //! logging: {format: json, level: info}
@@ -32,9 +35,14 @@ pub struct FileConfig {
     pub listen: SocketAddr,
     /// The listener's certificate, key and optional client CA.
     pub tls: ListenerTls,
-    /// How the API server is reached (default: in-cluster service account).
-    #[serde(default)]
-    pub upstream: UpstreamConfig,
+    /// How the API server is reached (default: in-cluster service account,
+    /// unless `upstreams` is set: then no default). Use
+    /// [`FileConfig::default_upstream`].
+    pub upstream: Option<UpstreamConfig>,
+    /// Named API servers, each reached at `/k8s/clusters/<name>/` through its
+    /// own client and connection pool (same fields as `upstream`, plus
+    /// `name`). Use [`FileConfig::named_upstreams`].
+    pub upstreams: Option<Vec<UpstreamConfig>>,
     /// Which authenticators run.
     pub authentication: AuthenticationConfig,
     /// Log format and level.
@@ -217,6 +225,36 @@ impl FileConfig {
         })
     }
 
+    /// The upstream of requests without a `/k8s/clusters/<name>/` prefix:
+    /// `upstream`, or the in-cluster service account when neither `upstream`
+    /// nor `upstreams` is set; `None` when only `upstreams` is set.
+    pub fn default_upstream(&self) -> Option<UpstreamConfig> {
+        match (&self.upstream, &self.upstreams) {
+            (Some(upstream), _) => Some(upstream.clone()),
+            (None, None) => Some(UpstreamConfig::default()),
+            (None, Some(_)) => None,
+        }
+    }
+
+    /// The named clusters of `upstreams` (empty without it).
+    pub fn named_upstreams(&self) -> &[UpstreamConfig] {
+        self.upstreams.as_deref().unwrap_or_default()
+    }
+
+    /// Every configured upstream section with its path (`upstream`,
+    /// `upstreams[1]`).
+    pub fn upstream_sections(&self) -> Vec<(String, UpstreamConfig)> {
+        let mut sections: Vec<(String, UpstreamConfig)> = self
+            .default_upstream()
+            .map(|u| ("upstream".to_owned(), u))
+            .into_iter()
+            .collect();
+        for (i, cluster) in self.named_upstreams().iter().enumerate() {
+            sections.push((format!("upstreams[{i}]"), cluster.clone()));
+        }
+        sections
+    }
+
     /// The reload interval with its default filled in.
     pub fn reload_interval(&self) -> Duration {
         self.reload_interval
@@ -265,23 +303,29 @@ impl FileConfig {
                 message: "needs tls.clientCAFile to verify client certificates".into(),
             });
         }
-        problems.extend(self.upstream.validate("upstream", base));
+        problems.extend(proxy_core::config::validate_upstreams(
+            self.default_upstream().as_ref(),
+            self.upstreams.as_deref(),
+            base,
+        ));
         problems.extend(self.authentication.validate("authentication", base));
         problems.extend(self.limits.validate("limits"));
-        let pool = self.upstream.pool_settings();
-        let streams = pool
-            .max_connections
-            .saturating_mul(pool.max_streams_per_connection);
         let long_running = self.limits.long_running_limits().total;
-        if streams > 0 && long_running >= streams {
-            problems.push(Problem {
-                field: "limits.longRunning.total".into(),
-                message: format!(
-                    "{long_running} long-running requests could hold all {streams} upstream streams \
-                     (upstream.maxConnections × upstream.maxStreamsPerConnection), leaving none for \
-                     short requests"
-                ),
-            });
+        for (section, upstream) in self.upstream_sections() {
+            let pool = upstream.pool_settings();
+            let streams = pool
+                .max_connections
+                .saturating_mul(pool.max_streams_per_connection);
+            if streams > 0 && long_running >= streams {
+                problems.push(Problem {
+                    field: "limits.longRunning.total".into(),
+                    message: format!(
+                        "{long_running} long-running requests could hold all {streams} upstream streams \
+                         ({section}.maxConnections × {section}.maxStreamsPerConnection), leaving none for \
+                         short requests"
+                    ),
+                });
+            }
         }
         if let Some(metrics) = &self.metrics {
             problems.extend(metrics.validate("metrics", base));
