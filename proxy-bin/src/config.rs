@@ -351,6 +351,93 @@ mod tests {
         assert!(message.contains("unknown field"), "{message}");
     }
 
+    /// The problems of a config with `tls` files that exist, `authentication: {}`
+    /// and `rest`, in a folder with `ca.crt` and `token`, other than the
+    /// missing authenticator.
+    fn problems_with(rest: &str) -> Vec<Problem> {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["a", "ca.crt", "token"] {
+            std::fs::write(dir.path().join(file), "x").unwrap();
+        }
+        let text = format!("tls: {{certFile: a, keyFile: a}}\nauthentication: {{}}\n{rest}");
+        let config = FileConfig::parse(&text).unwrap();
+        let mut problems = config.validate(dir.path());
+        // No authenticator is configured: not what these tests look at.
+        problems.retain(|p| p.field != "authentication");
+        problems
+    }
+
+    fn fields(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn named_clusters_validate_with_their_paths() {
+        let ok = problems_with(
+            "upstreams:\n\
+             - {name: east, url: 'https://10.0.0.1:6443', caFile: ca.crt, tokenFile: token}\n\
+             - {name: west-2, url: 'https://10.0.0.2:6443', caFile: ca.crt, tokenFile: token}\n",
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let problems = problems_with(
+            "upstreams:\n\
+             - {name: east, url: 'https://10.0.0.1:6443'}\n\
+             - {name: east, url: 'https://10.0.0.2:6443'}\n\
+             - {name: East_1, url: 'https://10.0.0.3:6443'}\n\
+             - {url: 'https://10.0.0.4:6443', caFile: missing.crt}\n\
+             - {name: bare}\n\
+             - {name: plain, url: 'http://10.0.0.6'}\n",
+        );
+        assert_eq!(
+            fields(&problems),
+            [
+                "upstreams[1].name",
+                "upstreams[2].name",
+                "upstreams[3].caFile",
+                "upstreams[3].name",
+                "upstreams[4].url",
+                "upstreams[5].url",
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("also the name of upstreams[0]"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn contradictory_upstream_settings_are_caught() {
+        let problems = problems_with(
+            "upstream: {name: east, url: 'https://10.0.0.1:6443'}\nupstreams: []\n",
+        );
+        assert_eq!(fields(&problems), ["upstream.name", "upstreams"], "{problems:?}");
+        // The stream check runs for every cluster's pool.
+        let problems = problems_with(
+            "upstreams: [{name: east, url: 'https://10.0.0.1:6443', maxConnections: 1, maxStreamsPerConnection: 10}]\n\
+             limits: {longRunning: {perUser: 5, total: 10}}\n",
+        );
+        assert_eq!(fields(&problems), ["limits.longRunning.total"], "{problems:?}");
+        assert!(
+            problems[0].message.contains("upstreams[0].maxConnections"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn only_upstreams_means_no_default_upstream() {
+        let config = FileConfig::parse(
+            "tls: {certFile: a, keyFile: a}\nauthentication: {}\n\
+             upstreams: [{name: east, url: 'https://10.0.0.1:6443'}]\n",
+        )
+        .unwrap();
+        assert!(config.default_upstream().is_none());
+        assert_eq!(config.named_upstreams().len(), 1);
+        let config =
+            FileConfig::parse("tls: {certFile: a, keyFile: a}\nauthentication: {}\n").unwrap();
+        assert!(config.default_upstream().is_some(), "in-cluster default");
+    }
+
     #[test]
     fn an_error_at_an_empty_top_level_key_still_names_a_field() {
         let (field, _) = FileConfig::parse(" ?").unwrap_err();
