@@ -401,23 +401,32 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems[0].message.contains("also the name of upstreams[0]"),
+            problems[0]
+                .message
+                .contains("also the name of upstreams[0]"),
             "{problems:?}"
         );
     }
 
     #[test]
     fn contradictory_upstream_settings_are_caught() {
-        let problems = problems_with(
-            "upstream: {name: east, url: 'https://10.0.0.1:6443'}\nupstreams: []\n",
+        let problems =
+            problems_with("upstream: {name: east, url: 'https://10.0.0.1:6443'}\nupstreams: []\n");
+        assert_eq!(
+            fields(&problems),
+            ["upstream.name", "upstreams"],
+            "{problems:?}"
         );
-        assert_eq!(fields(&problems), ["upstream.name", "upstreams"], "{problems:?}");
         // The stream check runs for every cluster's pool.
         let problems = problems_with(
             "upstreams: [{name: east, url: 'https://10.0.0.1:6443', maxConnections: 1, maxStreamsPerConnection: 10}]\n\
              limits: {longRunning: {perUser: 5, total: 10}}\n",
         );
-        assert_eq!(fields(&problems), ["limits.longRunning.total"], "{problems:?}");
+        assert_eq!(
+            fields(&problems),
+            ["limits.longRunning.total"],
+            "{problems:?}"
+        );
         assert!(
             problems[0].message.contains("upstreams[0].maxConnections"),
             "{problems:?}"

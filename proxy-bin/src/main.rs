@@ -410,6 +410,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     ca_file: direct_ca_file.as_deref(),
                 });
             }
+            anyhow::ensure!(
+                !clusters.is_empty(),
+                "no cluster to write: the configuration has neither upstream nor upstreams"
+            );
             let text = authproxy::login::kubeconfig(&clusters, &name, &binary, &args)?;
             match output {
                 Some(path) => std::fs::write(&path, text)
