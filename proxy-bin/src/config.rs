@@ -4,6 +4,9 @@
 //! listen: 0.0.0.0:8443
 //! tls: {certFile: tls.crt, keyFile: tls.key, clientCAFile: client-ca.crt}
 //! upstream: {url: https://10.0.0.1:6443, caFile: ca.crt, tokenFile: token}
+//! # more API servers, at https://proxy/k8s/clusters/<name>/:
+//! upstreams:
+//!   - {name: east, url: https://10.0.1.1:6443, caFile: east-ca.crt, tokenFile: east-token}
 //! authentication:
 //!   staticTokens: {file: tokens.csv}
 //! logging: {format: json, level: info}
@@ -32,9 +35,14 @@ pub struct FileConfig {
     pub listen: SocketAddr,
     /// The listener's certificate, key and optional client CA.
     pub tls: ListenerTls,
-    /// How the API server is reached (default: in-cluster service account).
-    #[serde(default)]
-    pub upstream: UpstreamConfig,
+    /// How the API server is reached (default: in-cluster service account,
+    /// unless `upstreams` is set: then no default). Use
+    /// [`FileConfig::default_upstream`].
+    pub upstream: Option<UpstreamConfig>,
+    /// Named API servers, each reached at `/k8s/clusters/<name>/` through its
+    /// own client and connection pool (same fields as `upstream`, plus
+    /// `name`). Use [`FileConfig::named_upstreams`].
+    pub upstreams: Option<Vec<UpstreamConfig>>,
     /// Which authenticators run.
     pub authentication: AuthenticationConfig,
     /// Log format and level.
@@ -221,6 +229,36 @@ impl FileConfig {
         })
     }
 
+    /// The upstream of requests without a `/k8s/clusters/<name>/` prefix:
+    /// `upstream`, or the in-cluster service account when neither `upstream`
+    /// nor `upstreams` is set; `None` when only `upstreams` is set.
+    pub fn default_upstream(&self) -> Option<UpstreamConfig> {
+        match (&self.upstream, &self.upstreams) {
+            (Some(upstream), _) => Some(upstream.clone()),
+            (None, None) => Some(UpstreamConfig::default()),
+            (None, Some(_)) => None,
+        }
+    }
+
+    /// The named clusters of `upstreams` (empty without it).
+    pub fn named_upstreams(&self) -> &[UpstreamConfig] {
+        self.upstreams.as_deref().unwrap_or_default()
+    }
+
+    /// Every configured upstream section with its path (`upstream`,
+    /// `upstreams[1]`).
+    pub fn upstream_sections(&self) -> Vec<(String, UpstreamConfig)> {
+        let mut sections: Vec<(String, UpstreamConfig)> = self
+            .default_upstream()
+            .map(|u| ("upstream".to_owned(), u))
+            .into_iter()
+            .collect();
+        for (i, cluster) in self.named_upstreams().iter().enumerate() {
+            sections.push((format!("upstreams[{i}]"), cluster.clone()));
+        }
+        sections
+    }
+
     /// The reload interval with its default filled in.
     pub fn reload_interval(&self) -> Duration {
         self.reload_interval
@@ -269,16 +307,22 @@ impl FileConfig {
                 message: "needs tls.clientCAFile to verify client certificates".into(),
             });
         }
-        problems.extend(self.upstream.validate("upstream", base));
+        problems.extend(proxy_core::config::validate_upstreams(
+            self.default_upstream().as_ref(),
+            self.upstreams.as_deref(),
+            base,
+        ));
         if self.identity_headers.mode == proxy_core::impersonate::ForwardMode::FrontProxy {
             if let Err(problem) = self.identity_headers.front_proxy_names("identityHeaders") {
                 problems.push(problem);
             }
-            let upstream = &self.upstream;
-            if upstream.kubeconfig.is_none() {
+            for (section, upstream) in self.upstream_sections() {
+                if upstream.kubeconfig.is_some() {
+                    continue;
+                }
                 if upstream.url.is_none() {
                     problems.push(Problem {
-                        field: "upstream.url".into(),
+                        field: format!("{section}.url"),
                         message: "identityHeaders.mode frontProxy needs the API server's URL (the \
                                   in-cluster default would send the service-account token)"
                             .into(),
@@ -286,7 +330,7 @@ impl FileConfig {
                 }
                 if upstream.client_cert_file.is_none() || upstream.client_key_file.is_none() {
                     problems.push(Problem {
-                        field: "upstream.clientCertFile".into(),
+                        field: format!("{section}.clientCertFile"),
                         message: "identityHeaders.mode frontProxy needs a client certificate and \
                                   key signed by the API server's --requestheader-client-ca-file"
                             .into(),
@@ -294,7 +338,7 @@ impl FileConfig {
                 }
                 if upstream.token_file.is_some() {
                     problems.push(Problem {
-                        field: "upstream.tokenFile".into(),
+                        field: format!("{section}.tokenFile"),
                         message: "contradicts identityHeaders.mode frontProxy: the API server \
                                   would take the identity from the token, not the headers"
                             .into(),
@@ -304,20 +348,22 @@ impl FileConfig {
         }
         problems.extend(self.authentication.validate("authentication", base));
         problems.extend(self.limits.validate("limits"));
-        let pool = self.upstream.pool_settings();
-        let streams = pool
-            .max_connections
-            .saturating_mul(pool.max_streams_per_connection);
         let long_running = self.limits.long_running_limits().total;
-        if streams > 0 && long_running >= streams {
-            problems.push(Problem {
-                field: "limits.longRunning.total".into(),
-                message: format!(
-                    "{long_running} long-running requests could hold all {streams} upstream streams \
-                     (upstream.maxConnections × upstream.maxStreamsPerConnection), leaving none for \
-                     short requests"
-                ),
-            });
+        for (section, upstream) in self.upstream_sections() {
+            let pool = upstream.pool_settings();
+            let streams = pool
+                .max_connections
+                .saturating_mul(pool.max_streams_per_connection);
+            if streams > 0 && long_running >= streams {
+                problems.push(Problem {
+                    field: "limits.longRunning.total".into(),
+                    message: format!(
+                        "{long_running} long-running requests could hold all {streams} upstream streams \
+                         ({section}.maxConnections × {section}.maxStreamsPerConnection), leaving none for \
+                         short requests"
+                    ),
+                });
+            }
         }
         if let Some(metrics) = &self.metrics {
             problems.extend(metrics.validate("metrics", base));
@@ -341,6 +387,102 @@ mod tests {
         .unwrap_err();
         assert_eq!(field, "upstream.urll");
         assert!(message.contains("unknown field"), "{message}");
+    }
+
+    /// The problems of a config with `tls` files that exist, `authentication: {}`
+    /// and `rest`, in a folder with `ca.crt` and `token`, other than the
+    /// missing authenticator.
+    fn problems_with(rest: &str) -> Vec<Problem> {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["a", "ca.crt", "token"] {
+            std::fs::write(dir.path().join(file), "x").unwrap();
+        }
+        let text = format!("tls: {{certFile: a, keyFile: a}}\nauthentication: {{}}\n{rest}");
+        let config = FileConfig::parse(&text).unwrap();
+        let mut problems = config.validate(dir.path());
+        // No authenticator is configured: not what these tests look at.
+        problems.retain(|p| p.field != "authentication");
+        problems
+    }
+
+    fn fields(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn named_clusters_validate_with_their_paths() {
+        let ok = problems_with(
+            "upstreams:\n\
+             - {name: east, url: 'https://10.0.0.1:6443', caFile: ca.crt, tokenFile: token}\n\
+             - {name: west-2, url: 'https://10.0.0.2:6443', caFile: ca.crt, tokenFile: token}\n",
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+        let problems = problems_with(
+            "upstreams:\n\
+             - {name: east, url: 'https://10.0.0.1:6443'}\n\
+             - {name: east, url: 'https://10.0.0.2:6443'}\n\
+             - {name: East_1, url: 'https://10.0.0.3:6443'}\n\
+             - {url: 'https://10.0.0.4:6443', caFile: missing.crt}\n\
+             - {name: bare}\n\
+             - {name: plain, url: 'http://10.0.0.6'}\n",
+        );
+        assert_eq!(
+            fields(&problems),
+            [
+                "upstreams[1].name",
+                "upstreams[2].name",
+                "upstreams[3].caFile",
+                "upstreams[3].name",
+                "upstreams[4].url",
+                "upstreams[5].url",
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0]
+                .message
+                .contains("also the name of upstreams[0]"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn contradictory_upstream_settings_are_caught() {
+        let problems =
+            problems_with("upstream: {name: east, url: 'https://10.0.0.1:6443'}\nupstreams: []\n");
+        assert_eq!(
+            fields(&problems),
+            ["upstream.name", "upstreams"],
+            "{problems:?}"
+        );
+        // The stream check runs for every cluster's pool.
+        let problems = problems_with(
+            "upstreams: [{name: east, url: 'https://10.0.0.1:6443', maxConnections: 1, maxStreamsPerConnection: 10}]\n\
+             limits: {longRunning: {perUser: 5, total: 10}}\n",
+        );
+        assert_eq!(
+            fields(&problems),
+            ["limits.longRunning.total"],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("upstreams[0].maxConnections"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn only_upstreams_means_no_default_upstream() {
+        let config = FileConfig::parse(
+            "tls: {certFile: a, keyFile: a}\nauthentication: {}\n\
+             upstreams: [{name: east, url: 'https://10.0.0.1:6443'}]\n",
+        )
+        .unwrap();
+        assert!(config.default_upstream().is_none());
+        assert_eq!(config.named_upstreams().len(), 1);
+        let config =
+            FileConfig::parse("tls: {certFile: a, keyFile: a}\nauthentication: {}\n").unwrap();
+        assert!(config.default_upstream().is_some(), "in-cluster default");
     }
 
     #[test]

@@ -99,6 +99,15 @@ enum Command {
         /// Use the device-authorization flow (headless) instead of a browser.
         #[arg(long)]
         device: bool,
+        /// A cluster named in the proxy's `upstreams:` (repeatable): one
+        /// cluster and context `<name>-<cluster>` each, at
+        /// `<server>/k8s/clusters/<cluster>`, sharing the same login.
+        #[arg(long = "cluster", value_name = "CLUSTER")]
+        clusters: Vec<String>,
+        /// The proxy's configuration file: a context for every cluster of its
+        /// `upstreams:` (as if each were given with --cluster).
+        #[arg(long = "proxy-config", value_name = "FILE")]
+        proxy_config: Option<PathBuf>,
     },
     /// Run the proxy in front of an embedded demo API server, and print
     /// commands that show it at work.
@@ -312,7 +321,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
             direct_server,
             direct_ca_file,
             device,
+            clusters: mut cluster_names,
+            proxy_config,
         } => {
+            let mut with_default = cluster_names.is_empty();
+            if let Some(path) = &proxy_config {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let config = FileConfig::parse(&text).map_err(|(field, message)| {
+                    anyhow::anyhow!("{}: {field}: {message}", path.display())
+                })?;
+                for (i, cluster) in config.named_upstreams().iter().enumerate() {
+                    let name = cluster.name.clone().with_context(|| {
+                        format!("{}: upstreams[{i}].name is not set", path.display())
+                    })?;
+                    cluster_names.push(name);
+                }
+                with_default = config.default_upstream().is_some();
+            }
+            for cluster in &cluster_names {
+                proxy_core::upstream::router::validate_name(cluster)
+                    .with_context(|| format!("--cluster {cluster:?}"))?;
+            }
             let binary = std::env::current_exe().context("locating the authproxy binary")?;
             let absolute = |p: &PathBuf| std::fs::canonicalize(p).map(|p| p.display().to_string());
             let mut args: Vec<String> = match &oidc_issuer {
@@ -344,11 +374,35 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             use authproxy::login::KubeconfigCluster;
             let direct_name = format!("{name}-direct");
-            let mut clusters = vec![KubeconfigCluster {
-                name: &name,
-                server: &server,
-                ca_file: ca_file.as_deref(),
-            }];
+            let base = server.trim_end_matches('/');
+            let named: Vec<(String, String)> = cluster_names
+                .iter()
+                .map(|cluster| {
+                    (
+                        format!("{name}-{cluster}"),
+                        format!(
+                            "{base}{}/{cluster}",
+                            proxy_core::upstream::router::CLUSTER_PREFIX
+                        ),
+                    )
+                })
+                .collect();
+            // The proxy's default upstream, at the server URL itself.
+            let mut clusters = Vec::new();
+            if with_default {
+                clusters.push(KubeconfigCluster {
+                    name: &name,
+                    server: &server,
+                    ca_file: ca_file.as_deref(),
+                });
+            }
+            for (context, url) in &named {
+                clusters.push(KubeconfigCluster {
+                    name: context,
+                    server: url,
+                    ca_file: ca_file.as_deref(),
+                });
+            }
             if let Some(direct) = &direct_server {
                 clusters.push(KubeconfigCluster {
                     name: &direct_name,
@@ -356,6 +410,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     ca_file: direct_ca_file.as_deref(),
                 });
             }
+            anyhow::ensure!(
+                !clusters.is_empty(),
+                "no cluster to write: the configuration has neither upstream nor upstreams"
+            );
             let text = authproxy::login::kubeconfig(&clusters, &name, &binary, &args)?;
             match output {
                 Some(path) => std::fs::write(&path, text)

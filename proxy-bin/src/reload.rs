@@ -9,7 +9,7 @@
 //! with the file and field and counted in `authproxy_config_reloads_total`.
 //!
 //! Settings that a running listener cannot change (addresses, TLS file
-//! paths, upstream, limits, logging, metrics, audit, webhook, issued-token
+//! paths, upstream, upstreams, limits, logging, metrics, audit, webhook, issued-token
 //! settings) are logged as needing a restart and otherwise ignored; the
 //! contents of the TLS, CA, token and key files are watched on their own.
 
@@ -184,6 +184,7 @@ pub fn needs_restart(started: &FileConfig, new: &FileConfig) -> Vec<&'static str
     check("listen", differs(&started.listen, &new.listen));
     check("tls", differs(&started.tls, &new.tls));
     check("upstream", differs(&started.upstream, &new.upstream));
+    check("upstreams", differs(&started.upstreams, &new.upstreams));
     check("logging", differs(&started.logging, &new.logging));
     check("limits", differs(&started.limits, &new.limits));
     check(

@@ -51,6 +51,17 @@ pub enum StartError {
     /// The upstream client could not be built.
     #[error("upstream: {0}")]
     Upstream(#[from] UpstreamError),
+    /// The client of one upstream section could not be built.
+    #[error("{section}: {source}")]
+    Section {
+        /// The section (`upstream`, `upstreams[1]`).
+        section: String,
+        /// Why.
+        source: UpstreamError,
+    },
+    /// The named clusters of `upstreams` cannot be routed to.
+    #[error("upstreams: {0}")]
+    Router(#[from] proxy_core::upstream::router::RouterError),
     /// A setting forbids starting this way.
     #[error("{field}: {message}")]
     Refused {
@@ -194,18 +205,6 @@ impl Proxy {
         if let Some(audit) = &config.audit {
             observe = observe.with_audit(audit.start(base)?);
         }
-        let upstream_options = config.upstream.to_options("upstream", base)?;
-        let upstream = Upstream::new(upstream_options.clone())?;
-        if let Some(ca) = config.upstream.ca_file_path(base) {
-            upstream.watch_ca_file(
-                ca,
-                config.reload_interval(),
-                live.reloading.reporter.clone(),
-            )?;
-        }
-        if let Some(metrics) = &metrics {
-            metrics.observe_upstream(upstream.counters().clone());
-        }
         let settings = config.caller_impersonation.settings();
         let front_proxy = match config.identity_headers.mode {
             ForwardMode::Impersonate => None,
@@ -219,16 +218,57 @@ impl Proxy {
                     })?,
             ),
         };
-        let nested = match settings.mode {
-            nested::Mode::Deny => NestedImpersonationLayer::deny(),
-            nested::Mode::Authorize => NestedImpersonationLayer::authorize(nested::Reviewer::new(
-                upstream_options,
-                &settings,
-                front_proxy
-                    .clone()
-                    .unwrap_or_else(HeaderNames::impersonation),
-            )?),
+        // One client, pool and reviewer per API server.
+        let cluster = |section: &str, upstream: &proxy_core::config::UpstreamConfig| {
+            let in_section = |source| StartError::Section {
+                section: section.to_owned(),
+                source,
+            };
+            let options = upstream.to_options(section, base)?;
+            let client = Upstream::new(options.clone()).map_err(in_section)?;
+            if let Some(ca) = upstream.ca_file_path(base) {
+                client
+                    .watch_ca_file(
+                        ca,
+                        config.reload_interval(),
+                        live.reloading.reporter.clone(),
+                    )
+                    .map_err(in_section)?;
+            }
+            if let Some(metrics) = &metrics {
+                metrics.observe_upstream(client.counters().clone());
+            }
+            let nested = match settings.mode {
+                nested::Mode::Deny => NestedImpersonationLayer::deny(),
+                nested::Mode::Authorize => NestedImpersonationLayer::authorize(
+                    nested::Reviewer::new(
+                        options,
+                        &settings,
+                        front_proxy
+                            .clone()
+                            .unwrap_or_else(HeaderNames::impersonation),
+                    )
+                    .map_err(in_section)?,
+                ),
+            };
+            Ok::<_, StartError>(proxy_core::Cluster {
+                nested,
+                upstream: client,
+            })
         };
+        let default = match config.default_upstream() {
+            Some(upstream) => Some(cluster("upstream", &upstream)?),
+            None => None,
+        };
+        let mut named = Vec::new();
+        for (i, upstream) in config.named_upstreams().iter().enumerate() {
+            let section = format!("upstreams[{i}]");
+            let name = upstream.name.clone().ok_or_else(|| StartError::Refused {
+                field: "upstreams[].name",
+                message: format!("{section} has no name"),
+            })?;
+            named.push((name, cluster(&section, upstream)?));
+        }
         let impersonate = match front_proxy {
             Some(names) => ImpersonateLayer::front_proxy(names),
             None => ImpersonateLayer::new(),
@@ -240,15 +280,26 @@ impl Proxy {
                 "Basic realm=\"authproxy\", Bearer realm=\"authproxy\"",
             ));
         }
+        let limits = config.limits.long_running_limits();
         let stack = tower_layer::Layer::layer(
             &observe,
-            proxy_core::proxy_stack_with(
-                authn,
-                config.limits.long_running_limits(),
-                nested,
-                impersonate,
-                upstream,
-            ),
+            if named.is_empty() {
+                let Some(default) = default else {
+                    return Err(StartError::Refused {
+                        field: "upstream",
+                        message: "no upstream is configured".into(),
+                    });
+                };
+                proxy_core::proxy_stack_with(
+                    authn,
+                    limits,
+                    default.nested,
+                    impersonate,
+                    default.upstream,
+                )
+            } else {
+                proxy_core::proxy_stack_routed(authn, limits, impersonate, default, named)?
+            },
         );
         let token_endpoint = match (issuer, &config.authentication.issued_tokens) {
             (Some(issuer), Some(settings)) => Some(Arc::new(TokenEndpoint::new(

@@ -262,17 +262,16 @@ impl KubeAuthenticationConfiguration {
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let config: Self = serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(
-            &text,
-        ))
-        .map_err(|e| {
-            format!(
-                "{}: {}: {}",
-                path.display(),
-                field_path(e.path()),
-                e.inner()
-            )
-        })?;
+        let config: Self =
+            serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(&text))
+                .map_err(|e| {
+                    format!(
+                        "{}: {}: {}",
+                        path.display(),
+                        field_path(e.path()),
+                        e.inner()
+                    )
+                })?;
         if ![
             "apiserver.config.k8s.io/v1beta1",
             "apiserver.config.k8s.io/v1",
@@ -582,6 +581,9 @@ impl AuthenticationConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UpstreamConfig {
+    /// The cluster's name, in `upstreams:` only (a DNS label): requests below
+    /// `/k8s/clusters/<name>/` go to it (see [`crate::upstream::router`]).
+    pub name: Option<String>,
     /// `https://host:port` of the API server (optionally with a path prefix).
     pub url: Option<String>,
     /// PEM CA bundle for the server certificate (default: the system bundle).
@@ -672,6 +674,68 @@ pub struct KubeconfigRef {
     pub path: PathBuf,
     /// The context (default: the file's current-context).
     pub context: Option<String>,
+}
+
+/// Every problem in the single `upstream:` section and the named clusters
+/// of `upstreams:`, each with its path (`upstreams[1].name`): each section
+/// as [`UpstreamConfig::validate`] checks it, and what contradicts between
+/// them (a name on `upstream`, a cluster without a name or with one used
+/// twice, a cluster without `url` or `kubeconfig`, an empty list).
+pub fn validate_upstreams(
+    single: Option<&UpstreamConfig>,
+    named: Option<&[UpstreamConfig]>,
+    base: &Path,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Some(single) = single {
+        problems.extend(single.validate("upstream", base));
+        if single.name.is_some() {
+            problems.push(problem(
+                "upstream.name",
+                "only clusters in upstreams have names; move this section into upstreams",
+            ));
+        }
+    }
+    let Some(named) = named else {
+        return problems;
+    };
+    if named.is_empty() {
+        problems.push(problem(
+            "upstreams",
+            "lists no cluster: add one or remove the setting",
+        ));
+    }
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, cluster) in named.iter().enumerate() {
+        let prefix = format!("upstreams[{i}]");
+        problems.extend(cluster.validate(&prefix, base));
+        match cluster.name.as_deref() {
+            None => problems.push(problem(
+                format!("{prefix}.name"),
+                "is required: requests reach the cluster at /k8s/clusters/<name>/",
+            )),
+            Some(name) => {
+                if let Err(e) = crate::upstream::router::validate_name(name) {
+                    problems.push(problem(format!("{prefix}.name"), format!("{name:?} {e}")));
+                } else if let Some(first) = seen.get(name).copied() {
+                    problems.push(problem(
+                        format!("{prefix}.name"),
+                        format!("{name:?} is also the name of upstreams[{first}]"),
+                    ));
+                } else {
+                    seen.insert(name, i);
+                }
+            }
+        }
+        if cluster.url.is_none() && cluster.kubeconfig.is_none() {
+            problems.push(problem(
+                format!("{prefix}.url"),
+                "set url or kubeconfig: only the single upstream defaults to the in-cluster \
+                 service account",
+            ));
+        }
+    }
+    problems
 }
 
 impl UpstreamConfig {

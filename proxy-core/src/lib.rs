@@ -12,7 +12,9 @@
 //!    authenticated identity; [`forwarded`] appends the client's address to
 //!    `X-Forwarded-For`;
 //! 4. [`upstream`] forwards the request, streaming, to the API server with the
-//!    proxy's own credential, below its path prefix (see [`path`]).
+//!    proxy's own credential, below its path prefix (see [`path`]); with
+//!    many API servers, [`upstream::router`] picks one by the request's
+//!    `/k8s/clusters/<name>/` prefix.
 //!
 //! [`AuthnLayer`] and [`ImpersonateLayer`] are the tower face of steps 2 and 3;
 //! [`LongRunningLayer`] between them caps the watches and tunnels
@@ -66,8 +68,8 @@ pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};
 pub use body::ProxyBody;
 pub use credential::{Credential, CredentialError};
 pub use layer::{
-    proxy_stack, proxy_stack_with, Authn, AuthnLayer, Impersonate, ImpersonateLayer,
-    LongRunningLayer, NestedImpersonationLayer, ProxyStack,
+    proxy_stack, proxy_stack_routed, proxy_stack_with, Authn, AuthnLayer, Cluster, ClusterStack,
+    Impersonate, ImpersonateLayer, LongRunningLayer, NestedImpersonationLayer, ProxyStack,
 };
 
 /// The boxed error type used where several error sources meet (bodies, services).

@@ -18,6 +18,8 @@ pub enum Reason {
     Forbidden,
     /// 400: the request is malformed.
     BadRequest,
+    /// 404: nothing is served at this path (an unknown cluster name).
+    NotFound,
     /// 413: the request body is larger than the endpoint accepts.
     RequestEntityTooLarge,
     /// 429: too many failed attempts; retry later.

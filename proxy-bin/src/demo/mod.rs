@@ -72,12 +72,13 @@ impl Demo {
                 key_file: files.proxy_key.clone(),
                 client_ca_file: None,
             },
-            upstream: UpstreamConfig {
+            upstream: Some(UpstreamConfig {
                 url: Some(format!("https://{}", upstream.addr())),
                 ca_file: Some(files.ca.clone()),
                 token_file: Some(dir.path().join("proxy-token")),
                 ..Default::default()
-            },
+            }),
+            upstreams: None,
             authentication: AuthenticationConfig {
                 client_certificates: false,
                 static_tokens: Some(StaticTokensConfig {

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! request → Authn (credential → Identity in extensions)
+//!         → Router (/k8s/clusters/<name>/... → that cluster's stack below,
+//!           prefix removed; see crate::upstream::router)
 //!         → LongRunning (cap watches, exec, logs -f per user and in total)
 //!         → NestedImpersonation (the caller's own Impersonate-*: refused, or
 //!           checked with SubjectAccessReviews and taken as the identity)
@@ -30,13 +32,29 @@ use tower_layer::Layer;
 
 use crate::authn::Authenticator;
 use crate::long_running::Limits;
+use crate::upstream::router::{Router, RouterError};
 use crate::upstream::Upstream;
 
-/// The whole proxy as one service: authenticate, cap long-running requests,
-/// take the caller's own impersonation request (or refuse it), impersonate,
-/// forward.
-pub type ProxyStack<B = hyper::body::Incoming> =
-    Authn<LongRunning<NestedImpersonation<Impersonate<Upstream<B>>>>>;
+/// What one API server gets below the [`Router`]: cap long-running
+/// requests, take the caller's own impersonation request (or refuse it),
+/// impersonate, forward.
+pub type ClusterStack<B = hyper::body::Incoming> =
+    LongRunning<NestedImpersonation<Impersonate<Upstream<B>>>>;
+
+/// The whole proxy as one service: authenticate, route to a cluster, and
+/// that cluster's [`ClusterStack`].
+pub type ProxyStack<B = hyper::body::Incoming> = Authn<Router<ClusterStack<B>>>;
+
+/// One API server behind the proxy: its client, and how its callers' own
+/// `Impersonate-*` headers are handled (a [`Reviewer`](crate::impersonate::nested::Reviewer)
+/// asks this server, not another).
+#[derive(Debug)]
+pub struct Cluster<B = hyper::body::Incoming> {
+    /// The caller's impersonation headers: refused, or reviewed by this server.
+    pub nested: NestedImpersonationLayer,
+    /// The client of this server.
+    pub upstream: Upstream<B>,
+}
 
 /// Composes the layers in request order around `upstream`, with the default
 /// long-running caps; a caller's own `Impersonate-*` headers are refused
@@ -62,5 +80,40 @@ pub fn proxy_stack_with<B>(
     impersonate: ImpersonateLayer,
     upstream: Upstream<B>,
 ) -> ProxyStack<B> {
-    authn.layer(LongRunningLayer::new(limits).layer(nested.layer(impersonate.layer(upstream))))
+    let long_running = LongRunningLayer::new(limits);
+    authn.layer(Router::single(cluster_stack(
+        &long_running,
+        &impersonate,
+        Cluster { nested, upstream },
+    )))
+}
+
+/// Like [`proxy_stack_with`] for many API servers: requests below
+/// `/k8s/clusters/<name>/` go to the cluster `name` (see
+/// [`crate::upstream::router`]), others to `default` (404 without one). The
+/// long-running caps count across all clusters.
+///
+/// Errors when a name is not a DNS label or is used twice.
+pub fn proxy_stack_routed<B>(
+    authn: AuthnLayer,
+    limits: Limits,
+    impersonate: ImpersonateLayer,
+    default: Option<Cluster<B>>,
+    clusters: Vec<(String, Cluster<B>)>,
+) -> Result<ProxyStack<B>, RouterError> {
+    let long_running = LongRunningLayer::new(limits);
+    let default = default.map(|cluster| cluster_stack(&long_running, &impersonate, cluster));
+    let clusters = clusters
+        .into_iter()
+        .map(|(name, cluster)| (name, cluster_stack(&long_running, &impersonate, cluster)))
+        .collect();
+    Ok(authn.layer(Router::new(default, clusters)?))
+}
+
+fn cluster_stack<B>(
+    long_running: &LongRunningLayer,
+    impersonate: &ImpersonateLayer,
+    cluster: Cluster<B>,
+) -> ClusterStack<B> {
+    long_running.layer(cluster.nested.layer(impersonate.layer(cluster.upstream)))
 }

@@ -5,7 +5,9 @@
 //! request is long-running (watches, logs, exec, attach, port-forward, proxy).
 //!
 //! Parsing never fails: a path that is not a resource path is a
-//! non-resource request whose verb is the lower-case HTTP method.
+//! non-resource request whose verb is the lower-case HTTP method. A path
+//! below a named cluster (`/k8s/clusters/<name>/...`) is read without that
+//! prefix, as the cluster's API server reads it.
 
 use http::{Method, Uri};
 use serde::Serialize;
@@ -111,7 +113,9 @@ fn read<'a>(
     upgrade: bool,
 ) -> (&'static str, Option<Parts<'a>>, bool) {
     let non_resource = (method_verb(method), None, upgrade);
-    let mut segments = uri.path().trim_matches('/').split('/');
+    // `/k8s/clusters/<name>/api/...` is read as the API server behind it reads it.
+    let path = crate::upstream::router::strip_cluster_prefix(uri.path());
+    let mut segments = path.trim_matches('/').split('/');
     let (api_group, api_version) = match segments.next() {
         Some("api") => ("", segments.next()),
         Some("apis") => match (segments.next(), segments.next()) {
@@ -301,6 +305,24 @@ mod tests {
         assert!(info("POST", "/api/v1/namespaces/d/pods/p/exec").long_running);
         assert!(!info("GET", "/api/v1/namespaces/d/pods").long_running);
         assert!(parse(&Method::GET, &"/anything".parse().unwrap(), true).long_running);
+    }
+
+    #[test]
+    fn a_named_cluster_path_is_read_without_its_prefix() {
+        let watch = info("GET", "/k8s/clusters/east/api/v1/namespaces/d/pods?watch=1");
+        assert_eq!(watch.verb, "watch");
+        assert!(watch.long_running);
+        let object = info(
+            "DELETE",
+            "/k8s/clusters/east/api/v1/namespaces/d/configmaps/c",
+        )
+        .object
+        .unwrap();
+        assert_eq!(
+            (object.resource.as_str(), object.name.as_str()),
+            ("configmaps", "c")
+        );
+        assert_eq!(info("GET", "/k8s/clusters/east").verb, "get");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 mod counted;
 pub mod pool;
+pub mod router;
 
 pub use pool::PoolSettings;
 
