@@ -1,12 +1,13 @@
 //! LDAP search filters built from a template and values a caller (user name)
-//! or the directory (DN) controls: a value never changes the filter's
-//! structure. An input `template ␞ values` fuzzes the template too; values
-//! are `username ␟ dn`.
+//! or the directory (DN) controls: for every template the configuration
+//! accepts (`check_template`), a value never changes the filter's structure
+//! nor breaks it. An input `template ␞ values` fuzzes the template too;
+//! values are `username ␟ dn`.
 #![no_main]
 
 use ldap3::asn1::{ASNTag, StructureTag, PL};
 use libfuzzer_sys::fuzz_target;
-use proxy_core::authn::ldap::filter::fill;
+use proxy_core::authn::ldap::filter::{check_template, fill};
 
 const TEMPLATES: [&str; 3] = [
     "(&(objectClass=person)(uid={username}))",
@@ -26,6 +27,10 @@ fn shape(tag: &StructureTag) -> String {
 }
 
 fn check(template: &str, username: &str, dn: &str) {
+    // A template the configuration refuses is never used.
+    if check_template(template, &["username", "dn"]).is_err() {
+        return;
+    }
     let plain = fill(template, &[("username", "x"), ("dn", "x")]);
     let Ok(expected) = ldap3::parse_filter(&plain) else {
         return;

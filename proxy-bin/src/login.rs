@@ -19,9 +19,21 @@ use std::time::{Duration, SystemTime};
 use anyhow::{bail, Context as _};
 use base64::Engine;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreDeviceAuthorizationResponse, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType, CoreTokenResponse,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthorizationCode, ClientId, CsrfToken, DeviceAuthorizationUrl,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse, IssuerUrl, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, ProviderMetadata, RedirectUrl, RefreshToken, Scope,
+    TokenResponse,
+};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -333,207 +345,237 @@ pub fn exec_credential(token: &str, expires: SystemTime) -> String {
     .to_string()
 }
 
-struct Oidc {
-    client: HttpsClient<http_body_util::Full<Bytes>>,
-    client_id: String,
-    token_endpoint: String,
-    authorization_endpoint: String,
-    device_endpoint: Option<String>,
+/// The discovery document with the one field beyond OpenID Connect Discovery
+/// that `login oidc --device` needs.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+struct DeviceEndpoint {
+    #[serde(default)]
+    device_authorization_endpoint: Option<DeviceAuthorizationUrl>,
 }
 
-impl Oidc {
-    async fn send(
-        &self,
-        request: http::Request<http_body_util::Full<Bytes>>,
-    ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
-        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
-            .await
-            .context("the IdP did not answer in 30s")??;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok((
-            status,
-            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-        ))
-    }
+impl AdditionalProviderMetadata for DeviceEndpoint {}
 
-    async fn post_form(
-        &self,
-        url: &str,
-        fields: &[(&str, &str)],
-    ) -> anyhow::Result<(http::StatusCode, serde_json::Value)> {
-        let body = fields
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
-                )
+type Metadata = ProviderMetadata<
+    DeviceEndpoint,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// A failed exchange with the IdP, as `openidconnect` wants it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct HttpError(String);
+
+type HttpFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, HttpError>> + Send>>;
+
+/// Largest answer read from the IdP.
+const MAX_IDP_ANSWER: usize = 1 << 20;
+
+/// `openidconnect`'s HTTP client over the proxy's rustls client: every
+/// exchange bounded to 30 s and [`MAX_IDP_ANSWER`]; redirects are not
+/// followed.
+fn idp_http(client: HttpsClient<Full<Bytes>>) -> impl Fn(HttpRequest) -> HttpFuture {
+    move |request: HttpRequest| {
+        let client = client.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
+            let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+                .await
+                .map_err(|_| HttpError("the IdP did not answer in 30s".into()))?
+                .map_err(|e| HttpError(e.to_string()))?;
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_IDP_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| HttpError(format!("reading the IdP's answer: {e}")))?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, body.to_vec()))
+        }) as HttpFuture
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The scopes asked for besides `openid`, which is always asked.
+fn extra_scopes(scopes: &str) -> Vec<Scope> {
+    scopes
+        .split_whitespace()
+        .filter(|s| *s != "openid")
+        .map(|s| Scope::new(s.to_owned()))
+        .collect()
+}
+
+/// Keeps the tokens of `response` once its ID token is verified (signature
+/// with the IdP's published keys, issuer, audience = our client, expiry,
+/// and `nonce` when one was sent).
+fn verified_tokens<D: openidconnect::EndpointState>(
+    client: &CoreClient<
+        EndpointSet,
+        D,
+        EndpointNotSet,
+        EndpointNotSet,
+        EndpointMaybeSet,
+        EndpointMaybeSet,
+    >,
+    response: &CoreTokenResponse,
+    nonce: Option<&Nonce>,
+    previous_refresh: Option<&str>,
+) -> anyhow::Result<OidcCache> {
+    let id_token = response
+        .id_token()
+        .context("the token answer has no id_token")?;
+    let verifier = client.id_token_verifier();
+    let checked = match nonce {
+        Some(nonce) => id_token.claims(&verifier, nonce).map(|_| ()),
+        // Device and refresh grants carry no nonce of ours.
+        None => id_token
+            .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+            .map(|_| ()),
+    };
+    checked.map_err(|e| anyhow::anyhow!("the IdP's ID token does not verify: {}", chain(&e)))?;
+    Ok(OidcCache {
+        id_token: id_token.to_string(),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| t.secret().clone())
+            .or_else(|| previous_refresh.map(str::to_owned)),
+    })
+}
+
+type IdpClient = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// The refresh grant; `None` when it is refused or its ID token does not verify.
+async fn refresh(
+    client: &IdpClient,
+    http: &impl Fn(HttpRequest) -> HttpFuture,
+    refresh_token: &str,
+) -> Option<OidcCache> {
+    let response = client
+        .exchange_refresh_token(&RefreshToken::new(refresh_token.to_owned()))
+        .ok()?
+        .request_async(http)
+        .await
+        .ok()?;
+    verified_tokens(client, &response, None, Some(refresh_token)).ok()
+}
+
+/// The device-authorization flow: show a code, poll until it is approved.
+async fn device(
+    client: &IdpClient,
+    http: &impl Fn(HttpRequest) -> HttpFuture,
+    endpoint: Option<DeviceAuthorizationUrl>,
+    scopes: &str,
+) -> anyhow::Result<OidcCache> {
+    let endpoint = endpoint.context("the IdP has no device_authorization_endpoint")?;
+    let client = client.clone().set_device_authorization_url(endpoint);
+    let details: CoreDeviceAuthorizationResponse = client
+        .exchange_device_code()
+        .add_scopes(extra_scopes(scopes))
+        .add_scope(Scope::new("openid".into()))
+        .request_async(http)
+        .await
+        .map_err(|e| anyhow::anyhow!("device authorization refused: {}", chain(&e)))?;
+    let uri = details
+        .verification_uri_complete()
+        .map(|u| u.secret().clone())
+        .unwrap_or_else(|| details.verification_uri().to_string());
+    eprintln!("To sign in, open {uri}");
+    eprintln!("and confirm the code {}", details.user_code().secret());
+    // The IdP's lifetime, bounded so that no answer can overflow the clock.
+    let limit = details.expires_in().min(Duration::from_secs(86_400));
+    let response = client
+        .exchange_device_access_token(&details)
+        .map_err(|e| anyhow::anyhow!("{}", chain(&e)))?
+        .request_async(http, tokio::time::sleep, Some(limit))
+        .await
+        .map_err(|e| anyhow::anyhow!("device login failed: {}", chain(&e)))?;
+    verified_tokens(&client, &response, None, None)
+}
+
+/// Authorization code + PKCE with a loopback redirect, `state` and `nonce`.
+async fn browser(
+    client: &IdpClient,
+    http: &impl Fn(HttpRequest) -> HttpFuture,
+    scopes: &str,
+) -> anyhow::Result<OidcCache> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let redirect = format!(
+        "http://127.0.0.1:{}/callback",
+        listener.local_addr()?.port()
+    );
+    let client = client.clone().set_redirect_uri(RedirectUrl::new(redirect)?);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let (url, state, nonce) = client
+        .authorize_url(
+            CoreAuthenticationFlow::AuthorizationCode,
+            CsrfToken::new_random,
+            Nonce::new_random,
+        )
+        .add_scopes(extra_scopes(scopes))
+        .set_pkce_challenge(challenge)
+        .url();
+    eprintln!("To sign in, open {url}");
+    if std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some() {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(url.as_str())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+    let query = loopback_callback(&listener, state.secret(), SIGN_IN_WAIT)
+        .await
+        .context("no sign-in within 5 minutes")?;
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(|v| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
             })
-            .collect::<Vec<_>>()
-            .join("&");
-        let request = http::Request::post(url)
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(http::header::ACCEPT, "application/json")
-            .body(http_body_util::Full::new(Bytes::from(body)))?;
-        self.send(request).await
+    };
+    if param("state").as_deref() != Some(state.secret().as_str()) {
+        bail!("the sign-in answer does not match this login (state)");
     }
-
-    fn tokens(answer: &serde_json::Value) -> Option<OidcCache> {
-        Some(OidcCache {
-            id_token: answer["id_token"].as_str()?.to_owned(),
-            refresh_token: answer["refresh_token"].as_str().map(str::to_owned),
-        })
-    }
-
-    async fn refresh(&self, refresh_token: &str) -> Option<OidcCache> {
-        let (status, answer) = self
-            .post_form(
-                &self.token_endpoint,
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", refresh_token),
-                    ("client_id", &self.client_id),
-                ],
-            )
-            .await
-            .ok()?;
-        if !status.is_success() {
-            return None;
-        }
-        let mut tokens = Self::tokens(&answer)?;
-        tokens.refresh_token = tokens
-            .refresh_token
-            .take()
-            .or_else(|| Some(refresh_token.to_owned()));
-        Some(tokens)
-    }
-
-    /// The device-authorization flow: show a code, poll until it is approved.
-    async fn device(&self, scopes: &str) -> anyhow::Result<OidcCache> {
-        let endpoint = self
-            .device_endpoint
-            .as_deref()
-            .context("the IdP has no device_authorization_endpoint")?;
-        let (status, start) = self
-            .post_form(
-                endpoint,
-                &[("client_id", &self.client_id), ("scope", scopes)],
-            )
-            .await?;
-        if !status.is_success() {
-            bail!("device authorization refused: {start}");
-        }
-        let device_code = start["device_code"].as_str().context("no device_code")?;
-        let uri = start["verification_uri_complete"]
-            .as_str()
-            .or(start["verification_uri"].as_str())
-            .context("no verification_uri")?;
-        eprintln!("To sign in, open {uri}");
-        eprintln!(
-            "and confirm the code {}",
-            start["user_code"].as_str().unwrap_or("?")
-        );
-        let mut interval = Duration::from_secs(start["interval"].as_u64().unwrap_or(5).max(1));
-        // The IdP's number, bounded so that no answer can overflow the clock.
-        let expires_in = start["expires_in"].as_u64().unwrap_or(600).min(86_400);
-        let deadline = std::time::Instant::now() + Duration::from_secs(expires_in);
-        while std::time::Instant::now() < deadline {
-            tokio::time::sleep(interval).await;
-            let (status, answer) = self
-                .post_form(
-                    &self.token_endpoint,
-                    &[
-                        ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
-                        ("device_code", device_code),
-                        ("client_id", &self.client_id),
-                    ],
-                )
-                .await?;
-            if status.is_success() {
-                return Self::tokens(&answer).context("the token answer has no id_token");
-            }
-            match answer["error"].as_str() {
-                Some("authorization_pending") => {}
-                Some("slow_down") => interval += Duration::from_secs(5),
-                _ => bail!("device login failed: {answer}"),
-            }
-        }
-        bail!("the device code expired before it was confirmed")
-    }
-
-    /// Authorization code + PKCE with a loopback redirect.
-    async fn browser(&self, scopes: &str) -> anyhow::Result<OidcCache> {
-        let mut random = [0u8; 32];
-        let _ = rustls::crypto::ring::default_provider()
-            .secure_random
-            .fill(&mut random);
-        let verifier = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random);
-        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(Sha256::digest(verifier.as_bytes()));
-        let state =
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&Sha256::digest(random)[..12]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let redirect = format!(
-            "http://127.0.0.1:{}/callback",
-            listener.local_addr()?.port()
-        );
-        let enc = |v: &str| {
-            percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string()
-        };
-        let url = format!(
-            "{}?response_type=code&client_id={}&redirect_uri={}&scope={}&code_challenge={challenge}&code_challenge_method=S256&state={state}",
-            self.authorization_endpoint,
-            enc(&self.client_id),
-            enc(&redirect),
-            enc(scopes)
-        );
-        eprintln!("To sign in, open {url}");
-        if std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some() {
-            let _ = std::process::Command::new("xdg-open")
-                .arg(&url)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn();
-        }
-        let query = loopback_callback(&listener, &state, SIGN_IN_WAIT)
-            .await
-            .context("no sign-in within 5 minutes")?;
-        let param = |name: &str| {
-            query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-                .map(|v| {
-                    percent_encoding::percent_decode_str(v)
-                        .decode_utf8_lossy()
-                        .into_owned()
-                })
-        };
-        if param("state").as_deref() != Some(state.as_str()) {
-            bail!("the sign-in answer does not match this login (state)");
-        }
-        let code = param("code")
-            .with_context(|| format!("sign-in failed: {}", param("error").unwrap_or_default()))?;
-        let (status, answer) = self
-            .post_form(
-                &self.token_endpoint,
-                &[
-                    ("grant_type", "authorization_code"),
-                    ("code", &code),
-                    ("redirect_uri", &redirect),
-                    ("client_id", &self.client_id),
-                    ("code_verifier", &verifier),
-                ],
-            )
-            .await?;
-        if !status.is_success() {
-            bail!("code exchange refused: {answer}");
-        }
-        Self::tokens(&answer).context("the token answer has no id_token")
-    }
+    let code = param("code")
+        .with_context(|| format!("sign-in failed: {}", param("error").unwrap_or_default()))?;
+    let response = client
+        .exchange_code(AuthorizationCode::new(code))
+        .map_err(|e| anyhow::anyhow!("{}", chain(&e)))?
+        .set_pkce_verifier(verifier)
+        .request_async(http)
+        .await
+        .map_err(|e| anyhow::anyhow!("code exchange refused: {}", chain(&e)))?;
+    verified_tokens(&client, &response, Some(&nonce), None)
 }
 
 /// How long the browser sign-in may take.
@@ -627,36 +669,28 @@ pub async fn login_oidc(
         return Ok(exec_credential(&id_token, exp));
     }
     let cached: Option<OidcCache> = text.and_then(|t| serde_json::from_str(&t).ok());
-    let client: HttpsClient<http_body_util::Full<Bytes>> = https_client(ca_file)?;
-    let discovery_url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let request =
-        http::Request::get(discovery_url.as_str()).body(http_body_util::Full::new(Bytes::new()))?;
-    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+    let http = idp_http(https_client(ca_file)?);
+    let issuer_url = IssuerUrl::new(issuer.to_owned())
+        .with_context(|| format!("--oidc-issuer {issuer} is not a URL"))?;
+    // Discovery (the issuer in the document must be this one) and the keys
+    // the ID token is verified with.
+    let metadata = Metadata::discover_async(issuer_url, &http)
         .await
-        .context("the IdP did not answer in 30s")??;
-    let body = response.into_body().collect().await?.to_bytes();
-    let discovery: serde_json::Value = serde_json::from_slice(&body)
-        .with_context(|| format!("{discovery_url} is not a discovery document"))?;
-    let text = |k: &str| discovery[k].as_str().map(str::to_owned);
-    let oidc = Oidc {
-        client,
-        client_id: client_id.to_owned(),
-        token_endpoint: text("token_endpoint").context("no token_endpoint")?,
-        authorization_endpoint: text("authorization_endpoint")
-            .context("no authorization_endpoint")?,
-        device_endpoint: text("device_authorization_endpoint"),
-    };
+        .map_err(|e| anyhow::anyhow!("discovery at {issuer} failed: {}", chain(&e)))?;
+    let device_endpoint = metadata
+        .additional_metadata()
+        .device_authorization_endpoint
+        .clone();
+    let client: IdpClient =
+        CoreClient::from_provider_metadata(metadata, ClientId::new(client_id.to_owned()), None);
     let mut tokens = None;
-    if let Some(refresh) = cached.as_ref().and_then(|c| c.refresh_token.as_deref()) {
-        tokens = oidc.refresh(refresh).await;
+    if let Some(refresh_token) = cached.as_ref().and_then(|c| c.refresh_token.as_deref()) {
+        tokens = refresh(&client, &http, refresh_token).await;
     }
     let tokens = match tokens {
         Some(tokens) => tokens,
-        None if device => oidc.device(scopes).await?,
-        None => oidc.browser(scopes).await?,
+        None if device => self::device(&client, &http, device_endpoint, scopes).await?,
+        None => browser(&client, &http, scopes).await?,
     };
     let exp = jwt_expiry(&tokens.id_token).context("the ID token has no exp")?;
     store(&path, &serde_json::to_string(&tokens)?)?;

@@ -211,6 +211,8 @@ impl LdapConfig {
                 "userSearch.filter",
                 "must be a parenthesized LDAP filter".into(),
             );
+        } else if let Err(problem) = super::filter::check_template(filter, &["username"]) {
+            p("userSearch.filter", problem);
         }
         if let Some(g) = &self.group_search {
             let filter = g.filter.as_deref().unwrap_or("(member={dn})");
@@ -219,6 +221,9 @@ impl LdapConfig {
                     "groupSearch.filter",
                     "must contain {dn} or {username}".into(),
                 );
+            } else if let Err(problem) = super::filter::check_template(filter, &["username", "dn"])
+            {
+                p("groupSearch.filter", problem);
             }
         }
         if self.bind_dn.is_empty() {

@@ -35,9 +35,76 @@ pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
     filter
 }
 
+/// A value that needs every RFC 4515 escape, used to check templates.
+const PROBE: &str = "p*(r)o\\be\0";
+
+/// The filter's tree without the values at its leaves.
+fn shape(tag: &ldap3::asn1::StructureTag) -> String {
+    use ldap3::asn1::PL;
+    match &tag.payload {
+        PL::C(children) => {
+            let inner: Vec<String> = children.iter().map(shape).collect();
+            format!("{}({})", tag.id, inner.join(","))
+        }
+        PL::P(_) => tag.id.to_string(),
+    }
+}
+
+/// Checks a configured filter template with placeholders `names`: it must
+/// be a valid LDAP filter, and every placeholder must stand where a value
+/// goes (`(uid={username})`), so that no value can change the filter's
+/// structure or break it: the template filled with a plain value and with
+/// one that needs every escape must parse to the same tree.
+pub fn check_template(template: &str, names: &[&str]) -> Result<(), String> {
+    use ldap3::asn1::ASNTag as _;
+    let with = |value: &str| {
+        let values: Vec<(&str, &str)> = names.iter().map(|n| (*n, value)).collect();
+        fill(template, &values)
+    };
+    let plain = ldap3::parse_filter(with("x"))
+        .map_err(|_| "not a valid LDAP search filter".to_owned())?
+        .into_structure();
+    let probed = ldap3::parse_filter(with(PROBE))
+        .map(|f| f.into_structure())
+        .ok()
+        .filter(|probed| shape(probed) == shape(&plain));
+    match probed {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "a placeholder ({}) must stand where an attribute value goes, as in (uid={{username}})",
+            names
+                .iter()
+                .map(|n| format!("{{{n}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_are_checked_where_their_placeholders_stand() {
+        for good in [
+            "(uid={username})",
+            "(&(objectClass=person)(|(uid={username})(mail={username})))",
+            "(member:1.2.840.113556.1.4.1941:={dn})",
+            "(|(memberUid={username})(uniqueMember={dn}))",
+            "(cn=*{username}*)",
+        ] {
+            assert_eq!(check_template(good, &["username", "dn"]), Ok(()), "{good}");
+        }
+        for bad in [
+            "(uid{username}=x)",
+            "(member:{dn}:=x)",
+            "(&(objs=i)(|(uidz{username}=s)))",
+            "(uid={username}",
+        ] {
+            assert!(check_template(bad, &["username", "dn"]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn values_are_escaped_and_never_read_as_placeholders() {
