@@ -262,6 +262,40 @@ impl OidcProvider {
         bail!("the sign-in flow did not reach the redirect URI")
     }
 
+    /// Signs in as `login` at an authorization URL someone else made (the
+    /// `authproxy login oidc` browser flow), as a person would in a browser:
+    /// logs in and consents, and returns the redirect the browser would then
+    /// follow to the loopback callback (`http://127.0.0.1:<port>/...`), not
+    /// followed.
+    pub async fn sign_in_at(&self, authorization_url: &str, login: &str) -> anyhow::Result<String> {
+        let jar = tempfile::NamedTempFile::new_in(self.jar.path())?.into_temp_path();
+        let mut url = authorization_url.to_owned();
+        let mut form: Option<Vec<(&str, &str)>> = None;
+        for _ in 0..12 {
+            let (code, location, body) = self.step(&jar, &url, form.as_deref()).await?;
+            form = None;
+            if let Some(location) = location {
+                if location.starts_with("http://127.0.0.1:") {
+                    return Ok(location);
+                }
+                url = self.absolute(&location);
+                continue;
+            }
+            let action = body
+                .split("action=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .with_context(|| format!("no form on the page ({code}): {body}"))?;
+            url = self.absolute(action);
+            form = Some(if body.contains("name=\"login\"") {
+                vec![("prompt", "login"), ("login", login), ("password", "any")]
+            } else {
+                vec![("prompt", "consent")]
+            });
+        }
+        bail!("the sign-in flow did not reach the loopback redirect")
+    }
+
     /// Completes a device-flow sign-in as `login`, as a person would in a
     /// browser: opens `verification_uri_complete`, confirms the code, logs in
     /// and consents.

@@ -448,3 +448,81 @@ async fn kubectl_with_login_oidc_device_flow_gets_pods_and_reuses_the_cached_tok
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_with_login_oidc_browser_flow_signs_in_through_the_loopback_redirect(
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let w = world().await?;
+    let binary = authproxy_tests::authproxy_binary()?;
+    let kubeconfig = w.env.dir.path().join("kubeconfig-oidc-browser");
+    let out = tokio::process::Command::new(&binary)
+        .args(["kubeconfig", "--server", &w.env.proxy_url(), "--ca-file"])
+        .arg(w.env.pki.ca_path())
+        .args([
+            "--oidc-issuer",
+            &w.idp.issuer(),
+            "--oidc-client-id",
+            "kubernetes",
+            "--oidc-ca-file",
+        ])
+        .arg(w.env.pki.ca_path())
+        .arg("--output")
+        .arg(&kubeconfig)
+        .output()
+        .await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let cache = tempfile::tempdir()?;
+    let mut child = authproxy_tests::kubectl_command()?
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["auth", "whoami", "-o", "json"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
+            .await??
+            .expect("the plugin printed no sign-in URL");
+        if let Some(url) = line.strip_prefix("To sign in, open ") {
+            break url.trim().to_owned();
+        }
+    };
+    // The authorization request carries PKCE, state and a nonce.
+    for part in [
+        "code_challenge=",
+        "code_challenge_method=S256",
+        "state=",
+        "nonce=",
+    ] {
+        assert!(url.contains(part), "{part} missing from {url}");
+    }
+    let callback = w.idp.sign_in_at(&url, "carol").await?;
+    // A forged callback with another state is not taken.
+    let forged = callback
+        .split_once("state=")
+        .map(|(head, _)| format!("{head}state=forged"))
+        .expect("state in the callback");
+    let (code, _) = authproxy_tests::curl_with_ca(w.env.pki.ca_path(), &[&forged]).await?;
+    assert_ne!(code, 200, "a callback with a forged state was accepted");
+    // The browser follows the redirect to the plugin's loopback listener.
+    let (code, body) = authproxy_tests::curl_with_ca(w.env.pki.ca_path(), &[&callback]).await?;
+    assert_eq!(code, 200, "{body}");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await??;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let review: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        review["status"]["userInfo"]["username"], "carol@example.com",
+        "{review}"
+    );
+    assert_eq!(
+        review["status"]["userInfo"]["groups"],
+        json!(["oidc:devs", "oidc:ops", "system:authenticated"]),
+        "{review}"
+    );
+    Ok(())
+}
