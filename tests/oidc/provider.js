@@ -10,7 +10,12 @@
 //
 // Clients: `kubernetes` (ID tokens RS256) and `kubernetes-es` (ES256), both
 // public with PKCE. Accounts: any login name; groups by name (see GROUPS).
-// Test-only endpoint: GET /test/jwks-count answers how often /jwks was served.
+// Test-only endpoints: GET /test/jwks-count answers how often /jwks was served;
+// GET /test/claims/<account> answers that account's groups as a JWT signed with
+// the first signing key (a distributed claims source). Accounts named
+// `dist-*` get their groups as a distributed claim (`_claim_names` /
+// `_claim_sources` pointing there) instead of in the ID token; `dist-bad-*`
+// point at a source whose JWT is signed by a key the issuer never published.
 import fs from 'node:fs';
 import https from 'node:https';
 import crypto from 'node:crypto';
@@ -22,7 +27,22 @@ const env = (name) => {
   return value;
 };
 
-const GROUPS = { alice: ['devs'], bob: [], carol: ['devs', 'ops'] };
+const GROUPS = { alice: ['devs'], bob: [], carol: ['devs', 'ops'], 'dist-dave': ['devs', 'remote'] };
+
+const b64url = (value) => Buffer.from(value).toString('base64url');
+// A compact JWS over `claims` with `pem` (RS256 or ES256 by key type).
+const signJwt = (claims, pem, kid) => {
+  const key = crypto.createPrivateKey(pem);
+  const rsa = key.asymmetricKeyType === 'rsa';
+  const header = b64url(JSON.stringify({ alg: rsa ? 'RS256' : 'ES256', kid, typ: 'JWT' }));
+  const payload = b64url(JSON.stringify(claims));
+  const input = `${header}.${payload}`;
+  const signature = crypto.sign('sha256', Buffer.from(input), rsa ? key : { key, dsaEncoding: 'ieee-p1363' });
+  return `${input}.${signature.toString('base64url')}`;
+};
+const firstKeyPem = fs.readFileSync(env('SIGNING_KEYS').split(',')[0]);
+// A key of its own, never published: sources signed with it must be refused.
+const strangerPem = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
 
 const kids = env('KEY_IDS').split(',');
 const keys = env('SIGNING_KEYS').split(',').map((file, i) => {
@@ -53,12 +73,20 @@ const provider = new Provider(env('ISSUER'), {
   ttl: { IdToken: 3600, AccessToken: 3600 },
   findAccount: async (ctx, id) => ({
     accountId: id,
-    claims: async () => ({
-      sub: id,
-      email: `${id}@example.com`,
-      email_verified: true,
-      groups: GROUPS[id] ?? ['viewers'],
-    }),
+    claims: async () => (id.startsWith('dist-')
+      ? {
+        sub: id,
+        email: `${id}@example.com`,
+        email_verified: true,
+        _claim_names: { groups: 'src1' },
+        _claim_sources: { src1: { endpoint: `${env('ISSUER')}/test/claims/${id}` } },
+      }
+      : {
+        sub: id,
+        email: `${id}@example.com`,
+        email_verified: true,
+        groups: GROUPS[id] ?? ['viewers'],
+      }),
   }),
 });
 
@@ -66,6 +94,16 @@ let jwksServed = 0;
 provider.use(async (ctx, next) => {
   if (ctx.path === '/test/jwks-count') {
     ctx.body = { count: jwksServed };
+    return;
+  }
+  if (ctx.path.startsWith('/test/claims/')) {
+    const id = decodeURIComponent(ctx.path.slice('/test/claims/'.length));
+    const now = Math.floor(Date.now() / 1000);
+    const claims = { iss: env('ISSUER'), sub: id, groups: GROUPS[id] ?? GROUPS['dist-dave'], iat: now, exp: now + 3600 };
+    ctx.type = 'application/jwt';
+    ctx.body = id.startsWith('dist-bad-')
+      ? signJwt(claims, strangerPem, kids[0])
+      : signJwt(claims, firstKeyPem, kids[0]);
     return;
   }
   if (ctx.path === '/jwks') jwksServed += 1;

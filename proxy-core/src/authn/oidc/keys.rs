@@ -311,11 +311,27 @@ impl KeySet {
     }
 
     async fn get_bytes(&self, url: &str) -> Result<Bytes, String> {
+        self.get_with(url, "application/json", None).await
+    }
+
+    /// GETs `url` over the issuer's TLS settings (its CA), bounded in time and
+    /// size, with `bearer` as the credential when given (a distributed claim
+    /// source's access token).
+    pub(crate) async fn get_with(
+        &self,
+        url: &str,
+        accept: &str,
+        bearer: Option<&str>,
+    ) -> Result<Bytes, String> {
         let uri: http::Uri = url.parse().map_err(|_| format!("{url} is not a URL"))?;
-        let request = http::Request::get(uri)
-            .header(http::header::ACCEPT, "application/json")
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+        if uri.scheme_str() != Some("https") {
+            return Err(format!("{url} is not an https:// URL"));
+        }
+        let mut request = http::Request::get(uri).header(http::header::ACCEPT, accept);
+        if let Some(token) = bearer {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::new()).map_err(|e| e.to_string())?;
         let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| format!("{url}: timed out"))?

@@ -10,6 +10,7 @@
 //! groups as a string or an array). No token appears in an error or a log.
 
 pub mod config;
+mod distributed;
 mod keys;
 
 use std::collections::BTreeMap;
@@ -103,7 +104,7 @@ impl OidcAuthenticator {
         validation.algorithms = vec![header.alg];
         let data = decode::<Map<String, Value>>(token, &key, &validation)
             .map_err(|e| invalid(format!("ID token rejected: {}", describe(&e))))?;
-        let claims = data.claims;
+        let mut claims = data.claims;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -112,6 +113,10 @@ impl OidcAuthenticator {
         let audiences = matched_audiences(&claims, &self.settings.audiences);
         if audiences.is_empty() {
             return Err(invalid("audience does not match"));
+        }
+        // Only for a token that is otherwise good: the source is fetched.
+        if let Some((claim, _)) = &self.settings.groups {
+            distributed::resolve(&mut claims, claim, &self.settings, &self.keys).await?;
         }
         let user = map_claims(&self.settings, &claims)?;
         Ok(Identity::verified(
