@@ -123,8 +123,9 @@ fn env() -> &'static Arc<Env> {
     ENV.get_or_init(|| {
         let mut env = Env::stdlib();
         // The strings extension registers its overloads on a fresh stdlib
-        // environment; it cannot clash. Should it ever, the functions it
-        // lacks are refused at load by `SUPPORTED_FUNCTIONS` users' tests.
+        // environment, where none of its names are taken. Were one ever
+        // refused, calls of it would fail at evaluation (refusing the token,
+        // never passing it), and the table tests of this module would fail.
         let _ = env.add_extension(cel::extensions::strings);
         Arc::new(env)
     })
