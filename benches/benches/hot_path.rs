@@ -174,6 +174,37 @@ fn oidc(c: &mut Criterion) {
         b.iter(|| verify(black_box(&es256)))
     });
 
+    // The same RS256 token through an issuer whose username, groups and
+    // extra come from CEL expressions (compiled once, at load).
+    let cel_jwt: JwtAuthenticator = serde_json::from_value(serde_json::json!({
+        "issuer": {"url": issuer, "audiences": ["bench"]},
+        "claimMappings": {
+            "username": {"expression": "claims.email_verified ? claims.email : ''"},
+            "groups": {"expression": "claims.groups.map(g, 'oidc:' + g)"},
+            "extra": [{"key": "example.com/login", "valueExpression": "claims.sub"}],
+        },
+        "signingAlgorithms": ["RS256"],
+    }))
+    .expect("cel config");
+    let cel_authenticator =
+        OidcAuthenticator::start(cel_jwt.settings("bench").expect("cel settings"))
+            .expect("cel authenticator");
+    cel_authenticator.keys().preload(&jwks).expect("preload");
+    let verify_cel = |credential: &Credential| {
+        cel_authenticator
+            .authenticate(credential)
+            .now_or_never()
+            .expect("keys are loaded: no waiting")
+            .expect("valid token")
+            .expect("claimed")
+    };
+    let cel_user = verify_cel(&rs256);
+    assert_eq!(cel_user.user().username, "alice@example.com");
+    assert_eq!(cel_user.user().groups, ["oidc:devs", "oidc:ops"]);
+    c.bench_function("oidc_verify_rs256_cold_cel3", |b| {
+        b.iter(|| verify_cel(black_box(&rs256)))
+    });
+
     let cached = CachedAuthenticator::new(authenticator.clone(), CacheSettings::default());
     let hit = |credential: &Credential| {
         runtime

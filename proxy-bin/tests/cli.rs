@@ -280,18 +280,33 @@ fn oidc_flags_are_accepted_with_kube_names_and_bad_ones_are_named() {
 }
 
 #[test]
-fn kube_authentication_configuration_file_is_read_and_cel_is_refused_by_field() {
+fn kube_authentication_configuration_file_is_read_and_bad_cel_is_refused_by_field_and_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kube = dir.path().join("auth-config.yaml");
-    for (version, mapping, expect_ok) in [
-        ("v1beta1", "username: {claim: email, prefix: ''}", true),
+    for (version, mapping, refusal) in [
+        ("v1beta1", "username: {claim: email, prefix: ''}", None),
         (
             "v1",
             "username: {claim: sub, prefix: 'oidc:'}\n    groups: {claim: groups, prefix: ''}",
-            true,
+            None,
         ),
-        ("v1", "username: {expression: 'claims.email'}", false),
+        (
+            "v1",
+            "username: {expression: 'claims.email_verified ? claims.email : \"\"'}\n    groups: {expression: 'claims.groups.map(g, \"oidc:\" + g)'}",
+            None,
+        ),
+        (
+            "v1",
+            "username: {expression: 'claims.email'}",
+            Some("claims.email_verified must be used"),
+        ),
+        (
+            "v1",
+            "username: {expression: 'claims.sub +'}",
+            Some("compilation failed"),
+        ),
     ] {
+        let expect_ok = refusal.is_none();
         std::fs::write(
             &kube,
             format!("apiVersion: apiserver.config.k8s.io/{version}\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: https://idp.example\n    audiences: [kubernetes]\n  claimMappings:\n    {mapping}\n"),
@@ -309,10 +324,10 @@ fn kube_authentication_configuration_file_is_read_and_cel_is_refused_by_field() 
             expect_ok,
             "{version} {mapping}: {stderr}"
         );
-        if !expect_ok {
+        if let Some(words) = refusal {
             assert!(
-                stderr.contains("claimMappings.username.expression")
-                    && stderr.contains("not supported yet"),
+                stderr.contains("jwt[0].claimMappings.username.expression")
+                    && stderr.contains(words),
                 "{stderr}"
             );
             assert!(stderr.contains("auth-config.yaml"), "{stderr}");

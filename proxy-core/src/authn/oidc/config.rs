@@ -3,14 +3,17 @@
 //! and the `--oidc-*` flags. Both become [`IssuerSettings`].
 //!
 //! CEL fields (`expression`, `valueExpression`, `userValidationRules`) are
-//! refused with an error naming the field: they are not supported yet, and a
-//! rule silently ignored would let tokens in that the author meant to keep out.
+//! compiled here, once, by [`super::cel`]; an expression that fails to
+//! compile, or needs something the evaluator lacks, is refused with its field
+//! path: a rule silently ignored would let tokens in that the author meant to
+//! keep out.
 
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use super::cel::{self, Expression, Variable};
 use crate::authn::policy::extra_key_problems;
 use crate::config::Problem;
 
@@ -26,9 +29,9 @@ pub struct JwtAuthenticator {
     /// How claims become the user.
     #[serde(default)]
     pub claim_mappings: ClaimMappings,
-    /// CEL rules on the mapped user: not supported yet (refused when set).
+    /// CEL rules on the mapped user.
     #[serde(default)]
-    pub user_validation_rules: Option<serde_json::Value>,
+    pub user_validation_rules: Vec<UserValidationRule>,
     /// authproxy extension: allowed signing algorithms (default `[RS256]`).
     #[serde(default)]
     pub signing_algorithms: Option<Vec<String>>,
@@ -75,9 +78,19 @@ pub struct ClaimValidationRule {
     pub claim: Option<String>,
     /// Its required string value.
     pub required_value: Option<String>,
-    /// CEL: not supported yet.
+    /// CEL on `claims`, must yield a bool (exclusive with claim).
     pub expression: Option<String>,
     /// Message for CEL rules.
+    pub message: Option<String>,
+}
+
+/// `userValidationRules[]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UserValidationRule {
+    /// CEL on `user`, must yield a bool.
+    pub expression: String,
+    /// Said when the rule refuses a token.
     pub message: Option<String>,
 }
 
@@ -91,8 +104,8 @@ pub struct ClaimMappings {
     pub groups: Option<PrefixedClaim>,
     /// UID.
     pub uid: Option<PlainClaim>,
-    /// Extra attributes: kube has CEL `valueExpression` (refused); authproxy
-    /// also accepts `claim`.
+    /// Extra attributes: kube's CEL `valueExpression`; authproxy also accepts
+    /// `claim`.
     #[serde(default)]
     pub extra: Vec<ExtraMapping>,
 }
@@ -105,7 +118,7 @@ pub struct PrefixedClaim {
     pub claim: Option<String>,
     /// Prepended to each value; kube requires it to be set (may be empty).
     pub prefix: Option<String>,
-    /// CEL: not supported yet.
+    /// CEL on `claims` (exclusive with claim and prefix).
     pub expression: Option<String>,
 }
 
@@ -115,7 +128,7 @@ pub struct PrefixedClaim {
 pub struct PlainClaim {
     /// The claim.
     pub claim: Option<String>,
-    /// CEL: not supported yet.
+    /// CEL on `claims` (exclusive with claim).
     pub expression: Option<String>,
 }
 
@@ -127,7 +140,7 @@ pub struct ExtraMapping {
     pub key: String,
     /// authproxy extension: the claim holding the value(s).
     pub claim: Option<String>,
-    /// CEL: not supported yet.
+    /// CEL on `claims`: a string or a list of strings.
     pub value_expression: Option<String>,
 }
 
@@ -156,6 +169,8 @@ pub struct IssuerSettings {
     pub extra: Vec<(String, String)>,
     /// Claim → required value.
     pub required_claims: Vec<(String, String)>,
+    /// CEL mappings and rules (all empty without CEL).
+    pub cel: CelSettings,
     /// Allowed algorithms (never `none`, never HMAC).
     pub algorithms: Vec<Algorithm>,
     /// Allowed clock skew.
@@ -164,6 +179,34 @@ pub struct IssuerSettings {
     pub min_refresh_interval: Duration,
     /// Time between periodic key refreshes.
     pub refresh_interval: Duration,
+}
+
+/// The compiled CEL of one issuer.
+#[derive(Debug, Clone, Default)]
+pub struct CelSettings {
+    /// `claimMappings.username.expression` (no prefix is applied).
+    pub username: Option<Expression>,
+    /// `claimMappings.groups.expression`.
+    pub groups: Option<Expression>,
+    /// `claimMappings.uid.expression`.
+    pub uid: Option<Expression>,
+    /// `claimMappings.extra[].valueExpression`, by key.
+    pub extra: Vec<(String, Expression)>,
+    /// `claimValidationRules[].expression` with their messages.
+    pub claim_rules: Vec<(Expression, String)>,
+    /// `userValidationRules[]` with their messages.
+    pub user_rules: Vec<(Expression, String)>,
+}
+
+impl CelSettings {
+    /// Whether any expression reads `claims`.
+    pub fn reads_claims(&self) -> bool {
+        self.username.is_some()
+            || self.groups.is_some()
+            || self.uid.is_some()
+            || !self.extra.is_empty()
+            || !self.claim_rules.is_empty()
+    }
 }
 
 /// The algorithms that may be configured.
@@ -202,12 +245,18 @@ fn is_plain_https_url(url: &str) -> bool {
     }
 }
 
-fn cel(problems: &mut Vec<Problem>, field: String, set: bool) {
-    if set {
-        problems.push(Problem {
-            field,
-            message: "CEL expressions are not supported yet; use claim/requiredValue".into(),
-        });
+fn compile(
+    problems: &mut Vec<Problem>,
+    field: String,
+    source: &str,
+    variable: Variable,
+) -> Option<Expression> {
+    match cel::compile(source, variable) {
+        Ok(expression) => Some(expression),
+        Err(message) => {
+            problems.push(Problem { field, message });
+            None
+        }
     }
 }
 
@@ -266,55 +315,128 @@ impl JwtAuthenticator {
                 ));
             }
         }
+        let mut compiled = CelSettings::default();
         for (i, rule) in self.claim_validation_rules.iter().enumerate() {
-            cel(
-                &mut problems,
-                format!("{path}.claimValidationRules[{i}].expression"),
-                rule.expression.is_some(),
-            );
-            if rule.expression.is_none() && (rule.claim.is_none() || rule.required_value.is_none())
-            {
-                problems.push(p(
-                    &format!("claimValidationRules[{i}]"),
-                    "claim and requiredValue are required".into(),
-                ));
-            }
-            if rule.claim.is_some() && rule.expression.is_some() {
-                problems.push(p(
-                    &format!("claimValidationRules[{i}]"),
+            let field = |f: &str| format!("claimValidationRules[{i}]{f}");
+            match (&rule.claim, &rule.expression) {
+                (Some(_), Some(_)) => problems.push(p(
+                    &field(""),
                     "claim and expression can't both be set".into(),
-                ));
-            }
-            if rule.claim.is_some() && rule.message.is_some() {
-                problems.push(p(
-                    &format!("claimValidationRules[{i}].message"),
-                    "may not be specified when claim is set".into(),
-                ));
-            }
-            if let Some(claim) = &rule.claim {
-                let earlier = &self.claim_validation_rules[..i];
-                if earlier.iter().any(|r| r.claim.as_ref() == Some(claim)) {
-                    problems.push(p(
-                        &format!("claimValidationRules[{i}].claim"),
-                        format!("duplicate claim {claim:?}"),
-                    ));
+                )),
+                (None, None) => {
+                    problems.push(p(&field(""), "claim or expression is required".into()))
+                }
+                (Some(claim), None) => {
+                    if rule.required_value.is_none() {
+                        problems.push(p(&field(".requiredValue"), "is required".into()));
+                    }
+                    if rule.message.is_some() {
+                        problems.push(p(
+                            &field(".message"),
+                            "may not be specified when claim is set".into(),
+                        ));
+                    }
+                    let earlier = &self.claim_validation_rules[..i];
+                    if earlier.iter().any(|r| r.claim.as_ref() == Some(claim)) {
+                        problems.push(p(&field(".claim"), format!("duplicate claim {claim:?}")));
+                    }
+                }
+                (None, Some(source)) => {
+                    if rule.required_value.is_some() {
+                        problems.push(p(
+                            &field(".requiredValue"),
+                            "may not be specified when expression is set".into(),
+                        ));
+                    }
+                    let earlier = &self.claim_validation_rules[..i];
+                    if earlier
+                        .iter()
+                        .any(|r| r.expression.as_ref() == Some(source))
+                    {
+                        problems.push(p(
+                            &field(".expression"),
+                            format!("duplicate expression {source:?}"),
+                        ));
+                    } else if let Some(e) = compile(
+                        &mut problems,
+                        format!("{path}.{}", field(".expression")),
+                        source,
+                        Variable::Claims,
+                    ) {
+                        compiled
+                            .claim_rules
+                            .push((e, rule.message.clone().unwrap_or_default()));
+                    }
                 }
             }
         }
-        cel(
-            &mut problems,
-            format!("{path}.userValidationRules"),
-            self.user_validation_rules.is_some(),
-        );
+        for (i, rule) in self.user_validation_rules.iter().enumerate() {
+            let field = format!("userValidationRules[{i}].expression");
+            if self.user_validation_rules[..i]
+                .iter()
+                .any(|r| r.expression == rule.expression)
+            {
+                problems.push(p(
+                    &field,
+                    format!("duplicate expression {:?}", rule.expression),
+                ));
+            } else if let Some(e) = compile(
+                &mut problems,
+                format!("{path}.{field}"),
+                &rule.expression,
+                Variable::User,
+            ) {
+                compiled
+                    .user_rules
+                    .push((e, rule.message.clone().unwrap_or_default()));
+            }
+        }
         let m = &self.claim_mappings;
+        let mut claim_or_expression =
+            |name: &str,
+             claim: &Option<String>,
+             prefix: Option<&Option<String>>,
+             expression: &Option<String>| {
+                match (claim, expression) {
+                    (Some(_), Some(_)) => {
+                        problems.push(p(
+                            &format!("claimMappings.{name}"),
+                            "claim and expression can't both be set".into(),
+                        ));
+                        None
+                    }
+                    (None, Some(source)) => {
+                        if let Some(Some(_)) = prefix {
+                            problems.push(p(
+                                &format!("claimMappings.{name}.prefix"),
+                                "may not be specified when expression is set".into(),
+                            ));
+                        }
+                        compile(
+                            &mut problems,
+                            format!("{path}.claimMappings.{name}.expression"),
+                            source,
+                            Variable::Claims,
+                        )
+                    }
+                    _ => None,
+                }
+            };
+        if let Some(u) = &m.username {
+            compiled.username =
+                claim_or_expression("username", &u.claim, Some(&u.prefix), &u.expression);
+        }
+        if let Some(g) = &m.groups {
+            compiled.groups =
+                claim_or_expression("groups", &g.claim, Some(&g.prefix), &g.expression);
+        }
+        if let Some(u) = &m.uid {
+            compiled.uid = claim_or_expression("uid", &u.claim, None, &u.expression);
+        }
         let (username_claim, username_prefix) = match &m.username {
             None => ("sub".to_owned(), format!("{url}#")),
+            Some(u) if u.expression.is_some() => (String::new(), String::new()),
             Some(u) => {
-                cel(
-                    &mut problems,
-                    format!("{path}.claimMappings.username.expression"),
-                    u.expression.is_some(),
-                );
                 let claim = u.claim.clone().unwrap_or_else(|| "sub".into());
                 let prefix = match &u.prefix {
                     Some(prefix) => prefix.clone(),
@@ -330,11 +452,6 @@ impl JwtAuthenticator {
             }
         };
         let groups = m.groups.as_ref().and_then(|g| {
-            cel(
-                &mut problems,
-                format!("{path}.claimMappings.groups.expression"),
-                g.expression.is_some(),
-            );
             let claim = g.claim.clone()?;
             match &g.prefix {
                 Some(prefix) => Some((claim, prefix.clone())),
@@ -347,21 +464,9 @@ impl JwtAuthenticator {
                 }
             }
         });
-        let uid_claim = m.uid.as_ref().and_then(|u| {
-            cel(
-                &mut problems,
-                format!("{path}.claimMappings.uid.expression"),
-                u.expression.is_some(),
-            );
-            u.claim.clone()
-        });
+        let uid_claim = m.uid.as_ref().and_then(|u| u.claim.clone());
         let mut extra = Vec::new();
         for (i, e) in m.extra.iter().enumerate() {
-            cel(
-                &mut problems,
-                format!("{path}.claimMappings.extra[{i}].valueExpression"),
-                e.value_expression.is_some(),
-            );
             for message in extra_key_problems(&e.key) {
                 problems.push(p(&format!("claimMappings.extra[{i}].key"), message));
             }
@@ -371,13 +476,47 @@ impl JwtAuthenticator {
                     format!("duplicate key {:?}", e.key),
                 ));
             }
-            match &e.claim {
-                Some(claim) => extra.push((e.key.clone(), claim.clone())),
-                None if e.value_expression.is_some() => {}
-                None => problems.push(p(
-                    &format!("claimMappings.extra[{i}].claim"),
-                    "is required".into(),
+            match (&e.claim, &e.value_expression) {
+                (Some(_), Some(_)) => problems.push(p(
+                    &format!("claimMappings.extra[{i}]"),
+                    "claim and valueExpression can't both be set".into(),
                 )),
+                (Some(claim), None) => extra.push((e.key.clone(), claim.clone())),
+                (None, Some(source)) => {
+                    if let Some(compiled_extra) = compile(
+                        &mut problems,
+                        format!("{path}.claimMappings.extra[{i}].valueExpression"),
+                        source,
+                        Variable::Claims,
+                    ) {
+                        compiled.extra.push((e.key.clone(), compiled_extra));
+                    }
+                }
+                (None, None) => problems.push(p(
+                    &format!("claimMappings.extra[{i}].valueExpression"),
+                    "is required (or claim)".into(),
+                )),
+            }
+        }
+        // kube's rule: a username read from claims.email by CEL must come
+        // with a check of claims.email_verified somewhere in the mappings
+        // or claim rules.
+        if compiled
+            .username
+            .as_ref()
+            .is_some_and(|u| u.reads_claim("email"))
+        {
+            let verified = compiled
+                .username
+                .iter()
+                .chain(compiled.extra.iter().map(|(_, e)| e))
+                .chain(compiled.claim_rules.iter().map(|(e, _)| e))
+                .any(|e| e.reads_claim("email_verified"));
+            if !verified {
+                problems.push(p(
+                    "claimMappings.username.expression",
+                    "claims.email_verified must be used in claimMappings.username.expression or claimMappings.extra[*].valueExpression or claimValidationRules[*].expression when claims.email is used in claimMappings.username.expression".into(),
+                ));
             }
         }
         let mut algorithms = Vec::new();
@@ -423,6 +562,7 @@ impl JwtAuthenticator {
                 .iter()
                 .filter_map(|r| Some((r.claim.clone()?, r.required_value.clone()?)))
                 .collect(),
+            cel: compiled,
             algorithms,
             clock_skew: self.clock_skew.unwrap_or(Duration::from_secs(30)),
             min_refresh_interval: self
@@ -512,7 +652,7 @@ impl OidcFlags {
                 uid: None,
                 extra: Vec::new(),
             },
-            user_validation_rules: None,
+            user_validation_rules: Vec::new(),
             signing_algorithms: self
                 .signing_algs
                 .as_ref()

@@ -9,6 +9,9 @@
 //! rules (username prefix, `email_verified` when the username is `email`,
 //! groups as a string or an array). No token appears in an error or a log.
 
+pub mod cel;
+#[cfg(test)]
+mod cel_cases;
 pub mod config;
 mod distributed;
 mod keys;
@@ -21,7 +24,7 @@ use base64::Engine;
 use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::{Map, Value};
 
-pub use config::{IssuerSettings, JwtAuthenticator, OidcFlags};
+pub use config::{CelSettings, IssuerSettings, JwtAuthenticator, OidcFlags};
 pub use keys::{parse_discovery, parse_jwks, shown_kid, Discovery, KeySet};
 
 use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
@@ -228,7 +231,13 @@ fn string_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<String>, A
     }
 }
 
-/// Maps verified claims to a user with kube-apiserver's rules.
+/// The extra key kube fills from `jti`.
+pub const CREDENTIAL_ID_KEY: &str = "authentication.kubernetes.io/credential-id";
+
+/// Maps verified claims to a user with kube-apiserver's rules: username,
+/// groups, uid and extra (claims or CEL), `authentication.kubernetes.io/
+/// credential-id` from a string `jti` (`JTI=<jti>`), required claims, then
+/// CEL claim validation rules and user validation rules.
 pub fn map_claims(
     settings: &IssuerSettings,
     claims: &Map<String, Value>,
@@ -240,45 +249,117 @@ pub fn map_claims(
             )));
         }
     }
-    let username = string_claim(claims, &settings.username_claim)?
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| {
-            invalid(format!(
-                "username claim {:?} is missing",
-                settings.username_claim
-            ))
-        })?;
-    if settings.username_claim == "email" {
-        match claims.get("email_verified") {
-            None => {}
-            Some(Value::Bool(true)) => {}
-            Some(_) => return Err(invalid("email_verified is not true")),
+    let cel_settings = &settings.cel;
+    let claims_value = cel_settings
+        .reads_claims()
+        .then(|| cel::claims_to_cel(claims));
+    let eval = |what: &str, expression: &cel::Expression| {
+        let value = claims_value.as_ref().unwrap_or(&cel::Value::Null);
+        expression
+            .evaluate(value)
+            .map_err(|e| invalid(format!("error evaluating {what} expression: {e}")))
+    };
+    let username = match &cel_settings.username {
+        Some(expression) => {
+            let username = cel::to_string(eval("username", expression)?)
+                .map_err(|e| invalid(format!("username expression {e}")))?;
+            if username.is_empty() {
+                return Err(invalid("empty username via CEL expression is not allowed"));
+            }
+            username
         }
-    }
-    let groups = match &settings.groups {
-        Some((claim, prefix)) => string_list(claims, claim)?
+        None => {
+            let username = string_claim(claims, &settings.username_claim)?
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "username claim {:?} is missing",
+                        settings.username_claim
+                    ))
+                })?;
+            if settings.username_claim == "email" {
+                match claims.get("email_verified") {
+                    None => {}
+                    Some(Value::Bool(true)) => {}
+                    Some(_) => return Err(invalid("email_verified is not true")),
+                }
+            }
+            format!("{}{username}", settings.username_prefix)
+        }
+    };
+    let groups = match (&settings.groups, &cel_settings.groups) {
+        (Some((claim, prefix)), _) => string_list(claims, claim)?
             .into_iter()
             .map(|g| format!("{prefix}{g}"))
             .collect(),
-        None => Vec::new(),
+        (None, Some(expression)) => cel::to_string_list(eval("groups", expression)?)
+            .map_err(|e| invalid(format!("groups expression {e}")))?,
+        (None, None) => Vec::new(),
     };
-    let uid = match &settings.uid_claim {
-        Some(claim) => string_claim(claims, claim)?.map(str::to_owned),
-        None => None,
+    let uid = match (&settings.uid_claim, &cel_settings.uid) {
+        (Some(claim), _) => string_claim(claims, claim)?.map(str::to_owned),
+        (None, Some(expression)) => Some(
+            cel::to_string(eval("uid", expression)?)
+                .map_err(|e| invalid(format!("uid expression {e}")))?,
+        )
+        .filter(|uid| !uid.is_empty()),
+        (None, None) => None,
     };
     let mut extra = BTreeMap::new();
+    if let Some(Value::String(jti)) = claims.get("jti") {
+        if !jti.is_empty() {
+            extra.insert(CREDENTIAL_ID_KEY.to_owned(), vec![format!("JTI={jti}")]);
+        }
+    }
     for (key, claim) in &settings.extra {
         let values = string_list(claims, claim)?;
         if !values.is_empty() {
             extra.insert(key.clone(), values);
         }
     }
-    Ok(UserInfo {
-        username: format!("{}{username}", settings.username_prefix),
+    for (key, expression) in &cel_settings.extra {
+        let values = cel::to_string_list(eval("extra", expression)?)
+            .map_err(|e| invalid(format!("extra expression {:?} {e}", expression.source())))?;
+        if !values.is_empty() {
+            extra.insert(key.clone(), values);
+        }
+    }
+    for (expression, message) in &cel_settings.claim_rules {
+        let passed = cel::to_bool(eval("claim validation", expression)?)
+            .map_err(|e| invalid(format!("error evaluating claim validation expression: {e}")))?;
+        if !passed {
+            return Err(invalid(format!(
+                "validation expression '{}' failed: {message}",
+                expression.source()
+            )));
+        }
+    }
+    let user = UserInfo {
+        username,
         uid,
         groups,
         extra,
-    })
+    };
+    if !cel_settings.user_rules.is_empty() {
+        let user_value = cel::user_to_cel(&user);
+        for (expression, message) in &cel_settings.user_rules {
+            let passed = expression
+                .evaluate(&user_value)
+                .map_err(|e| invalid(format!("error evaluating user info validation rule: {e}")))
+                .and_then(|v| {
+                    cel::to_bool(v).map_err(|e| {
+                        invalid(format!("error evaluating user info validation rule: {e}"))
+                    })
+                })?;
+            if !passed {
+                return Err(invalid(format!(
+                    "validation expression '{}' failed: {message}",
+                    expression.source()
+                )));
+            }
+        }
+    }
+    Ok(user)
 }
 
 impl Authenticator for OidcAuthenticator {
@@ -401,19 +482,190 @@ mod tests {
     }
 
     #[test]
-    fn cel_and_hmac_are_refused_with_the_field_named() {
+    fn bad_cel_and_hmac_are_refused_with_the_field_named() {
         let jwt: JwtAuthenticator = serde_yaml_ng::from_str(
-            "issuer: {url: 'https://idp', audiences: [k]}\nclaimMappings:\n  username: {expression: 'claims.sub'}\nsigningAlgorithms: [HS256]\n",
+            "issuer: {url: 'https://idp', audiences: [k]}\nclaimMappings:\n  username: {expression: 'claims.'}\n  groups: {expression: 'sets.equivalent(claims.g, [])'}\n  uid: {claim: sub, expression: 'claims.sub'}\n  extra: [{key: a.io/b, valueExpression: 'user.uid'}]\nuserValidationRules: [{expression: 'claims.sub == \"\"'}]\nclaimValidationRules: [{expression: 'claims.a', requiredValue: x}]\nsigningAlgorithms: [HS256]\n",
         )
         .unwrap();
         let problems = jwt.settings("authentication.jwt[0]").unwrap_err();
-        let text = format!("{problems:?}");
+        let f = |s: &str| format!("authentication.jwt[0].{s}");
+        for (field, words) in [
+            ("claimMappings.username.expression", "compilation failed"),
+            (
+                "claimMappings.groups.expression",
+                "\"sets.equivalent\" is not supported",
+            ),
+            ("claimMappings.uid", "can't both be set"),
+            (
+                "claimMappings.extra[0].valueExpression",
+                "undeclared reference to \"user\"",
+            ),
+            (
+                "userValidationRules[0].expression",
+                "undeclared reference to \"claims\"",
+            ),
+            (
+                "claimValidationRules[0].requiredValue",
+                "may not be specified",
+            ),
+            ("signingAlgorithms[0]", "HS256"),
+        ] {
+            assert!(has(&problems, &f(field), words), "{field}: {problems:?}");
+        }
+    }
+
+    #[test]
+    fn a_username_from_claims_email_needs_email_verified_somewhere() {
+        let base = "issuer: {url: 'https://idp', audiences: [k]}\n";
+        let refused = problems_of(&format!(
+            "{base}claimMappings:\n  username: {{expression: 'claims.email'}}\n"
+        ));
         assert!(
-            text.contains("authentication.jwt[0].claimMappings.username.expression"),
-            "{text}"
+            has(
+                &refused,
+                "authentication.jwt[0].claimMappings.username.expression",
+                "claims.email_verified must be used"
+            ),
+            "{refused:?}"
         );
-        assert!(text.contains("not supported yet"), "{text}");
-        assert!(text.contains("signingAlgorithms[0]"), "{text}");
+        for fine in [
+            "claimMappings:\n  username: {expression: 'claims.email_verified ? claims.email : \"\"'}\n",
+            "claimMappings:\n  username: {expression: 'claims.email'}\nclaimValidationRules: [{expression: 'claims.?email_verified.orValue(true) == true'}]\n",
+            "claimMappings:\n  username: {expression: 'claims.email'}\n  extra: [{key: a.io/v, valueExpression: 'string(claims.email_verified)'}]\n",
+            "claimMappings:\n  username: {expression: 'claims.sub'}\n",
+        ] {
+            assert!(problems_of(&format!("{base}{fine}")).is_empty(), "{fine}");
+        }
+    }
+
+    /// The examples of kube's "Authenticating" page (structured
+    /// authentication configuration), loaded as written there, with the
+    /// tokens and results the page gives.
+    #[test]
+    fn kube_documentation_examples_give_the_documented_users() {
+        let mappings = "  claimMappings:\n    username:\n      expression: 'claims.username + \":external-user\"'\n    groups:\n      expression: 'claims.roles.split(\",\")'\n    uid:\n      expression: 'claims.sub'\n    extra:\n    - key: 'example.com/tenant'\n      valueExpression: 'claims.tenant'\n";
+        let users = "  userValidationRules:\n  - expression: \"!user.username.startsWith('system:')\" # the expression will evaluate to true, so validation will succeed.\n    message: 'username cannot used reserved system: prefix'\n";
+        let load = |yaml: String| {
+            let kube: crate::config::KubeAuthenticationConfiguration =
+                serde_yaml_ng::from_str(&yaml).unwrap();
+            kube.jwt[0].settings("jwt[0]").unwrap()
+        };
+        let head = "apiVersion: apiserver.config.k8s.io/v1beta1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: https://example.com\n    audiences:\n    - my-app\n";
+        let token = json!({"aud": "kubernetes", "exp": 1703232949, "iat": 1701107233,
+            "iss": "https://example.com", "jti": "7c337942807e73caa2c30c868ac0ce910bce02ddcbfebe8c23b8b5f27ad62873",
+            "nbf": 1701107233, "roles": "user,admin", "sub": "authentication",
+            "tenant": "72f988bf-86f1-41af-91ab-2d7cd011db4a", "username": "foo"});
+        let user = map_claims(
+            &load(format!("{head}{mappings}{users}")),
+            &claims(token.clone()),
+        )
+        .unwrap();
+        assert_eq!(user.username, "foo:external-user");
+        assert_eq!(user.uid.as_deref(), Some("authentication"));
+        assert_eq!(user.groups, ["user", "admin"]);
+        assert_eq!(
+            user.extra["example.com/tenant"],
+            ["72f988bf-86f1-41af-91ab-2d7cd011db4a"]
+        );
+        assert_eq!(
+            user.extra[CREDENTIAL_ID_KEY],
+            ["JTI=7c337942807e73caa2c30c868ac0ce910bce02ddcbfebe8c23b8b5f27ad62873"]
+        );
+        // Second example: the token has no hd claim, so validation fails.
+        let rules = "  claimValidationRules:\n  - expression: 'claims.hd == \"example.com\"' # the token below does not have this claim, so validation will fail.\n    message: the hd claim must be set to example.com\n";
+        let refused = map_claims(
+            &load(format!("{head}{rules}{mappings}{users}")),
+            &claims(token.clone()),
+        );
+        assert!(refused.is_err(), "{refused:?}");
+        let with_hd =
+            json!({"hd": "other.com", "username": "foo", "sub": "s", "roles": "r", "tenant": "t"});
+        let message = map_claims(
+            &load(format!("{head}{rules}{mappings}{users}")),
+            &claims(with_hd),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            message.contains("the hd claim must be set to example.com"),
+            "{message}"
+        );
+        // Third example: the username maps to system:foo, refused by the user rule.
+        let plain = "  claimMappings:\n    username:\n      expression: 'claims.username'\n    groups:\n      expression: 'claims.roles.split(\",\")'\n    uid:\n      expression: 'claims.sub'\n    extra:\n    - key: 'example.com/tenant'\n      valueExpression: 'claims.tenant'\n";
+        let mut system = token;
+        system["username"] = json!("system:foo");
+        let message = map_claims(&load(format!("{head}{plain}{users}")), &claims(system))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("username cannot used reserved system: prefix"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn cel_results_of_the_wrong_kind_refuse_the_token() {
+        let settings = |mapping: &str| {
+            let jwt: JwtAuthenticator = serde_yaml_ng::from_str(&format!(
+                "issuer: {{url: 'https://idp', audiences: [k]}}\nclaimMappings:\n{mapping}"
+            ))
+            .unwrap();
+            jwt.settings("j").unwrap()
+        };
+        let c = claims(json!({"sub": "s", "n": 5, "empty": "", "list": ["a", 1]}));
+        for (mapping, words) in [
+            (
+                "  username: {expression: 'claims.empty'}\n",
+                "empty username",
+            ),
+            (
+                "  username: {expression: 'claims.n'}\n",
+                "must return a string",
+            ),
+            (
+                "  username: {expression: 'claims.missing'}\n",
+                "no such key",
+            ),
+            (
+                "  username: {expression: 'claims.sub'}\n  groups: {expression: 'claims.list'}\n",
+                "string or a list of strings",
+            ),
+            (
+                "  username: {expression: 'claims.sub'}\n  uid: {expression: 'claims.n'}\n",
+                "must return a string",
+            ),
+        ] {
+            let message = map_claims(&settings(mapping), &c).unwrap_err().to_string();
+            assert!(message.contains(words), "{mapping}: {message}");
+        }
+        let rule = "  username: {expression: 'claims.sub'}\nclaimValidationRules: [{expression: 'claims.sub'}]\n";
+        let message = map_claims(&settings(rule), &c).unwrap_err().to_string();
+        assert!(message.contains("must return a boolean"), "{message}");
+    }
+
+    #[test]
+    fn credential_id_comes_from_a_string_jti_as_kube_adds_it() {
+        let s = settings();
+        let base = json!({"email": "a@x", "hd": "example.com"});
+        let with = |jti: Value| {
+            let mut c = base.clone();
+            c["jti"] = jti;
+            map_claims(&s, &claims(c))
+                .unwrap()
+                .extra
+                .get(CREDENTIAL_ID_KEY)
+                .cloned()
+        };
+        assert_eq!(with(json!("abc")), Some(vec!["JTI=abc".to_owned()]));
+        assert_eq!(with(json!("")), None);
+        assert_eq!(with(json!(5)), None);
+        assert_eq!(
+            map_claims(&s, &claims(base))
+                .unwrap()
+                .extra
+                .get(CREDENTIAL_ID_KEY),
+            None
+        );
     }
 
     fn problems_of(yaml: &str) -> Vec<crate::config::Problem> {
