@@ -502,9 +502,20 @@ spec:
     /// "alice"]`): kube's authorizer sees new bindings a moment after they
     /// are stored.
     pub async fn apply_rbac(&self, yaml: &str, checks: &[&[&str]]) -> anyhow::Result<()> {
-        let out = self.admin_async(&["apply", "-f", "-"], Some(yaml)).await?;
-        if !out.status.success() {
-            bail!("apply: {}", crate::output_text(&out));
+        // Tests of one binary apply the same objects side by side: a create
+        // that lost the race (AlreadyExists, Conflict) is applied again.
+        let mut attempt = 0;
+        loop {
+            let out = self.admin_async(&["apply", "-f", "-"], Some(yaml)).await?;
+            if out.status.success() {
+                break;
+            }
+            let text = crate::output_text(&out);
+            attempt += 1;
+            if attempt >= 5 || !(text.contains("AlreadyExists") || text.contains("Conflict")) {
+                bail!("apply: {text}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         for check in checks {
             let mut args = vec!["auth", "can-i"];
