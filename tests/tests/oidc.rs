@@ -8,7 +8,7 @@ use authproxy_tests::kube::{
     assert_kubectl_acts_as, unique_marker, Expected, KubeEnv as Env, PROXY_SERVICE_ACCOUNT,
 };
 use authproxy_tests::oidc::{generate_key, OidcProvider, SigningKey};
-use authproxy_tests::{output_text, wait_for, TestPki};
+use authproxy_tests::{output_text, TestPki};
 use serde_json::json;
 
 struct World {
@@ -28,7 +28,7 @@ async fn world() -> anyhow::Result<World> {
     let idp = OidcProvider::start(&pki, &keys).await?;
     let auth = jwt_config(&idp, pki.ca_pem());
     let env = Env::start_with(pki, &auth).await?;
-    wait_ready(&env).await?;
+    env.wait_ready().await?;
     Ok(World {
         env,
         idp,
@@ -53,41 +53,12 @@ async fn readyz(env: &Env) -> anyhow::Result<u16> {
     Ok(env.curl(&[&format!("{}/readyz", env.proxy_url())]).await?.0)
 }
 
-async fn wait_ready(env: &Env) -> anyhow::Result<()> {
-    wait_for(
-        Duration::from_secs(20),
-        "authproxy ready (keys loaded)",
-        || async move {
-            match readyz(env).await {
-                Ok(200) => Ok(Some(())),
-                Ok(code) => Err(format!("/readyz {code}")),
-                Err(e) => Err(e.to_string()),
-            }
-        },
-    )
-    .await
-}
-
 async fn pods_status(env: &Env, token: &str) -> anyhow::Result<u16> {
     let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
     Ok(env
         .curl(&["-H", &format!("Authorization: Bearer {token}"), &url])
         .await?
         .0)
-}
-
-/// A kubeconfig for the proxy whose user sends `token`.
-fn token_kubeconfig(env: &Env, name: &str, token: &str) -> anyhow::Result<std::path::PathBuf> {
-    let path = env.dir.path().join(format!("kubeconfig-{name}"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user: {{token: '{token}'}}\ncontexts:\n- name: {name}\n  context: {{cluster: proxy, user: {name}, namespace: default}}\ncurrent-context: {name}\n",
-            env.proxy_url(),
-            env.pki.ca_path().display()
-        ),
-    )?;
-    Ok(path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +71,7 @@ async fn kubectl_with_an_id_token_acts_as_the_mapped_user_on_kube() -> anyhow::R
     ];
     for (client, login, groups) in cases {
         let token = w.idp.id_token(client, login).await?;
-        let kubeconfig = token_kubeconfig(&w.env, login, &token)?;
+        let kubeconfig = w.env.token_kubeconfig(login, &token)?;
         let username = format!("{login}@example.com");
         let expected = Expected {
             username: &username,
@@ -337,7 +308,7 @@ async fn idp_outage_keeps_known_keys_and_a_fresh_proxy_waits_until_the_idp_is_ba
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     w.idp.restart(&w.keys).await?;
-    wait_ready(&fresh).await?;
+    fresh.wait_ready().await?;
     let token = w.idp.id_token("kubernetes", "alice").await?;
     assert_eq!(pods_status(&fresh, &token).await?, 200);
     Ok(())

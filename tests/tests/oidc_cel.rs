@@ -3,11 +3,9 @@
 //! kube-apiserver, through authproxy, to the real kube-apiserver, whose
 //! SelfSubjectReview and audit log say who the user became.
 
-use std::time::Duration;
-
 use authproxy_tests::kube::{assert_kubectl_acts_as, unique_marker, Expected, KubeEnv as Env};
 use authproxy_tests::oidc::{generate_key, OidcProvider, SigningKey};
-use authproxy_tests::{wait_for, TestPki};
+use authproxy_tests::TestPki;
 use serde_json::json;
 
 struct World {
@@ -61,14 +59,7 @@ async fn world() -> anyhow::Result<World> {
     std::fs::write(&file, kube_config(&idp.issuer(), pki.ca_pem()))?;
     let auth = format!("  authenticationConfigFile: {}", file.display());
     let env = Env::start_with(pki, &auth).await?;
-    wait_for(Duration::from_secs(20), "authproxy ready", || async {
-        match env.curl(&[&format!("{}/readyz", env.proxy_url())]).await {
-            Ok((200, _)) => Ok(Some(())),
-            Ok((code, body)) => Err(format!("/readyz {code} {body}")),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await?;
+    env.wait_ready().await?;
     Ok(World {
         env,
         idp,
@@ -98,26 +89,13 @@ async fn assert_refused(w: &World, token: &str) -> anyhow::Result<()> {
     w.env.assert_not_forwarded(&agent).await
 }
 
-fn token_kubeconfig(env: &Env, name: &str, token: &str) -> anyhow::Result<std::path::PathBuf> {
-    let path = env.dir.path().join(format!("kubeconfig-cel-{name}"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user: {{token: '{token}'}}\ncontexts:\n- name: {name}\n  context: {{cluster: proxy, user: {name}, namespace: default}}\ncurrent-context: {name}\n",
-            env.proxy_url(),
-            env.pki.ca_path().display()
-        ),
-    )?;
-    Ok(path)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cel_mappings_and_rules_decide_the_user_kube_sees() -> anyhow::Result<()> {
     let w = world().await?;
     // username, groups, uid and extra expressions: kube's SelfSubjectReview
     // shows the user the expressions made.
     let token = w.idp.id_token("kubernetes", "alice").await?;
-    let kubeconfig = token_kubeconfig(&w.env, "alice", &token)?;
+    let kubeconfig = w.env.token_kubeconfig("alice", &token)?;
     let expected = Expected {
         username: "cel:alice",
         groups: &["cel:devs"],

@@ -5,26 +5,11 @@
 //! takes the groups from it. A source signed by any other key refuses the
 //! token.
 
-use std::time::Duration;
-
 use authproxy_tests::kube::{assert_kubectl_acts_as, Expected, KubeEnv as Env};
 use authproxy_tests::oidc::{generate_key, OidcProvider};
-use authproxy_tests::{wait_for, TestPki};
+use authproxy_tests::TestPki;
 use base64::Engine as _;
 use serde_json::json;
-
-fn token_kubeconfig(env: &Env, name: &str, token: &str) -> anyhow::Result<std::path::PathBuf> {
-    let path = env.dir.path().join(format!("kubeconfig-{name}"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user: {{token: '{token}'}}\ncontexts:\n- name: {name}\n  context: {{cluster: proxy, user: {name}, namespace: default}}\ncurrent-context: {name}\n",
-            env.proxy_url(),
-            env.pki.ca_path().display()
-        ),
-    )?;
-    Ok(path)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_from_a_distributed_claim_source_signed_by_the_issuer() -> anyhow::Result<()> {
@@ -41,19 +26,7 @@ async fn groups_from_a_distributed_claim_source_signed_by_the_issuer() -> anyhow
         },
     }]);
     let env = Env::start_with(pki, &format!("  jwt: {jwt}")).await?;
-    let url = format!("{}/readyz", env.proxy_url());
-    wait_for(Duration::from_secs(20), "issuer keys loaded", || {
-        let url = url.clone();
-        let env = &env;
-        async move {
-            match env.curl(&[&url]).await {
-                Ok((200, _)) => Ok(Some(())),
-                Ok((code, body)) => Err(format!("{code} {body}")),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await?;
+    env.wait_ready().await?;
 
     let token = idp.id_token("kubernetes", "dist-dave").await?;
     // The provider sent the groups as a distributed claim, not in the token.
@@ -62,7 +35,7 @@ async fn groups_from_a_distributed_claim_source_signed_by_the_issuer() -> anyhow
         serde_json::from_slice(&engine.decode(token.split('.').nth(1).unwrap_or_default())?)?;
     assert!(claims.get("groups").is_none(), "{claims}");
     assert_eq!(claims["_claim_names"]["groups"], "src1", "{claims}");
-    let kubeconfig = token_kubeconfig(&env, "dave", &token)?;
+    let kubeconfig = env.token_kubeconfig("dave", &token)?;
     let expected = Expected {
         username: "dist-dave@example.com",
         groups: &["oidc:devs", "oidc:remote"],

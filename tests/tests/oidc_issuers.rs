@@ -5,11 +5,9 @@
 //! mapping gives; a token of one issuer signed by the other's key is
 //! refused.
 
-use std::time::Duration;
-
 use authproxy_tests::kube::{assert_kubectl_acts_as, Expected, KubeEnv as Env};
 use authproxy_tests::oidc::{generate_key, OidcProvider};
-use authproxy_tests::{wait_for, TestPki};
+use authproxy_tests::TestPki;
 use base64::Engine as _;
 use serde_json::json;
 
@@ -22,20 +20,6 @@ fn issuer_entry(idp: &OidcProvider, ca_pem: &str, prefix: &str) -> serde_json::V
             "uid": {"claim": "sub"},
         },
     })
-}
-
-/// A kubeconfig for the proxy whose user sends `token`.
-fn token_kubeconfig(env: &Env, name: &str, token: &str) -> anyhow::Result<std::path::PathBuf> {
-    let path = env.dir.path().join(format!("kubeconfig-{name}"));
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user: {{token: '{token}'}}\ncontexts:\n- name: {name}\n  context: {{cluster: proxy, user: {name}, namespace: default}}\ncurrent-context: {name}\n",
-            env.proxy_url(),
-            env.pki.ca_path().display()
-        ),
-    )?;
-    Ok(path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,23 +36,11 @@ async fn two_issuers_side_by_side_each_with_its_own_mapping() -> anyhow::Result<
         issuer_entry(&idp_b, pki.ca_pem(), "b:"),
     ]);
     let env = Env::start_with(pki, &format!("  jwt: {jwt}")).await?;
-    let url = format!("{}/readyz", env.proxy_url());
-    wait_for(Duration::from_secs(20), "both issuers' keys loaded", || {
-        let url = url.clone();
-        let env = &env;
-        async move {
-            match env.curl(&[&url]).await {
-                Ok((200, _)) => Ok(Some(())),
-                Ok((code, body)) => Err(format!("{code} {body}")),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    })
-    .await?;
+    env.wait_ready().await?;
 
     for (idp, prefix) in [(&idp_a, "a:"), (&idp_b, "b:")] {
         let token = idp.id_token("kubernetes", "alice").await?;
-        let kubeconfig = token_kubeconfig(&env, prefix.trim_end_matches(':'), &token)?;
+        let kubeconfig = env.token_kubeconfig(prefix.trim_end_matches(':'), &token)?;
         let username = format!("{prefix}alice@example.com");
         let expected = Expected {
             username: &username,

@@ -115,6 +115,39 @@ impl KubeEnv {
         Ok(())
     }
 
+    /// A kubeconfig for this proxy whose one user sends `token` (context
+    /// `name`, the current one).
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(format!("kubeconfig-{name}"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: proxy\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: {name}\n  user: {{token: '{token}'}}\ncontexts:\n- name: {name}\n  context: {{cluster: proxy, user: {name}, namespace: default}}\ncurrent-context: {name}\n",
+                self.proxy_url(),
+                self.pki.ca_path().display()
+            ),
+        )?;
+        Ok(path)
+    }
+
+    /// Waits (20 s at most) until `/readyz` answers 200: every
+    /// authenticator is ready (an OIDC issuer's keys are loaded).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let url = format!("{}/readyz", self.proxy_url());
+        crate::wait_for(
+            std::time::Duration::from_secs(20),
+            "authproxy ready (keys loaded)",
+            || async {
+                match self.curl(&[&url]).await {
+                    Ok((200, _)) => Ok(Some(())),
+                    Ok((code, body)) => Err(format!("/readyz {code} {body}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await
+    }
+
     /// Runs the matching kubectl with the test kubeconfig.
     pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<Output> {
         crate::kubectl_with(&self.kubeconfig(), args).await
