@@ -103,9 +103,10 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Runs `program` under a supervisor shell: it stops the program (and, when
-/// `cleanup` is given, deletes that folder) once its stdin closes, which
-/// happens when this test process exits, however it exits.
+/// Runs `program` under a supervisor shell: it stops the program (TERM, and
+/// KILL after 10 s: kube-apiserver can hang in its shutdown once etcd is
+/// gone) and, when `cleanup` is given, deletes that folder, once its stdin
+/// closes, which happens when this test process exits, however it exits.
 fn supervised(
     program: &Path,
     args: &[String],
@@ -119,6 +120,10 @@ fn supervised(
 (
   while read -r _; do :; done
   kill -TERM "$pid" 2>/dev/null
+  # kube-apiserver may hang in its shutdown once etcd is gone: 10 s, then KILL.
+  n=0
+  while kill -0 "$pid" 2>/dev/null && [ "$n" -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
+  kill -KILL "$pid" 2>/dev/null
   while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   if [ -n "$clean" ]; then rm -rf -- "$clean"; fi
 ) </dev/stdin >/dev/null 2>&1 &
