@@ -239,12 +239,23 @@ where
             if shared.http1_only.load(Ordering::Acquire) {
                 return Ok(Route::Http1);
             }
-            let changed = shared.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let Some(conn) = self.pick() else {
-                changed.await;
-                continue;
+            // The common case takes a slot without registering as a waiter;
+            // only when none is free does it register, then look again (a
+            // slot freed in between is not missed), then wait.
+            let conn = match self.pick() {
+                Some(conn) => conn,
+                None => {
+                    let changed = shared.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    match self.pick() {
+                        Some(conn) => conn,
+                        None => {
+                            changed.await;
+                            continue;
+                        }
+                    }
+                }
             };
             let guard = StreamGuard {
                 conn,
