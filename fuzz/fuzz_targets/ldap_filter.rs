@@ -27,8 +27,11 @@ fn shape(tag: &StructureTag) -> String {
 }
 
 fn check(template: &str, username: &str, dn: &str) {
-    // A template the configuration refuses is never used.
-    if check_template(template, &["username", "dn"]).is_err() {
+    // A template the configuration refuses is never used, and an empty value
+    // is never filled in: the authenticator refuses an empty user name before
+    // any search, and a DN is never empty.
+    if check_template(template, &["username", "dn"]).is_err() || username.is_empty() || dn.is_empty()
+    {
         return;
     }
     let plain = fill(template, &[("username", "x"), ("dn", "x")]);
