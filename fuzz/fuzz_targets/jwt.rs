@@ -23,7 +23,7 @@ fn settings() -> &'static IssuerSettings {
 fn make_settings() -> IssuerSettings {
     let yaml = format!(
         "issuer: {{url: '{OIDC_ISSUER}', audiences: [kube, other]}}\n\
-         claimMappings:\n  username: {{claim: email, prefix: ''}}\n  groups: {{claim: groups, prefix: 'oidc:'}}\n  uid: {{claim: sub}}\n  extra: [{{key: Example.com/Tenant, claim: tenant}}]\n\
+         claimMappings:\n  username: {{claim: email, prefix: ''}}\n  groups: {{claim: groups, prefix: 'oidc:'}}\n  uid: {{claim: sub}}\n  extra: [{{key: example.com/tenant, claim: tenant}}]\n\
          claimValidationRules: [{{claim: hd, requiredValue: example.com}}]\n\
          signingAlgorithms: [ES256, EdDSA, RS256]\nkeyRefreshMinInterval: 24h\n"
     );
