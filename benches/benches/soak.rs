@@ -50,6 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use authproxy_benches::process::{env_or, memory_kib, open_fds, release_binary};
 use authproxy_tests::double::{self, DoubleConfig, UserInfo};
 use authproxy_tests::oidc::{generate_key, OidcProvider};
 use authproxy_tests::pki::{self, TestPki};
@@ -65,28 +66,6 @@ use rustls_pki_types::ServerName;
 const PROXY_TOKEN: &str = "soak-proxy-token";
 const USERS: usize = 100;
 const POD: &str = "/api/v1/namespaces/default/pods/web-0";
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Resident set size of `pid`, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("VmRSS missing from /proc/{pid}/status"))
-}
-
-fn open_fds(pid: u32) -> anyhow::Result<u64> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
-}
 
 /// A small xorshift generator: the load needs variety, not quality.
 struct Rng(u64);
@@ -343,15 +322,6 @@ fn tokens_csv(rotated: &str) -> String {
     csv
 }
 
-fn default_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("bench binary has no target folder")?;
-    Ok(dir.join("authproxy"))
-}
-
 struct Sample {
     at: Duration,
     rss_kib: u64,
@@ -373,11 +343,11 @@ fn spread(values: &[u64]) -> (f64, u64, u64, f64) {
 }
 
 async fn run(binary: &Path) -> anyhow::Result<bool> {
-    let minutes = env_u64("SOAK_MINUTES", 30);
-    let warmup = Duration::from_secs(env_u64("SOAK_WARMUP_MINUTES", 5) * 60);
-    let sample_every = Duration::from_secs(env_u64("SOAK_SAMPLE_SECS", 60).max(1));
-    let watches = env_u64("SOAK_WATCHES", 200) as usize;
-    let rate = env_u64("SOAK_RATE", 200).max(1);
+    let minutes = env_or::<u64>("SOAK_MINUTES", 30);
+    let warmup = Duration::from_secs(env_or::<u64>("SOAK_WARMUP_MINUTES", 5) * 60);
+    let sample_every = Duration::from_secs(env_or::<u64>("SOAK_SAMPLE_SECS", 60).max(1));
+    let watches = env_or::<u64>("SOAK_WATCHES", 200) as usize;
+    let rate = env_or::<u64>("SOAK_RATE", 200).max(1);
     let total = Duration::from_secs(minutes * 60);
     if !binary.is_file() {
         bail!(
@@ -544,8 +514,8 @@ async fn run(binary: &Path) -> anyhow::Result<bool> {
             let requests = tally.requests.load(Ordering::Relaxed);
             let sample = Sample {
                 at: now,
-                rss_kib: rss_kib(pid)?,
-                fds: open_fds(pid)?,
+                rss_kib: memory_kib(pid)?.0,
+                fds: open_fds(pid)? as u64,
                 requests,
             };
             println!(
@@ -616,7 +586,7 @@ fn tail(path: &Path) -> String {
 fn main() -> anyhow::Result<()> {
     let binary = match std::env::var("SOAK_AUTHPROXY") {
         Ok(path) => PathBuf::from(path),
-        Err(_) => default_binary()?,
+        Err(_) => release_binary()?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -50,6 +50,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use authproxy_benches::process::{env_or, memory_kib, open_fds, release_binary};
 use authproxy_tests::double::{self, DoubleConfig, UserInfo};
 use authproxy_tests::pki::{self, TestPki};
 use authproxy_tests::watchers::{open_watch, H2Clients};
@@ -58,42 +59,6 @@ use futures_util::future::join_all;
 const PROXY_TOKEN: &str = "watch-bench-proxy-token";
 const USERS: usize = 100;
 const STREAMS_PER_CLIENT_CONNECTION: usize = 100;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Resident set size and its peak of `pid`, in KiB, from /proc.
-fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .with_context(|| format!("{name} missing from /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn default_binary() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("bench binary has no target folder")?;
-    Ok(dir.join("authproxy"))
-}
 
 struct Figures {
     idle: u64,
@@ -180,7 +145,7 @@ async fn run_one(binary: &Path, watches: usize, settle: Duration) -> anyhow::Res
     drop(open_watch(&clients, "user-0-token", Duration::from_secs(10)).await?);
     drop(clients);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (idle, _) = rss_kib(pid)?;
+    let (idle, _) = memory_kib(pid)?;
 
     let connections = watches.div_ceil(STREAMS_PER_CLIENT_CONNECTION).max(1);
     let clients = H2Clients::connect_to(addr, pki.ca_pem(), connections).await?;
@@ -203,8 +168,8 @@ async fn run_one(binary: &Path, watches: usize, settle: Duration) -> anyhow::Res
         held.push(watch.with_context(|| format!("watch {i} of {watches}"))?);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (peak, _) = rss_kib(pid)?;
-    let peak_fds = open_fds(pid);
+    let (peak, _) = memory_kib(pid)?;
+    let peak_fds = open_fds(pid).unwrap_or(0);
 
     drop(held);
     drop(clients);
@@ -214,7 +179,7 @@ async fn run_one(binary: &Path, watches: usize, settle: Duration) -> anyhow::Res
         Duration::from_secs(60),
         "client connections closed",
         || async {
-            let fds = open_fds(pid);
+            let fds = open_fds(pid).unwrap_or(0);
             if fds + connections <= peak_fds {
                 Ok(Some(()))
             } else {
@@ -224,7 +189,7 @@ async fn run_one(binary: &Path, watches: usize, settle: Duration) -> anyhow::Res
     )
     .await?;
     tokio::time::sleep(settle).await;
-    let (after_close, high_water) = rss_kib(pid)?;
+    let (after_close, high_water) = memory_kib(pid)?;
     let _ = child.kill().await;
     Ok(Figures {
         idle,
@@ -236,11 +201,11 @@ async fn run_one(binary: &Path, watches: usize, settle: Duration) -> anyhow::Res
 }
 
 fn main() -> anyhow::Result<()> {
-    let watches = env_usize("WATCH_COUNT", 10_000);
-    let settle = Duration::from_secs(env_usize("WATCH_SETTLE_SECS", 15) as u64);
+    let watches = env_or("WATCH_COUNT", 10_000);
+    let settle = Duration::from_secs(env_or("WATCH_SETTLE_SECS", 15) as u64);
     let binaries: Vec<PathBuf> = match std::env::var("WATCH_AUTHPROXY") {
         Ok(list) => list.split(',').map(PathBuf::from).collect(),
-        Err(_) => vec![default_binary()?],
+        Err(_) => vec![release_binary()?],
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,3 +6,8 @@
 //! - `cargo bench -p authproxy-benches --bench load`: requests per second and
 //!   latency of one upstream reached directly, through a bare pass-through
 //!   proxy, and through authproxy, with the ratio authproxy / pass-through.
+//!
+//! [`process`] holds what the benches that run the `authproxy` binary as a
+//! child (`watch_memory`, `soak`) share.
+
+pub mod process;
