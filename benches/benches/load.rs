@@ -1,57 +1,69 @@
-//! The load benchmark: one upstream reached (a) directly, (b) through a bare
-//! hyper pass-through proxy written here (TLS in, TLS out, URI rewritten,
-//! nothing else), and (c) through authproxy (`authproxy::server::serve`) with
-//! static-token authentication and impersonation; (d) the same authproxy with
-//! OIDC (RS256, token cache) instead of static tokens; (e) `authproxy-obs`,
-//! the static-token authproxy with metrics on and an audit log to a file.
+//! The load benchmark: authproxy against its peers, side by side in one run.
 //!
-//! A fixed number of requests is spread over 64 concurrent keep-alive
-//! HTTP/1.1 connections (one hyper `client::conn::http1` handshake each over
-//! tokio-rustls, requests sent one after another), after a warm-up of 10%.
-//! Each target is run twice, alternating, and the best run is reported:
-//! requests/s, p50 and p99 latency, and the throughput ratios authproxy /
-//! pass-through and authproxy / direct. Every answer must be a 200 with the
-//! expected body; any failure is counted and ends the benchmark with an error.
-//! Everything runs on loopback in this process.
+//! One upstream (an HTTP server written here that answers a fixed 800-byte
+//! PodList when the proxies' own token is presented) is reached by `wrk`
+//! over TLS on loopback:
 //!
-//! Run: `cargo bench -p authproxy-benches --bench load`
-//! (`LOAD_REQUESTS=N` sets the count, default 40000; `LOAD_QUICK=1` or
-//! `-- --quick` runs 4000; `LOAD_UPSTREAM_H1=1` makes the upstream offer only
-//! http/1.1 by ALPN, so that both proxies reach it over HTTP/1.1 instead of h2;
-//! `LOAD_TARGETS=bare,authproxy` runs only the named targets, e.g. under a
-//! profiler; `LOAD_BARE_IMPERSONATE=1` makes the bare proxy add the same four
-//! `Impersonate-*` headers authproxy sends, to separate the cost of carrying
-//! them to the upstream from authproxy's own work).
+//! - `direct`: the upstream itself;
+//! - `bare-h2`, `bare-h1`: a bare hyper pass-through proxy written here (TLS
+//!   in, pooled TLS client out, URI rewritten, nothing else), to an upstream
+//!   that offers HTTP/2 or only HTTP/1.1;
+//! - `nginx`: nginx configured as the equivalent impersonating proxy (a `map`
+//!   from the caller's token to the user, `proxy_set_header Impersonate-*` and
+//!   the proxy's own `Authorization`, keep-alive upstream; nginx speaks only
+//!   HTTP/1.1 to upstreams);
+//! - `authproxy-h2`, `authproxy-h1`: the release `authproxy` binary with
+//!   static-token authentication, to either upstream;
+//! - `oidc-h2`, `oidc-h1`: the same with an RS256 ID token (token cache hit);
+//! - `obs-h2`: static tokens with `/metrics` and an audit log file on.
 //!
-//! `cpu/req` is the CPU time of the whole process (load generator, upstream
-//! and proxy) per request, from `/proc/self/stat` (10 ms ticks). Compare it
-//! between targets of one run only: it falls when the machine is busy (more
-//! work is batched per wake-up) and rises when it is idle.
+//! Each target runs at 1 connection (sequential requests: the latency one
+//! kubectl user feels) and at 64 connections, twice in alternation, and the
+//! better run is kept. Every process (upstream, pass-through, nginx,
+//! authproxy, wrk) is its own, as deployed. The report prints requests/s, p50
+//! and p99, p50 added over `direct`, and the ratios the targets are set in.
+//! A non-2xx answer or a socket error fails the run.
+//!
+//! With `LOAD_CALLGRIND=1` it instead counts the instructions each proxy
+//! executes per request under valgrind's callgrind (stable on a noisy
+//! machine): two runs of each proxy, with 200 and 1,200 sequential requests,
+//! the difference divided by 1,000, so start-up and warm-up cancel out.
+//!
+//! Run: `benches/load.sh` (installs wrk, nginx and valgrind when missing,
+//! builds the release binary, then runs this). Knobs: `LOAD_SECONDS` (per
+//! run, default 5), `LOAD_TARGETS=direct,nginx,authproxy-h2` (a subset),
+//! `LOAD_CONNECTIONS=1,64`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use authproxy::server::{serve, Proxy};
-use authproxy_tests::pki::{self, TestPki};
+use authproxy_benches::process::{env_or, release_binary};
+use authproxy_tests::pki::{self, CertFiles, TestPki};
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy_core::authn::StaticTokens;
-use proxy_core::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
-use proxy_core::{proxy_stack, Chain};
 use rustls_pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 
-const CONNECTIONS: usize = 64;
 const PROXY_TOKEN: &str = "bench-proxy-token";
 const USER_TOKEN: &str = "bench-user-token";
-const BODY: &str = r#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"12345"},"items":[{"metadata":{"name":"web-0","namespace":"default","uid":"7c1f1a2e-0000-4000-8000-000000000001"},"status":{"phase":"Running","podIP":"10.0.0.12"}},{"metadata":{"name":"web-1","namespace":"default"},"status":{"phase":"Running"}}]}"#;
+const PATH: &str = "/api/v1/namespaces/default/pods";
+/// The answer: a PodList of 800 bytes.
+const BODY: &str = r#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"12345"},"items":[{"metadata":{"name":"web-0","namespace":"default","uid":"7c1f1a2e-0000-4000-8000-000000000001","labels":{"app":"web","tier":"frontend"},"creationTimestamp":"2026-01-01T00:00:00Z"},"spec":{"nodeName":"node-1","containers":[{"name":"web","image":"registry.example/web:1.2.3"}]},"status":{"phase":"Running","podIP":"10.0.0.12"}},{"metadata":{"name":"web-1","namespace":"default","uid":"7c1f1a2e-0000-4000-8000-000000000002","labels":{"app":"web","tier":"frontend"},"creationTimestamp":"2026-01-01T00:00:00Z"},"spec":{"nodeName":"node-2","containers":[{"name":"web","image":"registry.example/web:1.2.3"}]},"status":{"phase":"Running","podIP":"10.0.0.13"}},{"metadata":{"name":"web-2","namespace":"default"},"status":{"phase":"Pending"}}]}"#;
+
+// ---------------------------------------------------------------------------
+// Child roles: the bench binary runs itself as the upstream and as the bare
+// pass-through, each in its own process (`LOAD_ROLE`).
 
 /// Accepts TLS connections on `listener` and serves `handler` on each.
 fn spawn_tls_server<F, Fut>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handler: F)
@@ -80,43 +92,89 @@ where
     });
 }
 
-/// The upstream: answers the pods list when the proxy's token is presented.
-async fn upstream(tls: Arc<rustls::ServerConfig>) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    spawn_tls_server(listener, tls, |req: Request<Incoming>| async move {
+/// The serving certificate the parent wrote (`LOAD_CERT`, `LOAD_KEY`).
+fn child_cert() -> anyhow::Result<CertFiles> {
+    let cert_path = PathBuf::from(std::env::var("LOAD_CERT")?);
+    let key_path = PathBuf::from(std::env::var("LOAD_KEY")?);
+    Ok(CertFiles {
+        cert_pem: std::fs::read_to_string(&cert_path)?,
+        key_pem: std::fs::read_to_string(&key_path)?,
+        cert_path,
+        key_path,
+    })
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<proxy_core::ProxyBody> {
+    let mut response = Response::new(proxy_core::ProxyBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The upstream: the PodList on two listeners (HTTP/2 offered by ALPN, and
+/// HTTP/1.1 only), and an OIDC issuer's discovery document and keys on a third.
+async fn role_upstream() -> anyhow::Result<()> {
+    let cert = child_cert()?;
+    let api = |req: Request<Incoming>| async move {
         let ok = req
             .headers()
             .get(header::AUTHORIZATION)
             .is_some_and(|v| v.as_bytes() == format!("Bearer {PROXY_TOKEN}").as_bytes());
-        let mut response = Response::new(proxy_core::ProxyBody::full(if ok { BODY } else { "" }));
-        *response.status_mut() = if ok {
-            StatusCode::OK
+        Ok(if ok {
+            json_response(StatusCode::OK, BODY.to_owned())
         } else {
-            StatusCode::UNAUTHORIZED
-        };
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        Ok(response)
-    });
-    Ok(addr)
+            json_response(StatusCode::UNAUTHORIZED, String::new())
+        })
+    };
+    let h2 = TcpListener::bind("127.0.0.1:0").await?;
+    let h1 = TcpListener::bind("127.0.0.1:0").await?;
+    let idp = TcpListener::bind("127.0.0.1:0").await?;
+    let ports = (
+        h2.local_addr()?.port(),
+        h1.local_addr()?.port(),
+        idp.local_addr()?.port(),
+    );
+    spawn_tls_server(h2, pki::server_config(&cert, &[b"h2", b"http/1.1"])?, api);
+    spawn_tls_server(h1, pki::server_config(&cert, &[b"http/1.1"])?, api);
+    let issuer = format!("https://127.0.0.1:{}", ports.2);
+    let jwks: Arc<str> = std::fs::read_to_string(fixture("jwks.json"))?.into();
+    spawn_tls_server(
+        idp,
+        pki::server_config(&cert, &[b"http/1.1"])?,
+        move |req: Request<Incoming>| {
+            let issuer = issuer.clone();
+            let jwks = jwks.clone();
+            async move {
+                Ok(match req.uri().path() {
+                    "/.well-known/openid-configuration" => json_response(
+                        StatusCode::OK,
+                        serde_json::json!({"issuer": issuer, "jwks_uri": format!("{issuer}/jwks")})
+                            .to_string(),
+                    ),
+                    "/jwks" => json_response(StatusCode::OK, jwks.to_string()),
+                    _ => json_response(StatusCode::NOT_FOUND, String::new()),
+                })
+            }
+        },
+    );
+    println!("ready {} {} {}", ports.0, ports.1, ports.2);
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
-/// A bare pass-through proxy: TLS listener, pooled TLS client, URI rewritten, nothing else.
-async fn bare_proxy(
-    tls: Arc<rustls::ServerConfig>,
-    ca_pem: &str,
-    upstream: SocketAddr,
-    impersonate: bool,
-) -> anyhow::Result<SocketAddr> {
+/// A bare pass-through proxy to `LOAD_UPSTREAM`: TLS listener, pooled TLS
+/// client (the same TLS and TCP settings as authproxy's), URI rewritten.
+async fn role_bare() -> anyhow::Result<()> {
+    let cert = child_cert()?;
+    let upstream: SocketAddr = std::env::var("LOAD_UPSTREAM")?.parse()?;
+    let ca_pem = std::fs::read_to_string(std::env::var("LOAD_CA")?)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in proxy_core::tls::parse_certs(ca_pem.as_bytes(), "ca")? {
         roots.add(cert)?;
     }
-    // The same client TLS settings and TCP options as authproxy's upstream
-    // client (proxy_core::upstream), so that only the proxy's own work differs.
     let client_tls = proxy_core::tls::client_config(roots, None, &[])?;
     let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
     tcp.enforce_http(false);
@@ -128,7 +186,8 @@ async fn bare_proxy(
         .wrap_connector(tcp);
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let port = listener.local_addr()?.port();
+    let tls = pki::server_config(&cert, &[b"h2", b"http/1.1"])?;
     spawn_tls_server(listener, tls, move |mut req: Request<Incoming>| {
         let client = client.clone();
         async move {
@@ -141,411 +200,736 @@ async fn bare_proxy(
                 .parse()
                 .unwrap_or_default();
             req.headers_mut().remove(header::HOST);
-            if impersonate {
-                // What authproxy adds for the bench user, without authenticating.
-                let headers = req.headers_mut();
-                for (name, value) in [
-                    ("impersonate-user", "bench"),
-                    ("impersonate-group", "devs"),
-                    ("impersonate-group", "ops"),
-                    ("impersonate-uid", "1000"),
-                ] {
-                    headers.append(
-                        http::HeaderName::from_static(name),
-                        http::HeaderValue::from_static(value),
-                    );
-                }
-            }
             Ok(match client.request(req).await {
                 Ok(response) => response.map(proxy_core::ProxyBody::Incoming),
-                Err(_) => {
-                    let mut r = Response::new(proxy_core::ProxyBody::empty());
-                    *r.status_mut() = StatusCode::BAD_GATEWAY;
-                    r
-                }
+                Err(_) => json_response(StatusCode::BAD_GATEWAY, String::new()),
             })
         }
     });
-    Ok(addr)
+    println!("ready {port}");
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
-/// An OIDC issuer with the bench keys preloaded, behind the token cache, and
-/// an RS256 ID token it accepts.
-fn oidc_chain() -> anyhow::Result<(Chain, String)> {
-    use proxy_core::authn::cache::CacheSettings;
-    use proxy_core::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
-    use proxy_core::authn::CachedAuthenticator;
-    let issuer = "https://127.0.0.1:9"; // never reached: keys are preloaded
-    let jwt: JwtAuthenticator = serde_json::from_value(serde_json::json!({
-        "issuer": {"url": issuer, "audiences": ["bench"]},
-        "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"}},
-    }))?;
-    let oidc = OidcAuthenticator::start(
-        jwt.settings("bench")
-            .map_err(|p| anyhow::anyhow!("{p:?}"))?,
-    )?;
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
-    let jwks: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_str(&std::fs::read_to_string(format!("{fixtures}/jwks.json"))?)?;
-    oidc.keys().preload(&jwks).map_err(anyhow::Error::msg)?;
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+// ---------------------------------------------------------------------------
+// The processes under test.
+
+/// A process under test; killed on drop.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` and reads its first stdout line, which must start with `ready`.
+fn spawn_ready(name: &str, mut command: Command) -> anyhow::Result<(Proc, Vec<u16>)> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let proc = Proc {
+        name: name.to_owned(),
+        child,
+    };
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let ports = line
+        .strip_prefix("ready")
+        .with_context(|| format!("{name} did not start: {line:?}"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<Vec<u16>, _>>()?;
+    Ok((proc, ports))
+}
+
+/// The bench binary itself in `role`.
+fn role_command(role: &str, pki: &TestPki, cert: &CertFiles) -> anyhow::Result<Command> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .env("LOAD_ROLE", role)
+        .env("LOAD_CERT", &cert.cert_path)
+        .env("LOAD_KEY", &cert.key_path)
+        .env("LOAD_CA", pki.ca_path());
+    Ok(command)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// What an authproxy target authenticates with.
+#[derive(Clone, Copy)]
+enum Auth {
+    Static,
+    Oidc,
+    Observed,
+}
+
+/// Writes the configuration of an authproxy on `port` to `upstream_port`.
+fn authproxy_config(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    upstream_port: u16,
+    idp_port: u16,
+    auth: Auth,
+    (pki, cert): (&TestPki, &CertFiles),
+) -> anyhow::Result<PathBuf> {
+    let authentication = match auth {
+        Auth::Static | Auth::Observed => "  staticTokens: {file: tokens.csv}\n".to_owned(),
+        Auth::Oidc => format!(
+            "  jwt: {}\n",
+            serde_json::json!([{
+                "issuer": {"url": format!("https://127.0.0.1:{idp_port}"), "audiences": ["bench"],
+                           "certificateAuthority": pki.ca_pem()},
+                "claimMappings": {"username": {"claim": "email", "prefix": ""},
+                                  "groups": {"claim": "groups", "prefix": "oidc:"}},
+            }])
+        ),
+    };
+    let observe = match auth {
+        Auth::Observed => format!(
+            "metrics: {{listen: '127.0.0.1:{}'}}\naudit: {{path: {name}-audit.log, maxSizeMB: 100, maxBackups: 1}}\n",
+            free_port()?
+        ),
+        _ => String::new(),
+    };
+    let yaml = format!(
+        "listen: 127.0.0.1:{port}\n\
+         tls: {{certFile: {cert}, keyFile: {key}}}\n\
+         upstream: {{url: 'https://127.0.0.1:{upstream_port}', caFile: {ca}, tokenFile: proxy-token}}\n\
+         authentication:\n{authentication}\
+         {observe}\
+         logging: {{level: error}}\n",
+        cert = cert.cert_path.display(),
+        key = cert.key_path.display(),
+        ca = pki.ca_path().display(),
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+/// Writes an nginx configuration: the impersonating proxy on `port` to the
+/// HTTP/1.1 upstream. `workers` 0 runs one process without a master (for
+/// callgrind).
+fn nginx_config(
+    dir: &Path,
+    port: u16,
+    upstream_port: u16,
+    workers: usize,
+    pki: &TestPki,
+    cert: &CertFiles,
+) -> anyhow::Result<PathBuf> {
+    let root = dir.join("nginx");
+    std::fs::create_dir_all(&root)?;
+    let process = if workers == 0 {
+        "master_process off;\nworker_processes 1;\n".to_owned()
+    } else {
+        format!("worker_processes {workers};\n")
+    };
+    let conf = format!(
+        "daemon off;\n{process}pid {root}/nginx.pid;\nerror_log {root}/error.log warn;\n\
+events {{ worker_connections 4096; }}\n\
+http {{\n\
+  access_log off;\n\
+  proxy_headers_hash_max_size 1024; proxy_headers_hash_bucket_size 128;\n\
+  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;\n\
+  fastcgi_temp_path {root}/fastcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;\n\
+  map $http_authorization $bench_user {{ \"Bearer {USER_TOKEN}\" bench; default \"\"; }}\n\
+  map $http_authorization $bench_uid {{ \"Bearer {USER_TOKEN}\" 1000; default \"\"; }}\n\
+  upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+  server {{\n\
+    listen 127.0.0.1:{port} ssl;\n\
+    ssl_certificate {cert}; ssl_certificate_key {key};\n\
+    ssl_protocols TLSv1.2 TLSv1.3;\n\
+    keepalive_requests 100000;\n\
+    location / {{\n\
+      if ($bench_user = \"\") {{ return 401; }}\n\
+      proxy_pass https://api;\n\
+      proxy_http_version 1.1;\n\
+      proxy_set_header Connection \"\";\n\
+      proxy_set_header Host $proxy_host;\n\
+      proxy_set_header Authorization \"Bearer {PROXY_TOKEN}\";\n\
+      proxy_set_header Impersonate-User $bench_user;\n\
+      proxy_set_header Impersonate-Group devs;\n\
+      proxy_set_header Impersonate-Group ops;\n\
+      proxy_set_header Impersonate-Uid $bench_uid;\n\
+      proxy_ssl_verify on; proxy_ssl_trusted_certificate {ca};\n\
+      proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on;\n\
+    }}\n\
+  }}\n\
+}}\n",
+        root = root.display(),
+        cert = cert.cert_path.display(),
+        key = cert.key_path.display(),
+        ca = pki.ca_path().display(),
+    );
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin")])
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// An RS256 ID token for the bench issuer on `idp_port`.
+fn id_token(idp_port: u16) -> anyhow::Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let claims = serde_json::json!({"iss": issuer, "aud": "bench", "sub": "u1", "email": "bench@example.com",
-        "email_verified": true, "groups": ["devs", "ops"], "iat": now, "exp": now + 3600});
+    let claims = serde_json::json!({"iss": format!("https://127.0.0.1:{idp_port}"), "aud": "bench",
+        "sub": "u1", "email": "bench@example.com", "email_verified": true, "groups": ["devs", "ops"],
+        "iat": now, "exp": now + 3600});
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("rsa-bench".into());
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(format!(
-        "{fixtures}/rs256-bench-only.pem"
-    ))?)?;
-    let token = jsonwebtoken::encode(&header, &claims, &key)?;
-    let cached = CachedAuthenticator::new(oidc, CacheSettings::default());
-    Ok((Chain::new(vec![Arc::new(cached)]), token))
+    let key =
+        jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixture("rs256-bench-only.pem"))?)?;
+    Ok(jsonwebtoken::encode(&header, &claims, &key)?)
 }
 
-/// authproxy: `chain` (default: static tokens) + impersonation + upstream with a token file.
-async fn authproxy(
-    tls: Arc<rustls::ServerConfig>,
-    ca_pem: &str,
-    upstream: SocketAddr,
-    dir: &std::path::Path,
-    chain: Option<Chain>,
-    observed: bool,
-) -> anyhow::Result<(SocketAddr, authproxy::server::RunningServer)> {
-    let tokens =
-        StaticTokens::from_csv(&format!("{USER_TOKEN},bench,1000,\"devs,ops\"\n"), "bench")?;
-    let chain = chain.unwrap_or_else(|| Chain::new(vec![Arc::new(tokens)]));
-    let token_file = dir.join("proxy-token");
-    std::fs::write(&token_file, PROXY_TOKEN)?;
-    let upstream = Upstream::new(UpstreamOptions {
-        url: format!("https://{upstream}").parse()?,
-        ca_pem: Some(ca_pem.as_bytes().to_vec()),
-        client_identity: None,
-        server_name: None,
-        credential: UpstreamCredential::TokenFile {
-            path: token_file,
-            interval: Duration::from_secs(1),
-        },
-        connect_timeout: Duration::from_secs(5),
-        pool: Default::default(),
-    })?;
-    // Observed: metrics on and an audit log to a file in `dir`.
-    let mut observe = proxy_core::observe::ObserveLayer::new();
-    let mut metrics = None;
-    let chain = if observed {
-        let m = proxy_core::observe::metrics::Metrics::new();
-        let audit = proxy_core::observe::audit::AuditLog::start(
-            proxy_core::observe::audit::Destination::File {
-                path: dir.join("audit.log"),
-                max_bytes: 100 << 20,
-                max_backups: 2,
-            },
-            proxy_core::observe::audit::Policy {
-                log_read_only: true,
-                ..Default::default()
-            },
-            10_000,
-        )?;
-        observe = observe.with_metrics(m.clone()).with_audit(audit);
-        let chain = m.instrument_chain(&chain);
-        metrics = Some(m);
-        chain
-    } else {
-        chain
-    };
-    // Nothing is reloaded in the bench: the chain is swapped by no one.
-    let live = authproxy::reload::LiveAuthentication {
-        chain: proxy_core::authn::SwappableChain::new(chain.clone()),
-        issuer: None,
-        metrics: metrics.clone(),
-        reloading: proxy_core::config::Reloading {
-            interval: Duration::from_secs(3600),
-            reporter: Default::default(),
-        },
-    };
-    let proxy = Proxy {
-        stack: tower_layer::Layer::layer(&observe, proxy_stack(chain.clone(), upstream)),
-        metrics,
-        chain,
-        live,
-        token_endpoint: None,
-        max_request_body_bytes: authproxy::limits::DEFAULT_MAX_REQUEST_BODY_BYTES,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let running = serve(listener, tls, proxy, Duration::from_secs(1))?;
-    Ok((addr, running))
-}
-
-/// Time one request may take before it counts as failed.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time one run (all connections) may take.
-const RUN_TIMEOUT: Duration = Duration::from_secs(300);
-
-struct RunResult {
-    requests: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-    /// CPU time of the whole process (load generator, upstream, proxies) during the run.
-    cpu: Option<Duration>,
-}
-
-impl RunResult {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-    fn percentile(&self, p: f64) -> Duration {
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i]
-    }
-    /// Process CPU time per request (compare between targets of one run only).
-    fn cpu_per_request(&self) -> Option<Duration> {
-        Some(self.cpu? / u32::try_from(self.requests).ok()?)
-    }
-}
-
-/// User + system CPU time of this process so far (Linux `/proc/self/stat`,
-/// in clock ticks of 10 ms).
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name in parentheses start with field 3 (state);
-    // utime and stime are fields 14 and 15.
-    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
-}
-
-/// What one connection did: latencies of its good answers, the number of
-/// failed requests, and the first failure.
-struct ConnectionResult {
-    latencies: Vec<Duration>,
-    failures: usize,
-    first_failure: Option<String>,
-}
-
-/// Sends `count` requests one after another on one connection. A transport
-/// error or timeout ends the connection; its remaining requests count as failed.
-async fn run_connection(
-    mut sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+/// A target: where it listens and the token it takes.
+struct Target {
+    name: &'static str,
+    port: u16,
     token: Arc<str>,
-    count: usize,
-) -> ConnectionResult {
-    let authorization = http::HeaderValue::try_from(format!("Bearer {token}"));
-    let mut result = ConnectionResult {
-        latencies: Vec::with_capacity(count),
-        failures: 0,
-        first_failure: None,
-    };
-    let Ok(authorization) = authorization else {
-        result.failures = count;
-        result.first_failure = Some("the token is not a header value".into());
-        return result;
-    };
-    for done in 0..count {
-        let request = Request::get("/api/v1/namespaces/default/pods")
-            .header(header::HOST, "localhost")
-            .header(header::AUTHORIZATION, authorization.clone())
-            .header(header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new());
-        let sent = Instant::now();
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, async {
-            let request = request?;
-            sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, anyhow::Error>((status, body))
-        })
-        .await;
-        let latency = sent.elapsed();
-        let failure = match answer {
-            Ok(Ok((status, body))) if status == StatusCode::OK && body == BODY.as_bytes() => {
-                result.latencies.push(latency);
-                continue;
-            }
-            Ok(Ok((status, body))) => {
-                // An unexpected answer; the connection is still usable.
-                result.failures += 1;
-                if result.first_failure.is_none() {
-                    result.first_failure = Some(format!(
-                        "answer {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    ));
-                }
-                continue;
-            }
-            Ok(Err(error)) => format!("{error:#}"),
-            Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
-        };
-        result.failures += count - done;
-        result.first_failure.get_or_insert(failure);
-        break;
-    }
-    result
 }
 
-/// Sends `total` requests over 64 keep-alive HTTP/1.1 connections and fails
-/// when any request failed.
-async fn load(
-    addr: SocketAddr,
-    token: Arc<str>,
+/// Sends `count` sequential requests on one connection and checks each
+/// answer is the PodList.
+async fn check(
+    target: &Target,
     client_tls: Arc<rustls::ClientConfig>,
-    total: usize,
-) -> anyhow::Result<RunResult> {
-    let connector = tokio_rustls::TlsConnector::from(client_tls);
-    let mut senders = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let tls = connector
-            .connect(ServerName::try_from("localhost")?.to_owned(), tcp)
-            .await?;
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls)).await?;
-        tokio::spawn(connection);
-        senders.push(sender);
-    }
-    let start = Instant::now();
-    let cpu_start = process_cpu();
-    let mut tasks = Vec::with_capacity(CONNECTIONS);
-    for (i, sender) in senders.into_iter().enumerate() {
-        let count = total / CONNECTIONS + usize::from(i < total % CONNECTIONS);
-        tasks.push(tokio::spawn(run_connection(sender, token.clone(), count)));
-    }
-    let mut latencies = Vec::with_capacity(total);
-    let mut failures = 0;
-    let mut first_failure = None;
-    for task in tasks {
-        let result = task.await.context("load task")?;
-        latencies.extend(result.latencies);
-        failures += result.failures;
-        if first_failure.is_none() {
-            first_failure = result.first_failure;
+    count: usize,
+) -> anyhow::Result<()> {
+    let tcp = TcpStream::connect(("127.0.0.1", target.port)).await?;
+    tcp.set_nodelay(true)?;
+    let tls = tokio_rustls::TlsConnector::from(client_tls)
+        .connect(ServerName::try_from("localhost")?.to_owned(), tcp)
+        .await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tls)).await?;
+    tokio::spawn(connection);
+    for _ in 0..count {
+        let request = Request::get(PATH)
+            .header(header::HOST, "localhost")
+            .header(header::AUTHORIZATION, format!("Bearer {}", target.token))
+            .body(Empty::<Bytes>::new())?;
+        sender.ready().await?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if status != StatusCode::OK || body != BODY.as_bytes() {
+            bail!(
+                "{}: answer {status}: {}",
+                target.name,
+                String::from_utf8_lossy(&body)
+            );
         }
     }
-    let elapsed = start.elapsed();
-    let cpu = process_cpu()
-        .zip(cpu_start)
-        .map(|(end, start)| end.saturating_sub(start));
-    if failures > 0 {
-        bail!(
-            "{failures} of {total} requests failed; first failure: {}",
-            first_failure.unwrap_or_default()
-        );
+    Ok(())
+}
+
+/// Waits until `target` answers the PodList.
+async fn wait_ready(target: &Target, client_tls: Arc<rustls::ClientConfig>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match check(target, client_tls.clone(), 1).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context(format!("{} never answered", target.name)))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
-    latencies.sort_unstable();
-    Ok(RunResult {
-        requests: latencies.len(),
-        elapsed,
-        latencies,
-        cpu,
+}
+
+// ---------------------------------------------------------------------------
+// wrk
+
+struct WrkResult {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    requests: u64,
+}
+
+fn parse_wrk_duration(s: &str) -> Option<Duration> {
+    let (number, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))?;
+    let value: f64 = number.parse().ok()?;
+    let micros = match unit {
+        "us" => value,
+        "ms" => value * 1e3,
+        "s" => value * 1e6,
+        "m" => value * 60e6,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(micros / 1e6))
+}
+
+/// Parses wrk's `--latency` report; any non-2xx answer or socket error is an error.
+fn parse_wrk(output: &str) -> anyhow::Result<WrkResult> {
+    if let Some(line) = output
+        .lines()
+        .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
+    {
+        bail!("wrk: {}", line.trim());
+    }
+    let field = |prefix: &str| {
+        output
+            .lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .with_context(|| format!("wrk printed no {prefix:?} line:\n{output}"))
+    };
+    let rps: f64 = field("Requests/sec:")?.parse()?;
+    let p50 = parse_wrk_duration(field("50%")?).context("p50")?;
+    let p99 = parse_wrk_duration(field("99%")?).context("p99")?;
+    let requests = output
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .context("wrk printed no request count")?;
+    Ok(WrkResult {
+        rps,
+        p50,
+        p99,
+        requests,
     })
 }
 
-/// [`load`] with an overall deadline.
-async fn bounded_load(
-    name: &str,
-    addr: SocketAddr,
-    token: Arc<str>,
+fn wrk(target: &Target, connections: usize, seconds: u64) -> anyhow::Result<WrkResult> {
+    let output = Command::new("wrk")
+        .arg(format!("-t{}", connections.min(2)))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {}", target.token))
+        .arg("-H")
+        .arg("Accept: application/json")
+        .arg(format!("https://127.0.0.1:{}{PATH}", target.port))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "wrk failed on {}: {}{}",
+            target.name,
+            text,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    parse_wrk(&text).with_context(|| format!("{} at {connections} connections", target.name))
+}
+
+// ---------------------------------------------------------------------------
+// The run.
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    _pki: TestPki,
+    procs: Vec<Proc>,
+    targets: Vec<Target>,
     client_tls: Arc<rustls::ClientConfig>,
-    total: usize,
-) -> anyhow::Result<RunResult> {
-    tokio::time::timeout(RUN_TIMEOUT, load(addr, token, client_tls, total))
-        .await
-        .with_context(|| format!("{name}: the run took longer than {RUN_TIMEOUT:?}"))?
-        .with_context(|| format!("{name}: load run failed"))
+}
+
+const ALL: &[&str] = &[
+    "direct",
+    "bare-h2",
+    "bare-h1",
+    "nginx",
+    "authproxy-h2",
+    "authproxy-h1",
+    "oidc-h2",
+    "oidc-h1",
+    "obs-h2",
+];
+
+/// Starts the upstream and every wanted target (`callgrind`: each proxy
+/// under valgrind, nginx as a single process).
+fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
+    let binary = release_binary()?;
+    if !binary.is_file() {
+        bail!(
+            "{} is missing: run `cargo build --release -p proxy-bin` first (benches/load.sh does)",
+            binary.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+    let pki = TestPki::new()?;
+    let cert = pki.issue_server("bench")?;
+    let client_tls = pki::client_config(pki.ca_pem(), &[b"http/1.1"])?;
+    let mut procs = Vec::new();
+    let (upstream, ports) = spawn_ready("upstream", role_command("upstream", &pki, &cert)?)?;
+    procs.push(upstream);
+    let [h2, h1, idp] = ports[..] else {
+        bail!("upstream printed {ports:?}");
+    };
+    let wrapped = |program: &Path| {
+        let mut command = match wrap {
+            Some(wrap) => {
+                let mut c = Command::new(&wrap[0]);
+                c.args(&wrap[1..]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        command.current_dir(dir.path());
+        command
+    };
+    std::fs::write(dir.path().join("proxy-token"), PROXY_TOKEN)?;
+    std::fs::write(
+        dir.path().join("tokens.csv"),
+        format!("{USER_TOKEN},bench,1000,\"devs,ops\"\n"),
+    )?;
+    let mut targets = Vec::new();
+    let user: Arc<str> = USER_TOKEN.into();
+    for &name in ALL {
+        if !wanted.iter().any(|w| w == name) {
+            continue;
+        }
+        let upstream_port = if name.ends_with("h1") || name == "nginx" {
+            h1
+        } else {
+            h2
+        };
+        let port = match name {
+            "direct" => {
+                targets.push(Target {
+                    name,
+                    port: h2,
+                    token: PROXY_TOKEN.into(),
+                });
+                continue;
+            }
+            "bare-h2" | "bare-h1" => {
+                let mut command = wrapped(&std::env::current_exe()?);
+                command
+                    .env("LOAD_ROLE", "bare")
+                    .env("LOAD_UPSTREAM", format!("127.0.0.1:{upstream_port}"))
+                    .env("LOAD_CERT", &cert.cert_path)
+                    .env("LOAD_KEY", &cert.key_path)
+                    .env("LOAD_CA", pki.ca_path());
+                let (proc, ports) = spawn_ready(name, command)?;
+                procs.push(proc);
+                ports[0]
+            }
+            "nginx" => {
+                let Some(nginx) = on_path("nginx") else {
+                    println!("nginx: not installed, skipped (benches/load.sh installs it: apt-get install nginx-light)");
+                    continue;
+                };
+                let port = free_port()?;
+                let workers = if wrap.is_some() { 0 } else { 2 };
+                let conf = nginx_config(dir.path(), port, upstream_port, workers, &pki, &cert)?;
+                let mut command = wrapped(&nginx);
+                command.arg("-c").arg(&conf).arg("-e").arg("stderr");
+                let child = command
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting nginx")?;
+                procs.push(Proc {
+                    name: name.into(),
+                    child,
+                });
+                port
+            }
+            _ => {
+                let auth = match name {
+                    n if n.starts_with("oidc") => Auth::Oidc,
+                    n if n.starts_with("obs") => Auth::Observed,
+                    _ => Auth::Static,
+                };
+                let port = free_port()?;
+                let config = authproxy_config(
+                    dir.path(),
+                    name,
+                    port,
+                    upstream_port,
+                    idp,
+                    auth,
+                    (&pki, &cert),
+                )?;
+                let mut command = wrapped(&binary);
+                command
+                    .arg("serve")
+                    .arg("--config")
+                    .arg(&config)
+                    .env_remove("RUST_LOG");
+                let child = command
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting authproxy")?;
+                procs.push(Proc {
+                    name: name.into(),
+                    child,
+                });
+                port
+            }
+        };
+        let token = if name.starts_with("oidc") {
+            id_token(idp)?.into()
+        } else if name.starts_with("bare") {
+            PROXY_TOKEN.into()
+        } else {
+            user.clone()
+        };
+        targets.push(Target { name, port, token });
+    }
+    Ok(Setup {
+        _dir: dir,
+        _pki: pki,
+        procs,
+        targets,
+        client_tls,
+    })
+}
+
+fn wanted_targets() -> anyhow::Result<Vec<String>> {
+    Ok(match std::env::var("LOAD_TARGETS") {
+        Ok(v) => {
+            let names: Vec<String> = v.split(',').map(|t| t.trim().to_owned()).collect();
+            if let Some(bad) = names.iter().find(|n| !ALL.contains(&n.as_str())) {
+                bail!(
+                    "LOAD_TARGETS: unknown target {bad:?}; the targets are {}",
+                    ALL.join(", ")
+                );
+            }
+            names
+        }
+        Err(_) => ALL.iter().map(|s| (*s).to_owned()).collect(),
+    })
+}
+
+fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    if on_path("wrk").is_none() {
+        bail!("wrk is not installed: run benches/load.sh (it installs wrk with apt-get)");
+    }
+    let seconds = env_or::<u64>("LOAD_SECONDS", 5).max(1);
+    let connections: Vec<usize> = std::env::var("LOAD_CONNECTIONS")
+        .unwrap_or_else(|_| "1,64".into())
+        .split(',')
+        .map(|c| c.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("LOAD_CONNECTIONS: numbers separated by commas")?;
+    let mut setup = setup(&wanted_targets()?, None)?;
+    for target in &setup.targets {
+        runtime.block_on(wait_ready(target, setup.client_tls.clone()))?;
+    }
+    println!(
+        "load: wrk over TLS (HTTP/1.1 keep-alive), {seconds} s per run, better of 2 runs; GET {PATH} → {} bytes; nginx reaches the upstream over HTTP/1.1",
+        BODY.len()
+    );
+    for &c in &connections {
+        // Warm-up: pools, TLS sessions, token caches.
+        for target in &setup.targets {
+            wrk(target, c, 1)?;
+        }
+        let mut best: HashMap<&str, WrkResult> = HashMap::new();
+        for _round in 0..2 {
+            for target in &setup.targets {
+                let result = wrk(target, c, seconds)?;
+                if let Some(dead) = setup.procs.iter_mut().find_map(|p| {
+                    matches!(p.child.try_wait(), Ok(Some(_)) | Err(_)).then(|| p.name.clone())
+                }) {
+                    bail!("{dead} exited during the run");
+                }
+                if best.get(target.name).is_none_or(|b| result.rps > b.rps) {
+                    best.insert(target.name, result);
+                }
+            }
+        }
+        report(c, &setup.targets, &best);
+    }
+    Ok(())
+}
+
+fn report(connections: usize, targets: &[Target], best: &HashMap<&str, WrkResult>) {
+    println!("\n{connections} connection(s)");
+    println!(
+        "{:<14} {:>9} {:>10} {:>9} {:>9} {:>10}",
+        "target", "requests", "req/s", "p50", "p99", "+p50"
+    );
+    let direct_p50 = best.get("direct").map(|d| d.p50);
+    for target in targets {
+        let Some(r) = best.get(target.name) else {
+            continue;
+        };
+        let added = direct_p50.map_or_else(
+            || "-".to_owned(),
+            |d| format!("{:.0}µs", r.p50.as_secs_f64() * 1e6 - d.as_secs_f64() * 1e6),
+        );
+        println!(
+            "{:<14} {:>9} {:>10.0} {:>7.0}µs {:>7.0}µs {added:>10}",
+            target.name,
+            r.requests,
+            r.rps,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+        );
+    }
+    let ratio = |a: &str, b: &str| {
+        if let (Some(x), Some(y)) = (best.get(a), best.get(b)) {
+            println!("ratio {a}/{b} req/s at {connections}: {:.2}", x.rps / y.rps);
+        }
+    };
+    for a in ["authproxy-h2", "authproxy-h1", "oidc-h2"] {
+        ratio(a, "nginx");
+    }
+    ratio("authproxy-h2", "bare-h2");
+    ratio("authproxy-h1", "bare-h1");
+    ratio("oidc-h2", "authproxy-h2");
+    ratio("obs-h2", "authproxy-h2");
+    if let (Some(d), Some(n)) = (direct_p50, best.get("nginx")) {
+        for a in ["authproxy-h2", "authproxy-h1"] {
+            if let Some(r) = best.get(a) {
+                println!(
+                    "added p50 at {connections}: {a} {:.0}µs, nginx {:.0}µs",
+                    (r.p50.as_secs_f64() - d.as_secs_f64()) * 1e6,
+                    (n.p50.as_secs_f64() - d.as_secs_f64()) * 1e6
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// callgrind
+
+/// The `totals:` line of a callgrind output file: instructions executed.
+fn callgrind_total(dir: &Path, prefix: &str) -> anyhow::Result<u64> {
+    let mut total = 0;
+    let mut found = false;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(prefix))
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        if let Some(value) = text.lines().find_map(|l| l.strip_prefix("totals:")) {
+            total += value
+                .split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .parse::<u64>()?;
+            found = true;
+        }
+    }
+    if !found {
+        bail!("no callgrind output {prefix}* in {}", dir.display());
+    }
+    Ok(total)
+}
+
+fn callgrind(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    if on_path("valgrind").is_none() {
+        bail!("valgrind is not installed: run benches/load.sh (it installs valgrind with apt-get)");
+    }
+    let (short, long) = (200usize, 1_200usize);
+    // LOAD_CALLGRIND_OUT keeps the profiles there, for callgrind_annotate.
+    let out = tempfile::tempdir()?;
+    let out_dir =
+        std::env::var_os("LOAD_CALLGRIND_OUT").map_or_else(|| out.path().to_owned(), PathBuf::from);
+    std::fs::create_dir_all(&out_dir)?;
+    let wanted = wanted_targets()?;
+    println!(
+        "callgrind: instructions each proxy executes per request (TLS both sides included), from runs of {short} and {long} sequential requests"
+    );
+    println!("{:<14} {:>14}", "target", "instr/request");
+    for name in wanted.iter().filter(|n| *n != "direct") {
+        let mut totals = Vec::new();
+        for count in [short, long] {
+            let prefix = format!("{name}-{count}.");
+            let wrap = vec![
+                "valgrind".to_owned(),
+                "--tool=callgrind".to_owned(),
+                "--trace-children=no".to_owned(),
+                format!("--callgrind-out-file={}/{prefix}%p", out_dir.display()),
+            ];
+            let setup = setup(std::slice::from_ref(name), Some(&wrap))?;
+            let Some(target) = setup.targets.first() else {
+                break;
+            };
+            runtime.block_on(async {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while let Err(e) = check(target, setup.client_tls.clone(), 1).await {
+                    if Instant::now() > deadline {
+                        return Err(e.context(format!("{name} under valgrind never answered")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                check(target, setup.client_tls.clone(), count - 1).await
+            })?;
+            let mut setup = setup;
+            // The proxy is the last process started; TERM lets it finish
+            // (and valgrind write its output) the way it shuts down normally.
+            if let Some(proc) = setup.procs.last_mut() {
+                let pid = proc.child.id();
+                let _ = Command::new("kill")
+                    .arg("-TERM")
+                    .arg(pid.to_string())
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while proc.child.try_wait()?.is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            drop(setup);
+            totals.push(callgrind_total(&out_dir, &prefix)?);
+        }
+        if let [a, b] = totals[..] {
+            println!(
+                "{name:<14} {:>14.0}",
+                b.saturating_sub(a) as f64 / (long - short) as f64
+            );
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let flag = |name: &str| std::env::var(name).is_ok_and(|v| v == "1" || v == "true");
-    let quick = flag("LOAD_QUICK") || std::env::args().any(|a| a == "--quick");
-    let upstream_h1 = flag("LOAD_UPSTREAM_H1");
-    let only: Option<Vec<String>> = std::env::var("LOAD_TARGETS")
-        .ok()
-        .map(|v| v.split(',').map(|t| t.trim().to_owned()).collect());
-    let total: usize = match std::env::var("LOAD_REQUESTS") {
-        Ok(v) => v
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .with_context(|| format!("LOAD_REQUESTS={v:?} is not a positive number"))?,
-        Err(_) if quick => 4_000,
-        Err(_) => 40_000,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
-        let pki = TestPki::new()?;
-        let cert = pki.issue_server("bench")?;
-        let server_tls = pki::server_config(&cert, &[b"h2", b"http/1.1"])?;
-        let upstream_alpn: &[&[u8]] = if upstream_h1 { &[b"http/1.1"] } else { &[b"h2", b"http/1.1"] };
-        let upstream_tls = pki::server_config(&cert, upstream_alpn)?;
-        let client_tls = pki::client_config(pki.ca_pem(), &[b"http/1.1"])?;
-        let dir = tempfile::tempdir()?;
-        let upstream_addr = upstream(upstream_tls).await?;
-        let bare_addr = bare_proxy(server_tls.clone(), pki.ca_pem(), upstream_addr, flag("LOAD_BARE_IMPERSONATE")).await?;
-        let (authproxy_addr, _running) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), None, false).await?;
-        let (observed_addr, _running_observed) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), None, true).await?;
-        let (oidc, id_token) = oidc_chain()?;
-        let (oidc_addr, _running_oidc) = authproxy(server_tls.clone(), pki.ca_pem(), upstream_addr, dir.path(), Some(oidc), false).await?;
-        let mut targets: Vec<(&str, SocketAddr, Arc<str>)> = vec![
-            ("direct", upstream_addr, PROXY_TOKEN.into()),
-            ("bare", bare_addr, PROXY_TOKEN.into()),
-            ("authproxy", authproxy_addr, USER_TOKEN.into()),
-            ("authproxy-obs", observed_addr, USER_TOKEN.into()),
-            ("authproxy-oidc", oidc_addr, id_token.into()),
-        ];
-        if let Some(only) = &only {
-            targets.retain(|(name, _, _)| only.iter().any(|o| o == name));
-            if targets.is_empty() {
-                bail!("LOAD_TARGETS names none of direct, bare, authproxy, authproxy-obs, authproxy-oidc");
-            }
-        }
-
-        println!(
-            "load: {total} requests over {CONNECTIONS} keep-alive HTTP/1.1 connections per run, best of 2 runs; proxies reach the upstream over {}",
-            if upstream_h1 { "http/1.1" } else { "h2" }
-        );
-        for (name, addr, token) in &targets {
-            // Warm-up: connection pools, TLS sessions, token caches.
-            bounded_load(name, *addr, token.clone(), client_tls.clone(), (total / 10).max(CONNECTIONS)).await?;
-        }
-        let mut best: Vec<Option<RunResult>> = targets.iter().map(|_| None).collect();
-        for _round in 0..2 {
-            for (i, (name, addr, token)) in targets.iter().enumerate() {
-                let result = bounded_load(name, *addr, token.clone(), client_tls.clone(), total).await?;
-                if best[i].as_ref().is_none_or(|b| result.rps() > b.rps()) {
-                    best[i] = Some(result);
-                }
-            }
-        }
-        println!("{:<15} {:>9} {:>10} {:>9} {:>9} {:>9}", "target", "requests", "req/s", "p50", "p99", "cpu/req");
-        let mut rps = std::collections::HashMap::new();
-        for ((name, _, _), result) in targets.iter().zip(&best) {
-            let r = result.as_ref().context("result")?;
-            let cpu = r
-                .cpu_per_request()
-                .map_or_else(|| "-".to_owned(), |c| format!("{:.1}µs", c.as_secs_f64() * 1e6));
-            println!(
-                "{name:<15} {:>9} {:>10.0} {:>7}µs {:>7}µs {cpu:>9}",
-                r.requests,
-                r.rps(),
-                r.percentile(0.5).as_micros(),
-                r.percentile(0.99).as_micros()
-            );
-            rps.insert(*name, r.rps());
-        }
-        let ratio = |label: &str, a: &str, b: &str| {
-            if let (Some(a), Some(b)) = (rps.get(a), rps.get(b)) {
-                println!("{label}: {:.2}", a / b);
-            }
-        };
-        ratio("ratio authproxy/bare throughput", "authproxy", "bare");
-        ratio("ratio authproxy/direct", "authproxy", "direct");
-        ratio("ratio authproxy-obs/authproxy throughput (metrics + audit file on/off)", "authproxy-obs", "authproxy");
-        ratio("ratio authproxy-oidc/bare throughput", "authproxy-oidc", "bare");
-        Ok(())
-    })
+    match std::env::var("LOAD_ROLE").as_deref() {
+        Ok("upstream") => return runtime.block_on(role_upstream()),
+        Ok("bare") => return runtime.block_on(role_bare()),
+        Ok(other) => bail!("LOAD_ROLE={other:?}: not a role"),
+        Err(_) => {}
+    }
+    if std::env::var("LOAD_CALLGRIND").is_ok_and(|v| v == "1") {
+        callgrind(&runtime)
+    } else {
+        load(&runtime)
+    }
 }

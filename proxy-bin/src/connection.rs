@@ -11,9 +11,10 @@ use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -74,8 +75,8 @@ pub(crate) async fn serve<H: Handler>(
                 .into(),
         )
     });
-    let (in_flight, mut activity) = watch::channel(0usize);
-    let in_flight = Arc::new(in_flight);
+    let activity = Arc::new(Activity::new());
+    let in_flight = activity.clone();
     let handler = listener.handler.clone();
     let service = hyper::service::service_fn(move |req| {
         let guard = InFlight::begin(&in_flight);
@@ -102,7 +103,7 @@ pub(crate) async fn serve<H: Handler>(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            () = idle(&mut activity, listener.idle_timeout), if !closing => {
+            () = idle(&activity, listener.idle_timeout), if !closing => {
                 tracing::debug!(%peer, "closing an idle connection");
                 closing = true;
                 connection.as_mut().graceful_shutdown();
@@ -119,36 +120,73 @@ async fn signalled(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
+/// Requests in flight on one connection, and when the last one ended.
+///
+/// Plain atomics: a request's start and end touch two counters and wake no
+/// one; [`idle`] looks at them only when its timer fires.
+struct Activity {
+    /// Requests whose response body is not done yet.
+    in_flight: AtomicUsize,
+    /// When the in-flight count last fell to zero, in milliseconds since `epoch`.
+    last_end_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How long until the connection has been idle for `timeout`; zero when
+    /// it has, `timeout` while a request is in flight.
+    fn idle_in(&self, timeout: Duration) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return timeout;
+        }
+        let idle_for = self
+            .now_ms()
+            .saturating_sub(self.last_end_ms.load(Ordering::Acquire));
+        timeout.saturating_sub(Duration::from_millis(idle_for))
+    }
+}
+
 /// Resolves once no request has been in flight for `timeout`.
-async fn idle(activity: &mut watch::Receiver<usize>, timeout: Duration) {
+async fn idle(activity: &Activity, timeout: Duration) {
     loop {
-        if activity.wait_for(|n| *n == 0).await.is_err() {
-            return std::future::pending().await;
+        let wait = activity.idle_in(timeout);
+        if wait.is_zero() {
+            return;
         }
-        tokio::select! {
-            () = tokio::time::sleep(timeout) => return,
-            changed = activity.changed() => {
-                if changed.is_err() {
-                    return std::future::pending().await;
-                }
-            }
-        }
+        tokio::time::sleep(wait).await;
     }
 }
 
 /// Counts one request as in flight until its response body is done or dropped.
-struct InFlight(Arc<watch::Sender<usize>>);
+struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn begin(count: &Arc<watch::Sender<usize>>) -> Self {
-        count.send_modify(|n| *n += 1);
-        InFlight(count.clone())
+    fn begin(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        // The end time first: a timer that sees the count at zero must also
+        // see a time no older than this request's end.
+        self.0
+            .last_end_ms
+            .fetch_max(self.0.now_ms(), Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -38,7 +38,14 @@ pub fn append_client(headers: &mut HeaderMap, client: Option<&ClientAddr>) {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(*ip, IpAddr::V4),
         IpAddr::V4(_) => *ip,
     };
-    let client = ip.to_string();
+    let client = ip_text(ip);
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        // The common case: the caller is the client.
+        let value =
+            HeaderValue::from_str(&client).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        headers.insert(X_FORWARDED_FOR, value);
+        return;
+    }
     let mut joined: Vec<u8> = Vec::new();
     for value in headers.get_all(&X_FORWARDED_FOR) {
         let value = value.as_bytes().trim_ascii();
@@ -58,6 +65,27 @@ pub fn append_client(headers: &mut HeaderMap, client: Option<&ClientAddr>) {
         .or_else(|_| HeaderValue::from_str(&client))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
     headers.insert(X_FORWARDED_FOR, value);
+}
+
+/// `ip` as text; IPv4 without the formatting machinery (once per request).
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -105,6 +133,12 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn ipv4_text_is_the_standard_formatting(octets in any::<[u8; 4]>()) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(octets));
+            prop_assert_eq!(ip_text(ip), ip.to_string());
+        }
+
         #[test]
         fn the_last_entry_is_always_the_client(
             callers in proptest::collection::vec("[ -~]{0,30}", 0..4),

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use moka::future::Cache;
 use moka::Expiry;
-use sha2::{Digest, Sha256};
 
 use super::{Authenticator, AuthnError, AuthnFuture, Identity};
 use crate::credential::Credential;
@@ -47,13 +46,8 @@ enum Outcome {
 
 struct Lifetimes(CacheSettings);
 
-impl Expiry<[u8; 32], Outcome> for Lifetimes {
-    fn expire_after_create(
-        &self,
-        _key: &[u8; 32],
-        value: &Outcome,
-        _now: Instant,
-    ) -> Option<Duration> {
+impl Expiry<u128, Outcome> for Lifetimes {
+    fn expire_after_create(&self, _key: &u128, value: &Outcome, _now: Instant) -> Option<Duration> {
         Some(match value {
             Outcome::Authenticated(identity) => match identity.expires_at() {
                 Some(at) => at
@@ -93,7 +87,7 @@ impl std::ops::Add for CacheStats {
 /// An authenticator with a cache in front.
 pub struct CachedAuthenticator {
     inner: Arc<dyn Authenticator>,
-    cache: Cache<[u8; 32], Outcome>,
+    cache: Cache<u128, Outcome>,
     hits: AtomicU64,
     misses: AtomicU64,
     name: String,
@@ -136,7 +130,7 @@ impl CachedAuthenticator {
         credential: &Credential,
         token: &str,
     ) -> Result<Option<Arc<Identity>>, AuthnError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let key = super::secret_key::key(token.as_bytes());
         if let Some(outcome) = self.cache.get(&key).await {
             let expired = matches!(&outcome, Outcome::Authenticated(id) if id.expires_at().is_some_and(|at| at <= SystemTime::now()));
             if !expired {

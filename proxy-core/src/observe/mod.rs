@@ -107,8 +107,14 @@ impl AuditId {
         std::str::from_utf8(&self.0).unwrap_or("")
     }
 
+    /// The ID as a header value, marked sensitive: it differs on every
+    /// request, so HTTP/2 sends it as a literal instead of adding it to the
+    /// connection's HPACK table (where each request would evict another entry).
     fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.0).unwrap_or(HeaderValue::from_static("invalid"))
+        let mut value =
+            HeaderValue::from_bytes(&self.0).unwrap_or(HeaderValue::from_static("invalid"));
+        value.set_sensitive(true);
+        value
     }
 }
 
