@@ -360,15 +360,29 @@ where
     /// below the configured path prefix (see [`crate::path`]).
     fn target(&self, uri: &Uri) -> Result<Uri, String> {
         let inner = &self.inner;
-        let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let joined =
-            crate::path::join(&inner.path_prefix, path_and_query).map_err(|e| e.to_string())?;
-        Uri::builder()
-            .scheme(inner.scheme.clone())
-            .authority(inner.authority.clone())
-            .path_and_query(joined)
-            .build()
-            .map_err(|_| "request path cannot be forwarded".to_owned())
+        let path_and_query = match uri.path_and_query() {
+            // The common case: no prefix, nothing to resolve. The caller's
+            // path and query go on as they are, without being parsed again.
+            Some(original)
+                if inner.path_prefix.is_empty()
+                    && matches!(crate::path::normalize(original.path()),
+                        Ok(std::borrow::Cow::Borrowed(p)) if p.len() == original.path().len()) =>
+            {
+                original.clone()
+            }
+            original => {
+                let text = original.map_or("/", |p| p.as_str());
+                let joined =
+                    crate::path::join(&inner.path_prefix, text).map_err(|e| e.to_string())?;
+                http::uri::PathAndQuery::try_from(joined)
+                    .map_err(|_| "request path cannot be forwarded".to_owned())?
+            }
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(inner.scheme.clone());
+        parts.authority = Some(inner.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).map_err(|_| "request path cannot be forwarded".to_owned())
     }
 }
 
