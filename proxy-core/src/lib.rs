@@ -62,6 +62,7 @@ pub mod reload;
 pub mod status;
 pub mod tls;
 pub mod tokenreview;
+pub mod tunnel;
 pub mod upstream;
 
 pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};
