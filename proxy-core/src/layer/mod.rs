@@ -78,7 +78,7 @@ pub fn proxy_stack_with<B>(
     limits: Limits,
     nested: NestedImpersonationLayer,
     impersonate: ImpersonateLayer,
-    upstream: Upstream<B>,
+    upstream: impl Into<Backend<B>>,
 ) -> ProxyStack<B> {
     let long_running = LongRunningLayer::new(limits);
     authn.layer(Router::single(cluster_stack(

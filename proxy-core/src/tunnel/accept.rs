@@ -87,6 +87,11 @@ impl AgentEndpoint {
         Self::default()
     }
 
+    /// Whether no cluster was added.
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty()
+    }
+
     /// The tunnel metric families (register them with the proxy's metrics).
     pub fn metrics(&self) -> &TunnelMetrics {
         &self.metrics
