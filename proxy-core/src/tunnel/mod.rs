@@ -54,3 +54,6 @@ pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, c
 
 /// The proxy's HTTP/2 handle on one tunnel.
 pub type TunnelSender = hyper::client::conn::http2::SendRequest<TunnelBody>;
+
+#[cfg(test)]
+mod tests;
