@@ -486,9 +486,8 @@ mod tests {
     #[test]
     fn agent_clusters_need_a_token_file_and_nothing_of_a_direct_connection() {
         // A good one: a token file, nothing else.
-        let problems = problems_with(
-            "upstreams: [{name: edge, via: agent, agent: {tokenFile: token}}]\n",
-        );
+        let problems =
+            problems_with("upstreams: [{name: edge, via: agent, agent: {tokenFile: token}}]\n");
         assert!(problems.is_empty(), "{problems:?}");
         let problems = problems_with(
             "upstreams:\n\
@@ -512,7 +511,10 @@ mod tests {
         );
         assert!(problems[1].message.contains("is required"), "{problems:?}");
         assert!(problems[2].message.contains("missing"), "{problems:?}");
-        assert!(problems[3].message.contains("contradicts via: agent"), "{problems:?}");
+        assert!(
+            problems[3].message.contains("contradicts via: agent"),
+            "{problems:?}"
+        );
         // An unknown field in the agent section is refused by name.
         let error = FileConfig::parse(
             "tls: {certFile: a, keyFile: a}\nauthentication: {}\n\

@@ -274,7 +274,14 @@ impl Proxy {
             if upstream.via == proxy_core::config::Via::Agent {
                 named.push((
                     name.clone(),
-                    crate::agent::agent_cluster(&mut agents, &section, &name, upstream, config, base)?,
+                    crate::agent::agent_cluster(
+                        &mut agents,
+                        &section,
+                        &name,
+                        upstream,
+                        config,
+                        base,
+                    )?,
                 ));
                 continue;
             }

@@ -806,7 +806,10 @@ impl UpstreamConfig {
             ("serverName", self.server_name.is_some()),
             ("kubeconfig", self.kubeconfig.is_some()),
             ("maxConnections", self.max_connections.is_some()),
-            ("maxStreamsPerConnection", self.max_streams_per_connection.is_some()),
+            (
+                "maxStreamsPerConnection",
+                self.max_streams_per_connection.is_some(),
+            ),
         ];
         for (field, is_set) in set {
             if is_set {

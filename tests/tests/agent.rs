@@ -96,7 +96,15 @@ impl Behind {
             RBAC,
             &[
                 &["impersonate", "users/alice", "--as", AGENT_ACCOUNT][..],
-                &["create", "pods", "--subresource=exec", "-n", "default", "--as", "alice"][..],
+                &[
+                    "create",
+                    "pods",
+                    "--subresource=exec",
+                    "-n",
+                    "default",
+                    "--as",
+                    "alice",
+                ][..],
             ],
         )
         .await?;
@@ -171,16 +179,20 @@ impl Behind {
         }
         let ready = format!("{}/readyz", env.url());
         let ca = env.pki.ca_path().to_owned();
-        let started = wait_for(Duration::from_secs(20), "the proxy in its namespace", || {
-            let (ready, ca) = (ready.clone(), ca.clone());
-            async move {
-                match curl_with_ca(&ca, &[&ready]).await {
-                    Ok((200, _)) => Ok(Some(())),
-                    Ok((code, body)) => Err(format!("{code} {body}")),
-                    Err(error) => Err(error.to_string()),
+        let started = wait_for(
+            Duration::from_secs(20),
+            "the proxy in its namespace",
+            || {
+                let (ready, ca) = (ready.clone(), ca.clone());
+                async move {
+                    match curl_with_ca(&ca, &[&ready]).await {
+                        Ok((200, _)) => Ok(Some(())),
+                        Ok((code, body)) => Err(format!("{code} {body}")),
+                        Err(error) => Err(error.to_string()),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         if let Err(error) = started {
             let _ = env.proxy.start_kill();
@@ -207,7 +219,12 @@ impl Behind {
 
     /// Starts `authproxy agent` for `cluster` with the token in `token_file`,
     /// reaching kube-apiserver with `kubeconfig`.
-    fn agent_with(&mut self, cluster: &str, token_file: &str, kubeconfig: &Path) -> anyhow::Result<Agent> {
+    fn agent_with(
+        &mut self,
+        cluster: &str,
+        token_file: &str,
+        kubeconfig: &Path,
+    ) -> anyhow::Result<Agent> {
         self.agents += 1;
         let log = self.dir.path().join(format!("agent-{}.log", self.agents));
         let file = std::fs::File::create(&log)?;
@@ -272,7 +289,11 @@ impl Behind {
             .arg(format!("http://{}:9090/metrics", self.netns.inside))
             .output()
             .await?;
-        anyhow::ensure!(out.status.success(), "metrics: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "metrics: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(String::from_utf8(out.stdout)?)
     }
 
@@ -314,7 +335,9 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
     let mut env = behind_or_skip!();
     // From the proxy's namespace kube-apiserver is out of reach: the direct
     // cluster is a 503, and so is a curl from inside.
-    let (code, body) = env.curl_as_alice("agent-tests", "/k8s/clusters/direct/version").await?;
+    let (code, body) = env
+        .curl_as_alice("agent-tests", "/k8s/clusters/direct/version")
+        .await?;
     assert_eq!(code, 503, "{body}");
     let inside = env
         .netns
@@ -323,35 +346,69 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
         .arg(format!("{}/version", env.kube.url()))
         .output()
         .await?;
-    assert!(!inside.status.success(), "kube-apiserver reachable from the proxy's namespace");
+    assert!(
+        !inside.status.success(),
+        "kube-apiserver reachable from the proxy's namespace"
+    );
     // No agent yet.
     let body = env.wait_answer("edge", 503).await?;
-    assert!(body.contains("no agent of cluster edge is connected"), "{body}");
+    assert!(
+        body.contains("no agent of cluster edge is connected"),
+        "{body}"
+    );
 
     let _agent = env.agent("edge")?;
     env.wait_answer("edge", 200).await?;
 
     // kubectl as alice, impersonated by the agent's own account.
-    let out = env.kubectl("edge", &["auth", "whoami", "-o", "json"]).await?;
+    let out = env
+        .kubectl("edge", &["auth", "whoami", "-o", "json"])
+        .await?;
     anyhow::ensure!(out.status.success(), "{}", output_text(&out));
     let review: Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(review["status"]["userInfo"]["username"], "alice", "{review}");
+    assert_eq!(
+        review["status"]["userInfo"]["username"], "alice",
+        "{review}"
+    );
     let marker = unique_marker("through-agent");
     let (code, body) = env
-        .curl_as_alice(&marker, "/k8s/clusters/edge/api/v1/namespaces/default/configmaps")
+        .curl_as_alice(
+            &marker,
+            "/k8s/clusters/edge/api/v1/namespaces/default/configmaps",
+        )
         .await?;
     assert_eq!(code, 200, "{body}");
     let events = env.kube.wait_audit_by_agent(&marker, 1).await?;
-    assert_eq!(events[0]["user"]["username"], AGENT_ACCOUNT, "{}", events[0]);
-    assert_eq!(events[0]["impersonatedUser"]["username"], "alice", "{}", events[0]);
-    assert_eq!(events[0]["requestURI"], "/api/v1/namespaces/default/configmaps", "{}", events[0]);
+    assert_eq!(
+        events[0]["user"]["username"], AGENT_ACCOUNT,
+        "{}",
+        events[0]
+    );
+    assert_eq!(
+        events[0]["impersonatedUser"]["username"], "alice",
+        "{}",
+        events[0]
+    );
+    assert_eq!(
+        events[0]["requestURI"], "/api/v1/namespaces/default/configmaps",
+        "{}",
+        events[0]
+    );
 
     // A watch streams: an event made after it started arrives through the tunnel.
     let label = unique_marker("watched");
     let mut watch = kubectl_command()?
         .arg("--kubeconfig")
         .arg(env.kubeconfig("edge"))
-        .args(["get", "configmaps", "-w", "-o", "name", "-l", &format!("agent-test={label}")])
+        .args([
+            "get",
+            "configmaps",
+            "-w",
+            "-o",
+            "name",
+            "-l",
+            &format!("agent-test={label}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -361,7 +418,10 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
     let yaml = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {label}, namespace: default, labels: {{agent-test: {label}}}}}\ndata: {{a: b}}\n"
     );
-    let out = env.kube.admin_async(&["apply", "-f", "-"], Some(&yaml)).await?;
+    let out = env
+        .kube
+        .admin_async(&["apply", "-f", "-"], Some(&yaml))
+        .await?;
     anyhow::ensure!(out.status.success(), "{}", output_text(&out));
     let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
         .await
@@ -371,13 +431,20 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
 
     // A large object (about 900 KiB) arrives whole.
     let big = unique_marker("big");
-    let value: String = (0..900 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let value: String = (0..900 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
     let yaml = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {big}, namespace: default}}\ndata:\n  big: {value}\n"
     );
-    let out = env.kube.admin_async(&["apply", "--server-side", "-f", "-"], Some(&yaml)).await?;
+    let out = env
+        .kube
+        .admin_async(&["apply", "--server-side", "-f", "-"], Some(&yaml))
+        .await?;
     anyhow::ensure!(out.status.success(), "{}", output_text(&out));
-    let out = env.kubectl("edge", &["get", "configmaps", "-o", "json"]).await?;
+    let out = env
+        .kubectl("edge", &["get", "configmaps", "-o", "json"])
+        .await?;
     anyhow::ensure!(out.status.success(), "{}", output_text(&out));
     let list: Value = serde_json::from_slice(&out.stdout)?;
     let found = list["items"]
@@ -386,8 +453,14 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
         .iter()
         .find(|item| item["metadata"]["name"] == big.as_str())
         .context("the large configmap is in the list")?;
-    assert_eq!(found["data"]["big"].as_str().map(str::len), Some(value.len()));
-    assert!(found["data"]["big"] == value.as_str(), "the large value arrived changed");
+    assert_eq!(
+        found["data"]["big"].as_str().map(str::len),
+        Some(value.len())
+    );
+    assert!(
+        found["data"]["big"] == value.as_str(),
+        "the large value arrived changed"
+    );
 
     let metrics = env.metrics().await?;
     for sample in [
@@ -396,7 +469,10 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
     ] {
         assert!(metrics.contains(sample), "{sample} in {metrics}");
     }
-    assert!(metrics.contains("authproxy_tunnel_requests_total{cluster=\"edge\"}"), "{metrics}");
+    assert!(
+        metrics.contains("authproxy_tunnel_requests_total{cluster=\"edge\"}"),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -410,12 +486,18 @@ async fn a_lost_agent_is_a_503_and_another_agent_serves_without_a_restart() -> a
     let status: Value = serde_json::from_str(&body)?;
     assert_eq!(status["kind"], "Status", "{body}");
     assert_eq!(status["reason"], "ServiceUnavailable", "{body}");
-    assert_eq!(status["message"], "no agent of cluster edge is connected", "{body}");
+    assert_eq!(
+        status["message"], "no agent of cluster edge is connected",
+        "{body}"
+    );
 
     // A second agent: requests flow again, the proxy was not restarted.
     let second = env.agent("edge")?;
     env.wait_answer("edge", 200).await?;
-    assert!(env.proxy.try_wait()?.is_none(), "the proxy is still the same process");
+    assert!(
+        env.proxy.try_wait()?.is_none(),
+        "the proxy is still the same process"
+    );
 
     // Two agents connected: killing one fails no new request.
     let _third = env.agent("edge")?;
@@ -431,9 +513,15 @@ async fn a_lost_agent_is_a_503_and_another_agent_serves_without_a_restart() -> a
     second.kill().await?;
     for i in 0..20 {
         let (code, body) = env
-            .curl_as_alice("agent-tests", "/k8s/clusters/edge/api/v1/namespaces/default/configmaps?limit=1")
+            .curl_as_alice(
+                "agent-tests",
+                "/k8s/clusters/edge/api/v1/namespaces/default/configmaps?limit=1",
+            )
             .await?;
-        assert_eq!(code, 200, "request {i} after losing one of two agents: {body}");
+        assert_eq!(
+            code, 200,
+            "request {i} after losing one of two agents: {body}"
+        );
     }
     let metrics = env.metrics().await?;
     assert!(
@@ -441,7 +529,8 @@ async fn a_lost_agent_is_a_503_and_another_agent_serves_without_a_restart() -> a
         "{metrics}"
     );
     assert!(
-        metrics.contains("authproxy_tunnel_connects_total{cluster=\"edge\",result=\"accepted\"} 3\n"),
+        metrics
+            .contains("authproxy_tunnel_connects_total{cluster=\"edge\",result=\"accepted\"} 3\n"),
         "{metrics}"
     );
     Ok(())
@@ -456,16 +545,20 @@ async fn agents_with_a_wrong_token_or_another_clusters_name_are_refused() -> any
     let stranger = env.agent_with("edge", "wrong.token", &kubeconfig)?;
     // The token of `edge`, claiming `other`.
     let impostor = env.agent_with("other", "edge.token", &kubeconfig)?;
-    wait_for(Duration::from_secs(20), "both refusals in the proxy log", || async {
-        let log = env.proxy_log();
-        if log.contains("the token is no cluster's registration token")
-            && log.contains("claims another cluster")
-        {
-            Ok(Some(()))
-        } else {
-            Err(log)
-        }
-    })
+    wait_for(
+        Duration::from_secs(20),
+        "both refusals in the proxy log",
+        || async {
+            let log = env.proxy_log();
+            if log.contains("the token is no cluster's registration token")
+                && log.contains("claims another cluster")
+            {
+                Ok(Some(()))
+            } else {
+                Err(log)
+            }
+        },
+    )
     .await?;
     let log = env.proxy_log();
     assert!(log.contains("other"), "the claimed cluster is named: {log}");
@@ -474,7 +567,10 @@ async fn agents_with_a_wrong_token_or_another_clusters_name_are_refused() -> any
     }
     // The agents say why, and keep trying.
     let stranger_log = env.log_of(&stranger);
-    assert!(stranger_log.contains("refused the registration"), "{stranger_log}");
+    assert!(
+        stranger_log.contains("refused the registration"),
+        "{stranger_log}"
+    );
     assert!(!stranger_log.contains(wrong), "{stranger_log}");
     for cluster in ["edge", "other"] {
         let (code, body) = env
@@ -483,8 +579,14 @@ async fn agents_with_a_wrong_token_or_another_clusters_name_are_refused() -> any
         assert_eq!(code, 503, "{cluster}: {body}");
     }
     let metrics = env.metrics().await?;
-    assert!(metrics.contains("authproxy_tunnel_connects_total{cluster=\"edge\",result=\"refused\"}"), "{metrics}");
-    assert!(metrics.contains("authproxy_tunnels_connected{cluster=\"other\"} 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("authproxy_tunnel_connects_total{cluster=\"edge\",result=\"refused\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("authproxy_tunnels_connected{cluster=\"other\"} 0\n"),
+        "{metrics}"
+    );
     // The endpoint refuses a registration by hand too, with a Status.
     let (code, body) = curl_with_ca(
         env.pki.ca_path(),
@@ -570,7 +672,10 @@ async fn upgrades_cross_the_tunnel_both_ways() -> anyhow::Result<()> {
     let yaml = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: default}}\nspec:\n  containers: [{{name: c, image: busybox}}]\n"
     );
-    let out = env.kube.admin_async(&["apply", "-f", "-"], Some(&yaml)).await?;
+    let out = env
+        .kube
+        .admin_async(&["apply", "-f", "-"], Some(&yaml))
+        .await?;
     anyhow::ensure!(out.status.success(), "{}", output_text(&out));
     let out = env.kubectl("edge", &["exec", &pod, "--", "true"]).await?;
     assert!(!out.status.success());
@@ -582,7 +687,15 @@ async fn upgrades_cross_the_tunnel_both_ways() -> anyhow::Result<()> {
             e["objectRef"]["name"] == pod.as_str() && e["objectRef"]["subresource"] == "exec"
         })
         .await?;
-    assert_eq!(events[0]["user"]["username"], AGENT_ACCOUNT, "{}", events[0]);
-    assert_eq!(events[0]["impersonatedUser"]["username"], "alice", "{}", events[0]);
+    assert_eq!(
+        events[0]["user"]["username"], AGENT_ACCOUNT,
+        "{}",
+        events[0]
+    );
+    assert_eq!(
+        events[0]["impersonatedUser"]["username"], "alice",
+        "{}",
+        events[0]
+    );
     Ok(())
 }

@@ -65,7 +65,11 @@ impl std::fmt::Debug for AgentEndpoint {
         f.debug_struct("AgentEndpoint")
             .field(
                 "clusters",
-                &self.clusters.iter().map(|c| c.agents.name()).collect::<Vec<_>>(),
+                &self
+                    .clusters
+                    .iter()
+                    .map(|c| c.agents.name())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -161,12 +165,12 @@ impl AgentEndpoint {
             });
         let upgrade_ok = req.version() == http::Version::HTTP_11
             && crate::impersonate::is_upgrade(req.headers())
-            && req
-                .headers()
-                .get(header::UPGRADE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes()));
+            && req.headers().get(header::UPGRADE).is_some_and(|v| {
+                v.as_bytes()
+                    .eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes())
+            });
         if !upgrade_ok {
-            tracing::warn!(%peer, claimed = ?claimed, "agent registration refused: not an HTTP/1.1 upgrade to {UPGRADE_PROTOCOL}");
+            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: not an HTTP/1.1 upgrade to {UPGRADE_PROTOCOL}");
             return Status::failure(
                 StatusCode::BAD_REQUEST,
                 Reason::BadRequest,
@@ -183,13 +187,13 @@ impl AgentEndpoint {
             .filter(|t| !t.is_empty());
         let Some(cluster) = presented.and_then(|t| self.cluster_of(t.as_bytes())) else {
             self.metrics.connect("unknown", false);
-            tracing::warn!(%peer, claimed = ?claimed, "agent registration refused: the token is no cluster's registration token");
+            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: the token is no cluster's registration token");
             return refused();
         };
         let name = cluster.agents.name();
         if claimed.as_deref().is_some_and(|c| c != name) {
             self.metrics.connect(name, false);
-            tracing::warn!(%peer, claimed = ?claimed, "agent registration refused: the agent claims another cluster than its token's");
+            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: the agent claims another cluster than its token's");
             return refused();
         }
         self.metrics.connect(name, true);

@@ -142,8 +142,8 @@ impl Agent {
             .trim_end_matches(']')
             .to_owned();
         let port = settings.proxy_url.port_u16().unwrap_or(443);
-        let server_name =
-            ServerName::try_from(host.clone()).map_err(|_| url_error("host is not a DNS name or IP address"))?;
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|_| url_error("host is not a DNS name or IP address"))?;
         crate::upstream::router::validate_name(&settings.cluster).map_err(|problem| {
             AgentError::Cluster {
                 name: settings.cluster.clone(),
@@ -238,9 +238,7 @@ impl Agent {
             .max_concurrent_streams(1000)
             .keep_alive_interval(super::accept::KEEP_ALIVE.0)
             .keep_alive_timeout(super::accept::KEEP_ALIVE.1);
-        builder
-            .serve_connection(upgraded, service)
-            .await?;
+        builder.serve_connection(upgraded, service).await?;
         Ok(())
     }
 
@@ -272,11 +270,11 @@ impl Agent {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(AttemptError::Tls)?;
-        let (mut send, connection) =
-            hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
-                TokioIo::new(tls),
-            )
-            .await?;
+        let (mut send, connection) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioIo::new(tls))
+        .await?;
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, "registration connection ended with an error");

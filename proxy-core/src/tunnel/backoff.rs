@@ -91,7 +91,9 @@ mod tests {
     #[test]
     fn waits_are_spread_over_the_whole_range() {
         let mut backoff = Backoff::new(Duration::from_secs(8), Duration::from_secs(8));
-        let waits: Vec<f64> = (0..2000).map(|_| backoff.next_delay().as_secs_f64()).collect();
+        let waits: Vec<f64> = (0..2000)
+            .map(|_| backoff.next_delay().as_secs_f64())
+            .collect();
         let below_one = waits.iter().filter(|w| **w < 1.0).count();
         let above_seven = waits.iter().filter(|w| **w > 7.0).count();
         // Uniform over [0, 8]: an eighth in each end, give or take.

@@ -187,7 +187,9 @@ fn lost(cluster: &str) -> Status {
     Status::failure(
         StatusCode::BAD_GATEWAY,
         Reason::ServiceUnavailable,
-        format!("the tunnel to the agent of cluster {cluster} closed while the request was in flight"),
+        format!(
+            "the tunnel to the agent of cluster {cluster} closed while the request was in flight"
+        ),
     )
 }
 
@@ -283,7 +285,9 @@ where
                     tracing::debug!(%cluster, %error, "upgraded stream through the tunnel ended with an error");
                 }
             }
-            Err(error) => tracing::warn!(%cluster, %error, "protocol upgrade through the tunnel failed"),
+            Err(error) => {
+                tracing::warn!(%cluster, %error, "protocol upgrade through the tunnel failed")
+            }
         }
         drop(hold);
     });

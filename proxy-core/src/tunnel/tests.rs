@@ -16,15 +16,19 @@ use super::AgentService;
 
 /// An agent that answers every request with `name` and the path it got,
 /// connected to `agents` until the returned task is aborted.
-async fn fake_agent(agents: &Arc<ClusterAgents>, name: &'static str) -> tokio::task::JoinHandle<()> {
+async fn fake_agent(
+    agents: &Arc<ClusterAgents>,
+    name: &'static str,
+) -> tokio::task::JoinHandle<()> {
     let (proxy_io, agent_io) = tokio::io::duplex(64 * 1024);
     let server = tokio::spawn(async move {
-        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
-            let text = format!("{name} {}", req.uri().path());
-            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
-                Bytes::from(text),
-            )))
-        });
+        let service =
+            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                let text = format!("{name} {}", req.uri().path());
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from(text),
+                )))
+            });
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(agent_io), service)
             .await;
@@ -57,7 +61,10 @@ async fn without_a_connected_agent_the_answer_is_a_503_naming_the_cluster() {
     let mut service = AgentService::new(agents);
     let (status, body) = get(&mut service, "/api").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(body.contains("no agent of cluster edge is connected"), "{body}");
+    assert!(
+        body.contains("no agent of cluster edge is connected"),
+        "{body}"
+    );
     assert!(body.contains("\"kind\":\"Status\""), "{body}");
 }
 
@@ -75,7 +82,15 @@ async fn requests_take_the_connected_agents_in_turn() {
         seen.push(body);
     }
     seen.sort();
-    assert_eq!(seen, ["a /api/v1/pods", "a /api/v1/pods", "b /api/v1/pods", "b /api/v1/pods"]);
+    assert_eq!(
+        seen,
+        [
+            "a /api/v1/pods",
+            "a /api/v1/pods",
+            "b /api/v1/pods",
+            "b /api/v1/pods"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -96,7 +111,10 @@ async fn a_lost_agent_is_removed_and_requests_go_to_the_other() {
     assert_eq!(agents.connected(), 1);
     let mut service = AgentService::new(agents.clone());
     for _ in 0..4 {
-        assert_eq!(get(&mut service, "/api").await, (StatusCode::OK, "b /api".into()));
+        assert_eq!(
+            get(&mut service, "/api").await,
+            (StatusCode::OK, "b /api".into())
+        );
     }
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
