@@ -699,3 +699,42 @@ async fn upgrades_cross_the_tunnel_both_ways() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_else(
+) -> anyhow::Result<()> {
+    let kube = tokio::task::spawn_blocking(|| kube().map_err(|e| e.to_string()))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/agent.yaml");
+    let text = std::fs::read_to_string(&manifest)?;
+    let account = "system:serviceaccount:authproxy-agent:authproxy-agent";
+    kube.apply_rbac(
+        &text,
+        &[
+            &["impersonate", "users/alice", "--as", account][..],
+            &["impersonate", "groups/devs", "--as", account][..],
+            &["impersonate", "serviceaccounts/default", "-n", "default", "--as", account][..],
+            &["impersonate", "uids/1001", "--as", account][..],
+            &["impersonate", "userextras/scopes", "--as", account][..],
+        ],
+    )
+    .await?;
+    for check in [
+        &["list", "pods", "-A", "--as", account][..],
+        &["get", "secrets", "-n", "authproxy-agent", "--as", account][..],
+        &["create", "pods", "--subresource=exec", "-n", "default", "--as", account][..],
+    ] {
+        let mut args = vec!["auth", "can-i"];
+        args.extend_from_slice(check);
+        let out = kube.admin_async(&args, None).await?;
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "{check:?}");
+    }
+    for object in ["deployment/authproxy-agent", "daemonset/authproxy-node-agent"] {
+        let out = kube
+            .admin_async(&["get", "-n", "authproxy-agent", object, "-o", "name"], None)
+            .await?;
+        assert!(out.status.success(), "{object}: {}", output_text(&out));
+    }
+    Ok(())
+}
