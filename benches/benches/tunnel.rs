@@ -69,12 +69,21 @@ async fn once(client: &HttpsClient, target: &Target) -> anyhow::Result<()> {
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
     if status != StatusCode::OK {
-        bail!("{}: {status} {}", target.name, String::from_utf8_lossy(&body));
+        bail!(
+            "{}: {status} {}",
+            target.name,
+            String::from_utf8_lossy(&body)
+        );
     }
     Ok(())
 }
 
-async fn measure(client: &HttpsClient, target: &Target, n: usize, c: usize) -> anyhow::Result<Figures> {
+async fn measure(
+    client: &HttpsClient,
+    target: &Target,
+    n: usize,
+    c: usize,
+) -> anyhow::Result<Figures> {
     for _ in 0..n / 10 {
         once(client, target).await?;
     }
@@ -122,7 +131,9 @@ fn env_number(name: &str, default: usize) -> anyhow::Result<usize> {
 fn main() -> anyhow::Result<()> {
     let n = env_number("TUNNEL_REQUESTS", 2000)?;
     let c = env_number("TUNNEL_CONCURRENCY", 16)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let kube = tokio::task::spawn_blocking(|| authproxy_tests::kube::kube().map_err(|e| e.to_string()))
             .await?

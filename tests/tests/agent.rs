@@ -714,25 +714,68 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
         &[
             &["impersonate", "users/alice", "--as", account][..],
             &["impersonate", "groups/devs", "--as", account][..],
-            &["impersonate", "serviceaccounts/default", "-n", "default", "--as", account][..],
-            &["impersonate", "uids/1001", "--as", account][..],
-            &["impersonate", "userextras/scopes", "--as", account][..],
+            &[
+                "impersonate",
+                "serviceaccounts/default",
+                "-n",
+                "default",
+                "--as",
+                account,
+            ][..],
         ],
     )
     .await?;
+    // uids and user extras: kubectl's can-i cannot name these, kube is asked.
+    for (resource, subresource) in [("uids", ""), ("userextras", "example.com/login")] {
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": account, "groups": ["system:serviceaccounts", "system:serviceaccounts:authproxy-agent"],
+                     "resourceAttributes": {"verb": "impersonate", "group": "authentication.k8s.io",
+                                            "resource": resource, "subresource": subresource}}});
+        let out = kube
+            .admin_async(
+                &["create", "-f", "-", "-o", "json"],
+                Some(&review.to_string()),
+            )
+            .await?;
+        anyhow::ensure!(out.status.success(), "{}", output_text(&out));
+        let answer: Value = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(
+            answer["status"]["allowed"], true,
+            "impersonate {resource}: {answer}"
+        );
+    }
     for check in [
         &["list", "pods", "-A", "--as", account][..],
         &["get", "secrets", "-n", "authproxy-agent", "--as", account][..],
-        &["create", "pods", "--subresource=exec", "-n", "default", "--as", account][..],
+        &[
+            "create",
+            "pods",
+            "--subresource=exec",
+            "-n",
+            "default",
+            "--as",
+            account,
+        ][..],
     ] {
         let mut args = vec!["auth", "can-i"];
         args.extend_from_slice(check);
         let out = kube.admin_async(&args, None).await?;
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "{check:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "no",
+            "{check:?}"
+        );
     }
-    for object in ["deployment/authproxy-agent", "daemonset/authproxy-node-agent"] {
+    for object in [
+        "deployment/authproxy-agent",
+        "daemonset/authproxy-node-agent",
+    ] {
         let out = kube
-            .admin_async(&["get", "-n", "authproxy-agent", object, "-o", "name"], None)
+            .admin_async(
+                &["get", "-n", "authproxy-agent", object, "-o", "name"],
+                None,
+            )
             .await?;
         assert!(out.status.success(), "{object}: {}", output_text(&out));
     }

@@ -213,7 +213,9 @@ impl AgentEndpoint {
                 .timer(TokioTimer::new())
                 .keep_alive_interval(KEEP_ALIVE.0)
                 .keep_alive_timeout(KEEP_ALIVE.1)
-                .keep_alive_while_idle(true);
+                .keep_alive_while_idle(true)
+                // Large lists and uploads: windows grow with the tunnel's bandwidth-delay product.
+                .adaptive_window(true);
             let (send, connection) = match builder.handshake(upgraded).await {
                 Ok(pair) => pair,
                 Err(error) => {

@@ -236,6 +236,7 @@ impl Agent {
             .timer(TokioTimer::new())
             .enable_connect_protocol()
             .max_concurrent_streams(1000)
+            .adaptive_window(true)
             .keep_alive_interval(super::accept::KEEP_ALIVE.0)
             .keep_alive_timeout(super::accept::KEEP_ALIVE.1);
         builder.serve_connection(upgraded, service).await?;

@@ -128,3 +128,63 @@ async fn a_lost_agent_is_removed_and_requests_go_to_the_other() {
         assert!(text.contains(sample), "{sample} in {text}");
     }
 }
+
+#[tokio::test]
+async fn a_registration_token_file_that_holds_no_token_is_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("edge.token");
+    std::fs::write(&empty, "  \n").unwrap();
+    let mut endpoint = super::AgentEndpoint::new();
+    let error = endpoint
+        .add_cluster("edge", empty.clone(), std::time::Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(&empty.display().to_string()), "{error}");
+    assert!(error.contains("empty"), "{error}");
+    let missing = dir.path().join("missing.token");
+    let error = endpoint
+        .add_cluster("edge", missing.clone(), std::time::Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(&missing.display().to_string()), "{error}");
+    assert!(endpoint.is_empty());
+}
+
+#[tokio::test]
+async fn only_a_clusters_own_token_registers_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), "token-a\n").unwrap();
+    std::fs::write(dir.path().join("b"), "token-b").unwrap();
+    let mut endpoint = super::AgentEndpoint::new();
+    let interval = std::time::Duration::from_secs(1);
+    endpoint
+        .add_cluster("a", dir.path().join("a"), interval)
+        .unwrap();
+    endpoint
+        .add_cluster("b", dir.path().join("b"), interval)
+        .unwrap();
+    let register = |token: &str, claim: Option<&str>| {
+        let mut request = Request::get(super::CONNECT_PATH)
+            .header(http::header::CONNECTION, "Upgrade")
+            .header(http::header::UPGRADE, super::UPGRADE_PROTOCOL)
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(claim) = claim {
+            request = request.header(super::CLUSTER_HEADER, claim);
+        }
+        endpoint
+            .accept(
+                request.body(()).unwrap(),
+                SocketAddr::from(([192, 0, 2, 9], 4)),
+            )
+            .status()
+    };
+    assert_eq!(
+        register("token-a", Some("a")),
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+    assert_eq!(register("token-b", None), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(register("token-a", Some("b")), StatusCode::UNAUTHORIZED);
+    assert_eq!(register("token-", Some("a")), StatusCode::UNAUTHORIZED);
+    assert_eq!(register("token-a2", Some("a")), StatusCode::UNAUTHORIZED);
+    assert_eq!(register("", Some("a")), StatusCode::UNAUTHORIZED);
+}
