@@ -270,6 +270,7 @@ async fn authproxy(
         live,
         token_endpoint: None,
         max_request_body_bytes: authproxy::limits::DEFAULT_MAX_REQUEST_BODY_BYTES,
+        agents: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
