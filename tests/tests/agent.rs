@@ -481,7 +481,35 @@ async fn a_lost_agent_is_a_503_and_another_agent_serves_without_a_restart() -> a
     let mut env = behind_or_skip!();
     let first = env.agent("edge")?;
     env.wait_answer("edge", 200).await?;
+    // A watch in flight on the tunnel when its agent goes ends, it does not hang.
+    let existing = unique_marker("watched-before");
+    env.kube.create_configmap(&existing, &existing).await?;
+    let mut watch = tokio::process::Command::new("curl")
+        .args(["-sS", "-N", "--max-time", "120", "--cacert"])
+        .arg(env.pki.ca_path())
+        .args(["-H", "Authorization: Bearer alice-token"])
+        .arg(format!(
+            "{}/k8s/clusters/edge/api/v1/namespaces/default/configmaps?watch=true",
+            env.url()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut events = tokio::io::BufReader::new(watch.stdout.take().context("stdout")?).lines();
+    // The watch is open once its first event (an existing configmap) arrived.
+    tokio::time::timeout(Duration::from_secs(20), events.next_line())
+        .await
+        .context("the watch sent nothing")??
+        .context("the watch ended at once")?;
     first.kill().await?;
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        while events.next_line().await?.is_some() {}
+        watch.wait().await
+    })
+    .await
+    .context("the watch through the lost tunnel did not end within 15s")??;
+    assert!(!ended.success(), "curl saw the watch cut short: {ended:?}");
     let body = env.wait_answer("edge", 503).await?;
     let status: Value = serde_json::from_str(&body)?;
     assert_eq!(status["kind"], "Status", "{body}");
