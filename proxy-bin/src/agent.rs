@@ -73,8 +73,7 @@ pub struct AgentArgs {
     /// The kubeconfig context (default: its current-context).
     #[arg(long, env = "AUTHPROXY_CONTEXT", requires = "kubeconfig")]
     pub context: Option<String>,
-    /// How often the proxy's host name is looked up again
-    /// ([`proxy_core::tunnel::agent::DEFAULT_RESOLVE_INTERVAL`]).
+    /// How often the proxy's host name is looked up again.
     #[arg(long, env = "AUTHPROXY_RESOLVE_INTERVAL", value_parser = humantime::parse_duration,
           default_value = "30s")]
     pub resolve_interval: Duration,
@@ -109,6 +108,14 @@ impl AgentArgs {
             .proxy_url
             .parse::<http::Uri>()
             .with_context(|| format!("--proxy-url {:?}", self.proxy_url))?;
+        if proxy_url.scheme() != Some(&http::uri::Scheme::HTTPS) || proxy_url.host().is_none() {
+            anyhow::bail!(
+                "--proxy-url {:?}: must be an https:// URL with a host",
+                self.proxy_url
+            );
+        }
+        proxy_core::upstream::router::validate_name(&self.cluster)
+            .with_context(|| format!("--cluster {:?}", self.cluster))?;
         let proxy_ca_pem = match &self.proxy_ca_file {
             Some(path) => Some(
                 proxy_core::tls::read_file(path)
@@ -128,12 +135,12 @@ impl AgentArgs {
         let section = if self.kubeconfig.is_some() {
             "--kubeconfig"
         } else {
-            "in-cluster"
+            "the local API server (in-cluster; elsewhere pass --kubeconfig)"
         };
         let base = std::env::current_dir().unwrap_or_default();
         let options = local
             .to_options(section, &base)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .map_err(|e| anyhow::anyhow!("{section}: {}", e.message))?;
         let upstream = Upstream::new(options).with_context(|| section.to_owned())?;
         if let Some(ca) = local.ca_file_path(&base) {
             upstream
