@@ -139,17 +139,7 @@ impl Behind {
         );
         let config = dir.path().join("authproxy.yaml");
         std::fs::write(&config, yaml)?;
-        let log = std::fs::File::create(dir.path().join("proxy.log"))?;
-        let proxy = netns
-            .command(authproxy_binary()?)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()?;
+        let proxy = start_proxy(&netns, dir.path())?;
         // The agent's own kubeconfig: kube-apiserver, as the agent's service account.
         let agent_token = kube.service_account_token("agent").await?;
         let agent_kubeconfig = dir.path().join("agent.kubeconfig");
@@ -177,8 +167,14 @@ impl Behind {
                 env.pki.ca_path(),
             )?;
         }
-        let ready = format!("{}/readyz", env.url());
-        let ca = env.pki.ca_path().to_owned();
+        env.wait_ready().await?;
+        Ok(Some(env))
+    }
+
+    /// Waits until the proxy answers `/readyz`.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let ready = format!("{}/readyz", self.url());
+        let ca = self.pki.ca_path().to_owned();
         let started = wait_for(
             Duration::from_secs(20),
             "the proxy in its namespace",
@@ -195,10 +191,17 @@ impl Behind {
         )
         .await;
         if let Err(error) = started {
-            let _ = env.proxy.start_kill();
-            bail!("{error:#}\nproxy log:\n{}", env.proxy_log());
+            let _ = self.proxy.start_kill();
+            bail!("{error:#}\nproxy log:\n{}", self.proxy_log());
         }
-        Ok(Some(env))
+        Ok(())
+    }
+
+    /// Stops the proxy and starts it again with the same configuration.
+    async fn restart_proxy(&mut self) -> anyhow::Result<()> {
+        self.proxy.kill().await?;
+        self.proxy = start_proxy(&self.netns, self.dir.path())?;
+        self.wait_ready().await
     }
 
     fn url(&self) -> String {
@@ -300,6 +303,24 @@ impl Behind {
     async fn kubectl(&self, cluster: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
         authproxy_tests::kubectl_with(&self.kubeconfig(cluster), args).await
     }
+}
+
+/// `authproxy serve` inside `netns` with `dir`'s config, appending to its log.
+fn start_proxy(netns: &Netns, dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("proxy.log"))?;
+    Ok(netns
+        .command(authproxy_binary()?)
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("authproxy.yaml"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()?)
 }
 
 impl Drop for Behind {
@@ -561,6 +582,20 @@ async fn a_lost_agent_is_a_503_and_another_agent_serves_without_a_restart() -> a
             .contains("authproxy_tunnel_connects_total{cluster=\"edge\",result=\"accepted\"} 3\n"),
         "{metrics}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reconnects_when_the_proxy_comes_back() -> anyhow::Result<()> {
+    let mut env = behind_or_skip!();
+    let agent = env.agent("edge")?;
+    env.wait_answer("edge", 200).await?;
+    env.restart_proxy().await?;
+    // The new proxy process has no tunnel until the agent dials again.
+    env.wait_answer("edge", 200).await?;
+    let log = env.log_of(&agent);
+    assert!(log.contains("reconnecting"), "{log}");
+    assert_eq!(log.matches("tunnel connected").count(), 2, "{log}");
     Ok(())
 }
 
