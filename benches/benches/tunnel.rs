@@ -9,7 +9,8 @@
 //! through the proxy as alice with her static token. First N sequential
 //! requests (latency: p50, p99), then the same number spread over C
 //! concurrent tasks (requests/s), each client a pooled hyper client over
-//! rustls offering h2. Every answer must be a 200. Printed: req/s, p50/p99,
+//! rustls offering h2, in 3 rounds that alternate the targets (each keeps its
+//! best round: the highest req/s, the latencies of its lowest p50). Every answer must be a 200. Printed: req/s, p50/p99,
 //! the latency the tunnel adds over the direct upstream and over kube, and
 //! the throughput ratios.
 //!
@@ -35,6 +36,8 @@ use proxy_core::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
 
 const PATH: &str = "/api/v1/namespaces/default/configmaps?limit=1";
 const REGISTRATION_TOKEN: &str = "bench-registration-token";
+/// Rounds over all targets; each target reports its best.
+const ROUNDS: usize = 3;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -226,11 +229,28 @@ fn main() -> anyhow::Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        println!("tunnel bench: {n} sequential GET {PATH}, then {n} over {c} concurrent tasks");
+        println!("tunnel bench: {n} sequential GET {PATH}, then {n} over {c} concurrent tasks; best of {ROUNDS} rounds");
         println!("{:<14} {:>9} {:>9} {:>9}", "target", "req/s", "p50", "p99");
-        let mut all = Vec::new();
-        for target in &targets {
-            let figures = measure(&client, target, n, c).await?;
+        // Targets alternate over the rounds, so a busy moment of the machine
+        // does not fall on one target only; each keeps its best round.
+        let mut all: Vec<Option<Figures>> = targets.iter().map(|_| None).collect();
+        for _ in 0..ROUNDS {
+            for (target, best) in targets.iter().zip(all.iter_mut()) {
+                let figures = measure(&client, target, n, c).await?;
+                let better = best.as_ref().is_none_or(|b| {
+                    percentile(&figures.sequential, 0.5) < percentile(&b.sequential, 0.5)
+                });
+                let rate = best.as_ref().map_or(0.0, |b| b.rate).max(figures.rate);
+                if better {
+                    *best = Some(figures);
+                }
+                if let Some(best) = best.as_mut() {
+                    best.rate = rate;
+                }
+            }
+        }
+        let all: Vec<Figures> = all.into_iter().flatten().collect();
+        for (target, figures) in targets.iter().zip(&all) {
             println!(
                 "{:<14} {:>9.0} {:>9.2?} {:>9.2?}",
                 target.name,
@@ -238,7 +258,6 @@ fn main() -> anyhow::Result<()> {
                 percentile(&figures.sequential, 0.5),
                 percentile(&figures.sequential, 0.99)
             );
-            all.push(figures);
         }
         let p50 = |i: usize| percentile(&all[i].sequential, 0.5).as_secs_f64() * 1e3;
         println!(
