@@ -409,6 +409,11 @@ mod tests {
         for file in ["a", "ca.crt", "token"] {
             std::fs::write(dir.path().join(file), "x").unwrap();
         }
+        std::fs::write(
+            dir.path().join("agent.token"),
+            "a-long-random-registration-token",
+        )
+        .unwrap();
         let text = format!("tls: {{certFile: a, keyFile: a}}\nauthentication: {{}}\n{rest}");
         let config = FileConfig::parse(&text).unwrap();
         let mut problems = config.validate(dir.path());
@@ -486,15 +491,17 @@ mod tests {
     #[test]
     fn agent_clusters_need_a_token_file_and_nothing_of_a_direct_connection() {
         // A good one: a token file, nothing else.
-        let problems =
-            problems_with("upstreams: [{name: edge, via: agent, agent: {tokenFile: token}}]\n");
+        let problems = problems_with(
+            "upstreams: [{name: edge, via: agent, agent: {tokenFile: agent.token}}]\n",
+        );
         assert!(problems.is_empty(), "{problems:?}");
         let problems = problems_with(
             "upstreams:\n\
              - {name: a, via: agent}\n\
              - {name: b, via: agent, agent: {tokenFile: missing}}\n\
-             - {name: c, via: agent, url: 'https://10.0.0.1:6443', caFile: ca.crt, agent: {tokenFile: token}}\n\
-             - {name: d, url: 'https://10.0.0.1:6443', agent: {tokenFile: token}}\n\
+             - {name: e, via: agent, agent: {tokenFile: token}}\n\
+             - {name: c, via: agent, url: 'https://10.0.0.1:6443', caFile: ca.crt, agent: {tokenFile: agent.token}}\n\
+             - {name: d, url: 'https://10.0.0.1:6443', agent: {tokenFile: agent.token}}\n\
              upstream: {via: agent}\n",
         );
         assert_eq!(
@@ -503,16 +510,21 @@ mod tests {
                 "upstream.via",
                 "upstreams[0].agent.tokenFile",
                 "upstreams[1].agent.tokenFile",
-                "upstreams[2].url",
-                "upstreams[2].caFile",
-                "upstreams[3].agent",
+                "upstreams[2].agent.tokenFile",
+                "upstreams[3].url",
+                "upstreams[3].caFile",
+                "upstreams[4].agent",
             ],
             "{problems:?}"
         );
         assert!(problems[1].message.contains("is required"), "{problems:?}");
         assert!(problems[2].message.contains("missing"), "{problems:?}");
         assert!(
-            problems[3].message.contains("contradicts via: agent"),
+            problems[3].message.contains("shorter than 16"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[4].message.contains("contradicts via: agent"),
             "{problems:?}"
         );
         // An unknown field in the agent section is refused by name.

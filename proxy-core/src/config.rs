@@ -791,11 +791,21 @@ impl UpstreamConfig {
                 format!("{prefix}.agent.tokenFile"),
                 "is required with via: agent: the agents of the cluster prove themselves with it",
             )),
-            Some(agent) => check_readable(
-                &mut problems,
-                &format!("{prefix}.agent.tokenFile"),
-                &resolve(base, &agent.token_file),
-            ),
+            Some(agent) => {
+                let field = format!("{prefix}.agent.tokenFile");
+                let path = resolve(base, &agent.token_file);
+                match std::fs::read(&path) {
+                    Err(e) => problems.push(problem(
+                        field,
+                        format!("cannot read {}: {e}", path.display()),
+                    )),
+                    Ok(content) => {
+                        if let Err(message) = crate::tunnel::accept::parse_token(&content) {
+                            problems.push(problem(field, format!("{}: {message}", path.display())));
+                        }
+                    }
+                }
+            }
         }
         let set = [
             ("url", self.url.is_some()),

@@ -75,14 +75,30 @@ impl std::fmt::Debug for AgentEndpoint {
     }
 }
 
-fn token_digest(content: &[u8]) -> Result<Digest32, String> {
+/// Shortest registration token accepted: the endpoint answers before any
+/// authentication, so a token must be too long to guess.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The registration token in a token file's `content` (surrounding
+/// whitespace removed), or why it cannot be one (never the token itself).
+pub fn parse_token(content: &[u8]) -> Result<&str, String> {
     let token = std::str::from_utf8(content)
         .map_err(|_| "the token is not UTF-8".to_owned())?
         .trim();
     if token.is_empty() {
         return Err("the token file is empty".into());
     }
-    Ok(Sha256::digest(token.as_bytes()).into())
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "the token is shorter than {MIN_TOKEN_CHARS} characters: use a long random string \
+             (openssl rand -hex 32)"
+        ));
+    }
+    Ok(token)
+}
+
+fn token_digest(content: &[u8]) -> Result<Digest32, String> {
+    Ok(Sha256::digest(parse_token(content)?.as_bytes()).into())
 }
 
 impl AgentEndpoint {

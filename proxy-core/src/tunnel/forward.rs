@@ -5,7 +5,7 @@
 //!   its tunnel had just closed is sent on another one; one that was sent
 //!   and lost with its tunnel is answered `502` (it may have been carried
 //!   out, so it is not repeated).
-//! - No tunnel connected: `503` `Status` "no agent of cluster <name> is
+//! - No tunnel connected: `503` `Status` "no agent of cluster `<name>` is
 //!   connected".
 //! - Upgrades (SPDY/3.1 or WebSocket: exec, attach, port-forward) become an
 //!   extended CONNECT (RFC 8441) whose `:protocol` is the `Upgrade` token and

@@ -147,14 +147,22 @@ async fn a_registration_token_file_that_holds_no_token_is_refused_naming_the_fil
         .unwrap_err()
         .to_string();
     assert!(error.contains(&missing.display().to_string()), "{error}");
+    let short = dir.path().join("short.token");
+    std::fs::write(&short, "s3cret").unwrap();
+    let error = endpoint
+        .add_cluster("edge", short, std::time::Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("shorter than 16 characters"), "{error}");
+    assert!(!error.contains("s3cret"), "{error}");
     assert!(endpoint.is_empty());
 }
 
 #[tokio::test]
 async fn only_a_clusters_own_token_registers_for_it() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a"), "token-a\n").unwrap();
-    std::fs::write(dir.path().join("b"), "token-b").unwrap();
+    std::fs::write(dir.path().join("a"), "token-a-0123456789abcdef\n").unwrap();
+    std::fs::write(dir.path().join("b"), "token-b-0123456789abcdef").unwrap();
     let mut endpoint = super::AgentEndpoint::new();
     let interval = std::time::Duration::from_secs(1);
     endpoint
@@ -179,12 +187,24 @@ async fn only_a_clusters_own_token_registers_for_it() {
             .status()
     };
     assert_eq!(
-        register("token-a", Some("a")),
+        register("token-a-0123456789abcdef", Some("a")),
         StatusCode::SWITCHING_PROTOCOLS
     );
-    assert_eq!(register("token-b", None), StatusCode::SWITCHING_PROTOCOLS);
-    assert_eq!(register("token-a", Some("b")), StatusCode::UNAUTHORIZED);
-    assert_eq!(register("token-", Some("a")), StatusCode::UNAUTHORIZED);
-    assert_eq!(register("token-a2", Some("a")), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        register("token-b-0123456789abcdef", None),
+        StatusCode::SWITCHING_PROTOCOLS
+    );
+    assert_eq!(
+        register("token-a-0123456789abcdef", Some("b")),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        register("token-a-0123456789abcde", Some("a")),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        register("token-a-0123456789abcdef0", Some("a")),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(register("", Some("a")), StatusCode::UNAUTHORIZED);
 }
