@@ -391,6 +391,23 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
         review["status"]["userInfo"]["username"], "alice",
         "{review}"
     );
+    // A caller's own impersonation cannot be reviewed there: refused, never dropped.
+    let (code, body) = curl_with_ca(
+        env.pki.ca_path(),
+        &[
+            "-H",
+            "Authorization: Bearer alice-token",
+            "-H",
+            "Impersonate-User: carol",
+            &format!(
+                "{}/k8s/clusters/edge/api/v1/namespaces/default/configmaps",
+                env.url()
+            ),
+        ],
+    )
+    .await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("\"kind\":\"Status\""), "{body}");
     let marker = unique_marker("through-agent");
     let (code, body) = env
         .curl_as_alice(
