@@ -166,16 +166,37 @@ impl Agent {
         })
     }
 
-    /// Keeps a tunnel to every address of the proxy, for ever.
+    /// Keeps a tunnel to every address of the proxy's host name, for ever.
     pub async fn run(self) -> Infallible {
+        let (host, port) = (self.host.clone(), self.port);
+        self.run_resolving(move || {
+            let host = host.clone();
+            async move {
+                Ok(tokio::net::lookup_host((host.as_str(), port))
+                    .await?
+                    .collect())
+            }
+        })
+        .await
+    }
+
+    /// Like [`Agent::run`], with the proxy's addresses from `resolve` (asked
+    /// every [`AgentSettings::resolve_interval`]) instead of the host name's
+    /// DNS records: for another way to discover the proxy's replicas. The
+    /// certificate is still verified for the URL's host name.
+    pub async fn run_resolving<R, F>(self, mut resolve: R) -> Infallible
+    where
+        R: FnMut() -> F,
+        F: std::future::Future<Output = std::io::Result<Vec<SocketAddr>>>,
+    {
         let agent = Arc::new(self);
         let mut tunnels: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
         let mut lookup_backoff = Backoff::default();
         loop {
-            let wait = match tokio::net::lookup_host((agent.host.as_str(), agent.port)).await {
+            let wait = match resolve().await {
                 Ok(addrs) => {
                     lookup_backoff.reset();
-                    let addrs: std::collections::HashSet<SocketAddr> = addrs.collect();
+                    let addrs: std::collections::HashSet<SocketAddr> = addrs.into_iter().collect();
                     tunnels.retain(|addr, task| {
                         let keep = addrs.contains(addr) && !task.is_finished();
                         if !keep {

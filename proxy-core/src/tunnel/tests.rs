@@ -208,3 +208,133 @@ async fn only_a_clusters_own_token_registers_for_it() {
     );
     assert_eq!(register("", Some("a")), StatusCode::UNAUTHORIZED);
 }
+
+/// A serving certificate for `proxy.test` (ALPN http/1.1) and its CA's PEM.
+fn proxy_tls() -> (Arc<rustls::ServerConfig>, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["proxy.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (Arc::new(config), ca.pem())
+}
+
+/// One proxy replica on `ip`: registers agents of `edge` with `token`.
+async fn replica(
+    tls: Arc<rustls::ServerConfig>,
+    ip: &str,
+    token_file: &std::path::Path,
+) -> (SocketAddr, Arc<ClusterAgents>) {
+    let mut endpoint = super::AgentEndpoint::new();
+    let agents = endpoint
+        .add_cluster(
+            "edge",
+            token_file.to_owned(),
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    let endpoint = Arc::new(endpoint);
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let (acceptor, endpoint) = (acceptor.clone(), endpoint.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    let endpoint = endpoint.clone();
+                    async move { Ok::<_, std::convert::Infallible>(endpoint.accept(req, peer)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, agents)
+}
+
+async fn wait_connected(agents: &ClusterAgents, want: usize) {
+    for _ in 0..200 {
+        if agents.connected() == want {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("{} tunnels, want {want}", agents.connected());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_one_tunnel_per_address_of_the_proxy() {
+    use super::agent::{Agent, AgentSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("edge.token");
+    std::fs::write(&token_file, "edge-registration-token-0123").unwrap();
+    let (tls, ca_pem) = proxy_tls();
+    // Two replicas on two loopback addresses, behind one name.
+    let (a, agents_a) = replica(tls.clone(), "127.0.0.1", &token_file).await;
+    let (b, agents_b) = replica(tls, "127.0.0.2", &token_file).await;
+    let upstream = crate::upstream::Upstream::new(crate::upstream::UpstreamOptions {
+        url: "https://127.0.0.1:1".parse().unwrap(),
+        ca_pem: Some(ca_pem.clone().into_bytes()),
+        client_identity: None,
+        server_name: None,
+        credential: crate::upstream::UpstreamCredential::None,
+        connect_timeout: std::time::Duration::from_secs(1),
+        pool: Default::default(),
+    })
+    .unwrap();
+    let agent = Agent::new(
+        AgentSettings {
+            proxy_url: "https://proxy.test:8443".parse().unwrap(),
+            proxy_ca_pem: Some(ca_pem.into_bytes()),
+            token_file,
+            cluster: "edge".into(),
+            resolve_interval: std::time::Duration::from_millis(50),
+            connect_timeout: std::time::Duration::from_secs(2),
+            backoff: super::backoff::Backoff::new(
+                std::time::Duration::from_millis(20),
+                std::time::Duration::from_millis(100),
+            ),
+        },
+        upstream,
+    )
+    .unwrap();
+    let addresses = Arc::new(std::sync::Mutex::new(vec![a, b]));
+    let resolved = addresses.clone();
+    let task = tokio::spawn(agent.run_resolving(move || {
+        let now = resolved.lock().unwrap().clone();
+        async move { Ok(now) }
+    }));
+    wait_connected(&agents_a, 1).await;
+    wait_connected(&agents_b, 1).await;
+    // A replica gone from the name loses its tunnel; the other keeps its own.
+    *addresses.lock().unwrap() = vec![a];
+    wait_connected(&agents_b, 0).await;
+    assert_eq!(agents_a.connected(), 1);
+    // Back again: dialled again.
+    *addresses.lock().unwrap() = vec![a, b];
+    wait_connected(&agents_b, 1).await;
+    assert_eq!(
+        agents_a.connected(),
+        1,
+        "no second tunnel to the same address"
+    );
+    task.abort();
+}
