@@ -17,6 +17,8 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # OpenLDAP for the LDAP tests (Debian's package does not start a daemon here).
 [ -x /usr/sbin/slapd ] || missing+=(slapd)
 command -v ldapwhoami >/dev/null 2>&1 || missing+=(ldap-utils)
+# `ip netns` for the agent tests (the proxy in a network namespace of its own).
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq

@@ -317,6 +317,15 @@ impl FileConfig {
                 problems.push(problem);
             }
             for (section, upstream) in self.upstream_sections() {
+                if upstream.via == proxy_core::config::Via::Agent {
+                    problems.push(Problem {
+                        field: format!("{section}.via"),
+                        message: "identityHeaders.mode frontProxy cannot reach a cluster through \
+                                  agents: the agent presents its service-account token"
+                            .into(),
+                    });
+                    continue;
+                }
                 if upstream.kubeconfig.is_some() {
                     continue;
                 }
@@ -350,6 +359,9 @@ impl FileConfig {
         problems.extend(self.limits.validate("limits"));
         let long_running = self.limits.long_running_limits().total;
         for (section, upstream) in self.upstream_sections() {
+            if upstream.via == proxy_core::config::Via::Agent {
+                continue;
+            }
             let pool = upstream.pool_settings();
             let streams = pool
                 .max_connections
@@ -397,6 +409,11 @@ mod tests {
         for file in ["a", "ca.crt", "token"] {
             std::fs::write(dir.path().join(file), "x").unwrap();
         }
+        std::fs::write(
+            dir.path().join("agent.token"),
+            "a-long-random-registration-token",
+        )
+        .unwrap();
         let text = format!("tls: {{certFile: a, keyFile: a}}\nauthentication: {{}}\n{rest}");
         let config = FileConfig::parse(&text).unwrap();
         let mut problems = config.validate(dir.path());
@@ -469,6 +486,60 @@ mod tests {
             problems[0].message.contains("upstreams[0].maxConnections"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn agent_clusters_need_a_token_file_and_nothing_of_a_direct_connection() {
+        // A good one: a token file, nothing else.
+        let problems = problems_with(
+            "upstreams: [{name: edge, via: agent, agent: {tokenFile: agent.token}}]\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let problems = problems_with(
+            "upstreams:\n\
+             - {name: a, via: agent}\n\
+             - {name: b, via: agent, agent: {tokenFile: missing}}\n\
+             - {name: e, via: agent, agent: {tokenFile: token}}\n\
+             - {name: c, via: agent, url: 'https://10.0.0.1:6443', caFile: ca.crt, agent: {tokenFile: agent.token}}\n\
+             - {name: d, url: 'https://10.0.0.1:6443', agent: {tokenFile: agent.token}}\n\
+             upstream: {via: agent}\n",
+        );
+        assert_eq!(
+            fields(&problems),
+            [
+                "upstream.via",
+                "upstreams[0].agent.tokenFile",
+                "upstreams[1].agent.tokenFile",
+                "upstreams[2].agent.tokenFile",
+                "upstreams[3].url",
+                "upstreams[3].caFile",
+                "upstreams[4].agent",
+            ],
+            "{problems:?}"
+        );
+        assert!(problems[1].message.contains("is required"), "{problems:?}");
+        assert!(problems[2].message.contains("missing"), "{problems:?}");
+        assert!(
+            problems[3].message.contains("shorter than 16"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[4].message.contains("contradicts via: agent"),
+            "{problems:?}"
+        );
+        // An unknown field in the agent section is refused by name.
+        let error = FileConfig::parse(
+            "tls: {certFile: a, keyFile: a}\nauthentication: {}\n\
+             upstreams: [{name: edge, via: agent, agent: {tokenFile: t, token: x}}]\n",
+        )
+        .unwrap_err();
+        assert!(error.0.contains("upstreams[0].agent"), "{error:?}");
+        let error = FileConfig::parse(
+            "tls: {certFile: a, keyFile: a}\nauthentication: {}\n\
+             upstreams: [{name: edge, via: tunnel}]\n",
+        )
+        .unwrap_err();
+        assert!(error.0.contains("upstreams[0].via"), "{error:?}");
     }
 
     #[test]

@@ -109,6 +109,10 @@ enum Command {
         #[arg(long = "proxy-config", value_name = "FILE")]
         proxy_config: Option<PathBuf>,
     },
+    /// Run in a cluster the proxy cannot reach: dial the proxy, register
+    /// with the cluster's token and serve the requests it sends through the
+    /// tunnel to this cluster's API server.
+    Agent(authproxy::agent::AgentArgs),
     /// Run the proxy in front of an embedded demo API server, and print
     /// commands that show it at work.
     Demo {
@@ -419,6 +423,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(path) => std::fs::write(&path, text)
                     .with_context(|| format!("writing {}", path.display()))?,
                 None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Agent(args) => {
+            let format = match args.log_format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => anyhow::bail!("--log-format {other:?}: use text or json"),
+            };
+            logging::init(format, Some(&args.log_level));
+            let agent = args.build()?;
+            tracing::info!(proxy = %args.proxy_url, cluster = %args.cluster, "agent starting");
+            tokio::select! {
+                never = agent.run() => match never {},
+                () = shutdown_signal() => tracing::info!("signal received; stopping"),
             }
             Ok(())
         }

@@ -50,7 +50,19 @@ impl ThrowawayCa {
 
     /// A serving certificate for `localhost`, 127.0.0.1 and ::1.
     pub fn issue_server(&self, common_name: &str) -> Result<IssuedPem, rcgen::Error> {
+        self.issue_server_for(common_name, &[])
+    }
+
+    /// A serving certificate for `localhost`, 127.0.0.1, ::1 and `more` addresses.
+    pub fn issue_server_for(
+        &self,
+        common_name: &str,
+        more: &[IpAddr],
+    ) -> Result<IssuedPem, rcgen::Error> {
         let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
+        for ip in more {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);

@@ -187,6 +187,9 @@ pub struct Proxy {
     pub max_request_body_bytes: usize,
     /// The chain behind `chain`, swapped when the configuration changes.
     pub live: LiveAuthentication,
+    /// Registers agents at [`proxy_core::tunnel::CONNECT_PATH`] when a
+    /// cluster is `via: agent`.
+    pub agents: Option<Arc<proxy_core::tunnel::AgentEndpoint>>,
 }
 
 pub use crate::token_endpoint::TOKEN_PATH;
@@ -253,7 +256,7 @@ impl Proxy {
             };
             Ok::<_, StartError>(proxy_core::Cluster {
                 nested,
-                upstream: client,
+                upstream: client.into(),
             })
         };
         let default = match config.default_upstream() {
@@ -261,13 +264,32 @@ impl Proxy {
             None => None,
         };
         let mut named = Vec::new();
+        let mut agents = proxy_core::tunnel::AgentEndpoint::new();
         for (i, upstream) in config.named_upstreams().iter().enumerate() {
             let section = format!("upstreams[{i}]");
             let name = upstream.name.clone().ok_or_else(|| StartError::Refused {
                 field: "upstreams[].name",
                 message: format!("{section} has no name"),
             })?;
+            if upstream.via == proxy_core::config::Via::Agent {
+                named.push((
+                    name.clone(),
+                    crate::agent::agent_cluster(
+                        &mut agents,
+                        &section,
+                        &name,
+                        upstream,
+                        config,
+                        base,
+                    )?,
+                ));
+                continue;
+            }
             named.push((name, cluster(&section, upstream)?));
+        }
+        let agents = (!agents.is_empty()).then(|| Arc::new(agents));
+        if let (Some(metrics), Some(agents)) = (&metrics, &agents) {
+            metrics.register_tunnels(agents.metrics());
         }
         let impersonate = match front_proxy {
             Some(names) => ImpersonateLayer::front_proxy(names),
@@ -319,6 +341,7 @@ impl Proxy {
             live,
             token_endpoint,
             max_request_body_bytes: config.limits.max_request_body_bytes,
+            agents,
         })
     }
 
@@ -350,6 +373,18 @@ impl Proxy {
             req.extensions_mut().insert(cert);
         }
         req.extensions_mut().insert(ClientAddr(peer.ip()));
+        if req.uri().path() == proxy_core::tunnel::CONNECT_PATH {
+            // Agents prove their cluster with its registration token, not as users.
+            return Ok(match &self.agents {
+                Some(agents) => agents.accept(req, peer),
+                None => Status::failure(
+                    StatusCode::NOT_FOUND,
+                    Reason::NotFound,
+                    "no cluster is reached through agents",
+                )
+                .into_response(),
+            });
+        }
         if req.uri().path() == TOKEN_PATH {
             return Ok(match &self.token_endpoint {
                 Some(endpoint) => {

@@ -621,6 +621,40 @@ pub struct UpstreamConfig {
     /// [`crate::upstream::pool::DEFAULT_MAX_IDLE_CONNECTIONS`]); further idle ones close
     /// a second after their last stream ended.
     pub max_idle_connections: Option<usize>,
+    /// How the API server is reached: `direct` (default) or `agent`, through
+    /// the tunnels that agents in the cluster dial in (see [`crate::tunnel`]).
+    #[serde(default)]
+    pub via: Via,
+    /// The agents of a `via: agent` cluster.
+    pub agent: Option<AgentClusterConfig>,
+}
+
+/// How a cluster's API server is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Via {
+    /// The proxy connects to the API server.
+    #[default]
+    Direct,
+    /// Agents in the cluster dial the proxy; requests go through their tunnels.
+    Agent,
+}
+
+/// `upstreams[].agent`: how the agents of a `via: agent` cluster prove
+/// which cluster they serve.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentClusterConfig {
+    /// File holding the cluster's registration token (the agents present it
+    /// as a bearer token); re-read every `reloadInterval`.
+    pub token_file: PathBuf,
+}
+
+impl AgentClusterConfig {
+    /// `tokenFile`, relative to `base` (the configuration file's folder).
+    pub fn token_file_path(&self, base: &Path) -> PathBuf {
+        resolve(base, &self.token_file)
+    }
 }
 
 /// `limits.longRunning`.
@@ -689,6 +723,13 @@ pub fn validate_upstreams(
     let mut problems = Vec::new();
     if let Some(single) = single {
         problems.extend(single.validate("upstream", base));
+        if single.via == Via::Agent {
+            problems.push(problem(
+                "upstream.via",
+                "only clusters in upstreams can be reached through agents; move this section \
+                 into upstreams with a name",
+            ));
+        }
         if single.name.is_some() {
             problems.push(problem(
                 "upstream.name",
@@ -727,7 +768,9 @@ pub fn validate_upstreams(
                 }
             }
         }
-        if cluster.url.is_none() && cluster.kubeconfig.is_none() {
+        if cluster.via == Via::Agent {
+            problems.extend(cluster.validate_agent(&prefix, base));
+        } else if cluster.url.is_none() && cluster.kubeconfig.is_none() {
             problems.push(problem(
                 format!("{prefix}.url"),
                 "set url or kubeconfig: only the single upstream defaults to the in-cluster \
@@ -739,9 +782,66 @@ pub fn validate_upstreams(
 }
 
 impl UpstreamConfig {
+    /// The problems of a `via: agent` cluster: it needs `agent.tokenFile`,
+    /// and the settings that say how to connect to an API server contradict it.
+    fn validate_agent(&self, prefix: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match &self.agent {
+            None => problems.push(problem(
+                format!("{prefix}.agent.tokenFile"),
+                "is required with via: agent: the agents of the cluster prove themselves with it",
+            )),
+            Some(agent) => {
+                let field = format!("{prefix}.agent.tokenFile");
+                let path = resolve(base, &agent.token_file);
+                match std::fs::read(&path) {
+                    Err(e) => problems.push(problem(
+                        field,
+                        format!("cannot read {}: {e}", path.display()),
+                    )),
+                    Ok(content) => {
+                        if let Err(message) = crate::tunnel::accept::parse_token(&content) {
+                            problems.push(problem(field, format!("{}: {message}", path.display())));
+                        }
+                    }
+                }
+            }
+        }
+        let set = [
+            ("url", self.url.is_some()),
+            ("caFile", self.ca_file.is_some()),
+            ("tokenFile", self.token_file.is_some()),
+            ("clientCertFile", self.client_cert_file.is_some()),
+            ("clientKeyFile", self.client_key_file.is_some()),
+            ("serverName", self.server_name.is_some()),
+            ("kubeconfig", self.kubeconfig.is_some()),
+            ("maxConnections", self.max_connections.is_some()),
+            (
+                "maxStreamsPerConnection",
+                self.max_streams_per_connection.is_some(),
+            ),
+        ];
+        for (field, is_set) in set {
+            if is_set {
+                problems.push(problem(
+                    format!("{prefix}.{field}"),
+                    "contradicts via: agent: the agent in the cluster reaches its API server \
+                     with its own service account",
+                ));
+            }
+        }
+        problems
+    }
+
     /// Every problem in the section, `prefix` being its path.
     pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
         let mut problems = Vec::new();
+        if self.via == Via::Direct && self.agent.is_some() {
+            problems.push(problem(
+                format!("{prefix}.agent"),
+                "is only read with via: agent",
+            ));
+        }
         if self.url.is_some() && self.kubeconfig.is_some() {
             problems.push(problem(
                 format!("{prefix}.kubeconfig"),

@@ -14,7 +14,8 @@
 //! 4. [`upstream`] forwards the request, streaming, to the API server with the
 //!    proxy's own credential, below its path prefix (see [`path`]); with
 //!    many API servers, [`upstream::router`] picks one by the request's
-//!    `/k8s/clusters/<name>/` prefix.
+//!    `/k8s/clusters/<name>/` prefix; a cluster the proxy cannot reach is
+//!    served through the tunnels its agents dialled in ([`tunnel`]).
 //!
 //! [`AuthnLayer`] and [`ImpersonateLayer`] are the tower face of steps 2 and 3;
 //! [`LongRunningLayer`] between them caps the watches and tunnels
@@ -62,6 +63,7 @@ pub mod reload;
 pub mod status;
 pub mod tls;
 pub mod tokenreview;
+pub mod tunnel;
 pub mod upstream;
 
 pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};

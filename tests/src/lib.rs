@@ -8,6 +8,7 @@
 pub mod apiserver;
 pub mod helm;
 pub mod kube;
+pub mod netns;
 pub mod observe;
 pub mod oidc;
 pub mod pki;

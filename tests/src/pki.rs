@@ -77,6 +77,15 @@ impl TestPki {
         self.write(name, self.ca.issue_server(name)?)
     }
 
+    /// A serving certificate for loopback and the addresses `more`.
+    pub fn issue_server_for(
+        &self,
+        name: &str,
+        more: &[std::net::IpAddr],
+    ) -> anyhow::Result<CertFiles> {
+        self.write(name, self.ca.issue_server_for(name, more)?)
+    }
+
     /// A client certificate with `common_name` (kube: user) and an optional
     /// organization (kube: group).
     pub fn issue_client(

@@ -23,14 +23,27 @@ pub struct Tunnel {
 /// Opens an upgraded connection to `path` through authproxy.
 pub async fn open(env: &Env, path: &str, token: &str, protocol: &str) -> anyhow::Result<Tunnel> {
     let addr = env.proxy.as_ref().context("proxy running")?.addr();
-    let config = crate::pki::client_config(env.pki.ca_pem(), &[b"http/1.1"])?;
+    open_at(addr, "localhost", env.pki.ca_pem(), path, token, protocol).await
+}
+
+/// Opens an upgraded connection to `path` of the proxy at `addr`, whose
+/// certificate (from the CA `ca_pem`) names `host`.
+pub async fn open_at(
+    addr: std::net::SocketAddr,
+    host: &str,
+    ca_pem: &str,
+    path: &str,
+    token: &str,
+    protocol: &str,
+) -> anyhow::Result<Tunnel> {
+    let config = crate::pki::client_config(ca_pem, &[b"http/1.1"])?;
     let connector = tokio_rustls::TlsConnector::from(Arc::<rustls::ClientConfig>::clone(&config));
     let tcp = TcpStream::connect(addr).await?;
     let mut stream = connector
-        .connect(ServerName::try_from("localhost")?.to_owned(), tcp)
+        .connect(ServerName::try_from(host)?.to_owned(), tcp)
         .await?;
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nContent-Length: 0\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::new();

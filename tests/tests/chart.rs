@@ -720,3 +720,175 @@ async fn kube_api_auth_mode_authenticates_tokens_for_kube_apiserver() -> anyhow:
     };
     assert_kubectl_acts_as(&kubeconfig, None, &expected).await
 }
+
+/// Agent mode's values: the proxy to dial, this cluster's name and token.
+fn agent_values(dir: &Path, more: Value) -> anyhow::Result<std::path::PathBuf> {
+    let mut values = json!({
+        "mode": "agent",
+        "agent": {"proxyUrl": "https://authproxy.example.com:8443", "cluster": "edge",
+                  "token": "edge-registration-token", "proxyCA": "-----BEGIN CERTIFICATE-----\n"},
+    });
+    if let (Some(agent), Value::Object(more)) = (values["agent"].as_object_mut(), more) {
+        agent.extend(more);
+    }
+    let path = dir.join(format!("values-agent-{}.yaml", unique_marker("v")));
+    std::fs::write(&path, serde_json::to_string_pretty(&values)?)?;
+    Ok(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_mode_renders_hardened_agents_and_is_created_on_the_real_api_server(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let values = agent_values(dir.path(), json!({}))?;
+    let chart = chart_dir();
+    let out = helm(&[
+        "lint",
+        "--strict",
+        &chart.to_string_lossy(),
+        "--values",
+        &values.to_string_lossy(),
+    ])
+    .await?;
+    ensure!(out.status.success(), "lint: {}", output_text(&out));
+    let yaml = template_text("edge", "authproxy-agent", &values, &[]).await?;
+    let objects = parse_objects(&yaml)?;
+    let mut kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Deployment",
+            "Secret",
+            "ServiceAccount"
+        ]
+    );
+    let secret = one(&objects, "Secret")?;
+    assert!(
+        secret["data"]["token"].is_string() && secret["data"]["ca.crt"].is_string(),
+        "{secret}"
+    );
+    for kind in ["Deployment", "DaemonSet"] {
+        let spec = &one(&objects, kind)?["spec"]["template"]["spec"];
+        ensure!(
+            spec["securityContext"]["runAsNonRoot"] == true,
+            "{kind}: {spec}"
+        );
+        let container = &spec["containers"][0];
+        assert_eq!(container["args"], json!(["agent"]), "{kind}");
+        let env: Vec<(String, String)> = container["env"]
+            .as_array()
+            .context("env")?
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_owned(),
+                    e["value"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        for (name, value) in [
+            ("AUTHPROXY_PROXY_URL", "https://authproxy.example.com:8443"),
+            ("AUTHPROXY_CLUSTER", "edge"),
+            ("AUTHPROXY_TOKEN_FILE", "/etc/authproxy/agent/token"),
+            ("AUTHPROXY_PROXY_CA_FILE", "/etc/authproxy/agent/ca.crt"),
+        ] {
+            ensure!(
+                env.contains(&(name.to_owned(), value.to_owned())),
+                "{kind}: {name} in {env:?}"
+            );
+        }
+        let sc = &container["securityContext"];
+        ensure!(
+            sc["readOnlyRootFilesystem"] == true && sc["capabilities"]["drop"] == json!(["ALL"]),
+            "{kind}: {sc}"
+        );
+    }
+    // The agent's flags are the ones the binary takes, set by these variables.
+    let help = std::process::Command::new(authproxy_tests::authproxy_binary()?)
+        .args(["agent", "--help"])
+        .output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    for variable in [
+        "AUTHPROXY_PROXY_URL",
+        "AUTHPROXY_CLUSTER",
+        "AUTHPROXY_TOKEN_FILE",
+        "AUTHPROXY_PROXY_CA_FILE",
+        "AUTHPROXY_RESOLVE_INTERVAL",
+        "AUTHPROXY_LOG_FORMAT",
+        "AUTHPROXY_LOG_LEVEL",
+    ] {
+        ensure!(help.contains(variable), "{variable} in {help}");
+    }
+    // Without node agents, only the Deployment runs.
+    let values = agent_values(dir.path(), json!({"nodeAgents": {"enabled": false}}))?;
+    let objects = parse_objects(&template_text("edge", "authproxy-agent", &values, &[]).await?)?;
+    ensure!(
+        !objects.iter().any(|o| o["kind"] == "DaemonSet"),
+        "a DaemonSet without nodeAgents"
+    );
+    // What agent mode needs is named when missing.
+    for (missing, field) in [
+        ("proxyUrl", "agent.proxyUrl"),
+        ("cluster", "agent.cluster"),
+        ("token", "agent.token"),
+    ] {
+        let values = agent_values(dir.path(), json!({missing: ""}))?;
+        let error = template_text("edge", "authproxy-agent", &values, &[])
+            .await
+            .unwrap_err();
+        ensure!(format!("{error:#}").contains(field), "{missing}: {error:#}");
+    }
+    // The real API server takes it.
+    let kube = shared_kube().await?;
+    let ns = namespace(kube, "agent").await?;
+    let values = agent_values(dir.path(), json!({}))?;
+    let yaml = template_text("edge", &ns, &values, &[]).await?;
+    let out = admin_ok(kube, &["apply", "--dry-run=server", "-f", "-"], Some(&yaml)).await?;
+    ensure!(out.contains("(server dry run)"), "{out}");
+    admin_ok(kube, &["create", "-f", "-"], Some(&yaml)).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_clusters_get_their_tokens_config_and_a_headless_service() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let values = values_file(
+        dir.path(),
+        &pki,
+        "deployment",
+        json!({"agentClusters": [{"name": "edge", "token": "edge-registration-token"}]}),
+    )?;
+    let objects = parse_objects(&template_text("authproxy", "authproxy", &values, &[]).await?)?;
+    let config = chart_config(&objects)?;
+    let edge = config
+        .named_upstreams()
+        .iter()
+        .find(|u| u.name.as_deref() == Some("edge"))
+        .context("edge in upstreams")?;
+    assert_eq!(edge.via, proxy_core::config::Via::Agent);
+    assert_eq!(
+        edge.agent.as_ref().map(|a| a.token_file.clone()),
+        Some("/etc/authproxy/agent-tokens/edge".into())
+    );
+    let tokens = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "authproxy-agent-tokens")
+        .context("the tokens Secret")?;
+    assert!(tokens["data"]["edge"].is_string(), "{tokens}");
+    let spec = pod_spec(&objects)?;
+    let root = dir.path().join("mounted");
+    write_mounted_files(&objects, spec, &root)?;
+    let token = std::fs::read_to_string(root.join("etc/authproxy/agent-tokens/edge"))?;
+    assert_eq!(token, "edge-registration-token");
+    let headless = objects
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "authproxy-agents")
+        .context("the headless Service")?;
+    assert_eq!(headless["spec"]["clusterIP"], "None", "{headless}");
+    Ok(())
+}

@@ -33,13 +33,13 @@ use tower_layer::Layer;
 use crate::authn::Authenticator;
 use crate::long_running::Limits;
 use crate::upstream::router::{Router, RouterError};
-use crate::upstream::Upstream;
+use crate::upstream::{Backend, Upstream};
 
 /// What one API server gets below the [`Router`]: cap long-running
 /// requests, take the caller's own impersonation request (or refuse it),
 /// impersonate, forward.
 pub type ClusterStack<B = hyper::body::Incoming> =
-    LongRunning<NestedImpersonation<Impersonate<Upstream<B>>>>;
+    LongRunning<NestedImpersonation<Impersonate<Backend<B>>>>;
 
 /// The whole proxy as one service: authenticate, route to a cluster, and
 /// that cluster's [`ClusterStack`].
@@ -52,8 +52,8 @@ pub type ProxyStack<B = hyper::body::Incoming> = Authn<Router<ClusterStack<B>>>;
 pub struct Cluster<B = hyper::body::Incoming> {
     /// The caller's impersonation headers: refused, or reviewed by this server.
     pub nested: NestedImpersonationLayer,
-    /// The client of this server.
-    pub upstream: Upstream<B>,
+    /// The client of this server (or its agents' tunnels).
+    pub upstream: Backend<B>,
 }
 
 /// Composes the layers in request order around `upstream`, with the default
@@ -78,13 +78,16 @@ pub fn proxy_stack_with<B>(
     limits: Limits,
     nested: NestedImpersonationLayer,
     impersonate: ImpersonateLayer,
-    upstream: Upstream<B>,
+    upstream: impl Into<Backend<B>>,
 ) -> ProxyStack<B> {
     let long_running = LongRunningLayer::new(limits);
     authn.layer(Router::single(cluster_stack(
         &long_running,
         &impersonate,
-        Cluster { nested, upstream },
+        Cluster {
+            nested,
+            upstream: upstream.into(),
+        },
     )))
 }
 

@@ -439,6 +439,13 @@ impl Metrics {
         }
     }
 
+    /// Adds the agent tunnel families (see [`crate::tunnel::metrics`]).
+    pub fn register_tunnels(&self, tunnels: &crate::tunnel::metrics::TunnelMetrics) {
+        if let Ok(mut registry) = self.families.registry.lock() {
+            tunnels.register(&mut registry);
+        }
+    }
+
     /// Reads a login throttle's refusals at scrape time, labelled
     /// `authenticator` (a fixed name: `token-exchange`, `webhook`).
     pub fn observe_throttle(

@@ -30,10 +30,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
+pub mod backend;
 mod counted;
 pub mod pool;
 pub mod router;
 
+pub use backend::Backend;
 pub use pool::PoolSettings;
 
 use crate::body::{Hold, ProxyBody};

@@ -45,10 +45,26 @@ app.kubernetes.io/component: {{ .Values.mode }}
 
 {{/* Checks values once; every template that renders objects includes it. */}}
 {{- define "authproxy.validate" -}}
-{{- if not (has .Values.mode (list "deployment" "sidecar" "kubeApiAuth")) }}
-{{- fail (printf "mode: %q is not one of deployment, sidecar, kubeApiAuth" .Values.mode) }}
+{{- if not (has .Values.mode (list "deployment" "sidecar" "kubeApiAuth" "agent")) }}
+{{- fail (printf "mode: %q is not one of deployment, sidecar, kubeApiAuth, agent" .Values.mode) }}
 {{- end }}
-{{- if and (not .Values.tls.existingSecret) (not (and .Values.tls.cert .Values.tls.key)) }}
+{{- if eq .Values.mode "agent" }}
+{{- if not .Values.agent.proxyUrl }}
+{{- fail "agent.proxyUrl: the proxy's https:// URL is required in agent mode" }}
+{{- end }}
+{{- if not .Values.agent.cluster }}
+{{- fail "agent.cluster: this cluster's name at the proxy is required in agent mode" }}
+{{- end }}
+{{- if not (or .Values.agent.existingSecret .Values.agent.token) }}
+{{- fail "agent: set agent.token (the cluster's registration token) or agent.existingSecret" }}
+{{- end }}
+{{- end }}
+{{- range .Values.agentClusters }}
+{{- if not (and .name .token) }}
+{{- fail "agentClusters: every entry needs name and token" }}
+{{- end }}
+{{- end }}
+{{- if and (ne .Values.mode "agent") (not .Values.tls.existingSecret) (not (and .Values.tls.cert .Values.tls.key)) }}
 {{- fail "tls: set tls.existingSecret (a kubernetes.io/tls Secret) or both tls.cert and tls.key" }}
 {{- end }}
 {{- if and .Values.issuedTokens.enabled (not .Values.issuedTokens.keys) (not (and .Values.issuedTokens.existingSecret .Values.issuedTokens.keyNames)) }}
@@ -109,6 +125,13 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- $_ := set $authn "issuedTokens" (dict "issuer" .Values.issuedTokens.issuer "lifetime" .Values.issuedTokens.lifetime "signingKeyFiles" $files) }}
 {{- end }}
 {{- $_ := set $config "authentication" $authn }}
+{{- if .Values.agentClusters }}
+{{- $upstreams := default list $config.upstreams }}
+{{- range .Values.agentClusters }}
+{{- $upstreams = append $upstreams (dict "name" .name "via" "agent" "agent" (dict "tokenFile" (printf "/etc/authproxy/agent-tokens/%s" .name))) }}
+{{- end }}
+{{- $_ := set $config "upstreams" $upstreams }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
@@ -137,6 +160,11 @@ checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha
 - name: signing-keys
   secret:
     secretName: {{ include "authproxy.signingSecretName" . }}
+{{- end }}
+{{- if .Values.agentClusters }}
+- name: agent-tokens
+  secret:
+    secretName: {{ include "authproxy.fullname" . }}-agent-tokens
 {{- end }}
 {{- end }}
 
@@ -184,6 +212,9 @@ checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha
   {{- if .Values.issuedTokens.enabled }}
   - {name: signing-keys, mountPath: /etc/authproxy/signing-keys, readOnly: true}
   {{- end }}
+  {{- if .Values.agentClusters }}
+  - {name: agent-tokens, mountPath: /etc/authproxy/agent-tokens, readOnly: true}
+  {{- end }}
 {{- end }}
 
 {{/* Pod-level settings shared by the Deployment and the DaemonSet. */}}
@@ -200,4 +231,9 @@ containers:
   {{- include "authproxy.container" . | nindent 2 }}
 volumes:
   {{- include "authproxy.volumes" . | nindent 2 }}
+{{- end }}
+
+{{/* What the agent pods roll on: the registration token and the proxy CA. */}}
+{{- define "authproxy.agentSecretValues" -}}
+{{- printf "%s|%s|%s" .Values.agent.token .Values.agent.proxyCA .Values.agent.existingSecret }}
 {{- end }}

@@ -1,0 +1,59 @@
+//! Clusters the proxy cannot reach: an agent in the cluster dials the proxy
+//! and carries the API traffic back through that connection.
+//!
+//! ```text
+//! agent ──TLS──▶ proxy  GET /authproxy/agent/connect, Upgrade: authproxy-tunnel/1,
+//!                       Authorization: Bearer <registration token of the cluster>
+//!       ◀──101──        the token decides the cluster (never the agent's claim)
+//! proxy ══HTTP/2══▶ agent   on the upgraded connection the proxy is the HTTP/2
+//!                           client and the agent the server; every request of the
+//!                           cluster is one stream, the agent forwards it to its
+//!                           API server with its own service account
+//! ```
+//!
+//! - [`accept`]: the proxy's side of registration ([`AgentEndpoint`]): which
+//!   cluster a token belongs to, the HTTP/2 client on the upgraded connection.
+//! - [`registry`]: the tunnels connected per cluster ([`ClusterAgents`]).
+//! - [`forward`]: a cluster's service over its tunnels ([`AgentService`]):
+//!   round-robin over connected agents, a request that could not be sent on
+//!   a tunnel that just closed goes to another one, `503` when none is
+//!   connected. Upgrades (exec, attach, port-forward) travel as HTTP/2
+//!   extended CONNECT (RFC 8441) with the upgrade token as `:protocol`.
+//! - [`agent`]: the agent's side: dial every address of the proxy, register,
+//!   serve, reconnect with [`backoff`].
+//! - [`metrics`]: tunnels connected, registrations, requests, per cluster.
+
+pub mod accept;
+pub mod agent;
+pub mod backoff;
+pub mod forward;
+pub mod metrics;
+pub mod registry;
+
+pub use accept::AgentEndpoint;
+pub use forward::AgentService;
+pub use registry::ClusterAgents;
+
+/// The path agents dial on the proxy's listener.
+pub const CONNECT_PATH: &str = "/authproxy/agent/connect";
+
+/// The `Upgrade` token of a tunnel.
+pub const UPGRADE_PROTOCOL: &str = "authproxy-tunnel/1";
+
+/// The header in which an agent names the cluster it serves (checked
+/// against the cluster its token belongs to).
+pub const CLUSTER_HEADER: &str = "x-authproxy-cluster";
+
+/// The header that carries an upgrade request's own method (`GET` for
+/// WebSocket, `POST` for SPDY exec) across the tunnel, where the request
+/// travels as `CONNECT`.
+pub const METHOD_HEADER: &str = "x-authproxy-tunnel-method";
+
+/// The body of requests sent through a tunnel.
+pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::BoxError>;
+
+/// The proxy's HTTP/2 handle on one tunnel.
+pub type TunnelSender = hyper::client::conn::http2::SendRequest<TunnelBody>;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+//! The tunnels connected for one cluster, and how a request picks one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::metrics::TunnelMetrics;
+use super::TunnelSender;
+
+/// Identifies a tunnel in its cluster.
+pub type TunnelId = u64;
+
+/// The agents of one cluster connected to this proxy now. A tunnel is added
+/// when its agent registers and removed when its connection ends (its
+/// [`Registration`] is dropped).
+pub struct ClusterAgents {
+    name: Arc<str>,
+    tunnels: Mutex<Vec<Tunnel>>,
+    next_id: AtomicU64,
+    turn: AtomicUsize,
+    connected: Gauge,
+    pub(crate) requests: Counter,
+}
+
+struct Tunnel {
+    id: TunnelId,
+    peer: SocketAddr,
+    since: Instant,
+    send: TunnelSender,
+}
+
+impl std::fmt::Debug for ClusterAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterAgents")
+            .field("cluster", &self.name)
+            .field("connected", &self.connected())
+            .finish()
+    }
+}
+
+impl ClusterAgents {
+    /// No agent connected yet for `cluster`; counted in `metrics`.
+    pub fn new(cluster: &str, metrics: &TunnelMetrics) -> Arc<Self> {
+        metrics.declare(cluster);
+        Arc::new(ClusterAgents {
+            name: Arc::from(cluster),
+            tunnels: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(1),
+            turn: AtomicUsize::new(0),
+            connected: metrics.connected(cluster),
+            requests: metrics.requests(cluster),
+        })
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Tunnels connected now (closed ones not yet removed are not counted).
+    pub fn connected(&self) -> usize {
+        self.tunnels
+            .lock()
+            .map(|t| t.iter().filter(|t| !t.send.is_closed()).count())
+            .unwrap_or(0)
+    }
+
+    /// The peer address and age of each connected tunnel, oldest first.
+    pub fn peers(&self) -> Vec<(SocketAddr, std::time::Duration)> {
+        self.tunnels
+            .lock()
+            .map(|t| t.iter().map(|t| (t.peer, t.since.elapsed())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Adds a tunnel from the agent at `peer`; it stays until the returned
+    /// registration is dropped.
+    pub fn add(self: &Arc<Self>, peer: SocketAddr, send: TunnelSender) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut tunnels) = self.tunnels.lock() {
+            tunnels.push(Tunnel {
+                id,
+                peer,
+                since: Instant::now(),
+                send,
+            });
+            self.connected.inc();
+        }
+        Registration {
+            agents: self.clone(),
+            id,
+        }
+    }
+
+    fn remove(&self, id: TunnelId) {
+        if let Ok(mut tunnels) = self.tunnels.lock() {
+            let before = tunnels.len();
+            tunnels.retain(|t| t.id != id);
+            if tunnels.len() < before {
+                self.connected.dec();
+            }
+        }
+    }
+
+    /// The next open tunnel in turn that is not in `skip`, or `None` when
+    /// there is none.
+    pub fn pick(&self, skip: &[TunnelId]) -> Option<(TunnelId, TunnelSender)> {
+        let tunnels = self.tunnels.lock().ok()?;
+        let open: Vec<&Tunnel> = tunnels
+            .iter()
+            .filter(|t| !t.send.is_closed() && !skip.contains(&t.id))
+            .collect();
+        if open.is_empty() {
+            return None;
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let chosen = open[turn % open.len()];
+        Some((chosen.id, chosen.send.clone()))
+    }
+}
+
+/// Keeps a tunnel in its cluster's [`ClusterAgents`] until dropped.
+#[derive(Debug)]
+pub struct Registration {
+    agents: Arc<ClusterAgents>,
+    id: TunnelId,
+}
+
+impl Registration {
+    /// The tunnel's id.
+    pub fn id(&self) -> TunnelId {
+        self.id
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.agents.remove(self.id);
+    }
+}
