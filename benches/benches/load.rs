@@ -15,7 +15,10 @@
 //! - `authproxy-h2`, `authproxy-h1`: the release `authproxy` binary with
 //!   static-token authentication, to either upstream;
 //! - `oidc-h2`, `oidc-h1`: the same with an RS256 ID token (token cache hit);
-//! - `obs-h2`: static tokens with `/metrics` and an audit log file on.
+//! - `obs-h2`: static tokens with `/metrics` and an audit log file on;
+//! - `base-h2`, `base-h1`: with `LOAD_BASELINE_BINARY=<path>`, another
+//!   `authproxy` build (an earlier commit, say) with static tokens, for a
+//!   before/after in one run.
 //!
 //! Each target runs at 1 connection (sequential requests: the latency one
 //! kubectl user feels) and at 64 connections, twice in alternation, and the
@@ -569,12 +572,19 @@ const ALL: &[&str] = &[
     "oidc-h2",
     "oidc-h1",
     "obs-h2",
+    "base-h2",
+    "base-h1",
 ];
 
 /// Starts the upstream and every wanted target (`callgrind`: each proxy
 /// under valgrind, nginx as a single process).
 fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
     let binary = release_binary()?;
+    // An earlier build to compare with (`base-*` targets).
+    let baseline = std::env::var_os("LOAD_BASELINE_BINARY").map(PathBuf::from);
+    if let Some(baseline) = baseline.as_ref().filter(|b| !b.is_file()) {
+        bail!("LOAD_BASELINE_BINARY: {} is not a file", baseline.display());
+    }
     if !binary.is_file() {
         bail!(
             "{} is missing: run `cargo build --release -p proxy-bin` first (benches/load.sh does)",
@@ -676,7 +686,15 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
                     auth,
                     (&pki, &cert),
                 )?;
-                let mut command = wrapped(&binary);
+                let program = if name.starts_with("base") {
+                    match &baseline {
+                        Some(baseline) => baseline,
+                        None => continue,
+                    }
+                } else {
+                    &binary
+                };
+                let mut command = wrapped(program);
                 command
                     .arg("serve")
                     .arg("--config")
@@ -802,12 +820,15 @@ fn report(connections: usize, targets: &[Target], best: &HashMap<&str, WrkResult
     for a in ["authproxy-h2", "authproxy-h1", "oidc-h2"] {
         ratio(a, "nginx");
     }
+    ratio("authproxy-h2", "base-h2");
+    ratio("authproxy-h1", "base-h1");
+    ratio("base-h2", "nginx");
     ratio("authproxy-h2", "bare-h2");
     ratio("authproxy-h1", "bare-h1");
     ratio("oidc-h2", "authproxy-h2");
     ratio("obs-h2", "authproxy-h2");
     if let (Some(d), Some(n)) = (direct_p50, best.get("nginx")) {
-        for a in ["authproxy-h2", "authproxy-h1"] {
+        for a in ["authproxy-h2", "authproxy-h1", "base-h2", "base-h1"] {
             if let Some(r) = best.get(a) {
                 println!(
                     "added p50 at {connections}: {a} {:.0}µs, nginx {:.0}µs",
