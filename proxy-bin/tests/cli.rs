@@ -65,7 +65,7 @@ fn demo_prints_commands_that_show_the_impersonated_identity_and_a_401() {
         commands.len() >= 5,
         "too few commands printed: {commands:?}"
     );
-    let run = |command: &str| {
+    let run_once = |command: &str| {
         let out = Command::new("sh")
             .args(["-c", command])
             .env_remove("KUBECONFIG")
@@ -76,6 +76,18 @@ fn demo_prints_commands_that_show_the_impersonated_identity_and_a_401() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
+    };
+    // curl 7.88 sometimes reports its first HTTP/2 request to the freshly
+    // started demo as "(92) Stream error in the HTTP/2 framing layer" (an open
+    // defect, rare before and about one run in six now): that one error is
+    // retried once, everything else must hold on the first try.
+    let run = |command: &str| {
+        let out = run_once(command);
+        if out.contains("curl: (92)") {
+            eprintln!("retrying after: {out}");
+            return run_once(command);
+        }
+        out
     };
     let whoami = run(&commands[0]);
     assert!(whoami.contains(r#""username":"alice""#), "{whoami}");
