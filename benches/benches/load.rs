@@ -259,15 +259,14 @@ fn spawn_ready(name: &str, mut command: Command) -> anyhow::Result<(Proc, Vec<u1
     Ok((proc, ports))
 }
 
-/// The bench binary itself in `role`.
-fn role_command(role: &str, pki: &TestPki, cert: &CertFiles) -> anyhow::Result<Command> {
-    let mut command = Command::new(std::env::current_exe()?);
+/// `command` (the bench binary itself, maybe under valgrind) set up to run as `role`.
+fn role_command(mut command: Command, role: &str, pki: &TestPki, cert: &CertFiles) -> Command {
     command
         .env("LOAD_ROLE", role)
         .env("LOAD_CERT", &cert.cert_path)
         .env("LOAD_KEY", &cert.key_path)
         .env("LOAD_CA", pki.ca_path());
-    Ok(command)
+    command
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -596,7 +595,11 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
     let cert = pki.issue_server("bench")?;
     let client_tls = pki::client_config(pki.ca_pem(), &[b"http/1.1"])?;
     let mut procs = Vec::new();
-    let (upstream, ports) = spawn_ready("upstream", role_command("upstream", &pki, &cert)?)?;
+    let upstream_command = Command::new(std::env::current_exe()?);
+    let (upstream, ports) = spawn_ready(
+        "upstream",
+        role_command(upstream_command, "upstream", &pki, &cert),
+    )?;
     procs.push(upstream);
     let [h2, h1, idp] = ports[..] else {
         bail!("upstream printed {ports:?}");
@@ -639,13 +642,9 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
                 continue;
             }
             "bare-h2" | "bare-h1" => {
-                let mut command = wrapped(&std::env::current_exe()?);
-                command
-                    .env("LOAD_ROLE", "bare")
-                    .env("LOAD_UPSTREAM", format!("127.0.0.1:{upstream_port}"))
-                    .env("LOAD_CERT", &cert.cert_path)
-                    .env("LOAD_KEY", &cert.key_path)
-                    .env("LOAD_CA", pki.ca_path());
+                let mut command =
+                    role_command(wrapped(&std::env::current_exe()?), "bare", &pki, &cert);
+                command.env("LOAD_UPSTREAM", format!("127.0.0.1:{upstream_port}"));
                 let (proc, ports) = spawn_ready(name, command)?;
                 procs.push(proc);
                 ports[0]

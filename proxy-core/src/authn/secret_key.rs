@@ -1,7 +1,8 @@
 //! Table keys for secrets (bearer tokens): SipHash-1-3 with a 128-bit output
 //! under a key drawn at random once per process.
 //!
-//! The token caches and the static-token table are looked up by this key,
+//! The token caches, the LDAP login cache and the static-token table are
+//! looked up by this key,
 //! never by the token itself, so a lookup's timing says nothing about the
 //! tokens held, and no token sits in a table as its key. Because the key is
 //! secret, nobody can search offline for a token that collides with another
@@ -18,6 +19,18 @@ pub fn key(secret: &[u8]) -> u128 {
     let (k0, k1) = *process_key();
     let mut hasher = SipHasher13::new_with_keys(k0, k1);
     hasher.write(secret);
+    hasher.finish128().as_u128()
+}
+
+/// The key of several values taken together (a user name and a password,
+/// say); each is length-prefixed, so no two different lists share an input.
+pub fn key_of_parts(parts: &[&[u8]]) -> u128 {
+    let (k0, k1) = *process_key();
+    let mut hasher = SipHasher13::new_with_keys(k0, k1);
+    for part in parts {
+        hasher.write(&(part.len() as u64).to_le_bytes());
+        hasher.write(part);
+    }
     hasher.finish128().as_u128()
 }
 
@@ -51,6 +64,19 @@ mod tests {
         assert_eq!(key(b"token-a"), key(b"token-a"));
         assert_ne!(key(b"token-a"), key(b"token-b"));
         assert_ne!(key(b""), key(b"\0"));
+    }
+
+    #[test]
+    fn parts_are_kept_apart() {
+        assert_eq!(
+            key_of_parts(&[b"alice", b"pw"]),
+            key_of_parts(&[b"alice", b"pw"])
+        );
+        assert_ne!(
+            key_of_parts(&[b"alice", b"pw"]),
+            key_of_parts(&[b"alic", b"epw"])
+        );
+        assert_ne!(key_of_parts(&[b"a\0", b"b"]), key_of_parts(&[b"a", b"\0b"]));
     }
 
     #[test]

@@ -32,8 +32,8 @@ const EXTRA_PREFIX: &str = "impersonate-extra-";
 /// `X-Remote-Uid`, `X-Remote-Extra-`).
 const REMOTE_PREFIX: &str = "x-remote-";
 
-/// Hop-by-hop headers, always removed.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers, always removed (RFC 9110 §7.6.1; HTTP/2 forbids them).
+pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),

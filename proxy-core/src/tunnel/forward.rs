@@ -99,33 +99,25 @@ where
 /// hop-by-hop headers.
 fn tunnel_request<B>(agents: &ClusterAgents, req: Request<B>) -> Result<Request<B>, Status> {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    parts.uri = Uri::builder()
-        .scheme("https")
-        .authority(agents.name())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| {
-            Status::failure(
-                StatusCode::BAD_REQUEST,
-                Reason::BadRequest,
-                "request path cannot be forwarded",
-            )
-        })?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTPS);
+    uri.authority = http::uri::Authority::try_from(agents.name()).ok();
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    parts.uri = Uri::from_parts(uri).map_err(|_| {
+        Status::failure(
+            StatusCode::BAD_REQUEST,
+            Reason::BadRequest,
+            "request path cannot be forwarded",
+        )
+    })?;
     parts.version = Version::HTTP_2;
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TE,
-        header::HOST,
-        header::HeaderName::from_static("keep-alive"),
-        header::HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in crate::impersonate::HOP_BY_HOP.iter().chain([&header::HOST]) {
         parts.headers.remove(name);
     }
     parts.headers.remove(METHOD_HEADER);

@@ -5,7 +5,8 @@
 //!    accept as anonymous), and so is a user name longer than
 //!    `maxUsernameLength`, before any counting.
 //! 2. A recent success is answered from a cache keyed by the user name and a
-//!    salted SHA-256 of the password (the salt is random per process).
+//!    keyed hash of name and password ([`super::secret_key`], its key random
+//!    per process).
 //! 3. The attempt is throttled per client address, then per user name in the
 //!    form the directory compares it (case and spaces folded).
 //! 4. A pooled service connection searches the user with the configured
@@ -30,7 +31,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use moka::future::Cache;
-use sha2::{Digest, Sha256};
 
 pub use config::LdapConfig;
 use config::{DEFAULT_MAX_USERNAME_LENGTH, DEFAULT_THROTTLE_CAPACITY};
@@ -56,8 +56,7 @@ pub struct LdapAuthenticator {
     member_of: Option<(String, Option<Dn>)>,
     group_prefix: String,
     max_username_length: usize,
-    cache: Cache<(String, [u8; 32]), Arc<Identity>>,
-    salt: [u8; 32],
+    cache: Cache<(String, u128), Arc<Identity>>,
     per_user: Throttle,
     per_client: Throttle,
     password_watch: std::sync::Mutex<Option<crate::reload::FileWatch>>,
@@ -179,10 +178,6 @@ impl LdapAuthenticator {
             .throttle
             .capacity
             .unwrap_or(DEFAULT_THROTTLE_CAPACITY);
-        let mut salt = [0u8; 32];
-        let _ = rustls::crypto::ring::default_provider()
-            .secure_random
-            .fill(&mut salt);
         let search = &config.user_search;
         LdapAuthenticator {
             directory: Directory::new(config, tls, bind_password),
@@ -216,20 +211,16 @@ impl LdapAuthenticator {
                 .max_capacity(10_000)
                 .time_to_live(config.cache_ttl.unwrap_or(Duration::from_secs(30)))
                 .build(),
-            salt,
             per_user: Throttle::new(user_limits, capacity),
             per_client: Throttle::new(client_limits, capacity),
             password_watch: std::sync::Mutex::new(None),
         }
     }
 
-    fn cache_key(&self, username: &str, password: &Secret) -> (String, [u8; 32]) {
-        let mut hash = Sha256::new();
-        hash.update(self.salt);
-        hash.update(username.as_bytes());
-        hash.update([0]);
-        hash.update(password.expose().as_bytes());
-        (username.to_owned(), hash.finalize().into())
+    fn cache_key(&self, username: &str, password: &Secret) -> (String, u128) {
+        let key =
+            super::secret_key::key_of_parts(&[username.as_bytes(), password.expose().as_bytes()]);
+        (username.to_owned(), key)
     }
 
     /// The directory part: search, bind, groups. `Ok(None)`: wrong user or password.
