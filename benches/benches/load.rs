@@ -170,7 +170,7 @@ async fn role_upstream() -> anyhow::Result<()> {
 
 /// A bare pass-through proxy to `LOAD_UPSTREAM`: TLS listener, pooled TLS
 /// client (the same TLS and TCP settings as authproxy's), URI rewritten.
-async fn role_bare() -> anyhow::Result<()> {
+async fn bare_on(listener: std::net::TcpListener) -> anyhow::Result<()> {
     let cert = child_cert()?;
     let upstream: SocketAddr = std::env::var("LOAD_UPSTREAM")?.parse()?;
     let ca_pem = std::fs::read_to_string(std::env::var("LOAD_CA")?)?;
@@ -188,8 +188,7 @@ async fn role_bare() -> anyhow::Result<()> {
         .enable_all_versions()
         .wrap_connector(tcp);
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
+    let listener = TcpListener::from_std(listener)?;
     let tls = pki::server_config(&cert, &[b"h2", b"http/1.1"])?;
     spawn_tls_server(listener, tls, move |mut req: Request<Incoming>| {
         let client = client.clone();
@@ -209,9 +208,38 @@ async fn role_bare() -> anyhow::Result<()> {
             })
         }
     });
-    println!("ready {port}");
     std::future::pending::<()>().await;
     Ok(())
+}
+
+/// The bare proxy: one multi-threaded runtime, or with
+/// `LOAD_BARE_THREADS=per-core` one single-threaded runtime per core, each
+/// accepting on the same socket with its own client.
+fn role_bare(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    if std::env::var("LOAD_BARE_THREADS").is_ok_and(|v| v == "per-core") {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut threads = Vec::new();
+        for _ in 0..cores {
+            let listener = listener.try_clone()?;
+            threads.push(std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(bare_on(listener))
+            }));
+        }
+        println!("ready {port}");
+        for t in threads {
+            let _ = t.join();
+        }
+        return Ok(());
+    }
+    let _guard = runtime.enter();
+    println!("ready {port}");
+    runtime.block_on(bare_on(listener))
 }
 
 fn fixture(name: &str) -> PathBuf {
@@ -231,6 +259,16 @@ struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // TERM first: nginx's master stops its workers only when asked to;
+        // killed outright, it would leave them behind.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -417,6 +455,59 @@ struct Target {
     name: &'static str,
     port: u16,
     token: Arc<str>,
+    /// The process serving it (with its children: nginx's workers).
+    pid: Option<u32>,
+}
+
+/// CPU time (user and kernel) and context switches of a process tree, from
+/// `/proc/<pid>/task/*/schedstat` and `.../status`.
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    cpu_ns: u64,
+    switches: u64,
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn cpu_use(pid: u32) -> CpuUse {
+    let mut total = CpuUse::default();
+    let mut stack = vec![pid];
+    while let Some(pid) = stack.pop() {
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for task in tasks.flatten() {
+                if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+                    total.cpu_ns += text
+                        .split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                }
+                if let Ok(text) = std::fs::read_to_string(task.path().join("status")) {
+                    total.switches += text
+                        .lines()
+                        .filter(|l| l.contains("ctxt_switches:"))
+                        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                        .sum::<u64>();
+                }
+            }
+        }
+        stack.extend(children_of(pid));
+    }
+    total
 }
 
 /// Sends `count` sequential requests on one connection and checks each
@@ -476,6 +567,10 @@ struct WrkResult {
     p50: Duration,
     p99: Duration,
     requests: u64,
+    /// The target's CPU time per request (user and kernel), in µs.
+    cpu_us: Option<f64>,
+    /// The target's context switches per request.
+    switches: Option<f64>,
 }
 
 fn parse_wrk_duration(s: &str) -> Option<Duration> {
@@ -522,10 +617,13 @@ fn parse_wrk(output: &str) -> anyhow::Result<WrkResult> {
         p50,
         p99,
         requests,
+        cpu_us: None,
+        switches: None,
     })
 }
 
 fn wrk(target: &Target, connections: usize, seconds: u64) -> anyhow::Result<WrkResult> {
+    let before = target.pid.map(cpu_use);
     let output = Command::new("wrk")
         .arg(format!("-t{}", connections.min(2)))
         .arg(format!("-c{connections}"))
@@ -547,7 +645,15 @@ fn wrk(target: &Target, connections: usize, seconds: u64) -> anyhow::Result<WrkR
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    parse_wrk(&text).with_context(|| format!("{} at {connections} connections", target.name))
+    let mut result = parse_wrk(&text)
+        .with_context(|| format!("{} at {connections} connections", target.name))?;
+    if let (Some(pid), Some(before)) = (target.pid, before) {
+        let after = cpu_use(pid);
+        let requests = result.requests.max(1) as f64;
+        result.cpu_us = Some(after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e3 / requests);
+        result.switches = Some(after.switches.saturating_sub(before.switches) as f64 / requests);
+    }
+    Ok(result)
 }
 
 // ---------------------------------------------------------------------------
@@ -565,6 +671,8 @@ const ALL: &[&str] = &[
     "direct",
     "bare-h2",
     "bare-h1",
+    "bare-pc-h2",
+    "bare-pc-h1",
     "nginx",
     "authproxy-h2",
     "authproxy-h1",
@@ -638,12 +746,16 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
                     name,
                     port: h2,
                     token: PROXY_TOKEN.into(),
+                    pid: procs.first().map(|p| p.child.id()),
                 });
                 continue;
             }
-            "bare-h2" | "bare-h1" => {
+            n if n.starts_with("bare") => {
                 let mut command =
                     role_command(wrapped(&std::env::current_exe()?), "bare", &pki, &cert);
+                if n.starts_with("bare-pc") {
+                    command.env("LOAD_BARE_THREADS", "per-core");
+                }
                 command.env("LOAD_UPSTREAM", format!("127.0.0.1:{upstream_port}"));
                 let (proc, ports) = spawn_ready(name, command)?;
                 procs.push(proc);
@@ -717,7 +829,13 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
         } else {
             user.clone()
         };
-        targets.push(Target { name, port, token });
+        let pid = procs.last().map(|p| p.child.id());
+        targets.push(Target {
+            name,
+            port,
+            token,
+            pid,
+        });
     }
     Ok(Setup {
         _dir: dir,
@@ -759,6 +877,18 @@ fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     for target in &setup.targets {
         runtime.block_on(wait_ready(target, setup.client_tls.clone()))?;
     }
+    if std::env::var("LOAD_HOLD").is_ok_and(|v| v == "1") {
+        // For profiling by hand: the targets stay up until interrupted.
+        for target in &setup.targets {
+            println!(
+                "{} https://127.0.0.1:{} pid {:?} token {}",
+                target.name, target.port, target.pid, target.token
+            );
+        }
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     println!(
         "load: wrk over TLS (HTTP/1.1 keep-alive), {seconds} s per run, better of 2 runs; GET {PATH} → {} bytes; nginx reaches the upstream over HTTP/1.1",
         BODY.len()
@@ -790,8 +920,8 @@ fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
 fn report(connections: usize, targets: &[Target], best: &HashMap<&str, WrkResult>) {
     println!("\n{connections} connection(s)");
     println!(
-        "{:<14} {:>9} {:>10} {:>9} {:>9} {:>10}",
-        "target", "requests", "req/s", "p50", "p99", "+p50"
+        "{:<14} {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>8}",
+        "target", "requests", "req/s", "p50", "p99", "+p50", "cpu/req", "csw/req"
     );
     let direct_p50 = best.get("direct").map(|d| d.p50);
     for target in targets {
@@ -802,8 +932,14 @@ fn report(connections: usize, targets: &[Target], best: &HashMap<&str, WrkResult
             || "-".to_owned(),
             |d| format!("{:.0}µs", r.p50.as_secs_f64() * 1e6 - d.as_secs_f64() * 1e6),
         );
+        let cpu = r
+            .cpu_us
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}µs"));
+        let switches = r
+            .switches
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"));
         println!(
-            "{:<14} {:>9} {:>10.0} {:>7.0}µs {:>7.0}µs {added:>10}",
+            "{:<14} {:>9} {:>10.0} {:>7.0}µs {:>7.0}µs {added:>10} {cpu:>9} {switches:>8}",
             target.name,
             r.requests,
             r.rps,
@@ -943,7 +1079,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match std::env::var("LOAD_ROLE").as_deref() {
         Ok("upstream") => return runtime.block_on(role_upstream()),
-        Ok("bare") => return runtime.block_on(role_bare()),
+        Ok("bare") => return role_bare(&runtime),
         Ok(other) => bail!("LOAD_ROLE={other:?}: not a role"),
         Err(_) => {}
     }

@@ -14,6 +14,7 @@
 //!   maxConnections: 10000
 //!   maxHeaderBytes: 65536
 //!   maxRequestBodyBytes: 1048576
+//!   workers: 2            # serving threads; default: one per CPU
 //!   http2:
 //!     maxConcurrentStreams: 250
 //!     keepAliveInterval: 30s
@@ -58,6 +59,9 @@ pub const DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// before the connection gets a GOAWAY.
 pub const DEFAULT_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
+/// The most serving threads `workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
 /// The smallest `maxHeaderBytes`: hyper's smallest HTTP/1 read buffer.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -98,6 +102,12 @@ pub struct Limits {
     /// proxy, `logs -f`) per user and in total.
     #[serde(default)]
     pub long_running: proxy_core::config::LongRunningConfig,
+    /// Serving threads: each runs its own event loop and serves the
+    /// connections handed to it (the one with the fewest open takes the
+    /// next), over upstream connections it opened itself. Default: one per
+    /// CPU the process may use.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 /// HTTP/2 limits of a listener (`limits.http2:`).
@@ -168,6 +178,7 @@ impl Default for Limits {
             max_request_body_bytes: max_request_body_bytes(),
             http2: Http2Limits::default(),
             long_running: Default::default(),
+            workers: None,
         }
     }
 }
@@ -185,6 +196,13 @@ impl Default for Http2Limits {
 }
 
 impl Limits {
+    /// How many serving threads to run (`workers`, or one per CPU).
+    pub fn worker_count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(proxy_core::worker::default_count)
+            .max(1)
+    }
+
     /// The long-running caps with defaults filled in.
     pub fn long_running_limits(&self) -> proxy_core::long_running::Limits {
         self.long_running.limits()
@@ -211,6 +229,13 @@ impl Limits {
         }
         if self.max_connections == 0 {
             problem("maxConnections", "must be at least 1".into());
+        }
+        match self.workers {
+            Some(0) => problem("workers", "must be at least 1".into()),
+            Some(n) if n > MAX_WORKERS => {
+                problem("workers", format!("must be at most {MAX_WORKERS}"))
+            }
+            _ => {}
         }
         if self.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
             problem(

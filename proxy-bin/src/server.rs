@@ -16,8 +16,11 @@ use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch, Semaphore};
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tower_service::Service;
 
@@ -638,6 +641,100 @@ pub fn serve_with_limits<H: Handler>(
     })
 }
 
+/// A connection handed to a serving thread, with its slot of the cap.
+type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+
+/// One serving thread, as the accept loop sees it.
+struct Worker {
+    connections: mpsc::UnboundedSender<Handoff>,
+    /// Its connections now open.
+    open: Arc<AtomicUsize>,
+}
+
+/// Starts `count` serving threads, each a single-threaded event loop that
+/// serves the connections handed to it from start to close. They stop when
+/// `exit`'s sender is gone; connections still open then are closed.
+fn start_workers<H: Handler>(
+    count: usize,
+    shared: &Arc<connection::Listener<H>>,
+    stopping: &watch::Sender<bool>,
+    exit: &watch::Sender<()>,
+) -> std::io::Result<Vec<Worker>> {
+    let mut workers = Vec::with_capacity(count);
+    for index in 0..count {
+        let (connections, mut handed) = mpsc::unbounded_channel::<Handoff>();
+        let open = Arc::new(AtomicUsize::new(0));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let shared = shared.clone();
+        let stopping = stopping.subscribe();
+        let mut exit = exit.subscribe();
+        let counted = open.clone();
+        std::thread::Builder::new()
+            .name(format!("authproxy-serve-{index}"))
+            .spawn(move || {
+                proxy_core::worker::enter(index);
+                runtime.block_on(async move {
+                    let serve = async move {
+                        while let Some((tcp, peer, slot)) = handed.recv().await {
+                            let tcp = match tcp
+                                .set_nonblocking(true)
+                                .and_then(|()| TcpStream::from_std(tcp))
+                            {
+                                Ok(tcp) => tcp,
+                                Err(error) => {
+                                    tracing::warn!(%peer, %error, "cannot serve an accepted connection");
+                                    continue;
+                                }
+                            };
+                            let open = OpenConnection::count(&counted);
+                            let serving = connection::serve(
+                                shared.clone(),
+                                tcp,
+                                peer,
+                                slot,
+                                stopping.clone(),
+                            );
+                            tokio::spawn(async move {
+                                serving.await;
+                                drop(open);
+                            });
+                        }
+                        // The listener stopped: only the connections' own
+                        // receivers keep the drain waiting now.
+                        drop(stopping);
+                        std::future::pending::<()>().await;
+                    };
+                    tokio::select! {
+                        () = serve => {}
+                        _ = exit.changed() => {}
+                    }
+                });
+                // Connections still open past the shutdown deadline are dropped here.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })?;
+        workers.push(Worker { connections, open });
+    }
+    Ok(workers)
+}
+
+/// Counts one connection of a serving thread while it is open.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn count(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 async fn accept_loop<H: Handler>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -658,6 +755,15 @@ async fn accept_loop<H: Handler>(
     ));
     // Every connection task holds a receiver: `closed()` is "all connections gone".
     let (stopping, _) = watch::channel(false);
+    // Dropped when this loop ends or is aborted: the serving threads stop.
+    let (exit, _) = watch::channel(());
+    let workers = match start_workers(limits.worker_count(), &shared, &stopping, &exit) {
+        Ok(workers) => workers,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the serving threads");
+            return;
+        }
+    };
     let mut last_cap_warning: Option<Instant> = None;
     loop {
         if slots.available_permits() == 0
@@ -688,15 +794,27 @@ async fn accept_loop<H: Handler>(
             },
         };
         let _ = tcp.set_nodelay(true);
-        tokio::spawn(connection::serve(
-            shared.clone(),
-            tcp,
-            peer,
-            slot,
-            stopping.subscribe(),
-        ));
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "cannot hand over an accepted connection");
+                continue;
+            }
+        };
+        // The serving thread with the fewest open connections takes it.
+        let Some(worker) = workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            break;
+        };
+        if worker.connections.send((tcp, peer, slot)).is_err() {
+            tracing::error!("a serving thread has stopped; the listener stops");
+            break;
+        }
     }
     drop(listener);
+    drop(workers);
     tracing::info!("shutting down: draining in-flight requests");
     stopping.send_replace(true);
     if tokio::time::timeout(shutdown_timeout, stopping.closed())
@@ -705,6 +823,7 @@ async fn accept_loop<H: Handler>(
     {
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; closing remaining connections");
     }
+    drop(exit);
 }
 
 /// A plain serving configuration (no client certificates), ALPN h2 + http/1.1.

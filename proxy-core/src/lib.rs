@@ -65,6 +65,7 @@ pub mod tls;
 pub mod tokenreview;
 pub mod tunnel;
 pub mod upstream;
+pub mod worker;
 
 pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};
 pub use body::ProxyBody;

@@ -151,8 +151,10 @@ pub struct Upstream<B = hyper::body::Incoming> {
 struct Inner<B> {
     /// HTTP/2 connections (ALPN offers h2 and http/1.1).
     pool: pool::Pool<DrainOnDrop<B>>,
-    /// HTTP/1.1-only client, for upgrades and servers without HTTP/2.
-    http1_client: HttpsClient<B>,
+    /// HTTP/1.1-only clients, for upgrades and servers without HTTP/2: one
+    /// per serving thread ([`crate::worker`]), so a thread's requests reuse
+    /// the connections it opened.
+    http1_clients: Box<[HttpsClient<B>]>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     path_prefix: String,
@@ -162,6 +164,14 @@ struct Inner<B> {
     /// Verifies the API server's certificate; its CA can be swapped.
     verifier: Arc<ReloadingServerVerifier>,
     ca_watch: std::sync::Mutex<Option<FileWatch>>,
+}
+
+impl<B> Inner<B> {
+    /// The HTTP/1.1 client of the current serving thread.
+    fn http1_client(&self) -> &HttpsClient<B> {
+        let index = crate::worker::current().unwrap_or(0) % self.http1_clients.len().max(1);
+        &self.http1_clients[index]
+    }
 }
 
 impl<B> Clone for Upstream<B> {
@@ -260,15 +270,20 @@ where
             options.pool.clone(),
             counters.clone(),
         );
-        let http1_client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(options.pool.idle_timeout)
-            .build(counted::CountingConnector::new(
-                make_connector(false)?,
-                counters.clone(),
-                Protocol::Http1,
-            ));
+        let http1_connector = counted::CountingConnector::new(
+            make_connector(false)?,
+            counters.clone(),
+            Protocol::Http1,
+        );
+        let http1_clients = (0..crate::worker::default_count())
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(options.pool.idle_timeout)
+                    .build(http1_connector.clone())
+            })
+            .collect();
 
         let token = Arc::new(TokenSource::default());
         let watch = match &options.credential {
@@ -311,7 +326,7 @@ where
         Ok(Upstream {
             inner: Arc::new(Inner {
                 pool,
-                http1_client,
+                http1_clients,
                 scheme: http::uri::Scheme::HTTPS,
                 authority,
                 path_prefix,
@@ -490,7 +505,11 @@ where
         Ok(pool::Route::Http1) => {
             *req.version_mut() = Version::HTTP_11;
             let in_flight = inner.counters.request(Protocol::Http1);
-            match inner.http1_client.request(req.map(DrainOnDrop::new)).await {
+            match inner
+                .http1_client()
+                .request(req.map(DrainOnDrop::new))
+                .await
+            {
                 Ok(response) => (response, Some(Hold::new(in_flight))),
                 Err(error) => return Ok(unreachable_status(&error)),
             }
@@ -527,7 +546,11 @@ where
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
     let in_flight = inner.counters.request(Protocol::Http1);
-    let mut response = match inner.http1_client.request(req.map(DrainOnDrop::new)).await {
+    let mut response = match inner
+        .http1_client()
+        .request(req.map(DrainOnDrop::new))
+        .await
+    {
         Ok(response) => response,
         Err(error) => return Ok(unreachable_status(&error)),
     };

@@ -157,6 +157,8 @@ enum Outcome<B> {
 
 struct Conn<B> {
     id: u64,
+    /// The serving thread that opened it ([`crate::worker`]), if any.
+    home: Option<usize>,
     in_flight: AtomicUsize,
     /// Milliseconds since the pool started when the last stream ended.
     last_used: AtomicU64,
@@ -283,23 +285,38 @@ where
     }
 
     /// Takes a slot on the first connection with room, or starts a new one.
+    ///
+    /// On a serving thread ([`crate::worker`]) the connections that thread
+    /// opened come first: it opens its own while the pool is under its cap,
+    /// and borrows another thread's only at the cap.
     fn pick(&self) -> Option<Arc<Conn<B>>> {
         let shared = &self.shared;
         let limit = shared.settings.max_streams_per_connection.max(1);
+        let here = crate::worker::current();
         let mut state = shared.state.lock().ok()?;
         state.conns.retain(|c| c.usable());
+        let mut elsewhere = None;
         for conn in &state.conns {
             if conn.in_flight.load(Ordering::Acquire) < limit {
-                conn.in_flight.fetch_add(1, Ordering::AcqRel);
-                return Some(conn.clone());
+                if conn.home == here {
+                    conn.in_flight.fetch_add(1, Ordering::AcqRel);
+                    return Some(conn.clone());
+                }
+                elsewhere.get_or_insert(conn);
             }
         }
-        if state.conns.len() >= shared.settings.max_connections.max(1) {
+        let at_cap = state.conns.len() >= shared.settings.max_connections.max(1);
+        if let Some(conn) = elsewhere.filter(|_| at_cap || here.is_none()) {
+            conn.in_flight.fetch_add(1, Ordering::AcqRel);
+            return Some(conn.clone());
+        }
+        if at_cap {
             return None;
         }
         let (tx, rx) = watch::channel(Phase::Connecting);
         let conn = Arc::new(Conn {
             id: state.next_id,
+            home: here,
             in_flight: AtomicUsize::new(1),
             last_used: AtomicU64::new(0),
             phase: rx,

@@ -225,3 +225,56 @@ async fn idle_connections_beyond_the_setting_close_soon_after_their_streams_end(
     assert_eq!(short(&mut upstream).await, "ok");
     assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
 }
+
+/// Serving threads ([`crate::worker`]) each open their own connection while
+/// the pool is under its cap, and use another thread's at the cap.
+#[test]
+fn serving_threads_open_their_own_connections_and_share_at_the_cap() {
+    let server_runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = server_runtime.block_on(start_server());
+    for (cap, opened) in [(4, 2), (1, 1)] {
+        let before = server.accepted.load(Ordering::SeqCst);
+        let shared = {
+            let _entered = server_runtime.enter();
+            upstream(&server, cap)
+        };
+        let serving = |index: usize,
+                       upstream: Upstream<Empty<Bytes>>,
+                       ready: std::sync::mpsc::Sender<()>,
+                       done: tokio::sync::oneshot::Receiver<()>| {
+            std::thread::spawn(move || {
+                crate::worker::enter(index);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let mut upstream = upstream;
+                    for _ in 0..3 {
+                        assert_eq!(short(&mut upstream).await, "ok");
+                    }
+                    ready.send(()).unwrap();
+                    // Keeps driving this thread's connection while the other thread runs.
+                    let _ = done.await;
+                });
+            })
+        };
+        let (ready, readied) = std::sync::mpsc::channel();
+        let (done_0, wait_0) = tokio::sync::oneshot::channel();
+        let (done_1, wait_1) = tokio::sync::oneshot::channel();
+        let first = serving(0, shared.clone(), ready.clone(), wait_0);
+        readied.recv().unwrap();
+        let second = serving(1, shared.clone(), ready, wait_1);
+        readied.recv().unwrap();
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst) - before,
+            opened,
+            "connections opened by two serving threads with max_connections {cap}"
+        );
+        assert_eq!(shared.http2_connections(), opened);
+        done_0.send(()).unwrap();
+        done_1.send(()).unwrap();
+        first.join().unwrap();
+        second.join().unwrap();
+    }
+}
