@@ -318,12 +318,29 @@ mod tests {
             DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS
         );
         assert!(limits.validate("limits").is_empty());
+        assert_eq!(limits.worker_count(), proxy_core::worker::default_count());
+    }
+
+    #[test]
+    fn workers_are_counted_as_set_within_bounds() {
+        let limits: Limits = serde_yaml_ng::from_str("{workers: 3}").unwrap();
+        assert_eq!(limits.worker_count(), 3);
+        assert!(limits.validate("limits").is_empty());
+        let limits: Limits = serde_yaml_ng::from_str("{workers: 5000}").unwrap();
+        let problems = limits.validate("limits");
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].field, "limits.workers");
+        assert!(
+            problems[0].message.contains("1024"),
+            "{}",
+            problems[0].message
+        );
     }
 
     #[test]
     fn unusable_values_are_named_with_their_path() {
         let limits: Limits = serde_yaml_ng::from_str(
-            "{idleTimeout: 0s, maxConnections: 0, maxHeaderBytes: 100, http2: {maxConcurrentStreams: 0}}",
+            "{idleTimeout: 0s, maxConnections: 0, workers: 0, maxHeaderBytes: 100, http2: {maxConcurrentStreams: 0}}",
         )
         .unwrap();
         let fields: Vec<String> = limits
@@ -336,6 +353,7 @@ mod tests {
             [
                 "limits.idleTimeout",
                 "limits.maxConnections",
+                "limits.workers",
                 "limits.maxHeaderBytes",
                 "limits.http2.maxConcurrentStreams"
             ]
