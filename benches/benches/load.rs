@@ -457,6 +457,8 @@ struct Target {
     token: Arc<str>,
     /// The process serving it (with its children: nginx's workers).
     pid: Option<u32>,
+    /// The upstream process (for `direct`, the same as `pid`).
+    upstream_pid: Option<u32>,
 }
 
 /// CPU time (user and kernel) and context switches of a process tree, from
@@ -571,6 +573,8 @@ struct WrkResult {
     cpu_us: Option<f64>,
     /// The target's context switches per request.
     switches: Option<f64>,
+    /// The upstream's CPU time per request, in µs.
+    upstream_cpu_us: Option<f64>,
 }
 
 fn parse_wrk_duration(s: &str) -> Option<Duration> {
@@ -619,11 +623,13 @@ fn parse_wrk(output: &str) -> anyhow::Result<WrkResult> {
         requests,
         cpu_us: None,
         switches: None,
+        upstream_cpu_us: None,
     })
 }
 
 fn wrk(target: &Target, connections: usize, seconds: u64) -> anyhow::Result<WrkResult> {
     let before = target.pid.map(cpu_use);
+    let upstream_before = target.upstream_pid.map(cpu_use);
     let output = Command::new("wrk")
         .arg(format!("-t{}", connections.min(2)))
         .arg(format!("-c{connections}"))
@@ -652,6 +658,11 @@ fn wrk(target: &Target, connections: usize, seconds: u64) -> anyhow::Result<WrkR
         let requests = result.requests.max(1) as f64;
         result.cpu_us = Some(after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e3 / requests);
         result.switches = Some(after.switches.saturating_sub(before.switches) as f64 / requests);
+        if let (Some(pid), Some(before)) = (target.upstream_pid, upstream_before) {
+            let after = cpu_use(pid);
+            result.upstream_cpu_us =
+                Some(after.cpu_ns.saturating_sub(before.cpu_ns) as f64 / 1e3 / requests);
+        }
     }
     Ok(result)
 }
@@ -747,6 +758,7 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
                     port: h2,
                     token: PROXY_TOKEN.into(),
                     pid: procs.first().map(|p| p.child.id()),
+                    upstream_pid: procs.first().map(|p| p.child.id()),
                 });
                 continue;
             }
@@ -835,6 +847,7 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
             port,
             token,
             pid,
+            upstream_pid: procs.first().map(|p| p.child.id()),
         });
     }
     Ok(Setup {
@@ -920,8 +933,8 @@ fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
 fn report(connections: usize, targets: &[Target], best: &HashMap<&str, WrkResult>) {
     println!("\n{connections} connection(s)");
     println!(
-        "{:<14} {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>8}",
-        "target", "requests", "req/s", "p50", "p99", "+p50", "cpu/req", "csw/req"
+        "{:<14} {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>8} {:>12}",
+        "target", "requests", "req/s", "p50", "p99", "+p50", "cpu/req", "csw/req", "upstream cpu"
     );
     let direct_p50 = best.get("direct").map(|d| d.p50);
     for target in targets {
@@ -938,8 +951,11 @@ fn report(connections: usize, targets: &[Target], best: &HashMap<&str, WrkResult
         let switches = r
             .switches
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}"));
+        let upstream = r
+            .upstream_cpu_us
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}µs"));
         println!(
-            "{:<14} {:>9} {:>10.0} {:>7.0}µs {:>7.0}µs {added:>10} {cpu:>9} {switches:>8}",
+            "{:<14} {:>9} {:>10.0} {:>7.0}µs {:>7.0}µs {added:>10} {cpu:>9} {switches:>8} {upstream:>12}",
             target.name,
             r.requests,
             r.rps,

@@ -656,6 +656,7 @@ struct Worker {
 /// `exit`'s sender is gone; connections still open then are closed.
 fn start_workers<H: Handler>(
     count: usize,
+    header_read_timeout: Duration,
     shared: &Arc<connection::Listener<H>>,
     stopping: &watch::Sender<bool>,
     exit: &watch::Sender<()>,
@@ -708,6 +709,7 @@ fn start_workers<H: Handler>(
                     };
                     tokio::select! {
                         () = serve => {}
+                        () = keep_a_timer_near(header_read_timeout) => {}
                         _ = exit.changed() => {}
                     }
                 });
@@ -717,6 +719,23 @@ fn start_workers<H: Handler>(
         workers.push(Worker { connections, open });
     }
     Ok(workers)
+}
+
+/// Never returns; keeps a timer due within a second (or half of
+/// `header_read_timeout`) on the thread's event loop.
+///
+/// hyper starts an HTTP/1 connection's header-read timer afresh for every
+/// request. When that timer is the earliest one the event loop knows of,
+/// tokio wakes the loop through its eventfd to re-arm the wait: a write and
+/// another `epoll_wait` round on every request. With a nearer timer always
+/// pending, the header-read timer never is the earliest.
+async fn keep_a_timer_near(header_read_timeout: Duration) {
+    let period = (header_read_timeout / 2).clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 /// Counts one connection of a serving thread while it is open.
@@ -757,7 +776,13 @@ async fn accept_loop<H: Handler>(
     let (stopping, _) = watch::channel(false);
     // Dropped when this loop ends or is aborted: the serving threads stop.
     let (exit, _) = watch::channel(());
-    let workers = match start_workers(limits.worker_count(), &shared, &stopping, &exit) {
+    let workers = match start_workers(
+        limits.worker_count(),
+        limits.header_read_timeout,
+        &shared,
+        &stopping,
+        &exit,
+    ) {
         Ok(workers) => workers,
         Err(error) => {
             tracing::error!(%error, "cannot start the serving threads");
