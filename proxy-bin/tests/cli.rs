@@ -77,10 +77,12 @@ fn demo_prints_commands_that_show_the_impersonated_identity_and_a_401() {
             String::from_utf8_lossy(&out.stderr)
         )
     };
-    // curl 7.88 sometimes reports its first HTTP/2 request to the freshly
-    // started demo as "(92) Stream error in the HTTP/2 framing layer" (an open
-    // defect, rare before and about one run in six now): that one error is
-    // retried once, everything else must hold on the first try.
+    // The proxy may answer before curl has sent the whole request body (its
+    // own 401/403, or an upstream that answers early); HTTP/2 then ends the
+    // stream with the response followed by RST_STREAM(NO_ERROR), which a
+    // client must accept (RFC 9113, 8.1). curl 7.88 prints the response and
+    // still reports "(92) Stream error in the HTTP/2 framing layer": that
+    // one error is retried once, everything else must hold on the first try.
     let run = |command: &str| {
         let out = run_once(command);
         if out.contains("curl: (92)") {
