@@ -61,6 +61,9 @@ use tokio::net::{TcpListener, TcpStream};
 const PROXY_TOKEN: &str = "bench-proxy-token";
 const USER_TOKEN: &str = "bench-user-token";
 const PATH: &str = "/api/v1/namespaces/default/pods";
+/// TLS 1.3 suites in authproxy's order (`proxy_core::tls::provider`), given
+/// to nginx so every proxy in the bench encrypts alike.
+const SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
 /// The answer: a PodList of 800 bytes.
 const BODY: &str = r#"{"apiVersion":"v1","kind":"PodList","metadata":{"resourceVersion":"12345"},"items":[{"metadata":{"name":"web-0","namespace":"default","uid":"7c1f1a2e-0000-4000-8000-000000000001","labels":{"app":"web","tier":"frontend"},"creationTimestamp":"2026-01-01T00:00:00Z"},"spec":{"nodeName":"node-1","containers":[{"name":"web","image":"registry.example/web:1.2.3"}]},"status":{"phase":"Running","podIP":"10.0.0.12"}},{"metadata":{"name":"web-1","namespace":"default","uid":"7c1f1a2e-0000-4000-8000-000000000002","labels":{"app":"web","tier":"frontend"},"creationTimestamp":"2026-01-01T00:00:00Z"},"spec":{"nodeName":"node-2","containers":[{"name":"web","image":"registry.example/web:1.2.3"}]},"status":{"phase":"Running","podIP":"10.0.0.13"}},{"metadata":{"name":"web-2","namespace":"default"},"status":{"phase":"Pending"}}]}"#;
 
@@ -189,7 +192,20 @@ async fn bare_on(listener: std::net::TcpListener) -> anyhow::Result<()> {
         .wrap_connector(tcp);
     let client: Client<_, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
     let listener = TcpListener::from_std(listener)?;
-    let tls = pki::server_config(&cert, &[b"h2", b"http/1.1"])?;
+    // authproxy's cipher suites, and the proxy picks one, as authproxy's listener does.
+    let mut tls = rustls::ServerConfig::builder_with_provider(proxy_core::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(
+            proxy_core::tls::parse_certs(cert.cert_pem.as_bytes(), "bench")?,
+            {
+                use rustls_pki_types::pem::PemObject;
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())?
+            },
+        )?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tls.ignore_client_order = true;
+    let tls = Arc::new(tls);
     spawn_tls_server(listener, tls, move |mut req: Request<Incoming>| {
         let client = client.clone();
         async move {
@@ -402,6 +418,7 @@ http {{\n\
     listen 127.0.0.1:{port} ssl;\n\
     ssl_certificate {cert}; ssl_certificate_key {key};\n\
     ssl_protocols TLSv1.2 TLSv1.3;\n\
+    ssl_prefer_server_ciphers on; ssl_conf_command Ciphersuites {SUITES};\n\
     keepalive_requests 100000;\n\
     location / {{\n\
       if ($bench_user = \"\") {{ return 401; }}\n\
@@ -416,6 +433,7 @@ http {{\n\
       proxy_set_header Impersonate-Uid $bench_uid;\n\
       proxy_ssl_verify on; proxy_ssl_trusted_certificate {ca};\n\
       proxy_ssl_name localhost; proxy_ssl_server_name on; proxy_ssl_session_reuse on;\n\
+      proxy_ssl_conf_command Ciphersuites {SUITES};\n\
     }}\n\
   }}\n\
 }}\n",

@@ -172,6 +172,9 @@ pub fn listener_tls_reporting(
     };
     let mut server = builder.with_cert_resolver(Arc::new(cert));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The cipher suite is the proxy's choice (AES-128-GCM first, see
+    // `proxy_core::tls::provider`), as kube-apiserver's Go TLS stack chooses it.
+    server.ignore_client_order = true;
     Ok(Arc::new(server))
 }
 
