@@ -644,8 +644,14 @@ pub fn serve_with_limits<H: Handler>(
     })
 }
 
-/// A connection handed to a serving thread, with its slot of the cap.
-type Handoff = (std::net::TcpStream, SocketAddr, OwnedSemaphorePermit);
+/// A connection handed to a serving thread, with its slot of the cap and its
+/// place in that thread's count of open connections.
+type Handoff = (
+    std::net::TcpStream,
+    SocketAddr,
+    OwnedSemaphorePermit,
+    OpenConnection,
+);
 
 /// One serving thread, as the accept loop sees it.
 struct Worker {
@@ -674,14 +680,13 @@ fn start_workers<H: Handler>(
         let shared = shared.clone();
         let stopping = stopping.subscribe();
         let mut exit = exit.subscribe();
-        let counted = open.clone();
         std::thread::Builder::new()
             .name(format!("authproxy-serve-{index}"))
             .spawn(move || {
                 proxy_core::worker::enter(index);
                 runtime.block_on(async move {
                     let serve = async move {
-                        while let Some((tcp, peer, slot)) = handed.recv().await {
+                        while let Some((tcp, peer, slot, open)) = handed.recv().await {
                             let tcp = match tcp
                                 .set_nonblocking(true)
                                 .and_then(|()| TcpStream::from_std(tcp))
@@ -692,7 +697,6 @@ fn start_workers<H: Handler>(
                                     continue;
                                 }
                             };
-                            let open = OpenConnection::count(&counted);
                             let serving = connection::serve(
                                 shared.clone(),
                                 tcp,
@@ -836,7 +840,10 @@ async fn accept_loop<H: Handler>(
         else {
             break;
         };
-        if worker.connections.send((tcp, peer, slot)).is_err() {
+        // Counted here, not when the thread gets to it: the next connection
+        // accepted meanwhile already sees this one.
+        let open = OpenConnection::count(&worker.open);
+        if worker.connections.send((tcp, peer, slot, open)).is_err() {
             tracing::error!("a serving thread has stopped; the listener stops");
             break;
         }

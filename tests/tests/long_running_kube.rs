@@ -45,3 +45,33 @@ async fn three_hundred_watches_on_kube_do_not_starve_short_requests() -> anyhow:
     assert_eq!(held.len(), WATCHES);
     Ok(())
 }
+
+/// With two serving threads (`limits.workers: 2`), two client connections
+/// are handed one to each thread (the one with fewer open takes the next),
+/// and each thread reaches kube over an HTTP/2 connection it opened itself:
+/// a watch through each holds two upstream connections, though one would
+/// carry both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_serving_thread_reaches_kube_over_its_own_connection() -> anyhow::Result<()> {
+    let env = KubeEnv::start_with_top_level(
+        TestPki::new()?,
+        "",
+        "limits: {workers: 2}\nmetrics: {listen: '127.0.0.1:0'}",
+    )
+    .await?;
+    let proxy = env.proxy.as_ref().expect("proxy running");
+    let metrics = proxy.metrics_addr().expect("metrics listener");
+    let clients = H2Clients::connect_to(proxy.addr(), env.pki.ca_pem(), 2).await?;
+    // Round-robin: one watch on each client connection.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(open_watch(&clients, "alice-token", Duration::from_secs(30)).await?);
+    }
+    let scraped = authproxy_tests::observe::scrape(metrics).await?;
+    let connections = scraped.value("authproxy_upstream_connections{protocol=\"http2\"}");
+    let streams = scraped.value("authproxy_upstream_requests_in_flight{protocol=\"http2\"}");
+    assert_eq!(streams, 2.0, "{}", scraped.text);
+    assert_eq!(connections, 2.0, "{}", scraped.text);
+    drop(held);
+    Ok(())
+}
