@@ -33,29 +33,44 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
             })
         })
     };
-    let mut parts = path.trim_matches('/').split('/').filter(|p| !p.is_empty());
+    let slash = |c: char| c == '/';
+    let mut parts = path.trim_matches(slash).split(slash).filter(|p| !p.is_empty());
     // Skip the API prefix: /api/v1 or /apis/<group>/<version>.
     let skip = match parts.next() {
         Some("api") => 1,
         Some("apis") => 2,
         _ => return false,
     };
-    let mut rest: Vec<&str> = parts.skip(skip).collect();
-    match rest.first() {
+    // The first five segments after the prefix (all this needs to see) and
+    // how many there are, counting at most six: no allocation per request.
+    let mut seen = [""; 5];
+    let mut len = 0;
+    for part in parts.skip(skip) {
+        if len == seen.len() {
+            len += 1;
+            break;
+        }
+        seen[len] = part;
+        len += 1;
+    }
+    let kept = len.min(seen.len());
+    match seen[..kept].first() {
         Some(&"watch") | Some(&"proxy") => return true,
         _ => {}
     }
     // namespaces/<ns>/<resource>/... (but namespaces/<name>/<subresource>
     // is the namespace object itself).
-    if rest.len() > 2 && rest[0] == "namespaces" {
-        rest.drain(..2);
-    }
+    let (rest, len) = if len > 2 && seen[0] == "namespaces" {
+        (&seen[2..kept], len - 2)
+    } else {
+        (&seen[..kept], len)
+    };
     let subresource = rest.get(2).copied();
     match subresource {
         Some("attach" | "exec" | "proxy" | "portforward") => true,
         Some("log") => query_flag("follow"),
         // A collection or object read with ?watch=true.
-        _ if rest.len() <= 2 => query_flag("watch"),
+        _ if len <= 2 => query_flag("watch"),
         _ => false,
     }
 }
