@@ -128,7 +128,9 @@ impl Credential {
             None => (value, ""),
         };
         if scheme.eq_ignore_ascii_case("bearer") {
-            if rest.is_empty() || rest.contains([' ', '\t']) {
+            // memchr: an ID token is about a kilobyte, and a `[char]` pattern
+            // decodes it character by character.
+            if rest.is_empty() || memchr::memchr2(b' ', b'\t', rest.as_bytes()).is_some() {
                 return Err(CredentialError::MalformedBearer);
             }
             Ok(Some(Credential::Bearer(Secret::new(rest))))
@@ -184,6 +186,13 @@ mod tests {
             parse("Bearer a b").unwrap_err(),
             CredentialError::MalformedBearer
         );
+        // A tab inside, and a space deep in a token of ID-token length.
+        assert_eq!(
+            parse("Bearer a\tb").unwrap_err(),
+            CredentialError::MalformedBearer
+        );
+        let long = format!("Bearer {} {}", "x".repeat(900), "y".repeat(40));
+        assert_eq!(parse(&long).unwrap_err(), CredentialError::MalformedBearer);
     }
 
     #[test]
