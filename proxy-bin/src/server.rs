@@ -1,6 +1,14 @@
 //! The TLS listener: accepts connections (HTTP/1.1 and HTTP/2 by ALPN),
 //! answers `/livez` and `/readyz` itself, hands every other request to the
 //! proxy stack, and drains in-flight requests on shutdown.
+//!
+//! Connections are served on serving threads (`limits.workers`, one per CPU
+//! by default), each a single-threaded event loop. The accept loop hands
+//! each accepted socket to the thread with the fewest open connections; the
+//! thread then serves it from the TLS handshake to the close, and the
+//! upstream client keeps that thread's requests on upstream connections the
+//! thread opened ([`proxy_core::worker`]). A request therefore never moves
+//! between threads, and no thread is woken on another's behalf.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
