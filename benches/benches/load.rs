@@ -316,6 +316,18 @@ fn spawn_ready(name: &str, mut command: Command) -> anyhow::Result<(Proc, Vec<u1
     Ok((proc, ports))
 }
 
+/// Starts `command` with its stdout discarded.
+fn spawn_quiet(name: &str, mut command: Command) -> anyhow::Result<Proc> {
+    let child = command
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+    })
+}
+
 /// `command` (the bench binary itself, maybe under valgrind) set up to run as `role`.
 fn role_command(mut command: Command, role: &str, pki: &TestPki, cert: &CertFiles) -> Command {
     command
@@ -804,14 +816,7 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
                 let conf = nginx_config(dir.path(), port, upstream_port, workers, &pki, &cert)?;
                 let mut command = wrapped(&nginx);
                 command.arg("-c").arg(&conf).arg("-e").arg("stderr");
-                let child = command
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .context("starting nginx")?;
-                procs.push(Proc {
-                    name: name.into(),
-                    child,
-                });
+                procs.push(spawn_quiet(name, command)?);
                 port
             }
             _ => {
@@ -844,14 +849,7 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
                     .arg("--config")
                     .arg(&config)
                     .env_remove("RUST_LOG");
-                let child = command
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .context("starting authproxy")?;
-                procs.push(Proc {
-                    name: name.into(),
-                    child,
-                });
+                procs.push(spawn_quiet(name, command)?);
                 port
             }
         };

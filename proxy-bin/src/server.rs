@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +25,7 @@ use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::net::TcpListener;
-
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tower_service::Service;

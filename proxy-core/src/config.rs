@@ -617,9 +617,9 @@ pub struct UpstreamConfig {
     /// How long a PING may go unanswered before the connection is dropped (default 15s).
     #[serde(default, with = "humantime_serde")]
     pub keep_alive_timeout: Option<Duration>,
-    /// Most HTTP/2 connections kept open without streams (default
-    /// [`crate::upstream::pool::DEFAULT_MAX_IDLE_CONNECTIONS`]); further idle ones close
-    /// a second after their last stream ended.
+    /// Most HTTP/2 connections kept open without streams, per serving thread
+    /// (default [`crate::upstream::pool::DEFAULT_MAX_IDLE_CONNECTIONS`]); further
+    /// idle ones close a second after their last stream ended.
     pub max_idle_connections: Option<usize>,
     /// How the API server is reached: `direct` (default) or `agent`, through
     /// the tunnels that agents in the cluster dial in (see [`crate::tunnel`]).

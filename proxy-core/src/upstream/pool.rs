@@ -20,9 +20,10 @@
 //! dropped NAT entry) is noticed; a closed connection leaves the pool at
 //! once, and one without streams for [`PoolSettings::idle_timeout`] is closed.
 //! Connections opened for a burst of watches do not linger that long: past
-//! [`PoolSettings::max_idle_connections`] idle ones, a connection whose last
-//! stream ended is closed after [`IDLE_GRACE`], so the memory its buffers
-//! hold (a few hundred KiB each) is given back soon after the watches end.
+//! [`PoolSettings::max_idle_connections`] idle ones (counted per serving
+//! thread, see [`crate::worker`]), a connection whose last stream ended is
+//! closed after [`IDLE_GRACE`], so the memory its buffers hold (a few hundred
+//! KiB each) is given back soon after the watches end.
 //! When the server does not offer `h2` by ALPN the pool reports it, and the
 //! caller falls back to its HTTP/1.1 client from then on.
 
@@ -75,8 +76,11 @@ pub struct PoolSettings {
     pub keep_alive_timeout: Duration,
     /// How long a connection without streams is kept open.
     pub idle_timeout: Duration,
-    /// Most connections kept open without streams; further idle ones are
-    /// closed [`IDLE_GRACE`] after their last stream ended.
+    /// Most connections kept open without streams, per serving thread
+    /// ([`crate::worker`]; one count for all unmarked threads); further idle
+    /// ones are closed [`IDLE_GRACE`] after their last stream ended. Counted
+    /// per thread so that each keeps a connection of its own between bursts
+    /// instead of opening a new one.
     pub max_idle_connections: usize,
 }
 
@@ -414,6 +418,7 @@ async fn run_connection<B>(
                                 .iter()
                                 .filter(|c| {
                                     c.id != conn.id
+                                        && c.home == conn.home
                                         && c.in_flight.load(Ordering::Acquire) == 0
                                         && c.usable()
                                 })

@@ -97,7 +97,11 @@ async fn start_server() -> TestServer {
 }
 
 fn upstream(server: &TestServer, max_connections: usize) -> Upstream<Empty<Bytes>> {
-    Upstream::new(UpstreamOptions {
+    Upstream::new(options(server, max_connections)).unwrap()
+}
+
+fn options(server: &TestServer, max_connections: usize) -> UpstreamOptions {
+    UpstreamOptions {
         url: format!("https://{}", server.addr).parse().unwrap(),
         ca_pem: Some(server.ca_pem.clone().into_bytes()),
         client_identity: None,
@@ -109,8 +113,7 @@ fn upstream(server: &TestServer, max_connections: usize) -> Upstream<Empty<Bytes
             max_streams_per_connection: SERVER_STREAMS as usize,
             ..PoolSettings::default()
         },
-    })
-    .unwrap()
+    }
 }
 
 fn get(path: &str) -> Request<Empty<Bytes>> {
@@ -226,6 +229,49 @@ async fn idle_connections_beyond_the_setting_close_soon_after_their_streams_end(
     assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
 }
 
+/// A serving thread ([`crate::worker`]) that sends three short requests
+/// through `upstream`, says so on `ready`, and keeps driving its connections
+/// until `done`.
+fn serving_thread(
+    index: usize,
+    upstream: Upstream<Empty<Bytes>>,
+    ready: std::sync::mpsc::Sender<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        crate::worker::enter(index);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut upstream = upstream;
+            for _ in 0..3 {
+                assert_eq!(short(&mut upstream).await, "ok");
+            }
+            ready.send(()).unwrap();
+            let _ = done.await;
+        });
+    })
+}
+
+/// Runs serving threads 0 and 1 one after the other through `upstream`,
+/// calls `check` while both still drive their connections, then stops them.
+fn with_two_serving_threads(upstream: &Upstream<Empty<Bytes>>, check: impl FnOnce()) {
+    let (ready, readied) = std::sync::mpsc::channel();
+    let (done_0, wait_0) = tokio::sync::oneshot::channel();
+    let (done_1, wait_1) = tokio::sync::oneshot::channel();
+    let first = serving_thread(0, upstream.clone(), ready.clone(), wait_0);
+    readied.recv().unwrap();
+    let second = serving_thread(1, upstream.clone(), ready, wait_1);
+    readied.recv().unwrap();
+    check();
+    done_0.send(()).unwrap();
+    done_1.send(()).unwrap();
+    first.join().unwrap();
+    second.join().unwrap();
+}
+
 /// Serving threads ([`crate::worker`]) each open their own connection while
 /// the pool is under its cap, and use another thread's at the cap.
 #[test]
@@ -238,43 +284,34 @@ fn serving_threads_open_their_own_connections_and_share_at_the_cap() {
             let _entered = server_runtime.enter();
             upstream(&server, cap)
         };
-        let serving = |index: usize,
-                       upstream: Upstream<Empty<Bytes>>,
-                       ready: std::sync::mpsc::Sender<()>,
-                       done: tokio::sync::oneshot::Receiver<()>| {
-            std::thread::spawn(move || {
-                crate::worker::enter(index);
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async move {
-                    let mut upstream = upstream;
-                    for _ in 0..3 {
-                        assert_eq!(short(&mut upstream).await, "ok");
-                    }
-                    ready.send(()).unwrap();
-                    // Keeps driving this thread's connection while the other thread runs.
-                    let _ = done.await;
-                });
-            })
-        };
-        let (ready, readied) = std::sync::mpsc::channel();
-        let (done_0, wait_0) = tokio::sync::oneshot::channel();
-        let (done_1, wait_1) = tokio::sync::oneshot::channel();
-        let first = serving(0, shared.clone(), ready.clone(), wait_0);
-        readied.recv().unwrap();
-        let second = serving(1, shared.clone(), ready, wait_1);
-        readied.recv().unwrap();
-        assert_eq!(
-            server.accepted.load(Ordering::SeqCst) - before,
-            opened,
-            "connections opened by two serving threads with max_connections {cap}"
-        );
-        assert_eq!(shared.http2_connections(), opened);
-        done_0.send(()).unwrap();
-        done_1.send(()).unwrap();
-        first.join().unwrap();
-        second.join().unwrap();
+        with_two_serving_threads(&shared, || {
+            assert_eq!(
+                server.accepted.load(Ordering::SeqCst) - before,
+                opened,
+                "connections opened by two serving threads with max_connections {cap}"
+            );
+            assert_eq!(shared.http2_connections(), opened);
+        });
     }
+}
+
+/// `max_idle_connections` counts per serving thread: with one allowed, each
+/// of two threads keeps its own idle connection past the grace period.
+#[test]
+fn each_serving_thread_keeps_its_idle_connection() {
+    let server_runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = server_runtime.block_on(start_server());
+    let shared = {
+        let _entered = server_runtime.enter();
+        let mut options = options(&server, 4);
+        options.pool.max_idle_connections = 1;
+        Upstream::new(options).unwrap()
+    };
+    with_two_serving_threads(&shared, || {
+        assert_eq!(shared.http2_connections(), 2);
+        // Past the grace period and the next idle check.
+        std::thread::sleep(super::IDLE_GRACE * 2 + Duration::from_millis(500));
+        assert_eq!(shared.http2_connections(), 2);
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+    });
 }
