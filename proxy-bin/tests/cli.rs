@@ -122,6 +122,37 @@ fn demo_prints_commands_that_show_the_impersonated_identity_and_a_401() {
         bad.contains(r#""reason":"Unauthorized""#) && bad.contains(r#""code":401"#),
         "{bad}"
     );
+
+    // Stopped as a user stops it, the demo exits cleanly and removes the
+    // folder with its keys and tokens.
+    let kubeconfig = commands
+        .iter()
+        .flat_map(|c| c.split_whitespace())
+        .find(|word| word.ends_with("/kubeconfig"))
+        .expect("a command names the kubeconfig");
+    let dir = std::path::Path::new(kubeconfig.trim_matches('\''))
+        .parent()
+        .expect("kubeconfig folder")
+        .to_owned();
+    assert!(dir.join("tokens.csv").is_file(), "{}", dir.display());
+    let term = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "demo still running 15s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }
 
 #[test]
