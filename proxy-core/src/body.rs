@@ -123,6 +123,8 @@ pub enum ProxyBody {
         Option<Result<Frame<Bytes>, BoxError>>,
         hyper::body::Incoming,
     ),
+    /// A body streamed from an upstream HTTP/2 stream.
+    Http2(crate::upstream::Http2Body),
     /// Another body and what it holds until it ends or is dropped.
     Held(Box<HeldBody>),
 }
@@ -244,6 +246,7 @@ impl Body for ProxyBody {
                     .poll_frame(cx)
                     .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
             },
+            ProxyBody::Http2(body) => Pin::new(body).poll_frame(cx),
             ProxyBody::Held(held) => {
                 let frame = Pin::new(&mut held.body).poll_frame(cx);
                 if matches!(&frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
@@ -259,6 +262,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Incoming(body) => body.is_end_stream(),
             ProxyBody::Prefetched(first, body) => first.is_none() && body.is_end_stream(),
+            ProxyBody::Http2(body) => body.is_end_stream(),
             ProxyBody::Held(held) => held.body.is_end_stream(),
         }
     }
@@ -271,6 +275,7 @@ impl Body for ProxyBody {
             // the first frame's length is not counted: a hint, not exact
             ProxyBody::Prefetched(None, body) => body.size_hint(),
             ProxyBody::Prefetched(Some(_), _) => SizeHint::default(),
+            ProxyBody::Http2(body) => body.size_hint(),
             ProxyBody::Held(held) => held.body.size_hint(),
         }
     }

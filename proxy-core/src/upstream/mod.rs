@@ -32,10 +32,12 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 pub mod backend;
 mod counted;
+mod http2;
 pub mod pool;
 pub mod router;
 
 pub use backend::Backend;
+pub use http2::Http2Body;
 pub use pool::PoolSettings;
 
 use crate::body::{Hold, ProxyBody};
@@ -150,7 +152,7 @@ pub struct Upstream<B = hyper::body::Incoming> {
 
 struct Inner<B> {
     /// HTTP/2 connections (ALPN offers h2 and http/1.1).
-    pool: pool::Pool<DrainOnDrop<B>>,
+    pool: pool::Pool,
     /// HTTP/1.1-only clients, for upgrades and servers without HTTP/2: one
     /// per serving thread ([`crate::worker`]), so a thread's requests reuse
     /// the connections it opened.
@@ -492,15 +494,21 @@ where
     B::Error: Into<BoxError>,
 {
     let (response, guard) = match inner.pool.acquire().await {
-        Ok(pool::Route::Http2(mut send, guard)) => {
-            *req.version_mut() = Version::HTTP_2;
-            match send.send_request(req.map(DrainOnDrop::new)).await {
-                Ok(response) => (response, Some(Hold::new(guard))),
+        Ok(pool::Route::Http2(send, guard)) => {
+            return match http2::send(send, req.map(DrainOnDrop::new)).await {
+                Ok(response) => {
+                    let (mut parts, stream) = response.into_parts();
+                    strip_response_hop_headers(&mut parts.headers);
+                    let body = http2::Http2Body::new(&parts.headers, stream).await;
+                    // The stream slot is given back when the body ends or is dropped.
+                    let body = ProxyBody::Http2(body).with_hold(Hold::new(guard));
+                    Ok(Response::from_parts(parts, body))
+                }
                 Err(error) => {
                     tracing::warn!(%error, "upstream request failed");
-                    return Ok(failure_status(false));
+                    Ok(failure_status(false))
                 }
-            }
+            };
         }
         Ok(pool::Route::Http1) => {
             *req.version_mut() = Version::HTTP_11;
@@ -510,7 +518,7 @@ where
                 .request(req.map(DrainOnDrop::new))
                 .await
             {
-                Ok(response) => (response, Some(Hold::new(in_flight))),
+                Ok(response) => (response, Hold::new(in_flight)),
                 Err(error) => return Ok(unreachable_status(&error)),
             }
         }
@@ -524,12 +532,8 @@ where
     let (parts, body) = crate::body::prefetch_fixed_length(response)
         .await
         .into_parts();
-    let body = match guard {
-        // The stream slot is given back when the body ends or is dropped.
-        Some(hold) => body.with_hold(hold),
-        None => body,
-    };
-    Ok(Response::from_parts(parts, body))
+    // The request is counted until the body ends or is dropped.
+    Ok(Response::from_parts(parts, body.with_hold(guard)))
 }
 
 /// Forwards an upgrade request over HTTP/1.1 and, on `101`, joins the

@@ -10,14 +10,18 @@
 //! stream to end. A stream slot is held until its response body ends or is
 //! dropped (the caller's cancel included).
 //!
-//! hyper's `SendRequest::poll_ready` stays ready while the peer's
-//! `SETTINGS_MAX_CONCURRENT_STREAMS` is used up (hyper queues the request
-//! inside the connection instead), and hyper does not expose the peer's
-//! value, so the per-connection limit is a setting
+//! Requests go straight to the `h2` crate: the request's own task opens the
+//! stream and waits for the answer, and the connection's task reads and
+//! writes the socket; no task or channel sits between them. A stream opened
+//! past the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` would wait inside the
+//! connection, and the pool cannot see the peer's value before the first
+//! request, so the per-connection limit is a setting
 //! ([`PoolSettings::max_streams_per_connection`], kube's 100 by default).
 //!
 //! Connections send HTTP/2 PING frames so a dead API server (or a silently
-//! dropped NAT entry) is noticed; a closed connection leaves the pool at
+//! dropped NAT entry) is noticed: one left unanswered for
+//! [`PoolSettings::keep_alive_timeout`] closes the connection, and its
+//! requests fail with a `Status`. A closed connection leaves the pool at
 //! once, and one without streams for [`PoolSettings::idle_timeout`] is closed.
 //! Connections opened for a burst of watches do not linger that long: past
 //! [`PoolSettings::max_idle_connections`] idle ones (counted per serving
@@ -31,16 +35,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use h2::client::SendRequest;
 use http::Uri;
-use hyper::client::conn::http2::SendRequest;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Notify};
 use tower_service::Service;
 
 use crate::counters::{Open, Protocol, UpstreamCounters};
-use crate::BoxError;
 
 /// Default for [`PoolSettings::max_connections`]: with kube's 100 streams per
 /// connection, room for the default 10,000 long-running requests
@@ -106,19 +110,19 @@ pub(crate) enum PoolError {
 }
 
 /// Where a request goes.
-pub(crate) enum Route<B> {
+pub(crate) enum Route {
     /// Over this HTTP/2 connection; the guard holds the stream slot.
-    Http2(SendRequest<B>, StreamGuard<B>),
+    Http2(SendRequest<Bytes>, StreamGuard),
     /// The server speaks only HTTP/1.1: use the HTTP/1.1 client.
     Http1,
 }
 
 /// The pool of HTTP/2 connections to one API server.
-pub(crate) struct Pool<B> {
-    shared: Arc<Shared<B>>,
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
 }
 
-impl<B> Clone for Pool<B> {
+impl Clone for Pool {
     fn clone(&self) -> Self {
         Pool {
             shared: self.shared.clone(),
@@ -126,12 +130,12 @@ impl<B> Clone for Pool<B> {
     }
 }
 
-struct Shared<B> {
+struct Shared {
     connector: HttpsConnector<HttpConnector>,
     /// `https://host:port` to connect to.
     target: Uri,
     settings: PoolSettings,
-    state: Mutex<State<B>>,
+    state: Mutex<State>,
     /// Signalled when a stream ends or a connection changes phase.
     changed: Notify,
     http1_only: AtomicBool,
@@ -139,55 +143,54 @@ struct Shared<B> {
     counters: Arc<UpstreamCounters>,
 }
 
-struct State<B> {
-    conns: Vec<Arc<Conn<B>>>,
+struct State {
+    conns: Vec<Arc<Conn>>,
     next_id: u64,
 }
 
-enum Phase<B> {
+enum Phase {
     Connecting,
-    Ready(SendRequest<B>),
+    Ready(SendRequest<Bytes>),
     Failed(String),
     Http1,
     Closed,
 }
 
-enum Outcome<B> {
-    Send(SendRequest<B>),
+enum Outcome {
+    Send(SendRequest<Bytes>),
     Http1,
     Failed(String),
     Retry,
 }
 
-struct Conn<B> {
+struct Conn {
     id: u64,
     /// The serving thread that opened it ([`crate::worker`]), if any.
     home: Option<usize>,
     in_flight: AtomicUsize,
     /// Milliseconds since the pool started when the last stream ended.
     last_used: AtomicU64,
-    phase: watch::Receiver<Phase<B>>,
+    phase: watch::Receiver<Phase>,
 }
 
-impl<B> Conn<B> {
+impl Conn {
     /// True while new streams may be opened on it.
     fn usable(&self) -> bool {
         match &*self.phase.borrow() {
-            Phase::Connecting => true,
-            Phase::Ready(send) => !send.is_closed(),
+            Phase::Connecting | Phase::Ready(_) => true,
             Phase::Failed(_) | Phase::Http1 | Phase::Closed => false,
         }
     }
 }
 
 /// A stream slot on one connection, given back when dropped.
-pub(crate) struct StreamGuard<B> {
-    conn: Arc<Conn<B>>,
-    shared: Arc<Shared<B>>,
+pub(crate) struct StreamGuard {
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
     _in_flight: Open,
 }
 
-impl<B> Drop for StreamGuard<B> {
+impl Drop for StreamGuard {
     fn drop(&mut self) {
         let now = self.shared.started.elapsed().as_millis() as u64;
         self.conn.last_used.store(now, Ordering::Relaxed);
@@ -196,12 +199,7 @@ impl<B> Drop for StreamGuard<B> {
     }
 }
 
-impl<B> Pool<B>
-where
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
+impl Pool {
     /// A pool connecting to `target` (`https://host:port`) through
     /// `connector`, counting its connections and streams in `counters`.
     pub(crate) fn new(
@@ -239,7 +237,7 @@ where
     /// A stream slot on a connection with room, opening a connection when
     /// every open one is full, waiting when the pool is at its cap.
     /// Cancel-safe: a slot taken by a cancelled call is given back.
-    pub(crate) async fn acquire(&self) -> Result<Route<B>, PoolError> {
+    pub(crate) async fn acquire(&self) -> Result<Route, PoolError> {
         let shared = &self.shared;
         loop {
             if shared.http1_only.load(Ordering::Acquire) {
@@ -271,11 +269,11 @@ where
             let mut phase = guard.conn.phase.clone();
             let outcome = match phase.wait_for(|p| !matches!(p, Phase::Connecting)).await {
                 Ok(current) => match &*current {
-                    Phase::Ready(send) if !send.is_closed() => Outcome::Send(send.clone()),
+                    Phase::Ready(send) => Outcome::Send(send.clone()),
                     Phase::Http1 => Outcome::Http1,
                     Phase::Failed(error) => Outcome::Failed(error.clone()),
                     // Closed meanwhile: take a slot elsewhere.
-                    Phase::Ready(_) | Phase::Closed | Phase::Connecting => Outcome::Retry,
+                    Phase::Closed | Phase::Connecting => Outcome::Retry,
                 },
                 Err(_) => Outcome::Failed("the connection task ended".into()),
             };
@@ -293,7 +291,7 @@ where
     /// On a serving thread ([`crate::worker`]) the connections that thread
     /// opened come first: it opens its own while the pool is under its cap,
     /// and borrows another thread's only at the cap.
-    fn pick(&self) -> Option<Arc<Conn<B>>> {
+    fn pick(&self) -> Option<Arc<Conn>> {
         let shared = &self.shared;
         let limit = shared.settings.max_streams_per_connection.max(1);
         let here = crate::worker::current();
@@ -338,18 +336,11 @@ where
     }
 }
 
-/// Opens one connection, publishes its phase, drives it until it closes or
-/// stays idle too long, then removes it from the pool.
-async fn run_connection<B>(
-    shared: Arc<Shared<B>>,
-    conn: Arc<Conn<B>>,
-    phase: watch::Sender<Phase<B>>,
-) where
-    B: http_body::Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let finish = |next: Phase<B>| {
+/// Opens one connection, publishes its phase, drives it until it closes,
+/// stays idle too long or leaves a PING unanswered, then removes it from the
+/// pool.
+async fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, phase: watch::Sender<Phase>) {
+    let finish = |next: Phase| {
         phase.send_replace(next);
         if let Ok(mut state) = shared.state.lock() {
             state.conns.retain(|c| c.id != conn.id);
@@ -370,19 +361,21 @@ async fn run_connection<B>(
         return finish(Phase::Http1);
     }
     let settings = &shared.settings;
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .keep_alive_interval(settings.keep_alive_interval)
-        .keep_alive_timeout(settings.keep_alive_timeout)
-        .keep_alive_while_idle(true);
-    let (send, connection) = match builder.handshake(stream).await {
+    let (send, mut connection) = match h2_builder()
+        .handshake::<_, Bytes>(TokioIo::new(stream))
+        .await
+    {
         Ok(pair) => pair,
         Err(error) => {
             tracing::warn!(%error, "the upstream HTTP/2 handshake failed");
             return finish(Phase::Failed(error.to_string()));
         }
     };
+    let mut keep_alive = KeepAlive::new(
+        connection.ping_pong(),
+        settings.keep_alive_interval,
+        settings.keep_alive_timeout,
+    );
     phase.send_replace(Phase::Ready(send));
     shared.changed.notify_waiters();
     let _open = shared.counters.connection(Protocol::Http2);
@@ -394,10 +387,22 @@ async fn run_connection<B>(
     let mut check =
         tokio::time::interval((idle_timeout / 2).clamp(Duration::from_millis(100), IDLE_GRACE));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(connection);
     let result = loop {
         tokio::select! {
+            biased;
             result = &mut connection => break result,
+            alive = keep_alive.check() => {
+                if !alive {
+                    tracing::warn!(
+                        connection = conn.id,
+                        timeout = ?settings.keep_alive_timeout,
+                        "the upstream left a PING unanswered; closing the connection"
+                    );
+                    // Dropping the connection ends its streams with an error.
+                    finish(Phase::Closed);
+                    return;
+                }
+            }
             _ = check.tick() => {
                 if conn.in_flight.load(Ordering::Acquire) != 0 {
                     continue;
@@ -434,7 +439,8 @@ async fn run_connection<B>(
                 };
                 if removed {
                     tracing::debug!(connection = conn.id, "closing an idle upstream connection");
-                    // Dropping the last `SendRequest` lets hyper close it.
+                    // With the last `SendRequest` gone and no stream open, h2
+                    // sends GOAWAY and closes at its next poll.
                     phase.send_replace(Phase::Closed);
                     shared.changed.notify_waiters();
                     break connection.await;
@@ -446,6 +452,81 @@ async fn run_connection<B>(
         tracing::info!(connection = conn.id, %error, "upstream HTTP/2 connection closed");
     }
     finish(Phase::Closed);
+}
+
+/// HTTP/2 settings of upstream connections: 2 MiB per stream and 5 MiB per
+/// connection of receive window (a watch's burst of events or a large list
+/// arrives without waiting for window updates), 16 KiB frames, at most 16 KiB
+/// of response headers, no server push.
+fn h2_builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_max_send_streams(DEFAULT_MAX_STREAMS_PER_CONNECTION)
+        .initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false);
+    builder
+}
+
+/// Sends a PING every `interval` and reports a connection dead when one is
+/// not answered within `timeout`.
+struct KeepAlive {
+    ping_pong: Option<h2::PingPong>,
+    interval: Option<Duration>,
+    timeout: Duration,
+    /// When the next PING is due, or when the one in flight times out.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+}
+
+impl KeepAlive {
+    fn new(ping_pong: Option<h2::PingPong>, interval: Option<Duration>, timeout: Duration) -> Self {
+        let first = interval.unwrap_or(Duration::from_secs(3600));
+        KeepAlive {
+            ping_pong,
+            interval,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(first)),
+            waiting: false,
+        }
+    }
+
+    /// Resolves `true` when a PONG arrived or a PING went out, `false` when
+    /// a PING went unanswered; pending forever when keep-alive is off.
+    async fn check(&mut self) -> bool {
+        let (Some(interval), Some(ping_pong)) = (self.interval, self.ping_pong.as_mut()) else {
+            return std::future::pending().await;
+        };
+        if self.waiting {
+            tokio::select! {
+                biased;
+                pong = std::future::poll_fn(|cx| ping_pong.poll_pong(cx)) => {
+                    self.waiting = false;
+                    if pong.is_err() {
+                        // The connection is closing; its own future says why.
+                        return std::future::pending().await;
+                    }
+                    let next = tokio::time::Instant::now() + interval;
+                    self.deadline.as_mut().reset(next);
+                    true
+                }
+                () = self.deadline.as_mut() => false,
+            }
+        } else {
+            self.deadline.as_mut().await;
+            if ping_pong.send_ping(h2::Ping::opaque()).is_err() {
+                return std::future::pending().await;
+            }
+            self.waiting = true;
+            let timeout = tokio::time::Instant::now() + self.timeout;
+            self.deadline.as_mut().reset(timeout);
+            true
+        }
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,25 @@ async fn start_server() -> TestServer {
                 };
                 let service =
                     hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/echo" {
+                            // The length of the body read, and its trailer.
+                            let collected = req.into_body().collect().await.unwrap();
+                            let trailer = collected
+                                .trailers()
+                                .and_then(|t| t.get("x-check"))
+                                .map(|v| v.to_str().unwrap().to_owned())
+                                .unwrap_or_default();
+                            let text = format!("{} {trailer}", collected.to_bytes().len());
+                            return Ok(Response::new(
+                                http_body_util::Full::new(Bytes::from(text)).boxed(),
+                            ));
+                        }
+                        if req.uri().path() == "/early" {
+                            // Answers without reading the body.
+                            return Ok(Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"early")).boxed(),
+                            ));
+                        }
                         if req.uri().path() == "/hold" {
                             let stream = futures_util::stream::once(async {
                                 Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"held\n")))
@@ -314,4 +333,110 @@ fn each_serving_thread_keeps_its_idle_connection() {
         assert_eq!(shared.http2_connections(), 2);
         assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
     });
+}
+
+type TestBody = http_body_util::combinators::BoxBody<Bytes, crate::BoxError>;
+
+fn body_upstream(server: &TestServer) -> Upstream<TestBody> {
+    Upstream::new(options(server, 4)).unwrap()
+}
+
+/// A body of `chunks` chunks of 64 KiB, then `trailer` if given, then the
+/// end, or a body that never ends when `endless`.
+fn chunked_body(chunks: usize, trailer: Option<&'static str>, endless: bool) -> TestBody {
+    let data = (0..chunks).map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024]))));
+    let trailer = trailer.map(|value| {
+        let mut map = http::HeaderMap::new();
+        map.insert("x-check", value.parse().unwrap());
+        Ok(Frame::trailers(map))
+    });
+    let frames = futures_util::stream::iter(data.chain(trailer));
+    if endless {
+        BodyExt::boxed(StreamBody::new(
+            frames.chain(futures_util::stream::pending()),
+        ))
+    } else {
+        BodyExt::boxed(StreamBody::new(frames))
+    }
+}
+
+async fn text(response: Response<crate::ProxyBody>) -> String {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A body larger than the server's stream and connection windows (64 KiB
+/// by default) is sent as the server grants window, with its trailers.
+#[tokio::test]
+async fn a_request_body_past_the_window_reaches_the_server_whole_with_trailers() {
+    let server = start_server().await;
+    let mut upstream = body_upstream(&server);
+    let request = Request::post("/echo")
+        .body(chunked_body(80, Some("done"), false))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), upstream.call(request))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, format!("{} done", 80 * 64 * 1024));
+}
+
+/// A server that answers before reading the body (kube's 401 or 403) is
+/// passed on at once, and the connection goes on serving.
+#[tokio::test]
+async fn an_answer_before_the_body_is_read_is_passed_on() {
+    let server = start_server().await;
+    let mut upstream = body_upstream(&server);
+    let request = Request::post("/early")
+        .body(chunked_body(2, None, true))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), upstream.call(request))
+        .await
+        .expect("the early answer arrived while the body was still open")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "early");
+    let request = Request::post("/echo")
+        .body(chunked_body(1, None, false))
+        .unwrap();
+    let response = upstream.call(request).await.unwrap();
+    assert_eq!(text(response).await, format!("{} ", 64 * 1024));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A server that completes the TLS handshake and then reads nothing (hung,
+/// or a NAT entry dropped without a reset): the unanswered PING closes the
+/// connection, and the request waiting on it gets a 502 instead of hanging.
+#[tokio::test]
+async fn an_unanswered_ping_closes_the_connection_and_fails_its_requests() {
+    let (tls, ca_pem) = tls_config();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let (hung_tx, hung_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let stream = acceptor.accept(tcp).await.unwrap();
+        // Held open, never read.
+        let _ = hung_tx.send(stream);
+    });
+    let server = TestServer {
+        addr,
+        ca_pem,
+        accepted: Arc::new(AtomicUsize::new(0)),
+    };
+    let mut options = options(&server, 4);
+    options.pool.keep_alive_interval = Some(Duration::from_millis(200));
+    options.pool.keep_alive_timeout = Duration::from_millis(300);
+    let mut upstream: Upstream<Empty<Bytes>> = Upstream::new(options).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), upstream.call(get("/")))
+        .await
+        .expect("the request failed instead of hanging")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(upstream.http2_connections(), 0);
+    drop(hung_rx);
 }

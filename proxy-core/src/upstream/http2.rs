@@ -1,0 +1,262 @@
+//! One request over a pooled upstream HTTP/2 connection, sent from the
+//! request's own task: the stream is opened here, the request body (if any)
+//! is copied within the window the server grants, and the answer's body is
+//! read straight from the `h2` stream.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{Reason, RecvStream, SendStream};
+use http::{header, HeaderValue, Method, Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+
+use crate::BoxError;
+
+/// Sends `req` on a stream of the connection behind `send` and waits for
+/// the answer's head. A body the server has not read in full when it answers
+/// goes on being sent from a task of its own.
+pub(crate) async fn send<B>(
+    mut send: SendRequest<Bytes>,
+    req: Request<B>,
+) -> Result<Response<RecvStream>, h2::Error>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    parts.version = Version::HTTP_2;
+    strip_connection_headers(&mut parts.headers);
+    if let Some(len) = body.size_hint().exact() {
+        if (len != 0 || has_payload_semantics(&parts.method))
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    let end_of_stream = body.is_end_stream();
+    let (mut response, stream) =
+        send.send_request(Request::from_parts(parts, ()), end_of_stream)?;
+    drop(send);
+    if end_of_stream {
+        drop(stream);
+        return response.await;
+    }
+    let mut pipe = Box::pin(pipe(body, stream));
+    tokio::select! {
+        biased;
+        answer = &mut response => {
+            // The server answered before the body was all sent: the rest goes
+            // on (or stops at the server's reset) without holding the answer.
+            tokio::spawn(pipe);
+            answer
+        }
+        () = &mut pipe => response.await,
+    }
+}
+
+/// Copies `body` to `stream`, reading the next frame only once the server's
+/// window has room, so a fast caller and a slow server hold one frame here
+/// at most. Stops when the server resets the stream.
+async fn pipe<B>(mut body: B, mut stream: SendStream<Bytes>)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        stream.reserve_capacity(1);
+        while stream.capacity() == 0 {
+            let granted = poll_fn(|cx| match stream.poll_reset(cx) {
+                Poll::Ready(_) => Poll::Ready(None),
+                Poll::Pending => stream.poll_capacity(cx),
+            })
+            .await;
+            match granted {
+                Some(Ok(_)) => {}
+                // Reset, closed or failed: nothing more can be sent.
+                Some(Err(_)) | None => return,
+            }
+        }
+        let frame = tokio::select! {
+            biased;
+            _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
+            frame = body.frame() => frame,
+        };
+        match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let end = body.is_end_stream();
+                    if data.is_empty() && !end {
+                        continue;
+                    }
+                    stream.reserve_capacity(data.len());
+                    if stream.send_data(data, end).is_err() || end {
+                        return;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = stream.send_trailers(trailers);
+                    } else {
+                        let _ = stream.send_data(Bytes::new(), true);
+                    }
+                    return;
+                }
+            },
+            Some(Err(error)) => {
+                let error: BoxError = error.into();
+                tracing::debug!(%error, "the request body failed; resetting the upstream stream");
+                stream.send_reset(Reason::CANCEL);
+                return;
+            }
+        }
+    }
+}
+
+/// Methods whose empty body is still announced with `Content-Length: 0`.
+fn has_payload_semantics(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+    )
+}
+
+/// Removes the headers HTTP/2 forbids (RFC 9113 §8.2.2), which the `h2`
+/// crate would refuse the whole request for. The proxy's own layers remove
+/// them already; this keeps [`super::Upstream`] safe on its own.
+fn strip_connection_headers(headers: &mut http::HeaderMap) {
+    let forbidden = |name: &header::HeaderName| {
+        name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == "keep-alive"
+            || name == "proxy-connection"
+    };
+    if headers.keys().any(forbidden) {
+        let names: Vec<_> = headers.keys().filter(|n| forbidden(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes() != b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+}
+
+/// An answer's body read from an upstream HTTP/2 stream, its window given
+/// back as it is read. A `RST_STREAM(NO_ERROR)` ends it normally (RFC 9113
+/// §8.1: the server answered early).
+pub struct Http2Body {
+    first: Option<Result<Frame<Bytes>, BoxError>>,
+    stream: RecvStream,
+    data_done: bool,
+    /// Bytes still to come, when `Content-Length` said.
+    remaining: Option<u64>,
+}
+
+impl std::fmt::Debug for Http2Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http2Body")
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Http2Body {
+    /// The body of an answer with these `headers`. When the answer has a
+    /// non-zero `Content-Length`, its first frame is read here (waiting
+    /// [`crate::body::PREFETCH_WAIT`] at most), as
+    /// [`crate::body::prefetch_fixed_length`] does for HTTP/1.1.
+    pub(crate) async fn new(headers: &http::HeaderMap, stream: RecvStream) -> Self {
+        let remaining = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| stream.is_end_stream().then_some(0));
+        let mut body = Http2Body {
+            first: None,
+            stream,
+            data_done: false,
+            remaining,
+        };
+        if remaining.is_some_and(|n| n > 0) && !body.stream.is_end_stream() {
+            if let Ok(Some(first)) =
+                tokio::time::timeout(crate::body::PREFETCH_WAIT, body.frame()).await
+            {
+                body.first = Some(first);
+            }
+        }
+        body
+    }
+}
+
+impl Body for Http2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        if !this.data_done {
+            match this.stream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = this.stream.flow_control().release_capacity(data.len());
+                    if let Some(remaining) = &mut this.remaining {
+                        *remaining = remaining.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(ended(error)),
+                Poll::Ready(None) => this.data_done = true,
+            }
+        }
+        match this.stream.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(trailers)) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Poll::Ready(Err(error)) => Poll::Ready(ended(error)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.stream.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = match &self.first {
+            None => 0,
+            Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(_)) => return SizeHint::default(),
+        };
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n + first),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// How a stream error ends a body: `NO_ERROR` is an early answer's normal end.
+fn ended(error: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
+    if error.reason() == Some(Reason::NO_ERROR) {
+        None
+    } else {
+        Some(Err(error.into()))
+    }
+}
