@@ -445,16 +445,15 @@ impl Writer {
             match events.try_recv() {
                 Ok(event) => {
                     line.clear();
-                    if serde_json::to_writer(&mut line, &event).is_ok() {
-                        line.push(b'\n');
-                        match self.write(&line) {
-                            Ok(()) => {
-                                counters.written.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(error) => {
-                                counters.dropped.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(%error, "audit event not written");
-                            }
+                    event.write_json(&mut line);
+                    line.push(b'\n');
+                    match self.write(&line) {
+                        Ok(()) => {
+                            counters.written.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            counters.dropped.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%error, "audit event not written");
                         }
                     }
                 }
@@ -524,6 +523,9 @@ fn rotate(path: &Path, max_backups: u32) -> std::io::Result<()> {
     }
     std::fs::rename(path, numbered(path, 1))
 }
+
+#[path = "audit_json.rs"]
+mod json;
 
 #[cfg(test)]
 mod tests {

@@ -141,12 +141,7 @@ fn strip_connection_headers(headers: &mut http::HeaderMap) {
             || name == "keep-alive"
             || name == "proxy-connection"
     };
-    if headers.keys().any(forbidden) {
-        let names: Vec<_> = headers.keys().filter(|n| forbidden(n)).cloned().collect();
-        for name in names {
-            headers.remove(name);
-        }
-    }
+    super::remove_matching(headers, forbidden);
     if headers
         .get(header::TE)
         .is_some_and(|te| te.as_bytes() != b"trailers")
@@ -258,5 +253,71 @@ fn ended(error: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
         None
     } else {
         Some(Err(error.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    header::HeaderName::from_static(n),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn connection_specific_request_headers_are_removed_and_the_rest_kept() {
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("accept", "application/json"),
+            ("impersonate-user", "alice"),
+        ]);
+        strip_connection_headers(&mut h);
+        let mut left: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "impersonate-user"]);
+        let mut h = headers(&[("te", "trailers")]);
+        strip_connection_headers(&mut h);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn hop_by_hop_response_headers_are_removed_and_the_rest_kept() {
+        let mut h = headers(&[
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("trailer", "x-check"),
+            ("upgrade", "h2c"),
+            ("proxy-authenticate", "Basic"),
+            ("content-type", "application/json"),
+            ("audit-id", "1"),
+        ]);
+        super::super::strip_response_hop_headers(&mut h);
+        let mut left: Vec<_> = h.keys().map(|n| n.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["audit-id", "content-type"]);
+    }
+
+    #[test]
+    fn only_methods_with_payload_semantics_announce_an_empty_body() {
+        for method in [Method::POST, Method::PUT, Method::PATCH] {
+            assert!(has_payload_semantics(&method), "{method}");
+        }
+        for method in [Method::GET, Method::HEAD, Method::DELETE, Method::CONNECT] {
+            assert!(!has_payload_semantics(&method), "{method}");
+        }
     }
 }

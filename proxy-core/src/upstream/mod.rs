@@ -430,15 +430,25 @@ fn failure_status(connect: bool) -> Response<ProxyBody> {
 
 /// Removes hop-by-hop headers from an upstream response (not from a 101).
 fn strip_response_hop_headers(headers: &mut http::HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::TRAILER,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::HeaderName::from_static("keep-alive"),
-    ] {
-        headers.remove(name);
+    let hop = |name: &header::HeaderName| {
+        name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::TRAILER
+            || name == header::UPGRADE
+            || name == header::PROXY_AUTHENTICATE
+            || name == "keep-alive"
+    };
+    remove_matching(headers, hop);
+}
+
+/// Removes the headers whose name matches, in one pass over the names
+/// present: removing absent names one by one would hash and probe each.
+fn remove_matching(headers: &mut http::HeaderMap, matches: impl Fn(&header::HeaderName) -> bool) {
+    if headers.keys().any(&matches) {
+        let names: Vec<_> = headers.keys().filter(|n| matches(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
 }
 
