@@ -16,17 +16,32 @@ use http_body_util::BodyExt as _;
 
 use crate::BoxError;
 
+/// Why a request got no answer.
+pub(crate) enum SendError<B> {
+    /// The server sent GOAWAY before the request went out: it is handed back
+    /// untouched, to be sent on another connection.
+    GoneAway(Request<B>),
+    /// The stream or the connection failed.
+    Failed(h2::Error),
+}
+
 /// Sends `req` on a stream of the connection behind `send` and waits for
 /// the answer's head. A body the server has not read in full when it answers
 /// goes on being sent from a task of its own.
 pub(crate) async fn send<B>(
-    mut send: SendRequest<Bytes>,
+    send: SendRequest<Bytes>,
     req: Request<B>,
-) -> Result<Response<RecvStream>, h2::Error>
+) -> Result<Response<RecvStream>, SendError<B>>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    // Fails at once when a GOAWAY arrived; nothing was sent yet.
+    let mut send = match send.ready().await {
+        Ok(send) => send,
+        Err(error) if error.is_go_away() => return Err(SendError::GoneAway(req)),
+        Err(error) => return Err(SendError::Failed(error)),
+    };
     let (mut parts, body) = req.into_parts();
     parts.version = Version::HTTP_2;
     strip_connection_headers(&mut parts.headers);
@@ -40,12 +55,13 @@ where
         }
     }
     let end_of_stream = body.is_end_stream();
-    let (mut response, stream) =
-        send.send_request(Request::from_parts(parts, ()), end_of_stream)?;
+    let (mut response, stream) = send
+        .send_request(Request::from_parts(parts, ()), end_of_stream)
+        .map_err(SendError::Failed)?;
     drop(send);
     if end_of_stream {
         drop(stream);
-        return response.await;
+        return response.await.map_err(SendError::Failed);
     }
     let mut pipe = Box::pin(pipe(body, stream));
     tokio::select! {
@@ -54,9 +70,9 @@ where
             // The server answered before the body was all sent: the rest goes
             // on (or stops at the server's reset) without holding the answer.
             tokio::spawn(pipe);
-            answer
+            answer.map_err(SendError::Failed)
         }
-        () = &mut pipe => response.await,
+        () = &mut pipe => response.await.map_err(SendError::Failed),
     }
 }
 

@@ -1,9 +1,10 @@
-//! Forwarding to the API server: a pooled hyper client over rustls that
-//! carries the proxy's own credential.
+//! Forwarding to the API server: pooled connections over rustls that carry
+//! the proxy's own credential.
 //!
 //! - HTTP/2 when the server offers it by ALPN, over a [`pool`] of
 //!   connections that grows as the server's per-connection stream limit is
-//!   used up (watches hold their stream); else HTTP/1.1; upgrades
+//!   used up (watches hold their stream), each request sent on the `h2`
+//!   crate from its own task; else HTTP/1.1 through hyper's client; upgrades
 //!   (SPDY/3.1 and WebSocket, as kubectl exec, attach and port-forward use)
 //!   go over HTTP/1.1 and are tunnelled both ways.
 //! - Request and response bodies stream; nothing is buffered.
@@ -493,6 +494,9 @@ where
     }
 }
 
+/// How many connections that went away one request tries before failing.
+const MAX_GONE_AWAY: usize = 3;
+
 /// Forwards a request over a pooled HTTP/2 stream, or over HTTP/1.1 when
 /// the server has no HTTP/2.
 async fn forward<B>(
@@ -503,39 +507,60 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let (response, guard) = match inner.pool.acquire().await {
-        Ok(pool::Route::Http2(send, guard)) => {
-            return match http2::send(send, req.map(DrainOnDrop::new)).await {
-                Ok(response) => {
-                    let (mut parts, stream) = response.into_parts();
-                    strip_response_hop_headers(&mut parts.headers);
-                    let body = http2::Http2Body::new(&parts.headers, stream).await;
-                    // The stream slot is given back when the body ends or is dropped.
-                    let body = ProxyBody::Http2(body).with_hold(Hold::new(guard));
-                    Ok(Response::from_parts(parts, body))
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "upstream request failed");
-                    Ok(failure_status(false))
-                }
-            };
-        }
-        Ok(pool::Route::Http1) => {
-            *req.version_mut() = Version::HTTP_11;
-            let in_flight = inner.counters.request(Protocol::Http1);
-            match inner
-                .http1_client()
-                .request(req.map(DrainOnDrop::new))
-                .await
-            {
-                Ok(response) => (response, Hold::new(in_flight)),
-                Err(error) => return Ok(unreachable_status(&error)),
+    // A request refused by a connection that got GOAWAY goes again on
+    // another; a server restarting sends GOAWAY to every connection.
+    let mut refused = 0;
+    let (response, guard) = loop {
+        break match inner.pool.acquire().await {
+            Ok(pool::Route::Http2(send, guard)) => {
+                return match http2::send(send, req.map(DrainOnDrop::new)).await {
+                    Ok(response) => {
+                        let (mut parts, stream) = response.into_parts();
+                        strip_response_hop_headers(&mut parts.headers);
+                        let body = http2::Http2Body::new(&parts.headers, stream).await;
+                        // The stream slot is given back when the body ends or is dropped.
+                        let body = ProxyBody::Http2(body).with_hold(Hold::new(guard));
+                        Ok(Response::from_parts(parts, body))
+                    }
+                    Err(http2::SendError::GoneAway(back)) if refused < MAX_GONE_AWAY => {
+                        guard.retire();
+                        refused += 1;
+                        let (parts, body) = back.into_parts();
+                        match body.into_inner() {
+                            Some(body) => {
+                                req = Request::from_parts(parts, body);
+                                continue;
+                            }
+                            None => Ok(failure_status(false)),
+                        }
+                    }
+                    Err(http2::SendError::GoneAway(_)) => {
+                        tracing::warn!("upstream connections keep going away");
+                        Ok(failure_status(false))
+                    }
+                    Err(http2::SendError::Failed(error)) => {
+                        tracing::warn!(%error, "upstream request failed");
+                        Ok(failure_status(false))
+                    }
+                };
             }
-        }
-        Err(error) => {
-            tracing::warn!(%error, "upstream request failed");
-            return Ok(failure_status(true));
-        }
+            Ok(pool::Route::Http1) => {
+                *req.version_mut() = Version::HTTP_11;
+                let in_flight = inner.counters.request(Protocol::Http1);
+                match inner
+                    .http1_client()
+                    .request(req.map(DrainOnDrop::new))
+                    .await
+                {
+                    Ok(response) => (response, Hold::new(in_flight)),
+                    Err(error) => return Ok(unreachable_status(&error)),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "upstream request failed");
+                return Ok(failure_status(true));
+            }
+        };
     };
     let mut response = response;
     strip_response_hop_headers(response.headers_mut());
@@ -613,6 +638,11 @@ where
             inner: Some(body),
             drain: drain_in_background::<B>,
         }
+    }
+
+    /// The body, unread (a request handed back to be sent again).
+    fn into_inner(mut self) -> Option<B> {
+        self.inner.take()
     }
 }
 

@@ -21,8 +21,10 @@
 //! Connections send HTTP/2 PING frames so a dead API server (or a silently
 //! dropped NAT entry) is noticed: one left unanswered for
 //! [`PoolSettings::keep_alive_timeout`] closes the connection, and its
-//! requests fail with a `Status`. A closed connection leaves the pool at
-//! once, and one without streams for [`PoolSettings::idle_timeout`] is closed.
+//! requests fail with a `Status`. A connection whose server sent GOAWAY (a
+//! graceful shutdown, as when kube-apiserver restarts) takes no new streams:
+//! its open streams finish, and a request it refused before sending goes to
+//! another connection. A closed connection leaves the pool at once, and one without streams for [`PoolSettings::idle_timeout`] is closed.
 //! Connections opened for a burst of watches do not linger that long: past
 //! [`PoolSettings::max_idle_connections`] idle ones (counted per serving
 //! thread, see [`crate::worker`]), a connection whose last stream ended is
@@ -171,11 +173,16 @@ struct Conn {
     /// Milliseconds since the pool started when the last stream ended.
     last_used: AtomicU64,
     phase: watch::Receiver<Phase>,
+    /// Set when the server sent GOAWAY: no new streams go here.
+    gone_away: AtomicBool,
 }
 
 impl Conn {
     /// True while new streams may be opened on it.
     fn usable(&self) -> bool {
+        if self.gone_away.load(Ordering::Acquire) {
+            return false;
+        }
         match &*self.phase.borrow() {
             Phase::Connecting | Phase::Ready(_) => true,
             Phase::Failed(_) | Phase::Http1 | Phase::Closed => false,
@@ -188,6 +195,15 @@ pub(crate) struct StreamGuard {
     conn: Arc<Conn>,
     shared: Arc<Shared>,
     _in_flight: Open,
+}
+
+impl StreamGuard {
+    /// Takes the connection out of the pool for new streams (the server sent
+    /// GOAWAY); its open streams finish as they would.
+    pub(crate) fn retire(&self) {
+        self.conn.gone_away.store(true, Ordering::Release);
+        self.shared.changed.notify_waiters();
+    }
 }
 
 impl Drop for StreamGuard {
@@ -322,6 +338,7 @@ impl Pool {
             in_flight: AtomicUsize::new(1),
             last_used: AtomicU64::new(0),
             phase: rx,
+            gone_away: AtomicBool::new(false),
         });
         state.next_id += 1;
         state.conns.push(conn.clone());

@@ -24,6 +24,9 @@ struct TestServer {
     addr: std::net::SocketAddr,
     ca_pem: String,
     accepted: Arc<AtomicUsize>,
+    /// Notified: every open connection sends GOAWAY and closes once its
+    /// streams end (a graceful shutdown).
+    go_away: Arc<tokio::sync::Notify>,
 }
 
 fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
@@ -57,11 +60,14 @@ async fn start_server() -> TestServer {
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
+    let go_away = Arc::new(tokio::sync::Notify::new());
+    let shutdown = go_away.clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(tcp).await else {
                     return;
@@ -101,10 +107,17 @@ async fn start_server() -> TestServer {
                             ))
                         }
                     });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .max_concurrent_streams(SERVER_STREAMS)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = &mut connection => {}
+                    () = shutdown.notified() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
             });
         }
     });
@@ -112,6 +125,7 @@ async fn start_server() -> TestServer {
         addr,
         ca_pem,
         accepted,
+        go_away,
     }
 }
 
@@ -427,6 +441,7 @@ async fn an_unanswered_ping_closes_the_connection_and_fails_its_requests() {
         addr,
         ca_pem,
         accepted: Arc::new(AtomicUsize::new(0)),
+        go_away: Arc::new(tokio::sync::Notify::new()),
     };
     let mut options = options(&server, 4);
     options.pool.keep_alive_interval = Some(Duration::from_millis(200));
@@ -439,4 +454,26 @@ async fn an_unanswered_ping_closes_the_connection_and_fails_its_requests() {
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(upstream.http2_connections(), 0);
     drop(hung_rx);
+}
+
+/// A server shutting down gracefully sends GOAWAY: the watch open on that
+/// connection goes on, and a new request goes to a new connection instead
+/// of failing on the old one.
+#[tokio::test]
+async fn after_goaway_new_requests_go_to_a_new_connection() {
+    let server = start_server().await;
+    let mut upstream = upstream(&server, 4);
+    let mut held = hold(&mut upstream).await;
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    server.go_away.notify_waiters();
+    // Until the client has read the GOAWAY, a request may still be sent on
+    // the old connection and answered there; after it, never.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        assert_eq!(short(&mut upstream).await, "ok");
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+    // The held stream was not cut.
+    let more = tokio::time::timeout(Duration::from_millis(200), held.body_mut().frame()).await;
+    assert!(more.is_err(), "the held stream ended: {more:?}");
 }
