@@ -86,7 +86,7 @@ pub fn parse_token(content: &[u8]) -> Result<&str, String> {
         .map_err(|_| "the token is not UTF-8".to_owned())?
         .trim();
     if token.is_empty() {
-        return Err("the token file is empty".into());
+        return Err("the token is empty".into());
     }
     if token.chars().count() < MIN_TOKEN_CHARS {
         return Err(format!(

@@ -103,6 +103,9 @@ pub enum UpstreamError {
     /// TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The token given inline (a kubeconfig's `token`) is unusable.
+    #[error("upstream token: {0}")]
+    InlineToken(String),
     /// The token file could not be read or is empty.
     #[error("upstream token file {path}: {problem}")]
     Token {
@@ -122,13 +125,13 @@ pub struct TokenSource {
 impl TokenSource {
     fn header_from(content: &[u8]) -> Result<HeaderValue, String> {
         let token = std::str::from_utf8(content)
-            .map_err(|_| "token is not UTF-8".to_string())?
+            .map_err(|_| "the token is not UTF-8".to_string())?
             .trim();
         if token.is_empty() {
-            return Err("token file is empty".into());
+            return Err("the token is empty".into());
         }
         let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| "token holds characters a header cannot carry".to_string())?;
+            .map_err(|_| "the token holds characters a header cannot carry".to_string())?;
         value.set_sensitive(true);
         Ok(value)
     }
@@ -292,13 +295,8 @@ where
         let watch = match &options.credential {
             UpstreamCredential::None => None,
             UpstreamCredential::StaticToken(secret) => {
-                let value =
-                    TokenSource::header_from(secret.expose().as_bytes()).map_err(|problem| {
-                        UpstreamError::Token {
-                            path: PathBuf::from("<kubeconfig token>"),
-                            problem,
-                        }
-                    })?;
+                let value = TokenSource::header_from(secret.expose().as_bytes())
+                    .map_err(UpstreamError::InlineToken)?;
                 token.current.store(Some(Arc::new(value)));
                 None
             }
@@ -687,5 +685,59 @@ impl<B> Drop for DrainOnDrop<B> {
         if let Some(body) = self.inner.take() {
             (self.drain)(body);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(credential: UpstreamCredential) -> UpstreamOptions {
+        UpstreamOptions {
+            url: "https://127.0.0.1:6443".parse().unwrap(),
+            ca_pem: None,
+            client_identity: None,
+            server_name: None,
+            credential,
+            connect_timeout: Duration::from_secs(1),
+            pool: PoolSettings::default(),
+        }
+    }
+
+    /// Each message names the file once and says what is wrong with the
+    /// token, never the token.
+    #[tokio::test]
+    async fn unusable_tokens_are_refused_with_the_file_named_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy-token");
+        for (content, problem) in [
+            (&b" \n"[..], "the token is empty"),
+            (&b"\xff\xfe"[..], "the token is not UTF-8"),
+            (
+                &b"secret\x01token"[..],
+                "the token holds characters a header cannot carry",
+            ),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            let error =
+                Upstream::<hyper::body::Incoming>::new(options(UpstreamCredential::TokenFile {
+                    path: path.clone(),
+                    interval: Duration::from_secs(60),
+                }))
+                .err()
+                .expect("refused");
+            let text = error.to_string();
+            assert_eq!(
+                text,
+                format!("upstream token file {}: {problem}", path.display())
+            );
+            assert!(!text.contains("secret"), "{text}");
+        }
+        let error = Upstream::<hyper::body::Incoming>::new(options(
+            UpstreamCredential::StaticToken(crate::credential::Secret::new("")),
+        ))
+        .err()
+        .expect("refused");
+        assert_eq!(error.to_string(), "upstream token: the token is empty");
     }
 }
