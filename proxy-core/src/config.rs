@@ -608,8 +608,9 @@ pub struct UpstreamConfig {
     /// [`crate::upstream::pool::DEFAULT_MAX_CONNECTIONS`]); another is opened when every open
     /// one has `maxStreamsPerConnection` streams.
     pub max_connections: Option<usize>,
-    /// Streams opened on one HTTP/2 connection before another is opened
-    /// (default [`crate::upstream::pool::DEFAULT_MAX_STREAMS_PER_CONNECTION`], kube-apiserver's).
+    /// Most streams opened on one HTTP/2 connection before another is opened
+    /// (default [`crate::upstream::pool::DEFAULT_MAX_STREAMS_PER_CONNECTION`], kube-apiserver's);
+    /// fewer when the server announces fewer.
     pub max_streams_per_connection: Option<usize>,
     /// How often an HTTP/2 PING checks the connection (default 30s; `0s`: never).
     #[serde(default, with = "humantime_serde")]

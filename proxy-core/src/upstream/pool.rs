@@ -14,9 +14,10 @@
 //! stream and waits for the answer, and the connection's task reads and
 //! writes the socket; no task or channel sits between them. A stream opened
 //! past the peer's `SETTINGS_MAX_CONCURRENT_STREAMS` would wait inside the
-//! connection, and the pool cannot see the peer's value before the first
-//! request, so the per-connection limit is a setting
-//! ([`PoolSettings::max_streams_per_connection`], kube's 100 by default).
+//! connection, so the pool opens at most that many on a connection: the
+//! server's value once its SETTINGS arrived (read again at each idle check,
+//! within a second), never more than
+//! [`PoolSettings::max_streams_per_connection`] (kube's 100 by default).
 //!
 //! Connections send HTTP/2 PING frames so a dead API server (or a silently
 //! dropped NAT entry) is noticed: one left unanswered for
@@ -73,8 +74,9 @@ pub struct PoolSettings {
     /// Most HTTP/2 connections open at once; at the cap, requests wait for a
     /// free stream.
     pub max_connections: usize,
-    /// Streams the pool opens on one connection before opening another (set
-    /// it to the API server's `--http2-max-streams-per-connection`).
+    /// Most streams the pool opens on one connection before opening another;
+    /// a server announcing fewer (its `--http2-max-streams-per-connection`)
+    /// gets fewer.
     pub max_streams_per_connection: usize,
     /// How often an HTTP/2 PING is sent (`None`: never).
     pub keep_alive_interval: Option<Duration>,
@@ -173,6 +175,9 @@ struct Conn {
     /// Milliseconds since the pool started when the last stream ended.
     last_used: AtomicU64,
     phase: watch::Receiver<Phase>,
+    /// Streams opened here at most: the setting, or the server's lower
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` once known.
+    limit: AtomicUsize,
     /// Set when the server sent GOAWAY: no new streams go here.
     gone_away: AtomicBool,
 }
@@ -309,13 +314,12 @@ impl Pool {
     /// and borrows another thread's only at the cap.
     fn pick(&self) -> Option<Arc<Conn>> {
         let shared = &self.shared;
-        let limit = shared.settings.max_streams_per_connection.max(1);
         let here = crate::worker::current();
         let mut state = shared.state.lock().ok()?;
         state.conns.retain(|c| c.usable());
         let mut elsewhere = None;
         for conn in &state.conns {
-            if conn.in_flight.load(Ordering::Acquire) < limit {
+            if conn.in_flight.load(Ordering::Acquire) < conn.limit.load(Ordering::Relaxed) {
                 if conn.home == here {
                     conn.in_flight.fetch_add(1, Ordering::AcqRel);
                     return Some(conn.clone());
@@ -338,6 +342,7 @@ impl Pool {
             in_flight: AtomicUsize::new(1),
             last_used: AtomicU64::new(0),
             phase: rx,
+            limit: AtomicUsize::new(shared.settings.max_streams_per_connection.max(1)),
             gone_away: AtomicBool::new(false),
         });
         state.next_id += 1;
@@ -393,9 +398,12 @@ async fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, phase: watch::Send
         settings.keep_alive_interval,
         settings.keep_alive_timeout,
     );
+    // Reads the server's stream limit; dropped before an idle close.
+    let mut probe = Some(send.clone());
     phase.send_replace(Phase::Ready(send));
     shared.changed.notify_waiters();
     let _open = shared.counters.connection(Protocol::Http2);
+    let setting = settings.max_streams_per_connection.max(1);
 
     let idle_timeout = settings.idle_timeout;
     let max_idle = settings.max_idle_connections;
@@ -421,6 +429,13 @@ async fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, phase: watch::Send
                 }
             }
             _ = check.tick() => {
+                if let Some(probe) = &probe {
+                    let limit = probe.current_max_send_streams().clamp(1, setting);
+                    if conn.limit.swap(limit, Ordering::Relaxed) < limit {
+                        // Room for waiting requests.
+                        shared.changed.notify_waiters();
+                    }
+                }
                 if conn.in_flight.load(Ordering::Acquire) != 0 {
                     continue;
                 }
@@ -458,6 +473,7 @@ async fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, phase: watch::Send
                     tracing::debug!(connection = conn.id, "closing an idle upstream connection");
                     // With the last `SendRequest` gone and no stream open, h2
                     // sends GOAWAY and closes at its next poll.
+                    drop(probe.take());
                     phase.send_replace(Phase::Closed);
                     shared.changed.notify_waiters();
                     break connection.await;

@@ -477,3 +477,25 @@ async fn after_goaway_new_requests_go_to_a_new_connection() {
     let more = tokio::time::timeout(Duration::from_millis(200), held.body_mut().frame()).await;
     assert!(more.is_err(), "the held stream ended: {more:?}");
 }
+
+/// With a setting above the server's limit, the pool learns the server's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (2 here) and opens a second connection
+/// instead of queueing a third stream inside the first.
+#[tokio::test]
+async fn the_servers_stream_limit_is_learnt_when_lower_than_the_setting() {
+    let server = start_server().await;
+    let mut options = options(&server, 4);
+    options.pool.max_streams_per_connection = 10;
+    let mut upstream: Upstream<Empty<Bytes>> = Upstream::new(options).unwrap();
+    let mut held = vec![hold(&mut upstream).await];
+    // Past the next check, where the limit is read.
+    tokio::time::sleep(super::IDLE_GRACE + Duration::from_millis(300)).await;
+    for _ in 0..2 {
+        let response = tokio::time::timeout(Duration::from_secs(5), hold(&mut upstream))
+            .await
+            .expect("the stream opened instead of queueing on a full connection");
+        held.push(response);
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(upstream.http2_connections(), 2);
+}
