@@ -736,8 +736,7 @@ mod tests {
         let error = Upstream::<hyper::body::Incoming>::new(options(
             UpstreamCredential::StaticToken(crate::credential::Secret::new("")),
         ))
-        .err()
-        .expect("refused");
+        .expect_err("refused");
         assert_eq!(error.to_string(), "upstream token: the token is empty");
     }
 }
