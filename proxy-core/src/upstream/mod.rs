@@ -724,8 +724,7 @@ mod tests {
                     path: path.clone(),
                     interval: Duration::from_secs(60),
                 }))
-                .err()
-                .expect("refused");
+                .expect_err("refused");
             let text = error.to_string();
             assert_eq!(
                 text,
