@@ -273,16 +273,68 @@ struct Proc {
     child: Child,
 }
 
+/// The processes the bench started and has not stopped yet, stopped by
+/// [`stop_children_on_signal`] when the bench is interrupted.
+static RUNNING: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Asks process `pid` to stop. TERM first: nginx's master stops its workers
+/// only when asked to; killed outright, it would leave them behind.
+fn terminate(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// On Ctrl-C or SIGTERM (how a `LOAD_HOLD=1` run ends), stops every process
+/// the bench started, then exits.
+fn stop_children_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        let signalled = runtime.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => result,
+                _ = term.recv() => Ok(()),
+            }
+        });
+        if signalled.is_ok() {
+            let pids = RUNNING.lock().map(|p| p.clone()).unwrap_or_default();
+            for pid in pids {
+                terminate(pid);
+            }
+            std::process::exit(130);
+        }
+    });
+}
+
+impl Proc {
+    fn new(name: &str, child: Child) -> Proc {
+        if let Ok(mut running) = RUNNING.lock() {
+            running.push(child.id());
+        }
+        Proc {
+            name: name.to_owned(),
+            child,
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
-        // TERM first: nginx's master stops its workers only when asked to;
-        // killed outright, it would leave them behind.
+        let pid = self.child.id();
+        if let Ok(mut running) = RUNNING.lock() {
+            running.retain(|p| *p != pid);
+        }
         if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .stderr(Stdio::null())
-                .status();
+            terminate(pid);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
@@ -301,10 +353,7 @@ fn spawn_ready(name: &str, mut command: Command) -> anyhow::Result<(Proc, Vec<u1
         .spawn()
         .with_context(|| format!("starting {name}"))?;
     let stdout = child.stdout.take().context("stdout")?;
-    let proc = Proc {
-        name: name.to_owned(),
-        child,
-    };
+    let proc = Proc::new(name, child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let ports = line
@@ -322,10 +371,7 @@ fn spawn_quiet(name: &str, mut command: Command) -> anyhow::Result<Proc> {
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    Ok(Proc {
-        name: name.to_owned(),
-        child,
-    })
+    Ok(Proc::new(name, child))
 }
 
 /// `command` (the bench binary itself, maybe under valgrind) set up to run as `role`.
@@ -910,7 +956,8 @@ fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         runtime.block_on(wait_ready(target, setup.client_tls.clone()))?;
     }
     if std::env::var("LOAD_HOLD").is_ok_and(|v| v == "1") {
-        // For profiling by hand: the targets stay up until interrupted.
+        // For profiling by hand: the targets stay up until interrupted, and
+        // are stopped then (see `stop_children_on_signal`).
         for target in &setup.targets {
             println!(
                 "{} https://127.0.0.1:{} pid {:?} token {}",
@@ -1118,6 +1165,7 @@ fn main() -> anyhow::Result<()> {
         Ok(other) => bail!("LOAD_ROLE={other:?}: not a role"),
         Err(_) => {}
     }
+    stop_children_on_signal();
     if std::env::var("LOAD_CALLGRIND").is_ok_and(|v| v == "1") {
         callgrind(&runtime)
     } else {
