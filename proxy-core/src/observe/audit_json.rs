@@ -152,9 +152,64 @@ fn response_status(out: &mut Vec<u8>, status: &ResponseStatus) {
     let _ = write!(out, r#","code":{}}}"#, status.code);
 }
 
+/// Writes `time` as `"YYYY-MM-DDTHH:MM:SS.uuuuuuZ"`, as
+/// `humantime::format_rfc3339_micros` does (a test holds the two together),
+/// without the formatting machinery.
 fn timestamp(out: &mut Vec<u8>, time: Timestamp) {
-    // RFC 3339 text has nothing to escape.
-    let _ = write!(out, "\"{}\"", humantime::format_rfc3339_micros(time.0));
+    let since = time
+        .0
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since.as_secs();
+    let (year, month, day) = civil_date(seconds / 86_400);
+    let of_day = seconds % 86_400;
+    if year > 9999 {
+        // Past four digits (a clock gone wrong): the year in full.
+        let _ = write!(
+            out,
+            "\"{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z\"",
+            of_day / 3600,
+            of_day / 60 % 60,
+            of_day % 60,
+            since.subsec_micros()
+        );
+        return;
+    }
+    let mut text = *b"\"0000-00-00T00:00:00.000000Z\"";
+    let mut put = |at: usize, digits: usize, mut value: u64| {
+        for i in (at..at + digits).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(1, 4, year);
+    put(6, 2, month);
+    put(9, 2, day);
+    put(12, 2, of_day / 3600);
+    put(15, 2, of_day / 60 % 60);
+    put(18, 2, of_day % 60);
+    put(21, 6, u64::from(since.subsec_micros()));
+    out.extend_from_slice(&text);
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since
+/// 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_date(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Writes `,` unless this is the first entry, then `"key":`.
@@ -190,17 +245,29 @@ fn string(out: &mut Vec<u8>, text: &str) {
 }
 
 /// True when `bytes` holds a quote, a backslash or a control character
-/// below 0x20. Checked 16 bytes at a time without an early exit, which the
-/// compiler turns into vector compares.
+/// below 0x20. Eight bytes are checked at a time, as one `u64`: a byte
+/// below 0x20 borrows in `v - 0x20…20` where it was clear in `v`, and a byte
+/// equal to `c` is a zero byte of `v ^ c…c`.
 fn needs_escape(bytes: &[u8]) -> bool {
-    let special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-    let mut chunks = bytes.chunks_exact(16);
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let mut chunks = bytes.chunks_exact(8);
     for chunk in &mut chunks {
-        if chunk.iter().fold(false, |any, &b| any | special(b)) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        let control = v.wrapping_sub(ONES * 0x20) & !v & HIGH;
+        let quote = zero_byte(v ^ (ONES * u64::from(b'"')));
+        let backslash = zero_byte(v ^ (ONES * u64::from(b'\\')));
+        if control | quote | backslash != 0 {
             return true;
         }
     }
-    chunks.remainder().iter().any(|&b| special(b))
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 #[cfg(test)]
@@ -320,11 +387,51 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Any time from 1970 to 9999, microseconds included.
+        #[test]
+        fn timestamps_are_written_as_humantime_writes_them(
+            micros in 0u64..253_402_300_800_000_000,
+        ) {
+            let time = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+            let mut fast = Vec::new();
+            super::timestamp(&mut fast, super::Timestamp(time));
+            let expected = format!("\"{}\"", humantime::format_rfc3339_micros(time));
+            prop_assert_eq!(String::from_utf8_lossy(&fast), expected);
+        }
+    }
+
+    #[test]
+    fn leap_days_and_year_ends_are_dated_as_humantime_dates_them() {
+        for date in [
+            "1970-01-01T00:00:00.000000Z",
+            "2000-02-29T23:59:59.999999Z",
+            "2024-02-29T12:00:00.000001Z",
+            "2100-03-01T00:00:00.000000Z",
+            "2026-12-31T23:59:59.500000Z",
+            "9999-12-31T23:59:59.999999Z",
+        ] {
+            let time = humantime::parse_rfc3339(date).unwrap();
+            let mut fast = Vec::new();
+            super::timestamp(&mut fast, super::Timestamp(time));
+            assert_eq!(String::from_utf8_lossy(&fast), format!("\"{date}\""));
+        }
+        // Past 9999, which humantime cannot write: the year in full.
+        let time = humantime::parse_rfc3339("9999-12-31T23:59:59.5Z").unwrap()
+            + Duration::from_secs(86_400);
+        let mut fast = Vec::new();
+        super::timestamp(&mut fast, super::Timestamp(time));
+        assert_eq!(
+            String::from_utf8_lossy(&fast),
+            "\"10000-01-01T23:59:59.500000Z\""
+        );
+    }
+
     #[test]
     fn escaping_is_found_anywhere_in_a_string() {
         for len in 0..40 {
             for at in 0..len {
-                for special in [b'"', b'\\', b'\n', 0x1f] {
+                for special in [b'"', b'\\', b'\n', 0x1f, 0] {
                     let mut bytes = vec![b'a'; len];
                     bytes[at] = special;
                     assert!(super::needs_escape(&bytes), "{len} {at} {special}");
@@ -333,5 +440,12 @@ mod tests {
             assert!(!super::needs_escape(&vec![b'a'; len]));
         }
         assert!(!super::needs_escape("é日本 \u{7f}".as_bytes()));
+        // Every byte value alone, and next to its neighbours in a word.
+        for b in 0..=255u8 {
+            let special = b < 0x20 || b == b'"' || b == b'\\';
+            let word = [b' ', b, b' ', b' ', 0x7f, 0x80, 0xff, b'~', b];
+            assert_eq!(super::needs_escape(&[b]), special, "{b}");
+            assert_eq!(super::needs_escape(&word), special, "{b}");
+        }
     }
 }
