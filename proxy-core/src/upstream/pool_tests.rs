@@ -468,7 +468,7 @@ async fn after_goaway_new_requests_go_to_a_new_connection() {
     server.go_away.notify_waiters();
     // Until the client has read the GOAWAY, a request may still be sent on
     // the old connection and answered there; after it, never.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for _ in 0..3 {
         assert_eq!(short(&mut upstream).await, "ok");
     }
@@ -489,7 +489,7 @@ async fn the_servers_stream_limit_is_learnt_when_lower_than_the_setting() {
     let mut upstream: Upstream<Empty<Bytes>> = Upstream::new(options).unwrap();
     let mut held = vec![hold(&mut upstream).await];
     // Past the next check, where the limit is read.
-    tokio::time::sleep(super::IDLE_GRACE + Duration::from_millis(300)).await;
+    tokio::time::sleep(super::IDLE_GRACE * 2).await;
     for _ in 0..2 {
         let response = tokio::time::timeout(Duration::from_secs(5), hold(&mut upstream))
             .await
