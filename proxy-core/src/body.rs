@@ -146,22 +146,36 @@ pub const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(1)
 pub async fn prefetch_fixed_length(
     response: http::Response<hyper::body::Incoming>,
 ) -> http::Response<ProxyBody> {
+    let (parts, mut body) = response.into_parts();
+    let body = match first_frame_if_fixed(&parts.headers, &mut body).await {
+        Some(first) => ProxyBody::Prefetched(Some(first.map_err(BoxError::from)), body),
+        None => ProxyBody::Incoming(body),
+    };
+    http::Response::from_parts(parts, body)
+}
+
+/// The first frame of `body` when `headers` announce a non-zero
+/// `Content-Length`, waiting [`PREFETCH_WAIT`] at most (see
+/// [`prefetch_fixed_length`]); `None` for a streaming answer, an ended body
+/// or a first frame still on its way.
+pub(crate) async fn first_frame_if_fixed<B>(
+    headers: &http::HeaderMap,
+    body: &mut B,
+) -> Option<Result<Frame<B::Data>, B::Error>>
+where
+    B: Body + Unpin,
+{
     use http_body_util::BodyExt;
-    let fixed = response
-        .headers()
+    let fixed = headers
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() != b"0");
-    let (parts, mut body) = response.into_parts();
     if !fixed || body.is_end_stream() {
-        return http::Response::from_parts(parts, ProxyBody::Incoming(body));
+        return None;
     }
-    match tokio::time::timeout(PREFETCH_WAIT, body.frame()).await {
-        Ok(Some(first)) => http::Response::from_parts(
-            parts,
-            ProxyBody::Prefetched(Some(first.map_err(BoxError::from)), body),
-        ),
-        Ok(None) | Err(_) => http::Response::from_parts(parts, ProxyBody::Incoming(body)),
-    }
+    tokio::time::timeout(PREFETCH_WAIT, body.frame())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Something kept alive until a response body (or an upgraded tunnel) ends:

@@ -51,22 +51,16 @@ impl Event {
         }
         if self.request.resource {
             if let Some(object) = super::super::request_info::object_ref(uri) {
-                out.extend_from_slice(br#","objectRef":{"#);
-                let mut first = true;
-                for (key, value) in [
+                out.extend_from_slice(br#","objectRef":"#);
+                let fields = [
                     ("resource", &object.resource),
                     ("namespace", &object.namespace),
                     ("name", &object.name),
                     ("apiGroup", &object.api_group),
                     ("apiVersion", &object.api_version),
                     ("subresource", &object.subresource),
-                ] {
-                    if !value.is_empty() {
-                        entry_key(out, &mut first, key);
-                        string(out, value);
-                    }
-                }
-                out.push(b'}');
+                ];
+                string_map(out, fields.into_iter().filter(|(_, v)| !v.is_empty()));
             }
         }
         out.extend_from_slice(br#","responseStatus":"#);
@@ -76,13 +70,8 @@ impl Event {
         out.extend_from_slice(br#","stageTimestamp":"#);
         timestamp(out, self.stage_reached);
         if !self.annotations.is_empty() {
-            out.extend_from_slice(br#","annotations":{"#);
-            let mut first = true;
-            for (key, value) in &self.annotations {
-                entry_key(out, &mut first, key);
-                string(out, value);
-            }
-            out.push(b'}');
+            out.extend_from_slice(br#","annotations":"#);
+            string_map(out, self.annotations.iter().map(|(k, v)| (*k, v)));
         }
         out.push(b'}');
     }
@@ -133,13 +122,8 @@ fn user(out: &mut Vec<u8>, user: &EventUser) {
 }
 
 fn response_status(out: &mut Vec<u8>, status: &ResponseStatus) {
-    out.extend_from_slice(br#"{"metadata":{"#);
-    let mut first = true;
-    for (key, value) in &status.metadata {
-        entry_key(out, &mut first, key);
-        string(out, value);
-    }
-    out.push(b'}');
+    out.extend_from_slice(br#"{"metadata":"#);
+    string_map(out, status.metadata.iter().map(|(k, v)| (k.as_str(), v)));
     if let Some(text) = status.status {
         out.extend_from_slice(br#","status":"#);
         string(out, text);
@@ -210,6 +194,17 @@ fn civil_date(days: u64) -> (u64, u64, u64) {
     };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
+}
+
+/// Writes a JSON object of string values.
+fn string_map<'a>(out: &mut Vec<u8>, entries: impl IntoIterator<Item = (&'a str, &'a String)>) {
+    out.push(b'{');
+    let mut first = true;
+    for (key, value) in entries {
+        entry_key(out, &mut first, key);
+        string(out, value);
+    }
+    out.push(b'}');
 }
 
 /// Writes `,` unless this is the first entry, then `"key":`.

@@ -14,6 +14,7 @@ use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 
+use super::DrainOnDrop;
 use crate::BoxError;
 
 /// Why a request got no answer.
@@ -27,7 +28,8 @@ pub(crate) enum SendError<B> {
 
 /// Sends `req` on a stream of the connection behind `send` and waits for
 /// the answer's head. A body the server has not read in full when it answers
-/// goes on being sent from a task of its own.
+/// goes on being sent from a task of its own; one dropped unfinished is read
+/// to its end in the background ([`DrainOnDrop`]).
 pub(crate) async fn send<B>(
     send: SendRequest<Bytes>,
     req: Request<B>,
@@ -54,6 +56,7 @@ where
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
+    let body = DrainOnDrop::new(body);
     let end_of_stream = body.is_end_stream();
     let (mut response, stream) = send
         .send_request(Request::from_parts(parts, ()), end_of_stream)
@@ -202,13 +205,7 @@ impl Http2Body {
             data_done: false,
             remaining,
         };
-        if remaining.is_some_and(|n| n > 0) && !body.stream.is_end_stream() {
-            if let Ok(Some(first)) =
-                tokio::time::timeout(crate::body::PREFETCH_WAIT, body.frame()).await
-            {
-                body.first = Some(first);
-            }
-        }
+        body.first = crate::body::first_frame_if_fixed(headers, &mut body).await;
         body
     }
 }

@@ -507,66 +507,58 @@ where
 {
     // A request refused by a connection that got GOAWAY goes again on
     // another; a server restarting sends GOAWAY to every connection.
-    let mut refused = 0;
-    let (response, guard) = loop {
-        break match inner.pool.acquire().await {
-            Ok(pool::Route::Http2(send, guard)) => {
-                return match http2::send(send, req.map(DrainOnDrop::new)).await {
-                    Ok(response) => {
-                        let (mut parts, stream) = response.into_parts();
-                        strip_response_hop_headers(&mut parts.headers);
-                        let body = http2::Http2Body::new(&parts.headers, stream).await;
-                        // The stream slot is given back when the body ends or is dropped.
-                        let body = ProxyBody::Http2(body).with_hold(Hold::new(guard));
-                        Ok(Response::from_parts(parts, body))
-                    }
-                    Err(http2::SendError::GoneAway(back)) if refused < MAX_GONE_AWAY => {
-                        guard.retire();
-                        refused += 1;
-                        let (parts, body) = back.into_parts();
-                        match body.into_inner() {
-                            Some(body) => {
-                                req = Request::from_parts(parts, body);
-                                continue;
-                            }
-                            None => Ok(failure_status(false)),
-                        }
-                    }
-                    Err(http2::SendError::GoneAway(_)) => {
-                        tracing::warn!("upstream connections keep going away");
-                        Ok(failure_status(false))
-                    }
-                    Err(http2::SendError::Failed(error)) => {
-                        tracing::warn!(%error, "upstream request failed");
-                        Ok(failure_status(false))
-                    }
-                };
-            }
-            Ok(pool::Route::Http1) => {
-                *req.version_mut() = Version::HTTP_11;
-                let in_flight = inner.counters.request(Protocol::Http1);
-                match inner
-                    .http1_client()
-                    .request(req.map(DrainOnDrop::new))
-                    .await
-                {
-                    Ok(response) => (response, Hold::new(in_flight)),
-                    Err(error) => return Ok(unreachable_status(&error)),
+    let mut gone_away = 0;
+    loop {
+        match inner.pool.acquire().await {
+            Ok(pool::Route::Http2(send, guard)) => match http2::send(send, req).await {
+                Ok(response) => {
+                    let (mut parts, stream) = response.into_parts();
+                    strip_response_hop_headers(&mut parts.headers);
+                    let body = http2::Http2Body::new(&parts.headers, stream).await;
+                    // The stream slot is given back when the body ends or is dropped.
+                    let body = ProxyBody::Http2(body).with_hold(Hold::new(guard));
+                    return Ok(Response::from_parts(parts, body));
                 }
-            }
+                Err(http2::SendError::GoneAway(back)) if gone_away < MAX_GONE_AWAY => {
+                    guard.retire();
+                    gone_away += 1;
+                    req = back;
+                }
+                Err(http2::SendError::GoneAway(_)) => {
+                    tracing::warn!("upstream connections keep going away");
+                    return Ok(failure_status(false));
+                }
+                Err(http2::SendError::Failed(error)) => {
+                    tracing::warn!(%error, "upstream request failed");
+                    return Ok(failure_status(false));
+                }
+            },
+            Ok(pool::Route::Http1) => break,
             Err(error) => {
                 tracing::warn!(%error, "upstream request failed");
                 return Ok(failure_status(true));
             }
-        };
+        }
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let in_flight = inner.counters.request(Protocol::Http1);
+    let mut response = match inner
+        .http1_client()
+        .request(req.map(DrainOnDrop::new))
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => return Ok(unreachable_status(&error)),
     };
-    let mut response = response;
     strip_response_hop_headers(response.headers_mut());
     let (parts, body) = crate::body::prefetch_fixed_length(response)
         .await
         .into_parts();
     // The request is counted until the body ends or is dropped.
-    Ok(Response::from_parts(parts, body.with_hold(guard)))
+    Ok(Response::from_parts(
+        parts,
+        body.with_hold(Hold::new(in_flight)),
+    ))
 }
 
 /// Forwards an upgrade request over HTTP/1.1 and, on `101`, joins the
@@ -636,11 +628,6 @@ where
             inner: Some(body),
             drain: drain_in_background::<B>,
         }
-    }
-
-    /// The body, unread (a request handed back to be sent again).
-    fn into_inner(mut self) -> Option<B> {
-        self.inner.take()
     }
 }
 
