@@ -21,6 +21,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxy_core::credential::ClientCertificate;
+use proxy_core::gate::Gated;
 use proxy_core::{BoxError, ProxyBody};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -96,14 +97,25 @@ pub(crate) async fn serve<H: Handler>(
     let connection = listener.builder.serve_connection_with_upgrades(io, service);
     let mut connection = std::pin::pin!(connection);
     let mut closing = false;
+    // The connection wakes this task for every read and write; the shutdown
+    // signal and the idle timer are polled only when they fire.
+    let mut stop = Gated::new(Box::pin(signalled(&mut shutdown)));
+    let idle_timeout = listener.idle_timeout;
+    let mut idle = Gated::new(Box::pin(tokio::time::sleep(idle_timeout)));
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
-            () = signalled(&mut shutdown), if !closing => {
+            () = &mut stop, if !closing => {
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            () = idle(&activity, listener.idle_timeout), if !closing => {
+            () = &mut idle, if !closing => {
+                let wait = activity.idle_in(idle_timeout);
+                if !wait.is_zero() {
+                    let next = tokio::time::Instant::now() + wait;
+                    idle.get_mut().as_mut().reset(next);
+                    continue;
+                }
                 tracing::debug!(%peer, "closing an idle connection");
                 closing = true;
                 connection.as_mut().graceful_shutdown();
@@ -123,7 +135,7 @@ async fn signalled(shutdown: &mut watch::Receiver<bool>) {
 /// Requests in flight on one connection, and when the last one ended.
 ///
 /// Plain atomics: a request's start and end touch two counters and wake no
-/// one; [`idle`] looks at them only when its timer fires.
+/// one; the idle timer of [`serve`] looks at them only when it fires.
 struct Activity {
     /// Requests whose response body is not done yet.
     in_flight: AtomicUsize,
@@ -155,17 +167,6 @@ impl Activity {
             .now_ms()
             .saturating_sub(self.last_end_ms.load(Ordering::Acquire));
         timeout.saturating_sub(Duration::from_millis(idle_for))
-    }
-}
-
-/// Resolves once no request has been in flight for `timeout`.
-async fn idle(activity: &Activity, timeout: Duration) {
-    loop {
-        let wait = activity.idle_in(timeout);
-        if wait.is_zero() {
-            return;
-        }
-        tokio::time::sleep(wait).await;
     }
 }
 

@@ -52,6 +52,7 @@ pub mod config;
 pub mod counters;
 pub mod credential;
 pub mod forwarded;
+pub mod gate;
 pub mod impersonate;
 pub mod kubeconfig;
 pub mod layer;

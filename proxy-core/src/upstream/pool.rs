@@ -48,6 +48,7 @@ use tokio::sync::{watch, Notify};
 use tower_service::Service;
 
 use crate::counters::{Open, Protocol, UpstreamCounters};
+use crate::gate::Gated;
 
 /// Default for [`PoolSettings::max_connections`]: with kube's 100 streams per
 /// connection, room for the default 10,000 long-running requests
@@ -409,9 +410,10 @@ async fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, phase: watch::Send
     let max_idle = settings.max_idle_connections;
     // Often enough to close a connection beyond `max_idle` about
     // `IDLE_GRACE` after its last stream ended.
-    let mut check =
-        tokio::time::interval((idle_timeout / 2).clamp(Duration::from_millis(100), IDLE_GRACE));
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = (idle_timeout / 2).clamp(Duration::from_millis(100), IDLE_GRACE);
+    // Gated: the connection's task wakes for every frame, and this fires
+    // a few times a second at most.
+    let mut check = Gated::new(Box::pin(tokio::time::sleep(Duration::ZERO)));
     let result = loop {
         tokio::select! {
             biased;
@@ -428,7 +430,9 @@ async fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, phase: watch::Send
                     return;
                 }
             }
-            _ = check.tick() => {
+            () = &mut check => {
+                let next = tokio::time::Instant::now() + period;
+                check.get_mut().as_mut().reset(next);
                 if let Some(probe) = &probe {
                     let limit = probe.current_max_send_streams().clamp(1, setting);
                     if conn.limit.swap(limit, Ordering::Relaxed) < limit {
@@ -512,7 +516,7 @@ struct KeepAlive {
     interval: Option<Duration>,
     timeout: Duration,
     /// When the next PING is due, or when the one in flight times out.
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    deadline: Gated<std::pin::Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
 }
 
@@ -523,7 +527,7 @@ impl KeepAlive {
             ping_pong,
             interval,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(first)),
+            deadline: Gated::new(Box::pin(tokio::time::sleep(first))),
             waiting: false,
         }
     }
@@ -544,19 +548,19 @@ impl KeepAlive {
                         return std::future::pending().await;
                     }
                     let next = tokio::time::Instant::now() + interval;
-                    self.deadline.as_mut().reset(next);
+                    self.deadline.get_mut().as_mut().reset(next);
                     true
                 }
-                () = self.deadline.as_mut() => false,
+                () = &mut self.deadline => false,
             }
         } else {
-            self.deadline.as_mut().await;
+            (&mut self.deadline).await;
             if ping_pong.send_ping(h2::Ping::opaque()).is_err() {
                 return std::future::pending().await;
             }
             self.waiting = true;
             let timeout = tokio::time::Instant::now() + self.timeout;
-            self.deadline.as_mut().reset(timeout);
+            self.deadline.get_mut().as_mut().reset(timeout);
             true
         }
     }
