@@ -186,7 +186,7 @@ mod tests {
             2,
             "another task's waker is registered"
         );
-        let _ = gated.get_mut();
+        gated.get_mut().polls.fetch_add(0, Ordering::SeqCst);
         assert!(Pin::new(&mut gated)
             .poll(&mut Context::from_waker(&second))
             .is_pending());
