@@ -33,11 +33,7 @@ pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
             })
         })
     };
-    let slash = |c: char| c == '/';
-    let mut parts = path
-        .trim_matches(slash)
-        .split(slash)
-        .filter(|p| !p.is_empty());
+    let mut parts = crate::path::segments(path).filter(|p| !p.is_empty());
     // Skip the API prefix: /api/v1 or /apis/<group>/<version>.
     let skip = match parts.next() {
         Some("api") => 1,

@@ -21,6 +21,51 @@
 
 use std::borrow::Cow;
 
+/// The `/`-separated segments of `path` with its leading and trailing
+/// slashes removed; empty segments (`a//b`) are kept. The same as
+/// `path.trim_matches('/').split('/')`, scanning bytes instead of decoding
+/// characters: this runs on every request.
+pub(crate) fn segments(path: &str) -> Segments<'_> {
+    let bytes = path.as_bytes();
+    let start = bytes.iter().position(|&b| b != b'/').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b'/')
+        .map_or(start, |i| i + 1);
+    Segments {
+        rest: path.get(start..end).unwrap_or(""),
+        done: false,
+    }
+}
+
+/// Iterator of [`segments`].
+pub(crate) struct Segments<'a> {
+    rest: &'a str,
+    done: bool,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if self.done {
+            return None;
+        }
+        match self.rest.as_bytes().iter().position(|&b| b == b'/') {
+            Some(i) => {
+                // `/` is ASCII: both ends are character boundaries.
+                let (segment, rest) = self.rest.split_at(i);
+                self.rest = rest.get(1..).unwrap_or("");
+                Some(segment)
+            }
+            None => {
+                self.done = true;
+                Some(self.rest)
+            }
+        }
+    }
+}
+
 /// A request path that cannot be forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -225,6 +270,20 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn segments_of_fixed_paths() {
+        for (path, expected) in [
+            ("", vec![""]),
+            ("/", vec![""]),
+            ("///", vec![""]),
+            ("/api/v1/pods", vec!["api", "v1", "pods"]),
+            ("api//v1/", vec!["api", "", "v1"]),
+            ("/é/ü/", vec!["é", "ü"]),
+        ] {
+            assert_eq!(segments(path).collect::<Vec<_>>(), expected, "{path:?}");
+        }
+    }
+
     proptest! {
         #[test]
         fn no_path_climbs_out_of_the_prefix(
@@ -240,6 +299,12 @@ mod tests {
                     "{path} -> {joined} resolves to {resolved:?}"
                 );
             }
+        }
+
+        #[test]
+        fn segments_split_as_str_split_does(path in "[/a-zé.]{0,16}") {
+            let expected: Vec<&str> = path.trim_matches('/').split('/').collect();
+            prop_assert_eq!(segments(&path).collect::<Vec<_>>(), expected);
         }
 
         #[test]

@@ -115,10 +115,7 @@ fn read<'a>(
     let non_resource = (method_verb(method), None, upgrade);
     // `/k8s/clusters/<name>/api/...` is read as the API server behind it reads it.
     let path = crate::upstream::router::strip_cluster_prefix(uri.path());
-    // A closure pattern: for segments this short, cheaper than a `char`
-    // pattern's memchr.
-    let slash = |c: char| c == '/';
-    let mut segments = path.trim_matches(slash).split(slash);
+    let mut segments = crate::path::segments(path);
     let (api_group, api_version) = match segments.next() {
         Some("api") => ("", segments.next()),
         Some("apis") => match (segments.next(), segments.next()) {
