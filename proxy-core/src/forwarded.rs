@@ -68,7 +68,7 @@ pub fn append_client(headers: &mut HeaderMap, client: Option<&ClientAddr>) {
 }
 
 /// `ip` as text; IPv4 without the formatting machinery (once per request).
-fn ip_text(ip: IpAddr) -> String {
+pub(crate) fn ip_text(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else {
         return ip.to_string();
     };

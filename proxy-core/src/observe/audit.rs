@@ -218,7 +218,7 @@ impl RequestFacts {
                 ips.push(remote);
             }
         }
-        ips.iter().map(ToString::to_string).collect()
+        ips.into_iter().map(crate::forwarded::ip_text).collect()
     }
 }
 

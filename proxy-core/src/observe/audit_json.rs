@@ -133,7 +133,25 @@ fn response_status(out: &mut Vec<u8>, status: &ResponseStatus) {
         // A unit variant's name: rare (answers the proxy made itself).
         let _ = serde_json::to_writer(&mut *out, reason);
     }
-    let _ = write!(out, r#","code":{}}}"#, status.code);
+    out.extend_from_slice(br#","code":"#);
+    integer(out, status.code);
+    out.push(b'}');
+}
+
+/// Writes `value` in decimal, as `Display` does, without the formatting
+/// machinery.
+fn integer(out: &mut Vec<u8>, mut value: u16) {
+    let mut digits = [0u8; 5];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
 }
 
 /// Writes `time` as `"YYYY-MM-DDTHH:MM:SS.uuuuuuZ"`, as
@@ -275,6 +293,15 @@ mod tests {
     use super::super::{Event, EventUser, RequestFacts, ResponseStatus};
     use crate::authn::{Identity, UserInfo};
     use crate::status::Reason;
+
+    #[test]
+    fn integers_are_written_as_display_writes_them() {
+        for value in (0..=u16::MAX).step_by(7).chain([0, 9, 10, 99, 100, 65_535]) {
+            let mut out = Vec::new();
+            super::integer(&mut out, value);
+            assert_eq!(out, value.to_string().into_bytes());
+        }
+    }
 
     fn event(uri: &str, user: EventUser, status: ResponseStatus) -> Event {
         let mut event = Event::new(
