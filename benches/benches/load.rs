@@ -945,6 +945,7 @@ fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         bail!("wrk is not installed: run benches/load.sh (it installs wrk with apt-get)");
     }
     let seconds = env_or::<u64>("LOAD_SECONDS", 5).max(1);
+    let rounds = env_or::<usize>("LOAD_ROUNDS", 2).max(1);
     let connections: Vec<usize> = std::env::var("LOAD_CONNECTIONS")
         .unwrap_or_else(|_| "1,64".into())
         .split(',')
@@ -969,7 +970,7 @@ fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         }
     }
     println!(
-        "load: wrk over TLS (HTTP/1.1 keep-alive), {seconds} s per run, better of 2 runs; GET {PATH} → {} bytes; nginx reaches the upstream over HTTP/1.1",
+        "load: wrk over TLS (HTTP/1.1 keep-alive), {seconds} s per run, best of {rounds} runs; GET {PATH} → {} bytes; nginx reaches the upstream over HTTP/1.1",
         BODY.len()
     );
     for &c in &connections {
@@ -978,7 +979,7 @@ fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             wrk(target, c, 1)?;
         }
         let mut best: HashMap<&str, WrkResult> = HashMap::new();
-        for _round in 0..2 {
+        for _round in 0..rounds {
             for target in &setup.targets {
                 let result = wrk(target, c, seconds)?;
                 if let Some(dead) = setup.procs.iter_mut().find_map(|p| {
