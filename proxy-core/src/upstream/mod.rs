@@ -42,7 +42,7 @@ pub use http2::Http2Body;
 pub use pool::PoolSettings;
 
 use crate::body::{Hold, ProxyBody};
-use crate::counters::{Protocol, UpstreamCounters};
+use crate::counters::{Open, Protocol, UpstreamCounters};
 use crate::impersonate::is_upgrade;
 use crate::reload::tls::ReloadingServerVerifier;
 use crate::reload::{watch_file, FileWatch, ReloadReporter};
@@ -541,14 +541,9 @@ where
         }
     }
     *req.version_mut() = Version::HTTP_11;
-    let in_flight = inner.counters.request(Protocol::Http1);
-    let mut response = match inner
-        .http1_client()
-        .request(req.map(DrainOnDrop::new))
-        .await
-    {
-        Ok(response) => response,
-        Err(error) => return Ok(unreachable_status(&error)),
+    let (mut response, in_flight) = match send_http1(&inner, req).await {
+        Ok(sent) => sent,
+        Err(status) => return Ok(status),
     };
     strip_response_hop_headers(response.headers_mut());
     let (parts, body) = crate::body::prefetch_fixed_length(response)
@@ -559,6 +554,28 @@ where
         parts,
         body.with_hold(Hold::new(in_flight)),
     ))
+}
+
+/// Sends `req` on this thread's HTTP/1.1 client, counted as an HTTP/1.1
+/// request in flight while the returned guard lives; a failure comes back
+/// as the `Status` to answer with.
+async fn send_http1<B>(
+    inner: &Inner<B>,
+    req: Request<B>,
+) -> Result<(Response<hyper::body::Incoming>, Open), Response<ProxyBody>>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let in_flight = inner.counters.request(Protocol::Http1);
+    match inner
+        .http1_client()
+        .request(req.map(DrainOnDrop::new))
+        .await
+    {
+        Ok(response) => Ok((response, in_flight)),
+        Err(error) => Err(unreachable_status(&error)),
+    }
 }
 
 /// Forwards an upgrade request over HTTP/1.1 and, on `101`, joins the
@@ -574,14 +591,9 @@ where
     let caller = hyper::upgrade::on(&mut req);
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
-    let in_flight = inner.counters.request(Protocol::Http1);
-    let mut response = match inner
-        .http1_client()
-        .request(req.map(DrainOnDrop::new))
-        .await
-    {
-        Ok(response) => response,
-        Err(error) => return Ok(unreachable_status(&error)),
+    let (mut response, in_flight) = match send_http1(&inner, req).await {
+        Ok(sent) => sent,
+        Err(status) => return Ok(status),
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = response.into_parts();

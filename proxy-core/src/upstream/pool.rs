@@ -25,7 +25,8 @@
 //! requests fail with a `Status`. A connection whose server sent GOAWAY (a
 //! graceful shutdown, as when kube-apiserver restarts) takes no new streams:
 //! its open streams finish, and a request it refused before sending goes to
-//! another connection. A closed connection leaves the pool at once, and one without streams for [`PoolSettings::idle_timeout`] is closed.
+//! another connection. A closed connection leaves the pool at once, and one
+//! without streams for [`PoolSettings::idle_timeout`] is closed.
 //! Connections opened for a burst of watches do not linger that long: past
 //! [`PoolSettings::max_idle_connections`] idle ones (counted per serving
 //! thread, see [`crate::worker`]), a connection whose last stream ended is
