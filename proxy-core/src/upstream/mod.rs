@@ -27,12 +27,12 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 pub mod backend;
 mod counted;
+mod http1;
 mod http2;
 pub mod pool;
 pub mod router;
@@ -142,9 +142,6 @@ impl TokenSource {
     }
 }
 
-type HttpsClient<B> =
-    Client<counted::CountingConnector<HttpsConnector<HttpConnector>>, DrainOnDrop<B>>;
-
 /// The upstream service: forwards each request to the API server.
 ///
 /// `B` is the request body type of the server it is embedded in (hyper's
@@ -157,10 +154,10 @@ pub struct Upstream<B = hyper::body::Incoming> {
 struct Inner<B> {
     /// HTTP/2 connections (ALPN offers h2 and http/1.1).
     pool: pool::Pool,
-    /// HTTP/1.1-only clients, for upgrades and servers without HTTP/2: one
-    /// per serving thread ([`crate::worker`]), so a thread's requests reuse
-    /// the connections it opened.
-    http1_clients: Box<[HttpsClient<B>]>,
+    /// HTTP/1.1 connections, for upgrades and servers without HTTP/2: a
+    /// pool per serving thread ([`crate::worker`]), so a thread's requests
+    /// reuse the connections it opened.
+    http1_pools: Box<[http1::Http1Pool<DrainOnDrop<B>>]>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     path_prefix: String,
@@ -173,10 +170,10 @@ struct Inner<B> {
 }
 
 impl<B> Inner<B> {
-    /// The HTTP/1.1 client of the current serving thread.
-    fn http1_client(&self) -> &HttpsClient<B> {
-        let index = crate::worker::current().unwrap_or(0) % self.http1_clients.len().max(1);
-        &self.http1_clients[index]
+    /// The HTTP/1.1 pool of the current serving thread.
+    fn http1_pool(&self) -> &http1::Http1Pool<DrainOnDrop<B>> {
+        let index = crate::worker::current().unwrap_or(0) % self.http1_pools.len().max(1);
+        &self.http1_pools[index]
     }
 }
 
@@ -272,7 +269,7 @@ where
         let counters = Arc::new(UpstreamCounters::default());
         let pool = pool::Pool::new(
             make_connector(true)?,
-            target,
+            target.clone(),
             options.pool.clone(),
             counters.clone(),
         );
@@ -281,13 +278,13 @@ where
             counters.clone(),
             Protocol::Http1,
         );
-        let http1_clients = (0..crate::worker::default_count())
+        let http1_pools = (0..crate::worker::default_count())
             .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(options.pool.idle_timeout)
-                    .build(http1_connector.clone())
+                http1::Http1Pool::new(
+                    http1_connector.clone(),
+                    target.clone(),
+                    options.pool.idle_timeout,
+                )
             })
             .collect();
 
@@ -327,7 +324,7 @@ where
         Ok(Upstream {
             inner: Arc::new(Inner {
                 pool,
-                http1_clients,
+                http1_pools,
                 scheme: http::uri::Scheme::HTTPS,
                 authority,
                 path_prefix,
@@ -404,7 +401,7 @@ where
     }
 }
 
-fn unreachable_status(error: &hyper_util::client::legacy::Error) -> Response<ProxyBody> {
+fn unreachable_status(error: &http1::Http1Error) -> Response<ProxyBody> {
     tracing::warn!(error = %error, source = ?std::error::Error::source(error), "upstream request failed");
     failure_status(error.is_connect())
 }
@@ -541,7 +538,7 @@ where
         }
     }
     *req.version_mut() = Version::HTTP_11;
-    let (mut response, in_flight) = match send_http1(&inner, req).await {
+    let (mut response, held) = match send_http1(&inner, req).await {
         Ok(sent) => sent,
         Err(status) => return Ok(status),
     };
@@ -549,31 +546,36 @@ where
     let (parts, body) = crate::body::prefetch_fixed_length(response)
         .await
         .into_parts();
-    // The request is counted until the body ends or is dropped.
-    Ok(Response::from_parts(
-        parts,
-        body.with_hold(Hold::new(in_flight)),
-    ))
+    // The request is counted, and its connection kept from other requests,
+    // until the body ends or is dropped.
+    Ok(Response::from_parts(parts, body.with_hold(Hold::new(held))))
 }
 
-/// Sends `req` on this thread's HTTP/1.1 client, counted as an HTTP/1.1
+/// What an HTTP/1.1 answer holds until its body ends: the count of requests
+/// in flight, and the connection, given back to the pool after.
+type Http1Held<B> = (Open, http1::Checkin<DrainOnDrop<B>>);
+
+/// Sends `req` on this thread's HTTP/1.1 pool, counted as an HTTP/1.1
 /// request in flight while the returned guard lives; a failure comes back
 /// as the `Status` to answer with.
 async fn send_http1<B>(
     inner: &Inner<B>,
     req: Request<B>,
-) -> Result<(Response<hyper::body::Incoming>, Open), Response<ProxyBody>>
+) -> Result<(Response<hyper::body::Incoming>, Http1Held<B>), Response<ProxyBody>>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let in_flight = inner.counters.request(Protocol::Http1);
-    match inner
-        .http1_client()
-        .request(req.map(DrainOnDrop::new))
-        .await
-    {
-        Ok(response) => Ok((response, in_flight)),
+    let (mut parts, body) = req.into_parts();
+    // HTTP/1.1 sends the path in origin form; the pool sets `Host`.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
+    let req = Request::from_parts(parts, DrainOnDrop::new(body));
+    match inner.http1_pool().send(req).await {
+        Ok((response, checkin)) => Ok((response, (in_flight, checkin))),
         Err(error) => Err(unreachable_status(&error)),
     }
 }
@@ -591,15 +593,19 @@ where
     let caller = hyper::upgrade::on(&mut req);
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
-    let (mut response, in_flight) = match send_http1(&inner, req).await {
+    let (mut response, (in_flight, checkin)) = match send_http1(&inner, req).await {
         Ok(sent) => sent,
         Err(status) => return Ok(status),
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = response.into_parts();
         strip_response_hop_headers(&mut parts.headers);
-        return Ok(Response::from_parts(parts, ProxyBody::Incoming(body)));
+        // Counted, and the connection kept, until the refusal's body ends.
+        let body = ProxyBody::Incoming(body).with_hold(Hold::new((in_flight, checkin)));
+        return Ok(Response::from_parts(parts, body));
     }
+    // The connection now belongs to the tunnel.
+    checkin.discard();
     let upstream = hyper::upgrade::on(&mut response);
     tokio::spawn(async move {
         match tokio::try_join!(caller, upstream) {
