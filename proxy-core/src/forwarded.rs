@@ -39,15 +39,19 @@ pub fn append_client(headers: &mut HeaderMap, client: Option<&ClientAddr>) {
         IpAddr::V4(_) => *ip,
     };
     let client = ip_text(ip);
-    if !headers.contains_key(&X_FORWARDED_FOR) {
-        // The common case: the caller is the client.
-        let value =
-            HeaderValue::from_str(&client).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        headers.insert(X_FORWARDED_FOR, value);
-        return;
-    }
+    // One hash of the name for the lookup and the insert.
+    let mut entry = match headers.entry(X_FORWARDED_FOR) {
+        http::header::Entry::Vacant(vacant) => {
+            // The common case: the caller is the client.
+            let value = HeaderValue::from_str(&client)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            vacant.insert(value);
+            return;
+        }
+        http::header::Entry::Occupied(occupied) => occupied,
+    };
     let mut joined: Vec<u8> = Vec::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
+    for value in entry.iter() {
         let value = value.as_bytes().trim_ascii();
         if value.is_empty() {
             continue;
@@ -64,7 +68,8 @@ pub fn append_client(headers: &mut HeaderMap, client: Option<&ClientAddr>) {
     let value = HeaderValue::from_bytes(&joined)
         .or_else(|_| HeaderValue::from_str(&client))
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-    headers.insert(X_FORWARDED_FOR, value);
+    // Replaces every value the caller sent with the one joined.
+    entry.insert(value);
 }
 
 /// `ip` as text; IPv4 without the formatting machinery (once per request).

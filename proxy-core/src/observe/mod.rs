@@ -216,6 +216,22 @@ where
         let id_value = id.header_value();
         forget_connection_tokens(req.headers_mut());
         req.headers_mut().insert(AUDIT_ID, id_value.clone());
+        let span = tracing::info_span!("request", audit_id = %id);
+        if self.metrics.is_none() && self.audit.is_none() {
+            // Nothing to count or record: the request keeps its ID, and is
+            // not classified or timed.
+            let future = self.inner.call(req);
+            return Box::pin(
+                async move {
+                    let mut response = future.await?;
+                    if !response.headers().contains_key(AUDIT_ID) {
+                        response.headers_mut().insert(AUDIT_ID, id_value);
+                    }
+                    Ok(response)
+                }
+                .instrument(span),
+            );
+        }
         let upgrade = is_upgrade(req.headers());
         let (info, resource) = request_info::classify(req.method(), req.uri(), upgrade);
         let kind = if info.long_running {
@@ -236,7 +252,6 @@ where
             resource,
         });
         let record = Arc::new(RequestRecord::default());
-        let span = tracing::info_span!("request", audit_id = %id);
         let future = RECORD.scope(record.clone(), self.inner.call(req));
         let metrics = self.metrics.clone();
         let audit = self.audit.clone();

@@ -178,8 +178,12 @@ async fn concurrent_requests_each_get_a_connection_and_both_are_reused() {
     let server = start_server().await;
     let mut upstream = upstream(&server, Duration::from_secs(90));
     let (a, b) = tokio::join!(
-        upstream.clone().call(Request::get("/a").body(Empty::new()).unwrap()),
-        upstream.clone().call(Request::get("/b").body(Empty::new()).unwrap()),
+        upstream
+            .clone()
+            .call(Request::get("/a").body(Empty::new()).unwrap()),
+        upstream
+            .clone()
+            .call(Request::get("/b").body(Empty::new()).unwrap()),
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(upstream.counters().in_flight(Protocol::Http1), 2);
@@ -229,7 +233,12 @@ async fn idle_connections_close_after_the_idle_timeout() {
     let mut upstream = upstream(&server, Duration::from_millis(300));
     assert_eq!(text(&mut upstream, "/first").await, "/first");
     assert_eq!(upstream.counters().connections(Protocol::Http1), 1);
-    until_open(&upstream, 0, "the idle connection was still open after 10 s").await;
+    until_open(
+        &upstream,
+        0,
+        "the idle connection was still open after 10 s",
+    )
+    .await;
     // The pool starts over with a new connection.
     assert_eq!(text(&mut upstream, "/second").await, "/second");
     assert_eq!(server.used.lock().unwrap().len(), 2);
