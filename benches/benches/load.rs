@@ -35,7 +35,8 @@
 //! Run: `benches/load.sh` (installs wrk, nginx and valgrind when missing,
 //! builds the release binary, then runs this). Knobs: `LOAD_SECONDS` (per
 //! run, default 5), `LOAD_TARGETS=direct,nginx,authproxy-h2` (a subset),
-//! `LOAD_CONNECTIONS=1,64`.
+//! `LOAD_CONNECTIONS=1,64`, `LOAD_BINARY` (the `authproxy` the authproxy,
+//! oidc and obs targets run; default the release build).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -776,7 +777,12 @@ const ALL: &[&str] = &[
 /// Starts the upstream and every wanted target (`callgrind`: each proxy
 /// under valgrind, nginx as a single process).
 fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
-    let binary = release_binary()?;
+    // `LOAD_BINARY` runs another build as the authproxy targets (an
+    // instrumented one, to gather a profile for the optimizer).
+    let binary = match std::env::var_os("LOAD_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => release_binary()?,
+    };
     // An earlier build to compare with (`base-*` targets).
     let baseline = std::env::var_os("LOAD_BASELINE_BINARY").map(PathBuf::from);
     if let Some(baseline) = baseline.as_ref().filter(|b| !b.is_file()) {

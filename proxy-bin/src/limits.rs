@@ -60,7 +60,7 @@ pub const DEFAULT_HTTP2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 pub const DEFAULT_HTTP2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// The most serving threads `workers` may ask for.
-const MAX_WORKERS: usize = 1024;
+const MAX_WORKERS: usize = proxy_core::worker::MAX_THREADS;
 
 /// The smallest `maxHeaderBytes`: hyper's smallest HTTP/1 read buffer.
 const MIN_HEADER_BYTES: usize = 8192;

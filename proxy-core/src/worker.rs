@@ -23,6 +23,10 @@ pub fn current() -> Option<usize> {
     WORKER.with(Cell::get)
 }
 
+/// The most serving threads a server may mark; per-thread state (the
+/// upstream's HTTP/1.1 pools) has room for this many.
+pub const MAX_THREADS: usize = 1024;
+
 /// How many serving threads to run by default: one per CPU the process may use.
 pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

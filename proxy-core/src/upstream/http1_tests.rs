@@ -243,3 +243,52 @@ async fn idle_connections_close_after_the_idle_timeout() {
     assert_eq!(text(&mut upstream, "/second").await, "/second");
     assert_eq!(server.used.lock().unwrap().len(), 2);
 }
+
+/// Each serving thread ([`crate::worker`]) keeps HTTP/1.1 connections of its
+/// own, however many threads there are: a request on one thread does not take
+/// an idle connection another (still running) thread opened.
+#[test]
+fn serving_threads_keep_connections_of_their_own() {
+    let server_runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = server_runtime.block_on(start_server());
+    let shared = {
+        let _entered = server_runtime.enter();
+        upstream(&server, Duration::from_secs(90))
+    };
+    // Thread numbers past the CPU count included.
+    let indices = [0, crate::worker::default_count(), 7];
+    let (ready, readied) = std::sync::mpsc::channel();
+    let mut running = Vec::new();
+    for index in indices {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (upstream, ready) = (shared.clone(), ready.clone());
+        let thread = std::thread::spawn(move || {
+            crate::worker::enter(index);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            // The thread's connections live on its runtime: it keeps
+            // running until told to stop.
+            runtime.block_on(async move {
+                let mut upstream = upstream;
+                for _ in 0..2 {
+                    assert_eq!(text(&mut upstream, "/").await, "/");
+                }
+                ready.send(()).unwrap();
+                let _ = stopped.await;
+            });
+        });
+        readied.recv().unwrap();
+        running.push((stop, thread));
+    }
+    assert_eq!(
+        server.used.lock().unwrap().len(),
+        indices.len(),
+        "serving threads {indices:?} each used a connection of their own"
+    );
+    for (stop, thread) in running {
+        stop.send(()).unwrap();
+        thread.join().unwrap();
+    }
+}

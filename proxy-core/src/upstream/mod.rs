@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -151,13 +151,20 @@ pub struct Upstream<B = hyper::body::Incoming> {
     inner: Arc<Inner<B>>,
 }
 
+/// A serving thread's HTTP/1.1 connections.
+type Http1Pool<B> = http1::Http1Pool<DrainOnDrop<B>>;
+
 struct Inner<B> {
     /// HTTP/2 connections (ALPN offers h2 and http/1.1).
     pool: pool::Pool,
     /// HTTP/1.1 connections, for upgrades and servers without HTTP/2: a
-    /// pool per serving thread ([`crate::worker`]), so a thread's requests
-    /// reuse the connections it opened.
-    http1_pools: Box<[http1::Http1Pool<DrainOnDrop<B>>]>,
+    /// pool per serving thread ([`crate::worker`]), made at the thread's
+    /// first request, so a thread's requests reuse the connections it opened.
+    http1_pools: Box<[OnceLock<Box<Http1Pool<B>>>]>,
+    /// What a new HTTP/1.1 pool is made with.
+    http1_connector: http1::Connector,
+    target: Uri,
+    idle_timeout: Duration,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     path_prefix: String,
@@ -170,10 +177,21 @@ struct Inner<B> {
 }
 
 impl<B> Inner<B> {
-    /// The HTTP/1.1 pool of the current serving thread.
-    fn http1_pool(&self) -> &http1::Http1Pool<DrainOnDrop<B>> {
-        let index = crate::worker::current().unwrap_or(0) % self.http1_pools.len().max(1);
-        &self.http1_pools[index]
+    /// The HTTP/1.1 pool of the current serving thread (threads that were
+    /// not marked share the first).
+    fn http1_pool(&self) -> &Http1Pool<B>
+    where
+        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let index = crate::worker::current().unwrap_or(0) % self.http1_pools.len();
+        self.http1_pools[index].get_or_init(|| {
+            Box::new(http1::Http1Pool::new(
+                self.http1_connector.clone(),
+                self.target.clone(),
+                self.idle_timeout,
+            ))
+        })
     }
 }
 
@@ -278,14 +296,8 @@ where
             counters.clone(),
             Protocol::Http1,
         );
-        let http1_pools = (0..crate::worker::default_count())
-            .map(|_| {
-                http1::Http1Pool::new(
-                    http1_connector.clone(),
-                    target.clone(),
-                    options.pool.idle_timeout,
-                )
-            })
+        let http1_pools = (0..crate::worker::MAX_THREADS)
+            .map(|_| OnceLock::new())
             .collect();
 
         let token = Arc::new(TokenSource::default());
@@ -325,6 +337,9 @@ where
             inner: Arc::new(Inner {
                 pool,
                 http1_pools,
+                http1_connector,
+                target,
+                idle_timeout: options.pool.idle_timeout,
                 scheme: http::uri::Scheme::HTTPS,
                 authority,
                 path_prefix,
