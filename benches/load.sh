@@ -2,8 +2,9 @@
 # The load benchmark, authproxy beside nginx, a bare pass-through proxy and
 # the upstream itself, then the instructions each proxy executes per request.
 # Installs wrk, nginx and valgrind from Debian when they are missing (as root
-# with apt-get; otherwise the bench says what it skipped), builds the release
-# binary, and runs both parts. Knobs: see benches/README.md.
+# with apt-get; otherwise the bench says what it skipped), builds the binary
+# the container ships (profile-guided, scripts/pgo-build.sh; `LOAD_PGO=0`: the
+# plain release build), and runs both parts. Knobs: see benches/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
-cargo build --release -p proxy-bin
+if [ -z "${LOAD_BINARY:-}" ] && [ "${LOAD_PGO:-1}" != 0 ]; then
+    scripts/pgo-build.sh
+    export LOAD_BINARY="$PWD/target/pgo/authproxy"
+else
+    cargo build --release -p proxy-bin
+fi
 cargo bench -p authproxy-benches --bench load
 if [ "${LOAD_CALLGRIND:-1}" != 0 ]; then
     if command -v valgrind >/dev/null; then

@@ -40,7 +40,7 @@ LLVM_PROFILE_FILE="$out/runs/authproxy-%p.profraw" \
     LOAD_BINARY="$PWD/target/pgo-generate/release/authproxy" \
     LOAD_TARGETS=authproxy-h2,authproxy-h1,oidc-h2,oidc-h1,obs-h2 \
     LOAD_SECONDS=3 LOAD_ROUNDS=1 LOAD_CALLGRIND=0 \
-    cargo bench -p authproxy-benches --bench load
+    cargo bench --locked -p authproxy-benches --bench load
 "$profdata" merge -o "$out/authproxy.profdata" "$out"/runs/*.profraw
 
 RUSTFLAGS="-Cprofile-use=$out/authproxy.profdata" \

@@ -138,6 +138,21 @@ fn image_builds_on_the_runtime_release_and_runs_non_root() -> anyhow::Result<()>
         dockerfile.contains("cargo build --release --locked"),
         "the builder must use Cargo.lock's versions"
     );
+    // The profile-guided build, the default, too: every cargo command in it.
+    ensure!(
+        dockerfile.contains("scripts/pgo-build.sh"),
+        "the builder makes the profile-guided binary by default"
+    );
+    let pgo = std::fs::read_to_string(root().join("scripts/pgo-build.sh"))?;
+    for command in pgo
+        .lines()
+        .filter(|l| l.contains("cargo build") || l.contains("cargo bench"))
+    {
+        ensure!(
+            command.contains("--locked"),
+            "scripts/pgo-build.sh must use Cargo.lock's versions: {command}"
+        );
+    }
     let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
     ensure!(lines.contains(&"USER 65532:65532"), "numeric non-root user");
     ensure!(

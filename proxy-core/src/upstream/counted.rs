@@ -1,5 +1,5 @@
-//! A connector that counts the connections it opened while they stay open:
-//! hyper's HTTP/1.1 client pool does not say how many it holds.
+//! A connector that counts the connections it opened while they stay open,
+//! whoever holds them: a pool, or an upgraded tunnel.
 
 use std::future::Future;
 use std::pin::Pin;

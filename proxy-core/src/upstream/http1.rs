@@ -4,7 +4,8 @@
 //! A connection carries one request at a time. Once its answer has been read
 //! (the response body ended or was dropped), it goes back to the pool it came
 //! from, and the next request takes the connection put back last. One that
-//! stays unused for the idle timeout is closed. A request that a pooled
+//! stays unused for the idle timeout is closed (looked for every half
+//! timeout). A request that a pooled
 //! connection could not take (the server had just closed it) goes again on a
 //! new connection; one that was already sent is not repeated.
 //!
