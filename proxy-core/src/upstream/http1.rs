@@ -157,14 +157,24 @@ where
     }
 
     /// The idle connection put back last that can take a request now;
-    /// closed connections are dropped on the way.
+    /// closed connections met on the way are dropped. Usually the last one
+    /// is ready, so a pool of many idle connections costs no scan.
     fn checkout(&self) -> Option<SendRequest<B>> {
         let mut idle = lock(&self.idle.connections);
-        idle.retain(|entry| !entry.sender.is_closed());
-        // A connection whose last answer is still being read becomes ready
-        // in a moment; it stays in the list.
-        let ready = idle.iter().rposition(|entry| entry.sender.is_ready())?;
-        Some(idle.remove(ready).sender)
+        let mut index = idle.len();
+        while index > 0 {
+            index -= 1;
+            let sender = &idle[index].sender;
+            if sender.is_ready() {
+                return Some(idle.remove(index).sender);
+            }
+            if sender.is_closed() {
+                idle.remove(index);
+            }
+            // Otherwise its last answer is still being read: it becomes
+            // ready in a moment, and stays in the list.
+        }
+        None
     }
 
     fn checkin(&self, sender: SendRequest<B>) -> Checkin<B> {
