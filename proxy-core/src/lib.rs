@@ -68,6 +68,9 @@ pub mod tunnel;
 pub mod upstream;
 pub mod worker;
 
+#[cfg(test)]
+mod test_tls;
+
 pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};
 pub use body::ProxyBody;
 pub use credential::{Credential, CredentialError};

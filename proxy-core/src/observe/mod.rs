@@ -224,9 +224,8 @@ where
             return Box::pin(
                 async move {
                     let mut response = future.await?;
-                    if !response.headers().contains_key(AUDIT_ID) {
-                        response.headers_mut().insert(AUDIT_ID, id_value);
-                    }
+                    // The upstream's own ID, when it sent one, stays.
+                    response.headers_mut().entry(AUDIT_ID).or_insert(id_value);
                     Ok(response)
                 }
                 .instrument(span),
@@ -321,9 +320,7 @@ where
                         audit.log(event);
                     }
                 }
-                if !response.headers().contains_key(AUDIT_ID) {
-                    response.headers_mut().insert(AUDIT_ID, id_value);
-                }
+                response.headers_mut().entry(AUDIT_ID).or_insert(id_value);
                 // Short requests end here (the gauge drops with `in_flight`).
                 if kind == RequestKind::LongRunning && (in_flight.is_some() || completion.is_some())
                 {

@@ -209,28 +209,6 @@ async fn only_a_clusters_own_token_registers_for_it() {
     assert_eq!(register("", Some("a")), StatusCode::UNAUTHORIZED);
 }
 
-/// A serving certificate for `proxy.test` (ALPN http/1.1) and its CA's PEM.
-fn proxy_tls() -> (Arc<rustls::ServerConfig>, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["proxy.test".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    (Arc::new(config), ca.pem())
-}
-
 /// One proxy replica on `ip`: registers agents of `edge` with `token`.
 async fn replica(
     tls: Arc<rustls::ServerConfig>,
@@ -286,7 +264,7 @@ async fn an_agent_keeps_one_tunnel_per_address_of_the_proxy() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("edge.token");
     std::fs::write(&token_file, "edge-registration-token-0123").unwrap();
-    let (tls, ca_pem) = proxy_tls();
+    let (tls, ca_pem) = crate::test_tls::server("proxy.test", &[b"http/1.1"]);
     // Two replicas on two loopback addresses, behind one name.
     let (a, agents_a) = replica(tls.clone(), "127.0.0.1", &token_file).await;
     let (b, agents_b) = replica(tls, "127.0.0.2", &token_file).await;

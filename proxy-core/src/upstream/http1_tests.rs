@@ -29,39 +29,18 @@ struct TestServer {
     close_all: Arc<tokio::sync::Notify>,
 }
 
-fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    (Arc::new(config), ca.pem())
-}
-
 /// `/endless` answers with a body that never ends; anything else with the
 /// request's path and query.
 async fn start_server() -> TestServer {
-    let (tls, ca_pem) = tls_config();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let crate::test_tls::Loopback {
+        listener,
+        acceptor,
+        addr,
+        ca_pem,
+    } = crate::test_tls::loopback("localhost", &[b"http/1.1"]).await;
     let used = Arc::new(Mutex::new(HashSet::new()));
     let hosts = Arc::new(Mutex::new(Vec::new()));
     let close_all = Arc::new(tokio::sync::Notify::new());
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let (used_by, hosts_seen, closing) = (used.clone(), hosts.clone(), close_all.clone());
     tokio::spawn(async move {
         let mut number = 0;

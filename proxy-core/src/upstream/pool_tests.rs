@@ -29,40 +29,18 @@ struct TestServer {
     go_away: Arc<tokio::sync::Notify>,
 }
 
-fn tls_config() -> (Arc<rustls::ServerConfig>, String) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let chain = vec![leaf.der().clone()];
-    let key = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    (Arc::new(config), ca.pem())
-}
-
 /// `/hold` answers with a body that never ends; anything else with `ok`.
 async fn start_server() -> TestServer {
-    let (tls, ca_pem) = tls_config();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
+    let crate::test_tls::Loopback {
+        listener,
+        acceptor,
+        addr,
+        ca_pem,
+    } = crate::test_tls::loopback("localhost", &[b"h2"]).await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
     let go_away = Arc::new(tokio::sync::Notify::new());
     let shutdown = go_away.clone();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
@@ -424,12 +402,12 @@ async fn an_answer_before_the_body_is_read_is_passed_on() {
 /// connection, and the request waiting on it gets a 502 instead of hanging.
 #[tokio::test]
 async fn an_unanswered_ping_closes_the_connection_and_fails_its_requests() {
-    let (tls, ca_pem) = tls_config();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let crate::test_tls::Loopback {
+        listener,
+        acceptor,
+        addr,
+        ca_pem,
+    } = crate::test_tls::loopback("localhost", &[b"h2"]).await;
     let (hung_tx, hung_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
