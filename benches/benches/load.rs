@@ -1,8 +1,9 @@
 //! The load benchmark: authproxy against its peers, side by side in one run.
 //!
-//! One upstream (an HTTP server written here that answers a fixed 800-byte
-//! PodList when the proxies' own token is presented) is reached by `wrk`
-//! over TLS on loopback:
+//! One upstream answers a fixed 800-byte PodList when the proxies' own token
+//! is presented: nginx (HTTP/2 offered by ALPN on one port, HTTP/1.1 only on
+//! another), or, without nginx or with `LOAD_UPSTREAM_SERVER=builtin`, a
+//! hyper server written here. It is reached by `wrk` over TLS on loopback:
 //!
 //! - `direct`: the upstream itself;
 //! - `bare-h2`, `bare-h1`: a bare hyper pass-through proxy written here (TLS
@@ -36,7 +37,8 @@
 //! builds the release binary, then runs this). Knobs: `LOAD_SECONDS` (per
 //! run, default 5), `LOAD_TARGETS=direct,nginx,authproxy-h2` (a subset),
 //! `LOAD_CONNECTIONS=1,64`, `LOAD_BINARY` (the `authproxy` the authproxy,
-//! oidc and obs targets run; default the release build).
+//! oidc and obs targets run; default the release build),
+//! `LOAD_UPSTREAM_SERVER=nginx|builtin`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -444,6 +446,70 @@ fn authproxy_config(
     Ok(path)
 }
 
+/// The part of an nginx configuration every nginx in the bench shares, up to
+/// and including the opening of its `http` block: `workers` processes (0: one
+/// process without a master, for callgrind), its pid, log and temporary files
+/// under `root`, no access log.
+fn nginx_preamble(root: &Path, workers: usize) -> anyhow::Result<String> {
+    std::fs::create_dir_all(root)?;
+    let process = if workers == 0 {
+        "master_process off;\nworker_processes 1;\n".to_owned()
+    } else {
+        format!("worker_processes {workers};\n")
+    };
+    Ok(format!(
+        "daemon off;\n{process}pid {root}/nginx.pid;\nerror_log {root}/error.log warn;\n\
+events {{ worker_connections 4096; }}\n\
+http {{\n\
+  access_log off;\n\
+  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;\n\
+  fastcgi_temp_path {root}/fastcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;\n\
+  keepalive_requests 1000000; keepalive_timeout 600s;\n",
+        root = root.display(),
+    ))
+}
+
+/// The TLS lines of an nginx `server` block: the bench certificate and the
+/// TLS 1.3 suites in authproxy's order.
+fn nginx_tls(cert: &CertFiles) -> String {
+    format!(
+        "    ssl_certificate {cert}; ssl_certificate_key {key};\n\
+    ssl_protocols TLSv1.2 TLSv1.3;\n\
+    ssl_prefer_server_ciphers on; ssl_conf_command Ciphersuites {SUITES};\n",
+        cert = cert.cert_path.display(),
+        key = cert.key_path.display(),
+    )
+}
+
+/// Writes the configuration of the upstream nginx: the PodList, to a request
+/// bearing the proxies' own token, on `h2_port` (HTTP/2 offered by ALPN) and
+/// `h1_port` (HTTP/1.1 only); 401 to any other.
+fn nginx_upstream_config(
+    dir: &Path,
+    (h2_port, h1_port): (u16, u16),
+    cert: &CertFiles,
+) -> anyhow::Result<PathBuf> {
+    let root = dir.join("nginx-upstream");
+    let mut conf = nginx_preamble(&root, 2)?;
+    for listen in [format!("{h2_port} ssl http2"), format!("{h1_port} ssl")] {
+        conf += &format!(
+            "  server {{\n\
+    listen 127.0.0.1:{listen};\n{tls}\
+    location = {PATH} {{\n\
+      if ($http_authorization != \"Bearer {PROXY_TOKEN}\") {{ return 401; }}\n\
+      default_type application/json;\n\
+      return 200 '{BODY}';\n\
+    }}\n\
+  }}\n",
+            tls = nginx_tls(cert),
+        );
+    }
+    conf += "}\n";
+    let path = root.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
 /// Writes an nginx configuration: the impersonating proxy on `port` to the
 /// HTTP/1.1 upstream. `workers` 0 runs one process without a master (for
 /// callgrind).
@@ -456,29 +522,14 @@ fn nginx_config(
     cert: &CertFiles,
 ) -> anyhow::Result<PathBuf> {
     let root = dir.join("nginx");
-    std::fs::create_dir_all(&root)?;
-    let process = if workers == 0 {
-        "master_process off;\nworker_processes 1;\n".to_owned()
-    } else {
-        format!("worker_processes {workers};\n")
-    };
     let conf = format!(
-        "daemon off;\n{process}pid {root}/nginx.pid;\nerror_log {root}/error.log warn;\n\
-events {{ worker_connections 4096; }}\n\
-http {{\n\
-  access_log off;\n\
+        "{preamble}\
   proxy_headers_hash_max_size 1024; proxy_headers_hash_bucket_size 128;\n\
-  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy;\n\
-  fastcgi_temp_path {root}/fastcgi; uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;\n\
   map $http_authorization $bench_user {{ \"Bearer {USER_TOKEN}\" bench; default \"\"; }}\n\
   map $http_authorization $bench_uid {{ \"Bearer {USER_TOKEN}\" 1000; default \"\"; }}\n\
-  upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+  upstream api {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}\n\
   server {{\n\
-    listen 127.0.0.1:{port} ssl;\n\
-    ssl_certificate {cert}; ssl_certificate_key {key};\n\
-    ssl_protocols TLSv1.2 TLSv1.3;\n\
-    ssl_prefer_server_ciphers on; ssl_conf_command Ciphersuites {SUITES};\n\
-    keepalive_requests 100000;\n\
+    listen 127.0.0.1:{port} ssl;\n{tls}\
     location / {{\n\
       if ($bench_user = \"\") {{ return 401; }}\n\
       proxy_pass https://api;\n\
@@ -496,9 +547,8 @@ http {{\n\
     }}\n\
   }}\n\
 }}\n",
-        root = root.display(),
-        cert = cert.cert_path.display(),
-        key = cert.key_path.display(),
+        preamble = nginx_preamble(&root, workers)?,
+        tls = nginx_tls(cert),
         ca = pki.ca_path().display(),
     );
     let path = root.join("nginx.conf");
@@ -756,6 +806,8 @@ struct Setup {
     procs: Vec<Proc>,
     targets: Vec<Target>,
     client_tls: Arc<rustls::ClientConfig>,
+    /// What serves the PodList: `nginx` or `the bench's own server`.
+    upstream: &'static str,
 }
 
 const ALL: &[&str] = &[
@@ -805,8 +857,30 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
         role_command(upstream_command, "upstream", &pki, &cert),
     )?;
     procs.push(upstream);
-    let [h2, h1, idp] = ports[..] else {
+    let [builtin_h2, builtin_h1, idp] = ports[..] else {
         bail!("upstream printed {ports:?}");
+    };
+    let builtin_pid = procs.first().map(|p| p.child.id());
+    const BUILTIN: &str = "the bench's own server";
+    // The upstream every target reaches: nginx, as the one that serves fewest
+    // instructions per request, or the bench's own (`LOAD_UPSTREAM_SERVER`).
+    let (h2, h1, upstream_pid, upstream_name) = match (upstream_server()?, on_path("nginx")) {
+        (UpstreamServer::Nginx, Some(nginx)) => {
+            let ports = (free_port()?, free_port()?);
+            let conf = nginx_upstream_config(dir.path(), ports, &cert)?;
+            let mut command = Command::new(nginx);
+            command.arg("-c").arg(&conf).arg("-e").arg("stderr");
+            let proc = spawn_quiet("upstream nginx", command)?;
+            let pid = proc.child.id();
+            procs.push(proc);
+            wait_listening(&[ports.0, ports.1])?;
+            (ports.0, ports.1, Some(pid), "nginx")
+        }
+        (UpstreamServer::Nginx, None) => {
+            println!("upstream: nginx is not installed, the bench's own upstream serves (benches/load.sh installs nginx: apt-get install nginx-light)");
+            (builtin_h2, builtin_h1, builtin_pid, BUILTIN)
+        }
+        (UpstreamServer::Builtin, _) => (builtin_h2, builtin_h1, builtin_pid, BUILTIN),
     };
     let wrapped = |program: &Path| {
         let mut command = match wrap {
@@ -842,8 +916,8 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
                     name,
                     port: h2,
                     token: PROXY_TOKEN.into(),
-                    pid: procs.first().map(|p| p.child.id()),
-                    upstream_pid: procs.first().map(|p| p.child.id()),
+                    pid: upstream_pid,
+                    upstream_pid,
                 });
                 continue;
             }
@@ -918,7 +992,7 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
             port,
             token,
             pid,
-            upstream_pid: procs.first().map(|p| p.child.id()),
+            upstream_pid,
         });
     }
     Ok(Setup {
@@ -927,7 +1001,39 @@ fn setup(wanted: &[String], wrap: Option<&[String]>) -> anyhow::Result<Setup> {
         procs,
         targets,
         client_tls,
+        upstream: upstream_name,
     })
+}
+
+/// Which server the targets reach (`LOAD_UPSTREAM_SERVER`).
+#[derive(Clone, Copy)]
+enum UpstreamServer {
+    /// nginx, when installed (the default).
+    Nginx,
+    /// The bench's own hyper server.
+    Builtin,
+}
+
+fn upstream_server() -> anyhow::Result<UpstreamServer> {
+    match std::env::var("LOAD_UPSTREAM_SERVER").as_deref() {
+        Err(_) | Ok("nginx") => Ok(UpstreamServer::Nginx),
+        Ok("builtin") => Ok(UpstreamServer::Builtin),
+        Ok(other) => bail!("LOAD_UPSTREAM_SERVER: {other:?} is neither nginx nor builtin"),
+    }
+}
+
+/// Waits until every port in `ports` on loopback accepts connections.
+fn wait_listening(ports: &[u16]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for &port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nothing listens on 127.0.0.1:{port}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 fn wanted_targets() -> anyhow::Result<Vec<String>> {
@@ -976,8 +1082,9 @@ fn load(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         }
     }
     println!(
-        "load: wrk over TLS (HTTP/1.1 keep-alive), {seconds} s per run, best of {rounds} runs; GET {PATH} → {} bytes; nginx reaches the upstream over HTTP/1.1",
-        BODY.len()
+        "load: wrk over TLS (HTTP/1.1 keep-alive), {seconds} s per run, best of {rounds} runs; GET {PATH} → {} bytes from {}; nginx reaches the upstream over HTTP/1.1",
+        BODY.len(),
+        setup.upstream,
     );
     for &c in &connections {
         // Warm-up: pools, TLS sessions, token caches.
