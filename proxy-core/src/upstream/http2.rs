@@ -19,8 +19,10 @@ use crate::BoxError;
 
 /// Why a request got no answer.
 pub(crate) enum SendError<B> {
-    /// The server sent GOAWAY before the request went out: it is handed back
-    /// untouched, to be sent on another connection.
+    /// The server did not take the request: it sent GOAWAY before the
+    /// request went out, or refused the stream unprocessed (a GOAWAY naming an
+    /// earlier last stream, or `REFUSED_STREAM`). The request is handed back,
+    /// to be sent on another connection.
     GoneAway(Request<B>),
     /// The stream or the connection failed.
     Failed(h2::Error),
@@ -58,13 +60,23 @@ where
     }
     let body = DrainOnDrop::new(body);
     let end_of_stream = body.is_end_stream();
+    // A request without a body can go again if the server refuses it
+    // unprocessed, so its head is kept until the answer comes.
+    let head = end_of_stream.then(|| Head::of(&parts));
     let (mut response, stream) = send
         .send_request(Request::from_parts(parts, ()), end_of_stream)
         .map_err(SendError::Failed)?;
     drop(send);
-    if end_of_stream {
+    if let Some(head) = head {
         drop(stream);
-        return response.await.map_err(SendError::Failed);
+        return match response.await {
+            Ok(response) => Ok(response),
+            Err(error) if unprocessed(&error) => match body.into_inner() {
+                Some(body) => Err(SendError::GoneAway(head.with_body(body))),
+                None => Err(SendError::Failed(error)),
+            },
+            Err(error) => Err(SendError::Failed(error)),
+        };
     }
     let mut pipe = Box::pin(pipe(body, stream));
     tokio::select! {
@@ -76,6 +88,47 @@ where
             answer.map_err(SendError::Failed)
         }
         () = &mut pipe => response.await.map_err(SendError::Failed),
+    }
+}
+
+/// Whether the server said it did not process the stream, so that sending
+/// the request again cannot repeat it (RFC 9113, section 8.7): a GOAWAY
+/// without error whose last stream is below this one, or `REFUSED_STREAM`.
+/// Kept to a GOAWAY without error, the graceful one (a server shutting down,
+/// or kube-apiserver's `--goaway-chance`): after a GOAWAY with an error
+/// code the request fails with 502, as any request on a failing server.
+fn unprocessed(error: &h2::Error) -> bool {
+    error.is_remote()
+        && match error.reason() {
+            Some(Reason::NO_ERROR) => error.is_go_away(),
+            Some(Reason::REFUSED_STREAM) => error.is_reset(),
+            _ => false,
+        }
+}
+
+/// What a request without a body is made of besides its (empty) body, kept
+/// to send it again.
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of(parts: &http::request::Parts) -> Head {
+        Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        }
+    }
+
+    fn with_body<B>(self, body: B) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.headers_mut() = self.headers;
+        request
     }
 }
 

@@ -664,6 +664,13 @@ where
     }
 }
 
+impl<B> DrainOnDrop<B> {
+    /// The body back, as it is, without draining it.
+    pub(crate) fn into_inner(mut self) -> Option<B> {
+        self.inner.take()
+    }
+}
+
 fn drain_in_background<B>(body: B)
 where
     B: http_body::Body + Send + Unpin + 'static,

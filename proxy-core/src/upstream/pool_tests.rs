@@ -477,3 +477,161 @@ async fn the_servers_stream_limit_is_learnt_when_lower_than_the_setting() {
     assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
     assert_eq!(upstream.http2_connections(), 2);
 }
+
+/// Reads one HTTP/2 frame: its type, flags, stream and payload.
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> (u8, u8, u32, Vec<u8>) {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).await.unwrap();
+    (head[3], head[4], id, payload)
+}
+
+/// A frame: type, flags, stream and payload.
+fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// How the first connection's server turns away the second stream.
+#[derive(Clone, Copy)]
+enum TurnAway {
+    /// GOAWAY without error, naming the first stream as the last processed.
+    GoAway,
+    /// `RST_STREAM` with `REFUSED_STREAM`.
+    Refused,
+    /// GOAWAY with `INTERNAL_ERROR` naming the second stream as processed,
+    /// then the connection closes: the stream may have been processed.
+    Failed,
+}
+
+/// The first connection is served frame by frame: it waits for two requests
+/// (streams 1 and 3), turns the second away as `how` says, and answers the
+/// first with 200 and no body. Later connections answer `ok`.
+async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<Bytes>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let crate::test_tls::Loopback {
+        listener,
+        acceptor,
+        addr,
+        ca_pem,
+    } = crate::test_tls::loopback("localhost", &[b"h2"]).await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        counter.fetch_add(1, Ordering::SeqCst);
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut preface = [0u8; 24];
+        tls.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        let mut streams = Vec::new();
+        while streams.len() < 2 {
+            match read_frame(&mut tls).await {
+                (0x4, 0, _, _) => tls.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap(),
+                (0x1, _, id, _) => streams.push(id),
+                _ => {}
+            }
+        }
+        assert_eq!(streams, [1, 3]);
+        // HEADERS with END_STREAM and END_HEADERS; 0x88 is `:status 200`
+        // from the static table.
+        let answer = frame(0x1, 0x4 | 0x1, 1, &[0x88]);
+        let out = match how {
+            TurnAway::GoAway => [frame(0x7, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]), answer],
+            TurnAway::Refused => [frame(0x3, 0, 3, &[0, 0, 0, 0x7]), answer],
+            TurnAway::Failed => [answer, frame(0x7, 0, 0, &[0, 0, 0, 3, 0, 0, 0, 0x2])],
+        };
+        tls.write_all(&out.concat()).await.unwrap();
+        tls.flush().await.unwrap();
+        if matches!(how, TurnAway::Failed) {
+            tls.shutdown().await.unwrap();
+        }
+        let _first = tls;
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"ok"),
+                    )))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let server = TestServer {
+        addr,
+        ca_pem,
+        accepted,
+        go_away: Arc::new(tokio::sync::Notify::new()),
+    };
+    let upstream = upstream(&server, 4);
+    (server, upstream)
+}
+
+/// Sends two requests, the second once the first is on its way, and returns
+/// both answers' status and body.
+async fn two_requests(upstream: &Upstream<Empty<Bytes>>) -> [(StatusCode, String); 2] {
+    let send = |path: &'static str| {
+        let mut upstream = upstream.clone();
+        tokio::spawn(async move {
+            let response = tokio::time::timeout(Duration::from_secs(5), upstream.call(get(path)))
+                .await
+                .expect("no answer")
+                .unwrap();
+            (response.status(), text(response).await)
+        })
+    };
+    let first = send("/first");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = send("/second");
+    [first.await.unwrap(), second.await.unwrap()]
+}
+
+/// A request the server's GOAWAY names as not processed (its stream is
+/// above the last one) goes again on a new connection instead of failing.
+#[tokio::test]
+async fn a_request_beyond_the_goaway_last_stream_is_sent_again() {
+    let (server, upstream) = turn_away_second_stream(TurnAway::GoAway).await;
+    let [first, second] = two_requests(&upstream).await;
+    assert_eq!(first, (StatusCode::OK, String::new()));
+    assert_eq!(second, (StatusCode::OK, "ok".to_owned()));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A stream the server resets with `REFUSED_STREAM` was not processed
+/// either: its request goes again.
+#[tokio::test]
+async fn a_refused_stream_is_sent_again() {
+    let (server, upstream) = turn_away_second_stream(TurnAway::Refused).await;
+    let [first, second] = two_requests(&upstream).await;
+    assert_eq!(first, (StatusCode::OK, String::new()));
+    assert_eq!(second, (StatusCode::OK, "ok".to_owned()));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+}
+
+/// A stream cut by a GOAWAY with an error, at or below its last stream, may
+/// have been processed: its request fails (502) and is not sent again.
+#[tokio::test]
+async fn a_request_the_server_may_have_processed_is_not_sent_again() {
+    let (server, upstream) = turn_away_second_stream(TurnAway::Failed).await;
+    let [first, second] = two_requests(&upstream).await;
+    assert_eq!(first, (StatusCode::OK, String::new()));
+    assert_eq!(second.0, StatusCode::BAD_GATEWAY);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
