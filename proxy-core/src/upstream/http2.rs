@@ -19,11 +19,13 @@ use crate::BoxError;
 
 /// Why a request got no answer.
 pub(crate) enum SendError<B> {
-    /// The server did not take the request: it sent GOAWAY before the
-    /// request went out, or refused the stream unprocessed (a GOAWAY naming an
-    /// earlier last stream, or `REFUSED_STREAM`). The request is handed back,
-    /// to be sent on another connection.
+    /// The connection is going away and did not take the request: the
+    /// GOAWAY came before the request went out, or named an earlier last
+    /// stream. The request is handed back, to be sent on another connection.
     GoneAway(Request<B>),
+    /// The server reset the stream with `REFUSED_STREAM`, unprocessed; the
+    /// connection stays. The request is handed back, to be sent again.
+    Refused(Request<B>),
     /// The stream or the connection failed.
     Failed(h2::Error),
 }
@@ -72,7 +74,8 @@ where
         return match response.await {
             Ok(response) => Ok(response),
             Err(error) if unprocessed(&error) => match body.into_inner() {
-                Some(body) => Err(SendError::GoneAway(head.with_body(body))),
+                Some(body) if error.is_go_away() => Err(SendError::GoneAway(head.with_body(body))),
+                Some(body) => Err(SendError::Refused(head.with_body(body))),
                 None => Err(SendError::Failed(error)),
             },
             Err(error) => Err(SendError::Failed(error)),

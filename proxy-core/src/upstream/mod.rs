@@ -504,7 +504,8 @@ where
     }
 }
 
-/// How many connections that went away one request tries before failing.
+/// How many times one request is turned away unprocessed (its connection
+/// going away, or its stream refused) before it fails.
 const MAX_GONE_AWAY: usize = 3;
 
 /// Forwards a request over a pooled HTTP/2 stream, or over HTTP/1.1 when
@@ -536,8 +537,12 @@ where
                     gone_away += 1;
                     req = back;
                 }
-                Err(http2::SendError::GoneAway(_)) => {
-                    tracing::warn!("upstream connections keep going away");
+                Err(http2::SendError::Refused(back)) if gone_away < MAX_GONE_AWAY => {
+                    gone_away += 1;
+                    req = back;
+                }
+                Err(http2::SendError::GoneAway(_) | http2::SendError::Refused(_)) => {
+                    tracing::warn!("upstream connections keep going away or refusing streams");
                     return Ok(failure_status(false));
                 }
                 Err(http2::SendError::Failed(error)) => {
