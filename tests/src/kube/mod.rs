@@ -64,7 +64,15 @@ pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 ///
 /// Blocks while starting (a few seconds); later calls return at once.
 pub fn kube() -> anyhow::Result<&'static Kube> {
-    KUBE.get_or_init(|| Kube::start().map_err(|e| format!("{e:#}")))
+    kube_with(&[])
+}
+
+/// The test binary's kube-apiserver, started on first use with `extra`
+/// flags added to the usual ones. A binary whose tests need such flags
+/// calls this in each of them, always with the same flags: the first call
+/// starts the server, and later ones (from [`kube`] as well) share it.
+pub fn kube_with(extra: &[&str]) -> anyhow::Result<&'static Kube> {
+    KUBE.get_or_init(|| Kube::start(extra).map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow::anyhow!("starting kube-apiserver: {e}"))
 }
@@ -209,7 +217,7 @@ fn tail(path: &Path) -> String {
 }
 
 impl Kube {
-    fn start() -> anyhow::Result<Kube> {
+    fn start(extra: &[&str]) -> anyhow::Result<Kube> {
         let bin = kube_bin()?;
         let dir = tempfile::Builder::new()
             .prefix("authproxy-kube-")
@@ -267,7 +275,7 @@ impl Kube {
         )?;
         let port = free_port()?;
         let d = |name: &str| dir.join(name).display().to_string();
-        let api_args: Vec<String> = vec![
+        let api_args: Vec<String> = [
             format!("--etcd-servers={etcd_url}"),
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
@@ -309,7 +317,10 @@ impl Kube {
             "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
             "--profiling=false".into(),
             "--v=1".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|flag| (*flag).to_owned()))
+        .collect();
         let api_log = dir.join("kube-apiserver.log");
         let mut apiserver =
             supervised(&bin.join("kube-apiserver"), &api_args, &api_log, Some(&dir))?;
