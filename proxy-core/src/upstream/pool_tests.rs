@@ -618,26 +618,28 @@ async fn two_requests(upstream: &Upstream<Empty<Bytes>>) -> [(StatusCode, String
     [first.await.unwrap(), second.await.unwrap()]
 }
 
+/// The second request, turned away as `how` says, is answered `ok` after
+/// going again; the server accepted `connections` in all.
+async fn second_is_sent_again(how: TurnAway, connections: usize) {
+    let (server, upstream) = turn_away_second_stream(how).await;
+    let [first, second] = two_requests(&upstream).await;
+    assert_eq!(first, (StatusCode::OK, String::new()));
+    assert_eq!(second, (StatusCode::OK, "ok".to_owned()));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), connections);
+}
+
 /// A request the server's GOAWAY names as not processed (its stream is
 /// above the last one) goes again on a new connection instead of failing.
 #[tokio::test]
 async fn a_request_beyond_the_goaway_last_stream_is_sent_again() {
-    let (server, upstream) = turn_away_second_stream(TurnAway::GoAway).await;
-    let [first, second] = two_requests(&upstream).await;
-    assert_eq!(first, (StatusCode::OK, String::new()));
-    assert_eq!(second, (StatusCode::OK, "ok".to_owned()));
-    assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+    second_is_sent_again(TurnAway::GoAway, 2).await;
 }
 
 /// A stream the server resets with `REFUSED_STREAM` was not processed
 /// either: its request goes again, on the same connection, which stays.
 #[tokio::test]
 async fn a_refused_stream_is_sent_again() {
-    let (server, upstream) = turn_away_second_stream(TurnAway::Refused).await;
-    let [first, second] = two_requests(&upstream).await;
-    assert_eq!(first, (StatusCode::OK, String::new()));
-    assert_eq!(second, (StatusCode::OK, "ok".to_owned()));
-    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    second_is_sent_again(TurnAway::Refused, 1).await;
 }
 
 /// A stream cut by a GOAWAY with an error, at or below its last stream, may
