@@ -64,14 +64,27 @@ pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
 ///
 /// Blocks while starting (a few seconds); later calls return at once.
 pub fn kube() -> anyhow::Result<&'static Kube> {
-    kube_with(&[])
+    match KUBE.get() {
+        // Started already, with [`kube_with`]'s flags or none.
+        Some(started) => started
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("starting kube-apiserver: {e}")),
+        None => kube_with(&[]),
+    }
 }
 
 /// The test binary's kube-apiserver, started on first use with `extra`
 /// flags added to the usual ones. A binary whose tests need such flags
-/// calls this in each of them, always with the same flags: the first call
-/// starts the server, and later ones (from [`kube`] as well) share it.
+/// calls this first in each of them: the first call starts the server, and
+/// later ones (from [`kube`] as well) share it. A call with other flags than
+/// the server runs with fails.
 pub fn kube_with(extra: &[&str]) -> anyhow::Result<&'static Kube> {
+    static FLAGS: OnceLock<Vec<String>> = OnceLock::new();
+    let started = FLAGS.get_or_init(|| extra.iter().map(|f| (*f).to_owned()).collect());
+    anyhow::ensure!(
+        started.iter().map(String::as_str).eq(extra.iter().copied()),
+        "this test binary's kube-apiserver runs with the extra flags {started:?}, not {extra:?}"
+    );
     KUBE.get_or_init(|| Kube::start(extra).map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow::anyhow!("starting kube-apiserver: {e}"))
