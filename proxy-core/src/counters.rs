@@ -367,11 +367,36 @@ impl Protocol {
     }
 }
 
-/// Connections to the API server and requests on them, now.
+/// Why a request was sent to the API server again: it had not processed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// Its connection got GOAWAY before the request went out, or the GOAWAY
+    /// named an earlier last stream.
+    GoAway,
+    /// Its stream was reset with `REFUSED_STREAM`.
+    Refused,
+}
+
+impl RetryReason {
+    /// Both, in label order.
+    pub const ALL: [RetryReason; 2] = [RetryReason::GoAway, RetryReason::Refused];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RetryReason::GoAway => "goaway",
+            RetryReason::Refused => "refused",
+        }
+    }
+}
+
+/// Connections to the API server and requests on them, now, and requests
+/// sent again so far.
 #[derive(Debug, Default)]
 pub struct UpstreamCounters {
     connections: [AtomicI64; 2],
     in_flight: [AtomicI64; 2],
+    retried: [AtomicU64; 2],
 }
 
 /// Lowers a gauge of [`UpstreamCounters`] when dropped.
@@ -423,6 +448,16 @@ impl UpstreamCounters {
     /// Requests in flight now.
     pub fn in_flight(&self, protocol: Protocol) -> i64 {
         self.in_flight[protocol as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a request sent again, for `reason`.
+    pub fn count_retry(&self, reason: RetryReason) {
+        self.retried[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests sent again so far, for `reason`.
+    pub fn retried(&self, reason: RetryReason) -> u64 {
+        self.retried[reason as usize].load(Ordering::Relaxed)
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use authproxy_tests::kube::{kube_with, unique_marker, KubeEnv};
 use authproxy_tests::watchers::{body_text, H2Clients};
+use authproxy_tests::TestPki;
 use futures_util::future::join_all;
 
 /// The flag, as an HA control plane behind a load balancer sets it.
@@ -23,11 +24,17 @@ async fn no_request_fails_while_kube_goes_away_at_random() -> anyhow::Result<()>
     tokio::task::spawn_blocking(|| kube_with(&[GOAWAY]).map(|_| ()))
         .await?
         .map_err(|e| e.context("kube-apiserver with --goaway-chance"))?;
-    let env = KubeEnv::start().await?;
+    let env =
+        KubeEnv::start_with_top_level(TestPki::new()?, "", "metrics: {listen: '127.0.0.1:0'}")
+            .await?;
     let marker = unique_marker("goaway");
     env.kube.create_configmap(&marker, &marker).await?;
     let path = format!("/api/v1/namespaces/default/configmaps/{marker}");
-    let addr = env.proxy.as_ref().map(|p| p.addr()).expect("proxy running");
+    let proxy = env.proxy.as_ref().expect("proxy running");
+    let (addr, metrics) = (
+        proxy.addr(),
+        proxy.metrics_addr().expect("metrics listener"),
+    );
     let clients = H2Clients::connect_to(addr, env.pki.ca_pem(), 4).await?;
 
     let callers = (0..CALLERS).map(|caller| {
@@ -64,5 +71,9 @@ async fn no_request_fails_while_kube_goes_away_at_random() -> anyhow::Result<()>
         failures.len(),
         CALLERS * REQUESTS
     );
+    // The server did go away under the callers, and requests were sent again.
+    let scraped = authproxy_tests::observe::scrape(metrics).await?;
+    let retried = scraped.value("authproxy_upstream_requests_retried_total{reason=\"goaway\"}");
+    assert!(retried > 0.0, "no request was sent again: {}", scraped.text);
     Ok(())
 }

@@ -14,8 +14,8 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder
 use prometheus_client::metrics::MetricType;
 
 use crate::counters::{
-    AuthnCounters, HistogramSnapshot, LdapErrorKind, LdapOperation, Protocol, ThrottleCounters,
-    ThrottleScope, UpstreamCounters,
+    AuthnCounters, HistogramSnapshot, LdapErrorKind, LdapOperation, Protocol, RetryReason,
+    ThrottleCounters, ThrottleScope, UpstreamCounters,
 };
 
 /// The sources, registered as the proxy is put together.
@@ -229,6 +229,22 @@ impl Collector for BackendFamilies {
                 for protocol in Protocol::ALL {
                     let open: i64 = upstreams.iter().map(|u| u.connections(protocol)).sum();
                     gauge(m, &[("protocol", protocol.label())], open)?;
+                }
+                Ok(())
+            },
+        )?;
+        family(
+            e,
+            "authproxy_upstream_requests_retried",
+            "Requests sent to the API server again because it had not processed them, by reason (goaway: the connection was going away; refused: REFUSED_STREAM)",
+            MetricType::Counter,
+            |m| {
+                if upstreams.is_empty() {
+                    return Ok(());
+                }
+                for reason in RetryReason::ALL {
+                    let total: u64 = upstreams.iter().map(|u| u.retried(reason)).sum();
+                    counter(m, &[("reason", reason.label())], total)?;
                 }
                 Ok(())
             },

@@ -26,6 +26,7 @@
 //! | `authproxy_login_throttled_total` | counter | `authenticator` (`ldap`, `token-exchange`, `webhook`), `scope` (`user`, `client`) |
 //! | `authproxy_upstream_connections` | gauge | `protocol` (`http2`, `http1`) |
 //! | `authproxy_upstream_requests_in_flight` | gauge | `protocol` |
+//! | `authproxy_upstream_requests_retried_total` | counter | `reason` (`goaway`, `refused`) |
 //! | `authproxy_build_info` | info | `version` |
 //! | `authproxy_config_reloads_total` | counter | `file` (see [`crate::reload::ReloadKind`]), `result` (`success`, `failure`) |
 //! | `authproxy_config_last_reload_success_timestamp_seconds` | gauge | `file` |
@@ -760,7 +761,9 @@ mod tests {
 
     #[test]
     fn backend_families_are_declared_and_read_at_scrape_time() {
-        use crate::counters::{Protocol, ThrottleCounters, ThrottleScope, UpstreamCounters};
+        use crate::counters::{
+            Protocol, RetryReason, ThrottleCounters, ThrottleScope, UpstreamCounters,
+        };
         let metrics = Metrics::new();
         let text = metrics.encode();
         for family in [
@@ -772,6 +775,7 @@ mod tests {
             "# TYPE authproxy_login_throttled counter",
             "# TYPE authproxy_upstream_connections gauge",
             "# TYPE authproxy_upstream_requests_in_flight gauge",
+            "# TYPE authproxy_upstream_requests_retried counter",
         ] {
             assert!(text.contains(family), "{family} in {text}");
         }
@@ -785,11 +789,14 @@ mod tests {
             upstream.request(Protocol::Http2),
         ];
         throttle.throttled(ThrottleScope::Client);
+        upstream.count_retry(RetryReason::GoAway);
         let text = metrics.encode();
         for sample in [
             "authproxy_upstream_connections{protocol=\"http2\"} 1\n",
             "authproxy_upstream_connections{protocol=\"http1\"} 0\n",
             "authproxy_upstream_requests_in_flight{protocol=\"http2\"} 2\n",
+            "authproxy_upstream_requests_retried_total{reason=\"goaway\"} 1\n",
+            "authproxy_upstream_requests_retried_total{reason=\"refused\"} 0\n",
             "authproxy_login_throttled_total{authenticator=\"webhook\",scope=\"client\"} 1\n",
             "authproxy_login_throttled_total{authenticator=\"webhook\",scope=\"user\"} 0\n",
         ] {

@@ -42,7 +42,7 @@ pub use http2::Http2Body;
 pub use pool::PoolSettings;
 
 use crate::body::{Hold, ProxyBody};
-use crate::counters::{Open, Protocol, UpstreamCounters};
+use crate::counters::{Open, Protocol, RetryReason, UpstreamCounters};
 use crate::impersonate::is_upgrade;
 use crate::reload::tls::ReloadingServerVerifier;
 use crate::reload::{watch_file, FileWatch, ReloadReporter};
@@ -534,10 +534,12 @@ where
                 }
                 Err(http2::SendError::GoneAway(back)) if gone_away < MAX_GONE_AWAY => {
                     guard.retire();
+                    inner.counters.count_retry(RetryReason::GoAway);
                     gone_away += 1;
                     req = back;
                 }
                 Err(http2::SendError::Refused(back)) if gone_away < MAX_GONE_AWAY => {
+                    inner.counters.count_retry(RetryReason::Refused);
                     gone_away += 1;
                     req = back;
                 }
