@@ -32,6 +32,51 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
+/// For tests: a serving thread with a single-threaded runtime of its own,
+/// which keeps driving what its work opened (upstream connections) until
+/// stopped.
+#[cfg(test)]
+pub(crate) struct TestThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+#[cfg(test)]
+impl TestThread {
+    /// Starts serving thread `index`, runs `work` on it and returns once
+    /// `work` has finished (panicking if it did).
+    pub(crate) fn run<F>(index: usize, work: F) -> TestThread
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (done, worked) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            enter(index);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                work.await;
+                let _ = done.send(());
+                let _ = stopped.await;
+            });
+        });
+        if worked.recv().is_err() {
+            // The work panicked: show why.
+            std::panic::resume_unwind(thread.join().unwrap_err());
+        }
+        TestThread { stop, thread }
+    }
+
+    /// Stops the thread's runtime and waits for the thread to end.
+    pub(crate) fn stop(self) {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

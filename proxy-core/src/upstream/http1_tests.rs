@@ -236,38 +236,25 @@ fn serving_threads_keep_connections_of_their_own() {
     };
     // Thread numbers past the CPU count included.
     let indices = [0, crate::worker::default_count(), 7];
-    let (ready, readied) = std::sync::mpsc::channel();
-    let mut running = Vec::new();
-    for index in indices {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (upstream, ready) = (shared.clone(), ready.clone());
-        let thread = std::thread::spawn(move || {
-            crate::worker::enter(index);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            // The thread's connections live on its runtime: it keeps
-            // running until told to stop.
-            runtime.block_on(async move {
-                let mut upstream = upstream;
+    // Each thread's connections live on its runtime: it keeps running until
+    // stopped.
+    let running: Vec<_> = indices
+        .iter()
+        .map(|&index| {
+            let mut upstream = shared.clone();
+            crate::worker::TestThread::run(index, async move {
                 for _ in 0..2 {
                     assert_eq!(text(&mut upstream, "/").await, "/");
                 }
-                ready.send(()).unwrap();
-                let _ = stopped.await;
-            });
-        });
-        readied.recv().unwrap();
-        running.push((stop, thread));
-    }
+            })
+        })
+        .collect();
     assert_eq!(
         server.used.lock().unwrap().len(),
         indices.len(),
         "serving threads {indices:?} each used a connection of their own"
     );
-    for (stop, thread) in running {
-        stop.send(()).unwrap();
-        thread.join().unwrap();
+    for thread in running {
+        thread.stop();
     }
 }

@@ -16,6 +16,7 @@ use tower_service::Service;
 
 use super::PoolSettings;
 use crate::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
+use crate::worker::TestThread;
 
 /// Streams the test server allows per connection.
 const SERVER_STREAMS: u32 = 2;
@@ -38,72 +39,78 @@ async fn start_server() -> TestServer {
         ca_pem,
     } = crate::test_tls::loopback("localhost", &[b"h2"]).await;
     let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
     let go_away = Arc::new(tokio::sync::Notify::new());
-    let shutdown = go_away.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service =
-                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                        if req.uri().path() == "/echo" {
-                            // The length of the body read, and its trailer.
-                            let collected = req.into_body().collect().await.unwrap();
-                            let trailer = collected
-                                .trailers()
-                                .and_then(|t| t.get("x-check"))
-                                .map(|v| v.to_str().unwrap().to_owned())
-                                .unwrap_or_default();
-                            let text = format!("{} {trailer}", collected.to_bytes().len());
-                            return Ok(Response::new(
-                                http_body_util::Full::new(Bytes::from(text)).boxed(),
-                            ));
-                        }
-                        if req.uri().path() == "/early" {
-                            // Answers without reading the body.
-                            return Ok(Response::new(
-                                http_body_util::Full::new(Bytes::from_static(b"early")).boxed(),
-                            ));
-                        }
-                        if req.uri().path() == "/hold" {
-                            let stream = futures_util::stream::once(async {
-                                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"held\n")))
-                            })
-                            .chain(futures_util::stream::pending());
-                            Ok::<_, Infallible>(Response::new(BodyExt::boxed(StreamBody::new(
-                                stream,
-                            ))))
-                        } else {
-                            Ok(Response::new(
-                                http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
-                            ))
-                        }
-                    });
-                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .max_concurrent_streams(SERVER_STREAMS)
-                    .serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(connection);
-                tokio::select! {
-                    _ = &mut connection => {}
-                    () = shutdown.notified() => {
-                        connection.as_mut().graceful_shutdown();
-                        let _ = connection.await;
-                    }
-                }
-            });
-        }
-    });
+    tokio::spawn(serve(listener, acceptor, accepted.clone(), go_away.clone()));
     TestServer {
         addr,
         ca_pem,
         accepted,
         go_away,
+    }
+}
+
+/// The test server's accept loop: each connection is counted in `counter`
+/// and served (see [`start_server`]); `shutdown` notified, each closes
+/// gracefully.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    counter: Arc<AtomicUsize>,
+    shutdown: Arc<tokio::sync::Notify>,
+) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let acceptor = acceptor.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service =
+                hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    if req.uri().path() == "/echo" {
+                        // The length of the body read, and its trailer.
+                        let collected = req.into_body().collect().await.unwrap();
+                        let trailer = collected
+                            .trailers()
+                            .and_then(|t| t.get("x-check"))
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        let text = format!("{} {trailer}", collected.to_bytes().len());
+                        return Ok(Response::new(
+                            http_body_util::Full::new(Bytes::from(text)).boxed(),
+                        ));
+                    }
+                    if req.uri().path() == "/early" {
+                        // Answers without reading the body.
+                        return Ok(Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"early")).boxed(),
+                        ));
+                    }
+                    if req.uri().path() == "/hold" {
+                        let stream = futures_util::stream::once(async {
+                            Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"held\n")))
+                        })
+                        .chain(futures_util::stream::pending());
+                        Ok::<_, Infallible>(Response::new(BodyExt::boxed(StreamBody::new(stream))))
+                    } else {
+                        Ok(Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"ok")).boxed(),
+                        ))
+                    }
+                });
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(SERVER_STREAMS)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = &mut connection => {}
+                () = shutdown.notified() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
 }
 
@@ -240,47 +247,25 @@ async fn idle_connections_beyond_the_setting_close_soon_after_their_streams_end(
     assert_eq!(server.accepted.load(Ordering::SeqCst), 3);
 }
 
-/// A serving thread ([`crate::worker`]) that sends three short requests
-/// through `upstream`, says so on `ready`, and keeps driving its connections
-/// until `done`.
-fn serving_thread(
-    index: usize,
-    upstream: Upstream<Empty<Bytes>>,
-    ready: std::sync::mpsc::Sender<()>,
-    done: tokio::sync::oneshot::Receiver<()>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        crate::worker::enter(index);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let mut upstream = upstream;
-            for _ in 0..3 {
-                assert_eq!(short(&mut upstream).await, "ok");
-            }
-            ready.send(()).unwrap();
-            let _ = done.await;
-        });
+/// Serving thread `index` ([`crate::worker`]), kept running after it sent
+/// three short requests through `upstream`.
+fn serving_thread(index: usize, upstream: &Upstream<Empty<Bytes>>) -> TestThread {
+    let mut upstream = upstream.clone();
+    TestThread::run(index, async move {
+        for _ in 0..3 {
+            assert_eq!(short(&mut upstream).await, "ok");
+        }
     })
 }
 
 /// Runs serving threads 0 and 1 one after the other through `upstream`,
 /// calls `check` while both still drive their connections, then stops them.
 fn with_two_serving_threads(upstream: &Upstream<Empty<Bytes>>, check: impl FnOnce()) {
-    let (ready, readied) = std::sync::mpsc::channel();
-    let (done_0, wait_0) = tokio::sync::oneshot::channel();
-    let (done_1, wait_1) = tokio::sync::oneshot::channel();
-    let first = serving_thread(0, upstream.clone(), ready.clone(), wait_0);
-    readied.recv().unwrap();
-    let second = serving_thread(1, upstream.clone(), ready, wait_1);
-    readied.recv().unwrap();
+    let first = serving_thread(0, upstream);
+    let second = serving_thread(1, upstream);
     check();
-    done_0.send(()).unwrap();
-    done_1.send(()).unwrap();
-    first.join().unwrap();
-    second.join().unwrap();
+    first.stop();
+    second.stop();
 }
 
 /// Serving threads ([`crate::worker`]) each open their own connection while
@@ -516,7 +501,8 @@ enum TurnAway {
 
 /// The first connection is served frame by frame: it waits for two requests
 /// (streams 1 and 3), turns the second away as `how` says, and answers the
-/// first with 200 and no body. Later connections answer `ok`.
+/// first with 200 and no body. Later connections are the test server's
+/// ([`serve`]).
 async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<Bytes>>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let crate::test_tls::Loopback {
@@ -526,7 +512,8 @@ async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<B
         ca_pem,
     } = crate::test_tls::loopback("localhost", &[b"h2"]).await;
     let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let (counter, go_away) = (accepted.clone(), shutdown.clone());
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         counter.fetch_add(1, Ordering::SeqCst);
@@ -571,29 +558,13 @@ async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<B
                 }
             });
         }
-        while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(
-                        Bytes::from_static(b"ok"),
-                    )))
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+        serve(listener, acceptor, counter, go_away).await;
     });
     let server = TestServer {
         addr,
         ca_pem,
         accepted,
-        go_away: Arc::new(tokio::sync::Notify::new()),
+        go_away: shutdown,
     };
     let upstream = upstream(&server, 4);
     (server, upstream)
