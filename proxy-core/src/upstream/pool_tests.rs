@@ -30,23 +30,34 @@ struct TestServer {
     go_away: Arc<tokio::sync::Notify>,
 }
 
-/// `/hold` answers with a body that never ends; anything else with `ok`.
-async fn start_server() -> TestServer {
+/// A loopback HTTP/2 TLS listener with its acceptor, and the [`TestServer`]
+/// that describes it (nothing accepted yet).
+async fn bind() -> (
+    tokio::net::TcpListener,
+    tokio_rustls::TlsAcceptor,
+    TestServer,
+) {
     let crate::test_tls::Loopback {
         listener,
         acceptor,
         addr,
         ca_pem,
     } = crate::test_tls::loopback("localhost", &[b"h2"]).await;
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let go_away = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(serve(listener, acceptor, accepted.clone(), go_away.clone()));
-    TestServer {
+    let server = TestServer {
         addr,
         ca_pem,
-        accepted,
-        go_away,
-    }
+        accepted: Arc::new(AtomicUsize::new(0)),
+        go_away: Arc::new(tokio::sync::Notify::new()),
+    };
+    (listener, acceptor, server)
+}
+
+/// `/hold` answers with a body that never ends; anything else with `ok`.
+async fn start_server() -> TestServer {
+    let (listener, acceptor, server) = bind().await;
+    let (counter, go_away) = (server.accepted.clone(), server.go_away.clone());
+    tokio::spawn(serve(listener, acceptor, counter, go_away));
+    server
 }
 
 /// The test server's accept loop: each connection is counted in `counter`
@@ -387,12 +398,7 @@ async fn an_answer_before_the_body_is_read_is_passed_on() {
 /// connection, and the request waiting on it gets a 502 instead of hanging.
 #[tokio::test]
 async fn an_unanswered_ping_closes_the_connection_and_fails_its_requests() {
-    let crate::test_tls::Loopback {
-        listener,
-        acceptor,
-        addr,
-        ca_pem,
-    } = crate::test_tls::loopback("localhost", &[b"h2"]).await;
+    let (listener, acceptor, server) = bind().await;
     let (hung_tx, hung_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
@@ -400,12 +406,6 @@ async fn an_unanswered_ping_closes_the_connection_and_fails_its_requests() {
         // Held open, never read.
         let _ = hung_tx.send(stream);
     });
-    let server = TestServer {
-        addr,
-        ca_pem,
-        accepted: Arc::new(AtomicUsize::new(0)),
-        go_away: Arc::new(tokio::sync::Notify::new()),
-    };
     let mut options = options(&server, 4);
     options.pool.keep_alive_interval = Some(Duration::from_millis(200));
     options.pool.keep_alive_timeout = Duration::from_millis(300);
@@ -505,15 +505,8 @@ enum TurnAway {
 /// ([`serve`]).
 async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<Bytes>>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let crate::test_tls::Loopback {
-        listener,
-        acceptor,
-        addr,
-        ca_pem,
-    } = crate::test_tls::loopback("localhost", &[b"h2"]).await;
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let shutdown = Arc::new(tokio::sync::Notify::new());
-    let (counter, go_away) = (accepted.clone(), shutdown.clone());
+    let (listener, acceptor, server) = bind().await;
+    let (counter, go_away) = (server.accepted.clone(), server.go_away.clone());
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         counter.fetch_add(1, Ordering::SeqCst);
@@ -560,12 +553,6 @@ async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<B
         }
         serve(listener, acceptor, counter, go_away).await;
     });
-    let server = TestServer {
-        addr,
-        ca_pem,
-        accepted,
-        go_away: shutdown,
-    };
     let upstream = upstream(&server, 4);
     (server, upstream)
 }
