@@ -34,10 +34,13 @@ mkdir -p "$out"
 RUSTFLAGS="-Cprofile-generate=$out/build-scripts" \
     cargo build --release --locked -p proxy-bin --bin authproxy --target-dir target/pgo-generate
 
-# Only the proxy's own runs count (build scripts ran instrumented too).
+# Only the proxy's own runs count (build scripts ran instrumented too). The
+# bench's own upstream serves them, nginx or not on this machine, so the image
+# build (without nginx) and a build here profile the same answers.
 rm -rf "$out/runs"
 LLVM_PROFILE_FILE="$out/runs/authproxy-%p.profraw" \
     LOAD_BINARY="$PWD/target/pgo-generate/release/authproxy" \
+    LOAD_UPSTREAM_SERVER=builtin \
     LOAD_TARGETS=authproxy-h2,authproxy-h1,oidc-h2,oidc-h1,obs-h2 \
     LOAD_SECONDS=3 LOAD_ROUNDS=1 LOAD_CALLGRIND=0 \
     cargo bench --locked -p authproxy-benches --bench load

@@ -5,9 +5,9 @@
 //! (the response body ended or was dropped), it goes back to the pool it came
 //! from, and the next request takes the connection put back last. One that
 //! stays unused for the idle timeout is closed (looked for every half
-//! timeout). A request that a pooled
-//! connection could not take (the server had just closed it) goes again on a
-//! new connection; one that was already sent is not repeated.
+//! timeout). A request that a pooled connection could not take (the server
+//! had just closed it) goes again on a new connection; one that was already
+//! sent is not repeated.
 //!
 //! The pool is a short list under a lock, with no task per request: the
 //! request's own task sends on the connection and waits for the answer, and
