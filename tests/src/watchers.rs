@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -103,7 +103,7 @@ pub async fn start(options: WatchEnvOptions) -> anyhow::Result<Env> {
 /// HTTP/2 connections to authproxy; requests go round-robin over them.
 #[derive(Clone)]
 pub struct H2Clients {
-    senders: Vec<SendRequest<Empty<Bytes>>>,
+    senders: Vec<SendRequest<Full<Bytes>>>,
     next: Arc<AtomicUsize>,
 }
 
@@ -143,11 +143,33 @@ impl H2Clients {
 
     /// GET `path` as the holder of `token`.
     pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<Response<Incoming>> {
+        self.send(http::Method::GET, path, token, None).await
+    }
+
+    /// `method` on `path` as the holder of `token`, with `body` (JSON, or a
+    /// merge patch for PATCH) when given.
+    pub async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<Response<Incoming>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
         let mut send = self.senders[i].clone();
-        let request = Request::get(format!("https://localhost{path}"))
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Empty::new())?;
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(format!("https://localhost{path}"))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        if body.is_some() {
+            let kind = if method == http::Method::PATCH {
+                "application/merge-patch+json"
+            } else {
+                "application/json"
+            };
+            request = request.header(http::header::CONTENT_TYPE, kind);
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         Ok(send.send_request(request).await?)
     }
 }

@@ -14,6 +14,7 @@ use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 
+use super::replay::Replay;
 use super::DrainOnDrop;
 use crate::BoxError;
 
@@ -30,14 +31,20 @@ pub(crate) enum SendError<B> {
     Failed(h2::Error),
 }
 
+/// Longest wait, after the stream failed, for the copy of the request body
+/// to stop and hand the body back.
+const PIPE_STOP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Sends `req` on a stream of the connection behind `send` and waits for
 /// the answer's head. A body the server has not read in full when it answers
 /// goes on being sent from a task of its own; one dropped unfinished is read
-/// to its end in the background ([`DrainOnDrop`]).
+/// to its end in the background ([`DrainOnDrop`]). A request the server
+/// turns away unprocessed is handed back rewound ([`Replay::rewind`]), unless
+/// its body outgrew what is kept for that.
 pub(crate) async fn send<B>(
     send: SendRequest<Bytes>,
-    req: Request<B>,
-) -> Result<Response<RecvStream>, SendError<B>>
+    req: Request<Replay<B>>,
+) -> Result<Response<RecvStream>, SendError<Replay<B>>>
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -62,35 +69,56 @@ where
     }
     let body = DrainOnDrop::new(body);
     let end_of_stream = body.is_end_stream();
-    // A request without a body can go again if the server refuses it
-    // unprocessed, so its head is kept until the answer comes.
-    let head = end_of_stream.then(|| Head::of(&parts));
+    // Kept until the answer comes, to send the request again if the server
+    // refuses it unprocessed.
+    let head = Head::of(&parts);
     let (mut response, stream) = send
         .send_request(Request::from_parts(parts, ()), end_of_stream)
         .map_err(SendError::Failed)?;
     drop(send);
-    if let Some(head) = head {
+    let (error, body) = if end_of_stream {
         drop(stream);
-        return match response.await {
-            Ok(response) => Ok(response),
-            Err(error) if unprocessed(&error) => match body.into_inner() {
-                Some(body) if error.is_go_away() => Err(SendError::GoneAway(head.with_body(body))),
-                Some(body) => Err(SendError::Refused(head.with_body(body))),
-                None => Err(SendError::Failed(error)),
-            },
-            Err(error) => Err(SendError::Failed(error)),
-        };
-    }
-    let mut pipe = Box::pin(pipe(body, stream));
-    tokio::select! {
-        biased;
-        answer = &mut response => {
-            // The server answered before the body was all sent: the rest goes
-            // on (or stops at the server's reset) without holding the answer.
-            tokio::spawn(pipe);
-            answer.map_err(SendError::Failed)
+        match response.await {
+            Ok(response) => return Ok(response),
+            Err(error) => (error, Some(body)),
         }
-        () = &mut pipe => response.await.map_err(SendError::Failed),
+    } else {
+        let mut pipe = Box::pin(pipe(body, stream));
+        tokio::select! {
+            biased;
+            answer = &mut response => match answer {
+                // The server answered before the body was all sent: the rest
+                // goes on (or stops at the server's reset) without holding
+                // the answer.
+                Ok(response) => {
+                    tokio::spawn(pipe);
+                    return Ok(response);
+                }
+                // The stream is closed: the copy stops, handing the body back.
+                Err(error) => (error, tokio::time::timeout(PIPE_STOP, pipe).await.ok()),
+            },
+            body = &mut pipe => match response.await {
+                Ok(response) => return Ok(response),
+                Err(error) => (error, Some(body)),
+            },
+        }
+    };
+    if !unprocessed(&error) {
+        return Err(SendError::Failed(error));
+    }
+    let Some(mut body) = body.and_then(DrainOnDrop::into_inner) else {
+        return Err(SendError::Failed(error));
+    };
+    if !body.rewind() {
+        // Its start is lost: read to its end, as any body left unsent.
+        drop(DrainOnDrop::new(body));
+        return Err(SendError::Failed(error));
+    }
+    let req = head.with_body(body);
+    if error.is_go_away() {
+        Err(SendError::GoneAway(req))
+    } else {
+        Err(SendError::Refused(req))
     }
 }
 
@@ -109,8 +137,7 @@ fn unprocessed(error: &h2::Error) -> bool {
         }
 }
 
-/// What a request without a body is made of besides its (empty) body, kept
-/// to send it again.
+/// What a request is made of besides its body, kept to send it again.
 struct Head {
     method: Method,
     uri: http::Uri,
@@ -137,8 +164,9 @@ impl Head {
 
 /// Copies `body` to `stream`, reading the next frame only once the server's
 /// window has room, so a fast caller and a slow server hold one frame here
-/// at most. Stops when the server resets the stream.
-async fn pipe<B>(mut body: B, mut stream: SendStream<Bytes>)
+/// at most. Stops when the body ends or the server resets the stream, and
+/// hands the body back.
+async fn pipe<B>(mut body: B, mut stream: SendStream<Bytes>) -> B
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -154,18 +182,21 @@ where
             match granted {
                 Some(Ok(_)) => {}
                 // Reset, closed or failed: nothing more can be sent.
-                Some(Err(_)) | None => return,
+                Some(Err(_)) | None => return body,
             }
         }
         let frame = tokio::select! {
             biased;
-            _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
-            frame = body.frame() => frame,
+            _ = poll_fn(|cx| stream.poll_reset(cx)) => None,
+            frame = body.frame() => Some(frame),
+        };
+        let Some(frame) = frame else {
+            return body;
         };
         match frame {
             None => {
                 let _ = stream.send_data(Bytes::new(), true);
-                return;
+                return body;
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
@@ -175,7 +206,7 @@ where
                     }
                     stream.reserve_capacity(data.len());
                     if stream.send_data(data, end).is_err() || end {
-                        return;
+                        return body;
                     }
                 }
                 Err(frame) => {
@@ -184,14 +215,14 @@ where
                     } else {
                         let _ = stream.send_data(Bytes::new(), true);
                     }
-                    return;
+                    return body;
                 }
             },
             Some(Err(error)) => {
                 let error: BoxError = error.into();
                 tracing::debug!(%error, "the request body failed; resetting the upstream stream");
                 stream.send_reset(Reason::CANCEL);
-                return;
+                return body;
             }
         }
     }

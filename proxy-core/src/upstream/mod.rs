@@ -35,11 +35,15 @@ mod counted;
 mod http1;
 mod http2;
 pub mod pool;
+mod replay;
 pub mod router;
 
 pub use backend::Backend;
 pub use http2::Http2Body;
 pub use pool::PoolSettings;
+pub use replay::REPLAY_LIMIT;
+
+use replay::Replay;
 
 use crate::body::{Hold, ProxyBody};
 use crate::counters::{Open, Protocol, RetryReason, UpstreamCounters};
@@ -152,7 +156,7 @@ pub struct Upstream<B = hyper::body::Incoming> {
 }
 
 /// A serving thread's HTTP/1.1 connections.
-type Http1Pool<B> = http1::Http1Pool<DrainOnDrop<B>>;
+type Http1Pool<B> = http1::Http1Pool<DrainOnDrop<Replay<B>>>;
 
 struct Inner<B> {
     /// HTTP/2 connections (ALPN offers h2 and http/1.1).
@@ -512,12 +516,13 @@ const MAX_GONE_AWAY: usize = 3;
 /// the server has no HTTP/2.
 async fn forward<B>(
     inner: Arc<Inner<B>>,
-    mut req: Request<B>,
+    req: Request<B>,
 ) -> Result<Response<ProxyBody>, Infallible>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
+    let mut req = req.map(Replay::new);
     // A request refused by a connection that got GOAWAY goes again on
     // another; a server restarting sends GOAWAY to every connection.
     let mut gone_away = 0;
@@ -543,7 +548,9 @@ where
                     gone_away += 1;
                     req = back;
                 }
-                Err(http2::SendError::GoneAway(_) | http2::SendError::Refused(_)) => {
+                Err(http2::SendError::GoneAway(back) | http2::SendError::Refused(back)) => {
+                    // What the caller has not sent yet is read and dropped.
+                    drop(DrainOnDrop::new(back.into_body()));
                     tracing::warn!("upstream connections keep going away or refusing streams");
                     return Ok(failure_status(false));
                 }
@@ -575,21 +582,23 @@ where
 
 /// What an HTTP/1.1 answer holds until its body ends: the count of requests
 /// in flight, and the connection, given back to the pool after.
-type Http1Held<B> = (Open, http1::Checkin<DrainOnDrop<B>>);
+type Http1Held<B> = (Open, http1::Checkin<DrainOnDrop<Replay<B>>>);
 
 /// Sends `req` on this thread's HTTP/1.1 pool, counted as an HTTP/1.1
 /// request in flight while the returned guard lives; a failure comes back
 /// as the `Status` to answer with.
 async fn send_http1<B>(
     inner: &Inner<B>,
-    req: Request<B>,
+    req: Request<Replay<B>>,
 ) -> Result<(Response<hyper::body::Incoming>, Http1Held<B>), Response<ProxyBody>>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let in_flight = inner.counters.request(Protocol::Http1);
-    let (mut parts, body) = req.into_parts();
+    let (mut parts, mut body) = req.into_parts();
+    // Not sent again over HTTP/1.1.
+    body.forget();
     // HTTP/1.1 sends the path in origin form; the pool sets `Host`.
     parts.uri = parts
         .uri
@@ -615,7 +624,8 @@ where
     let caller = hyper::upgrade::on(&mut req);
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
-    let (mut response, (in_flight, checkin)) = match send_http1(&inner, req).await {
+    let (mut response, (in_flight, checkin)) = match send_http1(&inner, req.map(Replay::new)).await
+    {
         Ok(sent) => sent,
         Err(status) => return Ok(status),
     };

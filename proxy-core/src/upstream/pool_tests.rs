@@ -499,11 +499,27 @@ enum TurnAway {
     Failed,
 }
 
+/// Frames to give `data` bytes of window back, on the connection and, when
+/// `id` is not 0, on stream `id`.
+fn window_back(id: u32, data: usize) -> Vec<u8> {
+    let increment = (data as u32).to_be_bytes();
+    let mut out = frame(0x8, 0, 0, &increment);
+    if id != 0 {
+        out.extend(frame(0x8, 0, id, &increment));
+    }
+    out
+}
+
 /// The first connection is served frame by frame: it waits for two requests
-/// (streams 1 and 3), turns the second away as `how` says, and answers the
-/// first with 200 and no body. Later connections are the test server's
-/// ([`serve`]).
-async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<Bytes>>) {
+/// (streams 1 and 3) and for `body_seen` bytes of the second's body (giving
+/// the window back as they come), turns the second away as `how` says, and
+/// answers the first with 200 and no body. Later streams on it are answered
+/// `ok`, or with the length of their body when they have one; later
+/// connections are the test server's ([`serve`]).
+async fn turn_away_second_stream(
+    how: TurnAway,
+    body_seen: usize,
+) -> (TestServer, Upstream<TestBody>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let (listener, acceptor, server) = bind().await;
     let (counter, go_away) = (server.accepted.clone(), server.go_away.clone());
@@ -516,10 +532,15 @@ async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<B
         assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         tls.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
         let mut streams = Vec::new();
-        while streams.len() < 2 {
+        let mut seen = 0;
+        while streams.len() < 2 || seen < body_seen {
             match read_frame(&mut tls).await.expect("two requests") {
                 (0x4, 0, _, _) => tls.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap(),
                 (0x1, _, id, _) => streams.push(id),
+                (0x0, _, id, data) => {
+                    seen += data.len();
+                    tls.write_all(&window_back(id, data.len())).await.unwrap();
+                }
                 _ => {}
             }
         }
@@ -537,75 +558,145 @@ async fn turn_away_second_stream(how: TurnAway) -> (TestServer, Upstream<Empty<B
         if matches!(how, TurnAway::Failed) {
             tls.shutdown().await.unwrap();
         } else {
-            // Later streams on this connection are answered `ok`.
-            tokio::spawn(async move {
-                let mut done = 3;
-                while let Some((kind, _, id, _)) = read_frame(&mut tls).await {
-                    if kind == 0x1 && id > done {
-                        done = id;
-                        let out = [frame(0x1, 0x4, id, &[0x88]), frame(0x0, 0x1, id, b"ok")];
-                        if tls.write_all(&out.concat()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+            tokio::spawn(answer_later_streams(tls));
         }
         serve(listener, acceptor, counter, go_away).await;
     });
-    let upstream = upstream(&server, 4);
+    let upstream = body_upstream(&server);
     (server, upstream)
 }
 
-/// Sends two requests, the second once the first is on its way, and returns
-/// both answers' status and body.
-async fn two_requests(upstream: &Upstream<Empty<Bytes>>) -> [(StatusCode, String); 2] {
-    let send = |path: &'static str| {
+/// Answers the streams after the third on a connection served frame by
+/// frame, once each has ended: `ok`, or the length of its body.
+async fn answer_later_streams<S>(mut tls: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt as _;
+    let mut bodies = std::collections::HashMap::<u32, usize>::new();
+    while let Some((kind, flags, id, payload)) = read_frame(&mut tls).await {
+        let mut out = Vec::new();
+        if kind == 0x0 {
+            out.extend(window_back(if id > 3 { id } else { 0 }, payload.len()));
+            *bodies.entry(id).or_default() += payload.len();
+        }
+        // DATA or HEADERS (the request's or its trailers') with END_STREAM.
+        if id > 3 && (kind == 0x0 || kind == 0x1) && flags & 0x1 != 0 {
+            let text = bodies
+                .remove(&id)
+                .map_or("ok".to_owned(), |n| n.to_string());
+            out.extend(frame(0x1, 0x4, id, &[0x88]));
+            out.extend(frame(0x0, 0x1, id, text.as_bytes()));
+        }
+        if !out.is_empty() && tls.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A GET of `path`, as the upstream of the turn-away tests takes it.
+fn get_boxed(path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .body(BodyExt::boxed(Empty::new().map_err(|e| match e {})))
+        .unwrap()
+}
+
+/// Sends `GET /first`, then `second` once the first is on its way, and
+/// returns both answers' status and body.
+async fn two_requests(
+    upstream: &Upstream<TestBody>,
+    second: Request<TestBody>,
+) -> [(StatusCode, String); 2] {
+    let send = |request: Request<TestBody>| {
         let mut upstream = upstream.clone();
         tokio::spawn(async move {
-            let response = tokio::time::timeout(Duration::from_secs(5), upstream.call(get(path)))
+            let response = tokio::time::timeout(Duration::from_secs(5), upstream.call(request))
                 .await
                 .expect("no answer")
                 .unwrap();
             (response.status(), text(response).await)
         })
     };
-    let first = send("/first");
+    let first = send(get_boxed("/first"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = send("/second");
+    let second = send(second);
     [first.await.unwrap(), second.await.unwrap()]
 }
 
-/// The second request, turned away as `how` says, is answered `ok` after
-/// going again; the server accepted `connections` in all.
-async fn second_is_sent_again(how: TurnAway, connections: usize) {
-    let (server, upstream) = turn_away_second_stream(how).await;
-    let [first, second] = two_requests(&upstream).await;
+/// The second request, turned away as `how` says once `body_seen` bytes of
+/// its body arrived, is answered `expected` after going again; the server
+/// accepted `connections` in all.
+async fn second_is_sent_again(
+    how: TurnAway,
+    second: Request<TestBody>,
+    body_seen: usize,
+    expected: &str,
+    connections: usize,
+) {
+    let (server, upstream) = turn_away_second_stream(how, body_seen).await;
+    let [first, second] = two_requests(&upstream, second).await;
     assert_eq!(first, (StatusCode::OK, String::new()));
-    assert_eq!(second, (StatusCode::OK, "ok".to_owned()));
+    assert_eq!(second, (StatusCode::OK, expected.to_owned()));
     assert_eq!(server.accepted.load(Ordering::SeqCst), connections);
+}
+
+/// A POST to `/echo` of `chunks` chunks of 64 KiB and the trailer `done`.
+fn post(chunks: usize) -> Request<TestBody> {
+    Request::post("/echo")
+        .body(chunked_body(chunks, Some("done"), false))
+        .unwrap()
 }
 
 /// A request the server's GOAWAY names as not processed (its stream is
 /// above the last one) goes again on a new connection instead of failing.
 #[tokio::test]
 async fn a_request_beyond_the_goaway_last_stream_is_sent_again() {
-    second_is_sent_again(TurnAway::GoAway, 2).await;
+    second_is_sent_again(TurnAway::GoAway, get_boxed("/second"), 0, "ok", 2).await;
 }
 
 /// A stream the server resets with `REFUSED_STREAM` was not processed
 /// either: its request goes again, on the same connection, which stays.
 #[tokio::test]
 async fn a_refused_stream_is_sent_again() {
-    second_is_sent_again(TurnAway::Refused, 1).await;
+    second_is_sent_again(TurnAway::Refused, get_boxed("/second"), 0, "ok", 1).await;
+}
+
+/// A request with a body goes again whole, trailers included, though part
+/// of its body had been sent on the connection that went away.
+#[tokio::test]
+async fn a_request_body_beyond_the_goaway_last_stream_is_sent_again_whole() {
+    let length = 3 * 64 * 1024;
+    let expected = format!("{length} done");
+    second_is_sent_again(TurnAway::GoAway, post(3), 100 * 1024, &expected, 2).await;
+}
+
+/// The same on a refused stream: the body goes again on the same connection.
+#[tokio::test]
+async fn a_refused_request_body_is_sent_again_whole() {
+    let expected = (3 * 64 * 1024).to_string();
+    second_is_sent_again(TurnAway::Refused, post(3), 100 * 1024, &expected, 1).await;
+}
+
+/// Once more of the body was sent than is kept ([`crate::upstream::REPLAY_LIMIT`]),
+/// the request cannot go again: it fails with 502.
+#[tokio::test]
+async fn a_request_body_sent_past_the_replay_limit_is_not_sent_again() {
+    let (server, upstream) =
+        turn_away_second_stream(TurnAway::GoAway, crate::upstream::REPLAY_LIMIT + 1).await;
+    let chunks = crate::upstream::REPLAY_LIMIT / (64 * 1024) + 2;
+    let [first, second] = two_requests(&upstream, post(chunks)).await;
+    assert_eq!(first, (StatusCode::OK, String::new()));
+    assert_eq!(second.0, StatusCode::BAD_GATEWAY);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
 
 /// A stream cut by a GOAWAY with an error, at or below its last stream, may
 /// have been processed: its request fails (502) and is not sent again.
 #[tokio::test]
 async fn a_request_the_server_may_have_processed_is_not_sent_again() {
-    let (server, upstream) = turn_away_second_stream(TurnAway::Failed).await;
-    let [first, second] = two_requests(&upstream).await;
+    let (server, upstream) = turn_away_second_stream(TurnAway::Failed, 0).await;
+    let [first, second] = two_requests(&upstream, get_boxed("/second")).await;
     assert_eq!(first, (StatusCode::OK, String::new()));
     assert_eq!(second.0, StatusCode::BAD_GATEWAY);
     tokio::time::sleep(Duration::from_millis(200)).await;
