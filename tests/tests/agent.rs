@@ -645,12 +645,20 @@ async fn agents_with_a_wrong_token_or_another_clusters_name_are_refused() -> any
     for secret in [wrong, EDGE_TOKEN, OTHER_TOKEN] {
         assert!(!log.contains(secret), "a token in the proxy log: {log}");
     }
-    // The agents say why, and keep trying.
-    let stranger_log = env.log_of(&stranger);
-    assert!(
-        stranger_log.contains("refused the registration"),
-        "{stranger_log}"
-    );
+    // The agents say why (once the refusal reached them), and keep trying.
+    let stranger_log = wait_for(
+        Duration::from_secs(20),
+        "the refusal in the agent's log",
+        || async {
+            let log = env.log_of(&stranger);
+            if log.contains("refused the registration") {
+                Ok(Some(log))
+            } else {
+                Err(log)
+            }
+        },
+    )
+    .await?;
     assert!(!stranger_log.contains(wrong), "{stranger_log}");
     for cluster in ["edge", "other"] {
         let (code, body) = env
