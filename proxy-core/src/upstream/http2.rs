@@ -94,8 +94,15 @@ where
                     tokio::spawn(pipe);
                     return Ok(response);
                 }
-                // The stream is closed: the copy stops, handing the body back.
-                Err(error) => (error, tokio::time::timeout(PIPE_STOP, pipe).await.ok()),
+                // Turned away: the stream is closed, so the copy stops,
+                // handing the body back to be sent again.
+                Err(error) if unprocessed(&error) => {
+                    (error, tokio::time::timeout(PIPE_STOP, pipe).await.ok())
+                }
+                Err(error) => {
+                    tokio::spawn(pipe);
+                    return Err(SendError::Failed(error));
+                }
             },
             body = &mut pipe => match response.await {
                 Ok(response) => return Ok(response),
