@@ -223,7 +223,15 @@ async fn bare_on(listener: std::net::TcpListener) -> anyhow::Result<()> {
             req.headers_mut().remove(header::HOST);
             Ok(match client.request(req).await {
                 Ok(response) => response.map(proxy_core::ProxyBody::Incoming),
-                Err(_) => json_response(StatusCode::BAD_GATEWAY, String::new()),
+                Err(error) => {
+                    // The first few failures say why the run is about to fail.
+                    static SAID: std::sync::atomic::AtomicUsize =
+                        std::sync::atomic::AtomicUsize::new(0);
+                    if SAID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 5 {
+                        eprintln!("bare: the upstream request failed: {error:?}");
+                    }
+                    json_response(StatusCode::BAD_GATEWAY, String::new())
+                }
             })
         }
     });
