@@ -41,7 +41,7 @@ pub mod router;
 pub use backend::Backend;
 pub use http2::Http2Body;
 pub use pool::PoolSettings;
-pub use replay::REPLAY_LIMIT;
+pub use replay::{REPLAY_BUDGET, REPLAY_LIMIT};
 
 use replay::Replay;
 

@@ -7,17 +7,63 @@
 //! The frames are kept until the answer's head comes. When the server
 //! answers before it has read the whole body (kube's 401 or 403), the rest
 //! is still copied, and kept up to the limit, until the copy ends.
+//!
+//! All requests together keep at most [`REPLAY_BUDGET`] bytes, so callers
+//! holding many slow uploads open cannot make the proxy hold more: a request
+//! whose next frame does not fit in what is left stops keeping, and cannot
+//! be sent again.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-/// The most body bytes kept for sending again. A request whose body gave out
-/// more before its answer came is not sent again: it fails as before.
+/// The most body bytes one request keeps for sending again. A request whose
+/// body gave out more before its answer came is not sent again: it fails as
+/// before.
 pub const REPLAY_LIMIT: usize = 256 * 1024;
+
+/// The most body bytes all requests of the process keep together.
+pub const REPLAY_BUDGET: usize = 64 * 1024 * 1024;
+
+/// Bytes kept, against a limit shared by the requests that use it.
+pub(crate) struct Budget {
+    kept: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes.
+    pub(crate) const fn new(limit: usize) -> Self {
+        Budget {
+            kept: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Takes `bytes` from the budget; false (and nothing taken) when they do
+    /// not fit.
+    fn take(&self, bytes: usize) -> bool {
+        let before = self.kept.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.limit {
+            self.kept.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, bytes: usize) {
+        if bytes > 0 {
+            self.kept.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The budget of every request the proxy forwards.
+static BUDGET: Budget = Budget::new(REPLAY_BUDGET);
 
 /// A body whose frames given out so far can be given out again
 /// ([`Replay::rewind`]).
@@ -26,20 +72,28 @@ pub(crate) struct Replay<B> {
     /// Frames to give out again before the next of `inner`.
     again: VecDeque<Frame<Bytes>>,
     /// The frames given out since the start, while they fit in
-    /// [`REPLAY_LIMIT`]; `None` once they did not, or when not kept.
+    /// [`REPLAY_LIMIT`] and the budget; `None` once they did not, or when
+    /// not kept.
     kept: Option<Vec<Frame<Bytes>>>,
-    /// The data bytes in `kept`.
+    /// The data bytes in `kept`, taken from `budget`.
     kept_bytes: usize,
+    budget: &'static Budget,
 }
 
 impl<B> Replay<B> {
     /// `body`, its frames kept as they are given out.
     pub(crate) fn new(body: B) -> Self {
+        Self::with_budget(body, &BUDGET)
+    }
+
+    /// `body`, its frames kept within `budget`.
+    pub(crate) fn with_budget(body: B, budget: &'static Budget) -> Self {
         Replay {
             inner: body,
             again: VecDeque::new(),
             kept: Some(Vec::new()),
             kept_bytes: 0,
+            budget,
         }
     }
 
@@ -47,6 +101,7 @@ impl<B> Replay<B> {
     /// those kept.
     pub(crate) fn forget(&mut self) {
         self.kept = None;
+        self.budget.give_back(std::mem::take(&mut self.kept_bytes));
     }
 
     /// Starts the body again from its first frame; false when its frames
@@ -59,7 +114,7 @@ impl<B> Replay<B> {
         for frame in kept.drain(..).rev() {
             self.again.push_front(frame);
         }
-        self.kept_bytes = 0;
+        self.budget.give_back(std::mem::take(&mut self.kept_bytes));
         true
     }
 
@@ -68,11 +123,11 @@ impl<B> Replay<B> {
             return;
         };
         let copy = if let Some(data) = frame.data_ref() {
-            self.kept_bytes += data.len();
-            if self.kept_bytes > REPLAY_LIMIT {
-                self.kept = None;
+            if self.kept_bytes + data.len() > REPLAY_LIMIT || !self.budget.take(data.len()) {
+                self.forget();
                 return;
             }
+            self.kept_bytes += data.len();
             Frame::data(data.clone())
         } else if let Some(trailers) = frame.trailers_ref() {
             Frame::trailers(trailers.clone())
@@ -80,6 +135,12 @@ impl<B> Replay<B> {
             return;
         };
         kept.push(copy);
+    }
+}
+
+impl<B> Drop for Replay<B> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.kept_bytes);
     }
 }
 
@@ -184,6 +245,29 @@ mod tests {
         assert_eq!(take(&mut replay, 5).await, ["3", "5", "7", "done", "end"]);
         assert!(replay.rewind());
         assert_eq!(take(&mut replay, 5).await, ["3", "5", "7", "done", "end"]);
+    }
+
+    /// Requests keep within their shared budget, and give back what they
+    /// kept when they are rewound, forgotten or dropped.
+    #[tokio::test]
+    async fn requests_keep_within_the_shared_budget() {
+        static SHARED: Budget = Budget::new(10);
+        let mut first = Replay::with_budget(body(&[6], false), &SHARED);
+        let mut second = Replay::with_budget(body(&[5], false), &SHARED);
+        let mut third = Replay::with_budget(body(&[4], false), &SHARED);
+        assert_eq!(take(&mut first, 1).await, ["6"]);
+        assert_eq!(take(&mut second, 1).await, ["5"]);
+        assert!(!second.rewind(), "5 more do not fit in 10 with 6 kept");
+        assert_eq!(take(&mut third, 1).await, ["4"]);
+        assert!(third.rewind(), "4 more fit");
+        assert_eq!(SHARED.kept.load(Ordering::Relaxed), 6);
+        drop(first);
+        assert_eq!(take(&mut third, 1).await, ["4"]);
+        assert_eq!(SHARED.kept.load(Ordering::Relaxed), 4);
+        third.forget();
+        assert_eq!(SHARED.kept.load(Ordering::Relaxed), 0);
+        drop((second, third));
+        assert_eq!(SHARED.kept.load(Ordering::Relaxed), 0);
     }
 
     /// The end is the inner body's end once nothing is left to give again.
