@@ -70,6 +70,17 @@ pub struct FileConfig {
     /// front-proxy request headers.
     #[serde(default)]
     pub identity_headers: proxy_core::impersonate::ForwardConfig,
+    /// Load balancers and ingresses whose `X-Forwarded-For` entries and PROXY
+    /// protocol headers are believed: CIDR blocks or addresses (default none:
+    /// a caller's `X-Forwarded-For` is replaced by its address).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Read a PROXY protocol header (v1 or v2) at the start of every
+    /// connection from `trustedProxies` (an L4 load balancer's
+    /// `send-proxy`), so the client's address survives the balancer; other
+    /// connections are read as TLS (default false).
+    #[serde(default)]
+    pub proxy_protocol: bool,
     /// How often watched files are re-read: serving certificate and key,
     /// client and upstream CAs, this file's `authentication` section and its
     /// `authenticationConfigFile`, the LDAP bind password, issued-token keys
@@ -79,7 +90,7 @@ pub struct FileConfig {
     pub reload_interval: Option<Duration>,
 }
 
-/// Failed TokenReviews allowed per client address and minute when
+/// Failed TokenReviews allowed per token and minute when
 /// `webhook.failedReviewsPerMinute` is unset.
 pub const DEFAULT_FAILED_REVIEWS_PER_MINUTE: u32 = 300;
 
@@ -91,11 +102,18 @@ pub struct WebhookConfig {
     /// that is to anyone who can reach it (default false: refused at start).
     #[serde(default)]
     pub allow_unauthenticated_clients: bool,
-    /// Refused reviews allowed per client address and minute, in bursts of up
-    /// to that many; past it the webhook answers `429` with `Retry-After`,
-    /// which kube-apiserver treats as an error (retried, never cached).
+    /// Refused reviews allowed per token and minute, in bursts of up to that
+    /// many; past it the webhook answers `429` with `Retry-After` for that
+    /// token, which kube-apiserver treats as an error (retried, never
+    /// cached). Never counted per caller address: the caller is
+    /// kube-apiserver, which passes on every token anyone presents to it.
     /// Default [`DEFAULT_FAILED_REVIEWS_PER_MINUTE`]; `0` turns it off.
     pub failed_reviews_per_minute: Option<u32>,
+    /// Common names a caller's verified client certificate may have, as
+    /// kube-apiserver's `--requestheader-allowed-names`; others are answered
+    /// 403. Empty (the default): any certificate `tls.clientCAFile` signed.
+    #[serde(default)]
+    pub allowed_client_names: Vec<String>,
     /// The API audiences of the kube-apiserver that calls the webhook (its
     /// `--api-audiences`, by default its `--service-account-issuer`): OIDC ID
     /// tokens and issued tokens are valid for these besides their own
@@ -259,6 +277,14 @@ impl FileConfig {
         sections
     }
 
+    /// `trustedProxies`, parsed; on failure the index of the first bad
+    /// entry and why.
+    pub fn trusted_proxy_blocks(
+        &self,
+    ) -> Result<proxy_core::forwarded::TrustedProxies, (usize, String)> {
+        proxy_core::forwarded::TrustedProxies::parse(&self.trusted_proxies)
+    }
+
     /// The reload interval with its default filled in.
     pub fn reload_interval(&self) -> Duration {
         self.reload_interval
@@ -271,6 +297,26 @@ impl FileConfig {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_owned)
             .unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// What the configuration allows but is likely a mistake, each with its
+    /// field (`check-config` prints these as warnings; the webhook logs them).
+    pub fn warnings(&self) -> Vec<Problem> {
+        let mut warnings = Vec::new();
+        if self.authentication.client_certificates
+            && self.tls.client_ca_file.is_some()
+            && self.webhook.allowed_client_names.is_empty()
+        {
+            warnings.push(Problem {
+                field: "webhook.allowedClientNames".into(),
+                message: "tls.clientCAFile also signs the users' certificates \
+                          (authentication.clientCertificates), so `authproxy webhook` with this file \
+                          answers any user who presents one: set the names of kube-apiserver's \
+                          webhook client certificate here"
+                    .into(),
+            });
+        }
+        warnings
     }
 
     /// Every problem in the configuration.
@@ -301,6 +347,39 @@ impl FileConfig {
                 message: "must be more than 0s".into(),
             });
         }
+        if let Err((i, message)) = self.trusted_proxy_blocks() {
+            problems.push(Problem {
+                field: format!("trustedProxies[{i}]"),
+                message,
+            });
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            problems.push(Problem {
+                field: "proxyProtocol".into(),
+                message: "needs trustedProxies: PROXY protocol headers are read only from the \
+                          load balancers named there"
+                    .into(),
+            });
+        }
+        if !self.webhook.allowed_client_names.is_empty() && self.tls.client_ca_file.is_none() {
+            problems.push(Problem {
+                field: "webhook.allowedClientNames".into(),
+                message:
+                    "needs tls.clientCAFile: names are checked on verified client certificates"
+                        .into(),
+            });
+        }
+        if let Some(i) = self
+            .webhook
+            .allowed_client_names
+            .iter()
+            .position(|n| n.trim().is_empty())
+        {
+            problems.push(Problem {
+                field: format!("webhook.allowedClientNames[{i}]"),
+                message: "must not be empty".into(),
+            });
+        }
         if self.authentication.client_certificates && self.tls.client_ca_file.is_none() {
             problems.push(Problem {
                 field: "authentication.clientCertificates".into(),
@@ -327,6 +406,11 @@ impl FileConfig {
                     continue;
                 }
                 if upstream.kubeconfig.is_some() {
+                    // What the kubeconfig resolves to is what is sent; a
+                    // kubeconfig that does not load is reported above.
+                    if let Ok(options) = upstream.to_options(&section, base) {
+                        problems.extend(front_proxy_credential_problems(&section, &options));
+                    }
                     continue;
                 }
                 if upstream.url.is_none() {
@@ -385,6 +469,40 @@ impl FileConfig {
         }
         problems
     }
+}
+
+/// What is wrong with reaching the API server with `options` in front-proxy
+/// mode: the proxy must prove itself with a client certificate that the API
+/// server's `--requestheader-client-ca-file` signed, and send no token (with
+/// one, kube-apiserver takes the identity from the token and ignores the
+/// headers, so every user would act as the proxy).
+fn front_proxy_credential_problems(
+    section: &str,
+    options: &proxy_core::upstream::UpstreamOptions,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if options.client_identity.is_none() {
+        problems.push(Problem {
+            field: format!("{section}.kubeconfig"),
+            message: "identityHeaders.mode frontProxy needs the kubeconfig's user to have a \
+                      client certificate and key signed by the API server's \
+                      --requestheader-client-ca-file"
+                .into(),
+        });
+    }
+    if !matches!(
+        options.credential,
+        proxy_core::upstream::UpstreamCredential::None
+    ) {
+        problems.push(Problem {
+            field: format!("{section}.kubeconfig"),
+            message: "the kubeconfig's user has a token, which contradicts identityHeaders.mode \
+                      frontProxy: the API server would take the identity from the token, not \
+                      the headers"
+                .into(),
+        });
+    }
+    problems
 }
 
 #[cfg(test)]
@@ -611,6 +729,73 @@ mod tests {
             "{mode: impersonate}",
         );
         assert!(fields.is_empty(), "{fields:?}");
+    }
+
+    #[test]
+    fn front_proxy_mode_holds_a_kubeconfig_upstream_to_what_it_resolves_to() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["tls.crt", "tls.key"] {
+            std::fs::write(dir.path().join(file), "x").unwrap();
+        }
+        std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
+        let client = crate::pki::ThrowawayCa::new("front-proxy-ca")
+            .unwrap()
+            .issue_client("authproxy", None)
+            .unwrap();
+        std::fs::write(dir.path().join("proxy.crt"), &client.cert_pem).unwrap();
+        std::fs::write(dir.path().join("proxy.key"), &client.key_pem).unwrap();
+        std::fs::write(dir.path().join("sa-token"), "a-service-account-token").unwrap();
+        let check = |user: &str, identity: &str| {
+            std::fs::write(
+                dir.path().join("upstream.kubeconfig"),
+                format!("current-context: c\nclusters:\n- name: k\n  cluster: {{server: 'https://k:6443'}}\nusers:\n- name: u\n  user: {user}\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\n"),
+            )
+            .unwrap();
+            let text = format!("tls: {{certFile: tls.crt, keyFile: tls.key}}\nupstream: {{kubeconfig: {{path: upstream.kubeconfig}}}}\nauthentication: {{staticTokens: {{file: tokens.csv}}}}\nidentityHeaders: {identity}\n");
+            FileConfig::parse(&text)
+                .unwrap()
+                .validate(dir.path())
+                .into_iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect::<Vec<_>>()
+        };
+        // A token (inline or as a file) would make every user the proxy.
+        for user in ["{token: a-service-account-token}", "{tokenFile: sa-token}"] {
+            let found = check(user, "{mode: frontProxy}");
+            assert!(
+                found
+                    .iter()
+                    .any(|p| p.starts_with("upstream.kubeconfig:") && p.contains("token")),
+                "{user}: {found:?}"
+            );
+            assert!(
+                found.iter().any(|p| p.contains("client certificate")),
+                "{user}: {found:?}"
+            );
+            assert!(
+                !found.iter().any(|p| p.contains("a-service-account-token")),
+                "{found:?}"
+            );
+            assert!(check(user, "{mode: impersonate}").is_empty(), "{user}");
+        }
+        // An exec plugin would be skipped, and requests go without a credential.
+        let found = check("{exec: {command: get-token}}", "{mode: impersonate}");
+        assert!(
+            found.iter().any(|p| p.contains("exec credential plugin")),
+            "{found:?}"
+        );
+        // A client certificate alone is what front-proxy mode needs.
+        let found = check(
+            "{client-certificate: proxy.crt, client-key: proxy.key}",
+            "{mode: frontProxy}",
+        );
+        assert!(found.is_empty(), "{found:?}");
+        // The same, with a token beside it, is refused.
+        let found = check(
+            "{client-certificate: proxy.crt, client-key: proxy.key, token: x}",
+            "{mode: frontProxy}",
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
     }
 
     #[test]

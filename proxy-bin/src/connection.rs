@@ -21,9 +21,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxy_core::credential::ClientCertificate;
+use proxy_core::forwarded::TrustedProxies;
 use proxy_core::gate::Gated;
+use proxy_core::proxy_protocol::{self, HeaderError};
 use proxy_core::{BoxError, ProxyBody};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
@@ -31,6 +33,8 @@ use crate::server::Handler;
 
 /// What every connection of one listener shares.
 pub(crate) struct Listener<H> {
+    /// Connections from these addresses start with a PROXY protocol header.
+    pub proxy_protocol: Option<Arc<TrustedProxies>>,
     /// TLS of the listener.
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// HTTP/1.1 and HTTP/2 with the listener's limits.
@@ -52,7 +56,23 @@ pub(crate) async fn serve<H: Handler>(
     slot: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let handshake = tokio::time::timeout(listener.handshake_timeout, listener.acceptor.accept(tcp));
+    let mut tcp = tcp;
+    let mut peer = peer;
+    let handshake = tokio::time::timeout(listener.handshake_timeout, async {
+        if let Some(trusted) = &listener.proxy_protocol {
+            if trusted.contains(peer.ip()) {
+                match read_proxy_header(&mut tcp).await {
+                    Ok(Some(source)) => peer = source,
+                    // The balancer's own connection (a health check).
+                    Ok(None) => {}
+                    Err(error) => {
+                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+                    }
+                }
+            }
+        }
+        listener.acceptor.accept(tcp).await
+    });
     let stream = tokio::select! {
         accepted = handshake => match accepted {
             Ok(Ok(stream)) => stream,
@@ -128,6 +148,35 @@ pub(crate) async fn serve<H: Handler>(
 }
 
 /// Resolves once the listener shuts down (or is gone).
+/// Reads the PROXY protocol header at the start of `tcp`, and nothing after
+/// it: the client's address, or `None` when the balancer speaks for itself.
+async fn read_proxy_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, HeaderError> {
+    let mut buf = vec![0u8; proxy_protocol::MAX_HEADER];
+    loop {
+        let seen = tcp
+            .peek(&mut buf)
+            .await
+            .map_err(|_| HeaderError::Malformed("connection failed before the header ended"))?;
+        if seen == 0 {
+            return Err(HeaderError::Malformed(
+                "connection closed before the header ended",
+            ));
+        }
+        match proxy_protocol::parse(&buf[..seen])? {
+            Some(header) => {
+                tcp.read_exact(&mut buf[..header.len])
+                    .await
+                    .map_err(|_| HeaderError::Malformed("connection failed in the header"))?;
+                return Ok(header.source);
+            }
+            // The rest of the header is on its way (peek returns what is
+            // there at once, so wait a little before looking again; the
+            // handshake timeout bounds the whole).
+            None => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
 async fn signalled(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }

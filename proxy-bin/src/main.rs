@@ -233,7 +233,10 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig { file, oidc } => {
-            FileConfig::load_with(&file, &oidc.to_flags()?)?;
+            let config = FileConfig::load_with(&file, &oidc.to_flags()?)?;
+            for warning in config.warnings() {
+                eprintln!("warning: {}: {warning}", file.display());
+            }
             println!("{}: ok", file.display());
             Ok(())
         }

@@ -195,6 +195,14 @@ pub fn needs_restart(started: &FileConfig, new: &FileConfig) -> Vec<&'static str
     check("audit", differs(&started.audit, &new.audit));
     check("webhook", differs(&started.webhook, &new.webhook));
     check(
+        "trustedProxies",
+        differs(&started.trusted_proxies, &new.trusted_proxies),
+    );
+    check(
+        "proxyProtocol",
+        differs(&started.proxy_protocol, &new.proxy_protocol),
+    );
+    check(
         "callerImpersonation",
         differs(&started.caller_impersonation, &new.caller_impersonation),
     );

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::credential::{ClientAddr, ClientCertificate};
+use proxy_core::forwarded::{Origin, TrustedProxies};
 use proxy_core::impersonate::{nested, ForwardMode, HeaderNames};
 use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::status::{Reason, Status};
@@ -197,6 +198,11 @@ pub struct Proxy {
     pub token_endpoint: Option<Arc<TokenEndpoint>>,
     /// Largest body read at [`TOKEN_PATH`] (`limits.maxRequestBodyBytes`).
     pub max_request_body_bytes: usize,
+    /// `trustedProxies`: whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<TrustedProxies>,
+    /// `proxyProtocol`: connections from `trusted_proxies` start with a
+    /// PROXY protocol header.
+    pub proxy_protocol: bool,
     /// The chain behind `chain`, swapped when the configuration changes.
     pub live: LiveAuthentication,
     /// Registers agents at [`proxy_core::tunnel::CONNECT_PATH`] when a
@@ -353,6 +359,13 @@ impl Proxy {
             live,
             token_endpoint,
             max_request_body_bytes: config.limits.max_request_body_bytes,
+            trusted_proxies: Arc::new(config.trusted_proxy_blocks().map_err(|(i, message)| {
+                StartError::Refused {
+                    field: "trustedProxies",
+                    message: format!("[{i}]: {message}"),
+                }
+            })?),
+            proxy_protocol: config.proxy_protocol,
             agents,
         })
     }
@@ -384,7 +397,13 @@ impl Proxy {
         if let Some(cert) = cert {
             req.extensions_mut().insert(cert);
         }
-        req.extensions_mut().insert(ClientAddr(peer.ip()));
+        // Where the request came from, once, for limits, audit and
+        // X-Forwarded-For (see proxy_core::forwarded).
+        let origin = Origin::new(peer.ip(), &self.trusted_proxies);
+        if let Some(client) = origin.client(req.headers(), &self.trusted_proxies) {
+            req.extensions_mut().insert(ClientAddr(client));
+        }
+        req.extensions_mut().insert(origin);
         if req.uri().path() == proxy_core::tunnel::CONNECT_PATH {
             // Agents prove their cluster with its registration token, not as users.
             return Ok(match &self.agents {
@@ -474,6 +493,12 @@ pub trait Handler: Clone + Send + Sync + 'static {
         cert: Option<ClientCertificate>,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static;
+
+    /// The load balancers whose connections start with a PROXY protocol
+    /// header naming the client (`None`: no connection does).
+    fn proxy_protocol_from(&self) -> Option<Arc<TrustedProxies>> {
+        None
+    }
 }
 
 impl Handler for Proxy {
@@ -485,6 +510,10 @@ impl Handler for Proxy {
     ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static
     {
         self.serve_request(req, cert, peer)
+    }
+
+    fn proxy_protocol_from(&self) -> Option<Arc<TrustedProxies>> {
+        self.proxy_protocol.then(|| self.trusted_proxies.clone())
     }
 }
 
@@ -776,6 +805,7 @@ async fn accept_loop<H: Handler>(
     shutdown_timeout: Duration,
 ) {
     let shared = Arc::new(connection::Listener {
+        proxy_protocol: handler.proxy_protocol_from(),
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         builder: limits.connection_builder(),
         handshake_timeout: limits.tls_handshake_timeout,

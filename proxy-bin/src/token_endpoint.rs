@@ -102,7 +102,7 @@ impl TokenEndpoint {
             .into_response();
         }
         if let Some(ClientAddr(ip)) = parts.extensions.get::<ClientAddr>() {
-            if let Err(wait) = self.per_client.acquire(&ip.to_string()) {
+            if let Err(wait) = self.per_client.acquire_client(*ip) {
                 tracing::info!(client = %ip, "token request refused: client rate limit");
                 self.throttled.throttled(ThrottleScope::Client);
                 return too_many(wait, "from this address");

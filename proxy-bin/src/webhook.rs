@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use proxy_core::authn::ClientCertificates as CertificateUsers;
 use proxy_core::body::read_limited;
 use proxy_core::counters::{ThrottleCounters, ThrottleScope};
-use proxy_core::credential::ClientCertificate;
+use proxy_core::credential::{ClientCertificate, Secret};
 use proxy_core::rate_limit::RateLimiter;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{tokenreview, Chain, ProxyBody};
@@ -30,6 +31,12 @@ use crate::server::{
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:6440";
 
 /// The webhook request handler.
+///
+/// Its caller is kube-apiserver, which passes on every bearer token anyone
+/// presents to it: nothing here is limited per caller address (that would let
+/// anyone switch the webhook off for every user). Refused reviews are limited
+/// per token, which is what the presenter controls; a token that
+/// authenticates is never refused.
 #[derive(Clone)]
 pub struct Webhook {
     chain: Chain,
@@ -37,6 +44,7 @@ pub struct Webhook {
     throttled: Arc<ThrottleCounters>,
     max_request_body_bytes: usize,
     api_audiences: Arc<[String]>,
+    allowed_client_names: Arc<[String]>,
     metrics: Option<proxy_core::observe::metrics::Metrics>,
 }
 
@@ -44,7 +52,7 @@ fn throttled(retry_after_secs: u64) -> Response<ProxyBody> {
     let mut response = Status::failure(
         StatusCode::TOO_MANY_REQUESTS,
         Reason::TooManyRequests,
-        format!("too many failed token reviews from this address, retry after {retry_after_secs}s"),
+        format!("too many failed reviews of this token, retry after {retry_after_secs}s"),
     )
     .into_response();
     response
@@ -54,30 +62,46 @@ fn throttled(retry_after_secs: u64) -> Response<ProxyBody> {
 }
 
 impl Webhook {
-    async fn answer(self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
-        let client = peer.ip().to_string();
-        let is_review = req.method() == Method::POST;
-        if is_review {
-            if let Err(wait) = self.failed_reviews.check(&client) {
-                tracing::info!(%client, "token review refused: too many failed reviews");
-                self.throttled.throttled(ThrottleScope::Client);
+    /// Whether a caller with this (verified) client certificate may ask:
+    /// always without `webhook.allowedClientNames`, else when the leaf's
+    /// common name is one of them.
+    fn caller_allowed(&self, cert: Option<&ClientCertificate>) -> Result<(), String> {
+        if self.allowed_client_names.is_empty() {
+            return Ok(());
+        }
+        let name = cert
+            .and_then(|chain| chain.0.first())
+            .and_then(|leaf| CertificateUsers::user_from_der(leaf).ok())
+            .map(|user| user.username);
+        match name {
+            Some(name) if self.allowed_client_names.contains(&name) => Ok(()),
+            Some(name) => Err(format!(
+                "client certificate {name:?} may not ask for token reviews"
+            )),
+            None => Err("a client certificate is required to ask for token reviews".into()),
+        }
+    }
+
+    async fn answer(
+        self,
+        req: Request<Incoming>,
+        cert: Option<ClientCertificate>,
+    ) -> Response<ProxyBody> {
+        if req.method() == Method::POST {
+            if let Err(message) = self.caller_allowed(cert.as_ref()) {
+                tracing::info!(%message, "token review refused: caller not allowed");
                 // Read the (bounded) body first: an HTTP/2 client whose
                 // request is answered before it is sent sees a stream reset.
                 let (parts, body) = req.into_parts();
                 let _ = read_limited(&parts.headers, body, self.max_request_body_bytes).await;
-                return throttled(wait);
+                return Status::failure(StatusCode::FORBIDDEN, Reason::Forbidden, message)
+                    .into_response();
             }
         }
-        let response = self.answer_unthrottled(req).await;
-        if let Some(failed) = response.extensions().get::<FailedReview>() {
-            if failed.0 {
-                self.failed_reviews.record(&client);
-            }
-        }
-        response
+        self.answer_allowed(req).await
     }
 
-    async fn answer_unthrottled(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn answer_allowed(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         match (req.method(), req.uri().path()) {
             // `/healthcheck` is Rancher kube-api-auth's, so RKE setups keep their probes
             (&Method::GET, "/livez" | "/healthcheck") => return plain(StatusCode::OK, "ok"),
@@ -103,30 +127,33 @@ impl Webhook {
         let (parts, body) = req.into_parts();
         let body = match read_limited(&parts.headers, body, self.max_request_body_bytes).await {
             Ok(body) => body,
-            Err(status) => {
-                let mut response = status.into_response();
-                response.extensions_mut().insert(FailedReview(true));
-                return response;
-            }
+            Err(status) => return status.into_response(),
         };
         let request = match tokenreview::parse(&body) {
             Ok(request) => request,
             Err(error) => {
-                let mut response = Status::failure(
+                return Status::failure(
                     StatusCode::BAD_REQUEST,
                     Reason::BadRequest,
                     error.to_string(),
                 )
                 .into_response();
-                response.extensions_mut().insert(FailedReview(true));
-                return response;
             }
         };
+        // The limiter keeps a keyed hash of the token, never the token.
+        let token = Secret::new(request.spec.token.clone());
+        if let Err(wait) = self.failed_reviews.check(token.expose()) {
+            tracing::info!("token review refused: too many failed reviews of this token");
+            self.throttled.throttled(ThrottleScope::Token);
+            return throttled(wait);
+        }
         let answer = tokenreview::review(&self.chain, &self.api_audiences, request).await;
         if let Some(metrics) = &self.metrics {
             metrics.tokenreview(&answer);
         }
-        let failed = FailedReview(answer.is_refusal());
+        if answer.is_refusal() {
+            self.failed_reviews.record(token.expose());
+        }
         let mut response = Response::new(ProxyBody::full(
             serde_json::to_vec(&answer).unwrap_or_default(),
         ));
@@ -134,23 +161,18 @@ impl Webhook {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        response.extensions_mut().insert(failed);
         response
     }
 }
-
-/// Marks a webhook answer that counts against the failed-review limit.
-#[derive(Debug, Clone, Copy)]
-struct FailedReview(bool);
 
 impl Handler for Webhook {
     async fn handle(
         self,
         req: Request<Incoming>,
-        _cert: Option<ClientCertificate>,
-        peer: SocketAddr,
+        cert: Option<ClientCertificate>,
+        _peer: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        Ok(self.answer(req, peer).await)
+        Ok(self.answer(req, cert).await)
     }
 }
 
@@ -216,6 +238,9 @@ async fn start_from(
     } else {
         tracing::warn!(%listen, "webhook: answering anyone who can reach it (webhook.allowUnauthenticatedClients)");
     }
+    for warning in config.warnings() {
+        tracing::warn!(field = %warning.field, "{}", warning.message);
+    }
     let failed_reviews = Arc::new(RateLimiter::per_minute(
         config.webhook.failed_reviews_per_minute(),
     ));
@@ -235,6 +260,7 @@ async fn start_from(
         throttled,
         max_request_body_bytes: config.limits.max_request_body_bytes,
         api_audiences: config.webhook.api_audiences().into(),
+        allowed_client_names: config.webhook.allowed_client_names.clone().into(),
         metrics: metrics.clone(),
     };
     let mut running = serve_with_limits(

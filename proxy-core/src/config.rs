@@ -879,10 +879,31 @@ impl UpstreamConfig {
             ));
         }
         if let Some(k) = &self.kubeconfig {
-            if let Err(e) = Kubeconfig::load(&resolve(base, &k.path))
+            // Resolved as the proxy will use it, and held to the same checks
+            // as a section that names its files itself.
+            match Kubeconfig::load(&resolve(base, &k.path))
                 .and_then(|kc| kc.upstream(k.context.as_deref()))
             {
-                problems.push(problem(format!("{prefix}.kubeconfig"), e.to_string()));
+                Err(e) => problems.push(problem(format!("{prefix}.kubeconfig"), e.to_string())),
+                Ok(options) => {
+                    if let UpstreamCredential::TokenFile { path, .. } = &options.credential {
+                        check_readable(&mut problems, &format!("{prefix}.kubeconfig"), path);
+                    }
+                }
+            }
+            for (field, is_set) in [
+                ("caFile", self.ca_file.is_some()),
+                ("tokenFile", self.token_file.is_some()),
+                ("clientCertFile", self.client_cert_file.is_some()),
+                ("clientKeyFile", self.client_key_file.is_some()),
+                ("serverName", self.server_name.is_some()),
+            ] {
+                if is_set {
+                    problems.push(problem(
+                        format!("{prefix}.{field}"),
+                        "contradicts kubeconfig: the kubeconfig's cluster and user are used",
+                    ));
+                }
             }
         }
         if self.max_connections == Some(0) {

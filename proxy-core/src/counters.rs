@@ -96,6 +96,17 @@ pub enum ThrottleScope {
     User,
     /// A client address.
     Client,
+    /// A presented token (kept only as a keyed hash).
+    Token,
+}
+
+impl ThrottleScope {
+    /// Every scope, in label order.
+    pub const ALL: [ThrottleScope; 3] = [
+        ThrottleScope::User,
+        ThrottleScope::Client,
+        ThrottleScope::Token,
+    ];
 }
 
 impl ThrottleScope {
@@ -104,6 +115,7 @@ impl ThrottleScope {
         match self {
             ThrottleScope::User => "user",
             ThrottleScope::Client => "client",
+            ThrottleScope::Token => "token",
         }
     }
 }
@@ -113,6 +125,7 @@ impl ThrottleScope {
 pub struct ThrottleCounters {
     user: AtomicU64,
     client: AtomicU64,
+    token: AtomicU64,
 }
 
 impl ThrottleCounters {
@@ -121,6 +134,7 @@ impl ThrottleCounters {
         let counter = match scope {
             ThrottleScope::User => &self.user,
             ThrottleScope::Client => &self.client,
+            ThrottleScope::Token => &self.token,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -130,6 +144,7 @@ impl ThrottleCounters {
         match scope {
             ThrottleScope::User => self.user.load(Ordering::Relaxed),
             ThrottleScope::Client => self.client.load(Ordering::Relaxed),
+            ThrottleScope::Token => self.token.load(Ordering::Relaxed),
         }
     }
 }

@@ -65,9 +65,16 @@ struct User {
     client_certificate_data: Option<String>,
     client_key: Option<PathBuf>,
     client_key_data: Option<String>,
-    /// Basic-auth password (not used to reach the API server, but it is a
+    /// Basic-auth password (never used to reach the API server, but it is a
     /// secret the file may hold, so it is redacted and zeroed like the rest).
     password: Option<String>,
+    /// Basic-auth user name: refused, as kube-apiserver no longer takes it.
+    username: Option<String>,
+    /// An exec credential plugin: refused, the proxy runs no programs to
+    /// get its credential.
+    exec: Option<serde::de::IgnoredAny>,
+    /// A legacy auth provider: refused like `exec`.
+    auth_provider: Option<serde::de::IgnoredAny>,
 }
 
 /// `Some("[redacted]")` for a secret that is set, so Debug shows presence only.
@@ -88,6 +95,9 @@ impl std::fmt::Debug for User {
             .field("client_key", &self.client_key)
             .field("client_key_data", &redacted(&self.client_key_data))
             .field("password", &redacted(&self.password))
+            .field("username", &self.username)
+            .field("exec", &self.exec.is_some())
+            .field("auth_provider", &self.auth_provider.is_some())
             .finish()
     }
 }
@@ -204,11 +214,35 @@ impl Kubeconfig {
             .find(|u| u.name == ctx.value.user)
             .map(|u| &u.value)
             .unwrap_or(&default_user);
+        let who = &ctx.value.user;
+        for (set, what) in [
+            (user.exec.is_some(), "an exec credential plugin"),
+            (user.auth_provider.is_some(), "an auth-provider"),
+            (
+                user.username.is_some() || user.password.is_some(),
+                "a username and password",
+            ),
+        ] {
+            if set {
+                return Err(self.err(format!(
+                    "user {who:?} of context {name:?} uses {what}, which the proxy does not \
+                     use to reach the API server (it would go without a credential): give the \
+                     user a token, tokenFile or client certificate"
+                )));
+            }
+        }
         let c = &cluster.value;
         let url = c
             .server
             .parse::<http::Uri>()
-            .map_err(|_| self.err(format!("cluster {:?} server is not a URL", cluster.name)))?;
+            .ok()
+            .filter(|uri| uri.scheme_str() == Some("https") && uri.host().is_some())
+            .ok_or_else(|| {
+                self.err(format!(
+                    "cluster {:?} server {:?} is not an https:// URL",
+                    cluster.name, c.server
+                ))
+            })?;
         let ca_pem = self.data_or_file(
             &c.certificate_authority_data,
             &c.certificate_authority,
@@ -325,5 +359,40 @@ contexts:
             missing.to_string().contains("\"nope\" not found"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn users_whose_credential_the_proxy_would_not_send_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        for (user, said) in [
+            (
+                "{exec: {apiVersion: client.authentication.k8s.io/v1, command: aws}}",
+                "exec credential plugin",
+            ),
+            ("{auth-provider: {name: oidc}}", "auth-provider"),
+            (
+                "{username: admin, password: secret-pw}",
+                "username and password",
+            ),
+        ] {
+            let text = format!(
+                "current-context: one\nclusters:\n- name: c1\n  cluster: {{server: \"https://10.0.0.1:6443\"}}\nusers:\n- name: u1\n  user: {user}\ncontexts:\n- name: one\n  context: {{cluster: c1, user: u1}}\n"
+            );
+            let error = Kubeconfig::parse(&text, &path)
+                .unwrap()
+                .upstream(None)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(said), "{user}: {error}");
+            assert!(!error.contains("secret-pw"), "{error}");
+        }
+        let text = "current-context: one\nclusters:\n- name: c1\n  cluster: {server: \"http://10.0.0.1:8080\"}\nusers:\n- name: u1\n  user: {token: t}\ncontexts:\n- name: one\n  context: {cluster: c1, user: u1}\n";
+        let error = Kubeconfig::parse(text, &path)
+            .unwrap()
+            .upstream(None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not an https:// URL"), "{error}");
     }
 }

@@ -9,8 +9,26 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The key every per-address limit counts a client address under: IPv4
+/// addresses (also when mapped into IPv6) as they are, IPv6 addresses by
+/// their /64 prefix, the smallest block a single site is usually given (so
+/// rotating addresses within it does not escape a limit).
+pub fn client_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", Ipv6Addr::from(prefix))
+            }
+        },
+    }
+}
 
 /// Most keys tracked before idle ones are dropped.
 pub const MAX_KEYS: usize = 100_000;
@@ -94,6 +112,12 @@ impl RateLimiter {
         .unwrap_or(Ok(()))
     }
 
+    /// [`RateLimiter::acquire`] for a client address, keyed by
+    /// [`client_key`].
+    pub fn acquire_client(&self, ip: IpAddr) -> Result<(), u64> {
+        self.acquire(&client_key(ip))
+    }
+
     /// Says how long to wait when `key`'s allowance is used up, without
     /// taking from it (pair with [`RateLimiter::record`]).
     pub fn check(&self, key: &str) -> Result<(), u64> {
@@ -140,6 +164,40 @@ mod tests {
         limiter.record("k");
         limiter.record("k");
         assert!(limiter.check("k").is_err());
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7");
+    }
+
+    #[test]
+    fn addresses_of_one_client_share_one_allowance() {
+        let limiter = RateLimiter::per_minute(2);
+        for ip in ["2001:db8:1:2::1", "2001:db8:1:2:ffff::7"] {
+            assert_eq!(limiter.acquire_client(ip.parse().unwrap()), Ok(()));
+        }
+        assert!(limiter
+            .acquire_client("2001:db8:1:2:abcd::1".parse().unwrap())
+            .is_err());
+        assert_eq!(
+            limiter.acquire_client("2001:db8:1:3::1".parse().unwrap()),
+            Ok(())
+        );
+        assert_eq!(
+            limiter.acquire_client("::ffff:192.0.2.1".parse().unwrap()),
+            Ok(())
+        );
+        assert_eq!(limiter.acquire_client("192.0.2.1".parse().unwrap()), Ok(()));
+        assert!(limiter
+            .acquire_client("192.0.2.1".parse().unwrap())
+            .is_err());
     }
 
     #[test]

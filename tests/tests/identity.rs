@@ -1,7 +1,8 @@
 //! What reaches the API server as identity and origin, through authproxy
 //! with curl in front and the API-server double behind: front-proxy identity
-//! headers never pass, the client's address is appended to
-//! `X-Forwarded-For`, request paths stay below the upstream URL's prefix,
+//! headers never pass, `X-Forwarded-For` is believed only from trusted
+//! proxies (and a trusted balancer's PROXY protocol header names the
+//! client), request paths stay below the upstream URL's prefix,
 //! `system:` names from a directory are refused, and `authproxy login` does
 //! not echo a typed password.
 
@@ -66,24 +67,51 @@ async fn front_proxy_identity_headers_never_reach_upstream() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwarded_for_ends_with_the_real_client_address() -> anyhow::Result<()> {
+async fn forwarded_for_is_believed_only_from_trusted_proxies() -> anyhow::Result<()> {
     let env = Env::start().await?;
-    let url = format!("{}{PODS}", env.proxy_url());
+    // A second proxy in front of the same double that trusts 127.0.0.2 only.
+    let dir = tempfile::tempdir()?;
+    let trusting = authproxy_tests::start_proxy_with_top_level(
+        &env.pki,
+        dir.path(),
+        &env.double.url(),
+        env.pki.ca_path(),
+        authproxy_tests::PROXY_TOKEN,
+        "",
+        "trustedProxies: ['127.0.0.2', '10.0.0.0/8']",
+    )
+    .await?;
     let alice = "Authorization: Bearer alice-token";
+    let send = |base: String, from: &'static str, query: &'static str| {
+        let env = &env;
+        async move {
+            let (code, body) = env
+                .curl(&[
+                    "--interface",
+                    from,
+                    "-H",
+                    alice,
+                    "-H",
+                    "X-Forwarded-For: 203.0.113.9, 10.1.1.1",
+                    "-H",
+                    "X-Real-Ip: 198.51.100.1",
+                    &format!("{base}{PODS}?caller={query}"),
+                ])
+                .await?;
+            anyhow::ensure!(code == 200, "{query}: {body}");
+            anyhow::Ok(())
+        }
+    };
+    send(env.proxy_url(), "127.0.0.2", "untrusted").await?;
+    let trusting_url = format!("https://{}", trusting.addr());
+    send(trusting_url.clone(), "127.0.0.1", "not-in-list").await?;
+    send(trusting_url, "127.0.0.2", "trusted").await?;
     let (code, body) = env
         .curl(&[
             "-H",
             alice,
-            "-H",
-            "X-Forwarded-For: 203.0.113.9",
-            "-H",
-            "X-Real-Ip: 198.51.100.1",
-            &format!("{url}?caller=claims"),
+            &format!("{}{PODS}?caller=silent", env.proxy_url()),
         ])
-        .await?;
-    assert_eq!(code, 200, "{body}");
-    let (code, body) = env
-        .curl(&["-H", alice, &format!("{url}?caller=silent")])
         .await?;
     assert_eq!(code, 200, "{body}");
     let requests = env.upstream_requests();
@@ -94,16 +122,124 @@ async fn forwarded_for_ends_with_the_real_client_address() -> anyhow::Result<()>
             .cloned()
             .with_context(|| format!("no request with ?{q} reached the double"))
     };
-    let claims = by_query("caller=claims")?;
-    // The caller's claim is kept as a claim; the proxy's witness comes last.
+    // From a caller that is not a trusted proxy, its claims are replaced by
+    // the address the proxy saw: kube's audit lists the first entry first.
+    let untrusted = by_query("caller=untrusted")?;
+    assert_eq!(untrusted.header_values("x-forwarded-for"), ["127.0.0.2"]);
+    assert!(untrusted.header_values("x-real-ip").is_empty());
+    let not_listed = by_query("caller=not-in-list")?;
+    assert_eq!(not_listed.header_values("x-forwarded-for"), ["127.0.0.1"]);
+    // From a trusted proxy its entries stay, and the hop it came from is last.
+    let trusted = by_query("caller=trusted")?;
     assert_eq!(
-        claims.header_values("x-forwarded-for"),
-        ["203.0.113.9, 127.0.0.1"]
+        trusted.header_values("x-forwarded-for"),
+        ["203.0.113.9, 10.1.1.1, 127.0.0.2"]
     );
-    // kube would list X-Real-Ip after the forwarded addresses: it must not pass.
-    assert!(claims.header_values("x-real-ip").is_empty());
+    assert!(trusted.header_values("x-real-ip").is_empty());
     let silent = by_query("caller=silent")?;
     assert_eq!(silent.header_values("x-forwarded-for"), ["127.0.0.1"]);
+    trusting.shutdown().await;
+    Ok(())
+}
+
+/// Sends one HTTP/1.1 GET over TLS to `addr`, first writing `preamble` on
+/// the bare connection (a PROXY protocol header); the status code, or the
+/// error.
+async fn get_after(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    preamble: &[u8],
+    path: &str,
+) -> anyhow::Result<u16> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(preamble).await?;
+    let tls = authproxy_tests::pki::client_config(ca_pem, &[b"http/1.1"])?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    stream
+        .write_all(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer alice-token\r\nX-Forwarded-For: 203.0.113.66\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.ok();
+    let text = String::from_utf8_lossy(&answer);
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no status line in {text:?}"))?;
+    Ok(code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_balancers_proxy_protocol_header_names_the_client() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let dir = tempfile::tempdir()?;
+    let behind_balancer = authproxy_tests::start_proxy_with_top_level(
+        &env.pki,
+        dir.path(),
+        &env.double.url(),
+        env.pki.ca_path(),
+        authproxy_tests::PROXY_TOKEN,
+        "",
+        "trustedProxies: ['127.0.0.1']\nproxyProtocol: true",
+    )
+    .await?;
+    let addr = behind_balancer.addr();
+    let ca = env.pki.ca_pem();
+    // Version 1 and version 2 headers from the balancer (127.0.0.1).
+    let v1 = b"PROXY TCP4 198.51.100.23 127.0.0.1 40000 8443\r\n".to_vec();
+    let code = get_after(addr, ca, &v1, &format!("{PODS}?via=v1")).await?;
+    assert_eq!(code, 200);
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x21".to_vec();
+    let mut block = vec![0u8; 36];
+    block[..16].copy_from_slice(&"2001:db8::23".parse::<std::net::Ipv6Addr>()?.octets());
+    block[32..34].copy_from_slice(&40000u16.to_be_bytes());
+    v2.extend_from_slice(&36u16.to_be_bytes());
+    v2.extend_from_slice(&block);
+    let code = get_after(addr, ca, &v2, &format!("{PODS}?via=v2")).await?;
+    assert_eq!(code, 200);
+    // A connection from the balancer without a header is not served.
+    assert!(
+        get_after(addr, ca, b"", &format!("{PODS}?via=none"))
+            .await
+            .is_err(),
+        "a trusted peer without a PROXY header was served"
+    );
+    let requests = env.upstream_requests();
+    let xff = |q: &str| {
+        requests
+            .iter()
+            .find(|r| r.uri.query() == Some(q))
+            .map(|r| r.header_values("x-forwarded-for"))
+    };
+    // The client the header named is the hop the proxy saw (it is not a
+    // trusted proxy itself, so the X-Forwarded-For it sent is replaced).
+    assert_eq!(xff("via=v1"), Some(vec!["198.51.100.23".to_owned()]));
+    assert_eq!(xff("via=v2"), Some(vec!["2001:db8::23".to_owned()]));
+    assert_eq!(xff("via=none"), None);
+    behind_balancer.shutdown().await;
+
+    // A PROXY header from anyone else is not believed: the connection fails
+    // (it is read as TLS), and nothing is forwarded.
+    let code = get_after(
+        env.proxy.as_ref().map(|p| p.addr()).context("proxy")?,
+        ca,
+        &v1,
+        &format!("{PODS}?via=untrusted"),
+    )
+    .await;
+    assert!(code.is_err(), "{code:?}");
+    assert!(env
+        .upstream_requests()
+        .iter()
+        .all(|r| r.uri.query() != Some("via=untrusted")));
     Ok(())
 }
 

@@ -172,7 +172,7 @@ async fn authorized_cluster_endpoint_kube_verifies_issued_and_oidc_tokens_throug
     std::fs::write(
         &config_path,
         format!(
-            "tls: {{certFile: {}, keyFile: {}}}\nauthentication:\n{auth}",
+            "tls: {{certFile: {}, keyFile: {}}}\nwebhook: {{failedReviewsPerMinute: 3}}\nauthentication:\n{auth}",
             cert.cert_path.display(),
             cert.key_path.display()
         ),
@@ -190,6 +190,22 @@ async fn authorized_cluster_endpoint_kube_verifies_issued_and_oidc_tokens_throug
     .await?;
     // The proxy, sharing the issued-token keys with the webhook.
     let env = KubeEnv::start_with(TestPki::new()?, &auth).await?;
+
+    // Anyone who reaches kube-apiserver can make it ask the webhook about any
+    // token: many refused tokens (more than failedReviewsPerMinute) must not
+    // make the webhook refuse the reviews of everyone else.
+    for i in 0..12 {
+        let (code, body) = authproxy_tests::curl_with_ca(
+            kpki.ca_path(),
+            &[
+                "-H",
+                &format!("Authorization: Bearer garbage-token-{i}"),
+                &format!("{}/api", kube.url()),
+            ],
+        )
+        .await?;
+        assert_eq!(code, 401, "{body}");
+    }
 
     // (a) a token the proxy issued for an LDAP login, straight to kube
     let (code, body) = env

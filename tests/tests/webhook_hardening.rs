@@ -164,7 +164,7 @@ async fn without_a_client_ca_the_webhook_listens_on_loopback_only_unless_allowed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_reviews_are_throttled_per_client_address() -> anyhow::Result<()> {
+async fn failed_reviews_are_throttled_per_token_never_per_caller() -> anyhow::Result<()> {
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
     let config = webhook_config(&pki, dir.path(), "webhook: {failedReviewsPerMinute: 3}", "")?;
@@ -176,12 +176,20 @@ async fn failed_reviews_are_throttled_per_client_address() -> anyhow::Result<()>
         assert_eq!(code, 200, "{body}");
         assert!(body.contains(r#""authenticated":true"#), "{body}");
     }
-    for guess in ["guess-1", "guess-2", "guess-3"] {
-        let (code, body) = curl_review(pki.ca_path(), addr, guess, None).await?;
+    // One caller (as kube-apiserver is for everyone) passing on many refused
+    // tokens: each is answered, none locks the others out.
+    for i in 0..10 {
+        let (code, body) = curl_review(pki.ca_path(), addr, &format!("guess-{i}"), None).await?;
         assert_eq!(code, 200, "{body}");
         assert!(body.contains(r#""authenticated":false"#), "{body}");
     }
-    let (code, body) = curl_review(pki.ca_path(), addr, "guess-4", None).await?;
+    // The same refused token again and again is throttled.
+    for _ in 0..3 {
+        let (code, body) = curl_review(pki.ca_path(), addr, "repeated-guess", None).await?;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(r#""authenticated":false"#), "{body}");
+    }
+    let (code, body) = curl_review(pki.ca_path(), addr, "repeated-guess", None).await?;
     assert_eq!(code, 429, "{body}");
     let retry_after = body
         .lines()
@@ -193,7 +201,83 @@ async fn failed_reviews_are_throttled_per_client_address() -> anyhow::Result<()>
     assert!(retry_after.is_some_and(|s| (1..=60).contains(&s)), "{body}");
     assert!(body.contains(r#""kind":"Status""#), "{body}");
     assert!(body.contains(r#""reason":"TooManyRequests""#), "{body}");
-    assert!(!body.contains("guess-4"), "the token was echoed");
+    assert!(!body.contains("repeated-guess"), "the token was echoed");
+    // A token that authenticates is still answered, from the same caller.
+    let (code, body) = curl_review(pki.ca_path(), addr, "static-token-1", None).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""authenticated":true"#), "{body}");
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_allowed_client_names_may_ask_when_the_ca_also_signs_users() -> anyhow::Result<()>
+{
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let cert = pki.issue_server("webhook")?;
+    std::fs::write(dir.path().join("tokens.csv"), STATIC_TOKENS)?;
+    let write = |names: &str| -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.path().join("webhook.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "tls: {{certFile: {}, keyFile: {}, clientCAFile: {}}}\n{names}authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv}}\n",
+                cert.cert_path.display(),
+                cert.key_path.display(),
+                pki.ca_path().display(),
+            ),
+        )?;
+        Ok(path)
+    };
+    // One CA for users and for kube-apiserver, no names: check-config warns.
+    let path = write("")?;
+    let out = tokio::process::Command::new(authproxy_tests::authproxy_binary()?)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .await?;
+    let text = authproxy_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning:") && text.contains("webhook.allowedClientNames"),
+        "{text}"
+    );
+
+    let path = write("webhook: {allowedClientNames: [kube-apiserver]}\n")?;
+    let out = tokio::process::Command::new(authproxy_tests::authproxy_binary()?)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .await?;
+    let text = authproxy_tests::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("warning:"), "{text}");
+    let config = FileConfig::load(&path)?;
+    let server = authproxy::webhook::start(&config, dir.path(), "127.0.0.1:0".parse()?).await?;
+    let addr = server.addr();
+    let apiserver = pki.issue_client("kube-apiserver", "kube-apiserver", None)?;
+    let (code, body) = curl_review(
+        pki.ca_path(),
+        addr,
+        "static-token-1",
+        Some((&apiserver.cert_path, &apiserver.key_path)),
+    )
+    .await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""authenticated":true"#), "{body}");
+    // A user's certificate from the same CA: verified, but not a caller.
+    let user = pki.issue_client("alice", "alice", Some("devs"))?;
+    let (code, body) = curl_review(
+        pki.ca_path(),
+        addr,
+        "static-token-1",
+        Some((&user.cert_path, &user.key_path)),
+    )
+    .await?;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains(r#""kind":"Status""#), "{body}");
+    assert!(!body.contains("sam"), "the review was answered: {body}");
     server.shutdown().await;
     Ok(())
 }

@@ -91,6 +91,8 @@ impl Demo {
             limits: Default::default(),
             shutdown_timeout: Some(Duration::from_secs(5)),
             webhook: Default::default(),
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
             metrics: None,
             audit: None,
             // The embedded upstream has no authorizer to ask.

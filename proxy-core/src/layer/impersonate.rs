@@ -1,8 +1,8 @@
 //! [`ImpersonateLayer`]: replaces whatever identity the caller sent with the
 //! authenticated [`Identity`] as `Impersonate-*` headers (or, in front-proxy
 //! mode, as the request headers of kube's `--requestheader-*` flags), and
-//! appends the client's address (the [`ClientAddr`] extension) to
-//! `X-Forwarded-For`.
+//! sets `X-Forwarded-For` from where the request came from (the
+//! [`forwarded::Origin`] or [`ClientAddr`] extension; see [`forwarded`]).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -97,8 +97,7 @@ where
                     strip_caller_identity(req.headers_mut());
                     names.strip(req.headers_mut());
                     headers.apply(req.headers_mut());
-                    let client = req.extensions().get::<ClientAddr>().copied();
-                    forwarded::append_client(req.headers_mut(), client.as_ref());
+                    set_forwarded_for(&mut req);
                     Either::Right(self.inner.call(req))
                 }
                 Err(invalid) => refuse(invalid_identity(&invalid)),
@@ -107,13 +106,20 @@ where
         match identity.impersonation_headers() {
             Ok(headers) => {
                 rewrite(req.headers_mut(), headers);
-                let client = req.extensions().get::<ClientAddr>().copied();
-                forwarded::append_client(req.headers_mut(), client.as_ref());
+                set_forwarded_for(&mut req);
                 Either::Right(self.inner.call(req))
             }
             Err(invalid) => refuse(invalid_identity(invalid)),
         }
     }
+}
+
+/// `X-Forwarded-For` from the request's [`forwarded::Origin`] (or
+/// [`ClientAddr`]), as [`forwarded::set_forwarded_for`] says.
+fn set_forwarded_for<B>(req: &mut Request<B>) {
+    let origin = req.extensions().get::<forwarded::Origin>().copied();
+    let client = req.extensions().get::<ClientAddr>().copied();
+    forwarded::set_forwarded_for(req.headers_mut(), origin.as_ref(), client.as_ref());
 }
 
 fn invalid_identity(invalid: &crate::impersonate::InvalidIdentity) -> Status {

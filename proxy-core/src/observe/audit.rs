@@ -180,9 +180,10 @@ pub struct RequestFacts {
     pub uri: http::Uri,
     /// Its `User-Agent`.
     pub user_agent: Option<http::HeaderValue>,
-    /// The caller's address.
+    /// The address that connected (the hop before the proxy).
     pub source_ip: Option<std::net::IpAddr>,
-    /// The caller's `X-Forwarded-For`, as it arrived.
+    /// The `X-Forwarded-For` that arrived from a trusted proxy (`None` from
+    /// anyone else: theirs is replaced before it is forwarded).
     pub forwarded_for: Option<http::HeaderValue>,
     /// Whether it names an API object (`objectRef` is then read from the URI).
     pub resource: bool,

@@ -201,11 +201,11 @@ impl Collector for BackendFamilies {
         family(
             e,
             "authproxy_login_throttled",
-            "Logins refused by a throttle before they were checked, by authenticator and scope (user, client)",
+            "Logins refused by a throttle before they were checked, by authenticator and scope (user, client, token)",
             MetricType::Counter,
             |m| {
                 for (authenticator, c) in &throttles {
-                    for scope in [ThrottleScope::User, ThrottleScope::Client] {
+                    for scope in ThrottleScope::ALL {
                         counter(
                             m,
                             &[("authenticator", authenticator), ("scope", scope.label())],

@@ -23,7 +23,7 @@
 //! | `authproxy_ldap_pool_connections` | gauge | `state` (`idle`, `in_use`) |
 //! | `authproxy_ldap_operation_duration_seconds` | histogram | `operation` (`bind`, `service_bind`, `search`) |
 //! | `authproxy_ldap_errors_total` | counter | `kind` (`timeout`, `unavailable`, `protocol`) |
-//! | `authproxy_login_throttled_total` | counter | `authenticator` (`ldap`, `token-exchange`, `webhook`), `scope` (`user`, `client`) |
+//! | `authproxy_login_throttled_total` | counter | `authenticator` (`ldap`, `token-exchange`, `webhook`), `scope` (`user`, `client`, `token`) |
 //! | `authproxy_upstream_connections` | gauge | `protocol` (`http2`, `http1`) |
 //! | `authproxy_upstream_requests_in_flight` | gauge | `protocol` |
 //! | `authproxy_upstream_requests_retried_total` | counter | `reason` (`goaway`, `refused`) |

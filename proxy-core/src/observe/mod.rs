@@ -243,12 +243,21 @@ where
         let received = SystemTime::now();
         let in_flight = self.metrics.as_ref().map(|m| m.start(kind));
         // Shared handles only: the writer thread formats them.
-        let facts = self.audit.as_ref().map(|_| RequestFacts {
-            uri: req.uri().clone(),
-            user_agent: req.headers().get(header::USER_AGENT).cloned(),
-            source_ip: req.extensions().get::<ClientAddr>().map(|a| a.0),
-            forwarded_for: joined(req.headers(), &crate::forwarded::X_FORWARDED_FOR),
-            resource,
+        let facts = self.audit.as_ref().map(|_| {
+            // As the API server will see them: the caller's X-Forwarded-For
+            // only from a trusted proxy, then the hop that connected.
+            let origin = req.extensions().get::<crate::forwarded::Origin>();
+            RequestFacts {
+                uri: req.uri().clone(),
+                user_agent: req.headers().get(header::USER_AGENT).cloned(),
+                source_ip: origin
+                    .map(|o| o.peer)
+                    .or_else(|| req.extensions().get::<ClientAddr>().map(|a| a.0)),
+                forwarded_for: origin
+                    .filter(|o| o.peer_trusted)
+                    .and_then(|_| joined(req.headers(), &crate::forwarded::X_FORWARDED_FOR)),
+                resource,
+            }
         });
         let record = Arc::new(RequestRecord::default());
         let future = RECORD.scope(record.clone(), self.inner.call(req));

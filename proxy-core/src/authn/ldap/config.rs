@@ -28,7 +28,8 @@ use super::throttle::Limits;
 /// Default `maxUsernameLength`, in bytes.
 pub const DEFAULT_MAX_USERNAME_LENGTH: usize = 256;
 /// Default `throttle.capacity`: keys remembered per kind (user names and
-/// entries; client addresses).
+/// entries; client addresses) in each tier (without failures, with
+/// failures, blocked).
 pub const DEFAULT_THROTTLE_CAPACITY: u64 = 50_000;
 /// Default `operationTimeout`.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,7 +141,8 @@ pub struct ThrottleConfig {
     /// Longest block (default 15m).
     #[serde(default, with = "humantime_serde")]
     pub max_backoff: Option<Duration>,
-    /// Most keys remembered per kind, least recently used forgotten first
+    /// Most keys remembered per kind in each tier (without failures, with
+    /// failures, blocked), least recently used forgotten first within a tier
     /// (default [`DEFAULT_THROTTLE_CAPACITY`]).
     pub capacity: Option<u64>,
 }

@@ -11,18 +11,22 @@
 //! A slot is released on every path: when the request future is dropped
 //! (a cancelled HTTP/2 stream, a client timeout) the slot's drop releases it.
 //!
-//! The counters live in a bounded cache (`capacity` keys, least recently used
-//! forgotten first, idle keys forgotten after `window + max_backoff`), so
-//! attacker-chosen keys cannot grow memory; every operation is O(1) and holds
-//! a per-key lock only for a few comparisons, never across an await.
-//! A poisoned counter refuses the attempt (fail closed).
+//! The counters live in three bounded tiers (`capacity` keys each, least
+//! recently used forgotten first within a tier, idle keys forgotten after
+//! `window + max_backoff`), so attacker-chosen keys cannot grow memory: keys
+//! without failures, keys with failures, and blocked keys. A key moves up as
+//! it fails, so a record of failures is only ever pushed out by other records
+//! of at least as many (flooding new names never evicts a victim's failures,
+//! and only other blocks, each costing `max_failures` real failures, evict a
+//! block). Every operation is O(1) and holds a per-key lock only for a few
+//! comparisons, never across an await. A poisoned counter refuses the
+//! attempt (fail closed).
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
 use moka::policy::EvictionPolicy;
+use moka::sync::Cache;
 
 /// Limits for one kind of key.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +54,45 @@ struct Entry {
     in_flight: u32,
     since: Instant,
     blocked_until: Option<Instant>,
+    /// The tier the entry is kept in.
+    tier: Tier,
+}
+
+/// Where an entry is kept, by how much it has failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// No failures: attempts in flight only.
+    Fresh,
+    /// Some failures, not blocked.
+    Failing,
+    /// At or past `max_failures`.
+    Blocked,
+}
+
+/// The three tiers of entries; cheap to clone (the caches are shared).
+#[derive(Debug, Clone)]
+struct Tiers {
+    fresh: Cache<String, Arc<Mutex<Entry>>>,
+    failing: Cache<String, Arc<Mutex<Entry>>>,
+    blocked: Cache<String, Arc<Mutex<Entry>>>,
+}
+
+impl Tiers {
+    fn tier(&self, tier: Tier) -> &Cache<String, Arc<Mutex<Entry>>> {
+        match tier {
+            Tier::Fresh => &self.fresh,
+            Tier::Failing => &self.failing,
+            Tier::Blocked => &self.blocked,
+        }
+    }
+
+    /// Keeps `entry` of `key` in `to` instead of `from`.
+    fn moved(&self, key: &str, entry: &Arc<Mutex<Entry>>, from: Tier, to: Tier) {
+        if from != to {
+            self.tier(to).insert(key.to_owned(), entry.clone());
+            self.tier(from).invalidate(key);
+        }
+    }
 }
 
 /// How an attempt ended, for one key.
@@ -69,20 +112,28 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Throttle {
     limits: Limits,
-    entries: Cache<String, Arc<Mutex<Entry>>>,
+    tiers: Tiers,
 }
 
 impl Throttle {
-    /// A throttle with these limits remembering at most `capacity` keys.
+    /// A throttle with these limits remembering at most `capacity` keys in
+    /// each tier (without failures, with failures, blocked).
     pub fn new(limits: Limits, capacity: u64) -> Self {
         let idle = limits.window.saturating_add(limits.max_backoff);
-        Throttle {
-            limits,
-            entries: Cache::builder()
+        let tier = || {
+            Cache::builder()
                 .max_capacity(capacity)
                 .eviction_policy(EvictionPolicy::lru())
                 .time_to_idle(idle.max(Duration::from_secs(1)))
-                .build(),
+                .build()
+        };
+        Throttle {
+            limits,
+            tiers: Tiers {
+                fresh: tier(),
+                failing: tier(),
+                blocked: tier(),
+            },
         }
     }
 
@@ -90,16 +141,21 @@ impl Throttle {
     pub async fn begin(&self, key: &str) -> Result<Slot, u64> {
         let now = Instant::now();
         let entry = self
-            .entries
-            .get_with_by_ref(key, async {
-                Arc::new(Mutex::new(Entry {
-                    failures: 0,
-                    in_flight: 0,
-                    since: now,
-                    blocked_until: None,
-                }))
-            })
-            .await;
+            .tiers
+            .blocked
+            .get(key)
+            .or_else(|| self.tiers.failing.get(key))
+            .unwrap_or_else(|| {
+                self.tiers.fresh.get_with_by_ref(key, || {
+                    Arc::new(Mutex::new(Entry {
+                        failures: 0,
+                        in_flight: 0,
+                        since: now,
+                        blocked_until: None,
+                        tier: Tier::Fresh,
+                    }))
+                })
+            });
         let refused = self.limits.backoff.as_secs().max(1);
         let Ok(mut e) = entry.lock() else {
             return Err(refused);
@@ -124,6 +180,8 @@ impl Throttle {
         drop(e);
         Ok(Slot {
             entry: Some(entry),
+            key: key.to_owned(),
+            tiers: self.tiers.clone(),
             limits: self.limits,
             if_dropped: Outcome::Uncounted,
         })
@@ -131,9 +189,14 @@ impl Throttle {
 
     /// How many keys are remembered (after pending evictions ran).
     #[cfg(test)]
-    async fn len(&self) -> u64 {
-        self.entries.run_pending_tasks().await;
-        self.entries.entry_count()
+    fn len(&self) -> u64 {
+        [&self.tiers.fresh, &self.tiers.failing, &self.tiers.blocked]
+            .iter()
+            .map(|tier| {
+                tier.run_pending_tasks();
+                tier.entry_count()
+            })
+            .sum()
     }
 }
 
@@ -142,6 +205,8 @@ impl Throttle {
 #[derive(Debug)]
 pub struct Slot {
     entry: Option<Arc<Mutex<Entry>>>,
+    key: String,
+    tiers: Tiers,
     limits: Limits,
     if_dropped: Outcome,
 }
@@ -184,6 +249,16 @@ impl Slot {
             }
             Outcome::Uncounted => {}
         }
+        let to = if e.failures >= self.limits.max_failures {
+            Tier::Blocked
+        } else if e.failures > 0 {
+            Tier::Failing
+        } else {
+            Tier::Fresh
+        };
+        let from = std::mem::replace(&mut e.tier, to);
+        drop(e);
+        self.tiers.moved(&self.key, &entry, from, to);
     }
 }
 
@@ -191,22 +266,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let outcome = self.if_dropped;
         self.end(outcome);
-    }
-}
-
-/// The throttle key of a client address: IPv4 addresses (also when mapped
-/// into IPv6) as they are, IPv6 addresses by their /64 prefix, the smallest
-/// block a single site is usually given.
-pub fn client_key(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                format!("{}/64", std::net::Ipv6Addr::from(prefix))
-            }
-        },
     }
 }
 
@@ -336,9 +395,58 @@ mod tests {
             let name = format!("{i:0>250}");
             t.begin(&name).await.unwrap().finish(Outcome::Failed);
         }
-        let len = t.len().await;
-        assert!(len <= 1_000, "{len} keys remembered");
+        let len = t.len();
+        assert!(len <= 3_000, "{len} keys remembered");
         assert!(len > 0);
+    }
+
+    #[tokio::test]
+    async fn flooding_other_names_never_evicts_a_record_of_failures() {
+        let t = Throttle::new(limits(), 100);
+        // The victim: one failure short of a block, and a blocked name.
+        for _ in 0..2 {
+            t.begin("victim").await.unwrap().finish(Outcome::Failed);
+        }
+        for _ in 0..3 {
+            t.begin("blocked").await.unwrap().finish(Outcome::Failed);
+        }
+        assert!(t.begin("blocked").await.is_err());
+        // Many other names: attempts that succeed, that never end, and
+        // single failures, each ten times the capacity.
+        for i in 0..1_000 {
+            t.begin(&format!("ok-{i}"))
+                .await
+                .unwrap()
+                .finish(Outcome::Succeeded);
+            t.begin(&format!("cancelled-{i}")).await.unwrap();
+        }
+        t.tiers.fresh.run_pending_tasks();
+        assert!(
+            t.begin("blocked").await.is_err(),
+            "names without failures pushed out a block"
+        );
+        let slot = t.begin("victim").await.unwrap();
+        slot.finish(Outcome::Failed);
+        assert!(
+            t.begin("victim").await.is_err(),
+            "names without failures pushed out the victim's two failures"
+        );
+        for i in 0..1_000 {
+            t.begin(&format!("guess-{i}"))
+                .await
+                .unwrap()
+                .finish(Outcome::Failed);
+        }
+        t.tiers.failing.run_pending_tasks();
+        assert!(
+            t.begin("blocked").await.is_err(),
+            "single failures of other names pushed out a block"
+        );
+        assert!(
+            t.begin("victim").await.is_err(),
+            "single failures of other names pushed out a block"
+        );
+        assert!(t.len() <= 300, "{}", t.len());
     }
 
     #[test]
@@ -356,17 +464,6 @@ mod tests {
         }
         assert_eq!(canonical_username(" Ann  \u{3000}Lee "), "ann lee");
         assert_ne!(canonical_username("al ice"), alice);
-    }
-
-    #[test]
-    fn ipv6_clients_are_keyed_by_their_64_prefix() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(client_key(a), client_key(b));
-        assert_ne!(client_key(a), client_key(c));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(client_key(mapped), "192.0.2.7");
     }
 
     proptest::proptest! {
