@@ -5,7 +5,9 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
-# Needs the nightly toolchain and cargo-fuzz (installed when missing).
+# Runs on the stable toolchain (RUSTC_BOOTSTRAP=1 lets it take the sanitizer
+# flags cargo-fuzz passes), so it needs only crates.io: cargo-fuzz is
+# installed from there when missing.
 # Working corpora grow in fuzz/corpus/<target>/, crashing inputs land in
 # fuzz/artifacts/<target>/; both are ignored by git.
 set -euo pipefail
@@ -17,18 +19,18 @@ case "$seconds" in
   '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2 ;;
 esac
 
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
-cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 
 if [ "$#" -gt 0 ]; then
   targets=("$@")
 else
-  mapfile -t targets < <(cargo +nightly fuzz list)
+  mapfile -t targets < <(cargo fuzz list)
 fi
 
 for target in "${targets[@]}"; do
   echo "== building $target"
-  cargo +nightly fuzz build "$target"
+  cargo fuzz build "$target"
 done
 
 # Fixture folders the targets make go here, and are removed at the end.
@@ -48,7 +50,7 @@ for target in "${targets[@]}"; do
   # fuzz-0.log in the working folder.
   rm -f fuzz-0.log
   set +e
-  TMPDIR="$scratch" cargo +nightly fuzz run "$target" "$corpus" -- \
+  TMPDIR="$scratch" cargo fuzz run "$target" "$corpus" -- \
     -max_total_time="$seconds" -jobs=1 -workers=1 -print_final_stats=1 \
     -artifact_prefix="$artifacts/" >"$log" 2>&1
   status=$?

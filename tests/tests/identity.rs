@@ -531,3 +531,111 @@ async fn check_config_reports_each_broken_kube_rule_with_its_path() -> anyhow::R
     assert!(stderr.contains("authproxy.yaml"), "{stderr}");
     Ok(())
 }
+
+/// An API server that answers every request with a redirect to `to`,
+/// and counts the requests it was sent.
+async fn redirecting_upstream(
+    pki: &TestPki,
+    to: &str,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let cert = pki.issue_server("redirecting")?;
+    let tls = authproxy_tests::pki::server_config(&cert, &[b"http/1.1"])?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = seen.clone();
+    let answer =
+        format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let counted = counted.clone();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while stream.read_exact(&mut byte).await.is_ok() {
+                    head.push(byte[0]);
+                    if head.ends_with(b"\r\n\r\n") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        head.clear();
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, seen))
+}
+
+/// The shape of CVE-2020-8559 and CVE-2022-3172: an API server's redirect is
+/// the caller's to follow, never the proxy's (it would carry the proxy's
+/// credential and the impersonation headers somewhere else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_from_the_api_server_are_never_followed() -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let pki = TestPki::new()?;
+    // Where the redirect points: anything that connects here was followed.
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target = elsewhere.local_addr()?;
+    let followed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = followed.clone();
+    tokio::spawn(async move {
+        while let Ok((_tcp, _)) = elsewhere.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let (upstream, answered) =
+        redirecting_upstream(&pki, &format!("https://{target}/stolen")).await?;
+    let dir = tempfile::tempdir()?;
+    let proxy = authproxy_tests::start_proxy(
+        &pki,
+        dir.path(),
+        &format!("https://{upstream}"),
+        pki.ca_path(),
+        authproxy_tests::PROXY_TOKEN,
+        "",
+    )
+    .await?;
+    let url = format!("https://{}{PODS}/p/exec?command=sh", proxy.addr());
+    for extra in [
+        vec!["--http1.1"],
+        vec!["--http2"],
+        // an upgrade answered with a redirect
+        vec![
+            "--http1.1",
+            "-H",
+            "Connection: Upgrade",
+            "-H",
+            "Upgrade: SPDY/3.1",
+        ],
+    ] {
+        let mut args = vec!["-D", "-", "-H", "Authorization: Bearer alice-token"];
+        args.extend(extra.iter().copied());
+        args.push(&url);
+        let (code, body) = curl_with_ca(pki.ca_path(), &args).await?;
+        assert_eq!(code, 307, "{extra:?}: {body}");
+        assert!(body.contains("/stolen"), "{extra:?}: {body}");
+    }
+    assert!(
+        answered.load(Ordering::SeqCst) >= 3,
+        "the upstream was not asked"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        followed.load(Ordering::SeqCst),
+        0,
+        "a redirect was followed"
+    );
+    proxy.shutdown().await;
+    Ok(())
+}

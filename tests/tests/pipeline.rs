@@ -181,6 +181,9 @@ async fn smuggled_identity_headers_never_reach_kube_over_http1_or_http2() -> any
         "X-Remote-User: mallory-remote",
         "x-remote-group: system:masters",
         "X-Remote-Extra-Scopes: remote-extra",
+        // hop-by-hop by name: must not make the proxy drop its own identity
+        // headers (the shape of CVE-2021-31999)
+        "Connection: Impersonate-User, Impersonate-Group, Impersonate-Uid",
         // a caller's own claim of where it came from: replaced by the address
         // the proxy saw (the caller is not one of trustedProxies)
         "X-Forwarded-For: 203.0.113.9",
@@ -608,5 +611,63 @@ async fn shutdown_stops_accepting_and_lets_in_flight_streams_finish() -> anyhow:
     );
     // and the drain ends by the shutdown deadline (2 s in the test config)
     tokio::time::timeout(Duration::from_secs(10), shutdown).await??;
+    Ok(())
+}
+
+/// Sends `raw` (one or more HTTP/1.1 requests, pipelined) over one TLS
+/// connection to the proxy and reads until the proxy closes it.
+async fn raw_http1(env: &KubeEnv, raw: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = env.proxy.as_ref().map(|p| p.addr()).expect("proxy");
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = authproxy_tests::pki::client_config(env.pki.ca_pem(), &[b"http/1.1"])?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let mut stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    stream.write_all(raw.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+/// The shape of CVE-2018-1002105: an upgrade kube refuses (anything but
+/// 101) must leave no raw pipe to kube behind the caller's connection. What
+/// the caller sends next on it is a request of its own, authenticated again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upgrade_leaves_no_raw_connection_to_kube() -> anyhow::Result<()> {
+    let env = KubeEnv::start().await?;
+    let upgrade_agent = unique_marker("refused-upgrade");
+    let raw_agent = unique_marker("after-upgrade");
+    let raw = format!(
+        "GET /api/v1/namespaces/default/pods/no-such-pod/exec?command=sh&stdout=true HTTP/1.1\r\n\
+         Host: localhost\r\nAuthorization: Bearer alice-token\r\nUser-Agent: {upgrade_agent}\r\n\
+         Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n\
+         GET /api/v1/namespaces/kube-system/secrets HTTP/1.1\r\n\
+         Host: localhost\r\nUser-Agent: {raw_agent}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = raw_http1(&env, &raw).await?;
+    let statuses: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .collect();
+    assert!(!statuses.is_empty(), "no answer: {answer}");
+    assert!(
+        !statuses[0].starts_with("HTTP/1.1 101"),
+        "kube upgraded an exec of a pod that does not exist: {answer}"
+    );
+    // The second request is the proxy's to answer: without a credential, 401.
+    if let Some(second) = statuses.get(1) {
+        assert!(second.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    assert!(!answer.contains("SecretList"), "{answer}");
+    // The upgrade reached kube as alice; the raw request never did.
+    let events = env.kube.wait_audit_by_agent(&upgrade_agent, 1).await?;
+    assert_eq!(
+        events[0]["impersonatedUser"]["username"], "alice",
+        "{}",
+        events[0]
+    );
+    env.assert_not_forwarded(&raw_agent).await?;
     Ok(())
 }

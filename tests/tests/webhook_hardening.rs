@@ -183,6 +183,11 @@ async fn failed_reviews_are_throttled_per_token_never_per_caller() -> anyhow::Re
         assert_eq!(code, 200, "{body}");
         assert!(body.contains(r#""authenticated":false"#), "{body}");
     }
+    // An empty token is a refusal, never a success.
+    let (code, body) = curl_review(pki.ca_path(), addr, "", None).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""authenticated":false"#), "{body}");
+    assert!(!body.contains("username"), "{body}");
     // The same refused token again and again is throttled.
     for _ in 0..3 {
         let (code, body) = curl_review(pki.ca_path(), addr, "repeated-guess", None).await?;
