@@ -10,7 +10,7 @@
 //! the permit is given back when dropped (the response body or the tunnel
 //! ended, or the caller went away).
 //!
-//! `log` counts only with `follow=true`: a plain `kubectl logs` ends on its
+//! `log` counts only with `follow` set: a plain `kubectl logs` ends on its
 //! own as soon as the log is sent.
 
 use std::collections::HashMap;
@@ -21,57 +21,13 @@ pub const DEFAULT_PER_USER: usize = 100;
 /// Default for [`Limits::total`].
 pub const DEFAULT_TOTAL: usize = 10_000;
 
-/// True when kube-apiserver would treat this request as long-running.
-///
-/// `path` is the request path, `query` its query string (undecoded).
-pub fn is_long_running(path: &str, query: Option<&str>) -> bool {
-    let query_flag = |name: &str| {
-        query.is_some_and(|q| {
-            q.split('&').any(|pair| {
-                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-                key == name && matches!(value, "true" | "1" | "True" | "TRUE")
-            })
-        })
-    };
-    let mut parts = crate::path::segments(path).filter(|p| !p.is_empty());
-    // Skip the API prefix: /api/v1 or /apis/<group>/<version>.
-    let skip = match parts.next() {
-        Some("api") => 1,
-        Some("apis") => 2,
-        _ => return false,
-    };
-    // The first five segments after the prefix (all this needs to see) and
-    // how many there are, counting at most six: no allocation per request.
-    let mut seen = [""; 5];
-    let mut len = 0;
-    for part in parts.skip(skip) {
-        if len == seen.len() {
-            len += 1;
-            break;
-        }
-        seen[len] = part;
-        len += 1;
-    }
-    let kept = len.min(seen.len());
-    match seen[..kept].first() {
-        Some(&"watch") | Some(&"proxy") => return true,
-        _ => {}
-    }
-    // namespaces/<ns>/<resource>/... (but namespaces/<name>/<subresource>
-    // is the namespace object itself).
-    let (rest, len) = if len > 2 && seen[0] == "namespaces" {
-        (&seen[2..kept], len - 2)
-    } else {
-        (&seen[..kept], len)
-    };
-    let subresource = rest.get(2).copied();
-    match subresource {
-        Some("attach" | "exec" | "proxy" | "portforward") => true,
-        Some("log") => query_flag("follow"),
-        // A collection or object read with ?watch=true.
-        _ if len <= 2 => query_flag("watch"),
-        _ => false,
-    }
+/// True when the request holds its stream open for as long as the caller
+/// likes: what the caps count. Read once, as kube reads it
+/// ([`crate::observe::request_info::holds_stream`]): a watch however its
+/// flag is written (`?watch`, `?watch=t`, `?watch=%31`), below a named
+/// cluster's prefix too.
+pub fn is_long_running(method: &http::Method, uri: &http::Uri) -> bool {
+    crate::observe::request_info::holds_stream(method, uri, false)
 }
 
 /// Caps on long-running requests.
@@ -203,66 +159,71 @@ impl Drop for Permit {
 mod tests {
     use super::*;
 
+    fn held(method: &str, target: &str) -> bool {
+        is_long_running(&method.parse().unwrap(), &target.parse().unwrap())
+    }
+
     #[test]
     fn kube_long_running_requests_are_recognised() {
-        for (path, query) in [
-            ("/api/v1/pods", Some("watch=true")),
-            (
-                "/api/v1/namespaces/default/pods",
-                Some("labelSelector=a&watch=1"),
-            ),
-            ("/api/v1/namespaces/default/pods/web-0", Some("watch=true")),
-            ("/api/v1/watch/namespaces/default/pods", None),
-            ("/apis/apps/v1/watch/deployments", None),
-            (
-                "/apis/apps/v1/namespaces/default/deployments",
-                Some("watch=true"),
-            ),
-            (
-                "/api/v1/namespaces/default/pods/web-0/exec",
-                Some("command=sh"),
-            ),
-            ("/api/v1/namespaces/default/pods/web-0/attach", None),
-            ("/api/v1/namespaces/default/pods/web-0/portforward", None),
-            ("/api/v1/namespaces/default/pods/web-0/proxy/metrics", None),
-            ("/api/v1/namespaces/default/services/web:80/proxy/", None),
-            ("/api/v1/nodes/node-1/proxy/stats", None),
-            ("/api/v1/proxy/namespaces/default/pods/web-0", None),
-            (
-                "/api/v1/namespaces/default/pods/web-0/log",
-                Some("follow=true"),
-            ),
+        for target in [
+            "/api/v1/pods?watch=true",
+            "/api/v1/namespaces/default/pods?labelSelector=a&watch=1",
+            "/api/v1/watch/namespaces/default/pods",
+            "/apis/apps/v1/watch/deployments",
+            "/apis/apps/v1/namespaces/default/deployments?watch=true",
+            "/api/v1/namespaces/default/pods/web-0/exec?command=sh",
+            "/api/v1/namespaces/default/pods/web-0/attach",
+            "/api/v1/namespaces/default/pods/web-0/portforward",
+            "/api/v1/namespaces/default/pods/web-0/proxy/metrics",
+            "/api/v1/namespaces/default/services/web:80/proxy/",
+            "/api/v1/nodes/node-1/proxy/stats",
+            "/api/v1/proxy/namespaces/default/pods/web-0",
+            "/api/v1/namespaces/default/pods/web-0/log?follow=true",
+            // every spelling kube reads as true
+            "/api/v1/pods?watch=t",
+            "/api/v1/pods?watch=T",
+            "/api/v1/pods?watch=%31",
+            "/api/v1/pods?watch",
+            "/api/v1/pods?watch=",
+            "/api/v1/pods?watch=yes",
+            "/api/v1/pods?w%61tch=1",
+            "/api/v1/pods?watch=1&watch=false",
+            "/api/v1/namespaces/default/pods/web-0/log?follow=yes",
+            // below a named cluster, as its API server reads it
+            "/k8s/clusters/east/api/v1/namespaces/default/pods?watch=1",
+            // percent-encoded path segments, decoded as Go decodes them
+            "/api/v1/namespaces/default/pods/web-0/%65xec",
         ] {
-            assert!(is_long_running(path, query), "{path}?{query:?}");
+            assert!(held("GET", target), "{target}");
         }
+        assert!(held("POST", "/api/v1/watch/namespaces/default/pods"));
     }
 
     #[test]
     fn short_requests_are_not_long_running() {
-        for (path, query) in [
-            ("/api/v1/namespaces/default/pods", None),
-            ("/api/v1/namespaces/default/pods", Some("watch=false")),
-            (
-                "/api/v1/namespaces/default/pods",
-                Some("allowWatchBookmarks=true"),
-            ),
-            ("/api/v1/namespaces/default/pods/web-0/log", None),
-            (
-                "/api/v1/namespaces/default/pods/web-0/log",
-                Some("follow=false"),
-            ),
-            (
-                "/api/v1/namespaces/default/pods/web-0/status",
-                Some("watch=true"),
-            ),
-            ("/api/v1/namespaces/watch", None),
-            ("/apis/authentication.k8s.io/v1/selfsubjectreviews", None),
-            ("/version", Some("watch=true")),
-            ("/healthz", None),
-            ("/", None),
+        for target in [
+            "/api/v1/namespaces/default/pods",
+            "/api/v1/namespaces/default/pods?watch=false",
+            "/api/v1/namespaces/default/pods?watch=FALSE",
+            "/api/v1/namespaces/default/pods?watch=0",
+            "/api/v1/namespaces/default/pods?watch=false&watch=true",
+            "/api/v1/namespaces/default/pods?allowWatchBookmarks=true",
+            "/api/v1/namespaces/default/pods?watch=%zz",
+            "/api/v1/namespaces/default/pods?watch;x=1",
+            "/api/v1/namespaces/default/pods/web-0/log",
+            "/api/v1/namespaces/default/pods/web-0/log?follow=false",
+            // kube reads a named object with ?watch as a get
+            "/api/v1/namespaces/default/pods/web-0?watch=true",
+            "/api/v1/namespaces/default/pods/web-0/status?watch=true",
+            "/api/v1/namespaces/watch",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            "/version?watch=true",
+            "/healthz",
+            "/",
         ] {
-            assert!(!is_long_running(path, query), "{path}?{query:?}");
+            assert!(!held("GET", target), "{target}");
         }
+        assert!(!held("POST", "/api/v1/namespaces/default/pods?watch=true"));
     }
 
     #[test]

@@ -112,6 +112,23 @@ fn hides_dot_segment(segment: &str) -> bool {
     lower.contains("%2f") && lower.split("%2f").any(is_dot_segment)
 }
 
+/// `uri` with its path [`normalize`]d, when that changes it (`Ok(None)`:
+/// the path is already as it will be forwarded). The query is kept as sent.
+pub fn normalize_uri(uri: &http::Uri) -> Result<Option<http::Uri>, PathError> {
+    let Cow::Owned(path) = normalize(uri.path())? else {
+        return Ok(None);
+    };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query).map_err(|_| PathError::NotAbsolute)?,
+    );
+    Ok(http::Uri::from_parts(parts).ok())
+}
+
 /// The path with its dot-segments removed (see the module docs), or why it
 /// cannot be forwarded. `path` is the path part of a request target, without
 /// the query; an empty path is `/`.

@@ -237,3 +237,247 @@ async fn a_watch_is_logged_when_it_starts_and_when_it_ends() -> anyhow::Result<(
         .await?;
     Ok(())
 }
+
+/// The audit log reads the path as it is forwarded: dot-segments cannot hide
+/// a request behind an omitted path, nor make a list look like a get of an
+/// object named `..`; the proxy's event and kube's agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dot_segments_are_resolved_before_the_audit_reads_the_path() -> anyhow::Result<()> {
+    let w = world("level: Metadata, omitPaths: ['/healthz*']").await?;
+    for (sent, uri, resource) in [
+        (
+            "/healthz/../api/v1/namespaces/default/configmaps",
+            "/api/v1/namespaces/default/configmaps",
+            "configmaps",
+        ),
+        (
+            "/api/v1/namespaces/default/configmaps/../pods",
+            "/api/v1/namespaces/default/pods",
+            "pods",
+        ),
+    ] {
+        let agent = unique_marker("dot-segments");
+        let (code, text) = w
+            .curl(&[
+                "--path-as-is",
+                "-A",
+                &agent,
+                "-H",
+                "Authorization: Bearer alice-token",
+                &w.url(sent),
+            ])
+            .await?;
+        assert_eq!(code, 200, "{sent}: {text}");
+        let ours = w.proxy_events(&agent, 1).await?;
+        let event = &ours[0];
+        assert_eq!(event["requestURI"], uri, "{sent}: {event}");
+        assert_eq!(event["verb"], "list", "{sent}: {event}");
+        assert_eq!(event["objectRef"]["resource"], resource, "{sent}: {event}");
+        assert!(event["objectRef"]["name"].is_null(), "{sent}: {event}");
+        let id = event["auditID"].as_str().unwrap_or_default().to_owned();
+        let theirs = w
+            .kube
+            .wait_audit(1, |e| e["auditID"] == id.as_str())
+            .await?;
+        for field in ["requestURI", "verb", "objectRef"] {
+            assert_eq!(theirs[0][field], event[field], "{sent}: {field}");
+        }
+    }
+    Ok(())
+}
+
+/// Paths of the kube-oracle corpus: resource and non-resource, odd forms
+/// (dot-segments, escapes, empty segments, namespace subresources, the
+/// deprecated verb prefixes).
+const CORPUS_PATHS: [&str; 19] = [
+    "/api/v1/namespaces/default/configmaps",
+    "/api/v1/namespaces/default/configmaps/cm-1",
+    "/api/v1/namespaces/default/pods/p-1/log",
+    "/api/v1/namespaces/default/pods/p-1/status",
+    "/api/v1/namespaces/default",
+    "/api/v1/namespaces/default/status",
+    "/api/v1/namespaces/default/finalize",
+    "/api/v1/namespaces",
+    "/api/v1/watch/namespaces/default/configmaps",
+    "/api/v1/proxy/namespaces/default/pods/p-1/x",
+    "/apis/apps/v1/namespaces/default/deployments/d-1/scale",
+    "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "/api/v1/x/../namespaces/default/configmaps",
+    "/api/v1/namespaces/default/configmaps/../pods",
+    "/api/v1/namespaces/./default/config%6Daps",
+    "/api/v1/namespaces/default/configmaps/a%2Fb",
+    "/api//v1/namespaces/default/configmaps",
+    "/apis/apps/v1",
+    "/version",
+];
+
+/// Query forms of the corpus: every spelling of the flags, repeated keys,
+/// selectors that name an object, options that do not decode.
+const CORPUS_QUERIES: [&str; 10] = [
+    "",
+    "?watch=1",
+    "?watch=t",
+    "?watch",
+    "?watch=0",
+    "?watch=false&watch=1",
+    "?w%61tch=1",
+    "?follow=yes",
+    "?fieldSelector=metadata.name%3Dcm-1&limit=1&limit=x",
+    "?fieldSelector=metadata.name%3D%3Dcm-1",
+];
+
+/// kube-apiserver as the oracle: for several hundred odd requests sent
+/// through the proxy, the proxy's audit event and kube's (the same audit ID)
+/// agree on `requestURI`, `verb` and `objectRef`, and on whether the request
+/// was long-running (kube logs `ResponseStarted` only for those).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_reads_every_request_of_a_corpus_as_kube_does() -> anyhow::Result<()> {
+    use futures_util::stream::{self, StreamExt};
+    let w = world("level: Metadata").await?;
+    let mut corpus: Vec<(&str, String)> = Vec::new();
+    for path in CORPUS_PATHS {
+        for query in CORPUS_QUERIES {
+            corpus.push(("GET", format!("{path}{query}")));
+        }
+        for method in ["POST", "PUT", "PATCH", "DELETE"] {
+            for query in ["", "?watch=1"] {
+                corpus.push((method, format!("{path}{query}")));
+            }
+        }
+    }
+    assert!(corpus.len() >= 300, "{}", corpus.len());
+    let marker = unique_marker("corpus");
+    let sent: Vec<anyhow::Result<()>> = stream::iter(corpus.iter().enumerate())
+        .map(|(i, (method, target))| {
+            let w = &w;
+            let agent = format!("{marker}-{i}");
+            async move {
+                let url = w.url(target);
+                let mut args = vec![
+                    "--path-as-is",
+                    "--max-time",
+                    "2",
+                    "-o",
+                    "/dev/null",
+                    "-X",
+                    method,
+                    "-A",
+                    &agent,
+                    "-H",
+                    "Authorization: Bearer alice-token",
+                ];
+                if *method != "GET" && *method != "DELETE" {
+                    args.extend(["-H", "Content-Type: application/json", "-d", "{}"]);
+                }
+                args.push(&url);
+                // Watches end at --max-time: only the audit matters here.
+                let _ = curl_with_ca(w.pki.ca_path(), &args).await;
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for result in sent {
+        result?;
+    }
+    // Every request has its closing event in both logs.
+    let ours_by_agent = wait_for(Duration::from_secs(30), "the proxy's events", || {
+        let path = w.audit.clone();
+        let marker = marker.clone();
+        let want = corpus.len();
+        async move {
+            let events: Vec<Value> = audit_lines(&path)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|e| {
+                    e["userAgent"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with(&marker))
+                })
+                .collect();
+            let done = events
+                .iter()
+                .filter(|e| e["stage"] == "ResponseComplete")
+                .count();
+            Ok((done >= want).then_some(events))
+        }
+    })
+    .await?;
+    let ids: std::collections::HashSet<String> = ours_by_agent
+        .iter()
+        .filter_map(|e| e["auditID"].as_str().map(str::to_owned))
+        .collect();
+    let kube_events = wait_for(Duration::from_secs(30), "kube's events", || {
+        let ids = &ids;
+        let kube = w.kube;
+        async move {
+            let events = kube
+                .audit_where(|e| e["auditID"].as_str().is_some_and(|id| ids.contains(id)))
+                .map_err(|e| e.to_string())?;
+            let done: std::collections::HashSet<&str> = events
+                .iter()
+                .filter(|e| e["stage"] == "ResponseComplete")
+                .filter_map(|e| e["auditID"].as_str())
+                .collect();
+            Ok((done.len() >= ids.len()).then_some(events.clone()))
+        }
+    })
+    .await?;
+    let strip = |object: &Value| {
+        let mut object = object.clone();
+        if let Some(map) = object.as_object_mut() {
+            map.remove("uid");
+            map.remove("resourceVersion");
+        }
+        object
+    };
+    let mut differences = Vec::new();
+    for (i, (method, target)) in corpus.iter().enumerate() {
+        let agent = format!("{marker}-{i}");
+        let ours: Vec<&Value> = ours_by_agent
+            .iter()
+            .filter(|e| e["userAgent"] == agent.as_str())
+            .collect();
+        let Some(complete) = ours.iter().find(|e| e["stage"] == "ResponseComplete") else {
+            differences.push(format!("{method} {target}: no proxy event"));
+            continue;
+        };
+        let id = complete["auditID"].as_str().unwrap_or_default();
+        let theirs: Vec<&Value> = kube_events.iter().filter(|e| e["auditID"] == id).collect();
+        let Some(kube_complete) = theirs.iter().find(|e| e["stage"] == "ResponseComplete") else {
+            differences.push(format!("{method} {target}: no kube event"));
+            continue;
+        };
+        for field in ["requestURI", "verb"] {
+            if complete[field] != kube_complete[field] {
+                differences.push(format!(
+                    "{method} {target}: {field} proxy {} kube {}",
+                    complete[field], kube_complete[field]
+                ));
+            }
+        }
+        if strip(&complete["objectRef"]) != strip(&kube_complete["objectRef"]) {
+            differences.push(format!(
+                "{method} {target}: objectRef proxy {} kube {}",
+                complete["objectRef"], kube_complete["objectRef"]
+            ));
+        }
+        let started = |events: &[&Value]| events.iter().any(|e| e["stage"] == "ResponseStarted");
+        if started(&ours) != started(&theirs) {
+            differences.push(format!(
+                "{method} {target}: long-running proxy {} kube {}",
+                started(&ours),
+                started(&theirs)
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {} requests read differently:\n{}",
+        differences.len(),
+        corpus.len(),
+        differences.join("\n")
+    );
+    Ok(())
+}

@@ -75,3 +75,85 @@ async fn each_serving_thread_reaches_kube_over_its_own_connection() -> anyhow::R
     drop(held);
     Ok(())
 }
+
+/// The per-user cap counts every request kube holds open, however its flag
+/// or path is written: kube reads `?watch=t`, `?watch`, `?watch=%31` and
+/// `?w%61tch=1` as watches, and resolves dot-segments before it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spelling_of_a_watch_counts_against_the_per_user_cap() -> anyhow::Result<()> {
+    let env = KubeEnv::start_with(
+        TestPki::new()?,
+        "limits: {longRunning: {perUser: 2, total: 100}}",
+    )
+    .await?;
+    let configmaps = format!("{}/api/v1/namespaces/default/configmaps", env.proxy_url());
+    // Two plain watches held, one after the other: alice's cap is reached.
+    let mut holders = Vec::new();
+    for i in 0..2 {
+        let headers = env.dir.path().join(format!("holder-{i}.headers"));
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-sS", "-N", "-o", "/dev/null", "--max-time", "60", "-D"])
+            .arg(&headers)
+            .arg("--cacert")
+            .arg(env.pki.ca_path())
+            .args(["-H", "Authorization: Bearer alice-token"])
+            .arg(format!("{configmaps}?watch=1"))
+            .kill_on_drop(true);
+        holders.push(cmd.spawn()?);
+        authproxy_tests::wait_for(Duration::from_secs(20), "a watch held", || {
+            let headers = headers.clone();
+            async move {
+                let text = std::fs::read_to_string(&headers).unwrap_or_default();
+                if text.contains(" 429") {
+                    return Err(text);
+                }
+                Ok(text.contains(" 200").then_some(()))
+            }
+        })
+        .await?;
+    }
+    let base = env.proxy_url();
+    for target in [
+        format!("{configmaps}?watch=t"),
+        format!("{configmaps}?watch=T"),
+        format!("{configmaps}?watch=%31"),
+        format!("{configmaps}?watch"),
+        format!("{configmaps}?watch=yes"),
+        format!("{configmaps}?w%61tch=1"),
+        format!("{configmaps}?watch=1&watch=0"),
+        format!("{base}/api/v1/x/../namespaces/default/configmaps?watch=1"),
+        format!("{base}/api/v1/watch/namespaces/default/configmaps"),
+        format!("{base}/api/v1/namespaces/default/pods/no-such-pod/log?follow=yes"),
+    ] {
+        let (code, body) = env
+            .curl(&[
+                "--path-as-is",
+                "--max-time",
+                "5",
+                "-H",
+                "Authorization: Bearer alice-token",
+                &target,
+            ])
+            .await
+            .unwrap_or((0, "held past 5s".into()));
+        assert_eq!(code, 429, "{target} was not counted: {body}");
+    }
+    // Requests kube answers at once are not counted.
+    for target in [
+        format!("{configmaps}?watch=0"),
+        format!("{configmaps}?watch=false&watch=1"),
+    ] {
+        let (code, body) = env
+            .curl(&[
+                "--max-time",
+                "5",
+                "-H",
+                "Authorization: Bearer alice-token",
+                &target,
+            ])
+            .await?;
+        assert_eq!(code, 200, "{target}: {body}");
+    }
+    drop(holders);
+    Ok(())
+}

@@ -111,7 +111,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if !is_long_running(req.uri().path(), req.uri().query()) {
+        if !is_long_running(req.method(), req.uri()) {
             return Box::pin(self.inner.call(req));
         }
         // Without an identity (the layer used without AuthnLayer) every

@@ -212,6 +212,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // One reading of the path for everything after this: the path as it
+        // will be forwarded, dot-segments resolved (one that cannot be
+        // forwarded stays as sent, and is refused further in).
+        if let Ok(Some(resolved)) = crate::path::normalize_uri(req.uri()) {
+            *req.uri_mut() = resolved;
+        }
         let id = AuditId::next();
         let id_value = id.header_value();
         forget_connection_tokens(req.headers_mut());

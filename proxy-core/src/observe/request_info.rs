@@ -1,16 +1,115 @@
 //! What a Kubernetes API request is about, read from its method and path the
 //! way kube-apiserver's `RequestInfoFactory` reads them: the `verb` of kube's
 //! audit log and RBAC (`get`, `list`, `watch`, `create`, `update`, `patch`,
-//! `delete`, `deletecollection`), the object (`objectRef`), and whether the
-//! request is long-running (watches, logs, exec, attach, port-forward, proxy).
+//! `delete`, `deletecollection`, `proxy`), the object (`objectRef`), and
+//! whether the request is long-running (kube's check: the `watch` and
+//! `proxy` verbs, the `attach`, `exec`, `proxy`, `log` and `portforward`
+//! subresources).
+//!
+//! One reading for every part of the proxy (the long-running caps, the
+//! audit log, metrics), and it is kube's:
+//! - the path is read percent-decoded, as Go's `URL.Path` is (after the
+//!   proxy resolved its dot-segments, see [`crate::path::normalize`]);
+//! - the query is read as Go's `URL.Query()`: keys and values decoded (`+`
+//!   is a space), pairs that do not decode skipped, the first value of a
+//!   repeated key wins;
+//! - a flag (`watch`, `follow`) is true when present with any value but `0`
+//!   or `false` in any letter case (apimachinery's string-to-bool), so
+//!   `?watch`, `?watch=t` and `?watch=%31` are watches;
+//! - `/watch/` and `/proxy/` after the version set the verb whatever the
+//!   method; `namespaces/<ns>/status` and `/finalize` are subresources of the
+//!   namespace; a `GET` of a named object stays `get` even with `?watch=1`.
 //!
 //! Parsing never fails: a path that is not a resource path is a
 //! non-resource request whose verb is the lower-case HTTP method. A path
 //! below a named cluster (`/k8s/clusters/<name>/...`) is read without that
 //! prefix, as the cluster's API server reads it.
 
+use std::borrow::Cow;
+
 use http::{Method, Uri};
 use serde::Serialize;
+
+/// The first value of `key` in `query`, read as Go's `URL.Query()` reads it
+/// (see the module docs); `None` when the key is absent.
+pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<Cow<'a, str>> {
+    query?
+        .split('&')
+        // Go refuses pairs holding ';' (since 1.17) and skips empty ones.
+        .filter(|pair| !pair.is_empty() && !pair.contains(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = query_unescape(k)?;
+            if k != key {
+                return None;
+            }
+            query_unescape(v)
+        })
+}
+
+/// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte; `None` for a bad
+/// escape or bytes that are not UTF-8 (a key or value kube could not match).
+fn query_unescape(text: &str) -> Option<Cow<'_, str>> {
+    if !text.contains(['%', '+']) {
+        return Some(Cow::Borrowed(text));
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+/// apimachinery's string-to-bool: false for `0` and `false` (any case),
+/// true for anything else, the empty value included.
+pub fn kube_bool(value: &str) -> bool {
+    !(value == "0" || value.eq_ignore_ascii_case("false"))
+}
+
+/// Whether the query sets the flag `key` as kube reads it.
+pub fn query_flag(query: Option<&str>, key: &str) -> bool {
+    query_value(query, key).is_some_and(|v| kube_bool(&v))
+}
+
+/// The path as Go's `URL.Path` holds it: percent-decoded (an undecodable
+/// path is read as sent, as it then names no API object kube knows).
+fn decoded_path(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let Some(byte) = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            else {
+                return Cow::Borrowed(path);
+            };
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_or(Cow::Borrowed(path), Cow::Owned)
+}
 
 /// Subresources kube-apiserver treats as long-running.
 const LONG_RUNNING_SUBRESOURCES: [&str; 5] = ["attach", "exec", "proxy", "log", "portforward"];
@@ -70,18 +169,6 @@ fn method_verb(method: &Method) -> &'static str {
     }
 }
 
-/// True when the query holds `watch=true` or `watch=1` (kube's `ParseBool`).
-fn watch_param(uri: &Uri) -> bool {
-    uri.query().is_some_and(|q| {
-        q.split('&').any(|pair| {
-            matches!(
-                pair.split_once('='),
-                Some(("watch", "1" | "t" | "T" | "true" | "TRUE" | "True"))
-            )
-        })
-    })
-}
-
 /// The object a request names, borrowed from its path.
 #[derive(Default)]
 struct Parts<'a> {
@@ -89,7 +176,7 @@ struct Parts<'a> {
     api_version: &'a str,
     namespace: &'a str,
     resource: &'a str,
-    name: &'a str,
+    name: Cow<'a, str>,
     subresource: &'a str,
 }
 
@@ -98,7 +185,7 @@ impl Parts<'_> {
         ObjectRef {
             resource: self.resource.to_owned(),
             namespace: self.namespace.to_owned(),
-            name: self.name.to_owned(),
+            name: self.name.clone().into_owned(),
             api_group: self.api_group.to_owned(),
             api_version: self.api_version.to_owned(),
             subresource: self.subresource.to_owned(),
@@ -106,26 +193,121 @@ impl Parts<'_> {
     }
 }
 
-/// The verb, the object (for resource requests) and whether it is long-running.
-fn read<'a>(
-    method: &Method,
-    uri: &'a Uri,
-    upgrade: bool,
-) -> (&'static str, Option<Parts<'a>>, bool) {
-    let non_resource = (method_verb(method), None, upgrade);
-    // `/k8s/clusters/<name>/api/...` is read as the API server behind it reads it.
-    let path = crate::upstream::router::strip_cluster_prefix(uri.path());
-    let mut segments = crate::path::segments(path);
-    let (api_group, api_version) = match segments.next() {
-        Some("api") => ("", segments.next()),
-        Some("apis") => match (segments.next(), segments.next()) {
-            (Some(group), Some(version)) => (group, Some(version)),
-            _ => return non_resource,
-        },
-        _ => return non_resource,
+/// Whether kube's list options decode from `query` (else kube reads only
+/// the watch flag): its integer options are integers and its field
+/// selector parses.
+fn list_options_decode(query: Option<&str>) -> bool {
+    let integer = |key| query_value(query, key).is_none_or(|v| v.parse::<i64>().is_ok());
+    integer("limit")
+        && integer("timeoutSeconds")
+        && query_value(query, "fieldSelector").is_none_or(|s| field_selector_terms(&s).is_some())
+}
+
+/// The terms of a field selector as `(field, operator, value)`, unescaped
+/// (`\,`, `\=`, `\!` and `\\` stand for themselves); `None` when it does not
+/// parse.
+fn field_selector_terms(selector: &str) -> Option<Vec<(String, &'static str, String)>> {
+    let mut terms = Vec::new();
+    if selector.is_empty() {
+        return Some(terms);
+    }
+    // Split on commas that are not escaped.
+    let mut parts = vec![String::new()];
+    let mut escaped = false;
+    for c in selector.chars() {
+        let last = parts.last_mut()?;
+        if escaped {
+            last.push('\\');
+            last.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == ',' {
+            parts.push(String::new());
+        } else {
+            last.push(c);
+        }
+    }
+    if escaped {
+        return None;
+    }
+    for part in parts {
+        // The first operator at an unescaped position: "!=", "==", "=".
+        let bytes = part.as_bytes();
+        let mut i = 0;
+        let mut found = None;
+        while i < bytes.len() {
+            if bytes[i] == b'\\' {
+                i += 2;
+                continue;
+            }
+            for op in ["!=", "==", "="] {
+                if part[i..].starts_with(op) {
+                    found = Some((i, op));
+                    break;
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+            i += 1;
+        }
+        let (at, op) = found?;
+        let unescape = |text: &str| -> Option<String> {
+            let mut out = String::new();
+            let mut chars = text.chars();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    match chars.next()? {
+                        e @ ('\\' | ',' | '=' | '!') => out.push(e),
+                        _ => return None,
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            Some(out)
+        };
+        let field = unescape(part[..at].trim())?;
+        let value = unescape(&part[at + op.len()..])?;
+        terms.push((field, op, value));
+    }
+    Some(terms)
+}
+
+/// The name a field selector requires (`metadata.name=x` or `==x`), when it
+/// is one kube accepts as a path segment.
+fn selected_name(selector: &str) -> Option<String> {
+    field_selector_terms(selector)?
+        .into_iter()
+        .find(|(field, op, _)| field == "metadata.name" && *op != "!=")
+        .map(|(_, _, value)| value)
+        .filter(|name| name != "." && name != ".." && !name.contains(['/', '%']))
+}
+
+/// How a request was read: its verb, the object it names (borrowed from
+/// the decoded path) and kube's long-running check.
+struct Reading<'a> {
+    verb: &'static str,
+    parts: Option<Parts<'a>>,
+    long_running: bool,
+}
+
+/// Reads the decoded `path` and `query` as kube's `RequestInfoFactory`.
+fn read<'a>(method: &Method, path: &'a str, query: Option<&str>, upgrade: bool) -> Reading<'a> {
+    let non_resource = Reading {
+        verb: method_verb(method),
+        parts: None,
+        long_running: upgrade,
     };
-    let Some(api_version) = api_version.filter(|v| !v.is_empty()) else {
-        return non_resource;
+    // `/k8s/clusters/<name>/api/...` is read as the API server behind it reads it.
+    let path = crate::upstream::router::strip_cluster_prefix(path);
+    let all: Vec<&str> = crate::path::segments(path).collect();
+    // kube needs at least prefix, (group,) version and one more part.
+    let (api_group, api_version, rest) = match all.as_slice() {
+        ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
+        ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
+        _ => return non_resource,
     };
     let mut verb = match *method {
         Method::POST => "create",
@@ -135,92 +317,125 @@ fn read<'a>(
         Method::DELETE => "delete",
         _ => "",
     };
-    let mut first = segments.next().filter(|s| !s.is_empty());
-    // `/api/v1/watch/...`: the deprecated watch prefix.
-    if first == Some("watch") {
-        if verb == "get" {
-            verb = "watch";
+    let mut rest = rest;
+    // `/watch/...` and `/proxy/...`: kube's special verbs, whatever the method.
+    if let [special @ ("watch" | "proxy"), after @ ..] = rest {
+        if after.is_empty() {
+            // kube: "unable to determine kind and namespace from url".
+            return non_resource;
         }
-        first = segments.next().filter(|s| !s.is_empty());
+        verb = if *special == "watch" {
+            "watch"
+        } else {
+            "proxy"
+        };
+        rest = after;
     }
-    let Some(first) = first else {
-        return non_resource;
-    };
     let mut parts = Parts {
         api_group,
         api_version,
         ..Parts::default()
     };
-    let second = segments.next();
-    // `namespaces/<ns>/<resource>...`, but `namespaces` and `namespaces/<ns>`
-    // alone are the namespace objects themselves.
-    match (first, second) {
-        ("namespaces", Some(namespace)) => {
-            parts.namespace = namespace;
-            match segments.next() {
-                Some(resource) => {
-                    parts.resource = resource;
-                    parts.name = segments.next().unwrap_or("");
-                }
-                None => {
-                    parts.resource = "namespaces";
-                    parts.name = namespace;
-                }
+    // `namespaces/<ns>/<resource>...`; `namespaces/<ns>` and its `status`
+    // and `finalize` are the namespace object itself.
+    if let ["namespaces", namespace, more @ ..] = rest {
+        parts.namespace = namespace;
+        if !more.is_empty() && !matches!(more[0], "status" | "finalize") {
+            rest = more;
+        }
+    }
+    // rest: resource/name/subresource/...; the proxy verb has no subresource.
+    parts.resource = rest.first().copied().unwrap_or("");
+    parts.name = Cow::Borrowed(rest.get(1).copied().unwrap_or(""));
+    if verb != "proxy" {
+        parts.subresource = rest.get(2).copied().unwrap_or("");
+    }
+    if parts.name.is_empty() && verb == "get" {
+        verb = if query_flag(query, "watch") {
+            "watch"
+        } else {
+            "list"
+        };
+        // kube names the object a list or watch selects by name, when its
+        // list options decode.
+        if list_options_decode(query) {
+            if let Some(name) =
+                query_value(query, "fieldSelector").and_then(|selector| selected_name(&selector))
+            {
+                parts.name = Cow::Owned(name);
             }
         }
-        (resource, name) => {
-            parts.resource = resource;
-            parts.name = name.unwrap_or("");
-        }
     }
-    parts.subresource = segments.next().unwrap_or("");
+    if parts.name.is_empty() && verb == "delete" {
+        verb = "deletecollection";
+    }
     if verb.is_empty() {
-        return (method_verb(method), Some(parts), upgrade);
+        verb = method_verb(method);
     }
-    if parts.name.is_empty() {
-        if verb == "get" {
-            verb = if watch_param(uri) { "watch" } else { "list" };
-        } else if verb == "delete" {
-            verb = "deletecollection";
-        }
-    } else if verb == "get" && watch_param(uri) {
-        // kube turns a watch of one named object into a list-watch by field selector.
-        verb = "watch";
+    let long_running = upgrade
+        || matches!(verb, "watch" | "proxy")
+        || LONG_RUNNING_SUBRESOURCES.contains(&parts.subresource);
+    Reading {
+        verb,
+        parts: Some(parts),
+        long_running,
     }
-    let long_running =
-        upgrade || verb == "watch" || LONG_RUNNING_SUBRESOURCES.contains(&parts.subresource);
-    (verb, Some(parts), long_running)
+}
+
+/// Reads `uri` with `f`: its path as it will be forwarded (dot-segments
+/// resolved; a path that cannot be forwarded is read as sent, and refused
+/// later), then decoded as kube decodes it.
+fn with_reading<T>(
+    method: &Method,
+    uri: &Uri,
+    upgrade: bool,
+    f: impl FnOnce(Reading<'_>) -> T,
+) -> T {
+    let resolved = crate::path::normalize(uri.path()).unwrap_or(Cow::Borrowed(uri.path()));
+    let path = decoded_path(&resolved);
+    f(read(method, &path, uri.query(), upgrade))
+}
+
+/// Whether a request holds its stream open for as long as the caller likes
+/// (what the long-running caps count): kube's long-running requests, but a
+/// `log` only with `follow` (a plain `kubectl logs` ends when the log is
+/// sent), and every protocol upgrade.
+pub fn holds_stream(method: &Method, uri: &Uri, upgrade: bool) -> bool {
+    with_reading(method, uri, upgrade, |r| {
+        let log = r.parts.as_ref().is_some_and(|p| p.subresource == "log");
+        r.long_running && (!log || upgrade || query_flag(uri.query(), "follow"))
+    })
 }
 
 /// Reads `method` and `uri` as kube-apiserver does. `upgrade` marks a
 /// protocol upgrade (exec, attach, port-forward), always long-running.
 pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
-    let (verb, parts, long_running) = read(method, uri, upgrade);
-    RequestInfo {
-        verb,
-        object: parts.map(|p| p.to_object()),
-        long_running,
-    }
+    with_reading(method, uri, upgrade, |r| RequestInfo {
+        verb: r.verb,
+        object: r.parts.map(|p| p.to_object()),
+        long_running: r.long_running,
+    })
 }
 
-/// Like [`parse`] without the object: no allocation, for the hot path.
-/// Also says whether the request names an object (see [`object_ref`]).
+/// Like [`parse`] without the object, for the hot path. Also says whether
+/// the request names an object (see [`object_ref`]).
 pub fn classify(method: &Method, uri: &Uri, upgrade: bool) -> (RequestInfo, bool) {
-    let (verb, parts, long_running) = read(method, uri, upgrade);
-    (
-        RequestInfo {
-            verb,
-            object: None,
-            long_running,
-        },
-        parts.is_some(),
-    )
+    with_reading(method, uri, upgrade, |r| {
+        (
+            RequestInfo {
+                verb: r.verb,
+                object: None,
+                long_running: r.long_running,
+            },
+            r.parts.is_some(),
+        )
+    })
 }
 
 /// The object a request's path names, if it names one (the method does
 /// not change it).
 pub fn object_ref(uri: &Uri) -> Option<ObjectRef> {
-    read(&Method::GET, uri, false).1.map(|p| p.to_object())
+    with_reading(&Method::GET, uri, false, |r| r.parts.map(|p| p.to_object()))
 }
 
 #[cfg(test)]
@@ -341,6 +556,148 @@ mod tests {
                 (full.verb, full.long_running),
                 (light.verb, light.long_running)
             );
+        }
+    }
+
+    #[test]
+    fn requests_are_read_as_kube_reads_them() {
+        for (method, uri, verb, object) in [
+            // a named object with ?watch is a get to kube
+            (
+                "GET",
+                "/api/v1/namespaces/d/pods/p?watch=1",
+                "get",
+                "pods d/p",
+            ),
+            // the special verbs, whatever the method
+            (
+                "POST",
+                "/api/v1/watch/namespaces/d/pods",
+                "watch",
+                "pods d/",
+            ),
+            (
+                "GET",
+                "/api/v1/proxy/namespaces/d/pods/p/x/y",
+                "proxy",
+                "pods d/p",
+            ),
+            // namespace subresources
+            (
+                "PUT",
+                "/api/v1/namespaces/d/status",
+                "update",
+                "namespaces d/d status",
+            ),
+            (
+                "PUT",
+                "/api/v1/namespaces/d/finalize",
+                "update",
+                "namespaces d/d finalize",
+            ),
+            // flags as kube reads them
+            ("GET", "/api/v1/pods?watch=yes", "watch", "pods /"),
+            ("GET", "/api/v1/pods?watch=%31", "watch", "pods /"),
+            ("GET", "/api/v1/pods?watch", "watch", "pods /"),
+            ("GET", "/api/v1/pods?watch=0&watch=1", "list", "pods /"),
+            ("GET", "/api/v1/pods?watch=%zz", "list", "pods /"),
+            // a decoded path
+            (
+                "GET",
+                "/api/v1/namespaces/d/config%6Daps/c",
+                "get",
+                "configmaps d/c",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/pods/a%2Fb",
+                "get",
+                "pods d/a b",
+            ),
+            // too short for kube to name a resource
+            ("GET", "/api/v1/watch", "get", ""),
+            ("GET", "/apis/apps/v1", "get", ""),
+            // a list or watch that selects one name names it
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name%3Dc1",
+                "list",
+                "configmaps d/c1",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?watch=1&fieldSelector=a%3Db,metadata.name%3D%3Dc1",
+                "watch",
+                "configmaps d/c1",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name!%3Dc1",
+                "list",
+                "configmaps d/",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?limit=x&fieldSelector=metadata.name%3Dc1",
+                "list",
+                "configmaps d/",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name%3D..",
+                "list",
+                "configmaps d/",
+            ),
+            // resolved before it is read
+            (
+                "GET",
+                "/api/v1/x/../namespaces/d/pods?watch=1",
+                "watch",
+                "pods d/",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps/../secrets",
+                "list",
+                "secrets d/",
+            ),
+        ] {
+            let i = info(method, uri);
+            let seen = i
+                .object
+                .map(|o| {
+                    format!(
+                        "{} {}/{} {}",
+                        o.resource, o.namespace, o.name, o.subresource
+                    )
+                    .trim_end()
+                    .to_owned()
+                })
+                .unwrap_or_default();
+            assert_eq!((i.verb, seen.as_str()), (verb, object), "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn query_values_are_read_as_go_reads_them() {
+        assert_eq!(query_value(Some("a=1&b=2"), "b").as_deref(), Some("2"));
+        assert_eq!(query_value(Some("b=1&b=2"), "b").as_deref(), Some("1"));
+        assert_eq!(
+            query_value(Some("%62=x+y%21"), "b").as_deref(),
+            Some("x y!")
+        );
+        assert_eq!(query_value(Some("b"), "b").as_deref(), Some(""));
+        assert_eq!(query_value(Some("b=%zz&b=2"), "b").as_deref(), Some("2"));
+        assert_eq!(query_value(Some("b=1;c=2"), "b"), None);
+        assert_eq!(query_value(None, "b"), None);
+        for (value, flag) in [
+            ("", true),
+            ("0", false),
+            ("FaLsE", false),
+            ("no", true),
+            ("1", true),
+        ] {
+            assert_eq!(kube_bool(value), flag, "{value:?}");
         }
     }
 
