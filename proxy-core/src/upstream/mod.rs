@@ -549,8 +549,11 @@ where
                     req = back;
                 }
                 Err(http2::SendError::GoneAway(back) | http2::SendError::Refused(back)) => {
-                    // What the caller has not sent yet is read and dropped.
-                    drop(DrainOnDrop::new(back.into_body()));
+                    // What the caller has not sent yet is read and dropped,
+                    // nothing of it kept.
+                    let mut body = back.into_body();
+                    body.forget();
+                    drop(DrainOnDrop::new(body));
                     tracing::warn!("upstream connections keep going away or refusing streams");
                     return Ok(failure_status(false));
                 }
@@ -685,6 +688,11 @@ impl<B> DrainOnDrop<B> {
     /// The body back, as it is, without draining it.
     pub(crate) fn into_inner(mut self) -> Option<B> {
         self.inner.take()
+    }
+
+    /// The body, kept here.
+    pub(crate) fn get_mut(&mut self) -> Option<&mut B> {
+        self.inner.as_mut()
     }
 }
 
