@@ -60,6 +60,7 @@ pub mod long_running;
 pub mod observe;
 pub mod path;
 pub mod rate_limit;
+pub mod refusal;
 pub mod reload;
 pub mod status;
 pub mod tls;

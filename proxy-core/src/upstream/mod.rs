@@ -45,6 +45,8 @@ pub use replay::{REPLAY_BUDGET, REPLAY_LIMIT};
 
 use replay::Replay;
 
+use crate::refusal::with_unread_body;
+
 use crate::body::{Hold, ProxyBody};
 use crate::counters::{Open, Protocol, RetryReason, UpstreamCounters};
 use crate::impersonate::is_upgrade;
@@ -485,7 +487,8 @@ where
             Ok(uri) => *req.uri_mut() = uri,
             Err(message) => {
                 let status = Status::failure(StatusCode::BAD_REQUEST, Reason::BadRequest, message);
-                return Box::pin(std::future::ready(Ok(status.into_response())));
+                let refusal = with_unread_body(status.into_response(), req.into_body());
+                return Box::pin(std::future::ready(Ok(refusal)));
             }
         }
         match self.inner.token.current() {
@@ -565,7 +568,10 @@ where
             Ok(pool::Route::Http1) => break,
             Err(error) => {
                 tracing::warn!(%error, "upstream request failed");
-                return Ok(failure_status(true));
+                // Nothing of the body was sent: it goes unread with the refusal.
+                let mut body = req.into_body();
+                body.forget();
+                return Ok(with_unread_body(failure_status(true), body.into_inner()));
             }
         }
     }

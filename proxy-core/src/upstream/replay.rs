@@ -88,15 +88,26 @@ pub(crate) struct Replay<B> {
     /// Frames to give out again before the next of `inner`: the copy of the
     /// data as one frame, then the trailers.
     again: VecDeque<Frame<Bytes>>,
-    /// The capacity of the copy waiting in `again`, taken from `budget`.
-    again_charge: usize,
     /// What was given out since the start (or the last rewind), while it
     /// fits in [`REPLAY_LIMIT`] and the budget; `None` once it did not, or
     /// once the request cannot be sent again.
     kept: Option<Kept>,
-    /// The capacity of `kept`'s buffer, taken from `budget`.
-    kept_charge: usize,
+    charges: Charges,
+}
+
+/// What a [`Replay`] took from its budget, given back when dropped.
+struct Charges {
     budget: &'static Budget,
+    /// The capacity of the copy waiting in `again`.
+    again: usize,
+    /// The capacity of `kept`'s buffer.
+    kept: usize,
+}
+
+impl Drop for Charges {
+    fn drop(&mut self) {
+        self.budget.give_back(self.kept + self.again);
+    }
 }
 
 impl<B> Replay<B> {
@@ -110,10 +121,12 @@ impl<B> Replay<B> {
         Replay {
             inner: body,
             again: VecDeque::new(),
-            again_charge: 0,
             kept: Some(Kept::default()),
-            kept_charge: 0,
-            budget,
+            charges: Charges {
+                budget,
+                again: 0,
+                kept: 0,
+            },
         }
     }
 
@@ -122,7 +135,16 @@ impl<B> Replay<B> {
     /// given out.
     pub(crate) fn forget(&mut self) {
         self.kept = None;
-        self.budget.give_back(std::mem::take(&mut self.kept_charge));
+        self.charges
+            .budget
+            .give_back(std::mem::take(&mut self.charges.kept));
+    }
+
+    /// The body as it was given, what was kept dropped. Frames waiting to
+    /// be given out again are dropped too: after a rewind, what comes is
+    /// the rest of what the caller sends.
+    pub(crate) fn into_inner(self) -> B {
+        self.inner
     }
 
     /// Starts the body again from its first frame; false when what it gave
@@ -140,7 +162,7 @@ impl<B> Replay<B> {
             let data = std::mem::take(&mut kept.data);
             self.again.push_front(Frame::data(Bytes::from(data)));
             // The buffer is the same, held in `again` now.
-            self.again_charge += std::mem::take(&mut self.kept_charge);
+            self.charges.again += std::mem::take(&mut self.charges.kept);
         }
         true
     }
@@ -161,20 +183,14 @@ impl<B> Replay<B> {
         if len > capacity {
             // Doubled, as a `Vec` grows, but never past the limit.
             let grown = len.max(capacity.saturating_mul(2)).min(REPLAY_LIMIT);
-            if len > REPLAY_LIMIT || !self.budget.take(grown - capacity) {
+            if len > REPLAY_LIMIT || !self.charges.budget.take(grown - capacity) {
                 self.forget();
                 return;
             }
             kept.data.reserve_exact(grown - kept.data.len());
-            self.kept_charge += grown - capacity;
+            self.charges.kept += grown - capacity;
         }
         kept.data.extend_from_slice(data);
-    }
-}
-
-impl<B> Drop for Replay<B> {
-    fn drop(&mut self) {
-        self.budget.give_back(self.kept_charge + self.again_charge);
     }
 }
 
@@ -194,8 +210,9 @@ where
             Some(frame) => {
                 if frame.is_data() {
                     // Handed on; what is kept of it is a copy of its own.
-                    this.budget
-                        .give_back(std::mem::take(&mut this.again_charge));
+                    this.charges
+                        .budget
+                        .give_back(std::mem::take(&mut this.charges.again));
                 }
                 Some(Ok(frame))
             }
