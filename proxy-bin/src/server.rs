@@ -256,16 +256,20 @@ impl Proxy {
             }
             let nested = match settings.mode {
                 nested::Mode::Deny => NestedImpersonationLayer::deny(),
-                nested::Mode::Authorize => NestedImpersonationLayer::authorize(
-                    nested::Reviewer::new(
+                nested::Mode::Authorize => {
+                    let reviewer = nested::Reviewer::new(
                         options,
                         &settings,
                         front_proxy
                             .clone()
                             .unwrap_or_else(HeaderNames::impersonation),
                     )
-                    .map_err(in_section)?,
-                ),
+                    .map_err(in_section)?;
+                    if let Some(metrics) = &metrics {
+                        metrics.observe_reviews(reviewer.counters().clone());
+                    }
+                    NestedImpersonationLayer::authorize(reviewer)
+                }
             };
             Ok::<_, StartError>(proxy_core::Cluster {
                 nested,

@@ -20,6 +20,7 @@
 //! surrounding blanks, an empty user name) is refused, never forwarded.
 
 pub mod nested;
+mod review;
 mod strip;
 
 pub(crate) use strip::{dashed, HOP_BY_HOP};
