@@ -49,6 +49,16 @@ pub(crate) fn dashed(name: &str) -> Cow<'_, str> {
     }
 }
 
+/// Whether header names `a` and `b` are the same in any letter case, with
+/// `_` read as `-`.
+fn same_name(a: &str, b: &str) -> bool {
+    let fold = |c: u8| match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
 /// True when the request asks for a protocol upgrade (`Connection: upgrade`
 /// together with an `Upgrade` header), as kubectl exec/attach/port-forward do.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -84,14 +94,14 @@ pub fn strip_caller_identity(headers: &mut HeaderMap) {
         None
     };
     // Headers the caller declared hop-by-hop in `Connection`.
-    let mut listed: Vec<String> = Vec::new();
-    for v in headers.get_all(header::CONNECTION).iter() {
-        if let Ok(v) = v.to_str() {
-            for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                listed.push(dashed(token).into_owned());
-            }
-        }
-    }
+    let listed: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
     // One pass over the names present: most requests carry a handful of
     // headers, and removing an absent name still costs a hash and a probe.
     let mut doomed: Vec<HeaderName> = Vec::new();
@@ -105,11 +115,12 @@ pub fn strip_caller_identity(headers: &mut HeaderMap) {
         };
         if is_callers_identity(&read)
             || (underscored && ORIGIN.contains(&&*read))
-            || listed.iter().any(|l| *l == read)
+            || listed.iter().any(|l| same_name(l, &read))
         {
             doomed.push(name.clone());
         }
     }
+    drop(listed);
     for name in doomed {
         headers.remove(name);
     }
