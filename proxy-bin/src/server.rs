@@ -23,6 +23,7 @@ use proxy_core::credential::{ClientAddr, ClientCertificate};
 use proxy_core::forwarded::{Origin, TrustedProxies};
 use proxy_core::impersonate::{nested, ForwardMode, HeaderNames};
 use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
+use proxy_core::refusal::{read_before_refusal, read_some};
 use proxy_core::status::{Reason, Status};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
@@ -261,16 +262,20 @@ impl Proxy {
             }
             let nested = match settings.mode {
                 nested::Mode::Deny => NestedImpersonationLayer::deny(),
-                nested::Mode::Authorize => NestedImpersonationLayer::authorize(
-                    nested::Reviewer::new(
+                nested::Mode::Authorize => {
+                    let reviewer = nested::Reviewer::new(
                         options,
                         &settings,
                         front_proxy
                             .clone()
                             .unwrap_or_else(HeaderNames::impersonation),
                     )
-                    .map_err(in_section)?,
-                ),
+                    .map_err(in_section)?;
+                    if let Some(metrics) = &metrics {
+                        metrics.observe_reviews(reviewer.counters().clone());
+                    }
+                    NestedImpersonationLayer::authorize(reviewer)
+                }
             };
             Ok::<_, StartError>(proxy_core::Cluster {
                 nested,
@@ -408,12 +413,15 @@ impl Proxy {
             // Agents prove their cluster with its registration token, not as users.
             return Ok(match &self.agents {
                 Some(agents) => agents.accept(req, peer),
-                None => Status::failure(
-                    StatusCode::NOT_FOUND,
-                    Reason::NotFound,
-                    "no cluster is reached through agents",
-                )
-                .into_response(),
+                None => {
+                    read_some(req.into_body()).await;
+                    Status::failure(
+                        StatusCode::NOT_FOUND,
+                        Reason::NotFound,
+                        "no cluster is reached through agents",
+                    )
+                    .into_response()
+                }
             });
         }
         if req.uri().path() == TOKEN_PATH {
@@ -427,15 +435,21 @@ impl Proxy {
                     };
                     return self.stack.around(service).call(req).await;
                 }
-                None => Status::failure(
-                    StatusCode::NOT_FOUND,
-                    Reason::BadRequest,
-                    "issued tokens are not enabled",
-                )
-                .into_response(),
+                None => {
+                    read_some(req.into_body()).await;
+                    Status::failure(
+                        StatusCode::NOT_FOUND,
+                        Reason::BadRequest,
+                        "issued tokens are not enabled",
+                    )
+                    .into_response()
+                }
             });
         }
-        self.stack.call(req).await
+        // A refusal made before the body was read goes out once some of it
+        // was: see proxy_core::refusal.
+        let response = self.stack.call(req).await?;
+        Ok(read_before_refusal::<Incoming>(response).await)
     }
 }
 

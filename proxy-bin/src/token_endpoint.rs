@@ -20,6 +20,7 @@ use proxy_core::config::IssuedTokensConfig;
 use proxy_core::counters::{ThrottleCounters, ThrottleScope};
 use proxy_core::credential::{ClientAddr, Credential};
 use proxy_core::rate_limit::RateLimiter;
+use proxy_core::refusal::read_some;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{Chain, ProxyBody};
 
@@ -94,6 +95,8 @@ impl TokenEndpoint {
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         if parts.method != http::Method::POST {
+            // Some of the body is read first (see proxy_core::refusal).
+            read_some(body).await;
             return Status::failure(
                 StatusCode::METHOD_NOT_ALLOWED,
                 Reason::BadRequest,
@@ -105,6 +108,7 @@ impl TokenEndpoint {
             if let Err(wait) = self.per_client.acquire_client(*ip) {
                 tracing::info!(client = %ip, "token request refused: client rate limit");
                 self.throttled.throttled(ThrottleScope::Client);
+                read_some(body).await;
                 return too_many(wait, "from this address");
             }
         }

@@ -16,6 +16,7 @@ use proxy_core::body::read_limited;
 use proxy_core::counters::{ThrottleCounters, ThrottleScope};
 use proxy_core::credential::{ClientCertificate, Secret};
 use proxy_core::rate_limit::RateLimiter;
+use proxy_core::refusal::read_some;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{tokenreview, Chain, ProxyBody};
 use tokio::net::TcpListener;
@@ -116,6 +117,8 @@ impl Webhook {
             }
             (&Method::POST, _) => {}
             _ => {
+                // Some of the body is read first (see proxy_core::refusal).
+                read_some(req.into_body()).await;
                 return Status::failure(
                     StatusCode::METHOD_NOT_ALLOWED,
                     Reason::BadRequest,

@@ -65,7 +65,7 @@ fn demo_prints_commands_that_show_the_impersonated_identity_and_a_401() {
         commands.len() >= 5,
         "too few commands printed: {commands:?}"
     );
-    let run_once = |command: &str| {
+    let run = |command: &str| {
         let out = Command::new("sh")
             .args(["-c", command])
             .env_remove("KUBECONFIG")
@@ -76,20 +76,6 @@ fn demo_prints_commands_that_show_the_impersonated_identity_and_a_401() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    };
-    // The proxy may answer before curl has sent the whole request body (its
-    // own 401/403, or an upstream that answers early); HTTP/2 then ends the
-    // stream with the response followed by RST_STREAM(NO_ERROR), which a
-    // client must accept (RFC 9113, 8.1). curl 7.88 prints the response and
-    // still reports "(92) Stream error in the HTTP/2 framing layer": that
-    // one error is retried once, everything else must hold on the first try.
-    let run = |command: &str| {
-        let out = run_once(command);
-        if out.contains("curl: (92)") {
-            eprintln!("retrying after: {out}");
-            return run_once(command);
-        }
-        out
     };
     let whoami = run(&commands[0]);
     assert!(whoami.contains(r#""username":"alice""#), "{whoami}");

@@ -89,6 +89,62 @@ impl HistogramSnapshot {
     }
 }
 
+/// How one check of a caller's own impersonation (`kubectl --as`) was
+/// answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewResult {
+    /// Asked of the API server, which allowed it.
+    Allowed,
+    /// Asked of the API server, which refused it.
+    Denied,
+    /// Asked of the API server, which could not be asked or answered badly.
+    Failed,
+    /// Answered from the cache: not asked.
+    Cached,
+    /// Not asked: the user's review budget was used up.
+    Throttled,
+}
+
+impl ReviewResult {
+    /// Every result, in label order.
+    pub const ALL: [ReviewResult; 5] = [
+        ReviewResult::Allowed,
+        ReviewResult::Denied,
+        ReviewResult::Failed,
+        ReviewResult::Cached,
+        ReviewResult::Throttled,
+    ];
+
+    /// The `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReviewResult::Allowed => "allowed",
+            ReviewResult::Denied => "denied",
+            ReviewResult::Failed => "error",
+            ReviewResult::Cached => "cached",
+            ReviewResult::Throttled => "throttled",
+        }
+    }
+}
+
+/// Checks of callers' own impersonation, by result.
+#[derive(Debug, Default)]
+pub struct ReviewCounters {
+    counts: [AtomicU64; 5],
+}
+
+impl ReviewCounters {
+    /// Counts one check.
+    pub fn count(&self, result: ReviewResult) {
+        self.counts[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Checks with `result` so far.
+    pub fn get(&self, result: ReviewResult) -> u64 {
+        self.counts[result as usize].load(Ordering::Relaxed)
+    }
+}
+
 /// Which budget refused a login.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleScope {

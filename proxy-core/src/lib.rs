@@ -61,6 +61,7 @@ pub mod observe;
 pub mod path;
 pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod refusal;
 pub mod reload;
 pub mod status;
 pub mod tls;

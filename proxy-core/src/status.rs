@@ -46,10 +46,19 @@ pub struct Status {
     pub reason: Reason,
     /// The HTTP status code, repeated in the body as kube does.
     pub code: u16,
+    /// How long to wait before trying again, for a 429.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<Details>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 struct Metadata {}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Details {
+    retry_after_seconds: u64,
+}
 
 impl Status {
     /// A failure Status with the given HTTP code, reason and message.
@@ -62,7 +71,17 @@ impl Status {
             message: message.into(),
             reason,
             code: code.as_u16(),
+            details: None,
         }
+    }
+
+    /// The Status telling the caller to wait `seconds` before trying again,
+    /// as kube does: `details.retryAfterSeconds` and a `Retry-After` header.
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.details = Some(Details {
+            retry_after_seconds: seconds,
+        });
+        self
     }
 
     /// 401 Unauthorized with kube's wording.
@@ -92,6 +111,12 @@ impl Status {
         let mut response = Response::new(ProxyBody::full(body));
         *response.status_mut() = code;
         response.extensions_mut().insert(self.reason);
+        if let Some(details) = &self.details {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(details.retry_after_seconds),
+            );
+        }
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -3,7 +3,8 @@
 //! checked with SubjectAccessReviews as kube-apiserver checks it, taken when
 //! RBAC allows it (kube's audit log then names who really asked), refused
 //! with kube's wording when not, and refused outright in `deny` mode. Never
-//! dropped silently.
+//! dropped silently. The reviews it costs are bounded per request and per
+//! user.
 
 use authproxy_tests::kube::{unique_marker, KubeEnv, PROXY_SERVICE_ACCOUNT};
 use authproxy_tests::{output_text, TestPki};
@@ -287,5 +288,70 @@ async fn deny_mode_refuses_every_caller_impersonation() -> anyhow::Result<()> {
     // Without --as, alice is alice.
     let review = whoami(&env, &[]).await?.map_err(anyhow::Error::msg)?;
     assert_eq!(review["status"]["userInfo"]["username"], "alice");
+    Ok(())
+}
+
+/// One request asks for at most 16 attributes (400 beyond, nothing
+/// forwarded); each user's access reviews are budgeted (429 with
+/// `Retry-After` beyond, nothing forwarded), another user's budget is its
+/// own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_impersonation_reviews_are_bounded_per_request_and_per_user() -> anyhow::Result<()> {
+    let env = env_with_rbac("callerImpersonation: {cacheTTL: 0s, reviewsPerMinute: 4}").await?;
+    let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+    let get = |token: &'static str, extra: Vec<String>| {
+        let agent = unique_marker("review-budget");
+        let url = url.clone();
+        let env = &env;
+        async move {
+            let mut args = vec![
+                "-i".to_owned(),
+                "-A".to_owned(),
+                agent.clone(),
+                "-H".to_owned(),
+                format!("Authorization: Bearer {token}"),
+                "-H".to_owned(),
+                "Impersonate-User: carol".to_owned(),
+            ];
+            for header in extra {
+                args.extend(["-H".to_owned(), header]);
+            }
+            args.push(url);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, text) = env.curl(&args).await?;
+            anyhow::Ok((code, text, agent))
+        }
+    };
+    // The user and 16 groups: 17 reviews would be needed.
+    let groups: Vec<String> = (0..16)
+        .map(|i| format!("Impersonate-Group: g{i}"))
+        .collect();
+    let (code, text, agent) = get("alice-token", groups).await?;
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("at most 16 are checked per request"),
+        "{text}"
+    );
+    env.assert_not_forwarded(&agent).await?;
+    // Two reviews each (carol, devs): the budget of 4 allows two requests.
+    for _ in 0..2 {
+        let (code, text, _) = get("alice-token", vec!["Impersonate-Group: devs".into()]).await?;
+        assert_eq!(code, 200, "{text}");
+    }
+    let (code, text, agent) = get("alice-token", vec!["Impersonate-Group: devs".into()]).await?;
+    assert_eq!(code, 429, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: "),
+        "{text}"
+    );
+    assert!(text.contains(r#""reason":"TooManyRequests""#), "{text}");
+    env.assert_not_forwarded(&agent).await?;
+    // bob has a budget of his own: asked, and refused by kube's RBAC.
+    let (code, text, _) = get("bob-token", vec![]).await?;
+    assert_eq!(code, 403, "{text}");
+    assert!(
+        text.contains(r#"User \"bob\" cannot impersonate"#),
+        "{text}"
+    );
     Ok(())
 }

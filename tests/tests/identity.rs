@@ -66,6 +66,62 @@ async fn front_proxy_identity_headers_never_reach_upstream() -> anyhow::Result<(
     Ok(())
 }
 
+/// Identity headers spelt with `_` for `-` (which some servers and proxies
+/// read as the same header) never reach the upstream, over HTTP/1.1 or
+/// HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_of_identity_headers_never_reach_upstream() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let url = format!("{}{PODS}", env.proxy_url());
+    let smuggled = [
+        "Impersonate_User: system:admin",
+        "impersonate_group: system:masters",
+        "Impersonate_Uid: 0",
+        "Impersonate_Extra_Scopes: all",
+        "impersonate_extra_acme.com%2Fproject: p1",
+        "X-Remote_User: system:admin",
+        "X_Remote_Group: system:masters",
+        "x_remote_uid: 0",
+        "X_Remote_Extra_Scopes: all",
+        "Proxy_Authorization: Bearer admin-token",
+        "X_Real_Ip: 198.51.100.1",
+    ];
+    for version in ["--http1.1", "--http2"] {
+        let agent = format!("underscore-smuggle{version}");
+        let mut args = vec![
+            version,
+            "-A",
+            &agent,
+            "-H",
+            "Authorization: Bearer alice-token",
+        ];
+        for h in &smuggled {
+            args.extend(["-H", h]);
+        }
+        args.push(&url);
+        let (code, body) = env.curl(&args).await?;
+        assert_eq!(code, 200, "{version}: {body}");
+        let listed = env
+            .upstream_requests()
+            .into_iter()
+            .find(|r| r.header_values("user-agent") == [agent.as_str()])
+            .with_context(|| format!("{version}: the pods list did not reach the double"))?;
+        let reached: Vec<String> = listed
+            .headers
+            .iter()
+            .filter(|(n, _)| n.as_str().contains('_'))
+            .map(|(n, v)| format!("{n}: {v:?}"))
+            .collect();
+        assert!(
+            reached.is_empty(),
+            "{version}: reached upstream: {reached:?}"
+        );
+        assert_eq!(listed.header_values("impersonate-user"), ["alice"]);
+        assert_eq!(listed.header_values("impersonate-group"), ["devs"]);
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_is_believed_only_from_trusted_proxies() -> anyhow::Result<()> {
     let env = Env::start().await?;

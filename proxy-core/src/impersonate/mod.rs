@@ -8,7 +8,8 @@
 //! which an API server trusting the proxy's client certificate would take as
 //! the caller's identity), `Host` (the upstream's is set by
 //! the client), the hop-by-hop headers of RFC 9110 §7.6.1 and every header the
-//! `Connection` header names. An upgrade (`Connection: upgrade` with
+//! `Connection` header names. Names are read with `_` as `-`, so
+//! `Impersonate_User` goes too (see [`strip_caller_identity`]). An upgrade (`Connection: upgrade` with
 //! `Upgrade`) keeps exactly those two so the tunnel can be set up.
 //!
 //! Set: `Impersonate-User`, one `Impersonate-Group` per group,
@@ -19,6 +20,11 @@
 //! surrounding blanks, an empty user name) is refused, never forwarded.
 
 pub mod nested;
+mod review;
+mod strip;
+
+pub(crate) use strip::{dashed, HOP_BY_HOP};
+pub use strip::{is_upgrade, strip_caller_identity};
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
@@ -31,18 +37,6 @@ const EXTRA_PREFIX: &str = "impersonate-extra-";
 /// flags are commonly set to (`X-Remote-User`, `X-Remote-Group`,
 /// `X-Remote-Uid`, `X-Remote-Extra-`).
 const REMOTE_PREFIX: &str = "x-remote-";
-
-/// Hop-by-hop headers, always removed (RFC 9110 §7.6.1; HTTP/2 forbids them).
-pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// An identity value that cannot be sent as an `Impersonate-*` header.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,14 +133,20 @@ impl HeaderNames {
     }
 
     /// Removes every header these names cover from `headers` (the caller's
-    /// own), in any letter case.
+    /// own), in any letter case and with `_` read as `-` on either side.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        headers.remove(&self.user);
-        headers.remove(&self.group);
-        headers.remove(&self.uid);
+        let (user, group, uid) = (
+            dashed(self.user.as_str()),
+            dashed(self.group.as_str()),
+            dashed(self.uid.as_str()),
+        );
+        let extra_prefix = dashed(&self.extra_prefix);
         let doomed: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| name.as_str().starts_with(&self.extra_prefix))
+            .filter(|name| {
+                let name = dashed(name.as_str());
+                name == user || name == group || name == uid || name.starts_with(&*extra_prefix)
+            })
             .cloned()
             .collect();
         for name in doomed {
@@ -213,60 +213,6 @@ impl ImpersonationHeaders {
     }
 }
 
-/// True when the request asks for a protocol upgrade (`Connection: upgrade`
-/// together with an `Upgrade` header), as kubectl exec/attach/port-forward do.
-pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Removes every credential, impersonation, front-proxy identity
-/// (`X-Remote-*`) and hop-by-hop header the caller sent. An upgrade request keeps `Connection: upgrade` and its `Upgrade`.
-pub fn strip_caller_identity(headers: &mut HeaderMap) {
-    let upgrade = if is_upgrade(headers) {
-        headers.remove(header::UPGRADE)
-    } else {
-        None
-    };
-    // Headers the caller declared hop-by-hop in `Connection`.
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(header::CONNECTION).iter() {
-        if let Ok(v) = v.to_str() {
-            for token in v.split(',') {
-                if let Ok(name) = HeaderName::from_bytes(token.trim().as_bytes()) {
-                    doomed.push(name);
-                }
-            }
-        }
-    }
-    // One pass over the names present: most requests carry a handful of
-    // headers, and removing an absent name still costs a hash and a probe.
-    for name in headers.keys() {
-        let name_text = name.as_str();
-        if name_text.starts_with(IMPERSONATE_PREFIX)
-            || name_text.starts_with(REMOTE_PREFIX)
-            || HOP_BY_HOP.contains(name)
-            || name == header::AUTHORIZATION
-            || name == header::PROXY_AUTHORIZATION
-            || name == header::HOST
-        {
-            doomed.push(name.clone());
-        }
-    }
-    for name in doomed {
-        headers.remove(name);
-    }
-    if let Some(upgrade) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, upgrade);
-    }
-}
-
 /// Strips the caller's identity and sets `identity` as impersonation headers.
 pub fn rewrite(headers: &mut HeaderMap, identity: &ImpersonationHeaders) {
     strip_caller_identity(headers);
@@ -322,7 +268,8 @@ impl ForwardConfig {
             };
             let name = HeaderName::from_bytes(text.trim().as_bytes())
                 .map_err(|_| problem("not a valid HTTP header name"))?;
-            if name.as_str().starts_with(IMPERSONATE_PREFIX) || name == header::AUTHORIZATION {
+            let read = dashed(name.as_str());
+            if read.starts_with(IMPERSONATE_PREFIX) || read == header::AUTHORIZATION.as_str() {
                 return Err(problem(
                     "must not be an Impersonate-* or the Authorization header",
                 ));
@@ -335,7 +282,7 @@ impl ForwardConfig {
                 let lower = text.trim().to_ascii_lowercase();
                 if lower.is_empty()
                     || HeaderName::from_bytes(format!("{lower}x").as_bytes()).is_err()
-                    || lower.starts_with(IMPERSONATE_PREFIX)
+                    || dashed(&lower).starts_with(IMPERSONATE_PREFIX)
                 {
                     return Err(crate::config::Problem {
                         field: format!("{prefix}.extraHeaderPrefix"),
@@ -463,6 +410,61 @@ mod tests {
         assert!(left.iter().all(|n| !n.starts_with("x-remote-")), "{left:?}");
         // Only the `x-remote-` family is identity; a bare `x-remote` is not.
         assert_eq!(h["x-remote"], "kept");
+    }
+
+    /// Configured front-proxy names go in either spelling, whichever the
+    /// configuration or the caller used.
+    #[test]
+    fn configured_front_proxy_names_go_with_underscores_too() {
+        let config = ForwardConfig {
+            mode: ForwardMode::FrontProxy,
+            user_header: Some("X-Auth_User".into()),
+            group_header: Some("X-Auth-Group".into()),
+            uid_header: None,
+            extra_header_prefix: Some("X-Auth-Extra-".into()),
+        };
+        let names = config.front_proxy_names("identityHeaders").unwrap();
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-auth-user",
+            "X_Auth_User",
+            "x_auth_group",
+            "X-Remote_Uid",
+            "x_auth_extra_scopes",
+            "x-auth-extra_acme.com%2fproject",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("smuggled"),
+            );
+        }
+        h.insert("x-auth-userx", HeaderValue::from_static("kept"));
+        strip_caller_identity(&mut h);
+        names.strip(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-auth-userx"]);
+    }
+
+    /// A front-proxy name that kube would read as an `Impersonate-*` or the
+    /// `Authorization` header, once `_` is read as `-`, is refused.
+    #[test]
+    fn front_proxy_names_spelling_kubes_own_are_refused() {
+        for (user, prefix) in [
+            (Some("Impersonate_User"), None),
+            (Some("AUTHORIZATION"), None),
+            (None, Some("Impersonate_Extra_")),
+        ] {
+            let config = ForwardConfig {
+                mode: ForwardMode::FrontProxy,
+                user_header: user.map(str::to_owned),
+                extra_header_prefix: prefix.map(str::to_owned),
+                ..ForwardConfig::default()
+            };
+            assert!(
+                config.front_proxy_names("identityHeaders").is_err(),
+                "{user:?} {prefix:?} accepted"
+            );
+        }
     }
 
     #[test]

@@ -19,20 +19,23 @@
 //! Allowed answers are cached briefly ([`Settings::cache_ttl`]), keyed by
 //! the authenticated user and the attribute (no credential is part of a
 //! key); refusals are asked again each time, so a new grant works at once.
+//!
+//! Reviews are bounded, since each is a request to the API server: one
+//! request asks for [`MAX_REVIEWS_PER_REQUEST`] attributes at most (more is
+//! a 400 before any review), and each authenticated user may make the proxy
+//! ask [`Settings::reviews_per_minute`] reviews (more is a 429 with
+//! `Retry-After`). Every check is counted ([`crate::counters::ReviewCounters`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
-use tower_service::Service;
 
 use crate::authn::UserInfo;
 use crate::status::{Reason, Status};
-use crate::upstream::{Upstream, UpstreamError, UpstreamOptions};
+
+pub use super::review::{ReviewError, Reviewer};
 
 /// The extra key that carries the authenticated user of a request that
 /// impersonates someone else.
@@ -41,11 +44,15 @@ pub const ORIGINAL_USER_EXTRA: &str = "authproxy.io/original-user";
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Default for [`Settings::cache_size`].
 pub const DEFAULT_CACHE_SIZE: u64 = 10_000;
-/// Most attributes one request may ask for (groups and extra values
-/// together); kube has no such limit, but each costs a review.
-pub const MAX_ATTRIBUTES: usize = 64;
-/// Largest `SubjectAccessReview` answer read.
-const MAX_REVIEW_BYTES: usize = 64 * 1024;
+/// Most attributes one request may ask for, the user, the uid, groups and
+/// extra values together: each costs an access review (unless cached), so
+/// this is the most reviews one request can cause. kube-apiserver sets no
+/// count of its own (only its 1 MiB header limit, room for thousands);
+/// `kubectl --as` asks for a user and a few groups. More is a 400 before
+/// any review.
+pub const MAX_REVIEWS_PER_REQUEST: usize = 16;
+/// Default for [`Settings::reviews_per_minute`].
+pub const DEFAULT_REVIEWS_PER_MINUTE: u32 = 300;
 
 /// What to do with a caller's `Impersonate-*` headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -73,6 +80,9 @@ pub struct Config {
     pub cache_ttl: Option<Duration>,
     /// Most answers cached (default 10,000).
     pub cache_size: Option<u64>,
+    /// Reviews one user may make the proxy ask of the API server per minute
+    /// (default 300; `0`: no limit).
+    pub reviews_per_minute: Option<u32>,
 }
 
 impl Config {
@@ -82,6 +92,9 @@ impl Config {
             mode: self.mode,
             cache_ttl: self.cache_ttl.unwrap_or(DEFAULT_CACHE_TTL),
             cache_size: self.cache_size.unwrap_or(DEFAULT_CACHE_SIZE),
+            reviews_per_minute: self
+                .reviews_per_minute
+                .unwrap_or(DEFAULT_REVIEWS_PER_MINUTE),
         }
     }
 }
@@ -95,6 +108,10 @@ pub struct Settings {
     pub cache_ttl: Duration,
     /// Most answers cached.
     pub cache_size: u64,
+    /// Reviews (not answered from the cache) one authenticated user may make
+    /// the proxy ask per minute, in bursts of as many; beyond them a 429.
+    /// `0`: no limit.
+    pub reviews_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -190,10 +207,14 @@ pub fn requested(headers: &HeaderMap) -> Result<Option<Requested>, Status> {
             asked.join(", ")
         )));
     }
-    let count = requested.groups.len() + requested.extra.values().map(Vec::len).sum::<usize>();
-    if count > MAX_ATTRIBUTES {
+    let count = 1
+        + usize::from(requested.uid.is_some())
+        + requested.groups.len()
+        + requested.extra.values().map(Vec::len).sum::<usize>();
+    if count > MAX_REVIEWS_PER_REQUEST {
         return Err(bad_request(format!(
-            "more than {MAX_ATTRIBUTES} impersonated groups and extra values"
+            "this request asks to impersonate {count} attributes (the user, the uid, groups and extra \
+             values together); at most {MAX_REVIEWS_PER_REQUEST} are checked per request"
         )));
     }
     Ok(Some(requested))
@@ -228,7 +249,7 @@ impl Attributes {
     }
 
     /// kube's 403 message for a refused impersonation by `user`.
-    fn forbidden(&self, user: &str) -> String {
+    pub(crate) fn forbidden(&self, user: &str) -> String {
         let resource = if self.subresource.is_empty() {
             self.resource.to_owned()
         } else {
@@ -312,163 +333,6 @@ pub fn impersonated(original: &UserInfo, requested: &Requested) -> UserInfo {
     }
 }
 
-/// Asks the API server whether users may impersonate, caching its answers.
-#[derive(Clone)]
-pub struct Reviewer {
-    client: Upstream<Full<Bytes>>,
-    cache: Option<moka::future::Cache<(Arc<str>, Attributes), bool>>,
-    /// The headers that name the user to the API server: the question is
-    /// asked as the user.
-    as_user: Arc<super::HeaderNames>,
-}
-
-impl std::fmt::Debug for Reviewer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reviewer")
-            .field("client", &self.client)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Deserialize)]
-struct ReviewAnswer {
-    #[serde(default)]
-    status: ReviewStatus,
-}
-
-#[derive(Default, Deserialize)]
-struct ReviewStatus {
-    #[serde(default)]
-    allowed: bool,
-}
-
-impl Reviewer {
-    /// A reviewer asking the API server of `options`, with the proxy's
-    /// credential, a `SelfSubjectAccessReview` as the user, whom it names in
-    /// the headers `names`: [`super::HeaderNames::impersonation`] (the
-    /// proxy's impersonation rights suffice, no further RBAC) or the
-    /// front-proxy names (the proxy's client certificate is trusted to name
-    /// users). Every authenticated user may ask about itself. Within a tokio
-    /// runtime.
-    pub fn new(
-        options: UpstreamOptions,
-        settings: &Settings,
-        names: super::HeaderNames,
-    ) -> Result<Self, UpstreamError> {
-        let cache = (!settings.cache_ttl.is_zero()).then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(settings.cache_size)
-                .time_to_live(settings.cache_ttl)
-                .build()
-        });
-        Ok(Reviewer {
-            client: Upstream::new(options)?,
-            cache,
-            as_user: Arc::new(names),
-        })
-    }
-
-    /// Whether `user` may do `attributes`: the cached answer, or the API
-    /// server's.
-    pub async fn allowed(&self, user: &UserInfo, attributes: &Attributes) -> Result<bool, String> {
-        let Some(cache) = &self.cache else {
-            return self.review(user, attributes).await;
-        };
-        // The user part of the key: everything the review is about.
-        let who: Arc<str> = serde_json::to_string(user).unwrap_or_default().into();
-        let key = (who, attributes.clone());
-        if let Some(allowed) = cache.get(&key).await {
-            return Ok(allowed);
-        }
-        let allowed = self.review(user, attributes).await?;
-        // Only allowed answers are kept: a permission granted a moment ago
-        // works at once, as it does with kube itself.
-        if allowed {
-            cache.insert(key, allowed).await;
-        }
-        Ok(allowed)
-    }
-
-    async fn review(&self, user: &UserInfo, attributes: &Attributes) -> Result<bool, String> {
-        let mut resource = serde_json::json!({
-            "verb": "impersonate",
-            "group": attributes.group,
-            "resource": attributes.resource,
-            "name": attributes.name,
-        });
-        if !attributes.subresource.is_empty() {
-            resource["subresource"] = attributes.subresource.clone().into();
-        }
-        if !attributes.namespace.is_empty() {
-            resource["namespace"] = attributes.namespace.clone().into();
-        }
-        let body = serde_json::json!({
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": resource},
-        });
-        // kube adds system:authenticated to the user named this way, as its
-        // own impersonation filter sees the caller.
-        let identity = super::ImpersonationHeaders::for_user_with(user, &self.as_user)
-            .map_err(|e| e.to_string())?;
-        let mut request = Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| e.to_string())?;
-        identity.apply(request.headers_mut());
-        let response = match self.client.clone().call(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        };
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_REVIEW_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the SubjectAccessReview answer: {e}"))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(format!(
-                "the API server answered the SubjectAccessReview with {status}: {}",
-                String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
-            ));
-        }
-        let answer: ReviewAnswer = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("the SubjectAccessReview answer is not one: {e}"))?;
-        Ok(answer.status.allowed)
-    }
-
-    /// Checks every attribute `requested` needs for `user`; the identity to
-    /// go on as, or the `Status` to answer.
-    pub async fn authorize(
-        &self,
-        user: &UserInfo,
-        requested: &Requested,
-    ) -> Result<UserInfo, Status> {
-        for attributes in attributes(requested) {
-            match self.allowed(user, &attributes).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(Status::failure(
-                        StatusCode::FORBIDDEN,
-                        Reason::Forbidden,
-                        attributes.forbidden(&user.username),
-                    ))
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "checking an impersonation request failed");
-                    return Err(Status::failure(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Reason::ServiceUnavailable,
-                        "the API server could not be asked whether this impersonation is allowed",
-                    ));
-                }
-            }
-        }
-        Ok(impersonated(user, requested))
-    }
-}
-
 /// The message of the 403 in [`Mode::Deny`].
 pub const DENIED_MESSAGE: &str =
     "impersonation through this proxy is not allowed: remove --as, --as-group and --as-uid (Impersonate-* headers)";
@@ -536,11 +400,26 @@ mod tests {
     #[test]
     fn too_many_attributes_are_refused_before_any_review() {
         let mut pairs = vec![("Impersonate-User", "bob".to_string())];
-        for i in 0..=MAX_ATTRIBUTES {
+        pairs.push(("Impersonate-Uid", "7".to_string()));
+        // The user and the uid, then groups and extra values up to the bound.
+        for i in 0..MAX_REVIEWS_PER_REQUEST - 3 {
             pairs.push(("Impersonate-Group", format!("g{i}")));
         }
-        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        assert_eq!(requested(&headers(&pairs)).unwrap_err().code, 400);
+        pairs.push(("Impersonate-Extra-Scopes", "view".to_string()));
+        let read = |pairs: &[(&str, String)]| {
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            requested(&headers(&pairs))
+        };
+        let at_bound = read(&pairs).unwrap().unwrap();
+        assert_eq!(attributes(&at_bound).len(), MAX_REVIEWS_PER_REQUEST);
+        pairs.push(("Impersonate-Extra-Scopes", "edit".to_string()));
+        let status = read(&pairs).unwrap_err();
+        assert_eq!(status.code, 400);
+        assert!(
+            status.message.contains("17 attributes") && status.message.contains("at most 16"),
+            "{}",
+            status.message
+        );
     }
 
     #[test]

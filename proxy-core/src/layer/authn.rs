@@ -14,6 +14,7 @@ use tower_service::Service;
 use crate::authn::{Authenticator, AuthnError, Identity};
 use crate::body::ProxyBody;
 use crate::credential::Credential;
+use crate::refusal::with_unread_body;
 use crate::status::Status;
 
 /// The default `WWW-Authenticate` challenge on a 401.
@@ -107,7 +108,13 @@ impl<S> Authn<S> {
     }
 }
 
-fn refuse(status: Status, challenge: &HeaderValue) -> Response<ProxyBody> {
+/// The refusal of `req`, which carries its unread body
+/// ([`crate::refusal`]).
+fn refuse<B: Send + 'static>(
+    status: Status,
+    challenge: &HeaderValue,
+    req: Request<B>,
+) -> Response<ProxyBody> {
     let unauthorized = status.code == 401;
     let mut response = status.into_response();
     if unauthorized {
@@ -115,7 +122,7 @@ fn refuse(status: Status, challenge: &HeaderValue) -> Response<ProxyBody> {
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, challenge.clone());
     }
-    response
+    with_unread_body(response, req.into_body())
 }
 
 impl<S, B> Service<Request<B>> for Authn<S>
@@ -142,10 +149,10 @@ where
         Box::pin(async move {
             let credential = match credential {
                 Ok(Some(credential)) => credential,
-                Ok(None) => return Ok(refuse(Status::unauthorized(), &challenge)),
+                Ok(None) => return Ok(refuse(Status::unauthorized(), &challenge, req)),
                 Err(error) => {
                     tracing::info!(%error, "refused a malformed credential");
-                    return Ok(refuse(Status::unauthorized(), &challenge));
+                    return Ok(refuse(Status::unauthorized(), &challenge, req));
                 }
             };
             match authenticator.authenticate(&credential).await {
@@ -156,7 +163,7 @@ where
                 }
                 Ok(None) => {
                     tracing::info!("no authenticator accepted the credential");
-                    Ok(refuse(Status::unauthorized(), &challenge))
+                    Ok(refuse(Status::unauthorized(), &challenge, req))
                 }
                 Err(error) => {
                     match &error {
@@ -165,7 +172,7 @@ where
                         }
                         _ => tracing::info!(%error, "authentication failed"),
                     }
-                    Ok(refuse(error.to_status(), &challenge))
+                    Ok(refuse(error.to_status(), &challenge, req))
                 }
             }
         })

@@ -17,6 +17,7 @@ use crate::body::ProxyBody;
 use crate::credential::ClientAddr;
 use crate::forwarded;
 use crate::impersonate::{rewrite, strip_caller_identity, HeaderNames, ImpersonationHeaders};
+use crate::refusal::with_unread_body;
 use crate::status::{Reason, Status};
 
 /// Layer that rewrites identity headers. Put it after [`AuthnLayer`](crate::AuthnLayer)
@@ -76,6 +77,7 @@ pub struct Impersonate<S> {
 impl<S, B> Service<Request<B>> for Impersonate<S>
 where
     S: Service<Request<B>, Response = Response<ProxyBody>>,
+    B: Send + 'static,
 {
     type Response = Response<ProxyBody>;
     type Error = S::Error;
@@ -86,10 +88,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let refuse =
-            |status: Status| Either::Left(futures_util::future::ready(Ok(status.into_response())));
+        let refuse = |status: Status, req: Request<B>| {
+            let refusal = with_unread_body(status.into_response(), req.into_body());
+            Either::Left(futures_util::future::ready(Ok(refusal)))
+        };
         let Some(identity) = req.extensions().get::<Arc<Identity>>().cloned() else {
-            return refuse(Status::unauthorized());
+            return refuse(Status::unauthorized(), req);
         };
         if let Some(names) = &self.front_proxy {
             return match ImpersonationHeaders::for_user_with(identity.user(), names) {
@@ -100,7 +104,7 @@ where
                     set_forwarded_for(&mut req);
                     Either::Right(self.inner.call(req))
                 }
-                Err(invalid) => refuse(invalid_identity(&invalid)),
+                Err(invalid) => refuse(invalid_identity(&invalid), req),
             };
         }
         match identity.impersonation_headers() {
@@ -109,7 +113,7 @@ where
                 set_forwarded_for(&mut req);
                 Either::Right(self.inner.call(req))
             }
-            Err(invalid) => refuse(invalid_identity(invalid)),
+            Err(invalid) => refuse(invalid_identity(invalid), req),
         }
     }
 }

@@ -21,6 +21,7 @@ use tower_service::Service;
 use crate::authn::Identity;
 use crate::body::{Hold, ProxyBody};
 use crate::long_running::{is_long_running, Limiter, Limits, Refused};
+use crate::refusal::with_unread_body;
 use crate::status::{Reason, Status};
 
 /// Seconds a refused caller is told to wait (`Retry-After`), as kube-apiserver's
@@ -101,6 +102,7 @@ where
     S: Service<Request<B>, Response = Response<ProxyBody>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<ProxyBody>;
     type Error = S::Error;
@@ -125,7 +127,8 @@ where
             Ok(permit) => Hold::new(permit),
             Err(refused) => {
                 tracing::info!(%refused, "refused a long-running request");
-                return Box::pin(std::future::ready(Ok(too_many(refused))));
+                let refusal = with_unread_body(too_many(refused), req.into_body());
+                return Box::pin(std::future::ready(Ok(refusal)));
             }
         };
         req.extensions_mut().insert(hold.clone());

@@ -15,6 +15,7 @@ use tower_service::Service;
 use crate::authn::Identity;
 use crate::body::ProxyBody;
 use crate::impersonate::nested::{self, Reviewer, DENIED_MESSAGE};
+use crate::refusal::with_unread_body;
 use crate::status::{Reason, Status};
 
 /// Layer for a caller's `Impersonate-*` headers. Put it after
@@ -80,23 +81,21 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let answer = |status: Status| -> Self::Future {
-            Box::pin(std::future::ready(Ok(status.into_response())))
+        let answer = |status: Status, req: Request<B>| -> Self::Future {
+            let refusal = with_unread_body(status.into_response(), req.into_body());
+            Box::pin(std::future::ready(Ok(refusal)))
         };
         let requested = match nested::requested(req.headers()) {
             Ok(None) => return Box::pin(self.inner.call(req)),
             Ok(Some(requested)) => requested,
-            Err(status) => return answer(status),
+            Err(status) => return answer(status, req),
         };
         let Some(reviewer) = self.reviewer.clone() else {
-            return answer(Status::failure(
-                StatusCode::FORBIDDEN,
-                Reason::Forbidden,
-                DENIED_MESSAGE,
-            ));
+            let denied = Status::failure(StatusCode::FORBIDDEN, Reason::Forbidden, DENIED_MESSAGE);
+            return answer(denied, req);
         };
         let Some(identity) = req.extensions().get::<Arc<Identity>>().cloned() else {
-            return answer(Status::unauthorized());
+            return answer(Status::unauthorized(), req);
         };
         // The inner service that was polled ready goes with this request.
         let clone = self.inner.clone();
@@ -113,7 +112,7 @@ where
                         .insert(Identity::verified(user, identity.verification().clone()));
                     inner.call(req).await
                 }
-                Err(status) => Ok(status.into_response()),
+                Err(status) => Ok(with_unread_body(status.into_response(), req.into_body())),
             }
         })
     }

@@ -15,7 +15,7 @@ use prometheus_client::metrics::MetricType;
 
 use crate::counters::{
     AuthnCounters, HistogramSnapshot, LdapErrorKind, LdapOperation, Protocol, RetryReason,
-    ThrottleCounters, ThrottleScope, UpstreamCounters,
+    ReviewCounters, ReviewResult, ThrottleCounters, ThrottleScope, UpstreamCounters,
 };
 
 /// The sources, registered as the proxy is put together.
@@ -27,6 +27,8 @@ pub(crate) struct Sources {
     /// `(authenticator label, counters)` of every login throttle.
     pub(crate) throttles: Vec<(&'static str, Arc<ThrottleCounters>)>,
     pub(crate) upstreams: Vec<Arc<UpstreamCounters>>,
+    /// The checks of callers' own impersonation, one set per API server.
+    pub(crate) reviews: Vec<Arc<ReviewCounters>>,
 }
 
 /// Encodes the families of [`Sources`] at scrape time.
@@ -212,6 +214,23 @@ impl Collector for BackendFamilies {
                             c.get(scope),
                         )?;
                     }
+                }
+                Ok(())
+            },
+        )?;
+        let reviews = &sources.reviews;
+        family(
+            e,
+            "authproxy_impersonation_reviews",
+            "Checks of a caller's own impersonation (kubectl --as), by result (allowed, denied, error: asked of the API server; cached, throttled: not asked)",
+            MetricType::Counter,
+            |m| {
+                if reviews.is_empty() {
+                    return Ok(());
+                }
+                for result in ReviewResult::ALL {
+                    let total: u64 = reviews.iter().map(|r| r.get(result)).sum();
+                    counter(m, &[("result", result.label())], total)?;
                 }
                 Ok(())
             },

@@ -27,6 +27,7 @@
 //! | `authproxy_upstream_connections` | gauge | `protocol` (`http2`, `http1`) |
 //! | `authproxy_upstream_requests_in_flight` | gauge | `protocol` |
 //! | `authproxy_upstream_requests_retried_total` | counter | `reason` (`goaway`, `refused`) |
+//! | `authproxy_impersonation_reviews_total` | counter | `result` (`allowed`, `denied`, `error`: asked of the API server; `cached`, `throttled`: not asked) |
 //! | `authproxy_build_info` | info | `version` |
 //! | `authproxy_config_reloads_total` | counter | `file` (see [`crate::reload::ReloadKind`]), `result` (`success`, `failure`) |
 //! | `authproxy_config_last_reload_success_timestamp_seconds` | gauge | `file` |
@@ -440,6 +441,14 @@ impl Metrics {
         }
     }
 
+    /// Reads the checks of callers' own impersonation of one API server
+    /// at scrape time.
+    pub fn observe_reviews(&self, counters: Arc<crate::counters::ReviewCounters>) {
+        if let Ok(mut sources) = self.families.backends.sources.lock() {
+            sources.reviews.push(counters);
+        }
+    }
+
     /// Adds the agent tunnel families (see [`crate::tunnel::metrics`]).
     pub fn register_tunnels(&self, tunnels: &crate::tunnel::metrics::TunnelMetrics) {
         if let Ok(mut registry) = self.families.registry.lock() {
@@ -726,6 +735,38 @@ mod tests {
             !text.contains("good"),
             "a token reached the metrics: {text}"
         );
+    }
+
+    /// The checks of callers' impersonation of every API server are summed
+    /// by result; the family is declared before any reviewer exists.
+    #[test]
+    fn impersonation_reviews_are_counted_by_result() {
+        use crate::counters::{ReviewCounters, ReviewResult};
+        let metrics = Metrics::new();
+        assert!(
+            metrics
+                .encode()
+                .contains("# TYPE authproxy_impersonation_reviews counter"),
+            "{}",
+            metrics.encode()
+        );
+        let (first, second) = (
+            Arc::new(ReviewCounters::default()),
+            Arc::new(ReviewCounters::default()),
+        );
+        metrics.observe_reviews(first.clone());
+        metrics.observe_reviews(second.clone());
+        first.count(ReviewResult::Allowed);
+        second.count(ReviewResult::Allowed);
+        second.count(ReviewResult::Throttled);
+        let text = metrics.encode();
+        for line in [
+            "authproxy_impersonation_reviews_total{result=\"allowed\"} 2\n",
+            "authproxy_impersonation_reviews_total{result=\"throttled\"} 1\n",
+            "authproxy_impersonation_reviews_total{result=\"denied\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
     }
 
     #[tokio::test]

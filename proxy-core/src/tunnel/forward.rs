@@ -203,6 +203,11 @@ where
 {
     // The long-running layer keeps its own hold on the response body.
     req.extensions_mut().remove::<Hold>();
+    if agents.connected() == 0 {
+        // Refused before anything of the body was read.
+        let refusal = no_agent(agents.name()).into_response();
+        return crate::refusal::with_unread_body(refusal, req.into_body());
+    }
     let req = match tunnel_request(&agents, req) {
         Ok(req) => req.map(boxed),
         Err(status) => return status.into_response(),

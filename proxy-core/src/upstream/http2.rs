@@ -31,16 +31,13 @@ pub(crate) enum SendError<B> {
     Failed(h2::Error),
 }
 
-/// Longest wait, after the stream failed, for the copy of the request body
-/// to stop and hand the body back.
-const PIPE_STOP: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Sends `req` on a stream of the connection behind `send` and waits for
 /// the answer's head. A body the server has not read in full when it answers
-/// goes on being sent from a task of its own; one dropped unfinished is read
-/// to its end in the background ([`DrainOnDrop`]). A request the server
-/// turns away unprocessed is handed back rewound ([`Replay::rewind`]), unless
-/// its body outgrew what is kept for that.
+/// goes on being sent from a task of its own, its kept copy dropped
+/// ([`Replay::forget`]); one dropped unfinished is read to its end in the
+/// background ([`DrainOnDrop`]). A request the server turns away unprocessed
+/// is handed back rewound ([`Replay::rewind`]), unless its body outgrew what
+/// is kept for that.
 pub(crate) async fn send<B>(
     send: SendRequest<Bytes>,
     req: Request<Replay<B>>,
@@ -67,53 +64,55 @@ where
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
     }
-    let body = DrainOnDrop::new(body);
+    let mut body = DrainOnDrop::new(body);
     let end_of_stream = body.is_end_stream();
     // Kept until the answer comes, to send the request again if the server
     // refuses it unprocessed.
     let head = Head::of(&parts);
-    let (mut response, stream) = send
+    let (mut response, mut stream) = send
         .send_request(Request::from_parts(parts, ()), end_of_stream)
         .map_err(SendError::Failed)?;
     drop(send);
-    let (error, body) = if end_of_stream {
-        drop(stream);
-        match response.await {
-            Ok(response) => return Ok(response),
-            Err(error) => (error, Some(body)),
-        }
+    // Whether the answer came before the body was all sent.
+    let mut copying = false;
+    let answer = if end_of_stream {
+        response.await
     } else {
-        let mut pipe = Box::pin(pipe(body, stream));
+        // The copy borrows the body, so that it can stop at any await and
+        // leave the body here, every frame it took kept.
+        let copy = pipe(&mut body, &mut stream);
+        tokio::pin!(copy);
         tokio::select! {
             biased;
-            answer = &mut response => match answer {
-                // The server answered before the body was all sent: the rest
-                // goes on (or stops at the server's reset) without holding
-                // the answer.
-                Ok(response) => {
-                    tokio::spawn(pipe);
-                    return Ok(response);
-                }
-                // Turned away: the stream is closed, so the copy stops,
-                // handing the body back to be sent again.
-                Err(error) if unprocessed(&error) => {
-                    (error, tokio::time::timeout(PIPE_STOP, pipe).await.ok())
-                }
-                Err(error) => {
-                    tokio::spawn(pipe);
-                    return Err(SendError::Failed(error));
-                }
-            },
-            body = &mut pipe => match response.await {
-                Ok(response) => return Ok(response),
-                Err(error) => (error, Some(body)),
-            },
+            answer = &mut response => {
+                copying = true;
+                answer
+            }
+            () = &mut copy => response.await,
         }
     };
+    let error = match answer {
+        Ok(response) => {
+            // Answered: the request will not go again.
+            if let Some(body) = body.get_mut() {
+                body.forget();
+            }
+            if copying {
+                // The rest goes on (or stops at the server's reset) without
+                // holding the answer.
+                tokio::spawn(async move { pipe(&mut body, &mut stream).await });
+            }
+            return Ok(response);
+        }
+        Err(error) => error,
+    };
     if !unprocessed(&error) {
+        if let Some(body) = body.get_mut() {
+            body.forget();
+        }
         return Err(SendError::Failed(error));
     }
-    let Some(mut body) = body.and_then(DrainOnDrop::into_inner) else {
+    let Some(mut body) = body.into_inner() else {
         return Err(SendError::Failed(error));
     };
     if !body.rewind() {
@@ -171,9 +170,10 @@ impl Head {
 
 /// Copies `body` to `stream`, reading the next frame only once the server's
 /// window has room, so a fast caller and a slow server hold one frame here
-/// at most. Stops when the body ends or the server resets the stream, and
-/// hands the body back.
-async fn pipe<B>(mut body: B, mut stream: SendStream<Bytes>) -> B
+/// at most. Stops when the body ends or the server resets the stream. May
+/// be dropped at any await: a frame taken from the body is sent before the
+/// next await.
+async fn pipe<B>(body: &mut B, stream: &mut SendStream<Bytes>)
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -189,7 +189,7 @@ where
             match granted {
                 Some(Ok(_)) => {}
                 // Reset, closed or failed: nothing more can be sent.
-                Some(Err(_)) | None => return body,
+                Some(Err(_)) | None => return,
             }
         }
         let frame = tokio::select! {
@@ -198,12 +198,12 @@ where
             frame = body.frame() => Some(frame),
         };
         let Some(frame) = frame else {
-            return body;
+            return;
         };
         match frame {
             None => {
                 let _ = stream.send_data(Bytes::new(), true);
-                return body;
+                return;
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
@@ -213,7 +213,7 @@ where
                     }
                     stream.reserve_capacity(data.len());
                     if stream.send_data(data, end).is_err() || end {
-                        return body;
+                        return;
                     }
                 }
                 Err(frame) => {
@@ -222,14 +222,14 @@ where
                     } else {
                         let _ = stream.send_data(Bytes::new(), true);
                     }
-                    return body;
+                    return;
                 }
             },
             Some(Err(error)) => {
                 let error: BoxError = error.into();
                 tracing::debug!(%error, "the request body failed; resetting the upstream stream");
                 stream.send_reset(Reason::CANCEL);
-                return body;
+                return;
             }
         }
     }
@@ -364,67 +364,5 @@ fn ended(error: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    header::HeaderName::from_static(n),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn connection_specific_request_headers_are_removed_and_the_rest_kept() {
-        let mut h = headers(&[
-            ("connection", "keep-alive"),
-            ("keep-alive", "timeout=5"),
-            ("proxy-connection", "keep-alive"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("te", "gzip"),
-            ("accept", "application/json"),
-            ("impersonate-user", "alice"),
-        ]);
-        strip_connection_headers(&mut h);
-        let mut left: Vec<_> = h.keys().map(|n| n.as_str()).collect();
-        left.sort();
-        assert_eq!(left, ["accept", "impersonate-user"]);
-        let mut h = headers(&[("te", "trailers")]);
-        strip_connection_headers(&mut h);
-        assert_eq!(h["te"], "trailers");
-    }
-
-    #[test]
-    fn hop_by_hop_response_headers_are_removed_and_the_rest_kept() {
-        let mut h = headers(&[
-            ("connection", "close"),
-            ("keep-alive", "timeout=5"),
-            ("transfer-encoding", "chunked"),
-            ("trailer", "x-check"),
-            ("upgrade", "h2c"),
-            ("proxy-authenticate", "Basic"),
-            ("content-type", "application/json"),
-            ("audit-id", "1"),
-        ]);
-        super::super::strip_response_hop_headers(&mut h);
-        let mut left: Vec<_> = h.keys().map(|n| n.as_str()).collect();
-        left.sort();
-        assert_eq!(left, ["audit-id", "content-type"]);
-    }
-
-    #[test]
-    fn only_methods_with_payload_semantics_announce_an_empty_body() {
-        for method in [Method::POST, Method::PUT, Method::PATCH] {
-            assert!(has_payload_semantics(&method), "{method}");
-        }
-        for method in [Method::GET, Method::HEAD, Method::DELETE, Method::CONNECT] {
-            assert!(!has_payload_semantics(&method), "{method}");
-        }
-    }
-}
+#[path = "http2_tests.rs"]
+mod tests;

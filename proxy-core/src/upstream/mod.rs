@@ -45,6 +45,8 @@ pub use replay::{REPLAY_BUDGET, REPLAY_LIMIT};
 
 use replay::Replay;
 
+use crate::refusal::with_unread_body;
+
 use crate::body::{Hold, ProxyBody};
 use crate::counters::{Open, Protocol, RetryReason, UpstreamCounters};
 use crate::impersonate::is_upgrade;
@@ -485,7 +487,8 @@ where
             Ok(uri) => *req.uri_mut() = uri,
             Err(message) => {
                 let status = Status::failure(StatusCode::BAD_REQUEST, Reason::BadRequest, message);
-                return Box::pin(std::future::ready(Ok(status.into_response())));
+                let refusal = with_unread_body(status.into_response(), req.into_body());
+                return Box::pin(std::future::ready(Ok(refusal)));
             }
         }
         match self.inner.token.current() {
@@ -549,8 +552,11 @@ where
                     req = back;
                 }
                 Err(http2::SendError::GoneAway(back) | http2::SendError::Refused(back)) => {
-                    // What the caller has not sent yet is read and dropped.
-                    drop(DrainOnDrop::new(back.into_body()));
+                    // What the caller has not sent yet is read and dropped,
+                    // nothing of it kept.
+                    let mut body = back.into_body();
+                    body.forget();
+                    drop(DrainOnDrop::new(body));
                     tracing::warn!("upstream connections keep going away or refusing streams");
                     return Ok(failure_status(false));
                 }
@@ -562,7 +568,10 @@ where
             Ok(pool::Route::Http1) => break,
             Err(error) => {
                 tracing::warn!(%error, "upstream request failed");
-                return Ok(failure_status(true));
+                // Nothing of the body was sent: it goes unread with the refusal.
+                let mut body = req.into_body();
+                body.forget();
+                return Ok(with_unread_body(failure_status(true), body.into_inner()));
             }
         }
     }
@@ -685,6 +694,11 @@ impl<B> DrainOnDrop<B> {
     /// The body back, as it is, without draining it.
     pub(crate) fn into_inner(mut self) -> Option<B> {
         self.inner.take()
+    }
+
+    /// The body, kept here.
+    pub(crate) fn get_mut(&mut self) -> Option<&mut B> {
+        self.inner.as_mut()
     }
 }
 

@@ -271,8 +271,13 @@ impl<S> Router<S> {
     }
 }
 
-fn answer<E: Send + 'static>(status: Status) -> RouterFuture<E> {
-    Box::pin(std::future::ready(Ok(status.into_response())))
+/// The refusal of `req`, which carries its unread body ([`crate::refusal`]).
+fn answer<E: Send + 'static, B: Send + 'static>(
+    status: Status,
+    req: Request<B>,
+) -> RouterFuture<E> {
+    let refusal = crate::refusal::with_unread_body(status.into_response(), req.into_body());
+    Box::pin(std::future::ready(Ok(refusal)))
 }
 
 /// The response future of [`Router`].
@@ -314,7 +319,7 @@ where
         if routes.clusters.is_empty() {
             return match &routes.default {
                 Some(service) => call_when_ready(service, req),
-                None => answer(not_found("no upstream is configured".into())),
+                None => answer(not_found("no upstream is configured".into()), req),
             };
         }
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -322,9 +327,12 @@ where
             Ok(Route::Default) => {
                 return match &routes.default {
                     Some(service) => call_when_ready(service, req),
-                    None => answer(not_found(format!(
-                        "the path names no cluster: use {CLUSTER_PREFIX}/<name>/"
-                    ))),
+                    None => answer(
+                        not_found(format!(
+                            "the path names no cluster: use {CLUSTER_PREFIX}/<name>/"
+                        )),
+                        req,
+                    ),
                 }
             }
             Ok(Route::Cluster {
@@ -332,11 +340,12 @@ where
                 path_and_query,
             }) => (name, path_and_query),
             Err(error) => {
-                return answer(Status::failure(
+                let status = Status::failure(
                     StatusCode::BAD_REQUEST,
                     Reason::BadRequest,
                     error.to_string(),
-                ))
+                );
+                return answer(status, req);
             }
         };
         let Some((name, service)) = routes.clusters.get_key_value(name) else {
@@ -345,32 +354,28 @@ where
                 Ok(()) => format!("cluster {name:?} is not served by this proxy"),
                 Err(_) => "the path names no cluster served by this proxy".to_owned(),
             };
-            return answer(not_found(message));
+            return answer(not_found(message), req);
         };
         let mut parts = req.uri().clone().into_parts();
         parts.path_and_query = match path_and_query.parse() {
             Ok(p) => Some(p),
-            Err(_) => {
-                return answer(Status::failure(
-                    StatusCode::BAD_REQUEST,
-                    Reason::BadRequest,
-                    "request path cannot be forwarded",
-                ))
-            }
+            Err(_) => return answer(unforwardable(), req),
         };
         match Uri::from_parts(parts) {
             Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => {
-                return answer(Status::failure(
-                    StatusCode::BAD_REQUEST,
-                    Reason::BadRequest,
-                    "request path cannot be forwarded",
-                ))
-            }
+            Err(_) => return answer(unforwardable(), req),
         }
         req.extensions_mut().insert(ClusterName(name.clone()));
         call_when_ready(service, req)
     }
+}
+
+fn unforwardable() -> Status {
+    Status::failure(
+        StatusCode::BAD_REQUEST,
+        Reason::BadRequest,
+        "request path cannot be forwarded",
+    )
 }
 
 fn not_found(message: String) -> Status {
