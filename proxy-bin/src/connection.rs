@@ -24,6 +24,7 @@ use proxy_core::credential::ClientCertificate;
 use proxy_core::forwarded::TrustedProxies;
 use proxy_core::gate::Gated;
 use proxy_core::proxy_protocol::{self, HeaderError};
+use proxy_core::reload::tls::ClientCertRecheck;
 use proxy_core::{BoxError, ProxyBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -35,6 +36,8 @@ use crate::server::Handler;
 pub(crate) struct Listener<H> {
     /// Connections from these addresses start with a PROXY protocol header.
     pub proxy_protocol: Option<Arc<TrustedProxies>>,
+    /// Re-checks each request's client certificate (with `tls.clientCAFile`).
+    pub client_certs: Option<ClientCertRecheck>,
     /// TLS of the listener.
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// HTTP/1.1 and HTTP/2 with the listener's limits.
@@ -58,6 +61,11 @@ pub(crate) async fn serve<H: Handler>(
 ) {
     let mut tcp = tcp;
     let mut peer = peer;
+    // The CA file in force before the handshake verifies with it.
+    let generation = listener
+        .client_certs
+        .as_ref()
+        .map(ClientCertRecheck::generation);
     let handshake = tokio::time::timeout(listener.handshake_timeout, async {
         if let Some(trusted) = &listener.proxy_protocol {
             if trusted.contains(peer.ip()) {
@@ -96,12 +104,33 @@ pub(crate) async fn serve<H: Handler>(
                 .into(),
         )
     });
+    // Each request re-checks the certificate as kube-apiserver would: a
+    // certificate past its notAfter, or that the CAs now in force refuse, is
+    // not the request's credential (it is then as if none was sent).
+    let verified = match (&cert, &listener.client_certs, generation) {
+        (Some(cert), Some(recheck), Some(generation)) => {
+            Some(Arc::new(recheck.verified_at(generation, &cert.0)))
+        }
+        _ => None,
+    };
+    let recheck = listener.client_certs.clone();
     let activity = Arc::new(Activity::new());
     let in_flight = activity.clone();
     let handler = listener.handler.clone();
     let service = hyper::service::service_fn(move |req| {
         let guard = InFlight::begin(&in_flight);
-        let answer = handler.clone().handle(req, cert.clone(), peer);
+        let cert = match (&cert, &recheck, &verified) {
+            (Some(cert), Some(recheck), Some(state)) => {
+                if recheck.still_valid(&cert.0, state) {
+                    Some(cert.clone())
+                } else {
+                    tracing::debug!(%peer, "client certificate no longer valid on this connection");
+                    None
+                }
+            }
+            (cert, _, _) => cert.clone(),
+        };
+        let answer = handler.clone().handle(req, cert, peer);
         async move {
             let response = answer.await?;
             Ok::<_, Infallible>(response.map(|body| TrackedBody {

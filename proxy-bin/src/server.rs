@@ -105,12 +105,30 @@ pub enum ClientCertificates {
     Required,
 }
 
+/// A listener's TLS: its rustls configuration and, with a client CA, what
+/// each request re-checks its connection's client certificate with (the
+/// CAs in force and the time now, as kube-apiserver checks on every request).
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// The rustls configuration of every handshake.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Present with `tls.clientCAFile`.
+    pub client_certs: Option<proxy_core::reload::tls::ClientCertRecheck>,
+}
+
+impl From<Arc<rustls::ServerConfig>> for ListenerTls {
+    /// A configuration whose client certificates (if any) are not re-checked.
+    fn from(config: Arc<rustls::ServerConfig>) -> Self {
+        ListenerTls {
+            config,
+            client_certs: None,
+        }
+    }
+}
+
 /// Builds the listener's rustls configuration: ALPN h2 and http/1.1, and
 /// optional (not required) client certificates verified against a CA.
-pub fn listener_tls(
-    config: &FileConfig,
-    base: &Path,
-) -> Result<Arc<rustls::ServerConfig>, StartError> {
+pub fn listener_tls(config: &FileConfig, base: &Path) -> Result<ListenerTls, StartError> {
     listener_tls_with(config, base, ClientCertificates::Optional)
 }
 
@@ -120,7 +138,7 @@ pub fn listener_tls_with(
     config: &FileConfig,
     base: &Path,
     client_certificates: ClientCertificates,
-) -> Result<Arc<rustls::ServerConfig>, StartError> {
+) -> Result<ListenerTls, StartError> {
     listener_tls_reporting(config, base, client_certificates, ReloadReporter::default())
 }
 
@@ -135,7 +153,7 @@ pub fn listener_tls_reporting(
     base: &Path,
     client_certificates: ClientCertificates,
     reporter: ReloadReporter,
-) -> Result<Arc<rustls::ServerConfig>, StartError> {
+) -> Result<ListenerTls, StartError> {
     use proxy_core::reload::tls::{ReloadingCert, ReloadingClientVerifier};
     use proxy_core::tls;
     let resolve = |p: &Path| {
@@ -162,6 +180,7 @@ pub fn listener_tls_reporting(
             field: "tls",
             source: e.into(),
         })?;
+    let mut client_certs = None;
     let builder = match &config.tls.client_ca_file {
         Some(ca) => {
             let verifier = ReloadingClientVerifier::watch(
@@ -174,6 +193,7 @@ pub fn listener_tls_reporting(
                 field: "tls.clientCAFile",
                 source,
             })?;
+            client_certs = Some(verifier.recheck());
             builder.with_client_cert_verifier(Arc::new(verifier))
         }
         None => builder.with_no_client_auth(),
@@ -183,7 +203,10 @@ pub fn listener_tls_reporting(
     // The cipher suite is the proxy's choice (AES-128-GCM first, see
     // `proxy_core::tls::provider`), as kube-apiserver's Go TLS stack chooses it.
     server.ignore_client_order = true;
-    Ok(Arc::new(server))
+    Ok(ListenerTls {
+        config: Arc::new(server),
+        client_certs,
+    })
 }
 
 /// What the listener serves.
@@ -654,18 +677,24 @@ async fn start_from(
 /// default [`Limits`].
 pub fn serve<H: Handler>(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: impl Into<ListenerTls>,
     proxy: H,
     shutdown_timeout: Duration,
 ) -> Result<RunningServer, StartError> {
-    serve_with_limits(listener, tls, proxy, Limits::default(), shutdown_timeout)
+    serve_with_limits(
+        listener,
+        tls.into(),
+        proxy,
+        Limits::default(),
+        shutdown_timeout,
+    )
 }
 
 /// Serves `handler` on an already bound listener in the background, with
 /// `limits` (validated) on every connection.
 pub fn serve_with_limits<H: Handler>(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ListenerTls,
     handler: H,
     limits: Limits,
     shutdown_timeout: Duration,
@@ -812,7 +841,7 @@ impl Drop for OpenConnection {
 
 async fn accept_loop<H: Handler>(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: ListenerTls,
     handler: H,
     limits: Limits,
     mut shutdown: oneshot::Receiver<()>,
@@ -820,7 +849,8 @@ async fn accept_loop<H: Handler>(
 ) {
     let shared = Arc::new(connection::Listener {
         proxy_protocol: handler.proxy_protocol_from(),
-        acceptor: tokio_rustls::TlsAcceptor::from(tls),
+        client_certs: tls.client_certs,
+        acceptor: tokio_rustls::TlsAcceptor::from(tls.config),
         builder: limits.connection_builder(),
         handshake_timeout: limits.tls_handshake_timeout,
         idle_timeout: limits.idle_timeout,

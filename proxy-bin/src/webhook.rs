@@ -46,6 +46,10 @@ pub struct Webhook {
     max_request_body_bytes: usize,
     api_audiences: Arc<[String]>,
     allowed_client_names: Arc<[String]>,
+    /// `tls.clientCAFile` is set: every request needs a valid client
+    /// certificate (one the CAs in force still accept, see
+    /// `ClientCertRecheck`), not only the handshake.
+    require_client_cert: bool,
     metrics: Option<proxy_core::observe::metrics::Metrics>,
 }
 
@@ -67,6 +71,9 @@ impl Webhook {
     /// always without `webhook.allowedClientNames`, else when the leaf's
     /// common name is one of them.
     fn caller_allowed(&self, cert: Option<&ClientCertificate>) -> Result<(), String> {
+        if self.require_client_cert && cert.is_none() {
+            return Err("a valid client certificate is required to ask for token reviews".into());
+        }
         if self.allowed_client_names.is_empty() {
             return Ok(());
         }
@@ -264,6 +271,7 @@ async fn start_from(
         max_request_body_bytes: config.limits.max_request_body_bytes,
         api_audiences: config.webhook.api_audiences().into(),
         allowed_client_names: config.webhook.allowed_client_names.clone().into(),
+        require_client_cert: verified,
         metrics: metrics.clone(),
     };
     let mut running = serve_with_limits(

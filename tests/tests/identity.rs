@@ -7,6 +7,7 @@
 //! not echo a typed password.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -692,6 +693,91 @@ async fn redirects_from_the_api_server_are_never_followed() -> anyhow::Result<()
         0,
         "a redirect was followed"
     );
+    proxy.shutdown().await;
+    Ok(())
+}
+
+/// A client certificate is checked on every request, as kube-apiserver
+/// checks it, not once per connection: after its CA is rotated out of
+/// `tls.clientCAFile`, the next request on the same open connection is no
+/// longer authenticated by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_stops_working_on_an_open_connection_when_its_ca_is_rotated_out(
+) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Empty};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let env = Env::start().await?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let serving = env.pki.issue_server("rotating-proxy")?;
+    std::fs::write(d.join("client-ca.crt"), env.pki.ca_pem())?;
+    std::fs::write(d.join("proxy-token"), authproxy_tests::PROXY_TOKEN)?;
+    let path = d.join("authproxy.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:0\nreloadInterval: 50ms\n\
+             tls: {{certFile: {}, keyFile: {}, clientCAFile: client-ca.crt}}\n\
+             upstream: {{url: '{}', caFile: {}, tokenFile: proxy-token}}\n\
+             authentication: {{clientCertificates: true}}\n",
+            serving.cert_path.display(),
+            serving.key_path.display(),
+            env.double.url(),
+            env.pki.ca_path().display(),
+        ),
+    )?;
+    let config = FileConfig::load(&path)?;
+    let proxy = authproxy::server::start(&config, d).await?;
+
+    // One connection, with alice's certificate.
+    let alice = env
+        .pki
+        .issue_client("rotating-alice", "alice", Some("devs"))?;
+    let chain =
+        CertificateDer::pem_slice_iter(alice.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(alice.key_pem.as_bytes())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(env.pki.ca_pem().as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.addr()).await?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(rustls_pki_types::ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut get = async |query: &str| -> anyhow::Result<u16> {
+        let request = http::Request::get(format!("{PODS}?{query}"))
+            .header("host", "localhost")
+            .body(Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        Ok(status)
+    };
+    assert_eq!(get("before").await?, 200);
+    // The CA is rotated: only another CA's certificates are accepted now.
+    std::fs::write(d.join("client-ca.crt"), TestPki::new()?.ca_pem())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        get("after").await?,
+        401,
+        "the rotated-out certificate still authenticated on its open connection"
+    );
+    let requests = env.upstream_requests();
+    assert!(requests.iter().any(
+        |r| r.uri.query() == Some("before") && r.header_values("impersonate-user") == ["alice"]
+    ));
+    assert!(requests.iter().all(|r| r.uri.query() != Some("after")));
     proxy.shutdown().await;
     Ok(())
 }

@@ -240,7 +240,15 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         (in_flight("short"), 0.0),
         (in_flight("long_running"), 0.0),
         ("authproxy_audit_events_total".into(), expected_audit),
-        ("authproxy_audit_events_dropped_total".into(), 0.0),
+        (
+            "authproxy_audit_events_dropped_total{reason=\"queue_full\"}".into(),
+            0.0,
+        ),
+        (
+            "authproxy_audit_events_dropped_total{reason=\"write_error\"}".into(),
+            0.0,
+        ),
+        ("authproxy_audit_file_reopened_total".into(), 0.0),
         (
             "authproxy_http_request_duration_seconds_count{method=\"GET\"}".into(),
             12.0,

@@ -397,15 +397,32 @@ enum Sink {
     File {
         path: PathBuf,
         file: BufWriter<File>,
+        /// The open file's device and inode, to see it moved or deleted.
+        identity: (u64, u64),
         size: u64,
         max_bytes: u64,
         max_backups: u32,
     },
 }
 
-struct Writer(Sink);
+struct Writer {
+    sink: Sink,
+    /// When the file was last checked to still be at its path.
+    checked: std::time::Instant,
+    /// Failed writes since the last warning, and when that was.
+    failures: (u64, Option<std::time::Instant>),
+}
 
-fn open_append(path: &Path) -> Result<(File, u64), AuditError> {
+/// How often the writer checks that its file is still at its path.
+const REOPEN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Fewest seconds between two warnings about failed writes.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens `path` for appending, creating it readable and writable by its
+/// owner only (0600, as kube-apiserver's audit files): the events name users,
+/// their groups and what they did.
+fn open_append(path: &Path) -> Result<(File, (u64, u64), u64), AuditError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let error = |source| AuditError {
         path: path.to_owned(),
         source,
@@ -413,31 +430,91 @@ fn open_append(path: &Path) -> Result<(File, u64), AuditError> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .map_err(error)?;
-    let size = file.metadata().map_err(error)?.len();
-    Ok((file, size))
+    let metadata = file.metadata().map_err(error)?;
+    Ok((file, (metadata.dev(), metadata.ino()), metadata.len()))
+}
+
+/// Whether `path` still names the open file `identity`.
+fn still_at(path: &Path, identity: (u64, u64)) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == identity)
 }
 
 impl Writer {
     fn open(destination: Destination) -> Result<Writer, AuditError> {
-        Ok(Writer(match destination {
+        let sink = match destination {
             Destination::Stdout => Sink::Stdout,
             Destination::File {
                 path,
                 max_bytes,
                 max_backups,
             } => {
-                let (file, size) = open_append(&path)?;
+                let (file, identity, size) = open_append(&path)?;
                 Sink::File {
                     path,
                     file: BufWriter::new(file),
+                    identity,
                     size,
                     max_bytes,
                     max_backups,
                 }
             }
-        }))
+        };
+        Ok(Writer {
+            sink,
+            checked: std::time::Instant::now(),
+            failures: (0, None),
+        })
+    }
+
+    /// Opens the file again when it was moved or deleted (logrotate without
+    /// `copytruncate`, an operator's `rm`), checking at most every
+    /// [`REOPEN_CHECK`]: events are never written into a file nobody sees.
+    fn reopen_if_moved(&mut self, counters: &AuditCounters) {
+        let Sink::File {
+            path,
+            file,
+            identity,
+            size,
+            ..
+        } = &mut self.sink
+        else {
+            return;
+        };
+        if self.checked.elapsed() < REOPEN_CHECK {
+            return;
+        }
+        self.checked = std::time::Instant::now();
+        if still_at(path, *identity) {
+            return;
+        }
+        let _ = file.flush();
+        match open_append(path) {
+            Ok((fresh, fresh_identity, fresh_size)) => {
+                *file = BufWriter::new(fresh);
+                *identity = fresh_identity;
+                *size = fresh_size;
+                counters.reopened.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %path.display(), "audit log was moved or deleted; opened it again");
+            }
+            Err(error) => self.failed(&error.source, counters),
+        }
+    }
+
+    /// Counts a failed write, warning at most every [`WARN_EVERY`] with how
+    /// many failed since the last warning.
+    fn failed(&mut self, error: &std::io::Error, counters: &AuditCounters) {
+        counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        let (count, last) = &mut self.failures;
+        *count += 1;
+        if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+            tracing::warn!(%error, failed = *count, "audit events not written");
+            *count = 0;
+            *last = Some(std::time::Instant::now());
+        }
     }
 
     fn run(mut self, events: Receiver<Event>, counters: &AuditCounters) {
@@ -445,6 +522,7 @@ impl Writer {
         loop {
             match events.try_recv() {
                 Ok(event) => {
+                    self.reopen_if_moved(counters);
                     line.clear();
                     event.write_json(&mut line);
                     line.push(b'\n');
@@ -452,10 +530,7 @@ impl Writer {
                         Ok(()) => {
                             counters.written.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(error) => {
-                            counters.dropped.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(%error, "audit event not written");
-                        }
+                        Err(error) => self.failed(&error, counters),
                     }
                 }
                 Err(TryRecvError::Empty) => {
@@ -463,8 +538,9 @@ impl Writer {
                     // look again shortly. Polling keeps senders from waking
                     // this thread on every event (a system call per request).
                     if let Err(error) = self.flush() {
-                        tracing::warn!(%error, "audit log flush failed");
+                        self.failed(&error, counters);
                     }
+                    self.reopen_if_moved(counters);
                     std::thread::sleep(WRITER_POLL);
                 }
                 Err(TryRecvError::Disconnected) => break,
@@ -474,11 +550,12 @@ impl Writer {
     }
 
     fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
-        match &mut self.0 {
+        match &mut self.sink {
             Sink::Stdout => std::io::stdout().lock().write_all(line),
             Sink::File {
                 path,
                 file,
+                identity,
                 size,
                 max_bytes,
                 max_backups,
@@ -486,8 +563,10 @@ impl Writer {
                 if *size > 0 && *size + line.len() as u64 > *max_bytes {
                     file.flush()?;
                     rotate(path, *max_backups)?;
-                    let (fresh, fresh_size) = open_append(path).map_err(|e| e.source)?;
+                    let (fresh, fresh_identity, fresh_size) =
+                        open_append(path).map_err(|e| e.source)?;
                     *file = BufWriter::new(fresh);
+                    *identity = fresh_identity;
                     *size = fresh_size;
                 }
                 file.write_all(line)?;
@@ -498,7 +577,7 @@ impl Writer {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        match &mut self.0 {
+        match &mut self.sink {
             Sink::Stdout => std::io::stdout().lock().flush(),
             Sink::File { file, .. } => file.flush(),
         }
@@ -512,17 +591,23 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
 }
 
 /// `path.N-1` → `path.N` … `path` → `path.1`; the oldest beyond `max_backups` goes.
+/// A file that is gone already (moved or deleted by someone else) is
+/// nothing to rotate.
 fn rotate(path: &Path, max_backups: u32) -> std::io::Result<()> {
+    let gone_is_fine = |result: std::io::Result<()>| match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
     if max_backups == 0 {
-        return std::fs::remove_file(path);
+        return gone_is_fine(std::fs::remove_file(path));
     }
     for n in (1..max_backups).rev() {
         let from = numbered(path, n);
         if from.exists() {
-            std::fs::rename(&from, numbered(path, n + 1))?;
+            gone_is_fine(std::fs::rename(&from, numbered(path, n + 1)))?;
         }
     }
-    std::fs::rename(path, numbered(path, 1))
+    gone_is_fine(std::fs::rename(path, numbered(path, 1)))
 }
 
 #[path = "audit_json.rs"]
@@ -548,6 +633,15 @@ mod tests {
             ResponseStatus::new(200, None),
             SystemTime::now(),
         )
+    }
+
+    /// Waits (bounded) until the writer opened its file again `count` times.
+    fn wait_reopened(log: &AuditLog, count: u64) {
+        let start = Instant::now();
+        while log.counters().reopened.load(Ordering::Relaxed) < count {
+            assert!(start.elapsed() < REOPEN_CHECK * 10, "not opened again");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     fn wait_written(log: &AuditLog, count: u64) {
@@ -630,6 +724,51 @@ mod tests {
         }
         assert!(!numbered(&path, 3).exists());
         assert!(lines < 40, "older events past the backups are gone");
+    }
+
+    #[test]
+    fn a_moved_or_deleted_file_is_opened_again_and_nothing_more_is_lost() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::start(
+            Destination::File {
+                path: path.clone(),
+                max_bytes: 1 << 20,
+                max_backups: 2,
+            },
+            Policy::default(),
+            1000,
+        )
+        .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        log.log(event(0));
+        wait_written(&log, 1);
+        // logrotate without copytruncate: moved away, then deleted outright.
+        std::fs::rename(&path, dir.path().join("audit.log.moved")).unwrap();
+        wait_reopened(&log, 1);
+        for n in 1..=30 {
+            log.log(event(n));
+        }
+        wait_written(&log, 31);
+        std::fs::remove_file(&path).unwrap();
+        wait_reopened(&log, 2);
+        for n in 31..=60 {
+            log.log(event(n));
+        }
+        wait_written(&log, 61);
+        let counters = log.counters();
+        drop(log);
+        assert_eq!(counters.write_errors.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.reopened.load(Ordering::Relaxed), 2);
+        // The events after the deletion are all in the file at the path:
+        // none went into the deleted file.
+        let seen = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(seen, 30, "events where the operator looks");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //! | `authproxy_upstream_errors_total` | counter | `kind` (`unavailable`, `bad_gateway`, `timeout`) |
 //! | `authproxy_tokenreviews_total` | counter | `result` (`authenticated`, `unauthenticated`, `error`) |
 //! | `authproxy_issued_tokens_total` | counter | |
-//! | `authproxy_audit_events_total`, `_dropped_total` | counter | |
+//! | `authproxy_audit_events_total` | counter | |
+//! | `authproxy_audit_events_dropped_total` | counter | `reason` (`queue_full`, `write_error`) |
+//! | `authproxy_audit_file_reopened_total` | counter | |
 //! | `authproxy_oidc_key_fetches_total` | counter | `issuer` (configured URL), `result` (`success`, `failure`) |
 //! | `authproxy_oidc_keys_age_seconds` | gauge | `issuer` (from the first load on) |
 //! | `authproxy_ldap_pool_connections` | gauge | `state` (`idle`, `in_use`) |
@@ -142,6 +144,10 @@ pub struct AuditCounters {
     pub written: AtomicU64,
     /// Events dropped because the queue was full.
     pub dropped: AtomicU64,
+    /// Events that could not be written to the file.
+    pub write_errors: AtomicU64,
+    /// Times the file was opened again because it had been moved or deleted.
+    pub reopened: AtomicU64,
 }
 
 /// Reads the caches of the instrumented chains and the audit counters at scrape time.
@@ -194,12 +200,10 @@ impl Collector for ScrapeTime {
             entries.metric_type(),
         )?)?;
         let audit = self.audit.lock().ok().and_then(|a| a.clone());
-        let (written, dropped) = audit
+        let [written, queue_full, write_error, reopened] = audit
             .map(|a| {
-                (
-                    a.written.load(Ordering::Relaxed),
-                    a.dropped.load(Ordering::Relaxed),
-                )
+                [&a.written, &a.dropped, &a.write_errors, &a.reopened]
+                    .map(|c| c.load(Ordering::Relaxed))
             })
             .unwrap_or_default();
         counter(
@@ -208,11 +212,23 @@ impl Collector for ScrapeTime {
             "Audit events written",
             written,
         )?;
+        let mut dropped = encoder.encode_descriptor(
+            "authproxy_audit_events_dropped",
+            "Audit events not written, by reason: queue_full (the writer fell behind), \
+             write_error (the file could not be written)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (reason, value) in [("queue_full", queue_full), ("write_error", write_error)] {
+            dropped
+                .encode_family(&[("reason", reason)])?
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&value, None)?;
+        }
         counter(
             &mut encoder,
-            "authproxy_audit_events_dropped",
-            "Audit events dropped because the write queue was full",
-            dropped,
+            "authproxy_audit_file_reopened",
+            "Times the audit file was opened again after it was moved or deleted",
+            reopened,
         )
     }
 }

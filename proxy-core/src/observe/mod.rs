@@ -213,10 +213,17 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // One reading of the path for everything after this: the path as it
-        // will be forwarded, dot-segments resolved (one that cannot be
-        // forwarded stays as sent, and is refused further in).
-        if let Ok(Some(resolved)) = crate::path::normalize_uri(req.uri()) {
-            *req.uri_mut() = resolved;
+        // will be forwarded, dot-segments resolved. One that cannot be
+        // forwarded, or whose dot-segments cross from one cluster's prefix to
+        // another, stays as sent, for the router to refuse.
+        let routable = req
+            .uri()
+            .path_and_query()
+            .is_none_or(|pq| crate::upstream::router::route(pq.as_str()).is_ok());
+        if routable {
+            if let Ok(Some(resolved)) = crate::path::normalize_uri(req.uri()) {
+                *req.uri_mut() = resolved;
+            }
         }
         let id = AuditId::next();
         let id_value = id.header_value();

@@ -10,6 +10,7 @@
 //! or a CA file without a certificate, is refused and the old one serves on.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -144,8 +145,89 @@ fn client_verifier(
 #[derive(Debug)]
 pub struct ReloadingClientVerifier {
     current: Arc<ArcSwap<Arc<dyn ClientCertVerifier>>>,
+    /// Counts the CA files taken: a connection's certificate verified under
+    /// an older one is verified again ([`ClientCertRecheck`]).
+    generation: Arc<AtomicU64>,
     mandatory: bool,
     _watch: FileWatch,
+}
+
+/// Checks, per request, that a connection's client certificate is still one
+/// the listener would accept, as kube-apiserver verifies the chain against
+/// the current CAs and time on every request: not past its `notAfter`, and
+/// verified again by the CAs in force whenever they changed since it was
+/// last verified (once per connection and change, not per request).
+#[derive(Debug, Clone)]
+pub struct ClientCertRecheck {
+    current: Arc<ArcSwap<Arc<dyn ClientCertVerifier>>>,
+    generation: Arc<AtomicU64>,
+}
+
+/// A connection's client certificate as last verified: under which CA file
+/// and until when (see [`ClientCertRecheck`]).
+#[derive(Debug)]
+pub struct VerifiedCert {
+    generation: AtomicU64,
+    /// `notAfter` of the leaf, in seconds since the epoch.
+    not_after: Option<u64>,
+    valid: AtomicBool,
+}
+
+impl ClientCertRecheck {
+    /// The CA file in force now; take it before a handshake and give it to
+    /// [`ClientCertRecheck::verified_at`] after.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// A certificate chain the handshake verified under `generation`.
+    pub fn verified_at(&self, generation: u64, chain: &[CertificateDer<'_>]) -> VerifiedCert {
+        let not_after = chain.first().and_then(|leaf| {
+            use x509_parser::prelude::FromDer;
+            let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
+            u64::try_from(cert.validity().not_after.timestamp()).ok()
+        });
+        VerifiedCert {
+            generation: AtomicU64::new(generation),
+            not_after,
+            valid: AtomicBool::new(not_after.is_some()),
+        }
+    }
+
+    /// Whether `chain`, verified as `state` says, is still valid now. Once
+    /// it is not, it stays not for the connection.
+    pub fn still_valid(&self, chain: &[CertificateDer<'_>], state: &VerifiedCert) -> bool {
+        if !state.valid.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = UnixTime::now();
+        if state
+            .not_after
+            .is_none_or(|not_after| now.as_secs() > not_after)
+        {
+            state.valid.store(false, Ordering::Release);
+            return false;
+        }
+        let generation = self.generation();
+        if state.generation.load(Ordering::Acquire) == generation {
+            return true;
+        }
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            state.valid.store(false, Ordering::Release);
+            return false;
+        };
+        let ok = self
+            .current
+            .load()
+            .verify_client_cert(leaf, intermediates, now)
+            .is_ok();
+        if ok {
+            state.generation.store(generation, Ordering::Release);
+        } else {
+            state.valid.store(false, Ordering::Release);
+        }
+        ok
+    }
 }
 
 impl ReloadingClientVerifier {
@@ -164,6 +246,8 @@ impl ReloadingClientVerifier {
             &pem, &name, mandatory,
         )?));
         let weak = Arc::downgrade(&current);
+        let generation = Arc::new(AtomicU64::new(0));
+        let taken = generation.clone();
         let watch = watch_files(
             vec![ca],
             interval,
@@ -175,15 +259,25 @@ impl ReloadingClientVerifier {
                     client_verifier(&contents[0], &name, mandatory).map_err(|e| e.to_string())?;
                 if let Some(current) = weak.upgrade() {
                     current.store(Arc::new(verifier));
+                    taken.fetch_add(1, Ordering::AcqRel);
                 }
                 Ok(())
             },
         );
         Ok(ReloadingClientVerifier {
             current,
+            generation,
             mandatory,
             _watch: watch,
         })
+    }
+
+    /// What requests re-check their connection's certificate with.
+    pub fn recheck(&self) -> ClientCertRecheck {
+        ClientCertRecheck {
+            current: self.current.clone(),
+            generation: self.generation.clone(),
+        }
     }
 }
 
@@ -343,6 +437,71 @@ impl ServerCertVerifier for ReloadingServerVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A CA (its PEM) and a client certificate chain it signed, valid
+    /// until `not_after` (default: rcgen's, far in the future).
+    fn ca_and_client(not_after: Option<(i32, u8, u8)>) -> (String, Vec<CertificateDer<'static>>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        if let Some((y, m, d)) = not_after {
+            params.not_before = rcgen::date_time_ymd(y - 1, m, d);
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
+        let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (ca.pem(), vec![leaf.der().clone()])
+    }
+
+    #[tokio::test]
+    async fn a_connections_certificate_is_checked_again_when_the_ca_changes_or_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        let (ca1, alice) = ca_and_client(None);
+        let (ca2, _) = ca_and_client(None);
+        std::fs::write(&ca_file, &ca1).unwrap();
+        let verifier = ReloadingClientVerifier::watch(
+            ca_file.clone(),
+            false,
+            Duration::from_millis(20),
+            ReloadReporter::default(),
+        )
+        .unwrap();
+        let recheck = verifier.recheck();
+        let state = recheck.verified_at(recheck.generation(), &alice);
+        assert!(recheck.still_valid(&alice, &state));
+        // The same CA file again (rewritten, same CA): still valid.
+        std::fs::write(&ca_file, format!("{ca1}\n")).unwrap();
+        let before = recheck.generation();
+        while recheck.generation() == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(recheck.still_valid(&alice, &state));
+        // The CA rotated out: the open connection's certificate is refused.
+        std::fs::write(&ca_file, &ca2).unwrap();
+        let before = recheck.generation();
+        while recheck.generation() == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!recheck.still_valid(&alice, &state));
+        // Back again: refused for this connection still (a new one may ask).
+        std::fs::write(&ca_file, &ca1).unwrap();
+        let before = recheck.generation();
+        while recheck.generation() == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!recheck.still_valid(&alice, &state));
+        // Past its notAfter: refused at once, whatever the CA.
+        let (_, expired) = ca_and_client(Some((2020, 1, 1)));
+        let state = recheck.verified_at(recheck.generation(), &expired);
+        assert!(!recheck.still_valid(&expired, &state));
+    }
 
     fn pair(name: &str) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
