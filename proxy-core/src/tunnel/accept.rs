@@ -15,26 +15,30 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::metrics::TunnelMetrics;
 use super::registry::ClusterAgents;
+use super::serve::Tunnel;
+use super::token::{ClusterToken, TokenBook};
 use super::{CLUSTER_HEADER, UPGRADE_PROTOCOL};
 use crate::body::ProxyBody;
-use crate::reload::{watch_file, FileWatch};
 use crate::status::{Reason, Status};
+
+pub use super::token::{parse_token, MIN_TOKEN_CHARS};
 
 /// How often the proxy pings an idle tunnel, and how long the answer may take.
 pub const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
 
+/// How long the requests in flight on a tunnel whose registration token
+/// was retired may take before the tunnel is dropped.
+pub const RETIRED_TOKEN_GRACE: Duration = Duration::from_secs(5);
+
 /// A problem setting up an agent cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
-    /// The token file cannot be read or holds no token.
+    /// The token file cannot be read, holds no token, or holds another
+    /// cluster's.
     #[error("{path}: {problem}")]
     Token {
         /// The file.
@@ -44,20 +48,29 @@ pub enum AcceptError {
     },
 }
 
-type Digest32 = [u8; 32];
-
 struct AgentCluster {
     agents: Arc<ClusterAgents>,
-    token: Arc<ArcSwapOption<Digest32>>,
-    _watch: FileWatch,
+    token: Arc<ClusterToken>,
 }
 
 /// Answers agents' registrations for every `via: agent` cluster (see the
 /// module docs). Cheap to share behind an `Arc`.
-#[derive(Default)]
 pub struct AgentEndpoint {
     clusters: Vec<AgentCluster>,
+    tokens: Arc<TokenBook>,
     metrics: TunnelMetrics,
+    retired_grace: Duration,
+}
+
+impl Default for AgentEndpoint {
+    fn default() -> Self {
+        AgentEndpoint {
+            clusters: Vec::new(),
+            tokens: Arc::default(),
+            metrics: TunnelMetrics::default(),
+            retired_grace: RETIRED_TOKEN_GRACE,
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentEndpoint {
@@ -73,32 +86,6 @@ impl std::fmt::Debug for AgentEndpoint {
             )
             .finish()
     }
-}
-
-/// Shortest registration token accepted: the endpoint answers before any
-/// authentication, so a token must be too long to guess.
-pub const MIN_TOKEN_CHARS: usize = 16;
-
-/// The registration token in a token file's `content` (surrounding
-/// whitespace removed), or why it cannot be one (never the token itself).
-pub fn parse_token(content: &[u8]) -> Result<&str, String> {
-    let token = std::str::from_utf8(content)
-        .map_err(|_| "the token is not UTF-8".to_owned())?
-        .trim();
-    if token.is_empty() {
-        return Err("the token is empty".into());
-    }
-    if token.chars().count() < MIN_TOKEN_CHARS {
-        return Err(format!(
-            "the token is shorter than {MIN_TOKEN_CHARS} characters: use a long random string \
-             (openssl rand -hex 32)"
-        ));
-    }
-    Ok(token)
-}
-
-fn token_digest(content: &[u8]) -> Result<Digest32, String> {
-    Ok(Sha256::digest(parse_token(content)?.as_bytes()).into())
 }
 
 impl AgentEndpoint {
@@ -118,51 +105,34 @@ impl AgentEndpoint {
     }
 
     /// Adds the cluster `name`, whose agents present the token in
-    /// `token_file` (re-read every `interval`; a changed token takes effect
-    /// for new registrations, connected tunnels stay). Must be called within
-    /// a tokio runtime.
+    /// `token_file` (re-read every `interval`). A changed token takes
+    /// effect for new registrations, and the tunnels registered with the
+    /// token before are closed (after [`RETIRED_TOKEN_GRACE`] for their
+    /// requests in flight). A token another cluster has is refused, when
+    /// added and when read again. Must be called within a tokio runtime.
     pub fn add_cluster(
         &mut self,
         name: &str,
         token_file: PathBuf,
         interval: Duration,
     ) -> Result<Arc<ClusterAgents>, AcceptError> {
-        let content = std::fs::read(&token_file).map_err(|e| AcceptError::Token {
-            path: token_file.clone(),
-            problem: e.to_string(),
-        })?;
-        let digest = token_digest(&content).map_err(|problem| AcceptError::Token {
-            path: token_file.clone(),
-            problem,
-        })?;
-        let token = Arc::new(ArcSwapOption::from_pointee(digest));
-        let slot = Arc::downgrade(&token);
-        let watch = watch_file(token_file, interval, content, move |content| {
-            let digest = token_digest(content)?;
-            if let Some(slot) = slot.upgrade() {
-                slot.store(Some(Arc::new(digest)));
-            }
-            Ok(())
-        });
         let agents = ClusterAgents::new(name, &self.metrics);
+        let token = ClusterToken::watch(&self.tokens, &agents, token_file, interval)
+            .map_err(|(path, problem)| AcceptError::Token { path, problem })?;
         self.clusters.push(AgentCluster {
             agents: agents.clone(),
-            token,
-            _watch: watch,
+            token: Arc::new(token),
         });
         Ok(agents)
     }
 
     /// The cluster whose token is `presented`: every cluster is compared,
     /// so the time taken does not tell which one matched.
-    fn cluster_of(&self, presented: &[u8]) -> Option<&AgentCluster> {
-        let digest: Digest32 = Sha256::digest(presented).into();
+    fn cluster_of(&self, presented: &super::registry::TokenDigest) -> Option<&AgentCluster> {
         let mut found = None;
         for cluster in &self.clusters {
-            if let Some(token) = cluster.token.load_full() {
-                if bool::from(token.ct_eq(&digest)) {
-                    found = Some(cluster);
-                }
+            if cluster.token.matches(presented) {
+                found = Some(cluster);
             }
         }
         found
@@ -201,7 +171,11 @@ impl AgentEndpoint {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty());
-        let Some(cluster) = presented.and_then(|t| self.cluster_of(t.as_bytes())) else {
+        let found = presented.and_then(|t| {
+            let digest = super::token::digest(t.as_bytes());
+            self.cluster_of(&digest).map(|cluster| (cluster, digest))
+        });
+        let Some((cluster, presented)) = found else {
             self.metrics.connect("unknown", false);
             tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: the token is no cluster's registration token");
             return refused();
@@ -213,41 +187,14 @@ impl AgentEndpoint {
             return refused();
         }
         self.metrics.connect(name, true);
-        let agents = cluster.agents.clone();
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let cluster = agents.name().to_owned();
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    tracing::warn!(%cluster, %peer, %error, "agent tunnel upgrade failed");
-                    return;
-                }
-            };
-            let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .keep_alive_interval(KEEP_ALIVE.0)
-                .keep_alive_timeout(KEEP_ALIVE.1)
-                .keep_alive_while_idle(true)
-                // Large lists and uploads: windows grow with the tunnel's bandwidth-delay product.
-                .adaptive_window(true);
-            let (send, connection) = match builder.handshake(upgraded).await {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%cluster, %peer, %error, "agent tunnel HTTP/2 handshake failed");
-                    return;
-                }
-            };
-            let registration = agents.add(peer, send);
-            tracing::info!(%cluster, %peer, tunnel = registration.id(), connected = agents.connected(), "agent tunnel connected");
-            if let Err(error) = connection.await {
-                tracing::info!(%cluster, %peer, tunnel = registration.id(), %error, "agent tunnel ended with an error");
-            }
-            let id = registration.id();
-            drop(registration);
-            tracing::info!(%cluster, %peer, tunnel = id, connected = agents.connected(), "agent tunnel closed");
-        });
+        let tunnel = Tunnel {
+            agents: cluster.agents.clone(),
+            token: cluster.token.clone(),
+            presented,
+            peer,
+            grace: self.retired_grace,
+        };
+        tokio::spawn(tunnel.run(hyper::upgrade::on(&mut req)));
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         response

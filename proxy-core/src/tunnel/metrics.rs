@@ -1,6 +1,7 @@
 //! The tunnel metric families: `authproxy_tunnels_connected{cluster}`,
 //! `authproxy_tunnel_connects_total{cluster,result}` and
-//! `authproxy_tunnel_requests_total{cluster}`. Cluster labels are names
+//! `authproxy_tunnel_requests_total{cluster}` and
+//! `authproxy_tunnels_closed_total{cluster,reason}`. Cluster labels are names
 //! from the configuration (`unknown` for a registration whose token matched
 //! no cluster), so they are bounded.
 
@@ -26,12 +27,42 @@ pub struct ConnectLabels {
     pub result: &'static str,
 }
 
+/// Why the proxy closed a tunnel itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The cluster's registration token changed: tunnels registered with
+    /// the one before are closed.
+    TokenRetired,
+}
+
+impl CloseReason {
+    /// Every reason, for series that start at zero.
+    pub const ALL: [CloseReason; 1] = [CloseReason::TokenRetired];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::TokenRetired => "token_retired",
+        }
+    }
+}
+
+/// Labels of a tunnel the proxy closed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// The cluster name.
+    pub cluster: String,
+    /// [`CloseReason::as_str`].
+    pub reason: &'static str,
+}
+
 /// The tunnel families; cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct TunnelMetrics {
     connected: Family<ClusterLabel, Gauge>,
     connects: Family<ConnectLabels, Counter>,
     requests: Family<ClusterLabel, Counter>,
+    closed: Family<CloseLabels, Counter>,
 }
 
 impl TunnelMetrics {
@@ -53,6 +84,12 @@ impl TunnelMetrics {
             "Requests sent to a cluster through agent tunnels",
             self.requests.clone(),
         );
+        registry.register(
+            "authproxy_tunnels_closed",
+            "Agent tunnels the proxy closed, by cluster and reason (token_retired: registered with a \
+             token the cluster no longer has)",
+            self.closed.clone(),
+        );
     }
 
     /// Starts the series of `cluster` at zero.
@@ -62,6 +99,9 @@ impl TunnelMetrics {
         };
         let _ = self.connected.get_or_create(&label);
         let _ = self.requests.get_or_create(&label);
+        for reason in CloseReason::ALL {
+            let _ = self.closed(cluster, reason);
+        }
         for result in ["accepted", "refused"] {
             let _ = self.connects.get_or_create(&ConnectLabels {
                 cluster: cluster.to_owned(),
@@ -84,6 +124,16 @@ impl TunnelMetrics {
         self.requests
             .get_or_create(&ClusterLabel {
                 cluster: cluster.to_owned(),
+            })
+            .clone()
+    }
+
+    /// The counter of `cluster`'s tunnels closed for `reason`.
+    pub(crate) fn closed(&self, cluster: &str, reason: CloseReason) -> Counter {
+        self.closed
+            .get_or_create(&CloseLabels {
+                cluster: cluster.to_owned(),
+                reason: reason.as_str(),
             })
             .clone()
     }

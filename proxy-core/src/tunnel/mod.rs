@@ -13,6 +13,8 @@
 //!
 //! - [`accept`]: the proxy's side of registration ([`AgentEndpoint`]): which
 //!   cluster a token belongs to, the HTTP/2 client on the upgraded connection.
+//! - [`token`]: each cluster's registration token, watched in its file; a
+//!   changed token retires the tunnels registered with the one before.
 //! - [`registry`]: the tunnels connected per cluster ([`ClusterAgents`]).
 //! - [`forward`]: a cluster's service over its tunnels ([`AgentService`]):
 //!   round-robin over connected agents, a request that could not be sent on
@@ -29,6 +31,8 @@ pub mod backoff;
 pub mod forward;
 pub mod metrics;
 pub mod registry;
+mod serve;
+pub mod token;
 
 pub use accept::AgentEndpoint;
 pub use forward::AgentService;

@@ -1,0 +1,202 @@
+//! Registrations through [`AgentEndpoint::accept`] over real HTTP/1.1
+//! upgrades on in-memory pipes: the agent's side is a hyper client that
+//! upgrades, then serves HTTP/2 on the upgraded connection.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::task::JoinHandle;
+use tower_service::Service;
+
+use super::super::{AgentEndpoint, AgentService, CLUSTER_HEADER, CONNECT_PATH, UPGRADE_PROTOCOL};
+
+/// The address every fake agent registers from.
+pub(super) const PEER: SocketAddr = SocketAddr::new(
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+    40000,
+);
+
+/// An agent connected over a pipe: its HTTP/2 server ends when the proxy
+/// drops the tunnel.
+pub(super) struct FakeAgent {
+    pub server: JoinHandle<()>,
+}
+
+/// Registers an agent of `cluster` presenting `token` with `endpoint`: the
+/// refusal's status, or the connected agent. The agent answers `/slow/<ms>`
+/// after that many milliseconds, `/hang` never, anything else at once, with
+/// `name` and the path.
+pub(super) async fn register(
+    endpoint: &Arc<AgentEndpoint>,
+    cluster: &str,
+    token: &str,
+    name: &'static str,
+) -> Result<FakeAgent, StatusCode> {
+    let (proxy_io, agent_io) = tokio::io::duplex(64 * 1024);
+    let serving = endpoint.clone();
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |req| {
+            let endpoint = serving.clone();
+            async move { Ok::<_, std::convert::Infallible>(endpoint.accept(req, PEER)) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(proxy_io), service)
+            .with_upgrades()
+            .await;
+    });
+    let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(agent_io))
+        .await
+        .unwrap();
+    tokio::spawn(connection.with_upgrades());
+    let request = Request::get(CONNECT_PATH)
+        .header(http::header::HOST, "proxy.test")
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, UPGRADE_PROTOCOL)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(CLUSTER_HEADER, cluster)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = send.send_request(request).await.unwrap();
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(response.status());
+    }
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let server = tokio::spawn(async move {
+        let service =
+            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                let path = req.uri().path().to_owned();
+                if let Some(ms) = path.strip_prefix("/slow/") {
+                    let ms = ms.parse().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                } else if path == "/hang" {
+                    std::future::pending::<()>().await;
+                }
+                let text = format!("{name} {path}");
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    Bytes::from(text),
+                )))
+            });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(upgraded, service)
+            .await;
+    });
+    Ok(FakeAgent { server })
+}
+
+/// `GET path` through the cluster's tunnels.
+pub(super) async fn get(service: &AgentService<Empty<Bytes>>, path: &str) -> (StatusCode, String) {
+    let response = service
+        .clone()
+        .call(Request::get(path).body(Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = match response.into_body().collect().await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        Err(error) => format!("body failed: {error}"),
+    };
+    (status, body)
+}
+
+/// Polls `done` every 10 ms for up to 5 s.
+pub(super) async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 5s: {what}");
+}
+
+/// The text exposition of `endpoint`'s tunnel metrics.
+pub(super) fn metrics_text(endpoint: &AgentEndpoint) -> String {
+    let mut registry = prometheus_client::registry::Registry::default();
+    endpoint.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text
+}
+
+fn write(path: &Path, token: &str) {
+    std::fs::write(path, token).unwrap();
+}
+
+const OLD: &str = "old-registration-token-0123456789";
+const NEW: &str = "new-registration-token-9876543210";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_closes_the_tunnels_registered_with_the_old_one_after_a_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("edge.token");
+    write(&token_file, OLD);
+    let mut endpoint = AgentEndpoint::new();
+    let agents = endpoint
+        .add_cluster("edge", token_file.clone(), Duration::from_millis(50))
+        .unwrap();
+    let endpoint = Arc::new(endpoint);
+    let a = register(&endpoint, "edge", OLD, "a").await.unwrap();
+    let b = register(&endpoint, "edge", OLD, "b").await.unwrap();
+    eventually("two tunnels", || agents.connected() == 2).await;
+    let service = AgentService::<Empty<Bytes>>::new(agents.clone());
+    // A request in flight when the token is retired is answered (within the grace).
+    let in_flight = {
+        let service = service.clone();
+        tokio::spawn(async move { get(&service, "/slow/800").await })
+    };
+    // One that never ends is cut when the grace is over.
+    let hanging = {
+        let service = service.clone();
+        tokio::spawn(async move { get(&service, "/hang").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    write(&token_file, NEW);
+    eventually("the old tunnels out of the rotation", || {
+        agents.connected() == 0
+    })
+    .await;
+    assert_eq!(
+        get(&service, "/api").await.0,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no retired tunnel takes new requests"
+    );
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.ends_with(" /slow/800"), "{body}");
+    // The agents' connections are closed, the hanging request with them.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = a.server.await;
+        let _ = b.server.await;
+    })
+    .await;
+    assert!(closed.is_ok(), "the retired tunnels are still open");
+    let (status, _) = tokio::time::timeout(Duration::from_secs(5), hanging)
+        .await
+        .expect("the hanging request ends with its tunnel")
+        .unwrap();
+    assert_ne!(status, StatusCode::OK);
+    assert!(
+        metrics_text(&endpoint).contains(
+            "authproxy_tunnels_closed_total{cluster=\"edge\",reason=\"token_retired\"} 2\n"
+        ),
+        "{}",
+        metrics_text(&endpoint)
+    );
+    // The old token no longer registers; the new one does.
+    assert_eq!(
+        register(&endpoint, "edge", OLD, "c").await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    register(&endpoint, "edge", NEW, "d").await.unwrap();
+    eventually("the new agent", || agents.connected() == 1).await;
+    assert_eq!(
+        get(&service, "/api").await,
+        (StatusCode::OK, "d /api".into())
+    );
+}
