@@ -48,12 +48,14 @@ pub fn digest(token: &[u8]) -> TokenDigest {
     Sha256::digest(token).into()
 }
 
-fn file_digest(content: &[u8]) -> Result<TokenDigest, String> {
+/// The digest of the token in a token file's `content`, or why it holds
+/// none (never the token itself).
+pub fn file_digest(content: &[u8]) -> Result<TokenDigest, String> {
     Ok(digest(parse_token(content)?.as_bytes()))
 }
 
 /// Whether two digests are equal, in constant time.
-pub(super) fn same(a: &TokenDigest, b: &TokenDigest) -> bool {
+pub fn same(a: &TokenDigest, b: &TokenDigest) -> bool {
     bool::from(a.ct_eq(b))
 }
 

@@ -200,3 +200,47 @@ async fn a_rotated_token_closes_the_tunnels_registered_with_the_old_one_after_a_
         (StatusCode::OK, "d /api".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_rewritten_to_another_clusters_token_is_refused_and_the_old_token_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_file, b_file) = (dir.path().join("a.token"), dir.path().join("b.token"));
+    write(&a_file, OLD);
+    write(&b_file, NEW);
+    let mut endpoint = AgentEndpoint::new();
+    let interval = Duration::from_millis(20);
+    let a = endpoint.add_cluster("a", a_file, interval).unwrap();
+    let b = endpoint.add_cluster("b", b_file.clone(), interval).unwrap();
+    let endpoint = Arc::new(endpoint);
+    register(&endpoint, "b", NEW, "b1").await.unwrap();
+    eventually("b's agent", || b.connected() == 1).await;
+    // b's file now holds a's token: refused, b keeps its own.
+    write(&b_file, &format!("{OLD}\n"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.connected(), 1, "b's tunnel stays");
+    assert_eq!(
+        register(&endpoint, "b", OLD, "b2").await.err(),
+        Some(StatusCode::UNAUTHORIZED),
+        "a's token does not register for b"
+    );
+    register(&endpoint, "b", NEW, "b3").await.unwrap();
+    register(&endpoint, "a", OLD, "a1").await.unwrap();
+    eventually("a's agent and b's two", || {
+        a.connected() == 1 && b.connected() == 2
+    })
+    .await;
+    // Two clusters cannot start with one token either.
+    let mut second = AgentEndpoint::new();
+    second
+        .add_cluster("x", dir.path().join("a.token"), interval)
+        .unwrap();
+    let error = second
+        .add_cluster("y", b_file, interval)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("same registration token as cluster x"),
+        "{error}"
+    );
+    assert!(!error.contains(OLD), "{error}");
+}
