@@ -15,15 +15,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use std::time::Instant;
 
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use tokio::sync::Semaphore;
+
+use super::budget::{self, AgentConnections, ConnectionSlot};
+use super::limits::TunnelLimits;
 use super::metrics::TunnelMetrics;
-use super::registry::ClusterAgents;
+use super::refusal::{Refusal, RefusalLog};
+use super::register::{self, Claim};
+use super::registry::{ClusterAgents, TokenDigest};
 use super::serve::Tunnel;
 use super::token::{ClusterToken, TokenBook};
-use super::{CLUSTER_HEADER, UPGRADE_PROTOCOL};
+use super::UPGRADE_PROTOCOL;
 use crate::body::ProxyBody;
-use crate::status::{Reason, Status};
+use crate::rate_limit::RateLimiter;
 
 pub use super::token::{parse_token, MIN_TOKEN_CHARS};
 
@@ -59,17 +66,16 @@ pub struct AgentEndpoint {
     clusters: Vec<AgentCluster>,
     tokens: Arc<TokenBook>,
     metrics: TunnelMetrics,
+    limits: TunnelLimits,
+    connections: AgentConnections,
+    registrations: RateLimiter,
+    refusals: RefusalLog,
     retired_grace: Duration,
 }
 
 impl Default for AgentEndpoint {
     fn default() -> Self {
-        AgentEndpoint {
-            clusters: Vec::new(),
-            tokens: Arc::default(),
-            metrics: TunnelMetrics::default(),
-            retired_grace: RETIRED_TOKEN_GRACE,
-        }
+        AgentEndpoint::with_limits(TunnelLimits::default())
     }
 }
 
@@ -84,14 +90,29 @@ impl std::fmt::Debug for AgentEndpoint {
                     .map(|c| c.agents.name())
                     .collect::<Vec<_>>(),
             )
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 impl AgentEndpoint {
-    /// No cluster yet.
+    /// No cluster yet, with the default [`TunnelLimits`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No cluster yet, with `limits` on tunnels and registrations.
+    pub fn with_limits(limits: TunnelLimits) -> Self {
+        AgentEndpoint {
+            clusters: Vec::new(),
+            tokens: Arc::default(),
+            metrics: TunnelMetrics::default(),
+            limits,
+            connections: Arc::new(Semaphore::new(limits.total.min(Semaphore::MAX_PERMITS))),
+            registrations: RateLimiter::per_minute(limits.registrations_per_minute),
+            refusals: RefusalLog::default(),
+            retired_grace: RETIRED_TOKEN_GRACE,
+        }
     }
 
     /// Whether no cluster was added.
@@ -102,6 +123,13 @@ impl AgentEndpoint {
     /// The tunnel metric families (register them with the proxy's metrics).
     pub fn metrics(&self) -> &TunnelMetrics {
         &self.metrics
+    }
+
+    /// The agent connections (`limits.agentTunnels.total`): a listener
+    /// that caps its client connections takes from these for connections
+    /// it accepts past that cap (see [`super::budget`]).
+    pub fn connections(&self) -> &AgentConnections {
+        &self.connections
     }
 
     /// Adds the cluster `name`, whose agents present the token in
@@ -128,7 +156,7 @@ impl AgentEndpoint {
 
     /// The cluster whose token is `presented`: every cluster is compared,
     /// so the time taken does not tell which one matched.
-    fn cluster_of(&self, presented: &super::registry::TokenDigest) -> Option<&AgentCluster> {
+    fn cluster_of(&self, presented: &TokenDigest) -> Option<&AgentCluster> {
         let mut found = None;
         for cluster in &self.clusters {
             if cluster.token.matches(presented) {
@@ -138,54 +166,67 @@ impl AgentEndpoint {
         found
     }
 
-    /// Answers a registration from `peer`: `101` and the tunnel set up in
-    /// the background, or a `Status` refusal.
-    pub fn accept<B>(&self, mut req: Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
-        let claimed = req
-            .headers()
-            .get(CLUSTER_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| match crate::upstream::router::validate_name(v) {
-                Ok(()) => v.to_owned(),
-                Err(_) => "<not a cluster name>".to_owned(),
-            });
-        let upgrade_ok = req.version() == http::Version::HTTP_11
-            && crate::impersonate::is_upgrade(req.headers())
-            && req.headers().get(header::UPGRADE).is_some_and(|v| {
-                v.as_bytes()
-                    .eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes())
-            });
-        if !upgrade_ok {
-            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: not an HTTP/1.1 upgrade to {UPGRADE_PROTOCOL}");
-            return Status::failure(
-                StatusCode::BAD_REQUEST,
-                Reason::BadRequest,
-                format!("agents connect with HTTP/1.1 and Upgrade: {UPGRADE_PROTOCOL}"),
-            )
-            .into_response();
+    /// Counts `refusal` of a registration from `peer` (for `cluster`, when
+    /// the token named one), logs it unless too many were logged lately,
+    /// and answers it.
+    fn refuse(
+        &self,
+        refusal: Refusal,
+        cluster: Option<&str>,
+        claim: Claim<'_>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let label = cluster.unwrap_or("unknown");
+        self.metrics.connect(label, false);
+        self.metrics.refused(label, refusal);
+        if let Some(unlogged) = self.refusals.admit(refusal, Instant::now()) {
+            tracing::warn!(
+                %peer,
+                cluster = cluster.unwrap_or("-"),
+                claimed = claim.for_log(),
+                reason = refusal.reason(),
+                unlogged,
+                "agent registration refused: {}",
+                refusal.describe()
+            );
         }
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        let found = presented.and_then(|t| {
+        refusal.response()
+    }
+
+    /// Answers a registration from `peer`: `101` and the tunnel set up in
+    /// the background, or a `Status` refusal. In order: the request must be
+    /// an upgrade, the token a cluster's and the claimed cluster that one;
+    /// then the cluster's registrations per minute, its tunnels, and the
+    /// agent connections must allow one more.
+    pub fn accept<B>(&self, mut req: Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
+        let read = match register::read(req.version(), req.headers()) {
+            Ok(read) => read,
+            Err((_, claim)) => return self.refuse(Refusal::NotAnUpgrade, None, claim, peer),
+        };
+        let found = read.token.and_then(|t| {
             let digest = super::token::digest(t.as_bytes());
             self.cluster_of(&digest).map(|cluster| (cluster, digest))
         });
         let Some((cluster, presented)) = found else {
-            self.metrics.connect("unknown", false);
-            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: the token is no cluster's registration token");
-            return refused();
+            return self.refuse(Refusal::UnknownToken, None, read.claim, peer);
         };
         let name = cluster.agents.name();
-        if claimed.as_deref().is_some_and(|c| c != name) {
-            self.metrics.connect(name, false);
-            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: the agent claims another cluster than its token's");
-            return refused();
+        let refuse = |refusal| self.refuse(refusal, Some(name), read.claim, peer);
+        match read.claim {
+            Claim::None => {}
+            Claim::Cluster(claimed) if claimed == name => {}
+            Claim::Cluster(_) | Claim::Invalid => return refuse(Refusal::OtherCluster),
         }
+        if let Err(wait) = self.registrations.acquire(name) {
+            return refuse(Refusal::RateLimited(wait));
+        }
+        let Some(reservation) = cluster.agents.reserve(self.limits.per_cluster) else {
+            return refuse(Refusal::ClusterFull(self.limits.per_cluster));
+        };
+        let slot = req.extensions().get::<ConnectionSlot>();
+        let Some(connection) = budget::for_tunnel(slot, &self.connections) else {
+            return refuse(Refusal::NoAgentConnection);
+        };
         self.metrics.connect(name, true);
         let tunnel = Tunnel {
             agents: cluster.agents.clone(),
@@ -193,6 +234,7 @@ impl AgentEndpoint {
             presented,
             peer,
             grace: self.retired_grace,
+            places: (reservation, connection),
         };
         tokio::spawn(tunnel.run(hyper::upgrade::on(&mut req)));
         let mut response = Response::new(ProxyBody::empty());
@@ -205,13 +247,4 @@ impl AgentEndpoint {
             .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
         response
     }
-}
-
-fn refused() -> Response<ProxyBody> {
-    Status::failure(
-        StatusCode::UNAUTHORIZED,
-        Reason::Unauthorized,
-        "agent registration refused: the token does not register the cluster",
-    )
-    .into_response()
 }

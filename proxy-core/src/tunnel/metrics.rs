@@ -1,6 +1,7 @@
 //! The tunnel metric families: `authproxy_tunnels_connected{cluster}`,
 //! `authproxy_tunnel_connects_total{cluster,result}` and
-//! `authproxy_tunnel_requests_total{cluster}` and
+//! `authproxy_tunnel_requests_total{cluster}`,
+//! `authproxy_tunnel_refusals_total{cluster,reason}` and
 //! `authproxy_tunnels_closed_total{cluster,reason}`. Cluster labels are names
 //! from the configuration (`unknown` for a registration whose token matched
 //! no cluster), so they are bounded.
@@ -10,6 +11,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use super::refusal::Refusal;
 
 /// Label of the cluster a tunnel serves.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -56,6 +59,15 @@ pub struct CloseLabels {
     pub reason: &'static str,
 }
 
+/// Labels of a refused registration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The cluster name (`unknown` when the token matched none).
+    pub cluster: String,
+    /// [`Refusal::reason`].
+    pub reason: &'static str,
+}
+
 /// The tunnel families; cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct TunnelMetrics {
@@ -63,6 +75,7 @@ pub struct TunnelMetrics {
     connects: Family<ConnectLabels, Counter>,
     requests: Family<ClusterLabel, Counter>,
     closed: Family<CloseLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
 }
 
 impl TunnelMetrics {
@@ -85,6 +98,12 @@ impl TunnelMetrics {
             self.requests.clone(),
         );
         registry.register(
+            "authproxy_tunnel_refusals",
+            "Agent registrations refused, by cluster (unknown when the token matched none) and reason \
+             (not_an_upgrade, unknown_token, other_cluster, rate_limited, cluster_full, agent_connections)",
+            self.refusals.clone(),
+        );
+        registry.register(
             "authproxy_tunnels_closed",
             "Agent tunnels the proxy closed, by cluster and reason (token_retired: registered with a \
              token the cluster no longer has)",
@@ -101,6 +120,12 @@ impl TunnelMetrics {
         let _ = self.requests.get_or_create(&label);
         for reason in CloseReason::ALL {
             let _ = self.closed(cluster, reason);
+        }
+        for reason in Refusal::REASONS {
+            let _ = self.refusals.get_or_create(&RefusalLabels {
+                cluster: cluster.to_owned(),
+                reason,
+            });
         }
         for result in ["accepted", "refused"] {
             let _ = self.connects.get_or_create(&ConnectLabels {
@@ -136,6 +161,16 @@ impl TunnelMetrics {
                 reason: reason.as_str(),
             })
             .clone()
+    }
+
+    /// Counts one refused registration.
+    pub(crate) fn refused(&self, cluster: &str, refusal: Refusal) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                cluster: cluster.to_owned(),
+                reason: refusal.reason(),
+            })
+            .inc();
     }
 
     /// Counts one registration attempt.

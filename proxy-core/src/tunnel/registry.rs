@@ -31,6 +31,8 @@ pub struct ClusterAgents {
     tunnels: Mutex<Vec<Tunnel>>,
     next_id: AtomicU64,
     turn: AtomicUsize,
+    /// Tunnel places taken (see [`ClusterAgents::reserve`]).
+    reserved: AtomicUsize,
     connected: Gauge,
     retired: Counter,
     pub(crate) requests: Counter,
@@ -63,6 +65,7 @@ impl ClusterAgents {
             tunnels: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             turn: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
             connected: metrics.connected(cluster),
             retired: metrics.closed(cluster, super::metrics::CloseReason::TokenRetired),
             requests: metrics.requests(cluster),
@@ -117,6 +120,20 @@ impl ClusterAgents {
             id,
             retire,
         }
+    }
+
+    /// Takes one of the cluster's `cap` tunnel places, from a registration
+    /// accepted until its tunnel closes (drop the reservation then); `None`
+    /// when every place is taken.
+    pub fn reserve(self: &Arc<Self>, cap: usize) -> Option<Reservation> {
+        self.reserved
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Reservation {
+            agents: self.clone(),
+        })
     }
 
     /// Retires every tunnel registered with another token than `current`:
@@ -195,5 +212,18 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.agents.remove(self.id);
+    }
+}
+
+/// One of a cluster's tunnel places (see [`ClusterAgents::reserve`]),
+/// given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    agents: Arc<ClusterAgents>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.agents.reserved.fetch_sub(1, Ordering::AcqRel);
     }
 }

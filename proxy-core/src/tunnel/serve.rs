@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioTimer;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
 use super::accept::KEEP_ALIVE;
-use super::registry::{ClusterAgents, TokenDigest};
+use super::registry::{ClusterAgents, Reservation, TokenDigest};
 use super::token::ClusterToken;
 
 /// Spawns the tasks of one tunnel's HTTP/2 connection and keeps a handle on
@@ -69,6 +70,9 @@ pub(super) struct Tunnel {
     pub peer: SocketAddr,
     /// How long requests in flight may take once the token is retired.
     pub grace: Duration,
+    /// The tunnel's place among the cluster's and among the agent
+    /// connections, held until it closes.
+    pub places: (Reservation, OwnedSemaphorePermit),
 }
 
 impl Tunnel {
@@ -81,6 +85,7 @@ impl Tunnel {
             presented,
             peer,
             grace,
+            places,
         } = self;
         let cluster = agents.name().to_owned();
         let upgraded = match on_upgrade.await {
@@ -137,6 +142,7 @@ impl Tunnel {
         }
         executor.abort_all();
         drop(registration);
+        drop(places);
         tracing::info!(%cluster, %peer, tunnel = id, connected = agents.connected(), "agent tunnel closed");
     }
 }

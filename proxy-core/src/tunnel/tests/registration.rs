@@ -244,3 +244,90 @@ async fn a_token_file_rewritten_to_another_clusters_token_is_refused_and_the_old
     );
     assert!(!error.contains(OLD), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_takes_at_most_16_tunnels_and_a_closed_one_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("edge.token");
+    write(&token_file, OLD);
+    let mut endpoint = AgentEndpoint::new();
+    let agents = endpoint
+        .add_cluster("edge", token_file, Duration::from_secs(60))
+        .unwrap();
+    let endpoint = Arc::new(endpoint);
+    let mut connected = Vec::new();
+    for _ in 0..16 {
+        connected.push(register(&endpoint, "edge", OLD, "a").await.unwrap());
+    }
+    assert_eq!(
+        register(&endpoint, "edge", OLD, "b").await.err(),
+        Some(StatusCode::TOO_MANY_REQUESTS),
+        "the 17th tunnel is refused"
+    );
+    let text = metrics_text(&endpoint);
+    assert!(
+        text.contains(
+            "authproxy_tunnel_refusals_total{cluster=\"edge\",reason=\"cluster_full\"} 1\n"
+        ),
+        "{text}"
+    );
+    eventually("16 tunnels", || agents.connected() == 16).await;
+    // One agent goes: its place is free again.
+    connected.pop().unwrap().server.abort();
+    eventually("15 tunnels", || agents.connected() == 15).await;
+    let mut again = None;
+    for _ in 0..100 {
+        match register(&endpoint, "edge", OLD, "c").await {
+            Ok(agent) => {
+                again = Some(agent);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(again.is_some(), "a closed tunnel's place is given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_past_the_clusters_rate_or_the_agent_connections_are_refused() {
+    use crate::tunnel::limits::TunnelLimits;
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("a"), OLD);
+    write(&dir.path().join("b"), NEW);
+    let mut endpoint = AgentEndpoint::with_limits(TunnelLimits {
+        per_cluster: 16,
+        total: 4,
+        registrations_per_minute: 3,
+    });
+    let interval = Duration::from_secs(60);
+    endpoint
+        .add_cluster("a", dir.path().join("a"), interval)
+        .unwrap();
+    endpoint
+        .add_cluster("b", dir.path().join("b"), interval)
+        .unwrap();
+    let endpoint = Arc::new(endpoint);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(register(&endpoint, "a", OLD, "a").await.unwrap());
+    }
+    // a's fourth registration this minute is refused; b has its own allowance.
+    assert_eq!(
+        register(&endpoint, "a", OLD, "a").await.err(),
+        Some(StatusCode::TOO_MANY_REQUESTS)
+    );
+    held.push(register(&endpoint, "b", NEW, "b").await.unwrap());
+    // Four agent connections in all: b's next is refused, though b has room.
+    assert_eq!(
+        register(&endpoint, "b", NEW, "b").await.err(),
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    let text = metrics_text(&endpoint);
+    for sample in [
+        "authproxy_tunnel_refusals_total{cluster=\"a\",reason=\"rate_limited\"} 1\n",
+        "authproxy_tunnel_refusals_total{cluster=\"b\",reason=\"agent_connections\"} 1\n",
+        "authproxy_tunnel_connects_total{cluster=\"a\",result=\"refused\"} 1\n",
+    ] {
+        assert!(text.contains(sample), "{sample} in {text}");
+    }
+}
