@@ -5,7 +5,11 @@
 //!
 //! The connection holds its slot of `limits.maxConnections` for as long as
 //! its socket is open: an upgraded stream (exec, attach, port-forward) takes
-//! the socket, and the slot, with it.
+//! the socket, and the slot, with it. Every request carries the slot (a
+//! [`ConnectionSlot`] extension): an agent's registration exchanges it for
+//! one of the agent connections. A connection accepted for agents only (past
+//! the client cap) gets `limits.tlsHandshakeTimeout` to register instead of
+//! `limits.idleTimeout`.
 
 use std::convert::Infallible;
 use std::io;
@@ -22,10 +26,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxy_core::credential::ClientCertificate;
 use proxy_core::gate::Gated;
+use proxy_core::tunnel::budget::ConnectionSlot;
 use proxy_core::{BoxError, ProxyBody};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 
 use crate::server::Handler;
 
@@ -49,7 +54,7 @@ pub(crate) async fn serve<H: Handler>(
     listener: Arc<Listener<H>>,
     tcp: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    slot: ConnectionSlot,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let handshake = tokio::time::timeout(listener.handshake_timeout, listener.acceptor.accept(tcp));
@@ -79,7 +84,10 @@ pub(crate) async fn serve<H: Handler>(
     let activity = Arc::new(Activity::new());
     let in_flight = activity.clone();
     let handler = listener.handler.clone();
-    let service = hyper::service::service_fn(move |req| {
+    let agent_only = slot.is_agent_only();
+    let request_slot = slot.clone();
+    let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
+        req.extensions_mut().insert(request_slot.clone());
         let guard = InFlight::begin(&in_flight);
         let answer = handler.clone().handle(req, cert.clone(), peer);
         async move {
@@ -100,7 +108,11 @@ pub(crate) async fn serve<H: Handler>(
     // The connection wakes this task for every read and write; the shutdown
     // signal and the idle timer are polled only when they fire.
     let mut stop = Gated::new(Box::pin(signalled(&mut shutdown)));
-    let idle_timeout = listener.idle_timeout;
+    let idle_timeout = if agent_only {
+        listener.handshake_timeout
+    } else {
+        listener.idle_timeout
+    };
     let mut idle = Gated::new(Box::pin(tokio::time::sleep(idle_timeout)));
     let result = loop {
         tokio::select! {
@@ -220,7 +232,7 @@ impl Body for TrackedBody {
 /// A socket holding its slot of the connection cap until it is dropped.
 struct Slotted<T> {
     io: T,
-    _slot: OwnedSemaphorePermit,
+    _slot: ConnectionSlot,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {

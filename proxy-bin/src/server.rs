@@ -23,6 +23,7 @@ use proxy_core::credential::{ClientAddr, ClientCertificate};
 use proxy_core::impersonate::{nested, ForwardMode, HeaderNames};
 use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::status::{Reason, Status};
+use proxy_core::tunnel::budget::{AgentConnections, ConnectionSlot};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
 use tokio::net::{TcpListener, TcpStream};
@@ -276,7 +277,8 @@ impl Proxy {
             None => None,
         };
         let mut named = Vec::new();
-        let mut agents = proxy_core::tunnel::AgentEndpoint::new();
+        let mut agents =
+            proxy_core::tunnel::AgentEndpoint::with_limits(config.limits.agent_tunnels.limits());
         for (i, upstream) in config.named_upstreams().iter().enumerate() {
             let section = format!("upstreams[{i}]");
             let name = upstream.name.clone().ok_or_else(|| StartError::Refused {
@@ -397,6 +399,24 @@ impl Proxy {
                 .into_response(),
             });
         }
+        let agent_only = req
+            .extensions()
+            .get::<ConnectionSlot>()
+            .is_some_and(ConnectionSlot::is_agent_only);
+        if agent_only {
+            // Accepted past limits.maxConnections for agents only.
+            let mut response = Status::failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::ServiceUnavailable,
+                "the proxy is at its connection cap (limits.maxConnections); try again later",
+            )
+            .into_response();
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Ok(response);
+        }
         if req.uri().path() == TOKEN_PATH {
             return Ok(match &self.token_endpoint {
                 Some(endpoint) => {
@@ -474,6 +494,14 @@ pub trait Handler: Clone + Send + Sync + 'static {
         cert: Option<ClientCertificate>,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static;
+
+    /// The agent connections, counted apart from the client connections
+    /// (`None`: this listener registers no agent). While client
+    /// connections are at their cap, the listener accepts connections on
+    /// these, which may only register an agent.
+    fn agent_connections(&self) -> Option<AgentConnections> {
+        None
+    }
 }
 
 impl Handler for Proxy {
@@ -485,6 +513,10 @@ impl Handler for Proxy {
     ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static
     {
         self.serve_request(req, cert, peer)
+    }
+
+    fn agent_connections(&self) -> Option<AgentConnections> {
+        self.agents.as_ref().map(|a| a.connections().clone())
     }
 }
 
@@ -655,7 +687,7 @@ pub fn serve_with_limits<H: Handler>(
 type Handoff = (
     std::net::TcpStream,
     SocketAddr,
-    OwnedSemaphorePermit,
+    ConnectionSlot,
     OpenConnection,
 );
 
@@ -775,6 +807,7 @@ async fn accept_loop<H: Handler>(
     mut shutdown: oneshot::Receiver<()>,
     shutdown_timeout: Duration,
 ) {
+    let agent_lane = handler.agent_connections();
     let shared = Arc::new(connection::Listener {
         acceptor: tokio_rustls::TlsAcceptor::from(tls),
         builder: limits.connection_builder(),
@@ -813,11 +846,18 @@ async fn accept_loop<H: Handler>(
             );
             last_cap_warning = Some(Instant::now());
         }
+        // Past the client cap, connections for agents only, within theirs.
+        let lane_open = agent_lane.is_some() && slots.available_permits() == 0;
         let slot = tokio::select! {
+            biased;
             _ = &mut shutdown => break,
             slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
+                Ok(slot) => ConnectionSlot::client(slot),
                 Err(_) => break,
+            },
+            slot = agent_place(&agent_lane), if lane_open => match slot {
+                Some(slot) => ConnectionSlot::agent_only(slot),
+                None => break,
             },
         };
         let (tcp, peer) = tokio::select! {
@@ -865,6 +905,12 @@ async fn accept_loop<H: Handler>(
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; closing remaining connections");
     }
     drop(exit);
+}
+
+/// A place among `agents` (pending while none is free); `None` when
+/// there are none (or they are closed).
+async fn agent_place(agents: &Option<AgentConnections>) -> Option<OwnedSemaphorePermit> {
+    agents.as_ref()?.clone().acquire_owned().await.ok()
 }
 
 /// A plain serving configuration (no client certificates), ALPN h2 + http/1.1.
