@@ -27,7 +27,7 @@ use proxy_core::tunnel::budget::{AgentConnections, ConnectionSlot};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tower_service::Service;
 
@@ -404,18 +404,7 @@ impl Proxy {
             .get::<ConnectionSlot>()
             .is_some_and(ConnectionSlot::is_agent_only);
         if agent_only {
-            // Accepted past limits.maxConnections for agents only.
-            let mut response = Status::failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Reason::ServiceUnavailable,
-                "the proxy is at its connection cap (limits.maxConnections); try again later",
-            )
-            .into_response();
-            response.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            return Ok(response);
+            return Ok(crate::agent::agents_only());
         }
         if req.uri().path() == TOKEN_PATH {
             return Ok(match &self.token_endpoint {
@@ -855,7 +844,7 @@ async fn accept_loop<H: Handler>(
                 Ok(slot) => ConnectionSlot::client(slot),
                 Err(_) => break,
             },
-            slot = agent_place(&agent_lane), if lane_open => match slot {
+            slot = crate::agent::agent_place(&agent_lane), if lane_open => match slot {
                 Some(slot) => ConnectionSlot::agent_only(slot),
                 None => break,
             },
@@ -905,12 +894,6 @@ async fn accept_loop<H: Handler>(
         tracing::warn!(timeout = ?shutdown_timeout, "shutdown deadline passed; closing remaining connections");
     }
     drop(exit);
-}
-
-/// A place among `agents` (pending while none is free); `None` when
-/// there are none (or they are closed).
-async fn agent_place(agents: &Option<AgentConnections>) -> Option<OwnedSemaphorePermit> {
-    agents.as_ref()?.clone().acquire_owned().await.ok()
 }
 
 /// A plain serving configuration (no client certificates), ALPN h2 + http/1.1.

@@ -62,11 +62,14 @@ pub fn same(a: &TokenDigest, b: &TokenDigest) -> bool {
 /// One cluster's token in force.
 type Slot = Arc<ArcSwapOption<TokenDigest>>;
 
+/// A cluster's name and (while it lives) its token slot.
+type Entry = (Arc<str>, Weak<ArcSwapOption<TokenDigest>>);
+
 /// The tokens of every cluster of one endpoint, so a cluster's new token
 /// can be checked against the others' before it is taken.
 #[derive(Default)]
 pub(super) struct TokenBook {
-    clusters: Mutex<Vec<(Arc<str>, Weak<ArcSwapOption<TokenDigest>>)>>,
+    clusters: Mutex<Vec<Entry>>,
 }
 
 impl TokenBook {
