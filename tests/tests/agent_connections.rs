@@ -1,9 +1,10 @@
-//! Agent tunnels and client connections do not take each other's places:
-//! a registered tunnel leaves `limits.maxConnections` for the agent
-//! connections (`limits.agentTunnels.total`), and while clients hold every
-//! client connection an agent still connects. The proxy runs in process
-//! with one `via: agent` cluster; the agents are hyper clients over TLS
-//! that upgrade and then serve HTTP/2 on the tunnel.
+//! The proxy's side of `via: agent` clusters, in process: agent tunnels and
+//! client connections do not take each other's places (a registered tunnel
+//! leaves `limits.maxConnections` for the agent connections,
+//! `limits.agentTunnels.total`, and while clients hold every client
+//! connection an agent still connects), and a configuration that gives two
+//! clusters one registration token is refused on reload. The agents are
+//! hyper clients over TLS that upgrade and then serve HTTP/2 on the tunnel.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,12 +24,18 @@ const TOKEN: &str = "edge-registration-token-6d0e2a";
 
 struct Proxy {
     pki: TestPki,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     server: RunningServer,
 }
 
 impl Proxy {
     async fn start(limits: &str) -> anyhow::Result<Proxy> {
+        Self::start_with(&format!("limits: {limits}\n"), false).await
+    }
+
+    /// The proxy with `extra` top-level settings; with `watching`, its
+    /// configuration file is re-read as it changes.
+    async fn start_with(extra: &str, watching: bool) -> anyhow::Result<Proxy> {
         let pki = TestPki::new()?;
         let dir = tempfile::tempdir()?;
         let cert = pki.issue_server("proxy")?;
@@ -42,7 +49,7 @@ impl Proxy {
              tls: {{certFile: {cert}, keyFile: {key}}}\n\
              upstreams: [{{name: edge, via: agent, agent: {{tokenFile: edge.token}}}}]\n\
              authentication:\n  staticTokens: {{file: tokens.csv}}\n\
-             limits: {limits}\n\
+             {extra}\
              shutdownTimeout: 1s\n",
             cert = cert.cert_path.display(),
             key = cert.key_path.display(),
@@ -50,12 +57,16 @@ impl Proxy {
         let path = dir.path().join("authproxy.yaml");
         std::fs::write(&path, yaml)?;
         let config = FileConfig::load(&path)?;
-        let server = authproxy::server::start(&config, dir.path()).await?;
-        Ok(Proxy {
-            pki,
-            _dir: dir,
-            server,
-        })
+        let server = if watching {
+            let source = authproxy::reload::ConfigSource {
+                path,
+                flags: Default::default(),
+            };
+            authproxy::server::start_watching(&config, source).await?
+        } else {
+            authproxy::server::start(&config, dir.path()).await?
+        };
+        Ok(Proxy { pki, dir, server })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -180,5 +191,78 @@ async fn agent_tunnels_and_clients_do_not_take_each_others_connections() -> anyh
         seen.insert(body);
     }
     assert_eq!(seen.len(), 4, "{seen:?}");
+    Ok(())
+}
+
+/// The value of the series `series` (name and labels) at `addr`'s /metrics.
+async fn metric(addr: SocketAddr, series: &str) -> anyhow::Result<Option<f64>> {
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_giving_two_agent_clusters_one_token_is_refused_and_the_old_config_serves(
+) -> anyhow::Result<()> {
+    let proxy = Proxy::start_with(
+        "reloadInterval: 100ms\nmetrics: {listen: '127.0.0.1:0'}\n",
+        true,
+    )
+    .await?;
+    let metrics = proxy.server.metrics_addr().context("metrics listener")?;
+    let config_path = proxy.dir.path().join("authproxy.yaml");
+    let started = std::fs::read_to_string(&config_path)?;
+    std::fs::write(
+        proxy.dir.path().join("more-tokens.csv"),
+        "alice-token,alice,1001,\"devs\"\nbob-token,bob,1002,\"devs\"\n",
+    )?;
+    let with_bob = started.replace("file: tokens.csv", "file: more-tokens.csv");
+    anyhow::ensure!(with_bob != started, "config layout changed: {started}");
+    // bob is added, and a second cluster with edge's token file.
+    let duplicate = with_bob.replace(
+        "upstreams: [{name: edge, via: agent, agent: {tokenFile: edge.token}}]",
+        "upstreams: [{name: edge, via: agent, agent: {tokenFile: edge.token}}, \
+         {name: twin, via: agent, agent: {tokenFile: edge.token}}]",
+    );
+    anyhow::ensure!(duplicate != with_bob, "config layout changed: {with_bob}");
+    let bob_status = || async {
+        let (mut send, _connection) = proxy.http1().await?;
+        let request = http::Request::get("/authproxy/v1/whoami-unused")
+            .header(http::header::HOST, "localhost")
+            .header(http::header::AUTHORIZATION, "Bearer bob-token")
+            .body(Empty::<Bytes>::new())?;
+        send.ready().await?;
+        let response = tokio::time::timeout(BOUND, send.send_request(request)).await??;
+        anyhow::Ok(response.status().as_u16())
+    };
+    assert_eq!(bob_status().await?, 401, "bob is not a user yet");
+    let failure = "authproxy_config_reloads_total{file=\"authentication\",result=\"failure\"}";
+    let success = "authproxy_config_reloads_total{file=\"authentication\",result=\"success\"}";
+    std::fs::write(&config_path, &duplicate)?;
+    authproxy_tests::wait_for(BOUND, "the refused reload counted", || async move {
+        match metric(metrics, failure).await {
+            Ok(Some(n)) if n >= 1.0 => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    assert_eq!(bob_status().await?, 401, "the refused file is not in force");
+    assert_eq!(metric(metrics, success).await?, Some(0.0));
+    // The same change without the shared token is taken.
+    std::fs::write(&config_path, &with_bob)?;
+    authproxy_tests::wait_for(BOUND, "bob accepted", || async {
+        match bob_status().await {
+            Ok(401) => Err("401".to_owned()),
+            Ok(status) => Ok(Some(status)),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await?;
     Ok(())
 }
