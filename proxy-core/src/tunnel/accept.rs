@@ -6,9 +6,14 @@
 //! agent names in [`super::CLUSTER_HEADER`] must be that one; an agent with
 //! no matching token, or with the token of one cluster naming another, is
 //! refused with a `401` and a warning that names the peer and the claimed
-//! cluster, never the token. On success the proxy answers `101`, takes the
-//! upgraded connection and becomes its HTTP/2 client; the tunnel is in the
-//! cluster's [`ClusterAgents`] until the connection ends.
+//! cluster, never the token. Then the caps of [`TunnelLimits`]: the
+//! cluster's registrations per minute and tunnels (`429`), and the agent
+//! connections of the endpoint (`503`; see [`super::budget`]). Refusals are
+//! counted by reason and logged at most once per reason every
+//! [`super::refusal::LOG_INTERVAL`]. On success the proxy answers `101`,
+//! takes the upgraded connection and becomes its HTTP/2 client; the tunnel
+//! is in the cluster's [`ClusterAgents`] until the connection ends or its
+//! token is retired (the `serve` module).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
