@@ -1,6 +1,7 @@
 //! `authproxy agent`, and the proxy's side of `via: agent` clusters: the
-//! command line of the agent (see [`proxy_core::tunnel::agent`]) and the
-//! stack of a cluster reached through agent tunnels.
+//! command line of the agent (see [`proxy_core::tunnel::agent`]), the
+//! stack of a cluster reached through agent tunnels, and the connections
+//! the listener accepts for agents only past its client cap.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,6 +10,7 @@ use anyhow::Context as _;
 use proxy_core::config::{KubeconfigRef, UpstreamConfig};
 use proxy_core::tunnel::agent::{Agent, AgentSettings};
 use proxy_core::tunnel::backoff::Backoff;
+use proxy_core::tunnel::budget::AgentConnections;
 use proxy_core::tunnel::{AgentEndpoint, AgentService};
 use proxy_core::upstream::Upstream;
 use proxy_core::NestedImpersonationLayer;
@@ -46,6 +48,31 @@ pub fn agent_cluster(
         nested: NestedImpersonationLayer::deny(),
         upstream: AgentService::new(tunnels).into(),
     })
+}
+
+/// The answer to anything but a registration on a connection accepted for
+/// agents only (past `limits.maxConnections`): 503, and the connection closes.
+pub fn agents_only() -> http::Response<proxy_core::ProxyBody> {
+    let mut response = proxy_core::status::Status::failure(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        proxy_core::status::Reason::ServiceUnavailable,
+        "the proxy is at its connection cap (limits.maxConnections); try again later",
+    )
+    .into_response();
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// A place among the agent connections `agents` (pending while none is
+/// free), for a connection accepted past the client cap; `None` when there
+/// are none.
+pub async fn agent_place(
+    agents: &Option<AgentConnections>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    agents.as_ref()?.clone().acquire_owned().await.ok()
 }
 
 /// `authproxy agent`: every flag can also be set by its environment variable

@@ -661,6 +661,54 @@ mod tests {
     }
 
     #[test]
+    fn agent_clusters_sharing_a_registration_token_are_refused_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["tls.crt", "tls.key"] {
+            std::fs::write(dir.path().join(file), "x").unwrap();
+        }
+        std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
+        let token = "shared-registration-token-4f9a1c";
+        std::fs::write(dir.path().join("a.token"), token).unwrap();
+        // The same token, written otherwise (the surrounding whitespace goes).
+        std::fs::write(dir.path().join("b.token"), format!("  {token}\n")).unwrap();
+        std::fs::write(dir.path().join("c.token"), "another-registration-token-77").unwrap();
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(
+            &path,
+            "tls: {certFile: tls.crt, keyFile: tls.key}\n\
+             authentication: {staticTokens: {file: tokens.csv}}\n\
+             upstreams:\n\
+             - {name: a, via: agent, agent: {tokenFile: a.token}}\n\
+             - {name: b, via: agent, agent: {tokenFile: b.token}}\n\
+             - {name: c, via: agent, agent: {tokenFile: c.token}}\n\
+             - {name: d, via: agent, agent: {tokenFile: a.token}}\n",
+        )
+        .unwrap();
+        // Loading (at start, in check-config, and for every reload) refuses it.
+        let error = FileConfig::load(&path).unwrap_err();
+        let fields: Vec<&str> = error.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "upstreams[1].agent.tokenFile",
+                "upstreams[3].agent.tokenFile"
+            ],
+            "{error}"
+        );
+        for problem in &error.problems {
+            assert!(
+                problem
+                    .message
+                    .contains("same registration token as upstreams[0]"),
+                "{problem:?}"
+            );
+        }
+        let text = error.to_string();
+        assert!(!text.contains(token), "{text}");
+        assert!(!text.contains("shared-registration"), "{text}");
+    }
+
+    #[test]
     fn only_upstreams_means_no_default_upstream() {
         let config = FileConfig::parse(
             "tls: {certFile: a, keyFile: a}\nauthentication: {}\n\

@@ -5,7 +5,11 @@
 //!
 //! The connection holds its slot of `limits.maxConnections` for as long as
 //! its socket is open: an upgraded stream (exec, attach, port-forward) takes
-//! the socket, and the slot, with it.
+//! the socket, and the slot, with it. Every request carries the slot (a
+//! [`ConnectionSlot`] extension): an agent's registration exchanges it for
+//! one of the agent connections. A connection accepted for agents only (past
+//! the client cap) gets `limits.tlsHandshakeTimeout` to register instead of
+//! `limits.idleTimeout`.
 
 use std::convert::Infallible;
 use std::io;
@@ -25,10 +29,11 @@ use proxy_core::forwarded::TrustedProxies;
 use proxy_core::gate::Gated;
 use proxy_core::proxy_protocol::{self, HeaderError};
 use proxy_core::reload::tls::ClientCertRecheck;
+use proxy_core::tunnel::budget::ConnectionSlot;
 use proxy_core::{BoxError, ProxyBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 
 use crate::server::Handler;
 
@@ -56,7 +61,7 @@ pub(crate) async fn serve<H: Handler>(
     listener: Arc<Listener<H>>,
     tcp: TcpStream,
     peer: SocketAddr,
-    slot: OwnedSemaphorePermit,
+    slot: ConnectionSlot,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tcp = tcp;
@@ -117,7 +122,10 @@ pub(crate) async fn serve<H: Handler>(
     let activity = Arc::new(Activity::new());
     let in_flight = activity.clone();
     let handler = listener.handler.clone();
-    let service = hyper::service::service_fn(move |req| {
+    let agent_only = slot.is_agent_only();
+    let request_slot = slot.clone();
+    let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
+        req.extensions_mut().insert(request_slot.clone());
         let guard = InFlight::begin(&in_flight);
         let cert = match (&cert, &recheck, &verified) {
             (Some(cert), Some(recheck), Some(state)) => {
@@ -149,7 +157,11 @@ pub(crate) async fn serve<H: Handler>(
     // The connection wakes this task for every read and write; the shutdown
     // signal and the idle timer are polled only when they fire.
     let mut stop = Gated::new(Box::pin(signalled(&mut shutdown)));
-    let idle_timeout = listener.idle_timeout;
+    let idle_timeout = if agent_only {
+        listener.handshake_timeout
+    } else {
+        listener.idle_timeout
+    };
     let mut idle = Gated::new(Box::pin(tokio::time::sleep(idle_timeout)));
     let result = loop {
         tokio::select! {
@@ -298,7 +310,7 @@ impl Body for TrackedBody {
 /// A socket holding its slot of the connection cap until it is dropped.
 struct Slotted<T> {
     io: T,
-    _slot: OwnedSemaphorePermit,
+    _slot: ConnectionSlot,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Slotted<T> {

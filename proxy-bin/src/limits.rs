@@ -21,6 +21,10 @@
 //!     keepAliveTimeout: 20s
 //!     maxPendingAcceptResetStreams: 20
 //!     maxLocalErrorResetStreams: 1024
+//!   agentTunnels:         # agents of via: agent clusters
+//!     perCluster: 16
+//!     total: 256          # agent connections, apart from maxConnections
+//!     registrationsPerMinute: 60
 //! ```
 
 use std::time::Duration;
@@ -102,6 +106,11 @@ pub struct Limits {
     /// proxy, `logs -f`) per user and in total.
     #[serde(default)]
     pub long_running: proxy_core::config::LongRunningConfig,
+    /// Caps on the tunnels of `via: agent` clusters: per cluster, agent
+    /// connections in all (apart from `maxConnections`), registrations per
+    /// cluster per minute.
+    #[serde(default)]
+    pub agent_tunnels: proxy_core::tunnel::limits::TunnelLimitsConfig,
     /// Serving threads: each runs its own event loop and serves the
     /// connections handed to it (the one with the fewest open takes the
     /// next), over upstream connections it opened itself. Default: one per
@@ -178,6 +187,7 @@ impl Default for Limits {
             max_request_body_bytes: max_request_body_bytes(),
             http2: Http2Limits::default(),
             long_running: Default::default(),
+            agent_tunnels: Default::default(),
             workers: None,
         }
     }
@@ -211,6 +221,10 @@ impl Limits {
     /// Every problem, each with its field path under `prefix` (`limits`).
     pub fn validate(&self, prefix: &str) -> Vec<Problem> {
         let mut problems = self.long_running.validate(&format!("{prefix}.longRunning"));
+        problems.extend(
+            self.agent_tunnels
+                .validate(&format!("{prefix}.agentTunnels")),
+        );
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {
                 field: format!("{prefix}.{field}"),

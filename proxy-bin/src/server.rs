@@ -25,10 +25,11 @@ use proxy_core::impersonate::{nested, ForwardMode, HeaderNames};
 use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::refusal::{read_before_refusal, read_some};
 use proxy_core::status::{Reason, Status};
+use proxy_core::tunnel::budget::{AgentConnections, ConnectionSlot};
 use proxy_core::upstream::{Upstream, UpstreamError};
 use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tower_service::Service;
 
@@ -310,7 +311,8 @@ impl Proxy {
             None => None,
         };
         let mut named = Vec::new();
-        let mut agents = proxy_core::tunnel::AgentEndpoint::new();
+        let mut agents =
+            proxy_core::tunnel::AgentEndpoint::with_limits(config.limits.agent_tunnels.limits());
         for (i, upstream) in config.named_upstreams().iter().enumerate() {
             let section = format!("upstreams[{i}]");
             let name = upstream.name.clone().ok_or_else(|| StartError::Refused {
@@ -447,6 +449,13 @@ impl Proxy {
                 }
             });
         }
+        let agent_only = req
+            .extensions()
+            .get::<ConnectionSlot>()
+            .is_some_and(ConnectionSlot::is_agent_only);
+        if agent_only {
+            return Ok(crate::agent::agents_only());
+        }
         if req.uri().path() == TOKEN_PATH {
             return Ok(match &self.token_endpoint {
                 Some(endpoint) => {
@@ -536,6 +545,14 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn proxy_protocol_from(&self) -> Option<Arc<TrustedProxies>> {
         None
     }
+
+    /// The agent connections, counted apart from the client connections
+    /// (`None`: this listener registers no agent). While client
+    /// connections are at their cap, the listener accepts connections on
+    /// these, which may only register an agent.
+    fn agent_connections(&self) -> Option<AgentConnections> {
+        None
+    }
 }
 
 impl Handler for Proxy {
@@ -551,6 +568,10 @@ impl Handler for Proxy {
 
     fn proxy_protocol_from(&self) -> Option<Arc<TrustedProxies>> {
         self.proxy_protocol.then(|| self.trusted_proxies.clone())
+    }
+
+    fn agent_connections(&self) -> Option<AgentConnections> {
+        self.agents.as_ref().map(|a| a.connections().clone())
     }
 }
 
@@ -727,7 +748,7 @@ pub fn serve_with_limits<H: Handler>(
 type Handoff = (
     std::net::TcpStream,
     SocketAddr,
-    OwnedSemaphorePermit,
+    ConnectionSlot,
     OpenConnection,
 );
 
@@ -847,6 +868,7 @@ async fn accept_loop<H: Handler>(
     mut shutdown: oneshot::Receiver<()>,
     shutdown_timeout: Duration,
 ) {
+    let agent_lane = handler.agent_connections();
     let shared = Arc::new(connection::Listener {
         proxy_protocol: handler.proxy_protocol_from(),
         client_certs: tls.client_certs,
@@ -887,11 +909,18 @@ async fn accept_loop<H: Handler>(
             );
             last_cap_warning = Some(Instant::now());
         }
+        // Past the client cap, connections for agents only, within theirs.
+        let lane_open = agent_lane.is_some() && slots.available_permits() == 0;
         let slot = tokio::select! {
+            biased;
             _ = &mut shutdown => break,
             slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
+                Ok(slot) => ConnectionSlot::client(slot),
                 Err(_) => break,
+            },
+            slot = crate::agent::agent_place(&agent_lane), if lane_open => match slot {
+                Some(slot) => ConnectionSlot::agent_only(slot),
+                None => break,
             },
         };
         let (tcp, peer) = tokio::select! {

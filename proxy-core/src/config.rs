@@ -715,7 +715,8 @@ pub struct KubeconfigRef {
 /// of `upstreams:`, each with its path (`upstreams[1].name`): each section
 /// as [`UpstreamConfig::validate`] checks it, and what contradicts between
 /// them (a name on `upstream`, a cluster without a name or with one used
-/// twice, a cluster without `url` or `kubeconfig`, an empty list).
+/// twice, a cluster without `url` or `kubeconfig`, an empty list, two
+/// `via: agent` clusters with the same registration token).
 pub fn validate_upstreams(
     single: Option<&UpstreamConfig>,
     named: Option<&[UpstreamConfig]>,
@@ -748,6 +749,8 @@ pub fn validate_upstreams(
         ));
     }
     let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    // The registration token of each `via: agent` cluster read so far.
+    let mut tokens: Vec<(crate::tunnel::registry::TokenDigest, usize)> = Vec::new();
     for (i, cluster) in named.iter().enumerate() {
         let prefix = format!("upstreams[{i}]");
         problems.extend(cluster.validate(&prefix, base));
@@ -771,6 +774,25 @@ pub fn validate_upstreams(
         }
         if cluster.via == Via::Agent {
             problems.extend(cluster.validate_agent(&prefix, base));
+            let digest = cluster.agent.as_ref().and_then(|agent| {
+                crate::tunnel::token::file_digest(&std::fs::read(agent.token_file_path(base)).ok()?)
+                    .ok()
+            });
+            if let Some(digest) = digest {
+                match tokens
+                    .iter()
+                    .find(|(other, _)| crate::tunnel::token::same(other, &digest))
+                {
+                    Some((_, first)) => problems.push(problem(
+                        format!("{prefix}.agent.tokenFile"),
+                        format!(
+                            "same registration token as upstreams[{first}]: the token decides the \
+                             cluster, so each cluster needs its own"
+                        ),
+                    )),
+                    None => tokens.push((digest, i)),
+                }
+            }
         } else if cluster.url.is_none() && cluster.kubeconfig.is_none() {
             problems.push(problem(
                 format!("{prefix}.url"),
@@ -801,7 +823,7 @@ impl UpstreamConfig {
                         format!("cannot read {}: {e}", path.display()),
                     )),
                     Ok(content) => {
-                        if let Err(message) = crate::tunnel::accept::parse_token(&content) {
+                        if let Err(message) = crate::tunnel::token::parse_token(&content) {
                             problems.push(problem(field, format!("{}: {message}", path.display())));
                         }
                     }

@@ -697,6 +697,43 @@ async fn agents_with_a_wrong_token_or_another_clusters_name_are_refused() -> any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_registration_token_disconnects_the_agents_of_the_one_before(
+) -> anyhow::Result<()> {
+    let mut env = behind_or_skip!();
+    // The agent keeps its own copy of the token it registered with.
+    std::fs::write(env.dir.path().join("echo-before.token"), ECHO_TOKEN)?;
+    let kubeconfig = env.agent_kubeconfig.clone();
+    let before = env.agent_with("echo", "echo-before.token", &kubeconfig)?;
+    env.wait_answer("echo", 200).await?;
+    // The proxy's token of `echo` changes (re-read every reloadInterval, 1s).
+    let rotated = "echo-rotated-registration-token-51c07f";
+    std::fs::write(env.dir.path().join("echo.token"), rotated)?;
+    // Its tunnel is closed: the cluster has no agent, and the agent's
+    // registrations with the token before are refused.
+    env.wait_answer("echo", 503).await?;
+    let metrics = env.metrics().await?;
+    for sample in [
+        "authproxy_tunnels_closed_total{cluster=\"echo\",reason=\"token_retired\"} 1\n",
+        "authproxy_tunnels_connected{cluster=\"echo\"} 0\n",
+    ] {
+        assert!(metrics.contains(sample), "{sample} in {metrics}");
+    }
+    let log = env.proxy_log();
+    for secret in [ECHO_TOKEN, rotated] {
+        assert!(!log.contains(secret), "a token in the proxy log: {log}");
+    }
+    // An agent with the new token serves.
+    let after = env.agent_with("echo", "echo.token", &kubeconfig)?;
+    env.wait_answer("echo", 200).await?;
+    let (code, _) = env
+        .curl_as_alice("agent-tests", "/k8s/clusters/echo/version")
+        .await?;
+    assert_eq!(code, 200);
+    drop((before, after));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_cross_the_tunnel_both_ways() -> anyhow::Result<()> {
     let mut env = behind_or_skip!();
     // The API-server double answers 101 and echoes: an agent serves it as `echo`.

@@ -6,35 +6,51 @@
 //! agent names in [`super::CLUSTER_HEADER`] must be that one; an agent with
 //! no matching token, or with the token of one cluster naming another, is
 //! refused with a `401` and a warning that names the peer and the claimed
-//! cluster, never the token. On success the proxy answers `101`, takes the
-//! upgraded connection and becomes its HTTP/2 client; the tunnel is in the
-//! cluster's [`ClusterAgents`] until the connection ends.
+//! cluster, never the token. Then the caps of [`TunnelLimits`]: the
+//! cluster's registrations per minute and tunnels (`429`), and the agent
+//! connections of the endpoint (`503`; see [`super::budget`]). Refusals are
+//! counted by reason and logged at most once per reason every
+//! [`super::refusal::LOG_INTERVAL`]. On success the proxy answers `101`,
+//! takes the upgraded connection and becomes its HTTP/2 client; the tunnel
+//! is in the cluster's [`ClusterAgents`] until the connection ends or its
+//! token is retired (the `serve` module).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use std::time::Instant;
 
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use tokio::sync::Semaphore;
+
+use super::budget::{self, AgentConnections, ConnectionSlot};
+use super::limits::TunnelLimits;
 use super::metrics::TunnelMetrics;
-use super::registry::ClusterAgents;
-use super::{CLUSTER_HEADER, UPGRADE_PROTOCOL};
+use super::refusal::{Refusal, RefusalLog};
+use super::register::{self, Claim};
+use super::registry::{ClusterAgents, TokenDigest};
+use super::serve::Tunnel;
+use super::token::{ClusterToken, TokenBook};
+use super::UPGRADE_PROTOCOL;
 use crate::body::ProxyBody;
-use crate::reload::{watch_file, FileWatch};
-use crate::status::{Reason, Status};
+use crate::rate_limit::RateLimiter;
+
+pub use super::token::{parse_token, MIN_TOKEN_CHARS};
 
 /// How often the proxy pings an idle tunnel, and how long the answer may take.
 pub const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
 
+/// How long the requests in flight on a tunnel whose registration token
+/// was retired may take before the tunnel is dropped.
+pub const RETIRED_TOKEN_GRACE: Duration = Duration::from_secs(5);
+
 /// A problem setting up an agent cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {
-    /// The token file cannot be read or holds no token.
+    /// The token file cannot be read, holds no token, or holds another
+    /// cluster's.
     #[error("{path}: {problem}")]
     Token {
         /// The file.
@@ -44,20 +60,28 @@ pub enum AcceptError {
     },
 }
 
-type Digest32 = [u8; 32];
-
 struct AgentCluster {
     agents: Arc<ClusterAgents>,
-    token: Arc<ArcSwapOption<Digest32>>,
-    _watch: FileWatch,
+    token: Arc<ClusterToken>,
 }
 
 /// Answers agents' registrations for every `via: agent` cluster (see the
 /// module docs). Cheap to share behind an `Arc`.
-#[derive(Default)]
 pub struct AgentEndpoint {
     clusters: Vec<AgentCluster>,
+    tokens: Arc<TokenBook>,
     metrics: TunnelMetrics,
+    limits: TunnelLimits,
+    connections: AgentConnections,
+    registrations: RateLimiter,
+    refusals: RefusalLog,
+    retired_grace: Duration,
+}
+
+impl Default for AgentEndpoint {
+    fn default() -> Self {
+        AgentEndpoint::with_limits(TunnelLimits::default())
+    }
 }
 
 impl std::fmt::Debug for AgentEndpoint {
@@ -71,40 +95,29 @@ impl std::fmt::Debug for AgentEndpoint {
                     .map(|c| c.agents.name())
                     .collect::<Vec<_>>(),
             )
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
-/// Shortest registration token accepted: the endpoint answers before any
-/// authentication, so a token must be too long to guess.
-pub const MIN_TOKEN_CHARS: usize = 16;
-
-/// The registration token in a token file's `content` (surrounding
-/// whitespace removed), or why it cannot be one (never the token itself).
-pub fn parse_token(content: &[u8]) -> Result<&str, String> {
-    let token = std::str::from_utf8(content)
-        .map_err(|_| "the token is not UTF-8".to_owned())?
-        .trim();
-    if token.is_empty() {
-        return Err("the token is empty".into());
-    }
-    if token.chars().count() < MIN_TOKEN_CHARS {
-        return Err(format!(
-            "the token is shorter than {MIN_TOKEN_CHARS} characters: use a long random string \
-             (openssl rand -hex 32)"
-        ));
-    }
-    Ok(token)
-}
-
-fn token_digest(content: &[u8]) -> Result<Digest32, String> {
-    Ok(Sha256::digest(parse_token(content)?.as_bytes()).into())
-}
-
 impl AgentEndpoint {
-    /// No cluster yet.
+    /// No cluster yet, with the default [`TunnelLimits`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No cluster yet, with `limits` on tunnels and registrations.
+    pub fn with_limits(limits: TunnelLimits) -> Self {
+        AgentEndpoint {
+            clusters: Vec::new(),
+            tokens: Arc::default(),
+            metrics: TunnelMetrics::default(),
+            limits,
+            connections: Arc::new(Semaphore::new(limits.total.min(Semaphore::MAX_PERMITS))),
+            registrations: RateLimiter::per_minute(limits.registrations_per_minute),
+            refusals: RefusalLog::default(),
+            retired_grace: RETIRED_TOKEN_GRACE,
+        }
     }
 
     /// Whether no cluster was added.
@@ -117,137 +130,118 @@ impl AgentEndpoint {
         &self.metrics
     }
 
+    /// The agent connections (`limits.agentTunnels.total`): a listener
+    /// that caps its client connections takes from these for connections
+    /// it accepts past that cap (see [`super::budget`]).
+    pub fn connections(&self) -> &AgentConnections {
+        &self.connections
+    }
+
     /// Adds the cluster `name`, whose agents present the token in
-    /// `token_file` (re-read every `interval`; a changed token takes effect
-    /// for new registrations, connected tunnels stay). Must be called within
-    /// a tokio runtime.
+    /// `token_file` (re-read every `interval`). A changed token takes
+    /// effect for new registrations, and the tunnels registered with the
+    /// token before are closed (after [`RETIRED_TOKEN_GRACE`] for their
+    /// requests in flight). A token another cluster has is refused, when
+    /// added and when read again. Must be called within a tokio runtime.
     pub fn add_cluster(
         &mut self,
         name: &str,
         token_file: PathBuf,
         interval: Duration,
     ) -> Result<Arc<ClusterAgents>, AcceptError> {
-        let content = std::fs::read(&token_file).map_err(|e| AcceptError::Token {
-            path: token_file.clone(),
-            problem: e.to_string(),
-        })?;
-        let digest = token_digest(&content).map_err(|problem| AcceptError::Token {
-            path: token_file.clone(),
-            problem,
-        })?;
-        let token = Arc::new(ArcSwapOption::from_pointee(digest));
-        let slot = Arc::downgrade(&token);
-        let watch = watch_file(token_file, interval, content, move |content| {
-            let digest = token_digest(content)?;
-            if let Some(slot) = slot.upgrade() {
-                slot.store(Some(Arc::new(digest)));
-            }
-            Ok(())
-        });
         let agents = ClusterAgents::new(name, &self.metrics);
+        let token = ClusterToken::watch(&self.tokens, &agents, token_file, interval)
+            .map_err(|(path, problem)| AcceptError::Token { path, problem })?;
         self.clusters.push(AgentCluster {
             agents: agents.clone(),
-            token,
-            _watch: watch,
+            token: Arc::new(token),
         });
         Ok(agents)
     }
 
     /// The cluster whose token is `presented`: every cluster is compared,
     /// so the time taken does not tell which one matched.
-    fn cluster_of(&self, presented: &[u8]) -> Option<&AgentCluster> {
-        let digest: Digest32 = Sha256::digest(presented).into();
+    fn cluster_of(&self, presented: &TokenDigest) -> Option<&AgentCluster> {
         let mut found = None;
         for cluster in &self.clusters {
-            if let Some(token) = cluster.token.load_full() {
-                if bool::from(token.ct_eq(&digest)) {
-                    found = Some(cluster);
-                }
+            if cluster.token.matches(presented) {
+                found = Some(cluster);
             }
         }
         found
     }
 
-    /// Answers a registration from `peer`: `101` and the tunnel set up in
-    /// the background, or a `Status` refusal.
-    pub fn accept<B>(&self, mut req: Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
-        let claimed = req
-            .headers()
-            .get(CLUSTER_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| match crate::upstream::router::validate_name(v) {
-                Ok(()) => v.to_owned(),
-                Err(_) => "<not a cluster name>".to_owned(),
-            });
-        let upgrade_ok = req.version() == http::Version::HTTP_11
-            && crate::impersonate::is_upgrade(req.headers())
-            && req.headers().get(header::UPGRADE).is_some_and(|v| {
-                v.as_bytes()
-                    .eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes())
-            });
-        if !upgrade_ok {
-            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: not an HTTP/1.1 upgrade to {UPGRADE_PROTOCOL}");
-            return Status::failure(
-                StatusCode::BAD_REQUEST,
-                Reason::BadRequest,
-                format!("agents connect with HTTP/1.1 and Upgrade: {UPGRADE_PROTOCOL}"),
-            )
-            .into_response();
+    /// Counts `refusal` of a registration from `peer` (for `cluster`, when
+    /// the token named one), logs it unless too many were logged lately,
+    /// and answers it.
+    fn refuse(
+        &self,
+        refusal: Refusal,
+        cluster: Option<&str>,
+        claim: Claim<'_>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let label = cluster.unwrap_or("unknown");
+        self.metrics.connect(label, false);
+        self.metrics.refused(label, refusal);
+        if let Some(unlogged) = self.refusals.admit(refusal, Instant::now()) {
+            tracing::warn!(
+                %peer,
+                cluster = cluster.unwrap_or("-"),
+                claimed = claim.for_log(),
+                reason = refusal.reason(),
+                unlogged,
+                "agent registration refused: {}",
+                refusal.describe()
+            );
         }
-        let presented = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
-        let Some(cluster) = presented.and_then(|t| self.cluster_of(t.as_bytes())) else {
-            self.metrics.connect("unknown", false);
-            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: the token is no cluster's registration token");
-            return refused();
+        refusal.response()
+    }
+
+    /// Answers a registration from `peer`: `101` and the tunnel set up in
+    /// the background, or a `Status` refusal. In order: the request must be
+    /// an upgrade, the token a cluster's and the claimed cluster that one;
+    /// then the cluster's registrations per minute, its tunnels, and the
+    /// agent connections must allow one more.
+    pub fn accept<B>(&self, mut req: Request<B>, peer: SocketAddr) -> Response<ProxyBody> {
+        let read = match register::read(req.version(), req.headers()) {
+            Ok(read) => read,
+            Err((_, claim)) => return self.refuse(Refusal::NotAnUpgrade, None, claim, peer),
+        };
+        let found = read.token.and_then(|t| {
+            let digest = super::token::digest(t.as_bytes());
+            self.cluster_of(&digest).map(|cluster| (cluster, digest))
+        });
+        let Some((cluster, presented)) = found else {
+            return self.refuse(Refusal::UnknownToken, None, read.claim, peer);
         };
         let name = cluster.agents.name();
-        if claimed.as_deref().is_some_and(|c| c != name) {
-            self.metrics.connect(name, false);
-            tracing::warn!(%peer, claimed = claimed.as_deref().unwrap_or("-"), "agent registration refused: the agent claims another cluster than its token's");
-            return refused();
+        let refuse = |refusal| self.refuse(refusal, Some(name), read.claim, peer);
+        match read.claim {
+            Claim::None => {}
+            Claim::Cluster(claimed) if claimed == name => {}
+            Claim::Cluster(_) | Claim::Invalid => return refuse(Refusal::OtherCluster),
         }
+        if let Err(wait) = self.registrations.acquire(name) {
+            return refuse(Refusal::RateLimited(wait));
+        }
+        let Some(reservation) = cluster.agents.reserve(self.limits.per_cluster) else {
+            return refuse(Refusal::ClusterFull(self.limits.per_cluster));
+        };
+        let slot = req.extensions().get::<ConnectionSlot>();
+        let Some(connection) = budget::for_tunnel(slot, &self.connections) else {
+            return refuse(Refusal::NoAgentConnection);
+        };
         self.metrics.connect(name, true);
-        let agents = cluster.agents.clone();
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let cluster = agents.name().to_owned();
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(error) => {
-                    tracing::warn!(%cluster, %peer, %error, "agent tunnel upgrade failed");
-                    return;
-                }
-            };
-            let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .keep_alive_interval(KEEP_ALIVE.0)
-                .keep_alive_timeout(KEEP_ALIVE.1)
-                .keep_alive_while_idle(true)
-                // Large lists and uploads: windows grow with the tunnel's bandwidth-delay product.
-                .adaptive_window(true);
-            let (send, connection) = match builder.handshake(upgraded).await {
-                Ok(pair) => pair,
-                Err(error) => {
-                    tracing::warn!(%cluster, %peer, %error, "agent tunnel HTTP/2 handshake failed");
-                    return;
-                }
-            };
-            let registration = agents.add(peer, send);
-            tracing::info!(%cluster, %peer, tunnel = registration.id(), connected = agents.connected(), "agent tunnel connected");
-            if let Err(error) = connection.await {
-                tracing::info!(%cluster, %peer, tunnel = registration.id(), %error, "agent tunnel ended with an error");
-            }
-            let id = registration.id();
-            drop(registration);
-            tracing::info!(%cluster, %peer, tunnel = id, connected = agents.connected(), "agent tunnel closed");
-        });
+        let tunnel = Tunnel {
+            agents: cluster.agents.clone(),
+            token: cluster.token.clone(),
+            presented,
+            peer,
+            grace: self.retired_grace,
+            places: (reservation, connection),
+        };
+        tokio::spawn(tunnel.run(hyper::upgrade::on(&mut req)));
         let mut response = Response::new(ProxyBody::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         response
@@ -258,13 +252,4 @@ impl AgentEndpoint {
             .insert(header::UPGRADE, HeaderValue::from_static(UPGRADE_PROTOCOL));
         response
     }
-}
-
-fn refused() -> Response<ProxyBody> {
-    Status::failure(
-        StatusCode::UNAUTHORIZED,
-        Reason::Unauthorized,
-        "agent registration refused: the token does not register the cluster",
-    )
-    .into_response()
 }

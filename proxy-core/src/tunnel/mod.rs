@@ -13,6 +13,14 @@
 //!
 //! - [`accept`]: the proxy's side of registration ([`AgentEndpoint`]): which
 //!   cluster a token belongs to, the HTTP/2 client on the upgraded connection.
+//! - [`register`]: reading a registration request's head (untrusted bytes).
+//! - [`refusal`]: why a registration is refused, its answer, its
+//!   rate-limited log line.
+//! - [`limits`]: tunnels per cluster, agent connections, registrations per
+//!   minute (`limits.agentTunnels`); [`budget`]: agent connections counted
+//!   apart from the listener's client connections.
+//! - [`token`]: each cluster's registration token, watched in its file; a
+//!   changed token retires the tunnels registered with the one before.
 //! - [`registry`]: the tunnels connected per cluster ([`ClusterAgents`]).
 //! - [`forward`]: a cluster's service over its tunnels ([`AgentService`]):
 //!   round-robin over connected agents, a request that could not be sent on
@@ -26,9 +34,15 @@
 pub mod accept;
 pub mod agent;
 pub mod backoff;
+pub mod budget;
 pub mod forward;
+pub mod limits;
 pub mod metrics;
+pub mod refusal;
+pub mod register;
 pub mod registry;
+mod serve;
+pub mod token;
 
 pub use accept::AgentEndpoint;
 pub use forward::AgentService;

@@ -14,6 +14,8 @@ use super::metrics::TunnelMetrics;
 use super::registry::ClusterAgents;
 use super::AgentService;
 
+mod registration;
+
 /// An agent that answers every request with `name` and the path it got,
 /// connected to `agents` until the returned task is aborted.
 async fn fake_agent(
@@ -37,7 +39,7 @@ async fn fake_agent(
         .handshake(TokioIo::new(proxy_io))
         .await
         .unwrap();
-    let registration = agents.add(SocketAddr::from(([192, 0, 2, 1], 1)), send);
+    let registration = agents.add(SocketAddr::from(([192, 0, 2, 1], 1)), send, [0; 32]);
     tokio::spawn(async move {
         let _ = connection.await;
         drop(registration);
