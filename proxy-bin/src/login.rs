@@ -152,10 +152,26 @@ fn read_line() -> anyhow::Result<String> {
     Ok(line)
 }
 
+/// The user name from the environment, if it names one.
+fn username_from_env() -> Option<String> {
+    std::env::var(USERNAME_ENV).ok().filter(|u| !u.is_empty())
+}
+
+/// Where `login ldap` remembers who last logged in to `server` (a name, no
+/// secret), so a fresh cached token is found without asking anything.
+fn last_user_file(server: &str) -> anyhow::Result<PathBuf> {
+    let key: String = Sha256::digest(server)
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(cache_dir()?.join(format!("ldap-{key}.user")))
+}
+
 fn credentials() -> anyhow::Result<(String, Zeroizing<String>)> {
-    let username = match std::env::var(USERNAME_ENV) {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
+    let username = match username_from_env() {
+        Some(u) => u,
+        None => {
             eprint!("Username: ");
             read_line()?.trim().to_owned()
         }
@@ -236,13 +252,22 @@ async fn request_token(
 
 /// `authproxy login ldap`: prints an ExecCredential for kubectl.
 pub async fn login_ldap(server: &str, ca_file: Option<&Path>) -> anyhow::Result<String> {
+    // The cache first: nothing is asked while a token is fresh, so kubectl
+    // works without a terminal until it expires.
+    let known = username_from_env().or_else(|| {
+        let path = last_user_file(server).ok()?;
+        read_private(&path).map(|name| name.trim().to_owned())
+    });
+    if let Some(user) = known.filter(|u| !u.is_empty()) {
+        if let Some(text) = cached(&cache_file(server, &user)?) {
+            return Ok(text);
+        }
+    }
     let (username, password) = credentials()?;
     let path = cache_file(server, &username)?;
-    if let Some(text) = cached(&path) {
-        return Ok(text);
-    }
     let text = request_token(server, ca_file, &username, &password).await?;
     store(&path, &text)?;
+    store(&last_user_file(server)?, &username)?;
     Ok(text)
 }
 
@@ -269,35 +294,44 @@ pub fn kubeconfig(
     binary: &Path,
     login_args: &[String],
 ) -> anyhow::Result<String> {
+    // Every value is written as a double-quoted scalar (a JSON string is
+    // one): a path with `#`, a name with `: ` or a leading `-` stays the
+    // value it is, and cannot start a comment or another key.
+    let q = |text: &str| serde_json::Value::String(text.to_owned()).to_string();
     let mut cluster_text = String::new();
     let mut context_text = String::new();
     for cluster in clusters {
         let ca = match cluster.ca_file {
             Some(path) => format!(
                 "    certificate-authority: {}\n",
-                std::fs::canonicalize(path)
+                q(&std::fs::canonicalize(path)
                     .with_context(|| format!("CA file {}", path.display()))?
                     .display()
+                    .to_string())
             ),
             None => String::new(),
         };
         cluster_text.push_str(&format!(
             "- name: {}\n  cluster:\n    server: {}\n{ca}",
-            cluster.name, cluster.server
+            q(cluster.name),
+            q(cluster.server)
         ));
         context_text.push_str(&format!(
-            "- name: {0}\n  context:\n    cluster: {0}\n    user: {user}\n",
-            cluster.name
+            "- name: {0}\n  context:\n    cluster: {0}\n    user: {1}\n",
+            q(cluster.name),
+            q(user)
         ));
     }
     let current = clusters.first().map(|c| c.name).unwrap_or(user);
     let args: String = login_args
         .iter()
-        .map(|a| format!("      - {}\n", serde_json::Value::String(a.clone())))
+        .map(|a| format!("      - {}\n", q(a)))
         .collect();
     Ok(format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n{cluster_text}users:\n- name: {user}\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      args:\n{args}      interactiveMode: IfAvailable\n      provideClusterInfo: false\ncontexts:\n{context_text}current-context: {current}\n",
-        binary.display()
+        "apiVersion: v1\nkind: Config\nclusters:\n{cluster_text}users:\n- name: {}\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      args:\n{args}      interactiveMode: IfAvailable\n      provideClusterInfo: false\ncontexts:\n{context_text}current-context: {}\n",
+        q(user),
+        q(&binary.display().to_string()),
+        q(current)
     ))
 }
 
@@ -835,5 +869,41 @@ mod callback_tests {
         assert!(!is_fresh_exec_credential(&at("2001-01-01T00:00:00Z"), now));
         assert!(!is_fresh_exec_credential(&at("99999-01-01T00:00:00Z"), now));
         assert!(!is_fresh_exec_credential("{", now));
+    }
+}
+
+#[cfg(test)]
+mod kubeconfig_tests {
+    use super::*;
+
+    #[test]
+    fn every_value_stays_what_it_is_whatever_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca #1.crt");
+        std::fs::write(&ca, "x").unwrap();
+        let binary = Path::new("/opt/tools #2/authproxy: login");
+        let clusters = [KubeconfigCluster {
+            name: "lab: east",
+            server: "https://proxy:8443/#x",
+            ca_file: Some(&ca),
+        }];
+        let args = vec!["login".to_owned(), "--server".into(), "- x #y".into()];
+        let text = kubeconfig(&clusters, "user: #me", binary, &args).unwrap();
+        let parsed: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(parsed["clusters"][0]["name"], "lab: east", "{text}");
+        assert_eq!(
+            parsed["clusters"][0]["cluster"]["server"],
+            "https://proxy:8443/#x"
+        );
+        assert!(parsed["clusters"][0]["cluster"]["certificate-authority"]
+            .as_str()
+            .unwrap()
+            .ends_with("ca #1.crt"));
+        assert_eq!(parsed["users"][0]["name"], "user: #me");
+        let exec = &parsed["users"][0]["user"]["exec"];
+        assert_eq!(exec["command"], "/opt/tools #2/authproxy: login", "{text}");
+        assert_eq!(exec["args"][2], "- x #y");
+        assert_eq!(parsed["contexts"][0]["context"]["user"], "user: #me");
+        assert_eq!(parsed["current-context"], "lab: east");
     }
 }

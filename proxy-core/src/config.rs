@@ -40,6 +40,20 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// Adds a problem for each of `fields` (names below `prefix`) that is set
+/// to zero: intervals and timeouts where 0s would spin, or never wait.
+pub fn positive_durations(
+    problems: &mut Vec<Problem>,
+    prefix: &str,
+    fields: &[(&str, Option<Duration>)],
+) {
+    for (name, value) in fields {
+        if *value == Some(Duration::ZERO) {
+            problems.push(problem(format!("{prefix}.{name}"), "must be more than 0s"));
+        }
+    }
+}
+
 fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
     Problem {
         field: field.into(),
@@ -346,6 +360,11 @@ impl AuthenticationConfig {
     pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
         let mut problems = Vec::new();
         if let Some(st) = &self.static_tokens {
+            positive_durations(
+                &mut problems,
+                &format!("{prefix}.staticTokens"),
+                &[("reloadInterval", st.reload_interval)],
+            );
             let field = format!("{prefix}.staticTokens.file");
             let path = resolve(base, &st.file);
             match std::fs::read_to_string(&path) {
@@ -859,6 +878,15 @@ impl UpstreamConfig {
     /// Every problem in the section, `prefix` being its path.
     pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
         let mut problems = Vec::new();
+        positive_durations(
+            &mut problems,
+            prefix,
+            &[
+                ("tokenReloadInterval", self.token_reload_interval),
+                ("connectTimeout", self.connect_timeout),
+                ("keepAliveTimeout", self.keep_alive_timeout),
+            ],
+        );
         if self.via == Via::Direct && self.agent.is_some() {
             problems.push(problem(
                 format!("{prefix}.agent"),
@@ -938,12 +966,6 @@ impl UpstreamConfig {
             problems.push(problem(
                 format!("{prefix}.maxStreamsPerConnection"),
                 "must be at least 1",
-            ));
-        }
-        if self.keep_alive_timeout == Some(Duration::ZERO) {
-            problems.push(problem(
-                format!("{prefix}.keepAliveTimeout"),
-                "must be more than 0s",
             ));
         }
         if let Some(name) = &self.server_name {
@@ -1090,5 +1112,35 @@ mod tests {
         std::fs::write(&path, " ?").unwrap();
         let message = KubeAuthenticationConfiguration::load(&path).unwrap_err();
         assert!(message.contains(": (top level): "), "{message}");
+    }
+
+    #[test]
+    fn zero_intervals_and_timeouts_are_refused_where_they_would_spin() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"\"\n").unwrap();
+        let auth: AuthenticationConfig =
+            serde_yaml_ng::from_str("staticTokens: {file: tokens.csv, reloadInterval: 0s}")
+                .unwrap();
+        let fields: Vec<String> = auth
+            .validate("authentication", dir.path())
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        assert!(
+            fields.contains(&"authentication.staticTokens.reloadInterval".to_owned()),
+            "{fields:?}"
+        );
+        let upstream: UpstreamConfig = serde_yaml_ng::from_str(
+            "{url: 'https://k', tokenReloadInterval: 0s, connectTimeout: 0s, keepAliveTimeout: 0s}",
+        )
+        .unwrap();
+        let fields: Vec<String> = upstream
+            .validate("upstream", dir.path())
+            .into_iter()
+            .map(|p| p.field)
+            .collect();
+        for field in ["tokenReloadInterval", "connectTimeout", "keepAliveTimeout"] {
+            assert!(fields.contains(&format!("upstream.{field}")), "{fields:?}");
+        }
     }
 }

@@ -350,14 +350,29 @@ async fn kubectl_with_the_login_plugin_logs_in_once_and_caches_the_token_0600() 
         1,
         "three kubectl calls, one directory login"
     );
-    let files: Vec<_> =
-        std::fs::read_dir(cache.path().join("authproxy"))?.collect::<Result<_, _>>()?;
+    let files: Vec<_> = std::fs::read_dir(cache.path().join("authproxy"))?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .filter(|f| f.path().extension().is_some_and(|e| e == "json"))
+        .collect();
     assert_eq!(files.len(), 1);
     let cached = files[0].path();
     assert_eq!(
         std::fs::metadata(&cached)?.permissions().mode() & 0o777,
         0o600
     );
+    // Later calls need nothing typed while the token is fresh: without a
+    // terminal, and without the username or password in the environment.
+    let mut bare = authproxy_tests::kubectl_command()?;
+    bare.arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "pods", "-o", "json"])
+        .env("XDG_CACHE_HOME", cache.path())
+        .env_remove("AUTHPROXY_USERNAME")
+        .env_remove("AUTHPROXY_PASSWORD")
+        .stdin(std::process::Stdio::null());
+    let out = tokio::time::timeout(Duration::from_secs(30), bare.output()).await??;
+    assert!(out.status.success(), "{}", output_text(&out));
     let out = run(&["auth", "whoami", "-o", "json"]).await?;
     assert!(out.status.success(), "{}", output_text(&out));
     let review: serde_json::Value = serde_json::from_slice(&out.stdout)?;

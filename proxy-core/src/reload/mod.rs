@@ -228,7 +228,9 @@ where
             .join(", ");
         let mut last = initial;
         let mut failing = false;
-        let mut ticker = tokio::time::interval(interval);
+        // Never zero (a ticker of 0s panics): a configuration that asks for
+        // it is refused by validation, and an embedder's gets 1 ms.
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         check_now.mark_unchanged();
