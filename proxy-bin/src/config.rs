@@ -316,6 +316,15 @@ impl FileConfig {
                     .into(),
             });
         }
+        if !self.trusted_proxies.is_empty() && !self.proxy_protocol {
+            warnings.push(Problem {
+                field: "trustedProxies".into(),
+                message: "X-Forwarded-For from these addresses is believed: list only proxies that set \
+                          it themselves. An L4 load balancer in TLS passthrough cannot, so behind one \
+                          callers would write their own address; use proxyProtocol for it"
+                    .into(),
+            });
+        }
         warnings
     }
 

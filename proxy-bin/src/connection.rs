@@ -112,10 +112,18 @@ pub(crate) async fn serve<H: Handler>(
     // Each request re-checks the certificate as kube-apiserver would: a
     // certificate past its notAfter, or that the CAs now in force refuse, is
     // not the request's credential (it is then as if none was sent).
+    // A resumed session's certificate was verified in an earlier handshake,
+    // perhaps under other CAs: it is verified again at the first request.
+    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let verified = match (&cert, &listener.client_certs, generation) {
-        (Some(cert), Some(recheck), Some(generation)) => {
-            Some(Arc::new(recheck.verified_at(generation, &cert.0)))
-        }
+        (Some(cert), Some(recheck), Some(generation)) => Some(Arc::new(recheck.verified_at(
+            if resumed {
+                ClientCertRecheck::NEVER_VERIFIED
+            } else {
+                generation
+            },
+            &cert.0,
+        ))),
         _ => None,
     };
     let recheck = listener.client_certs.clone();

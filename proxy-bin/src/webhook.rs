@@ -37,7 +37,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:6440";
 /// presents to it: nothing here is limited per caller address (that would let
 /// anyone switch the webhook off for every user). Refused reviews are limited
 /// per token, which is what the presenter controls; a token that
-/// authenticates is never refused.
+/// authenticates is not counted.
 #[derive(Clone)]
 pub struct Webhook {
     chain: Chain,

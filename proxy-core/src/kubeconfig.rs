@@ -237,10 +237,11 @@ impl Kubeconfig {
             .parse::<http::Uri>()
             .ok()
             .filter(|uri| uri.scheme_str() == Some("https") && uri.host().is_some())
+            // The server is not echoed: it may carry a password.
             .ok_or_else(|| {
                 self.err(format!(
-                    "cluster {:?} server {:?} is not an https:// URL",
-                    cluster.name, c.server
+                    "cluster {:?}: server is not an https:// URL",
+                    cluster.name
                 ))
             })?;
         let ca_pem = self.data_or_file(
@@ -387,12 +388,13 @@ contexts:
             assert!(error.contains(said), "{user}: {error}");
             assert!(!error.contains("secret-pw"), "{error}");
         }
-        let text = "current-context: one\nclusters:\n- name: c1\n  cluster: {server: \"http://10.0.0.1:8080\"}\nusers:\n- name: u1\n  user: {token: t}\ncontexts:\n- name: one\n  context: {cluster: c1, user: u1}\n";
+        let text = "current-context: one\nclusters:\n- name: c1\n  cluster: {server: \"http://admin:hunter2@10.0.0.1:8080\"}\nusers:\n- name: u1\n  user: {token: t}\ncontexts:\n- name: one\n  context: {cluster: c1, user: u1}\n";
         let error = Kubeconfig::parse(text, &path)
             .unwrap()
             .upstream(None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("not an https:// URL"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
     }
 }

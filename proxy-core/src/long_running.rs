@@ -26,8 +26,8 @@ pub const DEFAULT_TOTAL: usize = 10_000;
 /// ([`crate::observe::request_info::holds_stream`]): a watch however its
 /// flag is written (`?watch`, `?watch=t`, `?watch=%31`), below a named
 /// cluster's prefix too.
-pub fn is_long_running(method: &http::Method, uri: &http::Uri) -> bool {
-    crate::observe::request_info::holds_stream(method, uri, false)
+pub fn is_long_running(method: &http::Method, uri: &http::Uri, upgrade: bool) -> bool {
+    crate::observe::request_info::holds_stream(method, uri, upgrade)
 }
 
 /// Caps on long-running requests.
@@ -160,7 +160,7 @@ mod tests {
     use super::*;
 
     fn held(method: &str, target: &str) -> bool {
-        is_long_running(&method.parse().unwrap(), &target.parse().unwrap())
+        is_long_running(&method.parse().unwrap(), &target.parse().unwrap(), false)
     }
 
     #[test]
@@ -197,6 +197,17 @@ mod tests {
             assert!(held("GET", target), "{target}");
         }
         assert!(held("POST", "/api/v1/watch/namespaces/default/pods"));
+        assert!(held("GET", "/api/v1/pods?watch=%FF"));
+        assert!(held("GET", "/api/v1/namespaces/d/pods/p/%70roxy/%FF"));
+        assert!(held("GET", "/debug/pprof/profile?seconds=30"));
+        // an upgrade of any path (an aggregated API's console) holds its stream
+        assert!(is_long_running(
+            &http::Method::GET,
+            &"/apis/subresources.kubevirt.io/v1/namespaces/d/virtualmachineinstances/vm/vnc"
+                .parse()
+                .unwrap(),
+            true
+        ));
     }
 
     #[test]

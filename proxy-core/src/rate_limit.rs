@@ -45,7 +45,12 @@ pub struct RateLimiter {
     per_minute: u32,
     hasher: RandomState,
     buckets: Mutex<HashMap<u64, Bucket>>,
+    /// When idle keys were last dropped from a full table.
+    swept: Mutex<Option<Instant>>,
 }
+
+/// Shortest time between two sweeps of a full table.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl RateLimiter {
     /// A limiter allowing `per_minute` events per key; `0` allows everything.
@@ -54,6 +59,7 @@ impl RateLimiter {
             per_minute,
             hasher: RandomState::new(),
             buckets: Mutex::new(HashMap::new()),
+            swept: Mutex::new(None),
         }
     }
 
@@ -79,11 +85,31 @@ impl RateLimiter {
             return None;
         };
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(&hash) {
-            let full = f64::from(self.per_minute);
-            let rate = full / 60.0;
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full
-            });
+            // Idle keys (full buckets) go, at most once a second: a table of
+            // keys that are all in use is not swept on every new key.
+            let sweep = self
+                .swept
+                .lock()
+                .map(|mut swept| {
+                    let due = swept.is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY);
+                    if due {
+                        *swept = Some(now);
+                    }
+                    due
+                })
+                .unwrap_or(false);
+            if sweep {
+                let full = f64::from(self.per_minute);
+                let rate = full / 60.0;
+                buckets.retain(|_, b| {
+                    b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < full
+                });
+            }
+            if buckets.len() >= MAX_KEYS {
+                // Still full: the new key is not tracked (and not limited)
+                // rather than the table growing without bound.
+                return None;
+            }
         }
         let bucket = buckets.entry(hash).or_insert(Bucket {
             tokens: f64::from(self.per_minute),
@@ -206,6 +232,20 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(limiter.acquire("k"), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_table_of_keys_in_use_stays_bounded_and_is_not_swept_per_key() {
+        let limiter = RateLimiter::per_minute(5);
+        for i in 0..MAX_KEYS {
+            limiter.record(&format!("token-{i}"));
+        }
+        // Every key is in use (not full): none can go, new keys are not kept.
+        for i in 0..1000 {
+            limiter.record(&format!("more-{i}"));
+            assert_eq!(limiter.check(&format!("more-{i}")), Ok(()));
+        }
+        assert_eq!(limiter.buckets.lock().unwrap().len(), MAX_KEYS);
     }
 
     #[test]

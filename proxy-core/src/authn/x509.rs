@@ -1,5 +1,6 @@
 //! Client certificates, mapped as kube-apiserver maps them: the subject's
-//! common name is the user name, each organization a group.
+//! common name (the last, when there are several) is the user name, each
+//! organization a group.
 //!
 //! The TLS listener has already verified the chain against its client CAs
 //! (and expiry) before a [`ClientCertificate`](crate::credential::ClientCertificate)
@@ -20,9 +21,10 @@ impl ClientCertificates {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|_| AuthnError::Invalid("client certificate cannot be parsed".into()))?;
         let subject = cert.subject();
+        // The last CN, as Go's `pkix.Name` (and so kube-apiserver) keeps it.
         let username = subject
             .iter_common_name()
-            .next()
+            .last()
             .and_then(|cn| cn.as_str().ok())
             .unwrap_or_default()
             .to_owned();

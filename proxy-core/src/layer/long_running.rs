@@ -113,7 +113,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if !is_long_running(req.method(), req.uri()) {
+        let upgrade = crate::impersonate::is_upgrade(req.headers());
+        if !is_long_running(req.method(), req.uri(), upgrade) {
             return Box::pin(self.inner.call(req));
         }
         // Without an identity (the layer used without AuthnLayer) every

@@ -418,9 +418,9 @@ const REOPEN_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Fewest seconds between two warnings about failed writes.
 const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Opens `path` for appending, creating it readable and writable by its
-/// owner only (0600, as kube-apiserver's audit files): the events name users,
-/// their groups and what they did.
+/// Opens `path` for appending, readable and writable by its owner only
+/// (0600, as kube-apiserver's audit files; an existing file is narrowed to
+/// it): the events name users, their groups and what they did.
 fn open_append(path: &Path) -> Result<(File, (u64, u64), u64), AuditError> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let error = |source| AuditError {
@@ -434,6 +434,13 @@ fn open_append(path: &Path) -> Result<(File, (u64, u64), u64), AuditError> {
         .open(path)
         .map_err(error)?;
     let metadata = file.metadata().map_err(error)?;
+    // A file that was there already (an older version made it 0644) is
+    // narrowed too.
+    if metadata.mode() & 0o077 != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(error)?;
+    }
     Ok((file, (metadata.dev(), metadata.ino()), metadata.len()))
 }
 
@@ -731,6 +738,9 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
+        // Made by an older version, world-readable.
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let log = AuditLog::start(
             Destination::File {
                 path: path.clone(),

@@ -48,7 +48,8 @@ pub fn query_value<'a>(query: Option<&'a str>, key: &str) -> Option<Cow<'a, str>
 }
 
 /// Go's `url.QueryUnescape`: `+` is a space, `%XX` a byte; `None` for a bad
-/// escape or bytes that are not UTF-8 (a key or value kube could not match).
+/// escape. Bytes that are not UTF-8 are kept as U+FFFD: Go does not check,
+/// and such a value is still neither `0` nor `false` to kube.
 fn query_unescape(text: &str) -> Option<Cow<'_, str>> {
     if !text.contains(['%', '+']) {
         return Some(Cow::Borrowed(text));
@@ -69,7 +70,7 @@ fn query_unescape(text: &str) -> Option<Cow<'_, str>> {
         }
         i += 1;
     }
-    String::from_utf8(out).ok().map(Cow::Owned)
+    Some(Cow::Owned(String::from_utf8_lossy(&out).into_owned()))
 }
 
 /// apimachinery's string-to-bool: false for `0` and `false` (any case),
@@ -83,8 +84,9 @@ pub fn query_flag(query: Option<&str>, key: &str) -> bool {
     query_value(query, key).is_some_and(|v| kube_bool(&v))
 }
 
-/// The path as Go's `URL.Path` holds it: percent-decoded (an undecodable
-/// path is read as sent, as it then names no API object kube knows).
+/// The path as Go's `URL.Path` holds it: percent-decoded (bytes that are
+/// not UTF-8 kept as U+FFFD, so the segments before them read as kube reads
+/// them; a bad escape leaves the path as sent, which Go refuses).
 fn decoded_path(path: &str) -> Cow<'_, str> {
     if !path.contains('%') {
         return Cow::Borrowed(path);
@@ -108,7 +110,7 @@ fn decoded_path(path: &str) -> Cow<'_, str> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_or(Cow::Borrowed(path), Cow::Owned)
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Subresources kube-apiserver treats as long-running.
@@ -242,7 +244,7 @@ fn field_selector_terms(selector: &str) -> Option<Vec<(String, &'static str, Str
                 continue;
             }
             for op in ["!=", "==", "="] {
-                if part[i..].starts_with(op) {
+                if bytes[i..].starts_with(op.as_bytes()) {
                     found = Some((i, op));
                     break;
                 }
@@ -298,7 +300,8 @@ fn read<'a>(method: &Method, path: &'a str, query: Option<&str>, upgrade: bool) 
     let non_resource = Reading {
         verb: method_verb(method),
         parts: None,
-        long_running: upgrade,
+        // kube's check: non-resource profiles stream for as long as asked.
+        long_running: upgrade || path.starts_with("/debug/pprof/"),
     };
     // `/k8s/clusters/<name>/api/...` is read as the API server behind it reads it.
     let path = crate::upstream::router::strip_cluster_prefix(path);
@@ -613,6 +616,28 @@ mod tests {
                 "/api/v1/namespaces/d/pods/a%2Fb",
                 "get",
                 "pods d/a b",
+            ),
+            // bytes that are not UTF-8: still a watch, still the segments before
+            ("GET", "/api/v1/pods?watch=%FF", "watch", "pods /"),
+            (
+                "GET",
+                "/api/v1/namespaces/d/pods/p/%70roxy/%FF",
+                "get",
+                "pods d/p proxy",
+            ),
+            (
+                "GET",
+                "/api/v1/%77atch/namespaces/d/configmaps/%FF",
+                "watch",
+                "configmaps d/\u{fffd}",
+            ),
+            // a selector with characters of several bytes never panics
+            ("GET", "/api/v1/pods?fieldSelector=%C3%A9", "list", "pods /"),
+            (
+                "GET",
+                "/api/v1/pods?fieldSelector=%C3%A9%5C%C3%A9=x",
+                "list",
+                "pods /",
             ),
             // too short for kube to name a resource
             ("GET", "/api/v1/watch", "get", ""),

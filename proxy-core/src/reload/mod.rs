@@ -184,10 +184,13 @@ where
 /// contents, in the order of `paths`.
 ///
 /// `initial` holds the contents already in force (same order). A refused
-/// group is not offered again until one of its files changes once more, so
-/// a certificate written before its key is refused and the pair is taken when
-/// the key follows. An unreadable file counts as one failure until it can be
-/// read again. Must be called within a tokio runtime.
+/// group is offered again every round (and on SIGHUP) until it is taken or
+/// changes, its refusal logged and counted once: a certificate written
+/// before its key is taken when the key follows, and a configuration that
+/// names a file created later (or needs an identity provider that is down
+/// for a while) is taken once that is there. An unreadable file counts as
+/// one failure until it can be read again. Must be called within a tokio
+/// runtime.
 pub fn watch_files<F>(
     paths: Vec<PathBuf>,
     interval: Duration,
@@ -228,6 +231,10 @@ where
             .join(", ");
         let mut last = initial;
         let mut failing = false;
+        // The content in `last` was refused: it is offered again every round
+        // (and on SIGHUP), since what refused it may have changed (a file it
+        // names created since, an identity provider back up).
+        let mut refused = false;
         // Never zero (a ticker of 0s panics): a configuration that asks for
         // it is refused by validation, and an embedder's gets 1 ms.
         let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
@@ -264,17 +271,24 @@ where
                 continue;
             }
             failing = false;
-            if contents == last {
+            let again = contents == last;
+            if again && !refused {
                 continue;
             }
             match on_change(contents.clone()).await {
                 Ok(()) => {
                     tracing::info!(file = %names, kind = kind.as_str(), "reloaded");
                     reporter.report(kind, true);
+                    refused = false;
+                }
+                // The same refused content once more: said and counted once.
+                Err(message) if again => {
+                    tracing::debug!(file = %names, kind = kind.as_str(), %message, "reload still refused");
                 }
                 Err(message) => {
-                    tracing::warn!(file = %names, kind = kind.as_str(), %message, "reload refused; keeping the previous content");
+                    tracing::warn!(file = %names, kind = kind.as_str(), %message, "reload refused; keeping the previous content, trying it again each interval");
                     reporter.report(kind, false);
+                    refused = true;
                 }
             }
             last = contents;
@@ -325,6 +339,55 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn refused_content_is_tried_again_until_what_refused_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "one").unwrap();
+        // The new content names a file that appears only later, as a
+        // ConfigMap can land before the Secret it refers to.
+        let named = dir.path().join("secret");
+        let taken = Arc::new(Mutex::new(Vec::<String>::new()));
+        let taken2 = taken.clone();
+        let counts = Arc::new(Counts::default());
+        let named2 = named.clone();
+        let _watch = watch_files(
+            vec![path.clone()],
+            Duration::from_millis(10),
+            vec![b"one".to_vec()],
+            ReloadKind::Authentication,
+            ReloadReporter::new(counts.clone()),
+            move |c| {
+                if !named2.exists() {
+                    return Err("the file it names is missing".into());
+                }
+                taken2
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&c[0]).into_owned());
+                Ok(())
+            },
+        );
+        std::fs::write(&path, "two").unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while counts.1.load(Ordering::SeqCst) == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never refused");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Several rounds later: still refused, and counted once.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(taken.lock().unwrap().is_empty());
+        assert_eq!(counts.1.load(Ordering::SeqCst), 1);
+        // The named file appears; the config file itself does not change.
+        std::fs::write(&named, "s").unwrap();
+        while taken.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never taken");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(taken.lock().unwrap().as_slice(), ["two"]);
+        assert_eq!(counts.0.load(Ordering::SeqCst), 1);
     }
 
     #[derive(Default)]

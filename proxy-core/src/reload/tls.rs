@@ -174,6 +174,11 @@ pub struct VerifiedCert {
 }
 
 impl ClientCertRecheck {
+    /// A generation no CA file has: a chain recorded with it is verified
+    /// again at its first check (a resumed TLS session's, verified in an
+    /// earlier handshake).
+    pub const NEVER_VERIFIED: u64 = u64::MAX;
+
     /// The CA file in force now; take it before a handshake and give it to
     /// [`ClientCertRecheck::verified_at`] after.
     pub fn generation(&self) -> u64 {
@@ -476,6 +481,12 @@ mod tests {
         let recheck = verifier.recheck();
         let state = recheck.verified_at(recheck.generation(), &alice);
         assert!(recheck.still_valid(&alice, &state));
+        // A resumed session's chain is verified at its first check.
+        let resumed = recheck.verified_at(ClientCertRecheck::NEVER_VERIFIED, &alice);
+        assert!(recheck.still_valid(&alice, &resumed));
+        let (_, stranger) = ca_and_client(None);
+        let resumed = recheck.verified_at(ClientCertRecheck::NEVER_VERIFIED, &stranger);
+        assert!(!recheck.still_valid(&stranger, &resumed));
         // The same CA file again (rewritten, same CA): still valid.
         std::fs::write(&ca_file, format!("{ca1}\n")).unwrap();
         let before = recheck.generation();

@@ -15,10 +15,11 @@
 //! recently used forgotten first within a tier, idle keys forgotten after
 //! `window + max_backoff`), so attacker-chosen keys cannot grow memory: keys
 //! without failures, keys with failures, and blocked keys. A key moves up as
-//! it fails, so a record of failures is only ever pushed out by other records
-//! of at least as many (flooding new names never evicts a victim's failures,
-//! and only other blocks, each costing `max_failures` real failures, evict a
-//! block). Every operation is O(1) and holds a per-key lock only for a few
+//! it fails: names that never fail (or attempts cancelled before the
+//! password was tried) never push out a record of failures, and only other
+//! blocks, each costing `max_failures` real failures, push out a block. A
+//! record short of a block can still be pushed out by `capacity` other names
+//! failing since, which the per-address limit makes costly. Every operation is O(1) and holds a per-key lock only for a few
 //! comparisons, never across an await. A poisoned counter refuses the
 //! attempt (fail closed).
 
@@ -140,11 +141,15 @@ impl Throttle {
     /// Reserves an attempt for `key`, or says how many seconds to wait.
     pub async fn begin(&self, key: &str) -> Result<Slot, u64> {
         let now = Instant::now();
+        // Looked up from the lowest tier up: a move up inserts into the
+        // higher tier before it leaves the lower one, so an entry on its way
+        // up is always found in one of them.
         let entry = self
             .tiers
-            .blocked
+            .fresh
             .get(key)
             .or_else(|| self.tiers.failing.get(key))
+            .or_else(|| self.tiers.blocked.get(key))
             .unwrap_or_else(|| {
                 self.tiers.fresh.get_with_by_ref(key, || {
                     Arc::new(Mutex::new(Entry {
