@@ -131,6 +131,25 @@ impl Env {
         Ok(env)
     }
 
+    /// Another authproxy in front of the same double, its files in `dir`,
+    /// with `top_level` YAML added to its configuration.
+    pub async fn another_proxy(
+        &self,
+        dir: &Path,
+        top_level: &str,
+    ) -> anyhow::Result<RunningServer> {
+        start_proxy_with_top_level(
+            &self.pki,
+            dir,
+            &self.double.url(),
+            self.pki.ca_path(),
+            PROXY_TOKEN,
+            "",
+            top_level,
+        )
+        .await
+    }
+
     /// `https://127.0.0.1:PORT` of authproxy.
     pub fn proxy_url(&self) -> String {
         let addr = self

@@ -128,16 +128,9 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() -> anyhow::Result
     let env = Env::start().await?;
     // A second proxy in front of the same double that trusts 127.0.0.2 only.
     let dir = tempfile::tempdir()?;
-    let trusting = authproxy_tests::start_proxy_with_top_level(
-        &env.pki,
-        dir.path(),
-        &env.double.url(),
-        env.pki.ca_path(),
-        authproxy_tests::PROXY_TOKEN,
-        "",
-        "trustedProxies: ['127.0.0.2', '10.0.0.0/8']",
-    )
-    .await?;
+    let trusting = env
+        .another_proxy(dir.path(), "trustedProxies: ['127.0.0.2', '10.0.0.0/8']")
+        .await?;
     let alice = "Authorization: Bearer alice-token";
     let send = |base: String, from: &'static str, query: &'static str| {
         let env = &env;
@@ -238,16 +231,12 @@ async fn get_after(
 async fn a_trusted_balancers_proxy_protocol_header_names_the_client() -> anyhow::Result<()> {
     let env = Env::start().await?;
     let dir = tempfile::tempdir()?;
-    let behind_balancer = authproxy_tests::start_proxy_with_top_level(
-        &env.pki,
-        dir.path(),
-        &env.double.url(),
-        env.pki.ca_path(),
-        authproxy_tests::PROXY_TOKEN,
-        "",
-        "trustedProxies: ['127.0.0.1']\nproxyProtocol: true",
-    )
-    .await?;
+    let behind_balancer = env
+        .another_proxy(
+            dir.path(),
+            "trustedProxies: ['127.0.0.1']\nproxyProtocol: true",
+        )
+        .await?;
     let addr = behind_balancer.addr();
     let ca = env.pki.ca_pem();
     // Version 1 and version 2 headers from the balancer (127.0.0.1).

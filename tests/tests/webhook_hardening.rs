@@ -44,6 +44,26 @@ fn review_body(token: &str, audiences: &[&str]) -> String {
     .to_string()
 }
 
+/// Reviews `static-token-1` at `addr` as kube-apiserver (a client
+/// certificate of `pki` named `kube-apiserver`): it must be sam's.
+async fn assert_kube_apiserver_is_answered(
+    pki: &TestPki,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    let apiserver = pki.issue_client("kube-apiserver", "kube-apiserver", None)?;
+    let (code, body) = curl_review(
+        pki.ca_path(),
+        addr,
+        "static-token-1",
+        Some((&apiserver.cert_path, &apiserver.key_path)),
+    )
+    .await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""authenticated":true"#), "{body}");
+    assert!(body.contains(r#""username":"sam""#), "{body}");
+    Ok(())
+}
+
 /// POSTs a TokenReview with curl; `client` adds `--cert`/`--key`.
 async fn curl_review(
     ca: &Path,
@@ -96,18 +116,7 @@ async fn with_a_client_ca_the_webhook_requires_a_verified_client_certificate() -
     let config = FileConfig::load(&path)?;
     let server = authproxy::webhook::start(&config, dir.path(), "127.0.0.1:0".parse()?).await?;
     let addr = server.addr();
-
-    let apiserver = pki.issue_client("kube-apiserver", "kube-apiserver", None)?;
-    let (code, body) = curl_review(
-        pki.ca_path(),
-        addr,
-        "static-token-1",
-        Some((&apiserver.cert_path, &apiserver.key_path)),
-    )
-    .await?;
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains(r#""authenticated":true"#), "{body}");
-    assert!(body.contains(r#""username":"sam""#), "{body}");
+    assert_kube_apiserver_is_answered(&pki, addr).await?;
 
     let refused = curl_review(pki.ca_path(), addr, "static-token-1", None).await;
     assert!(
@@ -261,16 +270,7 @@ async fn only_the_allowed_client_names_may_ask_when_the_ca_also_signs_users() ->
     let config = FileConfig::load(&path)?;
     let server = authproxy::webhook::start(&config, dir.path(), "127.0.0.1:0".parse()?).await?;
     let addr = server.addr();
-    let apiserver = pki.issue_client("kube-apiserver", "kube-apiserver", None)?;
-    let (code, body) = curl_review(
-        pki.ca_path(),
-        addr,
-        "static-token-1",
-        Some((&apiserver.cert_path, &apiserver.key_path)),
-    )
-    .await?;
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains(r#""authenticated":true"#), "{body}");
+    assert_kube_apiserver_is_answered(&pki, addr).await?;
     // A user's certificate from the same CA: verified, but not a caller.
     let user = pki.issue_client("alice", "alice", Some("devs"))?;
     let (code, body) = curl_review(
