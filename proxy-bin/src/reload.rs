@@ -124,6 +124,17 @@ impl LiveAuthentication {
     async fn reload(&self, source: &ConfigSource, started: &FileConfig) -> Result<(), String> {
         let config = FileConfig::load_with(&source.path, &source.flags)
             .map_err(|e| e.to_string().replace('\n', ";"))?;
+        // The watch follows the file the proxy started with: a chain built
+        // from another one would not be re-read when that one changes.
+        if config.authentication.authentication_config_file
+            != started.authentication.authentication_config_file
+        {
+            return Err(format!(
+                "{}: authentication.authenticationConfigFile: another file needs a restart; \
+                 the running chain keeps the one it was started with",
+                source.path.display()
+            ));
+        }
         for field in needs_restart(started, &config) {
             tracing::warn!(file = %source.path.display(), field, "changed; needs restart to take effect");
         }

@@ -381,3 +381,52 @@ async fn sighup_makes_the_binary_read_its_files_at_once() -> anyhow::Result<()> 
     let _ = child.start_kill();
     Ok(())
 }
+
+/// A refused reload converges once what refused it is there: a config that
+/// names a file created a moment later (a ConfigMap landing before its
+/// Secret) is taken when the file appears, without touching the config again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_naming_a_file_that_appears_later_is_taken_when_it_appears() -> anyhow::Result<()>
+{
+    let env = Env::start_with(
+        TestPki::new()?,
+        "reloadInterval: 100ms\nmetrics: {listen: '127.0.0.1:0'}",
+    )
+    .await?;
+    let metrics = env
+        .proxy
+        .as_ref()
+        .and_then(|p| p.metrics_addr())
+        .expect("metrics listener");
+    let config_path = env.dir.path().join("authproxy.yaml");
+    let started = std::fs::read_to_string(&config_path)?;
+    let naming_later = started.replace("file: tokens.csv", "file: later.csv");
+    anyhow::ensure!(naming_later != started, "config layout changed: {started}");
+    replace_file(&config_path, &naming_later)?;
+    let failure = "authproxy_config_reloads_total{file=\"authentication\",result=\"failure\"}";
+    wait_for(WAIT, "the refused reload counted", || async move {
+        match metric(metrics, failure).await {
+            Ok(Some(n)) if n >= 1.0 => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    assert_eq!(
+        status_as(&env, "alice-token").await?,
+        200,
+        "the old config serves on"
+    );
+    // The file it names appears; the config file is not touched again.
+    replace_file(
+        &env.dir.path().join("later.csv"),
+        "later-token,zed,5,\"devs\"\n",
+    )?;
+    wait_status(&env, "later-token", 200, "the new config taken").await?;
+    assert_eq!(status_as(&env, "alice-token").await?, 401);
+    assert_eq!(
+        metric(metrics, failure).await?,
+        Some(1.0),
+        "refused once, counted once"
+    );
+    Ok(())
+}

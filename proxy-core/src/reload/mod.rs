@@ -16,7 +16,7 @@
 
 pub mod tls;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -254,7 +254,7 @@ where
             let mut contents = Vec::with_capacity(paths.len());
             let mut unreadable = None;
             for path in &paths {
-                match tokio::fs::read(path).await {
+                match read_bounded(path).await {
                     Ok(content) => contents.push(content),
                     Err(error) => {
                         unreadable = Some((path, error));
@@ -295,6 +295,27 @@ where
         }
     });
     FileWatch { task }
+}
+
+/// The most a watched file may hold: certificates, keys, token files and
+/// configuration are far smaller; a larger file is refused unread.
+pub const MAX_WATCHED_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads `path` whole unless it is larger than [`MAX_WATCHED_FILE_BYTES`].
+async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut content = Vec::new();
+    file.take(MAX_WATCHED_FILE_BYTES + 1)
+        .read_to_end(&mut content)
+        .await?;
+    if content.len() as u64 > MAX_WATCHED_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_WATCHED_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(content)
 }
 
 #[cfg(test)]
@@ -388,6 +409,18 @@ mod tests {
         }
         assert_eq!(taken.lock().unwrap().as_slice(), ["two"]);
         assert_eq!(counts.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_file_past_the_bound_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_WATCHED_FILE_BYTES + 1).unwrap();
+        let error = read_bounded(&path).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        file.set_len(3).unwrap();
+        assert_eq!(read_bounded(&path).await.unwrap().len(), 3);
     }
 
     #[derive(Default)]

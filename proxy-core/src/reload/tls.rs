@@ -64,7 +64,28 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     tls::read_file(path)
 }
 
-/// A listener's certificate and key, swapped when their files change.
+/// Why the leaf of `certified` is not valid at `now` (expired, or not yet
+/// valid), if it is not.
+fn outside_validity(certified: &CertifiedKey, now: UnixTime) -> Option<String> {
+    use x509_parser::prelude::FromDer;
+    let leaf = certified.cert.first()?;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
+    let now = i64::try_from(now.as_secs()).ok()?;
+    let validity = cert.validity();
+    if validity.not_after.timestamp() < now {
+        return Some(format!("the certificate expired at {}", validity.not_after));
+    }
+    if validity.not_before.timestamp() > now {
+        return Some(format!(
+            "the certificate is not valid before {}",
+            validity.not_before
+        ));
+    }
+    None
+}
+
+/// A listener's certificate and key, swapped when their files change (a
+/// pair whose certificate has expired or is not valid yet is refused).
 #[derive(Debug)]
 pub struct ReloadingCert {
     current: Arc<ArcSwap<CertifiedKey>>,
@@ -95,6 +116,11 @@ impl ReloadingCert {
             move |contents| {
                 let certified = certified_key(&contents[0], &cert_name, &contents[1], &key_name)
                     .map_err(|e| e.to_string())?;
+                // A replacement that has expired (or is not valid yet) would
+                // fail every new handshake; the one serving stays.
+                if let Some(problem) = outside_validity(&certified, UnixTime::now()) {
+                    return Err(format!("{cert_name}: {problem}"));
+                }
                 if let Some(current) = weak.upgrade() {
                     current.store(Arc::new(certified));
                 }
@@ -512,6 +538,27 @@ mod tests {
         let (_, expired) = ca_and_client(Some((2020, 1, 1)));
         let state = recheck.verified_at(recheck.generation(), &expired);
         assert!(!recheck.still_valid(&expired, &state));
+    }
+
+    #[test]
+    fn a_certificate_outside_its_validity_is_named() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["proxy".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let expired = params.self_signed(&key).unwrap();
+        let certified = certified_key(
+            expired.pem().as_bytes(),
+            "c",
+            key.serialize_pem().as_bytes(),
+            "k",
+        )
+        .unwrap();
+        let problem = outside_validity(&certified, UnixTime::now()).unwrap();
+        assert!(problem.contains("expired"), "{problem}");
+        let (cert, key) = pair("proxy");
+        let fresh = certified_key(cert.as_bytes(), "c", key.as_bytes(), "k").unwrap();
+        assert_eq!(outside_validity(&fresh, UnixTime::now()), None);
     }
 
     fn pair(name: &str) -> (String, String) {
