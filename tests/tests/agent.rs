@@ -839,17 +839,38 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
         &[
             &["impersonate", "users/alice", "--as", account][..],
             &["impersonate", "groups/devs", "--as", account][..],
-            &[
-                "impersonate",
-                "serviceaccounts/default",
-                "-n",
-                "default",
-                "--as",
-                account,
-            ][..],
         ],
     )
     .await?;
+    // The fallback DaemonSet selects control-plane nodes by the label's
+    // presence: RKE2 and k3s set it to "true", kubeadm to "".
+    let out = kube
+        .admin_async(
+            &[
+                "get",
+                "-n",
+                "authproxy-agent",
+                "daemonset/authproxy-node-agent",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .await?;
+    anyhow::ensure!(out.status.success(), "{}", output_text(&out));
+    let daemonset: Value = serde_json::from_slice(&out.stdout)?;
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert!(pod["nodeSelector"].is_null(), "{pod}");
+    let terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        terms.iter().any(|t| t["matchExpressions"][0]
+            == serde_json::json!({"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"})),
+        "{pod}"
+    );
     // uids and user extras: kubectl's can-i cannot name these, kube is asked.
     for (resource, subresource) in [("uids", ""), ("userextras", "example.com/login")] {
         let review = serde_json::json!({
@@ -873,6 +894,15 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
     for check in [
         &["list", "pods", "-A", "--as", account][..],
         &["get", "secrets", "-n", "authproxy-agent", "--as", account][..],
+        // acting as a service account is opt-in, as in the chart
+        &[
+            "impersonate",
+            "serviceaccounts/default",
+            "-n",
+            "default",
+            "--as",
+            account,
+        ][..],
         &[
             "create",
             "pods",
