@@ -577,16 +577,26 @@ async fn browser(
         .set_pkce_challenge(challenge)
         .url();
     eprintln!("To sign in, open {url}");
+    // The browser is given a page of ours (0600, in the 0700 cache folder)
+    // that moves on to the sign-in URL: a command line is readable by every
+    // local user, and the URL's state and PKCE challenge would let one of
+    // them hand this login an authorization code of their own.
+    let mut page = None;
     if std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some() {
-        let _ = std::process::Command::new("xdg-open")
-            .arg(url.as_str())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
+        if let Ok(path) = cache_dir().and_then(|dir| write_sign_in_page(&dir, url.as_str())) {
+            let _ = std::process::Command::new("xdg-open")
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            page = Some(path);
+        }
     }
-    let query = loopback_callback(&listener, state.secret(), SIGN_IN_WAIT)
-        .await
-        .context("no sign-in within 5 minutes")?;
+    let query = loopback_callback(&listener, state.secret(), SIGN_IN_WAIT).await;
+    if let Some(path) = page {
+        let _ = std::fs::remove_file(path);
+    }
+    let query = query.context("no sign-in within 5 minutes")?;
     let param = |name: &str| {
         query
             .split('&')
@@ -610,6 +620,40 @@ async fn browser(
         .await
         .map_err(|e| anyhow::anyhow!("code exchange refused: {}", chain(&e)))?;
     verified_tokens(&client, &response, Some(&nonce), None)
+}
+
+/// A page that sends the browser on to `url` at once.
+fn sign_in_page(url: &str) -> String {
+    let mut escaped = String::with_capacity(url.len());
+    for c in url.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '"' => escaped.push_str("&quot;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={escaped}\">\
+         <title>authproxy sign-in</title><a href=\"{escaped}\">Sign in</a>\n"
+    )
+}
+
+/// Writes [`sign_in_page`] for `url` into `dir` (the cache folder),
+/// readable by its owner only, and returns its path (which says nothing of
+/// the URL).
+fn write_sign_in_page(dir: &Path, url: &str) -> anyhow::Result<PathBuf> {
+    let mut random = [0u8; 8];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut random)
+        .map_err(|_| anyhow::anyhow!("no random numbers for a file name"))?;
+    let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("sign-in-{name}.html"));
+    store(&path, &sign_in_page(url))?;
+    Ok(path)
 }
 
 /// How long the browser sign-in may take.
@@ -869,6 +913,28 @@ mod callback_tests {
         assert!(!is_fresh_exec_credential(&at("2001-01-01T00:00:00Z"), now));
         assert!(!is_fresh_exec_credential(&at("99999-01-01T00:00:00Z"), now));
         assert!(!is_fresh_exec_credential("{", now));
+    }
+}
+
+#[cfg(test)]
+mod sign_in_page_tests {
+    use super::*;
+
+    #[test]
+    fn the_sign_in_url_goes_to_a_private_page_not_a_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = "https://idp/auth?state=s3cr3t&code_challenge=abc&x=\"<y>'";
+        let path = write_sign_in_page(&dir.path().join("authproxy"), url).unwrap();
+        assert!(!path.display().to_string().contains("s3cr3t"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            page.contains("url=https://idp/auth?state=s3cr3t&amp;code_challenge=abc&amp;x=&quot;&lt;y&gt;&#39;\""),
+            "{page}"
+        );
+        assert!(!page.contains("<y>"), "{page}");
     }
 }
 
