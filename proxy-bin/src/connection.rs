@@ -71,9 +71,11 @@ pub(crate) async fn serve<H: Handler>(
         .client_certs
         .as_ref()
         .map(ClientCertRecheck::generation);
+    let mut proxy_header_read = false;
     let handshake = tokio::time::timeout(listener.handshake_timeout, async {
         if let Some(trusted) = &listener.proxy_protocol {
             if trusted.contains(peer.ip()) {
+                proxy_header_read = true;
                 match read_proxy_header(&mut tcp).await {
                     Ok(Some(source)) => peer = source,
                     // The balancer's own connection (a health check).
@@ -134,6 +136,9 @@ pub(crate) async fn serve<H: Handler>(
     let request_slot = slot.clone();
     let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
         req.extensions_mut().insert(request_slot.clone());
+        if proxy_header_read {
+            req.extensions_mut().insert(ThroughL4Balancer);
+        }
         let guard = InFlight::begin(&in_flight);
         let cert = match (&cert, &recheck, &verified) {
             (Some(cert), Some(recheck), Some(state)) => {
@@ -197,6 +202,13 @@ pub(crate) async fn serve<H: Handler>(
 }
 
 /// Resolves once the listener shuts down (or is gone).
+/// Marks a request whose connection began with a PROXY protocol header: its
+/// peer is the client the balancer named (or the balancer itself, for its
+/// own connections), never a proxy whose `X-Forwarded-For` is believed (an
+/// L4 balancer cannot have written one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ThroughL4Balancer;
+
 /// Reads the PROXY protocol header at the start of `tcp`, and nothing after
 /// it: the client's address, or `None` when the balancer speaks for itself.
 async fn read_proxy_header(tcp: &mut TcpStream) -> Result<Option<SocketAddr>, HeaderError> {

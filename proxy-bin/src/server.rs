@@ -429,7 +429,14 @@ impl Proxy {
         }
         // Where the request came from, once, for limits, audit and
         // X-Forwarded-For (see proxy_core::forwarded).
-        let origin = Origin::new(peer.ip(), &self.trusted_proxies);
+        let mut origin = Origin::new(peer.ip(), &self.trusted_proxies);
+        if req
+            .extensions()
+            .get::<crate::connection::ThroughL4Balancer>()
+            .is_some()
+        {
+            origin.peer_trusted = false;
+        }
         if let Some(client) = origin.client(req.headers(), &self.trusted_proxies) {
             req.extensions_mut().insert(ClientAddr(client));
         }

@@ -251,6 +251,19 @@ async fn a_trusted_balancers_proxy_protocol_header_names_the_client() -> anyhow:
     v2.extend_from_slice(&block);
     let code = get_after(addr, ca, &v2, &format!("{PODS}?via=v2")).await?;
     assert_eq!(code, 200);
+    // The balancer's own connection (`UNKNOWN`), and a named client that is
+    // itself in trustedProxies: neither may speak for another address.
+    let code = get_after(
+        addr,
+        ca,
+        b"PROXY UNKNOWN\r\n",
+        &format!("{PODS}?via=unknown"),
+    )
+    .await?;
+    assert_eq!(code, 200);
+    let inside = b"PROXY TCP4 127.0.0.1 127.0.0.1 40001 8443\r\n".to_vec();
+    let code = get_after(addr, ca, &inside, &format!("{PODS}?via=inside")).await?;
+    assert_eq!(code, 200);
     // A connection from the balancer without a header is not served.
     assert!(
         get_after(addr, ca, b"", &format!("{PODS}?via=none"))
@@ -270,6 +283,8 @@ async fn a_trusted_balancers_proxy_protocol_header_names_the_client() -> anyhow:
     assert_eq!(xff("via=v1"), Some(vec!["198.51.100.23".to_owned()]));
     assert_eq!(xff("via=v2"), Some(vec!["2001:db8::23".to_owned()]));
     assert_eq!(xff("via=none"), None);
+    assert_eq!(xff("via=unknown"), Some(vec!["127.0.0.1".to_owned()]));
+    assert_eq!(xff("via=inside"), Some(vec!["127.0.0.1".to_owned()]));
     behind_balancer.shutdown().await;
 
     // A PROXY header from anyone else is not believed: the connection fails
