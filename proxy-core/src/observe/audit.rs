@@ -407,6 +407,9 @@ enum Sink {
 
 struct Writer {
     sink: Sink,
+    /// The file was moved or deleted and could not be opened again: events
+    /// are not written where nobody looks, but counted as failed writes.
+    detached: bool,
     /// When the file was last checked to still be at its path.
     checked: std::time::Instant,
     /// Failed writes since the last warning, and when that was.
@@ -472,6 +475,7 @@ impl Writer {
         };
         Ok(Writer {
             sink,
+            detached: false,
             checked: std::time::Instant::now(),
             failures: (0, None),
         })
@@ -496,6 +500,7 @@ impl Writer {
         }
         self.checked = std::time::Instant::now();
         if still_at(path, *identity) {
+            self.detached = false;
             return;
         }
         let _ = file.flush();
@@ -504,10 +509,14 @@ impl Writer {
                 *file = BufWriter::new(fresh);
                 *identity = fresh_identity;
                 *size = fresh_size;
+                self.detached = false;
                 counters.reopened.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(path = %path.display(), "audit log was moved or deleted; opened it again");
             }
-            Err(error) => self.failed(&error.source, counters),
+            Err(error) => {
+                self.detached = true;
+                self.failed(&error.source, counters);
+            }
         }
     }
 
@@ -530,6 +539,14 @@ impl Writer {
             match events.try_recv() {
                 Ok(event) => {
                     self.reopen_if_moved(counters);
+                    if self.detached {
+                        let gone = std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            "the audit file was moved or deleted and cannot be opened again",
+                        );
+                        self.failed(&gone, counters);
+                        continue;
+                    }
                     line.clear();
                     event.write_json(&mut line);
                     line.push(b'\n');
@@ -779,6 +796,47 @@ mod tests {
         assert_eq!(seen, 30, "events where the operator looks");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{mode:o}");
+    }
+
+    #[test]
+    fn events_for_a_file_that_cannot_be_opened_again_are_counted_as_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("audit");
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.join("audit.log");
+        let log = AuditLog::start(
+            Destination::File {
+                path: path.clone(),
+                max_bytes: 1 << 20,
+                max_backups: 1,
+            },
+            Policy::default(),
+            1000,
+        )
+        .unwrap();
+        log.log(event(0));
+        wait_written(&log, 1);
+        // The whole folder goes: the file cannot be opened again.
+        std::fs::remove_dir_all(&folder).unwrap();
+        let start = Instant::now();
+        let mut n = 1;
+        while log.counters().write_errors.load(Ordering::Relaxed) < 3 {
+            assert!(
+                start.elapsed() < REOPEN_CHECK * 10,
+                "no failed writes counted"
+            );
+            log.log(event(n));
+            n += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let written = log.counters().written.load(Ordering::Relaxed);
+        // The folder is back: events are written at the path again.
+        std::fs::create_dir(&folder).unwrap();
+        wait_reopened(&log, 1);
+        log.log(event(n));
+        wait_written(&log, written + 1);
+        drop(log);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
 
     #[test]
