@@ -313,7 +313,7 @@ const CORPUS_PATHS: [&str; 19] = [
 
 /// Query forms of the corpus: every spelling of the flags, repeated keys,
 /// selectors that name an object, options that do not decode.
-const CORPUS_QUERIES: [&str; 10] = [
+const CORPUS_QUERIES: [&str; 11] = [
     "",
     "?watch=1",
     "?watch=t",
@@ -324,6 +324,7 @@ const CORPUS_QUERIES: [&str; 10] = [
     "?follow=yes",
     "?fieldSelector=metadata.name%3Dcm-1&limit=1&limit=x",
     "?fieldSelector=metadata.name%3D%3Dcm-1",
+    "?fieldSelector=metadata.name%3Dcm-2,metadata.name%3Dcm-1,",
 ];
 
 /// kube-apiserver as the oracle: for several hundred odd requests sent

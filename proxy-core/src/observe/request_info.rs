@@ -205,76 +205,67 @@ fn list_options_decode(query: Option<&str>) -> bool {
         && query_value(query, "fieldSelector").is_none_or(|s| field_selector_terms(&s).is_some())
 }
 
-/// The terms of a field selector as `(field, operator, value)`, unescaped
-/// (`\,`, `\=`, `\!` and `\\` stand for themselves); `None` when it does not
-/// parse.
-fn field_selector_terms(selector: &str) -> Option<Vec<(String, &'static str, String)>> {
+/// The terms of a field selector as `(field, operator, value)`, parsed as
+/// apimachinery's `fields.ParseSelector` parses them: split on commas that
+/// are not escaped, sorted, empty terms skipped, each split at its first
+/// operator (`!=`, `==`, `=`; the field as written), the value unescaped
+/// (`\\`, `\,` and `\=`; any other escape, or a bare `,` or `=`, is an error).
+/// `None` when it does not parse.
+fn field_selector_terms(selector: &str) -> Option<Vec<(&str, &'static str, String)>> {
+    let mut parts = Vec::new();
+    if !selector.is_empty() {
+        let mut start = 0;
+        let mut in_slash = false;
+        for (i, c) in selector.char_indices() {
+            if in_slash {
+                in_slash = false;
+            } else if c == '\\' {
+                in_slash = true;
+            } else if c == ',' {
+                parts.push(&selector[start..i]);
+                start = i + 1;
+            }
+        }
+        parts.push(&selector[start..]);
+    }
+    parts.sort_unstable();
     let mut terms = Vec::new();
-    if selector.is_empty() {
-        return Some(terms);
-    }
-    // Split on commas that are not escaped.
-    let mut parts = vec![String::new()];
-    let mut escaped = false;
-    for c in selector.chars() {
-        let last = parts.last_mut()?;
-        if escaped {
-            last.push('\\');
-            last.push(c);
-            escaped = false;
-        } else if c == '\\' {
-            escaped = true;
-        } else if c == ',' {
-            parts.push(String::new());
-        } else {
-            last.push(c);
-        }
-    }
-    if escaped {
-        return None;
-    }
-    for part in parts {
-        // The first operator at an unescaped position: "!=", "==", "=".
-        let bytes = part.as_bytes();
-        let mut i = 0;
-        let mut found = None;
-        while i < bytes.len() {
-            if bytes[i] == b'\\' {
-                i += 2;
-                continue;
-            }
-            for op in ["!=", "==", "="] {
-                if bytes[i..].starts_with(op.as_bytes()) {
-                    found = Some((i, op));
-                    break;
-                }
-            }
-            if found.is_some() {
-                break;
-            }
-            i += 1;
-        }
-        let (at, op) = found?;
-        let unescape = |text: &str| -> Option<String> {
-            let mut out = String::new();
-            let mut chars = text.chars();
-            while let Some(c) = chars.next() {
-                if c == '\\' {
-                    match chars.next()? {
-                        e @ ('\\' | ',' | '=' | '!') => out.push(e),
-                        _ => return None,
-                    }
-                } else {
-                    out.push(c);
-                }
-            }
-            Some(out)
-        };
-        let field = unescape(part[..at].trim())?;
-        let value = unescape(&part[at + op.len()..])?;
-        terms.push((field, op, value));
+    for part in parts.into_iter().filter(|p| !p.is_empty()) {
+        let (at, op) = part.char_indices().find_map(|(i, _)| {
+            ["!=", "==", "="]
+                .into_iter()
+                .find(|op| part[i..].starts_with(op))
+                .map(|op| (i, op))
+        })?;
+        terms.push((
+            &part[..at],
+            op,
+            unescape_selector_value(&part[at + op.len()..])?,
+        ));
     }
     Some(terms)
+}
+
+/// apimachinery's `fields.UnescapeValue`.
+fn unescape_selector_value(value: &str) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let mut in_slash = false;
+    for c in value.chars() {
+        if in_slash {
+            if !matches!(c, '\\' | ',' | '=') {
+                return None;
+            }
+            out.push(c);
+            in_slash = false;
+        } else if c == '\\' {
+            in_slash = true;
+        } else if c == ',' || c == '=' {
+            return None;
+        } else {
+            out.push(c);
+        }
+    }
+    (!in_slash).then_some(out)
 }
 
 /// The name a field selector requires (`metadata.name=x` or `==x`), when it
@@ -282,7 +273,7 @@ fn field_selector_terms(selector: &str) -> Option<Vec<(String, &'static str, Str
 fn selected_name(selector: &str) -> Option<String> {
     field_selector_terms(selector)?
         .into_iter()
-        .find(|(field, op, _)| field == "metadata.name" && *op != "!=")
+        .find(|(field, op, _)| *field == "metadata.name" && *op != "!=")
         .map(|(_, _, value)| value)
         .filter(|name| name != "." && name != ".." && !name.contains(['/', '%']))
 }
@@ -672,6 +663,44 @@ mod tests {
                 "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name%3D..",
                 "list",
                 "configmaps d/",
+            ),
+            // parsed as apimachinery parses selectors: terms sorted, empty ones
+            // skipped, the field as written, values strictly unescaped
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name%3Db,metadata.name%3Da",
+                "list",
+                "configmaps d/a",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name%3Dc1,",
+                "list",
+                "configmaps d/c1",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=%20metadata.name%3Dc1",
+                "list",
+                "configmaps d/",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name%3Da%3Db",
+                "list",
+                "configmaps d/",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name%3Da%5C!",
+                "list",
+                "configmaps d/",
+            ),
+            (
+                "GET",
+                "/api/v1/namespaces/d/configmaps?fieldSelector=metadata.name%3Da%5C%2Cb",
+                "list",
+                "configmaps d/a,b",
             ),
             // resolved before it is read
             (
