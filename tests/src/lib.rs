@@ -69,6 +69,13 @@ where
     }
 }
 
+/// A loopback port free at the time of asking.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// The users the tests log in as: (token, name, uid, groups).
 pub const USERS: [(&str, &str, &str, &str); 4] = [
     ("alice-token", "alice", "1001", "devs"),

@@ -69,12 +69,6 @@ pub struct OidcProvider {
     env: Vec<(String, String)>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl OidcProvider {
     /// Starts the provider on a free port with `keys`, waits until discovery answers.
     pub async fn start(pki: &TestPki, keys: &[SigningKey]) -> anyhow::Result<OidcProvider> {
@@ -91,7 +85,7 @@ impl OidcProvider {
         let cert = pki.issue_server("oidc-provider")?;
         let mut provider = OidcProvider {
             child: None,
-            port: free_port()?,
+            port: crate::free_port()?,
             ca: pki.ca_path().to_owned(),
             tls: (cert.cert_path, cert.key_path),
             jar: tempfile::tempdir()?,

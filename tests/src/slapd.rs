@@ -38,12 +38,6 @@ fn find(tool: &str) -> anyhow::Result<PathBuf> {
     bail!("`{tool}` is not installed; {INSTALL_HINT}")
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl Slapd {
     /// Loads the fixture and starts slapd with TLS from `pki`.
     pub async fn start(pki: &TestPki) -> anyhow::Result<Slapd> {
@@ -92,8 +86,8 @@ impl Slapd {
         let mut slapd_server = Slapd {
             child: None,
             dir,
-            ldap_port: free_port()?,
-            ldaps_port: free_port()?,
+            ldap_port: crate::free_port()?,
+            ldaps_port: crate::free_port()?,
         };
         slapd_server.launch(&slapd).await?;
         Ok(slapd_server)

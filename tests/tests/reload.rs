@@ -7,6 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use authproxy_tests::kube::{unique_marker, KubeEnv as Env};
 use authproxy_tests::oidc::{generate_key, OidcProvider};
 use authproxy_tests::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
@@ -68,6 +69,35 @@ async fn presented_cert(
 
 fn first_cert(pem: &str) -> anyhow::Result<CertificateDer<'static>> {
     Ok(CertificateDer::from_pem_slice(pem.as_bytes())?)
+}
+
+/// The proxy in front of kube re-reading its files every 100 ms, and the
+/// address of its metrics listener.
+async fn reloading_env(pki: TestPki) -> anyhow::Result<(Env, std::net::SocketAddr)> {
+    let env = Env::start_with(
+        pki,
+        "reloadInterval: 100ms\nmetrics: {listen: '127.0.0.1:0'}",
+    )
+    .await?;
+    let metrics = env
+        .proxy
+        .as_ref()
+        .and_then(|p| p.metrics_addr())
+        .context("no metrics listener")?;
+    Ok((env, metrics))
+}
+
+/// Waits until the failed reloads of the authentication config counted at
+/// the metrics listener `addr` reach `count`.
+async fn wait_reload_failures(addr: std::net::SocketAddr, count: f64) -> anyhow::Result<()> {
+    let failure = "authproxy_config_reloads_total{file=\"authentication\",result=\"failure\"}";
+    wait_for(WAIT, "the failed reload counted", || async move {
+        match metric(addr, failure).await {
+            Ok(Some(n)) if n >= count => Ok(Some(())),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
 }
 
 async fn metric(addr: std::net::SocketAddr, series: &str) -> anyhow::Result<Option<f64>> {
@@ -159,16 +189,7 @@ async fn an_added_issuer_is_trusted_without_restart_and_a_broken_file_keeps_the_
         "issuer": {"url": idp.issuer(), "audiences": ["kubernetes"], "certificateAuthority": pki.ca_pem()},
         "claimMappings": {"username": {"claim": "email", "prefix": ""}, "groups": {"claim": "groups", "prefix": "oidc:"}},
     }]);
-    let env = Env::start_with(
-        pki,
-        "reloadInterval: 100ms\nmetrics: {listen: '127.0.0.1:0'}",
-    )
-    .await?;
-    let metrics = env
-        .proxy
-        .as_ref()
-        .and_then(|p| p.metrics_addr())
-        .expect("metrics listener");
+    let (env, metrics) = reloading_env(pki).await?;
     let config_path = env.dir.path().join("authproxy.yaml");
     let token = idp.id_token("kubernetes", "alice").await?;
     assert_eq!(status_as(&env, &token).await?, 401);
@@ -194,13 +215,7 @@ async fn an_added_issuer_is_trusted_without_restart_and_a_broken_file_keeps_the_
         ),
     )?;
     let failure = "authproxy_config_reloads_total{file=\"authentication\",result=\"failure\"}";
-    wait_for(WAIT, "the failed reload counted", || async move {
-        match metric(metrics, failure).await {
-            Ok(Some(n)) if n >= 1.0 => Ok(Some(())),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await?;
+    wait_reload_failures(metrics, 1.0).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(metric(metrics, failure).await?, Some(1.0));
     assert_eq!(status_as(&env, &token).await?, 200);
@@ -388,29 +403,14 @@ async fn sighup_makes_the_binary_read_its_files_at_once() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_naming_a_file_that_appears_later_is_taken_when_it_appears() -> anyhow::Result<()>
 {
-    let env = Env::start_with(
-        TestPki::new()?,
-        "reloadInterval: 100ms\nmetrics: {listen: '127.0.0.1:0'}",
-    )
-    .await?;
-    let metrics = env
-        .proxy
-        .as_ref()
-        .and_then(|p| p.metrics_addr())
-        .expect("metrics listener");
+    let (env, metrics) = reloading_env(TestPki::new()?).await?;
     let config_path = env.dir.path().join("authproxy.yaml");
     let started = std::fs::read_to_string(&config_path)?;
     let naming_later = started.replace("file: tokens.csv", "file: later.csv");
     anyhow::ensure!(naming_later != started, "config layout changed: {started}");
     replace_file(&config_path, &naming_later)?;
     let failure = "authproxy_config_reloads_total{file=\"authentication\",result=\"failure\"}";
-    wait_for(WAIT, "the refused reload counted", || async move {
-        match metric(metrics, failure).await {
-            Ok(Some(n)) if n >= 1.0 => Ok(Some(())),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await?;
+    wait_reload_failures(metrics, 1.0).await?;
     assert_eq!(
         status_as(&env, "alice-token").await?,
         200,

@@ -13,14 +13,8 @@ use std::time::Duration;
 use authproxy_tests::kube::kube;
 use authproxy_tests::oidc::{generate_key, OidcProvider};
 use authproxy_tests::slapd::{Slapd, SERVICE_DN, SERVICE_PASSWORD};
-use authproxy_tests::{authproxy_binary, curl_with_ca, wait_for};
+use authproxy_tests::{authproxy_binary, curl_with_ca, free_port, wait_for};
 use serde_json::json;
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// Starts the binary with `args`, its output into `log`.
 fn start(args: &[&str], log: &Path) -> anyhow::Result<tokio::process::Child> {

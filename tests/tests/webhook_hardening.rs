@@ -38,6 +38,30 @@ fn webhook_config(
     Ok(FileConfig::load(&path)?)
 }
 
+/// Writes a webhook config into `dir` that requires client certificates
+/// signed by `pki`'s CA, with `top` YAML lines at the top level and `auth`
+/// lines under `authentication:` beside the static tokens; its path.
+fn client_ca_config(
+    pki: &TestPki,
+    dir: &Path,
+    top: &str,
+    auth: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let cert = pki.issue_server("webhook")?;
+    std::fs::write(dir.join("tokens.csv"), STATIC_TOKENS)?;
+    let path = dir.join("webhook.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "tls: {{certFile: {}, keyFile: {}, clientCAFile: {}}}\n{top}authentication:\n{auth}  staticTokens: {{file: tokens.csv}}\n",
+            cert.cert_path.display(),
+            cert.key_path.display(),
+            pki.ca_path().display(),
+        ),
+    )?;
+    Ok(path)
+}
+
 fn review_body(token: &str, audiences: &[&str]) -> String {
     json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
            "spec": {"token": token, "audiences": audiences}})
@@ -101,18 +125,7 @@ async fn with_a_client_ca_the_webhook_requires_a_verified_client_certificate() -
 {
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
-    let cert = pki.issue_server("webhook")?;
-    std::fs::write(dir.path().join("tokens.csv"), STATIC_TOKENS)?;
-    let path = dir.path().join("webhook.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "tls: {{certFile: {}, keyFile: {}, clientCAFile: {}}}\nauthentication:\n  staticTokens: {{file: tokens.csv}}\n",
-            cert.cert_path.display(),
-            cert.key_path.display(),
-            pki.ca_path().display(),
-        ),
-    )?;
+    let path = client_ca_config(&pki, dir.path(), "", "")?;
     let config = FileConfig::load(&path)?;
     let server = authproxy::webhook::start(&config, dir.path(), "127.0.0.1:0".parse()?).await?;
     let addr = server.addr();
@@ -229,21 +242,8 @@ async fn only_the_allowed_client_names_may_ask_when_the_ca_also_signs_users() ->
 {
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
-    let cert = pki.issue_server("webhook")?;
-    std::fs::write(dir.path().join("tokens.csv"), STATIC_TOKENS)?;
-    let write = |names: &str| -> anyhow::Result<std::path::PathBuf> {
-        let path = dir.path().join("webhook.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "tls: {{certFile: {}, keyFile: {}, clientCAFile: {}}}\n{names}authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv}}\n",
-                cert.cert_path.display(),
-                cert.key_path.display(),
-                pki.ca_path().display(),
-            ),
-        )?;
-        Ok(path)
-    };
+    let write =
+        |names: &str| client_ca_config(&pki, dir.path(), names, "  clientCertificates: true\n");
     // One CA for users and for kube-apiserver, no names: check-config warns.
     let path = write("")?;
     let out = tokio::process::Command::new(authproxy_tests::authproxy_binary()?)

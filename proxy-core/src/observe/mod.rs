@@ -216,12 +216,12 @@ where
         // will be forwarded, dot-segments resolved. One that cannot be
         // forwarded, or whose dot-segments cross from one cluster's prefix to
         // another, stays as sent, for the router to refuse.
-        let routable = req
-            .uri()
-            .path_and_query()
-            .is_none_or(|pq| crate::upstream::router::route(pq.as_str()).is_ok());
-        if routable {
-            if let Ok(Some(resolved)) = crate::path::normalize_uri(req.uri()) {
+        if let Ok(Some(resolved)) = crate::path::normalize_uri(req.uri()) {
+            let routable = req
+                .uri()
+                .path_and_query()
+                .is_none_or(|pq| crate::upstream::router::route(pq.as_str()).is_ok());
+            if routable {
                 *req.uri_mut() = resolved;
             }
         }

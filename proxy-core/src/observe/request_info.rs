@@ -296,9 +296,17 @@ fn read<'a>(method: &Method, path: &'a str, query: Option<&str>, upgrade: bool) 
     };
     // `/k8s/clusters/<name>/api/...` is read as the API server behind it reads it.
     let path = crate::upstream::router::strip_cluster_prefix(path);
-    let all: Vec<&str> = crate::path::segments(path).collect();
+    // The first segments, as many as kube reads (`apis/<group>/<version>/
+    // watch/namespaces/<ns>/<resource>/<name>/<subresource>`), on the stack:
+    // this runs on every request.
+    let mut seen = [""; 9];
+    let mut count = 0;
+    for (slot, segment) in seen.iter_mut().zip(crate::path::segments(path)) {
+        *slot = segment;
+        count += 1;
+    }
     // kube needs at least prefix, (group,) version and one more part.
-    let (api_group, api_version, rest) = match all.as_slice() {
+    let (api_group, api_version, rest) = match &seen[..count] {
         ["api", version, rest @ ..] if !rest.is_empty() => ("", *version, rest),
         ["apis", group, version, rest @ ..] if !rest.is_empty() => (*group, *version, rest),
         _ => return non_resource,

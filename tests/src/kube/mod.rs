@@ -118,12 +118,6 @@ pub fn kube_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Runs `program` under a supervisor shell: it stops the program (TERM, and
 /// KILL after 10 s: kube-apiserver can hang in its shutdown once etcd is
 /// gone) and, when `cleanup` is given, deletes that folder, once its stdin
@@ -238,7 +232,7 @@ impl Kube {
             .keep();
 
         // etcd, unsynced: the data is thrown away with the folder.
-        let (etcd_port, peer_port) = (free_port()?, free_port()?);
+        let (etcd_port, peer_port) = (crate::free_port()?, crate::free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let etcd_args: Vec<String> = vec![
@@ -268,7 +262,7 @@ impl Kube {
         let pki = TestPki::new()?;
         let serving = pki.issue_server("kube-apiserver")?;
         let sa_key = pki.issue_client("service-accounts", "service-accounts", None)?;
-        let webhook_addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let webhook_addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         // A CA of its own, as kube requires for --requestheader-client-ca-file.
         let front_proxy_pki = TestPki::new()?;
         std::fs::write(
@@ -286,7 +280,7 @@ impl Kube {
                 ca = pki.ca_path().display()
             ),
         )?;
-        let port = free_port()?;
+        let port = crate::free_port()?;
         let d = |name: &str| dir.join(name).display().to_string();
         let api_args: Vec<String> = [
             format!("--etcd-servers={etcd_url}"),
