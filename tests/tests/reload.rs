@@ -430,3 +430,59 @@ async fn a_config_naming_a_file_that_appears_later_is_taken_when_it_appears() ->
     );
     Ok(())
 }
+
+/// The watch follows the `authenticationConfigFile` the proxy started with:
+/// a config that names another one is refused whole (nothing else it
+/// changes is taken either), and taken again once it names the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_naming_another_authentication_config_file_is_refused_whole() -> anyhow::Result<()>
+{
+    let kube_dir = tempfile::tempdir()?;
+    let kube_config =
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt: []\n";
+    let (first, second) = (
+        kube_dir.path().join("a.yaml"),
+        kube_dir.path().join("b.yaml"),
+    );
+    std::fs::write(&first, kube_config)?;
+    std::fs::write(&second, kube_config)?;
+    let env = Env::start_with(
+        TestPki::new()?,
+        &format!(
+            "  authenticationConfigFile: {}\nreloadInterval: 100ms\nmetrics: {{listen: '127.0.0.1:0'}}",
+            first.display()
+        ),
+    )
+    .await?;
+    let metrics = env
+        .proxy
+        .as_ref()
+        .and_then(|p| p.metrics_addr())
+        .context("no metrics listener")?;
+    let config_path = env.dir.path().join("authproxy.yaml");
+    let started = std::fs::read_to_string(&config_path)?;
+    std::fs::write(
+        env.dir.path().join("later.csv"),
+        "later-token,zed,5,\"devs\"\n",
+    )?;
+    let with_new_tokens = started.replace("file: tokens.csv", "file: later.csv");
+    anyhow::ensure!(
+        with_new_tokens != started,
+        "config layout changed: {started}"
+    );
+    let moved =
+        with_new_tokens.replace(&first.display().to_string(), &second.display().to_string());
+    replace_file(&config_path, &moved)?;
+    wait_reload_failures(metrics, 1.0).await?;
+    assert_eq!(
+        status_as(&env, "later-token").await?,
+        401,
+        "nothing of the refused config is taken"
+    );
+    assert_eq!(status_as(&env, "alice-token").await?, 200);
+    // Naming the first file again, the rest of the change is taken.
+    replace_file(&config_path, &with_new_tokens)?;
+    wait_status(&env, "later-token", 200, "the config naming the first file").await?;
+    assert_eq!(status_as(&env, "alice-token").await?, 401);
+    Ok(())
+}

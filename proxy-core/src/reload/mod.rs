@@ -4,7 +4,9 @@
 //!
 //! A watcher reads its files every interval (and at once when
 //! [`check_all_now`] is called, which `authproxy` does on SIGHUP) and hands
-//! their content on when any of them differs from what was seen last. Reading
+//! their content on when any of them differs from what was seen last and
+//! has held still for [`SETTLE`] (a file written in place is not taken
+//! half-written). Reading
 //! (rather than comparing mtimes) also catches the symlink swaps Kubernetes
 //! uses for projected volumes and Secrets. A file that cannot be read or
 //! parsed keeps the last good value in force; the refusal is logged with the
@@ -275,6 +277,14 @@ where
             if again && !refused {
                 continue;
             }
+            // New content is taken only once it holds still: a file written
+            // in place (truncated, then written in pieces) read half-way
+            // would otherwise be taken for a whole one (a token file missing
+            // its last users, a configuration cut short) for an interval.
+            if !again && !settled(&paths, &contents).await {
+                tracing::debug!(file = %names, kind = kind.as_str(), "still being written; read again next round");
+                continue;
+            }
             match on_change(contents.clone()).await {
                 Ok(()) => {
                     tracing::info!(file = %names, kind = kind.as_str(), "reloaded");
@@ -295,6 +305,22 @@ where
         }
     });
     FileWatch { task }
+}
+
+/// How long changed content must stay the same before it is taken.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// Whether `paths` still hold `contents` after [`SETTLE`]: a writer that
+/// pauses for less than that between its pieces is waited for.
+async fn settled(paths: &[PathBuf], contents: &[Vec<u8>]) -> bool {
+    tokio::time::sleep(SETTLE).await;
+    for (path, content) in paths.iter().zip(contents) {
+        match read_bounded(path).await {
+            Ok(now) if &now == content => {}
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// The most a watched file may hold: certificates, keys, token files and
@@ -409,6 +435,46 @@ mod tests {
         }
         assert_eq!(taken.lock().unwrap().as_slice(), ["two"]);
         assert_eq!(counts.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_file_written_in_place_is_not_taken_half_written() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.csv");
+        std::fs::write(&path, "x,xavier,0\n").unwrap();
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen2 = seen.clone();
+        let _watch = watch_file(
+            path.clone(),
+            Duration::from_millis(10),
+            b"x,xavier,0\n".to_vec(),
+            move |c| {
+                seen2
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(c).into_owned());
+                Ok(())
+            },
+        );
+        // Truncated and written in two pieces, with a pause between them
+        // several intervals long (and shorter than SETTLE).
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(b"a,alice,1\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        file.write_all(b"b,bob,2\n").unwrap();
+        drop(file);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while seen.lock().unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "never taken");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(SETTLE * 2).await;
+        assert_eq!(
+            seen.lock().unwrap().as_slice(),
+            ["a,alice,1\nb,bob,2\n"],
+            "only the whole file is taken"
+        );
     }
 
     #[tokio::test]
