@@ -103,16 +103,7 @@ pub fn is_fresh_exec_credential(text: &str, now: SystemTime) -> bool {
 /// reader never sees half a file. The folder is created with mode 0700.
 fn store(path: &Path, text: &str) -> anyhow::Result<()> {
     let dir = path.parent().context("cache path has no folder")?;
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))?;
+    private_dir(dir)?;
     let name = path
         .file_name()
         .context("cache path has no file name")?
@@ -143,6 +134,50 @@ fn store(path: &Path, text: &str) -> anyhow::Result<()> {
         return Err(error).with_context(|| format!("writing {}", path.display()));
     }
     Ok(())
+}
+
+/// An exclusive lock on a cache file, held until dropped.
+struct CacheLock {
+    _file: std::fs::File,
+}
+
+/// Waits for, then takes, the lock of the cache file `path` (a private
+/// `.lock` file beside it). kubectl runs the plugin once per command, often
+/// several at once: only the holder spends a refresh token (providers that
+/// rotate them revoke every token of the grant when one is used twice) or
+/// asks for a sign-in; the others then find its result in the cache.
+async fn lock_cache(path: &Path) -> anyhow::Result<CacheLock> {
+    let dir = path.parent().context("cache path has no folder")?;
+    private_dir(dir)?;
+    let lock_path = path.with_extension("lock");
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    let file = options
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await?
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    Ok(CacheLock { _file: file })
+}
+
+/// Creates `dir` (and its parents) with mode 0700 when missing.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 /// Reads a line from the terminal (or standard input).
@@ -265,6 +300,11 @@ pub async fn login_ldap(server: &str, ca_file: Option<&Path>) -> anyhow::Result<
     }
     let (username, password) = credentials()?;
     let path = cache_file(server, &username)?;
+    let _lock = lock_cache(&path).await?;
+    // Another run may have logged this user in while this one waited.
+    if let Some(text) = cached(&path) {
+        return Ok(text);
+    }
     let text = request_token(server, ca_file, &username, &password).await?;
     store(&path, &text)?;
     store(&last_user_file(server)?, &username)?;
@@ -739,12 +779,19 @@ pub async fn login_oidc(
         .map(|b| format!("{b:02x}"))
         .collect();
     let path = cache_dir()?.join(format!("oidc-{key}.json"));
+    let fresh = |text: Option<&str>| {
+        let (id_token, exp) = usable_cached_id_token(text?, SystemTime::now())?;
+        Some(exec_credential(&id_token, exp))
+    };
+    if let Some(credential) = fresh(read_private(&path).as_deref()) {
+        return Ok(credential);
+    }
+    let _lock = lock_cache(&path).await?;
+    // Read again under the lock: another run may have refreshed meanwhile,
+    // spending the refresh token this one read.
     let text = read_private(&path);
-    if let Some((id_token, exp)) = text
-        .as_deref()
-        .and_then(|t| usable_cached_id_token(t, SystemTime::now()))
-    {
-        return Ok(exec_credential(&id_token, exp));
+    if let Some(credential) = fresh(text.as_deref()) {
+        return Ok(credential);
     }
     let cached: Option<OidcCache> = text.and_then(|t| serde_json::from_str(&t).ok());
     let http = idp_http(https_client(ca_file)?);

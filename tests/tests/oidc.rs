@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use authproxy_tests::kube::{
     assert_kubectl_acts_as, unique_marker, Expected, KubeEnv as Env, PROXY_SERVICE_ACCOUNT,
 };
@@ -370,13 +371,20 @@ async fn kubectl_with_login_oidc_device_flow_gets_pods_and_reuses_the_cached_tok
         "{review}"
     );
 
-    let files: Vec<_> =
+    // The cache file and the lock beside it, both private.
+    let mut files: Vec<_> =
         std::fs::read_dir(cache.path().join("authproxy"))?.collect::<Result<_, _>>()?;
-    assert_eq!(files.len(), 1);
-    assert_eq!(
-        std::fs::metadata(files[0].path())?.permissions().mode() & 0o777,
-        0o600
-    );
+    files.sort_by_key(|f| f.file_name());
+    let names: Vec<_> = files.iter().map(|f| f.file_name()).collect();
+    assert_eq!(files.len(), 2, "{names:?}");
+    assert!(names[0].to_string_lossy().ends_with(".json"), "{names:?}");
+    assert!(names[1].to_string_lossy().ends_with(".lock"), "{names:?}");
+    for file in &files {
+        assert_eq!(
+            std::fs::metadata(file.path())?.permissions().mode() & 0o777,
+            0o600
+        );
+    }
     // The second call uses the cached ID token: no sign-in prompt, no new device flow.
     let out = tokio::time::timeout(Duration::from_secs(30), kubectl()?.output()).await??;
     assert!(out.status.success(), "{}", output_text(&out));
@@ -417,6 +425,32 @@ async fn kubectl_with_login_oidc_device_flow_gets_pods_and_reuses_the_cached_tok
         json!(expired),
         "the expired ID token was kept"
     );
+
+    // Several kubectl commands at once, the ID token expired: one of them
+    // spends the refresh token (the provider rotates it, and revokes the
+    // grant when a spent one is used again); the others take its result.
+    for round in 0..2 {
+        let mut cached: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        cached["id_token"] = json!(expired);
+        std::fs::write(&path, cached.to_string())?;
+        let runs = (0..4)
+            .map(|_| {
+                let mut cmd = kubectl()?;
+                anyhow::Ok(async move {
+                    tokio::time::timeout(Duration::from_secs(30), cmd.output()).await
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for out in futures_util::future::join_all(runs).await {
+            let out = out.context("a concurrent refresh fell back to a sign-in")??;
+            assert!(out.status.success(), "round {round}: {}", output_text(&out));
+            assert!(
+                !String::from_utf8_lossy(&out.stderr).contains("To sign in"),
+                "round {round}: {}",
+                output_text(&out)
+            );
+        }
+    }
     Ok(())
 }
 
