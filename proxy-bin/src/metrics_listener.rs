@@ -1,6 +1,9 @@
 //! The `/metrics` listener: its own address (loopback by default), plain
 //! HTTP or TLS, serving the proxy's [`Metrics`] in the OpenMetrics text
-//! format. Any other path is a 404 `Status`.
+//! format, and `/livez` and `/readyz` as the proxy's listener answers them.
+//! Probes sent here cannot be starved by the proxy listener's caps
+//! (`limits.maxConnections` and the rest), which unauthenticated clients
+//! can fill. Any other path is a 404 `Status`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,6 +14,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use proxy_core::authn::Chain;
 use proxy_core::config::Problem;
 use proxy_core::observe::metrics::{Metrics, CONTENT_TYPE};
 use proxy_core::status::{Reason, Status};
@@ -76,12 +80,14 @@ impl MetricsConfig {
         problems
     }
 
-    /// Binds the address and serves `metrics` in the background.
-    /// With `tls`, the certificate and key are re-read as `reloading` says.
+    /// Binds the address and serves `metrics` in the background, and
+    /// `/readyz` from `chain`'s readiness. With `tls`, the certificate and
+    /// key are re-read as `reloading` says.
     pub async fn start(
         &self,
         base: &Path,
         metrics: Metrics,
+        chain: Chain,
         reloading: &proxy_core::config::Reloading,
     ) -> Result<MetricsListener, StartError> {
         let tls = match &self.tls {
@@ -121,7 +127,7 @@ impl MetricsConfig {
             source,
         })?;
         tracing::info!(%addr, "serving /metrics");
-        let task = tokio::spawn(accept_loop(listener, tls, metrics));
+        let task = tokio::spawn(accept_loop(listener, tls, metrics, chain));
         Ok(MetricsListener { addr, task })
     }
 }
@@ -146,10 +152,35 @@ impl Drop for MetricsListener {
     }
 }
 
-fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<ProxyBody> {
-    if req.uri().path() != "/metrics" {
-        return Status::failure(StatusCode::NOT_FOUND, Reason::BadRequest, "see /metrics")
-            .into_response();
+fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn answer(metrics: &Metrics, chain: &Chain, req: &Request<Incoming>) -> Response<ProxyBody> {
+    match req.uri().path() {
+        "/metrics" => {}
+        "/livez" => return plain(StatusCode::OK, "ok"),
+        "/readyz" if chain.is_ready() => return plain(StatusCode::OK, "ok"),
+        "/readyz" => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: authenticators are still loading",
+            )
+        }
+        _ => {
+            return Status::failure(
+                StatusCode::NOT_FOUND,
+                Reason::BadRequest,
+                "see /metrics, /livez or /readyz",
+            )
+            .into_response()
+        }
     }
     if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
         return Status::failure(
@@ -170,6 +201,7 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     metrics: Metrics,
+    chain: Chain,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
@@ -181,11 +213,11 @@ async fn accept_loop(
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let (metrics, chain) = (metrics.clone(), chain.clone());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let response = answer(&metrics, &req);
+                let response = answer(&metrics, &chain, &req);
                 async move { Ok::<_, Infallible>(response) }
             });
             let builder = auto::Builder::new(TokioExecutor::new());

@@ -602,16 +602,18 @@ impl RunningServer {
         self.metrics.as_ref().map(|m| m.addr())
     }
 
-    /// Serves `metrics` as configured, for as long as this server runs.
+    /// Serves `metrics` as configured, and `/livez` and `/readyz` (from
+    /// `chain`) beside them, for as long as this server runs.
     pub async fn serve_metrics(
         &mut self,
         config: Option<&crate::metrics_listener::MetricsConfig>,
         base: &Path,
         metrics: Option<Metrics>,
+        chain: Chain,
         reloading: &proxy_core::config::Reloading,
     ) -> Result<(), StartError> {
         if let (Some(config), Some(metrics)) = (config, metrics) {
-            self.metrics = Some(config.start(base, metrics, reloading).await?);
+            self.metrics = Some(config.start(base, metrics, chain, reloading).await?);
         }
         Ok(())
     }
@@ -690,10 +692,16 @@ async fn start_from(
             source,
         })?;
     let timeout = config.shutdown_timeout.unwrap_or(Duration::from_secs(30));
-    let metrics = proxy.metrics.clone();
+    let (metrics, chain) = (proxy.metrics.clone(), proxy.chain.clone());
     let mut running = serve_with_limits(listener, tls, proxy, config.limits.clone(), timeout)?;
     running
-        .serve_metrics(config.metrics.as_ref(), base, metrics, &live.reloading)
+        .serve_metrics(
+            config.metrics.as_ref(),
+            base,
+            metrics,
+            chain,
+            &live.reloading,
+        )
         .await?;
     if let Some(source) = source {
         running.watch_config(&live, source, config);

@@ -264,6 +264,7 @@ async fn start_from(
             addr: listen,
             source,
         })?;
+    let ready = chain.clone();
     let webhook = Webhook {
         chain,
         failed_reviews,
@@ -282,7 +283,13 @@ async fn start_from(
         config.shutdown_timeout.unwrap_or(Duration::from_secs(30)),
     )?;
     running
-        .serve_metrics(config.metrics.as_ref(), base, metrics, &live.reloading)
+        .serve_metrics(
+            config.metrics.as_ref(),
+            base,
+            metrics,
+            ready,
+            &live.reloading,
+        )
         .await?;
     if let Some(source) = source {
         running.watch_config(&live, source, config);

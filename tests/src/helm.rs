@@ -105,8 +105,9 @@ pub fn one<'a>(objects: &'a [Value], kind: &str) -> anyhow::Result<&'a Value> {
 }
 
 /// Writes what the `authproxy` container of `pod_spec` mounts (ConfigMaps
-/// and Secrets among `objects`, with their `items`) below `root`, at the
-/// mount paths prefixed by `root`, and returns the container.
+/// and Secrets among `objects`, with their `items`; empty folders for
+/// `emptyDir`; not the projected service-account token) below `root`, at the mount paths prefixed by
+/// `root`, and returns the container.
 pub fn write_mounted_files(
     objects: &[Value],
     pod_spec: &Value,
@@ -122,6 +123,21 @@ pub fn write_mounted_files(
             .as_array()
             .and_then(|vs| vs.iter().find(|v| v["name"] == mount["name"]))
             .with_context(|| format!("no volume for mount {mount}"))?;
+        let dir = root.join(
+            mount["mountPath"]
+                .as_str()
+                .context("mountPath")?
+                .trim_start_matches('/'),
+        );
+        if volume.get("projected").is_some() {
+            // The service account's token: the kubelet's to write; the
+            // tests give the proxy a token of their own.
+            continue;
+        }
+        if volume.get("emptyDir").is_some() {
+            std::fs::create_dir_all(&dir)?;
+            continue;
+        }
         let (kind, name, source) = if let Some(cm) = volume.get("configMap") {
             ("ConfigMap", &cm["name"], cm)
         } else if let Some(secret) = volume.get("secret") {
@@ -134,12 +150,6 @@ pub fn write_mounted_files(
             .find(|o| o["kind"] == kind && o["metadata"]["name"] == *name)
             .with_context(|| format!("{kind} {name} is not in the chart"))?;
         let data = files_of(object)?;
-        let dir = root.join(
-            mount["mountPath"]
-                .as_str()
-                .context("mountPath")?
-                .trim_start_matches('/'),
-        );
         std::fs::create_dir_all(&dir)?;
         match source["items"].as_array() {
             Some(items) => {

@@ -216,8 +216,24 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
             "127.0.0.1:6440"
         ])
     );
-    assert_eq!(container["readinessProbe"]["httpGet"]["host"], "127.0.0.1");
-    assert_eq!(container["readinessProbe"]["httpGet"]["port"], 6440);
+    // probes go to the metrics listener, beside the webhook on loopback
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["host"], "127.0.0.1");
+        assert_eq!(container[probe]["httpGet"]["port"], 6441);
+        assert_eq!(container[probe]["httpGet"]["scheme"], "HTTP");
+    }
+    assert_eq!(
+        chart_config(&objects)?
+            .metrics
+            .as_ref()
+            .map(|m| m.listen.to_string()),
+        Some("127.0.0.1:6441".to_owned())
+    );
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert!(
+        !spec.to_string().contains("serviceAccountToken"),
+        "the webhook calls no API and gets no token: {spec}"
+    );
     let tolerated: Vec<&Value> = spec["tolerations"]
         .as_array()
         .into_iter()
@@ -413,8 +429,28 @@ async fn sidecar_example_runs_the_container_the_chart_runs() -> anyhow::Result<(
         "securityContext",
         "terminationGracePeriodSeconds",
         "serviceAccountName",
+        "automountServiceAccountToken",
     ] {
         assert_eq!(example_spec[key], chart_spec[key], "{key}");
+    }
+    // The service account may impersonate anyone: its token is mounted in
+    // the authproxy container, and in no other container of the pod.
+    assert_eq!(example_spec["automountServiceAccountToken"], false);
+    let token_volumes: Vec<&Value> = example_spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v.to_string().contains("serviceAccountToken"))
+        .collect();
+    ensure!(token_volumes.len() == 1, "{token_volumes:?}");
+    let token_volume = &token_volumes[0]["name"];
+    for c in example_spec["containers"].as_array().into_iter().flatten() {
+        let mounts_token = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == *token_volume);
+        assert_eq!(mounts_token, c["name"] == "authproxy", "{c}");
     }
     Ok(())
 }
@@ -434,7 +470,7 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
         dir.path(),
         &pki,
         "deployment",
-        json!({"config": {
+        json!({"metrics": {"port": authproxy_tests::free_port()?}, "config": {
             "upstream": {"url": kube.url(), "caFile": kube.pki().ca_path(), "tokenFile": token_file, "tokenReloadInterval": "50ms"},
             "authentication": {"jwt": [{
                 "issuer": {"url": idp.issuer(), "audiences": ["kubernetes"], "certificateAuthority": pki.ca_pem()},
@@ -684,7 +720,10 @@ async fn kube_api_auth_mode_authenticates_tokens_for_kube_apiserver() -> anyhow:
         dir.path(),
         kube.pki(),
         "kubeApiAuth",
-        json!({"config": {"authentication": {"staticTokens": {"file": tokens}}}}),
+        json!({
+            "kubeApiAuth": {"metricsListen": format!("127.0.0.1:{}", authproxy_tests::free_port()?)},
+            "config": {"authentication": {"staticTokens": {"file": tokens}}},
+        }),
     )?;
     let objects = parse_objects(&template_text("authproxy", "kube-system", &values, &[]).await?)?;
     let root = tempfile::tempdir()?;
@@ -890,5 +929,194 @@ async fn agent_clusters_get_their_tokens_config_and_a_headless_service() -> anyh
         .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "authproxy-agents")
         .context("the headless Service")?;
     assert_eq!(headless["spec"]["clusterIP"], "None", "{headless}");
+    Ok(())
+}
+
+/// A CustomResourceDefinition that accepts any `kind` object of `group`:
+/// enough for the real kube-apiserver to take the Prometheus operator's
+/// objects the chart renders (their schema is the operator's to check).
+fn open_crd(group: &str, kind: &str, plural: &str) -> String {
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.{group}")},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "plural": plural, "singular": kind.to_ascii_lowercase()},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}],
+        },
+    })
+    .to_string()
+}
+
+/// The named port `name` of `ports` (a container's or a Service's).
+fn named_port<'a>(ports: &'a Value, name: &Value) -> anyhow::Result<&'a Value> {
+    ports
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == *name)
+        .with_context(|| format!("no port {name} in {ports}"))
+}
+
+/// The chart as installed: the ServiceMonitor and the probes reach a
+/// listener that answers them (metrics, liveness, readiness) while clients
+/// hold every connection the proxy listener's caps allow; extra volumes are
+/// mounted where the config points. Every object is created on the real
+/// kube-apiserver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_the_service_monitor_reach_the_metrics_listener_past_the_caps(
+) -> anyhow::Result<()> {
+    let kube = shared_kube().await?;
+    let ns = namespace(kube, "probes").await?;
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let token_file = dir.path().join("sa-token");
+    std::fs::write(&token_file, kube.proxy_token())?;
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "probe-token,probe-user,1,\"devs\"\n")?;
+    let metrics_port = authproxy_tests::free_port()?;
+    let values = values_file(
+        dir.path(),
+        &pki,
+        "deployment",
+        json!({
+            "metrics": {"port": metrics_port, "serviceMonitor": {"enabled": true}, "prometheusRule": {"enabled": true}},
+            "extraVolumes": [{"name": "audit", "emptyDir": {}}],
+            "extraVolumeMounts": [{"name": "audit", "mountPath": "/var/log/authproxy"}],
+            "config": {
+                "upstream": {"url": kube.url(), "caFile": kube.pki().ca_path(), "tokenFile": token_file},
+                "authentication": {"staticTokens": {"file": tokens}},
+                "limits": {"maxConnections": 2},
+                "audit": {"path": "/var/log/authproxy/audit.log"},
+                "logging": {"format": "text", "level": "warn"},
+            },
+        }),
+    )?;
+    let yaml = template_text("authproxy", &ns, &values, &[]).await?;
+    for (kind, plural) in [
+        ("ServiceMonitor", "servicemonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    ] {
+        admin_ok(
+            kube,
+            &["apply", "-f", "-"],
+            Some(&open_crd("monitoring.coreos.com", kind, plural)),
+        )
+        .await?;
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the monitoring CRDs served",
+        || async {
+            let out = kube
+                .admin_async(&["get", "servicemonitors,prometheusrules", "-A"], None)
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(Some(()))
+            } else {
+                Err(output_text(&out))
+            }
+        },
+    )
+    .await?;
+    let out = admin_ok(kube, &["apply", "--dry-run=server", "-f", "-"], Some(&yaml)).await?;
+    ensure!(out.contains("servicemonitor"), "{out}");
+    admin_ok(kube, &["create", "-f", "-"], Some(&yaml)).await?;
+
+    // What the ServiceMonitor points at: its port names a port of the
+    // Service it selects, whose targetPort names a container port.
+    let objects = parse_objects(&yaml)?;
+    let monitor = one(&objects, "ServiceMonitor")?;
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    let selector = &monitor["spec"]["selector"]["matchLabels"];
+    let service = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Service"
+                && o["spec"]["clusterIP"] != "None"
+                && selector.as_object().is_some_and(|labels| {
+                    labels.iter().all(|(k, v)| o["metadata"]["labels"][k] == *v)
+                })
+        })
+        .context("no Service the ServiceMonitor selects")?;
+    let service_port = named_port(&service["spec"]["ports"], &endpoint["port"])?;
+    let spec = pod_spec(&objects)?;
+    let root = tempfile::tempdir()?;
+    let container = write_mounted_files(&objects, spec, root.path())?;
+    let scrape_port = named_port(&container["ports"], &service_port["targetPort"])?;
+    assert_eq!(scrape_port["containerPort"], metrics_port);
+    let scheme = endpoint["scheme"].as_str().context("scheme")?;
+    let path = endpoint["path"].as_str().context("path")?;
+
+    // authproxy with the chart's files and config (its own data address)
+    let config_path = root.path().join("etc/authproxy/config/authproxy.yaml");
+    let text = std::fs::read_to_string(&config_path)?
+        .replace(
+            "/etc/authproxy/",
+            &format!("{}/etc/authproxy/", root.path().display()),
+        )
+        .replace(
+            "/var/log/authproxy/",
+            &format!("{}/var/log/authproxy/", root.path().display()),
+        );
+    std::fs::write(&config_path, text)?;
+    let mut config = FileConfig::load(&config_path)?;
+    config.listen = "127.0.0.1:0".parse()?;
+    let proxy = authproxy::server::start(&config, &config.base_dir(&config_path)).await?;
+    let data = proxy.addr();
+    let (code, body) = authproxy_tests::curl_with_ca(
+        pki.ca_path(),
+        &[
+            "-H",
+            "Authorization: Bearer probe-token",
+            &format!("https://{data}/api/v1/namespaces/default/configmaps"),
+        ],
+    )
+    .await?;
+    ensure!(code == 200, "{code} {body}");
+    ensure!(
+        root.path().join("var/log/authproxy/audit.log").exists(),
+        "the audit log is not in the extra volume"
+    );
+
+    // Clients hold every connection the proxy listener allows...
+    let _held = [
+        std::net::TcpStream::connect(data)?,
+        std::net::TcpStream::connect(data)?,
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, _) = authproxy_tests::curl_with_ca(
+        pki.ca_path(),
+        &["--max-time", "3", &format!("https://{data}/livez")],
+    )
+    .await
+    .unwrap_or((0, String::new()));
+    ensure!(
+        code != 200,
+        "the proxy listener still answered: caps not full"
+    );
+    // ...and the probes and the scrape still get their answers.
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        let port = named_port(&container["ports"], &get["port"])?["containerPort"].clone();
+        let probe_scheme = get["scheme"].as_str().context("scheme")?.to_lowercase();
+        let url = format!(
+            "{probe_scheme}://127.0.0.1:{port}{}",
+            get["path"].as_str().context("path")?
+        );
+        let (code, body) = authproxy_tests::curl_with_ca(pki.ca_path(), &[&url]).await?;
+        ensure!(code == 200, "{probe} {url}: {code} {body}");
+    }
+    let url = format!("{scheme}://127.0.0.1:{metrics_port}{path}");
+    let (code, body) = authproxy_tests::curl_with_ca(pki.ca_path(), &[&url]).await?;
+    ensure!(code == 200, "{url}: {code} {body}");
+    ensure!(
+        body.contains("authproxy_http_requests_total"),
+        "{url} is not authproxy's metrics: {body}"
+    );
     Ok(())
 }

@@ -113,6 +113,8 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 {{- $_ := set $config "tls" $tls }}
 {{- $_ := set $config "shutdownTimeout" (printf "%vs" .Values.shutdownTimeoutSeconds) }}
+{{- /* The metrics listener also answers the probes, out of reach of the proxy listener's caps. */}}
+{{- $_ := set $config "metrics" (merge (dict "listen" (include "authproxy.metricsListen" .)) (deepCopy (default dict $config.metrics))) }}
 {{- $authn := default dict $config.authentication }}
 {{- if $authn.ldap }}
 {{- $_ := set $authn.ldap "bindPasswordFile" "/etc/authproxy/ldap/bind-password" }}
@@ -135,6 +137,20 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- toYaml $config }}
 {{- end }}
 
+{{/* Where the metrics listener (metrics and probes) listens. */}}
+{{- define "authproxy.metricsListen" -}}
+{{- if eq .Values.mode "kubeApiAuth" }}
+{{- .Values.kubeApiAuth.metricsListen }}
+{{- else }}
+{{- printf "0.0.0.0:%v" .Values.metrics.port }}
+{{- end }}
+{{- end }}
+
+{{/* HTTPS when config.metrics.tls is set, else HTTP. */}}
+{{- define "authproxy.metricsScheme" -}}
+{{- ternary "HTTPS" "HTTP" (hasKey (default dict .Values.config.metrics) "tls") }}
+{{- end }}
+
 {{/* Pod annotations that roll the pods when their config or secrets change. */}}
 {{- define "authproxy.checksums" -}}
 checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
@@ -143,6 +159,20 @@ checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha
 
 {{/* The volumes every mode mounts. */}}
 {{- define "authproxy.volumes" -}}
+{{- /* The service account's token, mounted in the authproxy container only
+       (the pod does not automount it): in sidecar mode the application
+       beside it never holds a token that may impersonate anyone. */}}
+{{- if ne .Values.mode "kubeApiAuth" }}
+- name: kube-api-access
+  projected:
+    sources:
+    - serviceAccountToken: {path: token, expirationSeconds: 3607}
+    - configMap:
+        name: kube-root-ca.crt
+        items: [{key: ca.crt, path: ca.crt}]
+    - downwardAPI:
+        items: [{path: namespace, fieldRef: {apiVersion: v1, fieldPath: metadata.namespace}}]
+{{- end }}
 - name: config
   configMap:
     name: {{ include "authproxy.fullname" . }}
@@ -166,6 +196,9 @@ checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha
   secret:
     secretName: {{ include "authproxy.fullname" . }}-agent-tokens
 {{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* The authproxy container (all modes; the sidecar snippet is this container). */}}
@@ -181,19 +214,23 @@ checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha
   {{- if ne .Values.mode "kubeApiAuth" }}
   ports:
   - {name: https, containerPort: {{ .Values.port }}, protocol: TCP}
+  - {name: metrics, containerPort: {{ .Values.metrics.port }}, protocol: TCP}
   {{- end }}
+  {{- /* Probes go to the metrics listener: clients filling the proxy
+         listener's caps cannot make the kubelet restart the pod. */}}
   {{- $host := "" }}
-  {{- $port := "https" }}
+  {{- $port := "metrics" }}
+  {{- $scheme := include "authproxy.metricsScheme" . }}
   {{- if eq .Values.mode "kubeApiAuth" }}
-  {{- $host = (splitList ":" .Values.kubeApiAuth.listen | first) }}
-  {{- $port = (splitList ":" .Values.kubeApiAuth.listen | last | int) }}
+  {{- $host = (splitList ":" .Values.kubeApiAuth.metricsListen | first) }}
+  {{- $port = (splitList ":" .Values.kubeApiAuth.metricsListen | last | int) }}
   {{- end }}
   readinessProbe:
-    httpGet: {path: /readyz, port: {{ $port }}, scheme: HTTPS{{ if $host }}, host: {{ $host }}{{ end }}}
+    httpGet: {path: /readyz, port: {{ $port }}, scheme: {{ $scheme }}{{ if $host }}, host: {{ $host }}{{ end }}}
     periodSeconds: 5
     failureThreshold: 2
   livenessProbe:
-    httpGet: {path: /livez, port: {{ $port }}, scheme: HTTPS{{ if $host }}, host: {{ $host }}{{ end }}}
+    httpGet: {path: /livez, port: {{ $port }}, scheme: {{ $scheme }}{{ if $host }}, host: {{ $host }}{{ end }}}
     periodSeconds: 10
     failureThreshold: 6
   lifecycle:
@@ -204,6 +241,9 @@ checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha
   securityContext:
     {{- toYaml .Values.securityContext | nindent 4 }}
   volumeMounts:
+  {{- if ne .Values.mode "kubeApiAuth" }}
+  - {name: kube-api-access, mountPath: /var/run/secrets/kubernetes.io/serviceaccount, readOnly: true}
+  {{- end }}
   - {name: config, mountPath: /etc/authproxy/config, readOnly: true}
   - {name: tls, mountPath: /etc/authproxy/tls, readOnly: true}
   {{- if dig "authentication" "ldap" nil .Values.config }}
@@ -215,11 +255,16 @@ checksum/secrets: {{ include (print $.Template.BasePath "/secrets.yaml") . | sha
   {{- if .Values.agentClusters }}
   - {name: agent-tokens, mountPath: /etc/authproxy/agent-tokens, readOnly: true}
   {{- end }}
+  {{- with .Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/* Pod-level settings shared by the Deployment and the DaemonSet. */}}
 {{- define "authproxy.podSpecCommon" -}}
 serviceAccountName: {{ include "authproxy.serviceAccountName" . }}
+# mounted in the authproxy container alone (volume kube-api-access)
+automountServiceAccountToken: false
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
