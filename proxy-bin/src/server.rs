@@ -351,6 +351,9 @@ impl Proxy {
             ));
         }
         let limits = config.limits.long_running_limits();
+        if named.is_empty() {
+            observe = observe.with_routing(proxy_core::observe::Routing::Single);
+        }
         let stack = tower_layer::Layer::layer(
             &observe,
             if named.is_empty() {

@@ -24,8 +24,8 @@ pub const DEFAULT_TOTAL: usize = 10_000;
 /// True when the request holds its stream open for as long as the caller
 /// likes: what the caps count. Read once, as kube reads it
 /// ([`crate::observe::request_info::holds_stream`]): a watch however its
-/// flag is written (`?watch`, `?watch=t`, `?watch=%31`), below a named
-/// cluster's prefix too.
+/// flag is written (`?watch`, `?watch=t`, `?watch=%31`). `uri` is the
+/// request as forwarded (below a router: without a named cluster's prefix).
 pub fn is_long_running(method: &http::Method, uri: &http::Uri, upgrade: bool) -> bool {
     crate::observe::request_info::holds_stream(method, uri, upgrade)
 }
@@ -189,8 +189,6 @@ mod tests {
             "/api/v1/pods?w%61tch=1",
             "/api/v1/pods?watch=1&watch=false",
             "/api/v1/namespaces/default/pods/web-0/log?follow=yes",
-            // below a named cluster, as its API server reads it
-            "/k8s/clusters/east/api/v1/namespaces/default/pods?watch=1",
             // percent-encoded path segments, decoded as Go decodes them
             "/api/v1/namespaces/default/pods/web-0/%65xec",
         ] {
@@ -200,6 +198,14 @@ mod tests {
         assert!(held("GET", "/api/v1/pods?watch=%FF"));
         assert!(held("GET", "/api/v1/namespaces/d/pods/p/%70roxy/%FF"));
         assert!(held("GET", "/debug/pprof/profile?seconds=30"));
+        // The caps count below the router, on the path as forwarded: a named
+        // cluster's path arrives without its prefix, and behind a single
+        // upstream `/k8s/clusters/...` is a path like any other, which an API
+        // server reads as a non-resource `get`.
+        assert!(!held(
+            "GET",
+            "/k8s/clusters/east/api/v1/namespaces/default/pods?watch=1"
+        ));
         // an upgrade of any path (an aggregated API's console) holds its stream
         assert!(is_long_running(
             &http::Method::GET,

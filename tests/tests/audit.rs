@@ -289,7 +289,7 @@ async fn dot_segments_are_resolved_before_the_audit_reads_the_path() -> anyhow::
 /// Paths of the kube-oracle corpus: resource and non-resource, odd forms
 /// (dot-segments, escapes, empty segments, namespace subresources, the
 /// deprecated verb prefixes).
-const CORPUS_PATHS: [&str; 19] = [
+const CORPUS_PATHS: [&str; 21] = [
     "/api/v1/namespaces/default/configmaps",
     "/api/v1/namespaces/default/configmaps/cm-1",
     "/api/v1/namespaces/default/pods/p-1/log",
@@ -304,6 +304,8 @@ const CORPUS_PATHS: [&str; 19] = [
     "/apis/rbac.authorization.k8s.io/v1/clusterroles",
     "/api/v1/x/../namespaces/default/configmaps",
     "/api/v1/namespaces/default/configmaps/../pods",
+    "/k8s/clusters/a/../../api/v1/namespaces/default/configmaps",
+    "/k8s/clusters/a/api/v1/namespaces/default/configmaps",
     "/api/v1/namespaces/./default/config%6Daps",
     "/api/v1/namespaces/default/configmaps/a%2Fb",
     "/api//v1/namespaces/default/configmaps",

@@ -49,6 +49,11 @@ struct Clusters {
 
 impl Clusters {
     async fn start() -> anyhow::Result<Clusters> {
+        Self::start_with("").await
+    }
+
+    /// Like [`Clusters::start`] with `top_level` YAML added to the config.
+    async fn start_with(top_level: &str) -> anyhow::Result<Clusters> {
         let kube = tokio::task::spawn_blocking(|| kube().map_err(|e| e.to_string()))
             .await?
             .map_err(anyhow::Error::msg)?;
@@ -81,7 +86,7 @@ impl Clusters {
              - {{name: real, url: '{real}', caFile: {real_ca}, tokenFile: real-token, connectTimeout: 2s}}\n\
              - {{name: double, url: '{double}', caFile: {double_ca}, tokenFile: double-token, connectTimeout: 2s}}\n\
              authentication:\n  staticTokens: {{file: tokens.csv}}\n\
-             shutdownTimeout: 2s\n",
+             shutdownTimeout: 2s\n{top_level}\n",
             cert = proxy_cert.cert_path.display(),
             key = proxy_cert.key_path.display(),
             real = kube.url(),
@@ -511,5 +516,59 @@ fn assert_config_names_its_clusters(path: &Path) -> anyhow::Result<()> {
         .collect();
     assert_eq!(names, ["real", "double"]);
     assert!(config.default_upstream().is_none());
+    Ok(())
+}
+
+/// The long-running caps count what a named cluster's API server holds
+/// open: watches below `/k8s/clusters/<name>/` count against the user's cap,
+/// in every cluster together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_through_a_prefix_count_against_the_per_user_cap() -> anyhow::Result<()> {
+    let env = Clusters::start_with("limits: {longRunning: {perUser: 2, total: 100}}").await?;
+    let watch = format!(
+        "{}/k8s/clusters/real/api/v1/namespaces/default/configmaps?watch=1",
+        env.url()
+    );
+    let mut holders = Vec::new();
+    for i in 0..2 {
+        let headers = env.dir.path().join(format!("holder-{i}.headers"));
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.args(["-sS", "-N", "-o", "/dev/null", "--max-time", "60", "-D"])
+            .arg(&headers)
+            .arg("--cacert")
+            .arg(env.pki.ca_path())
+            .args(["-H", "Authorization: Bearer alice-token"])
+            .arg(&watch)
+            .kill_on_drop(true);
+        holders.push(cmd.spawn()?);
+        authproxy_tests::wait_for(Duration::from_secs(20), "a watch held", || {
+            let headers = headers.clone();
+            async move {
+                let text = std::fs::read_to_string(&headers).unwrap_or_default();
+                if text.contains(" 429") {
+                    return Err(text);
+                }
+                Ok(text.contains(" 200").then_some(()))
+            }
+        })
+        .await?;
+    }
+    for path in [
+        "/k8s/clusters/real/api/v1/namespaces/default/configmaps?watch=t",
+        "/k8s/clusters/real/api/v1/watch/namespaces/default/configmaps",
+        "/k8s/clusters/double/api/v1/namespaces/default/pods?watch=1",
+    ] {
+        let (code, body) = env.curl_as_alice(&unique_marker("capped"), path).await?;
+        assert_eq!(code, 429, "{path} was not counted: {body}");
+    }
+    // A short request through the same prefix is not held up.
+    let (code, body) = env
+        .curl_as_alice(
+            &unique_marker("short"),
+            "/k8s/clusters/real/api/v1/namespaces/default/configmaps?watch=0",
+        )
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    drop(holders);
     Ok(())
 }

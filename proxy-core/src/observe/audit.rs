@@ -187,6 +187,9 @@ pub struct RequestFacts {
     pub forwarded_for: Option<http::HeaderValue>,
     /// Whether it names an API object (`objectRef` is then read from the URI).
     pub resource: bool,
+    /// Whether it went through a router of named clusters (see
+    /// [`super::Routing`]): the object is then read below a cluster's prefix.
+    pub routed: bool,
 }
 
 /// Most addresses taken from `X-Forwarded-For` into `sourceIPs`.
@@ -305,7 +308,7 @@ impl Serialize for Event {
             map.serialize_entry("userAgent", agent)?;
         }
         if self.request.resource {
-            if let Some(object) = super::request_info::object_ref(uri) {
+            if let Some(object) = super::request_info::object_ref(uri, self.request.routed) {
                 map.serialize_entry("objectRef", &object)?;
             }
         }
@@ -653,6 +656,7 @@ mod tests {
                 source_ip: Some([127, 0, 0, 1].into()),
                 forwarded_for: None,
                 resource: true,
+                routed: true,
             },
             ResponseStatus::new(200, None),
             SystemTime::now(),
@@ -686,6 +690,7 @@ mod tests {
             source_ip: Some([10, 0, 0, 9].into()),
             forwarded_for: forwarded_for.map(|v| http::HeaderValue::from_str(v).unwrap()),
             resource: false,
+            routed: true,
         }
     }
 

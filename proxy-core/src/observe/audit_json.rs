@@ -45,7 +45,7 @@ impl Event {
             string(out, agent);
         }
         if self.request.resource {
-            if let Some(object) = super::super::request_info::object_ref(uri) {
+            if let Some(object) = super::super::request_info::object_ref(uri, self.request.routed) {
                 out.extend_from_slice(br#","objectRef":"#);
                 let fields = [
                     ("resource", &object.resource),
@@ -309,6 +309,7 @@ mod tests {
                 source_ip: Some([192, 0, 2, 7].into()),
                 forwarded_for: Some(http::HeaderValue::from_static("10.0.0.1, bad, 10.0.0.2")),
                 resource: true,
+                routed: true,
             },
             status,
             SystemTime::UNIX_EPOCH + Duration::from_micros(1_764_000_000_123_456),

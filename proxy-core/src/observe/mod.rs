@@ -130,12 +130,30 @@ impl std::fmt::Debug for AuditId {
     }
 }
 
+/// Where the stack below an [`ObserveLayer`] sends a request's path, which
+/// decides how the request is read (by the audit log, the metrics, and the
+/// resolution of dot-segments).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Routing {
+    /// A router of named clusters ([`crate::proxy_stack_routed`]):
+    /// `/k8s/clusters/<name>/<path>` is read as that cluster reads `<path>`,
+    /// and a path whose dot-segments cross from one cluster's prefix to
+    /// another is left as sent, for the router to refuse. The default.
+    #[default]
+    Clusters,
+    /// One API server ([`crate::proxy_stack_with`]): every path is
+    /// forwarded, dot-segments resolved, and read as that server reads it;
+    /// `/k8s/clusters/...` is a path like any other.
+    Single,
+}
+
 /// Layer that gives every request an audit ID and, when configured, counts
 /// it in the metrics and writes it to the audit log.
 #[derive(Debug, Clone, Default)]
 pub struct ObserveLayer {
     metrics: Option<Metrics>,
     audit: Option<AuditLog>,
+    routing: Routing,
 }
 
 impl ObserveLayer {
@@ -163,6 +181,13 @@ impl ObserveLayer {
         self.audit = Some(audit);
         self
     }
+
+    /// Reads requests for the stack below as `routing` says (default
+    /// [`Routing::Clusters`]).
+    pub fn with_routing(mut self, routing: Routing) -> Self {
+        self.routing = routing;
+        self
+    }
 }
 
 impl<S> Layer<S> for ObserveLayer {
@@ -173,6 +198,7 @@ impl<S> Layer<S> for ObserveLayer {
             inner,
             metrics: self.metrics.clone(),
             audit: self.audit.clone(),
+            routing: self.routing,
         }
     }
 }
@@ -183,6 +209,7 @@ pub struct Observe<S> {
     inner: S,
     metrics: Option<Metrics>,
     audit: Option<AuditLog>,
+    routing: Routing,
 }
 
 impl<S> Observe<S> {
@@ -193,6 +220,7 @@ impl<S> Observe<S> {
             inner,
             metrics: self.metrics.clone(),
             audit: self.audit.clone(),
+            routing: self.routing,
         }
     }
 }
@@ -214,13 +242,15 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         // One reading of the path for everything after this: the path as it
         // will be forwarded, dot-segments resolved. One that cannot be
-        // forwarded, or whose dot-segments cross from one cluster's prefix to
-        // another, stays as sent, for the router to refuse.
+        // forwarded, or (with named clusters) whose dot-segments cross from
+        // one cluster's prefix to another, stays as sent, to be refused.
+        let routed = self.routing == Routing::Clusters;
         if let Ok(Some(resolved)) = crate::path::normalize_uri(req.uri()) {
-            let routable = req
-                .uri()
-                .path_and_query()
-                .is_none_or(|pq| crate::upstream::router::route(pq.as_str()).is_ok());
+            let routable = !routed
+                || req
+                    .uri()
+                    .path_and_query()
+                    .is_none_or(|pq| crate::upstream::router::route(pq.as_str()).is_ok());
             if routable {
                 *req.uri_mut() = resolved;
             }
@@ -245,7 +275,7 @@ where
             );
         }
         let upgrade = is_upgrade(req.headers());
-        let (info, resource) = request_info::classify(req.method(), req.uri(), upgrade);
+        let (info, resource) = request_info::classify(req.method(), req.uri(), upgrade, routed);
         let kind = if info.long_running {
             RequestKind::LongRunning
         } else {
@@ -270,6 +300,7 @@ where
                     .filter(|o| o.peer_trusted)
                     .and_then(|_| joined(req.headers(), &crate::forwarded::X_FORWARDED_FOR)),
                 resource,
+                routed,
             }
         });
         let record = Arc::new(RequestRecord::default());

@@ -287,15 +287,26 @@ struct Reading<'a> {
 }
 
 /// Reads the decoded `path` and `query` as kube's `RequestInfoFactory`.
-fn read<'a>(method: &Method, path: &'a str, query: Option<&str>, upgrade: bool) -> Reading<'a> {
+fn read<'a>(
+    method: &Method,
+    path: &'a str,
+    query: Option<&str>,
+    upgrade: bool,
+    routed: bool,
+) -> Reading<'a> {
     let non_resource = Reading {
         verb: method_verb(method),
         parts: None,
         // kube's check: non-resource profiles stream for as long as asked.
         long_running: upgrade || path.starts_with("/debug/pprof/"),
     };
-    // `/k8s/clusters/<name>/api/...` is read as the API server behind it reads it.
-    let path = crate::upstream::router::strip_cluster_prefix(path);
+    // Above a router of named clusters, `/k8s/clusters/<name>/api/...` is
+    // read as the cluster's API server will read what it is sent.
+    let path = if routed {
+        crate::upstream::router::strip_cluster_prefix(path)
+    } else {
+        path
+    };
     // The first segments, as many as kube reads (`apis/<group>/<version>/
     // watch/namespaces/<ns>/<resource>/<name>/<subresource>`), on the stack:
     // this runs on every request.
@@ -386,43 +397,49 @@ fn read<'a>(method: &Method, path: &'a str, query: Option<&str>, upgrade: bool) 
 
 /// Reads `uri` with `f`: its path as it will be forwarded (dot-segments
 /// resolved; a path that cannot be forwarded is read as sent, and refused
-/// later), then decoded as kube decodes it.
+/// later), then decoded as kube decodes it. `routed`: the path is read above
+/// a router of named clusters, which removes their prefix.
 fn with_reading<T>(
     method: &Method,
     uri: &Uri,
     upgrade: bool,
+    routed: bool,
     f: impl FnOnce(Reading<'_>) -> T,
 ) -> T {
     let resolved = crate::path::normalize(uri.path()).unwrap_or(Cow::Borrowed(uri.path()));
     let path = decoded_path(&resolved);
-    f(read(method, &path, uri.query(), upgrade))
+    f(read(method, &path, uri.query(), upgrade, routed))
 }
 
 /// Whether a request holds its stream open for as long as the caller likes
 /// (what the long-running caps count): kube's long-running requests, but a
 /// `log` only with `follow` (a plain `kubectl logs` ends when the log is
-/// sent), and every protocol upgrade.
+/// sent), and every protocol upgrade. `uri` is the request as it is
+/// forwarded: below a router, a named cluster's path without its prefix.
 pub fn holds_stream(method: &Method, uri: &Uri, upgrade: bool) -> bool {
-    with_reading(method, uri, upgrade, |r| {
+    with_reading(method, uri, upgrade, false, |r| {
         let log = r.parts.as_ref().is_some_and(|p| p.subresource == "log");
         r.long_running && (!log || upgrade || query_flag(uri.query(), "follow"))
     })
 }
 
-/// Reads `method` and `uri` as kube-apiserver does. `upgrade` marks a
-/// protocol upgrade (exec, attach, port-forward), always long-running.
+/// Reads `method` and `uri` as kube-apiserver does, above a router of
+/// named clusters (`/k8s/clusters/<name>/api/...` is read as that cluster
+/// reads `/api/...`). `upgrade` marks a protocol upgrade (exec, attach,
+/// port-forward), always long-running.
 pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
-    with_reading(method, uri, upgrade, |r| RequestInfo {
+    with_reading(method, uri, upgrade, true, |r| RequestInfo {
         verb: r.verb,
         object: r.parts.map(|p| p.to_object()),
         long_running: r.long_running,
     })
 }
 
-/// Like [`parse`] without the object, for the hot path. Also says whether
-/// the request names an object (see [`object_ref`]).
-pub fn classify(method: &Method, uri: &Uri, upgrade: bool) -> (RequestInfo, bool) {
-    with_reading(method, uri, upgrade, |r| {
+/// Like [`parse`] without the object, for the hot path, `routed` saying
+/// whether the request goes through a router of named clusters. Also says
+/// whether the request names an object (see [`object_ref`]).
+pub fn classify(method: &Method, uri: &Uri, upgrade: bool, routed: bool) -> (RequestInfo, bool) {
+    with_reading(method, uri, upgrade, routed, |r| {
         (
             RequestInfo {
                 verb: r.verb,
@@ -435,9 +452,11 @@ pub fn classify(method: &Method, uri: &Uri, upgrade: bool) -> (RequestInfo, bool
 }
 
 /// The object a request's path names, if it names one (the method does
-/// not change it).
-pub fn object_ref(uri: &Uri) -> Option<ObjectRef> {
-    with_reading(&Method::GET, uri, false, |r| r.parts.map(|p| p.to_object()))
+/// not change it); `routed` as for [`classify`].
+pub fn object_ref(uri: &Uri, routed: bool) -> Option<ObjectRef> {
+    with_reading(&Method::GET, uri, false, routed, |r| {
+        r.parts.map(|p| p.to_object())
+    })
 }
 
 #[cfg(test)]
@@ -551,9 +570,9 @@ mod tests {
         ] {
             let u: Uri = uri.parse().unwrap();
             let full = parse(&Method::GET, &u, false);
-            let (light, resource) = classify(&Method::GET, &u, false);
+            let (light, resource) = classify(&Method::GET, &u, false, true);
             assert_eq!(resource, full.object.is_some());
-            assert_eq!(object_ref(&u), full.object);
+            assert_eq!(object_ref(&u, true), full.object);
             assert_eq!(
                 (full.verb, full.long_running),
                 (light.verb, light.long_running)
