@@ -5,6 +5,8 @@
 //! (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`,
 //! `KUBECTL_PORT_FORWARD_WEBSOCKETS=false`).
 //!
+//! `exec -it` runs kubectl on a terminal of util-linux `script`.
+//!
 //! Every outcome is checked by content: bytes, checksums, exit codes, and
 //! kube's own messages.
 
@@ -621,6 +623,74 @@ async fn exec_as_impersonated_users_obeys_rbac_with_kubes_own_refusal() -> anyho
             String::from_utf8_lossy(&proxied.stderr),
             kube_says,
             "spdy={spdy}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_with_a_terminal_runs_the_command_on_a_tty() -> anyhow::Result<()> {
+    // kubectl asks for a TTY only when its own input is a terminal: util-linux
+    // `script` gives it one.
+    authproxy_tests::require_tool("script")?;
+    let kube = kube_with_kubelet().await?;
+    let (_env, routes) = routes().await?;
+    let kubectl = authproxy_tests::kube::kube_bin()?.join("kubectl");
+    for route in &routes {
+        let pod = route.pod("tty");
+        kube.running_pod(&pod).await?;
+        let line = [
+            kubectl.to_str().context("kubectl path is not UTF-8")?,
+            "--kubeconfig",
+            route.kubeconfig.to_str().context("path is not UTF-8")?,
+        ]
+        .into_iter()
+        .chain(route.flags.iter().map(String::as_str))
+        .chain([
+            "exec",
+            "-it",
+            &pod,
+            "-c",
+            CONTAINER,
+            "--",
+            "sh",
+            "-c",
+            "'tty; read x; echo got:$x; exit 3'",
+        ])
+        .collect::<Vec<_>>()
+        .join(" ");
+        let mut script = tokio::process::Command::new("script");
+        script
+            .args(["-qec", &line, "/dev/null"])
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for var in [
+            "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+        ] {
+            if route.spdy {
+                script.env(var, "false");
+            } else {
+                script.env_remove(var);
+            }
+        }
+        let mut child = script.spawn().context("running script")?;
+        let mut stdin = child.stdin.take().context("script stdin")?;
+        stdin.write_all(b"typed on a terminal\n").await?;
+        drop(stdin);
+        let out = tokio::time::timeout(BOUND, child.wait_with_output())
+            .await
+            .with_context(|| format!("{route}: kubectl exec -it did not end"))??;
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        assert_eq!(out.status.code(), Some(3), "{route}: {}", output_text(&out));
+        // the command saw a terminal, and the typed line arrived through it
+        assert!(text.contains("\n/dev/pts/"), "{route}: {text:?}");
+        assert!(
+            text.contains("got:typed on a terminal\n"),
+            "{route}: {text:?}"
         );
     }
     Ok(())
