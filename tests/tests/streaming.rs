@@ -1,7 +1,9 @@
 //! Every kubectl streaming command for real: exec, attach, logs -f, cp and
 //! port-forward against kube-apiserver with the test kubelet (kube's own
-//! streaming code) behind it, straight to kube and through authproxy, each
-//! with kubectl's defaults (WebSocket) and again over SPDY
+//! streaming code) behind it, straight to kube, through authproxy, and
+//! through authproxy and the agent tunnel (`authproxy agent` dialing the
+//! proxy, which has no other way to the cluster), each with kubectl's
+//! defaults (WebSocket) and again over SPDY
 //! (`KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false`,
 //! `KUBECTL_PORT_FORWARD_WEBSOCKETS=false`).
 //!
@@ -18,8 +20,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use authproxy_tests::kube::{kube, Kube, KubeEnv, CONTAINER};
-use authproxy_tests::{kubectl_command, output_text};
+use authproxy::config::FileConfig;
+use authproxy::server::RunningServer;
+use authproxy_tests::kube::{kube, Kube, KubeEnv, CONTAINER, PROXY_SERVICE_ACCOUNT};
+use authproxy_tests::{
+    authproxy_binary, curl_with_ca, kubectl_command, output_text, wait_for, write_user_kubeconfig,
+    TestPki, USERS,
+};
 use bytes::Bytes;
 use http_body_util::Full;
 use sha2::{Digest as _, Sha256};
@@ -71,7 +78,23 @@ metadata: {name: pods-read, namespace: default}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pods-read}
 subjects:
 - {kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: streaming-agent, namespace: authproxy}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: streaming-agent-impersonator}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: authproxy-impersonator}
+subjects:
+- {kind: ServiceAccount, name: streaming-agent, namespace: authproxy}
 "#;
+
+/// The agent's identity at kube-apiserver.
+const AGENT_ACCOUNT: &str = "system:serviceaccount:authproxy:streaming-agent";
+/// The agent's registration token at the proxy.
+const AGENT_TOKEN: &str = "streaming-agent-registration-token-41c7";
 
 /// One way kubectl reaches the pods.
 struct Route {
@@ -142,10 +165,113 @@ impl Route {
     }
 }
 
-/// This test's proxy, the RBAC above, and the four routes: straight to kube
-/// as the admin and through the proxy as alice, each over WebSocket and
-/// over SPDY.
-async fn routes() -> anyhow::Result<(KubeEnv, Vec<Route>)> {
+/// A proxy whose one cluster, `edge`, is reached through `authproxy agent`
+/// (the agent's service account impersonating the caller).
+struct Tunnel {
+    _pki: TestPki,
+    dir: tempfile::TempDir,
+    _proxy: RunningServer,
+    _agent: Child,
+}
+
+impl Tunnel {
+    async fn start(kube: &'static Kube) -> anyhow::Result<Tunnel> {
+        let pki = TestPki::new()?;
+        let dir = tempfile::tempdir()?;
+        let cert = pki.issue_server("proxy")?;
+        let mut csv = String::new();
+        for (token, name, uid, groups) in USERS {
+            csv.push_str(&format!("{token},{name},{uid},\"{groups}\"\n"));
+        }
+        std::fs::write(dir.path().join("tokens.csv"), csv)?;
+        std::fs::write(dir.path().join("edge.token"), AGENT_TOKEN)?;
+        let yaml = format!(
+            "listen: 127.0.0.1:0\n\
+             tls: {{certFile: {cert}, keyFile: {key}}}\n\
+             upstreams: [{{name: edge, via: agent, agent: {{tokenFile: edge.token}}}}]\n\
+             authentication:\n  staticTokens: {{file: tokens.csv}}\n\
+             shutdownTimeout: 1s\n",
+            cert = cert.cert_path.display(),
+            key = cert.key_path.display(),
+        );
+        let path = dir.path().join("authproxy.yaml");
+        std::fs::write(&path, yaml)?;
+        let proxy = authproxy::server::start(&FileConfig::load(&path)?, dir.path()).await?;
+        let url = format!("https://{}", proxy.addr());
+        // The agent reaches kube-apiserver as its own service account.
+        let agent_token = kube.service_account_token("streaming-agent").await?;
+        let agent_kubeconfig = dir.path().join("agent.kubeconfig");
+        std::fs::write(
+            &agent_kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: kube\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: agent\n  user:\n    token: {agent_token}\ncontexts:\n- name: kube\n  context: {{cluster: kube, user: agent}}\ncurrent-context: kube\n",
+                kube.url(),
+                kube.pki().ca_path().display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("agent.log"))?;
+        let agent = tokio::process::Command::new(authproxy_binary()?)
+            .arg("agent")
+            .args(["--proxy-url", &url])
+            .arg("--proxy-ca-file")
+            .arg(pki.ca_path())
+            .arg("--token-file")
+            .arg(dir.path().join("edge.token"))
+            .args(["--cluster", "edge"])
+            .arg("--kubeconfig")
+            .arg(&agent_kubeconfig)
+            .args(["--backoff-base", "100ms", "--backoff-max", "1s"])
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting authproxy agent")?;
+        let cluster = format!("{url}/k8s/clusters/edge");
+        write_user_kubeconfig(&dir.path().join("kubeconfig"), &cluster, pki.ca_path())?;
+        // Ready once the agent has registered and kube answers through it.
+        let version = format!("{cluster}/version");
+        let ready = wait_for(Duration::from_secs(30), "kube through the tunnel", || {
+            let (ca, version) = (pki.ca_path().to_owned(), version.clone());
+            async move {
+                match curl_with_ca(&ca, &["-H", "Authorization: Bearer alice-token", &version])
+                    .await
+                {
+                    Ok((200, _)) => Ok(Some(())),
+                    Ok((code, body)) => Err(format!("{code} {body}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+            bail!("{e:#}\nagent log:\n{log}");
+        }
+        Ok(Tunnel {
+            _pki: pki,
+            dir,
+            _proxy: proxy,
+            _agent: agent,
+        })
+    }
+
+    /// A kubeconfig for cluster `edge` with a context per test user.
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+}
+
+/// What a test runs against: its proxy, its tunnel, and the six routes.
+struct Routes {
+    env: KubeEnv,
+    tunnel: Tunnel,
+    all: Vec<Route>,
+}
+
+/// This test's proxy and tunnel, the RBAC above, and the six routes:
+/// straight to kube as the admin, through the proxy as alice and through the
+/// proxy and the agent tunnel as alice, each over WebSocket and over SPDY.
+async fn routes() -> anyhow::Result<Routes> {
     let env = KubeEnv::start().await?;
     env.kube
         .apply_rbac(
@@ -153,9 +279,11 @@ async fn routes() -> anyhow::Result<(KubeEnv, Vec<Route>)> {
             &[
                 &["create", "pods", "--subresource=exec", "--as", "alice"][..],
                 &["get", "pods", "--as", "bob"][..],
+                &["impersonate", "users/alice", "--as", AGENT_ACCOUNT][..],
             ],
         )
         .await?;
+    let tunnel = Tunnel::start(env.kube).await?;
     let mut routes = Vec::new();
     for spdy in [false, true] {
         let protocol = if spdy { "spdy" } else { "websocket" };
@@ -171,8 +299,18 @@ async fn routes() -> anyhow::Result<(KubeEnv, Vec<Route>)> {
             flags: vec!["--context".into(), "alice".into()],
             spdy,
         });
+        routes.push(Route {
+            name: format!("tunnel-{protocol}"),
+            kubeconfig: tunnel.kubeconfig(),
+            flags: vec!["--context".into(), "alice".into()],
+            spdy,
+        });
     }
-    Ok((env, routes))
+    Ok(Routes {
+        env,
+        tunnel,
+        all: routes,
+    })
 }
 
 /// The shared kube-apiserver, with the test kubelet registered.
@@ -188,8 +326,8 @@ async fn kube_with_kubelet() -> anyhow::Result<&'static Kube> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_carries_stdin_stdout_stderr_and_the_exit_code() -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
-    let (_env, routes) = routes().await?;
-    for route in &routes {
+    let routes = routes().await?;
+    for route in &routes.all {
         let pod = route.pod("exec");
         let dir = kube.running_pod(&pod).await?;
         let out = route
@@ -231,6 +369,15 @@ async fn exec_carries_stdin_stdout_stderr_and_the_exit_code() -> anyhow::Result<
         for event in &events {
             assert_eq!(event["verb"], verb, "{route}: {event}");
             if route.name.starts_with("proxy") {
+                assert_eq!(
+                    event["user"]["username"], PROXY_SERVICE_ACCOUNT,
+                    "{route}: {event}"
+                );
+            }
+            if route.name.starts_with("tunnel") {
+                assert_eq!(event["user"]["username"], AGENT_ACCOUNT, "{route}: {event}");
+            }
+            if !route.name.starts_with("direct") {
                 assert_eq!(
                     event["impersonatedUser"]["username"], "alice",
                     "{route}: {event}"
@@ -308,8 +455,8 @@ fn spawn_reading(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_sends_input_to_the_container_and_streams_its_output() -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
-    let (_env, routes) = routes().await?;
-    for route in &routes {
+    let routes = routes().await?;
+    for route in &routes.all {
         let pod = route.pod("attach");
         let dir = kube.running_pod(&pod).await?;
         let (mut child, mut stdout) =
@@ -340,8 +487,8 @@ async fn attach_sends_input_to_the_container_and_streams_its_output() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_follow_streams_lines_written_after_it_started() -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
-    let (_env, routes) = routes().await?;
-    for route in &routes {
+    let routes = routes().await?;
+    for route in &routes.all {
         let pod = route.pod("logs");
         let dir = kube.running_pod(&pod).await?;
         let log_path = dir.join(format!("{CONTAINER}.log"));
@@ -412,11 +559,12 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cp_copies_100_mib_into_the_pod_and_back_intact() -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
-    let (env, routes) = routes().await?;
+    let routes = routes().await?;
+    let env = &routes.env;
     let local = env.dir.path().join("upload.bin");
     std::fs::write(&local, big_data())?;
     let want = sha256_hex(big_data());
-    for route in &routes {
+    for route in &routes.all {
         let pod = route.pod("cp");
         let dir = kube.running_pod(&pod).await?;
         let local_str = local.to_str().context("temp path is not UTF-8")?;
@@ -509,10 +657,11 @@ async fn http_server() -> anyhow::Result<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_forward_carries_100_connections_and_a_100_mib_download() -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
-    let (env, routes) = routes().await?;
+    let routes = routes().await?;
+    let env = &routes.env;
     let port = http_server().await?;
     let want = sha256_hex(big_data());
-    for route in &routes {
+    for route in &routes.all {
         let pod = route.pod("forward");
         kube.running_pod(&pod).await?;
         let (child, mut stdout) = spawn_reading(
@@ -568,7 +717,8 @@ async fn port_forward_carries_100_connections_and_a_100_mib_download() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_as_impersonated_users_obeys_rbac_with_kubes_own_refusal() -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
-    let (env, _) = routes().await?;
+    let routes = routes().await?;
+    let (env, tunnel) = (&routes.env, &routes.tunnel);
     let pod = "rbac";
     kube.running_pod(pod).await?;
     for spdy in [false, true] {
@@ -586,6 +736,7 @@ async fn exec_as_impersonated_users_obeys_rbac_with_kubes_own_refusal() -> anyho
                 &["--as", "alice"],
             ),
             route("proxy-alice", env.kubeconfig(), &["--context", "alice"]),
+            route("tunnel-alice", tunnel.kubeconfig(), &["--context", "alice"]),
         ] {
             let out = allowed.run(&exec, None, BOUND).await?;
             assert_eq!(
@@ -602,6 +753,9 @@ async fn exec_as_impersonated_users_obeys_rbac_with_kubes_own_refusal() -> anyho
         let proxied = route("proxy-bob", env.kubeconfig(), &["--context", "bob"])
             .run(&exec, None, BOUND)
             .await?;
+        let tunneled = route("tunnel-bob", tunnel.kubeconfig(), &["--context", "bob"])
+            .run(&exec, None, BOUND)
+            .await?;
         let kube_says = String::from_utf8_lossy(&direct.stderr);
         assert_ne!(direct.status.code(), Some(0), "{}", output_text(&direct));
         assert!(direct.stdout.is_empty(), "{}", output_text(&direct));
@@ -611,19 +765,22 @@ async fn exec_as_impersonated_users_obeys_rbac_with_kubes_own_refusal() -> anyho
             "{}",
             output_text(&direct)
         );
-        // Through the proxy bob meets the same refusal, word for word.
-        assert_eq!(
-            proxied.status.code(),
-            direct.status.code(),
-            "{}",
-            output_text(&proxied)
-        );
-        assert!(proxied.stdout.is_empty(), "{}", output_text(&proxied));
-        assert_eq!(
-            String::from_utf8_lossy(&proxied.stderr),
-            kube_says,
-            "spdy={spdy}"
-        );
+        // Through the proxy, and the tunnel, bob meets the same refusal,
+        // word for word.
+        for out in [&proxied, &tunneled] {
+            assert_eq!(
+                out.status.code(),
+                direct.status.code(),
+                "{}",
+                output_text(out)
+            );
+            assert!(out.stdout.is_empty(), "{}", output_text(out));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                kube_says,
+                "spdy={spdy}"
+            );
+        }
     }
     Ok(())
 }
@@ -634,9 +791,9 @@ async fn exec_with_a_terminal_runs_the_command_on_a_tty() -> anyhow::Result<()> 
     // `script` gives it one.
     authproxy_tests::require_tool("script")?;
     let kube = kube_with_kubelet().await?;
-    let (_env, routes) = routes().await?;
+    let routes = routes().await?;
     let kubectl = authproxy_tests::kube::kube_bin()?.join("kubectl");
-    for route in &routes {
+    for route in &routes.all {
         let pod = route.pod("tty");
         kube.running_pod(&pod).await?;
         let line = [
