@@ -37,10 +37,11 @@ if [ ! -f "$oidc/node_modules/.package-lock.json" ] || ! cmp -s "$oidc/package-l
   cp "$oidc/package-lock.json" "$oidc/node_modules/.installed-lock.json"
 fi
 
-# The real Kubernetes parts: kube-apiserver, kubectl and etcd, built from the
-# pinned Go module tests/kube/ once into target/kube/<key>/ (key: the module's
-# go.mod, go.sum, etcd/main.go and the build flags) and reused while those are
-# unchanged.
+# The real Kubernetes parts: kube-apiserver, kubectl, etcd and the test
+# kubelet (kube's streaming code behind a node), built from the pinned Go
+# module tests/kube/ once into target/kube/<key>/ (key: the module's go.mod,
+# go.sum, the sources of etcd/ and kubelet/, and the build flags) and reused
+# while those are unchanged.
 go_required=1.26
 go_ok() {
   command -v go >/dev/null 2>&1 || return 1
@@ -60,14 +61,14 @@ kube_ldflags="-s"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor -X $pkg.gitTreeState=clean"
 done
-kube_key=$( { cat "$kube_module/go.mod" "$kube_module/go.sum" "$kube_module/etcd/main.go"; echo "$kube_ldflags"; } | sha256sum | cut -c1-16)
+kube_key=$( { cat "$kube_module/go.mod" "$kube_module/go.sum" "$kube_module"/etcd/*.go "$kube_module"/kubelet/*.go; echo "$kube_ldflags"; } | sha256sum | cut -c1-16)
 kube_bin="$PWD/target/kube/$kube_key"
-if [ ! -x "$kube_bin/kube-apiserver" ] || [ ! -x "$kube_bin/kubectl" ] || [ ! -x "$kube_bin/etcd" ]; then
-  echo "building kube-apiserver, kubectl and etcd $kube_version from $kube_module (first run only: several minutes)"
+if [ ! -x "$kube_bin/kube-apiserver" ] || [ ! -x "$kube_bin/kubectl" ] || [ ! -x "$kube_bin/etcd" ] || [ ! -x "$kube_bin/kubelet" ]; then
+  echo "building kube-apiserver, kubectl, etcd and the test kubelet $kube_version from $kube_module (first run only: several minutes)"
   rm -rf "$kube_bin.partial"
   mkdir -p "$kube_bin.partial"
   (cd "$kube_module" && GOFLAGS=-buildvcs=false go build -trimpath -ldflags="$kube_ldflags" -o "$kube_bin.partial/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd)
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd ./kubelet)
   rm -rf "$kube_bin"
   mv "$kube_bin.partial" "$kube_bin"
 fi

@@ -1,12 +1,16 @@
 // The real Kubernetes binaries the end-to-end tests run against, built from
-// pinned modules: kube-apiserver, kubectl (k8s.io/kubernetes) and etcd.
+// pinned modules: kube-apiserver, kubectl (k8s.io/kubernetes), etcd, and a
+// kubelet made of kube's streaming code (k8s.io/cri-streaming, ./kubelet).
 module authproxy.test/kube
 
 go 1.26.0
 
 require (
+	github.com/creack/pty v1.1.18
 	go.etcd.io/etcd/server/v3 v3.7.0
+	k8s.io/cri-streaming v0.37.2
 	k8s.io/kubernetes v1.37.2
+	k8s.io/utils v0.0.0-20260626114624-be93311217bd
 )
 
 require (
@@ -163,7 +167,6 @@ require (
 	k8s.io/mount-utils v0.0.0 // indirect
 	k8s.io/pod-security-admission v0.0.0 // indirect
 	k8s.io/streaming v0.37.2 // indirect
-	k8s.io/utils v0.0.0-20260626114624-be93311217bd // indirect
 	sigs.k8s.io/apiserver-network-proxy/konnectivity-client v0.36.0 // indirect
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730 // indirect
 	sigs.k8s.io/kustomize/api v0.21.1 // indirect

@@ -8,6 +8,10 @@
 //!   audit log at `Metadata` level (the witness of what reached the server),
 //!   and calls a TokenReview webhook at [`Kube::webhook_addr`], where the
 //!   webhook tests start `authproxy webhook`.
+//! - kube-apiserver reaches kubelets with a client certificate from the test
+//!   CA and checks theirs against it; [`Kube::kubelet`] starts the test
+//!   kubelet (kube's streaming code) behind it, for exec, attach,
+//!   port-forward and logs.
 //! - Set-up is done as an admin through kubectl with real objects: the proxy's
 //!   service account with a ClusterRole to impersonate and nothing else, and
 //!   group `devs` allowed to read pods and configmaps in `default`.
@@ -29,8 +33,10 @@ use crate::pki::TestPki;
 
 mod checks;
 mod env;
+mod kubelet;
 pub use checks::{assert_kubectl_acts_as, Expected};
 pub use env::KubeEnv;
+pub use kubelet::{Kubelet, CONTAINER, NODE};
 
 /// The admin's static token (group `system:masters`), for set-up only.
 pub const ADMIN_TOKEN: &str = "kube-admin-token";
@@ -38,7 +44,7 @@ pub const ADMIN_TOKEN: &str = "kube-admin-token";
 pub const PROXY_SERVICE_ACCOUNT: &str = "system:serviceaccount:authproxy:proxy";
 
 /// Where `scripts/test.sh` puts the binaries, named in the failure message.
-const BUILD_HINT: &str = "the kube binaries are built by `scripts/test.sh` (Go 1.26 or newer, from tests/kube/go.mod); run it once, or set AUTHPROXY_KUBE_BIN to a folder holding kube-apiserver, kubectl and etcd";
+const BUILD_HINT: &str = "the kube binaries are built by `scripts/test.sh` (Go 1.26 or newer, from tests/kube/go.mod); run it once, or set AUTHPROXY_KUBE_BIN to a folder holding kube-apiserver, kubectl and etcd (and the test kubelet, for tests/streaming.rs)";
 
 /// A running etcd + kube-apiserver pair, shared by one test binary's tests.
 pub struct Kube {
@@ -50,6 +56,10 @@ pub struct Kube {
     port: u16,
     webhook_addr: SocketAddr,
     proxy_token: String,
+    /// What kube-apiserver presents to kubelets.
+    kubelet_client: crate::pki::CertFiles,
+    /// The test kubelet, started on first use.
+    kubelet: OnceLock<Result<Kubelet, String>>,
     // The supervisors stop their server when these close (process exit).
     _servers: Mutex<Vec<Supervised>>,
 }
@@ -262,6 +272,8 @@ impl Kube {
         let pki = TestPki::new()?;
         let serving = pki.issue_server("kube-apiserver")?;
         let sa_key = pki.issue_client("service-accounts", "service-accounts", None)?;
+        let kubelet_client =
+            pki.issue_client("kubelet-client", "kube-apiserver-kubelet-client", None)?;
         let webhook_addr: SocketAddr = format!("127.0.0.1:{}", crate::free_port()?).parse()?;
         // A CA of its own, as kube requires for --requestheader-client-ca-file.
         let front_proxy_pki = TestPki::new()?;
@@ -322,6 +334,17 @@ impl Kube {
             "--requestheader-uid-headers=X-Remote-Uid".into(),
             "--requestheader-group-headers=X-Remote-Group".into(),
             "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            // kubelets: the test kubelet's node has its address as InternalIP
+            format!(
+                "--kubelet-client-certificate={}",
+                kubelet_client.cert_path.display()
+            ),
+            format!("--kubelet-client-key={}", kubelet_client.key_path.display()),
+            format!(
+                "--kubelet-certificate-authority={}",
+                pki.ca_path().display()
+            ),
+            "--kubelet-preferred-address-types=InternalIP".into(),
             "--profiling=false".into(),
             "--v=1".into(),
         ]
@@ -364,6 +387,8 @@ impl Kube {
             port,
             webhook_addr,
             proxy_token: String::new(),
+            kubelet_client,
+            kubelet: OnceLock::new(),
             _servers: Mutex::new(vec![etcd, apiserver]),
         };
         kube.write_admin_kubeconfig()?;
