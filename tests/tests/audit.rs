@@ -137,6 +137,16 @@ async fn proxy_and_kube_audit_events_join_on_one_audit_id() -> anyhow::Result<()
         serde_json::json!({"resource": "configmaps", "namespace": "default", "apiVersion": "v1"})
     );
     assert_eq!(event["responseStatus"]["code"], 200);
+    // Who decided, as for every outcome; nobody was impersonated at the
+    // caller's asking.
+    assert_eq!(
+        event["annotations"],
+        serde_json::json!({
+            "authproxy.io/authenticator": "static-tokens",
+            "authproxy.io/authentication-result": "success",
+        })
+    );
+    assert!(event.get("impersonatedUser").is_none(), "{event}");
     let id = event["auditID"].as_str().unwrap_or_default().to_owned();
     assert_eq!(id, header_id);
     assert_ne!(id, "caller-chosen");
@@ -192,8 +202,11 @@ async fn failed_authentications_are_logged_whatever_the_policy_and_without_the_c
         assert_eq!(event["responseStatus"]["reason"], "Unauthorized");
         assert_eq!(event["user"], serde_json::json!({}));
         assert_eq!(
-            event["annotations"]["authproxy.io/authentication-result"],
-            "unclaimed"
+            event["annotations"],
+            serde_json::json!({
+                "authproxy.io/authenticator": "none",
+                "authproxy.io/authentication-result": "unclaimed",
+            })
         );
         assert_eq!(event["verb"], "list");
     }

@@ -6,6 +6,8 @@
 //! dropped silently. The reviews it costs are bounded per request and per
 //! user.
 
+use std::time::Duration;
+
 use authproxy_tests::kube::{unique_marker, KubeEnv, PROXY_SERVICE_ACCOUNT};
 use authproxy_tests::{output_text, TestPki};
 use serde_json::{json, Value};
@@ -352,6 +354,70 @@ async fn caller_impersonation_reviews_are_bounded_per_request_and_per_user() -> 
     assert!(
         text.contains(r#"User \"bob\" cannot impersonate"#),
         "{text}"
+    );
+    Ok(())
+}
+
+/// The proxy's own audit event of `kubectl --as` names who authenticated
+/// (`user`) and who the request ran as (`impersonatedUser`), as kube's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_audit_names_the_caller_and_who_it_acted_as() -> anyhow::Result<()> {
+    let env = env_with_rbac("audit: {path: audit.log, level: Metadata}").await?;
+    let agent = unique_marker("audit-as-carol");
+    let (code, body) = env
+        .curl(&[
+            "-A",
+            &agent,
+            "-H",
+            "Authorization: Bearer alice-token",
+            "-H",
+            "Impersonate-User: carol",
+            "-H",
+            "Impersonate-Group: devs",
+            &format!("{}/api/v1/namespaces/default/pods", env.proxy_url()),
+        ])
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let path = env.dir.path().join("audit.log");
+    let event = authproxy_tests::wait_for(Duration::from_secs(10), "the proxy's event", || {
+        let path = path.clone();
+        let agent = agent.clone();
+        async move {
+            let events = authproxy_tests::observe::audit_lines(&path).map_err(|e| e.to_string())?;
+            Ok(events
+                .into_iter()
+                .find(|e| e["userAgent"] == agent.as_str()))
+        }
+    })
+    .await?;
+    assert_eq!(event["user"]["username"], "alice", "{event}");
+    assert_eq!(event["impersonatedUser"]["username"], "carol", "{event}");
+    assert_eq!(
+        event["impersonatedUser"]["groups"],
+        json!(["devs"]),
+        "{event}"
+    );
+    assert_eq!(
+        event["impersonatedUser"]["extra"]["authproxy.io/original-user"],
+        alice_original(),
+        "{event}"
+    );
+    assert_eq!(
+        event["annotations"]["authproxy.io/authentication-result"], "success",
+        "{event}"
+    );
+    // kube's event of the same request (one audit ID) agrees on who it ran
+    // as (kube adds system:authenticated, which the proxy's events leave out
+    // for every user).
+    let id = event["auditID"].as_str().unwrap_or_default().to_owned();
+    let theirs = env
+        .kube
+        .wait_audit(1, |e| e["auditID"] == id.as_str())
+        .await?;
+    assert_eq!(theirs[0]["impersonatedUser"]["username"], "carol");
+    assert_eq!(
+        theirs[0]["impersonatedUser"]["groups"],
+        json!(["devs", "system:authenticated"])
     );
     Ok(())
 }

@@ -108,8 +108,9 @@ where
                         as_user = %user.username,
                         "impersonating as the caller asked"
                     );
-                    req.extensions_mut()
-                        .insert(Identity::verified(user, identity.verification().clone()));
+                    let as_user = Identity::verified(user, identity.verification().clone());
+                    crate::observe::record::impersonated(&as_user);
+                    req.extensions_mut().insert(as_user);
                     inner.call(req).await
                 }
                 Err(status) => Ok(with_unread_body(status.into_response(), req.into_body())),

@@ -39,6 +39,11 @@ const WRITER_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 /// The key of the authenticator's name in the user's `extra` and annotations.
 pub const AUTHENTICATOR_KEY: &str = "authproxy.io/authenticator";
 
+/// The key of the authentication's result in the annotations: `success`,
+/// `invalid`, `throttled`, `unavailable`, or `unclaimed` (no authenticator
+/// took the credential; the authenticator is then `none`).
+pub const RESULT_KEY: &str = "authproxy.io/authentication-result";
+
 /// Where events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -130,6 +135,31 @@ impl Serialize for EventUser {
                 .map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect()))
                 .collect();
             extra.insert(AUTHENTICATOR_KEY, vec![authenticator]);
+            map.serialize_entry("extra", &extra)?;
+        }
+        map.end()
+    }
+}
+
+/// A user as kube's `authentication.k8s.io/v1` `UserInfo` (an
+/// `impersonatedUser`).
+struct UserInfoJson<'a>(&'a crate::authn::UserInfo);
+
+impl Serialize for UserInfoJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let user = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("username", &user.username)?;
+        if let Some(uid) = &user.uid {
+            map.serialize_entry("uid", uid)?;
+        }
+        if !user.groups.is_empty() {
+            map.serialize_entry("groups", &user.groups)?;
+        }
+        if !user.extra.is_empty() {
+            let extra: BTreeMap<&str, &Vec<String>> =
+                user.extra.iter().map(|(k, v)| (k.as_str(), v)).collect();
             map.serialize_entry("extra", &extra)?;
         }
         map.end()
@@ -241,13 +271,17 @@ pub struct Event {
     pub request: RequestFacts,
     /// The authenticated user (empty when authentication failed).
     pub user: EventUser,
+    /// Who the request ran as, when the caller asked to act as someone else
+    /// (`kubectl --as`) and was allowed: kube's `impersonatedUser`.
+    pub impersonated_user: Option<Arc<crate::authn::Identity>>,
     /// The answer's status.
     pub response_status: ResponseStatus,
     /// When the request arrived.
     pub received: Timestamp,
     /// When this stage was reached.
     pub stage_reached: Timestamp,
-    /// The authenticator and its result on a failed authentication.
+    /// The authenticator and its result ([`AUTHENTICATOR_KEY`], [`RESULT_KEY`]),
+    /// for every outcome.
     pub annotations: BTreeMap<&'static str, String>,
 }
 
@@ -267,6 +301,7 @@ impl Event {
             verb,
             request,
             user: EventUser::Unauthenticated,
+            impersonated_user: None,
             response_status,
             received: Timestamp(received),
             stage_reached: Timestamp(SystemTime::now()),
@@ -298,6 +333,9 @@ impl Serialize for Event {
         )?;
         map.serialize_entry("verb", self.verb)?;
         map.serialize_entry("user", &self.user)?;
+        if let Some(identity) = &self.impersonated_user {
+            map.serialize_entry("impersonatedUser", &UserInfoJson(identity.user()))?;
+        }
         map.serialize_entry("sourceIPs", &self.request.source_ips())?;
         if let Some(agent) = self
             .request

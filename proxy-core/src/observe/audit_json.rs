@@ -33,6 +33,10 @@ impl Event {
         string(out, self.verb);
         out.extend_from_slice(br#","user":"#);
         user(out, &self.user);
+        if let Some(identity) = &self.impersonated_user {
+            out.extend_from_slice(br#","impersonatedUser":"#);
+            user_info(out, identity.user(), None);
+        }
         out.extend_from_slice(br#","sourceIPs":"#);
         strings(out, self.request.source_ips().iter().map(String::as_str));
         if let Some(agent) = self
@@ -81,7 +85,11 @@ fn user(out: &mut Vec<u8>, user: &EventUser) {
         out.extend_from_slice(b"{}");
         return;
     };
-    let user = identity.user();
+    user_info(out, identity.user(), Some(authenticator));
+}
+
+/// A `UserInfo`; with `label`, the authenticator's label joins `extra`.
+fn user_info(out: &mut Vec<u8>, user: &crate::authn::UserInfo, label: Option<&str>) {
     out.extend_from_slice(br#"{"username":"#);
     string(out, &user.username);
     if let Some(uid) = &user.uid {
@@ -92,6 +100,19 @@ fn user(out: &mut Vec<u8>, user: &EventUser) {
         out.extend_from_slice(br#","groups":"#);
         strings(out, user.groups.iter().map(String::as_str));
     }
+    let Some(authenticator) = label else {
+        if !user.extra.is_empty() {
+            out.extend_from_slice(br#","extra":{"#);
+            let mut first = true;
+            for (key, values) in &user.extra {
+                entry_key(out, &mut first, key);
+                strings(out, values.iter().map(String::as_str));
+            }
+            out.push(b'}');
+        }
+        out.push(b'}');
+        return;
+    };
     // The user's attributes and the authenticator's label, in key order
     // (the label replaces an attribute of the same name).
     out.extend_from_slice(br#","extra":{"#);
@@ -103,7 +124,7 @@ fn user(out: &mut Vec<u8>, user: &EventUser) {
         }
         if !label_written && key.as_str() > AUTHENTICATOR_KEY {
             entry_key(out, &mut first, AUTHENTICATOR_KEY);
-            strings(out, [authenticator.as_ref()]);
+            strings(out, [authenticator]);
             label_written = true;
         }
         entry_key(out, &mut first, key);
@@ -111,7 +132,7 @@ fn user(out: &mut Vec<u8>, user: &EventUser) {
     }
     if !label_written {
         entry_key(out, &mut first, AUTHENTICATOR_KEY);
-        strings(out, [authenticator.as_ref()]);
+        strings(out, [authenticator]);
     }
     out.extend_from_slice(b"}}");
 }
@@ -361,12 +382,28 @@ mod tests {
             ResponseStatus::new(200, None),
         );
         started.long_running = true;
+        let mut acting_as = event(
+            "/api/v1/namespaces/default/pods",
+            authenticated(alice.clone()),
+            ResponseStatus::new(200, None),
+        );
+        acting_as.impersonated_user = Some(Identity::new(UserInfo {
+            username: "carol".into(),
+            ..alice.clone()
+        }));
+        let mut acting_as_bare = acting_as.clone();
+        acting_as_bare.impersonated_user = Some(Identity::new(UserInfo {
+            username: "dave".into(),
+            ..UserInfo::default()
+        }));
         for event in [
             event(
                 "/api/v1/namespaces/default/pods",
                 authenticated(alice),
                 ResponseStatus::new(200, None),
             ),
+            acting_as,
+            acting_as_bare,
             failed,
             started,
             event(

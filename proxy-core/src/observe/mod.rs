@@ -31,7 +31,7 @@ pub mod audit;
 mod backends;
 pub mod config;
 pub mod metrics;
-mod record;
+pub(crate) mod record;
 pub mod request_info;
 
 use std::future::Future;
@@ -50,7 +50,9 @@ use crate::body::{Hold, ProxyBody};
 use crate::credential::ClientAddr;
 use crate::impersonate::is_upgrade;
 use crate::status::Reason;
-use audit::{AuditLog, Event, EventUser, RequestFacts, ResponseStatus, AUTHENTICATOR_KEY};
+use audit::{
+    AuditLog, Event, EventUser, RequestFacts, ResponseStatus, AUTHENTICATOR_KEY, RESULT_KEY,
+};
 use metrics::{Metrics, RequestKind};
 use record::{RequestRecord, RECORD};
 
@@ -63,29 +65,40 @@ pub const AUDIT_ID: HeaderName = HeaderName::from_static("audit-id");
 pub struct AuditId([u8; 36]);
 
 impl AuditId {
-    /// The next ID.
+    /// The next ID: a random (version 4, RFC 4122 variant) UUID, as
+    /// kube-apiserver's are. Each is a keyed hash (SipHash-1-3, 128 bits,
+    /// a random key per process) of a counter: no two IDs share a prefix,
+    /// and one ID tells nothing of the next.
     pub fn next() -> AuditId {
-        static SEED: OnceLock<(u64, u64)> = OnceLock::new();
+        use siphasher::sip128::{Hasher128 as _, SipHasher13};
+        use std::hash::Hasher as _;
+        static KEY: OnceLock<(u64, u64)> = OnceLock::new();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let (prefix, key) = *SEED.get_or_init(|| {
+        let (k0, k1) = *KEY.get_or_init(|| {
             let mut bytes = [0u8; 16];
             let rng = ring::rand::SystemRandom::new();
-            // Without randomness the IDs stay unique within the process.
-            let _ = ring::rand::SecureRandom::fill(&rng, &mut bytes);
+            if ring::rand::SecureRandom::fill(&rng, &mut bytes).is_err() {
+                // Without randomness the IDs stay unique within the
+                // process (the counter), though predictable.
+                bytes = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+                    .to_le_bytes();
+            }
             let (a, b) = bytes.split_at(8);
-            let mut a8 = [0u8; 8];
-            let mut b8 = [0u8; 8];
-            a8.copy_from_slice(a);
-            b8.copy_from_slice(b);
-            (u64::from_le_bytes(a8), u64::from_le_bytes(b8) | 1)
+            let word = |part: &[u8]| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(part);
+                u64::from_le_bytes(w)
+            };
+            (word(a), word(b))
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        // An odd multiplier and an xor: a bijection, so no two counters collide.
-        let mixed = n.wrapping_mul(key) ^ (key >> 1);
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&prefix.to_be_bytes());
-        raw[8..].copy_from_slice(&mixed.to_be_bytes());
+        let mut hasher = SipHasher13::new_with_keys(k0, k1);
+        hasher.write_u64(n);
+        let mut raw = hasher.finish128().as_bytes();
         raw[6] = (raw[6] & 0x0f) | 0x40; // version 4
+        raw[8] = (raw[8] & 0x3f) | 0x80; // RFC 4122 variant
         let mut out = [0u8; 36];
         let hex = b"0123456789abcdef";
         let mut i = 0;
@@ -343,29 +356,26 @@ where
                             ResponseStatus::new(code, proxy_reason),
                             received,
                         );
+                        // Who decided and how, for every outcome; the user
+                        // and who it acted as when authenticated.
                         if let Some(decision) = decision {
-                            match &decision.identity {
-                                Some(identity) => {
-                                    event.user = EventUser::Authenticated {
-                                        identity: identity.clone(),
-                                        authenticator: decision.authenticator.clone(),
-                                    };
-                                }
-                                None => {
-                                    event.annotations.insert(
-                                        AUTHENTICATOR_KEY,
-                                        decision.authenticator.to_string(),
-                                    );
-                                    event.annotations.insert(
-                                        "authproxy.io/authentication-result",
-                                        decision.result.to_owned(),
-                                    );
-                                }
+                            if let Some(identity) = &decision.identity {
+                                event.user = EventUser::Authenticated {
+                                    identity: identity.clone(),
+                                    authenticator: decision.authenticator.clone(),
+                                };
+                                event.impersonated_user = record.impersonated.get().cloned();
                             }
-                        } else if failed_authentication {
                             event
                                 .annotations
-                                .insert("authproxy.io/authentication-result", "unclaimed".into());
+                                .insert(AUTHENTICATOR_KEY, decision.authenticator.to_string());
+                            event
+                                .annotations
+                                .insert(RESULT_KEY, decision.result.to_owned());
+                        } else if failed_authentication {
+                            // No authenticator took the credential.
+                            event.annotations.insert(AUTHENTICATOR_KEY, "none".into());
+                            event.annotations.insert(RESULT_KEY, "unclaimed".into());
                         }
                         if info.long_running {
                             completion = Some((audit.clone(), event.clone()));
@@ -465,10 +475,17 @@ mod tests {
     fn audit_ids_are_unique_and_uuid_shaped() {
         let ids: HashSet<String> = (0..10_000).map(|_| AuditId::next().to_string()).collect();
         assert_eq!(ids.len(), 10_000);
-        for id in ids.iter().take(5) {
+        for id in &ids {
             assert_eq!(id.len(), 36);
-            assert_eq!(&id[14..15], "4", "{id}");
+            assert_eq!(&id[14..15], "4", "version: {id}");
+            assert!(
+                matches!(&id[19..20], "8" | "9" | "a" | "b"),
+                "variant: {id}"
+            );
         }
+        // Random through and through: the first 32 bits are not shared.
+        let prefixes: HashSet<&str> = ids.iter().map(|id| &id[..8]).collect();
+        assert!(prefixes.len() > 9_900, "{} prefixes", prefixes.len());
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub(crate) struct Decision {
 #[derive(Debug, Default)]
 pub(crate) struct RequestRecord {
     pub decision: OnceLock<Decision>,
+    /// Who the request runs as when the caller asked for another identity
+    /// (`kubectl --as`) and was allowed it.
+    pub impersonated: OnceLock<Arc<Identity>>,
 }
 
 tokio::task_local! {
@@ -40,5 +43,13 @@ pub(crate) fn decided(
             result,
             identity: identity.cloned(),
         });
+    });
+}
+
+/// Notes, in the current request's record, that the request runs as
+/// `identity` at the caller's asking.
+pub(crate) fn impersonated(identity: &Arc<Identity>) {
+    let _ = RECORD.try_with(|record| {
+        let _ = record.impersonated.set(identity.clone());
     });
 }
