@@ -351,8 +351,8 @@ impl Proxy {
             ));
         }
         let limits = config.limits.long_running_limits();
-        if named.is_empty() {
-            observe = observe.with_routing(proxy_core::observe::Routing::Single);
+        if !named.is_empty() {
+            observe = observe.with_routing(proxy_core::observe::Routing::Clusters);
         }
         let stack = tower_layer::Layer::layer(
             &observe,

@@ -25,7 +25,8 @@ pub const DEFAULT_TOTAL: usize = 10_000;
 /// likes: what the caps count. Read once, as kube reads it
 /// ([`crate::observe::request_info::holds_stream`]): a watch however its
 /// flag is written (`?watch`, `?watch=t`, `?watch=%31`). `uri` is the
-/// request as forwarded (below a router: without a named cluster's prefix).
+/// request as forwarded (below a router: without a named cluster's prefix);
+/// one that still names a cluster counts if either reading holds a stream.
 pub fn is_long_running(method: &http::Method, uri: &http::Uri, upgrade: bool) -> bool {
     crate::observe::request_info::holds_stream(method, uri, upgrade)
 }
@@ -198,11 +199,10 @@ mod tests {
         assert!(held("GET", "/api/v1/pods?watch=%FF"));
         assert!(held("GET", "/api/v1/namespaces/d/pods/p/%70roxy/%FF"));
         assert!(held("GET", "/debug/pprof/profile?seconds=30"));
-        // The caps count below the router, on the path as forwarded: a named
-        // cluster's path arrives without its prefix, and behind a single
-        // upstream `/k8s/clusters/...` is a path like any other, which an API
-        // server reads as a non-resource `get`.
-        assert!(!held(
+        // A path that still names a cluster when it is forwarded (behind a
+        // single upstream, which may itself route clusters) counts when
+        // either reading holds a stream.
+        assert!(held(
             "GET",
             "/k8s/clusters/east/api/v1/namespaces/default/pods?watch=1"
         ));

@@ -94,7 +94,10 @@ pub fn proxy_stack_with<B>(
 /// Like [`proxy_stack_with`] for many API servers: requests below
 /// `/k8s/clusters/<name>/` go to the cluster `name` (see
 /// [`crate::upstream::router`]), others to `default` (404 without one). The
-/// long-running caps count across all clusters.
+/// long-running caps count across all clusters. An
+/// [`crate::observe::ObserveLayer`] above it reads requests as the clusters
+/// will with `.with_routing(Routing::Clusters)` (see
+/// [`crate::observe::Routing`]).
 ///
 /// Errors when a name is not a DNS label or is used twice.
 pub fn proxy_stack_routed<B>(

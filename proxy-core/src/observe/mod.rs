@@ -148,16 +148,18 @@ impl std::fmt::Debug for AuditId {
 /// resolution of dot-segments).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Routing {
-    /// A router of named clusters ([`crate::proxy_stack_routed`]):
-    /// `/k8s/clusters/<name>/<path>` is read as that cluster reads `<path>`,
-    /// and a path whose dot-segments cross from one cluster's prefix to
-    /// another is left as sent, for the router to refuse. The default.
-    #[default]
-    Clusters,
     /// One API server ([`crate::proxy_stack_with`]): every path is
     /// forwarded, dot-segments resolved, and read as that server reads it;
-    /// `/k8s/clusters/...` is a path like any other.
+    /// `/k8s/clusters/...` is a path like any other. The default: a request
+    /// is never recorded as naming an object its server will not see.
+    #[default]
     Single,
+    /// A router of named clusters ([`crate::proxy_stack_routed`]; set it
+    /// with [`ObserveLayer::with_routing`]): `/k8s/clusters/<name>/<path>`
+    /// is read as that cluster reads `<path>`, and a path whose
+    /// dot-segments cross from one cluster's prefix to another is left as
+    /// sent, for the router to refuse.
+    Clusters,
 }
 
 /// Layer that gives every request an audit ID and, when configured, counts
@@ -196,7 +198,8 @@ impl ObserveLayer {
     }
 
     /// Reads requests for the stack below as `routing` says (default
-    /// [`Routing::Clusters`]).
+    /// [`Routing::Single`]; [`Routing::Clusters`] above
+    /// [`crate::proxy_stack_routed`]).
     pub fn with_routing(mut self, routing: Routing) -> Self {
         self.routing = routing;
         self

@@ -415,12 +415,24 @@ fn with_reading<T>(
 /// (what the long-running caps count): kube's long-running requests, but a
 /// `log` only with `follow` (a plain `kubectl logs` ends when the log is
 /// sent), and every protocol upgrade. `uri` is the request as it is
-/// forwarded: below a router, a named cluster's path without its prefix.
+/// forwarded: below a router, a named cluster's path without its prefix. A
+/// path that still starts with a cluster prefix is read both as it is and
+/// without the prefix, and counted when either holds a stream: the server
+/// behind may itself route named clusters (a single upstream that is a
+/// multi-cluster proxy), and a cap errs toward counting.
 pub fn holds_stream(method: &Method, uri: &Uri, upgrade: bool) -> bool {
-    with_reading(method, uri, upgrade, false, |r| {
+    let resolved = crate::path::normalize(uri.path()).unwrap_or(Cow::Borrowed(uri.path()));
+    let path = decoded_path(&resolved);
+    let holds = |path: &str| {
+        let r = read(method, path, uri.query(), upgrade, false);
         let log = r.parts.as_ref().is_some_and(|p| p.subresource == "log");
         r.long_running && (!log || upgrade || query_flag(uri.query(), "follow"))
-    })
+    };
+    if holds(&path) {
+        return true;
+    }
+    let below = crate::upstream::router::strip_cluster_prefix(&path);
+    below.len() != path.len() && holds(below)
 }
 
 /// Reads `method` and `uri` as kube-apiserver does, above a router of
