@@ -1,9 +1,11 @@
 //! The `/metrics` listener: its own address (loopback by default), plain
 //! HTTP or TLS, serving the proxy's [`Metrics`] in the OpenMetrics text
-//! format, and `/livez` and `/readyz` as the proxy's listener answers them.
-//! Probes sent here cannot be starved by the proxy listener's caps
-//! (`limits.maxConnections` and the rest), which unauthenticated clients
-//! can fill. Any other path is a 404 `Status`.
+//! format, and `/livez` (the proxy listener still accepts) and `/readyz`
+//! (and every authenticator is ready). Probes sent here cannot be starved
+//! by the proxy listener's caps (`limits.maxConnections` and the rest),
+//! which unauthenticated clients can fill; this listener has small caps of
+//! its own, per address and in all, so that one client cannot fill it
+//! either. Any other path is a 404 `Status`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -81,13 +83,13 @@ impl MetricsConfig {
     }
 
     /// Binds the address and serves `metrics` in the background, and
-    /// `/readyz` from `chain`'s readiness. With `tls`, the certificate and
+    /// `/livez` and `/readyz` from `health`. With `tls`, the certificate and
     /// key are re-read as `reloading` says.
     pub async fn start(
         &self,
         base: &Path,
         metrics: Metrics,
-        chain: Chain,
+        health: Health,
         reloading: &proxy_core::config::Reloading,
     ) -> Result<MetricsListener, StartError> {
         let tls = match &self.tls {
@@ -127,7 +129,7 @@ impl MetricsConfig {
             source,
         })?;
         tracing::info!(%addr, "serving /metrics");
-        let task = tokio::spawn(accept_loop(listener, tls, metrics, chain));
+        let task = tokio::spawn(accept_loop(listener, tls, metrics, health));
         Ok(MetricsListener { addr, task })
     }
 }
@@ -162,33 +164,66 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     response
 }
 
-fn answer(metrics: &Metrics, chain: &Chain, req: &Request<Incoming>) -> Response<ProxyBody> {
-    match req.uri().path() {
-        "/metrics" => {}
-        "/livez" => return plain(StatusCode::OK, "ok"),
-        "/readyz" if chain.is_ready() => return plain(StatusCode::OK, "ok"),
+/// What `/livez` and `/readyz` answer from: the proxy listener's accept
+/// loop (alive while it runs) and the authentication chain (ready when
+/// every authenticator is).
+#[derive(Clone)]
+pub struct Health {
+    chain: Chain,
+    accepting: tokio::task::AbortHandle,
+}
+
+impl Health {
+    /// Health of the listener whose accept loop is `accepting`, serving
+    /// with `chain`.
+    pub fn new(chain: Chain, accepting: tokio::task::AbortHandle) -> Self {
+        Health { chain, accepting }
+    }
+}
+
+fn answer(metrics: &Metrics, health: &Health, req: &Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/livez" | "/readyz") {
+        return Status::failure(
+            StatusCode::NOT_FOUND,
+            Reason::BadRequest,
+            "see /metrics, /livez or /readyz",
+        )
+        .into_response();
+    }
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return Status::failure(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Reason::BadRequest,
+            "only GET and HEAD",
+        )
+        .into_response();
+    }
+    // Alive while the proxy listener accepts; ready when it is alive and
+    // every authenticator is ready.
+    let alive = !health.accepting.is_finished();
+    match path {
+        "/livez" if alive => return plain(StatusCode::OK, "ok"),
+        "/livez" => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not alive: the listener stopped accepting",
+            )
+        }
+        "/readyz" if !alive => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the listener stopped accepting",
+            )
+        }
+        "/readyz" if health.chain.is_ready() => return plain(StatusCode::OK, "ok"),
         "/readyz" => {
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: authenticators are still loading",
             )
         }
-        _ => {
-            return Status::failure(
-                StatusCode::NOT_FOUND,
-                Reason::BadRequest,
-                "see /metrics, /livez or /readyz",
-            )
-            .into_response()
-        }
-    }
-    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
-        return Status::failure(
-            StatusCode::METHOD_NOT_ALLOWED,
-            Reason::BadRequest,
-            "GET /metrics",
-        )
-        .into_response();
+        _ => {}
     }
     let mut response = Response::new(ProxyBody::full(metrics.encode()));
     response
@@ -197,13 +232,68 @@ fn answer(metrics: &Metrics, chain: &Chain, req: &Request<Incoming>) -> Response
     response
 }
 
+/// Most connections the metrics listener holds at once, from one address
+/// and in all: Prometheus and the kubelet need a few; a client that opens
+/// more is refused at once, so it cannot starve them.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
+/// See [`MAX_CONNECTIONS_PER_ADDRESS`].
+const MAX_CONNECTIONS: usize = 128;
+/// The longest a metrics connection lives (scrapers open another), and the
+/// longest a request's head may take to arrive.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// See [`CONNECTION_LIFETIME`].
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections held, by address and in all.
+#[derive(Default)]
+struct Held {
+    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One held connection, given back when dropped.
+struct Slot {
+    held: Arc<Held>,
+    address: std::net::IpAddr,
+}
+
+impl Held {
+    /// A slot for a connection from `address`, unless a cap is reached.
+    fn take(self: &Arc<Self>, address: std::net::IpAddr) -> Option<Slot> {
+        let mut map = self.by_address.lock().ok()?;
+        let total: usize = map.values().sum();
+        let mine = map.entry(address).or_default();
+        if *mine >= MAX_CONNECTIONS_PER_ADDRESS || total >= MAX_CONNECTIONS {
+            return None;
+        }
+        *mine += 1;
+        Some(Slot {
+            held: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.held.by_address.lock() {
+            if let Some(count) = map.get_mut(&self.address) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    map.remove(&self.address);
+                }
+            }
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     metrics: Metrics,
-    chain: Chain,
+    health: Health,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let held = Arc::new(Held::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -213,32 +303,45 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (metrics, chain) = (metrics.clone(), chain.clone());
+        let Some(slot) = held.take(peer.ip()) else {
+            tracing::debug!(%peer, "metrics listener: connection refused at its cap");
+            continue;
+        };
+        let (metrics, health) = (metrics.clone(), health.clone());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
-                let response = answer(&metrics, &chain, &req);
+                let response = answer(&metrics, &health, &req);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let result = match acceptor {
-                Some(acceptor) => match tokio::time::timeout(
-                    std::time::Duration::from_secs(10),
-                    acceptor.accept(tcp),
-                )
-                .await
-                {
-                    Ok(Ok(stream)) => {
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            builder.http2().max_concurrent_streams(8);
+            let serve = async {
+                match acceptor {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(tcp)).await
+                        {
+                            Ok(Ok(stream)) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            _ => Ok(()),
+                        }
                     }
-                    _ => return,
-                },
-                None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                    None => builder.serve_connection(TokioIo::new(tcp), service).await,
+                }
             };
-            if let Err(error) = result {
-                tracing::debug!(%peer, %error, "metrics connection ended with an error");
+            match tokio::time::timeout(CONNECTION_LIFETIME, serve).await {
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "metrics connection ended with an error")
+                }
+                Ok(Ok(())) | Err(_) => {}
             }
         });
     }

@@ -605,8 +605,9 @@ impl RunningServer {
         self.metrics.as_ref().map(|m| m.addr())
     }
 
-    /// Serves `metrics` as configured, and `/livez` and `/readyz` (from
-    /// `chain`) beside them, for as long as this server runs.
+    /// Serves `metrics` as configured, and `/livez` and `/readyz` (this
+    /// server's accept loop, and `chain`) beside them, for as long as this
+    /// server runs.
     pub async fn serve_metrics(
         &mut self,
         config: Option<&crate::metrics_listener::MetricsConfig>,
@@ -616,7 +617,8 @@ impl RunningServer {
         reloading: &proxy_core::config::Reloading,
     ) -> Result<(), StartError> {
         if let (Some(config), Some(metrics)) = (config, metrics) {
-            self.metrics = Some(config.start(base, metrics, chain, reloading).await?);
+            let health = crate::metrics_listener::Health::new(chain, self.task.abort_handle());
+            self.metrics = Some(config.start(base, metrics, health, reloading).await?);
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ fn kinds(mode: &str) -> Vec<&'static str> {
             "Deployment",
             "PodDisruptionBudget",
             "HorizontalPodAutoscaler",
+            // the clients' and the metrics listener's
+            "Service",
             "Service",
             "NetworkPolicy",
         ]),
@@ -182,8 +184,17 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
         )
         .await?,
     )?;
-    let service = one(&objects, "Service")?;
+    let service = objects
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "authproxy")
+        .context("the clients' Service")?;
     assert_eq!(service["spec"]["type"], "LoadBalancer");
+    // the metrics listener stays in the cluster
+    let metrics_service = objects
+        .iter()
+        .find(|o| o["kind"] == "Service" && o["metadata"]["name"] == "authproxy-metrics")
+        .context("the metrics Service")?;
+    assert_eq!(metrics_service["spec"]["type"], "ClusterIP");
     assert_eq!(
         service["spec"]["externalTrafficPolicy"], "Local",
         "client IPs reach the audit log"
@@ -1044,6 +1055,18 @@ async fn probes_and_the_service_monitor_reach_the_metrics_listener_past_the_caps
         })
         .context("no Service the ServiceMonitor selects")?;
     let service_port = named_port(&service["spec"]["ports"], &endpoint["port"])?;
+    // The clients' Service (maybe a LoadBalancer) never carries it.
+    for other in objects
+        .iter()
+        .filter(|o| o["kind"] == "Service" && o["metadata"]["name"] != service["metadata"]["name"])
+    {
+        ensure!(
+            named_port(&other["spec"]["ports"], &endpoint["port"]).is_err(),
+            "the metrics port is on {}",
+            other["metadata"]["name"]
+        );
+    }
+    ensure!(service["spec"]["type"] == "ClusterIP", "{service}");
     let spec = pod_spec(&objects)?;
     let root = tempfile::tempdir()?;
     let container = write_mounted_files(&objects, spec, root.path())?;

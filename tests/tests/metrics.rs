@@ -502,7 +502,8 @@ async fn oidc_key_fetches_are_counted_by_issuer_and_result() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_listener_serves_only_metrics_and_the_proxy_port_does_not() -> anyhow::Result<()> {
+async fn metrics_listener_serves_metrics_and_probes_only_and_the_proxy_port_no_metrics(
+) -> anyhow::Result<()> {
     let pki = TestPki::new()?;
     let server_cert = pki.issue_server("apiserver")?;
     let tls = pki::server_config(&server_cert, &[b"h2", b"http/1.1"])?;
@@ -518,6 +519,7 @@ async fn metrics_listener_serves_only_metrics_and_the_proxy_port_does_not() -> a
         "metrics: {listen: '127.0.0.1:0'}",
     )
     .await?;
+    let mut proxy = proxy;
     let metrics = proxy.metrics_addr().expect("metrics listener");
     assert!(metrics.ip().is_loopback());
     assert_ne!(metrics.port(), proxy.addr().port());
@@ -529,6 +531,18 @@ async fn metrics_listener_serves_only_metrics_and_the_proxy_port_does_not() -> a
         .output()
         .await?;
     assert_eq!(String::from_utf8_lossy(&output.stdout), "404");
+    // The probes, for GET only.
+    let status = |method: &'static str, path: &'static str| async move {
+        let output = tokio::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+            .arg(format!("http://{metrics}{path}"))
+            .output()
+            .await?;
+        anyhow::Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    assert_eq!(status("GET", "/livez").await?, "200");
+    assert_eq!(status("GET", "/readyz").await?, "200");
+    assert_eq!(status("POST", "/readyz").await?, "405");
     // The proxy's own port has no /metrics: it is an API request, refused without a credential.
     let (code, _) = curl_with_ca(
         pki.ca_path(),
@@ -536,6 +550,51 @@ async fn metrics_listener_serves_only_metrics_and_the_proxy_port_does_not() -> a
     )
     .await?;
     assert_eq!(code, 401);
+    // One client holding many idle connections gets a few; the probes and
+    // scrapes of others still get their answers. (The other address: the
+    // listener is on 127.0.0.1; a client from 127.0.0.2 is another one.)
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.2:0".parse()?)?;
+        if let Ok(stream) = socket.connect(metrics).await {
+            held.push(stream);
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut open = 0;
+    for stream in &held {
+        let mut byte = [0u8; 1];
+        // A refused connection is closed at once: reads end (0 bytes).
+        match tokio::time::timeout(std::time::Duration::from_millis(50), stream.peek(&mut byte))
+            .await
+        {
+            Err(_) => open += 1,
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            Ok(Ok(_)) => open += 1,
+        }
+    }
+    assert!(open <= 8, "{open} idle connections kept from one address");
+    assert_eq!(status("GET", "/livez").await?, "200");
+    let s = scrape(metrics).await?;
+    assert!(s.has_metric("authproxy_build_info"), "{}", s.text);
+    // The proxy listener stops accepting (the metrics listener goes on):
+    // the probes say so.
+    if let Some(stop) = proxy.trigger() {
+        let _ = stop.send(());
+    }
+    authproxy_tests::wait_for(
+        std::time::Duration::from_secs(10),
+        "/livez to fail",
+        || async {
+            match status("GET", "/livez").await {
+                Ok(code) if code == "503" => Ok(Some(())),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
+    assert_eq!(status("GET", "/readyz").await?, "503");
     Ok(())
 }
 

@@ -148,7 +148,7 @@ app.kubernetes.io/component: {{ .Values.mode }}
 
 {{/* HTTPS when config.metrics.tls is set, else HTTP. */}}
 {{- define "authproxy.metricsScheme" -}}
-{{- ternary "HTTPS" "HTTP" (hasKey (default dict .Values.config.metrics) "tls") }}
+{{- ternary "HTTPS" "HTTP" (not (empty (dig "tls" nil (default dict .Values.config.metrics)))) }}
 {{- end }}
 
 {{/* Pod annotations that roll the pods when their config or secrets change. */}}
