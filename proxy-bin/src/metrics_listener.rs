@@ -337,11 +337,8 @@ async fn accept_loop(
                     None => builder.serve_connection(TokioIo::new(tcp), service).await,
                 }
             };
-            match tokio::time::timeout(CONNECTION_LIFETIME, serve).await {
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "metrics connection ended with an error")
-                }
-                Ok(Ok(())) | Err(_) => {}
+            if let Ok(Err(error)) = tokio::time::timeout(CONNECTION_LIFETIME, serve).await {
+                tracing::debug!(%peer, %error, "metrics connection ended with an error");
             }
         });
     }
