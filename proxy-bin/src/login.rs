@@ -136,16 +136,24 @@ fn store(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An exclusive lock on a cache file, held until dropped.
+/// An exclusive lock on a cache file, held until dropped (`None`: the
+/// file system takes no locks, and the run goes on without one).
 struct CacheLock {
-    _file: std::fs::File,
+    _file: Option<std::fs::File>,
 }
+
+/// The longest one run waits for another's sign-in: a browser sign-in's
+/// own limit ([`SIGN_IN_WAIT`]) and a margin.
+const LOCK_WAIT: Duration = Duration::from_secs(330);
 
 /// Waits for, then takes, the lock of the cache file `path` (a private
 /// `.lock` file beside it). kubectl runs the plugin once per command, often
 /// several at once: only the holder spends a refresh token (providers that
 /// rotate them revoke every token of the grant when one is used twice) or
-/// asks for a sign-in; the others then find its result in the cache.
+/// asks for a sign-in; the others then find its result in the cache. A
+/// waiting run says so on standard error, and gives up after
+/// [`LOCK_WAIT`] naming the lock file. On a file system without locks
+/// (some network home folders) it warns and goes on unlocked.
 async fn lock_cache(path: &Path) -> anyhow::Result<CacheLock> {
     let dir = path.parent().context("cache path has no folder")?;
     private_dir(dir)?;
@@ -160,10 +168,36 @@ async fn lock_cache(path: &Path) -> anyhow::Result<CacheLock> {
     let file = options
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
-    let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-        .await?
-        .with_context(|| format!("locking {}", lock_path.display()))?;
-    Ok(CacheLock { _file: file })
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(CacheLock { _file: Some(file) }),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(error)) => {
+                eprintln!(
+                    "warning: cannot lock {} ({error}); going on without it",
+                    lock_path.display()
+                );
+                return Ok(CacheLock { _file: None });
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "another authproxy login has held {} for {}s; finish or stop it, then try again",
+                lock_path.display(),
+                LOCK_WAIT.as_secs()
+            );
+        }
+        if !said {
+            eprintln!(
+                "waiting for another authproxy login to finish ({})",
+                lock_path.display()
+            );
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Creates `dir` (and its parents) with mode 0700 when missing.
@@ -298,13 +332,20 @@ pub async fn login_ldap(server: &str, ca_file: Option<&Path>) -> anyhow::Result<
             return Ok(text);
         }
     }
+    // One run at a time asks for a password for this server; the others
+    // wait, then find what it stored.
+    let _lock = lock_cache(&last_user_file(server)?).await?;
+    let known = username_from_env().or_else(|| {
+        let path = last_user_file(server).ok()?;
+        read_private(&path).map(|name| name.trim().to_owned())
+    });
+    if let Some(user) = known.filter(|u| !u.is_empty()) {
+        if let Some(text) = cached(&cache_file(server, &user)?) {
+            return Ok(text);
+        }
+    }
     let (username, password) = credentials()?;
     let path = cache_file(server, &username)?;
-    let _lock = lock_cache(&path).await?;
-    // Another run may have logged this user in while this one waited.
-    if let Some(text) = cached(&path) {
-        return Ok(text);
-    }
     let text = request_token(server, ca_file, &username, &password).await?;
     store(&path, &text)?;
     store(&last_user_file(server)?, &username)?;
@@ -878,6 +919,34 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[tokio::test]
+    async fn a_second_run_waits_for_the_lock_and_takes_it_when_it_is_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authproxy").join("oidc-x.json");
+        let first = lock_cache(&path).await.unwrap();
+        let second = tokio::spawn({
+            let path = path.clone();
+            async move { lock_cache(&path).await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!second.is_finished(), "took a lock another run holds");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("never took the lock let go")
+            .unwrap()
+            .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path.with_extension("lock"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
     #[test]
     fn a_new_cache_folder_is_private() {
         use std::os::unix::fs::PermissionsExt;
