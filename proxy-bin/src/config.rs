@@ -220,7 +220,8 @@ impl FileConfig {
                 message,
             }],
         };
-        let text = std::fs::read_to_string(path).map_err(|e| fail("(file)", e.to_string()))?;
+        let text = proxy_core::reload::read_settled_to_string(path)
+            .map_err(|e| fail("(file)", e.to_string()))?;
         let mut config = Self::parse(&text).map_err(|(field, message)| fail(&field, message))?;
         match flags.to_jwt() {
             Ok(Some(jwt)) => config.authentication.jwt.push(jwt),

@@ -126,9 +126,23 @@ impl LiveAuthentication {
             .map_err(|e| e.to_string().replace('\n', ";"))?;
         // The watch follows the file the proxy started with: a chain built
         // from another one would not be re-read when that one changes.
-        if config.authentication.authentication_config_file
-            != started.authentication.authentication_config_file
-        {
+        // Compared as resolved (`a.yaml` and `./a.yaml` are one file).
+        let resolved = |config: &FileConfig| {
+            let base = config.base_dir(&source.path);
+            config
+                .authentication
+                .authentication_config_file
+                .as_ref()
+                // Lexically: following symlinks would see every ConfigMap
+                // update (a new `..data` target) as another file.
+                .map(|file| {
+                    base.join(file)
+                        .components()
+                        .filter(|c| !matches!(c, std::path::Component::CurDir))
+                        .collect::<std::path::PathBuf>()
+                })
+        };
+        if resolved(&config) != resolved(started) {
             return Err(format!(
                 "{}: authentication.authenticationConfigFile: another file needs a restart; \
                  the running chain keeps the one it was started with",

@@ -274,7 +274,7 @@ pub struct KubeAuthenticationConfiguration {
 impl KubeAuthenticationConfiguration {
     /// Reads the file and checks apiVersion and kind.
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
+        let text = crate::reload::read_settled_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let config: Self =
             serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(&text))
@@ -525,7 +525,7 @@ impl AuthenticationConfig {
                 message,
             };
             let password_file = resolve(base, &ldap.bind_password_file);
-            let password = std::fs::read(&password_file)
+            let password = crate::reload::read_settled(&password_file)
                 .map_err(|e| err("bindPasswordFile", e.to_string()))
                 .and_then(|content| {
                     crate::authn::ldap::bind_password_from(&content).map_err(|problem| {

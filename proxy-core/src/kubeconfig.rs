@@ -131,7 +131,7 @@ impl Kubeconfig {
             path: path.to_owned(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = crate::reload::read_settled_to_string(path).map_err(|e| err(e.to_string()))?;
         Self::parse(&text, path)
     }
 

@@ -65,7 +65,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Reads a file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    crate::reload::read_settled(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
     })

@@ -75,7 +75,7 @@ impl std::fmt::Debug for IssuedTokens {
 }
 
 fn load_key(path: &Path) -> Result<(SigningKey, DecodingKey), KeyError> {
-    let pem = std::fs::read(path).map_err(|e| KeyError {
+    let pem = crate::reload::read_settled(path).map_err(|e| KeyError {
         path: path.display().to_string(),
         problem: e.to_string(),
     })?;

@@ -78,9 +78,11 @@ impl StaticTokens {
 
     /// Reads a token file.
     pub fn load(path: &Path) -> Result<Self, StaticTokenError> {
-        let text = std::fs::read_to_string(path).map_err(|source| StaticTokenError::Read {
-            path: path.to_owned(),
-            source,
+        let text = crate::reload::read_settled_to_string(path).map_err(|source| {
+            StaticTokenError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         Self::from_csv(&text, &path.display().to_string())
     }
@@ -97,10 +99,11 @@ impl StaticTokens {
         interval: Duration,
         reporter: ReloadReporter,
     ) -> Result<Arc<Self>, StaticTokenError> {
-        let initial = std::fs::read(path).map_err(|source| StaticTokenError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let initial =
+            crate::reload::read_settled(path).map_err(|source| StaticTokenError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
         let name = path.display().to_string();
         let text = String::from_utf8_lossy(&initial).into_owned();
         let this = Arc::new(Self::from_csv(&text, &name)?);

@@ -237,6 +237,8 @@ where
         // (and on SIGHUP), since what refused it may have changed (a file it
         // names created since, an identity provider back up).
         let mut refused = false;
+        // Rounds in a row whose new content did not hold still.
+        let mut unsettled = 0u32;
         // Never zero (a ticker of 0s panics): a configuration that asks for
         // it is refused by validation, and an embedder's gets 1 ms.
         let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
@@ -282,9 +284,16 @@ where
             // would otherwise be taken for a whole one (a token file missing
             // its last users, a configuration cut short) for an interval.
             if !again && !settled(&paths, &contents).await {
-                tracing::debug!(file = %names, kind = kind.as_str(), "still being written; read again next round");
+                unsettled += 1;
+                if unsettled == UNSETTLED_WARNING {
+                    tracing::warn!(file = %names, kind = kind.as_str(), rounds = unsettled, "changes on every read; not taken until it holds still");
+                    reporter.report(kind, false);
+                } else {
+                    tracing::debug!(file = %names, kind = kind.as_str(), "still being written; read again next round");
+                }
                 continue;
             }
+            unsettled = 0;
             match on_change(contents.clone()).await {
                 Ok(()) => {
                     tracing::info!(file = %names, kind = kind.as_str(), "reloaded");
@@ -310,6 +319,10 @@ where
 /// How long changed content must stay the same before it is taken.
 pub const SETTLE: Duration = Duration::from_millis(200);
 
+/// Rounds in a row of changing content after which a watch warns (and
+/// counts a failure): a file rewritten faster than it can be read whole.
+const UNSETTLED_WARNING: u32 = 10;
+
 /// Whether `paths` still hold `contents` after [`SETTLE`]: a writer that
 /// pauses for less than that between its pieces is waited for.
 async fn settled(paths: &[PathBuf], contents: &[Vec<u8>]) -> bool {
@@ -321,6 +334,36 @@ async fn settled(paths: &[PathBuf], contents: &[Vec<u8>]) -> bool {
         }
     }
     true
+}
+
+/// Reads `path` whole once it holds still, at start and on a reload: a file
+/// modified less than [`SETTLE`] ago is read again after a pause, until two
+/// reads agree (a few times at most), so a file being written in place is
+/// not taken half-written. A file modified earlier is read once.
+pub fn read_settled(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut content = std::fs::read(path)?;
+    for _ in 0..5 {
+        let age = std::fs::metadata(path)?
+            .modified()
+            .ok()
+            .and_then(|modified| modified.elapsed().ok());
+        if age.is_some_and(|age| age >= SETTLE) {
+            break;
+        }
+        std::thread::sleep(SETTLE);
+        let again = std::fs::read(path)?;
+        if again == content {
+            break;
+        }
+        content = again;
+    }
+    Ok(content)
+}
+
+/// [`read_settled`] as UTF-8 text.
+pub fn read_settled_to_string(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_settled(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The most a watched file may hold: certificates, keys, token files and
@@ -475,6 +518,30 @@ mod tests {
             ["a,alice,1\nb,bob,2\n"],
             "only the whole file is taken"
         );
+    }
+
+    #[test]
+    fn a_file_read_while_it_is_written_is_read_once_it_holds_still() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.csv");
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(b"a,alice,1\n").unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(80));
+            file.write_all(b"b,bob,2\n").unwrap();
+        });
+        assert_eq!(read_settled(&path).unwrap(), b"a,alice,1\nb,bob,2\n");
+        writer.join().unwrap();
+        // A file that has held still is read at once.
+        let old = dir.path().join("old");
+        std::fs::write(&old, "x").unwrap();
+        let file = std::fs::File::options().write(true).open(&old).unwrap();
+        file.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(read_settled_to_string(&old).unwrap(), "x");
+        assert!(started.elapsed() < SETTLE);
     }
 
     #[tokio::test]

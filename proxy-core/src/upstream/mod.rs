@@ -320,7 +320,8 @@ where
                     path: path.clone(),
                     problem,
                 };
-                let content = std::fs::read(path).map_err(|e| token_error(e.to_string()))?;
+                let content =
+                    crate::reload::read_settled(path).map_err(|e| token_error(e.to_string()))?;
                 token.current.store(Some(Arc::new(
                     TokenSource::header_from(&content).map_err(token_error)?,
                 )));
