@@ -335,6 +335,10 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
     for (set, wanted) in [
         ("mode=proxy", "mode: \"proxy\" is not one of"),
         ("tls.cert=", "tls: set tls.existingSecret"),
+        (
+            "extraVolumes[0].name=config,extraVolumes[0].emptyDir.medium=Memory",
+            "extraVolumes: the name \"config\" is the chart's own volume",
+        ),
     ] {
         let values = values_file(dir.path(), &pki, "deployment", json!({}))?;
         let out = helm(&[
@@ -455,7 +459,10 @@ async fn sidecar_example_runs_the_container_the_chart_runs() -> anyhow::Result<(
         .collect();
     ensure!(token_volumes.len() == 1, "{token_volumes:?}");
     let token_volume = &token_volumes[0]["name"];
-    for c in example_spec["containers"].as_array().into_iter().flatten() {
+    for c in ["containers", "initContainers"]
+        .iter()
+        .flat_map(|key| example_spec[*key].as_array().into_iter().flatten())
+    {
         let mounts_token = c["volumeMounts"]
             .as_array()
             .into_iter()

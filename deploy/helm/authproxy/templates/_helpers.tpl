@@ -70,6 +70,11 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- if and .Values.issuedTokens.enabled (not .Values.issuedTokens.keys) (not (and .Values.issuedTokens.existingSecret .Values.issuedTokens.keyNames)) }}
 {{- fail "issuedTokens: set issuedTokens.keys, or issuedTokens.existingSecret with issuedTokens.keyNames" }}
 {{- end }}
+{{- range .Values.extraVolumes }}
+{{- if has .name (list "kube-api-access" "config" "tls" "ldap" "signing-keys" "agent-tokens") }}
+{{- fail (printf "extraVolumes: the name %q is the chart's own volume; choose another" .name) }}
+{{- end }}
+{{- end }}
 {{- if and (dig "authentication" "ldap" nil .Values.config) (not (or .Values.ldap.existingSecret .Values.ldap.bindPassword)) }}
 {{- fail "ldap: config.authentication.ldap needs ldap.existingSecret or ldap.bindPassword" }}
 {{- end }}
