@@ -13,6 +13,7 @@ pub mod login;
 pub mod metrics_listener;
 pub mod pki;
 pub mod prompt;
+pub mod readiness;
 pub mod reload;
 pub mod server;
 pub mod token_endpoint;

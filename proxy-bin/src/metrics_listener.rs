@@ -16,7 +16,6 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use proxy_core::authn::Chain;
 use proxy_core::config::Problem;
 use proxy_core::observe::metrics::{Metrics, CONTENT_TYPE};
 use proxy_core::status::{Reason, Status};
@@ -169,15 +168,21 @@ fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
 /// every authenticator is).
 #[derive(Clone)]
 pub struct Health {
-    chain: Chain,
+    readiness: crate::readiness::Readiness,
     accepting: tokio::task::AbortHandle,
 }
 
 impl Health {
-    /// Health of the listener whose accept loop is `accepting`, serving
-    /// with `chain`.
-    pub fn new(chain: Chain, accepting: tokio::task::AbortHandle) -> Self {
-        Health { chain, accepting }
+    /// Health of the listener whose accept loop is `accepting`, ready as
+    /// `readiness` says.
+    pub fn new(
+        readiness: crate::readiness::Readiness,
+        accepting: tokio::task::AbortHandle,
+    ) -> Self {
+        Health {
+            readiness,
+            accepting,
+        }
     }
 }
 
@@ -216,12 +221,11 @@ fn answer(metrics: &Metrics, health: &Health, req: &Request<Incoming>) -> Respon
                 "not ready: the listener stopped accepting",
             )
         }
-        "/readyz" if health.chain.is_ready() => return plain(StatusCode::OK, "ok"),
         "/readyz" => {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: authenticators are still loading",
-            )
+            return match health.readiness.check() {
+                Ok(()) => plain(StatusCode::OK, "ok"),
+                Err(why) => crate::server::plain_owned(StatusCode::SERVICE_UNAVAILABLE, why),
+            }
         }
         _ => {}
     }

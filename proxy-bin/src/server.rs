@@ -217,8 +217,10 @@ pub struct Proxy {
     pub stack: Observe<ProxyStack>,
     /// The metrics, when the `metrics:` section is set.
     pub metrics: Option<Metrics>,
-    /// The chain, asked for readiness and by the token endpoint.
+    /// The chain, asked by the token endpoint.
     pub chain: Chain,
+    /// What `/readyz` answers (the chain, and the API servers).
+    pub readiness: crate::readiness::Readiness,
     /// Issues tokens at [`TOKEN_PATH`] when configured.
     pub token_endpoint: Option<Arc<TokenEndpoint>>,
     /// Largest body read at [`TOKEN_PATH`] (`limits.maxRequestBodyBytes`).
@@ -264,8 +266,9 @@ impl Proxy {
                     })?,
             ),
         };
-        // One client, pool and reviewer per API server.
-        let cluster = |section: &str, upstream: &proxy_core::config::UpstreamConfig| {
+        // One client, pool, reviewer and readiness check per API server.
+        let mut checks = crate::readiness::Upstreams::default();
+        let mut cluster = |section: &str, upstream: &proxy_core::config::UpstreamConfig| {
             let in_section = |source| StartError::Section {
                 section: section.to_owned(),
                 source,
@@ -284,6 +287,9 @@ impl Proxy {
             if let Some(metrics) = &metrics {
                 metrics.observe_upstream(client.counters().clone());
             }
+            checks
+                .watch(section, options.clone(), client.counters())
+                .map_err(in_section)?;
             let nested = match settings.mode {
                 nested::Mode::Deny => NestedImpersonationLayer::deny(),
                 nested::Mode::Authorize => {
@@ -388,6 +394,7 @@ impl Proxy {
         Ok(Proxy {
             stack,
             metrics,
+            readiness: crate::readiness::Readiness::new(chain.clone(), checks),
             chain,
             live,
             token_endpoint,
@@ -403,10 +410,6 @@ impl Proxy {
         })
     }
 
-    fn is_ready(&self) -> bool {
-        self.chain.is_ready()
-    }
-
     async fn serve_request(
         mut self,
         mut req: Request<Incoming>,
@@ -416,13 +419,9 @@ impl Proxy {
         match req.uri().path() {
             "/livez" => return Ok(plain(StatusCode::OK, "ok")),
             "/readyz" => {
-                return Ok(if self.is_ready() {
-                    plain(StatusCode::OK, "ok")
-                } else {
-                    plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: authenticators are still loading",
-                    )
+                return Ok(match self.readiness.check() {
+                    Ok(()) => plain(StatusCode::OK, "ok"),
+                    Err(why) => plain_owned(StatusCode::SERVICE_UNAVAILABLE, why),
                 })
             }
             _ => {}
@@ -531,6 +530,11 @@ impl Service<Request<Incoming>> for TokenService {
 
 /// A small text response (health endpoints).
 pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    plain_owned(status, text.to_owned())
+}
+
+/// [`plain`] with text made at run time.
+pub fn plain_owned(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(text));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -606,18 +610,18 @@ impl RunningServer {
     }
 
     /// Serves `metrics` as configured, and `/livez` and `/readyz` (this
-    /// server's accept loop, and `chain`) beside them, for as long as this
-    /// server runs.
+    /// server's accept loop, and `readiness`) beside them, for as long as
+    /// this server runs.
     pub async fn serve_metrics(
         &mut self,
         config: Option<&crate::metrics_listener::MetricsConfig>,
         base: &Path,
         metrics: Option<Metrics>,
-        chain: Chain,
+        readiness: crate::readiness::Readiness,
         reloading: &proxy_core::config::Reloading,
     ) -> Result<(), StartError> {
         if let (Some(config), Some(metrics)) = (config, metrics) {
-            let health = crate::metrics_listener::Health::new(chain, self.task.abort_handle());
+            let health = crate::metrics_listener::Health::new(readiness, self.task.abort_handle());
             self.metrics = Some(config.start(base, metrics, health, reloading).await?);
         }
         Ok(())
@@ -697,14 +701,14 @@ async fn start_from(
             source,
         })?;
     let timeout = config.shutdown_timeout.unwrap_or(Duration::from_secs(30));
-    let (metrics, chain) = (proxy.metrics.clone(), proxy.chain.clone());
+    let (metrics, readiness) = (proxy.metrics.clone(), proxy.readiness.clone());
     let mut running = serve_with_limits(listener, tls, proxy, config.limits.clone(), timeout)?;
     running
         .serve_metrics(
             config.metrics.as_ref(),
             base,
             metrics,
-            chain,
+            readiness,
             &live.reloading,
         )
         .await?;

@@ -287,7 +287,7 @@ async fn start_from(
             config.metrics.as_ref(),
             base,
             metrics,
-            ready,
+            crate::readiness::Readiness::of_chain(ready),
             &live.reloading,
         )
         .await?;

@@ -462,12 +462,56 @@ impl RetryReason {
 }
 
 /// Connections to the API server and requests on them, now, and requests
-/// sent again so far.
+/// sent again so far; and how the API server last answered the proxy's
+/// own credential.
 #[derive(Debug, Default)]
 pub struct UpstreamCounters {
     connections: [AtomicI64; 2],
     in_flight: [AtomicI64; 2],
     retried: [AtomicU64; 2],
+    health: Arc<UpstreamHealth>,
+}
+
+/// How an API server last answered the proxy's own credential, shared by
+/// the clients that reach it (the proxy's, and its readiness check's).
+#[derive(Debug, Default)]
+pub struct UpstreamHealth {
+    /// Answers that refused the proxy's credential (401).
+    credential_refused: AtomicU64,
+    /// Since when (ms since the Unix epoch) the API server refuses the
+    /// proxy's credential; 0 while it takes it.
+    refused_since: AtomicU64,
+    /// Since when the API server cannot be reached; 0 while it answers.
+    unreachable_since: AtomicU64,
+    /// When a refusal of the credential was last logged.
+    last_warned: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch, now.
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .max(1)
+}
+
+/// How long an API server may be unreachable before the proxy stops
+/// calling itself ready (a restart of the API server is not an outage).
+pub const UNREACHABLE_GRACE: Duration = Duration::from_secs(10);
+
+/// Why an API server is not ready for the proxy's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamTrouble {
+    /// It refuses the proxy's own credential, since `for_` ago.
+    CredentialRefused {
+        /// How long it has.
+        for_: Duration,
+    },
+    /// It cannot be reached, since `for_` ago.
+    Unreachable {
+        /// How long it has.
+        for_: Duration,
+    },
 }
 
 /// Lowers a gauge of [`UpstreamCounters`] when dropped.
@@ -529,6 +573,77 @@ impl UpstreamCounters {
     /// Requests sent again so far, for `reason`.
     pub fn retried(&self, reason: RetryReason) -> u64 {
         self.retried[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counters of another client of the same API server, sharing this
+    /// one's [`UpstreamHealth`].
+    pub fn sharing_health(&self) -> UpstreamCounters {
+        UpstreamCounters {
+            health: self.health.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// How the API server answers the proxy's credential.
+    pub fn health(&self) -> &Arc<UpstreamHealth> {
+        &self.health
+    }
+}
+
+impl UpstreamHealth {
+    /// Notes an answer of the API server: `401` refuses the proxy's own
+    /// credential (the caller's identity goes as impersonation, which kube
+    /// refuses with 403); any other answer takes it. Returns true when this
+    /// refusal should be logged (at most once a minute).
+    pub fn note_answer(&self, status: http::StatusCode) -> bool {
+        self.unreachable_since.store(0, Ordering::Relaxed);
+        if status != http::StatusCode::UNAUTHORIZED {
+            self.refused_since.store(0, Ordering::Relaxed);
+            return false;
+        }
+        self.credential_refused.fetch_add(1, Ordering::Relaxed);
+        let now = now_millis();
+        let _ = self
+            .refused_since
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        let last = self.last_warned.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 60_000
+            && self
+                .last_warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Notes that the API server could not be reached.
+    pub fn note_unreachable(&self) {
+        let _ = self.unreachable_since.compare_exchange(
+            0,
+            now_millis(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Answers that refused the proxy's credential so far.
+    pub fn credential_refused(&self) -> u64 {
+        self.credential_refused.load(Ordering::Relaxed)
+    }
+
+    /// What keeps the API server from serving the proxy's requests, if
+    /// anything: a refused credential at once, an unreachable server once
+    /// it has been for `grace`.
+    pub fn trouble(&self, grace: Duration) -> Option<UpstreamTrouble> {
+        let now = now_millis();
+        let since = |at: &AtomicU64| match at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(now.saturating_sub(at))),
+        };
+        if let Some(for_) = since(&self.refused_since) {
+            return Some(UpstreamTrouble::CredentialRefused { for_ });
+        }
+        since(&self.unreachable_since)
+            .filter(|for_| *for_ >= grace)
+            .map(|for_| UpstreamTrouble::Unreachable { for_ })
     }
 }
 

@@ -505,9 +505,7 @@ async fn oidc_key_fetches_are_counted_by_issuer_and_result() -> anyhow::Result<(
 async fn metrics_listener_serves_metrics_and_probes_only_and_the_proxy_port_no_metrics(
 ) -> anyhow::Result<()> {
     let pki = TestPki::new()?;
-    let server_cert = pki.issue_server("apiserver")?;
-    let tls = pki::server_config(&server_cert, &[b"h2", b"http/1.1"])?;
-    let upstream = double::start(DoubleConfig::new(tls)).await?;
+    let upstream = upstream_double(&pki).await?;
     let dir = tempfile::tempdir()?;
     let proxy = start_observed_proxy(
         &pki,

@@ -270,6 +270,44 @@ impl Collector for BackendFamilies {
         )?;
         family(
             e,
+            "authproxy_upstream_credential_refused",
+            "Answers of the API server that refused the proxy's own credential (401), each answered 503 to the caller",
+            MetricType::Counter,
+            |m| {
+                if upstreams.is_empty() {
+                    return Ok(());
+                }
+                let total: u64 = upstreams.iter().map(|u| u.health().credential_refused()).sum();
+                counter(m, &[], total)
+            },
+        )?;
+        family(
+            e,
+            "authproxy_upstream_trouble",
+            "API servers that cannot serve the proxy's requests now, by reason (credential_refused: at once; unreachable: for longer than the readiness grace)",
+            MetricType::Gauge,
+            |m| {
+                if upstreams.is_empty() {
+                    return Ok(());
+                }
+                let (mut refused, mut unreachable) = (0i64, 0i64);
+                for upstream in upstreams {
+                    match upstream.health().trouble(crate::counters::UNREACHABLE_GRACE) {
+                        Some(crate::counters::UpstreamTrouble::CredentialRefused { .. }) => {
+                            refused += 1
+                        }
+                        Some(crate::counters::UpstreamTrouble::Unreachable { .. }) => {
+                            unreachable += 1
+                        }
+                        None => {}
+                    }
+                }
+                gauge(m, &[("reason", "credential_refused")], refused)?;
+                gauge(m, &[("reason", "unreachable")], unreachable)
+            },
+        )?;
+        family(
+            e,
             "authproxy_upstream_requests_in_flight",
             "Requests to the API server not yet finished (HTTP/2 streams, HTTP/1.1 requests and upgraded tunnels), by protocol",
             MetricType::Gauge,

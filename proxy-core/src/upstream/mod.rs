@@ -227,6 +227,16 @@ where
     /// a token file is then watched, so this must be called within a tokio
     /// runtime when one is configured.
     pub fn new(options: UpstreamOptions) -> Result<Self, UpstreamError> {
+        Self::with_counters(options, Arc::new(UpstreamCounters::default()))
+    }
+
+    /// Like [`Upstream::new`], counting its connections and requests, and
+    /// noting how the API server answers, in `counters` (another client's:
+    /// a health check shares what the proxy's own client knows).
+    pub fn with_counters(
+        options: UpstreamOptions,
+        counters: Arc<UpstreamCounters>,
+    ) -> Result<Self, UpstreamError> {
         let url_error = |problem| UpstreamError::Url {
             url: options.url.to_string(),
             problem,
@@ -290,7 +300,6 @@ where
             .path_and_query("/")
             .build()
             .map_err(|_| url_error("has no usable host"))?;
-        let counters = Arc::new(UpstreamCounters::default());
         let pool = pool::Pool::new(
             make_connector(true)?,
             target.clone(),
@@ -502,14 +511,62 @@ where
             }
         }
         let inner = self.inner.clone();
+        let counters = inner.counters.health().clone();
+        let authority = inner.authority.clone();
         if is_upgrade(req.headers()) {
             *req.version_mut() = Version::HTTP_11;
-            return Box::pin(forward_upgrade(inner, req));
+            return Box::pin(async move {
+                let Ok(response) = forward_upgrade(inner, req).await;
+                Ok(judged(&counters, &authority, response))
+            });
         }
         // Held by the response body here; nothing to carry upstream.
         req.extensions_mut().remove::<Hold>();
-        Box::pin(forward(inner, req))
+        Box::pin(async move {
+            let Ok(response) = forward(inner, req).await;
+            Ok(judged(&counters, &authority, response))
+        })
     }
+}
+
+/// The answer as the caller gets it, noted in `counters` for readiness and
+/// the metrics. A refusal of the proxy's own credential (401: the caller's
+/// identity goes as impersonation, which kube refuses with 403) becomes a
+/// 503 `Status` that says so: the caller's credential was taken, and they
+/// must not be told to log in again. A failure to reach the API server is
+/// noted.
+fn judged(
+    counters: &crate::counters::UpstreamHealth,
+    authority: &http::uri::Authority,
+    response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if response.extensions().get::<Reason>().is_some() {
+        // The proxy's own answer: the API server was not reached, or
+        // answered nothing usable.
+        if matches!(
+            response.status(),
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY
+        ) {
+            counters.note_unreachable();
+        }
+        return response;
+    }
+    let refused = response.status() == StatusCode::UNAUTHORIZED;
+    if counters.note_answer(response.status()) {
+        tracing::warn!(
+            upstream = %authority,
+            "the API server refused the proxy's own credential (401): renew the upstream token or client certificate;              every request is answered 503 and /readyz fails until it is taken (logged at most once a minute)"
+        );
+    }
+    if refused {
+        return Status::failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::ServiceUnavailable,
+            "the API server refused the proxy's own credential (not yours); the proxy's administrator must renew it",
+        )
+        .into_response();
+    }
+    response
 }
 
 /// How many times one request is turned away unprocessed (its connection
