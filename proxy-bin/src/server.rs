@@ -702,6 +702,28 @@ async fn start_from(
         })?;
     let timeout = config.shutdown_timeout.unwrap_or(Duration::from_secs(30));
     let (metrics, readiness) = (proxy.metrics.clone(), proxy.readiness.clone());
+    let current = proxy.live.chain.current();
+    let authenticators: Vec<&str> = current.authenticators().iter().map(|a| a.name()).collect();
+    let upstreams: Vec<String> = config
+        .default_upstream()
+        .into_iter()
+        .map(|u| u.url.unwrap_or_else(|| "in-cluster".into()))
+        .chain(config.named_upstreams().iter().map(|u| {
+            let name = u.name.as_deref().unwrap_or("?");
+            match (&u.via, &u.url) {
+                (proxy_core::config::Via::Agent, _) => format!("{name}=via agent"),
+                (_, Some(url)) => format!("{name}={url}"),
+                (_, None) => name.to_owned(),
+            }
+        }))
+        .collect();
+    tracing::info!(
+        version = %env!("CARGO_PKG_VERSION"),
+        listen = %listener.local_addr().map_or_else(|_| config.listen.to_string(), |a| a.to_string()),
+        upstreams = %upstreams.join(", "),
+        authenticators = %authenticators.join(", "),
+        "authproxy starting"
+    );
     let mut running = serve_with_limits(listener, tls, proxy, config.limits.clone(), timeout)?;
     running
         .serve_metrics(

@@ -458,6 +458,71 @@ fn secrets_never_reach_a_log_line() {
     );
 }
 
+/// `authproxy serve` says in one line what it serves (version, address,
+/// upstreams, authenticators), and writes no colour codes when its output is
+/// not a terminal.
+#[test]
+fn serve_names_what_it_serves_in_one_plain_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = authproxy::pki::ThrowawayCa::new("log test CA").expect("ca");
+    let serving = ca.issue_server("localhost").expect("cert");
+    std::fs::write(dir.path().join("ca.crt"), ca.ca_pem()).expect("write");
+    std::fs::write(dir.path().join("tls.crt"), &serving.cert_pem).expect("write");
+    std::fs::write(dir.path().join("tls.key"), &serving.key_pem).expect("write");
+    std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").expect("write");
+    std::fs::write(dir.path().join("proxy-token"), "proxy-token").expect("write");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\ntls: {{certFile: tls.crt, keyFile: tls.key}}\nupstream: {{url: 'https://127.0.0.1:1', caFile: ca.crt, tokenFile: proxy-token, connectTimeout: 1s}}\n\
+             authentication:\n  staticTokens: {{file: tokens.csv}}\n\
+             logging: {{format: text, level: info}}\n"
+        ),
+    )
+    .expect("write");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut child = KillOnDrop(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "authproxy did not listen within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.0.kill();
+    let output = child.0.wait_with_output_ref();
+    assert!(
+        !output.contains('\x1b'),
+        "colour codes in plain output:\n{output}"
+    );
+    let line = output
+        .lines()
+        .find(|l| l.contains("authproxy starting"))
+        .unwrap_or_else(|| panic!("no start line:\n{output}"));
+    for part in [
+        format!("version={}", env!("CARGO_PKG_VERSION")),
+        format!("listen=127.0.0.1:{port}"),
+        "upstreams=https://127.0.0.1:1".to_owned(),
+        "authenticators=static-tokens".to_owned(),
+    ] {
+        assert!(line.contains(&part), "{part} missing from: {line}");
+    }
+}
+
 trait WaitOutput {
     fn wait_with_output_ref(&mut self) -> String;
 }
