@@ -1,6 +1,8 @@
 //! What `/readyz` answers: the authenticators are ready, and every API
-//! server the proxy forwards to takes its credential and can be reached
-//! (an outage shorter than [`UNREACHABLE_GRACE`] is not one). A check sent
+//! server the proxy forwards to takes its credential, can be reached (an
+//! outage shorter than [`UNREACHABLE_GRACE`] is not one), and lets the
+//! proxy impersonate users, groups, uids and extras (asked with
+//! `SelfSubjectAccessReview`s at start and every minute). A check sent
 //! every [`CHECK_INTERVAL`] (`GET /readyz` with the proxy's credential)
 //! keeps this true while no request passes; requests note it too.
 
@@ -17,6 +19,80 @@ use tokio::task::JoinHandle;
 /// How often each API server is checked.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Every how many checks the proxy asks again what it may impersonate.
+const PERMISSION_EVERY: u32 = 12;
+
+/// What the proxy must be allowed to impersonate to set an identity: the
+/// API group, resource and subresource (an extra's key: the one the proxy
+/// sets for `kubectl --as`, which RBAC names exactly or by `*`).
+const IMPERSONATED: [(&str, &str, &str); 4] = [
+    ("", "users", ""),
+    ("", "groups", ""),
+    ("authentication.k8s.io", "uids", ""),
+    (
+        "authentication.k8s.io",
+        "userextras",
+        "authproxy.io/original-user",
+    ),
+];
+
+/// Asks the API server, as the proxy, whether it may impersonate each of
+/// [`IMPERSONATED`] (kube's `impersonate` verb, or constrained
+/// impersonation's `impersonate:user-info`); the ones it may not, or `None`
+/// when the answers could not be had.
+async fn missing_impersonation(client: &Upstream<Full<Bytes>>) -> Option<Vec<String>> {
+    let mut missing = Vec::new();
+    for (group, resource, subresource) in IMPERSONATED {
+        let mut allowed = false;
+        for verb in ["impersonate", "impersonate:user-info"] {
+            let review = serde_json::json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {
+                    "verb": verb, "group": group, "resource": resource, "subresource": subresource,
+                }},
+            });
+            let request =
+                http::Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(review.to_string())))
+                    .ok()?;
+            let mut client = client.clone();
+            let response = tokio::time::timeout(
+                CHECK_INTERVAL,
+                tower_service::Service::call(&mut client, request),
+            )
+            .await
+            .ok()?
+            .ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body = tokio::time::timeout(
+                CHECK_INTERVAL,
+                http_body_util::BodyExt::collect(response.into_body()),
+            )
+            .await
+            .ok()?
+            .ok()?
+            .to_bytes();
+            let answer: serde_json::Value = serde_json::from_slice(&body).ok()?;
+            if answer["status"]["allowed"] == true {
+                allowed = true;
+                break;
+            }
+        }
+        if !allowed {
+            missing.push(if group.is_empty() {
+                resource.to_owned()
+            } else {
+                format!("{resource}.{group}")
+            });
+        }
+    }
+    Some(missing)
+}
+
 /// A running check; stops when dropped.
 #[derive(Debug)]
 struct Check(JoinHandle<()>);
@@ -31,7 +107,7 @@ impl Drop for Check {
 #[derive(Clone)]
 pub struct Readiness {
     chain: Chain,
-    upstreams: Arc<Vec<(String, Arc<UpstreamHealth>)>>,
+    upstreams: Arc<Vec<Watched>>,
     _checks: Arc<Vec<Check>>,
 }
 
@@ -43,11 +119,19 @@ impl std::fmt::Debug for Readiness {
     }
 }
 
+/// One API server checked: its name (the config section), what its answers
+/// say, and what the proxy may not impersonate there (empty: all it needs).
+struct Watched {
+    name: String,
+    health: Arc<UpstreamHealth>,
+    missing: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
 /// API servers to check, as they are added: a name (the config section)
 /// and the counters of the proxy's client for it.
 #[derive(Default)]
 pub struct Upstreams {
-    watched: Vec<(String, Arc<UpstreamHealth>)>,
+    watched: Vec<Watched>,
     checks: Vec<Check>,
 }
 
@@ -55,20 +139,41 @@ impl Upstreams {
     /// Checks the API server of `options` every [`CHECK_INTERVAL`], noting
     /// what it answers in the health `counters` (the proxy's client's)
     /// share, under `name`. The check's own connection is not counted
-    /// among the proxy's. Call within a tokio runtime.
+    /// among the proxy's. With `impersonates`, it also asks (at start and
+    /// every minute) what the proxy may impersonate there. Call within a
+    /// tokio runtime.
     pub fn watch(
         &mut self,
         name: &str,
         options: UpstreamOptions,
         counters: &UpstreamCounters,
+        impersonates: bool,
     ) -> Result<(), UpstreamError> {
         let client: Upstream<Full<Bytes>> =
             Upstream::with_counters(options, Arc::new(counters.sharing_health()))?;
+        let missing = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (section, found) = (name.to_owned(), missing.clone());
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(CHECK_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut round = 0u32;
             loop {
                 ticker.tick().await;
+                if impersonates && round.is_multiple_of(PERMISSION_EVERY) {
+                    if let Some(now) = missing_impersonation(&client).await {
+                        if let Ok(mut known) = found.lock() {
+                            if *known != now && !now.is_empty() {
+                                tracing::warn!(
+                                    upstream = %section,
+                                    missing = %now.join(", "),
+                                    "the proxy's account may not impersonate what it must: grant it the verb impersonate on these (see the chart's ClusterRole)"
+                                );
+                            }
+                            *known = now;
+                        }
+                    }
+                }
+                round = round.wrapping_add(1);
                 let Ok(request) = http::Request::get("/readyz").body(Full::new(Bytes::new()))
                 else {
                     return;
@@ -82,8 +187,11 @@ impl Upstreams {
                 .await;
             }
         });
-        self.watched
-            .push((name.to_owned(), counters.health().clone()));
+        self.watched.push(Watched {
+            name: name.to_owned(),
+            health: counters.health().clone(),
+            missing,
+        });
         self.checks.push(Check(task));
         Ok(())
     }
@@ -112,16 +220,26 @@ impl Readiness {
         let troubles: Vec<String> = self
             .upstreams
             .iter()
-            .filter_map(|(name, counters)| {
-                Some(match counters.trouble(UNREACHABLE_GRACE)? {
-                    UpstreamTrouble::CredentialRefused { for_ } => format!(
-                        "{name}: the API server has refused the proxy's own credential for {}s",
-                        for_.as_secs()
-                    ),
-                    UpstreamTrouble::Unreachable { for_ } => format!(
-                        "{name}: the API server has been unreachable for {}s",
-                        for_.as_secs()
-                    ),
+            .filter_map(|watched| {
+                let name = &watched.name;
+                if let Some(trouble) = watched.health.trouble(UNREACHABLE_GRACE) {
+                    return Some(match trouble {
+                        UpstreamTrouble::CredentialRefused { for_ } => format!(
+                            "{name}: the API server has refused the proxy's own credential for {}s",
+                            for_.as_secs()
+                        ),
+                        UpstreamTrouble::Unreachable { for_ } => format!(
+                            "{name}: the API server has been unreachable for {}s",
+                            for_.as_secs()
+                        ),
+                    });
+                }
+                let missing = watched.missing.lock().ok()?;
+                (!missing.is_empty()).then(|| {
+                    format!(
+                        "{name}: the proxy's account may not impersonate {} (RBAC: verb impersonate)",
+                        missing.join(", ")
+                    )
                 })
             })
             .collect();

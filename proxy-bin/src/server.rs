@@ -288,7 +288,12 @@ impl Proxy {
                 metrics.observe_upstream(client.counters().clone());
             }
             checks
-                .watch(section, options.clone(), client.counters())
+                .watch(
+                    section,
+                    options.clone(),
+                    client.counters(),
+                    front_proxy.is_none(),
+                )
                 .map_err(in_section)?;
             let nested = match settings.mode {
                 nested::Mode::Deny => NestedImpersonationLayer::deny(),

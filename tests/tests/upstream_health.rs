@@ -170,3 +170,48 @@ async fn an_unreachable_api_server_fails_readiness_after_a_grace_and_not_livenes
     assert_eq!(code, 200);
     Ok(())
 }
+
+/// A proxy whose account may not impersonate says so in `/readyz`: what it
+/// is missing, asked of kube-apiserver with SelfSubjectAccessReviews.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_may_not_impersonate_says_what_it_misses() -> anyhow::Result<()> {
+    let env = KubeEnv::start().await?;
+    // A proxy whose account (nobody) may do nothing.
+    let nobody = env.kube.service_account_token("nobody").await?;
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let proxy = authproxy_tests::start_proxy(
+        &pki,
+        dir.path(),
+        &env.kube.url(),
+        env.kube.pki().ca_path(),
+        &nobody,
+        "",
+    )
+    .await?;
+    let url = format!("https://{}", proxy.addr());
+    let ca = pki.ca_path().to_owned();
+    let body = wait_for(WAIT, "/readyz to name what is missing", || {
+        let (url, ca) = (url.clone(), ca.clone());
+        async move {
+            let (code, body) = authproxy_tests::curl_with_ca(&ca, &[&format!("{url}/readyz")])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((code == 503).then_some(body))
+        }
+    })
+    .await?;
+    assert!(body.contains("may not impersonate"), "{body}");
+    for missing in [
+        "users",
+        "groups",
+        "uids.authentication.k8s.io",
+        "userextras.authentication.k8s.io",
+    ] {
+        assert!(body.contains(missing), "{missing} not named: {body}");
+    }
+    // The proxy whose account has the impersonation role is ready.
+    let (code, body) = status_of(&env, "/readyz", None).await?;
+    assert_eq!(code, 200, "{body}");
+    Ok(())
+}
