@@ -258,17 +258,59 @@ fn credentials() -> anyhow::Result<(String, Zeroizing<String>)> {
 type HttpsClient<B> =
     Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, B>;
 
-fn https_client<B>(ca_file: Option<&Path>) -> anyhow::Result<HttpsClient<B>>
+/// A CA bundle that verifies a server: read from a file, or carried in the
+/// kubeconfig itself (`authproxy kubeconfig --embed-certs` writes it as
+/// base64, so the file works on any machine).
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    pem: Vec<u8>,
+    label: String,
+}
+
+impl CaBundle {
+    /// The bundle in the PEM file `path`.
+    pub fn from_file(path: &Path) -> anyhow::Result<CaBundle> {
+        Ok(CaBundle {
+            pem: proxy_core::tls::read_file(path)?,
+            label: path.display().to_string(),
+        })
+    }
+
+    /// The bundle given as base64 of its PEM text (`--ca-data`).
+    pub fn from_base64(text: &str) -> anyhow::Result<CaBundle> {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .context("--ca-data is not base64")?;
+        Ok(CaBundle {
+            pem,
+            label: "--ca-data".into(),
+        })
+    }
+
+    /// The bundle from a file or base64 text, when either is given.
+    pub fn from_args(file: Option<&Path>, data: Option<&str>) -> anyhow::Result<Option<CaBundle>> {
+        match (file, data) {
+            (Some(_), Some(_)) => bail!("give --ca-file or --ca-data, not both"),
+            (Some(path), None) => Self::from_file(path).map(Some),
+            (None, Some(data)) => Self::from_base64(data).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The PEM text.
+    pub fn pem(&self) -> &[u8] {
+        &self.pem
+    }
+}
+
+fn https_client<B>(ca: Option<&CaBundle>) -> anyhow::Result<HttpsClient<B>>
 where
     B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let roots = match ca_file {
-        Some(path) => proxy_core::tls::root_store(
-            &proxy_core::tls::read_file(path)?,
-            &path.display().to_string(),
-        )?,
+    let roots = match ca {
+        Some(ca) => proxy_core::tls::root_store(&ca.pem, &ca.label)?,
         None => proxy_core::tls::system_roots()?,
     };
     let tls = proxy_core::tls::client_config(roots, None, &[])?;
@@ -282,11 +324,11 @@ where
 
 async fn request_token(
     server: &str,
-    ca_file: Option<&Path>,
+    ca: Option<&CaBundle>,
     username: &str,
     password: &str,
 ) -> anyhow::Result<String> {
-    let client: HttpsClient<Empty<Bytes>> = https_client(ca_file)?;
+    let client: HttpsClient<Empty<Bytes>> = https_client(ca)?;
     let pair = Zeroizing::new(format!("{username}:{password}"));
     let basic = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
     let request = http::Request::post(format!(
@@ -320,7 +362,7 @@ async fn request_token(
 }
 
 /// `authproxy login ldap`: prints an ExecCredential for kubectl.
-pub async fn login_ldap(server: &str, ca_file: Option<&Path>) -> anyhow::Result<String> {
+pub async fn login_ldap(server: &str, ca: Option<&CaBundle>) -> anyhow::Result<String> {
     // The cache first: nothing is asked while a token is fresh, so kubectl
     // works without a terminal until it expires.
     let known = username_from_env().or_else(|| {
@@ -346,7 +388,7 @@ pub async fn login_ldap(server: &str, ca_file: Option<&Path>) -> anyhow::Result<
     }
     let (username, password) = credentials()?;
     let path = cache_file(server, &username)?;
-    let text = request_token(server, ca_file, &username, &password).await?;
+    let text = request_token(server, ca, &username, &password).await?;
     store(&path, &text)?;
     store(&last_user_file(server)?, &username)?;
     Ok(text)
@@ -365,15 +407,19 @@ pub struct KubeconfigCluster<'a> {
 }
 
 /// A kubeconfig with one context per cluster, all sharing one user `user`
-/// that runs `binary login_args...` as a client.authentication.k8s.io/v1 exec
-/// credential plugin. The first cluster's context is the current one.
+/// that runs `command login_args...` as a client.authentication.k8s.io/v1
+/// exec credential plugin. The first cluster's context is the current one.
+/// With `embed_certs`, each cluster's CA goes in as
+/// `certificate-authority-data` (the file works on any machine); else as
+/// the absolute path of its file.
 ///
-/// Errors when a CA file cannot be found.
+/// Errors when a CA file cannot be read.
 pub fn kubeconfig(
     clusters: &[KubeconfigCluster<'_>],
     user: &str,
-    binary: &Path,
+    command: &str,
     login_args: &[String],
+    embed_certs: bool,
 ) -> anyhow::Result<String> {
     // Every value is written as a double-quoted scalar (a JSON string is
     // one): a path with `#`, a name with `: ` or a leading `-` stays the
@@ -383,6 +429,12 @@ pub fn kubeconfig(
     let mut context_text = String::new();
     for cluster in clusters {
         let ca = match cluster.ca_file {
+            Some(path) if embed_certs => format!(
+                "    certificate-authority-data: {}\n",
+                q(&base64::engine::general_purpose::STANDARD.encode(
+                    std::fs::read(path).with_context(|| format!("CA file {}", path.display()))?
+                ))
+            ),
             Some(path) => format!(
                 "    certificate-authority: {}\n",
                 q(&std::fs::canonicalize(path)
@@ -411,7 +463,7 @@ pub fn kubeconfig(
     Ok(format!(
         "apiVersion: v1\nkind: Config\nclusters:\n{cluster_text}users:\n- name: {}\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: {}\n      args:\n{args}      interactiveMode: IfAvailable\n      provideClusterInfo: false\ncontexts:\n{context_text}current-context: {}\n",
         q(user),
-        q(&binary.display().to_string()),
+        q(command),
         q(current)
     ))
 }
@@ -810,7 +862,7 @@ async fn read_callback(
 pub async fn login_oidc(
     issuer: &str,
     client_id: &str,
-    ca_file: Option<&Path>,
+    ca: Option<&CaBundle>,
     device: bool,
     scopes: &str,
 ) -> anyhow::Result<String> {
@@ -835,7 +887,7 @@ pub async fn login_oidc(
         return Ok(credential);
     }
     let cached: Option<OidcCache> = text.and_then(|t| serde_json::from_str(&t).ok());
-    let http = idp_http(https_client(ca_file)?);
+    let http = idp_http(https_client(ca)?);
     let issuer_url = IssuerUrl::new(issuer.to_owned())
         .with_context(|| format!("--oidc-issuer {issuer} is not a URL"))?;
     // Discovery (the issuer in the document must be this one) and the keys
@@ -1063,14 +1115,14 @@ mod kubeconfig_tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca #1.crt");
         std::fs::write(&ca, "x").unwrap();
-        let binary = Path::new("/opt/tools #2/authproxy: login");
+        let binary = "/opt/tools #2/authproxy: login";
         let clusters = [KubeconfigCluster {
             name: "lab: east",
             server: "https://proxy:8443/#x",
             ca_file: Some(&ca),
         }];
         let args = vec!["login".to_owned(), "--server".into(), "- x #y".into()];
-        let text = kubeconfig(&clusters, "user: #me", binary, &args).unwrap();
+        let text = kubeconfig(&clusters, "user: #me", binary, &args, false).unwrap();
         let parsed: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(parsed["clusters"][0]["name"], "lab: east", "{text}");
         assert_eq!(
@@ -1087,5 +1139,12 @@ mod kubeconfig_tests {
         assert_eq!(exec["args"][2], "- x #y");
         assert_eq!(parsed["contexts"][0]["context"]["user"], "user: #me");
         assert_eq!(parsed["current-context"], "lab: east");
+        // Embedded, the CA is in the file, not a path of this machine.
+        let text = kubeconfig(&clusters, "me", "authproxy", &args, true).unwrap();
+        let parsed: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        let cluster = &parsed["clusters"][0]["cluster"];
+        assert!(cluster.get("certificate-authority").is_none(), "{text}");
+        assert_eq!(cluster["certificate-authority-data"], "eA==", "{text}");
+        assert_eq!(parsed["users"][0]["user"]["exec"]["command"], "authproxy");
     }
 }

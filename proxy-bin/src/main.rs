@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use authproxy::config::{FileConfig, LogFormat};
 use authproxy::reload::ConfigSource;
 use authproxy::{demo, logging, server};
+use base64::Engine as _;
 use clap::{Parser, Subcommand};
 
 // The global allocator, chosen by feature (see the `watch_memory` bench for
@@ -108,6 +109,18 @@ enum Command {
         /// `upstreams:` (as if each were given with --cluster).
         #[arg(long = "proxy-config", value_name = "FILE")]
         proxy_config: Option<PathBuf>,
+        /// Put the CA bundles in the file itself (certificate-authority-data,
+        /// and --ca-data for the login), not paths of this machine: a
+        /// kubeconfig to hand out.
+        #[arg(long)]
+        embed_certs: bool,
+        /// The command kubectl runs to log in (default: `authproxy` when it is
+        /// on PATH, else this binary's absolute path).
+        #[arg(long)]
+        command: Option<String>,
+        /// Scopes the OIDC login asks for (with --oidc-issuer).
+        #[arg(long, requires = "oidc_issuer")]
+        scopes: Option<String>,
     },
     /// Run in a cluster the proxy cannot reach: dial the proxy, register
     /// with the cluster's token and serve the requests it sends through the
@@ -136,6 +149,9 @@ enum LoginMethod {
         /// CA bundle of the issuer.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// The issuer's CA bundle as base64 of its PEM (instead of --ca-file).
+        #[arg(long)]
+        ca_data: Option<String>,
         /// Use the device-authorization flow instead of a browser.
         #[arg(long)]
         device: bool,
@@ -151,6 +167,9 @@ enum LoginMethod {
         /// CA bundle of the proxy's certificate.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// The proxy's CA bundle as base64 of its PEM (instead of --ca-file).
+        #[arg(long)]
+        ca_data: Option<String>,
     },
 }
 
@@ -230,6 +249,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// What a kubeconfig runs to log in: `authproxy` when that name on PATH is
+/// this binary (the file then works for anyone who has it on PATH), else
+/// this binary's absolute path, said on standard error.
+fn default_login_command() -> anyhow::Result<String> {
+    let binary = std::env::current_exe().context("locating the authproxy binary")?;
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("authproxy"))
+            .find(|candidate| candidate.is_file())
+    });
+    let same = |a: &std::path::Path, b: &std::path::Path| matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b);
+    if on_path.is_some_and(|found| same(&found, &binary)) {
+        return Ok("authproxy".into());
+    }
+    let absolute = binary.display().to_string();
+    eprintln!(
+        "note: the kubeconfig runs {absolute} (authproxy is not on PATH); give --command authproxy for a file to hand out"
+    );
+    Ok(absolute)
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::CheckConfig { file, oidc } => {
@@ -290,9 +330,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Login {
-            method: LoginMethod::Ldap { server, ca_file },
+            method:
+                LoginMethod::Ldap {
+                    server,
+                    ca_file,
+                    ca_data,
+                },
         } => {
-            let credential = authproxy::login::login_ldap(&server, ca_file.as_deref()).await?;
+            let ca = authproxy::login::CaBundle::from_args(ca_file.as_deref(), ca_data.as_deref())?;
+            let credential = authproxy::login::login_ldap(&server, ca.as_ref()).await?;
             println!("{credential}");
             Ok(())
         }
@@ -302,18 +348,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     issuer,
                     client_id,
                     ca_file,
+                    ca_data,
                     device,
                     scopes,
                 },
         } => {
-            let credential = authproxy::login::login_oidc(
-                &issuer,
-                &client_id,
-                ca_file.as_deref(),
-                device,
-                &scopes,
-            )
-            .await?;
+            let ca = authproxy::login::CaBundle::from_args(ca_file.as_deref(), ca_data.as_deref())?;
+            let credential =
+                authproxy::login::login_oidc(&issuer, &client_id, ca.as_ref(), device, &scopes)
+                    .await?;
             println!("{credential}");
             Ok(())
         }
@@ -330,6 +373,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             device,
             clusters: mut cluster_names,
             proxy_config,
+            embed_certs,
+            command,
+            scopes,
         } => {
             let mut with_default = cluster_names.is_empty();
             if let Some(path) = &proxy_config {
@@ -350,7 +396,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 proxy_core::upstream::router::validate_name(cluster)
                     .with_context(|| format!("--cluster {cluster:?}"))?;
             }
-            let binary = std::env::current_exe().context("locating the authproxy binary")?;
+            let command = match command {
+                Some(command) => command,
+                None => default_login_command()?,
+            };
             let absolute = |p: &PathBuf| std::fs::canonicalize(p).map(|p| p.display().to_string());
             let mut args: Vec<String> = match &oidc_issuer {
                 Some(issuer) => vec![
@@ -374,10 +423,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ca_file.as_ref()
             };
             if let Some(ca) = ca {
-                args.extend(["--ca-file".to_string(), absolute(ca)?]);
+                if embed_certs {
+                    let pem =
+                        std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+                    args.extend([
+                        "--ca-data".to_string(),
+                        base64::engine::general_purpose::STANDARD.encode(pem),
+                    ]);
+                } else {
+                    args.extend(["--ca-file".to_string(), absolute(ca)?]);
+                }
             }
             if device && oidc_issuer.is_some() {
                 args.push("--device".into());
+            }
+            if let Some(scopes) = scopes {
+                args.extend(["--scopes".to_string(), scopes]);
             }
             use authproxy::login::KubeconfigCluster;
             let direct_name = format!("{name}-direct");
@@ -421,7 +482,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 !clusters.is_empty(),
                 "no cluster to write: the configuration has neither upstream nor upstreams"
             );
-            let text = authproxy::login::kubeconfig(&clusters, &name, &binary, &args)?;
+            let text =
+                authproxy::login::kubeconfig(&clusters, &name, &command, &args, embed_certs)?;
             match output {
                 Some(path) => std::fs::write(&path, text)
                     .with_context(|| format!("writing {}", path.display()))?,

@@ -19,6 +19,15 @@ use tokio::task::JoinHandle;
 /// How often each API server is checked.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The `User-Agent` of the checks (the API server's audit log and metrics
+/// tell them from requests made for callers).
+pub const CHECK_USER_AGENT: &str = "authproxy-readiness";
+
+/// `authproxy-readiness/<version>`.
+fn user_agent() -> String {
+    format!("{CHECK_USER_AGENT}/{}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Every how many checks the proxy asks again what it may impersonate.
 const PERMISSION_EVERY: u32 = 12;
 
@@ -55,6 +64,7 @@ async fn missing_impersonation(client: &Upstream<Full<Bytes>>) -> Option<Vec<Str
             let request =
                 http::Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
                     .header(http::header::CONTENT_TYPE, "application/json")
+                    .header(http::header::USER_AGENT, user_agent())
                     .body(Full::new(Bytes::from(review.to_string())))
                     .ok()?;
             let mut client = client.clone();
@@ -174,7 +184,9 @@ impl Upstreams {
                     }
                 }
                 round = round.wrapping_add(1);
-                let Ok(request) = http::Request::get("/readyz").body(Full::new(Bytes::new()))
+                let Ok(request) = http::Request::get("/readyz")
+                    .header(http::header::USER_AGENT, user_agent())
+                    .body(Full::new(Bytes::new()))
                 else {
                     return;
                 };

@@ -357,9 +357,10 @@ impl Proxy {
         let mut authn = proxy_core::AuthnLayer::new(chain.clone());
         if config.authentication.ldap.is_some() {
             // kubectl and browsers answer a Basic challenge with username/password.
-            authn = authn.with_challenge(http::HeaderValue::from_static(
-                "Basic realm=\"authproxy\", Bearer realm=\"authproxy\"",
-            ));
+            authn = authn.with_challenges([
+                http::HeaderValue::from_static("Basic realm=\"authproxy\""),
+                http::HeaderValue::from_static("Bearer realm=\"authproxy\""),
+            ]);
         }
         let limits = config.limits.long_running_limits();
         if !named.is_empty() {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use authproxy_tests::kube::{
     assert_kubectl_acts_as, Expected, KubeEnv as Env, PROXY_SERVICE_ACCOUNT,
 };
@@ -402,6 +403,75 @@ async fn kubectl_with_the_login_plugin_logs_in_once_and_caches_the_token_0600() 
     assert_ne!(
         fresh["status"]["expirationTimestamp"],
         "2020-01-01T00:00:00Z"
+    );
+    Ok(())
+}
+
+/// A kubeconfig to hand out: `--embed-certs --command authproxy` writes no
+/// path of the machine it ran on (the CAs are in the file, the plugin is
+/// found on PATH), and kubectl logs in with it from anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kubeconfig_with_embedded_certs_works_with_authproxy_on_path() -> anyhow::Result<()> {
+    let (env, _slapd) = world(false).await?;
+    let binary = authproxy_tests::authproxy_binary()?;
+    let elsewhere = tempfile::tempdir()?;
+    let kubeconfig = elsewhere.path().join("team-kubeconfig");
+    let out = tokio::process::Command::new(&binary)
+        .args(["kubeconfig", "--server", &env.proxy_url(), "--ca-file"])
+        .arg(env.pki.ca_path())
+        .args(["--embed-certs", "--command", "authproxy", "--output"])
+        .arg(&kubeconfig)
+        .output()
+        .await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = std::fs::read_to_string(&kubeconfig)?;
+    let ca_path = env.pki.ca_path().display().to_string();
+    assert!(!text.contains(&ca_path), "a local path in:\n{text}");
+    assert!(!text.contains(&binary.display().to_string()), "{text}");
+    let parsed: serde_json::Value = serde_yaml_ng::from_str(&text)?;
+    assert_eq!(parsed["users"][0]["user"]["exec"]["command"], "authproxy");
+    assert!(parsed["clusters"][0]["cluster"]["certificate-authority-data"].is_string());
+    // kubectl with only that file, and authproxy on PATH.
+    let bin_dir = binary.parent().context("binary folder")?;
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_owned()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    let cache = tempfile::tempdir()?;
+    let mut cmd = authproxy_tests::kubectl_command()?;
+    cmd.arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["auth", "whoami", "-o", "json"])
+        .env("PATH", path)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("AUTHPROXY_USERNAME", "alice")
+        .env("AUTHPROXY_PASSWORD", "alice-password");
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await??;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let review: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(review["status"]["userInfo"]["username"], "alice");
+    Ok(())
+}
+
+/// A 401 offers every scheme the proxy takes, one challenge per header:
+/// Basic (LDAP) and Bearer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_offers_basic_and_bearer_when_ldap_is_on() -> anyhow::Result<()> {
+    let (env, _slapd) = world(false).await?;
+    let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
+    let (code, text) = env.curl(&["-D", "-", &url]).await?;
+    assert_eq!(code, 401, "{text}");
+    let challenges: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("www-authenticate")
+                .then(|| value.trim().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        challenges,
+        ["Basic realm=\"authproxy\"", "Bearer realm=\"authproxy\""],
+        "{text}"
     );
     Ok(())
 }

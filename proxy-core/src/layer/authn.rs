@@ -39,7 +39,7 @@ pub const DEFAULT_CHALLENGE: &str = "Bearer realm=\"authproxy\"";
 #[derive(Clone)]
 pub struct AuthnLayer {
     authenticator: Arc<dyn Authenticator>,
-    challenge: HeaderValue,
+    challenges: Arc<[HeaderValue]>,
 }
 
 impl std::fmt::Debug for AuthnLayer {
@@ -60,14 +60,20 @@ impl AuthnLayer {
     pub fn from_arc(authenticator: Arc<dyn Authenticator>) -> Self {
         AuthnLayer {
             authenticator,
-            challenge: HeaderValue::from_static(DEFAULT_CHALLENGE),
+            challenges: Arc::new([HeaderValue::from_static(DEFAULT_CHALLENGE)]),
         }
     }
 
-    /// Sets the `WWW-Authenticate` value sent with a 401
-    /// (e.g. `Basic realm="authproxy"` when LDAP logins are on).
-    pub fn with_challenge(mut self, challenge: HeaderValue) -> Self {
-        self.challenge = challenge;
+    /// Sets the `WWW-Authenticate` value sent with a 401.
+    pub fn with_challenge(self, challenge: HeaderValue) -> Self {
+        self.with_challenges([challenge])
+    }
+
+    /// Sets the `WWW-Authenticate` values sent with a 401, one header each
+    /// (e.g. `Basic realm="authproxy"` and `Bearer realm="authproxy"` when
+    /// LDAP logins are on: every scheme the proxy takes).
+    pub fn with_challenges(mut self, challenges: impl IntoIterator<Item = HeaderValue>) -> Self {
+        self.challenges = challenges.into_iter().collect();
         self
     }
 }
@@ -79,7 +85,7 @@ impl<S> Layer<S> for AuthnLayer {
         Authn {
             inner,
             authenticator: self.authenticator.clone(),
-            challenge: self.challenge.clone(),
+            challenges: self.challenges.clone(),
         }
     }
 }
@@ -89,7 +95,7 @@ impl<S> Layer<S> for AuthnLayer {
 pub struct Authn<S> {
     inner: S,
     authenticator: Arc<dyn Authenticator>,
-    challenge: HeaderValue,
+    challenges: Arc<[HeaderValue]>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Authn<S> {
@@ -112,15 +118,17 @@ impl<S> Authn<S> {
 /// ([`crate::refusal`]).
 fn refuse<B: Send + 'static>(
     status: Status,
-    challenge: &HeaderValue,
+    challenges: &[HeaderValue],
     req: Request<B>,
 ) -> Response<ProxyBody> {
     let unauthorized = status.code == 401;
     let mut response = status.into_response();
     if unauthorized {
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, challenge.clone());
+        for challenge in challenges {
+            response
+                .headers_mut()
+                .append(header::WWW_AUTHENTICATE, challenge.clone());
+        }
     }
     with_unread_body(response, req.into_body())
 }
@@ -144,15 +152,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authenticator = self.authenticator.clone();
-        let challenge = self.challenge.clone();
+        let challenges = self.challenges.clone();
         let credential = Credential::from_parts(req.headers(), req.extensions());
         Box::pin(async move {
             let credential = match credential {
                 Ok(Some(credential)) => credential,
-                Ok(None) => return Ok(refuse(Status::unauthorized(), &challenge, req)),
+                Ok(None) => return Ok(refuse(Status::unauthorized(), &challenges, req)),
                 Err(error) => {
                     tracing::info!(%error, "refused a malformed credential");
-                    return Ok(refuse(Status::unauthorized(), &challenge, req));
+                    return Ok(refuse(Status::unauthorized(), &challenges, req));
                 }
             };
             match authenticator.authenticate(&credential).await {
@@ -163,7 +171,7 @@ where
                 }
                 Ok(None) => {
                     tracing::info!("no authenticator accepted the credential");
-                    Ok(refuse(Status::unauthorized(), &challenge, req))
+                    Ok(refuse(Status::unauthorized(), &challenges, req))
                 }
                 Err(error) => {
                     match &error {
@@ -172,7 +180,7 @@ where
                         }
                         _ => tracing::info!(%error, "authentication failed"),
                     }
-                    Ok(refuse(error.to_status(), &challenge, req))
+                    Ok(refuse(error.to_status(), &challenges, req))
                 }
             }
         })

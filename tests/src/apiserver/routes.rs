@@ -43,7 +43,14 @@ pub(crate) async fn handle(
     state: Arc<State>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    if let Ok(mut log) = state.requests.lock() {
+    // The proxy's own readiness checks are not requests made for a caller:
+    // they are answered, not recorded.
+    let check = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|agent| agent.starts_with(authproxy::readiness::CHECK_USER_AGENT));
+    if let (false, Ok(mut log)) = (check, state.requests.lock()) {
         log.push(RecordedRequest {
             method: req.method().clone(),
             uri: req
