@@ -180,6 +180,9 @@ impl LiveAuthentication {
                 waiting.join(", ")
             ));
         }
+        if let Some(metrics) = &self.metrics {
+            metrics.retire_chain(&self.chain.current());
+        }
         self.chain.swap(instrument(&self.metrics, chain));
         Ok(())
     }

@@ -24,6 +24,9 @@ pub(crate) struct Sources {
     /// Chains whose OIDC and LDAP counters are read at each scrape (a chain
     /// that is swapped on reload shows the one in force).
     pub(crate) chains: Vec<crate::authn::Chain>,
+    /// The OIDC and LDAP counters of chains replaced on reload: their
+    /// counts stay in the totals (a counter never goes down).
+    pub(crate) retired: AuthnCounters,
     /// `(authenticator label, counters)` of every login throttle.
     pub(crate) throttles: Vec<(&'static str, Arc<ThrottleCounters>)>,
     pub(crate) upstreams: Vec<Arc<UpstreamCounters>>,
@@ -105,17 +108,36 @@ impl Collector for BackendFamilies {
         for chain in &sources.chains {
             crate::authn::Authenticator::counters(chain, &mut authn);
         }
+        // Counts of replaced chains, and of the chains in force: each once.
+        let mut all = authn.clone();
+        for retired in &sources.retired.ldap {
+            if !all.ldap.iter().any(|l| Arc::ptr_eq(l, retired)) {
+                all.ldap.push(retired.clone());
+            }
+        }
+        for retired in &sources.retired.key_fetches {
+            if !all.key_fetches.iter().any(|k| Arc::ptr_eq(k, retired)) {
+                all.key_fetches.push(retired.clone());
+            }
+        }
         let e = &mut encoder;
-        let oidc = &authn.key_fetches;
+        let oidc = &all.key_fetches;
         family(
             e,
             "authproxy_oidc_key_fetches",
             "Signing key (discovery and JWKS) fetches of an OIDC issuer, by result",
             MetricType::Counter,
             |m| {
+                // One sample per issuer, old chains' counts included.
+                let mut by_issuer: std::collections::BTreeMap<&str, (u64, u64)> =
+                    std::collections::BTreeMap::new();
                 for keys in oidc {
                     let (succeeded, failed) = keys.fetches();
-                    let issuer = keys.issuer();
+                    let total = by_issuer.entry(keys.issuer()).or_default();
+                    total.0 += succeeded;
+                    total.1 += failed;
+                }
+                for (issuer, (succeeded, failed)) in by_issuer {
                     counter(m, &[("issuer", issuer), ("result", "success")], succeeded)?;
                     counter(m, &[("issuer", issuer), ("result", "failure")], failed)?;
                 }
@@ -128,7 +150,7 @@ impl Collector for BackendFamilies {
             "Time since the signing keys in use were loaded (absent until the first load)",
             MetricType::Gauge,
             |m| {
-                for keys in oidc {
+                for keys in &authn.key_fetches {
                     if let Some(age) = keys.keys_age() {
                         gauge(m, &[("issuer", keys.issuer())], age.as_secs_f64())?;
                     }
@@ -136,17 +158,18 @@ impl Collector for BackendFamilies {
                 Ok(())
             },
         )?;
-        let ldap = &authn.ldap;
+        let ldap = &all.ldap;
+        let ldap_now = &authn.ldap;
         family(
             e,
             "authproxy_ldap_pool_connections",
             "Pooled LDAP service connections open, by state (idle, in_use)",
             MetricType::Gauge,
             |m| {
-                if ldap.is_empty() {
+                if ldap_now.is_empty() {
                     return Ok(());
                 }
-                let (idle, busy) = ldap.iter().fold((0, 0), |(i, b), l| {
+                let (idle, busy) = ldap_now.iter().fold((0, 0), |(i, b), l| {
                     let (idle, busy) = l.pool();
                     (i + idle, b + busy)
                 });
@@ -206,12 +229,27 @@ impl Collector for BackendFamilies {
             "Logins refused by a throttle before they were checked, by authenticator and scope (user, client, token)",
             MetricType::Counter,
             |m| {
+                // One sample per authenticator and scope: several directories,
+                // and the counts of replaced chains, add up.
+                let mut totals: Vec<(&str, [u64; ThrottleScope::ALL.len()])> = Vec::new();
                 for (authenticator, c) in &throttles {
-                    for scope in ThrottleScope::ALL {
+                    let at = match totals.iter().position(|(a, _)| a == authenticator) {
+                        Some(at) => at,
+                        None => {
+                            totals.push((authenticator, [0; ThrottleScope::ALL.len()]));
+                            totals.len() - 1
+                        }
+                    };
+                    for (i, scope) in ThrottleScope::ALL.into_iter().enumerate() {
+                        totals[at].1[i] += c.get(scope);
+                    }
+                }
+                for (authenticator, counts) in &totals {
+                    for (i, scope) in ThrottleScope::ALL.into_iter().enumerate() {
                         counter(
                             m,
                             &[("authenticator", authenticator), ("scope", scope.label())],
-                            c.get(scope),
+                            counts[i],
                         )?;
                     }
                 }

@@ -403,6 +403,26 @@ impl Metrics {
         }
     }
 
+    /// Keeps the OIDC and LDAP counts of `chain`, about to be replaced (a
+    /// reload): the totals go on from them instead of starting again.
+    pub fn retire_chain(&self, chain: &Chain) {
+        if let Ok(mut sources) = self.families.backends.sources.lock() {
+            let mut counters = crate::counters::AuthnCounters::default();
+            chain.counters(&mut counters);
+            let retired = &mut sources.retired;
+            for ldap in counters.ldap {
+                if !retired.ldap.iter().any(|l| Arc::ptr_eq(l, &ldap)) {
+                    retired.ldap.push(ldap);
+                }
+            }
+            for keys in counters.key_fetches {
+                if !retired.key_fetches.iter().any(|k| Arc::ptr_eq(k, &keys)) {
+                    retired.key_fetches.push(keys);
+                }
+            }
+        }
+    }
+
     /// `chain` with every authenticator counting and timing its answers,
     /// without registering it (see [`Metrics::observe_chain`]).
     pub fn wrap_chain(&self, chain: &Chain) -> Chain {
