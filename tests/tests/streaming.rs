@@ -852,3 +852,144 @@ async fn exec_with_a_terminal_runs_the_command_on_a_tty() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// alice may act as carol, who may exec in `default`; nobody may act as dave.
+const AS_CAROL_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: streaming-alice-may-act-as-carol}
+rules:
+- apiGroups: [""]
+  resources: [users]
+  resourceNames: [carol]
+  verbs: [impersonate]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: streaming-alice-may-act-as-carol}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streaming-alice-may-act-as-carol}
+subjects:
+- {kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: streaming-carol, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: streaming}
+subjects:
+- {kind: User, name: carol, apiGroup: rbac.authorization.k8s.io}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_as_on_an_agent_cluster_is_decided_by_its_api_server() -> anyhow::Result<()> {
+    let kube = kube_with_kubelet().await?;
+    let routes = routes().await?;
+    kube.apply_rbac(
+        AS_CAROL_RBAC,
+        &[
+            &["impersonate", "users/carol", "--as", "alice"][..],
+            &["create", "pods", "--subresource=exec", "--as", "carol"][..],
+        ],
+    )
+    .await?;
+    let tunnel = &routes.tunnel;
+    let pod = "as-carol";
+    kube.running_pod(pod).await?;
+    // kubectl's discovery as alice herself, cached as a user's would be: a
+    // refused `--as` then fails on the request itself, whose message kubectl
+    // prints.
+    let warm = Route {
+        name: "tunnel-alice".into(),
+        kubeconfig: tunnel.kubeconfig(),
+        flags: vec!["--context".into(), "alice".into()],
+        spdy: false,
+    }
+    .run(&["get", "pods", pod], None, BOUND)
+    .await?;
+    assert!(warm.status.success(), "{}", output_text(&warm));
+
+    for spdy in [false, true] {
+        let as_user = |user: &str| Route {
+            name: format!(
+                "tunnel-alice-as-{user}-{}",
+                if spdy { "spdy" } else { "websocket" }
+            ),
+            kubeconfig: tunnel.kubeconfig(),
+            flags: ["--context", "alice", "--as", user]
+                .map(str::to_owned)
+                .to_vec(),
+            spdy,
+        };
+        let carol = as_user("carol");
+        // Who kube sees: carol, and who really asked.
+        let out = carol
+            .run(&["auth", "whoami", "-o", "json"], None, BOUND)
+            .await?;
+        assert!(out.status.success(), "{carol}: {}", output_text(&out));
+        let review: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let user = &review["status"]["userInfo"];
+        assert_eq!(user["username"], "carol", "{review}");
+        assert!(
+            user["extra"]["authproxy.io/original-user"][0]
+                .as_str()
+                .is_some_and(|original| original.contains("\"username\":\"alice\"")),
+            "{review}"
+        );
+        // exec as carol, through the tunnel
+        let marker = format!("as-carol-{}", if spdy { "spdy" } else { "websocket" });
+        let out = carol
+            .run(
+                &["exec", pod, "-c", CONTAINER, "--", "echo", &marker],
+                None,
+                BOUND,
+            )
+            .await?;
+        assert_eq!(out.status.code(), Some(0), "{carol}: {}", output_text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{marker}\n"),
+            "{carol}: {}",
+            output_text(&out)
+        );
+        // dave is refused by kube, in kube's words, for any request.
+        let dave = as_user("dave");
+        let kube_says = r#"users "dave" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#;
+        for args in [
+            &["get", "pods", pod][..],
+            &["exec", pod, "-c", CONTAINER, "--", "echo", "never"][..],
+        ] {
+            let out = dave.run(args, None, BOUND).await?;
+            assert!(!out.status.success(), "{dave}: {}", output_text(&out));
+            assert!(out.stdout.is_empty(), "{dave}: {}", output_text(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(kube_says),
+                "{dave} {args:?}: {}",
+                output_text(&out)
+            );
+        }
+    }
+    // The reviews went through the tunnel: kube saw the agent's account,
+    // impersonating alice, ask (carol's allowed answer is reused, dave's
+    // refusal asked again each time).
+    let events = kube
+        .wait_audit(2, |e| {
+            e["objectRef"]["resource"] == "selfsubjectaccessreviews"
+                && e["verb"] == "create"
+                && e["user"]["username"] == AGENT_ACCOUNT
+                && e["impersonatedUser"]["username"] == "alice"
+        })
+        .await?;
+    for event in &events {
+        assert_eq!(event["responseStatus"]["code"], 201, "{event}");
+    }
+    // The exec reached the kubelet as carol, by way of the agent.
+    let events = kube
+        .wait_audit(2, |e| {
+            e["objectRef"]["name"] == pod && e["objectRef"]["subresource"] == "exec"
+        })
+        .await?;
+    for event in &events {
+        assert_eq!(event["user"]["username"], AGENT_ACCOUNT, "{event}");
+        assert_eq!(event["impersonatedUser"]["username"], "carol", "{event}");
+    }
+    Ok(())
+}
