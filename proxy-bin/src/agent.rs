@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
 use proxy_core::config::{KubeconfigRef, UpstreamConfig};
 use proxy_core::tunnel::agent::{Agent, AgentSettings};
 use proxy_core::tunnel::backoff::Backoff;
 use proxy_core::tunnel::budget::AgentConnections;
 use proxy_core::tunnel::{AgentEndpoint, AgentService};
-use proxy_core::upstream::Upstream;
+use proxy_core::upstream::{Backend, Upstream};
 use proxy_core::NestedImpersonationLayer;
 
 use crate::config::FileConfig;
@@ -20,8 +22,9 @@ use crate::server::StartError;
 
 /// The stack of the `via: agent` cluster `name` (section `section`):
 /// registered with `agents`, its requests sent through its tunnels. A
-/// caller's own `Impersonate-*` headers are refused for it (they would need
-/// a SubjectAccessReview the proxy cannot send to that API server).
+/// caller's own `Impersonate-*` headers are handled by the layer `nested`
+/// makes over those tunnels: its access reviews go to that cluster's API
+/// server the way the request itself would.
 pub fn agent_cluster(
     agents: &mut AgentEndpoint,
     section: &str,
@@ -29,6 +32,7 @@ pub fn agent_cluster(
     upstream: &UpstreamConfig,
     config: &FileConfig,
     base: &Path,
+    nested: &dyn Fn(Backend<Full<Bytes>>) -> NestedImpersonationLayer,
 ) -> Result<proxy_core::Cluster, StartError> {
     let token_file = upstream
         .agent
@@ -45,7 +49,7 @@ pub fn agent_cluster(
             message: format!("{section}.agent.tokenFile: {e}"),
         })?;
     Ok(proxy_core::Cluster {
-        nested: NestedImpersonationLayer::deny(),
+        nested: nested(AgentService::new(tunnels.clone()).into()),
         upstream: AgentService::new(tunnels).into(),
     })
 }

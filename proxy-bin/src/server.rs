@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use proxy_core::credential::{ClientAddr, ClientCertificate};
 use proxy_core::forwarded::{Origin, TrustedProxies};
@@ -26,7 +28,7 @@ use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::refusal::{read_before_refusal, read_some};
 use proxy_core::status::{Reason, Status};
 use proxy_core::tunnel::budget::{AgentConnections, ConnectionSlot};
-use proxy_core::upstream::{Upstream, UpstreamError};
+use proxy_core::upstream::{Backend, Upstream, UpstreamError};
 use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -266,6 +268,24 @@ impl Proxy {
                     })?,
             ),
         };
+        // A caller's own impersonation, reviewed by the API server behind
+        // `backend` (the cluster's own way there) when the mode allows it.
+        let nested_over = |backend: Backend<Full<Bytes>>| match settings.mode {
+            nested::Mode::Deny => NestedImpersonationLayer::deny(),
+            nested::Mode::Authorize => {
+                let reviewer = nested::Reviewer::over(
+                    backend,
+                    &settings,
+                    front_proxy
+                        .clone()
+                        .unwrap_or_else(HeaderNames::impersonation),
+                );
+                if let Some(metrics) = &metrics {
+                    metrics.observe_reviews(reviewer.counters().clone());
+                }
+                NestedImpersonationLayer::authorize(reviewer)
+            }
+        };
         // One client, pool, reviewer and readiness check per API server.
         let mut checks = crate::readiness::Upstreams::default();
         let mut cluster = |section: &str, upstream: &proxy_core::config::UpstreamConfig| {
@@ -298,18 +318,7 @@ impl Proxy {
             let nested = match settings.mode {
                 nested::Mode::Deny => NestedImpersonationLayer::deny(),
                 nested::Mode::Authorize => {
-                    let reviewer = nested::Reviewer::new(
-                        options,
-                        &settings,
-                        front_proxy
-                            .clone()
-                            .unwrap_or_else(HeaderNames::impersonation),
-                    )
-                    .map_err(in_section)?;
-                    if let Some(metrics) = &metrics {
-                        metrics.observe_reviews(reviewer.counters().clone());
-                    }
-                    NestedImpersonationLayer::authorize(reviewer)
+                    nested_over(Upstream::new(options).map_err(in_section)?.into())
                 }
             };
             Ok::<_, StartError>(proxy_core::Cluster {
@@ -340,6 +349,7 @@ impl Proxy {
                         upstream,
                         config,
                         base,
+                        &nested_over,
                     )?,
                 ));
                 continue;

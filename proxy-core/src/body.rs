@@ -192,6 +192,17 @@ impl Hold {
             _held: Arc::new(value),
         }
     }
+
+    /// Adds this hold to the one a request carries in `extensions` for its
+    /// upgraded stream (the upstream keeps that one until the stream
+    /// closes), beside any other layer's hold there.
+    pub fn keep_in(self, extensions: &mut http::Extensions) {
+        let joined = match extensions.remove::<Hold>() {
+            Some(held) => Hold::new((held, self)),
+            None => self,
+        };
+        extensions.insert(joined);
+    }
 }
 
 impl std::fmt::Debug for Hold {

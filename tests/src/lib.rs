@@ -13,6 +13,7 @@ pub mod observe;
 pub mod oidc;
 pub mod pki;
 pub mod slapd;
+pub mod streaming;
 pub mod upgrade;
 pub mod watchers;
 

@@ -391,7 +391,8 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
         review["status"]["userInfo"]["username"], "alice",
         "{review}"
     );
-    // A caller's own impersonation cannot be reviewed there: refused, never dropped.
+    // A caller's own impersonation is reviewed by that cluster's API server,
+    // through the tunnel: alice may not act as carol there, in kube's words.
     let (code, body) = curl_with_ca(
         env.pki.ca_path(),
         &[
@@ -408,6 +409,10 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
     .await?;
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("\"kind\":\"Status\""), "{body}");
+    assert!(
+        body.contains(r#"users \"carol\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"#),
+        "{body}"
+    );
     let marker = unique_marker("through-agent");
     let (code, body) = env
         .curl_as_alice(

@@ -12,315 +12,59 @@
 //! Every outcome is checked by content: bytes, checksums, exit codes, and
 //! kube's own messages.
 
-use std::convert::Infallible;
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::Stdio;
 
-use anyhow::{bail, Context as _};
-use authproxy::config::FileConfig;
-use authproxy::server::RunningServer;
-use authproxy_tests::kube::{kube, Kube, KubeEnv, CONTAINER, PROXY_SERVICE_ACCOUNT};
-use authproxy_tests::{
-    authproxy_binary, curl_with_ca, kubectl_command, output_text, wait_for, write_user_kubeconfig,
-    TestPki, USERS,
+use anyhow::Context as _;
+use authproxy_tests::kube::{KubeEnv, CONTAINER, PROXY_SERVICE_ACCOUNT};
+use authproxy_tests::output_text;
+use authproxy_tests::streaming::{
+    big_data, http_server, kube_with_kubelet, port_forward, read_until_line, sha256_file,
+    sha256_hex, AgentProxy, Route, AGENT_ACCOUNT, BIG_BOUND, BOUND,
 };
-use bytes::Bytes;
-use http_body_util::Full;
-use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::process::{Child, ChildStdout};
-
-/// 100 MiB: what cp and the port-forwarded download carry.
-const BIG: usize = 100 << 20;
-/// A bound for one kubectl run (a hung stream fails the test, not the suite).
-const BOUND: Duration = Duration::from_secs(60);
-/// A bound for a run that moves [`BIG`] bytes.
-const BIG_BOUND: Duration = Duration::from_secs(300);
-
-/// alice may exec, attach, port-forward and read logs in `default`; bob
-/// may only read pods.
-const RBAC: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: streaming, namespace: default}
-rules:
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list]
-- apiGroups: [""]
-  resources: [pods/exec, pods/attach, pods/portforward]
-  verbs: [get, create]
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: streaming, namespace: default}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: streaming}
-subjects:
-- {kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: pods-read, namespace: default}
-rules:
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: pods-read, namespace: default}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pods-read}
-subjects:
-- {kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: streaming-agent, namespace: authproxy}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: streaming-agent-impersonator}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: authproxy-impersonator}
-subjects:
-- {kind: ServiceAccount, name: streaming-agent, namespace: authproxy}
-"#;
-
-/// The agent's identity at kube-apiserver.
-const AGENT_ACCOUNT: &str = "system:serviceaccount:authproxy:streaming-agent";
-/// The agent's registration token at the proxy.
-const AGENT_TOKEN: &str = "streaming-agent-registration-token-41c7";
-
-/// One way kubectl reaches the pods.
-struct Route {
-    /// `direct-websocket`, `proxy-spdy`, ...
-    name: String,
-    kubeconfig: PathBuf,
-    /// kubectl's global flags for this route (a context, `--as`).
-    flags: Vec<String>,
-    spdy: bool,
-}
-
-impl fmt::Display for Route {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)
-    }
-}
-
-impl Route {
-    /// kubectl with this route's kubeconfig, flags and protocol, and `args`.
-    fn kubectl(&self, args: &[&str]) -> anyhow::Result<tokio::process::Command> {
-        let mut cmd = kubectl_command()?;
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(&self.flags)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for var in [
-            "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
-            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
-        ] {
-            if self.spdy {
-                cmd.env(var, "false");
-            } else {
-                // kubectl's default
-                cmd.env_remove(var);
-            }
-        }
-        Ok(cmd)
-    }
-
-    /// Runs kubectl with `args`, feeding it `stdin` if given, bounded by `bound`.
-    async fn run(
-        &self,
-        args: &[&str],
-        stdin: Option<&[u8]>,
-        bound: Duration,
-    ) -> anyhow::Result<Output> {
-        let mut cmd = self.kubectl(args)?;
-        if stdin.is_some() {
-            cmd.stdin(Stdio::piped());
-        }
-        let mut child = cmd.spawn().context("running kubectl")?;
-        if let (Some(bytes), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            pipe.write_all(bytes).await?;
-            // dropped: kubectl sees the end of its input
-        }
-        tokio::time::timeout(bound, child.wait_with_output())
-            .await
-            .with_context(|| format!("{self}: kubectl {args:?} did not finish in {bound:?}"))?
-            .context("waiting for kubectl")
-    }
-
-    /// A name for this route's own pod for `what`.
-    fn pod(&self, what: &str) -> String {
-        format!("{what}-{}", self.name)
-    }
-}
-
-/// A proxy whose one cluster, `edge`, is reached through `authproxy agent`
-/// (the agent's service account impersonating the caller).
-struct Tunnel {
-    _pki: TestPki,
-    dir: tempfile::TempDir,
-    _proxy: RunningServer,
-    _agent: Child,
-}
-
-impl Tunnel {
-    async fn start(kube: &'static Kube) -> anyhow::Result<Tunnel> {
-        let pki = TestPki::new()?;
-        let dir = tempfile::tempdir()?;
-        let cert = pki.issue_server("proxy")?;
-        let mut csv = String::new();
-        for (token, name, uid, groups) in USERS {
-            csv.push_str(&format!("{token},{name},{uid},\"{groups}\"\n"));
-        }
-        std::fs::write(dir.path().join("tokens.csv"), csv)?;
-        std::fs::write(dir.path().join("edge.token"), AGENT_TOKEN)?;
-        let yaml = format!(
-            "listen: 127.0.0.1:0\n\
-             tls: {{certFile: {cert}, keyFile: {key}}}\n\
-             upstreams: [{{name: edge, via: agent, agent: {{tokenFile: edge.token}}}}]\n\
-             authentication:\n  staticTokens: {{file: tokens.csv}}\n\
-             shutdownTimeout: 1s\n",
-            cert = cert.cert_path.display(),
-            key = cert.key_path.display(),
-        );
-        let path = dir.path().join("authproxy.yaml");
-        std::fs::write(&path, yaml)?;
-        let proxy = authproxy::server::start(&FileConfig::load(&path)?, dir.path()).await?;
-        let url = format!("https://{}", proxy.addr());
-        // The agent reaches kube-apiserver as its own service account.
-        let agent_token = kube.service_account_token("streaming-agent").await?;
-        let agent_kubeconfig = dir.path().join("agent.kubeconfig");
-        std::fs::write(
-            &agent_kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: kube\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: agent\n  user:\n    token: {agent_token}\ncontexts:\n- name: kube\n  context: {{cluster: kube, user: agent}}\ncurrent-context: kube\n",
-                kube.url(),
-                kube.pki().ca_path().display()
-            ),
-        )?;
-        let log = std::fs::File::create(dir.path().join("agent.log"))?;
-        let agent = tokio::process::Command::new(authproxy_binary()?)
-            .arg("agent")
-            .args(["--proxy-url", &url])
-            .arg("--proxy-ca-file")
-            .arg(pki.ca_path())
-            .arg("--token-file")
-            .arg(dir.path().join("edge.token"))
-            .args(["--cluster", "edge"])
-            .arg("--kubeconfig")
-            .arg(&agent_kubeconfig)
-            .args(["--backoff-base", "100ms", "--backoff-max", "1s"])
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting authproxy agent")?;
-        let cluster = format!("{url}/k8s/clusters/edge");
-        write_user_kubeconfig(&dir.path().join("kubeconfig"), &cluster, pki.ca_path())?;
-        // Ready once the agent has registered and kube answers through it.
-        let version = format!("{cluster}/version");
-        let ready = wait_for(Duration::from_secs(30), "kube through the tunnel", || {
-            let (ca, version) = (pki.ca_path().to_owned(), version.clone());
-            async move {
-                match curl_with_ca(&ca, &["-H", "Authorization: Bearer alice-token", &version])
-                    .await
-                {
-                    Ok((200, _)) => Ok(Some(())),
-                    Ok((code, body)) => Err(format!("{code} {body}")),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        })
-        .await;
-        if let Err(e) = ready {
-            let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
-            bail!("{e:#}\nagent log:\n{log}");
-        }
-        Ok(Tunnel {
-            _pki: pki,
-            dir,
-            _proxy: proxy,
-            _agent: agent,
-        })
-    }
-
-    /// A kubeconfig for cluster `edge` with a context per test user.
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-}
+use tokio::io::AsyncWriteExt as _;
 
 /// What a test runs against: its proxy, its tunnel, and the six routes.
 struct Routes {
     env: KubeEnv,
-    tunnel: Tunnel,
+    tunnel: AgentProxy,
     all: Vec<Route>,
 }
 
-/// This test's proxy and tunnel, the RBAC above, and the six routes:
-/// straight to kube as the admin, through the proxy as alice and through the
-/// proxy and the agent tunnel as alice, each over WebSocket and over SPDY.
+/// This test's proxy and tunnel and the six routes: straight to kube as the
+/// admin, through the proxy as alice and through the proxy and the agent
+/// tunnel (cluster `edge` of [`AgentProxy`]) as alice, each over WebSocket
+/// and over SPDY.
 async fn routes() -> anyhow::Result<Routes> {
     let env = KubeEnv::start().await?;
-    env.kube
-        .apply_rbac(
-            RBAC,
-            &[
-                &["create", "pods", "--subresource=exec", "--as", "alice"][..],
-                &["get", "pods", "--as", "bob"][..],
-                &["impersonate", "users/alice", "--as", AGENT_ACCOUNT][..],
-            ],
-        )
-        .await?;
-    let tunnel = Tunnel::start(env.kube).await?;
+    let tunnel = AgentProxy::start(env.kube, "").await?;
     let mut routes = Vec::new();
     for spdy in [false, true] {
         let protocol = if spdy { "spdy" } else { "websocket" };
-        routes.push(Route {
-            name: format!("direct-{protocol}"),
-            kubeconfig: env.kube.admin_kubeconfig(),
-            flags: Vec::new(),
+        routes.push(Route::new(
+            &format!("direct-{protocol}"),
+            env.kube.admin_kubeconfig(),
+            &[],
             spdy,
-        });
-        routes.push(Route {
-            name: format!("proxy-{protocol}"),
-            kubeconfig: env.kubeconfig(),
-            flags: vec!["--context".into(), "alice".into()],
+        ));
+        routes.push(Route::new(
+            &format!("proxy-{protocol}"),
+            env.kubeconfig(),
+            &["--context", "alice"],
             spdy,
-        });
-        routes.push(Route {
-            name: format!("tunnel-{protocol}"),
-            kubeconfig: tunnel.kubeconfig(),
-            flags: vec!["--context".into(), "alice".into()],
+        ));
+        routes.push(Route::new(
+            &format!("tunnel-{protocol}"),
+            tunnel.kubeconfig("edge"),
+            &["--context", "alice"],
             spdy,
-        });
+        ));
     }
     Ok(Routes {
         env,
         tunnel,
         all: routes,
     })
-}
-
-/// The shared kube-apiserver, with the test kubelet registered.
-async fn kube_with_kubelet() -> anyhow::Result<&'static Kube> {
-    tokio::task::spawn_blocking(|| {
-        let kube = kube()?;
-        kube.kubelet()?;
-        Ok(kube)
-    })
-    .await?
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,51 +151,6 @@ async fn exec_carries_stdin_stdout_stderr_and_the_exit_code() -> anyhow::Result<
     Ok(())
 }
 
-/// Reads `stdout` line by line until a line equals `want`, returning the
-/// lines read; fails after [`BOUND`] with what it saw.
-async fn read_until_line(
-    stdout: &mut BufReader<ChildStdout>,
-    want: &str,
-    seen: &mut Vec<String>,
-) -> anyhow::Result<()> {
-    let found = tokio::time::timeout(BOUND, async {
-        loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).await? == 0 {
-                bail!("output ended");
-            }
-            let line = line.trim_end_matches('\n').to_owned();
-            let done = line == want;
-            seen.push(line);
-            if done {
-                return Ok(());
-            }
-        }
-    })
-    .await;
-    match found {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => bail!("waiting for {want:?}: {e}; seen: {seen:?}"),
-        Err(_) => bail!("{want:?} not seen within {BOUND:?}; seen: {seen:?}"),
-    }
-}
-
-/// kubectl's stdout as lines, and the child.
-fn spawn_reading(
-    route: &Route,
-    args: &[&str],
-    stdin: bool,
-) -> anyhow::Result<(Child, BufReader<ChildStdout>)> {
-    let mut cmd = route.kubectl(args)?;
-    if stdin {
-        cmd.stdin(Stdio::piped());
-    }
-    // stderr is read only at the end: it stays small
-    let mut child = cmd.spawn().context("running kubectl")?;
-    let stdout = child.stdout.take().context("kubectl stdout")?;
-    Ok((child, BufReader::new(stdout)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attach_sends_input_to_the_container_and_streams_its_output() -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
@@ -460,7 +159,7 @@ async fn attach_sends_input_to_the_container_and_streams_its_output() -> anyhow:
         let pod = route.pod("attach");
         let dir = kube.running_pod(&pod).await?;
         let (mut child, mut stdout) =
-            spawn_reading(route, &["attach", "-i", &pod, "-c", CONTAINER], true)?;
+            route.spawn_reading(&["attach", "-i", &pod, "-c", CONTAINER], true)?;
         let mut stdin = child.stdin.take().context("kubectl stdin")?;
         // The container's main process echoes its input: it comes back
         // through the attached stream.
@@ -502,7 +201,7 @@ async fn logs_follow_streams_lines_written_after_it_started() -> anyhow::Result<
         };
         append("written before")?;
         let (child, mut stdout) =
-            spawn_reading(route, &["logs", "-f", &pod, "-c", CONTAINER], false)?;
+            route.spawn_reading(&["logs", "-f", &pod, "-c", CONTAINER], false)?;
         let mut seen = Vec::new();
         read_until_line(&mut stdout, "written before", &mut seen)
             .await
@@ -527,33 +226,6 @@ async fn logs_follow_streams_lines_written_after_it_started() -> anyhow::Result<
         drop(child); // killed
     }
     Ok(())
-}
-
-/// [`BIG`] bytes that do not compress, the same on every call.
-fn big_data() -> &'static Bytes {
-    static DATA: OnceLock<Bytes> = OnceLock::new();
-    DATA.get_or_init(|| {
-        // xorshift64*, seeded
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut data = Vec::with_capacity(BIG);
-        while data.len() < BIG {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            data.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        Bytes::from(data)
-    })
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sha256_file(path: &Path) -> anyhow::Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(sha256_hex(&bytes))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,33 +299,6 @@ async fn cp_copies_100_mib_into_the_pod_and_back_intact() -> anyhow::Result<()> 
     Ok(())
 }
 
-/// An HTTP/1.1 server on loopback: `/big` answers [`big_data`], any other
-/// path `hello <path>`.
-async fn http_server() -> anyhow::Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |request: http::Request<hyper::body::Incoming>| async move {
-                        let body = if request.uri().path() == "/big" {
-                            big_data().clone()
-                        } else {
-                            Bytes::from(format!("hello {}\n", request.uri().path()))
-                        };
-                        Ok::<_, Infallible>(http::Response::new(Full::new(body)))
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
-            });
-        }
-    });
-    Ok(port)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn port_forward_carries_100_connections_and_a_100_mib_download() -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
@@ -664,21 +309,7 @@ async fn port_forward_carries_100_connections_and_a_100_mib_download() -> anyhow
     for route in &routes.all {
         let pod = route.pod("forward");
         kube.running_pod(&pod).await?;
-        let (child, mut stdout) = spawn_reading(
-            route,
-            &["port-forward", &format!("pod/{pod}"), &format!(":{port}")],
-            false,
-        )?;
-        // "Forwarding from 127.0.0.1:LOCAL -> PORT"
-        let mut line = String::new();
-        tokio::time::timeout(BOUND, stdout.read_line(&mut line))
-            .await
-            .with_context(|| format!("{route}: kubectl port-forward printed nothing"))??;
-        let local = line
-            .strip_prefix("Forwarding from 127.0.0.1:")
-            .and_then(|rest| rest.split_whitespace().next())
-            .with_context(|| format!("{route}: unexpected first line {line:?}"))?
-            .to_owned();
+        let (child, local) = port_forward(route, &pod, port).await?;
         // 100 requests, each on a connection of its own (100 forwarded streams)
         let urls: Vec<String> = (0..100)
             .map(|n| format!("http://127.0.0.1:{local}/r{n}"))
@@ -736,7 +367,11 @@ async fn exec_as_impersonated_users_obeys_rbac_with_kubes_own_refusal() -> anyho
                 &["--as", "alice"],
             ),
             route("proxy-alice", env.kubeconfig(), &["--context", "alice"]),
-            route("tunnel-alice", tunnel.kubeconfig(), &["--context", "alice"]),
+            route(
+                "tunnel-alice",
+                tunnel.kubeconfig("edge"),
+                &["--context", "alice"],
+            ),
         ] {
             let out = allowed.run(&exec, None, BOUND).await?;
             assert_eq!(
@@ -753,9 +388,13 @@ async fn exec_as_impersonated_users_obeys_rbac_with_kubes_own_refusal() -> anyho
         let proxied = route("proxy-bob", env.kubeconfig(), &["--context", "bob"])
             .run(&exec, None, BOUND)
             .await?;
-        let tunneled = route("tunnel-bob", tunnel.kubeconfig(), &["--context", "bob"])
-            .run(&exec, None, BOUND)
-            .await?;
+        let tunneled = route(
+            "tunnel-bob",
+            tunnel.kubeconfig("edge"),
+            &["--context", "bob"],
+        )
+        .run(&exec, None, BOUND)
+        .await?;
         let kube_says = String::from_utf8_lossy(&direct.stderr);
         assert_ne!(direct.status.code(), Some(0), "{}", output_text(&direct));
         assert!(direct.stdout.is_empty(), "{}", output_text(&direct));
@@ -849,6 +488,147 @@ async fn exec_with_a_terminal_runs_the_command_on_a_tty() -> anyhow::Result<()> 
             text.contains("got:typed on a terminal\n"),
             "{route}: {text:?}"
         );
+    }
+    Ok(())
+}
+
+/// alice may act as carol, who may exec in `default`; nobody may act as dave.
+const AS_CAROL_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: streaming-alice-may-act-as-carol}
+rules:
+- apiGroups: [""]
+  resources: [users]
+  resourceNames: [carol]
+  verbs: [impersonate]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: streaming-alice-may-act-as-carol}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: streaming-alice-may-act-as-carol}
+subjects:
+- {kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: streaming-carol, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: streaming}
+subjects:
+- {kind: User, name: carol, apiGroup: rbac.authorization.k8s.io}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_as_on_an_agent_cluster_is_decided_by_its_api_server() -> anyhow::Result<()> {
+    let kube = kube_with_kubelet().await?;
+    let routes = routes().await?;
+    kube.apply_rbac(
+        AS_CAROL_RBAC,
+        &[
+            &["impersonate", "users/carol", "--as", "alice"][..],
+            &["create", "pods", "--subresource=exec", "--as", "carol"][..],
+        ],
+    )
+    .await?;
+    let tunnel = &routes.tunnel;
+    let pod = "as-carol";
+    kube.running_pod(pod).await?;
+    // kubectl's discovery as alice herself, cached as a user's would be: a
+    // refused `--as` then fails on the request itself, whose message kubectl
+    // prints.
+    let warm = Route {
+        name: "tunnel-alice".into(),
+        kubeconfig: tunnel.kubeconfig("edge"),
+        flags: vec!["--context".into(), "alice".into()],
+        spdy: false,
+    }
+    .run(&["get", "pods", pod], None, BOUND)
+    .await?;
+    assert!(warm.status.success(), "{}", output_text(&warm));
+
+    for spdy in [false, true] {
+        let as_user = |user: &str| Route {
+            name: format!(
+                "tunnel-alice-as-{user}-{}",
+                if spdy { "spdy" } else { "websocket" }
+            ),
+            kubeconfig: tunnel.kubeconfig("edge"),
+            flags: ["--context", "alice", "--as", user]
+                .map(str::to_owned)
+                .to_vec(),
+            spdy,
+        };
+        let carol = as_user("carol");
+        // Who kube sees: carol, and who really asked.
+        let out = carol
+            .run(&["auth", "whoami", "-o", "json"], None, BOUND)
+            .await?;
+        assert!(out.status.success(), "{carol}: {}", output_text(&out));
+        let review: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let user = &review["status"]["userInfo"];
+        assert_eq!(user["username"], "carol", "{review}");
+        assert!(
+            user["extra"]["authproxy.io/original-user"][0]
+                .as_str()
+                .is_some_and(|original| original.contains("\"username\":\"alice\"")),
+            "{review}"
+        );
+        // exec as carol, through the tunnel
+        let marker = format!("as-carol-{}", if spdy { "spdy" } else { "websocket" });
+        let out = carol
+            .run(
+                &["exec", pod, "-c", CONTAINER, "--", "echo", &marker],
+                None,
+                BOUND,
+            )
+            .await?;
+        assert_eq!(out.status.code(), Some(0), "{carol}: {}", output_text(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("{marker}\n"),
+            "{carol}: {}",
+            output_text(&out)
+        );
+        // dave is refused by kube, in kube's words, for any request.
+        let dave = as_user("dave");
+        let kube_says = r#"users "dave" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#;
+        for args in [
+            &["get", "pods", pod][..],
+            &["exec", pod, "-c", CONTAINER, "--", "echo", "never"][..],
+        ] {
+            let out = dave.run(args, None, BOUND).await?;
+            assert!(!out.status.success(), "{dave}: {}", output_text(&out));
+            assert!(out.stdout.is_empty(), "{dave}: {}", output_text(&out));
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(kube_says),
+                "{dave} {args:?}: {}",
+                output_text(&out)
+            );
+        }
+    }
+    // The reviews went through the tunnel: kube saw the agent's account,
+    // impersonating alice, ask (carol's allowed answer is reused, dave's
+    // refusal asked again each time).
+    let events = kube
+        .wait_audit(2, |e| {
+            e["objectRef"]["resource"] == "selfsubjectaccessreviews"
+                && e["verb"] == "create"
+                && e["user"]["username"] == AGENT_ACCOUNT
+                && e["impersonatedUser"]["username"] == "alice"
+        })
+        .await?;
+    for event in &events {
+        assert_eq!(event["responseStatus"]["code"], 201, "{event}");
+    }
+    // The exec reached the kubelet as carol, by way of the agent.
+    let events = kube
+        .wait_audit(2, |e| {
+            e["objectRef"]["name"] == pod && e["objectRef"]["subresource"] == "exec"
+        })
+        .await?;
+    for event in &events {
+        assert_eq!(event["user"]["username"], AGENT_ACCOUNT, "{event}");
+        assert_eq!(event["impersonatedUser"]["username"], "carol", "{event}");
     }
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Asking the API server whether a user may impersonate what it asked for
 //! (see [`super::nested`]): one `SelfSubjectAccessReview` per attribute,
 //! asked as the user, allowed answers cached, each user's reviews within a
-//! budget, every check counted.
+//! budget, every check counted. The review takes the way the cluster's
+//! requests take ([`Backend`]): the proxy's own client, or the cluster's
+//! agent tunnels, so the API server that decides is the one the request
+//! goes to.
 
 use std::sync::Arc;
 
@@ -16,7 +19,7 @@ use crate::authn::UserInfo;
 use crate::counters::{ReviewCounters, ReviewResult};
 use crate::rate_limit::RateLimiter;
 use crate::status::{Reason, Status};
-use crate::upstream::{Upstream, UpstreamError, UpstreamOptions};
+use crate::upstream::{Backend, Upstream, UpstreamError, UpstreamOptions};
 
 /// Largest `SubjectAccessReview` answer read.
 const MAX_REVIEW_BYTES: usize = 64 * 1024;
@@ -38,7 +41,7 @@ pub enum ReviewError {
 /// Asks the API server whether users may impersonate, caching its answers.
 #[derive(Clone)]
 pub struct Reviewer {
-    client: Upstream<Full<Bytes>>,
+    client: Backend<Full<Bytes>>,
     cache: Option<moka::future::Cache<(Arc<str>, Attributes), bool>>,
     /// The headers that name the user to the API server: the question is
     /// asked as the user.
@@ -81,19 +84,32 @@ impl Reviewer {
         settings: &Settings,
         names: super::HeaderNames,
     ) -> Result<Self, UpstreamError> {
+        Ok(Self::over(Upstream::new(options)?.into(), settings, names))
+    }
+
+    /// A reviewer asking the API server behind `backend`, the way the
+    /// cluster's requests go: for a `via: agent` cluster its tunnels, the
+    /// agent sending the review with its own credential and the user's
+    /// identity headers (its impersonation rights suffice). Otherwise as
+    /// [`Reviewer::new`]. Within a tokio runtime.
+    pub fn over(
+        backend: Backend<Full<Bytes>>,
+        settings: &Settings,
+        names: super::HeaderNames,
+    ) -> Self {
         let cache = (!settings.cache_ttl.is_zero()).then(|| {
             moka::future::Cache::builder()
                 .max_capacity(settings.cache_size)
                 .time_to_live(settings.cache_ttl)
                 .build()
         });
-        Ok(Reviewer {
-            client: Upstream::new(options)?,
+        Reviewer {
+            client: backend,
             cache,
             as_user: Arc::new(names),
             budget: Arc::new(RateLimiter::per_minute(settings.reviews_per_minute)),
             counters: Arc::default(),
-        })
+        }
     }
 
     /// The checks made so far, by result (for the metrics).

@@ -132,7 +132,7 @@ where
                 return Box::pin(std::future::ready(Ok(refusal)));
             }
         };
-        req.extensions_mut().insert(hold.clone());
+        hold.clone().keep_in(req.extensions_mut());
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;

@@ -301,6 +301,21 @@ where
         let started = Instant::now();
         let received = SystemTime::now();
         let in_flight = self.metrics.as_ref().map(|m| m.start(kind));
+        // A long-running request is in flight until its response body ends
+        // and, for an upgrade, until its upgraded stream closes: both keep
+        // `stream_end`, and the last to let go ends it.
+        let (in_flight, stream_end) = if kind == RequestKind::LongRunning {
+            let end = Arc::new(StreamEnd {
+                _in_flight: in_flight,
+                completion: std::sync::Mutex::new(None),
+            });
+            if upgrade {
+                Hold::new(end.clone()).keep_in(req.extensions_mut());
+            }
+            (None, Some(end))
+        } else {
+            (in_flight, None)
+        };
         // Shared handles only: the writer thread formats them.
         let facts = self.audit.as_ref().map(|_| {
             // As the API server will see them: the caller's X-Forwarded-For
@@ -348,6 +363,8 @@ where
                 }
                 // Logged again at ResponseComplete when a long-running stream ends.
                 let mut completion: Option<(AuditLog, Event)> = None;
+                // Short requests end with this future (the gauge drops with it).
+                let _in_flight = in_flight;
                 if let (Some(audit), Some(facts)) = (&audit, facts) {
                     let path = facts.uri.path();
                     if failed_authentication || audit.policy().logs(path, info.is_read_only()) {
@@ -387,16 +404,13 @@ where
                     }
                 }
                 response.headers_mut().entry(AUDIT_ID).or_insert(id_value);
-                // Short requests end here (the gauge drops with `in_flight`).
-                if kind == RequestKind::LongRunning && (in_flight.is_some() || completion.is_some())
-                {
-                    let ends = StreamEnd {
-                        _in_flight: in_flight,
-                        completion,
-                    };
+                if let Some(end) = stream_end {
+                    if let Ok(mut slot) = end.completion.lock() {
+                        *slot = completion;
+                    }
                     let (parts, body) = response.into_parts();
-                    // Answered at once: the guard ends here; else with the stream.
-                    let body = body.with_hold(Hold::new(ends));
+                    // Answered at once: the body lets go here; else with the stream.
+                    let body = body.with_hold(Hold::new(end));
                     response = Response::from_parts(parts, body);
                 }
                 Ok(response)
@@ -406,16 +420,19 @@ where
     }
 }
 
-/// Kept while a long-running response streams: lowers the in-flight gauge
-/// and logs the `ResponseComplete` stage when dropped.
+/// Kept while a long-running response streams (and an upgraded stream is
+/// open): lowers the in-flight gauge and logs the `ResponseComplete` stage
+/// when dropped.
 struct StreamEnd {
     _in_flight: Option<metrics::InFlight>,
-    completion: Option<(AuditLog, Event)>,
+    /// Set once the response head is known.
+    completion: std::sync::Mutex<Option<(AuditLog, Event)>>,
 }
 
 impl Drop for StreamEnd {
     fn drop(&mut self) {
-        if let Some((audit, mut event)) = self.completion.take() {
+        let completion = self.completion.get_mut().ok().and_then(Option::take);
+        if let Some((audit, mut event)) = completion {
             event.long_running = false;
             event.stage_reached = audit::Timestamp(SystemTime::now());
             audit.log(event);

@@ -258,6 +258,8 @@ impl Agent {
             .enable_connect_protocol()
             .max_concurrent_streams(1000)
             .adaptive_window(true)
+            // Uploads (cp into a pod, exec stdin) in frames of up to 64 KiB.
+            .max_frame_size(super::MAX_FRAME_SIZE)
             .keep_alive_interval(super::accept::KEEP_ALIVE.0)
             .keep_alive_timeout(super::accept::KEEP_ALIVE.1);
         builder.serve_connection(upgraded, service).await?;

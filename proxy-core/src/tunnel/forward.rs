@@ -278,7 +278,7 @@ where
             Ok((caller, tunnel)) => {
                 let mut caller = TokioIo::new(caller);
                 let mut tunnel = TokioIo::new(tunnel);
-                if let Err(error) = tokio::io::copy_bidirectional(&mut caller, &mut tunnel).await {
+                if let Err(error) = crate::upstream::join_upgraded(&mut caller, &mut tunnel).await {
                     tracing::debug!(%cluster, %error, "upgraded stream through the tunnel ended with an error");
                 }
             }

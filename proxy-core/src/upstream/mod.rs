@@ -711,8 +711,7 @@ where
             Ok((caller, upstream)) => {
                 let mut caller = TokioIo::new(caller);
                 let mut upstream = TokioIo::new(upstream);
-                if let Err(error) = tokio::io::copy_bidirectional(&mut caller, &mut upstream).await
-                {
+                if let Err(error) = join_upgraded(&mut caller, &mut upstream).await {
                     tracing::debug!(%error, "upgraded connection ended with an error");
                 }
             }
@@ -723,6 +722,23 @@ where
     });
     let (parts, _body) = response.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))
+}
+
+/// Bytes read at once from each end of an upgraded stream (exec, attach,
+/// port-forward, `kubectl cp`): a few full TLS records (and HTTP/2 frames
+/// in a tunnel) per read and write, where tokio's default of 8 KiB made one
+/// small record, and one wake-up, for every 8 KiB. Each open stream holds
+/// two such buffers.
+pub const UPGRADED_COPY_BUFFER: usize = 32 * 1024;
+
+/// Copies both ways between the two ends of an upgraded stream until both
+/// have closed (the bytes each way), or one fails.
+pub(crate) async fn join_upgraded<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, UPGRADED_COPY_BUFFER, UPGRADED_COPY_BUFFER).await
 }
 
 /// A request body that, when dropped unfinished (the upstream answered before
