@@ -19,6 +19,9 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v ldapwhoami >/dev/null 2>&1 || missing+=(ldap-utils)
 # `ip netns` for the agent tests (the proxy in a network namespace of its own).
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# openssl for the README's quickstart (run as written), `script` for kubectl exec -it.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v script >/dev/null 2>&1 || missing+=(bsdutils)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq

@@ -222,7 +222,13 @@ impl FileConfig {
         };
         let text = proxy_core::reload::read_settled_to_string(path)
             .map_err(|e| fail("(file)", e.to_string()))?;
-        let mut config = Self::parse(&text).map_err(|(field, message)| fail(&field, message))?;
+        let mut config = Self::parse_all(&text).map_err(|problems| ConfigError {
+            path: path.to_owned(),
+            problems: problems
+                .into_iter()
+                .map(|(field, message)| Problem { field, message })
+                .collect(),
+        })?;
         match flags.to_jwt() {
             Ok(Some(jwt)) => config.authentication.jwt.push(jwt),
             Ok(None) => {}
@@ -237,6 +243,50 @@ impl FileConfig {
                 problems,
             })
         }
+    }
+
+    /// Parses YAML; on failure returns every structural problem (unknown
+    /// fields, values of the wrong type, missing fields), each with its field
+    /// path and the line it is on, not only the first: a problem's node is
+    /// left out and the rest read again, until nothing more is found.
+    pub fn parse_all(text: &str) -> Result<FileConfig, Vec<(String, String)>> {
+        /// More would be another file than the one meant.
+        const MOST: usize = 64;
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let first = match serde_path_to_error::deserialize::<_, FileConfig>(deserializer) {
+            Ok(config) => return Ok(config),
+            Err(error) => error,
+        };
+        let mut problems = vec![(
+            proxy_core::config::field_path(first.path()),
+            first.inner().to_string(),
+        )];
+        // Not YAML at all: nothing more can be read.
+        let Ok(mut value) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+            return Err(problems);
+        };
+        let mut last = (
+            first.path().iter().cloned().collect::<Vec<_>>(),
+            first.into_inner().to_string(),
+        );
+        while problems.len() < MOST && leave_out(&mut value, &last.0, &last.1) {
+            match serde_path_to_error::deserialize::<_, FileConfig>(value.clone()) {
+                Ok(_) => break,
+                Err(error) => {
+                    let segments: Vec<_> = error.path().iter().cloned().collect();
+                    let message = error.inner().to_string();
+                    let line = line_of(text, &segments, &message)
+                        .map(|n| format!(" at line {n}"))
+                        .unwrap_or_default();
+                    problems.push((
+                        proxy_core::config::field_path(error.path()),
+                        format!("{message}{line}"),
+                    ));
+                    last = (segments, message);
+                }
+            }
+        }
+        Err(problems)
     }
 
     /// Parses YAML; on failure returns the field path and the message.
@@ -314,6 +364,15 @@ impl FileConfig {
                           (authentication.clientCertificates), so `authproxy webhook` with this file \
                           answers any user who presents one: set the names of kube-apiserver's \
                           webhook client certificate here"
+                    .into(),
+            });
+        }
+        if self.authentication.ldap.is_some() && self.authentication.issued_tokens.is_none() {
+            warnings.push(Problem {
+                field: "authentication.issuedTokens".into(),
+                message: "authentication.ldap is set without it: `authproxy login ldap` (and \
+                          `authproxy kubeconfig` for LDAP users) needs issued tokens and is refused; \
+                          without them kubectl can only send the password with every request (Basic)"
                     .into(),
             });
         }
@@ -515,8 +574,154 @@ fn front_proxy_credential_problems(
     problems
 }
 
+/// The name in backquotes of an unknown-field message (`unknown field
+/// `x`, expected ...`).
+fn unknown_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// Leaves out of `value` the node a problem at `path` names (the unknown
+/// key itself for an unknown field, the section lacking a missing field);
+/// false when there is nothing to leave out (the top level, or a path that
+/// leads nowhere).
+fn leave_out(
+    value: &mut serde_yaml_ng::Value,
+    path: &[serde_path_to_error::Segment],
+    message: &str,
+) -> bool {
+    use serde_path_to_error::Segment;
+    // A missing field: the section lacking it is left out (its problem is
+    // said), so the rest can be read. The path then names that section.
+    let mut node = value;
+    let mut segments = path.to_vec();
+    let unknown = unknown_field(message).map(str::to_owned);
+    // The path of an unknown field ends at the map holding it, or at it.
+    if let (Some(name), Some(Segment::Map { key })) = (&unknown, segments.last()) {
+        if key == name {
+            segments.pop();
+        }
+    }
+    let Some((leaf, parents)) = (match &unknown {
+        Some(name) => Some((Segment::Map { key: name.clone() }, segments.as_slice())),
+        None => segments.split_last().map(|(l, p)| (l.clone(), p)),
+    }) else {
+        return false;
+    };
+    for segment in parents {
+        let next = match (segment, node) {
+            (Segment::Map { key }, serde_yaml_ng::Value::Mapping(map)) => map.get_mut(key.as_str()),
+            (Segment::Seq { index }, serde_yaml_ng::Value::Sequence(seq)) => seq.get_mut(*index),
+            _ => None,
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        node = next;
+    }
+    match (leaf, node) {
+        (Segment::Map { key }, serde_yaml_ng::Value::Mapping(map)) => {
+            map.remove(key.as_str()).is_some()
+        }
+        (Segment::Seq { index }, serde_yaml_ng::Value::Sequence(seq)) if index < seq.len() => {
+            seq.remove(index);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The line (from 1) of the last key `path` names in `text`, found by
+/// following the keys down the file (each after the one before).
+fn line_of(text: &str, path: &[serde_path_to_error::Segment], message: &str) -> Option<usize> {
+    use serde_path_to_error::Segment;
+    let mut keys: Vec<String> = path
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    if let Some(name) = unknown_field(message) {
+        if keys.last().map(String::as_str) != Some(name) {
+            keys.push(name.to_owned());
+        }
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut from = 0;
+    let mut found = None;
+    for key in &keys {
+        let at = (from..lines.len()).find(|&i| {
+            let line = lines[i].trim_start().trim_start_matches("- ");
+            line.starts_with(&format!("{key}:"))
+                || line.starts_with(&format!("{key} :"))
+                || lines[i].contains(&format!("{{{key}:"))
+                || lines[i].contains(&format!(", {key}:"))
+                || lines[i].contains(&format!("{{ {key}:"))
+        })?;
+        found = Some(at + 1);
+        from = at;
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ldap_without_issued_tokens_is_warned_about_naming_the_login() {
+        let base = "tls: {certFile: a, keyFile: b}\nauthentication:\n  ldap: {url: 'ldaps://d', bindDN: x, bindPasswordFile: p, userSearch: {baseDN: b, filter: '(uid={username})'}}\n";
+        let config = FileConfig::parse(base).unwrap();
+        let warning = config
+            .warnings()
+            .into_iter()
+            .find(|w| w.field == "authentication.issuedTokens")
+            .expect("a warning");
+        assert!(
+            warning.message.contains("authproxy login ldap"),
+            "{}",
+            warning.message
+        );
+        let with_tokens = FileConfig::parse(&format!(
+            "{base}  issuedTokens: {{issuer: i, signingKeyFiles: [k]}}\n"
+        ))
+        .unwrap();
+        assert!(with_tokens
+            .warnings()
+            .iter()
+            .all(|w| w.field != "authentication.issuedTokens"));
+    }
+
+    #[test]
+    fn every_structural_problem_is_named_in_one_run_with_its_line() {
+        let text = "listen: 127.0.0.1:8443\n\
+                    listn: 1\n\
+                    tls: {certFile: a, keyFile: b}\n\
+                    authentication:\n  staticTokens:\n    fille: t.csv\n\
+                    limits:\n  maxConnections: many\n\
+                    logging: {format: text, colour: true}\n";
+        let problems = FileConfig::parse_all(text).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        for (field, words, line) in [
+            ("listn", "unknown field `listn`", 2),
+            ("authentication.staticTokens", "unknown field `fille`", 6),
+            ("limits.maxConnections", "invalid type", 8),
+            ("logging", "unknown field `colour`", 9),
+        ] {
+            let (_, message) = problems
+                .iter()
+                .find(|(f, m)| f.starts_with(field) && m.contains(words))
+                .unwrap_or_else(|| panic!("{field} ({words}) not among {problems:?}"));
+            assert!(
+                message.contains(&format!("line {line}")),
+                "{field}: {message}"
+            );
+        }
+        assert!(fields.len() >= 4, "{problems:?}");
+        // A file that is not YAML at all: one problem, its own.
+        assert_eq!(FileConfig::parse_all("a: [").unwrap_err().len(), 1);
+    }
     use super::*;
 
     #[test]
@@ -882,7 +1087,7 @@ mod tests {
 
     #[test]
     fn the_example_issued_tokens_block_parses_and_validates() {
-        let example = include_str!("../authproxy.example.yaml");
+        let example = include_str!("../example/authproxy.yaml");
         let uncommented: String = example
             .lines()
             .map(|line| match line.strip_prefix("  # ") {

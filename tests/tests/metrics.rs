@@ -681,3 +681,66 @@ async fn metrics_listener_serves_tls_when_configured() -> anyhow::Result<()> {
     assert!(body.ends_with("# EOF\n"), "{body}");
     Ok(())
 }
+
+/// Counters go on across a reload of the authentication config: the LDAP
+/// operations counted before it stay counted after it (a counter that went
+/// down would read as a restart to Prometheus).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldap_counters_go_on_across_a_reload() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let slapd = Slapd::start(&pki).await?;
+    let upstream = upstream_double(&pki).await?;
+    let dir = tempfile::tempdir()?;
+    let ldap = |timeout: &str| {
+        json!({
+            "url": format!("ldaps://127.0.0.1:{}", slapd.ldaps_port),
+            "caFile": pki.ca_path(),
+            "bindDN": SERVICE_DN,
+            "bindPasswordFile": slapd.service_password_file().unwrap_or_default(),
+            "userSearch": {"baseDN": "ou=people,dc=example,dc=org", "filter": "(uid={username})", "usernameAttribute": "uid"},
+            "groupSearch": {"baseDN": "ou=groups,dc=example,dc=org", "filter": "(member={dn})", "nameAttribute": "cn"},
+            "connectTimeout": timeout,
+        })
+        .to_string()
+    };
+    let proxy = start_observed_proxy(
+        &pki,
+        dir.path(),
+        &upstream.url(),
+        pki.ca_path(),
+        PROXY_TOKEN,
+        &format!("  ldap: {}", ldap("2s")),
+        "metrics: {listen: '127.0.0.1:0'}\nreloadInterval: 100ms",
+    )
+    .await?;
+    let metrics = proxy.metrics_addr().expect("metrics listener");
+    let pods = format!("https://{}{PODS}", proxy.addr());
+    let login = || {
+        let (ca, pods) = (pki.ca_path().to_owned(), pods.clone());
+        async move { curl_with_ca(&ca, &["-u", "alice:alice-password", &pods]).await }
+    };
+    for _ in 0..2 {
+        assert_eq!(login().await?.0, 200);
+    }
+    let binds = "authproxy_ldap_operation_duration_seconds_count{operation=\"bind\"}";
+    let before = scrape(metrics).await?.value(binds);
+    assert!(before >= 1.0, "{before}");
+    // Another connect timeout: the LDAP authenticator is built anew.
+    let config_path = dir.path().join("authproxy.yaml");
+    let text = std::fs::read_to_string(&config_path)?;
+    let changed = text.replace(&ldap("2s"), &ldap("3s"));
+    anyhow::ensure!(changed != text, "config layout changed: {text}");
+    std::fs::write(&config_path, changed)?;
+    let reloaded = "authproxy_config_reloads_total{file=\"authentication\",result=\"success\"}";
+    wait_for(Duration::from_secs(20), "the reload", || async {
+        let s = scrape(metrics).await.map_err(|e| e.to_string())?;
+        Ok((s.value(reloaded) >= 1.0).then_some(()))
+    })
+    .await?;
+    let after = scrape(metrics).await?.value(binds);
+    assert!(after >= before, "went from {before} down to {after}");
+    assert_eq!(login().await?.0, 200);
+    let later = scrape(metrics).await?.value(binds);
+    assert!(later > before, "{before} then {later}");
+    Ok(())
+}
