@@ -88,6 +88,11 @@ pub struct FileConfig {
     /// them at once.
     #[serde(default, with = "humantime_serde")]
     pub reload_interval: Option<Duration>,
+    /// What the kubeconfig served at
+    /// [`crate::kubeconfig_endpoint::KUBECONFIG_PATH`] says (its server URL,
+    /// CA and login command).
+    #[serde(default)]
+    pub kubeconfig: Option<crate::kubeconfig_endpoint::KubeconfigEndpointConfig>,
 }
 
 /// Failed TokenReviews allowed per token and minute when

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod config;
 mod connection;
 pub mod demo;
+pub mod kubeconfig_endpoint;
 pub mod limits;
 pub mod logging;
 pub mod login;

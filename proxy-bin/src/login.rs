@@ -404,6 +404,8 @@ pub struct KubeconfigCluster<'a> {
     pub server: &'a str,
     /// CA bundle of the server's certificate (made absolute).
     pub ca_file: Option<&'a Path>,
+    /// The CA bundle itself (written as data; instead of `ca_file`).
+    pub ca_pem: Option<&'a [u8]>,
 }
 
 /// A kubeconfig with one context per cluster, all sharing one user `user`
@@ -428,21 +430,25 @@ pub fn kubeconfig(
     let mut cluster_text = String::new();
     let mut context_text = String::new();
     for cluster in clusters {
-        let ca = match cluster.ca_file {
-            Some(path) if embed_certs => format!(
+        let ca = match (cluster.ca_pem, cluster.ca_file) {
+            (Some(pem), _) => format!(
+                "    certificate-authority-data: {}\n",
+                q(&base64::engine::general_purpose::STANDARD.encode(pem))
+            ),
+            (None, Some(path)) if embed_certs => format!(
                 "    certificate-authority-data: {}\n",
                 q(&base64::engine::general_purpose::STANDARD.encode(
                     std::fs::read(path).with_context(|| format!("CA file {}", path.display()))?
                 ))
             ),
-            Some(path) => format!(
+            (None, Some(path)) => format!(
                 "    certificate-authority: {}\n",
                 q(&std::fs::canonicalize(path)
                     .with_context(|| format!("CA file {}", path.display()))?
                     .display()
                     .to_string())
             ),
-            None => String::new(),
+            (None, None) => String::new(),
         };
         cluster_text.push_str(&format!(
             "- name: {}\n  cluster:\n    server: {}\n{ca}",
@@ -1120,6 +1126,7 @@ mod kubeconfig_tests {
             name: "lab: east",
             server: "https://proxy:8443/#x",
             ca_file: Some(&ca),
+            ca_pem: None,
         }];
         let args = vec!["login".to_owned(), "--server".into(), "- x #y".into()];
         let text = kubeconfig(&clusters, "user: #me", binary, &args, false).unwrap();

@@ -462,6 +462,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     name: &name,
                     server: &server,
                     ca_file: ca_file.as_deref(),
+                    ca_pem: None,
                 });
             }
             for (context, url) in &named {
@@ -469,6 +470,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     name: context,
                     server: url,
                     ca_file: ca_file.as_deref(),
+                    ca_pem: None,
                 });
             }
             if let Some(direct) = &direct_server {
@@ -476,6 +478,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     name: &direct_name,
                     server: direct,
                     ca_file: direct_ca_file.as_deref(),
+                    ca_pem: None,
                 });
             }
             anyhow::ensure!(

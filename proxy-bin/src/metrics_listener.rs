@@ -237,21 +237,25 @@ fn answer(metrics: &Metrics, health: &Health, req: &Request<Incoming>) -> Respon
 }
 
 /// Most connections the metrics listener holds at once, from one address
-/// and in all: Prometheus and the kubelet need a few; a client that opens
-/// more is refused at once, so it cannot starve them.
+/// and in all: Prometheus and the kubelet need a few. A client past its
+/// address's cap is refused at once; past the total, the oldest connection
+/// is closed for the new one, so clients from many addresses cannot hold
+/// every slot against the kubelet's probes either.
 const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
 /// See [`MAX_CONNECTIONS_PER_ADDRESS`].
 const MAX_CONNECTIONS: usize = 128;
 /// The longest a metrics connection lives (scrapers open another), and the
 /// longest a request's head may take to arrive.
-const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30);
 /// See [`CONNECTION_LIFETIME`].
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Connections held, by address and in all.
 #[derive(Default)]
 struct Held {
     by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// The connections' tasks, oldest first (finished ones pruned).
+    open: std::sync::Mutex<std::collections::VecDeque<tokio::task::AbortHandle>>,
 }
 
 /// One held connection, given back when dropped.
@@ -266,14 +270,41 @@ impl Held {
         let mut map = self.by_address.lock().ok()?;
         let total: usize = map.values().sum();
         let mine = map.entry(address).or_default();
-        if *mine >= MAX_CONNECTIONS_PER_ADDRESS || total >= MAX_CONNECTIONS {
+        if *mine >= MAX_CONNECTIONS_PER_ADDRESS {
             return None;
+        }
+        if total >= MAX_CONNECTIONS {
+            self.close_oldest();
         }
         *mine += 1;
         Some(Slot {
             held: self.clone(),
             address,
         })
+    }
+}
+
+impl Held {
+    /// Notes the task serving a new connection.
+    fn opened(&self, task: tokio::task::AbortHandle) {
+        if let Ok(mut open) = self.open.lock() {
+            if open.len() >= 2 * MAX_CONNECTIONS {
+                open.retain(|t| !t.is_finished());
+            }
+            open.push_back(task);
+        }
+    }
+
+    /// Closes the oldest connection still open.
+    fn close_oldest(&self) {
+        if let Ok(mut open) = self.open.lock() {
+            while let Some(task) = open.pop_front() {
+                if !task.is_finished() {
+                    task.abort();
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -313,7 +344,7 @@ async fn accept_loop(
         };
         let (metrics, health) = (metrics.clone(), health.clone());
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let response = answer(&metrics, &health, &req);
@@ -345,5 +376,6 @@ async fn accept_loop(
                 tracing::debug!(%peer, %error, "metrics connection ended with an error");
             }
         });
+        held.opened(task.abort_handle());
     }
 }

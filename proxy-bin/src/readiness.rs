@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use proxy_core::counters::{UpstreamCounters, UpstreamHealth, UpstreamTrouble, UNREACHABLE_GRACE};
-use proxy_core::upstream::{Upstream, UpstreamError, UpstreamOptions};
+use proxy_core::upstream::{HealthCheck, Upstream, UpstreamError, UpstreamOptions};
 use proxy_core::Chain;
 use tokio::task::JoinHandle;
 
@@ -31,17 +31,20 @@ fn user_agent() -> String {
 /// Every how many checks the proxy asks again what it may impersonate.
 const PERMISSION_EVERY: u32 = 12;
 
-/// What the proxy must be allowed to impersonate to set an identity: the
-/// API group, resource and subresource (an extra's key: the one the proxy
-/// sets for `kubectl --as`, which RBAC names exactly or by `*`).
-const IMPERSONATED: [(&str, &str, &str); 4] = [
-    ("", "users", ""),
-    ("", "groups", ""),
-    ("authentication.k8s.io", "uids", ""),
+/// What the proxy impersonates to set an identity: the API group, resource
+/// and subresource (an extra's key: the one the proxy sets for `kubectl
+/// --as`, which RBAC names exactly or by `*`), and whether every request
+/// needs it (users and groups) or only some (uids and extras: missing, they
+/// are warned about, and readiness does not wait for them).
+const IMPERSONATED: [(&str, &str, &str, bool); 4] = [
+    ("", "users", "", true),
+    ("", "groups", "", true),
+    ("authentication.k8s.io", "uids", "", false),
     (
         "authentication.k8s.io",
         "userextras",
         "authproxy.io/original-user",
+        false,
     ),
 ];
 
@@ -49,9 +52,12 @@ const IMPERSONATED: [(&str, &str, &str); 4] = [
 /// [`IMPERSONATED`] (kube's `impersonate` verb, or constrained
 /// impersonation's `impersonate:user-info`); the ones it may not, or `None`
 /// when the answers could not be had.
-async fn missing_impersonation(client: &Upstream<Full<Bytes>>) -> Option<Vec<String>> {
+async fn missing_impersonation(
+    client: &Upstream<Full<Bytes>>,
+    check: HealthCheck,
+) -> Option<Vec<(String, bool)>> {
     let mut missing = Vec::new();
-    for (group, resource, subresource) in IMPERSONATED {
+    for (group, resource, subresource, required) in IMPERSONATED {
         let mut allowed = false;
         for verb in ["impersonate", "impersonate:user-info"] {
             let review = serde_json::json!({
@@ -61,12 +67,13 @@ async fn missing_impersonation(client: &Upstream<Full<Bytes>>) -> Option<Vec<Str
                     "verb": verb, "group": group, "resource": resource, "subresource": subresource,
                 }},
             });
-            let request =
+            let mut request =
                 http::Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .header(http::header::USER_AGENT, user_agent())
                     .body(Full::new(Bytes::from(review.to_string())))
                     .ok()?;
+            request.extensions_mut().insert(check);
             let mut client = client.clone();
             let response = tokio::time::timeout(
                 CHECK_INTERVAL,
@@ -93,11 +100,12 @@ async fn missing_impersonation(client: &Upstream<Full<Bytes>>) -> Option<Vec<Str
             }
         }
         if !allowed {
-            missing.push(if group.is_empty() {
+            let name = if group.is_empty() {
                 resource.to_owned()
             } else {
                 format!("{resource}.{group}")
-            });
+            };
+            missing.push((name, required));
         }
     }
     Some(missing)
@@ -158,9 +166,24 @@ impl Upstreams {
         options: UpstreamOptions,
         counters: &UpstreamCounters,
         impersonates: bool,
+        ca_watch: Option<(
+            std::path::PathBuf,
+            Duration,
+            proxy_core::reload::ReloadReporter,
+        )>,
     ) -> Result<(), UpstreamError> {
         let client: Upstream<Full<Bytes>> =
             Upstream::with_counters(options, Arc::new(counters.sharing_health()))?;
+        // The check trusts the CA the proxy's client trusts, as it rotates.
+        if let Some((ca, interval, reporter)) = ca_watch {
+            client.watch_ca_file(ca, interval, reporter)?;
+        }
+        let health = counters.health().clone();
+        // A front proxy's check carries no user, and kube answers it 401
+        // whatever the credential: only reachability is read from it.
+        let check = HealthCheck {
+            judges_credential: impersonates,
+        };
         let missing = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (section, found) = (name.to_owned(), missing.clone());
         let task = tokio::spawn(async move {
@@ -170,33 +193,45 @@ impl Upstreams {
             loop {
                 ticker.tick().await;
                 if impersonates && round.is_multiple_of(PERMISSION_EVERY) {
-                    if let Some(now) = missing_impersonation(&client).await {
+                    if let Some(now) = missing_impersonation(&client, check).await {
+                        let names: Vec<String> = now.iter().map(|(n, _)| n.clone()).collect();
                         if let Ok(mut known) = found.lock() {
-                            if *known != now && !now.is_empty() {
+                            let required: Vec<String> = now
+                                .iter()
+                                .filter(|(_, required)| *required)
+                                .map(|(n, _)| n.clone())
+                                .collect();
+                            if *known != required && !names.is_empty() {
                                 tracing::warn!(
                                     upstream = %section,
-                                    missing = %now.join(", "),
-                                    "the proxy's account may not impersonate what it must: grant it the verb impersonate on these (see the chart's ClusterRole)"
+                                    missing = %names.join(", "),
+                                    "the proxy's account may not impersonate these: grant it the verb impersonate on them (see the chart's ClusterRole); without users or groups nothing works, without uids or extras the users that have them are refused"
                                 );
                             }
-                            *known = now;
+                            *known = required;
                         }
                     }
                 }
                 round = round.wrapping_add(1);
-                let Ok(request) = http::Request::get("/readyz")
+                let Ok(mut request) = http::Request::get("/readyz")
                     .header(http::header::USER_AGENT, user_agent())
                     .body(Full::new(Bytes::new()))
                 else {
                     return;
                 };
+                request.extensions_mut().insert(check);
                 let mut client = client.clone();
                 // The answer is noted by the client; its body is not read.
-                let _ = tokio::time::timeout(
+                // No answer in time (a server that drops packets) is an
+                // unreachable one.
+                let answered = tokio::time::timeout(
                     CHECK_INTERVAL,
                     tower_service::Service::call(&mut client, request),
                 )
                 .await;
+                if answered.is_err() {
+                    health.note_unreachable();
+                }
             }
         });
         self.watched.push(Watched {

@@ -238,6 +238,7 @@ pub fn needs_restart(started: &FileConfig, new: &FileConfig) -> Vec<&'static str
         "identityHeaders",
         differs(&started.identity_headers, &new.identity_headers),
     );
+    check("kubeconfig", differs(&started.kubeconfig, &new.kubeconfig));
     check(
         "reloadInterval",
         differs(&started.reload_interval, &new.reload_interval),

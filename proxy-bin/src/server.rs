@@ -225,6 +225,9 @@ pub struct Proxy {
     pub readiness: crate::readiness::Readiness,
     /// Issues tokens at [`TOKEN_PATH`] when configured.
     pub token_endpoint: Option<Arc<TokenEndpoint>>,
+    /// Serves a kubeconfig for this proxy at
+    /// [`crate::kubeconfig_endpoint::KUBECONFIG_PATH`].
+    pub kubeconfig: Arc<crate::kubeconfig_endpoint::KubeconfigEndpoint>,
     /// Largest body read at [`TOKEN_PATH`] (`limits.maxRequestBodyBytes`).
     pub max_request_body_bytes: usize,
     /// `trustedProxies`: whose `X-Forwarded-For` is believed.
@@ -313,6 +316,13 @@ impl Proxy {
                     options.clone(),
                     client.counters(),
                     front_proxy.is_none(),
+                    upstream.ca_file_path(base).map(|ca| {
+                        (
+                            ca,
+                            config.reload_interval(),
+                            live.reloading.reporter.clone(),
+                        )
+                    }),
                 )
                 .map_err(in_section)?;
             let nested = match settings.mode {
@@ -407,7 +417,13 @@ impl Proxy {
         if let (Some(metrics), Some(endpoint)) = (&metrics, &token_endpoint) {
             metrics.observe_throttle("token-exchange", endpoint.throttle_counters());
         }
+        let kubeconfig = crate::kubeconfig_endpoint::KubeconfigEndpoint::new(config, base)
+            .map_err(|message| StartError::Refused {
+                field: "kubeconfig",
+                message,
+            })?;
         Ok(Proxy {
+            kubeconfig: Arc::new(kubeconfig),
             stack,
             metrics,
             readiness: crate::readiness::Readiness::new(chain.clone(), checks),
@@ -434,6 +450,19 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, Infallible> {
         match req.uri().path() {
             "/livez" => return Ok(plain(StatusCode::OK, "ok")),
+            crate::kubeconfig_endpoint::KUBECONFIG_PATH if req.method() == http::Method::GET => {
+                let host = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .or_else(|| {
+                        req.headers()
+                            .get(http::header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .map(str::to_owned)
+                    });
+                return Ok(self.kubeconfig.answer(host.as_deref()));
+            }
             "/readyz" => {
                 return Ok(match self.readiness.check() {
                     Ok(()) => plain(StatusCode::OK, "ok"),

@@ -591,17 +591,25 @@ impl UpstreamCounters {
 }
 
 impl UpstreamHealth {
-    /// Notes an answer of the API server: `401` refuses the proxy's own
-    /// credential (the caller's identity goes as impersonation, which kube
-    /// refuses with 403); any other answer takes it. Returns true when this
-    /// refusal should be logged (at most once a minute).
-    pub fn note_answer(&self, status: http::StatusCode) -> bool {
+    /// Notes an answer that shows the API server takes the proxy's
+    /// credential (anything but a 401).
+    pub fn note_taken(&self) {
         self.unreachable_since.store(0, Ordering::Relaxed);
-        if status != http::StatusCode::UNAUTHORIZED {
-            self.refused_since.store(0, Ordering::Relaxed);
-            return false;
-        }
-        self.credential_refused.fetch_add(1, Ordering::Relaxed);
+        self.refused_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Notes that the API server answered (whatever it said).
+    pub fn note_reachable(&self) {
+        self.unreachable_since.store(0, Ordering::Relaxed);
+    }
+
+    /// Notes that the proxy's own check was refused with a 401: the API
+    /// server refuses the proxy's credential. Returns true when this should
+    /// be logged (at most once a minute). Only the proxy's checks say so: a
+    /// caller's request can be answered 401 by what kube proxies to (a
+    /// pod, an aggregated API server), which says nothing of the proxy.
+    pub fn note_refused(&self) -> bool {
+        self.unreachable_since.store(0, Ordering::Relaxed);
         let now = now_millis();
         let _ = self
             .refused_since
@@ -612,6 +620,18 @@ impl UpstreamHealth {
                 .last_warned
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+    }
+
+    /// Whether a check found the proxy's credential refused (and nothing
+    /// has taken it since).
+    pub fn refused(&self) -> bool {
+        self.refused_since.load(Ordering::Relaxed) != 0
+    }
+
+    /// Counts a caller's request answered 503 because the credential is
+    /// refused.
+    pub fn count_refused(&self) {
+        self.credential_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Notes that the API server could not be reached.

@@ -9,6 +9,7 @@ use authproxy_tests::kube::{
 };
 use authproxy_tests::slapd::{Slapd, SERVICE_DN};
 use authproxy_tests::{output_text, TestPki};
+use base64::Engine as _;
 use serde_json::json;
 
 const ALICE_DN: &str = "uid=alice,ou=people,dc=example,dc=org";
@@ -17,6 +18,20 @@ const DAVE_DN: &str = "uid=dave,ou=people,dc=example,dc=org";
 async fn world(start_tls: bool) -> anyhow::Result<(Env, Slapd)> {
     let pki = TestPki::new()?;
     let slapd = Slapd::start(&pki).await?;
+    world_tls(pki, slapd, start_tls, "").await
+}
+
+/// Like [`world`] (LDAPS), with `top_level` YAML added to the config.
+async fn world_with(pki: TestPki, slapd: Slapd, top_level: &str) -> anyhow::Result<(Env, Slapd)> {
+    world_tls(pki, slapd, false, top_level).await
+}
+
+async fn world_tls(
+    pki: TestPki,
+    slapd: Slapd,
+    start_tls: bool,
+    top_level: &str,
+) -> anyhow::Result<(Env, Slapd)> {
     let url = if start_tls {
         format!("ldap://127.0.0.1:{}", slapd.ldap_port)
     } else {
@@ -40,7 +55,11 @@ async fn world(start_tls: bool) -> anyhow::Result<(Env, Slapd)> {
         pki.issue_client("issuer-key", "unused", None)?.key_pem,
     )?;
     let issued = json!({"issuer": "authproxy-test", "signingKeyFiles": [key], "lifetime": "10m"});
-    let env = Env::start_with(pki, &format!("  ldap: {ldap}\n  issuedTokens: {issued}")).await?;
+    let env = Env::start_with(
+        pki,
+        &format!("  ldap: {ldap}\n  issuedTokens: {issued}\n{top_level}"),
+    )
+    .await?;
     Ok((env, slapd))
 }
 
@@ -473,5 +492,57 @@ async fn a_401_offers_basic_and_bearer_when_ldap_is_on() -> anyhow::Result<()> {
         ["Basic realm=\"authproxy\"", "Bearer realm=\"authproxy\""],
         "{text}"
     );
+    Ok(())
+}
+
+/// The proxy serves a kubeconfig for itself at a well-known path, without
+/// authentication and without a secret in it: its server, CA and a user
+/// that logs in with `authproxy login`; kubectl works with it as served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_served_kubeconfig_logs_in_as_served() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let ca = pki.ca_path().to_owned();
+    let slapd = Slapd::start(&pki).await?;
+    let (env, _slapd) = world_with(
+        pki,
+        slapd,
+        &format!("kubeconfig: {{caFile: {}}}", ca.display()),
+    )
+    .await?;
+    let (code, text) = env
+        .curl(&[&format!("{}/authproxy/v1/kubeconfig", env.proxy_url())])
+        .await?;
+    assert_eq!(code, 200, "{text}");
+    let parsed: serde_json::Value = serde_yaml_ng::from_str(&text)?;
+    assert_eq!(parsed["clusters"][0]["cluster"]["server"], env.proxy_url());
+    assert_eq!(
+        parsed["clusters"][0]["cluster"]["certificate-authority-data"],
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&ca)?)
+    );
+    let exec = &parsed["users"][0]["user"]["exec"];
+    assert_eq!(exec["command"], "authproxy");
+    assert_eq!(exec["args"][0], "login");
+    assert_eq!(exec["args"][1], "ldap");
+    let kubeconfig = env.dir.path().join("served-kubeconfig");
+    std::fs::write(&kubeconfig, &text)?;
+    let binary = authproxy_tests::authproxy_binary()?;
+    let path = std::env::join_paths(
+        std::iter::once(binary.parent().context("binary folder")?.to_owned()).chain(
+            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+        ),
+    )?;
+    let cache = tempfile::tempdir()?;
+    let mut cmd = authproxy_tests::kubectl_command()?;
+    cmd.arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["auth", "whoami", "-o", "json"])
+        .env("PATH", path)
+        .env("XDG_CACHE_HOME", cache.path())
+        .env("AUTHPROXY_USERNAME", "alice")
+        .env("AUTHPROXY_PASSWORD", "alice-password");
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await??;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let review: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(review["status"]["userInfo"]["username"], "alice");
     Ok(())
 }

@@ -69,7 +69,7 @@ async fn the_readme_quickstart_works_as_written() -> anyhow::Result<()> {
     let stderr = std::fs::read_to_string(dir.path().join("quickstart.err"))?;
     let log = std::fs::read_to_string(dir.path().join("authproxy.log")).unwrap_or_default();
     let Ok(status) = status else {
-        bail!("the quickstart did not end within 120s:\n{stdout}\n{stderr}\nproxy log:\n{log}");
+        bail!("the quickstart did not end within 60s:\n{stdout}\n{stderr}\nproxy log:\n{log}");
     };
     let status = status?;
     if !status.success() {

@@ -102,6 +102,7 @@ impl Demo {
                 ..Default::default()
             },
             reload_interval: None,
+            kubeconfig: None,
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {

@@ -309,7 +309,7 @@ impl Collector for BackendFamilies {
         family(
             e,
             "authproxy_upstream_credential_refused",
-            "Answers of the API server that refused the proxy's own credential (401), each answered 503 to the caller",
+            "Requests answered 503 because the API server refuses the proxy's own credential (found by the proxy's checks)",
             MetricType::Counter,
             |m| {
                 if upstreams.is_empty() {

@@ -65,10 +65,11 @@ pub const AUDIT_ID: HeaderName = HeaderName::from_static("audit-id");
 pub struct AuditId([u8; 36]);
 
 impl AuditId {
-    /// The next ID: a random (version 4, RFC 4122 variant) UUID, as
-    /// kube-apiserver's are. Each is a keyed hash (SipHash-1-3, 128 bits,
-    /// a random key per process) of a counter: no two IDs share a prefix,
-    /// and one ID tells nothing of the next.
+    /// The next ID: a random-looking (version 4, RFC 4122 variant) UUID,
+    /// as kube-apiserver's are. Each is a keyed hash (SipHash-1-3, 128 bits,
+    /// a random key per process) of a counter: unique with overwhelming
+    /// likelihood, spread over all 122 bits, and one ID tells nothing of the
+    /// next to whoever lacks the key.
     pub fn next() -> AuditId {
         use siphasher::sip128::{Hasher128 as _, SipHasher13};
         use std::hash::Hasher as _;

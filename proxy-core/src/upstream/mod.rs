@@ -513,32 +513,46 @@ where
         let inner = self.inner.clone();
         let counters = inner.counters.health().clone();
         let authority = inner.authority.clone();
+        let check = req.extensions().get::<HealthCheck>().copied();
         if is_upgrade(req.headers()) {
             *req.version_mut() = Version::HTTP_11;
             return Box::pin(async move {
                 let Ok(response) = forward_upgrade(inner, req).await;
-                Ok(judged(&counters, &authority, response))
+                Ok(judged(&counters, &authority, response, check))
             });
         }
         // Held by the response body here; nothing to carry upstream.
         req.extensions_mut().remove::<Hold>();
         Box::pin(async move {
             let Ok(response) = forward(inner, req).await;
-            Ok(judged(&counters, &authority, response))
+            Ok(judged(&counters, &authority, response, check))
         })
     }
 }
 
-/// The answer as the caller gets it, noted in `counters` for readiness and
-/// the metrics. A refusal of the proxy's own credential (401: the caller's
-/// identity goes as impersonation, which kube refuses with 403) becomes a
-/// 503 `Status` that says so: the caller's credential was taken, and they
-/// must not be told to log in again. A failure to reach the API server is
-/// noted.
+/// Marks a request as the proxy's own check of the API server (a request
+/// extension, which no caller can set): its answers say whether the server
+/// takes the proxy's credential.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthCheck {
+    /// Whether a 401 to this check means the credential is refused (false
+    /// where the server answers 401 to the proxy's own requests anyway: a
+    /// front proxy's request without a user).
+    pub judges_credential: bool,
+}
+
+/// The answer as the caller gets it, noted in `health` for readiness and
+/// the metrics. A check ([`HealthCheck`]) answered 401 finds the proxy's own
+/// credential refused; while it is, a caller's 401 becomes a 503 `Status`
+/// that says so (the caller's credential was taken, and they must not be
+/// told to log in again). A caller's 401 alone proves nothing (kube passes
+/// on what pods and aggregated API servers answer) and passes unchanged. A
+/// failure to reach the API server is noted.
 fn judged(
-    counters: &crate::counters::UpstreamHealth,
+    health: &crate::counters::UpstreamHealth,
     authority: &http::uri::Authority,
     response: Response<ProxyBody>,
+    check: Option<HealthCheck>,
 ) -> Response<ProxyBody> {
     if response.extensions().get::<Reason>().is_some() {
         // The proxy's own answer: the API server was not reached, or
@@ -547,26 +561,44 @@ fn judged(
             response.status(),
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::BAD_GATEWAY
         ) {
-            counters.note_unreachable();
+            health.note_unreachable();
         }
         return response;
     }
-    let refused = response.status() == StatusCode::UNAUTHORIZED;
-    if counters.note_answer(response.status()) {
-        tracing::warn!(
-            upstream = %authority,
-            "the API server refused the proxy's own credential (401): renew the upstream token or client certificate;              every request is answered 503 and /readyz fails until it is taken (logged at most once a minute)"
-        );
+    if response.status() != StatusCode::UNAUTHORIZED {
+        health.note_taken();
+        return response;
     }
-    if refused {
-        return Status::failure(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Reason::ServiceUnavailable,
-            "the API server refused the proxy's own credential (not yours); the proxy's administrator must renew it",
-        )
-        .into_response();
+    match check {
+        Some(HealthCheck {
+            judges_credential: true,
+        }) => {
+            if health.note_refused() {
+                tracing::warn!(
+                    upstream = %authority,
+                    "the API server refused the proxy's own credential (401): renew the upstream token or client certificate; requests are answered 503 and /readyz fails until it is taken (logged at most once a minute)"
+                );
+            }
+            response
+        }
+        Some(_) => {
+            health.note_reachable();
+            response
+        }
+        None if health.refused() => {
+            health.count_refused();
+            Status::failure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Reason::ServiceUnavailable,
+                "the API server refused the proxy's own credential (not yours); the proxy's administrator must renew it",
+            )
+            .into_response()
+        }
+        None => {
+            health.note_reachable();
+            response
+        }
     }
-    response
 }
 
 /// How many times one request is turned away unprocessed (its connection

@@ -131,6 +131,19 @@ fn route(
     user: super::UserInfo,
 ) -> Response<Body> {
     match (req.method(), path) {
+        // What kube proxies to (a service's own login, an aggregated API
+        // server) may answer 401 to an authenticated user.
+        (&Method::GET, p) if p.ends_with("/proxy/needs-login") => {
+            let mut response = full(
+                StatusCode::UNAUTHORIZED,
+                json!({"message": "the service behind asks for its own login"}),
+            );
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"grafana\""),
+            );
+            response
+        }
         (&Method::GET, "/version") => full(
             StatusCode::OK,
             json!({"major": "1", "minor": "30", "gitVersion": "v1.30.0", "gitCommit": "double", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.22", "compiler": "gc", "platform": "linux/amd64"}),
