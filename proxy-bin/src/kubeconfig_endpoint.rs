@@ -160,20 +160,7 @@ impl KubeconfigEndpoint {
         };
         args.shrink_to_fit();
         let name = self.settings.name.as_deref().unwrap_or("authproxy");
-        let base = server.trim_end_matches('/');
-        let named: Vec<(String, String)> = self
-            .clusters
-            .iter()
-            .map(|cluster| {
-                (
-                    format!("{name}-{cluster}"),
-                    format!(
-                        "{base}{}/{cluster}",
-                        proxy_core::upstream::router::CLUSTER_PREFIX
-                    ),
-                )
-            })
-            .collect();
+        let named = crate::login::cluster_contexts(name, &server, &self.clusters);
         let mut clusters = Vec::new();
         if self.default_upstream {
             clusters.push(KubeconfigCluster {

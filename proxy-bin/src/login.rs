@@ -361,30 +361,31 @@ async fn request_token(
     Ok(text)
 }
 
+/// The fresh cached ExecCredential of the user known for `server` (named in
+/// the environment, or the last one who logged in there), if any.
+fn cached_for_known_user(server: &str) -> anyhow::Result<Option<String>> {
+    let known = username_from_env().or_else(|| {
+        let path = last_user_file(server).ok()?;
+        read_private(&path).map(|name| name.trim().to_owned())
+    });
+    match known.filter(|u| !u.is_empty()) {
+        Some(user) => Ok(cached(&cache_file(server, &user)?)),
+        None => Ok(None),
+    }
+}
+
 /// `authproxy login ldap`: prints an ExecCredential for kubectl.
 pub async fn login_ldap(server: &str, ca: Option<&CaBundle>) -> anyhow::Result<String> {
     // The cache first: nothing is asked while a token is fresh, so kubectl
     // works without a terminal until it expires.
-    let known = username_from_env().or_else(|| {
-        let path = last_user_file(server).ok()?;
-        read_private(&path).map(|name| name.trim().to_owned())
-    });
-    if let Some(user) = known.filter(|u| !u.is_empty()) {
-        if let Some(text) = cached(&cache_file(server, &user)?) {
-            return Ok(text);
-        }
+    if let Some(text) = cached_for_known_user(server)? {
+        return Ok(text);
     }
     // One run at a time asks for a password for this server; the others
     // wait, then find what it stored.
     let _lock = lock_cache(&last_user_file(server)?).await?;
-    let known = username_from_env().or_else(|| {
-        let path = last_user_file(server).ok()?;
-        read_private(&path).map(|name| name.trim().to_owned())
-    });
-    if let Some(user) = known.filter(|u| !u.is_empty()) {
-        if let Some(text) = cached(&cache_file(server, &user)?) {
-            return Ok(text);
-        }
+    if let Some(text) = cached_for_known_user(server)? {
+        return Ok(text);
     }
     let (username, password) = credentials()?;
     let path = cache_file(server, &username)?;
@@ -392,6 +393,24 @@ pub async fn login_ldap(server: &str, ca: Option<&CaBundle>) -> anyhow::Result<S
     store(&path, &text)?;
     store(&last_user_file(server)?, &username)?;
     Ok(text)
+}
+
+/// The context name and URL of each of a proxy's named `clusters`:
+/// `<name>-<cluster>` at `<server>/k8s/clusters/<cluster>`.
+pub fn cluster_contexts(name: &str, server: &str, clusters: &[String]) -> Vec<(String, String)> {
+    let base = server.trim_end_matches('/');
+    clusters
+        .iter()
+        .map(|cluster| {
+            (
+                format!("{name}-{cluster}"),
+                format!(
+                    "{base}{}/{cluster}",
+                    proxy_core::upstream::router::CLUSTER_PREFIX
+                ),
+            )
+        })
+        .collect()
 }
 
 /// A cluster entry of a kubeconfig: the name of its context, its URL and the

@@ -442,19 +442,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             use authproxy::login::KubeconfigCluster;
             let direct_name = format!("{name}-direct");
-            let base = server.trim_end_matches('/');
-            let named: Vec<(String, String)> = cluster_names
-                .iter()
-                .map(|cluster| {
-                    (
-                        format!("{name}-{cluster}"),
-                        format!(
-                            "{base}{}/{cluster}",
-                            proxy_core::upstream::router::CLUSTER_PREFIX
-                        ),
-                    )
-                })
-                .collect();
+            let named = authproxy::login::cluster_contexts(&name, &server, &cluster_names);
             // The proxy's default upstream, at the server URL itself.
             let mut clusters = Vec::new();
             if with_default {
