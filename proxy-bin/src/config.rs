@@ -274,19 +274,34 @@ impl FileConfig {
             first.path().iter().cloned().collect::<Vec<_>>(),
             first.into_inner().to_string(),
         );
-        while problems.len() < MOST && leave_out(&mut value, &last.0, &last.1) {
+        // List items left out, as (the list's path in the file, the item's
+        // index there): later problems are named as in the file.
+        let mut removed: Vec<(String, usize)> = Vec::new();
+        while problems.len() < MOST {
+            match leave_out(&mut value, &last.0, &last.1) {
+                None => break,
+                Some(LeftOut::Key) => {}
+                Some(LeftOut::Item { parents, index }) => {
+                    let mut item = parents;
+                    item.push(serde_path_to_error::Segment::Seq { index });
+                    let in_file = as_in_file(&item, &removed);
+                    if let Some((serde_path_to_error::Segment::Seq { index }, list)) =
+                        in_file.split_last()
+                    {
+                        removed.push((path_text(list), *index));
+                    }
+                }
+            }
             match serde_path_to_error::deserialize::<_, FileConfig>(value.clone()) {
                 Ok(_) => break,
                 Err(error) => {
                     let segments: Vec<_> = error.path().iter().cloned().collect();
                     let message = error.inner().to_string();
-                    let line = line_of(text, &segments, &message)
+                    let in_file = as_in_file(&segments, &removed);
+                    let line = line_of(text, &in_file, &message)
                         .map(|n| format!(" at line {n}"))
                         .unwrap_or_default();
-                    problems.push((
-                        proxy_core::config::field_path(error.path()),
-                        format!("{message}{line}"),
-                    ));
+                    problems.push((path_text(&in_file), format!("{message}{line}")));
                     last = (segments, message);
                 }
             }
@@ -587,15 +602,26 @@ fn unknown_field(message: &str) -> Option<&str> {
         .and_then(|rest| rest.split('`').next())
 }
 
+/// What [`leave_out`] took out of a value.
+enum LeftOut {
+    /// A key of a map.
+    Key,
+    /// The item `index` of the list at `parents`: later items moved up one.
+    Item {
+        parents: Vec<serde_path_to_error::Segment>,
+        index: usize,
+    },
+}
+
 /// Leaves out of `value` the node a problem at `path` names (the unknown
 /// key itself for an unknown field, the section lacking a missing field);
-/// false when there is nothing to leave out (the top level, or a path that
+/// `None` when there is nothing to leave out (the top level, or a path that
 /// leads nowhere).
 fn leave_out(
     value: &mut serde_yaml_ng::Value,
     path: &[serde_path_to_error::Segment],
     message: &str,
-) -> bool {
+) -> Option<LeftOut> {
     use serde_path_to_error::Segment;
     // A missing field: the section lacking it is left out (its problem is
     // said), so the rest can be read. The path then names that section.
@@ -608,32 +634,99 @@ fn leave_out(
             segments.pop();
         }
     }
-    let Some((leaf, parents)) = (match &unknown {
+    let (leaf, parents) = match &unknown {
         Some(name) => Some((Segment::Map { key: name.clone() }, segments.as_slice())),
         None => segments.split_last().map(|(l, p)| (l.clone(), p)),
-    }) else {
-        return false;
-    };
+    }?;
     for segment in parents {
         let next = match (segment, node) {
             (Segment::Map { key }, serde_yaml_ng::Value::Mapping(map)) => map.get_mut(key.as_str()),
             (Segment::Seq { index }, serde_yaml_ng::Value::Sequence(seq)) => seq.get_mut(*index),
             _ => None,
         };
-        let Some(next) = next else {
-            return false;
-        };
-        node = next;
+        node = next?;
     }
     match (leaf, node) {
         (Segment::Map { key }, serde_yaml_ng::Value::Mapping(map)) => {
-            map.remove(key.as_str()).is_some()
+            map.remove(key.as_str()).map(|_| LeftOut::Key)
         }
         (Segment::Seq { index }, serde_yaml_ng::Value::Sequence(seq)) if index < seq.len() => {
             seq.remove(index);
-            true
+            Some(LeftOut::Item {
+                parents: parents.to_vec(),
+                index,
+            })
         }
-        _ => false,
+        _ => None,
+    }
+}
+
+/// `path` as it was in the file, before the list items in `removed` (each
+/// a list's path in the file and the item's index there, in the order they
+/// were left out) were taken out.
+fn as_in_file(
+    path: &[serde_path_to_error::Segment],
+    removed: &[(String, usize)],
+) -> Vec<serde_path_to_error::Segment> {
+    use serde_path_to_error::Segment;
+    let mut out: Vec<Segment> = Vec::with_capacity(path.len());
+    for segment in path {
+        let segment = match segment {
+            Segment::Seq { index } => {
+                let list = path_text(&out);
+                let mut gone: Vec<usize> = removed
+                    .iter()
+                    .filter(|(at, _)| *at == list)
+                    .map(|(_, i)| *i)
+                    .collect();
+                gone.sort_unstable();
+                let mut index = *index;
+                for i in gone {
+                    if i <= index {
+                        index += 1;
+                    }
+                }
+                Segment::Seq { index }
+            }
+            other => other.clone(),
+        };
+        out.push(segment);
+    }
+    out
+}
+
+/// A path written as serde_path_to_error writes it (`a.b[0].c`), or
+/// `(top level)`.
+fn path_text(path: &[serde_path_to_error::Segment]) -> String {
+    use serde_path_to_error::Segment;
+    let mut text = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => text.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Segment::Enum { variant } => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(variant);
+            }
+            Segment::Unknown => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push('?');
+            }
+        }
+    }
+    if text.is_empty() {
+        "(top level)".to_owned()
+    } else {
+        text
     }
 }
 
@@ -641,30 +734,42 @@ fn leave_out(
 /// following the keys down the file (each after the one before).
 fn line_of(text: &str, path: &[serde_path_to_error::Segment], message: &str) -> Option<usize> {
     use serde_path_to_error::Segment;
-    let mut keys: Vec<String> = path
-        .iter()
-        .filter_map(|s| match s {
-            Segment::Map { key } => Some(key.clone()),
-            _ => None,
-        })
-        .collect();
+    let mut steps: Vec<Segment> = path.to_vec();
     if let Some(name) = unknown_field(message) {
-        if keys.last().map(String::as_str) != Some(name) {
-            keys.push(name.to_owned());
+        if !matches!(steps.last(), Some(Segment::Map { key }) if key == name) {
+            steps.push(Segment::Map {
+                key: name.to_owned(),
+            });
         }
     }
     let lines: Vec<&str> = text.lines().collect();
+    let indent = |line: &str| line.len() - line.trim_start().len();
     let mut from = 0;
     let mut found = None;
-    for key in &keys {
-        let at = (from..lines.len()).find(|&i| {
-            let line = lines[i].trim_start().trim_start_matches("- ");
-            line.starts_with(&format!("{key}:"))
-                || line.starts_with(&format!("{key} :"))
-                || lines[i].contains(&format!("{{{key}:"))
-                || lines[i].contains(&format!(", {key}:"))
-                || lines[i].contains(&format!("{{ {key}:"))
-        })?;
+    for step in &steps {
+        let at = match step {
+            Segment::Map { key } => (from..lines.len()).find(|&i| {
+                let line = lines[i].trim_start().trim_start_matches("- ");
+                line.starts_with(&format!("{key}:"))
+                    || line.starts_with(&format!("{key} :"))
+                    || lines[i].contains(&format!("{{{key}:"))
+                    || lines[i].contains(&format!(", {key}:"))
+                    || lines[i].contains(&format!("{{ {key}:"))
+            })?,
+            // The item `index` of a block list: the list's items start with
+            // `- ` at the indentation of its first item.
+            Segment::Seq { index } => {
+                let first =
+                    (from + 1..lines.len()).find(|&i| lines[i].trim_start().starts_with("- "))?;
+                let depth = indent(lines[first]);
+                (first..lines.len())
+                    .filter(|&i| {
+                        indent(lines[i]) == depth && lines[i].trim_start().starts_with("- ")
+                    })
+                    .nth(*index)?
+            }
+            _ => continue,
+        };
         found = Some(at + 1);
         from = at;
     }
@@ -696,6 +801,30 @@ mod tests {
             .warnings()
             .iter()
             .all(|w| w.field != "authentication.issuedTokens"));
+    }
+
+    #[test]
+    fn problems_in_list_items_are_named_by_their_place_in_the_file() {
+        let text = "tls: {certFile: a, keyFile: b}\n\
+                    authentication:\n\
+                    \x20 jwt:\n\
+                    \x20 - claimMappings: {username: {claim: sub, prefix: ''}}\n\
+                    \x20 - issuer: {url: 'https://b', audiences: [k]}\n\
+                    \x20   claimMappings: {username: {claim: sub, prefix: ''}}\n\
+                    \x20   colour: red\n";
+        let problems = FileConfig::parse_all(text).unwrap_err();
+        let find = |field: &str| {
+            problems
+                .iter()
+                .find(|(f, _)| f == field)
+                .unwrap_or_else(|| panic!("{field} not among {problems:?}"))
+        };
+        assert!(find("authentication.jwt[0]")
+            .1
+            .contains("missing field `issuer`"));
+        let (_, colour) = find("authentication.jwt[1].colour");
+        assert!(colour.contains("unknown field `colour`"), "{colour}");
+        assert!(colour.contains("line 7"), "{colour}");
     }
 
     #[test]
