@@ -92,7 +92,24 @@ pub struct FileConfig {
     /// [`crate::kubeconfig_endpoint::KUBECONFIG_PATH`] says (its server URL,
     /// CA and login command).
     #[serde(default)]
-    pub kubeconfig: Option<crate::kubeconfig_endpoint::KubeconfigEndpointConfig>,
+    pub kubeconfig: Option<KubeconfigEndpointConfig>,
+}
+
+/// `kubeconfig:`: what the served kubeconfig says (every field optional).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KubeconfigEndpointConfig {
+    /// The proxy's URL as users reach it (default: `https://` and the host
+    /// the request was sent to).
+    pub server: Option<String>,
+    /// The CA bundle users verify the proxy with, written into the
+    /// kubeconfig (default: none; clients use their system roots).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// What kubectl runs to log in (default `authproxy`, found on PATH).
+    pub command: Option<String>,
+    /// The name of the user, and of the context of the default upstream
+    /// (default `authproxy`).
+    pub name: Option<String>,
 }
 
 /// Failed TokenReviews allowed per token and minute when

@@ -4,36 +4,18 @@
 //! `authproxy login` (LDAP through issued tokens, or the OIDC issuer), so
 //! it holds no secret and is served without authentication.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use http::{header, HeaderValue, Response, StatusCode};
 use proxy_core::status::{Reason, Status};
 use proxy_core::ProxyBody;
-use serde::Deserialize;
 
-use crate::config::FileConfig;
+use crate::config::{FileConfig, KubeconfigEndpointConfig};
 use crate::login::{kubeconfig, KubeconfigCluster};
 
 /// Where the kubeconfig is served.
 pub const KUBECONFIG_PATH: &str = "/authproxy/v1/kubeconfig";
-
-/// `kubeconfig:`: what the served kubeconfig says (every field optional).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct KubeconfigEndpointConfig {
-    /// The proxy's URL as users reach it (default: `https://` and the host
-    /// the request was sent to).
-    pub server: Option<String>,
-    /// The CA bundle users verify the proxy with, written into the
-    /// kubeconfig (default: none; clients use their system roots).
-    pub ca_file: Option<PathBuf>,
-    /// What kubectl runs to log in (default `authproxy`, found on PATH).
-    pub command: Option<String>,
-    /// The name of the user, and of the context of the default upstream
-    /// (default `authproxy`).
-    pub name: Option<String>,
-}
 
 /// How the served kubeconfig's user logs in.
 #[derive(Debug, Clone)]
@@ -182,10 +164,15 @@ impl KubeconfigEndpoint {
         match kubeconfig(&clusters, name, command, &args, true) {
             Ok(text) => {
                 let mut response = Response::new(ProxyBody::full(text));
-                response.headers_mut().insert(
+                let headers = response.headers_mut();
+                headers.insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/yaml"),
                 );
+                // Made from the request's host: no cache in between may
+                // hand one caller's answer to another.
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                headers.insert(header::VARY, HeaderValue::from_static("Host"));
                 response
             }
             Err(error) => Status::failure(

@@ -153,16 +153,6 @@ impl Drop for MetricsListener {
     }
 }
 
-fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(text));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
 /// What `/livez` and `/readyz` answer from: the proxy listener's accept
 /// loop (alive while it runs) and the authentication chain (ready when
 /// every authenticator is).
@@ -208,22 +198,22 @@ fn answer(metrics: &Metrics, health: &Health, req: &Request<Incoming>) -> Respon
     // every authenticator is ready.
     let alive = !health.accepting.is_finished();
     match path {
-        "/livez" if alive => return plain(StatusCode::OK, "ok"),
+        "/livez" if alive => return crate::server::plain(StatusCode::OK, "ok"),
         "/livez" => {
-            return plain(
+            return crate::server::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not alive: the listener stopped accepting",
             )
         }
         "/readyz" if !alive => {
-            return plain(
+            return crate::server::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: the listener stopped accepting",
             )
         }
         "/readyz" => {
             return match health.readiness.check() {
-                Ok(()) => plain(StatusCode::OK, "ok"),
+                Ok(()) => crate::server::plain(StatusCode::OK, "ok"),
                 Err(why) => crate::server::plain_owned(StatusCode::SERVICE_UNAVAILABLE, why),
             }
         }

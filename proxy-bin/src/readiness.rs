@@ -190,25 +190,28 @@ impl Upstreams {
             let mut ticker = tokio::time::interval(CHECK_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut round = 0u32;
+            // Every name said missing in the last warning (uids and extras
+            // too), so a change is said once.
+            let mut warned: Vec<String> = Vec::new();
             loop {
                 ticker.tick().await;
                 if impersonates && round.is_multiple_of(PERMISSION_EVERY) {
                     if let Some(now) = missing_impersonation(&client, check).await {
                         let names: Vec<String> = now.iter().map(|(n, _)| n.clone()).collect();
+                        if names != warned && !names.is_empty() {
+                            tracing::warn!(
+                                upstream = %section,
+                                missing = %names.join(", "),
+                                "the proxy's account may not impersonate these: grant it the verb impersonate on them (see the chart's ClusterRole); without users or groups nothing works, without uids or extras the users that have them are refused"
+                            );
+                        }
+                        warned = names;
                         if let Ok(mut known) = found.lock() {
-                            let required: Vec<String> = now
-                                .iter()
+                            *known = now
+                                .into_iter()
                                 .filter(|(_, required)| *required)
-                                .map(|(n, _)| n.clone())
+                                .map(|(n, _)| n)
                                 .collect();
-                            if *known != required && !names.is_empty() {
-                                tracing::warn!(
-                                    upstream = %section,
-                                    missing = %names.join(", "),
-                                    "the proxy's account may not impersonate these: grant it the verb impersonate on them (see the chart's ClusterRole); without users or groups nothing works, without uids or extras the users that have them are refused"
-                                );
-                            }
-                            *known = required;
                         }
                     }
                 }

@@ -900,11 +900,21 @@ impl UpstreamConfig {
             ));
         }
         if let Some(url) = &self.url {
+            let shown = crate::upstream::without_userinfo(url);
             match url.parse::<http::Uri>() {
+                Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                    problems.push(problem(
+                        format!("{prefix}.url"),
+                        format!(
+                            "{shown:?} holds a user name or password: remove it (the proxy sends its \
+                             tokenFile or client certificate, and the URL is logged)"
+                        ),
+                    ))
+                }
                 Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
                 _ => problems.push(problem(
                     format!("{prefix}.url"),
-                    format!("{url:?} is not an https:// URL"),
+                    format!("{shown:?} is not an https:// URL"),
                 )),
             }
         }
@@ -1103,6 +1113,23 @@ impl UpstreamConfig {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_upstream_url_with_a_password_is_refused_without_showing_it() {
+        let config: UpstreamConfig =
+            serde_yaml_ng::from_str("{url: 'https://admin:s3cret-pw@10.0.0.1:6443'}").unwrap();
+        let problems = config.validate("upstream", std::path::Path::new("/"));
+        let text = format!("{problems:?}");
+        assert!(text.contains("user name or password"), "{text}");
+        assert!(
+            !text.contains("s3cret-pw") && !text.contains("admin"),
+            "{text}"
+        );
+        assert_eq!(
+            crate::upstream::without_userinfo("https://a:b@h:1/p?q"),
+            "https://h:1/p?q"
+        );
+    }
     use super::*;
 
     #[test]

@@ -509,6 +509,22 @@ async fn the_served_kubeconfig_logs_in_as_served() -> anyhow::Result<()> {
         &format!("kubeconfig: {{caFile: {}}}", ca.display()),
     )
     .await?;
+    let (code, head) = env
+        .curl(&[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("{}/authproxy/v1/kubeconfig", env.proxy_url()),
+        ])
+        .await?;
+    assert_eq!(code, 200, "{head}");
+    // Made from the request's host: never kept by a cache in between.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{head}"
+    );
     let (code, text) = env
         .curl(&[&format!("{}/authproxy/v1/kubeconfig", env.proxy_url())])
         .await?;

@@ -116,8 +116,8 @@ impl ClusterToken {
         token_file: PathBuf,
         interval: Duration,
     ) -> Result<ClusterToken, (PathBuf, String)> {
-        let content =
-            std::fs::read(&token_file).map_err(|e| (token_file.clone(), e.to_string()))?;
+        let content = crate::reload::read_settled(&token_file)
+            .map_err(|e| (token_file.clone(), e.to_string()))?;
         let first = file_digest(&content).map_err(|problem| (token_file.clone(), problem))?;
         let slot: Slot = Arc::new(ArcSwapOption::empty());
         let name: Arc<str> = Arc::from(agents.name());

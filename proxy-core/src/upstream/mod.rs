@@ -238,9 +238,20 @@ where
         counters: Arc<UpstreamCounters>,
     ) -> Result<Self, UpstreamError> {
         let url_error = |problem| UpstreamError::Url {
-            url: options.url.to_string(),
+            url: without_userinfo(&options.url.to_string()),
             problem,
         };
+        // A user name or password in the URL would be logged with it (and
+        // is no credential kube takes): the proxy sends its own.
+        if options
+            .url
+            .authority()
+            .is_some_and(|a| a.as_str().contains('@'))
+        {
+            return Err(url_error(
+                "must not hold a user name or password (the proxy sends its token or client certificate)",
+            ));
+        }
         if options.url.scheme() != Some(&http::uri::Scheme::HTTPS) {
             return Err(url_error("must be an https:// URL"));
         }
@@ -527,6 +538,22 @@ where
             let Ok(response) = forward(inner, req).await;
             Ok(judged(&counters, &authority, response, check))
         })
+    }
+}
+
+/// `url` with any user name and password before its host left out, for
+/// messages and logs.
+pub fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if scheme.is_empty() {
+        format!("{host}{tail}")
+    } else {
+        format!("{scheme}://{host}{tail}")
     }
 }
 
