@@ -413,6 +413,21 @@ impl FileConfig {
                     .into(),
             });
         }
+        let ldap_login =
+            self.authentication.ldap.is_some() && self.authentication.issued_tokens.is_some();
+        if self.kubeconfig.is_some()
+            && !ldap_login
+            && self.authentication.jwt.is_empty()
+            && self.authentication.authentication_config_file.is_none()
+        {
+            warnings.push(Problem {
+                field: "kubeconfig".into(),
+                message: "the served kubeconfig names a login, and there is none to name: it \
+                          answers 404 until authentication has LDAP with issuedTokens, or an \
+                          OIDC issuer"
+                    .into(),
+            });
+        }
         if !self.trusted_proxies.is_empty() && !self.proxy_protocol {
             warnings.push(Problem {
                 field: "trustedProxies".into(),
@@ -428,24 +443,23 @@ impl FileConfig {
     /// Every problem in the configuration.
     pub fn validate(&self, base: &Path) -> Vec<Problem> {
         let mut problems = Vec::new();
-        for (field, path) in [
-            ("tls.certFile", Some(&self.tls.cert_file)),
-            ("tls.keyFile", Some(&self.tls.key_file)),
-            ("tls.clientCAFile", self.tls.client_ca_file.as_ref()),
-        ] {
-            if let Some(path) = path {
-                let path = if path.is_absolute() {
-                    path.clone()
-                } else {
-                    base.join(path)
-                };
-                if let Err(e) = std::fs::metadata(&path) {
-                    problems.push(Problem {
-                        field: field.to_owned(),
-                        message: format!("cannot read {}: {e}", path.display()),
-                    });
-                }
+        let resolve = |path: &Path| {
+            if path.is_absolute() {
+                path.to_owned()
+            } else {
+                base.join(path)
             }
+        };
+        proxy_core::config::check_cert_and_key(
+            &mut problems,
+            ("tls.certFile", &resolve(&self.tls.cert_file)),
+            ("tls.keyFile", &resolve(&self.tls.key_file)),
+        );
+        if let Some(ca) = &self.tls.client_ca_file {
+            proxy_core::config::check_ca_file(&mut problems, "tls.clientCAFile", &resolve(ca));
+        }
+        if let Some(ca) = self.kubeconfig.as_ref().and_then(|k| k.ca_file.as_ref()) {
+            proxy_core::config::check_ca_file(&mut problems, "kubeconfig.caFile", &resolve(ca));
         }
         if self.reload_interval == Some(Duration::ZERO) {
             problems.push(Problem {
@@ -888,11 +902,29 @@ mod tests {
     /// The problems of a config with `tls` files that exist, `authentication: {}`
     /// and `rest`, in a folder with `ca.crt` and `token`, other than the
     /// missing authenticator.
+    /// Writes `tls.crt` and `tls.key` in `dir`: a certificate and its key.
+    fn write_serving_pair(dir: &Path) {
+        let served = crate::pki::ThrowawayCa::new("test CA")
+            .unwrap()
+            .issue_server("proxy")
+            .unwrap();
+        std::fs::write(dir.join("tls.crt"), served.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), served.key_pem).unwrap();
+    }
+
     fn problems_with(rest: &str) -> Vec<Problem> {
         let dir = tempfile::tempdir().unwrap();
-        for file in ["a", "ca.crt", "token"] {
-            std::fs::write(dir.path().join(file), "x").unwrap();
-        }
+        // `a` holds a certificate and its key, as tls.certFile and
+        // tls.keyFile both name it.
+        let ca = crate::pki::ThrowawayCa::new("test CA").unwrap();
+        let served = ca.issue_server("proxy").unwrap();
+        std::fs::write(
+            dir.path().join("a"),
+            format!("{}{}", served.cert_pem, served.key_pem),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.ca_pem()).unwrap();
+        std::fs::write(dir.path().join("token"), "x").unwrap();
         std::fs::write(
             dir.path().join("agent.token"),
             "a-long-random-registration-token",
@@ -908,6 +940,45 @@ mod tests {
 
     fn fields(problems: &[Problem]) -> Vec<&str> {
         problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn the_listeners_pairs_and_cas_are_checked_for_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        write_serving_pair(dir.path());
+        let other = crate::pki::ThrowawayCa::new("other CA")
+            .unwrap()
+            .issue_server("other")
+            .unwrap();
+        std::fs::write(dir.path().join("other.key"), other.key_pem).unwrap();
+        std::fs::write(dir.path().join("empty.crt"), "").unwrap();
+        std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
+        let text = "tls: {certFile: tls.crt, keyFile: other.key, clientCAFile: empty.crt}\n\
+                    authentication: {staticTokens: {file: tokens.csv}}\n\
+                    kubeconfig: {caFile: empty.crt}\n\
+                    metrics: {listen: '127.0.0.1:0', tls: {certFile: tls.crt, keyFile: tls.crt}}\n";
+        let config = FileConfig::parse(text).unwrap();
+        let problems = config.validate(dir.path());
+        assert_eq!(
+            fields(&problems),
+            [
+                "tls.keyFile",
+                "tls.clientCAFile",
+                "kubeconfig.caFile",
+                "metrics.tls.keyFile"
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].message.contains("does not belong to the certificate"),
+            "{problems:?}"
+        );
+        // A kubeconfig to serve, and no login to name in it.
+        let warnings = config.warnings();
+        assert!(
+            warnings.iter().any(|w| w.field == "kubeconfig"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -1029,9 +1100,7 @@ mod tests {
     #[test]
     fn agent_clusters_sharing_a_registration_token_are_refused_without_showing_it() {
         let dir = tempfile::tempdir().unwrap();
-        for file in ["tls.crt", "tls.key"] {
-            std::fs::write(dir.path().join(file), "x").unwrap();
-        }
+        write_serving_pair(dir.path());
         std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
         let token = "shared-registration-token-4f9a1c";
         std::fs::write(dir.path().join("a.token"), token).unwrap();
@@ -1092,9 +1161,7 @@ mod tests {
     fn front_proxy_mode_refuses_contradictory_upstream_settings() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("authproxy.yaml");
-        for file in ["tls.crt", "tls.key"] {
-            std::fs::write(dir.path().join(file), "x").unwrap();
-        }
+        write_serving_pair(dir.path());
         std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
         let check = |upstream: &str, identity: &str| {
             std::fs::write(
@@ -1148,9 +1215,7 @@ mod tests {
     #[test]
     fn front_proxy_mode_holds_a_kubeconfig_upstream_to_what_it_resolves_to() {
         let dir = tempfile::tempdir().unwrap();
-        for file in ["tls.crt", "tls.key"] {
-            std::fs::write(dir.path().join(file), "x").unwrap();
-        }
+        write_serving_pair(dir.path());
         std::fs::write(dir.path().join("tokens.csv"), "t,alice,1,\"devs\"\n").unwrap();
         let client = crate::pki::ThrowawayCa::new("front-proxy-ca")
             .unwrap()

@@ -63,7 +63,13 @@ impl KubeconfigEndpoint {
         let login = if authn.ldap.is_some() && authn.issued_tokens.is_some() {
             Some(Login::Ldap)
         } else {
-            authn.jwt.iter().find_map(|jwt| {
+            // The issuers of an authenticationConfigFile count as much as
+            // the section's own; a file that does not load was refused by
+            // validation before this runs.
+            let entries = authn
+                .jwt_entries("authentication", base)
+                .unwrap_or_default();
+            entries.into_iter().find_map(|(_, jwt)| {
                 Some(Login::Oidc {
                     issuer: jwt.issuer.url.clone(),
                     client_id: jwt.issuer.audiences.first()?.clone(),

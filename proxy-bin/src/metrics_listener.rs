@@ -68,15 +68,17 @@ impl MetricsConfig {
     pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
         let mut problems = Vec::new();
         if let Some(tls) = &self.tls {
-            for (name, path) in [("certFile", &tls.cert_file), ("keyFile", &tls.key_file)] {
-                let path = resolve(base, path);
-                if let Err(e) = std::fs::metadata(&path) {
-                    problems.push(Problem {
-                        field: format!("{prefix}.tls.{name}"),
-                        message: format!("cannot read {}: {e}", path.display()),
-                    });
-                }
-            }
+            proxy_core::config::check_cert_and_key(
+                &mut problems,
+                (
+                    &format!("{prefix}.tls.certFile"),
+                    &resolve(base, &tls.cert_file),
+                ),
+                (
+                    &format!("{prefix}.tls.keyFile"),
+                    &resolve(base, &tls.key_file),
+                ),
+            );
         }
         problems
     }

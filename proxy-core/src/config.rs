@@ -90,6 +90,74 @@ fn check_readable(problems: &mut Vec<Problem>, field: &str, path: &Path) {
     }
 }
 
+/// Adds a problem at `field` unless `path` holds PEM CA certificates that
+/// rustls takes as roots (an empty or garbled file is refused here, not
+/// when the first connection needs it).
+pub fn check_ca_file(problems: &mut Vec<Problem>, field: &str, path: &Path) {
+    match std::fs::read(path) {
+        Err(e) => problems.push(problem(
+            field,
+            format!("cannot read {}: {e}", path.display()),
+        )),
+        Ok(pem) => {
+            if let Err(e) = tls::root_store(&pem, &path.display().to_string()) {
+                problems.push(problem(field, e.to_string()));
+            }
+        }
+    }
+}
+
+/// Adds a problem at the field that is wrong unless `cert` holds a PEM
+/// certificate chain valid now and `key` the private key that belongs to
+/// it: each file is named in its own field, a key that does not match is
+/// the key's problem, an expired certificate the certificate's.
+pub fn check_cert_and_key(
+    problems: &mut Vec<Problem>,
+    (cert_field, cert): (&str, &Path),
+    (key_field, key): (&str, &Path),
+) {
+    let read = |field: &str, path: &Path, problems: &mut Vec<Problem>| match std::fs::read(path) {
+        Ok(pem) => Some(pem),
+        Err(e) => {
+            problems.push(problem(
+                field,
+                format!("cannot read {}: {e}", path.display()),
+            ));
+            None
+        }
+    };
+    let (cert_name, key_name) = (cert.display().to_string(), key.display().to_string());
+    let cert_pem =
+        read(cert_field, cert, problems).filter(|pem| match tls::parse_certs(pem, &cert_name) {
+            Ok(_) => true,
+            Err(e) => {
+                problems.push(problem(cert_field, e.to_string()));
+                false
+            }
+        });
+    let key_pem =
+        read(key_field, key, problems).filter(|pem| match tls::parse_key(pem, &key_name) {
+            Ok(_) => true,
+            Err(e) => {
+                problems.push(problem(key_field, e.to_string()));
+                false
+            }
+        });
+    let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) else {
+        return;
+    };
+    match crate::reload::tls::certified_key(&cert_pem, &cert_name, &key_pem, &key_name) {
+        Err(e) => problems.push(problem(key_field, e.to_string())),
+        Ok(certified) => {
+            if let Some(why) =
+                crate::reload::tls::outside_validity(&certified, rustls_pki_types::UnixTime::now())
+            {
+                problems.push(problem(cert_field, format!("{cert_name}: {why}")));
+            }
+        }
+    }
+}
+
 /// Which authenticators run, in this order: client certificates, static
 /// tokens, OIDC issuers (behind a token cache).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -393,7 +461,7 @@ impl AuthenticationConfig {
                 &resolve(base, &ldap.bind_password_file),
             );
             if let Some(ca) = &ldap.ca_file {
-                check_readable(
+                check_ca_file(
                     &mut problems,
                     &format!("{prefix}.ldap.caFile"),
                     &resolve(base, ca),
@@ -918,25 +986,31 @@ impl UpstreamConfig {
                 )),
             }
         }
-        for (name, path) in [
-            ("caFile", &self.ca_file),
-            ("tokenFile", &self.token_file),
-            ("clientCertFile", &self.client_cert_file),
-            ("clientKeyFile", &self.client_key_file),
-        ] {
-            if let Some(path) = path {
-                check_readable(
-                    &mut problems,
-                    &format!("{prefix}.{name}"),
-                    &resolve(base, path),
-                );
-            }
+        if let Some(path) = &self.ca_file {
+            check_ca_file(
+                &mut problems,
+                &format!("{prefix}.caFile"),
+                &resolve(base, path),
+            );
         }
-        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
-            problems.push(problem(
+        if let Some(path) = &self.token_file {
+            check_readable(
+                &mut problems,
+                &format!("{prefix}.tokenFile"),
+                &resolve(base, path),
+            );
+        }
+        match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => check_cert_and_key(
+                &mut problems,
+                (&format!("{prefix}.clientCertFile"), &resolve(base, cert)),
+                (&format!("{prefix}.clientKeyFile"), &resolve(base, key)),
+            ),
+            (None, None) => {}
+            _ => problems.push(problem(
                 format!("{prefix}.clientKeyFile"),
                 "clientCertFile and clientKeyFile go together",
-            ));
+            )),
         }
         if let Some(k) = &self.kubeconfig {
             // Resolved as the proxy will use it, and held to the same checks
@@ -1131,6 +1205,72 @@ mod tests {
         );
     }
     use super::*;
+
+    #[test]
+    fn certificate_keys_and_cas_are_checked_for_what_they_hold_not_only_that_they_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let pair = |not_after: (i32, u8, u8)| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["proxy".to_owned()]).unwrap();
+            params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        };
+        let (good_cert, good_key) = pair((4000, 1, 1));
+        let (old_cert, old_key) = pair((2001, 1, 1));
+        let (_, other_key) = pair((4000, 1, 1));
+        write("good.crt", &good_cert);
+        write("good.key", &good_key);
+        write("old.crt", &old_cert);
+        write("old.key", &old_key);
+        write("other.key", &other_key);
+        write("empty.crt", "");
+        let problems = |yaml: &str| -> Vec<String> {
+            let config: UpstreamConfig = serde_yaml_ng::from_str(yaml).unwrap();
+            config
+                .validate("upstream", dir.path())
+                .into_iter()
+                .map(|p| p.to_string())
+                .collect()
+        };
+        assert_eq!(
+            problems("{url: 'https://k', caFile: good.crt, clientCertFile: good.crt, clientKeyFile: good.key}"),
+            Vec::<String>::new()
+        );
+        let found = problems("{url: 'https://k', caFile: empty.crt}");
+        assert!(
+            found.len() == 1
+                && found[0].starts_with("upstream.caFile: ")
+                && found[0].contains("no PEM certificate"),
+            "{found:?}"
+        );
+        let found =
+            problems("{url: 'https://k', clientCertFile: good.crt, clientKeyFile: other.key}");
+        assert!(
+            found.len() == 1
+                && found[0].starts_with("upstream.clientKeyFile: ")
+                && found[0].contains("does not belong to the certificate"),
+            "{found:?}"
+        );
+        let found = problems("{url: 'https://k', clientCertFile: old.crt, clientKeyFile: old.key}");
+        assert!(
+            found.len() == 1
+                && found[0].starts_with("upstream.clientCertFile: ")
+                && found[0].contains("expired"),
+            "{found:?}"
+        );
+        let found =
+            problems("{url: 'https://k', clientCertFile: good.key, clientKeyFile: good.crt}");
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("upstream.clientCertFile: "))
+                && found
+                    .iter()
+                    .any(|p| p.starts_with("upstream.clientKeyFile: ")),
+            "{found:?}"
+        );
+    }
 
     #[test]
     fn an_authentication_configuration_error_at_an_empty_key_names_a_field() {

@@ -66,7 +66,7 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Why the leaf of `certified` is not valid at `now` (expired, or not yet
 /// valid), if it is not.
-fn outside_validity(certified: &CertifiedKey, now: UnixTime) -> Option<String> {
+pub(crate) fn outside_validity(certified: &CertifiedKey, now: UnixTime) -> Option<String> {
     use x509_parser::prelude::FromDer;
     let leaf = certified.cert.first()?;
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf).ok()?;
