@@ -413,6 +413,9 @@ impl FileConfig {
                     .into(),
             });
         }
+        if let Some(issued) = &self.authentication.issued_tokens {
+            warnings.extend(self.exchange_warnings(issued));
+        }
         let ldap_login =
             self.authentication.ldap.is_some() && self.authentication.issued_tokens.is_some();
         if self.kubeconfig.is_some()
@@ -435,6 +438,59 @@ impl FileConfig {
                           it themselves. An L4 load balancer in TLS passthrough cannot, so behind one \
                           callers would write their own address; use proxyProtocol for it"
                     .into(),
+            });
+        }
+        warnings
+    }
+
+    /// What `issuedTokens.exchangeFrom` names that nothing in
+    /// `authentication` provides, and the logins it leaves out that
+    /// `authproxy login` would need.
+    fn exchange_warnings(&self, issued: &proxy_core::config::IssuedTokensConfig) -> Vec<Problem> {
+        use proxy_core::authn::Source;
+        let authn = &self.authentication;
+        let configured = |source: Source| match source {
+            Source::ClientCertificate => authn.client_certificates,
+            Source::StaticToken => authn.static_tokens.is_some(),
+            Source::Ldap => authn.ldap.is_some(),
+            Source::Oidc => !authn.jwt.is_empty() || authn.authentication_config_file.is_some(),
+            Source::Issued | Source::Other => true,
+        };
+        let section = |source: Source| match source {
+            Source::ClientCertificate => "authentication.clientCertificates",
+            Source::StaticToken => "authentication.staticTokens",
+            Source::Ldap => "authentication.ldap",
+            Source::Oidc => "authentication.jwt or authentication.authenticationConfigFile",
+            Source::Issued | Source::Other => "",
+        };
+        let mut warnings = Vec::new();
+        for (i, source) in issued.exchange_from.iter().flatten().enumerate() {
+            if !configured(*source) {
+                warnings.push(Problem {
+                    field: format!("authentication.issuedTokens.exchangeFrom[{i}]"),
+                    message: format!(
+                        "{} is not configured ({}), so nothing is exchanged from it",
+                        source.as_str(),
+                        section(*source)
+                    ),
+                });
+            }
+        }
+        let sources = issued.exchange_sources();
+        if !sources.iter().any(|s| configured(*s)) {
+            warnings.push(Problem {
+                field: "authentication.issuedTokens".into(),
+                message: "none of the logins it exchanges from is configured: no token is ever \
+                          issued"
+                    .into(),
+            });
+        } else if authn.ldap.is_some() && !sources.contains(&Source::Ldap) {
+            warnings.push(Problem {
+                field: "authentication.issuedTokens.exchangeFrom".into(),
+                message:
+                    "leaves out ldap while authentication.ldap is set: `authproxy login ldap` \
+                          is refused"
+                        .into(),
             });
         }
         warnings
@@ -835,6 +891,49 @@ mod tests {
     }
 
     #[test]
+    fn exchange_sources_that_nothing_provides_are_warned_about() {
+        let warnings = |authn: &str| -> Vec<String> {
+            FileConfig::parse(&format!(
+                "tls: {{certFile: a, keyFile: b}}\nauthentication:\n{authn}"
+            ))
+            .unwrap()
+            .warnings()
+            .into_iter()
+            .map(|w| w.to_string())
+            .collect()
+        };
+        let ldap = "  ldap: {url: 'ldaps://d', bindDN: x, bindPasswordFile: p, userSearch: {baseDN: b, filter: '(uid={username})'}}\n";
+        let tokens = "  staticTokens: {file: t.csv}\n";
+        // LDAP with the default sources: nothing to say.
+        let found = warnings(&format!(
+            "{ldap}  issuedTokens: {{issuer: i, signingKeyFiles: [k]}}\n"
+        ));
+        assert!(!found.iter().any(|w| w.contains("exchange")), "{found:?}");
+        // A source named that nothing provides; LDAP left out of the list.
+        let found = warnings(&format!(
+            "{ldap}{tokens}  issuedTokens: {{issuer: i, signingKeyFiles: [k], exchangeFrom: [staticToken, oidc]}}\n"
+        ));
+        assert!(
+            found.iter().any(|w| w.starts_with(
+                "authentication.issuedTokens.exchangeFrom[1]: oidc is not configured"
+            )),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|w| w.starts_with("authentication.issuedTokens.exchangeFrom: leaves out ldap")),
+            "{found:?}"
+        );
+        // Static tokens only, default sources (ldap, oidc): never issued.
+        let found = warnings(&format!(
+            "{tokens}  issuedTokens: {{issuer: i, signingKeyFiles: [k]}}\n"
+        ));
+        assert!(
+            found.iter().any(|w| w.contains("no token is ever issued")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn problems_in_list_items_are_named_by_their_place_in_the_file() {
         let text = "tls: {certFile: a, keyFile: b}\n\
                     authentication:\n\
@@ -970,7 +1069,9 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems[0].message.contains("does not belong to the certificate"),
+            problems[0]
+                .message
+                .contains("does not belong to the certificate"),
             "{problems:?}"
         );
         // A kubeconfig to serve, and no login to name in it.
