@@ -93,6 +93,9 @@ pub struct FileConfig {
     /// CA and login command).
     #[serde(default)]
     pub kubeconfig: Option<KubeconfigEndpointConfig>,
+    /// Recording of exec and attach sessions (off without this section).
+    #[serde(default)]
+    pub session_recording: Option<proxy_core::observe::sessions::SessionRecordingConfig>,
 }
 
 /// `kubeconfig:`: what the served kubeconfig says (every field optional).
@@ -642,6 +645,9 @@ impl FileConfig {
         }
         if let Some(audit) = &self.audit {
             problems.extend(audit.validate("audit", base));
+        }
+        if let Some(recording) = &self.session_recording {
+            problems.extend(recording.validate("sessionRecording", base));
         }
         problems
     }

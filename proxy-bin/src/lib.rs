@@ -17,5 +17,6 @@ pub mod prompt;
 pub mod readiness;
 pub mod reload;
 pub mod server;
+pub mod sessions;
 pub mod token_endpoint;
 pub mod webhook;

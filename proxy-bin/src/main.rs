@@ -126,12 +126,37 @@ enum Command {
     /// with the cluster's token and serve the requests it sends through the
     /// tunnel to this cluster's API server.
     Agent(authproxy::agent::AgentArgs),
+    /// Recorded exec and attach sessions (`sessionRecording`).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     /// Run the proxy in front of an embedded demo API server, and print
     /// commands that show it at work.
     Demo {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsCommand {
+    /// Replay a recording (an asciicast v2 file) on this terminal, at the
+    /// pace it was recorded.
+    Play {
+        /// The recording (`<audit-id>.cast`).
+        file: PathBuf,
+        /// How much faster than recorded (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// The longest pause between two outputs, in seconds, whatever the
+        /// recording says.
+        #[arg(long, default_value_t = 2.0)]
+        idle_limit: f64,
+        /// Print the output at once, without pauses.
+        #[arg(long)]
+        instant: bool,
     },
 }
 
@@ -494,6 +519,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tokio::select! {
                 never = agent.run() => match never {},
                 () = shutdown_signal() => tracing::info!("signal received; stopping"),
+            }
+            Ok(())
+        }
+        Command::Sessions {
+            command:
+                SessionsCommand::Play {
+                    file,
+                    speed,
+                    idle_limit,
+                    instant,
+                },
+        } => {
+            let pace = (!instant).then_some(authproxy::sessions::Pace { speed, idle_limit });
+            if let Err(message) = authproxy::sessions::play(&file, pace) {
+                eprintln!("authproxy: {}: {message}", file.display());
+                std::process::exit(1);
             }
             Ok(())
         }

@@ -240,6 +240,10 @@ pub fn needs_restart(started: &FileConfig, new: &FileConfig) -> Vec<&'static str
     );
     check("kubeconfig", differs(&started.kubeconfig, &new.kubeconfig));
     check(
+        "sessionRecording",
+        differs(&started.session_recording, &new.session_recording),
+    );
+    check(
         "reloadInterval",
         differs(&started.reload_interval, &new.reload_interval),
     );

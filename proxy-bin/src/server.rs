@@ -382,7 +382,15 @@ impl Proxy {
                 http::HeaderValue::from_static("Bearer realm=\"authproxy\""),
             ]);
         }
-        let limits = config.limits.long_running_limits();
+        let mut long_running =
+            proxy_core::layer::LongRunningLayer::new(config.limits.long_running_limits());
+        if let Some(recording) = &config.session_recording {
+            let recorder = proxy_core::observe::sessions::SessionRecorder::new(recording, base);
+            if let Some(metrics) = &metrics {
+                metrics.observe_recordings(recorder.counters().clone());
+            }
+            long_running = long_running.with_recording(recorder);
+        }
         if !named.is_empty() {
             observe = observe.with_routing(proxy_core::observe::Routing::Clusters);
         }
@@ -397,13 +405,13 @@ impl Proxy {
                 };
                 proxy_core::proxy_stack_with(
                     authn,
-                    limits,
+                    long_running,
                     default.nested,
                     impersonate,
                     default.upstream,
                 )
             } else {
-                proxy_core::proxy_stack_routed(authn, limits, impersonate, default, named)?
+                proxy_core::proxy_stack_routed(authn, long_running, impersonate, default, named)?
             },
         );
         let token_endpoint = match (issuer, &config.authentication.issued_tokens) {

@@ -103,6 +103,7 @@ impl Demo {
             },
             reload_interval: None,
             kubeconfig: None,
+            session_recording: None,
         };
         let problems = config.validate(dir.path());
         if !problems.is_empty() {

@@ -21,6 +21,7 @@ use tower_service::Service;
 use crate::authn::Identity;
 use crate::body::{Hold, ProxyBody};
 use crate::long_running::{is_long_running, Limiter, Limits, Refused};
+use crate::observe::sessions::SessionRecorder;
 use crate::refusal::with_unread_body;
 use crate::status::{Reason, Status};
 
@@ -44,6 +45,13 @@ pub const RETRY_AFTER_SECONDS: u64 = 1;
 #[derive(Debug, Clone, Default)]
 pub struct LongRunningLayer {
     limiter: Limiter,
+    recorder: Option<Arc<SessionRecorder>>,
+}
+
+impl From<Limits> for LongRunningLayer {
+    fn from(limits: Limits) -> Self {
+        LongRunningLayer::new(limits)
+    }
 }
 
 impl LongRunningLayer {
@@ -51,7 +59,16 @@ impl LongRunningLayer {
     pub fn new(limits: Limits) -> Self {
         LongRunningLayer {
             limiter: Limiter::new(limits),
+            recorder: None,
         }
+    }
+
+    /// Records the exec and attach sessions `recorder` selects (see
+    /// [`crate::observe::sessions`]); the recording is named in the
+    /// request's audit event.
+    pub fn with_recording(mut self, recorder: Arc<SessionRecorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     /// The shared counter (to read what is held).
@@ -67,6 +84,7 @@ impl<S> Layer<S> for LongRunningLayer {
         LongRunning {
             inner,
             limiter: self.limiter.clone(),
+            recorder: self.recorder.clone(),
         }
     }
 }
@@ -76,6 +94,7 @@ impl<S> Layer<S> for LongRunningLayer {
 pub struct LongRunning<S> {
     inner: S,
     limiter: Limiter,
+    recorder: Option<Arc<SessionRecorder>>,
 }
 
 fn too_many(refused: Refused) -> Response<ProxyBody> {
@@ -133,9 +152,25 @@ where
             }
         };
         hold.clone().keep_in(req.extensions_mut());
+        let recording = match (&self.recorder, upgrade) {
+            (Some(recorder), true) => {
+                let identity = req.extensions().get::<Arc<Identity>>().cloned();
+                recorder.tap_for(&req, identity.as_deref()).map(|tap| {
+                    let path = tap.path().display().to_string();
+                    req.extensions_mut().insert(tap);
+                    path
+                })
+            }
+            _ => None,
+        };
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
+            if let Some(path) = recording {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    crate::observe::record::recording(path);
+                }
+            }
             Ok(response.map(|body| body.with_hold(hold)))
         })
     }

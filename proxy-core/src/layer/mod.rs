@@ -75,12 +75,12 @@ pub fn proxy_stack<B>(authenticator: impl Authenticator, upstream: Upstream<B>) 
 /// impersonation headers and the way the identity goes upstream.
 pub fn proxy_stack_with<B>(
     authn: AuthnLayer,
-    limits: Limits,
+    limits: impl Into<LongRunningLayer>,
     nested: NestedImpersonationLayer,
     impersonate: ImpersonateLayer,
     upstream: impl Into<Backend<B>>,
 ) -> ProxyStack<B> {
-    let long_running = LongRunningLayer::new(limits);
+    let long_running = limits.into();
     authn.layer(Router::single(cluster_stack(
         &long_running,
         &impersonate,
@@ -102,12 +102,12 @@ pub fn proxy_stack_with<B>(
 /// Errors when a name is not a DNS label or is used twice.
 pub fn proxy_stack_routed<B>(
     authn: AuthnLayer,
-    limits: Limits,
+    limits: impl Into<LongRunningLayer>,
     impersonate: ImpersonateLayer,
     default: Option<Cluster<B>>,
     clusters: Vec<(String, Cluster<B>)>,
 ) -> Result<ProxyStack<B>, RouterError> {
-    let long_running = LongRunningLayer::new(limits);
+    let long_running = limits.into();
     let default = default.map(|cluster| cluster_stack(&long_running, &impersonate, cluster));
     let clusters = clusters
         .into_iter()

@@ -32,6 +32,8 @@ pub(crate) struct Sources {
     pub(crate) upstreams: Vec<Arc<UpstreamCounters>>,
     /// The checks of callers' own impersonation, one set per API server.
     pub(crate) reviews: Vec<Arc<ReviewCounters>>,
+    /// What session recording did.
+    pub(crate) recordings: Vec<Arc<crate::observe::sessions::RecordingCounters>>,
 }
 
 /// Encodes the families of [`Sources`] at scrape time.
@@ -271,6 +273,39 @@ impl Collector for BackendFamilies {
                     counter(m, &[("result", result.label())], total)?;
                 }
                 Ok(())
+            },
+        )?;
+        let recordings = &sources.recordings;
+        family(
+            e,
+            "authproxy_session_recordings",
+            "exec and attach sessions chosen for recording, by result (recorded: a file was written; failed: it could not be created, the session went on unrecorded)",
+            MetricType::Counter,
+            |m| {
+                if recordings.is_empty() {
+                    return Ok(());
+                }
+                let sum = |f: fn(&crate::observe::sessions::RecordingCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
+                    recordings.iter().map(|r| f(r).load(std::sync::atomic::Ordering::Relaxed)).sum()
+                };
+                counter(m, &[("result", "recorded")], sum(|r| &r.sessions))?;
+                counter(m, &[("result", "failed")], sum(|r| &r.failed))
+            },
+        )?;
+        family(
+            e,
+            "authproxy_session_recording_dropped_bytes",
+            "Bytes of recorded sessions left out of their recordings because the writer fell behind (the session itself lost nothing)",
+            MetricType::Counter,
+            |m| {
+                if recordings.is_empty() {
+                    return Ok(());
+                }
+                let total: u64 = recordings
+                    .iter()
+                    .map(|r| r.dropped_bytes.load(std::sync::atomic::Ordering::Relaxed))
+                    .sum();
+                counter(m, &[], total)
             },
         )?;
         let upstreams = &sources.upstreams;

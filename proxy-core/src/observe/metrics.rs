@@ -504,6 +504,17 @@ impl Metrics {
         }
     }
 
+    /// Reports what session recording does (`authproxy_session_recordings`,
+    /// `authproxy_session_recording_dropped_bytes`).
+    pub fn observe_recordings(
+        &self,
+        counters: Arc<crate::observe::sessions::RecordingCounters>,
+    ) {
+        if let Ok(mut sources) = self.families.backends.sources.lock() {
+            sources.recordings.push(counters);
+        }
+    }
+
     /// Counts one request that started: the returned guard lowers the
     /// in-flight gauge when dropped.
     pub(crate) fn start(&self, kind: RequestKind) -> InFlight {

@@ -33,6 +33,7 @@ pub mod config;
 pub mod metrics;
 pub(crate) mod record;
 pub mod request_info;
+pub mod sessions;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -397,6 +398,9 @@ where
                             // No authenticator took the credential.
                             event.annotations.insert(AUTHENTICATOR_KEY, "none".into());
                             event.annotations.insert(RESULT_KEY, "unclaimed".into());
+                        }
+                        if let Some(path) = record.recording.get() {
+                            event.annotations.insert(sessions::RECORDING_KEY, path.clone());
                         }
                         if info.long_running {
                             completion = Some((audit.clone(), event.clone()));

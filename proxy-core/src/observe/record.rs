@@ -25,6 +25,8 @@ pub(crate) struct RequestRecord {
     /// Who the request runs as when the caller asked for another identity
     /// (`kubectl --as`) and was allowed it.
     pub impersonated: OnceLock<Arc<Identity>>,
+    /// Where the session the request opened is recorded.
+    pub recording: OnceLock<String>,
 }
 
 tokio::task_local! {
@@ -51,5 +53,13 @@ pub(crate) fn decided(
 pub(crate) fn impersonated(identity: &Arc<Identity>) {
     let _ = RECORD.try_with(|record| {
         let _ = record.impersonated.set(identity.clone());
+    });
+}
+
+/// Notes, in the current request's record, that the session it opened is
+/// recorded at `path`.
+pub(crate) fn recording(path: String) {
+    let _ = RECORD.try_with(|record| {
+        let _ = record.recording.set(path);
     });
 }

@@ -750,6 +750,15 @@ where
     let caller = hyper::upgrade::on(&mut req);
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
+    let recording = req
+        .extensions_mut()
+        .remove::<crate::observe::sessions::SessionTap>();
+    let offered = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let (mut response, (in_flight, checkin)) = match send_http1(&inner, req.map(Replay::new)).await
     {
         Ok(sent) => sent,
@@ -765,11 +774,13 @@ where
     // The connection now belongs to the tunnel.
     checkin.discard();
     let upstream = hyper::upgrade::on(&mut response);
+    let taps = recording.and_then(|tap| tap.start(response.headers(), &offered));
     tokio::spawn(async move {
         match tokio::try_join!(caller, upstream) {
             Ok((caller, upstream)) => {
-                let mut caller = TokioIo::new(caller);
-                let mut upstream = TokioIo::new(upstream);
+                let (from_client, from_server) = taps.unzip();
+                let mut caller = Tapped::new(TokioIo::new(caller), from_client);
+                let mut upstream = Tapped::new(TokioIo::new(upstream), from_server);
                 if let Err(error) = join_upgraded(&mut caller, &mut upstream).await {
                     tracing::debug!(%error, "upgraded connection ended with an error");
                 }
@@ -782,6 +793,8 @@ where
     let (parts, _body) = response.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
+
+use crate::observe::sessions::Tapped;
 
 /// Bytes read at once from each end of an upgraded stream (exec, attach,
 /// port-forward, `kubectl cp`): a few full TLS records (and HTTP/2 frames

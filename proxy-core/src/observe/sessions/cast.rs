@@ -1,0 +1,294 @@
+//! asciicast v2 files: a JSON header line, then one JSON array per event
+//! (`[seconds, "o", text]` output, `"i"` input, `"r"` a resize to
+//! `"COLSxROWS"`, `"m"` a marker), as asciinema writes and plays them.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+/// What happened in a session, as the stream readers found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Happened {
+    /// Bytes of the container's stdout or stderr.
+    Output(Vec<u8>),
+    /// Bytes sent to its stdin.
+    Input(Vec<u8>),
+    /// The terminal's new size.
+    Resize { width: u16, height: u16 },
+}
+
+/// The first line of a recording.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+pub struct CastHeader {
+    /// Always 2.
+    pub version: u8,
+    /// Columns at the start (80 until the client says).
+    pub width: u16,
+    /// Rows at the start.
+    pub height: u16,
+    /// When the session started, in seconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Who did what where (`alice exec default/web/app`).
+    #[serde(default)]
+    pub title: String,
+}
+
+/// One event of a recording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CastEvent {
+    /// Seconds since the session started.
+    pub time: f64,
+    /// `o` output, `i` input, `r` resize, `m` marker.
+    pub kind: String,
+    /// The text (or `COLSxROWS` for a resize).
+    pub data: String,
+}
+
+/// A recording read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cast {
+    /// Its header.
+    pub header: CastHeader,
+    /// Its events, in order.
+    pub events: Vec<CastEvent>,
+}
+
+impl Cast {
+    /// Reads an asciicast v2 file's text; the error names the line.
+    pub fn parse(text: &str) -> Result<Cast, String> {
+        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let (_, first) = lines.next().ok_or("line 1: empty: not an asciicast file")?;
+        let header: CastHeader =
+            serde_json::from_str(first).map_err(|e| format!("line 1: not an asciicast v2 header: {e}"))?;
+        if header.version != 2 {
+            return Err(format!(
+                "line 1: asciicast version {} (only version 2 is read)",
+                header.version
+            ));
+        }
+        let mut events = Vec::new();
+        for (n, line) in lines {
+            let (time, kind, data): (f64, String, String) = serde_json::from_str(line)
+                .map_err(|e| format!("line {}: not an asciicast event: {e}", n + 1))?;
+            events.push(CastEvent { time, kind, data });
+        }
+        Ok(Cast { header, events })
+    }
+
+    /// The output of the session, as a terminal was sent it.
+    pub fn output(&self) -> String {
+        self.events
+            .iter()
+            .filter(|e| e.kind == "o")
+            .map(|e| e.data.as_str())
+            .collect()
+    }
+}
+
+/// Text for `bytes` after what `carry` kept: a UTF-8 sequence cut at the end
+/// waits in `carry` for the rest, invalid bytes become U+FFFD.
+fn text(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
+    carry.extend_from_slice(bytes);
+    let mut out = String::new();
+    let mut rest: &[u8] = carry;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                out.push_str(valid);
+                rest = &[];
+                break;
+            }
+            Err(error) => {
+                let (valid, after) = rest.split_at(error.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                match error.error_len() {
+                    Some(bad) => {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        rest = &after[bad..];
+                    }
+                    // Cut short: the rest may come with the next bytes.
+                    None => {
+                        rest = after;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let kept = rest.to_vec();
+    *carry = kept;
+    out
+}
+
+/// Where a recording goes and how much of it may.
+pub(super) struct Writer {
+    pub file: std::fs::File,
+    pub header: CastHeader,
+    pub max_bytes: u64,
+    /// Bytes the stream readers could not hand over (the writer was behind).
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Writes what `events` brings until it closes (the session ended), on
+    /// a thread of its own; a full file or a failed write stops the
+    /// recording and never the session.
+    pub(super) fn run(self, mut events: mpsc::Receiver<(Duration, Happened)>, name: String) {
+        let Writer {
+            file,
+            header,
+            max_bytes,
+            dropped,
+        } = self;
+        let mut out = std::io::BufWriter::with_capacity(32 * 1024, file);
+        let mut written: u64 = 0;
+        let mut full = false;
+        let mut last = Duration::ZERO;
+        let mut carries = (Vec::new(), Vec::new());
+        let line = |out: &mut std::io::BufWriter<std::fs::File>,
+                        written: &mut u64,
+                        text: String|
+         -> std::io::Result<()> {
+            out.write_all(text.as_bytes())?;
+            out.write_all(b"\n")?;
+            *written += text.len() as u64 + 1;
+            Ok(())
+        };
+        let result = (|| -> std::io::Result<()> {
+            let head = serde_json::to_string(&header).map_err(std::io::Error::other)?;
+            line(&mut out, &mut written, head)?;
+            while let Some((at, happened)) = events.blocking_recv() {
+                if full {
+                    continue;
+                }
+                last = at;
+                let (kind, data) = match happened {
+                    Happened::Output(bytes) => ("o", text(&mut carries.0, &bytes)),
+                    Happened::Input(bytes) => ("i", text(&mut carries.1, &bytes)),
+                    Happened::Resize { width, height } => ("r", format!("{width}x{height}")),
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                let event = serde_json::to_string(&(seconds(at), kind, data))
+                    .map_err(std::io::Error::other)?;
+                if written + event.len() as u64 + 1 > max_bytes {
+                    full = true;
+                    let marker = serde_json::to_string(&(
+                        seconds(at),
+                        "m",
+                        format!("recording stopped: the size limit of {max_bytes} bytes was reached"),
+                    ))
+                    .map_err(std::io::Error::other)?;
+                    line(&mut out, &mut written, marker)?;
+                    continue;
+                }
+                line(&mut out, &mut written, event)?;
+            }
+            let lost = dropped.load(Ordering::Relaxed);
+            if lost > 0 {
+                let marker = serde_json::to_string(&(
+                    seconds(last),
+                    "m",
+                    format!("{lost} bytes of the session were not recorded: the recording fell behind"),
+                ))
+                .map_err(std::io::Error::other)?;
+                line(&mut out, &mut written, marker)?;
+            }
+            out.flush()
+        })();
+        if let Err(error) = result {
+            tracing::warn!(recording = %name, %error, "the session recording could not be written");
+        }
+    }
+}
+
+fn seconds(at: Duration) -> f64 {
+    (at.as_micros() as f64) / 1_000_000.0
+}
+
+/// Creates `path` for a recording (never over an existing file), readable
+/// by its owner only.
+pub(super) fn create(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_cut_inside_a_character_waits_for_the_rest() {
+        let mut carry = Vec::new();
+        let snow = "☃".as_bytes();
+        assert_eq!(text(&mut carry, &[b'a', snow[0]]), "a");
+        assert_eq!(text(&mut carry, &snow[1..]), "☃");
+        assert_eq!(text(&mut carry, b"\xffb"), "\u{fffd}b");
+        assert!(carry.is_empty());
+    }
+
+    #[test]
+    fn a_recording_stops_at_its_size_limit_with_a_marker_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let dropped = Arc::new(AtomicU64::new(3));
+        let writer = Writer {
+            file: create(&path).unwrap(),
+            header: CastHeader {
+                version: 2,
+                width: 80,
+                height: 24,
+                timestamp: 1,
+                title: "alice exec default/p".into(),
+            },
+            max_bytes: 200,
+            dropped,
+        };
+        let (send, receive) = mpsc::channel(16);
+        send.try_send((Duration::from_millis(1), Happened::Resize { width: 100, height: 30 }))
+            .unwrap();
+        send.try_send((Duration::from_millis(2), Happened::Output(b"hello\r\n".to_vec())))
+            .unwrap();
+        send.try_send((Duration::from_millis(3), Happened::Input(b"ls\r".to_vec())))
+            .unwrap();
+        send.try_send((Duration::from_millis(4), Happened::Output(vec![b'x'; 500])))
+            .unwrap();
+        send.try_send((Duration::from_millis(5), Happened::Output(b"late".to_vec())))
+            .unwrap();
+        drop(send);
+        writer.run(receive, "s".into());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 400, "{text}");
+        let cast = Cast::parse(&text).unwrap();
+        assert_eq!(cast.header.title, "alice exec default/p");
+        let kinds: Vec<(&str, &str)> = cast
+            .events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.data.as_str()))
+            .collect();
+        assert_eq!(kinds[..3], [("r", "100x30"), ("o", "hello\r\n"), ("i", "ls\r")]);
+        assert_eq!(kinds[3].0, "m");
+        assert!(kinds[3].1.contains("size limit of 200 bytes"), "{kinds:?}");
+        assert!(kinds[4].1.contains("3 bytes"), "{kinds:?}");
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
+        assert_eq!(cast.output(), "hello\r\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+}

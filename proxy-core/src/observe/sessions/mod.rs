@@ -1,0 +1,560 @@
+//! Recording of `kubectl exec` and `kubectl attach` sessions: one asciicast
+//! v2 file per session (the container's output, and what was typed when
+//! `input` is on), named by the request's audit ID and named in its audit
+//! event (`authproxy.io/session-recording`).
+//!
+//! The stream is read as it passes, over either protocol kubectl speaks
+//! (WebSocket `v5.channel.k8s.io` and the older channel protocols, or
+//! SPDY/3.1), and never waits for the recording: what the stream readers
+//! find goes to the file's writer thread through a bounded queue, and what
+//! does not fit is counted and named in a marker at the end instead. A file
+//! stops growing at `maxBytes` (with a marker saying so) while the session
+//! goes on.
+//!
+//! [`SessionRecorder`] decides which sessions are recorded (by the user who
+//! authenticated, their groups, or the pod's namespace) and goes to
+//! [`LongRunningLayer::with_recording`](crate::layer::LongRunningLayer::with_recording).
+
+mod cast;
+mod spdy;
+mod websocket;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{header, HeaderMap, Request};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::authn::Identity;
+use crate::config::Problem;
+pub use cast::{Cast, CastEvent, CastHeader};
+use cast::Happened;
+use spdy::{SpdyParser, StreamKind};
+use websocket::WsParser;
+
+/// The audit annotation naming a session's recording.
+pub const RECORDING_KEY: &str = "authproxy.io/session-recording";
+
+/// A recording's size limit when `maxBytes` is not set: 64 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Events queued for a recording's writer before more are counted as lost.
+const QUEUE: usize = 1024;
+
+/// `sessionRecording:` which exec and attach sessions are recorded, where,
+/// and how much.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SessionRecordingConfig {
+    /// The folder recordings are written to (it must exist), one
+    /// `<audit-id>.cast` file per session.
+    pub dir: PathBuf,
+    /// Record the sessions of these users (who authenticated, by name).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Record the sessions of members of these groups.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Record the sessions in pods of these namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Record what is sent to the container's stdin too (passwords typed
+    /// into a shell would be in the file: off by default).
+    #[serde(default)]
+    pub input: bool,
+    /// The size a recording stops growing at (default [`DEFAULT_MAX_BYTES`]).
+    pub max_bytes: Option<u64>,
+}
+
+impl SessionRecordingConfig {
+    /// The folder with relative paths resolved against `base`.
+    pub fn dir_in(&self, base: &Path) -> PathBuf {
+        if self.dir.is_absolute() {
+            self.dir.clone()
+        } else {
+            base.join(&self.dir)
+        }
+    }
+
+    /// Every problem in the section, `prefix` being its path.
+    pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let dir = self.dir_in(base);
+        match std::fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => problems.push(Problem {
+                field: format!("{prefix}.dir"),
+                message: format!("{} is not a folder", dir.display()),
+            }),
+            Err(e) => problems.push(Problem {
+                field: format!("{prefix}.dir"),
+                message: format!("cannot use {}: {e}", dir.display()),
+            }),
+        }
+        if self.max_bytes == Some(0) {
+            problems.push(Problem {
+                field: format!("{prefix}.maxBytes"),
+                message: "must be more than 0".into(),
+            });
+        }
+        for (name, list) in [
+            ("users", &self.users),
+            ("groups", &self.groups),
+            ("namespaces", &self.namespaces),
+        ] {
+            if let Some(i) = list.iter().position(|v| v.trim().is_empty()) {
+                problems.push(Problem {
+                    field: format!("{prefix}.{name}[{i}]"),
+                    message: "must not be empty".into(),
+                });
+            }
+        }
+        problems
+    }
+}
+
+/// Counts of what recording did, for metrics.
+#[derive(Debug, Default)]
+pub struct RecordingCounters {
+    /// Sessions recorded (a file was created).
+    pub sessions: AtomicU64,
+    /// Sessions that were to be recorded and could not be (the file could
+    /// not be created).
+    pub failed: AtomicU64,
+    /// Bytes of sessions not recorded because a writer fell behind.
+    pub dropped_bytes: AtomicU64,
+}
+
+/// Decides which sessions are recorded and starts their recordings.
+#[derive(Debug)]
+pub struct SessionRecorder {
+    dir: PathBuf,
+    users: Vec<String>,
+    groups: Vec<String>,
+    namespaces: Vec<String>,
+    input: bool,
+    max_bytes: u64,
+    counters: Arc<RecordingCounters>,
+}
+
+impl SessionRecorder {
+    /// A recorder for `config` (relative `dir` resolved against `base`).
+    /// With no users, groups or namespaces listed, every session is
+    /// recorded; otherwise those matching any of them.
+    pub fn new(config: &SessionRecordingConfig, base: &Path) -> Arc<SessionRecorder> {
+        Arc::new(SessionRecorder {
+            dir: config.dir_in(base),
+            users: config.users.clone(),
+            groups: config.groups.clone(),
+            namespaces: config.namespaces.clone(),
+            input: config.input,
+            max_bytes: config.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+            counters: Arc::default(),
+        })
+    }
+
+    /// What recording did so far.
+    pub fn counters(&self) -> &Arc<RecordingCounters> {
+        &self.counters
+    }
+
+    fn selects(&self, identity: Option<&Identity>, namespace: &str) -> bool {
+        if self.users.is_empty() && self.groups.is_empty() && self.namespaces.is_empty() {
+            return true;
+        }
+        let user = identity.map(Identity::user);
+        self.namespaces.iter().any(|n| n == namespace)
+            || user.is_some_and(|u| {
+                self.users.contains(&u.username) || u.groups.iter().any(|g| self.groups.contains(g))
+            })
+    }
+
+    /// The tap for `req` when it opens an exec or attach session this
+    /// recorder selects (the request's path as the API server reads it).
+    pub(crate) fn tap_for<B>(
+        self: &Arc<Self>,
+        req: &Request<B>,
+        identity: Option<&Identity>,
+    ) -> Option<SessionTap> {
+        let (info, _) =
+            crate::observe::request_info::classify(req.method(), req.uri(), true, false);
+        let object = info.object.as_ref()?;
+        if !(object.resource == "pods"
+            && object.api_group.is_empty()
+            && matches!(object.subresource.as_str(), "exec" | "attach"))
+        {
+            return None;
+        }
+        if !self.selects(identity, &object.namespace) {
+            return None;
+        }
+        let audit_id = req
+            .headers()
+            .get(crate::observe::AUDIT_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| is_file_name(id))
+            .map(str::to_owned)
+            .unwrap_or_else(|| crate::observe::AuditId::next().to_string());
+        let container = req
+            .uri()
+            .query()
+            .and_then(|q| {
+                q.split('&')
+                    .find_map(|pair| pair.strip_prefix("container="))
+                    .map(str::to_owned)
+            })
+            .filter(|c| is_file_name(c));
+        let who = identity.map_or("(anonymous)", |i| i.user().username.as_str());
+        let mut title = format!(
+            "{who} {} {}/{}",
+            object.subresource, object.namespace, object.name
+        );
+        if let Some(container) = container {
+            title.push('/');
+            title.push_str(&container);
+        }
+        Some(SessionTap {
+            recorder: self.clone(),
+            path: self.dir.join(format!("{audit_id}.cast")),
+            title,
+        })
+    }
+}
+
+/// A name that is safe as (part of) a file name: letters, digits, `-`,
+/// `_` and `.`, not starting with a dot.
+fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A session chosen for recording, before its stream opens: it goes in the
+/// request's extensions, and the forwarder starts it when the API server
+/// switches protocols.
+#[derive(Debug, Clone)]
+pub struct SessionTap {
+    recorder: Arc<SessionRecorder>,
+    path: PathBuf,
+    title: String,
+}
+
+impl SessionTap {
+    /// Where the recording goes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts recording a stream the API server switched to with
+    /// `response` headers (`offered` is the client's `Upgrade` when the
+    /// answer does not say): the readers of the client's and the server's
+    /// bytes. `None` for a protocol it cannot read, or a file it cannot
+    /// create (logged and counted; the session goes on unrecorded).
+    pub(crate) fn start(self, response: &HeaderMap, offered: &str) -> Option<(Tap, Tap)> {
+        let upgrade = response
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(offered)
+            .trim()
+            .to_ascii_lowercase();
+        let readers = if upgrade.starts_with("spdy/") {
+            Readers::Spdy {
+                client: SpdyParser::new(true),
+                server: SpdyParser::new(false),
+                streams: HashMap::new(),
+            }
+        } else if upgrade == "websocket" {
+            let protocol = response
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .trim();
+            Readers::WebSocket {
+                client: WsParser::new(protocol),
+                server: WsParser::new(protocol),
+            }
+        } else {
+            return None;
+        };
+        let counters = self.recorder.counters.clone();
+        let file = match cast::create(&self.path) {
+            Ok(file) => file,
+            Err(error) => {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(recording = %self.path.display(), %error, "cannot create the session recording; the session goes on unrecorded");
+                return None;
+            }
+        };
+        counters.sessions.fetch_add(1, Ordering::Relaxed);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (send, receive) = mpsc::channel(QUEUE);
+        let writer = cast::Writer {
+            file,
+            header: CastHeader {
+                version: 2,
+                width: 80,
+                height: 24,
+                timestamp: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                title: self.title,
+            },
+            max_bytes: self.recorder.max_bytes,
+            dropped: dropped.clone(),
+        };
+        let name = self.path.display().to_string();
+        tokio::task::spawn_blocking(move || writer.run(receive, name));
+        let session = Arc::new(Mutex::new(Session {
+            readers,
+            started: Instant::now(),
+            send,
+            input: self.recorder.input,
+            dropped,
+            counters,
+            resize: Vec::new(),
+        }));
+        Some((
+            Tap {
+                session: session.clone(),
+                from_client: true,
+            },
+            Tap {
+                session,
+                from_client: false,
+            },
+        ))
+    }
+}
+
+enum Readers {
+    WebSocket {
+        client: WsParser,
+        server: WsParser,
+    },
+    Spdy {
+        client: SpdyParser,
+        server: SpdyParser,
+        streams: HashMap<u32, StreamKind>,
+    },
+}
+
+/// What one direction's bytes were, in the session's terms.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    Stdin,
+    Output,
+    Resize,
+    Other,
+}
+
+struct Session {
+    readers: Readers,
+    started: Instant,
+    send: mpsc::Sender<(Duration, Happened)>,
+    input: bool,
+    dropped: Arc<AtomicU64>,
+    counters: Arc<RecordingCounters>,
+    /// Resize messages read so far and not yet whole.
+    resize: Vec<u8>,
+}
+
+/// kube's `TerminalSize`, as the resize channel carries it.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TerminalSize {
+    width: u16,
+    height: u16,
+}
+
+impl Session {
+    fn read(&mut self, from_client: bool, bytes: &[u8]) {
+        let mut found: Vec<(Channel, Vec<u8>)> = Vec::new();
+        let mut note = |channel: Channel, data: &[u8]| match found.last_mut() {
+            Some((last, gathered)) if *last == channel => gathered.extend_from_slice(data),
+            _ => found.push((channel, data.to_vec())),
+        };
+        match &mut self.readers {
+            Readers::WebSocket { client, server } => {
+                let reader = if from_client { client } else { server };
+                reader.feed(bytes, &mut |channel, data| {
+                    note(
+                        match channel {
+                            0 => Channel::Stdin,
+                            1 | 2 => Channel::Output,
+                            4 => Channel::Resize,
+                            _ => Channel::Other,
+                        },
+                        data,
+                    )
+                });
+            }
+            Readers::Spdy {
+                client,
+                server,
+                streams,
+            } => {
+                let reader = if from_client { client } else { server };
+                reader.feed(bytes, streams, &mut |kind, data| {
+                    note(
+                        match kind {
+                            StreamKind::Stdin => Channel::Stdin,
+                            StreamKind::Stdout | StreamKind::Stderr => Channel::Output,
+                            StreamKind::Resize => Channel::Resize,
+                            StreamKind::Other => Channel::Other,
+                        },
+                        data,
+                    )
+                });
+            }
+        }
+        let at = self.started.elapsed();
+        for (channel, data) in found {
+            match channel {
+                Channel::Output => self.send(at, Happened::Output(data)),
+                Channel::Stdin if self.input => self.send(at, Happened::Input(data)),
+                Channel::Resize => {
+                    self.resize.extend_from_slice(&data);
+                    for size in self.sizes() {
+                        self.send(at, size);
+                    }
+                }
+                Channel::Stdin | Channel::Other => {}
+            }
+        }
+    }
+
+    /// The whole `TerminalSize` values in the resize bytes read so far.
+    fn sizes(&mut self) -> Vec<Happened> {
+        let mut sizes = Vec::new();
+        let mut values =
+            serde_json::Deserializer::from_slice(&self.resize).into_iter::<TerminalSize>();
+        let mut used = 0;
+        while let Some(value) = values.next() {
+            match value {
+                Ok(size) => {
+                    sizes.push(Happened::Resize {
+                        width: size.width,
+                        height: size.height,
+                    });
+                    used = values.byte_offset();
+                }
+                Err(error) if error.is_eof() => break,
+                Err(_) => {
+                    used = self.resize.len();
+                    break;
+                }
+            }
+        }
+        self.resize.drain(..used);
+        if self.resize.len() > 4096 {
+            self.resize.clear();
+        }
+        sizes
+    }
+
+    fn send(&self, at: Duration, happened: Happened) {
+        let size = match &happened {
+            Happened::Output(bytes) | Happened::Input(bytes) => bytes.len() as u64,
+            Happened::Resize { .. } => 0,
+        };
+        if self.send.try_send((at, happened)).is_err() {
+            self.dropped.fetch_add(size, Ordering::Relaxed);
+            self.counters
+                .dropped_bytes
+                .fetch_add(size, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads one direction of a recorded session's stream as it passes.
+pub(crate) struct Tap {
+    session: Arc<Mutex<Session>>,
+    from_client: bool,
+}
+
+impl Tap {
+    /// Reads the next `bytes` of this direction.
+    pub(crate) fn read(&self, bytes: &[u8]) {
+        if let Ok(mut session) = self.session.lock() {
+            session.read(self.from_client, bytes);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One end of an upgraded stream whose reads a [`Tap`] sees.
+    pub(crate) struct Tapped<T> {
+        #[pin]
+        inner: T,
+        tap: Option<Tap>,
+    }
+}
+
+impl<T> Tapped<T> {
+    /// `inner`, its reads shown to `tap` (when there is one).
+    pub(crate) fn new(inner: T, tap: Option<Tap>) -> Self {
+        Tapped { inner, tap }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Tapped<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(tap)) = (&polled, this.tap.as_ref()) {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                tap.read(new);
+            }
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Tapped<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
