@@ -632,3 +632,248 @@ async fn kubectl_as_on_an_agent_cluster_is_decided_by_its_api_server() -> anyhow
     }
     Ok(())
 }
+
+/// root (group `admins`) may exec too, so that a session the recording does
+/// not select can be told from one it does.
+const ROOT_EXEC_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: streaming-recording-root, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: streaming}
+subjects:
+- {kind: User, name: root, apiGroup: rbac.authorization.k8s.io}
+"#;
+
+/// The recordings in `dir` not in `seen`, added to it.
+fn new_recordings(
+    dir: &std::path::Path,
+    seen: &mut std::collections::BTreeSet<PathBuf>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if seen.insert(path.clone()) {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}
+
+/// The audit events of the proxy's log at `path`.
+fn proxy_audit(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| serde_json::from_str(l).context("an audit line is not JSON"))
+        .collect()
+}
+
+/// `authproxy sessions play --instant FILE`: standard output and error.
+async fn play(file: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let out = tokio::process::Command::new(authproxy_tests::authproxy_binary()?)
+        .args(["sessions", "play", "--instant"])
+        .arg(file)
+        .kill_on_drop(true)
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "play: {}", output_text(&out));
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> anyhow::Result<()> {
+    authproxy_tests::require_tool("script")?;
+    let kube = kube_with_kubelet().await?;
+    kube.apply_rbac(
+        ROOT_EXEC_RBAC,
+        &[&["create", "pods", "--subresource=exec", "--as", "root"]],
+    )
+    .await?;
+    let recordings = tempfile::tempdir()?;
+    let audit = recordings.path().join("../audit-of-recordings.log");
+    let audit = std::path::absolute(&audit)?;
+    let dir = recordings.path().join("casts");
+    std::fs::create_dir(&dir)?;
+    // One proxy: cluster `direct` is reached straight, `edge` through the
+    // agent tunnel. Sessions of group devs (alice) are recorded, typing too.
+    let proxy = AgentProxy::start(
+        kube,
+        &format!(
+            "sessionRecording: {{dir: {}, groups: [devs], input: true}}\naudit: {{path: {}}}",
+            dir.display(),
+            audit.display()
+        ),
+    )
+    .await?;
+    let kubectl = authproxy_tests::kube::kube_bin()?.join("kubectl");
+    let mut seen = std::collections::BTreeSet::new();
+    for cluster in ["direct", "edge"] {
+        for spdy in [false, true] {
+            let route = Route::new(
+                &format!("{cluster}-{}", if spdy { "spdy" } else { "websocket" }),
+                proxy.kubeconfig(cluster),
+                &["--context", "alice"],
+                spdy,
+            );
+            let pod = route.pod("recorded");
+            kube.running_pod(&pod).await?;
+            let out = route
+                .run(
+                    &[
+                        "exec",
+                        "-i",
+                        &pod,
+                        "-c",
+                        CONTAINER,
+                        "--",
+                        "sh",
+                        "-c",
+                        "cat; echo done; sleep 0.5; echo to-stderr >&2",
+                    ],
+                    Some(b"typed line\n"),
+                    BOUND,
+                )
+                .await?;
+            assert_eq!(out.status.code(), Some(0), "{route}: {}", output_text(&out));
+            let found = new_recordings(&dir, &mut seen)?;
+            assert_eq!(found.len(), 1, "{route}: {found:?}");
+            let file = &found[0];
+            // Named by the audit ID, and named in the request's audit event.
+            let id = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .context("recording name")?
+                .to_owned();
+            let events = proxy_audit(&audit)?;
+            let event = events
+                .iter()
+                .find(|e| e["auditID"] == id.as_str())
+                .with_context(|| format!("{route}: no audit event {id}"))?;
+            assert_eq!(
+                event["objectRef"]["subresource"], "exec",
+                "{route}: {event}"
+            );
+            assert_eq!(
+                event["annotations"]["authproxy.io/session-recording"],
+                file.to_str().context("path")?,
+                "{route}: {event}"
+            );
+            // What kubectl printed, played back; what was typed, recorded.
+            let (played, markers) = play(file).await?;
+            assert_eq!(played, "typed line\ndone\nto-stderr\n", "{route}");
+            assert!(markers.is_empty(), "{route}: {markers}");
+            let cast = std::fs::read_to_string(file)?;
+            assert!(
+                cast.lines().any(|l| l.contains(r#""i","typed line\n""#)),
+                "{route}: {cast}"
+            );
+            assert!(cast.starts_with(r#"{"version":2,"#), "{route}: {cast}");
+            assert!(
+                cast.lines()
+                    .next()
+                    .is_some_and(|h| h.contains("alice exec default/")),
+                "{route}: {cast}"
+            );
+
+            // On a terminal: its size, and a resize while the session runs,
+            // reach the container and the recording.
+            let line = [
+                kubectl.to_str().context("kubectl path is not UTF-8")?,
+                "--kubeconfig",
+                route.kubeconfig.to_str().context("path is not UTF-8")?,
+                "--context",
+                "alice",
+                "exec",
+                "-it",
+                &pod,
+                "-c",
+                CONTAINER,
+                "--",
+                "sh",
+                "-c",
+                "'stty size; i=0; while [ \"$(stty size)\" != \"40 120\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; read x; echo got:$x'",
+            ]
+            .join(" ");
+            let mut script = tokio::process::Command::new("script");
+            script
+                .args([
+                    "-qec",
+                    &format!("stty cols 111 rows 33; (sleep 2; stty cols 120 rows 40 </dev/tty) & {line}"),
+                    "/dev/null",
+                ])
+                .env_remove("KUBECONFIG")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true);
+            if spdy {
+                script.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+            } else {
+                script.env_remove("KUBECTL_REMOTE_COMMAND_WEBSOCKETS");
+            }
+            let mut child = script.spawn().context("running script")?;
+            let mut stdin = child.stdin.take().context("script stdin")?;
+            // Typed once the resize is through (the line waits in the terminal).
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            stdin.write_all(b"on a terminal\n").await?;
+            let out = tokio::time::timeout(BOUND, child.wait_with_output())
+                .await
+                .with_context(|| format!("{route}: kubectl exec -it did not end"))??;
+            drop(stdin);
+            let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+            assert!(text.contains("33 111\n"), "{route}: {text:?}");
+            assert!(text.contains("40 120\n"), "{route}: {text:?}");
+            assert!(text.contains("got:on a terminal\n"), "{route}: {text:?}");
+            let found = new_recordings(&dir, &mut seen)?;
+            assert_eq!(found.len(), 1, "{route}: {found:?}");
+            let cast = std::fs::read_to_string(&found[0])?;
+            let resizes: Vec<&str> = cast.lines().filter(|l| l.contains(r#","r","#)).collect();
+            assert!(
+                resizes.first().is_some_and(|r| r.contains("111x33"))
+                    && resizes.iter().any(|r| r.contains("120x40")),
+                "{route}: {resizes:?}"
+            );
+            let (played, _) = play(&found[0]).await?;
+            let played = played.replace('\r', "");
+            assert!(
+                played.contains("33 111\n") && played.contains("got:on a terminal\n"),
+                "{route}: {played:?}"
+            );
+
+            // A session the recording does not select is not recorded.
+            let root = Route::new(
+                &format!("{cluster}-root"),
+                proxy.kubeconfig(cluster),
+                &["--context", "root"],
+                spdy,
+            );
+            let out = root
+                .run(
+                    &["exec", &pod, "-c", CONTAINER, "--", "echo", "unrecorded"],
+                    None,
+                    BOUND,
+                )
+                .await?;
+            assert_eq!(
+                out.stdout,
+                b"unrecorded\n",
+                "{route}: {}",
+                output_text(&out)
+            );
+            assert_eq!(
+                new_recordings(&dir, &mut seen)?,
+                Vec::<PathBuf>::new(),
+                "{route}"
+            );
+        }
+    }
+    // Counted.
+    let metrics = proxy.metrics().await?;
+    assert!(
+        metrics.contains("authproxy_session_recordings_total{result=\"recorded\"} 8"),
+        "{metrics}"
+    );
+    Ok(())
+}

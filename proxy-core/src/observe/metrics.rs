@@ -506,10 +506,7 @@ impl Metrics {
 
     /// Reports what session recording does (`authproxy_session_recordings`,
     /// `authproxy_session_recording_dropped_bytes`).
-    pub fn observe_recordings(
-        &self,
-        counters: Arc<crate::observe::sessions::RecordingCounters>,
-    ) {
+    pub fn observe_recordings(&self, counters: Arc<crate::observe::sessions::RecordingCounters>) {
         if let Ok(mut sources) = self.families.backends.sources.lock() {
             sources.recordings.push(counters);
         }

@@ -61,10 +61,13 @@ pub struct Cast {
 impl Cast {
     /// Reads an asciicast v2 file's text; the error names the line.
     pub fn parse(text: &str) -> Result<Cast, String> {
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
         let (_, first) = lines.next().ok_or("line 1: empty: not an asciicast file")?;
-        let header: CastHeader =
-            serde_json::from_str(first).map_err(|e| format!("line 1: not an asciicast v2 header: {e}"))?;
+        let header: CastHeader = serde_json::from_str(first)
+            .map_err(|e| format!("line 1: not an asciicast v2 header: {e}"))?;
         if header.version != 2 {
             return Err(format!(
                 "line 1: asciicast version {} (only version 2 is read)",
@@ -151,8 +154,8 @@ impl Writer {
         let mut last = Duration::ZERO;
         let mut carries = (Vec::new(), Vec::new());
         let line = |out: &mut std::io::BufWriter<std::fs::File>,
-                        written: &mut u64,
-                        text: String|
+                    written: &mut u64,
+                    text: String|
          -> std::io::Result<()> {
             out.write_all(text.as_bytes())?;
             out.write_all(b"\n")?;
@@ -182,7 +185,9 @@ impl Writer {
                     let marker = serde_json::to_string(&(
                         seconds(at),
                         "m",
-                        format!("recording stopped: the size limit of {max_bytes} bytes was reached"),
+                        format!(
+                            "recording stopped: the size limit of {max_bytes} bytes was reached"
+                        ),
                     ))
                     .map_err(std::io::Error::other)?;
                     line(&mut out, &mut written, marker)?;
@@ -195,7 +200,9 @@ impl Writer {
                 let marker = serde_json::to_string(&(
                     seconds(last),
                     "m",
-                    format!("{lost} bytes of the session were not recorded: the recording fell behind"),
+                    format!(
+                        "{lost} bytes of the session were not recorded: the recording fell behind"
+                    ),
                 ))
                 .map_err(std::io::Error::other)?;
                 line(&mut out, &mut written, marker)?;
@@ -257,10 +264,19 @@ mod tests {
             dropped,
         };
         let (send, receive) = mpsc::channel(16);
-        send.try_send((Duration::from_millis(1), Happened::Resize { width: 100, height: 30 }))
-            .unwrap();
-        send.try_send((Duration::from_millis(2), Happened::Output(b"hello\r\n".to_vec())))
-            .unwrap();
+        send.try_send((
+            Duration::from_millis(1),
+            Happened::Resize {
+                width: 100,
+                height: 30,
+            },
+        ))
+        .unwrap();
+        send.try_send((
+            Duration::from_millis(2),
+            Happened::Output(b"hello\r\n".to_vec()),
+        ))
+        .unwrap();
         send.try_send((Duration::from_millis(3), Happened::Input(b"ls\r".to_vec())))
             .unwrap();
         send.try_send((Duration::from_millis(4), Happened::Output(vec![b'x'; 500])))
@@ -278,7 +294,10 @@ mod tests {
             .iter()
             .map(|e| (e.kind.as_str(), e.data.as_str()))
             .collect();
-        assert_eq!(kinds[..3], [("r", "100x30"), ("o", "hello\r\n"), ("i", "ls\r")]);
+        assert_eq!(
+            kinds[..3],
+            [("r", "100x30"), ("o", "hello\r\n"), ("i", "ls\r")]
+        );
         assert_eq!(kinds[3].0, "m");
         assert!(kinds[3].1.contains("size limit of 200 bytes"), "{kinds:?}");
         assert!(kinds[4].1.contains("3 bytes"), "{kinds:?}");

@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 
 use crate::authn::Identity;
 use crate::config::Problem;
-pub use cast::{Cast, CastEvent, CastHeader};
 use cast::Happened;
+pub use cast::{Cast, CastEvent, CastHeader};
 use spdy::{SpdyParser, StreamKind};
 use websocket::WsParser;
 
@@ -180,9 +180,7 @@ impl SessionRecorder {
         req: &Request<B>,
         identity: Option<&Identity>,
     ) -> Option<SessionTap> {
-        let (info, _) =
-            crate::observe::request_info::classify(req.method(), req.uri(), true, false);
-        let object = info.object.as_ref()?;
+        let object = crate::observe::request_info::object_ref(req.uri(), false)?;
         if !(object.resource == "pods"
             && object.api_group.is_empty()
             && matches!(object.subresource.as_str(), "exec" | "attach"))
@@ -266,8 +264,8 @@ impl SessionTap {
             .to_ascii_lowercase();
         let readers = if upgrade.starts_with("spdy/") {
             Readers::Spdy {
-                client: SpdyParser::new(true),
-                server: SpdyParser::new(false),
+                client: Box::new(SpdyParser::new(true)),
+                server: Box::new(SpdyParser::new(false)),
                 streams: HashMap::new(),
             }
         } else if upgrade == "websocket" {
@@ -339,8 +337,8 @@ enum Readers {
         server: WsParser,
     },
     Spdy {
-        client: SpdyParser,
-        server: SpdyParser,
+        client: Box<SpdyParser>,
+        server: Box<SpdyParser>,
         streams: HashMap<u32, StreamKind>,
     },
 }
@@ -556,5 +554,129 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Tapped<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(queue: usize, input: bool) -> (Session, mpsc::Receiver<(Duration, Happened)>) {
+        let (send, receive) = mpsc::channel(queue);
+        let session = Session {
+            readers: Readers::WebSocket {
+                client: WsParser::new("v5.channel.k8s.io"),
+                server: WsParser::new("v5.channel.k8s.io"),
+            },
+            started: Instant::now(),
+            send,
+            input,
+            dropped: Arc::default(),
+            counters: Arc::default(),
+            resize: Vec::new(),
+        };
+        (session, receive)
+    }
+
+    /// An unmasked binary frame on `channel`.
+    fn frame(channel: u8, data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x82, (data.len() + 1) as u8, channel];
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn a_writer_that_falls_behind_loses_recording_never_the_stream() {
+        let (mut session, mut receive) = session(1, false);
+        for _ in 0..3 {
+            session.read(false, &frame(1, b"0123456789"));
+        }
+        // One event queued; the other two counted, not waited for.
+        assert_eq!(session.dropped.load(Ordering::Relaxed), 20);
+        assert_eq!(session.counters.dropped_bytes.load(Ordering::Relaxed), 20);
+        assert!(matches!(receive.try_recv(), Ok((_, Happened::Output(b))) if b == b"0123456789"));
+    }
+
+    #[test]
+    fn input_is_recorded_only_when_asked_and_resizes_when_whole() {
+        let masked = |channel: u8, data: &[u8]| {
+            let mut out = vec![0x82, 0x80 | (data.len() + 1) as u8, 0, 0, 0, 0, channel];
+            out.extend_from_slice(data);
+            out
+        };
+        for input in [false, true] {
+            let (mut session, mut receive) = session(16, input);
+            session.read(true, &masked(0, b"secret\n"));
+            let resize = masked(4, br#"{"Width":120,"Height":40}"#);
+            let (first, rest) = resize.split_at(12);
+            session.read(true, first);
+            session.read(true, rest);
+            let mut seen = Vec::new();
+            while let Ok((_, happened)) = receive.try_recv() {
+                seen.push(happened);
+            }
+            let mut want = Vec::new();
+            if input {
+                want.push(Happened::Input(b"secret\n".to_vec()));
+            }
+            want.push(Happened::Resize {
+                width: 120,
+                height: 40,
+            });
+            assert_eq!(seen, want, "input: {input}");
+        }
+    }
+
+    #[test]
+    fn only_exec_and_attach_of_selected_callers_are_tapped() {
+        let config: SessionRecordingConfig =
+            serde_yaml_ng::from_str("{dir: /r, users: [alice], namespaces: [prod]}").unwrap();
+        let recorder = SessionRecorder::new(&config, Path::new("/"));
+        let alice = Identity::new(crate::authn::UserInfo {
+            username: "alice".into(),
+            ..Default::default()
+        });
+        let bob = Identity::new(crate::authn::UserInfo {
+            username: "bob".into(),
+            ..Default::default()
+        });
+        let tapped = |path: &str, who: &Identity| {
+            let req = Request::get(path)
+                .header(
+                    crate::observe::AUDIT_ID,
+                    "0b8a5e3c-1111-4222-8333-444455556666",
+                )
+                .body(())
+                .unwrap();
+            recorder
+                .tap_for(&req, Some(who))
+                .map(|t| t.path().to_owned())
+        };
+        assert_eq!(
+            tapped(
+                "/api/v1/namespaces/dev/pods/web/exec?container=app&command=sh",
+                &alice
+            ),
+            Some(PathBuf::from(
+                "/r/0b8a5e3c-1111-4222-8333-444455556666.cast"
+            ))
+        );
+        assert!(tapped("/api/v1/namespaces/dev/pods/web/attach", &alice).is_some());
+        assert!(tapped("/api/v1/namespaces/prod/pods/web/exec", &bob).is_some());
+        assert!(tapped("/api/v1/namespaces/dev/pods/web/exec", &bob).is_none());
+        assert!(tapped("/api/v1/namespaces/dev/pods/web/portforward", &alice).is_none());
+        assert!(tapped("/api/v1/namespaces/dev/pods/web/log", &alice).is_none());
+        // An audit ID that is no file name is not used as one.
+        let req = Request::get("/api/v1/namespaces/dev/pods/web/exec")
+            .header(crate::observe::AUDIT_ID, "../../etc/passwd")
+            .body(())
+            .unwrap();
+        let path = recorder
+            .tap_for(&req, Some(&alice))
+            .unwrap()
+            .path()
+            .to_owned();
+        assert_eq!(path.parent(), Some(Path::new("/r")));
+        assert!(!path.to_string_lossy().contains("passwd"));
     }
 }

@@ -193,8 +193,8 @@ impl SpdyParser {
                         continue;
                     }
                     self.have = 0;
-                    let length = u32::from_be_bytes([0, self.head[5], self.head[6], self.head[7]])
-                        as usize;
+                    let length =
+                        u32::from_be_bytes([0, self.head[5], self.head[6], self.head[7]]) as usize;
                     self.state = if self.head[0] & 0x80 != 0 {
                         State::Control {
                             kind: u16::from_be_bytes([self.head[2], self.head[3]]),
@@ -249,8 +249,7 @@ impl SpdyParser {
         if !done {
             return;
         }
-        if let State::Control { kind, body, .. } = std::mem::replace(&mut self.state, State::Head)
-        {
+        if let State::Control { kind, body, .. } = std::mem::replace(&mut self.state, State::Head) {
             let block_at = match kind {
                 SYN_STREAM => 10,
                 HEADERS => 4,

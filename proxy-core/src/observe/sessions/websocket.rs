@@ -228,7 +228,12 @@ mod tests {
         stream.extend(frame(false, 2, b"\x00frag", key));
         stream.extend(frame(true, 9, b"ping", key));
         stream.extend(frame(true, 0, b"mented\n", key));
-        stream.extend(frame(true, 2, &[&[4u8][..], br#"{"Width":100,"Height":30}"#].concat(), key));
+        stream.extend(frame(
+            true,
+            2,
+            &[&[4u8][..], br#"{"Width":100,"Height":30}"#].concat(),
+            key,
+        ));
         stream.extend(frame(true, 2, &[&[1u8][..], &big].concat(), key));
         stream.extend(frame(true, 2, &[], key));
         stream.extend(frame(true, 8, b"\x03\xe8", key));
