@@ -14,11 +14,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use authproxy_tests::kube::{kube, unique_marker, Kube};
+use authproxy_tests::kube::{kube, unique_marker, Kube, CONTAINER};
 use authproxy_tests::netns::Netns;
 use authproxy_tests::{
-    authproxy_binary, curl_with_ca, double, kubectl_command, output_text, pki, wait_for,
-    write_user_kubeconfig, RunningDouble, TestPki, UserInfo, PROXY_TOKEN, PROXY_USER, USERS,
+    authproxy_binary, curl_with_ca, kubectl_command, output_text, wait_for, write_user_kubeconfig,
+    TestPki, USERS,
 };
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt as _;
@@ -741,60 +741,55 @@ async fn a_rotated_registration_token_disconnects_the_agents_of_the_one_before(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_cross_the_tunnel_both_ways() -> anyhow::Result<()> {
     let mut env = behind_or_skip!();
-    // The API-server double answers 101 and echoes: an agent serves it as `echo`.
-    let double_pki = TestPki::new()?;
-    let double_cert = double_pki.issue_server("apiserver")?;
-    let tls = pki::server_config(&double_cert, &[b"h2", b"http/1.1"])?;
-    let double: RunningDouble = double::start(double::DoubleConfig::new(tls).with_token(
-        PROXY_TOKEN,
-        UserInfo {
-            username: PROXY_USER.into(),
-            uid: String::new(),
-            groups: vec!["system:serviceaccounts".into()],
-            extra: Default::default(),
-        },
-    ))
-    .await?;
-    let double_kubeconfig = env.dir.path().join("double.kubeconfig");
-    std::fs::write(
-        &double_kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: d\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: p\n  user:\n    token: {PROXY_TOKEN}\ncontexts:\n- name: d\n  context: {{cluster: d, user: p}}\ncurrent-context: d\n",
-            double.url(),
-            double_pki.ca_path().display()
-        ),
-    )?;
-    let _echo = env.agent_with("echo", "echo.token", &double_kubeconfig)?;
+    // The test kubelet (kube's own streaming code) serves the pod; the proxy,
+    // in its namespace, reaches it only through the agent.
+    let kube = authproxy_tests::streaming::kube_with_kubelet().await?;
     let _edge = env.agent("edge")?;
-    env.wait_answer("echo", 200).await?;
     env.wait_answer("edge", 200).await?;
-
-    let addr = std::net::SocketAddr::new(env.netns.inside, PORT);
-    let mut tunnel = authproxy_tests::upgrade::open_at(
-        addr,
-        &env.netns.inside.to_string(),
-        env.pki.ca_pem(),
-        "/k8s/clusters/echo/api/v1/namespaces/default/pods/web-0/exec?command=sh",
-        "alice-token",
-        "SPDY/3.1",
-    )
-    .await?;
-    for message in [
-        &b"hello through the agent"[..],
-        &[0u8, 1, 2, 255, 254][..],
-        &vec![b'x'; 256 * 1024][..],
-    ] {
-        assert_eq!(tunnel.round_trip(message).await?, message);
+    let pod = unique_marker("tunnel-exec");
+    kube.running_pod(&pod).await?;
+    // Every byte value, and more than one window of flow control.
+    let sent: Vec<u8> = (0..256 * 1024).map(|i: usize| (i % 251) as u8).collect();
+    for spdy in [false, true] {
+        let route = authproxy_tests::streaming::Route::new(
+            &format!("edge-{}", if spdy { "spdy" } else { "websocket" }),
+            env.kubeconfig("edge"),
+            &[],
+            spdy,
+        );
+        let out = route
+            .run(
+                &["exec", "-i", &pod, "-c", CONTAINER, "--", "cat"],
+                Some(&sent),
+                authproxy_tests::streaming::BOUND,
+            )
+            .await?;
+        assert!(out.status.success(), "{route}: {}", output_text(&out));
+        assert!(
+            out.stdout == sent,
+            "{route}: {} bytes came back",
+            out.stdout.len()
+        );
+        let verb = if spdy { "create" } else { "get" };
+        let events = env
+            .kube
+            .wait_audit(1, |e| {
+                e["objectRef"]["name"] == pod.as_str()
+                    && e["objectRef"]["subresource"] == "exec"
+                    && e["verb"] == verb
+            })
+            .await?;
+        assert_eq!(
+            events[0]["user"]["username"], AGENT_ACCOUNT,
+            "{}",
+            events[0]
+        );
+        assert_eq!(
+            events[0]["impersonatedUser"]["username"], "alice",
+            "{}",
+            events[0]
+        );
     }
-    let exec: Vec<_> = double
-        .requests()
-        .into_iter()
-        .filter(|r| r.uri.path().ends_with("/exec"))
-        .collect();
-    assert_eq!(exec.len(), 1, "{exec:?}");
-    assert_eq!(exec[0].header_values("impersonate-user"), ["alice"]);
-    assert_eq!(exec[0].method, "POST");
-    drop(tunnel);
 
     // kube-apiserver has no kubelet: its refusal comes back through the tunnel,
     // after its RBAC let alice (impersonated by the agent) ask.
