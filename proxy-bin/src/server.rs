@@ -282,7 +282,8 @@ impl Proxy {
                     front_proxy
                         .clone()
                         .unwrap_or_else(HeaderNames::impersonation),
-                );
+                )
+                .with_rbac(config.identity_headers.rbac);
                 if let Some(metrics) = &metrics {
                     metrics.observe_reviews(reviewer.counters().clone());
                 }

@@ -203,6 +203,16 @@ async fn kubectl_as_a_service_account_gets_its_groups_from_kube() -> anyhow::Res
 async fn kubectl_as_a_refused_identity_gets_kubes_403_and_nothing_is_forwarded(
 ) -> anyhow::Result<()> {
     let env = env_with_rbac("").await?;
+    // alice has no constrained grant: kube refuses the first mode it tries,
+    // constrained user-info, for the request itself.
+    let first = refused(&env, &["--as", "bob"]).await?;
+    assert!(
+        first.contains(r#"pods is forbidden: User "alice" cannot impersonate-on:user-info:list resource "pods" in API group "" in the namespace "default""#),
+        "{first}"
+    );
+    // Once the legacy verb has let her impersonate, kube tries it first, and
+    // its refusal names what she may not take.
+    assert!(whoami(&env, &["--as", "carol"]).await?.is_ok());
     // A user alice may not be, a group she may not take, a uid she may not use.
     for (args, message) in [
         (
@@ -227,7 +237,8 @@ async fn kubectl_as_a_refused_identity_gets_kubes_403_and_nothing_is_forwarded(
         .await?;
     assert!(!out.status.success());
     assert!(
-        output_text(&out).contains(r#"User "bob" cannot impersonate resource "users""#),
+        output_text(&out)
+            .contains(r#"User "bob" cannot impersonate-on:user-info:list resource "pods""#),
         "{}",
         output_text(&out)
     );
@@ -299,7 +310,7 @@ async fn deny_mode_refuses_every_caller_impersonation() -> anyhow::Result<()> {
 /// own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_impersonation_reviews_are_bounded_per_request_and_per_user() -> anyhow::Result<()> {
-    let env = env_with_rbac("callerImpersonation: {cacheTTL: 0s, reviewsPerMinute: 4}").await?;
+    let env = env_with_rbac("callerImpersonation: {cacheTTL: 0s, reviewsPerMinute: 5}").await?;
     let url = format!("{}/api/v1/namespaces/default/pods", env.proxy_url());
     let get = |token: &'static str, extra: Vec<String>| {
         let agent = unique_marker("review-budget");
@@ -335,7 +346,10 @@ async fn caller_impersonation_reviews_are_bounded_per_request_and_per_user() -> 
         "{text}"
     );
     env.assert_not_forwarded(&agent).await?;
-    // Two reviews each (carol, devs): the budget of 4 allows two requests.
+    // The first request costs three reviews (kube's constrained user-info
+    // mode first, refused; then carol and devs by the legacy verb), the
+    // second two (the mode that worked is tried first, as kube does): a
+    // budget of 5 allows two requests.
     for _ in 0..2 {
         let (code, text, _) = get("alice-token", vec!["Impersonate-Group: devs".into()]).await?;
         assert_eq!(code, 200, "{text}");

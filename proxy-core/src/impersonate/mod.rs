@@ -111,6 +111,12 @@ pub struct HeaderNames {
 }
 
 impl HeaderNames {
+    /// Whether these are kube's impersonation headers (the identity is then
+    /// checked by the API server's impersonation filter).
+    pub fn is_impersonation(&self) -> bool {
+        self.user.as_str().starts_with(IMPERSONATE_PREFIX)
+    }
+
     /// kube's impersonation headers.
     pub fn impersonation() -> Self {
         HeaderNames {
@@ -235,6 +241,24 @@ pub enum ForwardMode {
     FrontProxy,
 }
 
+/// Which impersonation rights the proxy's own account holds on the API
+/// server: what it may send upstream depends on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ProxyRbac {
+    /// The `impersonate` verb on users, groups, uids and user extras (and
+    /// service accounts): every identity can be sent.
+    #[default]
+    Legacy,
+    /// Only constrained impersonation (kube 1.36 and later, KEP-5284):
+    /// `impersonate:user-info` on users, groups, uids and user extras,
+    /// `impersonate:serviceaccount`, `impersonate:arbitrary-node`, and
+    /// `impersonate-on:<mode>:<verb>` for what is let through. The proxy
+    /// cannot impersonate `system:masters`, nor send a service account or
+    /// a node with anything but its name.
+    Constrained,
+}
+
 /// The `identityHeaders:` section: how the identity goes upstream.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -242,6 +266,10 @@ pub struct ForwardConfig {
     /// `impersonate` (default) or `frontProxy`.
     #[serde(default)]
     pub mode: ForwardMode,
+    /// With `impersonate`: the rights the proxy's account holds,
+    /// `legacy` (default) or `constrained`.
+    #[serde(default, rename = "rbac")]
+    pub rbac: ProxyRbac,
     /// Front-proxy user header (default `X-Remote-User`).
     pub user_header: Option<String>,
     /// Front-proxy group header (default `X-Remote-Group`).

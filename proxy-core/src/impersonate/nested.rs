@@ -33,6 +33,7 @@ use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::authn::UserInfo;
+use crate::observe::request_info::AuthorizerAttributes;
 use crate::status::{Reason, Status};
 
 pub use super::review::{ReviewError, Reviewer};
@@ -207,10 +208,7 @@ pub fn requested(headers: &HeaderMap) -> Result<Option<Requested>, Status> {
             asked.join(", ")
         )));
     }
-    let count = 1
-        + usize::from(requested.uid.is_some())
-        + requested.groups.len()
-        + requested.extra.values().map(Vec::len).sum::<usize>();
+    let count = attribute_count(&requested);
     if count > MAX_REVIEWS_PER_REQUEST {
         return Err(bad_request(format!(
             "this request asks to impersonate {count} attributes (the user, the uid, groups and extra \
@@ -220,43 +218,82 @@ pub fn requested(headers: &HeaderMap) -> Result<Option<Requested>, Status> {
     Ok(Some(requested))
 }
 
-/// One thing to be allowed: verb `impersonate` on a resource.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+/// One question for the API server's authorizer: may the user do `verb`
+/// on this resource (or, with `resource` empty, on `path`)?
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Attributes {
+    /// `impersonate`, `impersonate:<mode>` or `impersonate-on:<mode>:<verb>`.
+    pub verb: String,
     /// API group (`""` or `authentication.k8s.io`).
-    pub group: &'static str,
-    /// `users`, `serviceaccounts`, `groups`, `uids` or `userextras`.
-    pub resource: &'static str,
-    /// The extra key, for `userextras`.
+    pub group: String,
+    /// API version.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    /// `users`, `serviceaccounts`, `nodes`, `groups`, `uids`, `userextras`,
+    /// or the request's own resource; empty for a non-resource request.
+    pub resource: String,
+    /// The extra key, for `userextras`; the request's subresource.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub subresource: String,
-    /// The service account's namespace, for `serviceaccounts`.
+    /// The namespace (a service account's; the request's).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     /// The name asked for.
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// The path of a non-resource request.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub path: String,
 }
 
 impl Attributes {
-    fn new(group: &'static str, resource: &'static str, name: &str) -> Self {
+    fn new(verb: &str, group: &str, resource: &str, name: &str) -> Self {
         Attributes {
-            group,
-            resource,
-            subresource: String::new(),
-            namespace: String::new(),
+            verb: verb.to_owned(),
+            group: group.to_owned(),
+            version: "v1".to_owned(),
+            resource: resource.to_owned(),
             name: name.to_owned(),
+            ..Attributes::default()
+        }
+    }
+
+    /// The request itself, asked with `verb` in place of its own.
+    fn on_request(verb: String, request: &AuthorizerAttributes) -> Self {
+        match &request.object {
+            Some(object) => Attributes {
+                verb,
+                group: object.api_group.clone(),
+                version: object.api_version.clone(),
+                resource: object.resource.clone(),
+                subresource: object.subresource.clone(),
+                namespace: object.namespace.clone(),
+                name: object.name.clone(),
+                path: String::new(),
+            },
+            None => Attributes {
+                verb,
+                path: request.path.clone(),
+                ..Attributes::default()
+            },
         }
     }
 
     /// kube's 403 message for a refused impersonation by `user`.
     pub(crate) fn forbidden(&self, user: &str) -> String {
+        if self.resource.is_empty() {
+            return format!(
+                "forbidden: User \"{user}\" cannot {} path \"{}\"",
+                self.verb, self.path
+            );
+        }
         let resource = if self.subresource.is_empty() {
-            self.resource.to_owned()
+            self.resource.clone()
         } else {
             format!("{}/{}", self.resource, self.subresource)
         };
         let qualified = if self.group.is_empty() {
-            self.resource.to_owned()
+            self.resource.clone()
         } else {
             format!("{}.{}", self.resource, self.group)
         };
@@ -265,50 +302,359 @@ impl Attributes {
         } else {
             format!("in the namespace \"{}\"", self.namespace)
         };
+        let subject = if self.name.is_empty() {
+            qualified
+        } else {
+            format!("{qualified} \"{}\"", self.name)
+        };
         format!(
-            "{qualified} \"{}\" is forbidden: User \"{user}\" cannot impersonate resource \"{resource}\" in API group \"{}\" {scope}",
-            self.name, self.group
+            "{subject} is forbidden: User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
+            self.verb, self.group
         )
     }
 }
 
-/// Everything `requested` needs allowed, in kube's order: the user (or
-/// service account), each group, each extra value, the uid.
-pub fn attributes(requested: &Requested) -> Vec<Attributes> {
-    let mut all = Vec::new();
-    if let Some(user) = &requested.user {
-        let account = user
-            .strip_prefix("system:serviceaccount:")
-            .and_then(|rest| rest.split_once(':'))
-            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'));
-        all.push(match account {
-            Some((namespace, name)) => Attributes {
-                namespace: namespace.to_owned(),
-                ..Attributes::new("", "serviceaccounts", name)
-            },
-            None => Attributes::new("", "users", user),
-        });
-    }
-    for group in &requested.groups {
-        all.push(Attributes::new("", "groups", group));
-    }
-    for (key, values) in &requested.extra {
-        for value in values {
-            all.push(Attributes {
-                subresource: key.clone(),
-                ..Attributes::new("authentication.k8s.io", "userextras", value)
-            });
-        }
-    }
-    if let Some(uid) = &requested.uid {
-        all.push(Attributes::new("authentication.k8s.io", "uids", uid));
-    }
-    all
+/// The ways kube-apiserver (1.36 and later) lets a user impersonate, in the
+/// order it tries them: the constrained modes of KEP-5284, then the legacy
+/// `impersonate` verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ImpersonationMode {
+    /// A service account acting as the node its pod runs on.
+    AssociatedNode,
+    /// Any node (`system:node:<name>`), by name alone.
+    ArbitraryNode,
+    /// A service account, by name alone.
+    ServiceAccount,
+    /// Any other user, with groups, uid and extras.
+    UserInfo,
+    /// The `impersonate` verb on each part of the identity.
+    Legacy,
 }
 
-/// The identity a request goes on as when `requested` is allowed for
-/// `original`: the requested one, plus [`ORIGINAL_USER_EXTRA`].
-pub fn impersonated(original: &UserInfo, requested: &Requested) -> UserInfo {
+impl ImpersonationMode {
+    /// Every mode, in the order kube tries them.
+    pub const ALL: [ImpersonationMode; 5] = [
+        ImpersonationMode::AssociatedNode,
+        ImpersonationMode::ArbitraryNode,
+        ImpersonationMode::ServiceAccount,
+        ImpersonationMode::UserInfo,
+        ImpersonationMode::Legacy,
+    ];
+
+    /// kube's name of the mode (`user-info`), `legacy` for the last.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImpersonationMode::AssociatedNode => "associated-node",
+            ImpersonationMode::ArbitraryNode => "arbitrary-node",
+            ImpersonationMode::ServiceAccount => "serviceaccount",
+            ImpersonationMode::UserInfo => "user-info",
+            ImpersonationMode::Legacy => "legacy",
+        }
+    }
+
+    /// The verb of the checks on the identity's parts.
+    fn verb(self) -> String {
+        match self {
+            ImpersonationMode::Legacy => "impersonate".to_owned(),
+            mode => format!("impersonate:{}", mode.as_str()),
+        }
+    }
+
+    /// Whether the mode can impersonate `requested` for `requestor` at all
+    /// (kube's filter, asked before any check).
+    pub fn applies(self, requested: &Requested, requestor: &UserInfo) -> bool {
+        let user = requested.user.as_deref().unwrap_or_default();
+        let only_name = requested.uid.as_deref().unwrap_or_default().is_empty()
+            && requested.groups.is_empty()
+            && requested.extra.is_empty();
+        match self {
+            ImpersonationMode::AssociatedNode => {
+                only_name
+                    && node_name(user).is_some_and(|node| {
+                        service_account(&requestor.username).is_some()
+                            && requestor
+                                .extra
+                                .get(NODE_NAME_EXTRA)
+                                .is_some_and(|v| v.len() == 1 && v[0] == node)
+                    })
+            }
+            ImpersonationMode::ArbitraryNode => only_name && node_name(user).is_some(),
+            ImpersonationMode::ServiceAccount => only_name && service_account(user).is_some(),
+            ImpersonationMode::UserInfo => {
+                node_name(user).is_none() && service_account(user).is_none()
+            }
+            ImpersonationMode::Legacy => true,
+        }
+    }
+
+    /// What this mode asks, in kube's order, for `requested` on `request`:
+    /// `impersonate-on:<mode>:<verb>` on the request itself (constrained
+    /// modes), then the user name, the uid, the groups and the extras.
+    pub fn steps(self, requested: &Requested, request: &AuthorizerAttributes) -> Vec<Step> {
+        let constrained = self != ImpersonationMode::Legacy;
+        let verb = self.verb();
+        let name_group = if constrained {
+            "authentication.k8s.io"
+        } else {
+            ""
+        };
+        let mut steps = Vec::new();
+        if constrained {
+            steps.push(Step::Ask(Attributes::on_request(
+                format!("impersonate-on:{}:{}", self.as_str(), request.verb),
+                request,
+            )));
+        }
+        let user = requested.user.as_deref().unwrap_or_default();
+        let mut name = Attributes::new(&verb, name_group, "users", user);
+        if let (true, Some(node)) = (constrained, node_name(user)) {
+            name.resource = "nodes".into();
+            // kube asks about every node at once for a node's own account.
+            name.name = if self == ImpersonationMode::AssociatedNode {
+                "*".into()
+            } else {
+                node.to_owned()
+            };
+        } else if let Some((namespace, account)) = service_account(user) {
+            name.resource = "serviceaccounts".into();
+            name.namespace = namespace.to_owned();
+            name.name = account.to_owned();
+        }
+        steps.push(Step::Ask(name));
+        if let Some(uid) = requested.uid.as_deref().filter(|u| !u.is_empty()) {
+            steps.push(Step::Ask(Attributes::new(
+                &verb,
+                "authentication.k8s.io",
+                "uids",
+                uid,
+            )));
+        }
+        let groups = &requested.groups;
+        if !groups.is_empty() {
+            let group = |name: &str| Attributes::new(&verb, name_group, "groups", name);
+            if constrained && groups.iter().any(String::is_empty) {
+                steps.push(Step::Refuse(
+                    group(""),
+                    "impersonating the empty string group is not allowed".into(),
+                ));
+                return steps;
+            }
+            if constrained && groups.iter().any(|g| g == "system:masters") {
+                steps.push(Step::Refuse(
+                    group("system:masters"),
+                    "impersonating the system:masters group is not allowed".into(),
+                ));
+                return steps;
+            }
+            let each = groups.iter().map(|g| group(g)).collect();
+            steps.push(if constrained && groups.len() >= MANY_CHECKS {
+                Step::AskAll {
+                    wildcard: group("*"),
+                    each,
+                }
+            } else {
+                Step::Each(each)
+            });
+        }
+        if !requested.extra.is_empty() {
+            let extra = |key: &str, value: &str| Attributes {
+                subresource: key.to_owned(),
+                ..Attributes::new(&verb, "authentication.k8s.io", "userextras", value)
+            };
+            if constrained {
+                if let Some(reason) = invalid_extra(&requested.extra) {
+                    steps.push(Step::Refuse(extra("", ""), reason));
+                    return steps;
+                }
+            }
+            let each = requested
+                .extra
+                .iter()
+                .flat_map(|(key, values)| values.iter().map(move |v| (key, v)))
+                .map(|(key, value)| extra(key, value))
+                .collect::<Vec<_>>();
+            steps.push(if constrained && each.len() >= MANY_CHECKS {
+                Step::AskAll {
+                    wildcard: extra("*", "*"),
+                    each,
+                }
+            } else {
+                Step::Each(each)
+            });
+        }
+        steps
+    }
+}
+
+/// How many groups (or extra values) make a constrained mode first ask
+/// about all of them at once, as kube does.
+const MANY_CHECKS: usize = 4;
+
+/// The extra key kube gives a service account's token bound to a pod: the
+/// node the pod runs on.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
+/// One step of a mode's checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Allowed, or the mode fails with this refusal.
+    Ask(Attributes),
+    /// Each allowed.
+    Each(Vec<Attributes>),
+    /// `wildcard` allowed, or else each.
+    AskAll {
+        /// All names at once (`*`).
+        wildcard: Attributes,
+        /// One by one.
+        each: Vec<Attributes>,
+    },
+    /// Refused without asking, for this reason (appended to kube's 403).
+    Refuse(Attributes, String),
+}
+
+/// `system:node:<name>`'s name, when it is a valid node name (a DNS
+/// subdomain).
+pub fn node_name(user: &str) -> Option<&str> {
+    user.strip_prefix("system:node:")
+        .filter(|name| is_dns_subdomain(name))
+}
+
+/// `system:serviceaccount:<namespace>:<name>`'s namespace and name.
+pub fn service_account(user: &str) -> Option<(&str, &str)> {
+    user.strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'))
+}
+
+/// kube's DNS-1123 subdomain: at most 253 characters, dot-separated labels
+/// of lower-case letters, digits and `-`, each starting and ending with a
+/// letter or digit.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Why constrained impersonation refuses these extras, if it does: keys
+/// must be domain-prefixed paths in lower case, values non-empty.
+fn invalid_extra(extra: &BTreeMap<String, Vec<String>>) -> Option<String> {
+    for (key, values) in extra {
+        if key.is_empty() {
+            return Some("impersonating the empty string key in extra is not allowed".into());
+        }
+        if !is_domain_prefixed_path(key) {
+            return Some(format!(
+                "impersonating an invalid key in extra is not allowed: extra.key: Invalid value: {key:?}: must be a domain-prefixed path (such as \"acme.io/foo\")"
+            ));
+        }
+        if key != &key.to_lowercase() {
+            return Some(format!(
+                "impersonating a non-lowercase key in extra is not allowed: {key:?}"
+            ));
+        }
+        if values.is_empty() {
+            return Some("impersonating empty values in extra is not allowed".into());
+        }
+        if values.iter().any(String::is_empty) {
+            return Some("impersonating the empty string value in extra is not allowed".into());
+        }
+    }
+    None
+}
+
+/// kube's `IsDomainPrefixedPath`: `<DNS subdomain>/<path>`, the path of
+/// characters valid in a URL path.
+fn is_domain_prefixed_path(key: &str) -> bool {
+    let Some((domain, path)) = key.split_once('/') else {
+        return false;
+    };
+    !path.is_empty()
+        && is_dns_subdomain(domain)
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:/%".contains(&b))
+}
+
+/// How many attributes `requested` names: the user, the uid, each group and
+/// each extra value.
+pub fn attribute_count(requested: &Requested) -> usize {
+    1 + usize::from(requested.uid.is_some())
+        + requested.groups.len()
+        + requested.extra.values().map(Vec::len).sum::<usize>()
+}
+
+/// How the proxy sends the identity it decided on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// `Impersonate-*` headers, with these rights of the proxy's account.
+    Impersonate(super::ProxyRbac),
+    /// Front-proxy headers, which the API server takes as they are.
+    FrontProxy,
+}
+
+/// The groups kube gives a service account: `system:serviceaccounts` and
+/// `system:serviceaccounts:<namespace>`.
+fn service_account_groups(namespace: &str) -> Vec<String> {
+    vec![
+        "system:serviceaccounts".to_owned(),
+        format!("system:serviceaccounts:{namespace}"),
+    ]
+}
+
+/// The identity a request goes on as when `mode` allowed `requested` for
+/// `original`, as the proxy sends it (`forwarding`) so that the API server
+/// reads the user kube itself would have made of the request:
+///
+/// - a node allowed by a node mode is in `system:nodes` (and nothing else);
+///   a service account asked for without groups is in its account groups;
+/// - with constrained rights, a service account or a node that needs
+///   nothing but its name goes by name alone (the API server's own
+///   `serviceaccount` and `arbitrary-node` modes then give it its groups);
+/// - with legacy rights, a node goes with `system:nodes` named (the API
+///   server's legacy verb would not add it); front-proxy headers carry every
+///   group, as the API server adds none;
+/// - otherwise as requested, plus [`ORIGINAL_USER_EXTRA`] naming who asked.
+pub fn impersonated(
+    original: &UserInfo,
+    requested: &Requested,
+    mode: ImpersonationMode,
+    forwarding: Forwarding,
+) -> UserInfo {
+    let user = requested.user.as_deref().unwrap_or_default();
+    let account = service_account(user);
+    let node_mode = matches!(
+        mode,
+        ImpersonationMode::AssociatedNode | ImpersonationMode::ArbitraryNode
+    );
+    let only_name = requested.groups.is_empty()
+        && requested.uid.as_deref().unwrap_or_default().is_empty()
+        && requested.extra.is_empty();
+    let by_name = node_mode
+        || mode == ImpersonationMode::ServiceAccount
+        || (mode == ImpersonationMode::Legacy && account.is_some() && only_name);
+    if by_name && forwarding == Forwarding::Impersonate(super::ProxyRbac::Constrained) {
+        return UserInfo {
+            username: user.to_owned(),
+            ..UserInfo::default()
+        };
+    }
+    let groups = if node_mode {
+        vec!["system:nodes".to_owned()]
+    } else {
+        match (account, forwarding) {
+            (Some((namespace, _)), Forwarding::FrontProxy) if requested.groups.is_empty() => {
+                service_account_groups(namespace)
+            }
+            _ => requested.groups.clone(),
+        }
+    };
     #[derive(Serialize)]
     struct Original<'a> {
         username: &'a str,
@@ -326,9 +672,9 @@ pub fn impersonated(original: &UserInfo, requested: &Requested) -> UserInfo {
     .unwrap_or_default();
     extra.insert(ORIGINAL_USER_EXTRA.to_owned(), vec![who]);
     UserInfo {
-        username: requested.user.clone().unwrap_or_default(),
-        uid: requested.uid.clone(),
-        groups: requested.groups.clone(),
+        username: user.to_owned(),
+        uid: requested.uid.clone().filter(|u| !u.is_empty()),
+        groups,
         extra,
     }
 }
@@ -411,7 +757,7 @@ mod tests {
             requested(&headers(&pairs))
         };
         let at_bound = read(&pairs).unwrap().unwrap();
-        assert_eq!(attributes(&at_bound).len(), MAX_REVIEWS_PER_REQUEST);
+        assert_eq!(attribute_count(&at_bound), MAX_REVIEWS_PER_REQUEST);
         pairs.push(("Impersonate-Extra-Scopes", "edit".to_string()));
         let status = read(&pairs).unwrap_err();
         assert_eq!(status.code, 400);
@@ -422,57 +768,196 @@ mod tests {
         );
     }
 
-    #[test]
-    fn attributes_follow_kube_and_service_accounts_are_namespaced() {
-        let r = Requested {
-            user: Some("system:serviceaccount:default:nobody".into()),
-            groups: vec!["devs".into()],
-            uid: Some("7".into()),
-            extra: [("scopes".to_string(), vec!["view".to_string()])].into(),
+    fn list_pods() -> AuthorizerAttributes {
+        crate::observe::request_info::authorizer_attributes(
+            &http::Method::GET,
+            &"/api/v1/namespaces/default/pods".parse().unwrap(),
+            false,
+        )
+    }
+
+    /// Every attribute a mode's steps ask about, in order (the wildcard of
+    /// a many-at-once step first), and a refusal's reason.
+    fn asked(steps: &[Step]) -> Vec<String> {
+        let show = |a: &Attributes| {
+            let mut out = format!("{} {}/{}", a.verb, a.group, a.resource);
+            if !a.subresource.is_empty() {
+                out.push_str(&format!("/{}", a.subresource));
+            }
+            if !a.namespace.is_empty() {
+                out.push_str(&format!(" ns={}", a.namespace));
+            }
+            out.push_str(&format!(" {}", a.name));
+            out
         };
-        let all = attributes(&r);
-        assert_eq!(
-            all[0],
-            Attributes {
-                namespace: "default".into(),
-                ..Attributes::new("", "serviceaccounts", "nobody")
+        let mut out = Vec::new();
+        for step in steps {
+            match step {
+                Step::Ask(a) => out.push(show(a)),
+                Step::Each(each) => out.extend(each.iter().map(show)),
+                Step::AskAll { wildcard, each } => {
+                    out.push(format!("any: {}", show(wildcard)));
+                    out.extend(each.iter().map(show));
+                }
+                Step::Refuse(a, reason) => out.push(format!("refuse {}: {reason}", show(a))),
             }
-        );
-        assert_eq!(all[1], Attributes::new("", "groups", "devs"));
+        }
+        out
+    }
+
+    #[test]
+    fn modes_apply_and_ask_as_kube_does() {
+        let requestor = UserInfo {
+            username: "system:serviceaccount:kube-system:agent".into(),
+            extra: [(NODE_NAME_EXTRA.to_owned(), vec!["n1".to_owned()])].into(),
+            ..UserInfo::default()
+        };
+        let by_name = |user: &str| Requested {
+            user: Some(user.into()),
+            ..Requested::default()
+        };
+        let applying = |r: &Requested| -> Vec<&str> {
+            ImpersonationMode::ALL
+                .into_iter()
+                .filter(|m| m.applies(r, &requestor))
+                .map(ImpersonationMode::as_str)
+                .collect()
+        };
         assert_eq!(
-            all[2],
-            Attributes {
-                subresource: "scopes".into(),
-                ..Attributes::new("authentication.k8s.io", "userextras", "view")
-            }
+            applying(&by_name("system:node:n1")),
+            ["associated-node", "arbitrary-node", "legacy"]
         );
         assert_eq!(
-            all[3],
-            Attributes::new("authentication.k8s.io", "uids", "7")
+            applying(&by_name("system:node:n2")),
+            ["arbitrary-node", "legacy"]
         );
-        // Not a service account name: a plain user.
-        for user in [
-            "system:serviceaccount:default",
-            "system:serviceaccount::x",
-            "bob",
+        // Not a node name (upper case): an ordinary user.
+        assert_eq!(
+            applying(&by_name("system:node:N2")),
+            ["user-info", "legacy"]
+        );
+        assert_eq!(
+            applying(&by_name("system:serviceaccount:default:web")),
+            ["serviceaccount", "legacy"]
+        );
+        let sa_with_group = Requested {
+            groups: vec!["devs".into()],
+            ..by_name("system:serviceaccount:default:web")
+        };
+        assert_eq!(applying(&sa_with_group), ["legacy"]);
+        assert_eq!(applying(&by_name("carol")), ["user-info", "legacy"]);
+
+        let request = list_pods();
+        let carol = Requested {
+            user: Some("carol".into()),
+            uid: Some("7".into()),
+            groups: vec!["devs".into()],
+            extra: [("example.com/scopes".to_string(), vec!["view".to_string()])].into(),
+        };
+        assert_eq!(
+            asked(&ImpersonationMode::UserInfo.steps(&carol, &request)),
+            [
+                "impersonate-on:user-info:list /pods ns=default ",
+                "impersonate:user-info authentication.k8s.io/users carol",
+                "impersonate:user-info authentication.k8s.io/uids 7",
+                "impersonate:user-info authentication.k8s.io/groups devs",
+                "impersonate:user-info authentication.k8s.io/userextras/example.com/scopes view",
+            ]
+        );
+        assert_eq!(
+            asked(&ImpersonationMode::Legacy.steps(&carol, &request)),
+            [
+                "impersonate /users carol",
+                "impersonate authentication.k8s.io/uids 7",
+                "impersonate /groups devs",
+                "impersonate authentication.k8s.io/userextras/example.com/scopes view",
+            ]
+        );
+        assert_eq!(
+            asked(&ImpersonationMode::AssociatedNode.steps(&by_name("system:node:n1"), &request)),
+            [
+                "impersonate-on:associated-node:list /pods ns=default ",
+                "impersonate:associated-node authentication.k8s.io/nodes *",
+            ]
+        );
+        assert_eq!(
+            asked(
+                &ImpersonationMode::ServiceAccount
+                    .steps(&by_name("system:serviceaccount:default:web"), &request)
+            ),
+            [
+                "impersonate-on:serviceaccount:list /pods ns=default ",
+                "impersonate:serviceaccount authentication.k8s.io/serviceaccounts ns=default web",
+            ]
+        );
+        // The refusals only constrained modes make, and the many-at-once check.
+        let masters = Requested {
+            groups: vec!["devs".into(), "system:masters".into()],
+            ..by_name("carol")
+        };
+        let steps = asked(&ImpersonationMode::UserInfo.steps(&masters, &request));
+        assert!(
+            steps.last().unwrap().starts_with("refuse ")
+                && steps
+                    .last()
+                    .unwrap()
+                    .ends_with("the system:masters group is not allowed"),
+            "{steps:?}"
+        );
+        assert!(ImpersonationMode::Legacy
+            .steps(&masters, &request)
+            .iter()
+            .all(|s| !matches!(s, Step::Refuse(..))));
+        for key in [
+            "Example.com/scopes",
+            "scopes",
+            "example.com/",
+            "exa_mple.com/x",
         ] {
             let r = Requested {
-                user: Some(user.into()),
-                ..Requested::default()
+                extra: [(key.to_string(), vec!["view".to_string()])].into(),
+                ..by_name("carol")
             };
-            assert_eq!(attributes(&r)[0].resource, "users", "{user}");
+            let steps = asked(&ImpersonationMode::UserInfo.steps(&r, &request));
+            assert!(
+                steps.last().unwrap().starts_with("refuse "),
+                "{key}: {steps:?}"
+            );
         }
+        let many = Requested {
+            groups: (0..4).map(|i| format!("g{i}")).collect(),
+            ..by_name("carol")
+        };
+        let steps = asked(&ImpersonationMode::UserInfo.steps(&many, &request));
+        assert_eq!(
+            steps[2],
+            "any: impersonate:user-info authentication.k8s.io/groups *"
+        );
+        // A non-resource request is asked about by its path.
+        let version = crate::observe::request_info::authorizer_attributes(
+            &http::Method::GET,
+            &"/version".parse().unwrap(),
+            false,
+        );
+        let steps = ImpersonationMode::UserInfo.steps(&by_name("carol"), &version);
+        let Step::Ask(on) = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(
+            on.forbidden("alice"),
+            "forbidden: User \"alice\" cannot impersonate-on:user-info:get path \"/version\""
+        );
     }
 
     #[test]
     fn forbidden_messages_have_kube_wording() {
         assert_eq!(
-            Attributes::new("", "users", "bob").forbidden("alice"),
+            Attributes::new("impersonate", "", "users", "bob").forbidden("alice"),
             "users \"bob\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
         );
         let sa = Attributes {
             namespace: "default".into(),
-            ..Attributes::new("", "serviceaccounts", "nobody")
+            ..Attributes::new("impersonate", "", "serviceaccounts", "nobody")
         };
         assert_eq!(
             sa.forbidden("alice"),
@@ -480,7 +965,7 @@ mod tests {
         );
         let extra = Attributes {
             subresource: "scopes".into(),
-            ..Attributes::new("authentication.k8s.io", "userextras", "view")
+            ..Attributes::new("impersonate", "authentication.k8s.io", "userextras", "view")
         };
         assert_eq!(
             extra.forbidden("alice"),
@@ -501,7 +986,12 @@ mod tests {
             extra: [(ORIGINAL_USER_EXTRA.to_string(), vec!["forged".to_string()])].into(),
             ..Requested::default()
         };
-        let user = impersonated(&alice, &r);
+        let user = impersonated(
+            &alice,
+            &r,
+            ImpersonationMode::UserInfo,
+            Forwarding::Impersonate(super::super::ProxyRbac::Legacy),
+        );
         assert_eq!(user.username, "bob");
         assert!(user.groups.is_empty());
         assert_eq!(

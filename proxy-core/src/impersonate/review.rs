@@ -14,9 +14,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde::Deserialize;
 use tower_service::Service;
 
-use super::nested::{attributes, impersonated, Attributes, Requested, Settings};
+use super::nested::{
+    impersonated, Attributes, Forwarding, ImpersonationMode, Requested, Settings, Step,
+};
 use crate::authn::UserInfo;
 use crate::counters::{ReviewCounters, ReviewResult};
+use crate::observe::request_info::AuthorizerAttributes;
 use crate::rate_limit::RateLimiter;
 use crate::status::{Reason, Status};
 use crate::upstream::{Backend, Upstream, UpstreamError, UpstreamOptions};
@@ -48,6 +51,11 @@ pub struct Reviewer {
     as_user: Arc<super::HeaderNames>,
     /// Reviews each user may still make the proxy ask, by user name.
     budget: Arc<RateLimiter>,
+    /// The mode that last let each user (by name) impersonate, tried
+    /// first, as kube does.
+    last_mode: moka::sync::Cache<String, usize>,
+    /// How the identity decided on goes upstream.
+    forwarding: Forwarding,
     counters: Arc<ReviewCounters>,
 }
 
@@ -106,10 +114,25 @@ impl Reviewer {
         Reviewer {
             client: backend,
             cache,
-            as_user: Arc::new(names),
+            as_user: Arc::new(names.clone()),
             budget: Arc::new(RateLimiter::per_minute(settings.reviews_per_minute)),
+            last_mode: moka::sync::Cache::new(10_000),
+            forwarding: if names.is_impersonation() {
+                Forwarding::Impersonate(super::ProxyRbac::Legacy)
+            } else {
+                Forwarding::FrontProxy
+            },
             counters: Arc::default(),
         }
+    }
+
+    /// With `Impersonate-*` headers, what the proxy's account may
+    /// impersonate (see [`super::ProxyRbac`]); legacy by default.
+    pub fn with_rbac(mut self, rbac: super::ProxyRbac) -> Self {
+        if let Forwarding::Impersonate(_) = self.forwarding {
+            self.forwarding = Forwarding::Impersonate(rbac);
+        }
+        self
     }
 
     /// The checks made so far, by result (for the metrics).
@@ -159,22 +182,33 @@ impl Reviewer {
     }
 
     async fn review(&self, user: &UserInfo, attributes: &Attributes) -> Result<bool, String> {
-        let mut resource = serde_json::json!({
-            "verb": "impersonate",
-            "group": attributes.group,
-            "resource": attributes.resource,
-            "name": attributes.name,
-        });
-        if !attributes.subresource.is_empty() {
-            resource["subresource"] = attributes.subresource.clone().into();
-        }
-        if !attributes.namespace.is_empty() {
-            resource["namespace"] = attributes.namespace.clone().into();
-        }
+        let spec = if attributes.resource.is_empty() {
+            serde_json::json!({"nonResourceAttributes": {
+                "verb": attributes.verb,
+                "path": attributes.path,
+            }})
+        } else {
+            let mut resource = serde_json::json!({
+                "verb": attributes.verb,
+                "group": attributes.group,
+                "resource": attributes.resource,
+            });
+            for (field, value) in [
+                ("version", &attributes.version),
+                ("subresource", &attributes.subresource),
+                ("namespace", &attributes.namespace),
+                ("name", &attributes.name),
+            ] {
+                if !value.is_empty() {
+                    resource[field] = value.clone().into();
+                }
+            }
+            serde_json::json!({ "resourceAttributes": resource })
+        };
         let body = serde_json::json!({
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": resource},
+            "spec": spec,
         });
         // kube adds system:authenticated to the user named this way, as its
         // own impersonation filter sees the caller.
@@ -207,44 +241,118 @@ impl Reviewer {
         Ok(answer.status.allowed)
     }
 
-    /// Checks every attribute `requested` needs for `user`; the identity to
-    /// go on as, or the `Status` to answer.
+    /// Decides `requested` for `user` making `request` as kube-apiserver
+    /// does: each mode that applies, in kube's order (the one that last let
+    /// this user impersonate first), until one allows it; the identity to go
+    /// on as, or the first refusal as kube words it.
     pub async fn authorize(
         &self,
         user: &UserInfo,
         requested: &Requested,
+        request: &AuthorizerAttributes,
     ) -> Result<UserInfo, Status> {
-        for attributes in attributes(requested) {
-            match self.allowed(user, &attributes).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(Status::failure(
-                        StatusCode::FORBIDDEN,
-                        Reason::Forbidden,
-                        attributes.forbidden(&user.username),
-                    ))
+        let modes = ImpersonationMode::ALL;
+        let last = self.last_mode.get(&user.username);
+        let order = last
+            .into_iter()
+            .chain((0..modes.len()).filter(|i| Some(*i) != last));
+        let mut first_refusal: Option<Status> = None;
+        for index in order {
+            let mode = modes[index];
+            if !mode.applies(requested, user) {
+                continue;
+            }
+            match self.run(user, mode.steps(requested, request)).await {
+                Ok(()) => {
+                    self.last_mode.insert(user.username.clone(), index);
+                    return Ok(impersonated(user, requested, mode, self.forwarding));
                 }
-                Err(ReviewError::Throttled { retry_after_secs }) => {
-                    tracing::info!(user = %user.username, "impersonation reviews throttled");
-                    return Err(Status::failure(
+                Err(Outcome::Refused(status)) => {
+                    first_refusal.get_or_insert(status);
+                }
+                Err(Outcome::Stop(status)) => return Err(status),
+            }
+        }
+        Err(first_refusal.unwrap_or_else(|| {
+            Status::failure(
+                StatusCode::FORBIDDEN,
+                Reason::Forbidden,
+                "all impersonation modes failed",
+            )
+        }))
+    }
+
+    /// Runs one mode's steps: `Ok` when every one is allowed.
+    async fn run(&self, user: &UserInfo, steps: Vec<Step>) -> Result<(), Outcome> {
+        let refused = |attributes: &Attributes, reason: Option<&str>| {
+            let mut message = attributes.forbidden(&user.username);
+            if let Some(reason) = reason {
+                message.push_str(": ");
+                message.push_str(reason);
+            }
+            Outcome::Refused(Status::failure(
+                StatusCode::FORBIDDEN,
+                Reason::Forbidden,
+                message,
+            ))
+        };
+        for step in steps {
+            let each = match step {
+                Step::Ask(attributes) => vec![attributes],
+                Step::Each(each) => each,
+                Step::AskAll { wildcard, each } => {
+                    if self.check(user, &wildcard).await? {
+                        continue;
+                    }
+                    each
+                }
+                Step::Refuse(attributes, reason) => {
+                    return Err(refused(&attributes, Some(&reason)))
+                }
+            };
+            for attributes in each {
+                if !self.check(user, &attributes).await? {
+                    return Err(refused(&attributes, None));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One check: the answer, or why the decision stops here (throttled,
+    /// or the API server could not be asked).
+    async fn check(&self, user: &UserInfo, attributes: &Attributes) -> Result<bool, Outcome> {
+        match self.allowed(user, attributes).await {
+            Ok(allowed) => Ok(allowed),
+            Err(ReviewError::Throttled { retry_after_secs }) => {
+                tracing::info!(user = %user.username, "impersonation reviews throttled");
+                Err(Outcome::Stop(
+                    Status::failure(
                         StatusCode::TOO_MANY_REQUESTS,
                         Reason::TooManyRequests,
                         "too many impersonation checks (kubectl --as) by this user, please try again later",
                     )
-                    .with_retry_after(retry_after_secs));
-                }
-                Err(ReviewError::Failed(error)) => {
-                    tracing::warn!(%error, "checking an impersonation request failed");
-                    return Err(Status::failure(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        Reason::ServiceUnavailable,
-                        "the API server could not be asked whether this impersonation is allowed",
-                    ));
-                }
+                    .with_retry_after(retry_after_secs),
+                ))
+            }
+            Err(ReviewError::Failed(error)) => {
+                tracing::warn!(%error, "checking an impersonation request failed");
+                Err(Outcome::Stop(Status::failure(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Reason::ServiceUnavailable,
+                    "the API server could not be asked whether this impersonation is allowed",
+                )))
             }
         }
-        Ok(impersonated(user, requested))
     }
+}
+
+/// Why a mode did not decide.
+enum Outcome {
+    /// It refused: the next mode may still allow.
+    Refused(Status),
+    /// No mode can decide now (throttled, or the API server not asked).
+    Stop(Status),
 }
 
 #[cfg(test)]
@@ -317,11 +425,19 @@ mod tests {
     /// 429 with `Retry-After`, and nothing more is asked. Another user has
     /// a budget of its own, and answers from the cache are free. Every
     /// check is counted by result.
+    fn list_pods() -> AuthorizerAttributes {
+        crate::observe::request_info::authorizer_attributes(
+            &http::Method::GET,
+            &"/api/v1/namespaces/default/pods".parse().unwrap(),
+            false,
+        )
+    }
+
     #[tokio::test]
     async fn each_users_reviews_stay_within_its_budget_and_are_counted() {
         let (options, asked) = allowing_server().await;
         let settings = Settings {
-            reviews_per_minute: 4,
+            reviews_per_minute: 5,
             ..Settings::default()
         };
         let reviewer = Reviewer::new(
@@ -331,26 +447,28 @@ mod tests {
         )
         .unwrap();
         let alice = user("alice");
-        // Three reviews (carol, devs, ops), then the same three from the cache.
+        let request = list_pods();
+        // Four reviews in the user-info mode (listing pods as it, carol,
+        // devs, ops), then the same four from the cache.
         for _ in 0..2 {
             let as_carol = as_carol_with(&["devs", "ops"]);
             assert_eq!(
                 reviewer
-                    .authorize(&alice, &as_carol)
+                    .authorize(&alice, &as_carol, &request)
                     .await
                     .unwrap()
                     .username,
                 "carol"
             );
         }
-        assert_eq!(asked.load(Ordering::SeqCst), 3);
-        // New groups are not cached: the fourth review is the last allowed.
+        assert_eq!(asked.load(Ordering::SeqCst), 4);
+        // New groups are not cached: the fifth review is the last allowed.
         let refused = reviewer
-            .authorize(&alice, &as_carol_with(&["qa", "sre"]))
+            .authorize(&alice, &as_carol_with(&["qa", "sre"]), &request)
             .await
             .unwrap_err();
         assert_eq!(refused.code, 429, "{}", refused.message);
-        assert_eq!(asked.load(Ordering::SeqCst), 4);
+        assert_eq!(asked.load(Ordering::SeqCst), 5);
         let response = refused.into_response();
         let wait: u64 = response.headers()[http::header::RETRY_AFTER]
             .to_str()
@@ -360,14 +478,14 @@ mod tests {
         assert!((1..=60).contains(&wait), "{wait}");
         // bob's budget is his own.
         let bob = reviewer
-            .authorize(&user("bob"), &as_carol_with(&["qa"]))
+            .authorize(&user("bob"), &as_carol_with(&["qa"]), &request)
             .await;
         assert!(bob.is_ok());
-        assert_eq!(asked.load(Ordering::SeqCst), 6);
+        assert_eq!(asked.load(Ordering::SeqCst), 8);
         let counters = reviewer.counters();
         let counts: Vec<u64> = ReviewResult::ALL.iter().map(|r| counters.get(*r)).collect();
-        // allowed, denied, error, cached (the second round, and carol
-        // before qa), throttled (sre)
-        assert_eq!(counts, [6, 0, 0, 4, 1]);
+        // allowed, denied, error, cached (the second round, and the mode
+        // and carol before qa), throttled (sre)
+        assert_eq!(counts, [8, 0, 0, 6, 1]);
     }
 }

@@ -97,11 +97,21 @@ where
         let Some(identity) = req.extensions().get::<Arc<Identity>>().cloned() else {
             return answer(Status::unauthorized(), req);
         };
+        // What the request asks to do, as the API server's authorizer reads
+        // it: constrained impersonation is granted per verb and resource.
+        let request = crate::observe::request_info::authorizer_attributes(
+            req.method(),
+            req.uri(),
+            crate::impersonate::is_upgrade(req.headers()),
+        );
         // The inner service that was polled ready goes with this request.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            match reviewer.authorize(identity.user(), &requested).await {
+            match reviewer
+                .authorize(identity.user(), &requested, &request)
+                .await
+            {
                 Ok(user) => {
                     tracing::info!(
                         user = %identity.user().username,

@@ -447,6 +447,34 @@ pub fn parse(method: &Method, uri: &Uri, upgrade: bool) -> RequestInfo {
     })
 }
 
+/// What kube-apiserver's authorizer is asked about a request: its verb, and
+/// the object of a resource request or the path of any other.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorizerAttributes {
+    /// kube's verb (`list`, `get`, `create`; the method in lower case for
+    /// a non-resource request).
+    pub verb: String,
+    /// The object of a resource request.
+    pub object: Option<ObjectRef>,
+    /// The path (dot-segments resolved), what a non-resource request is
+    /// authorized on.
+    pub path: String,
+}
+
+/// Reads `method` and `uri` as kube-apiserver's authorizer sees the request
+/// (`uri` as the API server receives it: below any router of named
+/// clusters). `upgrade` marks a protocol upgrade.
+pub fn authorizer_attributes(method: &Method, uri: &Uri, upgrade: bool) -> AuthorizerAttributes {
+    let path = crate::path::normalize(uri.path())
+        .unwrap_or(Cow::Borrowed(uri.path()))
+        .into_owned();
+    with_reading(method, uri, upgrade, false, |r| AuthorizerAttributes {
+        verb: r.verb.to_owned(),
+        object: r.parts.map(|p| p.to_object()),
+        path,
+    })
+}
+
 /// Like [`parse`] without the object, for the hot path, `routed` saying
 /// whether the request goes through a router of named clusters. Also says
 /// whether the request names an object (see [`object_ref`]).

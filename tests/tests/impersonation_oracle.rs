@@ -1,0 +1,442 @@
+//! `kubectl --as` decided as kube-apiserver decides, shown by asking it:
+//! every case (a caller, an identity to impersonate, a request) is sent
+//! once straight to kube-apiserver as the caller (a client certificate its
+//! `--client-ca-file` signed) and once through the proxy as the same caller
+//! (a certificate with the same name and group, signed by the proxy's
+//! client CA). Both must answer with the same status and the same message,
+//! and where the request is a `SelfSubjectReview` that was allowed, with the
+//! same effective user (the proxy adds only `authproxy.io/original-user`,
+//! who really asked, to a user it forwards with its groups).
+//!
+//! The callers hold legacy grants (the `impersonate` verb), constrained
+//! grants (KEP-5284: `impersonate:<mode>` on the identity's parts and
+//! `impersonate-on:<mode>:<verb>` on what they may do as it), a mix, or
+//! none. kube-apiserver 1.37 tries the constrained modes first.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use authproxy_tests::kube::{unique_marker, KubeEnv, PROXY_SERVICE_ACCOUNT};
+use authproxy_tests::pki::CertFiles;
+use authproxy_tests::TestPki;
+use serde_json::Value;
+
+/// What each caller may do. `c-none` has no grant at all.
+const CALLER_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: oracle-legacy}
+rules:
+- apiGroups: [""]
+  resources: [users]
+  resourceNames: [t-user, "system:node:n1", "system:anonymous"]
+  verbs: [impersonate]
+- apiGroups: [""]
+  resources: [groups]
+  resourceNames: [g1, g2, g3, g4, "system:masters"]
+  verbs: [impersonate]
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  resourceNames: [t-sa]
+  verbs: [impersonate]
+- apiGroups: [authentication.k8s.io]
+  resources: [uids]
+  resourceNames: [u1]
+  verbs: [impersonate]
+- apiGroups: [authentication.k8s.io]
+  resources: [userextras/example.com/k, userextras/Bad]
+  resourceNames: [v]
+  verbs: [impersonate]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: oracle-legacy}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: oracle-legacy}
+subjects:
+- {kind: User, name: c-legacy, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: oracle-constrained}
+rules:
+- apiGroups: [authentication.k8s.io]
+  resources: [users]
+  resourceNames: [t-user, "system:anonymous"]
+  verbs: ["impersonate:user-info"]
+- apiGroups: [authentication.k8s.io]
+  resources: [groups]
+  resourceNames: [g1, g2, g3, g4, "system:masters"]
+  verbs: ["impersonate:user-info"]
+- apiGroups: [authentication.k8s.io]
+  resources: [uids]
+  resourceNames: [u1]
+  verbs: ["impersonate:user-info"]
+- apiGroups: [authentication.k8s.io]
+  resources: [userextras/example.com/k, userextras/Bad]
+  resourceNames: [v]
+  verbs: ["impersonate:user-info"]
+- apiGroups: [authentication.k8s.io]
+  resources: [serviceaccounts]
+  resourceNames: [t-sa]
+  verbs: ["impersonate:serviceaccount"]
+- apiGroups: [authentication.k8s.io]
+  resources: [nodes]
+  resourceNames: [n1]
+  verbs: ["impersonate:arbitrary-node"]
+- apiGroups: ["", authentication.k8s.io]
+  resources: [pods, configmaps, selfsubjectreviews]
+  verbs:
+  - "impersonate-on:user-info:list"
+  - "impersonate-on:user-info:create"
+  - "impersonate-on:serviceaccount:list"
+  - "impersonate-on:serviceaccount:create"
+  - "impersonate-on:arbitrary-node:list"
+  - "impersonate-on:arbitrary-node:create"
+- nonResourceURLs: [/version]
+  verbs: ["impersonate-on:user-info:get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: oracle-constrained}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: oracle-constrained}
+subjects:
+- {kind: User, name: c-constrained, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: oracle-mixed}
+rules:
+- apiGroups: [authentication.k8s.io]
+  resources: [users, groups]
+  verbs: ["impersonate:user-info"]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: ["impersonate-on:user-info:get", "impersonate-on:user-info:list"]
+- apiGroups: [""]
+  resources: [serviceaccounts, users]
+  verbs: [impersonate]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: oracle-mixed}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: oracle-mixed}
+subjects:
+- {kind: User, name: c-mixed, apiGroup: rbac.authorization.k8s.io}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: t-sa, namespace: default}
+"#;
+
+/// The proxy's own account may also impersonate by the constrained modes
+/// that need nothing but a name (service accounts and nodes), for every
+/// verb: what it forwards is then read by kube as kube read the caller's.
+const PROXY_RBAC: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: oracle-proxy-constrained}
+rules:
+- apiGroups: [authentication.k8s.io]
+  resources: [serviceaccounts]
+  verbs: ["impersonate:serviceaccount"]
+- apiGroups: [authentication.k8s.io]
+  resources: [nodes]
+  verbs: ["impersonate:arbitrary-node"]
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs:
+  - "impersonate-on:serviceaccount:get"
+  - "impersonate-on:serviceaccount:list"
+  - "impersonate-on:serviceaccount:create"
+  - "impersonate-on:arbitrary-node:get"
+  - "impersonate-on:arbitrary-node:list"
+  - "impersonate-on:arbitrary-node:create"
+- nonResourceURLs: ["*"]
+  verbs: ["impersonate-on:serviceaccount:get", "impersonate-on:arbitrary-node:get"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: oracle-proxy-constrained}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: oracle-proxy-constrained}
+subjects:
+- {kind: ServiceAccount, name: proxy, namespace: authproxy}
+"#;
+
+const CALLERS: [&str; 4] = ["c-legacy", "c-constrained", "c-mixed", "c-none"];
+
+/// Identities asked for: (label, headers).
+fn targets() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
+    let user = ("Impersonate-User", "t-user");
+    vec![
+        ("user", vec![user]),
+        ("user+group", vec![user, ("Impersonate-Group", "g1")]),
+        (
+            "user+4 groups",
+            vec![
+                user,
+                ("Impersonate-Group", "g1"),
+                ("Impersonate-Group", "g2"),
+                ("Impersonate-Group", "g3"),
+                ("Impersonate-Group", "g4"),
+            ],
+        ),
+        ("user+uid", vec![user, ("Impersonate-Uid", "u1")]),
+        ("user+other uid", vec![user, ("Impersonate-Uid", "u2")]),
+        (
+            "user+extra",
+            vec![user, ("Impersonate-Extra-example.com%2Fk", "v")],
+        ),
+        (
+            "user+bad extra key",
+            vec![user, ("Impersonate-Extra-Bad", "v")],
+        ),
+        (
+            "user+system:masters",
+            vec![user, ("Impersonate-Group", "system:masters")],
+        ),
+        (
+            "service account",
+            vec![("Impersonate-User", "system:serviceaccount:default:t-sa")],
+        ),
+        (
+            "service account+group",
+            vec![
+                ("Impersonate-User", "system:serviceaccount:default:t-sa"),
+                ("Impersonate-Group", "g1"),
+            ],
+        ),
+        ("node", vec![("Impersonate-User", "system:node:n1")]),
+        (
+            "node+group",
+            vec![
+                ("Impersonate-User", "system:node:n1"),
+                ("Impersonate-Group", "g1"),
+            ],
+        ),
+        ("anonymous", vec![("Impersonate-User", "system:anonymous")]),
+        ("another user", vec![("Impersonate-User", "t-other")]),
+    ]
+}
+
+/// Requests made as the identity: (label, method, path, body).
+const REQUESTS: [(&str, &str, &str, Option<&str>); 7] = [
+    ("list pods", "GET", "/api/v1/namespaces/default/pods", None),
+    (
+        "get a pod",
+        "GET",
+        "/api/v1/namespaces/default/pods/nope",
+        None,
+    ),
+    (
+        "list configmaps",
+        "GET",
+        "/api/v1/namespaces/default/configmaps",
+        None,
+    ),
+    (
+        "create a configmap",
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"generateName":"oracle-"}}"#),
+    ),
+    ("version", "GET", "/version", None),
+    (
+        "list pods elsewhere",
+        "GET",
+        "/api/v1/namespaces/kube-system/pods",
+        None,
+    ),
+    (
+        "whoami",
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        Some(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#),
+    ),
+];
+
+/// One answer, as compared: status, the message of a `Status`, and the
+/// effective user of an allowed `SelfSubjectReview` (without the proxy's
+/// `authproxy.io/original-user`).
+#[derive(Debug, PartialEq)]
+struct Answer {
+    code: u16,
+    message: Option<String>,
+    user: Option<Value>,
+}
+
+fn answer(code: u16, body: &str) -> Answer {
+    let json: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let message = (json["kind"] == "Status")
+        .then(|| json["message"].as_str().map(str::to_owned))
+        .flatten();
+    let user = (json["kind"] == "SelfSubjectReview").then(|| {
+        let mut info = json["status"]["userInfo"].clone();
+        if let Some(extra) = info.get_mut("extra").and_then(Value::as_object_mut) {
+            extra.remove("authproxy.io/original-user");
+            if extra.is_empty() {
+                info.as_object_mut().map(|o| o.remove("extra"));
+            }
+        }
+        // kube lists groups in the order it added them: compared as a set.
+        if let Some(groups) = info.get_mut("groups").and_then(Value::as_array_mut) {
+            groups.sort_by_key(|g| g.to_string());
+        }
+        info
+    });
+    Answer {
+        code,
+        message,
+        user,
+    }
+}
+
+/// `curl` with a client certificate: (status, body).
+async fn send(
+    ca: &std::path::Path,
+    cert: &CertFiles,
+    url: &str,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    agent: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut args: Vec<String> = vec![
+        "--cert".into(),
+        cert.cert_path.display().to_string(),
+        "--key".into(),
+        cert.key_path.display().to_string(),
+        "-X".into(),
+        method.into(),
+        "-A".into(),
+        agent.into(),
+        "-H".into(),
+        "Content-Type: application/json".into(),
+    ];
+    for (name, value) in headers {
+        args.push("-H".into());
+        args.push(format!("{name}: {value}"));
+    }
+    if let Some(body) = body {
+        args.push("--data".into());
+        args.push(body.into());
+    }
+    args.push(url.into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    authproxy_tests::curl_with_ca(ca, &args).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_as_is_decided_as_kube_apiserver_decides_it() -> anyhow::Result<()> {
+    let env = KubeEnv::start_with_top_level(TestPki::new()?, "", "").await?;
+    env.kube
+        .apply_rbac(
+            CALLER_RBAC,
+            &[
+                &["impersonate", "users/t-user", "--as", "c-legacy"][..],
+                &[
+                    "impersonate-on:user-info:list",
+                    "pods",
+                    "--as",
+                    "c-constrained",
+                ][..],
+                &["impersonate", "serviceaccounts", "--as", "c-mixed"][..],
+            ],
+        )
+        .await?;
+    env.kube
+        .apply_rbac(
+            PROXY_RBAC,
+            &[&[
+                "impersonate-on:arbitrary-node:create",
+                "configmaps",
+                "--as",
+                PROXY_SERVICE_ACCOUNT,
+            ][..]],
+        )
+        .await?;
+    // Each caller twice: a certificate kube-apiserver takes, and one the proxy takes.
+    let mut certs = BTreeMap::new();
+    for caller in CALLERS {
+        let marker = unique_marker(caller);
+        let direct = env.kube.pki().issue_client(
+            &format!("{marker}-kube"),
+            caller,
+            Some("oracle-callers"),
+        )?;
+        let proxied =
+            env.pki
+                .issue_client(&format!("{marker}-proxy"), caller, Some("oracle-callers"))?;
+        certs.insert(caller, (direct, proxied));
+    }
+    let targets = targets();
+    let (kube_url, proxy_url) = (env.kube.url(), env.proxy_url());
+    let (kube_ca, proxy_ca) = (env.kube.pki().ca_path(), env.pki.ca_path());
+    // Callers side by side; each caller's cases in order, straight to kube
+    // and then through the proxy, so that both see the same sequence (kube
+    // tries first the mode that last let a caller impersonate).
+    let runs = CALLERS.iter().map(|caller| {
+        let (direct, proxied) = &certs[caller];
+        let targets = &targets;
+        let (kube_url, proxy_url) = (&kube_url, &proxy_url);
+        async move {
+            let mut results = Vec::new();
+            for (target, headers) in targets {
+                for (request, method, path, body) in REQUESTS {
+                    let agent = unique_marker("oracle");
+                    let (code, text) = send(
+                        kube_ca,
+                        direct,
+                        &format!("{kube_url}{path}"),
+                        method,
+                        headers,
+                        body,
+                        &agent,
+                    )
+                    .await?;
+                    let kube = answer(code, &text);
+                    let (code, text) = send(
+                        proxy_ca,
+                        proxied,
+                        &format!("{proxy_url}{path}"),
+                        method,
+                        headers,
+                        body,
+                        &agent,
+                    )
+                    .await?;
+                    let proxy = answer(code, &text);
+                    results.push((format!("{caller} as {target}: {request}"), kube, proxy));
+                }
+            }
+            anyhow::Ok(results)
+        }
+    });
+    let mut cases = Vec::new();
+    for run in futures_util::future::join_all(runs).await {
+        cases.extend(run.context("a caller's cases")?);
+    }
+    let differences: Vec<String> = cases
+        .iter()
+        .filter(|(_, kube, proxy)| kube != proxy)
+        .map(|(case, kube, proxy)| format!("{case}\n  kube:  {kube:?}\n  proxy: {proxy:?}"))
+        .collect();
+    let allowed = cases.iter().filter(|(_, kube, _)| kube.code < 300).count();
+    let whoami = cases
+        .iter()
+        .filter(|(_, kube, _)| kube.user.is_some())
+        .count();
+    let refused = cases.iter().filter(|(_, kube, _)| kube.code == 403).count();
+    println!(
+        "{} cases: kube allowed {allowed} ({whoami} with an effective user compared), refused {refused}; {} differences",
+        cases.len(),
+        differences.len()
+    );
+    assert!(cases.len() >= 300, "{}", cases.len());
+    // Enough of each outcome that the comparison means something.
+    assert!(
+        allowed >= 40 && refused >= 100 && whoami >= 10,
+        "{allowed} {refused} {whoami}"
+    );
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    Ok(())
+}
