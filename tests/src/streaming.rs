@@ -390,11 +390,11 @@ impl AgentProxy {
         let (port, metrics_port) = (free_port()?, free_port()?);
         let yaml = format!(
             "listen: 127.0.0.1:{port}\n\
-             tls: {{certFile: {cert}, keyFile: {key}}}\n\
+             tls: {{certFile: {cert}, keyFile: {key}, clientCAFile: {ca}}}\n\
              upstreams:\n\
              - {{name: edge, via: agent, agent: {{tokenFile: edge.token}}}}\n\
              - {{name: direct, url: '{kube_url}', caFile: {kube_ca}, tokenFile: direct.token}}\n\
-             authentication:\n  staticTokens: {{file: tokens.csv}}\n\
+             authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv}}\n\
              metrics: {{listen: '127.0.0.1:{metrics_port}'}}\n\
              shutdownTimeout: 1s\n\
              {extra}\n",
@@ -402,6 +402,7 @@ impl AgentProxy {
             key = cert.key_path.display(),
             kube_url = kube.url(),
             kube_ca = kube.pki().ca_path().display(),
+            ca = pki.ca_path().display(),
         );
         std::fs::write(dir.path().join("authproxy.yaml"), yaml)?;
         let log = std::fs::File::create(dir.path().join("proxy.log"))?;
@@ -438,6 +439,12 @@ impl AgentProxy {
     /// The proxy's URL.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The proxy's CA, which also signs the client certificates it takes
+    /// (CN: user, O: group).
+    pub fn pki(&self) -> &TestPki {
+        &self.pki
     }
 
     /// The CA of the proxy's certificate.

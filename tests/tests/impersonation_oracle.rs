@@ -54,6 +54,7 @@ metadata: {name: oracle-legacy}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: oracle-legacy}
 subjects:
 - {kind: User, name: c-legacy, apiGroup: rbac.authorization.k8s.io}
+- {kind: User, name: a-legacy, apiGroup: rbac.authorization.k8s.io}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -101,6 +102,7 @@ metadata: {name: oracle-constrained}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: oracle-constrained}
 subjects:
 - {kind: User, name: c-constrained, apiGroup: rbac.authorization.k8s.io}
+- {kind: User, name: a-constrained, apiGroup: rbac.authorization.k8s.io}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -122,6 +124,7 @@ metadata: {name: oracle-mixed}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: oracle-mixed}
 subjects:
 - {kind: User, name: c-mixed, apiGroup: rbac.authorization.k8s.io}
+- {kind: User, name: a-mixed, apiGroup: rbac.authorization.k8s.io}
 ---
 apiVersion: v1
 kind: ServiceAccount
@@ -160,9 +163,13 @@ metadata: {name: oracle-proxy-constrained}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: oracle-proxy-constrained}
 subjects:
 - {kind: ServiceAccount, name: proxy, namespace: authproxy}
+- {kind: ServiceAccount, name: streaming-agent, namespace: authproxy}
 "#;
 
-const CALLERS: [&str; 4] = ["c-legacy", "c-constrained", "c-mixed", "c-none"];
+/// The callers, by their grants; each name is prefixed by the route (`c-`
+/// through the proxy, `a-` through the agent tunnel), so that kube's memory
+/// of the mode that last worked for a caller belongs to one route.
+const CALLERS: [&str; 4] = ["legacy", "constrained", "mixed", "none"];
 
 /// Identities asked for: (label, headers).
 fn targets() -> Vec<(&'static str, Vec<(&'static str, &'static str)>)> {
@@ -325,59 +332,82 @@ async fn send(
     authproxy_tests::curl_with_ca(ca, &args).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_as_is_decided_as_kube_apiserver_decides_it() -> anyhow::Result<()> {
-    let env = KubeEnv::start_with_top_level(TestPki::new()?, "", "").await?;
-    env.kube
-        .apply_rbac(
-            CALLER_RBAC,
+/// Where the proxy's side of the cases goes: the proxy's URL (a cluster's
+/// prefix included), its CA, and the CA that signs its client certificates.
+struct Route<'a> {
+    prefix: &'static str,
+    url: String,
+    ca: &'a std::path::Path,
+    client_pki: &'a TestPki,
+}
+
+/// Applies the callers' and the proxy's grants (once per kube-apiserver:
+/// applying is idempotent).
+async fn grant(kube: &authproxy_tests::kube::Kube) -> anyhow::Result<()> {
+    kube.apply_rbac(
+        CALLER_RBAC,
+        &[
+            &["impersonate", "users/t-user", "--as", "c-legacy"][..],
             &[
-                &["impersonate", "users/t-user", "--as", "c-legacy"][..],
-                &[
-                    "impersonate-on:user-info:list",
-                    "pods",
-                    "--as",
-                    "c-constrained",
-                ][..],
-                &["impersonate", "serviceaccounts", "--as", "c-mixed"][..],
-            ],
-        )
-        .await?;
-    env.kube
-        .apply_rbac(
-            PROXY_RBAC,
-            &[&[
+                "impersonate-on:user-info:list",
+                "pods",
+                "--as",
+                "a-constrained",
+            ][..],
+            &["impersonate", "serviceaccounts", "--as", "a-mixed"][..],
+        ],
+    )
+    .await?;
+    kube.apply_rbac(
+        PROXY_RBAC,
+        &[
+            &[
                 "impersonate-on:arbitrary-node:create",
                 "configmaps",
                 "--as",
                 PROXY_SERVICE_ACCOUNT,
-            ][..]],
-        )
-        .await?;
+            ][..],
+            &[
+                "impersonate-on:arbitrary-node:create",
+                "configmaps",
+                "--as",
+                authproxy_tests::streaming::AGENT_ACCOUNT,
+            ][..],
+        ],
+    )
+    .await
+}
+
+/// Every case, straight to kube and by `route`: (case, kube's answer, the
+/// proxy's).
+async fn run_matrix(
+    kube: &authproxy_tests::kube::Kube,
+    route: &Route<'_>,
+) -> anyhow::Result<Vec<(String, Answer, Answer)>> {
     // Each caller twice: a certificate kube-apiserver takes, and one the proxy takes.
     let mut certs = BTreeMap::new();
     for caller in CALLERS {
-        let marker = unique_marker(caller);
-        let direct = env.kube.pki().issue_client(
-            &format!("{marker}-kube"),
-            caller,
+        let name = format!("{}{caller}", route.prefix);
+        let marker = unique_marker(&name);
+        let direct =
+            kube.pki()
+                .issue_client(&format!("{marker}-kube"), &name, Some("oracle-callers"))?;
+        let proxied = route.client_pki.issue_client(
+            &format!("{marker}-proxy"),
+            &name,
             Some("oracle-callers"),
         )?;
-        let proxied =
-            env.pki
-                .issue_client(&format!("{marker}-proxy"), caller, Some("oracle-callers"))?;
-        certs.insert(caller, (direct, proxied));
+        certs.insert(caller, (name, direct, proxied));
     }
     let targets = targets();
-    let (kube_url, proxy_url) = (env.kube.url(), env.proxy_url());
-    let (kube_ca, proxy_ca) = (env.kube.pki().ca_path(), env.pki.ca_path());
+    let kube_url = kube.url();
+    let kube_ca = kube.pki().ca_path();
     // Callers side by side; each caller's cases in order, straight to kube
     // and then through the proxy, so that both see the same sequence (kube
     // tries first the mode that last let a caller impersonate).
     let runs = CALLERS.iter().map(|caller| {
-        let (direct, proxied) = &certs[caller];
-        let targets = &targets;
-        let (kube_url, proxy_url) = (&kube_url, &proxy_url);
+        let (name, direct, proxied) = &certs[caller];
+        let (targets, kube_url) = (&targets, &kube_url);
         async move {
             let mut results = Vec::new();
             for (target, headers) in targets {
@@ -395,9 +425,9 @@ async fn kubectl_as_is_decided_as_kube_apiserver_decides_it() -> anyhow::Result<
                     .await?;
                     let kube = answer(code, &text);
                     let (code, text) = send(
-                        proxy_ca,
+                        route.ca,
                         proxied,
-                        &format!("{proxy_url}{path}"),
+                        &format!("{}{path}", route.url),
                         method,
                         headers,
                         body,
@@ -405,7 +435,7 @@ async fn kubectl_as_is_decided_as_kube_apiserver_decides_it() -> anyhow::Result<
                     )
                     .await?;
                     let proxy = answer(code, &text);
-                    results.push((format!("{caller} as {target}: {request}"), kube, proxy));
+                    results.push((format!("{name} as {target}: {request}"), kube, proxy));
                 }
             }
             anyhow::Ok(results)
@@ -415,6 +445,12 @@ async fn kubectl_as_is_decided_as_kube_apiserver_decides_it() -> anyhow::Result<
     for run in futures_util::future::join_all(runs).await {
         cases.extend(run.context("a caller's cases")?);
     }
+    Ok(cases)
+}
+
+/// Prints the figures and asserts: enough cases of each outcome, and no
+/// difference.
+fn assert_same(route: &str, cases: &[(String, Answer, Answer)]) {
     let differences: Vec<String> = cases
         .iter()
         .filter(|(_, kube, proxy)| kube != proxy)
@@ -427,7 +463,7 @@ async fn kubectl_as_is_decided_as_kube_apiserver_decides_it() -> anyhow::Result<
         .count();
     let refused = cases.iter().filter(|(_, kube, _)| kube.code == 403).count();
     println!(
-        "{} cases: kube allowed {allowed} ({whoami} with an effective user compared), refused {refused}; {} differences",
+        "{route}: {} cases: kube allowed {allowed} ({whoami} with an effective user compared), refused {refused}; {} differences",
         cases.len(),
         differences.len()
     );
@@ -437,6 +473,40 @@ async fn kubectl_as_is_decided_as_kube_apiserver_decides_it() -> anyhow::Result<
         allowed >= 40 && refused >= 100 && whoami >= 10,
         "{allowed} {refused} {whoami}"
     );
-    assert!(differences.is_empty(), "{}", differences.join("\n"));
+    assert!(
+        differences.is_empty(),
+        "{route}:\n{}",
+        differences.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_as_is_decided_as_kube_apiserver_decides_it() -> anyhow::Result<()> {
+    let env = KubeEnv::start_with_top_level(TestPki::new()?, "", "").await?;
+    grant(env.kube).await?;
+    let route = Route {
+        prefix: "c-",
+        url: env.proxy_url(),
+        ca: env.pki.ca_path(),
+        client_pki: &env.pki,
+    };
+    assert_same("proxy", &run_matrix(env.kube, &route).await?);
+    Ok(())
+}
+
+/// The same through the agent tunnel: the reviews, and the request, go
+/// through the cluster's agent, which impersonates with its own account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_as_on_an_agent_cluster_is_decided_as_kube_decides_it() -> anyhow::Result<()> {
+    let kube = authproxy_tests::streaming::kube_with_kubelet().await?;
+    grant(kube).await?;
+    let tunnel = authproxy_tests::streaming::AgentProxy::start(kube, "").await?;
+    let route = Route {
+        prefix: "a-",
+        url: format!("{}/k8s/clusters/edge", tunnel.url()),
+        ca: tunnel.ca_path(),
+        client_pki: tunnel.pki(),
+    };
+    assert_same("agent tunnel", &run_matrix(kube, &route).await?);
     Ok(())
 }
