@@ -60,6 +60,13 @@ async fn missing_impersonation(
     for (group, resource, subresource, required) in IMPERSONATED {
         let mut allowed = false;
         for verb in ["impersonate", "impersonate:user-info"] {
+            // Constrained impersonation names users and groups in
+            // authentication.k8s.io, the legacy verb in the core group.
+            let group = if verb == "impersonate" {
+                group
+            } else {
+                "authentication.k8s.io"
+            };
             let review = serde_json::json!({
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SelfSubjectAccessReview",
