@@ -31,7 +31,8 @@ pub const BOUND: Duration = Duration::from_secs(60);
 pub const BIG_BOUND: Duration = Duration::from_secs(300);
 
 /// alice may exec, attach, port-forward and read logs in `default`; bob
-/// may only read pods; the agents' accounts may impersonate.
+/// may only read pods; the agents' accounts may impersonate (constrained
+/// impersonation only, the proxy's own role).
 pub const RBAC: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
@@ -108,10 +109,15 @@ pub async fn kube_with_kubelet() -> anyhow::Result<&'static Kube> {
         &[
             &["create", "pods", "--subresource=exec", "--as", "alice"][..],
             &["get", "pods", "--as", "bob"][..],
-            &["impersonate", "users/alice", "--as", AGENT_ACCOUNT][..],
             &[
-                "impersonate",
-                "users/alice",
+                "impersonate-on:user-info:list",
+                "pods",
+                "--as",
+                AGENT_ACCOUNT,
+            ][..],
+            &[
+                "impersonate-on:user-info:list",
+                "pods",
                 "--as",
                 "system:serviceaccount:authproxy:streaming-agent-2",
             ][..],
@@ -396,6 +402,7 @@ impl AgentProxy {
              - {{name: direct, url: '{kube_url}', caFile: {kube_ca}, tokenFile: direct.token}}\n\
              authentication:\n  clientCertificates: true\n  staticTokens: {{file: tokens.csv}}\n\
              metrics: {{listen: '127.0.0.1:{metrics_port}'}}\n\
+             identityHeaders: {{rbac: constrained}}\n\
              shutdownTimeout: 1s\n\
              {extra}\n",
             cert = cert.cert_path.display(),

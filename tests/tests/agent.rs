@@ -35,12 +35,14 @@ apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: agent-tests-impersonator}
 rules:
-- apiGroups: [""]
-  resources: [users, groups, serviceaccounts]
-  verbs: [impersonate]
 - apiGroups: [authentication.k8s.io]
   resources: ["*"]
-  verbs: [impersonate]
+  verbs: ["impersonate:user-info", "impersonate:serviceaccount"]
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs: [IMPERSONATE_ON_RESOURCES]
+- nonResourceURLs: ["*"]
+  verbs: [IMPERSONATE_ON_PATHS]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -92,10 +94,23 @@ impl Behind {
         let Some(netns) = Netns::create()? else {
             return Ok(None);
         };
+        use authproxy_tests::kube::{impersonate_on, PATH_VERBS, RESOURCE_VERBS};
+        let modes = ["user-info", "serviceaccount"];
+        let rbac = RBAC
+            .replace(
+                "IMPERSONATE_ON_RESOURCES",
+                &impersonate_on(&modes, &RESOURCE_VERBS),
+            )
+            .replace("IMPERSONATE_ON_PATHS", &impersonate_on(&modes, &PATH_VERBS));
         kube.apply_rbac(
-            RBAC,
+            &rbac,
             &[
-                &["impersonate", "users/alice", "--as", AGENT_ACCOUNT][..],
+                &[
+                    "impersonate-on:user-info:list",
+                    "pods",
+                    "--as",
+                    AGENT_ACCOUNT,
+                ][..],
                 &[
                     "create",
                     "pods",
@@ -130,6 +145,7 @@ impl Behind {
              - {{name: direct, url: '{kube_url}', caFile: {kube_ca}, tokenFile: direct.token, connectTimeout: 2s}}\n\
              authentication:\n  staticTokens: {{file: tokens.csv}}\n\
              metrics: {{listen: '{ip}:9090'}}\n\
+             identityHeaders: {{rbac: constrained}}\n\
              shutdownTimeout: 1s\n",
             ip = netns.inside,
             cert = cert.cert_path.display(),
@@ -410,7 +426,7 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("\"kind\":\"Status\""), "{body}");
     assert!(
-        body.contains(r#"users \"carol\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"#),
+        body.contains(r#"configmaps is forbidden: User \"alice\" cannot impersonate-on:user-info:list resource \"configmaps\" in API group \"\" in the namespace \"default\""#),
         "{body}"
     );
     let marker = unique_marker("through-agent");

@@ -37,23 +37,55 @@ impl KubeEnv {
 
     /// Like [`KubeEnv::start_with`], with `top_level` YAML appended at the
     /// top level of the config.
+    /// The proxy's account holds constrained impersonation only
+    /// (`identityHeaders: {rbac: constrained}`, unless `top_level` has an
+    /// `identityHeaders` section of its own).
     pub async fn start_with_top_level(
         pki: TestPki,
         extra_auth: &str,
         top_level: &str,
     ) -> anyhow::Result<KubeEnv> {
+        Self::start_as(pki, extra_auth, top_level, false).await
+    }
+
+    /// Like [`KubeEnv::start_with_top_level`], the proxy's account holding
+    /// the legacy `impersonate` verb (`identityHeaders: {rbac: legacy}`).
+    pub async fn start_legacy(
+        pki: TestPki,
+        extra_auth: &str,
+        top_level: &str,
+    ) -> anyhow::Result<KubeEnv> {
+        Self::start_as(pki, extra_auth, top_level, true).await
+    }
+
+    async fn start_as(
+        pki: TestPki,
+        extra_auth: &str,
+        top_level: &str,
+        legacy: bool,
+    ) -> anyhow::Result<KubeEnv> {
         let kube = tokio::task::spawn_blocking(|| kube().map_err(|e| e.to_string()))
             .await?
             .map_err(anyhow::Error::msg)?;
         let dir = tempfile::tempdir()?;
+        let (token, rbac) = if legacy {
+            (kube.legacy_proxy_token(), "legacy")
+        } else {
+            (kube.proxy_token(), "constrained")
+        };
+        let top_level = if top_level.contains("identityHeaders") {
+            top_level.to_owned()
+        } else {
+            format!("{top_level}\nidentityHeaders: {{rbac: {rbac}}}")
+        };
         let proxy = start_proxy_with_top_level(
             &pki,
             dir.path(),
             &kube.url(),
             kube.pki().ca_path(),
-            kube.proxy_token(),
+            token,
             extra_auth,
-            top_level,
+            &top_level,
         )
         .await?;
         let env = KubeEnv {

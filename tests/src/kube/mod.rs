@@ -56,6 +56,7 @@ pub struct Kube {
     port: u16,
     webhook_addr: SocketAddr,
     proxy_token: String,
+    legacy_proxy_token: String,
     /// What kube-apiserver presents to kubelets.
     kubelet_client: crate::pki::CertFiles,
     /// The test kubelet, started on first use.
@@ -387,6 +388,7 @@ impl Kube {
             port,
             webhook_addr,
             proxy_token: String::new(),
+            legacy_proxy_token: String::new(),
             kubelet_client,
             kubelet: OnceLock::new(),
             _servers: Mutex::new(vec![etcd, apiserver]),
@@ -421,18 +423,26 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {name: nobody, namespace: authproxy}
 ---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: proxy-legacy, namespace: authproxy}
+---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: authproxy-impersonator}
 rules:
-- apiGroups: [""]
-  resources: [users, groups, serviceaccounts]
-  verbs: [impersonate]
+# Constrained impersonation only (the chart's rbac.impersonation:
+# constrained): users, groups, uids and userextras/<key> (RBAC matches
+# subresources only by name or by "*"), service accounts by name...
 - apiGroups: [authentication.k8s.io]
-  # uids, and userextras/<key> for every extra key: RBAC matches subresources
-  # only by name or by "*"
   resources: ["*"]
-  verbs: [impersonate]
+  verbs: ["impersonate:user-info", "impersonate:serviceaccount"]
+# ... for every request.
+- apiGroups: ["*"]
+  resources: ["*"]
+  verbs: [IMPERSONATE_ON_RESOURCES]
+- nonResourceURLs: ["*"]
+  verbs: [IMPERSONATE_ON_PATHS]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -440,6 +450,24 @@ metadata: {name: authproxy-impersonator}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: authproxy-impersonator}
 subjects:
 - {kind: ServiceAccount, name: proxy, namespace: authproxy}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: authproxy-impersonator-legacy}
+rules:
+- apiGroups: [""]
+  resources: [users, groups, serviceaccounts]
+  verbs: [impersonate]
+- apiGroups: [authentication.k8s.io]
+  resources: ["*"]
+  verbs: [impersonate]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: authproxy-impersonator-legacy}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: authproxy-impersonator-legacy}
+subjects:
+- {kind: ServiceAccount, name: proxy-legacy, namespace: authproxy}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
@@ -476,7 +504,16 @@ spec:
                 .status
                 .success())
         })?;
-        let out = self.admin(&["apply", "-f", "-"], Some(OBJECTS))?;
+        let objects = OBJECTS
+            .replace(
+                "IMPERSONATE_ON_RESOURCES",
+                &impersonate_on(&["user-info", "serviceaccount"], &RESOURCE_VERBS),
+            )
+            .replace(
+                "IMPERSONATE_ON_PATHS",
+                &impersonate_on(&["user-info", "serviceaccount"], &PATH_VERBS),
+            );
+        let out = self.admin(&["apply", "-f", "-"], Some(&objects))?;
         if !out.status.success() {
             bail!("set-up objects: {}", crate::output_text(&out));
         }
@@ -495,6 +532,21 @@ spec:
             bail!("proxy token: {}", crate::output_text(&out));
         }
         self.proxy_token = String::from_utf8(out.stdout)?.trim().to_owned();
+        let out = self.admin(
+            &[
+                "create",
+                "token",
+                "proxy-legacy",
+                "-n",
+                "authproxy",
+                "--duration=24h",
+            ],
+            None,
+        )?;
+        if !out.status.success() {
+            bail!("legacy proxy token: {}", crate::output_text(&out));
+        }
+        self.legacy_proxy_token = String::from_utf8(out.stdout)?.trim().to_owned();
         Ok(())
     }
 
@@ -586,6 +638,13 @@ spec:
             .await?;
         }
         Ok(())
+    }
+
+    /// A token of `authproxy:proxy-legacy`, an account with the legacy
+    /// `impersonate` verb (where the proxy's own holds constrained
+    /// impersonation only).
+    pub fn legacy_proxy_token(&self) -> &str {
+        &self.legacy_proxy_token
     }
 
     /// A new token of the proxy's service account, valid for an hour.
@@ -718,4 +777,34 @@ pub fn unique_marker(what: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{what}-{}-{n}", std::process::id())
+}
+
+/// The verbs of kube's resource requests, as `impersonate-on` takes them.
+pub const RESOURCE_VERBS: [&str; 9] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "proxy",
+];
+
+/// The verbs of kube's non-resource requests (the method in lower case).
+pub const PATH_VERBS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
+
+/// `"impersonate-on:<mode>:<verb>"` for each mode and verb, as a YAML flow
+/// sequence's items.
+pub fn impersonate_on(modes: &[&str], verbs: &[&str]) -> String {
+    modes
+        .iter()
+        .flat_map(|mode| {
+            verbs
+                .iter()
+                .map(move |verb| format!("\"impersonate-on:{mode}:{verb}\""))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
