@@ -113,6 +113,75 @@ fn chart_config(objects: &[Value]) -> anyhow::Result<FileConfig> {
         .map_err(|(field, message)| anyhow::anyhow!("{field}: {message}\n{text}"))
 }
 
+/// The ClusterRole's verbs, and what the config tells the proxy it holds.
+fn impersonation_rendered(objects: &[Value]) -> anyhow::Result<(Vec<String>, String)> {
+    let role = one(objects, "ClusterRole")?;
+    let mut verbs: Vec<String> = role["rules"]
+        .as_array()
+        .context("rules")?
+        .iter()
+        .flat_map(|r| r["verbs"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    verbs.sort();
+    verbs.dedup();
+    let rbac = match chart_config(objects)?.identity_headers.rbac {
+        proxy_core::impersonate::ProxyRbac::Legacy => "legacy",
+        proxy_core::impersonate::ProxyRbac::Constrained => "constrained",
+    };
+    Ok((verbs, rbac.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonation_is_constrained_from_kube_1_36_and_the_proxy_is_told() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let render = |impersonation: &'static str, kube_version: &'static str| {
+        let (dir, pki) = (dir.path(), &pki);
+        async move {
+            let values = values_file(
+                dir,
+                pki,
+                "deployment",
+                json!({"rbac": {"impersonation": impersonation}}),
+            )?;
+            let yaml = template_text(
+                "authproxy",
+                "ns",
+                &values,
+                &["--kube-version", kube_version],
+            )
+            .await?;
+            impersonation_rendered(&parse_objects(&yaml)?)
+        }
+    };
+    for (impersonation, kube_version, want) in [
+        ("", "1.35.0", "legacy"),
+        ("", "1.36.0", "constrained"),
+        ("", "1.37.2", "constrained"),
+        ("legacy", "1.37.2", "legacy"),
+        ("constrained", "1.35.0", "constrained"),
+    ] {
+        let (verbs, rbac) = render(impersonation, kube_version).await?;
+        assert_eq!(rbac, want, "{impersonation:?} on {kube_version}");
+        if want == "legacy" {
+            assert_eq!(
+                verbs,
+                ["impersonate"],
+                "{impersonation:?} on {kube_version}"
+            );
+        } else {
+            assert!(
+                verbs.contains(&"impersonate:user-info".to_owned())
+                    && verbs.contains(&"impersonate-on:user-info:list".to_owned())
+                    && !verbs.contains(&"impersonate".to_owned()),
+                "{verbs:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
     let pki = TestPki::new()?;
@@ -157,9 +226,18 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
             assert_hardened(pod_spec(&objects)?).with_context(|| mode.to_owned())?;
         }
         if let Ok(role) = one(&objects, "ClusterRole") {
-            // impersonation, nothing else
+            // impersonation, nothing else (constrained: impersonate:<mode>
+            // and impersonate-on:<mode>:<verb>)
             for rule in role["rules"].as_array().context("rules")? {
-                assert_eq!(rule["verbs"], json!(["impersonate"]), "{rule}");
+                let verbs = rule["verbs"].as_array().context("verbs")?;
+                assert!(
+                    !verbs.is_empty()
+                        && verbs
+                            .iter()
+                            .all(|v| v.as_str().is_some_and(|v| v.starts_with("impersonate:")
+                                || v.starts_with("impersonate-on:"))),
+                    "{rule}"
+                );
             }
             assert_eq!(
                 role["metadata"]["name"], "ns-authproxy",
@@ -594,8 +672,12 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
         ("create tokenreviews.authentication.k8s.io", "no"),
         ("impersonate serviceaccounts", "no"),
         ("* *", "no"),
-        ("impersonate users", "yes"),
-        ("impersonate groups", "yes"),
+        // constrained impersonation only: not the legacy verb
+        ("impersonate users", "no"),
+        ("impersonate groups", "no"),
+        ("impersonate-on:user-info:list pods -n default", "yes"),
+        ("impersonate-on:user-info:create configmaps -n {ns}", "yes"),
+        ("impersonate-on:serviceaccount:list pods -n default", "no"),
     ] {
         let mut args: Vec<String> = what
             .replace("{ns}", &ns)
@@ -609,8 +691,11 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
             "can-i {what} as {sa_user}: {answer}, want {want}"
         );
     }
-    // uids and any extra key (kubectl's can-i cannot name these: ask kube)
+    // users, groups, uids and any extra key, in constrained impersonation's
+    // group (kubectl's can-i cannot name these: ask kube)
     for (resource, subresource) in [
+        ("users", ""),
+        ("groups", ""),
         ("uids", ""),
         ("userextras", "example.com/login"),
         ("userextras", "any.example/key"),
@@ -618,7 +703,7 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
         let review = json!({
             "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
             "spec": {"user": sa_user, "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{ns}")],
-                     "resourceAttributes": {"verb": "impersonate", "group": "authentication.k8s.io",
+                     "resourceAttributes": {"verb": "impersonate:user-info", "group": "authentication.k8s.io",
                                             "resource": resource, "subresource": subresource}}});
         let answer: Value = serde_json::from_str(
             &admin_ok(
@@ -648,6 +733,25 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
     };
     let chart_rules = list(sa_user.clone()).await?;
     let baseline = list("system:serviceaccount:authproxy:nobody".into()).await?;
+    // A compromised proxy cannot act as system:masters: kube's constrained
+    // impersonation refuses it to the chart's account, whatever RBAC says.
+    let (code, body) = authproxy_tests::curl_with_ca(
+        kube.pki().ca_path(),
+        &[
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+            "-H",
+            "Impersonate-User: mallory",
+            "-H",
+            "Impersonate-Group: system:masters",
+            &format!("{}/api/v1/namespaces/default/pods", kube.url()),
+        ],
+    )
+    .await?;
+    ensure!(
+        code == 403 && body.contains("impersonating the system:masters group is not allowed"),
+        "{code} {body}"
+    );
     let extra: Vec<&str> = chart_rules
         .lines()
         .filter(|l| !baseline.lines().any(|b| b == *l))
@@ -657,7 +761,7 @@ async fn chart_rbac_is_enough_to_impersonate_and_no_more() -> anyhow::Result<()>
         "no rules beyond the baseline:\n{chart_rules}"
     );
     for line in &extra {
-        if !line.contains("[impersonate]") {
+        if !(line.contains("[impersonate:") || line.contains("[impersonate-on:")) {
             bail!(
                 "the chart's service account may do more than impersonate: {line}\n{chart_rules}"
             );

@@ -106,8 +106,22 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 
 {{/* The config file: the user's `config` with the chart's paths. */}}
+{{/* How the account impersonates: "constrained" or "legacy" (rbac.impersonation;
+     empty: constrained where the cluster runs kube 1.36 or later). */}}
+{{- define "authproxy.impersonation" -}}
+{{- if .Values.rbac.impersonation }}
+{{- .Values.rbac.impersonation }}
+{{- else if semverCompare ">=1.36.0-0" .Capabilities.KubeVersion.Version }}
+{{- "constrained" }}
+{{- else }}
+{{- "legacy" }}
+{{- end }}
+{{- end }}
+
 {{- define "authproxy.configFile" -}}
 {{- $config := deepCopy .Values.config }}
+{{- /* The proxy sends what its account may impersonate. */}}
+{{- $_ := set $config "identityHeaders" (merge (deepCopy (default dict $config.identityHeaders)) (dict "rbac" (include "authproxy.impersonation" .))) }}
 {{- $_ := set $config "listen" (printf "0.0.0.0:%v" .Values.port) }}
 {{- if eq .Values.mode "sidecar" }}
 {{- $_ := set $config "upstream" (merge (deepCopy (default dict $config.upstream)) .Values.sidecar.upstream) }}
