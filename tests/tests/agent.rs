@@ -852,10 +852,14 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
     let account = "system:serviceaccount:authproxy-agent:authproxy-agent";
     kube.apply_rbac(
         &text,
-        &[
-            &["impersonate", "users/alice", "--as", account][..],
-            &["impersonate", "groups/devs", "--as", account][..],
-        ],
+        &[&[
+            "impersonate-on:user-info:list",
+            "pods",
+            "-n",
+            "default",
+            "--as",
+            account,
+        ][..]],
     )
     .await?;
     // The fallback DaemonSet selects control-plane nodes by the label's
@@ -887,12 +891,18 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
             == serde_json::json!({"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"})),
         "{pod}"
     );
-    // uids and user extras: kubectl's can-i cannot name these, kube is asked.
-    for (resource, subresource) in [("uids", ""), ("userextras", "example.com/login")] {
+    // users, groups, uids and user extras by constrained impersonation:
+    // kubectl's can-i cannot name these, kube is asked.
+    for (resource, subresource) in [
+        ("users", ""),
+        ("groups", ""),
+        ("uids", ""),
+        ("userextras", "example.com/login"),
+    ] {
         let review = serde_json::json!({
             "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
             "spec": {"user": account, "groups": ["system:serviceaccounts", "system:serviceaccounts:authproxy-agent"],
-                     "resourceAttributes": {"verb": "impersonate", "group": "authentication.k8s.io",
+                     "resourceAttributes": {"verb": "impersonate:user-info", "group": "authentication.k8s.io",
                                             "resource": resource, "subresource": subresource}}});
         let out = kube
             .admin_async(
@@ -909,6 +919,9 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
     }
     for check in [
         &["list", "pods", "-A", "--as", account][..],
+        // not the legacy verb
+        &["impersonate", "users/alice", "--as", account][..],
+        &["impersonate", "groups/devs", "--as", account][..],
         &["get", "secrets", "-n", "authproxy-agent", "--as", account][..],
         // acting as a service account is opt-in, as in the chart
         &[
