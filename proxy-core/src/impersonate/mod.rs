@@ -450,6 +450,7 @@ mod tests {
             group_header: Some("X-Auth-Group".into()),
             uid_header: None,
             extra_header_prefix: Some("X-Auth-Extra-".into()),
+            rbac: ProxyRbac::Legacy,
         };
         let names = config.front_proxy_names("identityHeaders").unwrap();
         let mut h = HeaderMap::new();

@@ -519,11 +519,19 @@ pub fn node_name(user: &str) -> Option<&str> {
         .filter(|name| is_dns_subdomain(name))
 }
 
-/// `system:serviceaccount:<namespace>:<name>`'s namespace and name.
+/// `system:serviceaccount:<namespace>:<name>`'s namespace and name, when
+/// kube reads the name as a service account's: the namespace a DNS label,
+/// the name a DNS subdomain.
 pub fn service_account(user: &str) -> Option<(&str, &str)> {
     user.strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
-        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'))
+        .filter(|(ns, name)| is_dns_label(ns) && is_dns_subdomain(name))
+}
+
+/// kube's DNS-1123 label: at most 63 lower-case letters, digits and `-`,
+/// starting and ending with a letter or digit.
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
 }
 
 /// kube's DNS-1123 subdomain: at most 253 characters, dot-separated labels
@@ -803,6 +811,31 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_extra_keys_the_proxy_sets_are_ones_constrained_impersonation_takes() {
+        let keys: BTreeMap<String, Vec<String>> = [
+            ORIGINAL_USER_EXTRA,
+            "authentication.kubernetes.io/credential-id",
+        ]
+        .into_iter()
+        .map(|k| (k.to_owned(), vec!["v".to_owned()]))
+        .collect();
+        assert_eq!(invalid_extra(&keys), None);
+        // kube's own reading of service-account names: not one, an ordinary user.
+        for user in [
+            "system:serviceaccount:Default:web",
+            "system:serviceaccount:default:web:x",
+            "system:serviceaccount:default:",
+            "system:serviceaccount:a.b:web",
+        ] {
+            assert_eq!(service_account(user), None, "{user}");
+        }
+        assert_eq!(
+            service_account("system:serviceaccount:kube-system:web.v1"),
+            Some(("kube-system", "web.v1"))
+        );
     }
 
     #[test]
