@@ -1004,9 +1004,6 @@ mod tests {
         assert!(message.contains("unknown field"), "{message}");
     }
 
-    /// The problems of a config with `tls` files that exist, `authentication: {}`
-    /// and `rest`, in a folder with `ca.crt` and `token`, other than the
-    /// missing authenticator.
     /// Writes `tls.crt` and `tls.key` in `dir`: a certificate and its key.
     fn write_serving_pair(dir: &Path) {
         let served = crate::pki::ThrowawayCa::new("test CA")
@@ -1017,6 +1014,9 @@ mod tests {
         std::fs::write(dir.join("tls.key"), served.key_pem).unwrap();
     }
 
+    /// The problems of a config with `tls` files that exist, `authentication: {}`
+    /// and `rest`, in a folder with `ca.crt` and `token`, other than the
+    /// missing authenticator.
     fn problems_with(rest: &str) -> Vec<Problem> {
         let dir = tempfile::tempdir().unwrap();
         // `a` holds a certificate and its key, as tls.certFile and

@@ -65,10 +65,17 @@ impl KubeconfigEndpoint {
         } else {
             // The issuers of an authenticationConfigFile count as much as
             // the section's own; a file that does not load was refused by
-            // validation before this runs.
+            // validation before this runs (read now, the section's own
+            // issuers still count).
             let entries = authn
                 .jwt_entries("authentication", base)
-                .unwrap_or_default();
+                .unwrap_or_else(|_| {
+                    authn
+                        .jwt
+                        .iter()
+                        .map(|j| (String::new(), j.clone()))
+                        .collect()
+                });
             entries.into_iter().find_map(|(_, jwt)| {
                 Some(Login::Oidc {
                     issuer: jwt.issuer.url.clone(),

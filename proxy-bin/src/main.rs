@@ -532,7 +532,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 },
         } => {
             let pace = (!instant).then_some(authproxy::sessions::Pace { speed, idle_limit });
-            if let Err(message) = authproxy::sessions::play(&file, pace) {
+            let played = {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || authproxy::sessions::play(&file, pace)).await?
+            };
+            if let Err(message) = played {
                 eprintln!("authproxy: {}: {message}", file.display());
                 std::process::exit(1);
             }

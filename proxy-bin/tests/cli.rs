@@ -204,9 +204,7 @@ fn bad_token_file_line_is_reported_without_the_token() {
         "ok-token,alice,1\nverysecrettoken,bob\n",
     )
     .expect("write");
-    for file in ["tls.crt", "tls.key"] {
-        std::fs::write(dir.path().join(file), "x").expect("write");
-    }
+    write_serving_pair(dir.path());
     let path = dir.path().join("c.yaml");
     std::fs::write(&path, "tls: {certFile: tls.crt, keyFile: tls.key}\nupstream: {url: 'https://127.0.0.1:6443'}\nauthentication: {staticTokens: {file: tokens.csv}}\n").expect("write");
     let out = Command::new(BIN)
@@ -226,10 +224,18 @@ fn bad_token_file_line_is_reported_without_the_token() {
     );
 }
 
+/// Writes `tls.crt` and `tls.key` in `dir`: a serving certificate and its key.
+fn write_serving_pair(dir: &std::path::Path) {
+    let served = authproxy::pki::ThrowawayCa::new("cli test CA")
+        .expect("ca")
+        .issue_server("proxy")
+        .expect("issue");
+    std::fs::write(dir.join("tls.crt"), served.cert_pem).expect("write");
+    std::fs::write(dir.join("tls.key"), served.key_pem).expect("write");
+}
+
 fn minimal_config(dir: &std::path::Path, authentication: &str) -> std::path::PathBuf {
-    for file in ["tls.crt", "tls.key"] {
-        std::fs::write(dir.join(file), "x").expect("write");
-    }
+    write_serving_pair(dir);
     let path = dir.join("c.yaml");
     std::fs::write(
         &path,

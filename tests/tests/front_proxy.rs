@@ -186,7 +186,8 @@ subjects:
         json!([r#"{"username":"alice","uid":"1001","groups":["devs"]}"#]),
         "{review}"
     );
-    // Warm kubectl's discovery cache as bob, then: bob may not be carol.
+    // Warm kubectl's discovery cache as bob, then: bob may not be carol
+    // (kube tries constrained impersonation first, and refuses it first).
     env.kubectl(&["--context", "bob", "get", "pods"]).await?;
     let out = env
         .kubectl(&["--context", "bob", "--as", "carol", "get", "pods"])
@@ -194,7 +195,7 @@ subjects:
     assert!(!out.status.success());
     assert!(
         output_text(&out).contains(
-            r#"users "carol" is forbidden: User "bob" cannot impersonate resource "users""#
+            r#"pods is forbidden: User "bob" cannot impersonate-on:user-info:list resource "pods""#
         ),
         "{}",
         output_text(&out)

@@ -667,6 +667,46 @@ fn proxy_audit(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>>
         .collect()
 }
 
+/// The recording at `file` once it holds what `done` looks for (its writer
+/// finishes a moment after the session closes): its text.
+async fn finished_recording(
+    file: &std::path::Path,
+    done: impl Fn(&proxy_core::observe::sessions::Cast) -> bool,
+) -> anyhow::Result<String> {
+    authproxy_tests::wait_for(
+        std::time::Duration::from_secs(20),
+        "the recording written",
+        || {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            let ready =
+                proxy_core::observe::sessions::Cast::parse(&text).is_ok_and(|cast| done(&cast));
+            async move {
+                if ready {
+                    Ok(Some(text))
+                } else {
+                    Err(text)
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// The proxy's audit event `id` once it is written.
+async fn audit_event(audit: &std::path::Path, id: &str) -> anyhow::Result<serde_json::Value> {
+    authproxy_tests::wait_for(
+        std::time::Duration::from_secs(20),
+        "the audit event",
+        || {
+            let found = proxy_audit(audit)
+                .ok()
+                .and_then(|events| events.into_iter().find(|e| e["auditID"] == id));
+            async move { Ok(found) }
+        },
+    )
+    .await
+}
+
 /// `authproxy sessions play --instant FILE`: standard output and error.
 async fn play(file: &std::path::Path) -> anyhow::Result<(String, String)> {
     let out = tokio::process::Command::new(authproxy_tests::authproxy_binary()?)
@@ -746,10 +786,8 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
                 .and_then(|s| s.to_str())
                 .context("recording name")?
                 .to_owned();
-            let events = proxy_audit(&audit)?;
-            let event = events
-                .iter()
-                .find(|e| e["auditID"] == id.as_str())
+            let event = audit_event(&audit, &id)
+                .await
                 .with_context(|| format!("{route}: no audit event {id}"))?;
             assert_eq!(
                 event["objectRef"]["subresource"], "exec",
@@ -761,6 +799,7 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
                 "{route}: {event}"
             );
             // What kubectl printed, played back; what was typed, recorded.
+            finished_recording(file, |cast| cast.output().ends_with("to-stderr\n")).await?;
             let (played, markers) = play(file).await?;
             assert_eq!(played, "typed line\ndone\nto-stderr\n", "{route}");
             assert!(markers.is_empty(), "{route}: {markers}");
@@ -793,7 +832,7 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
                 "--",
                 "sh",
                 "-c",
-                "'stty size; i=0; while [ \"$(stty size)\" != \"40 120\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; read x; echo got:$x'",
+                "'i=0; while [ \"$(stty size)\" = \"0 0\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; i=0; while [ \"$(stty size)\" != \"40 120\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; read x; echo got:$x'",
             ]
             .join(" ");
             let mut script = tokio::process::Command::new("script");
@@ -828,7 +867,10 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
             assert!(text.contains("got:on a terminal\n"), "{route}: {text:?}");
             let found = new_recordings(&dir, &mut seen)?;
             assert_eq!(found.len(), 1, "{route}: {found:?}");
-            let cast = std::fs::read_to_string(&found[0])?;
+            let cast = finished_recording(&found[0], |cast| {
+                cast.output().contains("got:on a terminal")
+            })
+            .await?;
             let resizes: Vec<&str> = cast.lines().filter(|l| l.contains(r#","r","#)).collect();
             assert!(
                 resizes.first().is_some_and(|r| r.contains("111x33"))

@@ -2,22 +2,25 @@
 //! `--as-uid`): never dropped silently.
 //!
 //! With [`Mode::Deny`] such a request is refused with a 403 `Status`. With
-//! [`Mode::Authorize`] (the default) the proxy checks it as kube-apiserver's
-//! impersonation filter does: one access review per requested attribute,
-//! asked as the authenticated user (a `SelfSubjectAccessReview` sent with
-//! the user's identity headers, so the proxy needs no right beyond the ones it
-//! already has), verb `impersonate` on `users` (or
-//! `serviceaccounts` in the account's namespace for
-//! `system:serviceaccount:<ns>:<name>`), `groups`, `uids` and
-//! `userextras/<key>` (the last two in group `authentication.k8s.io`). When
-//! every one is allowed, the request goes on as the requested identity, with
-//! [`ORIGINAL_USER_EXTRA`] holding who really asked (user name, uid and
-//! groups as JSON), so kube's audit log shows both; otherwise kube's own 403
-//! wording. Groups, uid or extras without a user are refused with a 400, as
+//! [`Mode::Authorize`] (the default) the proxy decides it as kube-apiserver
+//! 1.37's impersonation filter does ([`ImpersonationMode`]): the
+//! constrained modes of KEP-5284 (`associated-node`, `arbitrary-node`,
+//! `serviceaccount`, `user-info`), each where it applies, asking
+//! `impersonate-on:<mode>:<verb>` on the request itself and
+//! `impersonate:<mode>` on each part of the identity, then the legacy
+//! `impersonate` verb; the mode that last let the user impersonate is tried
+//! first. Each question is an access review asked as the authenticated user
+//! (a `SelfSubjectAccessReview` sent with the user's identity headers, so
+//! the proxy needs no right beyond the ones it already has). When a mode
+//! allows it, the request goes on as the requested identity with the groups
+//! kube would give it, sent as [`impersonated`] says (with
+//! [`ORIGINAL_USER_EXTRA`] naming who really asked, except where the API
+//! server must read a name alone); otherwise the first refusal, in kube's
+//! words. Groups, uid or extras without a user are refused with a 400, as
 //! kube refuses them.
 //!
 //! Allowed answers are cached briefly ([`Settings::cache_ttl`]), keyed by
-//! the authenticated user and the attribute (no credential is part of a
+//! the authenticated user and the question (no credential is part of a
 //! key); refusals are asked again each time, so a new grant works at once.
 //!
 //! Reviews are bounded, since each is a request to the API server: one
@@ -46,11 +49,12 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
 /// Default for [`Settings::cache_size`].
 pub const DEFAULT_CACHE_SIZE: u64 = 10_000;
 /// Most attributes one request may ask for, the user, the uid, groups and
-/// extra values together: each costs an access review (unless cached), so
-/// this is the most reviews one request can cause. kube-apiserver sets no
-/// count of its own (only its 1 MiB header limit, room for thousands);
-/// `kubectl --as` asks for a user and a few groups. More is a 400 before
-/// any review.
+/// extra values together: each is one access review in each mode tried
+/// (unless cached), so one request causes at most a few times this many
+/// (kube's constrained mode, its check on the request, a check on all at
+/// once, then the legacy verb). kube-apiserver sets no count of its own
+/// (only its 1 MiB header limit, room for thousands); `kubectl --as` asks
+/// for a user and a few groups. More is a 400 before any review.
 pub const MAX_REVIEWS_PER_REQUEST: usize = 16;
 /// Default for [`Settings::reviews_per_minute`].
 pub const DEFAULT_REVIEWS_PER_MINUTE: u32 = 300;
@@ -173,10 +177,13 @@ pub fn requested(headers: &HeaderMap) -> Result<Option<Requested>, Status> {
                 let Some(key) = rest.strip_prefix("extra-") else {
                     return Err(bad_request(format!("unknown impersonation header {name}")));
                 };
+                // kube lowers the header's name and then unescapes it (the
+                // name here is lower case already): `%41` stays `A`, a key
+                // constrained impersonation refuses.
                 let key = percent_encoding::percent_decode_str(key)
                     .decode_utf8()
                     .map_err(|_| bad_request(format!("header {name}: the key does not decode")))?
-                    .to_lowercase();
+                    .into_owned();
                 requested
                     .extra
                     .entry(key)

@@ -421,10 +421,6 @@ mod tests {
         }
     }
 
-    /// Each user may make the proxy ask its budget of reviews; beyond it a
-    /// 429 with `Retry-After`, and nothing more is asked. Another user has
-    /// a budget of its own, and answers from the cache are free. Every
-    /// check is counted by result.
     fn list_pods() -> AuthorizerAttributes {
         crate::observe::request_info::authorizer_attributes(
             &http::Method::GET,
@@ -433,6 +429,10 @@ mod tests {
         )
     }
 
+    /// Each user may make the proxy ask its budget of reviews; beyond it a
+    /// 429 with `Retry-After`, and nothing more is asked. Another user has
+    /// a budget of its own, and answers from the cache are free. Every
+    /// check is counted by result.
     #[tokio::test]
     async fn each_users_reviews_stay_within_its_budget_and_are_counted() {
         let (options, asked) = allowing_server().await;

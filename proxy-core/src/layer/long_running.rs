@@ -156,9 +156,9 @@ where
             (Some(recorder), true) => {
                 let identity = req.extensions().get::<Arc<Identity>>().cloned();
                 recorder.tap_for(&req, identity.as_deref()).map(|tap| {
-                    let path = tap.path().display().to_string();
+                    let kept = tap.clone();
                     req.extensions_mut().insert(tap);
-                    path
+                    kept
                 })
             }
             _ => None,
@@ -166,10 +166,9 @@ where
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
-            if let Some(path) = recording {
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    crate::observe::record::recording(path);
-                }
+            // Named in the audit event only when there is a file to name.
+            if let Some(tap) = recording.filter(|tap| tap.started()) {
+                crate::observe::record::recording(tap.path().display().to_string());
             }
             Ok(response.map(|body| body.with_hold(hold)))
         })

@@ -279,7 +279,7 @@ impl Collector for BackendFamilies {
         family(
             e,
             "authproxy_session_recordings",
-            "exec and attach sessions chosen for recording, by result (recorded: a file was written; failed: it could not be created, the session went on unrecorded)",
+            "exec and attach sessions chosen for recording, by result (recorded: a file was written; failed: it could not be created, or the protocol cannot be read, and the session went on unrecorded; incomplete: recorded, but part of the stream could not be read, as a marker in the file says)",
             MetricType::Counter,
             |m| {
                 if recordings.is_empty() {
@@ -289,7 +289,8 @@ impl Collector for BackendFamilies {
                     recordings.iter().map(|r| f(r).load(std::sync::atomic::Ordering::Relaxed)).sum()
                 };
                 counter(m, &[("result", "recorded")], sum(|r| &r.sessions))?;
-                counter(m, &[("result", "failed")], sum(|r| &r.failed))
+                counter(m, &[("result", "failed")], sum(|r| &r.failed))?;
+                counter(m, &[("result", "incomplete")], sum(|r| &r.unreadable))
             },
         )?;
         family(

@@ -105,7 +105,6 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 {{- end }}
 
-{{/* The config file: the user's `config` with the chart's paths. */}}
 {{/* How the account impersonates: "constrained" or "legacy" (rbac.impersonation;
      empty: constrained where the cluster runs kube 1.36 or later). */}}
 {{- define "authproxy.impersonation" -}}
@@ -118,10 +117,11 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 {{- end }}
 
+{{/* The config file: the user's `config` with the chart's paths. */}}
 {{- define "authproxy.configFile" -}}
 {{- $config := deepCopy .Values.config }}
-{{- /* The proxy sends what its account may impersonate. */}}
-{{- $_ := set $config "identityHeaders" (merge (deepCopy (default dict $config.identityHeaders)) (dict "rbac" (include "authproxy.impersonation" .))) }}
+{{- /* The proxy is told what its account may impersonate (the chart's ClusterRole wins over config). */}}
+{{- $_ := set $config "identityHeaders" (merge (dict "rbac" (include "authproxy.impersonation" .)) (deepCopy (default dict $config.identityHeaders))) }}
 {{- $_ := set $config "listen" (printf "0.0.0.0:%v" .Values.port) }}
 {{- if eq .Values.mode "sidecar" }}
 {{- $_ := set $config "upstream" (merge (deepCopy (default dict $config.upstream)) .Values.sidecar.upstream) }}

@@ -2,9 +2,8 @@
 //! (`[seconds, "o", text]` output, `"i"` input, `"r"` a resize to
 //! `"COLSxROWS"`, `"m"` a marker), as asciinema writes and plays them.
 
-use std::io::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,19 @@ pub(super) enum Happened {
     Input(Vec<u8>),
     /// The terminal's new size.
     Resize { width: u16, height: u16 },
+    /// A note on the recording itself (what could not be read).
+    Marker(String),
+}
+
+impl Happened {
+    /// The bytes it holds, as the queue's budget counts them.
+    pub(super) fn size(&self) -> usize {
+        match self {
+            Happened::Output(bytes) | Happened::Input(bytes) => bytes.len(),
+            Happened::Resize { .. } => 0,
+            Happened::Marker(text) => text.len(),
+        }
+    }
 }
 
 /// The first line of a recording.
@@ -130,89 +142,112 @@ fn text(carry: &mut Vec<u8>, bytes: &[u8]) -> String {
 
 /// Where a recording goes and how much of it may.
 pub(super) struct Writer {
+    /// The file, created for it.
     pub file: std::fs::File,
+    /// Its first line.
     pub header: CastHeader,
+    /// Where the file stops growing.
     pub max_bytes: u64,
     /// Bytes the stream readers could not hand over (the writer was behind).
     pub dropped: Arc<AtomicU64>,
+    /// Bytes handed over and not written yet, this session's and every
+    /// session's: the writer takes back what it wrote.
+    pub queued: [Arc<AtomicUsize>; 2],
 }
 
 impl Writer {
-    /// Writes what `events` brings until it closes (the session ended), on
-    /// a thread of its own; a full file or a failed write stops the
-    /// recording and never the session.
-    pub(super) fn run(self, mut events: mpsc::Receiver<(Duration, Happened)>, name: String) {
+    /// Writes what `events` brings until it closes (the session ended), as
+    /// a task whose file writes run briefly on tokio's blocking threads
+    /// (none is held for the session); a full file or a failed write stops
+    /// the recording and never the session.
+    pub(super) async fn run(self, mut events: mpsc::Receiver<(Duration, Happened)>, name: String) {
+        use tokio::io::AsyncWriteExt as _;
         let Writer {
             file,
             header,
             max_bytes,
             dropped,
+            queued,
         } = self;
-        let mut out = std::io::BufWriter::with_capacity(32 * 1024, file);
+        let mut out =
+            tokio::io::BufWriter::with_capacity(32 * 1024, tokio::fs::File::from_std(file));
         let mut written: u64 = 0;
         let mut full = false;
+        let mut failed: Option<std::io::Error> = None;
         let mut last = Duration::ZERO;
         let mut carries = (Vec::new(), Vec::new());
-        let line = |out: &mut std::io::BufWriter<std::fs::File>,
-                    written: &mut u64,
-                    text: String|
-         -> std::io::Result<()> {
-            out.write_all(text.as_bytes())?;
-            out.write_all(b"\n")?;
-            *written += text.len() as u64 + 1;
-            Ok(())
-        };
-        let result = (|| -> std::io::Result<()> {
-            let head = serde_json::to_string(&header).map_err(std::io::Error::other)?;
-            line(&mut out, &mut written, head)?;
-            while let Some((at, happened)) = events.blocking_recv() {
-                if full {
-                    continue;
+        let mut lines: Vec<String> = Vec::new();
+        match serde_json::to_string(&header) {
+            Ok(head) => lines.push(head),
+            Err(error) => failed = Some(std::io::Error::other(error)),
+        }
+        loop {
+            for line in lines.drain(..) {
+                if failed.is_some() {
+                    break;
                 }
-                last = at;
-                let (kind, data) = match happened {
-                    Happened::Output(bytes) => ("o", text(&mut carries.0, &bytes)),
-                    Happened::Input(bytes) => ("i", text(&mut carries.1, &bytes)),
-                    Happened::Resize { width, height } => ("r", format!("{width}x{height}")),
-                };
-                if data.is_empty() {
-                    continue;
+                written += line.len() as u64 + 1;
+                if let Err(error) = out.write_all(format!("{line}\n").as_bytes()).await {
+                    failed = Some(error);
                 }
-                let event = serde_json::to_string(&(seconds(at), kind, data))
-                    .map_err(std::io::Error::other)?;
-                if written + event.len() as u64 + 1 > max_bytes {
-                    full = true;
-                    let marker = serde_json::to_string(&(
-                        seconds(at),
-                        "m",
-                        format!(
-                            "recording stopped: the size limit of {max_bytes} bytes was reached"
-                        ),
-                    ))
-                    .map_err(std::io::Error::other)?;
-                    line(&mut out, &mut written, marker)?;
-                    continue;
-                }
-                line(&mut out, &mut written, event)?;
             }
-            let lost = dropped.load(Ordering::Relaxed);
-            if lost > 0 {
-                let marker = serde_json::to_string(&(
-                    seconds(last),
-                    "m",
-                    format!(
-                        "{lost} bytes of the session were not recorded: the recording fell behind"
-                    ),
-                ))
-                .map_err(std::io::Error::other)?;
-                line(&mut out, &mut written, marker)?;
+            let Some((at, happened)) = events.recv().await else {
+                break;
+            };
+            let size = happened.size();
+            for budget in &queued {
+                budget.fetch_sub(size, Ordering::Relaxed);
             }
-            out.flush()
-        })();
-        if let Err(error) = result {
+            if full || failed.is_some() {
+                continue;
+            }
+            last = at;
+            let (kind, data) = match happened {
+                Happened::Output(bytes) => ("o", text(&mut carries.0, &bytes)),
+                Happened::Input(bytes) => ("i", text(&mut carries.1, &bytes)),
+                Happened::Resize { width, height } => ("r", format!("{width}x{height}")),
+                Happened::Marker(text) => ("m", text),
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let Ok(event) = serde_json::to_string(&(seconds(at), kind, data)) else {
+                continue;
+            };
+            if written + event.len() as u64 + 1 > max_bytes {
+                full = true;
+                lines.push(marker(
+                    at,
+                    format!("recording stopped: the size limit of {max_bytes} bytes was reached"),
+                ));
+                continue;
+            }
+            lines.push(event);
+        }
+        let lost = dropped.load(Ordering::Relaxed);
+        if lost > 0 && failed.is_none() {
+            let line = marker(
+                last,
+                format!("{lost} bytes of the session were not recorded: the recording fell behind"),
+            );
+            if let Err(error) = out.write_all(format!("{line}\n").as_bytes()).await {
+                failed = Some(error);
+            }
+        }
+        if failed.is_none() {
+            if let Err(error) = out.flush().await {
+                failed = Some(error);
+            }
+        }
+        if let Some(error) = failed {
             tracing::warn!(recording = %name, %error, "the session recording could not be written");
         }
     }
+}
+
+/// A marker event's line.
+fn marker(at: Duration, text: String) -> String {
+    serde_json::to_string(&(seconds(at), "m", text)).unwrap_or_default()
 }
 
 fn seconds(at: Duration) -> f64 {
@@ -246,8 +281,8 @@ mod tests {
         assert!(carry.is_empty());
     }
 
-    #[test]
-    fn a_recording_stops_at_its_size_limit_with_a_marker_and_reads_back() {
+    #[tokio::test]
+    async fn a_recording_stops_at_its_size_limit_with_a_marker_and_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.cast");
         let dropped = Arc::new(AtomicU64::new(3));
@@ -262,6 +297,7 @@ mod tests {
             },
             max_bytes: 200,
             dropped,
+            queued: [Arc::default(), Arc::default()],
         };
         let (send, receive) = mpsc::channel(16);
         send.try_send((
@@ -284,7 +320,7 @@ mod tests {
         send.try_send((Duration::from_millis(5), Happened::Output(b"late".to_vec())))
             .unwrap();
         drop(send);
-        writer.run(receive, "s".into());
+        writer.run(receive, "s".into()).await;
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.len() < 400, "{text}");
         let cast = Cast::parse(&text).unwrap();

@@ -21,7 +21,7 @@ mod websocket;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +44,11 @@ pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Events queued for a recording's writer before more are counted as lost.
 const QUEUE: usize = 1024;
+/// Bytes one session may have waiting for its writer; more are left out
+/// and counted.
+const SESSION_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Bytes every session of a recorder together may have waiting.
+const ALL_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// `sessionRecording:` which exec and attach sessions are recorded, where,
 /// and how much.
@@ -127,6 +132,9 @@ pub struct RecordingCounters {
     pub failed: AtomicU64,
     /// Bytes of sessions not recorded because a writer fell behind.
     pub dropped_bytes: AtomicU64,
+    /// Recorded sessions part of whose stream could not be read (marked in
+    /// their recordings).
+    pub unreadable: AtomicU64,
 }
 
 /// Decides which sessions are recorded and starts their recordings.
@@ -139,6 +147,8 @@ pub struct SessionRecorder {
     input: bool,
     max_bytes: u64,
     counters: Arc<RecordingCounters>,
+    /// Bytes every session has waiting for its writer.
+    queued: Arc<AtomicUsize>,
 }
 
 impl SessionRecorder {
@@ -154,6 +164,7 @@ impl SessionRecorder {
             input: config.input,
             max_bytes: config.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
             counters: Arc::default(),
+            queued: Arc::default(),
         })
     }
 
@@ -219,6 +230,7 @@ impl SessionRecorder {
             recorder: self.clone(),
             path: self.dir.join(format!("{audit_id}.cast")),
             title,
+            started: Arc::default(),
         })
     }
 }
@@ -242,12 +254,20 @@ pub struct SessionTap {
     recorder: Arc<SessionRecorder>,
     path: PathBuf,
     title: String,
+    /// Set once the recording's file is created (shared by clones).
+    started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SessionTap {
     /// Where the recording goes.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the recording started (its file exists); false until the
+    /// stream opens, and for a session that could not be recorded.
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
     }
 
     /// Starts recording a stream the API server switched to with
@@ -274,11 +294,23 @@ impl SessionTap {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .trim();
-            Readers::WebSocket {
-                client: WsParser::new(protocol),
-                server: WsParser::new(protocol),
+            match (WsParser::new(protocol), WsParser::new(protocol)) {
+                (Some(client), Some(server)) => Readers::WebSocket { client, server },
+                _ => {
+                    self.recorder
+                        .counters
+                        .failed
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%protocol, "a session to record speaks a protocol the recorder cannot read; it goes on unrecorded");
+                    return None;
+                }
             }
         } else {
+            self.recorder
+                .counters
+                .failed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%upgrade, "a session to record speaks a protocol the recorder cannot read; it goes on unrecorded");
             return None;
         };
         let counters = self.recorder.counters.clone();
@@ -291,7 +323,9 @@ impl SessionTap {
             }
         };
         counters.sessions.fetch_add(1, Ordering::Relaxed);
+        self.started.store(true, Ordering::Release);
         let dropped = Arc::new(AtomicU64::new(0));
+        let queued = [Arc::new(AtomicUsize::new(0)), self.recorder.queued.clone()];
         let (send, receive) = mpsc::channel(QUEUE);
         let writer = cast::Writer {
             file,
@@ -306,9 +340,10 @@ impl SessionTap {
             },
             max_bytes: self.recorder.max_bytes,
             dropped: dropped.clone(),
+            queued: queued.clone(),
         };
         let name = self.path.display().to_string();
-        tokio::task::spawn_blocking(move || writer.run(receive, name));
+        tokio::spawn(writer.run(receive, name));
         let session = Arc::new(Mutex::new(Session {
             readers,
             started: Instant::now(),
@@ -317,6 +352,8 @@ impl SessionTap {
             dropped,
             counters,
             resize: Vec::new(),
+            queued,
+            marked: false,
         }));
         Some((
             Tap {
@@ -361,6 +398,11 @@ struct Session {
     counters: Arc<RecordingCounters>,
     /// Resize messages read so far and not yet whole.
     resize: Vec<u8>,
+    /// Bytes waiting for the writer: this session's, every session's.
+    queued: [Arc<AtomicUsize>; 2],
+    /// Whether the recording says yet that part of the stream could not
+    /// be read.
+    marked: bool,
 }
 
 /// kube's `TerminalSize`, as the resize channel carries it.
@@ -413,6 +455,21 @@ impl Session {
             }
         }
         let at = self.started.elapsed();
+        let unreadable = match &self.readers {
+            Readers::WebSocket { client, server } => client.undecodable() || server.undecodable(),
+            Readers::Spdy { client, server, .. } => client.lost() || server.lost(),
+        };
+        if unreadable && !self.marked {
+            self.marked = true;
+            self.counters.unreadable.fetch_add(1, Ordering::Relaxed);
+            self.send(
+                at,
+                Happened::Marker(
+                    "part of the stream could not be read from here on: the recording may miss some of it"
+                        .into(),
+                ),
+            );
+        }
         for (channel, data) in found {
             match channel {
                 Channel::Output => self.send(at, Happened::Output(data)),
@@ -457,17 +514,29 @@ impl Session {
         sizes
     }
 
+    /// Hands `happened` to the writer, never waiting: when this session's
+    /// or every session's bytes in waiting would pass their bound, or the
+    /// queue is full, it is left out and counted.
     fn send(&self, at: Duration, happened: Happened) {
-        let size = match &happened {
-            Happened::Output(bytes) | Happened::Input(bytes) => bytes.len() as u64,
-            Happened::Resize { .. } => 0,
-        };
-        if self.send.try_send((at, happened)).is_err() {
-            self.dropped.fetch_add(size, Ordering::Relaxed);
-            self.counters
-                .dropped_bytes
-                .fetch_add(size, Ordering::Relaxed);
+        let size = happened.size();
+        let [mine, all] = &self.queued;
+        let fits = mine.load(Ordering::Relaxed) + size <= SESSION_QUEUE_BYTES
+            && all.load(Ordering::Relaxed) + size <= ALL_QUEUE_BYTES;
+        if fits {
+            mine.fetch_add(size, Ordering::Relaxed);
+            all.fetch_add(size, Ordering::Relaxed);
+            match self.send.try_send((at, happened)) {
+                Ok(()) => return,
+                Err(_) => {
+                    mine.fetch_sub(size, Ordering::Relaxed);
+                    all.fetch_sub(size, Ordering::Relaxed);
+                }
+            }
         }
+        self.dropped.fetch_add(size as u64, Ordering::Relaxed);
+        self.counters
+            .dropped_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
     }
 }
 
@@ -565,8 +634,8 @@ mod tests {
         let (send, receive) = mpsc::channel(queue);
         let session = Session {
             readers: Readers::WebSocket {
-                client: WsParser::new("v5.channel.k8s.io"),
-                server: WsParser::new("v5.channel.k8s.io"),
+                client: WsParser::new("v5.channel.k8s.io").unwrap(),
+                server: WsParser::new("v5.channel.k8s.io").unwrap(),
             },
             started: Instant::now(),
             send,
@@ -574,6 +643,8 @@ mod tests {
             dropped: Arc::default(),
             counters: Arc::default(),
             resize: Vec::new(),
+            queued: [Arc::default(), Arc::default()],
+            marked: false,
         };
         (session, receive)
     }

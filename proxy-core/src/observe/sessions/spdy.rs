@@ -12,13 +12,15 @@ use std::collections::HashMap;
 
 use flate2::{Decompress, FlushDecompress};
 
-/// The most of one control frame kept to read (kubectl's are a few hundred
-/// bytes); the rest of a longer one is skipped.
-const MAX_CONTROL_FRAME: usize = 64 * 1024;
-/// The most a header block may inflate to.
-const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// The most of one inflated header block kept to read (kubectl's are a few
+/// hundred bytes); the rest is inflated, to keep the compression context,
+/// and let go.
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// The most streams named at once (kube's remote commands open five).
+const MAX_STREAMS: usize = 64;
 
 const SYN_STREAM: u16 = 1;
+const SYN_REPLY: u16 = 2;
 const HEADERS: u16 = 8;
 
 /// What a stream carries, from its `streamtype` header.
@@ -132,10 +134,14 @@ fn dictionary() -> Vec<u8> {
 
 enum State {
     Head,
+    /// A control frame: its fixed part (up to `prefix` bytes), then, for a
+    /// frame with a header block, the block, inflated as it comes.
     Control {
         kind: u16,
         remaining: usize,
-        body: Vec<u8>,
+        prefix: usize,
+        fixed: Vec<u8>,
+        headers: Vec<u8>,
     },
     Data {
         stream: u32,
@@ -151,6 +157,10 @@ pub(super) struct SpdyParser {
     /// Reads header blocks (in the client's direction only); `None` once
     /// one failed to inflate, after which none can.
     inflate: Option<Decompress>,
+    /// Whether this direction's stream could not be read to the end
+    /// (header blocks that did not inflate, too many streams): what follows
+    /// may be missing from the recording.
+    lost: bool,
 }
 
 impl std::fmt::Debug for SpdyParser {
@@ -170,7 +180,13 @@ impl SpdyParser {
             have: 0,
             state: State::Head,
             inflate: client.then(|| Decompress::new(true)),
+            lost: false,
         }
+    }
+
+    /// Whether some of the stream could not be read (see [`SpdyParser::feed`]).
+    pub(super) fn lost(&self) -> bool {
+        self.lost
     }
 
     /// Reads `data`, the next bytes of this direction: streams the client
@@ -196,10 +212,17 @@ impl SpdyParser {
                     let length =
                         u32::from_be_bytes([0, self.head[5], self.head[6], self.head[7]]) as usize;
                     self.state = if self.head[0] & 0x80 != 0 {
+                        let kind = u16::from_be_bytes([self.head[2], self.head[3]]);
                         State::Control {
-                            kind: u16::from_be_bytes([self.head[2], self.head[3]]),
+                            kind,
                             remaining: length,
-                            body: Vec::new(),
+                            prefix: match kind {
+                                SYN_STREAM => 10,
+                                SYN_REPLY | HEADERS => 4,
+                                _ => 0,
+                            },
+                            fixed: Vec::new(),
+                            headers: Vec::new(),
                         }
                     } else {
                         State::Data {
@@ -215,13 +238,29 @@ impl SpdyParser {
                     self.end_if_done(streams);
                 }
                 State::Control {
-                    remaining, body, ..
+                    remaining,
+                    prefix,
+                    fixed,
+                    headers,
+                    ..
                 } => {
                     let n = (*remaining).min(data.len());
-                    let room = MAX_CONTROL_FRAME.saturating_sub(body.len());
-                    body.extend_from_slice(&data[..n.min(room)]);
+                    let (chunk, rest) = data.split_at(n);
                     *remaining -= n;
-                    data = &data[n..];
+                    data = rest;
+                    let take = (*prefix - fixed.len()).min(chunk.len());
+                    fixed.extend_from_slice(&chunk[..take]);
+                    let block = &chunk[take..];
+                    // Every header block of this direction goes through the
+                    // one compression context, in order, whole.
+                    if *prefix > 0 && !block.is_empty() {
+                        if let Some(inflate) = self.inflate.as_mut() {
+                            if inflate_into(inflate, block, headers).is_err() {
+                                self.inflate = None;
+                                self.lost = true;
+                            }
+                        }
+                    }
                     self.end_if_done(streams);
                 }
                 State::Data { stream, remaining } => {
@@ -240,7 +279,7 @@ impl SpdyParser {
     }
 
     /// Back to reading a frame header once the frame is read, taking what a
-    /// finished control frame says.
+    /// finished `SYN_STREAM` names.
     fn end_if_done(&mut self, streams: &mut HashMap<u32, StreamKind>) {
         let done = match &self.state {
             State::Head => false,
@@ -249,59 +288,62 @@ impl SpdyParser {
         if !done {
             return;
         }
-        if let State::Control { kind, body, .. } = std::mem::replace(&mut self.state, State::Head) {
-            let block_at = match kind {
-                SYN_STREAM => 10,
-                HEADERS => 4,
-                _ => return,
-            };
-            if body.len() < block_at {
+        if let State::Control {
+            kind: SYN_STREAM,
+            fixed,
+            headers,
+            ..
+        } = std::mem::replace(&mut self.state, State::Head)
+        {
+            if fixed.len() < 4 || self.inflate.is_none() {
                 return;
             }
-            let stream = u32::from_be_bytes([body[0] & 0x7f, body[1], body[2], body[3]]);
-            let Some(headers) = self.inflate(&body[block_at..]) else {
-                return;
-            };
-            if kind == SYN_STREAM {
-                if let Some(value) = header_value(&headers, b"streamtype") {
-                    streams.insert(stream, StreamKind::from_header(value));
+            let stream = u32::from_be_bytes([fixed[0] & 0x7f, fixed[1], fixed[2], fixed[3]]);
+            if let Some(value) = header_value(&headers, b"streamtype") {
+                if streams.len() >= MAX_STREAMS && !streams.contains_key(&stream) {
+                    self.lost = true;
+                    return;
                 }
+                streams.insert(stream, StreamKind::from_header(value));
             }
         }
     }
+}
 
-    fn inflate(&mut self, mut block: &[u8]) -> Option<Vec<u8>> {
-        let inflate = self.inflate.as_mut()?;
-        let mut out = Vec::with_capacity(block.len() * 4 + 256);
-        let mut ok = true;
-        for _ in 0..64 {
-            let before = inflate.total_in();
-            if out.capacity() - out.len() < 1024 {
-                out.reserve(4096);
-            }
-            if let Err(error) = inflate.decompress_vec(block, &mut out, FlushDecompress::Sync) {
+/// Inflates `block` (the next bytes of a header block) with `inflate`,
+/// keeping the first [`MAX_HEADER_BLOCK`] bytes of what comes out in `out`;
+/// the zlib dictionary of SPDY/3 is given when the stream asks for it. An
+/// error when the bytes do not inflate.
+fn inflate_into(inflate: &mut Decompress, mut block: &[u8], out: &mut Vec<u8>) -> Result<(), ()> {
+    let mut scratch = [0u8; 4096];
+    let keep = |made: usize, scratch: &[u8], out: &mut Vec<u8>| {
+        let room = MAX_HEADER_BLOCK.saturating_sub(out.len());
+        out.extend_from_slice(&scratch[..made.min(room)]);
+    };
+    // Until every byte is taken and zlib holds nothing more back.
+    loop {
+        let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
+        let asked_dictionary = match inflate.decompress(block, &mut scratch, FlushDecompress::Sync)
+        {
+            Ok(flate2::Status::StreamEnd) => return Err(()),
+            Ok(_) => false,
+            Err(error) => {
                 if error.needs_dictionary().is_none()
                     || inflate.set_dictionary(&dictionary()).is_err()
                 {
-                    ok = false;
-                    break;
+                    return Err(());
                 }
+                true
             }
-            let used = usize::try_from(inflate.total_in() - before).unwrap_or(block.len());
-            block = &block[used.min(block.len())..];
-            if out.len() > MAX_HEADER_BLOCK {
-                ok = false;
-                break;
-            }
-            if block.is_empty() && out.len() < out.capacity() {
-                return Some(out);
-            }
+        };
+        let used = usize::try_from(inflate.total_in() - before_in).map_err(|_| ())?;
+        let made = usize::try_from(inflate.total_out() - before_out).map_err(|_| ())?;
+        keep(made, &scratch, out);
+        block = block.get(used..).ok_or(())?;
+        if used == 0 && made == 0 && !asked_dictionary {
+            // No progress: done if nothing is left, else unreadable.
+            return if block.is_empty() { Ok(()) } else { Err(()) };
         }
-        if !ok {
-            // The context is lost: no later block can be read either.
-            self.inflate = None;
-        }
-        None
     }
 }
 
@@ -371,6 +413,64 @@ mod tests {
         frame.extend_from_slice(&(bytes.len() as u32).to_be_bytes()[1..]);
         frame.extend_from_slice(bytes);
         frame
+    }
+
+    #[test]
+    fn a_huge_header_block_and_a_client_syn_reply_keep_the_context_in_step() {
+        let mut deflate = Compress::new(Compression::default(), true);
+        deflate.set_dictionary(&dictionary()).unwrap();
+        let mut client = Vec::new();
+        // A stream with a 1 MiB header (a few KiB compressed), past what
+        // is kept of an inflated block.
+        let huge = "x".repeat(1 << 20);
+        let block = compress(&mut deflate, &header_block(&[("padding", &huge)]));
+        let mut body = 1u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        body.extend_from_slice(&block);
+        client.extend([0x80, 3, 0, 1, 0]);
+        client.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        client.extend(body);
+        // A SYN_REPLY from the client: its block shares the context too.
+        let block = compress(&mut deflate, &header_block(&[("status", "200")]));
+        let mut body = 3u32.to_be_bytes().to_vec();
+        body.extend_from_slice(&block);
+        client.extend([0x80, 3, 0, 2, 0]);
+        client.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+        client.extend(body);
+        client.extend(syn_stream(&mut deflate, 5, "stdin"));
+        client.extend(data(5, b"still read\n"));
+        let mut streams = HashMap::new();
+        let mut seen = Vec::new();
+        let mut parser = SpdyParser::new(true);
+        for piece in client.chunks(1000) {
+            parser.feed(piece, &mut streams, &mut |kind, bytes| {
+                seen.push((kind, bytes.to_vec()))
+            });
+        }
+        assert!(!parser.lost());
+        assert_eq!(seen, [(StreamKind::Stdin, b"still read\n".to_vec())]);
+    }
+
+    #[test]
+    fn what_cannot_be_read_is_said_and_streams_are_bounded() {
+        // Not zlib at all.
+        let mut parser = SpdyParser::new(true);
+        let mut frame = vec![0x80, 3, 0, 1, 0, 0, 0, 14];
+        frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+        parser.feed(&frame, &mut HashMap::new(), &mut |_, _| {});
+        assert!(parser.lost());
+        // More streams than any remote command opens.
+        let mut deflate = Compress::new(Compression::default(), true);
+        deflate.set_dictionary(&dictionary()).unwrap();
+        let mut client = Vec::new();
+        for stream in 0..(MAX_STREAMS as u32 + 10) {
+            client.extend(syn_stream(&mut deflate, 2 * stream + 1, "stdout"));
+        }
+        let mut parser = SpdyParser::new(true);
+        let mut streams = HashMap::new();
+        parser.feed(&client, &mut streams, &mut |_, _| {});
+        assert_eq!(streams.len(), MAX_STREAMS);
+        assert!(parser.lost());
     }
 
     #[test]

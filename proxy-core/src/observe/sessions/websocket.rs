@@ -10,10 +10,6 @@
 
 use base64::Engine as _;
 
-/// The most of one base64 message kept to decode (a message is decoded when
-/// it ends); the rest of a longer one is not recorded.
-const MAX_BASE64_MESSAGE: usize = 1024 * 1024;
-
 /// The reading of one direction of a WebSocket connection.
 #[derive(Debug, Default)]
 pub(super) struct WsParser {
@@ -30,16 +26,26 @@ pub(super) struct WsParser {
     /// The next payload byte of the message is its channel.
     at_message_start: bool,
     channel: Option<u8>,
+    /// Base64 characters of the message not decoded yet (fewer than four).
     text: Vec<u8>,
+    undecodable: bool,
 }
 
 impl WsParser {
-    /// A reader for the protocol `negotiated` (`Sec-WebSocket-Protocol`).
-    pub(super) fn new(negotiated: &str) -> WsParser {
-        WsParser {
-            base64: negotiated.starts_with("base64."),
+    /// A reader for the protocol `negotiated` (`Sec-WebSocket-Protocol`),
+    /// `None` for one it cannot read: kube's channel protocols only
+    /// (`[v4.|v5.][base64.]channel.k8s.io`, or none named, which kube reads
+    /// as `channel.k8s.io`).
+    pub(super) fn new(negotiated: &str) -> Option<WsParser> {
+        let base64 = match negotiated {
+            "" | "channel.k8s.io" | "v4.channel.k8s.io" | "v5.channel.k8s.io" => false,
+            "base64.channel.k8s.io" | "v4.base64.channel.k8s.io" => true,
+            _ => return None,
+        };
+        Some(WsParser {
+            base64,
             ..WsParser::default()
-        }
+        })
     }
 
     /// Reads `data`, the next bytes of this direction, calling `out` with
@@ -55,7 +61,7 @@ impl WsParser {
                 if self.have < 2 || self.have < self.head_len() {
                     continue;
                 }
-                self.start_frame(out);
+                self.start_frame();
                 continue;
             }
             let n = usize::try_from(self.remaining)
@@ -79,7 +85,7 @@ impl WsParser {
             }
             self.offset += n;
             if self.remaining == 0 {
-                self.end_frame(out);
+                self.end_frame();
             }
         }
     }
@@ -98,7 +104,7 @@ impl WsParser {
         2 + length + mask
     }
 
-    fn start_frame(&mut self, out: &mut dyn FnMut(u8, &[u8])) {
+    fn start_frame(&mut self) {
         let len = self.head_len();
         let opcode = self.head[0] & 0x0f;
         self.fin = self.head[0] & 0x80 != 0;
@@ -127,7 +133,7 @@ impl WsParser {
         self.have = 0;
         self.in_payload = true;
         if self.remaining == 0 {
-            self.end_frame(out);
+            self.end_frame();
         }
     }
 
@@ -148,30 +154,39 @@ impl WsParser {
             return;
         };
         if self.base64 {
-            let room = MAX_BASE64_MESSAGE.saturating_sub(self.text.len());
-            self.text.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            // Decoded as it comes, four characters at a time (whitespace is
+            // skipped, as kube's decoder skips it): nothing waits for the
+            // message's end but the last three characters at most.
+            self.text
+                .extend(bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()));
+            let whole = self.text.len() - self.text.len() % 4;
+            if whole > 0 {
+                let decoded = base64::engine::general_purpose::STANDARD.decode(&self.text[..whole]);
+                self.text.drain(..whole);
+                match decoded {
+                    Ok(decoded) if !decoded.is_empty() => out(channel, &decoded),
+                    Ok(_) => {}
+                    Err(_) => self.undecodable = true,
+                }
+            }
         } else if !bytes.is_empty() {
             out(channel, bytes);
         }
     }
 
-    fn end_frame(&mut self, out: &mut dyn FnMut(u8, &[u8])) {
+    /// Whether some base64 data could not be decoded (and is not recorded).
+    pub(super) fn undecodable(&self) -> bool {
+        self.undecodable
+    }
+
+    fn end_frame(&mut self) {
         self.in_payload = false;
         if self.control || !self.fin {
             return;
         }
-        if let (true, Some(channel)) = (self.base64, self.channel) {
-            let text: Vec<u8> = self
-                .text
-                .iter()
-                .copied()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect();
-            if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(text) {
-                if !decoded.is_empty() {
-                    out(channel, &decoded);
-                }
-            }
+        if self.base64 && !self.text.is_empty() {
+            // A message whose length is not a whole number of groups.
+            self.undecodable = true;
         }
         self.text.clear();
         self.channel = None;
@@ -238,7 +253,11 @@ mod tests {
         stream.extend(frame(true, 2, &[], key));
         stream.extend(frame(true, 8, b"\x03\xe8", key));
         for step in [1, 3, 7, 4096, stream.len()] {
-            let seen = read(&mut WsParser::new("v5.channel.k8s.io"), &stream, step);
+            let seen = read(
+                &mut WsParser::new("v5.channel.k8s.io").unwrap(),
+                &stream,
+                step,
+            );
             assert_eq!(
                 seen,
                 [
@@ -252,11 +271,31 @@ mod tests {
     }
 
     #[test]
-    fn the_base64_forms_are_decoded_per_message() {
-        let mut stream = frame(true, 1, b"1aGVsbG8K", None);
-        stream.extend(frame(false, 1, b"2ZXJy", None));
-        stream.extend(frame(true, 0, b"b3IK", None));
-        let seen = read(&mut WsParser::new("base64.channel.k8s.io"), &stream, 2);
-        assert_eq!(seen, [(1, b"hello\n".to_vec()), (2, b"error\n".to_vec())]);
+    fn the_base64_forms_are_decoded_as_they_come_whitespace_and_all() {
+        for protocol in ["base64.channel.k8s.io", "v4.base64.channel.k8s.io"] {
+            let mut stream = frame(true, 1, b"1aGVsbG8K", None);
+            stream.extend(frame(false, 1, b"2ZXJy", None));
+            stream.extend(frame(true, 0, b"b3IK", None));
+            // Padded with newlines past any length a whole-message buffer held.
+            let padded = [&b"0"[..], &vec![b'\n'; 2 << 20], b"bHMK"].concat();
+            stream.extend(frame(true, 1, &padded, None));
+            let mut parser = WsParser::new(protocol).unwrap();
+            let seen = read(&mut parser, &stream, 4096);
+            assert_eq!(
+                seen,
+                [
+                    (1, b"hello\n".to_vec()),
+                    (2, b"error\n".to_vec()),
+                    (0, b"ls\n".to_vec())
+                ],
+                "{protocol}"
+            );
+            assert!(!parser.undecodable());
+        }
+        // What it cannot read, it says so rather than read it wrongly.
+        assert!(WsParser::new("v6.unknown.k8s.io").is_none());
+        let mut parser = WsParser::new("base64.channel.k8s.io").unwrap();
+        read(&mut parser, &frame(true, 1, b"1!!!!", None), 1);
+        assert!(parser.undecodable());
     }
 }
