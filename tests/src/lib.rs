@@ -7,6 +7,7 @@
 
 pub mod apiserver;
 pub mod helm;
+pub mod jwt_issuer;
 pub mod kube;
 pub mod netns;
 pub mod observe;

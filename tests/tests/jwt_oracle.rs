@@ -1,0 +1,718 @@
+//! JWT authentication with kube-apiserver as the oracle: one
+//! `AuthenticationConfiguration` file, loaded by kube-apiserver
+//! (`--authentication-config`) and by authproxy (`authenticationConfigFile`),
+//! several `jwt` entries in it (one per configuration variant, each its own
+//! issuer URL on the test's loopback issuer), and a corpus of tokens made
+//! from a fixed seed with claims present, absent, null and of the wrong
+//! type. Each token's `SelfSubjectReview` is asked of kube-apiserver
+//! directly and through authproxy: the user kube derives must be the user
+//! authproxy impersonates (username, uid, groups, extra), or both must
+//! refuse the token. Every divergence is printed; those that are kube
+//! behaviour authproxy does not have on purpose are listed in
+//! [`expected_difference`] with the reason.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use authproxy_tests::jwt_issuer::JwtIssuer;
+use authproxy_tests::kube::{kube_with, KubeEnv as Env};
+use authproxy_tests::{pki, TestPki};
+use futures_util::StreamExt as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use serde_json::{json, Value};
+
+/// Tokens in the corpus.
+const TOKENS: usize = 2400;
+/// The corpus's seed: the same tokens on every run.
+const SEED: u64 = 0x6a77_745f_6f72_6163;
+/// Reviews in flight at once, on each side.
+const CONCURRENCY: usize = 16;
+/// What every accepted token names in `aud`, unless the variant says more.
+const AUDIENCE: &str = "oracle";
+
+const REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
+const REVIEW_BODY: &str =
+    r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+
+/// A configuration variant: one `jwt` entry of the shared file.
+struct Variant {
+    /// The last segment of its issuer URL.
+    name: &'static str,
+    /// The entry without `issuer.url` and `issuer.certificateAuthority`.
+    entry: Value,
+    /// The claims its mappings read, with the kind of value a well-formed
+    /// token carries there.
+    claims: &'static [(&'static str, Kind)],
+    /// The audiences a well-formed token names.
+    audiences: &'static [&'static str],
+}
+
+/// The kind of value a claim holds in a well-formed token.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A user or group-like name.
+    Name,
+    /// An e-mail address.
+    Email,
+    /// A bool.
+    Bool,
+    /// A list of names.
+    Names,
+    /// A comma-separated list of names.
+    Csv,
+    /// A path (`a/b/c`).
+    Path,
+    /// `{"tenant": name, "id": name, "roles": [name], "teams": [{"name": name}]}`.
+    Org,
+}
+
+fn variants() -> Vec<Variant> {
+    vec![
+        Variant {
+            name: "claims",
+            entry: json!({
+                "issuer": {"audiences": [AUDIENCE]},
+                "claimValidationRules": [{"claim": "tier", "requiredValue": "gold"}],
+                "claimMappings": {
+                    "username": {"claim": "sub", "prefix": "c:"},
+                    "groups": {"claim": "groups", "prefix": "g:"},
+                    "uid": {"claim": "uid"},
+                },
+            }),
+            claims: &[
+                ("sub", Kind::Name),
+                ("groups", Kind::Names),
+                ("uid", Kind::Name),
+                ("tier", Kind::Name),
+            ],
+            audiences: &[AUDIENCE],
+        },
+        Variant {
+            name: "email",
+            entry: json!({
+                "issuer": {"audiences": [AUDIENCE]},
+                "claimMappings": {
+                    "username": {"claim": "email", "prefix": ""},
+                    "groups": {"claim": "roles", "prefix": ""},
+                },
+            }),
+            claims: &[
+                ("sub", Kind::Name),
+                ("email", Kind::Email),
+                ("email_verified", Kind::Bool),
+                ("roles", Kind::Names),
+            ],
+            audiences: &[AUDIENCE],
+        },
+        Variant {
+            name: "cel",
+            entry: json!({
+                "issuer": {"audiences": [AUDIENCE]},
+                "claimValidationRules": [{
+                    "expression": "!has(claims.blocked) || claims.blocked != true",
+                    "message": "blocked",
+                }],
+                "claimMappings": {
+                    "username": {"expression": r#"has(claims.nick) ? "nick:" + claims.nick : "sub:" + claims.sub"#},
+                    "groups": {"expression": r#"claims.?org.roles.orValue([]).map(g, "cel:" + g)"#},
+                    "uid": {"expression": r#"claims.?uid.orValue("")"#},
+                    "extra": [
+                        {"key": "example.com/tenant", "valueExpression": r#"claims.?org.tenant.orValue("")"#},
+                        {"key": "example.com/roles", "valueExpression": r#"claims.?org.roles.orValue([]).filter(r, r.startsWith("x"))"#},
+                        {"key": "example.com/groups", "valueExpression": r#"claims.?groups.orValue([])"#},
+                    ],
+                },
+                "userValidationRules": [
+                    {"expression": r#"!user.username.contains("evil")"#, "message": "no evil"},
+                    {"expression": "user.groups.all(g, size(g) < 16)", "message": "short groups"},
+                ],
+            }),
+            claims: &[
+                ("sub", Kind::Name),
+                ("nick", Kind::Name),
+                ("groups", Kind::Names),
+                ("uid", Kind::Name),
+                ("org", Kind::Org),
+                ("blocked", Kind::Bool),
+            ],
+            audiences: &[AUDIENCE],
+        },
+        Variant {
+            name: "strings",
+            entry: json!({
+                "issuer": {"audiences": [AUDIENCE]},
+                "claimValidationRules": [{
+                    "expression": r#"!claims.?org.roles.orValue([]).exists(t, t == "banned")"#,
+                    "message": "banned",
+                }],
+                "claimMappings": {
+                    "username": {"expression": r#"claims.?email_verified.orValue(false) == true ? claims.email.lowerAscii() : "anon:" + claims.sub"#},
+                    "groups": {"expression": r#"claims.?dept.orValue("").split(",").map(d, d.trim())"#},
+                    "extra": [
+                        {"key": "example.com/upper", "valueExpression": "claims.sub.upperAscii()"},
+                        {"key": "example.com/joined", "valueExpression": r#"claims.?teams.orValue([]).join("+")"#},
+                        {"key": "example.com/path", "valueExpression": r#"claims.?path.orValue("").replace("/", ":")"#},
+                        {"key": "example.com/short", "valueExpression": "size(claims.sub) > 3 ? claims.sub.substring(0, 3) : claims.sub"},
+                    ],
+                },
+                "userValidationRules": [
+                    {"expression": r#"user.username != "anon:root""#, "message": "no anonymous root"},
+                ],
+            }),
+            claims: &[
+                ("sub", Kind::Name),
+                ("email", Kind::Email),
+                ("email_verified", Kind::Bool),
+                ("dept", Kind::Csv),
+                ("teams", Kind::Names),
+                ("path", Kind::Path),
+                ("org", Kind::Org),
+            ],
+            audiences: &[AUDIENCE],
+        },
+        Variant {
+            name: "audiences",
+            entry: json!({
+                "issuer": {"audiences": ["oracle-a", "oracle-b"], "audienceMatchPolicy": "MatchAny"},
+                "claimMappings": {
+                    "username": {"claim": "sub", "prefix": ""},
+                    "groups": {"expression": "claims.?org.teams.orValue([]).map(t, t.name)"},
+                    "uid": {"expression": r#"claims.?org.id.orValue("")"#},
+                    "extra": [
+                        {"key": "example.com/teams", "valueExpression": "string(size(claims.?org.teams.orValue([])))"},
+                        {"key": "example.com/admin", "valueExpression": r#"claims.?org.teams.orValue([]).exists(t, t.name == "admins") ? "yes" : """#},
+                    ],
+                },
+            }),
+            claims: &[("sub", Kind::Name), ("org", Kind::Org)],
+            audiences: &["oracle-a", "oracle-b"],
+        },
+    ]
+}
+
+/// kube's `AuthenticationConfiguration` with every variant, issued by
+/// `issuer` and trusted through `ca_pem`.
+fn authentication_configuration(issuer: &JwtIssuer, ca_pem: &str) -> Value {
+    let jwt: Vec<Value> = variants()
+        .into_iter()
+        .map(|v| {
+            let mut entry = v.entry;
+            entry["issuer"]["url"] = json!(issuer.issuer(v.name));
+            entry["issuer"]["certificateAuthority"] = json!(ca_pem);
+            entry
+        })
+        .collect();
+    json!({
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "AuthenticationConfiguration",
+        "jwt": jwt,
+    })
+}
+
+/// splitmix64: a small, fixed pseudo-random sequence.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n`.
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// True with `percent` per cent.
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
+}
+
+const NAMES: &[&str] = &[
+    "alice",
+    "Bob",
+    "carol.d",
+    "dave-1",
+    "x-ops",
+    "xray",
+    "ünïcode",
+    "e v e",
+    "evil-eve",
+    "admins",
+    "banned",
+    "root",
+    "a-rather-long-group-name",
+];
+
+/// A value for a claim: well-formed for its kind unless `broken`, and then
+/// absent (`None`), null, empty or of another type.
+fn claim_value(rng: &mut Rng, kind: Kind, broken: bool) -> Option<Value> {
+    if broken {
+        return match rng.below(9) {
+            0 => None,
+            1 => Some(Value::Null),
+            2 => Some(json!("")),
+            3 => Some(json!(rng.below(1000))),
+            4 => Some(json!(rng.chance(50))),
+            5 => Some(json!({"name": rng.pick(NAMES)})),
+            6 => Some(json!([rng.pick(NAMES), 7])),
+            7 => Some(json!([rng.pick(NAMES), null])),
+            _ => Some(json!([rng.pick(NAMES), ""])),
+        };
+    }
+    let name = |rng: &mut Rng| json!(rng.pick(NAMES));
+    Some(match kind {
+        Kind::Name => name(rng),
+        Kind::Email => json!(format!("{}@Example.com", rng.pick(NAMES))),
+        Kind::Bool => json!(rng.chance(70)),
+        Kind::Names => match rng.below(6) {
+            0 => json!([]),
+            1 => name(rng),
+            _ => Value::Array((0..1 + rng.below(3)).map(|_| name(rng)).collect()),
+        },
+        Kind::Csv => json!((0..rng.below(4))
+            .map(|_| format!(" {} ", rng.pick(NAMES)))
+            .collect::<Vec<_>>()
+            .join(",")),
+        Kind::Path => json!(format!("{}/{}/{}", rng.pick(NAMES), rng.pick(NAMES), rng.below(9))),
+        Kind::Org => {
+            let teams: Vec<Value> = (0..rng.below(4))
+                .map(|_| json!({"name": rng.pick(NAMES)}))
+                .collect();
+            let mut org = json!({"tenant": rng.pick(NAMES), "id": format!("id-{}", rng.below(99))});
+            if rng.chance(80) {
+                org["teams"] = json!(teams);
+            }
+            if rng.chance(80) {
+                let roles: Vec<Value> = (0..rng.below(4)).map(|_| json!(rng.pick(NAMES))).collect();
+                org["roles"] = json!(roles);
+            }
+            org
+        }
+    })
+}
+
+/// A time claim as an offset from the signing time: `Ok(seconds)`, or
+/// `Err(value)` for a value that is not a plain offset.
+type TimeClaim = Result<f64, Value>;
+
+/// `exp`, `nbf` and `iat` of a token; `None` is absent. Offsets stay at
+/// least 10 s away from every boundary either side uses (kube: `exp` with
+/// no leeway, `nbf` with 60 s), so the run's own time does not decide.
+fn times(rng: &mut Rng, broken: bool) -> [Option<TimeClaim>; 3] {
+    let mut exp = Some(Ok(600.0));
+    let mut nbf = None;
+    let mut iat = Some(Ok(0.0));
+    if !broken {
+        if rng.chance(20) {
+            exp = Some(Ok(600.75));
+        }
+        if rng.chance(20) {
+            nbf = Some(Ok(-30.5));
+        }
+        if rng.chance(10) {
+            iat = Some(Ok(-0.5));
+        }
+        return [exp, nbf, iat];
+    }
+    match rng.below(14) {
+        0 => exp = None,
+        1 => exp = Some(Err(Value::Null)),
+        2 => exp = Some(Ok(-20.0)),
+        3 => exp = Some(Ok(-45.0)),
+        4 => exp = Some(Ok(-400.0)),
+        5 => exp = Some(Err(json!("4102444800"))),
+        6 => nbf = Some(Ok(20.0)),
+        7 => nbf = Some(Ok(45.0)),
+        8 => nbf = Some(Ok(120.0)),
+        9 => nbf = Some(Err(json!("soon"))),
+        10 => iat = Some(Ok(45.0)),
+        11 => iat = Some(Ok(7200.0)),
+        12 => iat = Some(Err(json!("yesterday"))),
+        _ => iat = Some(Err(Value::Null)),
+    }
+    [exp, nbf, iat]
+}
+
+/// One token of the corpus, its claims with times still relative.
+struct Case {
+    variant: &'static str,
+    claims: Value,
+    times: [Option<TimeClaim>; 3],
+}
+
+impl Case {
+    /// The claims with times made absolute from `now`.
+    fn claims_at(&self, now: f64) -> Value {
+        let mut claims = self.claims.clone();
+        for (name, time) in ["exp", "nbf", "iat"].iter().zip(&self.times) {
+            match time {
+                None => {}
+                Some(Ok(offset)) => {
+                    let t = now.floor() + offset;
+                    claims[*name] = if t.fract() == 0.0 {
+                        json!(t as i64)
+                    } else {
+                        json!(t)
+                    };
+                }
+                Some(Err(value)) => claims[*name] = value.clone(),
+            }
+        }
+        claims
+    }
+}
+
+/// The corpus: `count` tokens over the variants, from `seed`. About half
+/// are well-formed; the others break one or two things.
+fn corpus(issuer: &JwtIssuer, seed: u64, count: usize) -> Vec<Case> {
+    let variants = variants();
+    let mut rng = Rng(seed);
+    (0..count)
+        .map(|i| {
+            let v = &variants[i % variants.len()];
+            let breaks = match rng.below(10) {
+                0..=4 => 0,
+                5..=8 => 1,
+                _ => 2,
+            };
+            // what is broken: one of the variant's claims, `aud`, `jti` or a time
+            let broken: Vec<usize> = (0..breaks)
+                .map(|_| rng.below(v.claims.len() + 3))
+                .collect();
+            let mut claims = json!({"iss": issuer.issuer(v.name)});
+            for (n, (name, kind)) in v.claims.iter().enumerate() {
+                if let Some(value) = claim_value(&mut rng, *kind, broken.contains(&n)) {
+                    claims[*name] = value;
+                }
+            }
+            let aud_broken = broken.contains(&v.claims.len());
+            claims["aud"] = if aud_broken {
+                match rng.below(5) {
+                    0 => json!("someone-else"),
+                    1 => json!([]),
+                    2 => json!(["someone-else", "another"]),
+                    3 => json!(42),
+                    _ => Value::Null,
+                }
+            } else {
+                match rng.below(3) {
+                    0 => json!(rng.pick(v.audiences)),
+                    1 => json!([rng.pick(v.audiences), "someone-else"]),
+                    _ => json!(v.audiences),
+                }
+            };
+            if rng.chance(5) && !aud_broken {
+                claims.as_object_mut().map(|c| c.remove("aud"));
+            }
+            let jti_broken = broken.contains(&(v.claims.len() + 1));
+            if jti_broken {
+                claims["jti"] = match rng.below(3) {
+                    0 => json!(""),
+                    1 => json!(12345),
+                    _ => Value::Null,
+                };
+            } else if rng.chance(40) {
+                claims["jti"] = json!(format!("jti-{i}"));
+            }
+            Case {
+                variant: v.name,
+                claims,
+                times: times(&mut rng, broken.contains(&(v.claims.len() + 2))),
+            }
+        })
+        .collect()
+}
+
+/// What one side made of a token: the user of the review, or a refusal.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// 201 and `status.userInfo`, groups and extra as kube listed them.
+    User {
+        username: String,
+        uid: String,
+        groups: Vec<String>,
+        extra: BTreeMap<String, Vec<String>>,
+    },
+    /// Any other status, with the reason of the Status kube or the proxy
+    /// answered.
+    Refused(u16, String),
+}
+
+impl Outcome {
+    fn accepted(&self) -> bool {
+        matches!(self, Outcome::User { .. })
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::User {
+                username,
+                uid,
+                groups,
+                extra,
+            } => write!(
+                f,
+                "user {username:?} uid {uid:?} groups {groups:?} extra {extra:?}"
+            ),
+            Outcome::Refused(code, message) => write!(f, "refused {code} ({message})"),
+        }
+    }
+}
+
+/// HTTP/2 connections to one side (kube-apiserver or the proxy), opened
+/// again when the server closes one (kube-apiserver ends connections that
+/// carried refused requests).
+struct Side {
+    addr: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+    slots: Vec<tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>>,
+    next: AtomicUsize,
+}
+
+impl Side {
+    /// `connections` connections to `addr`, whose certificate (for
+    /// `localhost`) `ca_pem` signed.
+    fn new(addr: std::net::SocketAddr, ca_pem: &str, connections: usize) -> anyhow::Result<Side> {
+        let config = pki::client_config(ca_pem, &[b"h2"])?;
+        Ok(Side {
+            addr,
+            connector: tokio_rustls::TlsConnector::from(config),
+            slots: (0..connections).map(|_| Default::default()).collect(),
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    async fn sender(&self, slot: usize) -> anyhow::Result<SendRequest<Full<Bytes>>> {
+        let mut held = self.slots[slot].lock().await;
+        if let Some(send) = held.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(send.clone());
+        }
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let tls = self
+            .connector
+            .connect(ServerName::try_from("localhost")?.to_owned(), tcp)
+            .await?;
+        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(tls))
+            .await?;
+        tokio::spawn(connection);
+        *held = Some(send.clone());
+        Ok(send)
+    }
+
+    /// POSTs a SelfSubjectReview with `token`, on a new connection if the
+    /// one in use was closed under it (a review changes nothing: sending it
+    /// again is safe).
+    async fn post_review(&self, token: &str) -> anyhow::Result<http::Response<Incoming>> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut attempt = 0;
+        loop {
+            let request = http::Request::post(format!("https://localhost{REVIEW_PATH}"))
+                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from_static(REVIEW_BODY.as_bytes())))?;
+            let sent = match self.sender(slot).await {
+                Ok(mut send) => send.send_request(request).await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(response) => return Ok(response),
+                Err(e) if attempt >= 3 => return Err(e.context("SelfSubjectReview, 4 attempts")),
+                Err(_) => {
+                    attempt += 1;
+                    *self.slots[slot].lock().await = None;
+                }
+            }
+        }
+    }
+}
+
+/// Posts a SelfSubjectReview as the holder of `token`.
+async fn review(side: &Side, token: &str) -> anyhow::Result<Outcome> {
+    let response = side.post_review(token).await?;
+    let code = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if code != 201 {
+        let message = value["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Ok(Outcome::Refused(code, message));
+    }
+    let info = &value["status"]["userInfo"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let extra = info["extra"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
+        .unwrap_or_default();
+    Ok(Outcome::User {
+        username: info["username"].as_str().unwrap_or_default().to_owned(),
+        uid: info["uid"].as_str().unwrap_or_default().to_owned(),
+        groups: strings(&info["groups"]),
+        extra,
+    })
+}
+
+/// Whether the two sides agree: the same user, or both refuse (kube
+/// answers 401; the proxy 401 as well, having refused the token itself).
+fn agree(kube: &Outcome, proxy: &Outcome) -> bool {
+    match (kube, proxy) {
+        (Outcome::Refused(..), Outcome::Refused(..)) => true,
+        _ => kube == proxy,
+    }
+}
+
+/// The reason a divergence is kube behaviour authproxy does not have on
+/// purpose (and the README says so), or `None` for a divergence that fails
+/// the test.
+fn expected_difference(_case: &Case, _kube: &Outcome, _proxy: &Outcome) -> Option<&'static str> {
+    None
+}
+
+fn seconds_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Both sides accept a well-formed token of every variant: kube has loaded
+/// the issuer's keys, and so has the proxy.
+async fn wait_until_both_accept(
+    issuer: &JwtIssuer,
+    kube: &Side,
+    proxy: &Side,
+) -> anyhow::Result<()> {
+    for v in variants() {
+        let claims = json!({
+            "iss": issuer.issuer(v.name), "aud": v.audiences[0], "sub": "ready",
+            "email": "ready@example.com", "email_verified": true, "tier": "gold", "uid": "r-1",
+            "iat": seconds_now() as i64, "exp": seconds_now() as i64 + 600,
+        });
+        let token = issuer.sign(&claims)?;
+        authproxy_tests::wait_for(Duration::from_secs(60), v.name, || async {
+            let k = review(kube, &token).await.map_err(|e| format!("kube: {e:?}"))?;
+            let p = review(proxy, &token).await.map_err(|e| format!("proxy: {e:?}"))?;
+            if k.accepted() && p.accepted() {
+                Ok(Some(()))
+            } else {
+                Err(format!("kube: {k}; proxy: {p}"))
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_and_the_proxy_derive_the_same_user_from_every_token() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let issuer = JwtIssuer::start(&pki, dir.path()).await?;
+    let file = dir.path().join("authentication-config.json");
+    std::fs::write(
+        &file,
+        serde_json::to_string_pretty(&authentication_configuration(&issuer, pki.ca_pem()))?,
+    )?;
+    let flag = format!("--authentication-config={}", file.display());
+    tokio::task::spawn_blocking(move || kube_with(&[&flag]).map(|_| ()).map_err(|e| e.to_string()))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let env = Env::start_with(pki, &format!("  authenticationConfigFile: {}", file.display()))
+        .await?;
+    env.wait_ready().await?;
+    let kube_addr = env.kube.url().trim_start_matches("https://").parse()?;
+    let kube = Side::new(kube_addr, env.kube.pki().ca_pem(), 4)?;
+    let proxy_addr = env.proxy.as_ref().context("proxy running")?.addr();
+    let proxy = Side::new(proxy_addr, env.pki.ca_pem(), 4)?;
+    wait_until_both_accept(&issuer, &kube, &proxy).await?;
+    let ready = started.elapsed();
+
+    let cases = corpus(&issuer, SEED, TOKENS);
+    let results: Vec<(usize, Outcome, Outcome)> = futures_util::stream::iter(cases.iter().enumerate())
+        .map(|(i, case)| {
+            let (issuer, kube, proxy) = (&issuer, &kube, &proxy);
+            async move {
+                let token = issuer.sign(&case.claims_at(seconds_now()))?;
+                let (k, p) = tokio::join!(review(kube, &token), review(proxy, &token));
+                anyhow::Ok((i, k.context("review at kube")?, p.context("review through the proxy")?))
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+
+    let mut unexpected = Vec::new();
+    let mut expected: BTreeMap<&str, usize> = BTreeMap::new();
+    let (mut kube_accepted, mut proxy_accepted) = (0, 0);
+    for (i, k, p) in &results {
+        kube_accepted += usize::from(k.accepted());
+        proxy_accepted += usize::from(p.accepted());
+        if agree(k, p) {
+            continue;
+        }
+        let case = &cases[*i];
+        match expected_difference(case, k, p) {
+            Some(reason) => *expected.entry(reason).or_default() += 1,
+            None => unexpected.push(format!(
+                "#{i} [{}] claims {}\n    kube:  {k}\n    proxy: {p}",
+                case.variant,
+                case.claims_at(0.0)
+            )),
+        }
+    }
+    let compared = results.len();
+    println!(
+        "jwt oracle: {compared} tokens compared in {:?} (set-up {ready:?}); kube accepted {kube_accepted}, refused {}; the proxy accepted {proxy_accepted}, refused {}; expected differences {expected:?}; unexpected divergences {}",
+        started.elapsed() - ready,
+        compared - kube_accepted,
+        compared - proxy_accepted,
+        unexpected.len()
+    );
+    for line in &unexpected {
+        println!("{line}");
+    }
+    assert!(compared >= 2000, "only {compared} tokens compared");
+    for (side, accepted) in [("kube", kube_accepted), ("the proxy", proxy_accepted)] {
+        assert!(
+            accepted >= compared / 5 && compared - accepted >= compared / 5,
+            "{side} accepted {accepted} of {compared}: the corpus must hold both outcomes in strength"
+        );
+    }
+    assert!(
+        unexpected.is_empty(),
+        "{} tokens where kube and the proxy disagree (listed above)",
+        unexpected.len()
+    );
+    Ok(())
+}
