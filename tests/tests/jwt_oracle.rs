@@ -478,8 +478,8 @@ impl std::fmt::Display for Outcome {
 }
 
 /// HTTP/2 connections to one side (kube-apiserver or the proxy), opened
-/// again when the server closes one (kube-apiserver ends connections that
-/// carried refused requests).
+/// again when the server closes one (kube-apiserver sends GOAWAY on
+/// connections that carried a refused credential).
 struct Side {
     addr: std::net::SocketAddr,
     connector: tokio_rustls::TlsConnector,
@@ -535,10 +535,15 @@ impl Side {
             };
             match sent {
                 Ok(response) => return Ok(response),
-                Err(e) if attempt >= 3 => return Err(e.context("SelfSubjectReview, 4 attempts")),
+                Err(e) if attempt >= 20 => return Err(e.context("SelfSubjectReview, 20 attempts")),
                 Err(_) => {
                     attempt += 1;
-                    *self.slots[slot].lock().await = None;
+                    let mut held = self.slots[slot].lock().await;
+                    if held.as_ref().is_some_and(|s| s.is_closed()) {
+                        *held = None;
+                    }
+                    drop(held);
+                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
                 }
             }
         }

@@ -35,7 +35,9 @@ pub struct JwtAuthenticator {
     /// authproxy extension: allowed signing algorithms (default `[RS256]`).
     #[serde(default)]
     pub signing_algorithms: Option<Vec<String>>,
-    /// authproxy extension: clock skew allowed on exp/nbf/iat (default 30s).
+    /// authproxy extension: tolerance added to kube's on `exp` (none) and
+    /// `nbf` (a minute); default none, so tokens live exactly as long as
+    /// kube-apiserver lets them.
     #[serde(default, with = "humantime_serde")]
     pub clock_skew: Option<Duration>,
     /// authproxy extension: least time between key refreshes caused by
@@ -173,7 +175,7 @@ pub struct IssuerSettings {
     pub cel: CelSettings,
     /// Allowed algorithms (never `none`, never HMAC).
     pub algorithms: Vec<Algorithm>,
-    /// Allowed clock skew.
+    /// Tolerance added to kube's on `exp` and `nbf`.
     pub clock_skew: Duration,
     /// Minimum time between key refreshes caused by unknown `kid`s.
     pub min_refresh_interval: Duration,
@@ -564,7 +566,7 @@ impl JwtAuthenticator {
                 .collect(),
             cel: compiled,
             algorithms,
-            clock_skew: self.clock_skew.unwrap_or(Duration::from_secs(30)),
+            clock_skew: self.clock_skew.unwrap_or(Duration::ZERO),
             min_refresh_interval: self
                 .key_refresh_min_interval
                 .unwrap_or(Duration::from_secs(10)),
