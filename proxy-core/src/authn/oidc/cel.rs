@@ -26,6 +26,7 @@ use cel::{Context, Env};
 pub use cel::Value;
 use serde_json::{Map, Value as Json};
 
+use super::cel_optional;
 use crate::authn::UserInfo;
 
 /// The variable an expression sees.
@@ -127,6 +128,9 @@ fn env() -> &'static Arc<Env> {
         // refused, calls of it would fail at evaluation (refusing the token,
         // never passing it), and the table tests of this module would fail.
         let _ = env.add_extension(cel::extensions::strings);
+        // Likewise: were it refused, optional selections would fail at
+        // evaluation, and the table tests would fail.
+        let _ = cel_optional::register(&mut env);
         Arc::new(env)
     })
 }
@@ -154,8 +158,15 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Checks names and functions, and rewrites kube's escaped field names.
+/// Checks names and functions, rewrites kube's escaped field names, and
+/// compiles optional field selections into kube's (see `cel_optional`).
 fn check(expr: &mut IdedExpr, variable: &str, bound: &mut Vec<String>) -> Result<(), String> {
+    check_node(expr, variable, bound)?;
+    cel_optional::rewrite(expr);
+    Ok(())
+}
+
+fn check_node(expr: &mut IdedExpr, variable: &str, bound: &mut Vec<String>) -> Result<(), String> {
     match &mut expr.expr {
         Expr::Unspecified | Expr::Literal(_) => Ok(()),
         Expr::Ident(name) => {
@@ -361,7 +372,8 @@ fn reads(expr: &IdedExpr, operand: &str, field: &str) -> bool {
             (is_ident(&s.operand, operand) && s.field == field) || reads(&s.operand, operand, field)
         }
         Expr::Call(call) => {
-            let optional_select = call.func_name == "_?._"
+            let optional_select = (call.func_name == "_?._"
+                || call.func_name == cel_optional::FUNCTION)
                 && call.args.len() == 2
                 && is_ident(&call.args[0], operand)
                 && matches!(&call.args[1].expr, Expr::Literal(LiteralValue::String(s)) if s.inner() == field);

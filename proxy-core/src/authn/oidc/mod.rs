@@ -13,6 +13,7 @@
 pub mod cel;
 #[cfg(test)]
 mod cel_cases;
+mod cel_optional;
 mod claims;
 pub mod config;
 mod distributed;
