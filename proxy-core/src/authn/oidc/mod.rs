@@ -79,12 +79,13 @@ impl OidcAuthenticator {
         keys.start(settings.refresh_interval);
         let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_issuer(&[&settings.issuer_url]);
-        validation.set_audience(&settings.audiences);
-        // exp, nbf and iat are checked by `check_times`, which honours
-        // fractional NumericDates; jsonwebtoken would round them.
+        // aud, exp, nbf and iat are read and checked by `claims`, as kube
+        // reads them: jsonwebtoken refuses an aud list holding a null, and
+        // would compare times otherwise.
+        validation.validate_aud = false;
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        validation.set_required_spec_claims(&["iss", "aud"]);
+        validation.set_required_spec_claims(&["iss"]);
         Ok(Arc::new(OidcAuthenticator {
             name: format!("oidc:{}", settings.issuer_url),
             settings,
