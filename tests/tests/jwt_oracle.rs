@@ -29,11 +29,13 @@ use rustls_pki_types::ServerName;
 use serde_json::{json, Value};
 
 /// Tokens in the corpus.
-const TOKENS: usize = 2400;
+const TOKENS: usize = 2800;
 /// The corpus's seed: the same tokens on every run.
 const SEED: u64 = 0x6a77_745f_6f72_6163;
 /// Reviews in flight at once, on each side.
 const CONCURRENCY: usize = 16;
+/// How long one review may take before it is sent again.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every accepted token names in `aud`, unless the variant says more.
 const AUDIENCE: &str = "oracle";
 
@@ -68,6 +70,8 @@ enum Kind {
     Csv,
     /// A path (`a/b/c`).
     Path,
+    /// A number: an integer or a fraction, sometimes negative.
+    Number,
     /// `{"tenant": name, "id": name, "roles": [name], "teams": [{"name": name}]}`.
     Org,
 }
@@ -193,6 +197,65 @@ fn variants() -> Vec<Variant> {
             claims: &[("sub", Kind::Name), ("org", Kind::Org)],
             audiences: &["oracle-a", "oracle-b"],
         },
+        Variant {
+            name: "numbers",
+            entry: json!({
+                "issuer": {"audiences": [AUDIENCE]},
+                "claimValidationRules": [
+                    {"expression": "claims.?level.orValue(0) != 13", "message": "unlucky"},
+                ],
+                "claimMappings": {
+                    "username": {"expression": r#""n:" + claims.sub"#},
+                    "groups": {"expression": r#"claims.?level.orValue(0) > 2 ? ["senior"] : ["junior"]"#},
+                    "uid": {"expression": "string(claims.?level.orValue(0))"},
+                    "extra": [
+                        {"key": "example.com/level", "valueExpression": "string(int(claims.?level.orValue(0)))"},
+                        {"key": "example.com/ratio", "valueExpression": "string(claims.?ratio.orValue(0.5) * 2.0)"},
+                        {"key": "example.com/tags", "valueExpression": "string(size(claims.?tags.orValue([])))"},
+                        {"key": "example.com/first", "valueExpression": r#"size(claims.?tags.orValue([])) > 0 ? claims.tags[0] : """#},
+                    ],
+                },
+            }),
+            claims: &[
+                ("sub", Kind::Name),
+                ("level", Kind::Number),
+                ("ratio", Kind::Number),
+                ("tags", Kind::Names),
+            ],
+            audiences: &[AUDIENCE],
+        },
+        Variant {
+            name: "rules",
+            entry: json!({
+                "issuer": {"audiences": [AUDIENCE]},
+                "claimValidationRules": [
+                    {"expression": "claims.?org.roles.orValue([]).all(r, size(r) < 20)", "message": "short roles"},
+                    {"expression": "!has(claims.banned)", "message": "banned"},
+                ],
+                "claimMappings": {
+                    "username": {"claim": "sub", "prefix": "r:"},
+                    "groups": {"claim": "groups", "prefix": ""},
+                    "extra": [
+                        {"key": "example.com/in", "valueExpression": r#""admins" in claims.?org.roles.orValue([]) ? "admin" : "user""#},
+                        {"key": "example.com/one", "valueExpression": r#"claims.?org.roles.orValue([]).exists_one(r, r == "x-ops") ? "one" : """#},
+                        {"key": "example.com/match", "valueExpression": r#"claims.sub.matches("^[a-z]+$") ? "plain" : "fancy""#},
+                        {"key": "example.com/index", "valueExpression": r#"string(claims.sub.indexOf("e")) + "/" + string(claims.sub.lastIndexOf("e"))"#},
+                        {"key": "example.com/lower", "valueExpression": "claims.sub.lowerAscii() + claims.sub.charAt(0)"},
+                        {"key": "example.com/tenant", "valueExpression": r#"claims.?org.tenant.orValue("") == null ? "null" : claims.?org.tenant.orValue("")"#},
+                    ],
+                },
+                "userValidationRules": [
+                    {"expression": r#"!("banned" in user.groups)"#, "message": "banned group"},
+                    {"expression": r#"user.extra.?example__dot__com__slash__match.orValue([]) != ["fancy"] || user.username.size() < 8"#, "message": "fancy and long"},
+                ],
+            }),
+            claims: &[
+                ("sub", Kind::Name),
+                ("groups", Kind::Names),
+                ("org", Kind::Org),
+            ],
+            audiences: &[AUDIENCE],
+        },
     ]
 }
 
@@ -288,6 +351,15 @@ fn claim_value(rng: &mut Rng, kind: Kind, broken: bool) -> Option<Value> {
             .map(|_| format!(" {} ", rng.pick(NAMES)))
             .collect::<Vec<_>>()
             .join(",")),
+        Kind::Number => {
+            const NUMBERS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 2.5, 7.0, -1.0, 1000.0, 13.0, 0.1, 1e21];
+            let n = rng.pick(NUMBERS);
+            if n.fract() == 0.0 && n.abs() < 1e15 {
+                json!(n as i64)
+            } else {
+                json!(n)
+            }
+        }
         Kind::Path => json!(format!(
             "{}/{}/{}",
             rng.pick(NAMES),
@@ -537,10 +609,12 @@ impl Side {
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from_static(REVIEW_BODY.as_bytes())))?;
             let sent = match self.sender(slot).await {
-                Ok(mut send) => send
-                    .send_request(request)
-                    .await
-                    .map_err(anyhow::Error::from),
+                Ok(mut send) => {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, send.send_request(request)).await {
+                        Ok(sent) => sent.map_err(anyhow::Error::from),
+                        Err(_) => Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")),
+                    }
+                }
                 Err(e) => Err(e),
             };
             match sent {
@@ -548,8 +622,10 @@ impl Side {
                 Err(e) if attempt >= 20 => return Err(e.context("SelfSubjectReview, 20 attempts")),
                 Err(_) => {
                     attempt += 1;
+                    // a fresh connection for this slot once it is closed,
+                    // or after a few failures on it
                     let mut held = self.slots[slot].lock().await;
-                    if held.as_ref().is_some_and(|s| s.is_closed()) {
+                    if held.as_ref().is_some_and(|s| s.is_closed()) || attempt > 2 {
                         *held = None;
                     }
                     drop(held);
@@ -564,7 +640,10 @@ impl Side {
 async fn review(side: &Side, token: &str) -> anyhow::Result<Outcome> {
     let response = side.post_review(token).await?;
     let code = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
+        .await
+        .context("the review's body did not arrive")??
+        .to_bytes();
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if code != 201 {
         let message = value["message"]
@@ -648,6 +727,7 @@ async fn wait_until_both_accept(
         let claims = json!({
             "iss": issuer.issuer(v.name), "aud": v.audiences[0], "sub": "ready",
             "email": "ready@example.com", "email_verified": true, "tier": "gold", "uid": "r-1",
+            "groups": ["ready"],
             "iat": seconds_now() as i64, "exp": seconds_now() as i64 + 600,
         });
         let token = issuer.sign(&claims)?;

@@ -26,7 +26,7 @@ use cel::{Context, Env};
 pub use cel::Value;
 use serde_json::{Map, Value as Json};
 
-use super::cel_optional;
+use super::cel_kube;
 use crate::authn::UserInfo;
 
 /// The variable an expression sees.
@@ -130,7 +130,7 @@ fn env() -> &'static Arc<Env> {
         let _ = env.add_extension(cel::extensions::strings);
         // Likewise: were it refused, optional selections would fail at
         // evaluation, and the table tests would fail.
-        let _ = cel_optional::register(&mut env);
+        let _ = cel_kube::register(&mut env);
         Arc::new(env)
     })
 }
@@ -159,10 +159,10 @@ fn one_line(text: &str) -> String {
 }
 
 /// Checks names and functions, rewrites kube's escaped field names, and
-/// compiles optional field selections into kube's (see `cel_optional`).
+/// compiles the forms the `cel` crate reads otherwise into kube's (see `cel_kube`).
 fn check(expr: &mut IdedExpr, variable: &str, bound: &mut Vec<String>) -> Result<(), String> {
     check_node(expr, variable, bound)?;
-    cel_optional::rewrite(expr);
+    cel_kube::rewrite(expr);
     Ok(())
 }
 
@@ -373,7 +373,7 @@ fn reads(expr: &IdedExpr, operand: &str, field: &str) -> bool {
         }
         Expr::Call(call) => {
             let optional_select = (call.func_name == "_?._"
-                || call.func_name == cel_optional::FUNCTION)
+                || call.func_name == cel_kube::OPTIONAL_SELECT)
                 && call.args.len() == 2
                 && is_ident(&call.args[0], operand)
                 && matches!(&call.args[1].expr, Expr::Literal(LiteralValue::String(s)) if s.inner() == field);

@@ -13,7 +13,7 @@
 pub mod cel;
 #[cfg(test)]
 mod cel_cases;
-mod cel_optional;
+mod cel_kube;
 mod claims;
 pub mod config;
 mod distributed;
