@@ -13,6 +13,7 @@ pub mod netns;
 pub mod observe;
 pub mod oidc;
 pub mod pki;
+pub mod self_review;
 pub mod slapd;
 pub mod streaming;
 pub mod upgrade;

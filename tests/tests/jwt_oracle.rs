@@ -4,7 +4,8 @@
 //! several `jwt` entries in it (one per configuration variant, each its own
 //! issuer URL on the test's loopback issuer), and a corpus of tokens made
 //! from a fixed seed with claims present, absent, null and of the wrong
-//! type. Each token's `SelfSubjectReview` is asked of kube-apiserver
+//! type; and a `jwt` entry for the real OpenID provider, whose ID tokens
+//! (distributed claims included) come from sign-ins. Each token's `SelfSubjectReview` is asked of kube-apiserver
 //! directly and through authproxy: the user kube derives must be the user
 //! authproxy impersonates (username, uid, groups, extra), or both must
 //! refuse the token. Every divergence is printed; those that are kube
@@ -12,20 +13,15 @@
 //! [`expected_difference`] with the reason.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use authproxy_tests::jwt_issuer::JwtIssuer;
 use authproxy_tests::kube::{kube_with, KubeEnv as Env};
-use authproxy_tests::{pki, TestPki};
-use bytes::Bytes;
+use authproxy_tests::oidc::{generate_key, OidcProvider};
+use authproxy_tests::self_review::{Review, ReviewClient};
+use authproxy_tests::TestPki;
 use futures_util::StreamExt as _;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::ServerName;
 use serde_json::{json, Value};
 
 /// Tokens in the corpus.
@@ -34,13 +30,8 @@ const TOKENS: usize = 2800;
 const SEED: u64 = 0x6a77_745f_6f72_6163;
 /// Reviews in flight at once, on each side.
 const CONCURRENCY: usize = 16;
-/// How long one review may take before it is sent again.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// What every accepted token names in `aud`, unless the variant says more.
 const AUDIENCE: &str = "oracle";
-
-const REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
-const REVIEW_BODY: &str = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
 
 /// A configuration variant: one `jwt` entry of the shared file.
 struct Variant {
@@ -259,14 +250,58 @@ fn variants() -> Vec<Variant> {
     ]
 }
 
+/// The client the real OpenID provider issues ID tokens to.
+const PROVIDER_CLIENT: &str = "kubernetes";
+
+/// Who signs in at the real OpenID provider: its accounts give groups in the
+/// ID token, none, or (`dist-*`) as a distributed claim kube fetches from the
+/// provider, signed by a stranger's key for `dist-bad-*`.
+const PROVIDER_LOGINS: &[&str] = &[
+    "alice",
+    "bob",
+    "carol",
+    "dave",
+    "dist-dave",
+    "dist-erin",
+    "dist-bad-eve",
+    "dist-bad-frank",
+    "Mallory",
+    "system-ish",
+    "x-ops",
+    "root",
+];
+
+/// The `jwt` entry of the real OpenID provider at `url`.
+fn provider_entry(url: &str) -> Value {
+    json!({
+        "issuer": {"url": url, "audiences": [PROVIDER_CLIENT]},
+        "claimValidationRules": [
+            {"expression": r#"claims.sub != "root""#, "message": "no root"},
+        ],
+        "claimMappings": {
+            "username": {"claim": "email", "prefix": ""},
+            "groups": {"claim": "groups", "prefix": "oidc:"},
+            "uid": {"claim": "sub"},
+            "extra": [
+                {"key": "example.com/nonce", "valueExpression": r#"claims.?nonce.orValue("")"#},
+            ],
+        },
+    })
+}
+
 /// kube's `AuthenticationConfiguration` with every variant, issued by
-/// `issuer` and trusted through `ca_pem`.
-fn authentication_configuration(issuer: &JwtIssuer, ca_pem: &str) -> Value {
+/// `issuer`, and the real provider at `provider_url`, all trusted through
+/// `ca_pem`.
+fn authentication_configuration(issuer: &JwtIssuer, provider_url: &str, ca_pem: &str) -> Value {
     let jwt: Vec<Value> = variants()
         .into_iter()
         .map(|v| {
             let mut entry = v.entry;
             entry["issuer"]["url"] = json!(issuer.issuer(v.name));
+            entry
+        })
+        .chain([provider_entry(provider_url)])
+        .map(|mut entry| {
             entry["issuer"]["certificateAuthority"] = json!(ca_pem);
             entry
         })
@@ -519,167 +554,12 @@ fn corpus(issuer: &JwtIssuer, seed: u64, count: usize) -> Vec<Case> {
         .collect()
 }
 
-/// What one side made of a token: the user of the review, or a refusal.
-#[derive(Debug, Clone, PartialEq)]
-enum Outcome {
-    /// 201 and `status.userInfo`, groups and extra as kube listed them.
-    User {
-        username: String,
-        uid: String,
-        groups: Vec<String>,
-        extra: BTreeMap<String, Vec<String>>,
-    },
-    /// Any other status, with the reason of the Status kube or the proxy
-    /// answered.
-    Refused(u16, String),
-}
-
-impl Outcome {
-    fn accepted(&self) -> bool {
-        matches!(self, Outcome::User { .. })
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Outcome::User {
-                username,
-                uid,
-                groups,
-                extra,
-            } => write!(
-                f,
-                "user {username:?} uid {uid:?} groups {groups:?} extra {extra:?}"
-            ),
-            Outcome::Refused(code, message) => write!(f, "refused {code} ({message})"),
-        }
-    }
-}
-
-/// HTTP/2 connections to one side (kube-apiserver or the proxy), opened
-/// again when the server closes one (kube-apiserver sends GOAWAY on
-/// connections that carried a refused credential).
-struct Side {
-    addr: std::net::SocketAddr,
-    connector: tokio_rustls::TlsConnector,
-    slots: Vec<tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>>,
-    next: AtomicUsize,
-}
-
-impl Side {
-    /// `connections` connections to `addr`, whose certificate (for
-    /// `localhost`) `ca_pem` signed.
-    fn new(addr: std::net::SocketAddr, ca_pem: &str, connections: usize) -> anyhow::Result<Side> {
-        let config = pki::client_config(ca_pem, &[b"h2"])?;
-        Ok(Side {
-            addr,
-            connector: tokio_rustls::TlsConnector::from(config),
-            slots: (0..connections).map(|_| Default::default()).collect(),
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    async fn sender(&self, slot: usize) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-        let mut held = self.slots[slot].lock().await;
-        if let Some(send) = held.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(send.clone());
-        }
-        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-        let tls = self
-            .connector
-            .connect(ServerName::try_from("localhost")?.to_owned(), tcp)
-            .await?;
-        let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(tls))
-            .await?;
-        tokio::spawn(connection);
-        *held = Some(send.clone());
-        Ok(send)
-    }
-
-    /// POSTs a SelfSubjectReview with `token`, on a new connection if the
-    /// one in use was closed under it (a review changes nothing: sending it
-    /// again is safe).
-    async fn post_review(&self, token: &str) -> anyhow::Result<http::Response<Incoming>> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut attempt = 0;
-        loop {
-            let request = http::Request::post(format!("https://localhost{REVIEW_PATH}"))
-                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from_static(REVIEW_BODY.as_bytes())))?;
-            let sent = match self.sender(slot).await {
-                Ok(mut send) => {
-                    match tokio::time::timeout(REQUEST_TIMEOUT, send.send_request(request)).await {
-                        Ok(sent) => sent.map_err(anyhow::Error::from),
-                        Err(_) => Err(anyhow::anyhow!("no answer within {REQUEST_TIMEOUT:?}")),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            match sent {
-                Ok(response) => return Ok(response),
-                Err(e) if attempt >= 20 => return Err(e.context("SelfSubjectReview, 20 attempts")),
-                Err(_) => {
-                    attempt += 1;
-                    // a fresh connection for this slot once it is closed,
-                    // or after a few failures on it
-                    let mut held = self.slots[slot].lock().await;
-                    if held.as_ref().is_some_and(|s| s.is_closed()) || attempt > 2 {
-                        *held = None;
-                    }
-                    drop(held);
-                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
-                }
-            }
-        }
-    }
-}
-
-/// Posts a SelfSubjectReview as the holder of `token`.
-async fn review(side: &Side, token: &str) -> anyhow::Result<Outcome> {
-    let response = side.post_review(token).await?;
-    let code = response.status().as_u16();
-    let body = tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
-        .await
-        .context("the review's body did not arrive")??
-        .to_bytes();
-    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if code != 201 {
-        let message = value["message"]
-            .as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Ok(Outcome::Refused(code, message));
-    }
-    let info = &value["status"]["userInfo"];
-    let strings = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let extra = info["extra"]
-        .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
-        .unwrap_or_default();
-    Ok(Outcome::User {
-        username: info["username"].as_str().unwrap_or_default().to_owned(),
-        uid: info["uid"].as_str().unwrap_or_default().to_owned(),
-        groups: strings(&info["groups"]),
-        extra,
-    })
-}
-
-/// Whether the two sides agree: the same user, or both refuse (kube
-/// answers 401; the proxy 401 as well, having refused the token itself).
-fn agree(kube: &Outcome, proxy: &Outcome) -> bool {
+/// Whether the two sides agree: the same user, or both refuse with the
+/// same status (kube answers 401; so does the proxy, refusing the token
+/// itself).
+fn agree(kube: &Review, proxy: &Review) -> bool {
     match (kube, proxy) {
-        (Outcome::Refused(..), Outcome::Refused(..)) => true,
+        (Review::Refused(k, _), Review::Refused(p, _)) => k == p,
         _ => kube == proxy,
     }
 }
@@ -687,8 +567,8 @@ fn agree(kube: &Outcome, proxy: &Outcome) -> bool {
 /// The reason a divergence is kube behaviour authproxy does not have on
 /// purpose (the README's "Differences from kube-apiserver" lists them), or
 /// `None` for a divergence that fails the test.
-fn expected_difference(_case: &Case, kube: &Outcome, proxy: &Outcome) -> Option<&'static str> {
-    let Outcome::User {
+fn expected_difference(kube: &Review, proxy: &Review) -> Option<&'static str> {
+    let Review::User {
         username, groups, ..
     } = kube
     else {
@@ -727,8 +607,8 @@ fn seconds_now() -> f64 {
 /// the issuer's keys, and so has the proxy.
 async fn wait_until_both_accept(
     issuer: &JwtIssuer,
-    kube: &Side,
-    proxy: &Side,
+    kube: &ReviewClient,
+    proxy: &ReviewClient,
 ) -> anyhow::Result<()> {
     for v in variants() {
         let claims = json!({
@@ -739,10 +619,12 @@ async fn wait_until_both_accept(
         });
         let token = issuer.sign(&claims)?;
         authproxy_tests::wait_for(Duration::from_secs(60), v.name, || async {
-            let k = review(kube, &token)
+            let k = kube
+                .review(&token)
                 .await
                 .map_err(|e| format!("kube: {e:?}"))?;
-            let p = review(proxy, &token)
+            let p = proxy
+                .review(&token)
                 .await
                 .map_err(|e| format!("proxy: {e:?}"))?;
             if k.accepted() && p.accepted() {
@@ -762,11 +644,11 @@ async fn kube_and_the_proxy_derive_the_same_user_from_every_token() -> anyhow::R
     let pki = TestPki::new()?;
     let dir = tempfile::tempdir()?;
     let issuer = JwtIssuer::start(&pki, dir.path()).await?;
+    let provider_key = generate_key(dir.path(), "rsa", "provider-1").await?;
+    let provider = OidcProvider::start(&pki, std::slice::from_ref(&provider_key)).await?;
     let file = dir.path().join("authentication-config.json");
-    std::fs::write(
-        &file,
-        serde_json::to_string_pretty(&authentication_configuration(&issuer, pki.ca_pem()))?,
-    )?;
+    let config = authentication_configuration(&issuer, &provider.issuer(), pki.ca_pem());
+    std::fs::write(&file, serde_json::to_string_pretty(&config)?)?;
     let flag = format!("--authentication-config={}", file.display());
     tokio::task::spawn_blocking(move || kube_with(&[&flag]).map(|_| ()).map_err(|e| e.to_string()))
         .await?
@@ -778,20 +660,20 @@ async fn kube_and_the_proxy_derive_the_same_user_from_every_token() -> anyhow::R
     .await?;
     env.wait_ready().await?;
     let kube_addr = env.kube.url().trim_start_matches("https://").parse()?;
-    let kube = Side::new(kube_addr, env.kube.pki().ca_pem(), 4)?;
+    let kube = ReviewClient::new(kube_addr, env.kube.pki().ca_pem(), 4)?;
     let proxy_addr = env.proxy.as_ref().context("proxy running")?.addr();
-    let proxy = Side::new(proxy_addr, env.pki.ca_pem(), 4)?;
+    let proxy = ReviewClient::new(proxy_addr, env.pki.ca_pem(), 4)?;
     wait_until_both_accept(&issuer, &kube, &proxy).await?;
     let ready = started.elapsed();
 
     let cases = corpus(&issuer, SEED, TOKENS);
-    let results: Vec<(usize, Outcome, Outcome)> =
+    let results: Vec<(usize, Review, Review)> =
         futures_util::stream::iter(cases.iter().enumerate())
             .map(|(i, case)| {
                 let (issuer, kube, proxy) = (&issuer, &kube, &proxy);
                 async move {
                     let token = issuer.sign(&case.claims_at(seconds_now()))?;
-                    let (k, p) = tokio::join!(review(kube, &token), review(proxy, &token));
+                    let (k, p) = tokio::join!(kube.review(&token), proxy.review(&token));
                     anyhow::Ok((
                         i,
                         k.context("review at kube")?,
@@ -804,6 +686,30 @@ async fn kube_and_the_proxy_derive_the_same_user_from_every_token() -> anyhow::R
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
+    let tokens_done = started.elapsed() - ready;
+
+    // ID tokens of the real provider, each from a sign-in (a few requests).
+    // kube sets up its verifier of distributed claim sources on first use,
+    // refusing the tokens that come before it is ready: one goes first.
+    let warm = provider.id_token(PROVIDER_CLIENT, "dist-warm").await?;
+    authproxy_tests::wait_for(
+        Duration::from_secs(30),
+        "kube resolving distributed claims",
+        || async {
+            match kube.review(&warm).await {
+                Ok(review) if review.accepted() => Ok(Some(())),
+                Ok(review) => Err(review.to_string()),
+                Err(e) => Err(format!("{e:#}")),
+            }
+        },
+    )
+    .await?;
+    let mut from_provider = Vec::new();
+    for login in PROVIDER_LOGINS {
+        let token = provider.id_token(PROVIDER_CLIENT, login).await?;
+        let (k, p) = tokio::join!(kube.review(&token), proxy.review(&token));
+        from_provider.push((*login, k?, p?));
+    }
 
     let mut unexpected = Vec::new();
     let mut expected: BTreeMap<&str, usize> = BTreeMap::new();
@@ -815,7 +721,7 @@ async fn kube_and_the_proxy_derive_the_same_user_from_every_token() -> anyhow::R
             continue;
         }
         let case = &cases[*i];
-        match expected_difference(case, k, p) {
+        match expected_difference(k, p) {
             Some(reason) => *expected.entry(reason).or_default() += 1,
             None => unexpected.push(format!(
                 "#{i} [{}] claims {}\n    kube:  {k}\n    proxy: {p}",
@@ -824,10 +730,24 @@ async fn kube_and_the_proxy_derive_the_same_user_from_every_token() -> anyhow::R
             )),
         }
     }
-    let compared = results.len();
+    for (login, k, p) in &from_provider {
+        kube_accepted += usize::from(k.accepted());
+        proxy_accepted += usize::from(p.accepted());
+        if !agree(k, p) && expected_difference(k, p).is_none() {
+            unexpected.push(format!(
+                "[provider] login {login}\n    kube:  {k}\n    proxy: {p}"
+            ));
+        }
+    }
+    let provider_accepted = from_provider
+        .iter()
+        .filter(|(_, k, _)| k.accepted())
+        .count();
+    let compared = results.len() + from_provider.len();
     println!(
-        "jwt oracle: {compared} tokens compared in {:?} (set-up {ready:?}); kube accepted {kube_accepted}, refused {}; the proxy accepted {proxy_accepted}, refused {}; expected differences {expected:?}; unexpected divergences {}",
-        started.elapsed() - ready,
+        "jwt oracle: {compared} tokens compared ({} generated in {tokens_done:?}, {} from the OpenID provider, {provider_accepted} of them accepted by kube; set-up {ready:?}); kube accepted {kube_accepted}, refused {}; the proxy accepted {proxy_accepted}, refused {}; expected differences {expected:?}; unexpected divergences {}",
+        results.len(),
+        from_provider.len(),
         compared - kube_accepted,
         compared - proxy_accepted,
         unexpected.len()
