@@ -215,6 +215,14 @@ fn check_node(expr: &mut IdedExpr, variable: &str, bound: &mut Vec<String>) -> R
         }
         Expr::Comprehension(comp) => {
             check(&mut comp.iter_range, variable, bound)?;
+            if variable == "claims" && cel_kube::is_a_claim(&comp.iter_range) {
+                return Err(
+                    "compilation failed: expression of type 'any' cannot be range of a \
+                     comprehension (must be list, map, or dynamic): a claim's type is any \
+                     (select a field of it, or split it, first)"
+                        .into(),
+                );
+            }
             check(&mut comp.accu_init, variable, bound)?;
             let depth = bound.len();
             bound.push(comp.iter_var.clone());

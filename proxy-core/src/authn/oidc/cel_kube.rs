@@ -113,6 +113,28 @@ fn optional_select<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, 
     }
 }
 
+/// Whether `expr` (checked and rewritten) is a claim itself: `claims.x`,
+/// `claims["x"]`, or `claims.?x` / `claims[?"x"]` unwrapped by `orValue()`
+/// or `value()`. kube types `claims` as a map of `any`, so a claim's static
+/// type is `any`, which kube's checker refuses as the range of a macro
+/// (`all`, `exists`, `map`, ...); a field of a claim is `dyn`, which it
+/// accepts.
+pub(super) fn is_a_claim(expr: &IdedExpr) -> bool {
+    let of_claims = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(name) if name == "claims");
+    match &expr.expr {
+        Expr::Select(select) => !select.test && of_claims(&select.operand),
+        Expr::Call(call) if call.func_name == "_[_]" => call.args.first().is_some_and(of_claims),
+        Expr::Call(call) if call.func_name == "orValue" || call.func_name == "value" => {
+            call.target.as_deref().is_some_and(|target| {
+                matches!(&target.expr, Expr::Call(inner)
+                    if (inner.func_name == OPTIONAL_SELECT || inner.func_name == "_[?_]")
+                        && inner.args.first().is_some_and(of_claims))
+            })
+        }
+        _ => false,
+    }
+}
+
 /// Whether `expr` yields an optional of a field selection chain.
 fn is_optional_chain(expr: &IdedExpr) -> bool {
     matches!(&expr.expr, Expr::Call(call) if call.func_name == OPTIONAL_SELECT || call.func_name == "_[?_]")
@@ -215,5 +237,31 @@ mod tests {
         );
         assert_eq!(got, Ok(Value::from("1e+211true")));
         assert!(eval("string([1])", json!({})).is_err());
+    }
+
+    #[test]
+    fn a_macro_over_a_claim_itself_is_refused_as_kube_refuses_it() {
+        for source in [
+            "claims.groups.map(g, g)",
+            r#"claims["groups"].exists(g, g == "a")"#,
+            "claims.?groups.orValue([]).all(g, g != \"\")",
+            "claims.?groups.value().filter(g, true)",
+        ] {
+            let refused = compile(source, Variable::Claims).unwrap_err();
+            assert!(refused.contains("cannot be range"), "{source}: {refused}");
+        }
+        for source in [
+            "claims.?org.teams.orValue([]).map(t, t.name)",
+            "claims.org.teams.map(t, t.name)",
+            r#"claims.roles.split(",").map(r, r)"#,
+            "user.groups.all(g, g != \"\")",
+        ] {
+            let variable = if source.starts_with("user") {
+                Variable::User
+            } else {
+                Variable::Claims
+            };
+            assert!(compile(source, variable).is_ok(), "{source}");
+        }
     }
 }
