@@ -197,6 +197,7 @@ fn variants() -> Vec<Variant> {
                 "issuer": {"audiences": [AUDIENCE]},
                 "claimValidationRules": [
                     {"expression": "claims.?level.orValue(0) != 13", "message": "unlucky"},
+                    {"expression": "claims.exp - claims.iat <= 86400", "message": "lifetime over a day"},
                 ],
                 "claimMappings": {
                     "username": {"expression": r#""n:" + claims.sub"#},
