@@ -1,7 +1,8 @@
 //! A small JWT issuer of the test's own on loopback: OpenID discovery and a
-//! JWKS over TLS from the test CA, and an RSA key made by the test, so a
-//! test can sign any claims it wants and have kube-apiserver and authproxy
-//! fetch the same keys the same way.
+//! JWKS over TLS from the test CA, and keys made by the test (RSA with and
+//! without `alg` in their JWK, and P-256), so a test can sign any claims it
+//! wants with any of them and have kube-apiserver and authproxy fetch the
+//! same keys the same way.
 //!
 //! One issuer serves any number of issuer URLs: `https://127.0.0.1:PORT/<name>`
 //! answers discovery at `/<name>/.well-known/openid-configuration` (its
@@ -22,11 +23,21 @@ use crate::oidc::{generate_key, SigningKey};
 use crate::pki::{self, TestPki};
 use crate::require_tool;
 
+/// The keys of a [`JwtIssuer`], by what their JWK says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssuerKey {
+    /// RSA, its JWK naming `alg: RS256`.
+    Rsa,
+    /// RSA, its JWK naming no `alg`.
+    RsaWithoutAlg,
+    /// P-256, its JWK naming `alg: ES256`.
+    P256,
+}
+
 /// A running loopback issuer; it stops when dropped.
 pub struct JwtIssuer {
     port: u16,
-    key: SigningKey,
-    encoding: jsonwebtoken::EncodingKey,
+    keys: Vec<(IssuerKey, String, jsonwebtoken::EncodingKey)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -37,8 +48,8 @@ impl Drop for JwtIssuer {
 }
 
 /// The public half of `key` as a JWK (RFC 7517), with `kid`, `use` and
-/// `alg` set; made by node's crypto, as the key was.
-async fn public_jwk(key: &SigningKey) -> anyhow::Result<Value> {
+/// `alg` (if given) set; made by node's crypto, as the key was.
+async fn public_jwk(key: &SigningKey, alg: Option<&str>) -> anyhow::Result<Value> {
     require_tool("node")?;
     let script = "const c=require('crypto');const fs=require('fs');process.stdout.write(JSON.stringify(c.createPublicKey(fs.readFileSync(process.argv[1])).export({format:'jwk'})))";
     let out = tokio::process::Command::new("node")
@@ -52,17 +63,32 @@ async fn public_jwk(key: &SigningKey) -> anyhow::Result<Value> {
     let mut jwk: Value = serde_json::from_slice(&out.stdout).context("node's JWK")?;
     jwk["kid"] = json!(key.kid);
     jwk["use"] = json!("sig");
-    jwk["alg"] = json!("RS256");
+    if let Some(alg) = alg {
+        jwk["alg"] = json!(alg);
+    }
     Ok(jwk)
 }
 
 impl JwtIssuer {
-    /// Makes an RSA key in `dir` and starts serving discovery and its JWKS
-    /// on a free loopback port, with a serving certificate from `pki`.
+    /// Makes its keys in `dir` and starts serving discovery and the JWKS on
+    /// a free loopback port, with a serving certificate from `pki`.
     pub async fn start(pki: &TestPki, dir: &Path) -> anyhow::Result<JwtIssuer> {
-        let key = generate_key(dir, "rsa", "oracle-1").await?;
-        let jwks = Bytes::from(json!({"keys": [public_jwk(&key).await?]}).to_string());
-        let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(key.pem.as_bytes())?;
+        let mut keys = Vec::new();
+        let mut jwks = Vec::new();
+        for (which, kind, kid, alg) in [
+            (IssuerKey::Rsa, "rsa", "oracle-rsa", Some("RS256")),
+            (IssuerKey::RsaWithoutAlg, "rsa", "oracle-rsa-any", None),
+            (IssuerKey::P256, "ec", "oracle-p256", Some("ES256")),
+        ] {
+            let key = generate_key(dir, kind, kid).await?;
+            jwks.push(public_jwk(&key, alg).await?);
+            let encoding = match which {
+                IssuerKey::P256 => jsonwebtoken::EncodingKey::from_ec_pem(key.pem.as_bytes())?,
+                _ => jsonwebtoken::EncodingKey::from_rsa_pem(key.pem.as_bytes())?,
+            };
+            keys.push((which, key.kid, encoding));
+        }
+        let jwks = Bytes::from(json!({ "keys": jwks }).to_string());
         let tls = pki::server_config(&pki.issue_server("jwt-issuer")?, &[b"http/1.1"])?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -85,12 +111,7 @@ impl JwtIssuer {
                 });
             }
         });
-        Ok(JwtIssuer {
-            port,
-            key,
-            encoding,
-            task,
-        })
+        Ok(JwtIssuer { port, keys, task })
     }
 
     /// The issuer URL named `name`: `https://127.0.0.1:PORT/<name>`.
@@ -98,12 +119,28 @@ impl JwtIssuer {
         format!("https://127.0.0.1:{}/{name}", self.port)
     }
 
-    /// Signs `claims` (any JSON object, as given) with RS256 and the
-    /// issuer's key id.
+    /// Signs `claims` (any JSON object, as given) with RS256 and the RSA
+    /// key.
     pub fn sign(&self, claims: &Value) -> anyhow::Result<String> {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(self.key.kid.clone());
-        Ok(jsonwebtoken::encode(&header, claims, &self.encoding)?)
+        self.sign_with(claims, IssuerKey::Rsa, jsonwebtoken::Algorithm::RS256)
+    }
+
+    /// Signs `claims` with `key` and `alg` (any the key's type can make,
+    /// whatever its JWK names), the header naming the key's id.
+    pub fn sign_with(
+        &self,
+        claims: &Value,
+        key: IssuerKey,
+        alg: jsonwebtoken::Algorithm,
+    ) -> anyhow::Result<String> {
+        let (_, kid, encoding) = self
+            .keys
+            .iter()
+            .find(|(which, _, _)| *which == key)
+            .context("the issuer has every key")?;
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some(kid.clone());
+        Ok(jsonwebtoken::encode(&header, claims, encoding)?)
     }
 }
 

@@ -32,7 +32,9 @@ pub struct JwtAuthenticator {
     /// CEL rules on the mapped user.
     #[serde(default)]
     pub user_validation_rules: Vec<UserValidationRule>,
-    /// authproxy extension: allowed signing algorithms (default `[RS256]`).
+    /// authproxy extension: allowed signing algorithms (default
+    /// [`KUBE_CONFIG_ALGORITHMS`], what kube-apiserver allows for an
+    /// `AuthenticationConfiguration`; `[RS256]` for the `--oidc-*` flags).
     #[serde(default)]
     pub signing_algorithms: Option<Vec<String>>,
     /// authproxy extension: tolerance added to kube's on `exp` (none) and
@@ -210,6 +212,13 @@ impl CelSettings {
             || !self.claim_rules.is_empty()
     }
 }
+
+/// The signing algorithms kube-apiserver allows for the issuers of an
+/// `AuthenticationConfiguration` ("any alg is fine as long it matches a
+/// public key"), less ES512, which authproxy cannot verify.
+pub const KUBE_CONFIG_ALGORITHMS: [&str; 8] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+];
 
 /// The algorithms that may be configured.
 pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
@@ -525,7 +534,7 @@ impl JwtAuthenticator {
         for (i, name) in self
             .signing_algorithms
             .clone()
-            .unwrap_or_else(|| vec!["RS256".into()])
+            .unwrap_or_else(|| KUBE_CONFIG_ALGORITHMS.map(str::to_owned).to_vec())
             .iter()
             .enumerate()
         {
@@ -655,10 +664,13 @@ impl OidcFlags {
                 extra: Vec::new(),
             },
             user_validation_rules: Vec::new(),
-            signing_algorithms: self
-                .signing_algs
-                .as_ref()
-                .map(|s| s.split(',').map(|a| a.trim().to_owned()).collect()),
+            // kube's --oidc-signing-algs default
+            signing_algorithms: Some(
+                self.signing_algs
+                    .as_ref()
+                    .map(|s| s.split(',').map(|a| a.trim().to_owned()).collect())
+                    .unwrap_or_else(|| vec!["RS256".to_owned()]),
+            ),
             clock_skew: None,
             key_refresh_min_interval: None,
             key_refresh_interval: None,
