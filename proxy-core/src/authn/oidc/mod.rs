@@ -720,6 +720,30 @@ mod tests {
     }
 
     #[test]
+    fn signing_algorithms_default_to_kubes() {
+        use jsonwebtoken::Algorithm::*;
+        let jwt: JwtAuthenticator =
+            serde_yaml_ng::from_str("issuer: {url: 'https://idp', audiences: [k]}\n").unwrap();
+        let algorithms = jwt.settings("j").unwrap().algorithms;
+        assert_eq!(
+            algorithms,
+            [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384],
+            "an AuthenticationConfiguration issuer: kube allows every asymmetric algorithm"
+        );
+        let flags = OidcFlags {
+            issuer_url: Some("https://idp".into()),
+            client_id: Some("k".into()),
+            ..Default::default()
+        };
+        let from_flags = flags.to_jwt().unwrap().unwrap().settings("f").unwrap();
+        assert_eq!(
+            from_flags.algorithms,
+            [RS256],
+            "--oidc-signing-algs defaults to RS256"
+        );
+    }
+
+    #[test]
     fn issuer_is_peeked_without_verification() {
         let payload =
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"iss":"https://idp"}"#);
