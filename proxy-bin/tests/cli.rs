@@ -316,8 +316,13 @@ fn kube_authentication_configuration_file_is_read_and_bad_cel_is_refused_by_fiel
         ),
         (
             "v1",
-            "username: {expression: 'claims.email_verified ? claims.email : \"\"'}\n    groups: {expression: 'claims.groups.map(g, \"oidc:\" + g)'}",
+            "username: {expression: 'claims.email_verified ? claims.email : \"\"'}\n    groups: {expression: 'claims.roles.split(\",\").map(g, \"oidc:\" + g)'}",
             None,
+        ),
+        (
+            "v1",
+            "username: {claim: sub, prefix: ''}\n    groups: {expression: 'claims.groups.map(g, \"oidc:\" + g)'}",
+            Some("cannot be range of a comprehension"),
         ),
         (
             "v1",

@@ -99,7 +99,9 @@ provider.use(async (ctx, next) => {
   if (ctx.path.startsWith('/test/claims/')) {
     const id = decodeURIComponent(ctx.path.slice('/test/claims/'.length));
     const now = Math.floor(Date.now() / 1000);
-    const claims = { iss: env('ISSUER'), sub: id, groups: GROUPS[id] ?? GROUPS['dist-dave'], iat: now, exp: now + 3600 };
+    // kube-apiserver verifies the source's JWT as an ID token: it must name
+    // the configured audience (the tests' client, kubernetes).
+    const claims = { iss: env('ISSUER'), aud: 'kubernetes', sub: id, groups: GROUPS[id] ?? GROUPS['dist-dave'], iat: now, exp: now + 3600 };
     ctx.type = 'application/jwt';
     ctx.body = id.startsWith('dist-bad-')
       ? signJwt(claims, strangerPem, kids[0])

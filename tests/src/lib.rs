@@ -7,11 +7,13 @@
 
 pub mod apiserver;
 pub mod helm;
+pub mod jwt_issuer;
 pub mod kube;
 pub mod netns;
 pub mod observe;
 pub mod oidc;
 pub mod pki;
+pub mod self_review;
 pub mod slapd;
 pub mod streaming;
 pub mod upgrade;

@@ -37,7 +37,7 @@ jwt:
     username:
       expression: 'claims.email_verified ? "cel:" + claims.email.split("@")[0] : ""'
     groups:
-      expression: 'claims.groups.map(g, "cel:" + g)'
+      expression: 'claims.?groups.orValue([]).join(",").split(",").filter(g, g != "").map(g, "cel:" + g)'
     uid:
       expression: 'claims.sub'
     extra:

@@ -26,6 +26,7 @@ use cel::{Context, Env};
 pub use cel::Value;
 use serde_json::{Map, Value as Json};
 
+use super::cel_kube;
 use crate::authn::UserInfo;
 
 /// The variable an expression sees.
@@ -127,6 +128,9 @@ fn env() -> &'static Arc<Env> {
         // refused, calls of it would fail at evaluation (refusing the token,
         // never passing it), and the table tests of this module would fail.
         let _ = env.add_extension(cel::extensions::strings);
+        // Likewise: were it refused, optional selections would fail at
+        // evaluation, and the table tests would fail.
+        let _ = cel_kube::register(&mut env);
         Arc::new(env)
     })
 }
@@ -154,8 +158,15 @@ fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Checks names and functions, and rewrites kube's escaped field names.
+/// Checks names and functions, rewrites kube's escaped field names, and
+/// compiles the forms the `cel` crate reads otherwise into kube's (see `cel_kube`).
 fn check(expr: &mut IdedExpr, variable: &str, bound: &mut Vec<String>) -> Result<(), String> {
+    check_node(expr, variable, bound)?;
+    cel_kube::rewrite(expr);
+    Ok(())
+}
+
+fn check_node(expr: &mut IdedExpr, variable: &str, bound: &mut Vec<String>) -> Result<(), String> {
     match &mut expr.expr {
         Expr::Unspecified | Expr::Literal(_) => Ok(()),
         Expr::Ident(name) => {
@@ -204,6 +215,14 @@ fn check(expr: &mut IdedExpr, variable: &str, bound: &mut Vec<String>) -> Result
         }
         Expr::Comprehension(comp) => {
             check(&mut comp.iter_range, variable, bound)?;
+            if variable == "claims" && cel_kube::is_a_claim(&comp.iter_range) {
+                return Err(
+                    "compilation failed: expression of type 'any' cannot be range of a \
+                     comprehension (must be list, map, or dynamic): a claim's type is any \
+                     (select a field of it, or split it, first)"
+                        .into(),
+                );
+            }
             check(&mut comp.accu_init, variable, bound)?;
             let depth = bound.len();
             bound.push(comp.iter_var.clone());
@@ -361,7 +380,8 @@ fn reads(expr: &IdedExpr, operand: &str, field: &str) -> bool {
             (is_ident(&s.operand, operand) && s.field == field) || reads(&s.operand, operand, field)
         }
         Expr::Call(call) => {
-            let optional_select = call.func_name == "_?._"
+            let optional_select = (call.func_name == "_?._"
+                || call.func_name == cel_kube::OPTIONAL_SELECT)
                 && call.args.len() == 2
                 && is_ident(&call.args[0], operand)
                 && matches!(&call.args[1].expr, Expr::Literal(LiteralValue::String(s)) if s.inner() == field);

@@ -61,11 +61,18 @@ fn cases() -> Vec<(&'static str, Variable, Json, Want)> {
             person.clone(),
             Is(json!(["devs", "ops"])),
         ),
+        // kube types a claim as `any`: no macro ranges over one itself
         (
             "claims.groups.map(g, 'oidc:' + g)",
             Claims,
             person.clone(),
-            Is(json!(["oidc:devs", "oidc:ops"])),
+            Refused("cannot be range of a comprehension"),
+        ),
+        (
+            "claims.roles.split(',').map(g, 'oidc:' + g)",
+            Claims,
+            person.clone(),
+            Is(json!(["oidc:foo", "oidc:bar"])),
         ),
         ("claims.sub", Claims, person.clone(), Is(json!("119"))),
         (
@@ -134,22 +141,28 @@ fn cases() -> Vec<(&'static str, Variable, Json, Want)> {
             r#"claims.aud.exists(a, a == "foo")"#,
             Claims,
             person.clone(),
-            Is(json!(true)),
+            Refused("cannot be range of a comprehension"),
         ),
         (
-            r#"claims.aud.all(a, a.size() == 3)"#,
+            r#"claims.roles.split(",").exists(a, a == "foo")"#,
             Claims,
             person.clone(),
             Is(json!(true)),
         ),
         (
-            r#"claims.aud.exists_one(a, a.startsWith("b"))"#,
+            r#"claims.roles.split(",").all(a, a.size() == 3)"#,
             Claims,
             person.clone(),
-            Is(json!(false)),
+            Is(json!(true)),
         ),
         (
-            r#"claims.aud.filter(a, a.endsWith("o"))"#,
+            r#"claims.other_roles.split(",").exists_one(a, a.startsWith("b"))"#,
+            Claims,
+            person.clone(),
+            Is(json!(true)),
+        ),
+        (
+            r#"claims.roles.split(",").filter(a, a.endsWith("o"))"#,
             Claims,
             person.clone(),
             Is(json!(["foo"])),

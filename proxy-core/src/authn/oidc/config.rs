@@ -32,10 +32,14 @@ pub struct JwtAuthenticator {
     /// CEL rules on the mapped user.
     #[serde(default)]
     pub user_validation_rules: Vec<UserValidationRule>,
-    /// authproxy extension: allowed signing algorithms (default `[RS256]`).
+    /// authproxy extension: allowed signing algorithms (default
+    /// [`KUBE_CONFIG_ALGORITHMS`], what kube-apiserver allows for an
+    /// `AuthenticationConfiguration`; `[RS256]` for the `--oidc-*` flags).
     #[serde(default)]
     pub signing_algorithms: Option<Vec<String>>,
-    /// authproxy extension: clock skew allowed on exp/nbf/iat (default 30s).
+    /// authproxy extension: tolerance added to kube's on `exp` (none) and
+    /// `nbf` (a minute); default none, so tokens live exactly as long as
+    /// kube-apiserver lets them.
     #[serde(default, with = "humantime_serde")]
     pub clock_skew: Option<Duration>,
     /// authproxy extension: least time between key refreshes caused by
@@ -173,7 +177,7 @@ pub struct IssuerSettings {
     pub cel: CelSettings,
     /// Allowed algorithms (never `none`, never HMAC).
     pub algorithms: Vec<Algorithm>,
-    /// Allowed clock skew.
+    /// Tolerance added to kube's on `exp` and `nbf`.
     pub clock_skew: Duration,
     /// Minimum time between key refreshes caused by unknown `kid`s.
     pub min_refresh_interval: Duration,
@@ -208,6 +212,13 @@ impl CelSettings {
             || !self.claim_rules.is_empty()
     }
 }
+
+/// The signing algorithms kube-apiserver allows for the issuers of an
+/// `AuthenticationConfiguration` ("any alg is fine as long it matches a
+/// public key"), less ES512, which authproxy cannot verify.
+pub const KUBE_CONFIG_ALGORITHMS: [&str; 8] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+];
 
 /// The algorithms that may be configured.
 pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
@@ -523,7 +534,7 @@ impl JwtAuthenticator {
         for (i, name) in self
             .signing_algorithms
             .clone()
-            .unwrap_or_else(|| vec!["RS256".into()])
+            .unwrap_or_else(|| KUBE_CONFIG_ALGORITHMS.map(str::to_owned).to_vec())
             .iter()
             .enumerate()
         {
@@ -564,7 +575,7 @@ impl JwtAuthenticator {
                 .collect(),
             cel: compiled,
             algorithms,
-            clock_skew: self.clock_skew.unwrap_or(Duration::from_secs(30)),
+            clock_skew: self.clock_skew.unwrap_or(Duration::ZERO),
             min_refresh_interval: self
                 .key_refresh_min_interval
                 .unwrap_or(Duration::from_secs(10)),
@@ -653,10 +664,13 @@ impl OidcFlags {
                 extra: Vec::new(),
             },
             user_validation_rules: Vec::new(),
-            signing_algorithms: self
-                .signing_algs
-                .as_ref()
-                .map(|s| s.split(',').map(|a| a.trim().to_owned()).collect()),
+            // kube's --oidc-signing-algs default
+            signing_algorithms: Some(
+                self.signing_algs
+                    .as_ref()
+                    .map(|s| s.split(',').map(|a| a.trim().to_owned()).collect())
+                    .unwrap_or_else(|| vec!["RS256".to_owned()]),
+            ),
             clock_skew: None,
             key_refresh_min_interval: None,
             key_refresh_interval: None,

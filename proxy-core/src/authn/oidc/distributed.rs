@@ -3,14 +3,20 @@
 //! has no groups claim but `_claim_names` names a source for it in
 //! `_claim_sources`, the source's `endpoint` (HTTPS, reached with the
 //! issuer's CA, the source's `access_token` as the bearer credential when it
-//! has one) answers with a JWT; that JWT must be signed by one of the
-//! issuer's keys with an allowed algorithm, name the issuer as `iss` and be
-//! unexpired, and its groups claim is then taken as the token's. Anything
-//! else refuses the token: a claim the proxy cannot confirm is never guessed.
+//! has one) answers with a JWT; kube verifies that JWT as it verifies an ID
+//! token, so it must be signed by one of the issuer's keys with an allowed
+//! algorithm, name the issuer as `iss` and a configured audience in `aud`,
+//! and be within its times; its groups claim is then taken as the token's.
+//! Anything else refuses the token: a claim the proxy cannot confirm is
+//! never guessed. (kube also verifies a source JWT from another issuer, by
+//! that issuer's discovery; the proxy accepts only the token's own issuer.)
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::{Map, Value};
 
+use super::claims::{check_standard_types, check_times, matched_audiences};
 use super::config::IssuerSettings;
 use super::keys::KeySet;
 use crate::authn::AuthnError;
@@ -65,11 +71,25 @@ pub(crate) async fn resolve(
     let key = keys.key_for(header.kid.as_deref(), header.alg).await?;
     let mut validation = Validation::new(header.alg);
     validation.set_issuer(&[&settings.issuer_url]);
-    // Audience-free, as kube checks distributed claims.
+    // aud and the times are checked below, as kube checks an ID token's
     validation.validate_aud = false;
-    validation.leeway = settings.clock_skew.as_secs();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.set_required_spec_claims(&["iss"]);
     let data = decode::<Map<String, Value>>(jwt, &key, &validation)
         .map_err(|e| refused(format!("the source's JWT does not verify: {e}")))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    check_standard_types(&data.claims).map_err(|e| refused(e.to_string()))?;
+    check_times(&data.claims, now, settings.clock_skew.as_secs_f64())
+        .map_err(|e| refused(format!("the source's JWT: {e}")))?;
+    if matched_audiences(&data.claims, &settings.audiences).is_empty() {
+        return Err(refused(
+            "the source's JWT does not name a configured audience",
+        ));
+    }
     let value = data
         .claims
         .get(claim)

@@ -4,21 +4,24 @@
 //! authenticator's; anything else is passed on. From there the token must:
 //! use an allowed algorithm (never `none`, never HMAC), be signed by one of
 //! the issuer's current keys, carry `iss` exactly, an `aud` containing a
-//! configured audience, `exp`/`nbf`/`iat` (NumericDates, fractions honoured)
-//! within the clock skew, and every required claim with its value. Claims then map to the user with kube's
-//! rules (username prefix, `email_verified` when the username is `email`,
-//! groups as a string or an array). No token appears in an error or a log.
+//! configured audience, `exp`/`nbf`/`iat` read and checked as kube reads
+//! and checks them (claims.rs), and every required claim with its value.
+//! Claims then map to the user with kube's rules (username prefix,
+//! `email_verified` when the username is `email`, groups as a string or an
+//! array). No token appears in an error or a log.
 
 pub mod cel;
 #[cfg(test)]
 mod cel_cases;
+mod cel_kube;
+mod claims;
 pub mod config;
 mod distributed;
 mod keys;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{decode, decode_header, Validation};
@@ -26,6 +29,8 @@ use serde_json::{Map, Value};
 
 pub use config::{CelSettings, IssuerSettings, JwtAuthenticator, OidcFlags};
 pub use keys::{parse_discovery, parse_jwks, shown_kid, Discovery, KeySet};
+
+use claims::{check_standard_types, check_times, matched_audiences, string_claim, string_list};
 
 use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
@@ -74,12 +79,13 @@ impl OidcAuthenticator {
         keys.start(settings.refresh_interval);
         let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_issuer(&[&settings.issuer_url]);
-        validation.set_audience(&settings.audiences);
-        // exp, nbf and iat are checked by `check_times`, which honours
-        // fractional NumericDates; jsonwebtoken would round them.
+        // aud, exp, nbf and iat are read and checked by `claims`, as kube
+        // reads them: jsonwebtoken refuses an aud list holding a null, and
+        // would compare times otherwise.
+        validation.validate_aud = false;
         validation.validate_exp = false;
         validation.validate_nbf = false;
-        validation.set_required_spec_claims(&["iss", "aud"]);
+        validation.set_required_spec_claims(&["iss"]);
         Ok(Arc::new(OidcAuthenticator {
             name: format!("oidc:{}", settings.issuer_url),
             settings,
@@ -112,6 +118,7 @@ impl OidcAuthenticator {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
+        check_standard_types(&claims)?;
         let times = check_times(&claims, now, self.settings.clock_skew.as_secs_f64())?;
         let audiences = matched_audiences(&claims, &self.settings.audiences);
         if audiences.is_empty() {
@@ -133,61 +140,6 @@ impl OidcAuthenticator {
     }
 }
 
-/// Expiry times beyond this (year 2514) are treated as this.
-const LATEST_EXP_SECS: f64 = 17_179_869_184.0;
-
-/// The validated times of a token.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct TokenTimes {
-    expires_at: SystemTime,
-}
-
-/// A NumericDate claim (RFC 7519 section 2: seconds since the epoch, integer
-/// or fractional): `Ok(None)` when absent, an error when not a finite,
-/// non-negative number.
-fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, AuthnError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(value) => match value.as_f64() {
-            Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(t)),
-            _ => Err(invalid(format!("claim {name:?} is not a NumericDate"))),
-        },
-    }
-}
-
-/// Checks `exp` (required), `nbf` and `iat` against `now`, fractions of a
-/// second included, allowing `skew` seconds either way.
-fn check_times(claims: &Map<String, Value>, now: f64, skew: f64) -> Result<TokenTimes, AuthnError> {
-    let exp = numeric_date(claims, "exp")?.ok_or_else(|| invalid("claim \"exp\" is missing"))?;
-    if exp + skew <= now {
-        return Err(invalid("ID token expired (exp)"));
-    }
-    if let Some(nbf) = numeric_date(claims, "nbf")? {
-        if nbf > now + skew {
-            return Err(invalid("ID token not yet valid (nbf)"));
-        }
-    }
-    if let Some(iat) = numeric_date(claims, "iat")? {
-        if iat > now + skew {
-            return Err(invalid("ID token issued in the future (iat)"));
-        }
-    }
-    Ok(TokenTimes {
-        expires_at: UNIX_EPOCH + Duration::from_secs_f64(exp.min(LATEST_EXP_SECS)),
-    })
-}
-
-/// The configured audiences the token's `aud` (a string or a list) names,
-/// in configuration order.
-fn matched_audiences(claims: &Map<String, Value>, configured: &[String]) -> Vec<String> {
-    let named = |a: &str| match claims.get("aud") {
-        Some(Value::String(aud)) => aud == a,
-        Some(Value::Array(auds)) => auds.iter().any(|v| v.as_str() == Some(a)),
-        _ => false,
-    };
-    configured.iter().filter(|a| named(a)).cloned().collect()
-}
-
 fn describe(error: &jsonwebtoken::errors::Error) -> &'static str {
     use jsonwebtoken::errors::ErrorKind::*;
     match error.kind() {
@@ -199,35 +151,6 @@ fn describe(error: &jsonwebtoken::errors::Error) -> &'static str {
         InvalidAlgorithm => "algorithm does not match the key",
         MissingRequiredClaim(_) => "a required claim (exp, iss, aud) is missing",
         _ => "malformed",
-    }
-}
-
-fn string_claim<'a>(
-    claims: &'a Map<String, Value>,
-    name: &str,
-) -> Result<Option<&'a str>, AuthnError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(invalid(format!("claim {name:?} is not a string"))),
-    }
-}
-
-fn string_list(claims: &Map<String, Value>, name: &str) -> Result<Vec<String>, AuthnError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| invalid(format!("claim {name:?} holds a non-string")))
-            })
-            .collect(),
-        Some(_) => Err(invalid(format!(
-            "claim {name:?} is neither a string nor an array of strings"
-        ))),
     }
 }
 
@@ -269,14 +192,13 @@ pub fn map_claims(
             username
         }
         None => {
-            let username = string_claim(claims, &settings.username_claim)?
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| {
-                    invalid(format!(
-                        "username claim {:?} is missing",
-                        settings.username_claim
-                    ))
-                })?;
+            // null reads as "", as in kube; an absent claim is an error
+            let username = string_claim(claims, &settings.username_claim)?.ok_or_else(|| {
+                invalid(format!(
+                    "username claim {:?} is missing",
+                    settings.username_claim
+                ))
+            })?;
             if settings.username_claim == "email" {
                 match claims.get("email_verified") {
                     None => {}
@@ -284,7 +206,16 @@ pub fn map_claims(
                     Some(_) => return Err(invalid("email_verified is not true")),
                 }
             }
-            format!("{}{username}", settings.username_prefix)
+            let username = format!("{}{username}", settings.username_prefix);
+            // kube would go on with an empty user name; no request can be
+            // made as that user through impersonation
+            if username.is_empty() {
+                return Err(invalid(format!(
+                    "username claim {:?} is empty",
+                    settings.username_claim
+                )));
+            }
+            username
         }
     };
     let groups = match (&settings.groups, &cel_settings.groups) {
@@ -297,7 +228,11 @@ pub fn map_claims(
         (None, None) => Vec::new(),
     };
     let uid = match (&settings.uid_claim, &cel_settings.uid) {
-        (Some(claim), _) => string_claim(claims, claim)?.map(str::to_owned),
+        (Some(claim), _) => {
+            let uid = string_claim(claims, claim)?
+                .ok_or_else(|| invalid(format!("uid claim {claim:?} is missing")))?;
+            Some(uid.to_owned()).filter(|uid| !uid.is_empty())
+        }
         (None, Some(expression)) => Some(
             cel::to_string(eval("uid", expression)?)
                 .map_err(|e| invalid(format!("uid expression {e}")))?,
@@ -415,10 +350,27 @@ mod tests {
         assert_eq!(user.extra["example.com/tenant"], ["t1"]);
         let single = map_claims(
             &settings(),
-            &claims(json!({"email": "a@x", "groups": "devs", "hd": "example.com"})),
+            &claims(json!({"email": "a@x", "groups": "devs", "hd": "example.com", "sub": null})),
         )
         .unwrap();
         assert_eq!(single.groups, ["oidc:devs"]);
+        assert_eq!(single.uid, None, "a null uid claim is an empty uid");
+        let no_uid = map_claims(
+            &settings(),
+            &claims(json!({"email": "a@x", "hd": "example.com"})),
+        );
+        assert!(
+            no_uid.is_err(),
+            "kube refuses a token without its uid claim"
+        );
+        let empty = map_claims(
+            &settings(),
+            &claims(json!({"email": null, "hd": "example.com", "sub": "1"})),
+        );
+        assert!(
+            empty.is_err(),
+            "an empty user name cannot be impersonated: {empty:?}"
+        );
     }
 
     #[test]
@@ -646,7 +598,7 @@ mod tests {
     #[test]
     fn credential_id_comes_from_a_string_jti_as_kube_adds_it() {
         let s = settings();
-        let base = json!({"email": "a@x", "hd": "example.com"});
+        let base = json!({"email": "a@x", "hd": "example.com", "sub": "1"});
         let with = |jti: Value| {
             let mut c = base.clone();
             c["jti"] = jti;
@@ -768,52 +720,27 @@ mod tests {
     }
 
     #[test]
-    fn fractional_numeric_dates_are_honoured() {
-        let now = 1_700_000_000.0;
-        let times = |v: Value| check_times(&claims(v), now, 0.0);
-        let ok = times(json!({"exp": now + 0.5, "nbf": now - 0.25, "iat": now - 0.75})).unwrap();
+    fn signing_algorithms_default_to_kubes() {
+        use jsonwebtoken::Algorithm::*;
+        let jwt: JwtAuthenticator =
+            serde_yaml_ng::from_str("issuer: {url: 'https://idp', audiences: [k]}\n").unwrap();
+        let algorithms = jwt.settings("j").unwrap().algorithms;
         assert_eq!(
-            ok.expires_at,
-            UNIX_EPOCH + Duration::from_secs_f64(now + 0.5),
-            "a fractional exp is the cache's deadline"
+            algorithms,
+            [RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384],
+            "an AuthenticationConfiguration issuer: kube allows every asymmetric algorithm"
         );
-        assert!(times(json!({"exp": now - 0.3})).is_err(), "exp just passed");
-        assert!(
-            times(json!({"exp": now + 10.0, "nbf": now + 0.4})).is_err(),
-            "nbf"
+        let flags = OidcFlags {
+            issuer_url: Some("https://idp".into()),
+            client_id: Some("k".into()),
+            ..Default::default()
+        };
+        let from_flags = flags.to_jwt().unwrap().unwrap().settings("f").unwrap();
+        assert_eq!(
+            from_flags.algorithms,
+            [RS256],
+            "--oidc-signing-algs defaults to RS256"
         );
-        assert!(
-            times(json!({"exp": now + 10.0, "iat": now + 0.4})).is_err(),
-            "iat"
-        );
-        for bad in [json!("1700000100"), json!(-1.5), json!(null), json!([1])] {
-            assert!(times(json!({"exp": bad.clone()})).is_err(), "exp {bad}");
-            assert!(
-                times(json!({"exp": now + 10.0, "nbf": bad.clone()})).is_err(),
-                "nbf {bad}"
-            );
-            assert!(
-                times(json!({"exp": now + 10.0, "iat": bad.clone()})).is_err(),
-                "iat {bad}"
-            );
-        }
-        assert!(times(json!({})).is_err(), "exp is required");
-        let skewed = check_times(&claims(json!({"exp": now - 20.5})), now, 30.0);
-        assert!(skewed.is_ok(), "within the clock skew");
-        assert!(
-            times(json!({"exp": 1e300})).is_ok(),
-            "a far exp does not overflow"
-        );
-    }
-
-    #[test]
-    fn matched_audiences_are_the_configured_ones_the_token_names() {
-        let configured = vec!["kube".to_owned(), "other".to_owned()];
-        let m = |v: Value| matched_audiences(&claims(v), &configured);
-        assert_eq!(m(json!({"aud": "kube"})), ["kube"]);
-        assert_eq!(m(json!({"aud": ["x", "other", "kube"]})), ["kube", "other"]);
-        assert!(m(json!({"aud": ["x"]})).is_empty());
-        assert!(m(json!({"aud": 5})).is_empty());
     }
 
     #[test]
@@ -851,7 +778,7 @@ mod tests {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
         header.kid = Some("k1".into());
         let claims = json!({"iss": "https://127.0.0.1:9/idp", "aud": "kube", "sub": "alice",
-            "exp": u64::MAX});
+            "exp": i64::MAX});
         let token = jsonwebtoken::encode(
             &header,
             &claims,
