@@ -322,17 +322,17 @@ fn kube_authentication_configuration_file_is_read_and_bad_cel_is_refused_by_fiel
         (
             "v1",
             "username: {claim: sub, prefix: ''}\n    groups: {expression: 'claims.groups.map(g, \"oidc:\" + g)'}",
-            Some("cannot be range of a comprehension"),
+            Some(("groups", "cannot be range of a comprehension")),
         ),
         (
             "v1",
             "username: {expression: 'claims.email'}",
-            Some("claims.email_verified must be used"),
+            Some(("username", "claims.email_verified must be used")),
         ),
         (
             "v1",
             "username: {expression: 'claims.sub +'}",
-            Some("compilation failed"),
+            Some(("username", "compilation failed")),
         ),
     ] {
         let expect_ok = refusal.is_none();
@@ -353,9 +353,9 @@ fn kube_authentication_configuration_file_is_read_and_bad_cel_is_refused_by_fiel
             expect_ok,
             "{version} {mapping}: {stderr}"
         );
-        if let Some(words) = refusal {
+        if let Some((field, words)) = refusal {
             assert!(
-                stderr.contains("jwt[0].claimMappings.username.expression")
+                stderr.contains(&format!("jwt[0].claimMappings.{field}.expression"))
                     && stderr.contains(words),
                 "{stderr}"
             );

@@ -224,6 +224,39 @@ impl Route {
         Ok((child, BufReader::new(stdout)))
     }
 
+    /// kubectl with `args` on a terminal of its own (util-linux `script`,
+    /// so that kubectl asks for a TTY): `before` runs first in the
+    /// terminal's shell (`stty cols 100` say); stdin, stdout and stderr piped.
+    pub fn on_a_terminal(
+        &self,
+        args: &[&str],
+        before: &str,
+    ) -> anyhow::Result<tokio::process::Command> {
+        crate::require_tool("script")?;
+        let kubectl = crate::kube::kube_bin()?.join("kubectl");
+        let quoted = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+        let line = [
+            quoted(kubectl.to_str().context("kubectl path is not UTF-8")?),
+            "--kubeconfig".to_owned(),
+            quoted(self.kubeconfig.to_str().context("path is not UTF-8")?),
+        ]
+        .into_iter()
+        .chain(self.flags.iter().map(|f| quoted(f)))
+        .chain(args.iter().map(|a| quoted(a)))
+        .collect::<Vec<_>>()
+        .join(" ");
+        let mut script = tokio::process::Command::new("script");
+        script
+            .args(["-qec", &format!("{before} {line}"), "/dev/null"])
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        self.protocol_env(script.as_std_mut());
+        Ok(script)
+    }
+
     /// A name for this route's own pod for `what`.
     pub fn pod(&self, what: &str) -> String {
         format!("{what}-{}", self.name)

@@ -31,18 +31,7 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {name: agent, namespace: authproxy}
 ---
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: agent-tests-impersonator}
-rules:
-- apiGroups: [authentication.k8s.io]
-  resources: ["*"]
-  verbs: ["impersonate:user-info", "impersonate:serviceaccount"]
-- apiGroups: ["*"]
-  resources: ["*"]
-  verbs: [IMPERSONATE_ON_RESOURCES]
-- nonResourceURLs: ["*"]
-  verbs: [IMPERSONATE_ON_PATHS]
+CONSTRAINED_IMPERSONATOR
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -94,14 +83,10 @@ impl Behind {
         let Some(netns) = Netns::create()? else {
             return Ok(None);
         };
-        use authproxy_tests::kube::{impersonate_on, PATH_VERBS, RESOURCE_VERBS};
-        let modes = ["user-info", "serviceaccount"];
-        let rbac = RBAC
-            .replace(
-                "IMPERSONATE_ON_RESOURCES",
-                &impersonate_on(&modes, &RESOURCE_VERBS),
-            )
-            .replace("IMPERSONATE_ON_PATHS", &impersonate_on(&modes, &PATH_VERBS));
+        let rbac = RBAC.replace(
+            "CONSTRAINED_IMPERSONATOR",
+            &authproxy_tests::kube::constrained_impersonator("agent-tests-impersonator"),
+        );
         kube.apply_rbac(
             &rbac,
             &[

@@ -13,7 +13,6 @@
 //! kube's own messages.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 
 use anyhow::Context as _;
 use authproxy_tests::kube::{KubeEnv, CONTAINER, PROXY_SERVICE_ACCOUNT};
@@ -428,51 +427,25 @@ async fn exec_as_impersonated_users_obeys_rbac_with_kubes_own_refusal() -> anyho
 async fn exec_with_a_terminal_runs_the_command_on_a_tty() -> anyhow::Result<()> {
     // kubectl asks for a TTY only when its own input is a terminal: util-linux
     // `script` gives it one.
-    authproxy_tests::require_tool("script")?;
     let kube = kube_with_kubelet().await?;
     let routes = routes().await?;
-    let kubectl = authproxy_tests::kube::kube_bin()?.join("kubectl");
     for route in &routes.all {
         let pod = route.pod("tty");
         kube.running_pod(&pod).await?;
-        let line = [
-            kubectl.to_str().context("kubectl path is not UTF-8")?,
-            "--kubeconfig",
-            route.kubeconfig.to_str().context("path is not UTF-8")?,
-        ]
-        .into_iter()
-        .chain(route.flags.iter().map(String::as_str))
-        .chain([
-            "exec",
-            "-it",
-            &pod,
-            "-c",
-            CONTAINER,
-            "--",
-            "sh",
-            "-c",
-            "'tty; read x; echo got:$x; exit 3'",
-        ])
-        .collect::<Vec<_>>()
-        .join(" ");
-        let mut script = tokio::process::Command::new("script");
-        script
-            .args(["-qec", &line, "/dev/null"])
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for var in [
-            "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
-            "KUBECTL_PORT_FORWARD_WEBSOCKETS",
-        ] {
-            if route.spdy {
-                script.env(var, "false");
-            } else {
-                script.env_remove(var);
-            }
-        }
+        let mut script = route.on_a_terminal(
+            &[
+                "exec",
+                "-it",
+                &pod,
+                "-c",
+                CONTAINER,
+                "--",
+                "sh",
+                "-c",
+                "tty; read x; echo got:$x; exit 3",
+            ],
+            "",
+        )?;
         let mut child = script.spawn().context("running script")?;
         let mut stdin = child.stdin.take().context("script stdin")?;
         stdin.write_all(b"typed on a terminal\n").await?;
@@ -724,7 +697,6 @@ async fn play(file: &std::path::Path) -> anyhow::Result<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> anyhow::Result<()> {
-    authproxy_tests::require_tool("script")?;
     let kube = kube_with_kubelet().await?;
     kube.apply_rbac(
         ROOT_EXEC_RBAC,
@@ -747,7 +719,6 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
         ),
     )
     .await?;
-    let kubectl = authproxy_tests::kube::kube_bin()?.join("kubectl");
     let mut seen = std::collections::BTreeSet::new();
     for cluster in ["direct", "edge"] {
         for spdy in [false, true] {
@@ -818,40 +789,20 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
 
             // On a terminal: its size, and a resize while the session runs,
             // reach the container and the recording.
-            let line = [
-                kubectl.to_str().context("kubectl path is not UTF-8")?,
-                "--kubeconfig",
-                route.kubeconfig.to_str().context("path is not UTF-8")?,
-                "--context",
-                "alice",
-                "exec",
-                "-it",
-                &pod,
-                "-c",
-                CONTAINER,
-                "--",
-                "sh",
-                "-c",
-                "'i=0; while [ \"$(stty size)\" = \"0 0\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; i=0; while [ \"$(stty size)\" != \"40 120\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; read x; echo got:$x'",
-            ]
-            .join(" ");
-            let mut script = tokio::process::Command::new("script");
-            script
-                .args([
-                    "-qec",
-                    &format!("stty cols 111 rows 33; (sleep 2; stty cols 120 rows 40 </dev/tty) & {line}"),
-                    "/dev/null",
-                ])
-                .env_remove("KUBECONFIG")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            if spdy {
-                script.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
-            } else {
-                script.env_remove("KUBECTL_REMOTE_COMMAND_WEBSOCKETS");
-            }
+            let mut script = route.on_a_terminal(
+                &[
+                    "exec",
+                    "-it",
+                    &pod,
+                    "-c",
+                    CONTAINER,
+                    "--",
+                    "sh",
+                    "-c",
+                    "i=0; while [ \"$(stty size)\" = \"0 0\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; i=0; while [ \"$(stty size)\" != \"40 120\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; read x; echo got:$x",
+                ],
+                "stty cols 111 rows 33; (sleep 2; stty cols 120 rows 40 </dev/tty) &",
+            )?;
             let mut child = script.spawn().context("running script")?;
             let mut stdin = child.stdin.take().context("script stdin")?;
             // Typed once the resize is through (the line waits in the terminal).

@@ -427,22 +427,7 @@ apiVersion: v1
 kind: ServiceAccount
 metadata: {name: proxy-legacy, namespace: authproxy}
 ---
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: authproxy-impersonator}
-rules:
-# Constrained impersonation only (the chart's rbac.impersonation:
-# constrained): users, groups, uids and userextras/<key> (RBAC matches
-# subresources only by name or by "*"), service accounts by name...
-- apiGroups: [authentication.k8s.io]
-  resources: ["*"]
-  verbs: ["impersonate:user-info", "impersonate:serviceaccount"]
-# ... for every request.
-- apiGroups: ["*"]
-  resources: ["*"]
-  verbs: [IMPERSONATE_ON_RESOURCES]
-- nonResourceURLs: ["*"]
-  verbs: [IMPERSONATE_ON_PATHS]
+CONSTRAINED_IMPERSONATOR
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
@@ -504,15 +489,10 @@ spec:
                 .status
                 .success())
         })?;
-        let objects = OBJECTS
-            .replace(
-                "IMPERSONATE_ON_RESOURCES",
-                &impersonate_on(&["user-info", "serviceaccount"], &RESOURCE_VERBS),
-            )
-            .replace(
-                "IMPERSONATE_ON_PATHS",
-                &impersonate_on(&["user-info", "serviceaccount"], &PATH_VERBS),
-            );
+        let objects = OBJECTS.replace(
+            "CONSTRAINED_IMPERSONATOR",
+            &constrained_impersonator("authproxy-impersonator"),
+        );
         let out = self.admin(&["apply", "-f", "-"], Some(&objects))?;
         if !out.status.success() {
             bail!("set-up objects: {}", crate::output_text(&out));
@@ -794,6 +774,22 @@ pub const RESOURCE_VERBS: [&str; 9] = [
 
 /// The verbs of kube's non-resource requests (the method in lower case).
 pub const PATH_VERBS: [&str; 7] = ["get", "post", "put", "patch", "delete", "head", "options"];
+
+/// A ClusterRole `name` that may impersonate by constrained impersonation
+/// only (the chart's `rbac.impersonation: constrained`): users, groups,
+/// uids and `userextras/<key>` (RBAC matches subresources only by name or
+/// by `*`), service accounts by name, for every request.
+pub fn constrained_impersonator(name: &str) -> String {
+    let modes = ["user-info", "serviceaccount"];
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {name}}}\nrules:\n\
+         - apiGroups: [authentication.k8s.io]\n  resources: [\"*\"]\n  verbs: [\"impersonate:user-info\", \"impersonate:serviceaccount\"]\n\
+         - apiGroups: [\"*\"]\n  resources: [\"*\"]\n  verbs: [{}]\n\
+         - nonResourceURLs: [\"*\"]\n  verbs: [{}]\n",
+        impersonate_on(&modes, &RESOURCE_VERBS),
+        impersonate_on(&modes, &PATH_VERBS),
+    )
+}
 
 /// `"impersonate-on:<mode>:<verb>"` for each mode and verb, as a YAML flow
 /// sequence's items.

@@ -99,7 +99,10 @@ pub fn shown_kid(kid: &str) -> String {
 }
 
 /// The algorithms a JWK can verify, derived from its key type and curve
-/// (`kty`/`crv`), narrowed to its `alg` when it names one, and to `allowed`.
+/// (`kty`/`crv`), narrowed to `allowed`. Its `alg`, when it names one, must
+/// fit the key type, but does not narrow further: kube-apiserver verifies
+/// with any allowed algorithm of the key's type (an RSA key whose JWK says
+/// RS256 verifies a PS384 token), and so does the proxy.
 fn usable_algorithms(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Vec<Algorithm>, String> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
     let family: &[Algorithm] = match &jwk.algorithm {
@@ -132,16 +135,16 @@ fn usable_algorithms(jwk: &Jwk, allowed: &[Algorithm]) -> Result<Vec<Algorithm>,
                 .map_err(|_| format!("alg {alg} is not a signing algorithm"))?,
         ),
     };
+    if let Some(n) = named.filter(|n| !family.contains(n)) {
+        return Err(format!("alg {n:?} does not fit the key type"));
+    }
     let algorithms: Vec<Algorithm> = family
         .iter()
         .copied()
-        .filter(|a| allowed.contains(a) && named.is_none_or(|n| n == *a))
+        .filter(|a| allowed.contains(a))
         .collect();
     if algorithms.is_empty() {
-        return Err(match named {
-            Some(n) if !family.contains(&n) => format!("alg {n:?} does not fit the key type"),
-            _ => "no allowed signing algorithm fits the key".into(),
-        });
+        return Err("no allowed signing algorithm fits the key".into());
     }
     Ok(algorithms)
 }
