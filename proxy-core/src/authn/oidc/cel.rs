@@ -370,6 +370,44 @@ impl Expression {
     }
 }
 
+impl Expression {
+    /// Whether `result`, what this expression gave for `value`, is a list
+    /// straight from `split()`: kube's reading of a groups or extra result
+    /// refuses one (a Go `[]string`, where it takes the lists that claims,
+    /// literals and macros make), so the proxy refuses it too. Only `split`
+    /// calls in the expression's result position (its top, or a branch of
+    /// `?:`) can give one; each is evaluated again and compared.
+    pub fn is_split_list(&self, result: &Value, value: &Value) -> bool {
+        if !matches!(result, Value::List(_)) {
+            return false;
+        }
+        let mut splits = Vec::new();
+        result_splits(&self.expr, &mut splits);
+        if splits.is_empty() {
+            return false;
+        }
+        let mut context = Context::with_env(Arc::clone(env()));
+        context.add_variable_from_value(self.variable.name(), value.clone());
+        splits
+            .iter()
+            .any(|split| Value::resolve(split, &context).is_ok_and(|v| &v == result))
+    }
+}
+
+/// The `split` calls whose list would be the expression's result.
+fn result_splits<'a>(expr: &'a IdedExpr, out: &mut Vec<&'a IdedExpr>) {
+    if let Expr::Call(call) = &expr.expr {
+        match call.func_name.as_str() {
+            "_?_:_" if call.args.len() == 3 => {
+                result_splits(&call.args[1], out);
+                result_splits(&call.args[2], out);
+            }
+            "split" if call.target.is_some() => out.push(expr),
+            _ => {}
+        }
+    }
+}
+
 fn is_ident(expr: &IdedExpr, name: &str) -> bool {
     matches!(&expr.expr, Expr::Ident(n) if n == name)
 }

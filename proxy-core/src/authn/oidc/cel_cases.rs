@@ -478,3 +478,28 @@ fn result_conversions_follow_kube() {
     assert!(cel::to_string(Value::Float(1.0)).is_err());
     assert!(cel::to_bool(s("true")).is_err());
 }
+
+#[test]
+fn a_list_straight_from_split_is_refused_as_kube_refuses_it() {
+    let claims = cel::claims_to_cel(
+        serde_json::json!({"roles": "a,b", "flag": true})
+            .as_object()
+            .expect("object"),
+    );
+    for (source, split) in [
+        (r#"claims.roles.split(",")"#, true),
+        (r#"claims.flag ? claims.roles.split(",") : ["x"]"#, true),
+        (r#"claims.flag ? ["x"] : claims.roles.split(",")"#, false),
+        (r#"claims.roles.split(",").map(r, r)"#, false),
+        (r#"["a", "b"]"#, false),
+        (r#"claims.roles"#, false),
+    ] {
+        let expression = cel::compile(source, Variable::Claims).unwrap();
+        let result = expression.evaluate(&claims).unwrap();
+        assert_eq!(
+            expression.is_split_list(&result, &claims),
+            split,
+            "{source}"
+        );
+    }
+}

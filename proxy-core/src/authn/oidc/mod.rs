@@ -182,6 +182,17 @@ pub fn map_claims(
             .evaluate(value)
             .map_err(|e| invalid(format!("error evaluating {what} expression: {e}")))
     };
+    // kube refuses a groups or extra list straight from split().
+    let split_refused = |expression: &cel::Expression, result: cel::Value| {
+        let value = claims_value.as_ref().unwrap_or(&cel::Value::Null);
+        if expression.is_split_list(&result, value) {
+            return Err(invalid(format!(
+                "expression {:?} must return a string or a list of strings (a list straight from split() is not one, as kube reads it)",
+                expression.source()
+            )));
+        }
+        Ok(result)
+    };
     let username = match &cel_settings.username {
         Some(expression) => {
             let username = cel::to_string(eval("username", expression)?)
@@ -223,8 +234,10 @@ pub fn map_claims(
             .into_iter()
             .map(|g| format!("{prefix}{g}"))
             .collect(),
-        (None, Some(expression)) => cel::to_string_list(eval("groups", expression)?)
-            .map_err(|e| invalid(format!("groups expression {e}")))?,
+        (None, Some(expression)) => {
+            cel::to_string_list(split_refused(expression, eval("groups", expression)?)?)
+                .map_err(|e| invalid(format!("groups expression {e}")))?
+        }
         (None, None) => Vec::new(),
     };
     let uid = match (&settings.uid_claim, &cel_settings.uid) {
@@ -253,7 +266,7 @@ pub fn map_claims(
         }
     }
     for (key, expression) in &cel_settings.extra {
-        let values = cel::to_string_list(eval("extra", expression)?)
+        let values = cel::to_string_list(split_refused(expression, eval("extra", expression)?)?)
             .map_err(|e| invalid(format!("extra expression {:?} {e}", expression.source())))?;
         if !values.is_empty() {
             extra.insert(key.clone(), values);
@@ -491,11 +504,12 @@ mod tests {
     }
 
     /// The examples of kube's "Authenticating" page (structured
-    /// authentication configuration), loaded as written there, with the
-    /// tokens and results the page gives.
+    /// authentication configuration), loaded as written there (but for the
+    /// groups expression, see the end), with the tokens and results the
+    /// page gives.
     #[test]
     fn kube_documentation_examples_give_the_documented_users() {
-        let mappings = "  claimMappings:\n    username:\n      expression: 'claims.username + \":external-user\"'\n    groups:\n      expression: 'claims.roles.split(\",\")'\n    uid:\n      expression: 'claims.sub'\n    extra:\n    - key: 'example.com/tenant'\n      valueExpression: 'claims.tenant'\n";
+        let mappings = "  claimMappings:\n    username:\n      expression: 'claims.username + \":external-user\"'\n    groups:\n      expression: 'claims.roles.split(\",\").map(r, r)'\n    uid:\n      expression: 'claims.sub'\n    extra:\n    - key: 'example.com/tenant'\n      valueExpression: 'claims.tenant'\n";
         let users = "  userValidationRules:\n  - expression: \"!user.username.startsWith('system:')\" # the expression will evaluate to true, so validation will succeed.\n    message: 'username cannot used reserved system: prefix'\n";
         let load = |yaml: String| {
             let kube: crate::config::KubeAuthenticationConfiguration =
@@ -543,8 +557,8 @@ mod tests {
             "{message}"
         );
         // Third example: the username maps to system:foo, refused by the user rule.
-        let plain = "  claimMappings:\n    username:\n      expression: 'claims.username'\n    groups:\n      expression: 'claims.roles.split(\",\")'\n    uid:\n      expression: 'claims.sub'\n    extra:\n    - key: 'example.com/tenant'\n      valueExpression: 'claims.tenant'\n";
-        let mut system = token;
+        let plain = "  claimMappings:\n    username:\n      expression: 'claims.username'\n    groups:\n      expression: 'claims.roles.split(\",\").map(r, r)'\n    uid:\n      expression: 'claims.sub'\n    extra:\n    - key: 'example.com/tenant'\n      valueExpression: 'claims.tenant'\n";
+        let mut system = token.clone();
         system["username"] = json!("system:foo");
         let message = map_claims(&load(format!("{head}{plain}{users}")), &claims(system))
             .unwrap_err()
@@ -553,6 +567,15 @@ mod tests {
             message.contains("username cannot used reserved system: prefix"),
             "{message}"
         );
+        // The page writes groups as `claims.roles.split(",")`; kube-apiserver
+        // refuses a list straight from split() (jwt_oracle shows it), and so
+        // does the proxy: the examples above map it (`.map(r, r)`).
+        let literal = mappings.replace(".map(r, r)", "");
+        let refused = map_claims(
+            &load(format!("{head}{literal}{users}")),
+            &claims(token.clone()),
+        );
+        assert!(refused.is_err_and(|e| e.to_string().contains("straight from split()")),);
     }
 
     #[test]
