@@ -415,6 +415,9 @@ impl Proxy {
                 proxy_core::proxy_stack_routed(authn, long_running, impersonate, default, named)?
             },
         );
+        if let (Some(metrics), Some(issuer)) = (&metrics, &issuer) {
+            metrics.observe_refreshes(issuer.refresher().counters().clone());
+        }
         let token_endpoint = match (issuer, &config.authentication.issued_tokens) {
             (Some(issuer), Some(settings)) => Some(Arc::new(TokenEndpoint::new(
                 chain.clone(),

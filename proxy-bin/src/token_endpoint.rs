@@ -162,7 +162,7 @@ impl TokenEndpoint {
         }
         match self
             .issuer
-            .issue_until(identity.user(), identity.expires_at())
+            .issue_from(identity.user(), identity.source(), identity.expires_at())
         {
             Ok((token, expires)) => {
                 let body = crate::login::exec_credential(&token, expires);

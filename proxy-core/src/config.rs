@@ -201,6 +201,14 @@ pub struct IssuedTokensConfig {
     /// How many exchanges are allowed per client address and per user.
     #[serde(default)]
     pub exchange_limits: ExchangeLimits,
+    /// How often the user of a token issued after an LDAP login is looked up
+    /// in the directory again (default 60s): a deleted or disabled entry
+    /// ends the session, changed groups apply.
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_interval: Option<Duration>,
+    /// With the directory down, how long its last answer holds (default 5m).
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_grace: Option<Duration>,
 }
 
 /// Logins exchanged for issued tokens when `issuedTokens.exchangeFrom` is unset.
@@ -247,6 +255,14 @@ impl IssuedTokensConfig {
     pub fn problems(&self, prefix: &str) -> Vec<Problem> {
         use crate::authn::Source;
         let mut problems = Vec::new();
+        positive_durations(
+            &mut problems,
+            prefix,
+            &[
+                ("refreshInterval", self.refresh_interval),
+                ("refreshGrace", self.refresh_grace),
+            ],
+        );
         for (i, source) in self.exchange_from.iter().flatten().enumerate() {
             if matches!(source, Source::Issued | Source::Other) {
                 problems.push(problem(
@@ -568,6 +584,20 @@ impl AuthenticationConfig {
             (Some(config), None) => Some(config.load_and_watch(prefix, base, reloading)?),
             (None, _) => None,
         };
+        if let (Some(issuer), Some(config)) = (&issuer, &self.issued_tokens) {
+            issuer
+                .refresher()
+                .set_settings(crate::authn::refresh::RefreshSettings {
+                    interval: config
+                        .refresh_interval
+                        .unwrap_or(crate::authn::refresh::DEFAULT_INTERVAL),
+                    grace: config
+                        .refresh_grace
+                        .unwrap_or(crate::authn::refresh::DEFAULT_GRACE),
+                });
+            // No directory unless LDAP is configured (set below).
+            issuer.refresher().set_directory(None);
+        }
         if self.client_certificates {
             chain.push(Arc::new(ClientCertificates));
         }
@@ -616,6 +646,12 @@ impl AuthenticationConfig {
                 tls::client_config(roots, None, &[]).map_err(|e| err("caFile", e.to_string()))?;
             let authenticator =
                 Arc::new(crate::authn::LdapAuthenticator::new(ldap, client, password));
+            // Tokens issued after an LDAP login look their user up here.
+            if let Some(issuer) = &issuer {
+                issuer.refresher().set_directory(Some(Box::new(
+                    crate::authn::ldap::SharedDirectory(authenticator.clone()),
+                )));
+            }
             authenticator.watch_bind_password(
                 password_file,
                 reloading.interval,

@@ -223,8 +223,18 @@ impl Slapd {
 
     /// Adds entries while slapd runs (`ldapadd` as the directory's admin).
     pub async fn add(&self, ldif: &str) -> anyhow::Result<()> {
+        self.change("ldapadd", ldif).await
+    }
+
+    /// Changes entries while slapd runs (`ldapmodify` as the directory's
+    /// admin: `changetype: modify`, `delete`).
+    pub async fn modify(&self, ldif: &str) -> anyhow::Result<()> {
+        self.change("ldapmodify", ldif).await
+    }
+
+    async fn change(&self, tool: &str, ldif: &str) -> anyhow::Result<()> {
         use tokio::io::AsyncWriteExt as _;
-        let ldapadd = find("ldapadd")?;
+        let ldapadd = find(tool)?;
         let mut child = tokio::process::Command::new(ldapadd)
             .args(["-x", "-H"])
             .arg(format!("ldap://127.0.0.1:{}", self.ldap_port))
@@ -234,15 +244,15 @@ impl Slapd {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .context("starting ldapadd")?;
+            .with_context(|| format!("starting {tool}"))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(ldif.as_bytes()).await?;
         }
         let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
             .await
-            .context("ldapadd did not finish in 10s")??;
+            .with_context(|| format!("{tool} did not finish in 10s"))??;
         if !out.status.success() {
-            bail!("ldapadd failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("{tool} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }

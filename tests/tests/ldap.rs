@@ -32,6 +32,18 @@ async fn world_tls(
     start_tls: bool,
     top_level: &str,
 ) -> anyhow::Result<(Env, Slapd)> {
+    world_refreshing(pki, slapd, start_tls, top_level, None).await
+}
+
+/// Like [`world_tls`], issued tokens' users looked up again every
+/// `refresh_interval` when given.
+async fn world_refreshing(
+    pki: TestPki,
+    slapd: Slapd,
+    start_tls: bool,
+    top_level: &str,
+    refresh_interval: Option<&str>,
+) -> anyhow::Result<(Env, Slapd)> {
     let url = if start_tls {
         format!("ldap://127.0.0.1:{}", slapd.ldap_port)
     } else {
@@ -54,7 +66,11 @@ async fn world_tls(
         &key,
         pki.issue_client("issuer-key", "unused", None)?.key_pem,
     )?;
-    let issued = json!({"issuer": "authproxy-test", "signingKeyFiles": [key], "lifetime": "10m"});
+    let mut issued =
+        json!({"issuer": "authproxy-test", "signingKeyFiles": [key], "lifetime": "10m"});
+    if let Some(interval) = refresh_interval {
+        issued["refreshInterval"] = json!(interval);
+    }
     let env = Env::start_with(
         pki,
         &format!("  ldap: {ldap}\n  issuedTokens: {issued}\n{top_level}"),
@@ -327,6 +343,128 @@ async fn an_ldap_login_is_exchanged_for_an_issued_token_and_slapd_sees_one_user_
     // wrong password: no token
     let (code, _) = env.curl(&["-X", "POST", "-u", "dave:wrong", &url]).await?;
     assert_eq!(code, 401);
+    Ok(())
+}
+
+/// The groups kube-apiserver gives requests sent with `token` through the
+/// proxy (a `SelfSubjectReview`, kube's own groups left out), or the status
+/// when the proxy refused.
+async fn groups_with(env: &Env, token: &str) -> anyhow::Result<Result<Vec<String>, u16>> {
+    let review = format!(
+        "{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        env.proxy_url()
+    );
+    let (code, body) = env
+        .curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--data",
+            r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#,
+            &review,
+        ])
+        .await?;
+    if code != 201 {
+        return Ok(Err(code));
+    }
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    let mut groups: Vec<String> = answer["status"]["userInfo"]["groups"]
+        .as_array()
+        .context("groups")?
+        .iter()
+        .filter_map(|g| g.as_str())
+        .filter(|g| !g.starts_with("system:"))
+        .map(str::to_owned)
+        .collect();
+    groups.sort();
+    Ok(Ok(groups))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issued_tokens_user_follows_the_directory_groups_and_deletion() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let slapd = Slapd::start(&pki).await?;
+    let (env, slapd) = world_refreshing(
+        pki,
+        slapd,
+        false,
+        "metrics: {listen: '127.0.0.1:0'}",
+        Some("1s"),
+    )
+    .await?;
+    let url = format!("{}/authproxy/v1/token", env.proxy_url());
+    let (code, body) = env
+        .curl(&["-X", "POST", "-u", "carol:carol-password", &url])
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let credential: serde_json::Value = serde_json::from_str(&body)?;
+    let token = credential["status"]["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    assert_eq!(
+        groups_with(&env, &token).await?,
+        Ok(vec!["devs".to_owned(), "ops".to_owned()])
+    );
+    // carol leaves devs: her token's requests lose it within the interval
+    // (and the lookup beside a request), no new login.
+    slapd
+        .modify("dn: cn=devs,ou=groups,dc=example,dc=org\nchangetype: modify\ndelete: member\nmember: uid=carol,ou=people,dc=example,dc=org\n")
+        .await?;
+    let left = std::time::Instant::now();
+    authproxy_tests::wait_for(
+        Duration::from_secs(6),
+        "ops gone from carol's requests",
+        || {
+            let (env, token) = (&env, &token);
+            async move {
+                match groups_with(env, token).await {
+                    Ok(Ok(groups)) if groups == ["ops"] => Ok(Some(())),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await?;
+    let group_seen = left.elapsed();
+    // carol deleted: her token is refused.
+    slapd
+        .modify("dn: uid=carol,ou=people,dc=example,dc=org\nchangetype: delete\n")
+        .await?;
+    let deleted = std::time::Instant::now();
+    authproxy_tests::wait_for(Duration::from_secs(6), "carol's token refused", || {
+        let (env, token) = (&env, &token);
+        async move {
+            match groups_with(env, token).await {
+                Ok(Err(401)) => Ok(Some(())),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await?;
+    println!(
+        "refreshInterval 1s: a group removal seen after {group_seen:?}, a deletion refused after {:?}",
+        deleted.elapsed()
+    );
+    // Counted: the lookups that found carol, and the one that did not.
+    let metrics_addr = env
+        .proxy
+        .as_ref()
+        .and_then(|p| p.metrics_addr())
+        .context("metrics listener")?;
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{metrics_addr}/metrics"))
+        .output()
+        .await?;
+    let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        metrics.contains("authproxy_issued_token_refreshes_total{result=\"gone\"} 1"),
+        "{metrics}"
+    );
     Ok(())
 }
 

@@ -49,7 +49,14 @@ struct Claims {
     nbf: u64,
     exp: u64,
     user: UserInfo,
+    /// The login the token was exchanged for, when its user is looked up
+    /// again there (`ldap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    src: Option<String>,
 }
+
+/// The `src` of a token issued after an LDAP login.
+const FROM_LDAP: &str = "ldap";
 
 /// The keys in force: the first file's signs, all verify.
 struct KeyRing {
@@ -63,6 +70,8 @@ pub struct IssuedTokens {
     lifetime: Duration,
     keys: ArcSwap<KeyRing>,
     watch: std::sync::Mutex<Option<FileWatch>>,
+    /// Who the users of tokens issued after an LDAP login are now.
+    refresher: Arc<super::refresh::Refresher>,
 }
 
 impl std::fmt::Debug for IssuedTokens {
@@ -160,6 +169,7 @@ impl IssuedTokens {
             .map(|path| load_key(path.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(IssuedTokens {
+            refresher: Arc::default(),
             issuer: issuer.to_owned(),
             lifetime,
             keys: ArcSwap::from_pointee(key_ring(keys)?),
@@ -227,6 +237,31 @@ impl IssuedTokens {
         self.issue_until(user, None)
     }
 
+    /// The directory lookups of tokens issued after an LDAP login: set its
+    /// directory (the LDAP authenticator) and settings.
+    pub fn refresher(&self) -> &Arc<super::refresh::Refresher> {
+        &self.refresher
+    }
+
+    /// Like [`IssuedTokens::issue_until`] for a user that logged in by
+    /// `source`: after an LDAP login the token's user is looked up in the
+    /// directory again while the token is used (see
+    /// [`super::refresh`]).
+    pub fn issue_from(
+        &self,
+        user: &UserInfo,
+        source: Source,
+        not_after: Option<SystemTime>,
+    ) -> Result<(String, SystemTime), AuthnError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let cap = not_after.map(|at| at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs());
+        let src = (source == Source::Ldap).then(|| FROM_LDAP.to_owned());
+        self.issue_at(user, now, cap, src)
+    }
+
     /// Issues a token for `user` that expires after the configured lifetime
     /// or at `not_after` (the source credential's expiry), whichever comes
     /// first. Fails with [`AuthnError::Invalid`] when `not_after` is less
@@ -241,7 +276,7 @@ impl IssuedTokens {
             .unwrap_or_default()
             .as_secs();
         let cap = not_after.map(|at| at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs());
-        self.issue_at(user, now, cap)
+        self.issue_at(user, now, cap, None)
     }
 
     fn issue_at(
@@ -249,6 +284,7 @@ impl IssuedTokens {
         user: &UserInfo,
         now: u64,
         not_after: Option<u64>,
+        src: Option<String>,
     ) -> Result<(String, SystemTime), AuthnError> {
         let mut exp = now.saturating_add(self.lifetime.as_secs());
         if let Some(cap) = not_after {
@@ -267,6 +303,7 @@ impl IssuedTokens {
             nbf: now,
             exp,
             user: user.clone(),
+            src,
         };
         let keys = self.keys.load();
         let mut header = Header::new(keys.signer.alg);
@@ -281,7 +318,7 @@ impl IssuedTokens {
         Ok((token, expiry(exp)))
     }
 
-    fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthnError> {
+    fn verify(&self, token: &str) -> Result<(Arc<Identity>, Option<String>), AuthnError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthnError::Invalid("malformed issued token".into()))?;
         let kid = header
@@ -302,27 +339,43 @@ impl IssuedTokens {
         validation.leeway = 5;
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|_| AuthnError::Invalid("issued token rejected".into()))?;
-        Ok(Identity::verified(
-            data.claims.user,
-            Verification {
-                source: Source::Issued,
-                expires_at: Some(expiry(data.claims.exp)),
-                audiences: Some(vec![data.claims.aud]),
-            },
+        Ok((
+            Identity::verified(
+                data.claims.user,
+                Verification {
+                    source: Source::Issued,
+                    expires_at: Some(expiry(data.claims.exp)),
+                    audiences: Some(vec![data.claims.aud]),
+                },
+            ),
+            data.claims.src,
         ))
     }
 }
 
 impl Authenticator for IssuedTokens {
     fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a> {
-        let result = match credential {
+        let verified = match credential {
             Credential::Bearer(token) => match crate::authn::oidc::peek_issuer(token.expose()) {
-                Some(iss) if iss == self.issuer => self.verify(token.expose()).map(Some),
-                _ => Ok(None),
+                Some(iss) if iss == self.issuer => self.verify(token.expose()),
+                _ => return Box::pin(std::future::ready(Ok(None))),
             },
-            _ => Ok(None),
+            _ => return Box::pin(std::future::ready(Ok(None))),
         };
-        Box::pin(std::future::ready(result))
+        let (identity, src) = match verified {
+            Ok(found) => found,
+            Err(error) => return Box::pin(std::future::ready(Err(error))),
+        };
+        if src.as_deref() != Some(FROM_LDAP) {
+            return Box::pin(std::future::ready(Ok(Some(identity))));
+        }
+        Box::pin(async move {
+            let now = self.refresher.refreshed(identity.user()).await?;
+            Ok(Some(Identity::verified(
+                now,
+                identity.verification().clone(),
+            )))
+        })
     }
 
     fn name(&self) -> &str {
@@ -379,8 +432,8 @@ mod tests {
             IssuedTokens::load("authproxy", &[&new, &old], Duration::from_secs(60)).unwrap();
         let (token_a, _) = replica_a.issue(&alice()).unwrap();
         let (token_b, _) = replica_b.issue(&alice()).unwrap();
-        assert_eq!(replica_b.verify(&token_a).unwrap().user(), &alice());
-        assert_eq!(replica_a.verify(&token_b).unwrap().user(), &alice());
+        assert_eq!(replica_b.verify(&token_a).unwrap().0.user(), &alice());
+        assert_eq!(replica_a.verify(&token_b).unwrap().0.user(), &alice());
         let rotated = IssuedTokens::load("authproxy", &[&new], Duration::from_secs(60)).unwrap();
         assert!(
             rotated.verify(&token_a).is_err(),
@@ -399,7 +452,7 @@ mod tests {
             .unwrap()
             .as_secs()
             - 3600;
-        let (expired, _) = tokens.issue_at(&alice(), an_hour_ago, None).unwrap();
+        let (expired, _) = tokens.issue_at(&alice(), an_hour_ago, None, None).unwrap();
         assert!(
             tokens.verify(&expired).is_err(),
             "an expired token must be refused"
@@ -419,6 +472,6 @@ mod tests {
         let tokens = IssuedTokens::load("authproxy", &[&key], Duration::MAX).unwrap();
         let (token, expires) = tokens.issue(&alice()).unwrap();
         assert!(expires > SystemTime::now());
-        assert_eq!(tokens.verify(&token).unwrap().user(), &alice());
+        assert_eq!(tokens.verify(&token).unwrap().0.user(), &alice());
     }
 }

@@ -11,6 +11,7 @@ pub mod issued;
 pub mod ldap;
 pub mod oidc;
 pub mod policy;
+pub mod refresh;
 pub mod secret_key;
 mod static_token;
 pub mod swap;

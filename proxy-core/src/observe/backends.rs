@@ -34,6 +34,8 @@ pub(crate) struct Sources {
     pub(crate) reviews: Vec<Arc<ReviewCounters>>,
     /// What session recording did.
     pub(crate) recordings: Vec<Arc<crate::observe::sessions::RecordingCounters>>,
+    /// Directory lookups of issued tokens' users.
+    pub(crate) refreshes: Vec<Arc<crate::authn::refresh::RefreshCounters>>,
 }
 
 /// Encodes the families of [`Sources`] at scrape time.
@@ -273,6 +275,24 @@ impl Collector for BackendFamilies {
                     counter(m, &[("result", result.label())], total)?;
                 }
                 Ok(())
+            },
+        )?;
+        let refreshes = &sources.refreshes;
+        family(
+            e,
+            "authproxy_issued_token_refreshes",
+            "Directory lookups of the users of tokens issued after an LDAP login, by result (found, gone: deleted or disabled, failed: the directory could not be asked)",
+            MetricType::Counter,
+            |m| {
+                if refreshes.is_empty() {
+                    return Ok(());
+                }
+                let sum = |f: fn(&crate::authn::refresh::RefreshCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
+                    refreshes.iter().map(|r| f(r).load(std::sync::atomic::Ordering::Relaxed)).sum()
+                };
+                counter(m, &[("result", "found")], sum(|r| &r.found))?;
+                counter(m, &[("result", "gone")], sum(|r| &r.gone))?;
+                counter(m, &[("result", "failed")], sum(|r| &r.failed))
             },
         )?;
         let recordings = &sources.recordings;

@@ -231,14 +231,7 @@ impl LdapAuthenticator {
         password: &Secret,
         attempt: &mut Attempt,
     ) -> Result<Option<UserInfo>, AuthnError> {
-        let filter = filter::fill(&self.user_filter, &[("username", username)]);
-        let mut attrs = vec![self.username_attr.clone()];
-        attrs.extend(self.uid_attr.clone());
-        attrs.extend(self.member_of.as_ref().map(|(attr, _)| attr.clone()));
-        let entries = self
-            .directory
-            .search(&self.user_base, &filter, attrs)
-            .await?;
+        let entries = self.find(username).await?;
         let [entry] = entries.as_slice() else {
             tracing::info!(
                 matches = entries.len(),
@@ -262,6 +255,30 @@ impl LdapAuthenticator {
                 return Ok(None);
             }
         }
+        if disabled(entry) {
+            tracing::info!("LDAP login: the account is disabled");
+            return Ok(None);
+        }
+        self.user_of(entry, username).await.map(Some)
+    }
+
+    /// The entries the user search finds for `username`, with the
+    /// attributes a login and a lookup read.
+    async fn find(&self, username: &str) -> Result<Vec<ldap3::SearchEntry>, AuthnError> {
+        let filter = filter::fill(&self.user_filter, &[("username", username)]);
+        let mut attrs = vec![self.username_attr.clone()];
+        attrs.extend(self.uid_attr.clone());
+        attrs.extend(self.member_of.as_ref().map(|(attr, _)| attr.clone()));
+        attrs.extend(DISABLED_ATTRIBUTES.iter().map(|a| (*a).to_owned()));
+        self.directory.search(&self.user_base, &filter, attrs).await
+    }
+
+    /// Who `entry` is: its name, uid and groups (found as `username`).
+    async fn user_of(
+        &self,
+        entry: &ldap3::SearchEntry,
+        username: &str,
+    ) -> Result<UserInfo, AuthnError> {
         let attr = |name: &str| entry.attrs.get(name).and_then(|v| v.first()).cloned();
         let name = attr(&self.username_attr).unwrap_or_else(|| username.to_owned());
         let mut groups: Vec<String> = Vec::new();
@@ -285,7 +302,7 @@ impl LdapAuthenticator {
         }
         groups.sort();
         groups.dedup();
-        Ok(Some(UserInfo {
+        Ok(UserInfo {
             username: name,
             uid: self.uid_attr.as_deref().and_then(attr),
             groups: groups
@@ -293,7 +310,25 @@ impl LdapAuthenticator {
                 .map(|g| format!("{}{g}", self.group_prefix))
                 .collect(),
             extra: Default::default(),
-        }))
+        })
+    }
+
+    /// Who `username` is in the directory now, without a password (the
+    /// service account searches): gone when the search does not find
+    /// exactly one entry, or the entry is disabled.
+    pub async fn lookup(
+        &self,
+        username: &str,
+    ) -> Result<crate::authn::refresh::DirectoryAnswer, AuthnError> {
+        use crate::authn::refresh::DirectoryAnswer;
+        let entries = self.find(username).await?;
+        let [entry] = entries.as_slice() else {
+            return Ok(DirectoryAnswer::Gone);
+        };
+        if disabled(entry) {
+            return Ok(DirectoryAnswer::Gone);
+        }
+        Ok(DirectoryAnswer::Found(self.user_of(entry, username).await?))
     }
 
     async fn authenticate_basic(
@@ -380,8 +415,91 @@ impl Authenticator for LdapAuthenticator {
     }
 }
 
+/// The attributes that say an account is disabled: OpenLDAP ppolicy's
+/// `pwdAccountLockedTime` (operational, so asked for by name), Active
+/// Directory's `userAccountControl` (the ACCOUNTDISABLE bit, 2), 389 and
+/// FreeIPA's `nsAccountLock`.
+const DISABLED_ATTRIBUTES: [&str; 3] = [
+    "pwdAccountLockedTime",
+    "userAccountControl",
+    "nsAccountLock",
+];
+
+/// Whether `entry` is a disabled account (see [`DISABLED_ATTRIBUTES`]).
+fn disabled(entry: &ldap3::SearchEntry) -> bool {
+    let values = |name: &'static str| {
+        entry
+            .attrs
+            .iter()
+            .filter(move |(attr, _)| attr.eq_ignore_ascii_case(name))
+            .flat_map(|(_, values)| values.iter())
+    };
+    values("pwdAccountLockedTime").next().is_some()
+        || values("nsAccountLock").any(|v| v.eq_ignore_ascii_case("true"))
+        || values("userAccountControl")
+            .any(|v| v.trim().parse::<u64>().is_ok_and(|flags| flags & 2 != 0))
+}
+
+impl crate::authn::refresh::Directory for LdapAuthenticator {
+    fn lookup<'a>(
+        &'a self,
+        username: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<crate::authn::refresh::DirectoryAnswer, AuthnError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(LdapAuthenticator::lookup(self, username))
+    }
+}
+
+/// Shares one LDAP authenticator as the directory of a [`crate::authn::refresh::Refresher`].
+#[derive(Debug, Clone)]
+pub struct SharedDirectory(pub std::sync::Arc<LdapAuthenticator>);
+
+impl crate::authn::refresh::Directory for SharedDirectory {
+    fn lookup<'a>(
+        &'a self,
+        username: &'a str,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<crate::authn::refresh::DirectoryAnswer, AuthnError>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(self.0.lookup(username))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn disabled_accounts_are_read_from_each_directory_kind() {
+        let entry = |attrs: &[(&str, &str)]| ldap3::SearchEntry {
+            dn: "uid=a,dc=x".into(),
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), vec![(*v).to_owned()]))
+                .collect(),
+            bin_attrs: Default::default(),
+        };
+        assert!(!super::disabled(&entry(&[("uid", "a")])));
+        assert!(super::disabled(&entry(&[(
+            "pwdAccountLockedTime",
+            "000001010000Z"
+        )])));
+        assert!(super::disabled(&entry(&[("nsaccountlock", "TRUE")])));
+        assert!(!super::disabled(&entry(&[("nsAccountLock", "false")])));
+        // Active Directory: ACCOUNTDISABLE (2) among NORMAL_ACCOUNT (512).
+        assert!(super::disabled(&entry(&[("userAccountControl", "514")])));
+        assert!(!super::disabled(&entry(&[("userAccountControl", "512")])));
+    }
+
     #[test]
     fn filter_metacharacters_are_escaped() {
         assert_eq!(ldap3::ldap_escape("*)(uid=*"), "\\2a\\29\\28uid=\\2a");
