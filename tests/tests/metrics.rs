@@ -260,9 +260,15 @@ async fn scripted_sequence_gives_exact_counters() -> anyhow::Result<()> {
         // Three logins reached the directory (the token request's good
         // password was answered from the login cache): a user search and a
         // bind each, and a group search for the one that succeeded, on the
-        // two pooled connections, each bound once as the service account.
+        // two pooled connections, each bound once as the service account;
+        // and the issued token's user was looked up again (a user search
+        // and a group search, no bind).
         (ldap_operations("bind"), 3.0),
-        (ldap_operations("search"), 4.0),
+        (ldap_operations("search"), 6.0),
+        (
+            "authproxy_issued_token_refreshes_total{result=\"found\"}".into(),
+            1.0,
+        ),
         (ldap_operations("service_bind"), 2.0),
         (
             "authproxy_ldap_pool_connections{state=\"idle\"}".into(),
