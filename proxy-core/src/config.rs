@@ -649,7 +649,12 @@ impl AuthenticationConfig {
             // Tokens issued after an LDAP login look their user up here.
             if let Some(issuer) = &issuer {
                 issuer.refresher().set_directory(Some(Box::new(
-                    crate::authn::ldap::SharedDirectory(authenticator.clone()),
+                    crate::authn::ldap::SharedDirectory {
+                        ldap: authenticator.clone(),
+                        allow_system_names: ldap
+                            .allow_system_names
+                            .unwrap_or(crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES),
+                    },
                 )));
             }
             authenticator.watch_bind_password(

@@ -456,9 +456,35 @@ impl crate::authn::refresh::Directory for LdapAuthenticator {
     }
 }
 
-/// Shares one LDAP authenticator as the directory of a [`crate::authn::refresh::Refresher`].
+/// `answer` as a login would take it: a user named with a `system:` user
+/// or group name is gone unless `allow_system_names`.
+fn with_login_policy(
+    answer: crate::authn::refresh::DirectoryAnswer,
+    allow_system_names: bool,
+) -> crate::authn::refresh::DirectoryAnswer {
+    use crate::authn::refresh::DirectoryAnswer;
+    match answer {
+        DirectoryAnswer::Found(user)
+            if !allow_system_names && crate::authn::policy::refuse_system_names(&user).is_err() =>
+        {
+            tracing::info!(user = %user.username, "the directory now names this user with a system: name; the session ends");
+            DirectoryAnswer::Gone
+        }
+        answer => answer,
+    }
+}
+
+/// Shares one LDAP authenticator as the directory of a
+/// [`crate::authn::refresh::Refresher`], with the login's policy: a user
+/// the directory now names with a `system:` user or group name is gone,
+/// unless `allow_system_names` (as a login of it would be refused).
 #[derive(Debug, Clone)]
-pub struct SharedDirectory(pub std::sync::Arc<LdapAuthenticator>);
+pub struct SharedDirectory {
+    /// The directory.
+    pub ldap: std::sync::Arc<LdapAuthenticator>,
+    /// The LDAP section's `allowSystemNames`.
+    pub allow_system_names: bool,
+}
 
 impl crate::authn::refresh::Directory for SharedDirectory {
     fn lookup<'a>(
@@ -472,12 +498,34 @@ impl crate::authn::refresh::Directory for SharedDirectory {
                 + 'a,
         >,
     > {
-        Box::pin(self.0.lookup(username))
+        Box::pin(async move {
+            let answer = self.ldap.lookup(username).await?;
+            Ok(with_login_policy(answer, self.allow_system_names))
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_refreshed_user_with_a_system_name_is_gone_unless_allowed() {
+        use crate::authn::refresh::DirectoryAnswer;
+        use crate::authn::UserInfo;
+        let user = UserInfo {
+            username: "carol".into(),
+            groups: vec!["devs".into(), "system:masters".into()],
+            ..UserInfo::default()
+        };
+        assert_eq!(
+            super::with_login_policy(DirectoryAnswer::Found(user.clone()), false),
+            DirectoryAnswer::Gone
+        );
+        assert_eq!(
+            super::with_login_policy(DirectoryAnswer::Found(user.clone()), true),
+            DirectoryAnswer::Found(user)
+        );
+    }
+
     #[test]
     fn disabled_accounts_are_read_from_each_directory_kind() {
         let entry = |attrs: &[(&str, &str)]| ldap3::SearchEntry {
