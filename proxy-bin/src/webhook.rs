@@ -257,6 +257,9 @@ async fn start_from(
     let throttled = Arc::new(ThrottleCounters::default());
     if let Some(metrics) = &metrics {
         metrics.observe_throttle("webhook", throttled.clone());
+        if let Some(issuer) = &live.issuer {
+            metrics.observe_refreshes(issuer.refresher().counters().clone());
+        }
     }
     let listener = TcpListener::bind(listen)
         .await

@@ -584,20 +584,6 @@ impl AuthenticationConfig {
             (Some(config), None) => Some(config.load_and_watch(prefix, base, reloading)?),
             (None, _) => None,
         };
-        if let (Some(issuer), Some(config)) = (&issuer, &self.issued_tokens) {
-            issuer
-                .refresher()
-                .set_settings(crate::authn::refresh::RefreshSettings {
-                    interval: config
-                        .refresh_interval
-                        .unwrap_or(crate::authn::refresh::DEFAULT_INTERVAL),
-                    grace: config
-                        .refresh_grace
-                        .unwrap_or(crate::authn::refresh::DEFAULT_GRACE),
-                });
-            // No directory unless LDAP is configured (set below).
-            issuer.refresher().set_directory(None);
-        }
         if self.client_certificates {
             chain.push(Arc::new(ClientCertificates));
         }
@@ -614,9 +600,7 @@ impl AuthenticationConfig {
                     })?;
             chain.push(tokens);
         }
-        if let Some(issuer) = &issuer {
-            chain.push(issuer.clone());
-        }
+        let mut ldap_authenticator = None;
         if let Some(ldap) = &self.ldap {
             let err = |field: &str, message: String| BuildError {
                 field: format!("{prefix}.ldap.{field}"),
@@ -646,27 +630,45 @@ impl AuthenticationConfig {
                 tls::client_config(roots, None, &[]).map_err(|e| err("caFile", e.to_string()))?;
             let authenticator =
                 Arc::new(crate::authn::LdapAuthenticator::new(ldap, client, password));
-            // Tokens issued after an LDAP login look their user up here.
-            if let Some(issuer) = &issuer {
-                issuer.refresher().set_directory(Some(Box::new(
-                    crate::authn::ldap::SharedDirectory {
-                        ldap: authenticator.clone(),
-                        allow_system_names: ldap
-                            .allow_system_names
-                            .unwrap_or(crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES),
-                    },
-                )));
-            }
             authenticator.watch_bind_password(
                 password_file,
                 reloading.interval,
                 reloading.reporter.clone(),
             );
-            chain.push(RefuseSystemNames::unless_allowed(
-                authenticator,
-                ldap.allow_system_names
-                    .unwrap_or(crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES),
+            let allow_system_names = ldap
+                .allow_system_names
+                .unwrap_or(crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES);
+            ldap_authenticator = Some((
+                authenticator.clone(),
+                RefuseSystemNames::unless_allowed(authenticator, allow_system_names),
+                allow_system_names,
             ));
+        }
+        // Issued tokens before LDAP, as before; tokens issued after an LDAP
+        // login look their user up in this chain's directory.
+        if let (Some(issuer), Some(config)) = (&issuer, &self.issued_tokens) {
+            let directory = ldap_authenticator.as_ref().map(|(ldap, _, allow)| {
+                Arc::new(crate::authn::ldap::SharedDirectory {
+                    ldap: ldap.clone(),
+                    allow_system_names: *allow,
+                }) as Arc<dyn crate::authn::refresh::Directory>
+            });
+            chain.push(Arc::new(
+                issuer.refreshing(crate::authn::refresh::Refreshing {
+                    directory,
+                    settings: crate::authn::refresh::RefreshSettings {
+                        interval: config
+                            .refresh_interval
+                            .unwrap_or(crate::authn::refresh::DEFAULT_INTERVAL),
+                        grace: config
+                            .refresh_grace
+                            .unwrap_or(crate::authn::refresh::DEFAULT_GRACE),
+                    },
+                }),
+            ));
+        }
+        if let Some((_, refusing, _)) = ldap_authenticator {
+            chain.push(refusing);
         }
         let entries = self.jwt_entries(prefix, base).map_err(|p| BuildError {
             field: p.field,

@@ -237,10 +237,21 @@ impl IssuedTokens {
         self.issue_until(user, None)
     }
 
-    /// The directory lookups of tokens issued after an LDAP login: set its
-    /// directory (the LDAP authenticator) and settings.
+    /// The directory answers for tokens issued after an LDAP login (kept
+    /// across reloads) and their counters.
     pub fn refresher(&self) -> &Arc<super::refresh::Refresher> {
         &self.refresher
+    }
+
+    /// These tokens as an authenticator that looks the users of tokens
+    /// issued after an LDAP login up again as `way` says (see
+    /// [`super::refresh`]). A chain holds one; a reload builds a new one
+    /// with the new chain, so a refused configuration changes nothing.
+    pub fn refreshing(self: &Arc<Self>, way: super::refresh::Refreshing) -> RefreshingIssued {
+        RefreshingIssued {
+            tokens: self.clone(),
+            way,
+        }
     }
 
     /// Like [`IssuedTokens::issue_until`] for a user that logged in by
@@ -353,6 +364,52 @@ impl IssuedTokens {
     }
 }
 
+/// [`IssuedTokens`] with the directory their LDAP users are looked up in
+/// again (made by [`IssuedTokens::refreshing`]).
+#[derive(Debug)]
+pub struct RefreshingIssued {
+    tokens: Arc<IssuedTokens>,
+    way: super::refresh::Refreshing,
+}
+
+impl Authenticator for RefreshingIssued {
+    fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a> {
+        let Credential::Bearer(token) = credential else {
+            return Box::pin(std::future::ready(Ok(None)));
+        };
+        match crate::authn::oidc::peek_issuer(token.expose()) {
+            Some(iss) if iss == self.tokens.issuer => {}
+            _ => return Box::pin(std::future::ready(Ok(None))),
+        }
+        let (identity, src) = match self.tokens.verify(token.expose()) {
+            Ok(found) => found,
+            Err(error) => return Box::pin(std::future::ready(Err(error))),
+        };
+        if src.as_deref() != Some(FROM_LDAP) {
+            return Box::pin(std::future::ready(Ok(Some(identity))));
+        }
+        Box::pin(async move {
+            let now = self
+                .tokens
+                .refresher
+                .refreshed(identity.user(), &self.way)
+                .await?;
+            Ok(Some(Identity::verified(
+                now,
+                identity.verification().clone(),
+            )))
+        })
+    }
+
+    fn name(&self) -> &str {
+        self.tokens.name()
+    }
+
+    fn counters(&self, found: &mut crate::counters::AuthnCounters) {
+        self.tokens.counters(found);
+    }
+}
+
 impl Authenticator for IssuedTokens {
     fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a> {
         let verified = match credential {
@@ -369,13 +426,12 @@ impl Authenticator for IssuedTokens {
         if src.as_deref() != Some(FROM_LDAP) {
             return Box::pin(std::future::ready(Ok(Some(identity))));
         }
-        Box::pin(async move {
-            let now = self.refresher.refreshed(identity.user()).await?;
-            Ok(Some(Identity::verified(
-                now,
-                identity.verification().clone(),
-            )))
-        })
+        // Without a directory to look the user up in (see
+        // [`IssuedTokens::refreshing`]), a token from an LDAP login is not
+        // taken on its word.
+        Box::pin(std::future::ready(Err(AuthnError::Invalid(
+            "the token's user came from a directory that is not configured here".into(),
+        ))))
     }
 
     fn name(&self) -> &str {

@@ -284,7 +284,13 @@ impl Directory {
         };
         drop(in_use);
         match result.success() {
-            Ok((entries, _)) => Ok(entries.into_iter().map(SearchEntry::construct).collect()),
+            // Search references (referrals) are not entries: left out
+            // (constructing an entry of one would panic).
+            Ok((entries, _)) => Ok(entries
+                .into_iter()
+                .filter(|e| !e.is_ref())
+                .map(SearchEntry::construct)
+                .collect()),
             Err(ldap3::LdapError::LdapResult { result }) if result.rc == 32 => Ok(Vec::new()), // noSuchObject
             Err(error) => Err(self.failed(kind_of(&error), error)),
         }

@@ -255,10 +255,7 @@ impl LdapAuthenticator {
                 return Ok(None);
             }
         }
-        if disabled(entry) {
-            tracing::info!("LDAP login: the account is disabled");
-            return Ok(None);
-        }
+        // A disabled account's bind is refused by the directory itself.
         self.user_of(entry, username).await.map(Some)
     }
 
@@ -416,9 +413,12 @@ impl Authenticator for LdapAuthenticator {
 }
 
 /// The attributes that say an account is disabled: OpenLDAP ppolicy's
-/// `pwdAccountLockedTime` (operational, so asked for by name), Active
-/// Directory's `userAccountControl` (the ACCOUNTDISABLE bit, 2), 389 and
-/// FreeIPA's `nsAccountLock`.
+/// `pwdAccountLockedTime` of `000001010000Z` (locked by an administrator
+/// until unlocked; any other value is a lockout after failed binds, which
+/// ends by itself and would let anyone who knows a name end that user's
+/// sessions), Active Directory's `userAccountControl` (the ACCOUNTDISABLE
+/// bit, 2), 389 and FreeIPA's `nsAccountLock: true`. Operational, so asked
+/// for by name; the service account must be allowed to read them.
 const DISABLED_ATTRIBUTES: [&str; 3] = [
     "pwdAccountLockedTime",
     "userAccountControl",
@@ -434,26 +434,10 @@ fn disabled(entry: &ldap3::SearchEntry) -> bool {
             .filter(move |(attr, _)| attr.eq_ignore_ascii_case(name))
             .flat_map(|(_, values)| values.iter())
     };
-    values("pwdAccountLockedTime").next().is_some()
+    values("pwdAccountLockedTime").any(|v| v.trim() == "000001010000Z")
         || values("nsAccountLock").any(|v| v.eq_ignore_ascii_case("true"))
         || values("userAccountControl")
             .any(|v| v.trim().parse::<u64>().is_ok_and(|flags| flags & 2 != 0))
-}
-
-impl crate::authn::refresh::Directory for LdapAuthenticator {
-    fn lookup<'a>(
-        &'a self,
-        username: &'a str,
-    ) -> std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<crate::authn::refresh::DirectoryAnswer, AuthnError>,
-                > + Send
-                + 'a,
-        >,
-    > {
-        Box::pin(LdapAuthenticator::lookup(self, username))
-    }
 }
 
 /// `answer` as a login would take it: a user named with a `system:` user
@@ -540,6 +524,11 @@ mod tests {
         assert!(super::disabled(&entry(&[(
             "pwdAccountLockedTime",
             "000001010000Z"
+        )])));
+        // A lockout after failed binds ends by itself: not a disabled account.
+        assert!(!super::disabled(&entry(&[(
+            "pwdAccountLockedTime",
+            "20261206051500Z"
         )])));
         assert!(super::disabled(&entry(&[("nsaccountlock", "TRUE")])));
         assert!(!super::disabled(&entry(&[("nsAccountLock", "false")])));
