@@ -40,6 +40,8 @@ impl std::fmt::Display for Problem {
     }
 }
 
+impl std::error::Error for Problem {}
+
 /// Adds a problem for each of `fields` (names below `prefix`) that is set
 /// to zero: intervals and timeouts where 0s would spin, or never wait.
 pub fn positive_durations(
