@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{json, Value};
@@ -51,16 +51,8 @@ impl Drop for JwtIssuer {
 /// `alg` (if given) set; made by node's crypto, as the key was.
 async fn public_jwk(key: &SigningKey, alg: Option<&str>) -> anyhow::Result<Value> {
     require_tool("node")?;
-    let script = "const c=require('crypto');const fs=require('fs');process.stdout.write(JSON.stringify(c.createPublicKey(fs.readFileSync(process.argv[1])).export({format:'jwk'})))";
-    let out = tokio::process::Command::new("node")
-        .args(["-e", script])
-        .arg(&key.path)
-        .output()
-        .await?;
-    if !out.status.success() {
-        bail!("node: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let mut jwk: Value = serde_json::from_slice(&out.stdout).context("node's JWK")?;
+    let exported = crate::oidc::public_key_export(key, "{format:'jwk'}").await?;
+    let mut jwk: Value = serde_json::from_str(&exported).context("node's JWK")?;
     jwk["kid"] = json!(key.kid);
     jwk["use"] = json!("sig");
     if let Some(alg) = alg {

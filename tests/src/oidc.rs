@@ -357,16 +357,27 @@ impl OidcProvider {
 
 /// The SPKI PEM public key of a signing key (for the HS256-with-public-key attack).
 pub async fn public_pem(key: &SigningKey) -> anyhow::Result<String> {
-    let script = "const c=require('crypto');const fs=require('fs');process.stdout.write(c.createPublicKey(fs.readFileSync(process.argv[1])).export({type:'spki',format:'pem'}))";
+    public_key_export(key, "{type:'spki',format:'pem'}").await
+}
+
+/// The public half of `key` as node's crypto exports it with `options`
+/// (`{format:'jwk'}`, `{type:'spki',format:'pem'}`).
+pub async fn public_key_export(key: &SigningKey, options: &str) -> anyhow::Result<String> {
+    let script = format!("const c=require('crypto');const fs=require('fs');process.stdout.write(JSON.stringify(c.createPublicKey(fs.readFileSync(process.argv[1])).export({options})))");
     let out = tokio::process::Command::new("node")
-        .args(["-e", script])
+        .args(["-e", &script])
         .arg(&key.path)
         .output()
         .await?;
     if !out.status.success() {
         bail!("node: {}", String::from_utf8_lossy(&out.stderr));
     }
-    Ok(String::from_utf8(out.stdout)?)
+    let text = String::from_utf8(out.stdout)?;
+    // A PEM comes back as a JSON string, a JWK as a JSON object.
+    Ok(match serde_json::from_str::<serde_json::Value>(&text)? {
+        serde_json::Value::String(pem) => pem,
+        other => other.to_string(),
+    })
 }
 
 fn attribute(tag: &str, name: &str) -> Option<String> {

@@ -282,12 +282,7 @@ impl IssuedTokens {
         user: &UserInfo,
         not_after: Option<SystemTime>,
     ) -> Result<(String, SystemTime), AuthnError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let cap = not_after.map(|at| at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs());
-        self.issue_at(user, now, cap, None)
+        self.issue_from(user, Source::Other, not_after)
     }
 
     fn issue_at(
