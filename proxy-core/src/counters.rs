@@ -731,3 +731,29 @@ mod tests {
         assert_eq!(c.fetches(), (1, 1));
     }
 }
+
+/// Counts of what recording did, for metrics.
+#[derive(Debug, Default)]
+pub struct RecordingCounters {
+    /// Sessions recorded (a file was created).
+    pub sessions: AtomicU64,
+    /// Sessions that were to be recorded and could not be (the file could
+    /// not be created).
+    pub failed: AtomicU64,
+    /// Bytes of sessions not recorded because a writer fell behind.
+    pub dropped_bytes: AtomicU64,
+    /// Recorded sessions part of whose stream could not be read (marked in
+    /// their recordings).
+    pub unreadable: AtomicU64,
+}
+
+/// Directory lookups by result, for metrics.
+#[derive(Debug, Default)]
+pub struct RefreshCounters {
+    /// The user is there.
+    pub found: AtomicU64,
+    /// The user is gone or disabled.
+    pub gone: AtomicU64,
+    /// The directory could not be asked.
+    pub failed: AtomicU64,
+}

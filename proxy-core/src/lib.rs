@@ -64,6 +64,7 @@ pub mod rate_limit;
 pub mod refusal;
 pub mod reload;
 pub mod status;
+mod tap;
 pub mod tls;
 pub mod tokenreview;
 pub mod tunnel;

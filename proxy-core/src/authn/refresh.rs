@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,16 +59,7 @@ impl Default for RefreshSettings {
     }
 }
 
-/// Directory lookups by result, for metrics.
-#[derive(Debug, Default)]
-pub struct RefreshCounters {
-    /// The user is there.
-    pub found: AtomicU64,
-    /// The user is gone or disabled.
-    pub gone: AtomicU64,
-    /// The directory could not be asked.
-    pub failed: AtomicU64,
-}
+pub use crate::counters::RefreshCounters;
 
 struct Answer {
     at: Instant,
@@ -305,6 +296,7 @@ fn apply(user: &UserInfo, answer: &Answer) -> Result<UserInfo, AuthnError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicU64;
 
     /// A directory whose answers the test sets, counting lookups (each
     /// takes a moment, so that requests can meet).

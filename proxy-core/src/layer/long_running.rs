@@ -155,10 +155,9 @@ where
         let recording = match (&self.recorder, upgrade) {
             (Some(recorder), true) => {
                 let identity = req.extensions().get::<Arc<Identity>>().cloned();
-                recorder.tap_for(&req, identity.as_deref()).map(|tap| {
-                    let kept = tap.clone();
-                    req.extensions_mut().insert(tap);
-                    kept
+                recorder.tap_for(&req, identity.as_deref()).inspect(|tap| {
+                    req.extensions_mut()
+                        .insert(crate::tap::UpgradeTaps(Arc::new(tap.clone())));
                 })
             }
             _ => None,

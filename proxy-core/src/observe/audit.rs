@@ -39,6 +39,10 @@ const WRITER_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 /// The key of the authenticator's name in the user's `extra` and annotations.
 pub const AUTHENTICATOR_KEY: &str = "authproxy.io/authenticator";
 
+/// The audit annotation naming an exec or attach session's recording (see
+/// [`super::sessions`]).
+pub const RECORDING_KEY: &str = "authproxy.io/session-recording";
+
 /// The key of the authentication's result in the annotations: `success`,
 /// `invalid`, `throttled`, `unavailable`, or `unclaimed` (no authenticator
 /// took the credential; the authenticator is then `none`).

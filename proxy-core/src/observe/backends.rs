@@ -33,9 +33,9 @@ pub(crate) struct Sources {
     /// The checks of callers' own impersonation, one set per API server.
     pub(crate) reviews: Vec<Arc<ReviewCounters>>,
     /// What session recording did.
-    pub(crate) recordings: Vec<Arc<crate::observe::sessions::RecordingCounters>>,
+    pub(crate) recordings: Vec<Arc<crate::counters::RecordingCounters>>,
     /// Directory lookups of issued tokens' users.
-    pub(crate) refreshes: Vec<Arc<crate::authn::refresh::RefreshCounters>>,
+    pub(crate) refreshes: Vec<Arc<crate::counters::RefreshCounters>>,
 }
 
 /// Encodes the families of [`Sources`] at scrape time.
@@ -287,7 +287,7 @@ impl Collector for BackendFamilies {
                 if refreshes.is_empty() {
                     return Ok(());
                 }
-                let sum = |f: fn(&crate::authn::refresh::RefreshCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
+                let sum = |f: fn(&crate::counters::RefreshCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
                     refreshes.iter().map(|r| f(r).load(std::sync::atomic::Ordering::Relaxed)).sum()
                 };
                 counter(m, &[("result", "found")], sum(|r| &r.found))?;
@@ -305,7 +305,7 @@ impl Collector for BackendFamilies {
                 if recordings.is_empty() {
                     return Ok(());
                 }
-                let sum = |f: fn(&crate::observe::sessions::RecordingCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
+                let sum = |f: fn(&crate::counters::RecordingCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
                     recordings.iter().map(|r| f(r).load(std::sync::atomic::Ordering::Relaxed)).sum()
                 };
                 counter(m, &[("result", "recorded")], sum(|r| &r.sessions))?;

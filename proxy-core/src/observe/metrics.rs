@@ -506,7 +506,7 @@ impl Metrics {
 
     /// Reports the directory lookups of issued tokens' users
     /// (`authproxy_issued_token_refreshes_total`).
-    pub fn observe_refreshes(&self, counters: Arc<crate::authn::refresh::RefreshCounters>) {
+    pub fn observe_refreshes(&self, counters: Arc<crate::counters::RefreshCounters>) {
         if let Ok(mut sources) = self.families.backends.sources.lock() {
             sources.refreshes.push(counters);
         }
@@ -514,7 +514,7 @@ impl Metrics {
 
     /// Reports what session recording does (`authproxy_session_recordings`,
     /// `authproxy_session_recording_dropped_bytes`).
-    pub fn observe_recordings(&self, counters: Arc<crate::observe::sessions::RecordingCounters>) {
+    pub fn observe_recordings(&self, counters: Arc<crate::counters::RecordingCounters>) {
         if let Ok(mut sources) = self.families.backends.sources.lock() {
             sources.recordings.push(counters);
         }

@@ -400,9 +400,7 @@ where
                             event.annotations.insert(RESULT_KEY, "unclaimed".into());
                         }
                         if let Some(path) = record.recording.get() {
-                            event
-                                .annotations
-                                .insert(sessions::RECORDING_KEY, path.clone());
+                            event.annotations.insert(audit::RECORDING_KEY, path.clone());
                         }
                         if info.long_running {
                             completion = Some((audit.clone(), event.clone()));

@@ -230,9 +230,7 @@ where
     let caller = hyper::upgrade::on(&mut req);
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
-    let recording = req
-        .extensions_mut()
-        .remove::<crate::observe::sessions::SessionTap>();
+    let recording = req.extensions_mut().remove::<crate::tap::UpgradeTaps>();
     let Some(protocol) = req
         .headers()
         .get(header::UPGRADE)
@@ -276,15 +274,13 @@ where
     }
     let tunnel = hyper::upgrade::on(&mut response);
     let cluster = agents.name().to_owned();
-    let taps = recording.and_then(|tap| tap.start(response.headers(), &protocol));
+    let taps = recording.and_then(|tap| tap.0.start(response.headers(), &protocol));
     tokio::spawn(async move {
         match tokio::try_join!(caller, tunnel) {
             Ok((caller, tunnel)) => {
                 let (from_client, from_server) = taps.unzip();
-                let mut caller =
-                    crate::observe::sessions::Tapped::new(TokioIo::new(caller), from_client);
-                let mut tunnel =
-                    crate::observe::sessions::Tapped::new(TokioIo::new(tunnel), from_server);
+                let mut caller = crate::tap::Tapped::new(TokioIo::new(caller), from_client);
+                let mut tunnel = crate::tap::Tapped::new(TokioIo::new(tunnel), from_server);
                 if let Err(error) = crate::upstream::join_upgraded(&mut caller, &mut tunnel).await {
                     tracing::debug!(%cluster, %error, "upgraded stream through the tunnel ended with an error");
                 }

@@ -750,9 +750,7 @@ where
     let caller = hyper::upgrade::on(&mut req);
     // Kept (a long-running permit, say) until the tunnel closes.
     let hold = req.extensions_mut().remove::<Hold>();
-    let recording = req
-        .extensions_mut()
-        .remove::<crate::observe::sessions::SessionTap>();
+    let recording = req.extensions_mut().remove::<crate::tap::UpgradeTaps>();
     let offered = req
         .headers()
         .get(http::header::UPGRADE)
@@ -774,7 +772,7 @@ where
     // The connection now belongs to the tunnel.
     checkin.discard();
     let upstream = hyper::upgrade::on(&mut response);
-    let taps = recording.and_then(|tap| tap.start(response.headers(), &offered));
+    let taps = recording.and_then(|tap| tap.0.start(response.headers(), &offered));
     tokio::spawn(async move {
         match tokio::try_join!(caller, upstream) {
             Ok((caller, upstream)) => {
@@ -794,7 +792,7 @@ where
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
-use crate::observe::sessions::Tapped;
+use crate::tap::Tapped;
 
 /// Bytes read at once from each end of an upgraded stream (exec, attach,
 /// port-forward, `kubectl cp`): a few full TLS records (and HTTP/2 frames

@@ -36,8 +36,7 @@ pub use cast::{Cast, CastEvent, CastHeader};
 use spdy::{SpdyParser, StreamKind};
 use websocket::WsParser;
 
-/// The audit annotation naming a session's recording.
-pub const RECORDING_KEY: &str = "authproxy.io/session-recording";
+pub use super::audit::RECORDING_KEY;
 
 /// A recording's size limit when `maxBytes` is not set: 64 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -122,20 +121,7 @@ impl SessionRecordingConfig {
     }
 }
 
-/// Counts of what recording did, for metrics.
-#[derive(Debug, Default)]
-pub struct RecordingCounters {
-    /// Sessions recorded (a file was created).
-    pub sessions: AtomicU64,
-    /// Sessions that were to be recorded and could not be (the file could
-    /// not be created).
-    pub failed: AtomicU64,
-    /// Bytes of sessions not recorded because a writer fell behind.
-    pub dropped_bytes: AtomicU64,
-    /// Recorded sessions part of whose stream could not be read (marked in
-    /// their recordings).
-    pub unreadable: AtomicU64,
-}
+pub use crate::counters::RecordingCounters;
 
 /// Decides which sessions are recorded and starts their recordings.
 #[derive(Debug)]
@@ -546,83 +532,18 @@ pub(crate) struct Tap {
     from_client: bool,
 }
 
-impl Tap {
-    /// Reads the next `bytes` of this direction.
-    pub(crate) fn read(&self, bytes: &[u8]) {
+impl crate::tap::ByteTap for Tap {
+    fn read(&self, bytes: &[u8]) {
         if let Ok(mut session) = self.session.lock() {
             session.read(self.from_client, bytes);
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// One end of an upgraded stream whose reads a [`Tap`] sees.
-    pub(crate) struct Tapped<T> {
-        #[pin]
-        inner: T,
-        tap: Option<Tap>,
-    }
-}
-
-impl<T> Tapped<T> {
-    /// `inner`, its reads shown to `tap` (when there is one).
-    pub(crate) fn new(inner: T, tap: Option<Tap>) -> Self {
-        Tapped { inner, tap }
-    }
-}
-
-impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Tapped<T> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let polled = this.inner.poll_read(cx, buf);
-        if let (std::task::Poll::Ready(Ok(())), Some(tap)) = (&polled, this.tap.as_ref()) {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                tap.read(new);
-            }
-        }
-        polled
-    }
-}
-
-impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Tapped<T> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+impl crate::tap::UpgradeTap for SessionTap {
+    fn start(&self, response: &HeaderMap, offered: &str) -> Option<crate::tap::Taps> {
+        let (client, server) = self.clone().start(response, offered)?;
+        Some((Box::new(client), Box::new(server)))
     }
 }
 

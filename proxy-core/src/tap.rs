@@ -1,0 +1,99 @@
+//! Seeing the bytes of an upgraded stream (exec, attach) as they pass
+//! between the caller and the API server, for whoever asked to (session
+//! recording): the forwarders know only this, not who looks.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+/// The two readers of a stream: the caller's bytes, the server's.
+pub(crate) type Taps = (Box<dyn ByteTap>, Box<dyn ByteTap>);
+
+/// Reads one direction of a stream as it passes; never blocks it.
+pub(crate) trait ByteTap: Send + Sync {
+    /// The next `bytes` of this direction.
+    fn read(&self, bytes: &[u8]);
+}
+
+/// Something that wants to see a stream once the API server switches
+/// protocols.
+pub(crate) trait UpgradeTap: Send + Sync {
+    /// The readers for a stream the server switched to with `response`
+    /// headers (`offered`: the caller's `Upgrade`); `None`: not this one.
+    fn start(&self, response: &HeaderMap, offered: &str) -> Option<Taps>;
+}
+
+/// The request extension a forwarder takes the [`UpgradeTap`] from.
+#[derive(Clone)]
+pub(crate) struct UpgradeTaps(pub(crate) Arc<dyn UpgradeTap>);
+
+pin_project_lite::pin_project! {
+    /// One end of an upgraded stream whose reads a [`ByteTap`] sees.
+    pub(crate) struct Tapped<T> {
+        #[pin]
+        inner: T,
+        tap: Option<Box<dyn ByteTap>>,
+    }
+}
+
+impl<T> Tapped<T> {
+    /// `inner`, its reads shown to `tap` (when there is one).
+    pub(crate) fn new(inner: T, tap: Option<Box<dyn ByteTap>>) -> Self {
+        Tapped { inner, tap }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Tapped<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        if let (std::task::Poll::Ready(Ok(())), Some(tap)) = (&polled, this.tap.as_ref()) {
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                tap.read(new);
+            }
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Tapped<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
