@@ -73,10 +73,21 @@ where
 }
 
 /// A loopback port free at the time of asking.
+/// A port is never handed out twice in one test process, so two tests that
+/// ask at once (and bind later) cannot be given the same one.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no loopback port left that this process has not handed out")
 }
 
 /// The users the tests log in as: (token, name, uid, groups).

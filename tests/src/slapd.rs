@@ -112,17 +112,33 @@ impl Slapd {
             .kill_on_drop(true)
             .spawn()
             .context("starting slapd")?;
+        let pid = child.id();
         self.child = Some(child);
         let ports = (self.ldap_port, self.ldaps_port);
+        let log = self.log_path();
+        let started_before = started_lines(&log);
+        // Ready when this slapd says it started (its listeners are bound) and
+        // both ports answer: a port that answers while our slapd has not
+        // started (or has exited) belongs to some other process.
         wait_for(
             Duration::from_secs(10),
             "slapd accepting connections",
-            || async move {
-                let a = tokio::net::TcpStream::connect(("127.0.0.1", ports.0)).await;
-                let b = tokio::net::TcpStream::connect(("127.0.0.1", ports.1)).await;
-                match (a, b) {
-                    (Ok(_), Ok(_)) => Ok(Some(())),
-                    (a, b) => Err(format!("ldap: {:?}, ldaps: {:?}", a.err(), b.err())),
+            || {
+                let log = log.clone();
+                async move {
+                    if !pid.is_some_and(running) {
+                        let text = std::fs::read_to_string(&log).unwrap_or_default();
+                        return Err(format!("slapd exited: {}", text.trim()));
+                    }
+                    if started_lines(&log) <= started_before {
+                        return Err("slapd has not said it started".to_owned());
+                    }
+                    let a = tokio::net::TcpStream::connect(("127.0.0.1", ports.0)).await;
+                    let b = tokio::net::TcpStream::connect(("127.0.0.1", ports.1)).await;
+                    match (a, b) {
+                        (Ok(_), Ok(_)) => Ok(Some(())),
+                        (a, b) => Err(format!("ldap: {:?}, ldaps: {:?}", a.err(), b.err())),
+                    }
                 }
             },
         )
@@ -263,4 +279,26 @@ impl Slapd {
         std::fs::write(&path, format!("{SERVICE_PASSWORD}\n"))?;
         Ok(path)
     }
+}
+
+/// How many times the log at `path` says slapd started.
+fn started_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .matches("slapd starting")
+        .count()
+}
+
+/// Whether process `pid` runs (exists and is not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let (_, after_name) = stat.rsplit_once(')')?;
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state != "Z")
+        })
+        .unwrap_or(false)
 }
