@@ -16,6 +16,7 @@ pub mod pki;
 pub mod prompt;
 pub mod readiness;
 pub mod reload;
+pub mod revocation;
 pub mod server;
 pub mod sessions;
 pub mod token_endpoint;

@@ -1174,3 +1174,135 @@ mod kubeconfig_tests {
         assert_eq!(parsed["users"][0]["user"]["exec"]["command"], "authproxy");
     }
 }
+
+/// The user whose login `authproxy login ldap` cached for `server` (named
+/// in the environment, or the last one who logged in there).
+fn known_user(server: &str) -> Option<String> {
+    username_from_env()
+        .or_else(|| {
+            let path = last_user_file(server).ok()?;
+            read_private(&path).map(|name| name.trim().to_owned())
+        })
+        .filter(|u| !u.is_empty())
+}
+
+/// The token of a cached `ExecCredential`, fresh or not.
+fn token_of(text: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(text).ok()?["status"]["token"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Sends `ask` to the proxy's revocation endpoint, as `bearer` when given;
+/// the proxy's message.
+async fn post_revocation(
+    server: &str,
+    ca: Option<&CaBundle>,
+    ask: &serde_json::Value,
+    bearer: Option<&str>,
+) -> anyhow::Result<String> {
+    let client: HttpsClient<Full<Bytes>> = https_client(ca)?;
+    let mut request = http::Request::post(format!(
+        "{}{}",
+        server.trim_end_matches('/'),
+        crate::revocation::REVOCATIONS_PATH
+    ))
+    .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = bearer {
+        let mut value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the credential holds characters a header cannot carry")?;
+        value.set_sensitive(true);
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    let request = request.body(Full::new(Bytes::from(ask.to_string())))?;
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .context("the proxy did not answer in 30s")??;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| status.to_string());
+    if !status.is_success() {
+        bail!("revocation refused ({}): {message}", status.as_u16());
+    }
+    Ok(message)
+}
+
+/// `authproxy logout`: revokes the token `login ldap` cached for `server`
+/// at the proxy and removes it from the cache. Says what it did.
+pub async fn logout(server: &str, ca: Option<&CaBundle>) -> anyhow::Result<String> {
+    let Some(user) = known_user(server) else {
+        return Ok(format!("not logged in at {server}"));
+    };
+    let path = cache_file(server, &user)?;
+    let _lock = lock_cache(&last_user_file(server)?).await?;
+    let Some(token) = read_private(&path).as_deref().and_then(token_of) else {
+        let _ = std::fs::remove_file(&path);
+        return Ok(format!("{user} is not logged in at {server}"));
+    };
+    let token = Zeroizing::new(token);
+    // An expired token needs no revocation: the proxy refuses it anyway.
+    let fresh = read_private(&path)
+        .is_some_and(|text| is_fresh_exec_credential(&text, SystemTime::now()));
+    let said = if fresh {
+        post_revocation(
+            server,
+            ca,
+            &serde_json::json!({"token": token.as_str()}),
+            None,
+        )
+        .await?
+    } else {
+        "the token had expired".to_owned()
+    };
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    if let Ok(last) = last_user_file(server) {
+        let _ = std::fs::remove_file(last);
+    }
+    Ok(format!("{user} logged out of {server}: {said}"))
+}
+
+/// What `authproxy tokens revoke` revokes.
+#[derive(Debug, Clone)]
+pub enum Revoke {
+    /// The session of this issued token (no other credential needed).
+    Token(Zeroizing<String>),
+    /// One session by its ID.
+    Session(String),
+    /// Every token of a user issued until now.
+    User(String),
+    /// Every token issued until this RFC 3339 time.
+    IssuedBefore(String),
+}
+
+/// `authproxy tokens revoke`: revokes `what` at the proxy, authenticated
+/// with `bearer` or else the login `login ldap` cached for `server` (a
+/// token's own session needs neither). The proxy's message.
+pub async fn revoke(
+    server: &str,
+    ca: Option<&CaBundle>,
+    what: Revoke,
+    bearer: Option<Zeroizing<String>>,
+) -> anyhow::Result<String> {
+    let ask = match &what {
+        Revoke::Token(token) => serde_json::json!({"token": token.as_str()}),
+        Revoke::Session(session) => serde_json::json!({"session": session}),
+        Revoke::User(user) => serde_json::json!({"user": user}),
+        Revoke::IssuedBefore(at) => serde_json::json!({"issuedBefore": at}),
+    };
+    let bearer = match (&what, bearer) {
+        (Revoke::Token(_), _) => None,
+        (_, Some(bearer)) => Some(bearer),
+        (_, None) => known_user(server)
+            .and_then(|user| cache_file(server, &user).ok())
+            .and_then(|path| cached(&path))
+            .and_then(|text| token_of(&text))
+            .map(Zeroizing::new),
+    };
+    if bearer.is_none() && !matches!(what, Revoke::Token(_)) {
+        bail!("no credential: set AUTHPROXY_BEARER_TOKEN, give --bearer-token-file, or log in with `authproxy login ldap` first");
+    }
+    post_revocation(server, ca, &ask, bearer.as_deref().map(String::as_str)).await
+}

@@ -126,6 +126,24 @@ enum Command {
     /// with the cluster's token and serve the requests it sends through the
     /// tunnel to this cluster's API server.
     Agent(authproxy::agent::AgentArgs),
+    /// Revoke the token `authproxy login ldap` keeps for a proxy, and
+    /// forget it: the next kubectl command asks for a login again.
+    Logout {
+        /// The proxy's URL.
+        #[arg(long)]
+        server: String,
+        /// CA bundle of the proxy's certificate.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// The proxy's CA bundle as base64 of its PEM (instead of --ca-file).
+        #[arg(long)]
+        ca_data: Option<String>,
+    },
+    /// Tokens the proxy issued (`issuedTokens`).
+    Tokens {
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
     /// Recorded exec and attach sessions (`sessionRecording`).
     Sessions {
         #[command(subcommand)]
@@ -137,6 +155,43 @@ enum Command {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Revoke issued tokens on every replica and webhook
+    /// (`issuedTokens.revocation`). A token's own session needs only the
+    /// token; anything else needs a credential whose user kube lets create
+    /// `revocations.authproxy.io` in the store's namespace.
+    Revoke {
+        /// The proxy's URL.
+        #[arg(long)]
+        server: String,
+        /// CA bundle of the proxy's certificate.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// The proxy's CA bundle as base64 of its PEM (instead of --ca-file).
+        #[arg(long)]
+        ca_data: Option<String>,
+        /// Revoke the issued token in this file (its session).
+        #[arg(long, group = "what")]
+        token_file: Option<PathBuf>,
+        /// Revoke one session by its ID (the token's `sid`).
+        #[arg(long, group = "what")]
+        session: Option<String>,
+        /// Revoke every token of this user issued until now.
+        #[arg(long, group = "what")]
+        user: Option<String>,
+        /// Revoke every token issued until this time (RFC 3339, e.g.
+        /// 2026-12-06T10:00:00Z).
+        #[arg(long, group = "what")]
+        issued_before: Option<String>,
+        /// The credential to revoke with: a bearer token in this file (else
+        /// AUTHPROXY_BEARER_TOKEN, else the login `authproxy login ldap`
+        /// keeps for the server).
+        #[arg(long)]
+        bearer_token_file: Option<PathBuf>,
     },
 }
 
@@ -352,6 +407,60 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             });
             running.wait().await;
+            Ok(())
+        }
+        Command::Logout {
+            server,
+            ca_file,
+            ca_data,
+        } => {
+            let ca = authproxy::login::CaBundle::from_args(ca_file.as_deref(), ca_data.as_deref())?;
+            eprintln!("{}", authproxy::login::logout(&server, ca.as_ref()).await?);
+            Ok(())
+        }
+        Command::Tokens {
+            command:
+                TokensCommand::Revoke {
+                    server,
+                    ca_file,
+                    ca_data,
+                    token_file,
+                    session,
+                    user,
+                    issued_before,
+                    bearer_token_file,
+                },
+        } => {
+            use authproxy::login::Revoke;
+            use zeroize::Zeroizing;
+            let ca = authproxy::login::CaBundle::from_args(ca_file.as_deref(), ca_data.as_deref())?;
+            let read_token = |path: &std::path::Path| -> anyhow::Result<Zeroizing<String>> {
+                let text = Zeroizing::new(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                );
+                Ok(Zeroizing::new(text.trim().to_owned()))
+            };
+            let what = match (token_file, session, user, issued_before) {
+                (Some(path), ..) => Revoke::Token(read_token(&path)?),
+                (_, Some(session), ..) => Revoke::Session(session),
+                (_, _, Some(user), _) => Revoke::User(user),
+                (_, _, _, Some(at)) => Revoke::IssuedBefore(at),
+                _ => anyhow::bail!(
+                    "name what to revoke: --token-file, --session, --user or --issued-before"
+                ),
+            };
+            let bearer = match bearer_token_file {
+                Some(path) => Some(read_token(&path)?),
+                None => std::env::var("AUTHPROXY_BEARER_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .map(|t| Zeroizing::new(t.trim().to_owned())),
+            };
+            println!(
+                "{}",
+                authproxy::login::revoke(&server, ca.as_ref(), what, bearer).await?
+            );
             Ok(())
         }
         Command::Login {

@@ -214,10 +214,8 @@ fn answer(metrics: &Metrics, health: &Health, req: &Request<Incoming>) -> Respon
             )
         }
         "/readyz" => {
-            return match health.readiness.check() {
-                Ok(()) => crate::server::plain(StatusCode::OK, "ok"),
-                Err(why) => crate::server::plain_owned(StatusCode::SERVICE_UNAVAILABLE, why),
-            }
+            let (status, text) = health.readiness.answer();
+            return crate::server::plain_owned(status, text);
         }
         _ => {}
     }

@@ -134,6 +134,8 @@ pub struct Readiness {
     chain: Chain,
     upstreams: Arc<Vec<Watched>>,
     _checks: Arc<Vec<Check>>,
+    /// The revocation store, kept watched while this lives.
+    revocation: Option<Arc<crate::revocation::Revocation>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -261,6 +263,24 @@ impl Readiness {
             chain,
             upstreams: Arc::new(upstreams.watched),
             _checks: Arc::new(upstreams.checks),
+            revocation: None,
+        }
+    }
+
+    /// Also says how the revocation store stands: not ready before the
+    /// revocations have been listed once (unless configured otherwise);
+    /// ready, with a word, while the store cannot be reached.
+    pub fn with_revocation(mut self, revocation: Option<Arc<crate::revocation::Revocation>>) -> Self {
+        self.revocation = revocation;
+        self
+    }
+
+    /// The answer to `/readyz`: the status and its text.
+    pub fn answer(&self) -> (http::StatusCode, String) {
+        match self.check() {
+            Ok(None) => (http::StatusCode::OK, "ok".into()),
+            Ok(Some(note)) => (http::StatusCode::OK, format!("ok; {note}")),
+            Err(why) => (http::StatusCode::SERVICE_UNAVAILABLE, why),
         }
     }
 
@@ -269,10 +289,19 @@ impl Readiness {
         Self::new(chain, Upstreams::default())
     }
 
-    /// `Ok` when ready; else why not, in words for `/readyz`.
-    pub fn check(&self) -> Result<(), String> {
+    /// `Ok` when ready (with a note on what is degraded but still
+    /// serving); else why not, in words for `/readyz`.
+    pub fn check(&self) -> Result<Option<String>, String> {
         if !self.chain.is_ready() {
             return Err("not ready: authenticators are still loading".into());
+        }
+        let mut note = None;
+        if let Some(revocation) = &self.revocation {
+            match revocation.revocations().trouble() {
+                Some((why, true)) => return Err(format!("not ready: {why}")),
+                Some((why, false)) => note = Some(why),
+                None => {}
+            }
         }
         let troubles: Vec<String> = self
             .upstreams
@@ -301,7 +330,7 @@ impl Readiness {
             })
             .collect();
         if troubles.is_empty() {
-            Ok(())
+            Ok(note)
         } else {
             Err(format!("not ready: {}", troubles.join("; ")))
         }

@@ -45,6 +45,9 @@ pub struct LiveAuthentication {
     pub chain: Arc<SwappableChain>,
     /// The token issuer, kept across rebuilds (its key files are watched).
     pub issuer: Option<Arc<IssuedTokens>>,
+    /// The revocation store the issuer's tokens are checked against, watched
+    /// while this lives (`issuedTokens.revocation`; read at start).
+    pub revocation: Option<Arc<crate::revocation::Revocation>>,
     /// Metrics that instrument each rebuilt chain and count reloads.
     pub metrics: Option<Metrics>,
     /// How files are watched.
@@ -69,6 +72,13 @@ impl LiveAuthentication {
             config
                 .authentication
                 .build_reloading("authentication", base, &reloading, None)?;
+        let revocation = match &issuer {
+            Some(issuer) => crate::revocation::start(config, base, issuer)?,
+            None => None,
+        };
+        if let (Some(metrics), Some(revocation)) = (&metrics, &revocation) {
+            metrics.observe_revocations(revocation.revocations().counters().clone());
+        }
         let chain = instrument(&metrics, chain);
         let swappable = SwappableChain::new(chain);
         let outer = Chain::new(vec![swappable.clone()]);
@@ -80,6 +90,7 @@ impl LiveAuthentication {
             LiveAuthentication {
                 chain: swappable,
                 issuer,
+                revocation,
                 metrics,
                 reloading,
             },

@@ -438,7 +438,8 @@ impl Proxy {
             kubeconfig: Arc::new(kubeconfig),
             stack,
             metrics,
-            readiness: crate::readiness::Readiness::new(chain.clone(), checks),
+            readiness: crate::readiness::Readiness::new(chain.clone(), checks)
+                .with_revocation(live.revocation.clone()),
             chain,
             live,
             token_endpoint,
@@ -476,10 +477,8 @@ impl Proxy {
                 return Ok(self.kubeconfig.answer(host.as_deref()));
             }
             "/readyz" => {
-                return Ok(match self.readiness.check() {
-                    Ok(()) => plain(StatusCode::OK, "ok"),
-                    Err(why) => plain_owned(StatusCode::SERVICE_UNAVAILABLE, why),
-                })
+                let (status, text) = self.readiness.answer();
+                return Ok(plain_owned(status, text));
             }
             _ => {}
         }
@@ -521,6 +520,27 @@ impl Proxy {
             .is_some_and(ConnectionSlot::is_agent_only);
         if agent_only {
             return Ok(crate::agent::agents_only());
+        }
+        if req.uri().path() == crate::revocation::REVOCATIONS_PATH {
+            return Ok(match &self.live.revocation {
+                Some(revocation) => {
+                    // Through the observe layer: counted and audited.
+                    let service = RevocationService {
+                        revocation: revocation.clone(),
+                        chain: self.chain.clone(),
+                    };
+                    return self.stack.around(service).call(req).await;
+                }
+                None => {
+                    read_some(req.into_body()).await;
+                    Status::failure(
+                        StatusCode::NOT_FOUND,
+                        Reason::NotFound,
+                        "revocation is not enabled (issuedTokens.revocation)",
+                    )
+                    .into_response()
+                }
+            });
         }
         if req.uri().path() == TOKEN_PATH {
             return Ok(match &self.token_endpoint {
@@ -582,6 +602,33 @@ impl Service<Request<Incoming>> for TokenService {
             }
             Ok(response)
         })
+    }
+}
+
+/// The revocation endpoint as a service, so the observe layer can wrap it.
+#[derive(Clone)]
+struct RevocationService {
+    revocation: Arc<crate::revocation::Revocation>,
+    chain: Chain,
+}
+
+impl Service<Request<Incoming>> for RevocationService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let service = self.clone();
+        Box::pin(async move { Ok(service.revocation.answer(req, &service.chain).await) })
     }
 }
 

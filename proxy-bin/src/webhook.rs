@@ -51,6 +51,8 @@ pub struct Webhook {
     /// `ClientCertRecheck`), not only the handshake.
     require_client_cert: bool,
     metrics: Option<proxy_core::observe::metrics::Metrics>,
+    /// The revocation store, kept watched while the webhook serves.
+    _revocation: Option<Arc<crate::revocation::Revocation>>,
 }
 
 fn throttled(retry_after_secs: u64) -> Response<ProxyBody> {
@@ -277,6 +279,7 @@ async fn start_from(
         allowed_client_names: config.webhook.allowed_client_names.clone().into(),
         require_client_cert: verified,
         metrics: metrics.clone(),
+        _revocation: live.revocation.clone(),
     };
     let mut running = serve_with_limits(
         listener,
@@ -290,7 +293,7 @@ async fn start_from(
             config.metrics.as_ref(),
             base,
             metrics,
-            crate::readiness::Readiness::of_chain(ready),
+            crate::readiness::Readiness::of_chain(ready).with_revocation(live.revocation.clone()),
             &live.reloading,
         )
         .await?;

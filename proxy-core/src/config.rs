@@ -211,6 +211,73 @@ pub struct IssuedTokensConfig {
     /// With the directory down, how long its last answer holds (default 5m).
     #[serde(default, with = "humantime_serde")]
     pub refresh_grace: Option<Duration>,
+    /// Where revocations are kept and watched (none: tokens cannot be
+    /// revoked, only their signing key removed).
+    pub revocation: Option<RevocationConfig>,
+}
+
+/// `issuedTokens.revocation`: the revocation store, ConfigMaps in a
+/// namespace of the Kubernetes API (see [`crate::authn::revocation::store`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RevocationConfig {
+    /// The namespace of the store (default: the namespace the proxy runs in,
+    /// from its service account).
+    pub namespace: Option<String>,
+    /// A kubeconfig to reach the store's API server (default: the
+    /// `upstream` section, the API server the proxy forwards to).
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig's context (default: its current context).
+    pub context: Option<String>,
+    /// Take issued tokens before the revocations have been read once
+    /// (default false: until then they are refused as unavailable, and
+    /// `/readyz` says why).
+    #[serde(default)]
+    pub serve_before_first_list: bool,
+}
+
+/// kube's DNS-1123 label, which a namespace name is: at most 63 lower-case
+/// letters, digits and `-`, starting and ending with a letter or digit.
+fn is_namespace_name(name: &str) -> bool {
+    let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    name.len() <= 63
+        && ends(name.chars().next())
+        && ends(name.chars().last())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Where a pod's namespace is written by Kubernetes.
+pub const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+impl RevocationConfig {
+    /// The namespace: set, or the pod's own.
+    pub fn namespace(&self) -> Option<String> {
+        self.namespace.clone().or_else(|| {
+            std::fs::read_to_string(POD_NAMESPACE_FILE)
+                .ok()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+        })
+    }
+
+    /// Problems in the section, `prefix` being its path.
+    pub fn problems(&self, prefix: &str) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match self.namespace() {
+            None => problems.push(problem(
+                format!("{prefix}.namespace"),
+                format!("is required outside a pod (no {POD_NAMESPACE_FILE})"),
+            )),
+            Some(ns) if !is_namespace_name(&ns) => problems.push(problem(
+                format!("{prefix}.namespace"),
+                format!("{ns:?} is not a namespace name (a DNS label)"),
+            )),
+            Some(_) => {}
+        }
+        problems
+    }
 }
 
 /// Logins exchanged for issued tokens when `issuedTokens.exchangeFrom` is unset.
@@ -265,6 +332,9 @@ impl IssuedTokensConfig {
                 ("refreshGrace", self.refresh_grace),
             ],
         );
+        if let Some(revocation) = &self.revocation {
+            problems.extend(revocation.problems(&format!("{prefix}.revocation")));
+        }
         for (i, source) in self.exchange_from.iter().flatten().enumerate() {
             if matches!(source, Source::Issued | Source::Other) {
                 problems.push(problem(

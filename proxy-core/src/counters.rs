@@ -757,3 +757,23 @@ pub struct RefreshCounters {
     /// The directory could not be asked.
     pub failed: AtomicU64,
 }
+
+/// Counters and gauges of the revocation set, for metrics.
+#[derive(Debug, Default)]
+pub struct RevocationCounters {
+    /// Revocations known (entries, not yet expired).
+    pub known: AtomicU64,
+    /// 1 while the store is watched, 0 while it cannot be reached.
+    pub store_up: AtomicBool,
+    /// Revocations this process wrote, by kind: session, user, all.
+    pub written: [AtomicU64; 3],
+    /// Sum of the delays (milliseconds) between a revocation being made and
+    /// this process learning it from the store.
+    pub lag_ms_sum: AtomicU64,
+    /// How many delays are in `lag_ms_sum`.
+    pub lag_count: AtomicU64,
+    /// The longest such delay seen, in milliseconds.
+    pub lag_ms_max: AtomicU64,
+    /// Issued tokens refused as revoked.
+    pub refused: AtomicU64,
+}

@@ -53,6 +53,46 @@ struct Claims {
     /// again there (`ldap`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     src: Option<String>,
+    /// The session the token belongs to (what a revocation names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
+}
+
+/// What a verified token says beyond its identity.
+struct Verified {
+    identity: Arc<Identity>,
+    src: Option<String>,
+    sid: Option<String>,
+    iat: u64,
+    exp: u64,
+}
+
+/// An issued token's session, as [`IssuedTokens::session_of`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSession {
+    /// The session ID (`sid`); `None` for a token issued before sessions.
+    pub session: Option<String>,
+    /// The token's user.
+    pub user: String,
+    /// When it was issued (seconds since the epoch).
+    pub issued_at: u64,
+    /// When it expires (seconds since the epoch).
+    pub expires: u64,
+}
+
+/// A new session ID: 128 random bits, URL-safe base64 (22 characters).
+fn new_session() -> Result<String, AuthnError> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(|_| {
+        AuthnError::Unavailable {
+            backend: "token issuer".into(),
+            reason: "no randomness for a session ID".into(),
+        }
+    })?;
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        bytes,
+    ))
 }
 
 /// The `src` of a token issued after an LDAP login.
@@ -72,6 +112,8 @@ pub struct IssuedTokens {
     watch: std::sync::Mutex<Option<FileWatch>>,
     /// Who the users of tokens issued after an LDAP login are now.
     refresher: Arc<super::refresh::Refresher>,
+    /// The revocations in force (none until [`IssuedTokens::use_revocations`]).
+    revocations: ArcSwap<super::revocation::Revocations>,
 }
 
 impl std::fmt::Debug for IssuedTokens {
@@ -170,6 +212,7 @@ impl IssuedTokens {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(IssuedTokens {
             refresher: Arc::default(),
+            revocations: ArcSwap::from_pointee(Default::default()),
             issuer: issuer.to_owned(),
             lifetime,
             keys: ArcSwap::from_pointee(key_ring(keys)?),
@@ -235,6 +278,28 @@ impl IssuedTokens {
     /// Issues a token for `user`; returns it with its expiry.
     pub fn issue(&self, user: &UserInfo) -> Result<(String, SystemTime), AuthnError> {
         self.issue_until(user, None)
+    }
+
+    /// Checks every token against `revocations` from now on.
+    pub fn use_revocations(&self, revocations: Arc<super::revocation::Revocations>) {
+        self.revocations.store(revocations);
+    }
+
+    /// The revocations tokens are checked against.
+    pub fn revocations(&self) -> Arc<super::revocation::Revocations> {
+        self.revocations.load_full()
+    }
+
+    /// The session of `token`, which must be one of these tokens (its
+    /// signature, issuer and expiry checked; revoked or not).
+    pub fn session_of(&self, token: &str) -> Result<TokenSession, AuthnError> {
+        let verified = self.verify_signed(token)?;
+        Ok(TokenSession {
+            session: verified.sid,
+            user: verified.identity.user().username.clone(),
+            issued_at: verified.iat,
+            expires: verified.exp,
+        })
     }
 
     /// The directory answers for tokens issued after an LDAP login (kept
@@ -310,6 +375,7 @@ impl IssuedTokens {
             exp,
             user: user.clone(),
             src,
+            sid: Some(new_session()?),
         };
         let keys = self.keys.load();
         let mut header = Header::new(keys.signer.alg);
@@ -324,7 +390,27 @@ impl IssuedTokens {
         Ok((token, expiry(exp)))
     }
 
+    /// Verifies `token` and checks it against the revocations: `(identity,
+    /// src)`.
     fn verify(&self, token: &str) -> Result<(Arc<Identity>, Option<String>), AuthnError> {
+        let verified = self.verify_signed(token)?;
+        match self.revocations.load().check(
+            verified.sid.as_deref(),
+            &verified.identity.user().username,
+            verified.iat,
+        ) {
+            Ok(()) => Ok((verified.identity, verified.src)),
+            Err(super::revocation::Refusal::Revoked) => {
+                Err(AuthnError::Invalid("issued token revoked".into()))
+            }
+            Err(super::revocation::Refusal::NotListed) => Err(AuthnError::Unavailable {
+                backend: "revocation store".into(),
+                reason: "the revocations have not been read yet".into(),
+            }),
+        }
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Verified, AuthnError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthnError::Invalid("malformed issued token".into()))?;
         let kid = header
@@ -345,17 +431,28 @@ impl IssuedTokens {
         validation.leeway = 5;
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|_| AuthnError::Invalid("issued token rejected".into()))?;
-        Ok((
-            Identity::verified(
-                data.claims.user,
+        let claims = data.claims;
+        if claims
+            .sid
+            .as_deref()
+            .is_some_and(|sid| !super::revocation::valid_session(sid))
+        {
+            return Err(AuthnError::Invalid("issued token with a malformed session".into()));
+        }
+        Ok(Verified {
+            identity: Identity::verified(
+                claims.user,
                 Verification {
                     source: Source::Issued,
-                    expires_at: Some(expiry(data.claims.exp)),
-                    audiences: Some(vec![data.claims.aud]),
+                    expires_at: Some(expiry(claims.exp)),
+                    audiences: Some(vec![claims.aud]),
                 },
             ),
-            data.claims.src,
-        ))
+            src: claims.src,
+            sid: claims.sid,
+            iat: claims.iat,
+            exp: claims.exp,
+        })
     }
 }
 
@@ -514,6 +611,48 @@ mod tests {
             tokens.verify(&foreign).is_err(),
             "another issuer's token must be refused"
         );
+    }
+
+    #[test]
+    fn every_token_has_its_own_session_and_a_revoked_one_is_refused() {
+        use crate::authn::revocation::{Entry, Revoked, Revocations};
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path(), "k.pem", false);
+        let tokens = IssuedTokens::load("authproxy", &[&key], Duration::from_secs(60)).unwrap();
+        let (first, _) = tokens.issue(&alice()).unwrap();
+        let (second, _) = tokens.issue(&alice()).unwrap();
+        let (a, b) = (tokens.session_of(&first).unwrap(), tokens.session_of(&second).unwrap());
+        assert_ne!(a.session, b.session);
+        assert_eq!(a.session.as_deref().map(str::len), Some(22));
+        assert_eq!(a.user, "alice");
+        let set = Arc::new(Revocations::new(true, false));
+        tokens.use_revocations(set.clone());
+        assert!(
+            matches!(tokens.verify(&first), Err(AuthnError::Unavailable { .. })),
+            "nothing is taken before the revocations are known"
+        );
+        set.store_reached();
+        set.add(&Entry {
+            revoked: Revoked::Session {
+                session: a.session.clone().unwrap(),
+            },
+            at_ms: 0,
+            expires: a.expires,
+            by: "token".into(),
+        });
+        assert!(matches!(tokens.verify(&first), Err(AuthnError::Invalid(_))));
+        assert!(tokens.verify(&second).is_ok(), "another session of the user");
+        assert!(tokens.session_of(&first).is_ok(), "a revoked token still names its session");
+        set.add(&Entry {
+            revoked: Revoked::User {
+                user: "alice".into(),
+                before: b.issued_at,
+            },
+            at_ms: 0,
+            expires: b.expires,
+            by: "admin".into(),
+        });
+        assert!(tokens.verify(&second).is_err(), "every session of the user");
     }
 
     #[test]

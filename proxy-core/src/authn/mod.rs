@@ -12,6 +12,7 @@ pub mod ldap;
 pub mod oidc;
 pub mod policy;
 pub mod refresh;
+pub mod revocation;
 pub mod secret_key;
 mod static_token;
 pub mod swap;

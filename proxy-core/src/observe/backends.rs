@@ -36,6 +36,8 @@ pub(crate) struct Sources {
     pub(crate) recordings: Vec<Arc<crate::counters::RecordingCounters>>,
     /// Directory lookups of issued tokens' users.
     pub(crate) refreshes: Vec<Arc<crate::counters::RefreshCounters>>,
+    /// The revocation set of issued tokens.
+    pub(crate) revocations: Vec<Arc<crate::counters::RevocationCounters>>,
 }
 
 /// Encodes the families of [`Sources`] at scrape time.
@@ -295,6 +297,102 @@ impl Collector for BackendFamilies {
                 counter(m, &[("result", "failed")], sum(|r| &r.failed))
             },
         )?;
+        let revocations = &sources.revocations;
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let sum = |f: fn(&crate::counters::RevocationCounters) -> u64| -> u64 {
+                revocations.iter().map(|r| f(r)).sum()
+            };
+            family(
+                e,
+                "authproxy_revocations_known",
+                "Revocations of issued tokens this process knows (not yet expired)",
+                MetricType::Gauge,
+                |m| {
+                    if revocations.is_empty() {
+                        return Ok(());
+                    }
+                    gauge(m, &[], sum(|r| r.known.load(Relaxed)) as i64)
+                },
+            )?;
+            family(
+                e,
+                "authproxy_revocation_store_up",
+                "1 while the revocation store is listed and watched, 0 while it cannot be reached (the last known revocations stay in force)",
+                MetricType::Gauge,
+                |m| {
+                    if revocations.is_empty() {
+                        return Ok(());
+                    }
+                    gauge(m, &[], sum(|r| u64::from(r.store_up.load(Relaxed))) as i64)
+                },
+            )?;
+            family(
+                e,
+                "authproxy_revocations_written",
+                "Revocations this process wrote to the store, by kind (session, user, all)",
+                MetricType::Counter,
+                |m| {
+                    if revocations.is_empty() {
+                        return Ok(());
+                    }
+                    for (i, kind) in ["session", "user", "all"].into_iter().enumerate() {
+                        let total: u64 = revocations.iter().map(|r| r.written[i].load(Relaxed)).sum();
+                        counter(m, &[("kind", kind)], total)?;
+                    }
+                    Ok(())
+                },
+            )?;
+            family(
+                e,
+                "authproxy_revocations_learned",
+                "Revocations made elsewhere (or here) that this process learned from the store's watch",
+                MetricType::Counter,
+                |m| {
+                    if revocations.is_empty() {
+                        return Ok(());
+                    }
+                    counter(m, &[], sum(|r| r.lag_count.load(Relaxed)))
+                },
+            )?;
+            family(
+                e,
+                "authproxy_revocation_lag_milliseconds",
+                "Total delay, in milliseconds, between revocations being made and this process learning them (divide by authproxy_revocations_learned for the mean)",
+                MetricType::Counter,
+                |m| {
+                    if revocations.is_empty() {
+                        return Ok(());
+                    }
+                    counter(m, &[], sum(|r| r.lag_ms_sum.load(Relaxed)))
+                },
+            )?;
+            family(
+                e,
+                "authproxy_revocation_lag_max_seconds",
+                "The longest delay seen between a revocation being made and this process learning it",
+                MetricType::Gauge,
+                |m| {
+                    if revocations.is_empty() {
+                        return Ok(());
+                    }
+                    let max = revocations.iter().map(|r| r.lag_ms_max.load(Relaxed)).max().unwrap_or(0);
+                    gauge(m, &[], max as f64 / 1000.0)
+                },
+            )?;
+            family(
+                e,
+                "authproxy_revoked_token_refusals",
+                "Requests with an issued token refused because it was revoked",
+                MetricType::Counter,
+                |m| {
+                    if revocations.is_empty() {
+                        return Ok(());
+                    }
+                    counter(m, &[], sum(|r| r.refused.load(Relaxed)))
+                },
+            )?;
+        }
         let recordings = &sources.recordings;
         family(
             e,

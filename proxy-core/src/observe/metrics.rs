@@ -512,6 +512,13 @@ impl Metrics {
         }
     }
 
+    /// Reports the revocations of issued tokens (`authproxy_revocations_*`).
+    pub fn observe_revocations(&self, counters: Arc<crate::counters::RevocationCounters>) {
+        if let Ok(mut sources) = self.families.backends.sources.lock() {
+            sources.revocations.push(counters);
+        }
+    }
+
     /// Reports what session recording does (`authproxy_session_recordings`,
     /// `authproxy_session_recording_dropped_bytes`).
     pub fn observe_recordings(&self, counters: Arc<crate::counters::RecordingCounters>) {
