@@ -1244,8 +1244,8 @@ pub async fn logout(server: &str, ca: Option<&CaBundle>) -> anyhow::Result<Strin
     };
     let token = Zeroizing::new(token);
     // An expired token needs no revocation: the proxy refuses it anyway.
-    let fresh = read_private(&path)
-        .is_some_and(|text| is_fresh_exec_credential(&text, SystemTime::now()));
+    let fresh =
+        read_private(&path).is_some_and(|text| is_fresh_exec_credential(&text, SystemTime::now()));
     let said = if fresh {
         post_revocation(
             server,

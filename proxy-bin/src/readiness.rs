@@ -270,7 +270,10 @@ impl Readiness {
     /// Also says how the revocation store stands: not ready before the
     /// revocations have been listed once (unless configured otherwise);
     /// ready, with a word, while the store cannot be reached.
-    pub fn with_revocation(mut self, revocation: Option<Arc<crate::revocation::Revocation>>) -> Self {
+    pub fn with_revocation(
+        mut self,
+        revocation: Option<Arc<crate::revocation::Revocation>>,
+    ) -> Self {
         self.revocation = revocation;
         self
     }

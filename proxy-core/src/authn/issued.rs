@@ -437,7 +437,9 @@ impl IssuedTokens {
             .as_deref()
             .is_some_and(|sid| !super::revocation::valid_session(sid))
         {
-            return Err(AuthnError::Invalid("issued token with a malformed session".into()));
+            return Err(AuthnError::Invalid(
+                "issued token with a malformed session".into(),
+            ));
         }
         Ok(Verified {
             identity: Identity::verified(
@@ -615,13 +617,16 @@ mod tests {
 
     #[test]
     fn every_token_has_its_own_session_and_a_revoked_one_is_refused() {
-        use crate::authn::revocation::{Entry, Revoked, Revocations};
+        use crate::authn::revocation::{Entry, Revocations, Revoked};
         let dir = tempfile::tempdir().unwrap();
         let key = key_file(dir.path(), "k.pem", false);
         let tokens = IssuedTokens::load("authproxy", &[&key], Duration::from_secs(60)).unwrap();
         let (first, _) = tokens.issue(&alice()).unwrap();
         let (second, _) = tokens.issue(&alice()).unwrap();
-        let (a, b) = (tokens.session_of(&first).unwrap(), tokens.session_of(&second).unwrap());
+        let (a, b) = (
+            tokens.session_of(&first).unwrap(),
+            tokens.session_of(&second).unwrap(),
+        );
         assert_ne!(a.session, b.session);
         assert_eq!(a.session.as_deref().map(str::len), Some(22));
         assert_eq!(a.user, "alice");
@@ -641,8 +646,14 @@ mod tests {
             by: "token".into(),
         });
         assert!(matches!(tokens.verify(&first), Err(AuthnError::Invalid(_))));
-        assert!(tokens.verify(&second).is_ok(), "another session of the user");
-        assert!(tokens.session_of(&first).is_ok(), "a revoked token still names its session");
+        assert!(
+            tokens.verify(&second).is_ok(),
+            "another session of the user"
+        );
+        assert!(
+            tokens.session_of(&first).is_ok(),
+            "a revoked token still names its session"
+        );
         set.add(&Entry {
             revoked: Revoked::User {
                 user: "alice".into(),

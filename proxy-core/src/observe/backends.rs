@@ -337,7 +337,8 @@ impl Collector for BackendFamilies {
                         return Ok(());
                     }
                     for (i, kind) in ["session", "user", "all"].into_iter().enumerate() {
-                        let total: u64 = revocations.iter().map(|r| r.written[i].load(Relaxed)).sum();
+                        let total: u64 =
+                            revocations.iter().map(|r| r.written[i].load(Relaxed)).sum();
                         counter(m, &[("kind", kind)], total)?;
                     }
                     Ok(())

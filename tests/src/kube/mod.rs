@@ -600,7 +600,8 @@ spec:
         for check in checks {
             let mut args = vec!["auth", "can-i"];
             args.extend(check.iter());
-            crate::wait_for(Duration::from_secs(20), "RBAC in force", || {
+            let what = format!("RBAC in force (can-i {})", check.join(" "));
+            crate::wait_for(Duration::from_secs(20), &what, || {
                 let args = args.clone();
                 async move {
                     let out = self
@@ -611,7 +612,10 @@ spec:
                     if answer == "yes" {
                         Ok(Some(()))
                     } else {
-                        Err(answer)
+                        Err(format!(
+                            "{answer} {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ))
                     }
                 }
             })

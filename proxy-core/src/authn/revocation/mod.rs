@@ -492,10 +492,17 @@ mod tests {
         });
         set.replace_shard(session.shard(), &data(&[session.clone()]));
         set.replace_shard(user.shard(), &data(&[user.clone()]));
-        assert_eq!(set.check(Some("sess-1"), "alice", 10), Err(Refusal::Revoked));
+        assert_eq!(
+            set.check(Some("sess-1"), "alice", 10),
+            Err(Refusal::Revoked)
+        );
         assert_eq!(set.check(Some("sess-2"), "alice", 10), Ok(()));
         assert_eq!(set.check(Some("sess-2"), "bob", 100), Err(Refusal::Revoked));
-        assert_eq!(set.check(Some("sess-2"), "bob", 101), Ok(()), "a later login");
+        assert_eq!(
+            set.check(Some("sess-2"), "bob", 101),
+            Ok(()),
+            "a later login"
+        );
         assert_eq!(set.check(None, "bob", 99), Err(Refusal::Revoked));
         let all = entry(Revoked::All { before: 50 });
         let mut shard0 = vec![all.clone()];

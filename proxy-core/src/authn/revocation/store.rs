@@ -190,7 +190,10 @@ impl RevocationStore {
                     Some(existing) => existing.merged(entry),
                     None => entry.clone(),
                 };
-                data.insert(key.clone(), serde_json::to_string(&merged).unwrap_or_default());
+                data.insert(
+                    key.clone(),
+                    serde_json::to_string(&merged).unwrap_or_default(),
+                );
                 object["data"] = serde_json::to_value(&data).unwrap_or_default();
                 object["metadata"]["labels"][LABEL] = json!(LABEL_VALUE);
                 // The resourceVersion read stays in the object: the update
@@ -360,13 +363,15 @@ impl RevocationStore {
                 }
                 match event["type"].as_str() {
                     Some("ADDED" | "MODIFIED") => {
-                        if let Some(index) = object["metadata"]["name"].as_str().and_then(shard_index)
+                        if let Some(index) =
+                            object["metadata"]["name"].as_str().and_then(shard_index)
                         {
                             into.replace_shard(index, &data_of(object));
                         }
                     }
                     Some("DELETED") => {
-                        if let Some(index) = object["metadata"]["name"].as_str().and_then(shard_index)
+                        if let Some(index) =
+                            object["metadata"]["name"].as_str().and_then(shard_index)
                         {
                             into.replace_shard(index, &BTreeMap::new());
                         }
