@@ -92,6 +92,11 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- default (printf "%s-signing-keys" (include "authproxy.fullname" .)) .Values.issuedTokens.existingSecret }}
 {{- end }}
 
+{{/* The namespace of the revocation store. */}}
+{{- define "authproxy.revocationNamespace" -}}
+{{- default .Release.Namespace .Values.issuedTokens.revocation.namespace }}
+{{- end }}
+
 {{/* Ordered signing-key file names: the first signs. */}}
 {{- define "authproxy.signingKeyNames" -}}
 {{- if .Values.issuedTokens.keys }}
@@ -143,7 +148,11 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- range (include "authproxy.signingKeyNames" . | fromYamlArray) }}
 {{- $files = append $files (printf "/etc/authproxy/signing-keys/%s" .) }}
 {{- end }}
-{{- $_ := set $authn "issuedTokens" (dict "issuer" .Values.issuedTokens.issuer "lifetime" .Values.issuedTokens.lifetime "signingKeyFiles" $files) }}
+{{- $issued := dict "issuer" .Values.issuedTokens.issuer "lifetime" .Values.issuedTokens.lifetime "signingKeyFiles" $files }}
+{{- if and .Values.issuedTokens.revocation.enabled (ne .Values.mode "kubeApiAuth") }}
+{{- $_ := set $issued "revocation" (dict "namespace" (include "authproxy.revocationNamespace" .) "serveBeforeFirstList" .Values.issuedTokens.revocation.serveBeforeFirstList) }}
+{{- end }}
+{{- $_ := set $authn "issuedTokens" (merge $issued (deepCopy (default dict $authn.issuedTokens))) }}
 {{- end }}
 {{- $_ := set $config "authentication" $authn }}
 {{- if .Values.agentClusters }}

@@ -490,8 +490,8 @@ mod tests {
             user: "bob".into(),
             before: 100,
         });
-        set.replace_shard(session.shard(), &data(&[session.clone()]));
-        set.replace_shard(user.shard(), &data(&[user.clone()]));
+        set.replace_shard(session.shard(), &data(std::slice::from_ref(&session)));
+        set.replace_shard(user.shard(), &data(std::slice::from_ref(&user)));
         assert_eq!(
             set.check(Some("sess-1"), "alice", 10),
             Err(Refusal::Revoked)
@@ -528,7 +528,7 @@ mod tests {
             session: "old".into(),
         });
         old.expires = now_secs() - 1;
-        let mut map = data(&[old.clone()]);
+        let mut map = data(std::slice::from_ref(&old));
         map.insert("s.junk".into(), "{not json".into());
         set.replace_shard(old.shard(), &map);
         assert!(set.is_empty());
