@@ -543,3 +543,82 @@ async fn with_the_store_unreachable_the_last_set_holds_and_a_new_replica_waits(
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_revokes_the_cached_login_and_forgets_it() -> anyhow::Result<()> {
+    use authproxy_tests::slapd::{Slapd, SERVICE_DN};
+    let (_, ns) = store_namespace().await?;
+    let pki = TestPki::new()?;
+    let slapd = Slapd::start(&pki).await?;
+    let shared = tempfile::tempdir()?;
+    let key = signing_key(&pki, shared.path())?;
+    let ldap = json!({
+        "url": format!("ldaps://127.0.0.1:{}", slapd.ldaps_port),
+        "caFile": pki.ca_path(),
+        "bindDN": SERVICE_DN,
+        "bindPasswordFile": slapd.service_password_file()?,
+        "userSearch": {"baseDN": "ou=people,dc=example,dc=org", "filter": "(uid={username})", "usernameAttribute": "uid", "uidAttribute": "employeeNumber"},
+        "groupSearch": {"baseDN": "ou=groups,dc=example,dc=org", "filter": "(member={dn})", "nameAttribute": "cn"},
+    });
+    let issued = json!({
+        "issuer": "authproxy-revocation-test",
+        "signingKeyFiles": [key],
+        "lifetime": "10m",
+        "revocation": {"namespace": ns},
+    });
+    let env = Env::start_with(pki, &format!("  ldap: {ldap}\n  issuedTokens: {issued}\n")).await?;
+    ready(&env).await?;
+    let cache = tempfile::tempdir()?;
+    let plugin = |args: &[&str]| {
+        let mut cmd =
+            std::process::Command::new(authproxy_tests::authproxy_binary().expect("binary"));
+        cmd.args(args)
+            .args(["--server", &env.proxy_url(), "--ca-file"])
+            .arg(env.pki.ca_path())
+            .env("XDG_CACHE_HOME", cache.path())
+            .env("AUTHPROXY_USERNAME", "alice")
+            .env("AUTHPROXY_PASSWORD", "alice-password");
+        tokio::process::Command::from(cmd)
+    };
+    let out = plugin(&["login", "ldap"]).output().await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let credential: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let token = credential["status"]["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    assert_eq!(version_as(&env, &token).await?, 200);
+    let cached = || {
+        std::fs::read_dir(cache.path().join("authproxy"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.starts_with("ldap-") && name.ends_with(".json")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(cached(), 1, "the login is cached");
+    let out = plugin(&["logout"]).output().await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("logged out"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(cached(), 0, "the cache is emptied");
+    assert_eq!(version_as(&env, &token).await?, 401, "the token is revoked");
+    // Logging out again says there is nothing to do, and fails nothing.
+    let out = plugin(&["logout"]).output().await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    // The next login is a new session.
+    let out = plugin(&["login", "ldap"]).output().await?;
+    assert!(out.status.success(), "{}", output_text(&out));
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let again = again["status"]["token"].as_str().context("token")?;
+    assert_ne!(again, token);
+    assert_eq!(version_as(&env, again).await?, 200);
+    Ok(())
+}
