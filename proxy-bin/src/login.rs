@@ -1219,7 +1219,11 @@ async fn post_revocation(
         .await
         .context("the proxy did not answer in 30s")??;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = http_body_util::Limited::new(response.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
+        .to_bytes();
     let message = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_owned))
@@ -1243,17 +1247,28 @@ pub async fn logout(server: &str, ca: Option<&CaBundle>) -> anyhow::Result<Strin
         return Ok(format!("{user} is not logged in at {server}"));
     };
     let token = Zeroizing::new(token);
-    // An expired token needs no revocation: the proxy refuses it anyway.
-    let fresh =
-        read_private(&path).is_some_and(|text| is_fresh_exec_credential(&text, SystemTime::now()));
-    let said = if fresh {
-        post_revocation(
+    // A token past its `exp` (and the proxy's leeway) needs no revocation:
+    // the proxy refuses it anyway.
+    let alive =
+        jwt_expiry(&token).is_none_or(|exp| exp + Duration::from_secs(10) > SystemTime::now());
+    let said = if alive {
+        match post_revocation(
             server,
             ca,
             &serde_json::json!({"token": token.as_str()}),
             None,
         )
-        .await?
+        .await
+        {
+            Ok(said) => said,
+            // A token from before sessions cannot be revoked alone: it is
+            // forgotten here all the same, and the user is told.
+            Err(error) if error.to_string().contains("(400)") => {
+                eprintln!("warning: the token was not revoked ({error:#}); it is removed from the cache and stays valid until it expires");
+                "removed from the cache".to_owned()
+            }
+            Err(error) => return Err(error),
+        }
     } else {
         "the token had expired".to_owned()
     };
@@ -1265,7 +1280,7 @@ pub async fn logout(server: &str, ca: Option<&CaBundle>) -> anyhow::Result<Strin
 }
 
 /// What `authproxy tokens revoke` revokes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Revoke {
     /// The session of this issued token (no other credential needed).
     Token(Zeroizing<String>),
@@ -1275,6 +1290,17 @@ pub enum Revoke {
     User(String),
     /// Every token issued until this RFC 3339 time.
     IssuedBefore(String),
+}
+
+impl std::fmt::Debug for Revoke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Revoke::Token(_) => f.write_str("Token(<redacted>)"),
+            Revoke::Session(s) => f.debug_tuple("Session").field(s).finish(),
+            Revoke::User(u) => f.debug_tuple("User").field(u).finish(),
+            Revoke::IssuedBefore(t) => f.debug_tuple("IssuedBefore").field(t).finish(),
+        }
+    }
 }
 
 /// `authproxy tokens revoke`: revokes `what` at the proxy, authenticated

@@ -38,6 +38,11 @@ pub const REVOCATIONS_PATH: &str = "/authproxy/v1/revocations";
 /// The largest request body taken.
 const MAX_BODY: usize = 64 << 10;
 
+/// How far past now a user's revocation reaches: tokens issued on a replica
+/// whose clock runs up to this far ahead are covered too (and a login in
+/// that window after the revocation is refused).
+const CLOCK_MARGIN_SECS: u64 = 5;
+
 /// The store, watched into the issuer's revocations while this lives.
 pub struct Revocation {
     store: Arc<RevocationStore>,
@@ -168,6 +173,9 @@ impl Revocation {
 
     /// Writes `entry` to the store and applies it here at once.
     async fn revoke(&self, entry: Entry) -> Response<ProxyBody> {
+        if self.revocations.covers(&entry) {
+            return success("already revoked".into());
+        }
         let kind = match &entry.revoked {
             Revoked::Session { .. } => 0,
             Revoked::User { .. } => 1,
@@ -210,6 +218,26 @@ impl Revocation {
                 StatusCode::METHOD_NOT_ALLOWED,
                 Reason::BadRequest,
                 "POST a revocation",
+            )
+            .into_response();
+        }
+        // Nothing is written for a revocation already in force, so a token
+        // revoking itself again and again costs the store nothing; new
+        // sessions to revoke come only as fast as the token exchange's limits
+        // let them be issued.
+        // JSON only: a form a browser could be made to send is not one.
+        let json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            read_some(body).await;
+            return Status::failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Reason::BadRequest,
+                "send the revocation as application/json",
             )
             .into_response();
         }
@@ -299,7 +327,7 @@ impl Revocation {
             }
             Revoked::User {
                 user: name,
-                before: now,
+                before: now + CLOCK_MARGIN_SECS,
             }
         } else {
             let text = ask.issued_before.unwrap_or_default();
@@ -312,7 +340,7 @@ impl Revocation {
             };
             // Tokens issued later than now do not exist yet.
             Revoked::All {
-                before: before.min(now),
+                before: before.min(now + CLOCK_MARGIN_SECS),
             }
         };
         // An entry lasts as long as the tokens it covers can.

@@ -98,6 +98,7 @@ impl Slapd {
             .create(true)
             .append(true)
             .open(self.log_path())?;
+        let started_before = started_lines(&self.log_path());
         let child = tokio::process::Command::new(slapd)
             .arg("-f")
             .arg(self.dir.path().join("slapd.conf"))
@@ -116,7 +117,6 @@ impl Slapd {
         self.child = Some(child);
         let ports = (self.ldap_port, self.ldaps_port);
         let log = self.log_path();
-        let started_before = started_lines(&log);
         // Ready when this slapd says it started (its listeners are bound) and
         // both ports answer: a port that answers while our slapd has not
         // started (or has exited) belongs to some other process.

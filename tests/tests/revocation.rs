@@ -33,7 +33,8 @@ async fn store_namespace() -> anyhow::Result<(&'static Kube, String)> {
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: revokers}}\n\
          subjects:\n- {{kind: Group, name: admins, apiGroup: rbac.authorization.k8s.io}}\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: authproxy-revocations, namespace: {ns}}}\n\
-         rules:\n- {{apiGroups: [''], resources: [configmaps], verbs: [get, list, watch, create, update]}}\n---\n\
+         rules:\n- {{apiGroups: [''], resources: [configmaps], verbs: [list, watch, create]}}\n\
+         - {{apiGroups: [''], resources: [configmaps], resourceNames: [{shards}], verbs: [get, update]}}\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: authproxy-revocations, namespace: {ns}}}\n\
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: authproxy-revocations}}\n\
          subjects:\n- {{kind: ServiceAccount, name: proxy, namespace: authproxy}}\n---\n\
@@ -41,14 +42,22 @@ async fn store_namespace() -> anyhow::Result<(&'static Kube, String)> {
          rules:\n- {{apiGroups: [authorization.k8s.io], resources: [subjectaccessreviews], verbs: [create]}}\n---\n\
          apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: authproxy-access-reviews}}\n\
          roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: authproxy-access-reviews}}\n\
-         subjects:\n- {{kind: ServiceAccount, name: proxy, namespace: authproxy}}\n"
+         subjects:\n- {{kind: ServiceAccount, name: proxy, namespace: authproxy}}\n",
+        shards = proxy_core::authn::revocation::store::shard_names().join(", "),
     );
     let proxy = "system:serviceaccount:authproxy:proxy";
     kube.apply_rbac(
         &yaml,
         &[
             &["watch", "configmaps", "-n", &ns, "--as", proxy],
-            &["update", "configmaps", "-n", &ns, "--as", proxy],
+            &[
+                "update",
+                "configmaps/authproxy-revocations-users",
+                "-n",
+                &ns,
+                "--as",
+                proxy,
+            ],
             &["create", "subjectaccessreviews", "--as", proxy],
             // (kubectl cannot ask about a resource kube does not serve:
             // the revokers' binding, applied before the proxy's in the
@@ -350,6 +359,71 @@ async fn a_revocation_through_one_replica_is_refused_by_the_others_and_the_webho
         .map(|cm| cm["data"].as_object().map_or(0, |d| d.len()))
         .sum();
     assert_eq!(entries, 100, "{}", output_text(&out));
+    // Thirty revocations at once through all three replicas: every one lands
+    // (writers of one shard retry on conflict), and everyone refuses them.
+    let mut tokens = Vec::new();
+    for _ in 0..30 {
+        tokens.push(issued_token(&replicas[0], "alice-token").await?);
+    }
+    let mut writes = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let replicas = replicas.clone();
+        let token = token.clone();
+        writes.push(tokio::spawn(async move {
+            revoke(&replicas[i % 3], None, json!({"token": token})).await
+        }));
+    }
+    for write in writes {
+        let (code, body) = write.await??;
+        assert_eq!(code, 200, "{body}");
+    }
+    for token in &tokens {
+        for env in replicas.iter() {
+            let token = token.clone();
+            authproxy_tests::wait_for(Duration::from_secs(10), "refused everywhere", || async {
+                let code = version_as(env, &token).await.map_err(|e| e.to_string())?;
+                Ok((code == 401).then_some(()))
+            })
+            .await?;
+        }
+    }
+    let out = kube
+        .admin_async(&["get", "configmaps", "-n", &ns, "-o", "json"], None)
+        .await?;
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let entries: usize = list["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .map(|cm| cm["data"].as_object().map_or(0, |d| d.len()))
+        .sum();
+    assert_eq!(entries, 130, "{}", output_text(&out));
+    // Revoking a revoked token again writes nothing.
+    let versions = |list: &serde_json::Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|cm| {
+                        cm["metadata"]["resourceVersion"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (code, _) = revoke(&replicas[1], None, json!({"token": tokens[0]})).await?;
+    assert_eq!(code, 200);
+    let again = kube
+        .admin_async(&["get", "configmaps", "-n", &ns, "-o", "json"], None)
+        .await?;
+    assert_eq!(
+        versions(&list),
+        versions(&serde_json::from_slice(&again.stdout)?)
+    );
     Ok(())
 }
 
@@ -369,6 +443,23 @@ async fn revoking_anyone_else_is_for_whom_kube_rbac_allows() -> anyhow::Result<(
     assert!(body.contains("revocations"), "{body}");
     let (code, _) = revoke(&env, None, json!({"user": "alice"})).await?;
     assert_eq!(code, 401);
+    // Only JSON is taken (no form a browser could be made to post).
+    let (code, body) = authproxy_tests::curl_with_ca(
+        env.pki.ca_path(),
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Authorization: Bearer admin-token",
+            "-H",
+            "Content-Type: text/plain",
+            "--data",
+            "{\"user\": \"alice\"}",
+            &format!("{}/authproxy/v1/revocations", env.proxy_url()),
+        ],
+    )
+    .await?;
+    assert_eq!(code, 415, "{body}");
     // Bad requests change nothing.
     for ask in [
         json!({}),
@@ -397,8 +488,9 @@ async fn revoking_anyone_else_is_for_whom_kube_rbac_allows() -> anyhow::Result<(
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(version_as(&env, &alice).await?, 401);
     assert_eq!(version_as(&env, &bob).await?, 200);
-    // A later login of alice works (a second later: `before` is in seconds).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A later login of alice works (once past the revocation's margin for
+    // replicas' clocks, 5 s).
+    tokio::time::sleep(Duration::from_millis(6100)).await;
     let again = issued_token(&env, "alice-token").await?;
     assert_eq!(version_as(&env, &again).await?, 200);
     // A token revokes its own session with nothing else: the CLI with the file.

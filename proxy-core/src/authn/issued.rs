@@ -432,6 +432,14 @@ impl IssuedTokens {
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|_| AuthnError::Invalid("issued token rejected".into()))?;
         let claims = data.claims;
+        // A token never lives longer than this issuer's lifetime: what a
+        // revocation's expiry is reckoned from (a token of a longer-lived
+        // configuration is not taken).
+        if claims.exp.saturating_sub(claims.iat) > self.lifetime.as_secs().saturating_add(5) {
+            return Err(AuthnError::Invalid(
+                "issued token lives longer than this issuer's lifetime".into(),
+            ));
+        }
         if claims
             .sid
             .as_deref()
@@ -663,7 +671,21 @@ mod tests {
             expires: b.expires,
             by: "admin".into(),
         });
-        assert!(tokens.verify(&second).is_err(), "every session of the user");
+        assert!(
+            matches!(tokens.verify(&second), Err(AuthnError::Invalid(_))),
+            "every session of the user"
+        );
+        let longer = IssuedTokens::load("authproxy", &[&key], Duration::from_secs(600)).unwrap();
+        let (long, _) = longer
+            .issue(&UserInfo {
+                username: "carol".into(),
+                ..alice()
+            })
+            .unwrap();
+        assert!(
+            tokens.verify(&long).is_err(),
+            "a token that outlives this issuer's lifetime"
+        );
     }
 
     #[test]

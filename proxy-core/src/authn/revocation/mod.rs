@@ -14,7 +14,7 @@
 pub mod store;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use crate::counters::RevocationCounters;
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
-/// How many objects the set is spread over in the store.
-pub const SHARDS: usize = 16;
+/// How many objects sessions are spread over in the store.
+pub const SESSION_SHARDS: usize = 16;
+/// The shard of user and time revocations (few, and each covers many
+/// tokens: kept apart, so many sessions cannot crowd them out).
+pub const WIDE_SHARD: usize = SESSION_SHARDS;
+/// How many objects the set is kept in: the session shards and the wide one.
+pub const SHARDS: usize = SESSION_SHARDS + 1;
+
+/// How long the entries this process wrote are kept in force on their own,
+/// whatever a list or a watch event that was under way says meanwhile.
+const LOCAL_HOLD: Duration = Duration::from_secs(120);
 
 /// The longest session ID taken (the proxy makes 22 characters).
 pub const MAX_SESSION_LEN: usize = 64;
@@ -107,9 +116,15 @@ impl Entry {
     pub fn shard(&self) -> usize {
         match &self.revoked {
             Revoked::Session { session } => shard_of(session),
-            Revoked::User { user, .. } => shard_of(user),
-            Revoked::All { .. } => 0,
+            Revoked::User { .. } | Revoked::All { .. } => WIDE_SHARD,
         }
+    }
+
+    /// Whether `self` adds nothing to `existing` (the same key): writing it
+    /// again would change nothing but the time.
+    pub fn covered_by(&self, existing: &Entry) -> bool {
+        let merged = existing.merged(self);
+        merged.revoked == existing.revoked && merged.expires == existing.expires
     }
 
     /// This entry and `other` (the same key) as one: the later time covers
@@ -138,8 +153,8 @@ impl Entry {
     }
 }
 
-fn shard_of(text: &str) -> usize {
-    (stable_hash(text) % SHARDS as u64) as usize
+fn shard_of(session: &str) -> usize {
+    (stable_hash(session) % SESSION_SHARDS as u64) as usize
 }
 
 /// Seconds since the epoch, now.
@@ -160,7 +175,7 @@ fn now_ms() -> u64 {
 }
 
 /// The entries of one shard, as checked.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Shard {
     /// Session ID → when the entry expires.
     sessions: HashMap<String, u64>,
@@ -189,6 +204,19 @@ impl Shard {
                 self.all_before = Some(self.all_before.unwrap_or(0).max(*before));
             }
         }
+    }
+}
+
+/// `old` with shard `index` replaced.
+fn with_shard(old: &Snapshot, index: usize, shard: Arc<Shard>) -> Snapshot {
+    let mut shards = old.shards.clone();
+    shards[index] = shard;
+    let all_before = shards.iter().filter_map(|s| s.all_before).max();
+    let len = shards.iter().map(|s| s.len()).sum();
+    Snapshot {
+        shards,
+        all_before,
+        len,
     }
 }
 
@@ -228,6 +256,11 @@ pub struct Revocations {
     /// Whether tokens are taken before the first list.
     serve_unlisted: bool,
     state: Mutex<StoreState>,
+    /// The set has been listed at least once (read on every check).
+    listed: AtomicBool,
+    /// Entries this process wrote lately, with when: kept in force through
+    /// lists and events that began before the write.
+    local: Mutex<Vec<(Entry, Instant)>>,
     counters: Arc<RevocationCounters>,
     /// Per shard, the entries this process knows (key → when made), to
     /// measure each one's lag once.
@@ -258,6 +291,8 @@ impl Revocations {
             enabled,
             serve_unlisted,
             state: Mutex::new(StoreState::default()),
+            listed: AtomicBool::new(false),
+            local: Mutex::default(),
             counters: Arc::default(),
             seen: Mutex::new(vec![HashMap::new(); SHARDS]),
         }
@@ -279,19 +314,17 @@ impl Revocations {
         if !self.enabled {
             return Ok(());
         }
+        if !self.serve_unlisted && !self.listed.load(Ordering::Acquire) {
+            return Err(Refusal::NotListed);
+        }
         let snapshot = self.snapshot.load();
         if snapshot.len == 0 {
-            if !self.serve_unlisted && !self.listed() {
-                return Err(Refusal::NotListed);
-            }
             return Ok(());
         }
+        let wide = &snapshot.shards[WIDE_SHARD];
         let revoked = snapshot.all_before.is_some_and(|b| issued_at <= b)
             || session.is_some_and(|s| snapshot.shards[shard_of(s)].sessions.contains_key(s))
-            || snapshot.shards[shard_of(user)]
-                .users
-                .get(user)
-                .is_some_and(|b| issued_at <= *b);
+            || (!wide.users.is_empty() && wide.users.get(user).is_some_and(|b| issued_at <= *b));
         if revoked {
             self.counters.refused.fetch_add(1, Ordering::Relaxed);
             return Err(Refusal::Revoked);
@@ -300,7 +333,22 @@ impl Revocations {
     }
 
     fn listed(&self) -> bool {
-        self.state.lock().map(|s| s.listed).unwrap_or(false)
+        self.listed.load(Ordering::Acquire)
+    }
+
+    /// Whether `entry` is already in force here (writing it again would
+    /// change nothing).
+    pub fn covers(&self, entry: &Entry) -> bool {
+        let snapshot = self.snapshot.load();
+        let shard = &snapshot.shards[entry.shard()];
+        match &entry.revoked {
+            Revoked::Session { session } => shard
+                .sessions
+                .get(session)
+                .is_some_and(|expires| *expires >= entry.expires),
+            Revoked::User { user, before } => shard.users.get(user).is_some_and(|b| b >= before),
+            Revoked::All { before } => shard.all_before.is_some_and(|b| b >= *before),
+        }
     }
 
     /// How many revocations are known.
@@ -331,43 +379,50 @@ impl Revocations {
             if entry.expires < now {
                 continue;
             }
+            if entry.shard() != index {
+                tracing::warn!(
+                    key,
+                    shard = index,
+                    "a revocation entry in the wrong shard is left out"
+                );
+                continue;
+            }
             shard.add(&entry);
             fresh.insert(key.clone(), entry.at_ms);
         }
         self.note_lag(index, fresh);
-        self.swap_shard(index, shard);
+        if let Ok(mut local) = self.local.lock() {
+            local.retain(|(_, at)| at.elapsed() < LOCAL_HOLD);
+            for (entry, _) in local.iter().filter(|(e, _)| e.shard() == index) {
+                shard.add(entry);
+            }
+        }
+        self.snapshot
+            .rcu(|old| with_shard(old, index, Arc::new(shard.clone())));
+        self.publish();
     }
 
     /// Adds `entry` at once (this process made it; the store's answer
     /// follows through the watch).
     pub fn add(&self, entry: &Entry) {
         let index = entry.shard();
-        let snapshot = self.snapshot.load();
-        let mut shard = Shard {
-            sessions: snapshot.shards[index].sessions.clone(),
-            users: snapshot.shards[index].users.clone(),
-            all_before: snapshot.shards[index].all_before,
-        };
-        shard.add(entry);
+        if let Ok(mut local) = self.local.lock() {
+            local.push((entry.clone(), Instant::now()));
+        }
         if let Ok(mut seen) = self.seen.lock() {
             seen[index].insert(entry.key(), entry.at_ms);
         }
-        self.swap_shard(index, shard);
+        // Merged into the shard in force at the moment of the swap, so a
+        // concurrent event or add is not overwritten.
+        self.snapshot.rcu(|old| {
+            let mut shard = (*old.shards[index]).clone();
+            shard.add(entry);
+            with_shard(old, index, Arc::new(shard))
+        });
+        self.publish();
     }
 
-    fn swap_shard(&self, index: usize, shard: Shard) {
-        let shard = Arc::new(shard);
-        self.snapshot.rcu(|old| {
-            let mut shards = old.shards.clone();
-            shards[index] = shard.clone();
-            let all_before = shards.iter().filter_map(|s| s.all_before).max();
-            let len = shards.iter().map(|s| s.len()).sum();
-            Snapshot {
-                shards,
-                all_before,
-                len,
-            }
-        });
+    fn publish(&self) {
         self.counters
             .known
             .store(self.snapshot.load().len as u64, Ordering::Relaxed);
@@ -403,6 +458,7 @@ impl Revocations {
             state.listed = true;
             state.trouble = None;
         }
+        self.listed.store(true, Ordering::Release);
         self.counters.store_up.store(true, Ordering::Relaxed);
     }
 
@@ -505,20 +561,52 @@ mod tests {
         );
         assert_eq!(set.check(None, "bob", 99), Err(Refusal::Revoked));
         let all = entry(Revoked::All { before: 50 });
-        let mut shard0 = vec![all.clone()];
-        if session.shard() == 0 {
-            shard0.push(session.clone());
-        }
-        if user.shard() == 0 {
-            shard0.push(user.clone());
-        }
-        set.replace_shard(0, &data(&shard0));
+        assert_eq!(all.shard(), WIDE_SHARD);
+        assert_eq!(user.shard(), WIDE_SHARD);
+        set.replace_shard(WIDE_SHARD, &data(&[all.clone(), user.clone()]));
         assert_eq!(set.check(Some("x"), "carol", 50), Err(Refusal::Revoked));
         assert_eq!(set.check(Some("x"), "carol", 51), Ok(()));
         assert_eq!(set.len(), 3);
         // A shard replaced without the entry forgets it.
         set.replace_shard(session.shard(), &BTreeMap::new());
         assert_eq!(set.check(Some("sess-1"), "alice", 60), Ok(()));
+    }
+
+    #[test]
+    fn nothing_is_taken_before_the_first_list_even_after_a_local_revocation() {
+        let set = Revocations::new(true, false);
+        set.add(&entry(Revoked::Session {
+            session: "mine".into(),
+        }));
+        assert_eq!(
+            set.check(Some("other"), "alice", 1),
+            Err(Refusal::NotListed)
+        );
+        assert_eq!(set.check(Some("mine"), "alice", 1), Err(Refusal::NotListed));
+        set.store_reached();
+        assert_eq!(set.check(Some("other"), "alice", 1), Ok(()));
+        assert_eq!(set.check(Some("mine"), "alice", 1), Err(Refusal::Revoked));
+    }
+
+    #[test]
+    fn a_local_revocation_outlives_a_list_that_began_before_it() {
+        let set = Revocations::new(true, false);
+        set.store_reached();
+        let mine = entry(Revoked::Session {
+            session: "mine".into(),
+        });
+        set.add(&mine);
+        assert!(set.covers(&mine));
+        // A list answered from before the write: the shard comes back empty.
+        set.replace_shard(mine.shard(), &BTreeMap::new());
+        assert_eq!(set.check(Some("mine"), "alice", 1), Err(Refusal::Revoked));
+        // An entry someone put in the wrong shard is left out.
+        let stray = entry(Revoked::Session {
+            session: "stray".into(),
+        });
+        let wrong = (stray.shard() + 1) % SESSION_SHARDS;
+        set.replace_shard(wrong, &data(std::slice::from_ref(&stray)));
+        assert_eq!(set.check(Some("stray"), "alice", 1), Ok(()));
     }
 
     #[test]

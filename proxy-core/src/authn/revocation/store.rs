@@ -1,5 +1,6 @@
 //! The revocations' store: [`SHARDS`] ConfigMaps in one namespace of the
-//! Kubernetes API (`authproxy-revocations-0` … `-f`, labelled
+//! Kubernetes API (`authproxy-revocations-0` … `-f` for sessions,
+//! `authproxy-revocations-users` for user and time revocations, labelled
 //! `authproxy.io/revocations=v1`), one entry per data key.
 //!
 //! Why ConfigMaps and not a custom resource: nothing has to be installed
@@ -24,7 +25,7 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use serde_json::{json, Value};
 
-use super::{Entry, Revocations, SHARDS};
+use super::{Entry, Revocations, SHARDS, WIDE_SHARD};
 use crate::upstream::{Upstream, UpstreamError, UpstreamOptions};
 
 /// The label every shard carries.
@@ -39,8 +40,10 @@ pub const REVOCATIONS_RESOURCE: &str = "revocations";
 
 /// How long one request to the store may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a watch runs before it is started again.
-const WATCH_SECONDS: u64 = 290;
+/// How long a watch runs before it is started again (the server ends it
+/// then; a connection that died without a word is found by the silence
+/// limit, [`WATCH_SECONDS`] + 30 s).
+const WATCH_SECONDS: u64 = 60;
 /// How many times a write is tried against concurrent writers.
 const WRITE_ATTEMPTS: usize = 16;
 /// The largest answer read (a list of every shard, or one event).
@@ -48,12 +51,20 @@ const MAX_ANSWER: usize = 32 << 20;
 
 /// The name of shard `index`.
 pub fn shard_name(index: usize) -> String {
-    format!("authproxy-revocations-{index:x}")
+    if index == WIDE_SHARD {
+        "authproxy-revocations-users".to_owned()
+    } else {
+        format!("authproxy-revocations-{index:x}")
+    }
+}
+
+/// Every shard's name.
+pub fn shard_names() -> Vec<String> {
+    (0..SHARDS).map(shard_name).collect()
 }
 
 fn shard_index(name: &str) -> Option<usize> {
-    let index = usize::from_str_radix(name.strip_prefix("authproxy-revocations-")?, 16).ok()?;
-    (index < SHARDS && shard_name(index) == name).then_some(index)
+    (0..SHARDS).find(|i| shard_name(*i) == name)
 }
 
 /// A store problem.
@@ -180,13 +191,17 @@ impl RevocationStore {
                 })?;
                 let mut data: BTreeMap<String, String> =
                     serde_json::from_value(object["data"].take()).unwrap_or_default();
+                // Expired entries go; entries this version cannot read (a
+                // newer format) stay.
                 data.retain(|_, value| {
-                    serde_json::from_str::<Entry>(value).is_ok_and(|e| e.expires >= now)
+                    serde_json::from_str::<Entry>(value).map_or(true, |e| e.expires >= now)
                 });
-                let merged = match data
+                let existing = data
                     .get(&key)
-                    .and_then(|v| serde_json::from_str::<Entry>(v).ok())
-                {
+                    .and_then(|v| serde_json::from_str::<Entry>(v).ok());
+                let merged = match existing {
+                    // Nothing to add: no write, no event for every replica.
+                    Some(existing) if entry.covered_by(&existing) => return Ok(()),
                     Some(existing) => existing.merged(entry),
                     None => entry.clone(),
                 };
@@ -224,12 +239,18 @@ impl RevocationStore {
     /// `SubjectAccessReview` sent as the proxy): the check for revoking
     /// anyone's tokens but one's own.
     pub async fn may_revoke(&self, user: &crate::authn::UserInfo) -> Result<bool, StoreError> {
+        // kube adds system:authenticated to every authenticated user's
+        // groups (as it does for an impersonated one); a review does not.
+        let mut groups = user.groups.clone();
+        if !groups.iter().any(|g| g == "system:authenticated") {
+            groups.push("system:authenticated".to_owned());
+        }
         let review = json!({
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SubjectAccessReview",
             "spec": {
                 "user": user.username,
-                "groups": user.groups,
+                "groups": groups,
                 "uid": user.uid.clone().unwrap_or_default(),
                 "extra": user.extra,
                 "resourceAttributes": {
@@ -440,6 +461,7 @@ mod tests {
         for index in 0..SHARDS {
             assert_eq!(shard_index(&shard_name(index)), Some(index));
         }
+        assert_eq!(shard_name(WIDE_SHARD), "authproxy-revocations-users");
         assert_eq!(shard_index("authproxy-revocations-10"), None);
         assert_eq!(shard_index("authproxy-revocations-0a"), None);
         assert_eq!(shard_index("other"), None);
