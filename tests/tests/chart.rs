@@ -368,6 +368,23 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
         .map(std::path::PathBuf::from),
         "the first key signs"
     );
+    // Revocations: kept in the release's namespace, with exactly the RBAC the
+    // store needs (the shards by name for reading and writing).
+    let revocation = issued.revocation.as_ref().context("issuedTokens.revocation")?;
+    assert_eq!(revocation.namespace.as_deref(), Some("ns"));
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "Role" && o["metadata"]["name"] == "authproxy-revocations")
+        .context("the revocation store's Role")?;
+    assert_eq!(role["metadata"]["namespace"], "ns");
+    let shards = proxy_core::authn::revocation::store::shard_names();
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch", "create"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": shards, "verbs": ["get", "update"]},
+        ])
+    );
     let root = tempfile::tempdir()?;
     write_mounted_files(&objects, pod_spec(&objects)?, root.path())?;
     assert_eq!(
