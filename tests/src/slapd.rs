@@ -1,5 +1,6 @@
 //! OpenLDAP `slapd` from Debian, started as a child process on free loopback
-//! ports with a throwaway configuration, the fixture tests/fixtures/ldap.ldif,
+//! ports with a throwaway configuration (the ppolicy overlay loaded, so an
+//! administrator can lock an account), the fixture tests/fixtures/ldap.ldif,
 //! LDAP (with StartTLS) and LDAPS listeners, and `-d 256` statistics logging
 //! so tests can count the binds the directory saw.
 
@@ -53,6 +54,7 @@ impl Slapd {
              include /etc/ldap/schema/nis.schema\n\
              modulepath /usr/lib/ldap\n\
              moduleload back_mdb\n\
+             moduleload ppolicy\n\
              pidfile {d}/slapd.pid\n\
              TLSCACertificateFile {ca}\n\
              TLSCertificateFile {cert}\n\
@@ -63,6 +65,7 @@ impl Slapd {
              rootdn \"cn=admin,{SUFFIX}\"\n\
              rootpw admin-secret\n\
              directory {d}/db\n\
+             overlay ppolicy\n\
              access to attrs=userPassword by self read by anonymous auth by * none\n\
              access to * by * read\n",
             d = dir.path().display(),

@@ -370,7 +370,10 @@ async fn chart_lints_and_renders_each_mode_hardened() -> anyhow::Result<()> {
     );
     // Revocations: kept in the release's namespace, with exactly the RBAC the
     // store needs (the shards by name for reading and writing).
-    let revocation = issued.revocation.as_ref().context("issuedTokens.revocation")?;
+    let revocation = issued
+        .revocation
+        .as_ref()
+        .context("issuedTokens.revocation")?;
     assert_eq!(revocation.namespace.as_deref(), Some("ns"));
     let role = objects
         .iter()

@@ -430,6 +430,41 @@ async fn an_issued_tokens_user_follows_the_directory_groups_and_deletion() -> an
     )
     .await?;
     let group_seen = left.elapsed();
+    // alice locked by an administrator (ppolicy): her token is refused.
+    let (code, body) = env
+        .curl(&["-X", "POST", "-u", "alice:alice-password", &url])
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let alice: serde_json::Value = serde_json::from_str(&body)?;
+    let alice = alice["status"]["token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    assert!(groups_with(&env, &alice).await?.is_ok());
+    slapd
+        .modify(&format!("dn: {ALICE_DN}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n"))
+        .await?;
+    let locked = std::time::Instant::now();
+    authproxy_tests::wait_for(Duration::from_secs(6), "alice's token refused", || {
+        let (env, token) = (&env, &alice);
+        async move {
+            match groups_with(env, token).await {
+                Ok(Err(401)) => Ok(Some(())),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await?;
+    let lock_seen = locked.elapsed();
+    // A locked account cannot log in either (its password is right, and
+    // this directory's bind takes it: no policy applies to the entry).
+    slapd
+        .modify(&format!("dn: {DAVE_DN}\nchangetype: modify\nreplace: pwdAccountLockedTime\npwdAccountLockedTime: 000001010000Z\n"))
+        .await?;
+    let (code, body) = env
+        .curl(&["-X", "POST", "-u", "dave:dave-password", &url])
+        .await?;
+    assert_eq!(code, 401, "{body}");
     // carol deleted: her token is refused.
     slapd
         .modify("dn: uid=carol,ou=people,dc=example,dc=org\nchangetype: delete\n")
@@ -446,7 +481,7 @@ async fn an_issued_tokens_user_follows_the_directory_groups_and_deletion() -> an
     })
     .await?;
     println!(
-        "refreshInterval 1s: a group removal seen after {group_seen:?}, a deletion refused after {:?}",
+        "refreshInterval 1s: a group removal seen after {group_seen:?}, a ppolicy lock refused after {lock_seen:?}, a deletion refused after {:?}",
         deleted.elapsed()
     );
     // Counted: the lookups that found carol, and the one that did not.
@@ -462,7 +497,7 @@ async fn an_issued_tokens_user_follows_the_directory_groups_and_deletion() -> an
         .await?;
     let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        metrics.contains("authproxy_issued_token_refreshes_total{result=\"gone\"} 1"),
+        metrics.contains("authproxy_issued_token_refreshes_total{result=\"gone\"} 2"),
         "{metrics}"
     );
     Ok(())

@@ -255,7 +255,14 @@ impl LdapAuthenticator {
                 return Ok(None);
             }
         }
-        // A disabled account's bind is refused by the directory itself.
+        // A directory refuses a disabled account's bind only where a policy
+        // says so (OpenLDAP's ppolicy leaves an administrative lock to the
+        // policy that applies to the entry): the attributes decide here too,
+        // as they do when the user is looked up again.
+        if disabled(entry) {
+            tracing::info!("LDAP login: the account is disabled");
+            return Ok(None);
+        }
         self.user_of(entry, username).await.map(Some)
     }
 
