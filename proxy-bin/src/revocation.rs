@@ -158,6 +158,11 @@ fn success(message: String) -> Response<ProxyBody> {
     r
 }
 
+/// `secs` since the epoch as an RFC 3339 time.
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -189,12 +194,19 @@ impl Revocation {
                 let what = match &entry.revoked {
                     Revoked::Session { session } => format!("session {session}"),
                     Revoked::User { user, before } => {
-                        format!("every token of user {user:?} issued until {before}")
+                        format!("user {user:?} issued until {}", rfc3339(*before))
                     }
-                    Revoked::All { before } => format!("every token issued until {before}"),
+                    Revoked::All { before } => format!("issued until {}", rfc3339(*before)),
                 };
                 tracing::info!(by = %entry.by, revoked = %what, "tokens revoked");
-                success(format!("revoked: {what}"))
+                let mut response = success(format!("revoked: {what}"));
+                response
+                    .extensions_mut()
+                    .insert(proxy_core::observe::audit::Annotations(vec![
+                        (proxy_core::observe::audit::REVOKED_KEY, what),
+                        (proxy_core::observe::audit::REVOKED_BY_KEY, entry.by.clone()),
+                    ]));
+                response
             }
             Err(error) => {
                 tracing::warn!(%error, "a revocation could not be written");

@@ -433,7 +433,12 @@ async fn revoking_anyone_else_is_for_whom_kube_rbac_allows() -> anyhow::Result<(
     let shared = tempfile::tempdir()?;
     let pki = TestPki::new()?;
     let key = signing_key(&pki, shared.path())?;
-    let env = Env::start_with(TestPki::new()?, &issued_with_revocation(&key, &ns, None)).await?;
+    let env = Env::start_with_top_level(
+        TestPki::new()?,
+        &issued_with_revocation(&key, &ns, None),
+        "audit: {path: audit.log, level: Metadata}",
+    )
+    .await?;
     ready(&env).await?;
     let alice = issued_token(&env, "alice-token").await?;
     let bob = issued_token(&env, "bob-token").await?;
@@ -518,6 +523,55 @@ async fn revoking_anyone_else_is_for_whom_kube_rbac_allows() -> anyhow::Result<(
     assert_eq!(version_as(&env, &again).await?, 401);
     // Static tokens are not issued tokens: untouched.
     assert_eq!(version_as(&env, "alice-token").await?, 200);
+    // Each revocation is in the audit log: what, by whom, and refusals.
+    let audit = env.dir.path().join("audit.log");
+    let events =
+        authproxy_tests::wait_for(Duration::from_secs(10), "revocation audit events", || {
+            let audit = audit.clone();
+            async move {
+                let events: Vec<serde_json::Value> = authproxy_tests::observe::audit_lines(&audit)
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .filter(|e| e["requestURI"] == "/authproxy/v1/revocations")
+                    .collect();
+                Ok((events
+                    .iter()
+                    .filter(|e| e["responseStatus"]["code"] == 200)
+                    .count()
+                    >= 3)
+                    .then_some(events))
+            }
+        })
+        .await?;
+    let revoked: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["responseStatus"]["code"] == 200)
+        .map(|e| {
+            (
+                e["annotations"]["authproxy.io/revoked"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                e["annotations"]["authproxy.io/revoked-by"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        revoked[0].0.starts_with("user \"alice\" issued until 20"),
+        "{revoked:?}"
+    );
+    assert_eq!(revoked[0].1, "root");
+    assert!(revoked[1].0.starts_with("session "), "{revoked:?}");
+    assert_eq!(revoked[1].1, "bob", "a token that revoked itself: its user");
+    assert!(revoked[2].0.starts_with("issued until "), "{revoked:?}");
+    let refused = events
+        .iter()
+        .find(|e| e["responseStatus"]["code"] == 403)
+        .context("bob's refused revocation")?;
+    assert_eq!(refused["user"]["username"], "bob");
     Ok(())
 }
 

@@ -43,6 +43,19 @@ pub const AUTHENTICATOR_KEY: &str = "authproxy.io/authenticator";
 /// [`super::sessions`]).
 pub const RECORDING_KEY: &str = "authproxy.io/session-recording";
 
+/// The audit annotation naming what a revocation revoked (`session <id>`,
+/// `user <name> issued until <time>`, `issued until <time>`).
+pub const REVOKED_KEY: &str = "authproxy.io/revoked";
+
+/// The audit annotation naming who revoked: the authenticated caller, or
+/// for a token that revoked itself (a logout), that token's user.
+pub const REVOKED_BY_KEY: &str = "authproxy.io/revoked-by";
+
+/// Annotations an endpoint served beside the proxy (token exchange,
+/// revocation) puts in its response's extensions for its audit event.
+#[derive(Debug, Clone, Default)]
+pub struct Annotations(pub Vec<(&'static str, String)>);
+
 /// The key of the authentication's result in the annotations: `success`,
 /// `invalid`, `throttled`, `unavailable`, or `unclaimed` (no authenticator
 /// took the credential; the authenticator is then `none`).

@@ -402,6 +402,11 @@ where
                         if let Some(path) = record.recording.get() {
                             event.annotations.insert(audit::RECORDING_KEY, path.clone());
                         }
+                        if let Some(notes) = response.extensions().get::<audit::Annotations>() {
+                            for (key, value) in &notes.0 {
+                                event.annotations.insert(key, value.clone());
+                            }
+                        }
                         if info.long_running {
                             completion = Some((audit.clone(), event.clone()));
                         }
