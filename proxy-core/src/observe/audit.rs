@@ -245,7 +245,7 @@ const MAX_FORWARDED_IPS: usize = 16;
 impl RequestFacts {
     /// `sourceIPs` as kube-apiserver will list them for the forwarded
     /// request: the valid addresses of `X-Forwarded-For` (the first
-    /// [`MAX_FORWARDED_IPS`]), then the connecting address unless it is the
+    /// 16), then the connecting address unless it is the
     /// last one listed. (A caller's `X-Real-Ip` is not forwarded, so it is not
     /// listed.) The connecting address is the one that cannot be forged; the
     /// rest is what callers and proxies before it said.

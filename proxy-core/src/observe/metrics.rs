@@ -620,7 +620,7 @@ impl Drop for InFlight {
 }
 
 /// An authenticator that counts its answers by result and times them, and
-/// tells the request's audit record who decided (see [`super::record`]).
+/// tells the request's audit record who decided (see the `record` module of `observe`).
 pub struct InstrumentedAuthenticator {
     inner: Arc<dyn Authenticator>,
     label: Arc<str>,

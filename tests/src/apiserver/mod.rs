@@ -3,7 +3,7 @@
 //!
 //! - authenticates only known bearer tokens (401 `Status` otherwise);
 //! - honours `Impersonate-*` only for an identity granted the `impersonate`
-//!   verb on users/serviceaccounts, groups, uids and userextras/<key>, answers
+//!   verb on users/serviceaccounts, groups, uids and `userextras/<key>`, answers
 //!   400 for Group/Uid/Extra without User, percent-decodes and lower-cases
 //!   extra keys, and adds `system:authenticated` to the effective user;
 //! - authorizes the effective user with a rule table and answers 403 with

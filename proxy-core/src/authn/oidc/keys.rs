@@ -85,7 +85,7 @@ const MAX_SKIP_LOGS: usize = 5;
 const MAX_KID_CHARS: usize = 64;
 
 /// A `kid` as it may appear in a log line or an error: at most
-/// [`MAX_KID_CHARS`] characters, control and non-ASCII characters escaped.
+/// 64 characters, control and non-ASCII characters escaped.
 pub fn shown_kid(kid: &str) -> String {
     let mut shown: String = kid
         .chars()
