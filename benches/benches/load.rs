@@ -222,7 +222,7 @@ async fn bare_on(listener: std::net::TcpListener) -> anyhow::Result<()> {
                 .unwrap_or_default();
             req.headers_mut().remove(header::HOST);
             Ok(match client.request(req).await {
-                Ok(response) => response.map(proxy_core::ProxyBody::Incoming),
+                Ok(response) => response.map(proxy_core::ProxyBody::from),
                 Err(error) => {
                     // The first few failures say why the run is about to fail.
                     static SAID: std::sync::atomic::AtomicUsize =

@@ -32,7 +32,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use proxy_core::tunnel::agent::{Agent, AgentSettings};
 use proxy_core::tunnel::backoff::Backoff;
-use proxy_core::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
+use proxy_core::upstream::{Upstream, UpstreamOptions};
 
 const PATH: &str = "/api/v1/namespaces/default/configmaps?limit=1";
 const REGISTRATION_TOKEN: &str = "bench-registration-token";
@@ -171,18 +171,12 @@ fn main() -> anyhow::Result<()> {
         let proxy_url = format!("https://{}", proxy.addr());
 
         // The agent, in this process: kube with the proxy's service account.
-        let upstream = Upstream::new(UpstreamOptions {
-            url: kube.url().parse()?,
-            ca_pem: Some(ca_pem.clone().into_bytes()),
-            client_identity: None,
-            server_name: None,
-            credential: UpstreamCredential::TokenFile {
-                path: dir.path().join("proxy.token"),
-                interval: Duration::from_secs(60),
-            },
-            connect_timeout: Duration::from_secs(5),
-            pool: Default::default(),
-        })?;
+        let upstream = Upstream::new(
+            UpstreamOptions::new(kube.url().parse()?)
+                .with_ca_pem(ca_pem.clone().into_bytes())
+                .with_token_file(dir.path().join("proxy.token"), Duration::from_secs(60))
+                .with_connect_timeout(Duration::from_secs(5)),
+        )?;
         let agent = Agent::new(
             AgentSettings {
                 proxy_url: proxy_url.parse()?,

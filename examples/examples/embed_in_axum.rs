@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
 use proxy_core::authn::StaticTokens;
-use proxy_core::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
+use proxy_core::upstream::{Upstream, UpstreamOptions};
 use proxy_core::{AuthnLayer, Chain, ImpersonateLayer};
 use tower::ServiceExt;
 use tower_layer::Layer;
@@ -26,18 +26,11 @@ fn env(name: &str) -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     let tokens = StaticTokens::load_and_watch(env("TOKENS_CSV")?.as_ref(), Duration::from_secs(1))?;
     // `Upstream` is generic over the request body: here axum's `Body`.
-    let upstream: Upstream<Body> = Upstream::new(UpstreamOptions {
-        url: env("UPSTREAM_URL")?.parse()?,
-        ca_pem: Some(std::fs::read(env("UPSTREAM_CA_FILE")?)?),
-        client_identity: None,
-        server_name: None,
-        credential: UpstreamCredential::TokenFile {
-            path: env("UPSTREAM_TOKEN_FILE")?.into(),
-            interval: Duration::from_secs(1),
-        },
-        connect_timeout: Duration::from_secs(10),
-        pool: Default::default(),
-    })?;
+    let upstream: Upstream<Body> = Upstream::new(
+        UpstreamOptions::new(env("UPSTREAM_URL")?.parse()?)
+            .with_ca_pem(std::fs::read(env("UPSTREAM_CA_FILE")?)?)
+            .with_token_file(env("UPSTREAM_TOKEN_FILE")?, Duration::from_secs(1)),
+    )?;
     // The layers in the order a request meets them.
     let proxy = AuthnLayer::new(Chain::new(vec![tokens]))
         .layer(ImpersonateLayer::new().layer(upstream))

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use proxy_core::authn::StaticTokens;
-use proxy_core::upstream::{Upstream, UpstreamCredential, UpstreamOptions};
+use proxy_core::upstream::{Upstream, UpstreamOptions};
 use proxy_core::{proxy_stack, Chain};
 
 fn env(name: &str) -> anyhow::Result<String> {
@@ -27,18 +27,11 @@ fn env(name: &str) -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     let tokens = StaticTokens::load_and_watch(env("TOKENS_CSV")?.as_ref(), Duration::from_secs(1))?;
     let chain = Chain::new(vec![tokens]);
-    let upstream: Upstream = Upstream::new(UpstreamOptions {
-        url: env("UPSTREAM_URL")?.parse()?,
-        ca_pem: Some(std::fs::read(env("UPSTREAM_CA_FILE")?)?),
-        client_identity: None,
-        server_name: None,
-        credential: UpstreamCredential::TokenFile {
-            path: env("UPSTREAM_TOKEN_FILE")?.into(),
-            interval: Duration::from_secs(1),
-        },
-        connect_timeout: Duration::from_secs(10),
-        pool: Default::default(),
-    })?;
+    let upstream: Upstream = Upstream::new(
+        UpstreamOptions::new(env("UPSTREAM_URL")?.parse()?)
+            .with_ca_pem(std::fs::read(env("UPSTREAM_CA_FILE")?)?)
+            .with_token_file(env("UPSTREAM_TOKEN_FILE")?, Duration::from_secs(1)),
+    )?;
     let stack = Arc::new(proxy_stack(chain, upstream));
 
     // hyper applies its HTTP/1 header-read timeout and HTTP/2 PINGs only

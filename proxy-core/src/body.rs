@@ -1,6 +1,7 @@
 //! The response body type of the proxy stack.
 //!
-//! Upstream responses stream through untouched ([`ProxyBody::Incoming`]);
+//! Upstream responses stream through untouched (a [`ProxyBody`] made from
+//! hyper's `Incoming`);
 //! responses the proxy makes itself (Status objects, health) are small
 //! in-memory bodies. The enum avoids boxing on the hot path. A body can
 //! carry a [`Hold`]: something released when the body ends or is dropped (an
@@ -111,8 +112,14 @@ where
 }
 
 /// A response body: either streamed from the upstream or made by the proxy.
+/// What it is made of is its own affair: build one with [`ProxyBody::full`],
+/// [`ProxyBody::empty`] or `From<hyper::body::Incoming>`, and read it as any
+/// [`http_body::Body`].
 #[derive(Debug)]
-pub enum ProxyBody {
+pub struct ProxyBody(Kind);
+
+#[derive(Debug)]
+enum Kind {
     /// A body made in memory (a Status object, a health answer), sent once.
     Full(Option<Bytes>),
     /// A body streamed from the upstream, frame by frame.
@@ -148,8 +155,11 @@ pub async fn prefetch_fixed_length(
 ) -> http::Response<ProxyBody> {
     let (parts, mut body) = response.into_parts();
     let body = match first_frame_if_fixed(&parts.headers, &mut body).await {
-        Some(first) => ProxyBody::Prefetched(Some(first.map_err(BoxError::from)), body),
-        None => ProxyBody::Incoming(body),
+        Some(first) => ProxyBody(Kind::Prefetched(
+            Some(first.map_err(BoxError::from)),
+            body,
+        )),
+        None => ProxyBody(Kind::Incoming(body)),
     };
     http::Response::from_parts(parts, body)
 }
@@ -221,16 +231,21 @@ pub struct HeldBody {
 impl ProxyBody {
     /// An empty body.
     pub fn empty() -> Self {
-        ProxyBody::Full(None)
+        ProxyBody(Kind::Full(None))
+    }
+
+    /// A body streamed from an upstream HTTP/2 stream.
+    pub(crate) fn http2(body: crate::upstream::Http2Body) -> Self {
+        ProxyBody(Kind::Http2(body))
     }
 
     /// A body holding `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         if bytes.is_empty() {
-            ProxyBody::Full(None)
+            ProxyBody(Kind::Full(None))
         } else {
-            ProxyBody::Full(Some(bytes))
+            ProxyBody(Kind::Full(Some(bytes)))
         }
     }
 
@@ -239,16 +254,16 @@ impl ProxyBody {
         if self.is_end_stream() {
             return self;
         }
-        ProxyBody::Held(Box::new(HeldBody {
+        ProxyBody(Kind::Held(Box::new(HeldBody {
             body: self,
             hold: Some(hold),
-        }))
+        })))
     }
 }
 
 impl From<hyper::body::Incoming> for ProxyBody {
     fn from(body: hyper::body::Incoming) -> Self {
-        ProxyBody::Incoming(body)
+        ProxyBody(Kind::Incoming(body))
     }
 }
 
@@ -260,19 +275,19 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(body) => Pin::new(body)
+        match &mut self.get_mut().0 {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
-            ProxyBody::Prefetched(first, body) => match first.take() {
+            Kind::Prefetched(first, body) => match first.take() {
                 Some(frame) => Poll::Ready(Some(frame)),
                 None => Pin::new(body)
                     .poll_frame(cx)
                     .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
             },
-            ProxyBody::Http2(body) => Pin::new(body).poll_frame(cx),
-            ProxyBody::Held(held) => {
+            Kind::Http2(body) => Pin::new(body).poll_frame(cx),
+            Kind::Held(held) => {
                 let frame = Pin::new(&mut held.body).poll_frame(cx);
                 if matches!(&frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
                     held.hold = None;
@@ -283,25 +298,25 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Incoming(body) => body.is_end_stream(),
-            ProxyBody::Prefetched(first, body) => first.is_none() && body.is_end_stream(),
-            ProxyBody::Http2(body) => body.is_end_stream(),
-            ProxyBody::Held(held) => held.body.is_end_stream(),
+        match &self.0 {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Incoming(body) => body.is_end_stream(),
+            Kind::Prefetched(first, body) => first.is_none() && body.is_end_stream(),
+            Kind::Http2(body) => body.is_end_stream(),
+            Kind::Held(held) => held.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            ProxyBody::Full(None) => SizeHint::with_exact(0),
-            ProxyBody::Incoming(body) => body.size_hint(),
+        match &self.0 {
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Incoming(body) => body.size_hint(),
             // the first frame's length is not counted: a hint, not exact
-            ProxyBody::Prefetched(None, body) => body.size_hint(),
-            ProxyBody::Prefetched(Some(_), _) => SizeHint::default(),
-            ProxyBody::Http2(body) => body.size_hint(),
-            ProxyBody::Held(held) => held.body.size_hint(),
+            Kind::Prefetched(None, body) => body.size_hint(),
+            Kind::Prefetched(Some(_), _) => SizeHint::default(),
+            Kind::Http2(body) => body.size_hint(),
+            Kind::Held(held) => held.body.size_hint(),
         }
     }
 }

@@ -59,6 +59,7 @@ pub struct ClientAddr(pub std::net::IpAddr);
 
 /// A credential presented by the caller.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Credential {
     /// `Authorization: Bearer <token>`.
     Bearer(Secret),
@@ -77,6 +78,7 @@ pub enum Credential {
 
 /// Why an `Authorization` header could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CredentialError {
     /// More than one `Authorization` header.
     #[error("more than one Authorization header")]

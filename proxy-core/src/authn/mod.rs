@@ -178,6 +178,7 @@ impl Identity {
 
 /// Why a credential did not authenticate anyone.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthnError {
     /// The credential belongs to this authenticator but is not valid. The
     /// reason is for logs and must not contain the credential.

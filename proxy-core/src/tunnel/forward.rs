@@ -216,7 +216,7 @@ where
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_response_hop_headers(&mut parts.headers);
-            Response::from_parts(parts, ProxyBody::Incoming(body))
+            Response::from_parts(parts, ProxyBody::from(body))
         }
         Err(status) => status.into_response(),
     }
@@ -270,7 +270,7 @@ where
         // The API server's refusal (a 400 for a pod without a node, say).
         let (mut parts, body) = response.into_parts();
         strip_response_hop_headers(&mut parts.headers);
-        return Response::from_parts(parts, ProxyBody::Incoming(body));
+        return Response::from_parts(parts, ProxyBody::from(body));
     }
     let tunnel = hyper::upgrade::on(&mut response);
     let cluster = agents.name().to_owned();

@@ -58,6 +58,7 @@ use crate::BoxError;
 
 /// How the proxy proves itself to the API server.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub enum UpstreamCredential {
     /// No bearer token (a client certificate may still be configured).
     #[default]
@@ -73,8 +74,26 @@ pub enum UpstreamCredential {
     },
 }
 
-/// Everything needed to reach the API server.
+/// Everything needed to reach the API server: start from
+/// [`UpstreamOptions::new`] (or `Default`: `https://kubernetes.default.svc`)
+/// and add what the server needs with the `with_*` methods, or take them
+/// from configuration ([`crate::config::UpstreamConfig::to_options`]) or a
+/// kubeconfig ([`crate::kubeconfig::Kubeconfig::upstream`]).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use proxy_core::upstream::{Upstream, UpstreamOptions};
+///
+/// let options = UpstreamOptions::new("https://127.0.0.1:6443".parse()?)
+///     .with_token_file("/var/run/secrets/kubernetes.io/serviceaccount/token", Duration::from_secs(60))
+///     .with_connect_timeout(Duration::from_secs(5));
+/// # let _ = options;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct UpstreamOptions {
     /// Base URL (`https://host:port`, optionally with a path prefix).
     pub url: Uri,
@@ -92,8 +111,86 @@ pub struct UpstreamOptions {
     pub pool: PoolSettings,
 }
 
+/// How long opening a TCP connection may take unless told otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for UpstreamOptions {
+    /// The in-cluster API server's address, the system's CAs, no credential.
+    fn default() -> Self {
+        UpstreamOptions::new(Uri::from_static("https://kubernetes.default.svc"))
+    }
+}
+
+impl UpstreamOptions {
+    /// The API server at `url`, verified with the system's CAs, with no
+    /// credential, a [`DEFAULT_CONNECT_TIMEOUT`] and the default pool.
+    pub fn new(url: Uri) -> Self {
+        UpstreamOptions {
+            url,
+            ca_pem: None,
+            client_identity: None,
+            server_name: None,
+            credential: UpstreamCredential::None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            pool: PoolSettings::default(),
+        }
+    }
+
+    /// Verifies the server with the CAs of this PEM bundle instead.
+    pub fn with_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate chain and key to the server.
+    pub fn with_client_identity(
+        mut self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.client_identity = Some((chain, Arc::new(key)));
+        self
+    }
+
+    /// Verifies this name in the server's certificate instead of the URL's
+    /// host.
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Proves the proxy with `credential`.
+    pub fn with_credential(mut self, credential: UpstreamCredential) -> Self {
+        self.credential = credential;
+        self
+    }
+
+    /// Proves the proxy with the bearer token in `path`, read again every
+    /// `interval` (a projected service-account token is renewed in place).
+    pub fn with_token_file(mut self, path: impl Into<PathBuf>, interval: Duration) -> Self {
+        self.credential = UpstreamCredential::TokenFile {
+            path: path.into(),
+            interval,
+        };
+        self
+    }
+
+    /// Gives up opening a TCP connection after `timeout`.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Pools and keeps alive HTTP/2 connections as `pool` says.
+    pub fn with_pool(mut self, pool: PoolSettings) -> Self {
+        self.pool = pool;
+        self
+    }
+}
+
 /// A problem building the upstream client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UpstreamError {
     /// The URL is not usable.
     #[error("upstream url {url}: {problem}")]
@@ -654,7 +751,7 @@ where
                     strip_response_hop_headers(&mut parts.headers);
                     let body = http2::Http2Body::new(&parts.headers, stream).await;
                     // The stream slot is given back when the body ends or is dropped.
-                    let body = ProxyBody::Http2(body).with_hold(Hold::new(guard));
+                    let body = ProxyBody::http2(body).with_hold(Hold::new(guard));
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(http2::SendError::GoneAway(back)) if gone_away < MAX_GONE_AWAY => {
@@ -766,7 +863,7 @@ where
         let (mut parts, body) = response.into_parts();
         strip_response_hop_headers(&mut parts.headers);
         // Counted, and the connection kept, until the refusal's body ends.
-        let body = ProxyBody::Incoming(body).with_hold(Hold::new((in_flight, checkin)));
+        let body = ProxyBody::from(body).with_hold(Hold::new((in_flight, checkin)));
         return Ok(Response::from_parts(parts, body));
     }
     // The connection now belongs to the tunnel.

@@ -72,6 +72,7 @@ pub const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// How many HTTP/2 connections the pool may open and how it keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolSettings {
     /// Most HTTP/2 connections open at once; at the cap, requests wait for a
     /// free stream.

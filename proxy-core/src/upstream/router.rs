@@ -62,6 +62,7 @@ pub struct ClusterName(pub Arc<str>);
 
 /// Why a cluster name cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NameError {
     /// The name is empty or longer than [`MAX_NAME_LENGTH`].
     #[error("must be 1 to {MAX_NAME_LENGTH} characters long")]
@@ -90,6 +91,7 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
 
 /// A problem building a [`Router`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RouterError {
     /// A cluster name is not usable.
     #[error("cluster name {name:?}: {problem}")]
@@ -120,6 +122,7 @@ pub enum Route<'a> {
 
 /// Why a request path cannot be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RouteError {
     /// The path cannot be forwarded at all.
     #[error(transparent)]
