@@ -134,6 +134,8 @@ enum Kind {
     Http2(crate::upstream::Http2Body),
     /// Another body and what it holds until it ends or is dropped.
     Held(Box<HeldBody>),
+    /// Any other body (an embedder's handler's), boxed.
+    Boxed(http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>),
 }
 
 /// Longest wait for the first frame of a fixed-length upstream answer.
@@ -155,10 +157,7 @@ pub async fn prefetch_fixed_length(
 ) -> http::Response<ProxyBody> {
     let (parts, mut body) = response.into_parts();
     let body = match first_frame_if_fixed(&parts.headers, &mut body).await {
-        Some(first) => ProxyBody(Kind::Prefetched(
-            Some(first.map_err(BoxError::from)),
-            body,
-        )),
+        Some(first) => ProxyBody(Kind::Prefetched(Some(first.map_err(BoxError::from)), body)),
         None => ProxyBody(Kind::Incoming(body)),
     };
     http::Response::from_parts(parts, body)
@@ -234,6 +233,19 @@ impl ProxyBody {
         ProxyBody(Kind::Full(None))
     }
 
+    /// Any body with `Bytes` frames (an axum handler's, a tower middleware's
+    /// wrapper), boxed: what lets the layers, which answer with
+    /// `ProxyBody`, sit over any service (see [`crate::layer::ProxyBodyLayer`]).
+    pub fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        ProxyBody(Kind::Boxed(http_body_util::BodyExt::boxed_unsync(
+            http_body_util::BodyExt::map_err(body, Into::into),
+        )))
+    }
+
     /// A body streamed from an upstream HTTP/2 stream.
     pub(crate) fn http2(body: crate::upstream::Http2Body) -> Self {
         ProxyBody(Kind::Http2(body))
@@ -287,6 +299,7 @@ impl Body for ProxyBody {
                     .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
             },
             Kind::Http2(body) => Pin::new(body).poll_frame(cx),
+            Kind::Boxed(body) => Pin::new(body).poll_frame(cx),
             Kind::Held(held) => {
                 let frame = Pin::new(&mut held.body).poll_frame(cx);
                 if matches!(&frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
@@ -303,6 +316,7 @@ impl Body for ProxyBody {
             Kind::Incoming(body) => body.is_end_stream(),
             Kind::Prefetched(first, body) => first.is_none() && body.is_end_stream(),
             Kind::Http2(body) => body.is_end_stream(),
+            Kind::Boxed(body) => body.is_end_stream(),
             Kind::Held(held) => held.body.is_end_stream(),
         }
     }
@@ -316,6 +330,7 @@ impl Body for ProxyBody {
             Kind::Prefetched(None, body) => body.size_hint(),
             Kind::Prefetched(Some(_), _) => SizeHint::default(),
             Kind::Http2(body) => body.size_hint(),
+            Kind::Boxed(body) => body.size_hint(),
             Kind::Held(held) => held.body.size_hint(),
         }
     }

@@ -19,11 +19,13 @@
 //! 503 when an identity backend or the API server is unreachable.
 
 mod authn;
+mod body;
 mod impersonate;
 mod long_running;
 mod nested;
 
 pub use authn::{Authn, AuthnLayer};
+pub use body::{IntoProxyBody, ProxyBodyLayer};
 pub use impersonate::{Impersonate, ImpersonateLayer};
 pub use long_running::{LongRunning, LongRunningLayer, RETRY_AFTER_SECONDS};
 pub use nested::{NestedImpersonation, NestedImpersonationLayer};
