@@ -19,15 +19,15 @@ COPY . .
 # build caches, not layers. By default the binary is optimized with a profile
 # of itself under load (scripts/pgo-build.sh: about three release builds'
 # time; it installs wrk and llvm from Debian). `--build-arg PGO=0` builds the
-# plain release binary instead.
+# plain `dist` binary (fat LTO, stripped) instead.
 ARG PGO=1
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     if [ "$PGO" = 1 ]; then \
         scripts/pgo-build.sh && install -D -m 0755 target/pgo/authproxy /out/authproxy; \
     else \
-        cargo build --release --locked -p proxy-bin --bin authproxy \
-        && install -D -m 0755 target/release/authproxy /out/authproxy; \
+        cargo build --profile dist --locked -p proxy-bin --bin authproxy \
+        && install -D -m 0755 target/dist/authproxy /out/authproxy; \
     fi
 
 FROM gcr.io/distroless/cc-debian12:nonroot

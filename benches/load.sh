@@ -25,8 +25,9 @@ fi
 if [ -z "${LOAD_BINARY:-}" ] && [ "${LOAD_PGO:-1}" != 0 ]; then
     scripts/pgo-build.sh
     export LOAD_BINARY="$PWD/target/pgo/authproxy"
-else
-    cargo build --release -p proxy-bin
+elif [ -z "${LOAD_BINARY:-}" ]; then
+    cargo build --profile dist -p proxy-bin
+    export LOAD_BINARY="$PWD/target/dist/authproxy"
 fi
 cargo bench -p authproxy-benches --bench load
 if [ "${LOAD_CALLGRIND:-1}" != 0 ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The release binary, optimized with a profile of itself under load
+# The shipped (`dist` profile) binary, optimized with a profile of itself under load
 # (profile-guided optimization). An instrumented build serves the load
 # benchmark's requests: static tokens, OIDC, metrics and audit, to HTTP/2 and
 # HTTP/1.1 upstreams, at 1 and 64 connections. The release build is then
@@ -32,14 +32,14 @@ mkdir -p "$out"
 # Each build in a target folder of its own: their flags differ from every
 # other build's, and sharing one would rebuild everything each time.
 RUSTFLAGS="-Cprofile-generate=$out/build-scripts" \
-    cargo build --release --locked -p proxy-bin --bin authproxy --target-dir target/pgo-generate
+    cargo build --profile dist --locked -p proxy-bin --bin authproxy --target-dir target/pgo-generate
 
 # Only the proxy's own runs count (build scripts ran instrumented too). The
 # bench's own upstream serves them, nginx or not on this machine, so the image
 # build (without nginx) and a build here profile the same answers.
 rm -rf "$out/runs"
 LLVM_PROFILE_FILE="$out/runs/authproxy-%p.profraw" \
-    LOAD_BINARY="$PWD/target/pgo-generate/release/authproxy" \
+    LOAD_BINARY="$PWD/target/pgo-generate/dist/authproxy" \
     LOAD_UPSTREAM_SERVER=builtin \
     LOAD_TARGETS=authproxy-h2,authproxy-h1,oidc-h2,oidc-h1,obs-h2 \
     LOAD_SECONDS=3 LOAD_ROUNDS=1 LOAD_CALLGRIND=0 \
@@ -47,6 +47,6 @@ LLVM_PROFILE_FILE="$out/runs/authproxy-%p.profraw" \
 "$profdata" merge -o "$out/authproxy.profdata" "$out"/runs/*.profraw
 
 RUSTFLAGS="-Cprofile-use=$out/authproxy.profdata" \
-    cargo build --release --locked -p proxy-bin --bin authproxy --target-dir target/pgo-use
-install -m 0755 target/pgo-use/release/authproxy "$out/authproxy"
+    cargo build --profile dist --locked -p proxy-bin --bin authproxy --target-dir target/pgo-use
+install -m 0755 target/pgo-use/dist/authproxy "$out/authproxy"
 echo "pgo-build.sh: $out/authproxy"
