@@ -135,7 +135,7 @@ fn image_builds_on_the_runtime_release_and_runs_non_root() -> anyhow::Result<()>
         stages[1]
     );
     ensure!(
-        dockerfile.contains("cargo build --release --locked"),
+        dockerfile.contains("cargo build --profile dist --locked"),
         "the builder must use Cargo.lock's versions"
     );
     // The profile-guided build, the default, too: every cargo command in it.
@@ -169,6 +169,80 @@ fn image_builds_on_the_runtime_release_and_runs_non_root() -> anyhow::Result<()>
         ensure!(
             ignore.lines().any(|l| l.trim() == excluded),
             ".dockerignore must leave out {excluded}"
+        );
+    }
+    Ok(())
+}
+
+/// The settings of `[profile.<name>]` in the workspace's Cargo.toml, as
+/// `key = value` text.
+fn profile(name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml"))?;
+    let header = format!("[profile.{name}]");
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != header);
+    ensure!(lines.next().is_some(), "Cargo.toml has no {header}");
+    Ok(lines
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect())
+}
+
+/// The largest shipped binary allowed: every node pulling the image pays
+/// for code, not symbols.
+const MAX_SHIPPED_BYTES: u64 = 20 << 20;
+
+#[test]
+fn the_image_ships_the_stripped_whole_program_build() -> anyhow::Result<()> {
+    let dist = profile("dist")?;
+    for wanted in [
+        ("inherits", "\"release\""),
+        ("lto", "\"fat\""),
+        ("codegen-units", "1"),
+        ("strip", "true"),
+        ("debug", "false"),
+    ] {
+        ensure!(
+            dist.iter().any(|(k, v)| (k.as_str(), v.as_str()) == wanted),
+            "[profile.dist] lacks {} = {}: {dist:?}",
+            wanted.0,
+            wanted.1
+        );
+    }
+    // The demo's and the tests' release builds stay quick.
+    let release = profile("release")?;
+    ensure!(
+        release.iter().any(|(k, v)| k == "lto" && v == "\"thin\""),
+        "{release:?}"
+    );
+    // What the image and the PGO build compile is the dist profile.
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile"))?;
+    ensure!(dockerfile.contains("--profile dist") && dockerfile.contains("target/dist/authproxy"));
+    let pgo = std::fs::read_to_string(root().join("scripts/pgo-build.sh"))?;
+    ensure!(
+        !pgo.contains("--release") && pgo.matches("--profile dist").count() == 2,
+        "{pgo}"
+    );
+    // A dist binary built here (the image's, or `cargo build --profile
+    // dist`) is small and has no symbol table.
+    for binary in [
+        root().join("target/dist/authproxy"),
+        root().join("target/pgo/authproxy"),
+    ] {
+        if !binary.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&binary)?;
+        ensure!(
+            (bytes.len() as u64) <= MAX_SHIPPED_BYTES,
+            "{}: {} bytes, over {MAX_SHIPPED_BYTES}",
+            binary.display(),
+            bytes.len()
+        );
+        ensure!(
+            !bytes.windows(8).any(|w| w == b".symtab\0"),
+            "{} still has a symbol table",
+            binary.display()
         );
     }
     Ok(())
