@@ -21,6 +21,34 @@ pub(crate) trait UpgradeTap: Send + Sync {
     /// The readers for a stream the server switched to with `response`
     /// headers (`offered`: the caller's `Upgrade`); `None`: not this one.
     fn start(&self, response: &HeaderMap, offered: &str) -> Option<Taps>;
+
+    /// Whether a stream this tap cannot see must not be opened at all.
+    fn required(&self) -> bool {
+        false
+    }
+}
+
+/// Starts `tap` (when there is one) on a stream the server switched to:
+/// `Ok(None)` when there is none, `Err` when it could not start and is
+/// required (the caller must get a refusal, and the server's stream be
+/// closed).
+pub(crate) fn start(
+    tap: Option<UpgradeTaps>,
+    response: &HeaderMap,
+    offered: &str,
+) -> Result<Option<Taps>, crate::status::Status> {
+    let Some(tap) = tap else {
+        return Ok(None);
+    };
+    match tap.0.start(response, offered) {
+        Some(taps) => Ok(Some(taps)),
+        None if tap.0.required() => Err(crate::status::Status::failure(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            crate::status::Reason::ServiceUnavailable,
+            "this session must be recorded, and it cannot be: it was not opened",
+        )),
+        None => Ok(None),
+    }
 }
 
 /// The request extension a forwarder takes the [`UpgradeTap`] from.

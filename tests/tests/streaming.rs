@@ -870,3 +870,71 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
     );
     Ok(())
 }
+
+/// With `required: true`, a session that must be recorded and cannot be
+/// (the folder is gone) is not opened: kubectl is told, through the proxy
+/// and through the tunnel; a session the recording does not select goes on,
+/// and once the folder is back the session is recorded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow::Result<()> {
+    let kube = kube_with_kubelet().await?;
+    kube.apply_rbac(
+        ROOT_EXEC_RBAC,
+        &[&["create", "pods", "--subresource=exec", "--as", "root"]],
+    )
+    .await?;
+    let recordings = tempfile::tempdir()?;
+    let dir = recordings.path().join("casts");
+    std::fs::create_dir(&dir)?;
+    let proxy = AgentProxy::start(
+        kube,
+        &format!(
+            "sessionRecording: {{dir: {}, groups: [devs], required: true}}",
+            dir.display()
+        ),
+    )
+    .await?;
+    std::fs::remove_dir(&dir)?;
+    for cluster in ["direct", "edge"] {
+        let route_as = |user: &str| {
+            Route::new(
+                &format!("{cluster}-required-{user}"),
+                proxy.kubeconfig(cluster),
+                &["--context", user],
+                false,
+            )
+        };
+        let pod = format!("required-{cluster}");
+        kube.running_pod(&pod).await?;
+        let route = route_as("alice");
+        let args = ["exec", "-i", &pod, "-c", CONTAINER, "--", "sh", "-c", "echo ran"];
+        let out = route.run(&args, Some(b""), BOUND).await?;
+        assert_ne!(out.status.code(), Some(0), "{route}: {}", output_text(&out));
+        assert!(
+            output_text(&out).contains("must be recorded"),
+            "{route}: {}",
+            output_text(&out)
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"), "{route}");
+        // root is not selected for recording: his session goes on.
+        let route = route_as("root");
+        let out = route.run(&args, Some(b""), BOUND).await?;
+        assert_eq!(out.status.code(), Some(0), "{route}: {}", output_text(&out));
+    }
+    // The folder back: recorded again.
+    std::fs::create_dir(&dir)?;
+    let route = Route::new(
+        "direct-required-again",
+        proxy.kubeconfig("direct"),
+        &["--context", "alice"],
+        false,
+    );
+    let pod = "required-direct";
+    let out = route
+        .run(&["exec", "-i", pod, "-c", CONTAINER, "--", "sh", "-c", "echo ran"], Some(b""), BOUND)
+        .await?;
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    let mut seen = std::collections::BTreeSet::new();
+    assert_eq!(new_recordings(&dir, &mut seen)?.len(), 1);
+    Ok(())
+}

@@ -162,6 +162,22 @@ where
             }
             _ => None,
         };
+        // A session that must be recorded has its file before it is
+        // forwarded, or does not happen.
+        if let (Some(tap), Some(recorder)) = (&recording, &self.recorder) {
+            if recorder.required() {
+                if let Err(error) = tap.prepare() {
+                    tracing::warn!(recording = %tap.path().display(), %error, "a session that must be recorded cannot be; refused");
+                    let refusal = crate::status::Status::failure(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        crate::status::Reason::ServiceUnavailable,
+                        "this session must be recorded, and it cannot be: it was not opened",
+                    );
+                    let response = crate::refusal::with_unread_body(refusal.into_response(), req.into_body());
+                    return Box::pin(async move { Ok(response) });
+                }
+            }
+        }
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;

@@ -274,7 +274,14 @@ where
     }
     let tunnel = hyper::upgrade::on(&mut response);
     let cluster = agents.name().to_owned();
-    let taps = recording.and_then(|tap| tap.0.start(response.headers(), &protocol));
+    let taps = match crate::tap::start(recording, response.headers(), &protocol) {
+        Ok(taps) => taps,
+        Err(refusal) => {
+            // The stream through the tunnel closes with its response, unused.
+            drop((tunnel, hold));
+            return refusal.into_response();
+        }
+    };
     tokio::spawn(async move {
         match tokio::try_join!(caller, tunnel) {
             Ok((caller, tunnel)) => {

@@ -869,7 +869,15 @@ where
     // The connection now belongs to the tunnel.
     checkin.discard();
     let upstream = hyper::upgrade::on(&mut response);
-    let taps = recording.and_then(|tap| tap.0.start(response.headers(), &offered));
+    let taps = match crate::tap::start(recording, response.headers(), &offered) {
+        Ok(taps) => taps,
+        Err(refusal) => {
+            // The server's stream closes with its connection, unused.
+            drop(upstream);
+            drop((in_flight, hold));
+            return Ok(refusal.into_response());
+        }
+    };
     tokio::spawn(async move {
         match tokio::try_join!(caller, upstream) {
             Ok((caller, upstream)) => {

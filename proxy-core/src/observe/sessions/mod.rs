@@ -72,6 +72,13 @@ pub struct SessionRecordingConfig {
     pub input: bool,
     /// The size a recording stops growing at (default [`DEFAULT_MAX_BYTES`]).
     pub max_bytes: Option<u64>,
+    /// A selected session that cannot be recorded does not happen (default
+    /// false: it goes on unrecorded, logged and counted). Its file is
+    /// created before the request is forwarded (refused with 503 when it
+    /// cannot be), and a stream the recorder cannot read is refused with 503
+    /// instead of being opened for the caller.
+    #[serde(default)]
+    pub required: bool,
 }
 
 impl SessionRecordingConfig {
@@ -132,6 +139,8 @@ pub struct SessionRecorder {
     namespaces: Vec<String>,
     input: bool,
     max_bytes: u64,
+    /// Sessions that cannot be recorded are refused.
+    required: bool,
     counters: Arc<RecordingCounters>,
     /// Bytes every session has waiting for its writer.
     queued: Arc<AtomicUsize>,
@@ -149,6 +158,7 @@ impl SessionRecorder {
             namespaces: config.namespaces.clone(),
             input: config.input,
             max_bytes: config.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+            required: config.required,
             counters: Arc::default(),
             queued: Arc::default(),
         })
@@ -217,7 +227,13 @@ impl SessionRecorder {
             path: self.dir.join(format!("{audit_id}.cast")),
             title,
             started: Arc::default(),
+            prepared: Arc::default(),
         })
+    }
+
+    /// Whether a session that cannot be recorded is refused.
+    pub fn required(&self) -> bool {
+        self.required
     }
 }
 
@@ -242,12 +258,46 @@ pub struct SessionTap {
     title: String,
     /// Set once the recording's file is created (shared by clones).
     started: Arc<std::sync::atomic::AtomicBool>,
+    /// The file made ahead of the stream when recording is required.
+    prepared: Arc<Mutex<Option<Prepared>>>,
+}
+
+/// A recording's file made before its stream opened; removed again if the
+/// stream never opens.
+#[derive(Debug)]
+struct Prepared {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl SessionTap {
     /// Where the recording goes.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Creates the recording's file now, before the request is forwarded
+    /// (when recording is required): an error says why it cannot be, and
+    /// the session must not happen.
+    pub(crate) fn prepare(&self) -> std::io::Result<()> {
+        let file = cast::create(&self.path).inspect_err(|_| {
+            self.recorder.counters.failed.fetch_add(1, Ordering::Relaxed);
+        })?;
+        if let Ok(mut slot) = self.prepared.lock() {
+            *slot = Some(Prepared {
+                file: Some(file),
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Whether the recording started (its file exists); false until the
@@ -300,7 +350,12 @@ impl SessionTap {
             return None;
         };
         let counters = self.recorder.counters.clone();
-        let file = match cast::create(&self.path) {
+        let prepared = self
+            .prepared
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.as_mut().and_then(|p| p.file.take()));
+        let file = match prepared.map_or_else(|| cast::create(&self.path), Ok) {
             Ok(file) => file,
             Err(error) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -544,6 +599,10 @@ impl crate::tap::UpgradeTap for SessionTap {
     fn start(&self, response: &HeaderMap, offered: &str) -> Option<crate::tap::Taps> {
         let (client, server) = self.clone().start(response, offered)?;
         Some((Box::new(client), Box::new(server)))
+    }
+
+    fn required(&self) -> bool {
+        self.recorder.required
     }
 }
 
