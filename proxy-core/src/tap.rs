@@ -125,3 +125,45 @@ impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Tapped<T> {
         self.inner.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tap that cannot read any stream.
+    struct Blind {
+        required: bool,
+    }
+
+    impl UpgradeTap for Blind {
+        fn start(&self, _: &HeaderMap, _: &str) -> Option<Taps> {
+            None
+        }
+
+        fn required(&self) -> bool {
+            self.required
+        }
+    }
+
+    #[test]
+    fn a_stream_a_required_tap_cannot_read_is_refused_and_others_go_on() {
+        let headers = HeaderMap::new();
+        let refused = start(
+            Some(UpgradeTaps(Arc::new(Blind { required: true }))),
+            &headers,
+            "websocket",
+        );
+        let status = refused.err().expect("refused");
+        assert_eq!(status.code, 503);
+        assert!(status.message.contains("must be recorded"));
+        assert!(matches!(
+            start(
+                Some(UpgradeTaps(Arc::new(Blind { required: false }))),
+                &headers,
+                "websocket"
+            ),
+            Ok(None)
+        ));
+        assert!(matches!(start(None, &headers, "websocket"), Ok(None)));
+    }
+}

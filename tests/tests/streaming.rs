@@ -907,7 +907,9 @@ async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow
         let pod = format!("required-{cluster}");
         kube.running_pod(&pod).await?;
         let route = route_as("alice");
-        let args = ["exec", "-i", &pod, "-c", CONTAINER, "--", "sh", "-c", "echo ran"];
+        let args = [
+            "exec", "-i", &pod, "-c", CONTAINER, "--", "sh", "-c", "echo ran",
+        ];
         let out = route.run(&args, Some(b""), BOUND).await?;
         assert_ne!(out.status.code(), Some(0), "{route}: {}", output_text(&out));
         assert!(
@@ -915,7 +917,10 @@ async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow
             "{route}: {}",
             output_text(&out)
         );
-        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"), "{route}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("ran"),
+            "{route}"
+        );
         // root is not selected for recording: his session goes on.
         let route = route_as("root");
         let out = route.run(&args, Some(b""), BOUND).await?;
@@ -931,7 +936,13 @@ async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow
     );
     let pod = "required-direct";
     let out = route
-        .run(&["exec", "-i", pod, "-c", CONTAINER, "--", "sh", "-c", "echo ran"], Some(b""), BOUND)
+        .run(
+            &[
+                "exec", "-i", pod, "-c", CONTAINER, "--", "sh", "-c", "echo ran",
+            ],
+            Some(b""),
+            BOUND,
+        )
         .await?;
     assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
     let mut seen = std::collections::BTreeSet::new();

@@ -173,7 +173,8 @@ where
                         crate::status::Reason::ServiceUnavailable,
                         "this session must be recorded, and it cannot be: it was not opened",
                     );
-                    let response = crate::refusal::with_unread_body(refusal.into_response(), req.into_body());
+                    let response =
+                        crate::refusal::with_unread_body(refusal.into_response(), req.into_body());
                     return Box::pin(async move { Ok(response) });
                 }
             }

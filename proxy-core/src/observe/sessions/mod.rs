@@ -289,7 +289,10 @@ impl SessionTap {
     /// the session must not happen.
     pub(crate) fn prepare(&self) -> std::io::Result<()> {
         let file = cast::create(&self.path).inspect_err(|_| {
-            self.recorder.counters.failed.fetch_add(1, Ordering::Relaxed);
+            self.recorder
+                .counters
+                .failed
+                .fetch_add(1, Ordering::Relaxed);
         })?;
         if let Ok(mut slot) = self.prepared.lock() {
             *slot = Some(Prepared {
