@@ -129,15 +129,8 @@ enum Command {
     /// Revoke the token `authproxy login ldap` keeps for a proxy, and
     /// forget it: the next kubectl command asks for a login again.
     Logout {
-        /// The proxy's URL.
-        #[arg(long)]
-        server: String,
-        /// CA bundle of the proxy's certificate.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// The proxy's CA bundle as base64 of its PEM (instead of --ca-file).
-        #[arg(long)]
-        ca_data: Option<String>,
+        #[command(flatten)]
+        proxy: ProxyAt,
     },
     /// Tokens the proxy issued (`issuedTokens`).
     Tokens {
@@ -165,15 +158,8 @@ enum TokensCommand {
     /// token; anything else needs a credential whose user kube lets create
     /// `revocations.authproxy.io` in the store's namespace.
     Revoke {
-        /// The proxy's URL.
-        #[arg(long)]
-        server: String,
-        /// CA bundle of the proxy's certificate.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// The proxy's CA bundle as base64 of its PEM (instead of --ca-file).
-        #[arg(long)]
-        ca_data: Option<String>,
+        #[command(flatten)]
+        proxy: ProxyAt,
         /// Revoke the issued token in this file (its session).
         #[arg(long, group = "what")]
         token_file: Option<PathBuf>,
@@ -241,16 +227,29 @@ enum LoginMethod {
     },
     /// Exchange an LDAP username/password (AUTHPROXY_USERNAME/AUTHPROXY_PASSWORD, or a prompt) for an issued token.
     Ldap {
-        /// The proxy's URL.
-        #[arg(long)]
-        server: String,
-        /// CA bundle of the proxy's certificate.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// The proxy's CA bundle as base64 of its PEM (instead of --ca-file).
-        #[arg(long)]
-        ca_data: Option<String>,
+        #[command(flatten)]
+        proxy: ProxyAt,
     },
+}
+
+/// The proxy a client command talks to.
+#[derive(clap::Args, Debug)]
+struct ProxyAt {
+    /// The proxy's URL.
+    #[arg(long)]
+    server: String,
+    /// CA bundle of the proxy's certificate.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// The proxy's CA bundle as base64 of its PEM (instead of --ca-file).
+    #[arg(long)]
+    ca_data: Option<String>,
+}
+
+impl ProxyAt {
+    fn ca(&self) -> anyhow::Result<Option<authproxy::login::CaBundle>> {
+        authproxy::login::CaBundle::from_args(self.ca_file.as_deref(), self.ca_data.as_deref())
+    }
 }
 
 /// kube-apiserver's OIDC flags, same names and meanings; they add one issuer.
@@ -409,21 +408,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             running.wait().await;
             Ok(())
         }
-        Command::Logout {
-            server,
-            ca_file,
-            ca_data,
-        } => {
-            let ca = authproxy::login::CaBundle::from_args(ca_file.as_deref(), ca_data.as_deref())?;
-            eprintln!("{}", authproxy::login::logout(&server, ca.as_ref()).await?);
+        Command::Logout { proxy } => {
+            let ca = proxy.ca()?;
+            eprintln!(
+                "{}",
+                authproxy::login::logout(&proxy.server, ca.as_ref()).await?
+            );
             Ok(())
         }
         Command::Tokens {
             command:
                 TokensCommand::Revoke {
-                    server,
-                    ca_file,
-                    ca_data,
+                    proxy,
                     token_file,
                     session,
                     user,
@@ -433,7 +429,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             use authproxy::login::Revoke;
             use zeroize::Zeroizing;
-            let ca = authproxy::login::CaBundle::from_args(ca_file.as_deref(), ca_data.as_deref())?;
+            let ca = proxy.ca()?;
             let read_token = |path: &std::path::Path| -> anyhow::Result<Zeroizing<String>> {
                 let text = Zeroizing::new(
                     std::fs::read_to_string(path)
@@ -459,20 +455,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             println!(
                 "{}",
-                authproxy::login::revoke(&server, ca.as_ref(), what, bearer).await?
+                authproxy::login::revoke(&proxy.server, ca.as_ref(), what, bearer).await?
             );
             Ok(())
         }
         Command::Login {
-            method:
-                LoginMethod::Ldap {
-                    server,
-                    ca_file,
-                    ca_data,
-                },
+            method: LoginMethod::Ldap { proxy },
         } => {
-            let ca = authproxy::login::CaBundle::from_args(ca_file.as_deref(), ca_data.as_deref())?;
-            let credential = authproxy::login::login_ldap(&server, ca.as_ref()).await?;
+            let ca = proxy.ca()?;
+            let credential = authproxy::login::login_ldap(&proxy.server, ca.as_ref()).await?;
             println!("{credential}");
             Ok(())
         }

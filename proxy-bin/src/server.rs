@@ -524,11 +524,11 @@ impl Proxy {
         if req.uri().path() == crate::revocation::REVOCATIONS_PATH {
             return Ok(match &self.live.revocation {
                 Some(revocation) => {
-                    // Through the observe layer: counted and audited.
-                    let service = RevocationService {
-                        revocation: revocation.clone(),
-                        chain: self.chain.clone(),
-                    };
+                    let (revocation, chain) = (revocation.clone(), self.chain.clone());
+                    let service = Endpoint(move |req| -> Answer {
+                        let (revocation, chain) = (revocation.clone(), chain.clone());
+                        Box::pin(async move { revocation.answer(req, &chain).await })
+                    });
                     return self.stack.around(service).call(req).await;
                 }
                 None => {
@@ -546,11 +546,23 @@ impl Proxy {
             return Ok(match &self.token_endpoint {
                 Some(endpoint) => {
                     // Through the observe layer: counted, audited, failed logins logged.
-                    let service = TokenService {
-                        endpoint: endpoint.clone(),
-                        max_body_bytes: self.max_request_body_bytes,
-                        metrics: self.metrics.clone(),
-                    };
+                    let (endpoint, max_body_bytes, metrics) = (
+                        endpoint.clone(),
+                        self.max_request_body_bytes,
+                        self.metrics.clone(),
+                    );
+                    let service = Endpoint(move |req| -> Answer {
+                        let (endpoint, metrics) = (endpoint.clone(), metrics.clone());
+                        Box::pin(async move {
+                            let response = endpoint.answer(req, max_body_bytes).await;
+                            if let (Some(metrics), true) =
+                                (&metrics, response.status().is_success())
+                            {
+                                metrics.issued_token();
+                            }
+                            response
+                        })
+                    });
                     return self.stack.around(service).call(req).await;
                 }
                 None => {
@@ -571,15 +583,19 @@ impl Proxy {
     }
 }
 
-/// The token exchange as a service, so the observe layer can wrap it.
-#[derive(Clone)]
-struct TokenService {
-    endpoint: Arc<TokenEndpoint>,
-    max_body_bytes: usize,
-    metrics: Option<Metrics>,
-}
+/// A future answering one request to an endpoint served beside the stack.
+type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = Response<ProxyBody>> + Send>>;
 
-impl Service<Request<Incoming>> for TokenService {
+/// An endpoint served beside the stack (token exchange, revocation) as a
+/// service, so the observe layer can wrap it: counted, audited, failed
+/// logins logged.
+#[derive(Clone)]
+struct Endpoint<F>(F);
+
+impl<F> Service<Request<Incoming>> for Endpoint<F>
+where
+    F: Fn(Request<Incoming>) -> Answer,
+{
     type Response = Response<ProxyBody>;
     type Error = Infallible;
     type Future = std::pin::Pin<
@@ -594,41 +610,8 @@ impl Service<Request<Incoming>> for TokenService {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let service = self.clone();
-        Box::pin(async move {
-            let response = service.endpoint.answer(req, service.max_body_bytes).await;
-            if let (Some(metrics), true) = (&service.metrics, response.status().is_success()) {
-                metrics.issued_token();
-            }
-            Ok(response)
-        })
-    }
-}
-
-/// The revocation endpoint as a service, so the observe layer can wrap it.
-#[derive(Clone)]
-struct RevocationService {
-    revocation: Arc<crate::revocation::Revocation>,
-    chain: Chain,
-}
-
-impl Service<Request<Incoming>> for RevocationService {
-    type Response = Response<ProxyBody>;
-    type Error = Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let service = self.clone();
-        Box::pin(async move { Ok(service.revocation.answer(req, &service.chain).await) })
+        let answer = (self.0)(req);
+        Box::pin(async move { Ok(answer.await) })
     }
 }
 

@@ -93,6 +93,46 @@ fn issued_with_revocation(
     )
 }
 
+/// The store's shards in `ns`: how many entries they hold, and each one's
+/// `resourceVersion` (which changes with every write).
+async fn store_shards(kube: &Kube, ns: &str) -> anyhow::Result<(usize, Vec<String>)> {
+    let out = kube
+        .admin_async(&["get", "configmaps", "-n", ns, "-o", "json"], None)
+        .await?;
+    anyhow::ensure!(out.status.success(), "{}", output_text(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let items = list["items"].as_array().context("items")?;
+    let entries = items
+        .iter()
+        .map(|cm| cm["data"].as_object().map_or(0, |d| d.len()))
+        .sum();
+    let versions = items
+        .iter()
+        .map(|cm| {
+            cm["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    Ok((entries, versions))
+}
+
+/// `authproxy tokens revoke` at `env`'s proxy, to be told what.
+fn revoke_cli(env: &Env) -> tokio::process::Command {
+    let mut cmd =
+        tokio::process::Command::new(authproxy_tests::authproxy_binary().expect("the binary"));
+    cmd.args([
+        "tokens",
+        "revoke",
+        "--server",
+        &env.proxy_url(),
+        "--ca-file",
+    ])
+    .arg(env.pki.ca_path());
+    cmd
+}
+
 /// One HTTPS request over a fresh connection: (status, body).
 async fn request(
     addr: SocketAddr,
@@ -348,17 +388,8 @@ async fn a_revocation_through_one_replica_is_refused_by_the_others_and_the_webho
     }
     assert!(reviewed(bob.clone()).await?);
     // The store holds one entry per revocation.
-    let out = kube
-        .admin_async(&["get", "configmaps", "-n", &ns, "-o", "json"], None)
-        .await?;
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let entries: usize = list["items"]
-        .as_array()
-        .context("items")?
-        .iter()
-        .map(|cm| cm["data"].as_object().map_or(0, |d| d.len()))
-        .sum();
-    assert_eq!(entries, 100, "{}", output_text(&out));
+    let (entries, _) = store_shards(kube, &ns).await?;
+    assert_eq!(entries, 100);
     // Thirty revocations at once through all three replicas: every one lands
     // (writers of one shard retry on conflict), and everyone refuses them.
     let mut tokens = Vec::new();
@@ -387,43 +418,12 @@ async fn a_revocation_through_one_replica_is_refused_by_the_others_and_the_webho
             .await?;
         }
     }
-    let out = kube
-        .admin_async(&["get", "configmaps", "-n", &ns, "-o", "json"], None)
-        .await?;
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let entries: usize = list["items"]
-        .as_array()
-        .context("items")?
-        .iter()
-        .map(|cm| cm["data"].as_object().map_or(0, |d| d.len()))
-        .sum();
-    assert_eq!(entries, 130, "{}", output_text(&out));
+    let (entries, versions) = store_shards(kube, &ns).await?;
+    assert_eq!(entries, 130);
     // Revoking a revoked token again writes nothing.
-    let versions = |list: &serde_json::Value| -> Vec<String> {
-        list["items"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|cm| {
-                        cm["metadata"]["resourceVersion"]
-                            .as_str()
-                            .unwrap_or("")
-                            .to_owned()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     let (code, _) = revoke(&replicas[1], None, json!({"token": tokens[0]})).await?;
     assert_eq!(code, 200);
-    let again = kube
-        .admin_async(&["get", "configmaps", "-n", &ns, "-o", "json"], None)
-        .await?;
-    assert_eq!(
-        versions(&list),
-        versions(&serde_json::from_slice(&again.stdout)?)
-    );
+    assert_eq!(store_shards(kube, &ns).await?.1, versions);
     Ok(())
 }
 
@@ -477,15 +477,7 @@ async fn revoking_anyone_else_is_for_whom_kube_rbac_allows() -> anyhow::Result<(
     }
     assert_eq!(version_as(&env, &alice).await?, 200);
     // root (group admins) may: with the CLI, every token of alice.
-    let out = tokio::process::Command::new(authproxy_tests::authproxy_binary()?)
-        .args([
-            "tokens",
-            "revoke",
-            "--server",
-            &env.proxy_url(),
-            "--ca-file",
-        ])
-        .arg(env.pki.ca_path())
+    let out = revoke_cli(&env)
         .args(["--user", "alice"])
         .env("AUTHPROXY_BEARER_TOKEN", "admin-token")
         .output()
@@ -501,15 +493,7 @@ async fn revoking_anyone_else_is_for_whom_kube_rbac_allows() -> anyhow::Result<(
     // A token revokes its own session with nothing else: the CLI with the file.
     let file = shared.path().join("bob.token");
     std::fs::write(&file, &bob)?;
-    let out = tokio::process::Command::new(authproxy_tests::authproxy_binary()?)
-        .args([
-            "tokens",
-            "revoke",
-            "--server",
-            &env.proxy_url(),
-            "--ca-file",
-        ])
-        .arg(env.pki.ca_path())
+    let out = revoke_cli(&env)
         .arg("--token-file")
         .arg(&file)
         .output()

@@ -617,6 +617,17 @@ subjects:
 - {kind: User, name: root, apiGroup: rbac.authorization.k8s.io}
 "#;
 
+/// The shared API server with its kubelet, where root may exec too.
+async fn kube_with_root_exec() -> anyhow::Result<&'static authproxy_tests::kube::Kube> {
+    let kube = kube_with_kubelet().await?;
+    kube.apply_rbac(
+        ROOT_EXEC_RBAC,
+        &[&["create", "pods", "--subresource=exec", "--as", "root"]],
+    )
+    .await?;
+    Ok(kube)
+}
+
 /// The recordings in `dir` not in `seen`, added to it.
 fn new_recordings(
     dir: &std::path::Path,
@@ -697,12 +708,7 @@ async fn play(file: &std::path::Path) -> anyhow::Result<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> anyhow::Result<()> {
-    let kube = kube_with_kubelet().await?;
-    kube.apply_rbac(
-        ROOT_EXEC_RBAC,
-        &[&["create", "pods", "--subresource=exec", "--as", "root"]],
-    )
-    .await?;
+    let kube = kube_with_root_exec().await?;
     let recordings = tempfile::tempdir()?;
     let audit = recordings.path().join("../audit-of-recordings.log");
     let audit = std::path::absolute(&audit)?;
@@ -877,12 +883,7 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
 /// and once the folder is back the session is recorded again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow::Result<()> {
-    let kube = kube_with_kubelet().await?;
-    kube.apply_rbac(
-        ROOT_EXEC_RBAC,
-        &[&["create", "pods", "--subresource=exec", "--as", "root"]],
-    )
-    .await?;
+    let kube = kube_with_root_exec().await?;
     let recordings = tempfile::tempdir()?;
     let dir = recordings.path().join("casts");
     std::fs::create_dir(&dir)?;
