@@ -25,43 +25,8 @@ use crate::upstream::{PoolSettings, UpstreamCredential, UpstreamOptions};
 /// Where the in-cluster service-account files live.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/// One problem in a configuration, with the path of the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Dotted path of the field (`upstream.tokenFile`).
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for Problem {}
-
-/// Adds a problem for each of `fields` (names below `prefix`) that is set
-/// to zero: intervals and timeouts where 0s would spin, or never wait.
-pub fn positive_durations(
-    problems: &mut Vec<Problem>,
-    prefix: &str,
-    fields: &[(&str, Option<Duration>)],
-) {
-    for (name, value) in fields {
-        if *value == Some(Duration::ZERO) {
-            problems.push(problem(format!("{prefix}.{name}"), "must be more than 0s"));
-        }
-    }
-}
-
-fn problem(field: impl Into<String>, message: impl Into<String>) -> Problem {
-    Problem {
-        field: field.into(),
-        message: message.into(),
-    }
-}
+use crate::problem::problem;
+pub use crate::problem::{positive_durations, Problem};
 
 /// The dotted path of the field a parse error is at, `(top level)` for the
 /// root (or a key YAML reads as empty, as in `? `), so a message always

@@ -59,6 +59,7 @@ pub mod layer;
 pub mod long_running;
 pub mod observe;
 pub mod path;
+pub mod problem;
 pub mod proxy_protocol;
 pub mod rate_limit;
 pub mod refusal;

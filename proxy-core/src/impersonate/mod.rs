@@ -284,13 +284,13 @@ impl ForwardConfig {
     /// The front-proxy header names, defaults filled in; an error names the
     /// field (below `prefix`) of a name that is not a header name or that
     /// collides with kube's `Impersonate-*` or `Authorization`.
-    pub fn front_proxy_names(&self, prefix: &str) -> Result<HeaderNames, crate::config::Problem> {
+    pub fn front_proxy_names(&self, prefix: &str) -> Result<HeaderNames, crate::problem::Problem> {
         let defaults = HeaderNames::front_proxy();
         let name = |field: &str, value: &Option<String>, default: &HeaderName| {
             let Some(text) = value else {
                 return Ok(default.clone());
             };
-            let problem = |message: &str| crate::config::Problem {
+            let problem = |message: &str| crate::problem::Problem {
                 field: format!("{prefix}.{field}"),
                 message: message.to_owned(),
             };
@@ -312,7 +312,7 @@ impl ForwardConfig {
                     || HeaderName::from_bytes(format!("{lower}x").as_bytes()).is_err()
                     || dashed(&lower).starts_with(IMPERSONATE_PREFIX)
                 {
-                    return Err(crate::config::Problem {
+                    return Err(crate::problem::Problem {
                         field: format!("{prefix}.extraHeaderPrefix"),
                         message:
                             "not a valid, non-empty header name prefix (and not Impersonate-*)"

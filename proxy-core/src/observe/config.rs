@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::audit::{AuditError, AuditLog, Destination, Level, Policy};
-use crate::config::Problem;
+use crate::problem::Problem;
 
 /// Defaults of the `audit:` section, in one place.
 pub mod defaults {

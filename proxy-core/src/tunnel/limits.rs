@@ -14,7 +14,7 @@
 
 use serde::Deserialize;
 
-use crate::config::Problem;
+use crate::problem::Problem;
 
 /// Default most tunnels registered at once for one cluster.
 pub const DEFAULT_PER_CLUSTER: usize = 16;

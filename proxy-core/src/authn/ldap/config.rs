@@ -176,10 +176,10 @@ fn is_loopback_host(host: &str) -> bool {
 
 impl LdapConfig {
     /// Every problem in the section, `path` being its location.
-    pub fn problems(&self, path: &str) -> Vec<crate::config::Problem> {
+    pub fn problems(&self, path: &str) -> Vec<crate::problem::Problem> {
         let mut problems = Vec::new();
         let mut p = |field: &str, message: String| {
-            problems.push(crate::config::Problem {
+            problems.push(crate::problem::Problem {
                 field: format!("{path}.{field}"),
                 message,
             })

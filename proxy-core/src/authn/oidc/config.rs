@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use super::cel::{self, Expression, Variable};
 use crate::authn::policy::extra_key_problems;
-use crate::config::Problem;
+use crate::problem::Problem;
 
 /// One `jwt:` entry of kube's `AuthenticationConfiguration`.
 #[derive(Debug, Clone, Deserialize)]

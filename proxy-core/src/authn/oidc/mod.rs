@@ -643,14 +643,14 @@ mod tests {
         );
     }
 
-    fn problems_of(yaml: &str) -> Vec<crate::config::Problem> {
+    fn problems_of(yaml: &str) -> Vec<crate::problem::Problem> {
         let jwt: JwtAuthenticator = serde_yaml_ng::from_str(yaml).unwrap();
         jwt.settings("authentication.jwt[0]")
             .err()
             .unwrap_or_default()
     }
 
-    fn has(problems: &[crate::config::Problem], field: &str, words: &str) -> bool {
+    fn has(problems: &[crate::problem::Problem], field: &str, words: &str) -> bool {
         problems
             .iter()
             .any(|p| p.field == field && p.message.contains(words))

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::authn::Identity;
-use crate::config::Problem;
+use crate::problem::Problem;
 use cast::Happened;
 pub use cast::{Cast, CastEvent, CastHeader};
 use spdy::{SpdyParser, StreamKind};
