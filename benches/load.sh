@@ -26,7 +26,7 @@ if [ -z "${LOAD_BINARY:-}" ] && [ "${LOAD_PGO:-1}" != 0 ]; then
     scripts/pgo-build.sh
     export LOAD_BINARY="$PWD/target/pgo/authproxy"
 elif [ -z "${LOAD_BINARY:-}" ]; then
-    cargo build --profile dist -p proxy-bin
+    cargo build --profile dist --locked -p proxy-bin
     export LOAD_BINARY="$PWD/target/dist/authproxy"
 fi
 cargo bench -p authproxy-benches --bench load

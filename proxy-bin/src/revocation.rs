@@ -178,8 +178,27 @@ impl Revocation {
 
     /// Writes `entry` to the store and applies it here at once.
     async fn revoke(&self, entry: Entry) -> Response<ProxyBody> {
+        let what = match &entry.revoked {
+            Revoked::Session { session } => format!("session {session}"),
+            Revoked::User { user, before } => {
+                format!(
+                    "every token of user {user:?} issued until {}",
+                    rfc3339(*before)
+                )
+            }
+            Revoked::All { before } => format!("every token issued until {}", rfc3339(*before)),
+        };
+        let annotated = |mut response: Response<ProxyBody>, what: String| {
+            response
+                .extensions_mut()
+                .insert(proxy_core::observe::audit::Annotations(vec![
+                    (proxy_core::observe::audit::REVOKED_KEY, what),
+                    (proxy_core::observe::audit::REVOKED_BY_KEY, entry.by.clone()),
+                ]));
+            response
+        };
         if self.revocations.covers(&entry) {
-            return success("already revoked".into());
+            return annotated(success(format!("already revoked: {what}")), what);
         }
         let kind = match &entry.revoked {
             Revoked::Session { .. } => 0,
@@ -191,31 +210,22 @@ impl Revocation {
                 self.revocations.add(&entry);
                 self.revocations.counters().written[kind]
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let what = match &entry.revoked {
-                    Revoked::Session { session } => format!("session {session}"),
-                    Revoked::User { user, before } => {
-                        format!("user {user:?} issued until {}", rfc3339(*before))
-                    }
-                    Revoked::All { before } => format!("issued until {}", rfc3339(*before)),
-                };
                 tracing::info!(by = %entry.by, revoked = %what, "tokens revoked");
-                let mut response = success(format!("revoked: {what}"));
-                response
-                    .extensions_mut()
-                    .insert(proxy_core::observe::audit::Annotations(vec![
-                        (proxy_core::observe::audit::REVOKED_KEY, what),
-                        (proxy_core::observe::audit::REVOKED_BY_KEY, entry.by.clone()),
-                    ]));
-                response
+                annotated(success(format!("revoked: {what}")), what)
             }
             Err(error) => {
                 tracing::warn!(%error, "a revocation could not be written");
-                Status::failure(
+                let mut refused = Status::failure(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Reason::ServiceUnavailable,
                     format!("the revocation was not recorded: {error}"),
                 )
-                .into_response()
+                .into_response();
+                // The store's trouble, not the API server's answer to a caller.
+                refused
+                    .extensions_mut()
+                    .insert(proxy_core::status::NotUpstream);
+                refused
             }
         }
     }

@@ -113,8 +113,10 @@ where
 
 /// A response body: either streamed from the upstream or made by the proxy.
 /// What it is made of is its own affair: build one with [`ProxyBody::full`],
-/// [`ProxyBody::empty`] or `From<hyper::body::Incoming>`, and read it as any
-/// [`http_body::Body`].
+/// [`ProxyBody::empty`], [`ProxyBody::new`] (any body, boxed) or
+/// `From<hyper::body::Incoming>`, and read it as any [`http_body::Body`].
+/// It is `Send` but not `Sync` (a boxed body need not be): box it with
+/// `BodyExt::boxed_unsync`, not `boxed`.
 #[derive(Debug)]
 pub struct ProxyBody(Kind);
 
@@ -222,7 +224,7 @@ impl std::fmt::Debug for Hold {
 
 /// A body with a [`Hold`] dropped at its end (last frame, error or drop).
 #[derive(Debug)]
-pub struct HeldBody {
+struct HeldBody {
     body: ProxyBody,
     hold: Option<Hold>,
 }

@@ -60,6 +60,12 @@ struct Details {
     retry_after_seconds: u64,
 }
 
+/// Marks a response the proxy made for a reason of its own policy (a
+/// session that must be recorded and cannot be, a revocation not written):
+/// not an upstream failure, which the metrics count apart.
+#[derive(Debug, Clone, Copy)]
+pub struct NotUpstream;
+
 impl Status {
     /// A failure Status with the given HTTP code, reason and message.
     pub fn failure(code: StatusCode, reason: Reason, message: impl Into<String>) -> Self {

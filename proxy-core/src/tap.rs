@@ -37,6 +37,9 @@ pub(crate) fn start(
     response: &HeaderMap,
     offered: &str,
 ) -> Result<Option<Taps>, crate::status::Status> {
+    // (The request was narrowed to readable protocols before it was sent
+    // when recording is required: see `LongRunning`. This is the backstop
+    // for a server that answered with something else.)
     let Some(tap) = tap else {
         return Ok(None);
     };

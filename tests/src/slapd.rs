@@ -174,6 +174,30 @@ impl Slapd {
         Ok(log.lines().filter(|l| l.contains(&needle)).count())
     }
 
+    /// How many BIND operations for `dn` slapd answered with success
+    /// (`RESULT tag=97 err=0` for the same connection and operation).
+    pub fn successful_binds_for(&self, dn: &str) -> anyhow::Result<usize> {
+        let log = std::fs::read_to_string(self.log_path())?;
+        let needle = format!("BIND dn=\"{dn}\" method=");
+        let ops: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .filter_map(|l| {
+                let at = l.find("conn=")?;
+                let rest = &l[at..];
+                let end = rest.find(" BIND")?;
+                Some(rest[..end].to_owned())
+            })
+            .collect();
+        Ok(ops
+            .iter()
+            .filter(|op| {
+                log.lines()
+                    .any(|l| l.contains(&format!("{op} RESULT tag=97 err=0 ")))
+            })
+            .count())
+    }
+
     /// How many lines of slapd's statistics log contain `needle` (e.g.
     /// `SRCH base=` for searches).
     pub fn log_lines_containing(&self, needle: &str) -> anyhow::Result<usize> {

@@ -465,6 +465,8 @@ async fn an_issued_tokens_user_follows_the_directory_groups_and_deletion() -> an
         .curl(&["-X", "POST", "-u", "dave:dave-password", &url])
         .await?;
     assert_eq!(code, 401, "{body}");
+    // ... though the directory took his password: the proxy refused.
+    assert_eq!(slapd.successful_binds_for(DAVE_DN)?, 1);
     // carol deleted: her token is refused.
     slapd
         .modify("dn: uid=carol,ou=people,dc=example,dc=org\nchangetype: delete\n")

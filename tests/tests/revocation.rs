@@ -544,13 +544,18 @@ async fn revoking_anyone_else_is_for_whom_kube_rbac_allows() -> anyhow::Result<(
         })
         .collect();
     assert!(
-        revoked[0].0.starts_with("user \"alice\" issued until 20"),
+        revoked[0]
+            .0
+            .starts_with("every token of user \"alice\" issued until 20"),
         "{revoked:?}"
     );
     assert_eq!(revoked[0].1, "root");
     assert!(revoked[1].0.starts_with("session "), "{revoked:?}");
     assert_eq!(revoked[1].1, "bob", "a token that revoked itself: its user");
-    assert!(revoked[2].0.starts_with("issued until "), "{revoked:?}");
+    assert!(
+        revoked[2].0.starts_with("every token issued until "),
+        "{revoked:?}"
+    );
     let refused = events
         .iter()
         .find(|e| e["responseStatus"]["code"] == 403)

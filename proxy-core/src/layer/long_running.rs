@@ -166,15 +166,18 @@ where
         // forwarded, or does not happen.
         if let (Some(tap), Some(recorder)) = (&recording, &self.recorder) {
             if recorder.required() {
-                if let Err(error) = tap.prepare() {
+                let ready = crate::observe::sessions::keep_readable_protocols(req.headers_mut())
+                    .and_then(|()| tap.prepare().map_err(|e| e.to_string()));
+                if let Err(error) = ready {
                     tracing::warn!(recording = %tap.path().display(), %error, "a session that must be recorded cannot be; refused");
-                    let refusal = crate::status::Status::failure(
+                    let mut refusal = crate::status::Status::failure(
                         http::StatusCode::SERVICE_UNAVAILABLE,
                         crate::status::Reason::ServiceUnavailable,
                         "this session must be recorded, and it cannot be: it was not opened",
-                    );
-                    let response =
-                        crate::refusal::with_unread_body(refusal.into_response(), req.into_body());
+                    )
+                    .into_response();
+                    refusal.extensions_mut().insert(crate::status::NotUpstream);
+                    let response = crate::refusal::with_unread_body(refusal, req.into_body());
                     return Box::pin(async move { Ok(response) });
                 }
             }

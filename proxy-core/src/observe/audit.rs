@@ -44,7 +44,8 @@ pub const AUTHENTICATOR_KEY: &str = "authproxy.io/authenticator";
 pub const RECORDING_KEY: &str = "authproxy.io/session-recording";
 
 /// The audit annotation naming what a revocation revoked (`session <id>`,
-/// `user <name> issued until <time>`, `issued until <time>`).
+/// `every token of user "<name>" issued until <time>`, `every token issued
+/// until <time>`).
 pub const REVOKED_KEY: &str = "authproxy.io/revoked";
 
 /// The audit annotation naming who revoked: the authenticated caller, or

@@ -354,7 +354,11 @@ where
                     if failed_authentication && decision.is_none() {
                         metrics.unclaimed();
                     }
-                    if authenticated && proxy_reason.is_some() {
+                    let not_upstream = response
+                        .extensions()
+                        .get::<crate::status::NotUpstream>()
+                        .is_some();
+                    if authenticated && proxy_reason.is_some() && !not_upstream {
                         match code {
                             502 => metrics.upstream_error("bad_gateway"),
                             503 => metrics.upstream_error("unavailable"),
@@ -403,8 +407,12 @@ where
                             event.annotations.insert(audit::RECORDING_KEY, path.clone());
                         }
                         if let Some(notes) = response.extensions().get::<audit::Annotations>() {
+                            // (The proxy's own keys are not overwritten.)
                             for (key, value) in &notes.0 {
-                                event.annotations.insert(key, value.clone());
+                                event
+                                    .annotations
+                                    .entry(key)
+                                    .or_insert_with(|| value.clone());
                             }
                         }
                         if info.long_running {

@@ -279,7 +279,9 @@ where
         Err(refusal) => {
             // The stream through the tunnel closes with its response, unused.
             drop((tunnel, hold));
-            return refusal.into_response();
+            let mut refusal = refusal.into_response();
+            refusal.extensions_mut().insert(crate::status::NotUpstream);
+            return refusal;
         }
     };
     tokio::spawn(async move {

@@ -875,7 +875,9 @@ where
             // The server's stream closes with its connection, unused.
             drop(upstream);
             drop((in_flight, hold));
-            return Ok(refusal.into_response());
+            let mut refusal = refusal.into_response();
+            refusal.extensions_mut().insert(crate::status::NotUpstream);
+            return Ok(refusal);
         }
     };
     tokio::spawn(async move {

@@ -237,6 +237,58 @@ impl SessionRecorder {
     }
 }
 
+/// Narrows an upgrade request to protocols the recorder can read, so the
+/// API server cannot open a stream that would go unrecorded: SPDY, or a
+/// WebSocket offering kube's channel protocols (those offered that the
+/// recorder cannot read are taken out of `Sec-WebSocket-Protocol`). `Err`
+/// when nothing readable is left.
+pub(crate) fn keep_readable_protocols(headers: &mut HeaderMap) -> Result<(), String> {
+    let upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if upgrade.starts_with("spdy/") {
+        return Ok(());
+    }
+    if upgrade != "websocket" {
+        return Err(format!("the recorder cannot read {upgrade:?}"));
+    }
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        // None named: kube reads it as `channel.k8s.io`, which is readable.
+        return Ok(());
+    }
+    let readable: Vec<&String> = offered
+        .iter()
+        .filter(|p| WsParser::new(p).is_some())
+        .collect();
+    if readable.is_empty() {
+        return Err(format!(
+            "the recorder cannot read any protocol offered: {}",
+            offered.join(", ")
+        ));
+    }
+    let joined = readable
+        .iter()
+        .map(|p| p.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
+    if let Ok(value) = http::HeaderValue::from_str(&joined) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
+    }
+    Ok(())
+}
+
 /// A name that is safe as (part of) a file name: letters, digits, `-`,
 /// `_` and `.`, not starting with a dot.
 fn is_file_name(name: &str) -> bool {
@@ -303,8 +355,9 @@ impl SessionTap {
         Ok(())
     }
 
-    /// Whether the recording started (its file exists); false until the
-    /// stream opens, and for a session that could not be recorded.
+    /// Whether the recording started (its stream opened and is being
+    /// written); false until the stream opens, and for a session that could
+    /// not be recorded.
     pub fn started(&self) -> bool {
         self.started.load(Ordering::Acquire)
     }
@@ -637,6 +690,33 @@ mod tests {
         let mut out = vec![0x82, (data.len() + 1) as u8, channel];
         out.extend_from_slice(data);
         out
+    }
+
+    #[test]
+    fn a_required_recording_narrows_the_offer_to_what_it_reads() {
+        let headers = |upgrade: &str, protocols: &[&str]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::UPGRADE, upgrade.parse().unwrap());
+            for p in protocols {
+                h.append(header::SEC_WEBSOCKET_PROTOCOL, p.parse().unwrap());
+            }
+            h
+        };
+        let mut h = headers(
+            "websocket",
+            &["v6.channel.k8s.io, v5.channel.k8s.io", "v4.channel.k8s.io"],
+        );
+        keep_readable_protocols(&mut h).unwrap();
+        assert_eq!(
+            h[header::SEC_WEBSOCKET_PROTOCOL],
+            "v5.channel.k8s.io, v4.channel.k8s.io"
+        );
+        assert!(
+            keep_readable_protocols(&mut headers("websocket", &["v6.channel.k8s.io"])).is_err()
+        );
+        assert!(keep_readable_protocols(&mut headers("h2c", &[])).is_err());
+        assert!(keep_readable_protocols(&mut headers("SPDY/3.1", &[])).is_ok());
+        assert!(keep_readable_protocols(&mut headers("websocket", &[])).is_ok());
     }
 
     #[test]
