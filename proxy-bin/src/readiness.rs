@@ -295,14 +295,38 @@ impl Readiness {
     /// `Ok` when ready (with a note on what is degraded but still
     /// serving); else why not, in words for `/readyz`.
     pub fn check(&self) -> Result<Option<String>, String> {
+        let issuers = self.chain.issuers();
         if !self.chain.is_ready() {
-            return Err("not ready: authenticators are still loading".into());
+            let loading: Vec<String> = issuers
+                .iter()
+                .filter(|i| i.keys_age.is_none())
+                .map(ToString::to_string)
+                .collect();
+            return Err(if loading.is_empty() {
+                "not ready: authenticators are still loading".into()
+            } else {
+                format!(
+                    "not ready: authenticators are still loading ({})",
+                    loading.join("; ")
+                )
+            });
         }
-        let mut note = None;
+        // Keys in use while their refresh fails: ready, and said.
+        let failing: Vec<String> = issuers
+            .iter()
+            .filter(|i| i.last_error.is_some())
+            .map(ToString::to_string)
+            .collect();
+        let mut note = (!failing.is_empty()).then(|| failing.join("; "));
         if let Some(revocation) = &self.revocation {
             match revocation.revocations().trouble() {
                 Some((why, true)) => return Err(format!("not ready: {why}")),
-                Some((why, false)) => note = Some(why),
+                Some((why, false)) => {
+                    note = Some(match note {
+                        Some(earlier) => format!("{earlier}; {why}"),
+                        None => why,
+                    })
+                }
                 None => {}
             }
         }

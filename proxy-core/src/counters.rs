@@ -214,6 +214,8 @@ pub struct KeyFetchCounters {
     started: Instant,
     /// Milliseconds after `started` of the last load, plus one; 0: never.
     loaded_at: AtomicU64,
+    /// Why the last fetch failed, while no fetch has succeeded since.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl KeyFetchCounters {
@@ -225,7 +227,22 @@ impl KeyFetchCounters {
             failed: AtomicU64::new(0),
             started: Instant::now(),
             loaded_at: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Counts a fetch that failed, and says why (never a secret: an
+    /// issuer's URL and what went wrong with it).
+    pub fn failed_because(&self, error: &str) {
+        self.failed();
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error.to_owned());
+        }
+    }
+
+    /// Why the last fetch failed, while no fetch has succeeded since.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|last| last.clone())
     }
 
     /// The issuer URL, as configured.
@@ -246,6 +263,9 @@ impl KeyFetchCounters {
         }
         let millis = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
         self.loaded_at.store(millis + 1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = None;
+        }
     }
 
     /// `(succeeded, failed)` fetches so far.

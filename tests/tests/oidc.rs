@@ -308,6 +308,23 @@ async fn idp_outage_keeps_known_keys_and_a_fresh_proxy_waits_until_the_idp_is_ba
         assert_eq!(readyz(&fresh).await?, 503, "ready without keys");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // /readyz names the issuer and why its keys are missing.
+    let issuer = w.idp.issuer();
+    let said =
+        authproxy_tests::wait_for(Duration::from_secs(10), "readyz names the issuer", || {
+            let (fresh, issuer) = (&fresh, issuer.clone());
+            async move {
+                let (code, body) = fresh
+                    .curl(&[&format!("{}/readyz", fresh.proxy_url())])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((code == 503
+                    && body.contains(&format!("{issuer}: no keys yet; the last fetch failed")))
+                .then_some(body))
+            }
+        })
+        .await?;
+    assert!(!said.contains("Bearer"), "{said}");
     w.idp.restart(&w.keys).await?;
     fresh.wait_ready().await?;
     let token = w.idp.id_token("kubernetes", "alice").await?;

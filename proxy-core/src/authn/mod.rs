@@ -303,6 +303,48 @@ impl Chain {
     pub fn is_ready(&self) -> bool {
         self.authenticators.iter().all(|a| a.is_ready())
     }
+
+    /// How each OIDC issuer's signing keys stand (for a readiness page:
+    /// each displays as `<issuer>: keys loaded 42s ago`, or `no keys yet`,
+    /// and why the last fetch failed while fetches keep failing).
+    pub fn issuers(&self) -> Vec<IssuerKeys> {
+        let mut found = crate::counters::AuthnCounters::default();
+        Authenticator::counters(self, &mut found);
+        found
+            .key_fetches
+            .iter()
+            .map(|issuer| IssuerKeys {
+                issuer: issuer.issuer().to_string(),
+                keys_age: issuer.keys_age(),
+                last_error: issuer.last_error(),
+            })
+            .collect()
+    }
+}
+
+/// One OIDC issuer's signing keys, as [`Chain::issuers`] reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IssuerKeys {
+    /// The issuer's URL, as configured.
+    pub issuer: String,
+    /// How long ago the keys in use were loaded; `None`: none yet.
+    pub keys_age: Option<std::time::Duration>,
+    /// Why the last fetch failed, while no fetch has succeeded since.
+    pub last_error: Option<String>,
+}
+
+impl std::fmt::Display for IssuerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.keys_age {
+            Some(age) => write!(f, "{}: keys loaded {}s ago", self.issuer, age.as_secs())?,
+            None => write!(f, "{}: no keys yet", self.issuer)?,
+        }
+        if let Some(error) = &self.last_error {
+            write!(f, "; the last fetch failed: {error}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Authenticator for Chain {

@@ -307,7 +307,7 @@ impl KeySet {
                 self.counters.loaded(true);
             }
             Err(error) => {
-                self.counters.failed();
+                self.counters.failed_because(&error.to_string());
                 tracing::warn!(issuer = %self.issuer, %error, "cannot refresh signing keys; keeping the last good ones");
             }
         }
