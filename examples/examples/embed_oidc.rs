@@ -47,20 +47,17 @@ async fn main() -> anyhow::Result<()> {
     // The proxy, its responses as axum's bodies.
     let proxy = proxy_core::proxy_stack(chain.clone(), upstream)
         .map_response(|response| response.map(Body::new));
-    // Readiness: the chain is ready once every issuer's keys are loaded.
+    // Readiness: the chain is ready once every issuer's keys are loaded;
+    // each issuer says how its keys stand (and why a fetch failed).
     let ready = chain.clone();
     let readyz = get(move || {
-        let ready = ready.is_ready();
-        async move {
-            if ready {
-                (StatusCode::OK, "ok")
-            } else {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the issuers' keys are not loaded yet",
-                )
-            }
-        }
+        let status = if ready.is_ready() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let issuers: Vec<String> = ready.issuers().iter().map(ToString::to_string).collect();
+        async move { (status, issuers.join("\n") + "\n") }
     });
     let app = Router::new()
         .route(
