@@ -1182,7 +1182,9 @@ impl UpstreamConfig {
             field: format!("{prefix}.{field}"),
             message,
         };
-        let connect_timeout = self.connect_timeout.unwrap_or(Duration::from_secs(10));
+        let connect_timeout = self
+            .connect_timeout
+            .unwrap_or(crate::upstream::DEFAULT_CONNECT_TIMEOUT);
         let interval = self
             .token_reload_interval
             .unwrap_or(crate::reload::DEFAULT_INTERVAL);

@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -283,7 +282,7 @@ impl Kubeconfig {
             client_identity,
             server_name: c.tls_server_name.clone(),
             credential,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: crate::upstream::DEFAULT_CONNECT_TIMEOUT,
             pool: Default::default(),
         })
     }

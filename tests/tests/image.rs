@@ -52,12 +52,19 @@ fn is_runtime_library(name: &str) -> bool {
 
 #[test]
 fn binary_needs_only_libraries_the_runtime_image_provides() -> anyhow::Result<()> {
-    // The debug binary of this build links the same libraries as the release
-    // binary the image ships; a release binary, when one was built, is checked too.
+    // The debug binary of this build links the same libraries as the dist
+    // binary the image ships; release, dist and PGO binaries, when built,
+    // are checked too.
     let mut binaries: Vec<PathBuf> = vec![authproxy_binary()?];
-    let release = root().join("target/release/authproxy");
-    if release.is_file() {
-        binaries.push(release);
+    for built in [
+        "target/release/authproxy",
+        "target/dist/authproxy",
+        "target/pgo/authproxy",
+    ] {
+        let built = root().join(built);
+        if built.is_file() {
+            binaries.push(built);
+        }
     }
     for binary in binaries {
         let needed = needed_libraries(&binary)?;
