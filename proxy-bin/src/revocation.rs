@@ -235,13 +235,7 @@ impl Revocation {
     pub async fn answer(&self, req: Request<Incoming>, chain: &Chain) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         if parts.method != http::Method::POST {
-            read_some(body).await;
-            return Status::failure(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Reason::BadRequest,
-                "POST a revocation",
-            )
-            .into_response();
+            return crate::token_endpoint::post_only(body, "POST a revocation").await;
         }
         // Nothing is written for a revocation already in force, so a token
         // revoking itself again and again costs the store nothing; new

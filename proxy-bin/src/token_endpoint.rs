@@ -24,6 +24,13 @@ use proxy_core::refusal::read_some;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{Chain, ProxyBody};
 
+/// The refusal of a request other than POST to an endpoint that takes only
+/// POST, once some of its body was read (see `proxy_core::refusal`).
+pub(crate) async fn post_only(body: Incoming, hint: &'static str) -> Response<ProxyBody> {
+    read_some(body).await;
+    Status::failure(StatusCode::METHOD_NOT_ALLOWED, Reason::BadRequest, hint).into_response()
+}
+
 /// Where a login is exchanged for an issued token.
 pub const TOKEN_PATH: &str = "/authproxy/v1/token";
 
@@ -95,14 +102,7 @@ impl TokenEndpoint {
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         if parts.method != http::Method::POST {
-            // Some of the body is read first (see proxy_core::refusal).
-            read_some(body).await;
-            return Status::failure(
-                StatusCode::METHOD_NOT_ALLOWED,
-                Reason::BadRequest,
-                "POST to get a token",
-            )
-            .into_response();
+            return post_only(body, "POST to get a token").await;
         }
         if let Some(ClientAddr(ip)) = parts.extensions.get::<ClientAddr>() {
             if let Err(wait) = self.per_client.acquire_client(*ip) {

@@ -423,16 +423,7 @@ async fn kubectl_reaches_a_cluster_the_proxy_cannot_through_its_agent() -> anyho
         .await?;
     assert_eq!(code, 200, "{body}");
     let events = env.kube.wait_audit_by_agent(&marker, 1).await?;
-    assert_eq!(
-        events[0]["user"]["username"], AGENT_ACCOUNT,
-        "{}",
-        events[0]
-    );
-    assert_eq!(
-        events[0]["impersonatedUser"]["username"], "alice",
-        "{}",
-        events[0]
-    );
+    assert_agent_acted_as_alice(&events[0]);
     assert_eq!(
         events[0]["requestURI"], "/api/v1/namespaces/default/configmaps",
         "{}",
@@ -780,16 +771,7 @@ async fn upgrades_cross_the_tunnel_both_ways() -> anyhow::Result<()> {
                     && e["verb"] == verb
             })
             .await?;
-        assert_eq!(
-            events[0]["user"]["username"], AGENT_ACCOUNT,
-            "{}",
-            events[0]
-        );
-        assert_eq!(
-            events[0]["impersonatedUser"]["username"], "alice",
-            "{}",
-            events[0]
-        );
+        assert_agent_acted_as_alice(&events[0]);
     }
 
     // kube-apiserver has no kubelet: its refusal comes back through the tunnel,
@@ -813,16 +795,7 @@ async fn upgrades_cross_the_tunnel_both_ways() -> anyhow::Result<()> {
             e["objectRef"]["name"] == pod.as_str() && e["objectRef"]["subresource"] == "exec"
         })
         .await?;
-    assert_eq!(
-        events[0]["user"]["username"], AGENT_ACCOUNT,
-        "{}",
-        events[0]
-    );
-    assert_eq!(
-        events[0]["impersonatedUser"]["username"], "alice",
-        "{}",
-        events[0]
-    );
+    assert_agent_acted_as_alice(&events[0]);
     Ok(())
 }
 
@@ -949,4 +922,11 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
         assert!(out.status.success(), "{object}: {}", output_text(&out));
     }
     Ok(())
+}
+
+/// The audit event of a request the agent made for alice: its account
+/// authenticated, alice impersonated.
+fn assert_agent_acted_as_alice(event: &serde_json::Value) {
+    assert_eq!(event["user"]["username"], AGENT_ACCOUNT, "{event}");
+    assert_eq!(event["impersonatedUser"]["username"], "alice", "{event}");
 }

@@ -497,36 +497,26 @@ spec:
         if !out.status.success() {
             bail!("set-up objects: {}", crate::output_text(&out));
         }
-        let out = self.admin(
-            &[
-                "create",
-                "token",
-                "proxy",
-                "-n",
-                "authproxy",
-                "--duration=24h",
-            ],
-            None,
-        )?;
-        if !out.status.success() {
-            bail!("proxy token: {}", crate::output_text(&out));
-        }
-        self.proxy_token = String::from_utf8(out.stdout)?.trim().to_owned();
-        let out = self.admin(
-            &[
-                "create",
-                "token",
-                "proxy-legacy",
-                "-n",
-                "authproxy",
-                "--duration=24h",
-            ],
-            None,
-        )?;
-        if !out.status.success() {
-            bail!("legacy proxy token: {}", crate::output_text(&out));
-        }
-        self.legacy_proxy_token = String::from_utf8(out.stdout)?.trim().to_owned();
+        let token = |account: &str| -> anyhow::Result<String> {
+            let out = self.admin(
+                &[
+                    "create",
+                    "token",
+                    account,
+                    "-n",
+                    "authproxy",
+                    "--duration=24h",
+                ],
+                None,
+            )?;
+            if !out.status.success() {
+                bail!("{account} token: {}", crate::output_text(&out));
+            }
+            Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        };
+        let (proxy, legacy) = (token("proxy")?, token("proxy-legacy")?);
+        self.proxy_token = proxy;
+        self.legacy_proxy_token = legacy;
         Ok(())
     }
 
