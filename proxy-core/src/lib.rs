@@ -27,6 +27,28 @@
 //! The API server authorizes the impersonated user; this crate makes no
 //! authorization decision about the forwarded request.
 //!
+//! # Features
+//!
+//! Every part an embedder may leave out is a cargo feature; `default` has
+//! them all (what the `authproxy` binary uses). An OIDC-only server writes
+//! `proxy-core = { version = "…", default-features = false, features =
+//! ["oidc"] }` (see `examples/embed_oidc_only.rs` in this crate).
+//!
+//! | feature | brings |
+//! | --- | --- |
+//! | `oidc` | OIDC ID tokens (`authn::oidc`), claim mappings from claims |
+//! | `cel` | CEL claim mappings and validation rules (implies `oidc`) |
+//! | `ldap` | LDAP logins with `Authorization: Basic` (`authn::ldap`) |
+//! | `issued-tokens` | tokens the proxy issues after a login, and their revocation |
+//! | `webhook` | the TokenReview service (`tokenreview`) |
+//! | `tunnel` | agents that dial in for clusters the proxy cannot reach (`tunnel`) |
+//! | `observe` | Prometheus metrics, the audit log, session recording (`observe`) |
+//!
+//! Static tokens, client certificates, the layers, the chain's cache, the
+//! upstream and the router are always there. A configuration section for a
+//! part left out still parses, and is refused naming the feature it needs
+//! ([`problem::NotBuilt`]).
+//!
 //! # Example
 //!
 //! ```
@@ -67,7 +89,9 @@ pub mod reload;
 pub mod status;
 mod tap;
 pub mod tls;
+#[cfg(feature = "webhook")]
 pub mod tokenreview;
+#[cfg(feature = "tunnel")]
 pub mod tunnel;
 pub mod upstream;
 pub mod worker;

@@ -41,3 +41,22 @@ pub(crate) fn problem(field: impl Into<String>, message: impl Into<String>) -> P
         message: message.into(),
     }
 }
+
+/// A configuration section for a part this build of proxy-core was made
+/// without (its cargo feature off): it reads as any value, so the file
+/// still parses, and is then refused with a problem naming the feature
+/// ([`NotBuilt::problem`]) rather than ignored.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+pub struct NotBuilt(serde::de::IgnoredAny);
+
+impl NotBuilt {
+    /// The problem for this section at `field`, which needs `feature`.
+    pub fn problem(&self, field: impl Into<String>, feature: &str) -> Problem {
+        problem(
+            field,
+            format!(
+                "this build of proxy-core has no `{feature}` feature; rebuild with it to use this section"
+            ),
+        )
+    }
+}

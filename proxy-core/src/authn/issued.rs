@@ -479,7 +479,7 @@ impl Authenticator for RefreshingIssued {
         let Credential::Bearer(token) = credential else {
             return Box::pin(std::future::ready(Ok(None)));
         };
-        match crate::authn::oidc::peek_issuer(token.expose()) {
+        match crate::authn::peek_issuer(token.expose()) {
             Some(iss) if iss == self.tokens.issuer => {}
             _ => return Box::pin(std::future::ready(Ok(None))),
         }
@@ -515,7 +515,7 @@ impl Authenticator for RefreshingIssued {
 impl Authenticator for IssuedTokens {
     fn authenticate<'a>(&'a self, credential: &'a Credential) -> AuthnFuture<'a> {
         let verified = match credential {
-            Credential::Bearer(token) => match crate::authn::oidc::peek_issuer(token.expose()) {
+            Credential::Bearer(token) => match crate::authn::peek_issuer(token.expose()) {
                 Some(iss) if iss == self.issuer => self.verify(token.expose()),
                 _ => return Box::pin(std::future::ready(Ok(None))),
             },

@@ -7,11 +7,15 @@
 //! and bad, or its backend is unreachable. A [`Chain`] asks each in order.
 
 pub mod cache;
+#[cfg(feature = "issued-tokens")]
 pub mod issued;
+#[cfg(feature = "ldap")]
 pub mod ldap;
+#[cfg(feature = "oidc")]
 pub mod oidc;
 pub mod policy;
 pub mod refresh;
+#[cfg(feature = "issued-tokens")]
 pub mod revocation;
 pub mod secret_key;
 mod static_token;
@@ -27,8 +31,11 @@ use std::time::SystemTime;
 use http::StatusCode;
 
 pub use cache::{CacheStats, CachedAuthenticator};
+#[cfg(feature = "issued-tokens")]
 pub use issued::IssuedTokens;
+#[cfg(feature = "ldap")]
 pub use ldap::LdapAuthenticator;
+#[cfg(feature = "oidc")]
 pub use oidc::OidcAuthenticator;
 pub use static_token::{StaticTokenError, StaticTokens};
 pub use swap::SwappableChain;
@@ -371,6 +378,23 @@ impl Authenticator for Chain {
             authenticator.counters(found);
         }
     }
+}
+
+/// The `iss` of a JWT, read without verification (to pick the authenticator).
+pub fn peek_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
+        return None;
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
 }
 
 #[cfg(test)]

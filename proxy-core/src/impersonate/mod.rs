@@ -23,7 +23,9 @@ pub mod nested;
 mod review;
 mod strip;
 
-pub(crate) use strip::{dashed, HOP_BY_HOP};
+pub(crate) use strip::dashed;
+#[cfg(feature = "tunnel")]
+pub(crate) use strip::HOP_BY_HOP;
 pub use strip::{is_upgrade, strip_caller_identity};
 
 use http::header::{self, HeaderName, HeaderValue};

@@ -21,7 +21,15 @@ use tower_service::Service;
 use crate::authn::Identity;
 use crate::body::{Hold, ProxyBody};
 use crate::long_running::{is_long_running, Limiter, Limits, Refused};
-use crate::observe::sessions::SessionRecorder;
+#[cfg(feature = "observe")]
+use crate::observe::sessions::{SessionRecorder, SessionTap};
+
+/// Without the `observe` feature there is no session recorder: a type with
+/// no values stands in, so no recording is ever started.
+#[cfg(not(feature = "observe"))]
+type SessionRecorder = std::convert::Infallible;
+#[cfg(not(feature = "observe"))]
+type SessionTap = std::convert::Infallible;
 use crate::refusal::with_unread_body;
 use crate::status::{Reason, Status};
 
@@ -66,6 +74,7 @@ impl LongRunningLayer {
     /// Records the exec and attach sessions `recorder` selects (see
     /// [`crate::observe::sessions`]); the recording is named in the
     /// request's audit event.
+    #[cfg(feature = "observe")]
     pub fn with_recording(mut self, recorder: Arc<SessionRecorder>) -> Self {
         self.recorder = Some(recorder);
         self
@@ -153,43 +162,77 @@ where
         };
         hold.clone().keep_in(req.extensions_mut());
         let recording = match (&self.recorder, upgrade) {
-            (Some(recorder), true) => {
-                let identity = req.extensions().get::<Arc<Identity>>().cloned();
-                recorder.tap_for(&req, identity.as_deref()).inspect(|tap| {
-                    req.extensions_mut()
-                        .insert(crate::tap::UpgradeTaps(Arc::new(tap.clone())));
-                })
-            }
-            _ => None,
+            (Some(recorder), true) => recording(recorder, &mut req),
+            _ => Ok(None),
         };
         // A session that must be recorded has its file before it is
         // forwarded, or does not happen.
-        if let (Some(tap), Some(recorder)) = (&recording, &self.recorder) {
-            if recorder.required() {
-                let ready = crate::observe::sessions::keep_readable_protocols(req.headers_mut())
-                    .and_then(|()| tap.prepare().map_err(|e| e.to_string()));
-                if let Err(error) = ready {
-                    tracing::warn!(recording = %tap.path().display(), %error, "a session that must be recorded cannot be; refused");
-                    let mut refusal = crate::status::Status::failure(
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        crate::status::Reason::ServiceUnavailable,
-                        "this session must be recorded, and it cannot be: it was not opened",
-                    )
-                    .into_response();
-                    refusal.extensions_mut().insert(crate::status::NotUpstream);
-                    let response = crate::refusal::with_unread_body(refusal, req.into_body());
-                    return Box::pin(async move { Ok(response) });
-                }
+        let recording = match recording {
+            Ok(recording) => recording,
+            Err(error) => {
+                tracing::warn!(%error, "a session that must be recorded cannot be; refused");
+                let mut refusal = crate::status::Status::failure(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    crate::status::Reason::ServiceUnavailable,
+                    "this session must be recorded, and it cannot be: it was not opened",
+                )
+                .into_response();
+                refusal.extensions_mut().insert(crate::status::NotUpstream);
+                let response = crate::refusal::with_unread_body(refusal, req.into_body());
+                return Box::pin(async move { Ok(response) });
             }
-        }
+        };
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
-            // Named in the audit event only when there is a file to name.
-            if let Some(tap) = recording.filter(|tap| tap.started()) {
-                crate::observe::record::recording(tap.path().display().to_string());
-            }
+            name_in_audit(recording);
             Ok(response.map(|body| body.with_hold(hold)))
         })
+    }
+}
+
+/// The recording of an upgrade `recorder` selects, told to the upstream
+/// through the request's extensions; `Err` with the reason when the session
+/// must be recorded and cannot be (its file is made before it is
+/// forwarded).
+#[cfg(feature = "observe")]
+fn recording<B>(
+    recorder: &Arc<SessionRecorder>,
+    req: &mut Request<B>,
+) -> Result<Option<SessionTap>, String> {
+    let identity = req.extensions().get::<Arc<Identity>>().cloned();
+    let Some(tap) = recorder.tap_for(req, identity.as_deref()) else {
+        return Ok(None);
+    };
+    req.extensions_mut()
+        .insert(crate::tap::UpgradeTaps(Arc::new(tap.clone())));
+    if recorder.required() {
+        crate::observe::sessions::keep_readable_protocols(req.headers_mut())
+            .and_then(|()| tap.prepare().map_err(|e| e.to_string()))
+            .map_err(|error| format!("{}: {error}", tap.path().display()))?;
+    }
+    Ok(Some(tap))
+}
+
+#[cfg(not(feature = "observe"))]
+fn recording<B>(
+    recorder: &Arc<SessionRecorder>,
+    _req: &mut Request<B>,
+) -> Result<Option<SessionTap>, String> {
+    match **recorder {}
+}
+
+/// Names the recording in the audit event, when there is a file to name.
+#[cfg(feature = "observe")]
+fn name_in_audit(recording: Option<SessionTap>) {
+    if let Some(tap) = recording.filter(|tap| tap.started()) {
+        crate::observe::record::recording(tap.path().display().to_string());
+    }
+}
+
+#[cfg(not(feature = "observe"))]
+fn name_in_audit(recording: Option<SessionTap>) {
+    if let Some(never) = recording {
+        match never {}
     }
 }

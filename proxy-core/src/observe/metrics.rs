@@ -242,6 +242,7 @@ struct Families {
     authentications: Family<AuthnLabels, Counter>,
     authn_duration: HistogramFamily<AuthenticatorLabel>,
     upstream_errors: Family<KindLabel, Counter>,
+    #[cfg_attr(not(feature = "webhook"), allow(dead_code))]
     tokenreviews: Family<ResultLabel, Counter>,
     issued_tokens: Counter,
     scrape_time: Arc<ScrapeTime>,
@@ -485,6 +486,7 @@ impl Metrics {
         }
     }
 
+    #[cfg(feature = "tunnel")]
     /// Adds the agent tunnel families (see [`crate::tunnel::metrics`]).
     pub fn register_tunnels(&self, tunnels: &crate::tunnel::metrics::TunnelMetrics) {
         if let Ok(mut registry) = self.families.registry.lock() {
@@ -580,6 +582,7 @@ impl Metrics {
             .inc();
     }
 
+    #[cfg(feature = "webhook")]
     /// Counts one TokenReview answer by result: `authenticated`,
     /// `unauthenticated` (no, unknown or invalid token) or `error` (a
     /// backend is unavailable, or logins are throttled).

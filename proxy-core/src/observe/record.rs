@@ -1,7 +1,11 @@
 //! What the authenticators decided about the request being served, told to
-//! the [`Observe`](super::Observe) layer around them without going through
+//! the [`Observe`](crate::observe) layer around them without going through
 //! the authenticator interface: a task-local record set for the duration of
 //! one request's future.
+//!
+//! Without the `observe` feature nothing reads the record (there is no
+//! audit event); the layers still write it.
+#![cfg_attr(not(feature = "observe"), allow(dead_code))]
 
 use std::sync::{Arc, OnceLock};
 

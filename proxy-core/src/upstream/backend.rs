@@ -10,6 +10,7 @@ use http::{Request, Response};
 
 use super::Upstream;
 use crate::body::ProxyBody;
+#[cfg(feature = "tunnel")]
 use crate::tunnel::AgentService;
 use crate::BoxError;
 
@@ -19,6 +20,7 @@ pub enum Backend<B = hyper::body::Incoming> {
     /// The proxy connects to the API server.
     Direct(Upstream<B>),
     /// Through the cluster's agent tunnels.
+    #[cfg(feature = "tunnel")]
     Agents(AgentService<B>),
 }
 
@@ -26,6 +28,7 @@ impl<B> Clone for Backend<B> {
     fn clone(&self) -> Self {
         match self {
             Backend::Direct(upstream) => Backend::Direct(upstream.clone()),
+            #[cfg(feature = "tunnel")]
             Backend::Agents(agents) => Backend::Agents(agents.clone()),
         }
     }
@@ -37,6 +40,7 @@ impl<B> From<Upstream<B>> for Backend<B> {
     }
 }
 
+#[cfg(feature = "tunnel")]
 impl<B> From<AgentService<B>> for Backend<B> {
     fn from(agents: AgentService<B>) -> Self {
         Backend::Agents(agents)
@@ -59,6 +63,7 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         match self {
             Backend::Direct(upstream) => upstream.call(req),
+            #[cfg(feature = "tunnel")]
             Backend::Agents(agents) => agents.call(req),
         }
     }

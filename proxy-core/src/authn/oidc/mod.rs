@@ -10,9 +10,15 @@
 //! `email_verified` when the username is `email`, groups as a string or an
 //! array). No token appears in an error or a log.
 
+#[cfg(feature = "cel")]
+pub mod cel;
+#[cfg(not(feature = "cel"))]
+#[path = "cel_off.rs"]
 pub mod cel;
 #[cfg(test)]
+#[cfg(feature = "cel")]
 mod cel_cases;
+#[cfg(feature = "cel")]
 mod cel_kube;
 mod claims;
 pub mod config;
@@ -23,7 +29,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
 use jsonwebtoken::{decode, decode_header, Validation};
 use serde_json::{Map, Value};
 
@@ -55,21 +60,7 @@ fn invalid(message: impl Into<String>) -> AuthnError {
     AuthnError::Invalid(message.into())
 }
 
-/// The `iss` of a JWT, read without verification (to pick the authenticator).
-pub fn peek_issuer(token: &str) -> Option<String> {
-    let mut parts = token.split('.');
-    let (_, payload, _, None) = (parts.next()?, parts.next()?, parts.next()?, parts.next()) else {
-        return None;
-    };
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    #[derive(serde::Deserialize)]
-    struct Iss {
-        iss: Option<String>,
-    }
-    serde_json::from_slice::<Iss>(&bytes).ok()?.iss
-}
+pub use super::peek_issuer;
 
 impl OidcAuthenticator {
     /// Builds the authenticator and starts loading keys in the background
@@ -340,6 +331,7 @@ impl Authenticator for OidcAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
     use serde_json::json;
 
     fn settings() -> IssuerSettings {
@@ -446,6 +438,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "cel")]
     #[test]
     fn bad_cel_and_hmac_are_refused_with_the_field_named() {
         let jwt: JwtAuthenticator = serde_yaml_ng::from_str(
@@ -479,6 +472,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "cel")]
     #[test]
     fn a_username_from_claims_email_needs_email_verified_somewhere() {
         let base = "issuer: {url: 'https://idp', audiences: [k]}\n";
@@ -507,6 +501,7 @@ mod tests {
     /// authentication configuration), loaded as written there (but for the
     /// groups expression, see the end), with the tokens and results the
     /// page gives.
+    #[cfg(feature = "cel")]
     #[test]
     fn kube_documentation_examples_give_the_documented_users() {
         let mappings = "  claimMappings:\n    username:\n      expression: 'claims.username + \":external-user\"'\n    groups:\n      expression: 'claims.roles.split(\",\").map(r, r)'\n    uid:\n      expression: 'claims.sub'\n    extra:\n    - key: 'example.com/tenant'\n      valueExpression: 'claims.tenant'\n";
@@ -578,6 +573,7 @@ mod tests {
         assert!(refused.is_err_and(|e| e.to_string().contains("straight from split()")),);
     }
 
+    #[cfg(feature = "cel")]
     #[test]
     fn cel_results_of_the_wrong_kind_refuse_the_token() {
         let settings = |mapping: &str| {

@@ -13,10 +13,23 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+#[cfg(feature = "issued-tokens")]
+mod issued;
+#[cfg(feature = "ldap")]
+mod ldap;
+#[cfg(feature = "oidc")]
+mod oidc;
+
+#[cfg(feature = "issued-tokens")]
+pub use issued::{
+    ExchangeLimits, IssuedTokensConfig, RevocationConfig, DEFAULT_EXCHANGES_PER_CLIENT_PER_MINUTE,
+    DEFAULT_EXCHANGES_PER_USER_PER_MINUTE, DEFAULT_EXCHANGE_FROM, POD_NAMESPACE_FILE,
+};
+#[cfg(feature = "oidc")]
+pub use oidc::KubeAuthenticationConfiguration;
+
 use crate::authn::cache::CacheSettings;
-use crate::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
-use crate::authn::policy::RefuseSystemNames;
-use crate::authn::{Authenticator, CachedAuthenticator, Chain, ClientCertificates, StaticTokens};
+use crate::authn::{Authenticator, Chain, ClientCertificates, StaticTokens};
 use crate::kubeconfig::Kubeconfig;
 use crate::long_running;
 use crate::tls;
@@ -26,7 +39,43 @@ use crate::upstream::{PoolSettings, UpstreamCredential, UpstreamOptions};
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 use crate::problem::problem;
-pub use crate::problem::{positive_durations, Problem};
+pub use crate::problem::{positive_durations, NotBuilt, Problem};
+
+/// What `authentication.jwt` lists: kube's `JwtAuthenticator`, or, in a
+/// build without the `oidc` feature, [`NotBuilt`].
+#[cfg(feature = "oidc")]
+pub type JwtSection = crate::authn::oidc::JwtAuthenticator;
+/// What `authentication.jwt` lists: kube's `JwtAuthenticator`, or, in a
+/// build without the `oidc` feature, [`NotBuilt`].
+#[cfg(not(feature = "oidc"))]
+pub type JwtSection = NotBuilt;
+
+/// `authentication.ldap`: [`crate::authn::ldap::LdapConfig`], or, in a build
+/// without the `ldap` feature, [`NotBuilt`].
+#[cfg(feature = "ldap")]
+pub type LdapSection = crate::authn::ldap::LdapConfig;
+/// `authentication.ldap`: `authn::ldap::LdapConfig`, or, in a build
+/// without the `ldap` feature, [`NotBuilt`].
+#[cfg(not(feature = "ldap"))]
+pub type LdapSection = NotBuilt;
+
+/// `authentication.issuedTokens`: [`IssuedTokensConfig`], or, in a build
+/// without the `issued-tokens` feature, [`NotBuilt`].
+#[cfg(feature = "issued-tokens")]
+pub type IssuedTokensSection = IssuedTokensConfig;
+/// `authentication.issuedTokens`: `IssuedTokensConfig`, or, in a build
+/// without the `issued-tokens` feature, [`NotBuilt`].
+#[cfg(not(feature = "issued-tokens"))]
+pub type IssuedTokensSection = NotBuilt;
+
+/// The running token issuer, or, in a build without the `issued-tokens`
+/// feature, a type with no values (so there is never one).
+#[cfg(feature = "issued-tokens")]
+pub type Issuer = Arc<crate::authn::IssuedTokens>;
+/// The running token issuer, or, in a build without the `issued-tokens`
+/// feature, a type with no values (so there is never one).
+#[cfg(not(feature = "issued-tokens"))]
+pub type Issuer = std::convert::Infallible;
 
 /// The dotted path of the field a parse error is at, `(top level)` for the
 /// root (or a key YAML reads as empty, as in `? `), so a message always
@@ -137,229 +186,16 @@ pub struct AuthenticationConfig {
     pub static_tokens: Option<StaticTokensConfig>,
     /// OIDC issuers, as the `jwt:` list of kube's `AuthenticationConfiguration`.
     #[serde(default)]
-    pub jwt: Vec<JwtAuthenticator>,
+    pub jwt: Vec<JwtSection>,
     /// A kube `AuthenticationConfiguration` file whose `jwt:` entries are added.
     pub authentication_config_file: Option<PathBuf>,
     /// The cache in front of token authenticators.
     #[serde(default)]
     pub cache: CacheConfig,
     /// LDAP logins with `Authorization: Basic`.
-    pub ldap: Option<crate::authn::ldap::LdapConfig>,
+    pub ldap: Option<LdapSection>,
     /// Tokens the proxy issues after a login (`POST /authproxy/v1/token`).
-    pub issued_tokens: Option<IssuedTokensConfig>,
-}
-
-/// `issuedTokens`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct IssuedTokensConfig {
-    /// `iss` and `aud` of the tokens (default `authproxy`).
-    pub issuer: Option<String>,
-    /// PKCS#8 PEM keys (P-256 or Ed25519); the first signs, all verify.
-    pub signing_key_files: Vec<PathBuf>,
-    /// Token lifetime (default 8h); never past the expiry of the credential
-    /// it was exchanged for.
-    #[serde(default, with = "humantime_serde")]
-    pub lifetime: Option<Duration>,
-    /// Which logins may be exchanged for a token (default
-    /// [`DEFAULT_EXCHANGE_FROM`]): `ldap`, `oidc`, `staticToken`,
-    /// `clientCertificate`. Issued tokens are never exchanged.
-    pub exchange_from: Option<Vec<crate::authn::Source>>,
-    /// How many exchanges are allowed per client address and per user.
-    #[serde(default)]
-    pub exchange_limits: ExchangeLimits,
-    /// How often the user of a token issued after an LDAP login is looked up
-    /// in the directory again (default 60s): a deleted or disabled entry
-    /// ends the session, changed groups apply.
-    #[serde(default, with = "humantime_serde")]
-    pub refresh_interval: Option<Duration>,
-    /// With the directory down, how long its last answer holds (default 5m).
-    #[serde(default, with = "humantime_serde")]
-    pub refresh_grace: Option<Duration>,
-    /// Where revocations are kept and watched (none: tokens cannot be
-    /// revoked, only their signing key removed).
-    pub revocation: Option<RevocationConfig>,
-}
-
-/// `issuedTokens.revocation`: the revocation store, ConfigMaps in a
-/// namespace of the Kubernetes API (see [`crate::authn::revocation::store`]).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RevocationConfig {
-    /// The namespace of the store (default: the namespace the proxy runs in,
-    /// from its service account).
-    pub namespace: Option<String>,
-    /// A kubeconfig to reach the store's API server (default: the
-    /// `upstream` section, the API server the proxy forwards to).
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig's context (default: its current context).
-    pub context: Option<String>,
-    /// Take issued tokens before the revocations have been read once
-    /// (default false: until then they are refused as unavailable, and
-    /// `/readyz` says why).
-    #[serde(default)]
-    pub serve_before_first_list: bool,
-}
-
-/// kube's DNS-1123 label, which a namespace name is: at most 63 lower-case
-/// letters, digits and `-`, starting and ending with a letter or digit.
-fn is_namespace_name(name: &str) -> bool {
-    let ends = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    name.len() <= 63
-        && ends(name.chars().next())
-        && ends(name.chars().last())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-/// Where a pod's namespace is written by Kubernetes.
-pub const POD_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
-
-impl RevocationConfig {
-    /// The namespace: set, or the pod's own.
-    pub fn namespace(&self) -> Option<String> {
-        self.namespace.clone().or_else(|| {
-            std::fs::read_to_string(POD_NAMESPACE_FILE)
-                .ok()
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty())
-        })
-    }
-
-    /// Problems in the section, `prefix` being its path.
-    pub fn problems(&self, prefix: &str) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        match self.namespace() {
-            None => problems.push(problem(
-                format!("{prefix}.namespace"),
-                format!("is required outside a pod (no {POD_NAMESPACE_FILE})"),
-            )),
-            Some(ns) if !is_namespace_name(&ns) => problems.push(problem(
-                format!("{prefix}.namespace"),
-                format!("{ns:?} is not a namespace name (a DNS label)"),
-            )),
-            Some(_) => {}
-        }
-        problems
-    }
-}
-
-/// Logins exchanged for issued tokens when `issuedTokens.exchangeFrom` is unset.
-pub const DEFAULT_EXCHANGE_FROM: [crate::authn::Source; 2] =
-    [crate::authn::Source::Ldap, crate::authn::Source::Oidc];
-
-/// Exchanges per client address when `exchangeLimits.perClientPerMinute` is unset.
-pub const DEFAULT_EXCHANGES_PER_CLIENT_PER_MINUTE: u32 = 60;
-/// Exchanges per user when `exchangeLimits.perUserPerMinute` is unset.
-pub const DEFAULT_EXCHANGES_PER_USER_PER_MINUTE: u32 = 10;
-
-/// `issuedTokens.exchangeLimits`: token exchanges allowed per minute (in
-/// bursts of up to that many); `0` turns a limit off.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ExchangeLimits {
-    /// Per client address (default [`DEFAULT_EXCHANGES_PER_CLIENT_PER_MINUTE`]).
-    pub per_client_per_minute: Option<u32>,
-    /// Per authenticated user (default [`DEFAULT_EXCHANGES_PER_USER_PER_MINUTE`]).
-    pub per_user_per_minute: Option<u32>,
-}
-
-impl ExchangeLimits {
-    /// (per client, per user) with defaults filled in.
-    pub fn resolved(&self) -> (u32, u32) {
-        (
-            self.per_client_per_minute
-                .unwrap_or(DEFAULT_EXCHANGES_PER_CLIENT_PER_MINUTE),
-            self.per_user_per_minute
-                .unwrap_or(DEFAULT_EXCHANGES_PER_USER_PER_MINUTE),
-        )
-    }
-}
-
-impl IssuedTokensConfig {
-    /// The logins that may be exchanged, defaults filled in.
-    pub fn exchange_sources(&self) -> Vec<crate::authn::Source> {
-        self.exchange_from
-            .clone()
-            .unwrap_or_else(|| DEFAULT_EXCHANGE_FROM.to_vec())
-    }
-
-    /// Problems in the section, `prefix` being its path.
-    pub fn problems(&self, prefix: &str) -> Vec<Problem> {
-        use crate::authn::Source;
-        let mut problems = Vec::new();
-        positive_durations(
-            &mut problems,
-            prefix,
-            &[
-                ("refreshInterval", self.refresh_interval),
-                ("refreshGrace", self.refresh_grace),
-            ],
-        );
-        if let Some(revocation) = &self.revocation {
-            problems.extend(revocation.problems(&format!("{prefix}.revocation")));
-        }
-        for (i, source) in self.exchange_from.iter().flatten().enumerate() {
-            if matches!(source, Source::Issued | Source::Other) {
-                problems.push(problem(
-                    format!("{prefix}.exchangeFrom[{i}]"),
-                    format!(
-                        "{:?} cannot be exchanged; use ldap, oidc, staticToken or clientCertificate",
-                        source.as_str()
-                    ),
-                ));
-            }
-        }
-        problems
-    }
-
-    /// Loads the keys and re-reads their files as `reloading` says.
-    pub fn load_and_watch(
-        &self,
-        prefix: &str,
-        base: &Path,
-        reloading: &Reloading,
-    ) -> Result<Arc<crate::authn::IssuedTokens>, BuildError> {
-        let files: Vec<PathBuf> = self
-            .signing_key_files
-            .iter()
-            .map(|f| resolve(base, f))
-            .collect();
-        crate::authn::IssuedTokens::load_and_watch(
-            self.issuer.as_deref().unwrap_or("authproxy"),
-            &files,
-            self.lifetime.unwrap_or(Duration::from_secs(8 * 3600)),
-            reloading.interval,
-            reloading.reporter.clone(),
-        )
-        .map_err(|e| BuildError {
-            field: format!("{prefix}.issuedTokens.signingKeyFiles"),
-            message: e.to_string(),
-        })
-    }
-
-    /// Loads the keys.
-    pub fn load(
-        &self,
-        prefix: &str,
-        base: &Path,
-    ) -> Result<Arc<crate::authn::IssuedTokens>, BuildError> {
-        let files: Vec<PathBuf> = self
-            .signing_key_files
-            .iter()
-            .map(|f| resolve(base, f))
-            .collect();
-        crate::authn::IssuedTokens::load(
-            self.issuer.as_deref().unwrap_or("authproxy"),
-            &files,
-            self.lifetime.unwrap_or(Duration::from_secs(8 * 3600)),
-        )
-        .map_err(|e| BuildError {
-            field: format!("{prefix}.issuedTokens.signingKeyFiles"),
-            message: e.to_string(),
-        })
-    }
+    pub issued_tokens: Option<IssuedTokensSection>,
 }
 
 /// Token cache settings.
@@ -375,65 +211,6 @@ pub struct CacheConfig {
     pub negative_ttl: Option<Duration>,
     /// Most cached tokens (default 10000).
     pub capacity: Option<u64>,
-}
-
-/// kube's `AuthenticationConfiguration` file (only `jwt:` is used).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct KubeAuthenticationConfiguration {
-    /// `apiserver.config.k8s.io/v1beta1` or `/v1`.
-    pub api_version: String,
-    /// `AuthenticationConfiguration`.
-    pub kind: String,
-    /// The JWT authenticators.
-    #[serde(default)]
-    pub jwt: Vec<JwtAuthenticator>,
-    /// Anonymous access settings: not used by authproxy (refused when set).
-    pub anonymous: Option<serde_json::Value>,
-}
-
-impl KubeAuthenticationConfiguration {
-    /// Reads the file and checks apiVersion and kind.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = crate::reload::read_settled_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let config: Self =
-            serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(&text))
-                .map_err(|e| {
-                    format!(
-                        "{}: {}: {}",
-                        path.display(),
-                        field_path(e.path()),
-                        e.inner()
-                    )
-                })?;
-        if ![
-            "apiserver.config.k8s.io/v1beta1",
-            "apiserver.config.k8s.io/v1",
-        ]
-        .contains(&config.api_version.as_str())
-        {
-            return Err(format!(
-                "{}: apiVersion {:?} is not apiserver.config.k8s.io/v1beta1 or v1",
-                path.display(),
-                config.api_version
-            ));
-        }
-        if config.kind != "AuthenticationConfiguration" {
-            return Err(format!(
-                "{}: kind {:?} is not AuthenticationConfiguration",
-                path.display(),
-                config.kind
-            ));
-        }
-        if config.anonymous.is_some() {
-            return Err(format!(
-                "{}: anonymous: anonymous access is not supported by authproxy",
-                path.display()
-            ));
-        }
-        Ok(config)
-    }
 }
 
 /// Static token file settings.
@@ -500,83 +277,38 @@ impl AuthenticationConfig {
                 )),
             }
         }
+        problems.extend(self.not_built(prefix));
+        #[cfg(feature = "issued-tokens")]
         if let Some(issued) = &self.issued_tokens {
             problems.extend(issued.problems(&format!("{prefix}.issuedTokens")));
             if let Err(e) = issued.load(prefix, base) {
                 problems.push(problem(e.field, e.message));
             }
         }
+        #[cfg(feature = "ldap")]
         if let Some(ldap) = &self.ldap {
-            problems.extend(ldap.problems(&format!("{prefix}.ldap")));
-            check_readable(
-                &mut problems,
-                &format!("{prefix}.ldap.bindPasswordFile"),
-                &resolve(base, &ldap.bind_password_file),
-            );
-            if let Some(ca) = &ldap.ca_file {
-                check_ca_file(
-                    &mut problems,
-                    &format!("{prefix}.ldap.caFile"),
-                    &resolve(base, ca),
-                );
-            }
+            ldap::validate(ldap, &format!("{prefix}.ldap"), base, &mut problems);
         }
-        match self.jwt_entries(prefix, base) {
-            Ok(entries) => {
-                for (i, (path, jwt)) in entries.iter().enumerate() {
-                    if let Err(mut more) = jwt.settings(path) {
-                        problems.append(&mut more);
-                    }
-                    let url = &jwt.issuer.url;
-                    if entries[..i]
-                        .iter()
-                        .any(|(_, earlier)| &earlier.issuer.url == url)
-                    {
-                        problems.push(problem(
-                            format!("{path}.issuer.url"),
-                            format!("duplicate issuer {url:?}: each issuer may be configured once"),
-                        ));
-                    }
-                }
-                if !self.client_certificates
-                    && self.static_tokens.is_none()
-                    && self.ldap.is_none()
-                    && self.issued_tokens.is_none()
-                    && entries.is_empty()
-                {
-                    problems.push(problem(prefix, "no authenticator is configured"));
-                }
+        #[cfg(feature = "oidc")]
+        let issuers = match self.validate_jwt(prefix, base, &mut problems) {
+            Ok(any) => any,
+            Err(p) => {
+                problems.push(p);
+                true
             }
-            Err(p) => problems.push(p),
+        };
+        // A section refused above as not built still counts as configured.
+        #[cfg(not(feature = "oidc"))]
+        let issuers = !self.jwt.is_empty() || self.authentication_config_file.is_some();
+        if !self.client_certificates
+            && self.static_tokens.is_none()
+            && self.ldap.is_none()
+            && self.issued_tokens.is_none()
+            && !issuers
+        {
+            problems.push(problem(prefix, "no authenticator is configured"));
         }
         problems
-    }
-
-    /// Every `jwt:` entry with its path: this section's, then the kube file's.
-    pub fn jwt_entries(
-        &self,
-        prefix: &str,
-        base: &Path,
-    ) -> Result<Vec<(String, JwtAuthenticator)>, Problem> {
-        let mut entries: Vec<(String, JwtAuthenticator)> = self
-            .jwt
-            .iter()
-            .enumerate()
-            .map(|(i, j)| (format!("{prefix}.jwt[{i}]"), j.clone()))
-            .collect();
-        if let Some(file) = &self.authentication_config_file {
-            let path = resolve(base, file);
-            let kube = KubeAuthenticationConfiguration::load(&path).map_err(|message| {
-                problem(format!("{prefix}.authenticationConfigFile"), message)
-            })?;
-            entries.extend(
-                kube.jwt
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, j)| (format!("{}: jwt[{i}]", path.display()), j)),
-            );
-        }
-        Ok(entries)
     }
 
     /// The cache settings with defaults filled in.
@@ -599,7 +331,7 @@ impl AuthenticationConfig {
         &self,
         prefix: &str,
         base: &Path,
-    ) -> Result<(Chain, Option<Arc<crate::authn::IssuedTokens>>), BuildError> {
+    ) -> Result<(Chain, Option<Issuer>), BuildError> {
         self.build_reloading(prefix, base, &Reloading::default(), None)
     }
 
@@ -608,14 +340,24 @@ impl AuthenticationConfig {
     /// `issuer`, that issuer is used instead of loading one (a rebuilt chain
     /// keeps the running issuer and its key watch). Call within a tokio
     /// runtime.
+    ///
+    /// A section for a part this build was made without (a cargo feature
+    /// off) is refused here, as [`AuthenticationConfig::validate`] refuses it.
     pub fn build_reloading(
         &self,
         prefix: &str,
         base: &Path,
         reloading: &Reloading,
-        issuer: Option<Arc<crate::authn::IssuedTokens>>,
-    ) -> Result<(Chain, Option<Arc<crate::authn::IssuedTokens>>), BuildError> {
+        issuer: Option<Issuer>,
+    ) -> Result<(Chain, Option<Issuer>), BuildError> {
+        if let Some(problem) = self.not_built(prefix).into_iter().next() {
+            return Err(BuildError {
+                field: problem.field,
+                message: problem.message,
+            });
+        }
         let mut chain: Vec<Arc<dyn Authenticator>> = Vec::new();
+        #[cfg(feature = "issued-tokens")]
         let issuer = match (&self.issued_tokens, issuer) {
             (Some(_), Some(running)) => Some(running),
             (Some(config), None) => Some(config.load_and_watch(prefix, base, reloading)?),
@@ -637,59 +379,24 @@ impl AuthenticationConfig {
                     })?;
             chain.push(tokens);
         }
-        let mut ldap_authenticator = None;
-        if let Some(ldap) = &self.ldap {
-            let err = |field: &str, message: String| BuildError {
-                field: format!("{prefix}.ldap.{field}"),
-                message,
-            };
-            let password_file = resolve(base, &ldap.bind_password_file);
-            let password = crate::reload::read_settled(&password_file)
-                .map_err(|e| err("bindPasswordFile", e.to_string()))
-                .and_then(|content| {
-                    crate::authn::ldap::bind_password_from(&content).map_err(|problem| {
-                        err(
-                            "bindPasswordFile",
-                            format!("{}: {problem}", password_file.display()),
-                        )
-                    })
-                })?;
-            let roots = match &ldap.ca_file {
-                Some(ca) => {
-                    let path = resolve(base, ca);
-                    let pem = tls::read_file(&path).map_err(|e| err("caFile", e.to_string()))?;
-                    tls::root_store(&pem, &path.display().to_string())
-                        .map_err(|e| err("caFile", e.to_string()))?
-                }
-                None => tls::system_roots().map_err(|e| err("caFile", e.to_string()))?,
-            };
-            let client =
-                tls::client_config(roots, None, &[]).map_err(|e| err("caFile", e.to_string()))?;
-            let authenticator =
-                Arc::new(crate::authn::LdapAuthenticator::new(ldap, client, password));
-            authenticator.watch_bind_password(
-                password_file,
-                reloading.interval,
-                reloading.reporter.clone(),
-            );
-            let allow_system_names = ldap
-                .allow_system_names
-                .unwrap_or(crate::authn::policy::DEFAULT_ALLOW_SYSTEM_NAMES);
-            ldap_authenticator = Some((
-                authenticator.clone(),
-                RefuseSystemNames::unless_allowed(authenticator, allow_system_names),
-                allow_system_names,
-            ));
-        }
-        // Issued tokens before LDAP, as before; tokens issued after an LDAP
-        // login look their user up in this chain's directory.
+        #[cfg(feature = "ldap")]
+        let ldap_authenticator = match &self.ldap {
+            Some(config) => Some(ldap::build(
+                config,
+                &format!("{prefix}.ldap"),
+                base,
+                reloading,
+            )?),
+            None => None,
+        };
+        // Issued tokens before LDAP; tokens issued after an LDAP login look
+        // their user up in this chain's directory.
+        #[cfg(feature = "issued-tokens")]
         if let (Some(issuer), Some(config)) = (&issuer, &self.issued_tokens) {
-            let directory = ldap_authenticator.as_ref().map(|(ldap, _, allow)| {
-                Arc::new(crate::authn::ldap::SharedDirectory {
-                    ldap: ldap.clone(),
-                    allow_system_names: *allow,
-                }) as Arc<dyn crate::authn::refresh::Directory>
-            });
+            #[cfg(feature = "ldap")]
+            let directory = ldap_authenticator.as_ref().map(|built| built.directory());
+            #[cfg(not(feature = "ldap"))]
+            let directory = None;
             chain.push(Arc::new(
                 issuer.refreshing(crate::authn::refresh::Refreshing {
                     directory,
@@ -704,41 +411,44 @@ impl AuthenticationConfig {
                 }),
             ));
         }
-        if let Some((_, refusing, _)) = ldap_authenticator {
-            chain.push(refusing);
+        #[cfg(feature = "ldap")]
+        if let Some(built) = ldap_authenticator {
+            chain.push(built.refusing);
         }
-        let entries = self.jwt_entries(prefix, base).map_err(|p| BuildError {
-            field: p.field,
-            message: p.message,
-        })?;
-        if !entries.is_empty() {
-            let mut issuers: Vec<Arc<dyn Authenticator>> = Vec::new();
-            for (path, jwt) in entries {
-                let settings = jwt.settings(&path).map_err(|problems| BuildError {
-                    field: path.clone(),
-                    message: problems
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                })?;
-                let allow_system_names = settings.allow_system_names;
-                let oidc_issuer = OidcAuthenticator::start(settings).map_err(|e| BuildError {
-                    field: format!("{path}.issuer.certificateAuthority"),
-                    message: e.to_string(),
-                })?;
-                issuers.push(RefuseSystemNames::unless_allowed(
-                    oidc_issuer,
-                    allow_system_names,
-                ));
-            }
-            let oidc = Chain::named("oidc", issuers);
-            chain.push(Arc::new(CachedAuthenticator::new(
-                Arc::new(oidc),
-                self.cache_settings(),
-            )));
+        #[cfg(feature = "oidc")]
+        if let Some(oidc) = self.build_jwt(prefix, base)? {
+            chain.push(oidc);
         }
         Ok((Chain::new(chain), issuer))
+    }
+
+    /// The sections this build cannot serve: a part left out by a cargo
+    /// feature (empty with the default features).
+    pub fn not_built(&self, prefix: &str) -> Vec<Problem> {
+        #[allow(unused_mut)]
+        let mut problems = Vec::new();
+        #[cfg(not(feature = "issued-tokens"))]
+        if let Some(section) = &self.issued_tokens {
+            problems.push(section.problem(format!("{prefix}.issuedTokens"), "issued-tokens"));
+        }
+        #[cfg(not(feature = "ldap"))]
+        if let Some(section) = &self.ldap {
+            problems.push(section.problem(format!("{prefix}.ldap"), "ldap"));
+        }
+        #[cfg(not(feature = "oidc"))]
+        {
+            if !self.jwt.is_empty() {
+                problems.push(NotBuilt::default().problem(format!("{prefix}.jwt"), "oidc"));
+            }
+            if self.authentication_config_file.is_some() {
+                problems.push(
+                    NotBuilt::default()
+                        .problem(format!("{prefix}.authenticationConfigFile"), "oidc"),
+                );
+            }
+        }
+        let _ = prefix;
+        problems
     }
 }
 
@@ -917,6 +627,7 @@ pub fn validate_upstreams(
     }
     let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     // The registration token of each `via: agent` cluster read so far.
+    #[cfg(feature = "tunnel")]
     let mut tokens: Vec<(crate::tunnel::registry::TokenDigest, usize)> = Vec::new();
     for (i, cluster) in named.iter().enumerate() {
         let prefix = format!("upstreams[{i}]");
@@ -940,26 +651,33 @@ pub fn validate_upstreams(
             }
         }
         if cluster.via == Via::Agent {
-            problems.extend(cluster.validate_agent(&prefix, base));
-            let digest = cluster.agent.as_ref().and_then(|agent| {
-                crate::tunnel::token::file_digest(&std::fs::read(agent.token_file_path(base)).ok()?)
+            #[cfg(feature = "tunnel")]
+            {
+                problems.extend(cluster.validate_agent(&prefix, base));
+                let digest = cluster.agent.as_ref().and_then(|agent| {
+                    crate::tunnel::token::file_digest(
+                        &std::fs::read(agent.token_file_path(base)).ok()?,
+                    )
                     .ok()
-            });
-            if let Some(digest) = digest {
-                match tokens
-                    .iter()
-                    .find(|(other, _)| crate::tunnel::token::same(other, &digest))
-                {
-                    Some((_, first)) => problems.push(problem(
-                        format!("{prefix}.agent.tokenFile"),
-                        format!(
-                            "same registration token as upstreams[{first}]: the token decides the \
-                             cluster, so each cluster needs its own"
-                        ),
-                    )),
-                    None => tokens.push((digest, i)),
+                });
+                if let Some(digest) = digest {
+                    match tokens
+                        .iter()
+                        .find(|(other, _)| crate::tunnel::token::same(other, &digest))
+                    {
+                        Some((_, first)) => problems.push(problem(
+                            format!("{prefix}.agent.tokenFile"),
+                            format!(
+                                "same registration token as upstreams[{first}]: the token decides the \
+                                 cluster, so each cluster needs its own"
+                            ),
+                        )),
+                        None => tokens.push((digest, i)),
+                    }
                 }
             }
+            #[cfg(not(feature = "tunnel"))]
+            problems.push(NotBuilt::default().problem(format!("{prefix}.via"), "tunnel"));
         } else if cluster.url.is_none() && cluster.kubeconfig.is_none() {
             problems.push(problem(
                 format!("{prefix}.url"),
@@ -974,6 +692,7 @@ pub fn validate_upstreams(
 impl UpstreamConfig {
     /// The problems of a `via: agent` cluster: it needs `agent.tokenFile`,
     /// and the settings that say how to connect to an API server contradict it.
+    #[cfg(feature = "tunnel")]
     fn validate_agent(&self, prefix: &str, base: &Path) -> Vec<Problem> {
         let mut problems = Vec::new();
         match &self.agent {
@@ -1270,6 +989,65 @@ impl UpstreamConfig {
 #[cfg(test)]
 mod tests {
 
+    /// A section for a part this build left out parses, and is refused by
+    /// both validation and build, naming the feature; what the build has
+    /// still works beside it.
+    #[cfg(not(all(feature = "ldap", feature = "issued-tokens", feature = "cel")))]
+    #[test]
+    fn a_section_for_a_part_left_out_is_refused_naming_its_feature() {
+        let base = std::path::Path::new(".");
+        let mut missing = Vec::new();
+        #[cfg(not(feature = "ldap"))]
+        missing.push((
+            "ldap: {url: 'ldaps://ldap.example.com', bindDN: cn=x, bindPasswordFile: p}",
+            "authentication.ldap",
+            "`ldap`",
+        ));
+        #[cfg(not(feature = "issued-tokens"))]
+        missing.push((
+            "issuedTokens: {signingKeyFiles: [k.pem]}",
+            "authentication.issuedTokens",
+            "`issued-tokens`",
+        ));
+        #[cfg(not(feature = "oidc"))]
+        missing.push((
+            "jwt: [{issuer: {url: 'https://idp.example.com', audiences: [k]}}]",
+            "authentication.jwt",
+            "`oidc`",
+        ));
+        #[cfg(all(feature = "oidc", not(feature = "cel")))]
+        missing.push((
+            "jwt: [{issuer: {url: 'https://idp.example.com', audiences: [k]}, \
+             claimMappings: {username: {expression: 'claims.sub'}}}]",
+            "authentication.jwt[0].claimMappings.username.expression",
+            "`cel`",
+        ));
+        assert!(!missing.is_empty());
+        for (yaml, field, feature) in missing {
+            let config: AuthenticationConfig =
+                serde_yaml_ng::from_str(&format!("clientCertificates: true\n{yaml}")).unwrap();
+            let problems = config.validate("authentication", base);
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.field == field && p.message.contains(feature)),
+                "{yaml}: {problems:?}"
+            );
+            let built = config.build("authentication", base);
+            assert!(built.is_err(), "{yaml} was built");
+        }
+        // Claims alone need no more than the build has.
+        #[cfg(feature = "oidc")]
+        {
+            let config: AuthenticationConfig = serde_yaml_ng::from_str(
+                "jwt: [{issuer: {url: 'https://idp.example.com', audiences: [k]}, \
+                 claimMappings: {username: {claim: sub, prefix: ''}}}]",
+            )
+            .unwrap();
+            assert_eq!(config.validate("authentication", base), vec![]);
+        }
+    }
+
     #[test]
     fn an_upstream_url_with_a_password_is_refused_without_showing_it() {
         let config: UpstreamConfig =
@@ -1354,6 +1132,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "oidc")]
     #[test]
     fn an_authentication_configuration_error_at_an_empty_key_names_a_field() {
         let dir = tempfile::tempdir().unwrap();
