@@ -53,6 +53,7 @@ use anyhow::{bail, Context as _};
 use authproxy_benches::process::{env_or, release_binary};
 use authproxy_tests::pki::{self, CertFiles, TestPki};
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
@@ -123,6 +124,28 @@ fn json_response(status: StatusCode, body: String) -> Response<proxy_core::Proxy
     response
 }
 
+/// A watch as kube-apiserver answers it: one event, then the stream stays
+/// open without a word (a quiet watch).
+fn watch_response() -> Response<proxy_core::ProxyBody> {
+    let event = Bytes::from_static(
+        br#"{"type":"ADDED","object":{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-0","namespace":"default","resourceVersion":"12346"}}}
+"#,
+    );
+    let events =
+        futures_util::stream::once(
+            async move { Ok::<_, Infallible>(hyper::body::Frame::data(event)) },
+        )
+        .chain(futures_util::stream::pending());
+    let mut response = Response::new(proxy_core::ProxyBody::new(http_body_util::StreamBody::new(
+        events,
+    )));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// The upstream: the PodList on two listeners (HTTP/2 offered by ALPN, and
 /// HTTP/1.1 only), and an OIDC issuer's discovery document and keys on a third.
 async fn role_upstream() -> anyhow::Result<()> {
@@ -132,7 +155,13 @@ async fn role_upstream() -> anyhow::Result<()> {
             .headers()
             .get(header::AUTHORIZATION)
             .is_some_and(|v| v.as_bytes() == format!("Bearer {PROXY_TOKEN}").as_bytes());
-        Ok(if ok {
+        let watch = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "watch=1" || kv == "watch=true"));
+        Ok(if ok && watch {
+            watch_response()
+        } else if ok {
             json_response(StatusCode::OK, BODY.to_owned())
         } else {
             json_response(StatusCode::UNAUTHORIZED, String::new())
@@ -1290,7 +1319,12 @@ fn main() -> anyhow::Result<()> {
     stop_children_on_signal();
     if std::env::var("LOAD_CALLGRIND").is_ok_and(|v| v == "1") {
         callgrind(&runtime)
+    } else if std::env::var_os("LOAD_CONN_MEMORY").is_some() {
+        conn_memory::run(&runtime)
     } else {
         load(&runtime)
     }
 }
+
+#[path = "load/conn_memory.rs"]
+mod conn_memory;

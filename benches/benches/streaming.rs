@@ -204,16 +204,61 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
-/// CPU time the proxy and the agent used while `work` ran: its result, and
-/// the CPU time of both together.
+/// Read and write system calls process `pid` has made (`syscr` + `syscw`
+/// of `/proc/<pid>/io`: socket reads and writes count, epoll waits do not).
+fn io_calls(pid: u32) -> anyhow::Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        Ok(io
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/io"))?
+            .trim()
+            .parse()?)
+    };
+    Ok(field("syscr:")? + field("syscw:")?)
+}
+
+/// What the proxy and the agent spent while `work` ran.
+#[derive(Clone, Copy, Default)]
+struct Spent {
+    cpu: Duration,
+    io_calls: u64,
+}
+
+impl std::ops::Add for Spent {
+    type Output = Spent;
+    fn add(self, other: Spent) -> Spent {
+        Spent {
+            cpu: self.cpu + other.cpu,
+            io_calls: self.io_calls + other.io_calls,
+        }
+    }
+}
+
+fn spent(pids: [u32; 2]) -> anyhow::Result<Spent> {
+    Ok(Spent {
+        cpu: cpu_time(pids[0])? + cpu_time(pids[1])?,
+        io_calls: io_calls(pids[0])? + io_calls(pids[1])?,
+    })
+}
+
+/// CPU time and read/write system calls of the proxy and the agent together
+/// while `work` ran, with its result.
 async fn with_cpu<T>(
     pids: [u32; 2],
     work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<(T, Duration)> {
-    let before = cpu_time(pids[0])? + cpu_time(pids[1])?;
+) -> anyhow::Result<(T, Spent)> {
+    let before = spent(pids)?;
     let result = work.await?;
-    let after = cpu_time(pids[0])? + cpu_time(pids[1])?;
-    Ok((result, after.saturating_sub(before)))
+    let after = spent(pids)?;
+    Ok((
+        result,
+        Spent {
+            cpu: after.cpu.saturating_sub(before.cpu),
+            io_calls: after.io_calls.saturating_sub(before.io_calls),
+        },
+    ))
 }
 
 fn client(ca_pem: &str) -> anyhow::Result<HttpsClient> {
@@ -311,10 +356,10 @@ fn main() -> anyhow::Result<()> {
 
         let pids = [proxy.proxy_pid()?, proxy.agent_pid(0)?];
         println!("streaming bench: kubectl (WebSocket) to the test kubelet; {echoes} exec echoes, cp and port-forward of {cp_mib} MiB");
-        println!("(CPU: what the proxy and the agent together spent per MiB of the three transfers)");
+        println!("(CPU and read/write system calls: what the proxy and the agent together spent per MiB of the three transfers)");
         println!(
-            "{:<8} {:>10} {:>10} {:>10} {:>12} {:>12} {:>14} {:>14}",
-            "route", "echo p50", "echo p99", "echo mean", "cp in MB/s", "cp out MB/s", "forward MB/s", "CPU ms/MiB"
+            "{:<8} {:>10} {:>10} {:>10} {:>12} {:>12} {:>14} {:>14} {:>14}",
+            "route", "echo p50", "echo p99", "echo mean", "cp in MB/s", "cp out MB/s", "forward MB/s", "CPU ms/MiB", "I/O calls/MiB"
         );
         let mut rows = Vec::new();
         for (route, (pod, dir)) in routes.iter().zip(&pods) {
@@ -336,7 +381,9 @@ fn main() -> anyhow::Result<()> {
             std::fs::remove_file(&back)?;
             std::fs::remove_file(dir.join("upload.bin"))?;
             let (forward, cpu_forward) = with_cpu(pids, forwarded_download(route, pod, port, cp_bytes)).await?;
-            let cpu_per_mib = ms(cpu_up + cpu_down + cpu_forward) / (3 * cp_mib) as f64;
+            let spent = cpu_up + cpu_down + cpu_forward;
+            let cpu_per_mib = ms(spent.cpu) / (3 * cp_mib) as f64;
+            let calls_per_mib = spent.io_calls as f64 / (3 * cp_mib) as f64;
             let row = (
                 percentile(&echoes, 0.5),
                 percentile(&echoes, 0.99),
@@ -346,8 +393,8 @@ fn main() -> anyhow::Result<()> {
                 mb_per_s(cp_bytes, forward),
             );
             println!(
-                "{:<8} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>12.0} {:>12.0} {:>14.0} {:>14.2}",
-                route.name, ms(row.0), ms(row.1), ms(row.2), row.3, row.4, row.5, cpu_per_mib
+                "{:<8} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>12.0} {:>12.0} {:>14.0} {:>14.2} {:>14.0}",
+                route.name, ms(row.0), ms(row.1), ms(row.2), row.3, row.4, row.5, cpu_per_mib, calls_per_mib
             );
             rows.push(row);
         }

@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         env("UPSTREAM_CA_FILE")?,
         env("UPSTREAM_TOKEN_FILE")?
     ))?;
-    let upstream: Upstream<Body> = Upstream::new(upstream.to_options("upstream", ".".as_ref())?)?;
+    let upstream: Upstream<Body> = upstream.build("upstream", ".".as_ref())?;
     // The proxy, its responses as axum's bodies.
     let proxy = proxy_core::proxy_stack(chain.clone(), upstream)
         .map_response(|response| response.map(Body::new));

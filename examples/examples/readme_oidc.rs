@@ -24,8 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let upstream: UpstreamConfig = serde_yaml_ng::from_str(
         "{url: 'https://kube.example.com:6443', caFile: ca.crt, tokenFile: token}",
     )?;
-    let upstream: proxy_core::upstream::Upstream =
-        proxy_core::upstream::Upstream::new(upstream.to_options("upstream", ".".as_ref())?)?;
+    let upstream: proxy_core::upstream::Upstream = upstream.build("upstream", ".".as_ref())?;
     // authenticate → cap long-running requests → the caller's own --as → impersonate → forward
     let service = proxy_core::proxy_stack(chain, upstream);
     // README:end

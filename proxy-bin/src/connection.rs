@@ -86,7 +86,10 @@ pub(crate) async fn serve<H: Handler>(
                 }
             }
         }
-        listener.acceptor.accept(tcp).await
+        listener
+            .acceptor
+            .accept(proxy_core::read_ahead::ReadAhead::new(tcp))
+            .await
     });
     let stream = tokio::select! {
         accepted = handshake => match accepted {

@@ -38,8 +38,9 @@ async fn main() -> Result<(), Error> {
         env("UPSTREAM_CA_FILE")?,
         env("UPSTREAM_TOKEN_FILE")?
     ))?;
+    // Both builders answer with one error type (`proxy_core::config::BuildError`).
     let chain = authn.build("authentication", ".".as_ref())?;
-    let upstream = Upstream::new(upstream.to_options("upstream", ".".as_ref())?)?;
+    let upstream: Upstream = upstream.build("upstream", ".".as_ref())?;
     let proxy = proxy_core::proxy_stack(chain, upstream);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;

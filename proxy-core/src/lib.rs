@@ -84,6 +84,7 @@ pub mod path;
 pub mod problem;
 pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod read_ahead;
 pub mod refusal;
 pub mod reload;
 pub mod status;

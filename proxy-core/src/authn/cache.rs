@@ -1,6 +1,7 @@
 //! A cache in front of any authenticator, for Bearer tokens.
 //!
-//! The key is the SHA-256 of the token (the token itself is never stored).
+//! The key is the token's keyed 128-bit SipHash under a per-process random
+//! key ([`super::secret_key`]); the token itself is never stored.
 //! A success is kept until the token's own expiry or `max_ttl`, whichever
 //! comes first; a refusal (bad or unknown token) is kept for `negative_ttl`
 //! so a flood of bad tokens does not reach the IdP; a backend outage is not

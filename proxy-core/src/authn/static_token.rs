@@ -1,7 +1,8 @@
 //! Static bearer tokens from a file in kube-apiserver's `--token-auth-file`
 //! format: one CSV record per token, `token,user,uid,"group1,group2"`.
 //!
-//! Tokens are looked up by their SHA-256 and then compared in constant time,
+//! Tokens are looked up by their keyed SipHash ([`super::secret_key`]) and then
+//! compared in constant time,
 //! so neither the table's layout nor the comparison tells an attacker how much
 //! of a guess was right. The file can be watched and is swapped in whole when
 //! it changes; a broken edit keeps the previous table in force.

@@ -253,6 +253,17 @@ pub struct BuildError {
     pub message: String,
 }
 
+/// A configuration problem is a build error at the same field, so the two
+/// meet in one `?`.
+impl From<Problem> for BuildError {
+    fn from(problem: Problem) -> Self {
+        BuildError {
+            field: problem.field,
+            message: problem.message,
+        }
+    }
+}
+
 impl AuthenticationConfig {
     /// Every problem in the section, `prefix` being its path.
     pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
@@ -893,6 +904,26 @@ impl UpstreamConfig {
             (None, None) => Some(Path::new(SERVICE_ACCOUNT_DIR).join("ca.crt")),
             (None, Some(_)) => None,
         }
+    }
+
+    /// The client to the API server this section names: [`Self::to_options`]
+    /// then [`crate::upstream::Upstream::new`], with one error type (the
+    /// field is `prefix`'s when the client cannot be made from the options).
+    /// Call within a tokio runtime (the token file is watched).
+    pub fn build<B>(
+        &self,
+        prefix: &str,
+        base: &Path,
+    ) -> Result<crate::upstream::Upstream<B>, BuildError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<crate::BoxError>,
+    {
+        let options = self.to_options(prefix, base)?;
+        crate::upstream::Upstream::new(options).map_err(|e| BuildError {
+            field: prefix.to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Resolves the section into client options (reads CA and key files).

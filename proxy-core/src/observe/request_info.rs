@@ -499,9 +499,79 @@ pub fn object_ref(uri: &Uri, routed: bool) -> Option<ObjectRef> {
     })
 }
 
+/// An exec or attach session opened through the kubelet's API behind
+/// `nodes/<node>/proxy` (`.../nodes/n1/proxy/exec/<namespace>/<pod>/...`):
+/// (`exec` or `attach`, namespace, pod). The path is read as kube reads
+/// it (dot-segments resolved, escapes decoded) and as the kubelet routes
+/// it; a path still below a cluster prefix is read without it.
+pub fn node_proxy_session(uri: &Uri) -> Option<(&'static str, String, String)> {
+    let resolved = crate::path::normalize(uri.path()).unwrap_or(Cow::Borrowed(uri.path()));
+    let path = decoded_path(&resolved);
+    let path = crate::upstream::router::strip_cluster_prefix(&path);
+    let mut segments = path.trim_start_matches('/').split('/');
+    let (Some("api"), Some("v1"), Some("nodes"), Some(node), Some("proxy")) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return None;
+    };
+    if node.is_empty() {
+        return None;
+    }
+    // The kubelet's routes: /exec/{namespace}/{pod}[/{uid}]/{container},
+    // the same for attach.
+    let kind = match segments.next()? {
+        "exec" => "exec",
+        "attach" => "attach",
+        _ => return None,
+    };
+    let namespace = segments.next().filter(|s| !s.is_empty())?;
+    let pod = segments.next().filter(|s| !s.is_empty())?;
+    Some((kind, namespace.to_owned(), pod.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_and_attach_behind_a_nodes_proxy_are_read_as_the_kubelet_routes_them() {
+        let read = |uri: &str| node_proxy_session(&uri.parse().unwrap());
+        assert_eq!(
+            read("/api/v1/nodes/n1/proxy/exec/dev/web/app?command=sh"),
+            Some(("exec", "dev".into(), "web".into()))
+        );
+        assert_eq!(
+            read("/api/v1/nodes/n1:10250/proxy/attach/dev/web/uid-1/app"),
+            Some(("attach", "dev".into(), "web".into()))
+        );
+        // Escapes and dot-segments as kube reads them, a cluster prefix.
+        assert_eq!(
+            read("/api/v1/nodes/n1/proxy/%65xec/dev/web/app"),
+            Some(("exec", "dev".into(), "web".into()))
+        );
+        assert_eq!(
+            read("/api/v1/nodes/n1/proxy/logs/../exec/dev/web/app"),
+            Some(("exec", "dev".into(), "web".into()))
+        );
+        assert_eq!(
+            read("/k8s/clusters/edge/api/v1/nodes/n1/proxy/exec/dev/web/app"),
+            Some(("exec", "dev".into(), "web".into()))
+        );
+        for other in [
+            "/api/v1/nodes/n1/proxy/logs/",
+            "/api/v1/nodes/n1/proxy/portForward/dev/web",
+            "/api/v1/nodes/n1/proxy/exec/dev",
+            "/api/v1/nodes/n1/proxy/exec//web/app",
+            "/api/v1/nodes/n1/exec/dev/web/app",
+            "/api/v1/namespaces/dev/pods/web/exec",
+        ] {
+            assert_eq!(read(other), None, "{other}");
+        }
+    }
 
     fn info(method: &str, uri: &str) -> RequestInfo {
         parse(&method.parse().unwrap(), &uri.parse().unwrap(), false)

@@ -291,7 +291,10 @@ impl Agent {
         let _ = tcp.set_nodelay(true);
         let tls = self
             .tls
-            .connect(self.server_name.clone(), tcp)
+            .connect(
+                self.server_name.clone(),
+                crate::read_ahead::ReadAhead::new(tcp),
+            )
             .await
             .map_err(AttemptError::Tls)?;
         let (mut send, connection) = hyper::client::conn::http1::handshake::<

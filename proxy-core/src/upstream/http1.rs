@@ -24,14 +24,13 @@ use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
 use super::counted::CountingConnector;
 use crate::BoxError;
 
 /// The connector HTTP/1.1 connections are opened with.
-pub(crate) type Connector = CountingConnector<HttpsConnector<HttpConnector>>;
+pub(crate) type Connector = CountingConnector<HttpsConnector<super::TcpConnector>>;
 
 /// Why a request got no answer.
 #[derive(Debug)]

@@ -378,7 +378,7 @@ where
             None => None,
         };
         let verifier = ReloadingServerVerifier::new(roots)?;
-        let make_connector = |http2: bool| -> Result<HttpsConnector<HttpConnector>, UpstreamError> {
+        let make_connector = |http2: bool| -> Result<HttpsConnector<TcpConnector>, UpstreamError> {
             let config = tls::client_config_with_verifier(
                 verifier.clone(),
                 identity.as_ref().map(|(c, k)| (c.clone(), k.clone_key())),
@@ -396,10 +396,11 @@ where
                 builder =
                     builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone()));
             }
+            let tcp = crate::read_ahead::Connector::new(http);
             Ok(if http2 {
-                builder.enable_all_versions().wrap_connector(http)
+                builder.enable_all_versions().wrap_connector(tcp)
             } else {
-                builder.enable_http1().wrap_connector(http)
+                builder.enable_http1().wrap_connector(tcp)
             })
         };
         let target = Uri::builder()
@@ -900,6 +901,10 @@ where
 }
 
 use crate::tap::Tapped;
+
+/// The API server's TCP connections, read in large pieces beneath TLS
+/// ([`crate::read_ahead`]).
+pub(crate) type TcpConnector = crate::read_ahead::Connector<HttpConnector>;
 
 /// Bytes read at once from each end of an upgraded stream (exec, attach,
 /// port-forward, `kubectl cp`): a few full TLS records (and HTTP/2 frames

@@ -43,7 +43,7 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::Uri;
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::connect::Connection;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Notify};
 use tower_service::Service;
@@ -138,7 +138,7 @@ impl Clone for Pool {
 }
 
 struct Shared {
-    connector: HttpsConnector<HttpConnector>,
+    connector: HttpsConnector<super::TcpConnector>,
     /// `https://host:port` to connect to.
     target: Uri,
     settings: PoolSettings,
@@ -227,7 +227,7 @@ impl Pool {
     /// A pool connecting to `target` (`https://host:port`) through
     /// `connector`, counting its connections and streams in `counters`.
     pub(crate) fn new(
-        connector: HttpsConnector<HttpConnector>,
+        connector: HttpsConnector<super::TcpConnector>,
         target: Uri,
         settings: PoolSettings,
         counters: Arc<UpstreamCounters>,

@@ -187,14 +187,24 @@ impl SessionRecorder {
         req: &Request<B>,
         identity: Option<&Identity>,
     ) -> Option<SessionTap> {
-        let object = crate::observe::request_info::object_ref(req.uri(), false)?;
-        if !(object.resource == "pods"
-            && object.api_group.is_empty()
-            && matches!(object.subresource.as_str(), "exec" | "attach"))
-        {
-            return None;
-        }
-        if !self.selects(identity, &object.namespace) {
+        // An exec or attach of a pod, or the same through the kubelet's API
+        // behind `nodes/<node>/proxy` (recorded alike: it is the same session).
+        let pod_session = crate::observe::request_info::object_ref(req.uri(), false)
+            .filter(|object| {
+                object.resource == "pods"
+                    && object.api_group.is_empty()
+                    && matches!(object.subresource.as_str(), "exec" | "attach")
+            })
+            .map(|object| (object.subresource, object.namespace, object.name));
+        let (subresource, namespace, pod) = match pod_session {
+            Some(session) => session,
+            None => {
+                let (kind, namespace, pod) =
+                    crate::observe::request_info::node_proxy_session(req.uri())?;
+                (kind.to_owned(), namespace, pod)
+            }
+        };
+        if !self.selects(identity, &namespace) {
             return None;
         }
         let audit_id = req
@@ -214,10 +224,7 @@ impl SessionRecorder {
             })
             .filter(|c| is_file_name(c));
         let who = identity.map_or("(anonymous)", |i| i.user().username.as_str());
-        let mut title = format!(
-            "{who} {} {}/{}",
-            object.subresource, object.namespace, object.name
-        );
+        let mut title = format!("{who} {subresource} {namespace}/{pod}");
         if let Some(container) = container {
             title.push('/');
             title.push_str(&container);
@@ -800,6 +807,11 @@ mod tests {
         assert!(tapped("/api/v1/namespaces/dev/pods/web/exec", &bob).is_none());
         assert!(tapped("/api/v1/namespaces/dev/pods/web/portforward", &alice).is_none());
         assert!(tapped("/api/v1/namespaces/dev/pods/web/log", &alice).is_none());
+        // The same sessions through the kubelet's API behind nodes/proxy.
+        assert!(tapped("/api/v1/nodes/n1/proxy/exec/dev/web/app?command=sh", &alice).is_some());
+        assert!(tapped("/api/v1/nodes/n1/proxy/attach/prod/web/app", &bob).is_some());
+        assert!(tapped("/api/v1/nodes/n1/proxy/exec/dev/web/app", &bob).is_none());
+        assert!(tapped("/api/v1/nodes/n1/proxy/logs/", &alice).is_none());
         // An audit ID that is no file name is not used as one.
         let req = Request::get("/api/v1/namespaces/dev/pods/web/exec")
             .header(crate::observe::AUDIT_ID, "../../etc/passwd")
