@@ -94,7 +94,12 @@ where
                     return;
                 };
                 let service = hyper::service::service_fn(handler);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Every watch of the memory measurement on one connection
+                // (hyper's default allows 200 streams; a pass-through's
+                // client would queue the rest for ever).
+                builder.http2().max_concurrent_streams(100_000);
+                let _ = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
@@ -470,9 +475,10 @@ fn authproxy_config(
     let yaml = format!(
         "listen: 127.0.0.1:{port}\n\
          tls: {{certFile: {cert}, keyFile: {key}}}\n\
-         upstream: {{url: 'https://127.0.0.1:{upstream_port}', caFile: {ca}, tokenFile: proxy-token}}\n\
+         upstream: {{url: 'https://127.0.0.1:{upstream_port}', caFile: {ca}, tokenFile: proxy-token, maxStreamsPerConnection: 1000}}\n\
          authentication:\n{authentication}\
          {observe}\
+         limits: {{maxConnections: 40000, longRunning: {{perUser: 40000, total: 40000}}}}\n\
          logging: {{level: error}}\n",
         cert = cert.cert_path.display(),
         key = cert.key_path.display(),

@@ -5,13 +5,14 @@
 //!
 //! For each count N (`LOAD_CONN_COUNTS`, default `1000,5000`; 15,000 needs
 //! the file-descriptor limit this machine has, 20,000) and each kind, every
-//! target in turn: its resident set (VmRSS) before, with N connections open
+//! target in turn, each time a fresh set of processes: its resident set (VmRSS) before, with N connections open
 //! (opened 100 at a time), and `LOAD_CONN_SETTLE` seconds (default 30) after
 //! they closed; per connection is (with − before) / N. While the watches are
 //! held, 200 sequential GETs on another connection give p50 and p99.
 //! The upstream is the bench's own server (watches need one that holds them:
 //! one event, then a quiet open stream). Targets: `LOAD_TARGETS`, default
-//! `bare-h2,authproxy-h2`.
+//! `bare-h2,authproxy-h2`. `LOAD_CONN_WRAP="heaptrack -o /tmp/ht"` runs each
+//! proxy under that command (its RSS figures are then the wrapper's).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,16 +189,15 @@ pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()
         .context("LOAD_CONN_COUNTS: numbers separated by commas")?;
     let settle = Duration::from_secs(env_or("LOAD_CONN_SETTLE", 30));
-    let setup = setup(&super::wanted_targets()?, None)?;
-    let h1 = setup.client_tls.clone();
-    let h2 = authproxy_tests::pki::client_config(setup._pki.ca_pem(), &[b"h2"])?;
-    for target in &setup.targets {
-        runtime.block_on(wait_ready(target, h1.clone()))?;
-        // Warm: pools, TLS session caches, token caches.
-        runtime.block_on(check(target, h1.clone(), 100))?;
-    }
+    let targets = super::wanted_targets()?;
+    // A command each proxy runs under (a heap profiler: `heaptrack -o DIR/x`).
+    let wrap: Option<Vec<String>> = std::env::var("LOAD_CONN_WRAP")
+        .ok()
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .filter(|w: &Vec<String>| !w.is_empty());
     println!(
-        "connection memory: TLS client connections held open on loopback, RSS per connection = (held − before) / N; settle {} s",
+        "connection memory: TLS client connections held open on loopback, RSS per connection = (held − before) / N; \
+         each row a fresh set of processes; after = {} s after they closed",
         settle.as_secs()
     );
     println!(
@@ -206,12 +206,26 @@ pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     );
     for &n in &counts {
         for kind in [Kind::IdleHttp1, Kind::IdleHttp2, Kind::WatchHttp1] {
-            for target in &setup.targets {
+            for name in &targets {
+                // A fresh process each time: memory freed by an earlier row
+                // would otherwise be reused and hide this row's cost.
+                let setup = setup(std::slice::from_ref(name), wrap.as_deref())?;
+                let h1 = setup.client_tls.clone();
+                let h2 = authproxy_tests::pki::client_config(setup._pki.ca_pem(), &[b"h2"])?;
+                let target = setup
+                    .targets
+                    .iter()
+                    .find(|t| t.name == name.as_str())
+                    .with_context(|| format!("{name} did not start"))?;
+                runtime.block_on(wait_ready(target, h1.clone()))?;
+                // Warm: pools, TLS session caches, token caches.
+                runtime.block_on(check(target, h1.clone(), 100))?;
                 let pid = target.pid.context("a target without a process")?;
                 let tls = match kind {
                     Kind::IdleHttp2 => h2.clone(),
                     _ => h1.clone(),
                 };
+                std::thread::sleep(Duration::from_secs(1));
                 let before = kib(pid)?;
                 let mut held = Vec::with_capacity(n);
                 let started = Instant::now();
@@ -222,12 +236,7 @@ pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     ));
                     for connection in opened {
                         held.push(connection.with_context(|| {
-                            format!(
-                                "{} {}: connection {}",
-                                target.name,
-                                kind.label(),
-                                held.len()
-                            )
+                            format!("{} {}: connection {}", target.name, kind.label(), held.len())
                         })?);
                     }
                 }
@@ -237,11 +246,7 @@ pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 let during = kib(pid)?;
                 let short = if matches!(kind, Kind::WatchHttp1) {
                     let (p50, p99) = runtime.block_on(short_requests(target, h1.clone(), 200))?;
-                    format!(
-                        "{:.2}/{:.2} ms",
-                        p50.as_secs_f64() * 1e3,
-                        p99.as_secs_f64() * 1e3
-                    )
+                    format!("{:.2}/{:.2} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3)
                 } else {
                     "-".into()
                 };
