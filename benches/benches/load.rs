@@ -94,7 +94,8 @@ where
                     return;
                 };
                 let service = hyper::service::service_fn(handler);
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // Every watch of the memory measurement on one connection
                 // (hyper's default allows 200 streams; a pass-through's
                 // client would queue the rest for ever).

@@ -236,7 +236,12 @@ pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     ));
                     for connection in opened {
                         held.push(connection.with_context(|| {
-                            format!("{} {}: connection {}", target.name, kind.label(), held.len())
+                            format!(
+                                "{} {}: connection {}",
+                                target.name,
+                                kind.label(),
+                                held.len()
+                            )
                         })?);
                     }
                 }
@@ -246,7 +251,11 @@ pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 let during = kib(pid)?;
                 let short = if matches!(kind, Kind::WatchHttp1) {
                     let (p50, p99) = runtime.block_on(short_requests(target, h1.clone(), 200))?;
-                    format!("{:.2}/{:.2} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3)
+                    format!(
+                        "{:.2}/{:.2} ms",
+                        p50.as_secs_f64() * 1e3,
+                        p99.as_secs_f64() * 1e3
+                    )
                 } else {
                     "-".into()
                 };
