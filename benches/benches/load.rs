@@ -473,13 +473,22 @@ fn authproxy_config(
         ),
         _ => String::new(),
     };
+    // The memory measurement holds thousands of watches as one user.
+    let (limits, streams) = if conn_memory::wanted() {
+        (
+            "limits: {maxConnections: 40000, longRunning: {perUser: 40000, total: 40000}}\n",
+            ", maxStreamsPerConnection: 1000",
+        )
+    } else {
+        ("", "")
+    };
     let yaml = format!(
         "listen: 127.0.0.1:{port}\n\
          tls: {{certFile: {cert}, keyFile: {key}}}\n\
-         upstream: {{url: 'https://127.0.0.1:{upstream_port}', caFile: {ca}, tokenFile: proxy-token, maxStreamsPerConnection: 1000}}\n\
+         upstream: {{url: 'https://127.0.0.1:{upstream_port}', caFile: {ca}, tokenFile: proxy-token{streams}}}\n\
          authentication:\n{authentication}\
          {observe}\
-         limits: {{maxConnections: 40000, longRunning: {{perUser: 40000, total: 40000}}}}\n\
+         {limits}\
          logging: {{level: error}}\n",
         cert = cert.cert_path.display(),
         key = cert.key_path.display(),
@@ -1326,7 +1335,7 @@ fn main() -> anyhow::Result<()> {
     stop_children_on_signal();
     if std::env::var("LOAD_CALLGRIND").is_ok_and(|v| v == "1") {
         callgrind(&runtime)
-    } else if std::env::var_os("LOAD_CONN_MEMORY").is_some() {
+    } else if conn_memory::wanted() {
         conn_memory::run(&runtime)
     } else {
         load(&runtime)

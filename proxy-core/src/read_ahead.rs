@@ -8,10 +8,12 @@
 //! socket at once and is served from them. A read at least that large goes
 //! straight to the socket.
 //!
-//! Nothing is held while a connection waits: the buffer is taken when bytes
-//! arrive and given back as soon as it is empty and the socket has nothing
-//! more, so an idle connection (most of a proxy's connections) costs no
-//! more than without it. Writes pass through untouched.
+//! Nothing is held while a connection waits for bytes: the buffer is taken
+//! when bytes arrive and given back as soon as it is empty and the socket
+//! has nothing more, so an idle connection (most of a proxy's connections)
+//! costs no more than without it. While the reader above is slow to take
+//! what was read (rustls holding data its own reader has not taken), up to
+//! [`READ_AHEAD`] bytes wait here. Writes pass through untouched.
 
 use std::io;
 use std::pin::Pin;
@@ -63,6 +65,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if this.buf.is_empty() {
             if out.remaining() >= READ_AHEAD {
                 return Pin::new(&mut this.io).poll_read(cx, out);

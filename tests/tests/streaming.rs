@@ -15,7 +15,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use authproxy_tests::kube::{KubeEnv, CONTAINER, PROXY_SERVICE_ACCOUNT};
+use authproxy_tests::kube::{KubeEnv, CONTAINER, NODE, PROXY_SERVICE_ACCOUNT};
 use authproxy_tests::output_text;
 use authproxy_tests::streaming::{
     big_data, http_server, kube_with_kubelet, port_forward, read_until_line, sha256_file,
@@ -922,10 +922,28 @@ async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow
             !String::from_utf8_lossy(&out.stdout).contains("ran"),
             "{route}"
         );
-        // root is not selected for recording: his session goes on.
+        // A command through the kubelet's `run` behind nodes/proxy has no
+        // stream to record: refused before it is forwarded.
+        let run = format!("/api/v1/nodes/{NODE}/proxy/run/default/{pod}/{CONTAINER}?cmd=true");
+        let run_args = ["create", "--raw", run.as_str(), "-f", "-"];
+        let out = route.run(&run_args, Some(b"{}"), BOUND).await?;
+        assert_ne!(out.status.code(), Some(0), "{route}: {}", output_text(&out));
+        assert!(
+            output_text(&out).contains("must be recorded"),
+            "{route}: {}",
+            output_text(&out)
+        );
+        // root is not selected for recording: his session goes on, and his
+        // run is forwarded (what kube answers it is kube's affair).
         let route = route_as("root");
         let out = route.run(&args, Some(b""), BOUND).await?;
         assert_eq!(out.status.code(), Some(0), "{route}: {}", output_text(&out));
+        let out = route.run(&run_args, Some(b"{}"), BOUND).await?;
+        assert!(
+            !output_text(&out).contains("must be recorded"),
+            "{route}: {}",
+            output_text(&out)
+        );
     }
     // The folder back: recorded again.
     std::fs::create_dir(&dir)?;

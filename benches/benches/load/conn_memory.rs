@@ -175,6 +175,11 @@ fn kib(pid: u32) -> anyhow::Result<u64> {
     Ok(memory_kib(pid)?.0)
 }
 
+/// Whether this run measures memory per connection (`LOAD_CONN_MEMORY=1`).
+pub fn wanted() -> bool {
+    std::env::var("LOAD_CONN_MEMORY").is_ok_and(|v| v == "1")
+}
+
 /// Runs the measurement (see the module docs).
 pub fn run(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     // Watches need the bench's own upstream.

@@ -909,6 +909,7 @@ impl UpstreamConfig {
     /// The client to the API server this section names: [`Self::to_options`]
     /// then [`crate::upstream::Upstream::new`], with one error type (the
     /// field is `prefix`'s when the client cannot be made from the options).
+    /// A `via: agent` section is refused: its agents dial in.
     /// Call within a tokio runtime (the token file is watched).
     pub fn build<B>(
         &self,
@@ -919,6 +920,14 @@ impl UpstreamConfig {
         B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
         B::Error: Into<crate::BoxError>,
     {
+        if self.via == Via::Agent {
+            return Err(BuildError {
+                field: format!("{prefix}.via"),
+                message: "a cluster reached through agents has no client of its own to build: its \
+                          agents dial in (see `proxy_core::tunnel`)"
+                    .into(),
+            });
+        }
         let options = self.to_options(prefix, base)?;
         crate::upstream::Upstream::new(options).map_err(|e| BuildError {
             field: prefix.to_owned(),

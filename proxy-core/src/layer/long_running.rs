@@ -161,9 +161,9 @@ where
             }
         };
         hold.clone().keep_in(req.extensions_mut());
-        let recording = match (&self.recorder, upgrade) {
-            (Some(recorder), true) => recording(recorder, &mut req),
-            _ => Ok(None),
+        let recording = match &self.recorder {
+            Some(recorder) => recording(recorder, &mut req, upgrade),
+            None => Ok(None),
         };
         // A session that must be recorded has its file before it is
         // forwarded, or does not happen.
@@ -194,13 +194,24 @@ where
 /// The recording of an upgrade `recorder` selects, told to the upstream
 /// through the request's extensions; `Err` with the reason when the session
 /// must be recorded and cannot be (its file is made before it is
-/// forwarded).
+/// forwarded), or when the request runs a selected command no recording
+/// can follow (the kubelet's `run` behind `nodes/<node>/proxy`).
 #[cfg(feature = "observe")]
 fn recording<B>(
     recorder: &Arc<SessionRecorder>,
     req: &mut Request<B>,
+    upgrade: bool,
 ) -> Result<Option<SessionTap>, String> {
     let identity = req.extensions().get::<Arc<Identity>>().cloned();
+    if !upgrade {
+        if recorder.refuses_unrecordable(req, identity.as_deref()) {
+            return Err(format!(
+                "{}: a command run without a stream to record",
+                req.uri().path()
+            ));
+        }
+        return Ok(None);
+    }
     let Some(tap) = recorder.tap_for(req, identity.as_deref()) else {
         return Ok(None);
     };
@@ -218,6 +229,7 @@ fn recording<B>(
 fn recording<B>(
     recorder: &Arc<SessionRecorder>,
     _req: &mut Request<B>,
+    _upgrade: bool,
 ) -> Result<Option<SessionTap>, String> {
     match **recorder {}
 }

@@ -499,12 +499,28 @@ pub fn object_ref(uri: &Uri, routed: bool) -> Option<ObjectRef> {
     })
 }
 
-/// An exec or attach session opened through the kubelet's API behind
-/// `nodes/<node>/proxy` (`.../nodes/n1/proxy/exec/<namespace>/<pod>/...`):
-/// (`exec` or `attach`, namespace, pod). The path is read as kube reads
-/// it (dot-segments resolved, escapes decoded) and as the kubelet routes
-/// it; a path still below a cluster prefix is read without it.
-pub fn node_proxy_session(uri: &Uri) -> Option<(&'static str, String, String)> {
+/// What a request to the kubelet's API behind `nodes/<node>/proxy` runs in
+/// a container, as the kubelet routes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeProxySession {
+    /// `exec` or `attach` (a session over an upgraded stream), or `run`
+    /// (one command, its output in the response body).
+    pub kind: &'static str,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod.
+    pub pod: String,
+    /// The container (the path's last segment).
+    pub container: String,
+}
+
+/// A command run in a container through the kubelet's API behind
+/// `nodes/<node>/proxy` (`.../nodes/n1/proxy/exec/<namespace>/<pod>/
+/// [<uid>/]<container>`, the same for `attach` and `run`). The path is read
+/// as kube-apiserver forwards it: dot-segments resolved, escapes decoded,
+/// empty segments dropped (it joins the rest of the path anew), and below
+/// a cluster prefix as without it.
+pub fn node_proxy_session(uri: &Uri) -> Option<NodeProxySession> {
     let resolved = crate::path::normalize(uri.path()).unwrap_or(Cow::Borrowed(uri.path()));
     let path = decoded_path(&resolved);
     let path = crate::upstream::router::strip_cluster_prefix(&path);
@@ -521,60 +537,77 @@ pub fn node_proxy_session(uri: &Uri) -> Option<(&'static str, String, String)> {
     if node.is_empty() {
         return None;
     }
-    // The kubelet's routes: /exec/{namespace}/{pod}[/{uid}]/{container},
-    // the same for attach.
-    let kind = match segments.next()? {
+    // What the kubelet receives: the rest, joined again without empty
+    // segments (kube-apiserver cleans the path it proxies).
+    let rest: Vec<&str> = segments.filter(|s| !s.is_empty()).collect();
+    let kind = match rest.first().copied()? {
         "exec" => "exec",
         "attach" => "attach",
+        "run" => "run",
         _ => return None,
     };
-    let namespace = segments.next().filter(|s| !s.is_empty())?;
-    let pod = segments.next().filter(|s| !s.is_empty())?;
-    Some((kind, namespace.to_owned(), pod.to_owned()))
+    // The kubelet's routes: /<kind>/{namespace}/{pod}/{container} and
+    // /<kind>/{namespace}/{pod}/{uid}/{container}.
+    if !(4..=5).contains(&rest.len()) {
+        return None;
+    }
+    Some(NodeProxySession {
+        kind,
+        namespace: rest[1].to_owned(),
+        pod: rest[2].to_owned(),
+        container: rest[rest.len() - 1].to_owned(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn info(method: &str, uri: &str) -> RequestInfo {
+        parse(&method.parse().unwrap(), &uri.parse().unwrap(), false)
+    }
+
     #[test]
     fn exec_and_attach_behind_a_nodes_proxy_are_read_as_the_kubelet_routes_them() {
-        let read = |uri: &str| node_proxy_session(&uri.parse().unwrap());
+        let read = |uri: &str| {
+            node_proxy_session(&uri.parse().unwrap())
+                .map(|s| (s.kind, s.namespace, s.pod, s.container))
+        };
+        let exec = Some(("exec", "dev".into(), "web".into(), "app".into()));
         assert_eq!(
             read("/api/v1/nodes/n1/proxy/exec/dev/web/app?command=sh"),
-            Some(("exec", "dev".into(), "web".into()))
+            exec
         );
         assert_eq!(
             read("/api/v1/nodes/n1:10250/proxy/attach/dev/web/uid-1/app"),
-            Some(("attach", "dev".into(), "web".into()))
-        );
-        // Escapes and dot-segments as kube reads them, a cluster prefix.
-        assert_eq!(
-            read("/api/v1/nodes/n1/proxy/%65xec/dev/web/app"),
-            Some(("exec", "dev".into(), "web".into()))
+            Some(("attach", "dev".into(), "web".into(), "app".into()))
         );
         assert_eq!(
-            read("/api/v1/nodes/n1/proxy/logs/../exec/dev/web/app"),
-            Some(("exec", "dev".into(), "web".into()))
+            read("/api/v1/nodes/n1/proxy/run/dev/web/app?cmd=ls"),
+            Some(("run", "dev".into(), "web".into(), "app".into()))
         );
-        assert_eq!(
-            read("/k8s/clusters/edge/api/v1/nodes/n1/proxy/exec/dev/web/app"),
-            Some(("exec", "dev".into(), "web".into()))
-        );
+        // Every form kube-apiserver forwards as /exec/dev/web/app: escapes,
+        // dot-segments, empty segments, a cluster prefix.
+        for same in [
+            "/api/v1/nodes/n1/proxy/%65xec/dev/web/app",
+            "/api/v1/nodes/n1/proxy/logs/../exec/dev/web/app",
+            "/k8s/clusters/edge/api/v1/nodes/n1/proxy/exec/dev/web/app",
+            "/api/v1/nodes/n1/proxy//exec/dev/web/app",
+            "/api/v1/nodes/n1/proxy/exec/dev//web/app/",
+            "/api/v1/nodes/n1/proxy/%2Fexec/dev/web/app",
+        ] {
+            assert_eq!(read(same), exec, "{same}");
+        }
         for other in [
             "/api/v1/nodes/n1/proxy/logs/",
             "/api/v1/nodes/n1/proxy/portForward/dev/web",
             "/api/v1/nodes/n1/proxy/exec/dev",
-            "/api/v1/nodes/n1/proxy/exec//web/app",
+            "/api/v1/nodes/n1/proxy/exec/dev/web",
             "/api/v1/nodes/n1/exec/dev/web/app",
             "/api/v1/namespaces/dev/pods/web/exec",
         ] {
             assert_eq!(read(other), None, "{other}");
         }
-    }
-
-    fn info(method: &str, uri: &str) -> RequestInfo {
-        parse(&method.parse().unwrap(), &uri.parse().unwrap(), false)
     }
 
     #[test]

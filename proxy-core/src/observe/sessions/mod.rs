@@ -195,13 +195,27 @@ impl SessionRecorder {
                     && object.api_group.is_empty()
                     && matches!(object.subresource.as_str(), "exec" | "attach")
             })
-            .map(|object| (object.subresource, object.namespace, object.name));
-        let (subresource, namespace, pod) = match pod_session {
+            .map(|object| {
+                // kube reads the container from the query.
+                let container = req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|pair| pair.strip_prefix("container="))
+                        .map(str::to_owned)
+                });
+                (object.subresource, object.namespace, object.name, container)
+            });
+        let (subresource, namespace, pod, container) = match pod_session {
             Some(session) => session,
             None => {
-                let (kind, namespace, pod) =
-                    crate::observe::request_info::node_proxy_session(req.uri())?;
-                (kind.to_owned(), namespace, pod)
+                // The kubelet reads the container from the path.
+                let session = crate::observe::request_info::node_proxy_session(req.uri())
+                    .filter(|session| session.kind != "run")?;
+                (
+                    session.kind.to_owned(),
+                    session.namespace,
+                    session.pod,
+                    Some(session.container),
+                )
             }
         };
         if !self.selects(identity, &namespace) {
@@ -214,15 +228,7 @@ impl SessionRecorder {
             .filter(|id| is_file_name(id))
             .map(str::to_owned)
             .unwrap_or_else(|| crate::observe::AuditId::next().to_string());
-        let container = req
-            .uri()
-            .query()
-            .and_then(|q| {
-                q.split('&')
-                    .find_map(|pair| pair.strip_prefix("container="))
-                    .map(str::to_owned)
-            })
-            .filter(|c| is_file_name(c));
+        let container = container.filter(|c| is_file_name(c));
         let who = identity.map_or("(anonymous)", |i| i.user().username.as_str());
         let mut title = format!("{who} {subresource} {namespace}/{pod}");
         if let Some(container) = container {
@@ -241,6 +247,20 @@ impl SessionRecorder {
     /// Whether a session that cannot be recorded is refused.
     pub fn required(&self) -> bool {
         self.required
+    }
+
+    /// Whether `req` runs a command this recorder selects in a way no
+    /// recording can follow, and recording is required: the kubelet's `run`
+    /// behind `nodes/<node>/proxy` (one command, its output in the response
+    /// body, no stream to record). Such a request is refused.
+    pub(crate) fn refuses_unrecordable<B>(
+        &self,
+        req: &Request<B>,
+        identity: Option<&Identity>,
+    ) -> bool {
+        self.required
+            && crate::observe::request_info::node_proxy_session(req.uri())
+                .is_some_and(|s| s.kind == "run" && self.selects(identity, &s.namespace))
     }
 }
 
@@ -812,6 +832,41 @@ mod tests {
         assert!(tapped("/api/v1/nodes/n1/proxy/attach/prod/web/app", &bob).is_some());
         assert!(tapped("/api/v1/nodes/n1/proxy/exec/dev/web/app", &bob).is_none());
         assert!(tapped("/api/v1/nodes/n1/proxy/logs/", &alice).is_none());
+        assert!(tapped("/api/v1/nodes/n1/proxy//exec/dev//web/app", &alice).is_some());
+        assert!(tapped("/api/v1/nodes/n1/proxy/run/dev/web/app?cmd=ls", &alice).is_none());
+        // The kubelet's container is the path's, not a query parameter.
+        let req = Request::get("/api/v1/nodes/n1/proxy/exec/dev/web/app?container=other")
+            .body(())
+            .unwrap();
+        let tap = recorder.tap_for(&req, Some(&alice)).unwrap();
+        assert!(tap.title.ends_with("exec dev/web/app"), "{}", tap.title);
+    }
+
+    #[test]
+    fn a_command_run_through_nodes_proxy_is_refused_when_recording_is_required() {
+        let alice = Identity::new(crate::authn::UserInfo {
+            username: "alice".into(),
+            ..Default::default()
+        });
+        let run = Request::post("/api/v1/nodes/n1/proxy/run/dev/web/app?cmd=ls")
+            .body(())
+            .unwrap();
+        let exec = Request::get("/api/v1/nodes/n1/proxy/exec/dev/web/app")
+            .body(())
+            .unwrap();
+        let required: SessionRecordingConfig =
+            serde_yaml_ng::from_str("{dir: /r, required: true, namespaces: [dev]}").unwrap();
+        let recorder = SessionRecorder::new(&required, Path::new("/"));
+        assert!(recorder.refuses_unrecordable(&run, Some(&alice)));
+        assert!(!recorder.refuses_unrecordable(&exec, Some(&alice)));
+        let elsewhere = Request::post("/api/v1/nodes/n1/proxy/run/prod/web/app")
+            .body(())
+            .unwrap();
+        assert!(!recorder.refuses_unrecordable(&elsewhere, Some(&alice)));
+        let optional: SessionRecordingConfig =
+            serde_yaml_ng::from_str("{dir: /r, namespaces: [dev]}").unwrap();
+        let recorder = SessionRecorder::new(&optional, Path::new("/"));
+        assert!(!recorder.refuses_unrecordable(&run, Some(&alice)));
         // An audit ID that is no file name is not used as one.
         let req = Request::get("/api/v1/namespaces/dev/pods/web/exec")
             .header(crate::observe::AUDIT_ID, "../../etc/passwd")
