@@ -63,6 +63,15 @@ fn request(target: &Target, path: &str) -> anyhow::Result<Request<Empty<Bytes>>>
         .body(Empty::<Bytes>::new())?)
 }
 
+/// Reads `body` whole; an error unless it is the PodList.
+async fn pod_list(target: &Target, body: hyper::body::Incoming) -> anyhow::Result<()> {
+    let bytes = body.collect().await?.to_bytes();
+    if bytes != BODY.as_bytes() {
+        bail!("{}: not the PodList", target.name);
+    }
+    Ok(())
+}
+
 async fn open(target: &Target, tls: Arc<rustls::ClientConfig>, kind: Kind) -> anyhow::Result<Held> {
     let tcp = TcpStream::connect(("127.0.0.1", target.port)).await?;
     tcp.set_nodelay(true)?;
@@ -103,10 +112,7 @@ async fn open(target: &Target, tls: Arc<rustls::ClientConfig>, kind: Kind) -> an
                     _watch: Some(body),
                 })
             } else {
-                let bytes = body.collect().await?.to_bytes();
-                if bytes != BODY.as_bytes() {
-                    bail!("{}: not the PodList", target.name);
-                }
+                pod_list(target, body).await?;
                 Ok(Held {
                     _task: task,
                     _sender: Some(Box::new(sender)),
@@ -128,10 +134,7 @@ async fn open(target: &Target, tls: Arc<rustls::ClientConfig>, kind: Kind) -> an
             if response.status() != StatusCode::OK {
                 bail!("{}: answer {}", target.name, response.status());
             }
-            let bytes = response.into_body().collect().await?.to_bytes();
-            if bytes != BODY.as_bytes() {
-                bail!("{}: not the PodList", target.name);
-            }
+            pod_list(target, response.into_body()).await?;
             Ok(Held {
                 _task: task,
                 _sender: Some(Box::new(sender)),

@@ -182,21 +182,14 @@ impl IssuedTokensConfig {
         base: &Path,
         reloading: &Reloading,
     ) -> Result<Arc<crate::authn::IssuedTokens>, BuildError> {
-        let files: Vec<PathBuf> = self
-            .signing_key_files
-            .iter()
-            .map(|f| resolve(base, f))
-            .collect();
-        crate::authn::IssuedTokens::load_and_watch(
-            self.issuer.as_deref().unwrap_or("authproxy"),
-            &files,
-            self.lifetime.unwrap_or(Duration::from_secs(8 * 3600)),
-            reloading.interval,
-            reloading.reporter.clone(),
-        )
-        .map_err(|e| BuildError {
-            field: format!("{prefix}.issuedTokens.signingKeyFiles"),
-            message: e.to_string(),
+        self.loaded(prefix, base, |issuer, files, lifetime| {
+            crate::authn::IssuedTokens::load_and_watch(
+                issuer,
+                files,
+                lifetime,
+                reloading.interval,
+                reloading.reporter.clone(),
+            )
         })
     }
 
@@ -206,12 +199,23 @@ impl IssuedTokensConfig {
         prefix: &str,
         base: &Path,
     ) -> Result<Arc<crate::authn::IssuedTokens>, BuildError> {
+        self.loaded(prefix, base, crate::authn::IssuedTokens::load)
+    }
+
+    /// `load` called with the issuer, the key files (below `base`) and the
+    /// lifetime, defaults filled in; its error at `signingKeyFiles`.
+    fn loaded<E: std::fmt::Display>(
+        &self,
+        prefix: &str,
+        base: &Path,
+        load: impl FnOnce(&str, &[PathBuf], Duration) -> Result<Arc<crate::authn::IssuedTokens>, E>,
+    ) -> Result<Arc<crate::authn::IssuedTokens>, BuildError> {
         let files: Vec<PathBuf> = self
             .signing_key_files
             .iter()
             .map(|f| resolve(base, f))
             .collect();
-        crate::authn::IssuedTokens::load(
+        load(
             self.issuer.as_deref().unwrap_or("authproxy"),
             &files,
             self.lifetime.unwrap_or(Duration::from_secs(8 * 3600)),
