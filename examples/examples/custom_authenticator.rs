@@ -6,6 +6,9 @@
 //! without a network:
 //!
 //! `cargo run -p authproxy-examples --example custom_authenticator`
+//!
+//! proxy-core features: none (a custom authenticator, static tokens and the layers are always
+//! built: `default-features = false` is enough).
 
 use std::sync::Arc;
 

@@ -5,6 +5,9 @@
 //! UPSTREAM_URL=https://127.0.0.1:6443 UPSTREAM_CA_FILE=ca.crt UPSTREAM_TOKEN_FILE=token \
 //! TOKENS_CSV=tokens.csv cargo run -p authproxy-examples --example embed_in_axum
 //! ```
+//!
+//! proxy-core features: none (static tokens and the layers are always built:
+//! `default-features = false` is enough).
 
 use std::time::Duration;
 

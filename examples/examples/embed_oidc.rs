@@ -9,6 +9,8 @@
 //! UPSTREAM_CA_FILE=ca.crt UPSTREAM_TOKEN_FILE=token \
 //! cargo run -p authproxy-examples --example embed_oidc
 //! ```
+//!
+//! proxy-core features: `oidc` (`default-features = false, features = ["oidc"]` is enough).
 
 use std::sync::Arc;
 

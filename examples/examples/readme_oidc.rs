@@ -6,6 +6,8 @@
 //! ```sh
 //! cargo run -p authproxy-examples --example readme_oidc   # needs the files and the issuer it names
 //! ```
+//!
+//! proxy-core features: `oidc` (`default-features = false, features = ["oidc"]` is enough).
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

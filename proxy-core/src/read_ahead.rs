@@ -4,9 +4,11 @@
 //! record costs four or five `recv` calls, and a stream (a `kubectl cp`, a
 //! port-forward download, a large list) costs one system call per 4 KiB in
 //! each direction of every hop. [`ReadAhead`] sits between the socket and
-//! rustls: a small read finds up to [`READ_AHEAD`] bytes taken from the
-//! socket at once and is served from them. A read at least that large goes
-//! straight to the socket.
+//! rustls: while the stream moves in bulk (a read found more waiting than it
+//! asked for), a small read finds up to [`READ_AHEAD`] bytes taken from the
+//! socket at once and is served from them. Otherwise, and for a read at
+//! least that large, reads go straight to the socket: requests and answers
+//! of a few KiB cost what they cost without this layer.
 //!
 //! Nothing is held while a connection waits for bytes: the buffer is taken
 //! when bytes arrive and given back as soon as it is empty and the socket
@@ -31,14 +33,24 @@ pub const READ_AHEAD: usize = 64 * 1024;
 pub struct ReadAhead<T> {
     io: T,
     buf: BytesMut,
+    /// Whether the stream is moving in bulk (the last read found more than
+    /// was asked for): only then are reads taken in large pieces. Requests
+    /// and answers of a few KiB are read straight, as without this layer,
+    /// with no buffer to take and give back for each.
+    bulk: bool,
 }
 
+/// A fill smaller than this ends bulk reading: the stream is back to small
+/// messages.
+const BULK_END: usize = 16 * 1024;
+
 impl<T> ReadAhead<T> {
-    /// Wraps `io`; nothing is allocated until bytes arrive.
+    /// Wraps `io`; nothing is allocated until bytes arrive in bulk.
     pub fn new(io: T) -> Self {
         ReadAhead {
             io,
             buf: BytesMut::new(),
+            bulk: false,
         }
     }
 
@@ -69,8 +81,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
             return Poll::Ready(Ok(()));
         }
         if this.buf.is_empty() {
-            if out.remaining() >= READ_AHEAD {
-                return Pin::new(&mut this.io).poll_read(cx, out);
+            if !this.bulk || out.remaining() >= READ_AHEAD {
+                // Out of bulk: the last fill's buffer is given back.
+                this.buf = BytesMut::new();
+                // Straight into the caller's buffer. Filled to the brim, the
+                // socket likely holds more: read in bulk from the next read.
+                let asked = out.remaining();
+                let before = out.filled().len();
+                let read = Pin::new(&mut this.io).poll_read(cx, out);
+                if let Poll::Ready(Ok(())) = read {
+                    this.bulk = asked < READ_AHEAD && out.filled().len() - before == asked;
+                }
+                return read;
             }
             // Reuses the allocation of the last fill when it is still held.
             this.buf.reserve(READ_AHEAD);
@@ -89,7 +111,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for ReadAhead<T> {
                     this.buf = BytesMut::new();
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    if n < BULK_END {
+                        this.bulk = false;
+                    }
+                }
             }
         }
         let n = out.remaining().min(this.buf.len());
@@ -184,7 +210,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn small_reads_are_served_from_one_large_read_and_nothing_is_held_while_waiting() {
+    async fn small_reads_of_a_bulk_stream_are_served_from_one_large_read_and_nothing_is_held_while_waiting(
+    ) {
         let (mut writer, reader) = tokio::io::duplex(4 * READ_AHEAD);
         let mut reader = ReadAhead::new(reader);
         let sent: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -192,11 +219,16 @@ mod tests {
         let mut first = [0u8; 4096];
         reader.read_exact(&mut first).await.unwrap();
         assert_eq!(&first[..], &sent[..4096]);
-        // One read took a whole buffer's worth; the rest waits in it.
+        // That read was straight, and found more waiting: the next small
+        // read takes a whole buffer's worth, and the rest waits in it.
+        assert_eq!(reader.held(), 0);
+        let mut second = [0u8; 4096];
+        reader.read_exact(&mut second).await.unwrap();
+        assert_eq!(&second[..], &sent[4096..8192]);
         assert_eq!(reader.buffered(), READ_AHEAD - 4096);
-        let mut rest = vec![0u8; sent.len() - 4096];
+        let mut rest = vec![0u8; sent.len() - 8192];
         reader.read_exact(&mut rest).await.unwrap();
-        assert_eq!(&rest[..], &sent[4096..]);
+        assert_eq!(&rest[..], &sent[8192..]);
         // Drained, and the socket has nothing: the next read waits with no
         // buffer held.
         let mut more = [0u8; 16];
@@ -212,6 +244,19 @@ mod tests {
         reader.read_to_end(&mut tail).await.unwrap();
         assert_eq!(tail, b"later");
         assert_eq!(reader.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn small_messages_are_read_straight_with_no_buffer() {
+        let (mut writer, reader) = tokio::io::duplex(4 * READ_AHEAD);
+        let mut reader = ReadAhead::new(reader);
+        for round in 0..3u8 {
+            writer.write_all(&[round; 300]).await.unwrap();
+            let mut got = [0u8; 4096];
+            let n = reader.read(&mut got).await.unwrap();
+            assert_eq!(&got[..n], &[round; 300][..]);
+            assert_eq!(reader.held(), 0);
+        }
     }
 
     #[tokio::test]
