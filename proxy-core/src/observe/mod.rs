@@ -32,6 +32,8 @@
 #[cfg(feature = "observe")]
 pub mod audit;
 #[cfg(feature = "observe")]
+mod audit_id;
+#[cfg(feature = "observe")]
 mod backends;
 #[cfg(feature = "observe")]
 pub mod config;
@@ -45,4 +47,7 @@ pub mod request_info;
 pub mod sessions;
 
 #[cfg(feature = "observe")]
-pub use layer::{AuditId, Observe, ObserveLayer, Routing, AUDIT_ID};
+#[cfg(feature = "observe")]
+pub use audit_id::{AuditId, AUDIT_ID};
+#[cfg(feature = "observe")]
+pub use layer::{Observe, ObserveLayer, Routing};
