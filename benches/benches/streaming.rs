@@ -219,11 +219,34 @@ fn io_calls(pid: u32) -> anyhow::Result<u64> {
     Ok(field("syscr:")? + field("syscw:")?)
 }
 
-/// What the proxy and the agent spent while `work` ran.
+/// CPU time the whole machine has spent busy and idle, every core and
+/// every process, from the first line of `/proc/stat` (clock ticks of 10 ms).
+fn machine_time() -> anyhow::Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let tick = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal (guest time is in user)
+    let busy = tick(0) + tick(1) + tick(2) + tick(5) + tick(6) + tick(7);
+    let idle = tick(3) + tick(4);
+    Ok((
+        Duration::from_millis(busy * 10),
+        Duration::from_millis(idle * 10),
+    ))
+}
+
+/// What the proxy and the agent spent while `work` ran, and what the whole
+/// machine did meanwhile.
 #[derive(Clone, Copy, Default)]
 struct Spent {
     cpu: Duration,
     io_calls: u64,
+    machine_busy: Duration,
+    machine_idle: Duration,
 }
 
 impl std::ops::Add for Spent {
@@ -232,14 +255,19 @@ impl std::ops::Add for Spent {
         Spent {
             cpu: self.cpu + other.cpu,
             io_calls: self.io_calls + other.io_calls,
+            machine_busy: self.machine_busy + other.machine_busy,
+            machine_idle: self.machine_idle + other.machine_idle,
         }
     }
 }
 
 fn spent(pids: [u32; 2]) -> anyhow::Result<Spent> {
+    let (machine_busy, machine_idle) = machine_time()?;
     Ok(Spent {
         cpu: cpu_time(pids[0])? + cpu_time(pids[1])?,
         io_calls: io_calls(pids[0])? + io_calls(pids[1])?,
+        machine_busy,
+        machine_idle,
     })
 }
 
@@ -257,6 +285,8 @@ async fn with_cpu<T>(
         Spent {
             cpu: after.cpu.saturating_sub(before.cpu),
             io_calls: after.io_calls.saturating_sub(before.io_calls),
+            machine_busy: after.machine_busy.saturating_sub(before.machine_busy),
+            machine_idle: after.machine_idle.saturating_sub(before.machine_idle),
         },
     ))
 }
@@ -356,12 +386,14 @@ fn main() -> anyhow::Result<()> {
 
         let pids = [proxy.proxy_pid()?, proxy.agent_pid(0)?];
         println!("streaming bench: kubectl (WebSocket) to the test kubelet; {echoes} exec echoes, cp and port-forward of {cp_mib} MiB");
-        println!("(CPU and read/write system calls: what the proxy and the agent together spent per MiB of the three transfers)");
+        println!("(CPU and read/write system calls: what the proxy and the agent together spent per MiB of the three transfers;");
+        println!(" machine: what every process on every core spent per MiB meanwhile, and the share of the cores left idle)");
         println!(
-            "{:<8} {:>10} {:>10} {:>10} {:>12} {:>12} {:>14} {:>14} {:>14}",
-            "route", "echo p50", "echo p99", "echo mean", "cp in MB/s", "cp out MB/s", "forward MB/s", "CPU ms/MiB", "I/O calls/MiB"
+            "{:<8} {:>10} {:>10} {:>10} {:>12} {:>12} {:>14} {:>14} {:>14} {:>14} {:>6}",
+            "route", "echo p50", "echo p99", "echo mean", "cp in MB/s", "cp out MB/s", "forward MB/s", "CPU ms/MiB", "I/O calls/MiB", "machine ms/MiB", "idle"
         );
         let mut rows = Vec::new();
+        let mut machine = Vec::new();
         for (route, (pod, dir)) in routes.iter().zip(&pods) {
             let echoes = exec_round_trips(route, pod, echoes).await?;
             let mean = echoes.iter().sum::<Duration>() / echoes.len() as u32;
@@ -384,6 +416,9 @@ fn main() -> anyhow::Result<()> {
             let spent = cpu_up + cpu_down + cpu_forward;
             let cpu_per_mib = ms(spent.cpu) / (3 * cp_mib) as f64;
             let calls_per_mib = spent.io_calls as f64 / (3 * cp_mib) as f64;
+            let machine_per_mib = ms(spent.machine_busy) / (3 * cp_mib) as f64;
+            let idle = 100.0 * spent.machine_idle.as_secs_f64()
+                / (spent.machine_busy + spent.machine_idle).as_secs_f64().max(f64::MIN_POSITIVE);
             let row = (
                 percentile(&echoes, 0.5),
                 percentile(&echoes, 0.99),
@@ -393,10 +428,11 @@ fn main() -> anyhow::Result<()> {
                 mb_per_s(cp_bytes, forward),
             );
             println!(
-                "{:<8} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>12.0} {:>12.0} {:>14.0} {:>14.2} {:>14.0}",
-                route.name, ms(row.0), ms(row.1), ms(row.2), row.3, row.4, row.5, cpu_per_mib, calls_per_mib
+                "{:<8} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>12.0} {:>12.0} {:>14.0} {:>14.2} {:>14.0} {:>14.2} {:>5.0}%",
+                route.name, ms(row.0), ms(row.1), ms(row.2), row.3, row.4, row.5, cpu_per_mib, calls_per_mib, machine_per_mib, idle
             );
             rows.push(row);
+            machine.push(machine_per_mib);
         }
         for (i, name) in [(1, "proxy"), (2, "tunnel")] {
             println!(
@@ -406,6 +442,15 @@ fn main() -> anyhow::Result<()> {
                 rows[i].3 / rows[0].3,
                 rows[i].4 / rows[0].4,
                 rows[i].5 / rows[0].5,
+            );
+        }
+        // Where the cores are the limit, a route's throughput goes as the
+        // inverse of the machine's CPU per MiB.
+        for (i, name) in [(1, "proxy"), (2, "tunnel")] {
+            println!(
+                "{name}: the machine spends {:.2} ms more per MiB than direct; bound by CPU alone that is {:.2}x direct",
+                machine[i] - machine[0],
+                machine[0] / machine[i].max(f64::MIN_POSITIVE),
             );
         }
 

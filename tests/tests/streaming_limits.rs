@@ -407,6 +407,21 @@ async fn stalled_exec(kube: &Kube, route: &Route, pids: &[u32]) -> anyhow::Resul
         .spawn()
         .context("running kubectl exec")?;
     let growth = growth_once_settled(pids, &before).await?;
+    // While that stream stalls (its windows full), another session through
+    // the same route, and through the same tunnel, goes through.
+    let beside = route
+        .run(
+            &["exec", &pod, "-c", CONTAINER, "--", "echo", "beside"],
+            None,
+            BOUND,
+        )
+        .await?;
+    assert_eq!(
+        beside.stdout,
+        b"beside\n",
+        "{route}: {}",
+        output_text(&beside)
+    );
     let mut stdout = child.stdout.take().context("kubectl stdout")?;
     let mut read = 0usize;
     let mut buf = vec![0u8; 1 << 16];

@@ -256,8 +256,9 @@ impl Agent {
         builder
             .timer(TokioTimer::new())
             .enable_connect_protocol()
-            .max_concurrent_streams(1000)
-            .adaptive_window(true)
+            .max_concurrent_streams(super::MAX_STREAMS)
+            .initial_stream_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
             // Uploads (cp into a pod, exec stdin) in frames of up to 64 KiB.
             .max_frame_size(super::MAX_FRAME_SIZE)
             .keep_alive_interval(super::accept::KEEP_ALIVE.0)

@@ -69,6 +69,29 @@ pub const METHOD_HEADER: &str = "x-authproxy-tunnel-method";
 /// do not wait long behind one.
 pub const MAX_FRAME_SIZE: u32 = 64 * 1024;
 
+/// How much of one stream either end of a tunnel takes in before the
+/// stream's reader has read it (HTTP/2's stream window, fixed). A window
+/// that grows with the bandwidth-delay product (hyper's adaptive window)
+/// starts at 64 KiB and, where the delay is a loopback's or a LAN's, stays
+/// small: the sender waits for window updates and both ends spend more CPU
+/// per MiB (benches/README.md). 2 MiB carries 20 MiB/s per stream at 100 ms
+/// of round trip.
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The most streams the agent's end of a tunnel takes at once.
+pub const MAX_STREAMS: u32 = 1000;
+
+/// How much of all streams together either end of a tunnel takes in before
+/// their readers have read it: every stream's window, so that streams
+/// nobody reads (a client that stopped reading its exec output or its
+/// download) hold their own windows and never the tunnel's, and the streams
+/// beside them go on. Memory stays bounded by the windows of the streams
+/// open (and those by the long-running caps), as Go's HTTP/2 client bounds
+/// it; HTTP/2 allows at most 2^31 - 1.
+pub const CONNECTION_WINDOW: u32 = MAX_STREAMS * STREAM_WINDOW;
+
+const _: () = assert!(CONNECTION_WINDOW < 1 << 31);
+
 /// The body of requests sent through a tunnel.
 pub type TunnelBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::BoxError>;
 

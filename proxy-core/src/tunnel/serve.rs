@@ -102,8 +102,8 @@ impl Tunnel {
             .keep_alive_interval(KEEP_ALIVE.0)
             .keep_alive_timeout(KEEP_ALIVE.1)
             .keep_alive_while_idle(true)
-            // Large lists and uploads: windows grow with the tunnel's bandwidth-delay product.
-            .adaptive_window(true)
+            .initial_stream_window_size(super::STREAM_WINDOW)
+            .initial_connection_window_size(super::CONNECTION_WINDOW)
             // Downloads (logs, cp, port-forward) in frames of up to 64 KiB.
             .max_frame_size(super::MAX_FRAME_SIZE);
         let (send, connection) = match builder.handshake(upgraded).await {

@@ -386,7 +386,7 @@ async fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, phase: watch::Send
         return finish(Phase::Http1);
     }
     let settings = &shared.settings;
-    let (send, mut connection) = match h2_builder()
+    let (send, mut connection) = match h2_builder(settings.max_streams_per_connection)
         .handshake::<_, Bytes>(TokioIo::new(stream))
         .await
     {
@@ -493,16 +493,32 @@ async fn run_connection(shared: Arc<Shared>, conn: Arc<Conn>, phase: watch::Send
     finish(Phase::Closed);
 }
 
-/// HTTP/2 settings of upstream connections: 2 MiB per stream and 5 MiB per
-/// connection of receive window (a watch's burst of events or a large list
-/// arrives without waiting for window updates), 16 KiB frames, at most 16 KiB
-/// of response headers, no server push.
-fn h2_builder() -> h2::client::Builder {
+/// Receive window of each upstream HTTP/2 stream: a watch's burst of events
+/// or a large list arrives without waiting for window updates.
+pub(crate) const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The receive window of a connection that carries up to `streams` streams
+/// at once: every stream's window, so that answers nobody reads (a client
+/// that stopped reading its watch, its logs or a large list) hold their own
+/// streams' windows and never the connection's, and the streams beside them
+/// go on. Memory stays bounded by the stream windows of the streams open,
+/// as Go's HTTP/2 client (kube's own) bounds it; HTTP/2 allows at most
+/// 2^31 - 1.
+pub(crate) fn connection_window(streams: usize) -> u32 {
+    let streams = u64::try_from(streams.max(1)).unwrap_or(u64::MAX);
+    let window = streams.saturating_mul(u64::from(STREAM_WINDOW));
+    u32::try_from(window.min((1 << 31) - 1)).unwrap_or(u32::MAX >> 1)
+}
+
+/// HTTP/2 settings of upstream connections carrying up to `streams` streams:
+/// [`STREAM_WINDOW`] per stream and [`connection_window`] per connection,
+/// 16 KiB frames, at most 16 KiB of response headers, no server push.
+fn h2_builder(streams: usize) -> h2::client::Builder {
     let mut builder = h2::client::Builder::new();
     builder
         .initial_max_send_streams(DEFAULT_MAX_STREAMS_PER_CONNECTION)
-        .initial_window_size(2 * 1024 * 1024)
-        .initial_connection_window_size(5 * 1024 * 1024)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(connection_window(streams))
         .max_frame_size(16 * 1024)
         .max_header_list_size(16 * 1024)
         .max_send_buffer_size(1024 * 1024)

@@ -56,18 +56,19 @@ async fn bind() -> (
 async fn start_server() -> TestServer {
     let (listener, acceptor, server) = bind().await;
     let (counter, go_away) = (server.accepted.clone(), server.go_away.clone());
-    tokio::spawn(serve(listener, acceptor, counter, go_away));
+    tokio::spawn(serve(listener, acceptor, counter, go_away, SERVER_STREAMS));
     server
 }
 
 /// The test server's accept loop: each connection is counted in `counter`
-/// and served (see [`start_server`]); `shutdown` notified, each closes
-/// gracefully.
+/// and served (see [`start_server`]) with up to `streams` streams at once;
+/// `shutdown` notified, each closes gracefully.
 async fn serve(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     counter: Arc<AtomicUsize>,
     shutdown: Arc<tokio::sync::Notify>,
+    streams: u32,
 ) {
     while let Ok((tcp, _)) = listener.accept().await {
         counter.fetch_add(1, Ordering::SeqCst);
@@ -98,6 +99,15 @@ async fn serve(
                             http_body_util::Full::new(Bytes::from_static(b"early")).boxed(),
                         ));
                     }
+                    if req.uri().path() == "/big" {
+                        // BIG_ANSWER bytes, sent as fast as the window lets.
+                        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                        let stream = futures_util::stream::iter(
+                            (0..BIG_ANSWER / chunk.len())
+                                .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+                        );
+                        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+                    }
                     if req.uri().path() == "/hold" {
                         let stream = futures_util::stream::once(async {
                             Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"held\n")))
@@ -111,7 +121,7 @@ async fn serve(
                     }
                 });
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .max_concurrent_streams(SERVER_STREAMS)
+                .max_concurrent_streams(streams)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             tokio::select! {
@@ -123,6 +133,59 @@ async fn serve(
             }
         });
     }
+}
+
+#[test]
+fn the_connection_window_holds_every_streams_window_up_to_http2s_largest() {
+    use super::{connection_window, STREAM_WINDOW};
+    assert_eq!(connection_window(0), STREAM_WINDOW);
+    assert_eq!(connection_window(1), STREAM_WINDOW);
+    assert_eq!(connection_window(100), 100 * STREAM_WINDOW);
+    assert_eq!(connection_window(1024), (1 << 31) - 1);
+    assert_eq!(connection_window(usize::MAX), (1 << 31) - 1);
+}
+
+/// The size of `/big`'s answer: more than a stream's receive window.
+const BIG_ANSWER: usize = 8 << 20;
+
+/// Answers whose readers stopped reading hold their streams' windows, and
+/// no more: the connection's window never runs out before its streams do,
+/// so a stream beside them on the same connection is answered whole.
+#[tokio::test]
+async fn answers_nobody_reads_do_not_stop_the_other_streams_of_their_connection() {
+    const STREAMS: usize = 8;
+    let (listener, acceptor, server) = bind().await;
+    let (counter, go_away) = (server.accepted.clone(), server.go_away.clone());
+    tokio::spawn(serve(listener, acceptor, counter, go_away, STREAMS as u32));
+    let mut settings = options(&server, 1);
+    settings.pool.max_streams_per_connection = STREAMS;
+    let mut upstream: Upstream<Empty<Bytes>> = Upstream::new(settings).unwrap();
+    // Every stream but one answered and not read: each fills its window.
+    let mut stalled = Vec::new();
+    for _ in 1..STREAMS {
+        let first = async {
+            let mut response = upstream.call(get("/big")).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.body_mut().frame().await.unwrap().unwrap();
+            response
+        };
+        let response = tokio::time::timeout(Duration::from_secs(10), first)
+            .await
+            .expect("each answer's first bytes arrive beside the unread ones");
+        stalled.push(response);
+    }
+    // Time for their windows to fill.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let beside = async {
+        let response = upstream.call(get("/big")).await.unwrap();
+        response.into_body().collect().await.unwrap().to_bytes()
+    };
+    let body = tokio::time::timeout(Duration::from_secs(10), beside)
+        .await
+        .expect("the answer beside the unread ones arrived whole");
+    assert_eq!(body.len(), BIG_ANSWER);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "one connection");
+    drop(stalled);
 }
 
 fn upstream(server: &TestServer, max_connections: usize) -> Upstream<Empty<Bytes>> {
@@ -560,7 +623,7 @@ async fn turn_away_second_stream(
         } else {
             tokio::spawn(answer_later_streams(tls));
         }
-        serve(listener, acceptor, counter, go_away).await;
+        serve(listener, acceptor, counter, go_away, SERVER_STREAMS).await;
     });
     let upstream = body_upstream(&server);
     (server, upstream)
