@@ -18,7 +18,7 @@ use proxy_core::upstream::{Backend, Upstream};
 use proxy_core::NestedImpersonationLayer;
 
 use crate::config::FileConfig;
-use crate::server::StartError;
+use crate::start_error::StartError;
 
 /// The stack of the `via: agent` cluster `name` (section `section`):
 /// registered with `agents`, its requests sent through its tunnels. A

@@ -56,7 +56,7 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
     /// The `/metrics` listener (off without this section).
-    pub metrics: Option<crate::metrics_listener::MetricsConfig>,
+    pub metrics: Option<MetricsConfig>,
     /// The audit log (off without this section).
     pub audit: Option<proxy_core::observe::config::AuditConfig>,
     /// Settings of `authproxy webhook` (the TokenReview endpoint).
@@ -867,6 +867,67 @@ fn line_of(text: &str, path: &[serde_path_to_error::Segment], message: &str) -> 
         from = at;
     }
     found
+}
+
+// The `metrics:` section (served by `metrics_listener`).
+
+/// The default metrics address: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9095";
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9095))
+}
+
+/// `metrics:`: where `/metrics` is served. Without the section there is no
+/// metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsConfig {
+    /// Address of the listener (default `127.0.0.1:9095`).
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+    /// Serve TLS with this certificate and key instead of plain HTTP.
+    pub tls: Option<MetricsTls>,
+}
+
+/// TLS of the metrics listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MetricsTls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// `path`, relative to `base` unless it is absolute.
+pub(crate) fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+impl MetricsConfig {
+    /// Every problem in the section, `prefix` being its path.
+    pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Some(tls) = &self.tls {
+            proxy_core::config::check_cert_and_key(
+                &mut problems,
+                (
+                    &format!("{prefix}.tls.certFile"),
+                    &resolve(base, &tls.cert_file),
+                ),
+                (
+                    &format!("{prefix}.tls.keyFile"),
+                    &resolve(base, &tls.key_file),
+                ),
+            );
+        }
+        problems
+    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxy_core::credential::ClientCertificate;
@@ -29,13 +31,11 @@ use proxy_core::forwarded::TrustedProxies;
 use proxy_core::gate::Gated;
 use proxy_core::proxy_protocol::{self, HeaderError};
 use proxy_core::reload::tls::ClientCertRecheck;
-use proxy_core::tunnel::budget::ConnectionSlot;
+use proxy_core::tunnel::budget::{AgentConnections, ConnectionSlot};
 use proxy_core::{BoxError, ProxyBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-
-use crate::server::Handler;
 
 /// What every connection of one listener shares.
 pub(crate) struct Listener<H> {
@@ -53,6 +53,31 @@ pub(crate) struct Listener<H> {
     pub idle_timeout: Duration,
     /// Answers the requests.
     pub handler: H,
+}
+
+/// What a listener does with each request: the proxy, or the webhook.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Answers one request. `cert` is the verified client certificate, if any.
+    fn handle(
+        self,
+        req: Request<Incoming>,
+        cert: Option<ClientCertificate>,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static;
+
+    /// The load balancers whose connections start with a PROXY protocol
+    /// header naming the client (`None`: no connection does).
+    fn proxy_protocol_from(&self) -> Option<Arc<TrustedProxies>> {
+        None
+    }
+
+    /// The agent connections, counted apart from the client connections
+    /// (`None`: this listener registers no agent). While client
+    /// connections are at their cap, the listener accepts connections on
+    /// these, which may only register an agent.
+    fn agent_connections(&self) -> Option<AgentConnections> {
+        None
+    }
 }
 
 /// Serves one accepted socket until it closes. `shutdown` turns true when the

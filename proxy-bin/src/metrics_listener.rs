@@ -9,80 +9,23 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use proxy_core::config::Problem;
 use proxy_core::observe::metrics::{Metrics, CONTENT_TYPE};
 use proxy_core::status::{Reason, Status};
 use proxy_core::ProxyBody;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::server::StartError;
-
-/// The default metrics address: loopback only.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9095";
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9095))
-}
-
-/// `metrics:`: where `/metrics` is served. Without the section there is no
-/// metrics listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct MetricsConfig {
-    /// Address of the listener (default `127.0.0.1:9095`).
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// Serve TLS with this certificate and key instead of plain HTTP.
-    pub tls: Option<MetricsTls>,
-}
-
-/// TLS of the metrics listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct MetricsTls {
-    /// PEM certificate chain.
-    pub cert_file: PathBuf,
-    /// PEM private key.
-    pub key_file: PathBuf,
-}
-
-fn resolve(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_owned()
-    } else {
-        base.join(path)
-    }
-}
+use crate::config::{resolve, MetricsConfig};
+use crate::start_error::StartError;
 
 impl MetricsConfig {
-    /// Every problem in the section, `prefix` being its path.
-    pub fn validate(&self, prefix: &str, base: &Path) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        if let Some(tls) = &self.tls {
-            proxy_core::config::check_cert_and_key(
-                &mut problems,
-                (
-                    &format!("{prefix}.tls.certFile"),
-                    &resolve(base, &tls.cert_file),
-                ),
-                (
-                    &format!("{prefix}.tls.keyFile"),
-                    &resolve(base, &tls.key_file),
-                ),
-            );
-        }
-        problems
-    }
-
     /// Binds the address and serves `metrics` in the background, and
     /// `/livez` and `/readyz` from `health`. With `tls`, the certificate and
     /// key are re-read as `reloading` says.
@@ -200,22 +143,22 @@ fn answer(metrics: &Metrics, health: &Health, req: &Request<Incoming>) -> Respon
     // every authenticator is ready.
     let alive = !health.accepting.is_finished();
     match path {
-        "/livez" if alive => return crate::server::plain(StatusCode::OK, "ok"),
+        "/livez" if alive => return crate::plain::plain(StatusCode::OK, "ok"),
         "/livez" => {
-            return crate::server::plain(
+            return crate::plain::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not alive: the listener stopped accepting",
             )
         }
         "/readyz" if !alive => {
-            return crate::server::plain(
+            return crate::plain::plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: the listener stopped accepting",
             )
         }
         "/readyz" => {
             let (status, text) = health.readiness.answer();
-            return crate::server::plain_owned(status, text);
+            return crate::plain::plain_owned(status, text);
         }
         _ => {}
     }

@@ -17,12 +17,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::request_body::read_limited;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::authn::revocation::store::{RevocationStore, REVOCATIONS_GROUP};
 use proxy_core::authn::revocation::{self, Entry, Revocations, Revoked};
 use proxy_core::authn::IssuedTokens;
-use proxy_core::body::read_limited;
 use proxy_core::config::BuildError;
 use proxy_core::credential::Credential;
 use proxy_core::refusal::read_some;
@@ -235,7 +235,7 @@ impl Revocation {
     pub async fn answer(&self, req: Request<Incoming>, chain: &Chain) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         if parts.method != http::Method::POST {
-            return crate::token_endpoint::post_only(body, "POST a revocation").await;
+            return crate::request_body::post_only(body, "POST a revocation").await;
         }
         // Nothing is written for a revocation already in force, so a token
         // revoking itself again and again costs the store nothing; new

@@ -28,7 +28,7 @@ use proxy_core::observe::{metrics::Metrics, Observe, ObserveLayer};
 use proxy_core::refusal::{read_before_refusal, read_some};
 use proxy_core::status::{Reason, Status};
 use proxy_core::tunnel::budget::{AgentConnections, ConnectionSlot};
-use proxy_core::upstream::{Backend, Upstream, UpstreamError};
+use proxy_core::upstream::{Backend, Upstream};
 use proxy_core::{Chain, ImpersonateLayer, NestedImpersonationLayer, ProxyBody, ProxyStack};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -37,65 +37,16 @@ use tower_service::Service;
 
 use crate::config::FileConfig;
 use crate::connection;
+pub use crate::connection::Handler;
 use crate::limits::Limits;
+use crate::plain::{plain, plain_owned};
 use crate::reload::{ConfigSource, LiveAuthentication};
+pub use crate::start_error::StartError;
 use crate::token_endpoint::TokenEndpoint;
 use proxy_core::reload::{FileWatch, ReloadReporter};
 
 /// Least time between two "connection cap reached" warnings.
 const CAP_WARNING_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Why the proxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// Listener TLS material is unusable.
-    #[error("{field}: {source}")]
-    Tls {
-        /// The config field.
-        field: &'static str,
-        /// The problem.
-        source: proxy_core::tls::TlsError,
-    },
-    /// Client-certificate verification could not be set up.
-    #[error("tls.clientCAFile: {0}")]
-    ClientVerifier(String),
-    /// An authenticator or the upstream could not be built.
-    #[error(transparent)]
-    Build(#[from] proxy_core::config::BuildError),
-    /// The upstream client could not be built.
-    #[error("upstream: {0}")]
-    Upstream(#[from] UpstreamError),
-    /// The client of one upstream section could not be built.
-    #[error("{section}: {source}")]
-    Section {
-        /// The section (`upstream`, `upstreams[1]`).
-        section: String,
-        /// Why.
-        source: UpstreamError,
-    },
-    /// The named clusters of `upstreams` cannot be routed to.
-    #[error("upstreams: {0}")]
-    Router(#[from] proxy_core::upstream::router::RouterError),
-    /// A setting forbids starting this way.
-    #[error("{field}: {message}")]
-    Refused {
-        /// The config field (or flag) to change.
-        field: &'static str,
-        /// Why, and what to do.
-        message: String,
-    },
-    /// The audit log could not be opened.
-    #[error("audit.path: {0}")]
-    Audit(#[from] proxy_core::observe::audit::AuditError),
-    /// The listen address could not be bound.
-    #[error("listen {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-}
 
 /// Whether a listener with `tls.clientCAFile` set requires a client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,7 +227,7 @@ impl Proxy {
         let nested_over = |backend: Backend<Full<Bytes>>| match settings.mode {
             nested::Mode::Deny => NestedImpersonationLayer::deny(),
             nested::Mode::Authorize => {
-                let reviewer = nested::Reviewer::over(
+                let reviewer = proxy_core::impersonate::review::Reviewer::over(
                     backend,
                     &settings,
                     front_proxy
@@ -615,47 +566,6 @@ where
     }
 }
 
-/// A small text response (health endpoints).
-pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
-    plain_owned(status, text.to_owned())
-}
-
-/// [`plain`] with text made at run time.
-pub fn plain_owned(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(text));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain"),
-    );
-    response
-}
-
-/// What a listener does with each request: the proxy, or the webhook.
-pub trait Handler: Clone + Send + Sync + 'static {
-    /// Answers one request. `cert` is the verified client certificate, if any.
-    fn handle(
-        self,
-        req: Request<Incoming>,
-        cert: Option<ClientCertificate>,
-        peer: SocketAddr,
-    ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static;
-
-    /// The load balancers whose connections start with a PROXY protocol
-    /// header naming the client (`None`: no connection does).
-    fn proxy_protocol_from(&self) -> Option<Arc<TrustedProxies>> {
-        None
-    }
-
-    /// The agent connections, counted apart from the client connections
-    /// (`None`: this listener registers no agent). While client
-    /// connections are at their cap, the listener accepts connections on
-    /// these, which may only register an agent.
-    fn agent_connections(&self) -> Option<AgentConnections> {
-        None
-    }
-}
-
 impl Handler for Proxy {
     fn handle(
         self,
@@ -701,7 +611,7 @@ impl RunningServer {
     /// this server runs.
     pub async fn serve_metrics(
         &mut self,
-        config: Option<&crate::metrics_listener::MetricsConfig>,
+        config: Option<&crate::config::MetricsConfig>,
         base: &Path,
         metrics: Option<Metrics>,
         readiness: crate::readiness::Readiness,

@@ -12,10 +12,10 @@
 
 use std::sync::Arc;
 
+use crate::request_body::read_limited;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::authn::{IssuedTokens, Source};
-use proxy_core::body::read_limited;
 use proxy_core::config::IssuedTokensConfig;
 use proxy_core::counters::{ThrottleCounters, ThrottleScope};
 use proxy_core::credential::{ClientAddr, Credential};
@@ -23,13 +23,6 @@ use proxy_core::rate_limit::RateLimiter;
 use proxy_core::refusal::read_some;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{Chain, ProxyBody};
-
-/// The refusal of a request other than POST to an endpoint that takes only
-/// POST, once some of its body was read (see `proxy_core::refusal`).
-pub(crate) async fn post_only(body: Incoming, hint: &'static str) -> Response<ProxyBody> {
-    read_some(body).await;
-    Status::failure(StatusCode::METHOD_NOT_ALLOWED, Reason::BadRequest, hint).into_response()
-}
 
 /// Where a login is exchanged for an issued token.
 pub const TOKEN_PATH: &str = "/authproxy/v1/token";
@@ -102,7 +95,7 @@ impl TokenEndpoint {
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         if parts.method != http::Method::POST {
-            return post_only(body, "POST to get a token").await;
+            return crate::request_body::post_only(body, "POST to get a token").await;
         }
         if let Some(ClientAddr(ip)) = parts.extensions.get::<ClientAddr>() {
             if let Err(wait) = self.per_client.acquire_client(*ip) {

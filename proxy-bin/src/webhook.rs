@@ -9,10 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::plain::plain;
+use crate::request_body::read_limited;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use proxy_core::authn::ClientCertificates as CertificateUsers;
-use proxy_core::body::read_limited;
 use proxy_core::counters::{ThrottleCounters, ThrottleScope};
 use proxy_core::credential::{ClientCertificate, Secret};
 use proxy_core::rate_limit::RateLimiter;
@@ -24,7 +25,7 @@ use tokio::net::TcpListener;
 use crate::config::FileConfig;
 use crate::reload::{ConfigSource, LiveAuthentication};
 use crate::server::{
-    listener_tls_reporting, plain, serve_with_limits, ClientCertificates, Handler, RunningServer,
+    listener_tls_reporting, serve_with_limits, ClientCertificates, Handler, RunningServer,
     StartError,
 };
 

@@ -6,9 +6,6 @@
 //! in-memory bodies. The enum avoids boxing on the hot path. A body can
 //! carry a [`Hold`]: something released when the body ends or is dropped (an
 //! upstream HTTP/2 stream slot, a long-running request permit).
-//!
-//! The proxy's own endpoints (TokenReview, the token exchange) read request
-//! bodies with [`read_limited`], which never buffers more than its limit.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,60 +14,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::status::{Reason, Status};
 use crate::BoxError;
-
-/// Reads a whole request body of at most `limit` bytes.
-///
-/// Errors, as the Status to answer: 413 when `Content-Length` announces more
-/// than `limit` (nothing is read) or the body grows past it (reading stops
-/// there); 400 when the body cannot be read.
-pub async fn read_limited<B>(
-    headers: &http::HeaderMap,
-    body: B,
-    limit: usize,
-) -> Result<Bytes, Status>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    use http_body_util::BodyExt;
-    let announced = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let mut body = body;
-    if announced.is_some_and(|n| n > limit as u64) {
-        drain_unread(body);
-        return Err(Status::too_large(limit));
-    }
-    let mut collected = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Err(Status::failure(
-                http::StatusCode::BAD_REQUEST,
-                Reason::BadRequest,
-                "the request body could not be read",
-            ));
-        };
-        let Ok(mut data) = frame.into_data() else {
-            continue; // trailers carry nothing to keep
-        };
-        use bytes::Buf as _;
-        if collected.len() + data.remaining() > limit {
-            drain_unread(body);
-            return Err(Status::too_large(limit));
-        }
-        while data.has_remaining() {
-            let chunk = data.chunk();
-            let n = chunk.len();
-            collected.extend_from_slice(chunk);
-            data.advance(n);
-        }
-    }
-    Ok(collected.freeze())
-}
 
 /// How much of an unread request body is drained after it was answered.
 pub const DRAIN_LIMIT_BYTES: usize = 1 << 20;
@@ -133,7 +77,7 @@ enum Kind {
         hyper::body::Incoming,
     ),
     /// A body streamed from an upstream HTTP/2 stream.
-    Http2(crate::upstream::Http2Body),
+    Http2(Http2Body),
     /// Another body and what it holds until it ends or is dropped.
     Held(Box<HeldBody>),
     /// Any other body (an embedder's handler's), boxed.
@@ -249,7 +193,7 @@ impl ProxyBody {
     }
 
     /// A body streamed from an upstream HTTP/2 stream.
-    pub(crate) fn http2(body: crate::upstream::Http2Body) -> Self {
+    pub(crate) fn http2(body: Http2Body) -> Self {
         ProxyBody(Kind::Http2(body))
     }
 
@@ -338,41 +282,109 @@ impl Body for ProxyBody {
     }
 }
 
+/// An answer's body read from an upstream HTTP/2 stream, its window given
+/// back as it is read. A `RST_STREAM(NO_ERROR)` ends it normally (RFC 9113
+/// §8.1: the server answered early).
+pub(crate) struct Http2Body {
+    first: Option<Result<Frame<Bytes>, BoxError>>,
+    stream: h2::RecvStream,
+    data_done: bool,
+    /// Bytes still to come, when `Content-Length` said.
+    remaining: Option<u64>,
+}
+
+impl std::fmt::Debug for Http2Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http2Body")
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Http2Body {
+    /// The body of an answer with these `headers`. When the answer has a
+    /// non-zero `Content-Length`, its first frame is read here (waiting
+    /// [`PREFETCH_WAIT`] at most), as
+    /// [`prefetch_fixed_length`] does for HTTP/1.1.
+    pub(crate) async fn new(headers: &http::HeaderMap, stream: h2::RecvStream) -> Self {
+        let remaining = headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| stream.is_end_stream().then_some(0));
+        let mut body = Http2Body {
+            first: None,
+            stream,
+            data_done: false,
+            remaining,
+        };
+        body.first = first_frame_if_fixed(headers, &mut body).await;
+        body
+    }
+}
+
+impl Body for Http2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(first));
+        }
+        if !this.data_done {
+            match this.stream.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = this.stream.flow_control().release_capacity(data.len());
+                    if let Some(remaining) = &mut this.remaining {
+                        *remaining = remaining.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(ended(error)),
+                Poll::Ready(None) => this.data_done = true,
+            }
+        }
+        match this.stream.poll_trailers(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(trailers)) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Poll::Ready(Err(error)) => Poll::Ready(ended(error)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.stream.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = match &self.first {
+            None => 0,
+            Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            Some(Err(_)) => return SizeHint::default(),
+        };
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n + first),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// How a stream error ends a body: `NO_ERROR` is an early answer's normal end.
+fn ended(error: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
+    if error.reason() == Some(h2::Reason::NO_ERROR) {
+        None
+    } else {
+        Some(Err(error.into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{Full, StreamBody};
-
-    #[tokio::test]
-    async fn a_body_within_the_limit_is_read_whole() {
-        let body = Full::new(Bytes::from_static(b"0123456789"));
-        let read = read_limited(&http::HeaderMap::new(), body, 10).await;
-        assert_eq!(read.unwrap(), Bytes::from_static(b"0123456789"));
-    }
-
-    #[tokio::test]
-    async fn an_announced_length_past_the_limit_is_413_before_reading() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::CONTENT_LENGTH, "11".parse().unwrap());
-        // A body that would fail if polled: only the header may decide.
-        let body = StreamBody::new(futures_util::stream::iter(vec![Err::<
-            Frame<Bytes>,
-            BoxError,
-        >("polled".into())]));
-        let status = read_limited(&headers, body, 10).await.unwrap_err();
-        assert_eq!(status.code, 413);
-        assert_eq!(status.reason, Reason::RequestEntityTooLarge);
-    }
-
-    #[tokio::test]
-    async fn a_chunked_body_growing_past_the_limit_is_413() {
-        let chunks = (0..100).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from(vec![b'x'; 64]))));
-        let body = StreamBody::new(futures_util::stream::iter(chunks));
-        let status = read_limited(&http::HeaderMap::new(), body, 1000)
-            .await
-            .unwrap_err();
-        assert_eq!(status.code, 413);
-    }
 
     use http_body_util::BodyExt;
 

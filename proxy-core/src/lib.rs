@@ -12,7 +12,8 @@
 //!    authenticated identity; [`forwarded`] appends the client's address to
 //!    `X-Forwarded-For`;
 //! 4. [`upstream`] forwards the request, streaming, to the API server with the
-//!    proxy's own credential, below its path prefix (see [`path`]); with
+//!    proxy's own credential, below its path prefix (dot-segments resolved, never
+//!    climbing out of it); with
 //!    many API servers, [`upstream::router`] picks one by the request's
 //!    `/k8s/clusters/<name>/` prefix; a cluster the proxy cannot reach is
 //!    served through the tunnels its agents dialled in ([`tunnel`]).
@@ -68,22 +69,30 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+// Modules marked `doc(hidden)` are the binary's and the fuzz targets'
+// (listener plumbing, socket reads, path normalization): public so that
+// they can reach them, outside the library's API and its semver promise.
 pub mod authn;
 pub mod body;
 pub mod config;
 pub mod counters;
 pub mod credential;
 pub mod forwarded;
+#[doc(hidden)]
 pub mod gate;
 pub mod impersonate;
 pub mod kubeconfig;
 pub mod layer;
 pub mod long_running;
 pub mod observe;
+#[doc(hidden)]
 pub mod path;
 pub mod problem;
+#[doc(hidden)]
 pub mod proxy_protocol;
+#[doc(hidden)]
 pub mod rate_limit;
+#[doc(hidden)]
 pub mod read_ahead;
 pub mod refusal;
 pub mod reload;
@@ -95,6 +104,7 @@ pub mod tokenreview;
 #[cfg(feature = "tunnel")]
 pub mod tunnel;
 pub mod upstream;
+pub mod user;
 pub mod worker;
 
 #[cfg(test)]

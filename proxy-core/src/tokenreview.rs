@@ -32,7 +32,7 @@ use crate::authn::{AuthnError, Chain};
 use crate::credential::{Credential, Secret};
 
 /// The largest TokenReview body accepted by default (a listener's
-/// `limits.maxRequestBodyBytes`); read bodies with [`crate::body::read_limited`].
+/// `limits.maxRequestBodyBytes`); read bodies with a limit (the binary reads at most that many bytes).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// A TokenReview request as kube-apiserver sends it.

@@ -257,3 +257,485 @@ fn module_paths_follow_the_file_layout() -> anyhow::Result<()> {
     assert_eq!(named_module("upstream", core, &top), None);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// No circles between modules.
+//
+// A module imports another when its code names an item of it by path: a
+// `use` (brace groups expanded) or a path written in the code, starting
+// with `crate::`, `super::`, `self::`, or the name of one of the module's
+// own children. The path is followed to the deepest module that has a
+// file; that module is imported. Naming one's own descendants is not an
+// import: a module declares its children and may re-export their items
+// (its facade). Comments, string literals and `#[cfg(test)] mod … { … }`
+// blocks are left out, as are test-only files and `main.rs`. The import
+// graph of each crate must have no cycle.
+// ---------------------------------------------------------------------------
+
+/// `source` with comments removed and string and character literals
+/// emptied, so that only code is left to read paths from.
+fn code_only(source: &str) -> String {
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = String::with_capacity(source.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if c == '/' && next == Some('/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '/' && next == Some('*') {
+            let mut depth = 0;
+            while i < chars.len() {
+                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
+                    depth += 1;
+                    i += 2;
+                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            out.push(' ');
+        } else if c == 'r'
+            && (next == Some('"') || next == Some('#'))
+            && !out.ends_with(|p: char| p.is_alphanumeric() || p == '_')
+        {
+            // a raw string: r"…", r#"…"#, …
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while chars.get(j) == Some(&'#') {
+                hashes += 1;
+                j += 1;
+            }
+            if chars.get(j) != Some(&'"') {
+                out.push(c);
+                i += 1;
+                continue;
+            }
+            j += 1;
+            loop {
+                match chars.get(j) {
+                    None => break,
+                    Some('"') if (0..hashes).all(|k| chars.get(j + 1 + k) == Some(&'#')) => {
+                        j += 1 + hashes;
+                        break;
+                    }
+                    Some(_) => j += 1,
+                }
+            }
+            out.push_str("\"\"");
+            i = j;
+        } else if c == '"' {
+            i += 1;
+            while i < chars.len() && chars[i] != '"' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            out.push_str("\"\"");
+        } else if c == '\'' {
+            // a character literal ('x', '\n', '\u{..}'), or a lifetime
+            let close = if next == Some('\\') {
+                chars[i + 2..]
+                    .iter()
+                    .position(|&c| c == '\'')
+                    .map(|p| i + 2 + p)
+            } else if chars.get(i + 2) == Some(&'\'') {
+                Some(i + 2)
+            } else {
+                None
+            };
+            match close {
+                Some(end) => {
+                    out.push_str("' '");
+                    i = end + 1;
+                }
+                None => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `code` without its `#[cfg(test)] mod name { … }` blocks.
+fn without_test_modules(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "#[cfg(test)]".len()..];
+        let words: Vec<&str> = after.split_whitespace().take(3).collect();
+        let is_inline_mod = match words.as_slice() {
+            ["mod", _, ..] | ["pub", "mod", ..] | ["pub(crate)", "mod", ..] => {
+                let head_end = after.find(['{', ';']).unwrap_or(after.len());
+                after[head_end..].starts_with('{')
+            }
+            _ => false,
+        };
+        if !is_inline_mod {
+            out.push_str("#[cfg(test)]");
+            rest = after;
+            continue;
+        }
+        let open = after.find('{').unwrap_or(after.len());
+        let mut depth = 0usize;
+        let mut end = after.len();
+        for (k, ch) in after[open..].char_indices() {
+            match ch {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + k + 1;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The paths a `use` tree names (`a::{b, c::{d, e as f}}` → `a::b`,
+/// `a::c::d`, `a::c::e`).
+fn use_paths(tree: &str) -> Vec<String> {
+    fn expand(tree: &str, prefix: &str, out: &mut Vec<String>) {
+        let mut depth = 0usize;
+        let mut start = 0;
+        let mut items = Vec::new();
+        for (k, ch) in tree.char_indices() {
+            match ch {
+                '{' => depth += 1,
+                '}' => depth = depth.saturating_sub(1),
+                ',' if depth == 0 => {
+                    items.push(&tree[start..k]);
+                    start = k + 1;
+                }
+                _ => {}
+            }
+        }
+        items.push(&tree[start..]);
+        for item in items.into_iter().filter(|i| !i.is_empty()) {
+            match item.split_once('{') {
+                Some((head, inner)) => {
+                    let inner = inner.rsplit_once('}').map_or(inner, |(i, _)| i);
+                    expand(inner, &format!("{prefix}{head}"), out);
+                }
+                None => {
+                    let item = item.split(" as ").next().unwrap_or(item);
+                    out.push(format!("{prefix}{item}"));
+                }
+            }
+        }
+    }
+    let tree: String = tree.split_whitespace().collect::<Vec<_>>().join(" ");
+    let tree = tree
+        .replace(" :: ", "::")
+        .replace(":: ", "::")
+        .replace(" ::", "::");
+    let tree = tree
+        .replace("{ ", "{")
+        .replace(" }", "}")
+        .replace(", ", ",");
+    let mut out = Vec::new();
+    expand(&tree, "", &mut out);
+    out
+}
+
+/// Every `a::b::c` path written in `code` (identifiers joined by `::`), and
+/// the paths of its `use` items.
+fn paths_in(code: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find("use ") {
+        let before_ok = rest[..at]
+            .chars()
+            .last()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        let after = &rest[at + 4..];
+        if before_ok {
+            if let Some(end) = after.find(';') {
+                if !after[..end].contains(['(', '=', '"']) {
+                    paths.extend(use_paths(&after[..end]));
+                }
+            }
+        }
+        rest = after;
+    }
+    let chars: Vec<char> = code.chars().collect();
+    let is_ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut i = 0;
+    while i < chars.len() {
+        if is_ident(chars[i]) && (i == 0 || !(is_ident(chars[i - 1]) || chars[i - 1] == ':')) {
+            let mut j = i;
+            let mut path = String::new();
+            loop {
+                let start = j;
+                while j < chars.len() && is_ident(chars[j]) {
+                    j += 1;
+                }
+                path.extend(&chars[start..j]);
+                if chars.get(j) == Some(&':')
+                    && chars.get(j + 1) == Some(&':')
+                    && chars.get(j + 2).is_some_and(|&c| is_ident(c))
+                {
+                    path.push_str("::");
+                    j += 2;
+                } else {
+                    break;
+                }
+            }
+            if path.contains("::") {
+                paths.push(path);
+            }
+            i = j.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    paths
+}
+
+/// The module `path` (written in module `from`) leads to, when it is one
+/// of `modules` other than `from` and not a descendant of `from`.
+fn imported(path: &str, from: &str, modules: &BTreeSet<String>) -> Option<String> {
+    let mut segments: Vec<&str> = path.split("::").collect();
+    let mut base: Vec<&str> = if from == "lib" {
+        Vec::new()
+    } else {
+        from.split("::").collect()
+    };
+    let module = |parts: &[&str]| {
+        if parts.is_empty() {
+            "lib".to_owned()
+        } else {
+            parts.join("::")
+        }
+    };
+    match segments[0] {
+        "crate" => {
+            base.clear();
+            segments.remove(0);
+        }
+        "super" | "self" => {
+            while let Some(first) = segments.first().copied() {
+                match first {
+                    "super" => {
+                        base.pop();
+                    }
+                    "self" => {}
+                    _ => break,
+                }
+                segments.remove(0);
+            }
+        }
+        first => {
+            let mut child = base.clone();
+            child.push(first);
+            if !modules.contains(&module(&child)) {
+                return None; // another crate, or a local name
+            }
+        }
+    }
+    base.extend(segments);
+    let target = (0..=base.len())
+        .rev()
+        .map(|n| module(&base[..n]))
+        .find(|candidate| modules.contains(candidate))?;
+    let descendant = from == "lib" || target.starts_with(&format!("{from}::"));
+    (target != from && !descendant).then_some(target)
+}
+
+/// Each module's imports, for the crate under `src` (test-only files and
+/// `main.rs` left out).
+fn import_graph(
+    src: &Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, BTreeSet<String>>> {
+    let mut files = Vec::new();
+    rust_files(src, src, &mut files)?;
+    let mut sources = Vec::new();
+    for file in files {
+        let (module, must_name) = module_of(&file);
+        if must_name || module == "lib" {
+            sources.push((module, src.join(&file)));
+        }
+    }
+    let modules: BTreeSet<String> = sources.iter().map(|(m, _)| m.clone()).collect();
+    let mut graph = std::collections::BTreeMap::new();
+    for (module, file) in &sources {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let code = without_test_modules(&code_only(&text));
+        let targets: BTreeSet<String> = paths_in(&code)
+            .iter()
+            .filter_map(|path| imported(path, module, &modules))
+            .collect();
+        graph.insert(module.clone(), targets);
+    }
+    Ok(graph)
+}
+
+/// The cycles of `graph`: its strongly connected parts of more than one
+/// module, each sorted.
+fn cycles(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    // Tarjan's algorithm, iterative.
+    let names: Vec<&String> = graph.keys().collect();
+    let at: std::collections::HashMap<&String, usize> =
+        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let edges: Vec<Vec<usize>> = names
+        .iter()
+        .map(|n| {
+            graph[*n]
+                .iter()
+                .filter_map(|t| at.get(t).copied())
+                .collect()
+        })
+        .collect();
+    let (mut index, mut low) = (vec![usize::MAX; names.len()], vec![0; names.len()]);
+    let (mut stack, mut on_stack, mut next, mut found) =
+        (Vec::new(), vec![false; names.len()], 0, Vec::new());
+    for root in 0..names.len() {
+        if index[root] != usize::MAX {
+            continue;
+        }
+        let mut work = vec![(root, 0usize)];
+        while let Some((v, edge)) = work.pop() {
+            if edge == 0 {
+                index[v] = next;
+                low[v] = next;
+                next += 1;
+                stack.push(v);
+                on_stack[v] = true;
+            }
+            if let Some(&w) = edges[v].get(edge) {
+                work.push((v, edge + 1));
+                if index[w] == usize::MAX {
+                    work.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(index[w]);
+                }
+                continue;
+            }
+            if low[v] == index[v] {
+                let mut part = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    part.push(names[w].clone());
+                    if w == v {
+                        break;
+                    }
+                }
+                if part.len() > 1 {
+                    part.sort();
+                    found.push(part);
+                }
+            }
+            if let Some(&(parent, _)) = work.last() {
+                low[parent] = low[parent].min(low[v]);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_module_imports_itself_through_others() -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    for krate in &CRATES {
+        let graph = import_graph(&root().join(krate.name).join("src"))?;
+        anyhow::ensure!(graph.len() > 10, "{}: too few modules read", krate.name);
+        let edges: usize = graph.values().map(BTreeSet::len).sum();
+        anyhow::ensure!(edges > graph.len(), "{}: too few imports read", krate.name);
+        for cycle in cycles(&graph) {
+            let detail: Vec<String> = cycle
+                .iter()
+                .map(|m| {
+                    let inside: Vec<&str> = graph[m]
+                        .iter()
+                        .filter(|t| cycle.contains(t))
+                        .map(String::as_str)
+                        .collect();
+                    format!("{m} -> {}", inside.join(", "))
+                })
+                .collect();
+            found.push(format!("{}: {}", krate.name, detail.join("; ")));
+        }
+    }
+    anyhow::ensure!(
+        found.is_empty(),
+        "modules that import each other in a circle:\n  {}",
+        found.join("\n  ")
+    );
+    Ok(())
+}
+
+#[test]
+fn imports_are_read_as_the_compiler_resolves_them() {
+    let modules: BTreeSet<String> = ["lib", "a", "a::b", "a::c", "d"].map(String::from).into();
+    // crate, super, self and child paths; descendants are not imports
+    assert_eq!(imported("crate::d::X", "a::b", &modules), Some("d".into()));
+    assert_eq!(
+        imported("super::c::f", "a::b", &modules),
+        Some("a::c".into())
+    );
+    assert_eq!(imported("super::X", "a::b", &modules), Some("a".into()));
+    assert_eq!(imported("crate::X", "a", &modules), Some("lib".into()));
+    assert_eq!(imported("b::X", "a", &modules), None, "a child");
+    assert_eq!(
+        imported("crate::a::b::X", "a", &modules),
+        None,
+        "a descendant"
+    );
+    assert_eq!(imported("self::X", "a", &modules), None, "itself");
+    assert_eq!(imported("std::sync::Arc", "a", &modules), None);
+    assert_eq!(
+        imported("d::X", "a::b", &modules),
+        None,
+        "not a child of a::b"
+    );
+    // use trees, comments and strings
+    assert_eq!(
+        use_paths("crate::{a::{self, X}, d::Y as Z}"),
+        ["crate::a::self", "crate::a::X", "crate::d::Y"]
+    );
+    let code = code_only("use crate::d; // crate::a::c\nlet s = \"crate::a::c\"; let c = '\"';");
+    let code = without_test_modules(&format!(
+        "{code}\n#[cfg(test)]\nmod tests {{ use crate::a; }}"
+    ));
+    let paths = paths_in(&code);
+    assert!(paths.contains(&"crate::d".to_owned()), "{paths:?}");
+    assert!(
+        !paths.iter().any(|p| p.starts_with("crate::a")),
+        "{paths:?}"
+    );
+    // a circle is found, and only a circle
+    let graph = |edges: &[(&str, &str)]| {
+        let mut g: std::collections::BTreeMap<String, BTreeSet<String>> = modules
+            .iter()
+            .map(|m| (m.clone(), BTreeSet::new()))
+            .collect();
+        for (from, to) in edges {
+            g.get_mut(*from).unwrap().insert((*to).to_owned());
+        }
+        g
+    };
+    assert!(cycles(&graph(&[("a::b", "d"), ("d", "a::c")])).is_empty());
+    assert_eq!(
+        cycles(&graph(&[("a::b", "d"), ("d", "a::c"), ("a::c", "a::b")])),
+        [["a::b", "a::c", "d"]]
+    );
+}

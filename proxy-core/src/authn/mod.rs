@@ -22,7 +22,6 @@ mod static_token;
 pub mod swap;
 mod x509;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -44,23 +43,7 @@ pub use x509::ClientCertificates;
 use crate::credential::Credential;
 use crate::impersonate::{ImpersonationHeaders, InvalidIdentity};
 use crate::status::{Reason, Status};
-
-/// The identity of an authenticated user, as Kubernetes models it
-/// (`authentication.k8s.io/v1` `UserInfo`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UserInfo {
-    /// The user name; never empty for an authenticated user.
-    pub username: String,
-    /// A unique, stable identifier, when the identity source has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// Group names.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
-    /// Additional attributes, keyed by a lower-case name.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub extra: BTreeMap<String, Vec<String>>,
-}
+pub use crate::user::UserInfo;
 
 /// Which kind of authenticator vouched for an identity (for policies such as
 /// which logins may be exchanged for an issued token).

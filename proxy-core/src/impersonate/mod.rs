@@ -20,7 +20,7 @@
 //! surrounding blanks, an empty user name) is refused, never forwarded.
 
 pub mod nested;
-mod review;
+pub mod review;
 mod strip;
 
 pub(crate) use strip::dashed;
@@ -31,7 +31,7 @@ pub use strip::{is_upgrade, strip_caller_identity};
 use http::header::{self, HeaderName, HeaderValue};
 use http::HeaderMap;
 
-use crate::authn::UserInfo;
+use crate::user::UserInfo;
 
 const IMPERSONATE_PREFIX: &str = "impersonate-";
 const EXTRA_PREFIX: &str = "impersonate-extra-";

@@ -39,8 +39,6 @@ use crate::authn::UserInfo;
 use crate::observe::request_info::AuthorizerAttributes;
 use crate::status::{Reason, Status};
 
-pub use super::review::{ReviewError, Reviewer};
-
 /// The extra key that carries the authenticated user of a request that
 /// impersonates someone else.
 pub const ORIGINAL_USER_EXTRA: &str = "authproxy.io/original-user";

@@ -48,7 +48,7 @@ pub type ClusterStack<B = hyper::body::Incoming> =
 pub type ProxyStack<B = hyper::body::Incoming> = Authn<Router<ClusterStack<B>>>;
 
 /// One API server behind the proxy: its client, and how its callers' own
-/// `Impersonate-*` headers are handled (a [`Reviewer`](crate::impersonate::nested::Reviewer)
+/// `Impersonate-*` headers are handled (a [`Reviewer`](crate::impersonate::review::Reviewer)
 /// asks this server, not another).
 #[derive(Debug)]
 pub struct Cluster<B = hyper::body::Incoming> {

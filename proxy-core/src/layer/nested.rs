@@ -14,7 +14,8 @@ use tower_service::Service;
 
 use crate::authn::Identity;
 use crate::body::ProxyBody;
-use crate::impersonate::nested::{self, Reviewer, DENIED_MESSAGE};
+use crate::impersonate::nested::{self, DENIED_MESSAGE};
+use crate::impersonate::review::Reviewer;
 use crate::refusal::with_unread_body;
 use crate::status::{Reason, Status};
 

@@ -9,7 +9,7 @@
 //! One reading for every part of the proxy (the long-running caps, the
 //! audit log, metrics), and it is kube's:
 //! - the path is read percent-decoded, as Go's `URL.Path` is (after the
-//!   proxy resolved its dot-segments, see [`crate::path::normalize`]);
+//!   proxy resolved its dot-segments, as kube-apiserver does);
 //! - the query is read as Go's `URL.Query()`: keys and values decoded (`+`
 //!   is a space), pairs that do not decode skipped, the first value of a
 //!   repeated key wins;

@@ -37,11 +37,6 @@ use super::UPGRADE_PROTOCOL;
 use crate::body::ProxyBody;
 use crate::rate_limit::RateLimiter;
 
-pub use super::token::{parse_token, MIN_TOKEN_CHARS};
-
-/// How often the proxy pings an idle tunnel, and how long the answer may take.
-pub const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
-
 /// How long the requests in flight on a tunnel whose registration token
 /// was retired may take before the tunnel is dropped.
 pub const RETIRED_TOKEN_GRACE: Duration = Duration::from_secs(5);
@@ -140,7 +135,7 @@ impl AgentEndpoint {
     /// Adds the cluster `name`, whose agents present the token in
     /// `token_file` (re-read every `interval`). A changed token takes
     /// effect for new registrations, and the tunnels registered with the
-    /// token before are closed (after [`RETIRED_TOKEN_GRACE`] for their
+    /// token before are closed (after a grace of five seconds for their
     /// requests in flight). A token another cluster has is refused, when
     /// added and when read again. Must be called within a tokio runtime.
     pub fn add_cluster(

@@ -261,8 +261,8 @@ impl Agent {
             .initial_connection_window_size(super::CONNECTION_WINDOW)
             // Uploads (cp into a pod, exec stdin) in frames of up to 64 KiB.
             .max_frame_size(super::MAX_FRAME_SIZE)
-            .keep_alive_interval(super::accept::KEEP_ALIVE.0)
-            .keep_alive_timeout(super::accept::KEEP_ALIVE.1);
+            .keep_alive_interval(super::KEEP_ALIVE.0)
+            .keep_alive_timeout(super::KEEP_ALIVE.1);
         builder.serve_connection(upgraded, service).await?;
         Ok(())
     }

@@ -11,38 +11,41 @@
 //!                           API server with its own service account
 //! ```
 //!
-//! - [`accept`]: the proxy's side of registration ([`AgentEndpoint`]): which
+//! - `accept`: the proxy's side of registration ([`AgentEndpoint`]): which
 //!   cluster a token belongs to, the HTTP/2 client on the upgraded connection.
-//! - [`register`]: reading a registration request's head (untrusted bytes).
-//! - [`refusal`]: why a registration is refused, its answer, its
+//! - `register`: reading a registration request's head (untrusted bytes).
+//! - `refusal`: why a registration is refused, its answer, its
 //!   rate-limited log line.
 //! - [`limits`]: tunnels per cluster, agent connections, registrations per
 //!   minute (`limits.agentTunnels`); [`budget`]: agent connections counted
 //!   apart from the listener's client connections.
-//! - [`token`]: each cluster's registration token, watched in its file; a
+//! - `token`: each cluster's registration token, watched in its file; a
 //!   changed token retires the tunnels registered with the one before.
-//! - [`registry`]: the tunnels connected per cluster ([`ClusterAgents`]).
-//! - [`forward`]: a cluster's service over its tunnels ([`AgentService`]):
+//! - `registry`: the tunnels connected per cluster ([`ClusterAgents`]).
+//! - `forward`: a cluster's service over its tunnels ([`AgentService`]):
 //!   round-robin over connected agents, a request that could not be sent on
 //!   a tunnel that just closed goes to another one, `503` when none is
 //!   connected. Upgrades (exec, attach, port-forward) travel as HTTP/2
 //!   extended CONNECT (RFC 8441) with the upgrade token as `:protocol`.
 //! - [`agent`]: the agent's side: dial every address of the proxy, register,
 //!   serve, reconnect with [`backoff`].
-//! - [`metrics`]: tunnels connected, registrations, requests, per cluster.
+//! - `metrics`: tunnels connected, registrations, requests, per cluster.
 
-pub mod accept;
+mod accept;
 pub mod agent;
 pub mod backoff;
 pub mod budget;
-pub mod forward;
+mod forward;
 pub mod limits;
-pub mod metrics;
-pub mod refusal;
+pub(crate) mod metrics;
+mod refusal;
+#[doc(hidden)]
 pub mod register;
-pub mod registry;
+pub(crate) mod registry;
 mod serve;
-pub mod token;
+pub(crate) mod token;
+
+use std::time::Duration;
 
 pub use accept::AgentEndpoint;
 pub use forward::AgentService;
@@ -62,6 +65,9 @@ pub const CLUSTER_HEADER: &str = "x-authproxy-cluster";
 /// WebSocket, `POST` for SPDY exec) across the tunnel, where the request
 /// travels as `CONNECT`.
 pub const METHOD_HEADER: &str = "x-authproxy-tunnel-method";
+
+/// How often the proxy pings an idle tunnel, and how long the answer may take.
+pub const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(20), Duration::from_secs(10));
 
 /// The largest HTTP/2 frame either end of a tunnel accepts: bulk streams
 /// travel in a quarter as many frames as with HTTP/2's default of 16 KiB,

@@ -15,9 +15,9 @@ use hyper_util::rt::TokioTimer;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
-use super::accept::KEEP_ALIVE;
 use super::registry::{ClusterAgents, Reservation, TokenDigest};
 use super::token::ClusterToken;
+use super::KEEP_ALIVE;
 
 /// Spawns the tasks of one tunnel's HTTP/2 connection and keeps a handle on
 /// each, so that the connection can be dropped whole: dropping hyper's

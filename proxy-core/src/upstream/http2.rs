@@ -4,14 +4,13 @@
 //! read straight from the `h2` stream.
 
 use std::future::poll_fn;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{Reason, RecvStream, SendStream};
 use http::{header, HeaderValue, Method, Request, Response, Version};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt as _;
 
 use super::replay::Replay;
@@ -260,106 +259,6 @@ fn strip_connection_headers(headers: &mut http::HeaderMap) {
         .is_some_and(|te| te.as_bytes() != b"trailers")
     {
         headers.remove(header::TE);
-    }
-}
-
-/// An answer's body read from an upstream HTTP/2 stream, its window given
-/// back as it is read. A `RST_STREAM(NO_ERROR)` ends it normally (RFC 9113
-/// §8.1: the server answered early).
-pub struct Http2Body {
-    first: Option<Result<Frame<Bytes>, BoxError>>,
-    stream: RecvStream,
-    data_done: bool,
-    /// Bytes still to come, when `Content-Length` said.
-    remaining: Option<u64>,
-}
-
-impl std::fmt::Debug for Http2Body {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Http2Body")
-            .field("remaining", &self.remaining)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Http2Body {
-    /// The body of an answer with these `headers`. When the answer has a
-    /// non-zero `Content-Length`, its first frame is read here (waiting
-    /// [`crate::body::PREFETCH_WAIT`] at most), as
-    /// [`crate::body::prefetch_fixed_length`] does for HTTP/1.1.
-    pub(crate) async fn new(headers: &http::HeaderMap, stream: RecvStream) -> Self {
-        let remaining = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .or_else(|| stream.is_end_stream().then_some(0));
-        let mut body = Http2Body {
-            first: None,
-            stream,
-            data_done: false,
-            remaining,
-        };
-        body.first = crate::body::first_frame_if_fixed(headers, &mut body).await;
-        body
-    }
-}
-
-impl Body for Http2Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(first) = this.first.take() {
-            return Poll::Ready(Some(first));
-        }
-        if !this.data_done {
-            match this.stream.poll_data(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => {
-                    let _ = this.stream.flow_control().release_capacity(data.len());
-                    if let Some(remaining) = &mut this.remaining {
-                        *remaining = remaining.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(ended(error)),
-                Poll::Ready(None) => this.data_done = true,
-            }
-        }
-        match this.stream.poll_trailers(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(trailers)) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Poll::Ready(Err(error)) => Poll::Ready(ended(error)),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.stream.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let first = match &self.first {
-            None => 0,
-            Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.len() as u64),
-            Some(Err(_)) => return SizeHint::default(),
-        };
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n + first),
-            None => SizeHint::default(),
-        }
-    }
-}
-
-/// How a stream error ends a body: `NO_ERROR` is an early answer's normal end.
-fn ended(error: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
-    if error.reason() == Some(Reason::NO_ERROR) {
-        None
-    } else {
-        Some(Err(error.into()))
     }
 }
 

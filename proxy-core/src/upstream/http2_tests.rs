@@ -3,6 +3,7 @@
 
 use super::*;
 use http::StatusCode;
+use http_body::Frame;
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
     pairs

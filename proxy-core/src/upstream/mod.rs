@@ -39,7 +39,6 @@ mod replay;
 pub mod router;
 
 pub use backend::Backend;
-pub use http2::Http2Body;
 pub use pool::PoolSettings;
 pub use replay::{REPLAY_BUDGET, REPLAY_LIMIT};
 
@@ -512,7 +511,7 @@ where
     }
 
     /// The upstream URI for a request: the path, its dot-segments removed,
-    /// below the configured path prefix (see [`crate::path`]).
+    /// below the configured path prefix (never climbing out of it).
     fn target(&self, uri: &Uri) -> Result<Uri, String> {
         let inner = &self.inner;
         let path_and_query = match uri.path_and_query() {
@@ -750,7 +749,7 @@ where
                 Ok(response) => {
                     let (mut parts, stream) = response.into_parts();
                     strip_response_hop_headers(&mut parts.headers);
-                    let body = http2::Http2Body::new(&parts.headers, stream).await;
+                    let body = crate::body::Http2Body::new(&parts.headers, stream).await;
                     // The stream slot is given back when the body ends or is dropped.
                     let body = ProxyBody::http2(body).with_hold(Hold::new(guard));
                     return Ok(Response::from_parts(parts, body));
@@ -903,7 +902,7 @@ where
 use crate::tap::Tapped;
 
 /// The API server's TCP connections, read in large pieces beneath TLS
-/// ([`crate::read_ahead`]).
+/// while a stream moves in bulk.
 pub(crate) type TcpConnector = crate::read_ahead::Connector<HttpConnector>;
 
 /// Bytes read at once from each end of an upgraded stream (exec, attach,

@@ -4,7 +4,7 @@
 //! path to the single default upstream (when there is one).
 //!
 //! The path is read the way the API server behind it will read it:
-//! dot-segments are resolved (see [`crate::path::normalize`]) before the
+//! dot-segments are resolved (as kube-apiserver resolves them) before the
 //! prefix is split off, and a path whose dot-segments would move it into,
 //! out of or between clusters (`/k8s/clusters/a/../b/api`,
 //! `/k8s/clusters/a/../../api`, `/k8s/./clusters/b/api`) is refused with a

@@ -11,10 +11,10 @@
 //! array). No token appears in an error or a log.
 
 #[cfg(feature = "cel")]
-pub mod cel;
+pub(crate) mod cel;
 #[cfg(not(feature = "cel"))]
 #[path = "cel_off.rs"]
-pub mod cel;
+pub(crate) mod cel;
 #[cfg(test)]
 #[cfg(feature = "cel")]
 mod cel_cases;
