@@ -89,115 +89,127 @@ pub(crate) async fn serve<H: Handler>(
     slot: ConnectionSlot,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut tcp = tcp;
     let mut peer = peer;
-    // The CA file in force before the handshake verifies with it.
-    let generation = listener
-        .client_certs
-        .as_ref()
-        .map(ClientCertRecheck::generation);
     let mut proxy_header_read = false;
-    let handshake = tokio::time::timeout(listener.handshake_timeout, async {
-        if let Some(trusted) = &listener.proxy_protocol {
-            if trusted.contains(peer.ip()) {
-                proxy_header_read = true;
-                match read_proxy_header(&mut tcp).await {
-                    Ok(Some(source)) => peer = source,
-                    // The balancer's own connection (a health check).
-                    Ok(None) => {}
-                    Err(error) => {
-                        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+    let activity = Arc::new(Activity::new());
+    let agent_only = slot.is_agent_only();
+    // Each stage's values live in a block of their own, so that they are
+    // gone before the next stage waits: a value still in scope at an
+    // `.await` takes room in this task's future for as long as the
+    // connection is open, even once it was moved (the TLS stream, the
+    // handshake, the service: about 5 KiB per connection).
+    let mut connection = std::pin::pin!({
+        let (stream, generation) = {
+            let mut tcp = tcp;
+            // The CA file in force before the handshake verifies with it.
+            let generation = listener
+                .client_certs
+                .as_ref()
+                .map(ClientCertRecheck::generation);
+            let handshake = tokio::time::timeout(listener.handshake_timeout, async {
+                if let Some(trusted) = &listener.proxy_protocol {
+                    if trusted.contains(peer.ip()) {
+                        proxy_header_read = true;
+                        match read_proxy_header(&mut tcp).await {
+                            Ok(Some(source)) => peer = source,
+                            // The balancer's own connection (a health check).
+                            Ok(None) => {}
+                            Err(error) => {
+                                return Err(std::io::Error::new(
+                                    std::io::ErrorKind::InvalidData,
+                                    error,
+                                ));
+                            }
+                        }
                     }
                 }
-            }
-        }
-        listener
-            .acceptor
-            .accept(proxy_core::read_ahead::ReadAhead::new(tcp))
-            .await
-    });
-    let stream = tokio::select! {
-        accepted = handshake => match accepted {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        },
-        () = signalled(&mut shutdown) => return,
-    };
-    let cert = stream.get_ref().1.peer_certificates().map(|chain| {
-        ClientCertificate(
-            chain
-                .iter()
-                .map(|c| c.clone().into_owned())
-                .collect::<Vec<_>>()
-                .into(),
-        )
-    });
-    // Each request re-checks the certificate as kube-apiserver would: a
-    // certificate past its notAfter, or that the CAs now in force refuse, is
-    // not the request's credential (it is then as if none was sent).
-    // A resumed session's certificate was verified in an earlier handshake,
-    // perhaps under other CAs: it is verified again at the first request.
-    let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-    let verified = match (&cert, &listener.client_certs, generation) {
-        (Some(cert), Some(recheck), Some(generation)) => Some(Arc::new(recheck.verified_at(
-            if resumed {
-                ClientCertRecheck::NEVER_VERIFIED
-            } else {
-                generation
-            },
-            &cert.0,
-        ))),
-        _ => None,
-    };
-    let recheck = listener.client_certs.clone();
-    let activity = Arc::new(Activity::new());
-    let in_flight = activity.clone();
-    let handler = listener.handler.clone();
-    let agent_only = slot.is_agent_only();
-    let request_slot = slot.clone();
-    let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
-        req.extensions_mut().insert(request_slot.clone());
-        if proxy_header_read {
-            req.extensions_mut().insert(ThroughL4Balancer);
-        }
-        let guard = InFlight::begin(&in_flight);
-        let cert = match (&cert, &recheck, &verified) {
-            (Some(cert), Some(recheck), Some(state)) => {
-                if recheck.still_valid(&cert.0, state) {
-                    Some(cert.clone())
-                } else {
-                    tracing::debug!(%peer, "client certificate no longer valid on this connection");
-                    None
+                listener
+                    .acceptor
+                    .accept(proxy_core::read_ahead::ReadAhead::new(tcp))
+                    .await
+            });
+            let accepted = tokio::select! {
+                accepted = handshake => accepted,
+                () = signalled(&mut shutdown) => return,
+            };
+            match accepted {
+                Ok(Ok(stream)) => (stream, generation),
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
                 }
             }
-            (cert, _, _) => cert.clone(),
         };
-        let answer = handler.clone().handle(req, cert, peer);
-        // Boxed: hyper keeps one allocation the size of this future for
-        // each HTTP/1.1 connection for as long as it is open, requests or
-        // not; boxed, that is a pointer, and the request's own future lives
-        // only while the request does (4 KiB less per idle connection).
-        Box::pin(async move {
-            let response = answer.await?;
-            Ok::<_, Infallible>(response.map(|body| TrackedBody {
-                body,
-                _guard: guard,
-            }))
-        })
+        let cert = stream.get_ref().1.peer_certificates().map(|chain| {
+            ClientCertificate(
+                chain
+                    .iter()
+                    .map(|c| c.clone().into_owned())
+                    .collect::<Vec<_>>()
+                    .into(),
+            )
+        });
+        // Each request re-checks the certificate as kube-apiserver would: a
+        // certificate past its notAfter, or that the CAs now in force refuse, is
+        // not the request's credential (it is then as if none was sent).
+        // A resumed session's certificate was verified in an earlier handshake,
+        // perhaps under other CAs: it is verified again at the first request.
+        let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let verified = match (&cert, &listener.client_certs, generation) {
+            (Some(cert), Some(recheck), Some(generation)) => Some(Arc::new(recheck.verified_at(
+                if resumed {
+                    ClientCertRecheck::NEVER_VERIFIED
+                } else {
+                    generation
+                },
+                &cert.0,
+            ))),
+            _ => None,
+        };
+        let recheck = listener.client_certs.clone();
+        let in_flight = activity.clone();
+        let handler = listener.handler.clone();
+        let request_slot = slot.clone();
+        let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
+            req.extensions_mut().insert(request_slot.clone());
+            if proxy_header_read {
+                req.extensions_mut().insert(ThroughL4Balancer);
+            }
+            let guard = InFlight::begin(&in_flight);
+            let cert = match (&cert, &recheck, &verified) {
+                (Some(cert), Some(recheck), Some(state)) => {
+                    if recheck.still_valid(&cert.0, state) {
+                        Some(cert.clone())
+                    } else {
+                        tracing::debug!(%peer, "client certificate no longer valid on this connection");
+                        None
+                    }
+                }
+                (cert, _, _) => cert.clone(),
+            };
+            let answer = handler.clone().handle(req, cert, peer);
+            // Boxed: hyper keeps one allocation the size of this future for
+            // each HTTP/1.1 connection for as long as it is open, requests or
+            // not; boxed, that is a pointer, and the request's own future lives
+            // only while the request does (4 KiB less per idle connection).
+            Box::pin(async move {
+                let response = answer.await?;
+                Ok::<_, Infallible>(response.map(|body| TrackedBody {
+                    body,
+                    _guard: guard,
+                }))
+            })
+        });
+        let io = TokioIo::new(Slotted {
+            io: stream,
+            _slot: slot,
+        });
+        listener.builder.serve_connection_with_upgrades(io, service)
     });
-    let io = TokioIo::new(Slotted {
-        io: stream,
-        _slot: slot,
-    });
-    let connection = listener.builder.serve_connection_with_upgrades(io, service);
-    let mut connection = std::pin::pin!(connection);
     let mut closing = false;
     // The connection wakes this task for every read and write; the shutdown
     // signal and the idle timer are polled only when they fire.

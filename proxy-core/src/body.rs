@@ -382,6 +382,85 @@ fn ended(error: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
     }
 }
 
+/// A request body that, when dropped unfinished (the upstream answered before
+/// reading it all), reads the rest in the background up to a limit. Without
+/// this the caller's HTTP/2 stream would be reset (`CANCEL`) while its
+/// response is still on the way, and an HTTP/1.1 connection could not be kept.
+pub struct DrainOnDrop<B> {
+    inner: Option<B>,
+    /// Called with the body when it is dropped unfinished (set where `B`'s
+    /// bounds are known, so `Drop` needs none).
+    drain: fn(B),
+}
+
+impl<B> DrainOnDrop<B>
+where
+    B: http_body::Body + Send + Unpin + 'static,
+{
+    pub(crate) fn new(body: B) -> Self {
+        DrainOnDrop {
+            inner: Some(body),
+            drain: drain_in_background::<B>,
+        }
+    }
+}
+
+impl<B> DrainOnDrop<B> {
+    /// The body back, as it is, without draining it.
+    pub(crate) fn into_inner(mut self) -> Option<B> {
+        self.inner.take()
+    }
+
+    /// The body, kept here.
+    pub(crate) fn get_mut(&mut self) -> Option<&mut B> {
+        self.inner.as_mut()
+    }
+}
+
+fn drain_in_background<B>(body: B)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+{
+    drain_unread(body);
+}
+
+impl<B> http_body::Body for DrainOnDrop<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        match self.get_mut().inner.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+impl<B> Drop for DrainOnDrop<B> {
+    fn drop(&mut self) {
+        if let Some(body) = self.inner.take() {
+            (self.drain)(body);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -265,11 +265,15 @@ fn module_paths_follow_the_file_layout() -> anyhow::Result<()> {
 // `use` (brace groups expanded) or a path written in the code, starting
 // with `crate::`, `super::`, `self::`, or the name of one of the module's
 // own children. The path is followed to the deepest module that has a
-// file; that module is imported. Naming one's own descendants is not an
-// import: a module declares its children and may re-export their items
-// (its facade). Comments, string literals and `#[cfg(test)] mod … { … }`
+// file; that module is imported. Only two things are not imports: a
+// module declaring its children (`mod x;`), and a module re-exporting its
+// own descendants' items (`pub use x::Y;`, its facade). Calling into a
+// child, or a plain `use` of it, is an import like any other. A file
+// included with `#[path = "…"] mod name;` is the module `name` where it is
+// declared. Comments, string literals and `#[cfg(test)] mod … { … }`
 // blocks are left out, as are test-only files and `main.rs`. The import
-// graph of each crate must have no cycle.
+// graph of each crate must have no cycle. (Methods called on a value are
+// not paths: a dependency only through them is not seen.)
 // ---------------------------------------------------------------------------
 
 /// `source` with comments removed and string and character literals
@@ -457,12 +461,16 @@ fn use_paths(tree: &str) -> Vec<String> {
 }
 
 /// Every `a::b::c` path written in `code` (identifiers joined by `::`), and
-/// the paths of its `use` items.
-fn paths_in(code: &str) -> Vec<String> {
+/// the paths of its `use` items; each with whether it is a re-export (a
+/// `pub use`, `pub(crate) use`, … item).
+fn paths_in(code: &str) -> Vec<(String, bool)> {
     let mut paths = Vec::new();
+    let mut uses = Vec::new();
     let mut rest = code;
+    let mut offset = 0;
     while let Some(at) = rest.find("use ") {
-        let before_ok = rest[..at]
+        let before = &code[..offset + at];
+        let before_ok = before
             .chars()
             .last()
             .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
@@ -470,13 +478,27 @@ fn paths_in(code: &str) -> Vec<String> {
         if before_ok {
             if let Some(end) = after.find(';') {
                 if !after[..end].contains(['(', '=', '"']) {
-                    paths.extend(use_paths(&after[..end]));
+                    let head = before.trim_end();
+                    let reexport = head.ends_with("pub")
+                        || (head.ends_with(')') && {
+                            let open = head.rfind('(').unwrap_or(0);
+                            head[..open].trim_end().ends_with("pub")
+                        });
+                    let statement = offset + at..offset + at + 4 + end;
+                    paths.extend(use_paths(&after[..end]).into_iter().map(|p| (p, reexport)));
+                    uses.push(statement);
                 }
             }
         }
+        offset += at + 4;
         rest = after;
     }
-    let chars: Vec<char> = code.chars().collect();
+    // The paths written in the code, `use` items left out (read above).
+    let mut code_only = code.to_owned();
+    for range in uses.iter().rev() {
+        code_only.replace_range(range.clone(), &" ".repeat(range.len()));
+    }
+    let chars: Vec<char> = code_only.chars().collect();
     let is_ident = |c: char| c.is_alphanumeric() || c == '_';
     let mut i = 0;
     while i < chars.len() {
@@ -500,7 +522,7 @@ fn paths_in(code: &str) -> Vec<String> {
                 }
             }
             if path.contains("::") {
-                paths.push(path);
+                paths.push((path, false));
             }
             i = j.max(i + 1);
         } else {
@@ -511,8 +533,9 @@ fn paths_in(code: &str) -> Vec<String> {
 }
 
 /// The module `path` (written in module `from`) leads to, when it is one
-/// of `modules` other than `from` and not a descendant of `from`.
-fn imported(path: &str, from: &str, modules: &BTreeSet<String>) -> Option<String> {
+/// of `modules` other than `from`, and, for a re-export, not one of
+/// `from`'s descendants.
+fn imported(path: &str, from: &str, modules: &BTreeSet<String>, reexport: bool) -> Option<String> {
     let mut segments: Vec<&str> = path.split("::").collect();
     let mut base: Vec<&str> = if from == "lib" {
         Vec::new()
@@ -557,7 +580,42 @@ fn imported(path: &str, from: &str, modules: &BTreeSet<String>) -> Option<String
         .map(|n| module(&base[..n]))
         .find(|candidate| modules.contains(candidate))?;
     let descendant = from == "lib" || target.starts_with(&format!("{from}::"));
-    (target != from && !descendant).then_some(target)
+    (target != from && !(reexport && descendant)).then_some(target)
+}
+
+/// The files included with `#[path = "…"] mod name;` in `text` (the file
+/// at `file`, relative to `src`, module `module`): each such file's path
+/// relative to `src`, with the module it is. Read line by line: the
+/// attribute on a line of its own, the `mod` on one of the next lines.
+fn path_modules(text: &str, file: &Path, module: &str) -> Vec<(PathBuf, String)> {
+    let dir = file.parent().unwrap_or(Path::new(""));
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(literal) = line
+            .strip_prefix("#[path = \"")
+            .and_then(|rest| rest.split('"').next())
+        else {
+            continue;
+        };
+        let declared = lines[i + 1..]
+            .iter()
+            .take(3)
+            .find_map(|l| l.split_once("mod ").map(|(_, name)| name));
+        if let Some(name) = declared {
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let module = if module == "lib" {
+                name
+            } else {
+                format!("{module}::{name}")
+            };
+            found.push((dir.join(literal), module));
+        }
+    }
+    found
 }
 
 /// Each module's imports, for the crate under `src` (test-only files and
@@ -567,24 +625,32 @@ fn import_graph(
 ) -> anyhow::Result<std::collections::BTreeMap<String, BTreeSet<String>>> {
     let mut files = Vec::new();
     rust_files(src, src, &mut files)?;
-    let mut sources = Vec::new();
+    let mut code_of = Vec::new();
+    let mut included = std::collections::BTreeMap::new();
     for file in files {
         let (module, must_name) = module_of(&file);
+        let text = std::fs::read_to_string(src.join(&file))
+            .with_context(|| format!("reading {}", file.display()))?;
+        included.extend(path_modules(&text, &file, &module));
+        let code = without_test_modules(&code_only(&text));
         if must_name || module == "lib" {
-            sources.push((module, src.join(&file)));
+            code_of.push((file, module, code));
         }
     }
+    let mut sources = Vec::new();
+    for (file, module, code) in code_of {
+        let module = included.get(&file).cloned().unwrap_or(module);
+        sources.push((module, code));
+    }
     let modules: BTreeSet<String> = sources.iter().map(|(m, _)| m.clone()).collect();
-    let mut graph = std::collections::BTreeMap::new();
-    for (module, file) in &sources {
-        let text =
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let code = without_test_modules(&code_only(&text));
-        let targets: BTreeSet<String> = paths_in(&code)
+    let mut graph: std::collections::BTreeMap<String, BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for (module, code) in &sources {
+        let targets = paths_in(code)
             .iter()
-            .filter_map(|path| imported(path, module, &modules))
-            .collect();
-        graph.insert(module.clone(), targets);
+            .filter_map(|(path, reexport)| imported(path, module, &modules, *reexport))
+            .collect::<Vec<_>>();
+        graph.entry(module.clone()).or_default().extend(targets);
     }
     Ok(graph)
 }
@@ -686,41 +752,53 @@ fn no_module_imports_itself_through_others() -> anyhow::Result<()> {
 #[test]
 fn imports_are_read_as_the_compiler_resolves_them() {
     let modules: BTreeSet<String> = ["lib", "a", "a::b", "a::c", "d"].map(String::from).into();
-    // crate, super, self and child paths; descendants are not imports
-    assert_eq!(imported("crate::d::X", "a::b", &modules), Some("d".into()));
-    assert_eq!(
-        imported("super::c::f", "a::b", &modules),
-        Some("a::c".into())
-    );
-    assert_eq!(imported("super::X", "a::b", &modules), Some("a".into()));
-    assert_eq!(imported("crate::X", "a", &modules), Some("lib".into()));
-    assert_eq!(imported("b::X", "a", &modules), None, "a child");
-    assert_eq!(
-        imported("crate::a::b::X", "a", &modules),
-        None,
-        "a descendant"
-    );
-    assert_eq!(imported("self::X", "a", &modules), None, "itself");
-    assert_eq!(imported("std::sync::Arc", "a", &modules), None);
-    assert_eq!(
-        imported("d::X", "a::b", &modules),
-        None,
-        "not a child of a::b"
-    );
-    // use trees, comments and strings
+    let import = |path: &str, from: &str| imported(path, from, &modules, false);
+    let reexport = |path: &str, from: &str| imported(path, from, &modules, true);
+    // crate, super, self and child paths
+    assert_eq!(import("crate::d::X", "a::b"), Some("d".into()));
+    assert_eq!(import("super::c::f", "a::b"), Some("a::c".into()));
+    assert_eq!(import("super::X", "a::b"), Some("a".into()));
+    assert_eq!(import("crate::X", "a"), Some("lib".into()));
+    assert_eq!(import("self::X", "a"), None, "itself");
+    assert_eq!(import("std::sync::Arc", "a"), None);
+    assert_eq!(import("d::X", "a::b"), None, "not a child of a::b");
+    // a child or descendant used is imported; re-exported, it is not
+    assert_eq!(import("b::f", "a"), Some("a::b".into()));
+    assert_eq!(import("crate::a::b::X", "a"), Some("a::b".into()));
+    assert_eq!(reexport("b::X", "a"), None);
+    assert_eq!(reexport("crate::a::b::X", "a"), None);
+    assert_eq!(reexport("crate::d::X", "a"), Some("d".into()));
+    // use trees, re-exports, comments and strings
     assert_eq!(
         use_paths("crate::{a::{self, X}, d::Y as Z}"),
         ["crate::a::self", "crate::a::X", "crate::d::Y"]
     );
-    let code = code_only("use crate::d; // crate::a::c\nlet s = \"crate::a::c\"; let c = '\"';");
+    let code = code_only(
+        "use crate::d; pub use b::X; pub(crate) use c::Y; // crate::a::c\nlet s = \"crate::a::c\"; let c = '\"'; f::<'a>(r#\"crate::a\"#);",
+    );
     let code = without_test_modules(&format!(
-        "{code}\n#[cfg(test)]\nmod tests {{ use crate::a; }}"
+        "{code}\n#[cfg(test)]\nmod tests {{ use crate::a; }}\nfn g() {{ crate::d::h(); }}"
     ));
     let paths = paths_in(&code);
-    assert!(paths.contains(&"crate::d".to_owned()), "{paths:?}");
+    assert!(paths.contains(&("crate::d".to_owned(), false)), "{paths:?}");
+    assert!(paths.contains(&("b::X".to_owned(), true)), "{paths:?}");
+    assert!(paths.contains(&("c::Y".to_owned(), true)), "{paths:?}");
     assert!(
-        !paths.iter().any(|p| p.starts_with("crate::a")),
+        paths.contains(&("crate::d::h".to_owned(), false)),
+        "code after a test module: {paths:?}"
+    );
+    assert!(
+        !paths.iter().any(|(p, _)| p.starts_with("crate::a")),
         "{paths:?}"
+    );
+    // a file included with #[path] is the module it is declared as
+    assert_eq!(
+        path_modules(
+            "#[cfg(not(feature = \"x\"))]\n#[path = \"x_off.rs\"]\npub mod x;\n",
+            Path::new("a/mod.rs"),
+            "a"
+        ),
+        [(PathBuf::from("a/x_off.rs"), "a::x".to_owned())]
     );
     // a circle is found, and only a circle
     let graph = |edges: &[(&str, &str)]| {

@@ -6,8 +6,11 @@
 //! only from the proxy, lets group `devs` list pods and nobody else, and
 //! echoes the identity it received in `SelfSubjectReview`s.
 
+mod error;
 mod pki;
 mod upstream;
+
+pub use error::DemoError;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -30,23 +33,6 @@ pub struct Demo {
     dir: tempfile::TempDir,
     proxy: RunningServer,
     upstream: upstream::RunningUpstream,
-}
-
-/// Why the demo could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    /// Files could not be written.
-    #[error("demo files: {0}")]
-    Io(#[from] std::io::Error),
-    /// Certificates could not be made.
-    #[error("demo certificates: {0}")]
-    Certificates(#[from] rcgen::Error),
-    /// The proxy could not start.
-    #[error("starting the proxy: {0}")]
-    Start(#[from] server::StartError),
-    /// The generated configuration was refused (a bug).
-    #[error("demo configuration: {0}")]
-    Config(String),
 }
 
 impl Demo {

@@ -25,7 +25,7 @@ pub fn random_token() -> String {
     })
 }
 
-pub fn write_demo_pki(dir: &Path) -> Result<DemoFiles, super::DemoError> {
+pub fn write_demo_pki(dir: &Path) -> Result<DemoFiles, super::error::DemoError> {
     let ca = ThrowawayCa::new("authproxy demo CA")?;
     let serving = ca.issue_server("localhost")?;
     let files = DemoFiles {

@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::error::DemoError;
 use super::pki::DemoFiles;
-use super::DemoError;
 
 /// The service account the proxy presents itself as.
 const PROXY_USER: &str = "system:serviceaccount:authproxy:proxy";

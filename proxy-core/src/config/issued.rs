@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{resolve, BuildError, Reloading};
+use super::shared::{resolve, BuildError, Reloading};
 use crate::problem::{positive_durations, problem, Problem};
 
 /// `issuedTokens`.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{check_ca_file, check_readable, resolve, BuildError, Reloading};
+use super::shared::{check_ca_file, check_readable, resolve, BuildError, Reloading};
 use crate::authn::ldap::{LdapAuthenticator, LdapConfig};
 use crate::authn::policy::RefuseSystemNames;
 use crate::authn::Authenticator;

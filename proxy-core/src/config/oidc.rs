@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::{field_path, resolve, AuthenticationConfig, BuildError};
+use super::shared::{field_path, resolve, BuildError};
+use super::AuthenticationConfig;
 use crate::authn::oidc::{JwtAuthenticator, OidcAuthenticator};
 use crate::authn::policy::RefuseSystemNames;
 use crate::authn::{Authenticator, CachedAuthenticator, Chain};

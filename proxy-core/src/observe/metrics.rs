@@ -487,8 +487,7 @@ impl Metrics {
     }
 
     #[cfg(feature = "tunnel")]
-    /// Adds the agent tunnel families (tunnels connected, registrations,
-    /// requests, per cluster).
+    /// Adds the agent tunnel families (see [`crate::tunnel::metrics`]).
     pub fn register_tunnels(&self, tunnels: &crate::tunnel::metrics::TunnelMetrics) {
         if let Ok(mut registry) = self.families.registry.lock() {
             tunnels.register(&mut registry);

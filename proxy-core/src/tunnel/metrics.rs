@@ -64,7 +64,7 @@ pub struct CloseLabels {
 pub struct RefusalLabels {
     /// The cluster name (`unknown` when the token matched none).
     pub cluster: String,
-    /// [`Refusal::reason`].
+    /// `Refusal::reason` (the refusal's kind).
     pub reason: &'static str,
 }
 

@@ -21,7 +21,7 @@
 //!   apart from the listener's client connections.
 //! - `token`: each cluster's registration token, watched in its file; a
 //!   changed token retires the tunnels registered with the one before.
-//! - `registry`: the tunnels connected per cluster ([`ClusterAgents`]).
+//! - [`registry`]: the tunnels connected per cluster ([`ClusterAgents`]).
 //! - `forward`: a cluster's service over its tunnels ([`AgentService`]):
 //!   round-robin over connected agents, a request that could not be sent on
 //!   a tunnel that just closed goes to another one, `503` when none is
@@ -29,7 +29,7 @@
 //!   extended CONNECT (RFC 8441) with the upgrade token as `:protocol`.
 //! - [`agent`]: the agent's side: dial every address of the proxy, register,
 //!   serve, reconnect with [`backoff`].
-//! - `metrics`: tunnels connected, registrations, requests, per cluster.
+//! - [`metrics`]: tunnels connected, registrations, requests, per cluster.
 
 mod accept;
 pub mod agent;
@@ -37,17 +37,17 @@ pub mod backoff;
 pub mod budget;
 mod forward;
 pub mod limits;
-pub(crate) mod metrics;
+pub mod metrics;
 mod refusal;
 #[doc(hidden)]
 pub mod register;
-pub(crate) mod registry;
+pub mod registry;
 mod serve;
 pub(crate) mod token;
 
 use std::time::Duration;
 
-pub use accept::AgentEndpoint;
+pub use accept::{AcceptError, AgentEndpoint};
 pub use forward::AgentService;
 pub use registry::ClusterAgents;
 
@@ -92,8 +92,10 @@ pub const MAX_STREAMS: u32 = 1000;
 /// nobody reads (a client that stopped reading its exec output or its
 /// download) hold their own windows and never the tunnel's, and the streams
 /// beside them go on. Memory stays bounded by the windows of the streams
-/// open (and those by the long-running caps), as Go's HTTP/2 client bounds
-/// it; HTTP/2 allows at most 2^31 - 1.
+/// open: at most 2 MiB for each stream whose reader stopped reading. (Go's
+/// HTTP/2 client, kube's own, keeps its connection window, 1 GiB, far above
+/// its stream windows, 4 MiB, for the same reason.) HTTP/2 allows at most
+/// 2^31 - 1.
 pub const CONNECTION_WINDOW: u32 = MAX_STREAMS * STREAM_WINDOW;
 
 const _: () = assert!(CONNECTION_WINDOW < 1 << 31);

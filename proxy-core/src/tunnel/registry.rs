@@ -25,7 +25,7 @@ pub type TokenDigest = [u8; 32];
 
 /// The agents of one cluster connected to this proxy now. A tunnel is added
 /// when its agent registers and removed when its connection ends (its
-/// `Registration` is dropped).
+/// [`Registration`] is dropped).
 pub struct ClusterAgents {
     name: Arc<str>,
     tunnels: Mutex<Vec<Tunnel>>,
@@ -137,7 +137,7 @@ impl ClusterAgents {
     }
 
     /// Retires every tunnel registered with another token than `current`:
-    /// it takes no new request, and its `Registration::retired` fires (the
+    /// it takes no new request, and its [`Registration::retired`] fires (the
     /// connection then closes after a grace for the requests in flight).
     /// Counted in `authproxy_tunnels_closed_total{reason="token_retired"}`;
     /// returns how many were retired.

@@ -13,6 +13,11 @@ use tower_service::Service;
 
 use crate::counters::{Open, Protocol, UpstreamCounters};
 
+/// The API server's TCP connections, read in large pieces beneath TLS
+/// while a stream moves in bulk.
+pub(crate) type TcpConnector =
+    crate::read_ahead::Connector<hyper_util::client::legacy::connect::HttpConnector>;
+
 /// Wraps a connector: every connection it opens counts as open until it is
 /// dropped (closed by the pool, or the end of an upgraded tunnel).
 #[derive(Clone)]

@@ -30,7 +30,7 @@ use super::counted::CountingConnector;
 use crate::BoxError;
 
 /// The connector HTTP/1.1 connections are opened with.
-pub(crate) type Connector = CountingConnector<HttpsConnector<super::TcpConnector>>;
+pub(crate) type Connector = CountingConnector<HttpsConnector<super::counted::TcpConnector>>;
 
 /// Why a request got no answer.
 #[derive(Debug)]

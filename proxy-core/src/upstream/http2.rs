@@ -14,7 +14,7 @@ use http_body::Body;
 use http_body_util::BodyExt as _;
 
 use super::replay::Replay;
-use super::DrainOnDrop;
+use crate::body::DrainOnDrop;
 use crate::BoxError;
 
 /// Why a request got no answer.
@@ -253,12 +253,26 @@ fn strip_connection_headers(headers: &mut http::HeaderMap) {
             || name == "keep-alive"
             || name == "proxy-connection"
     };
-    super::remove_matching(headers, forbidden);
+    remove_matching(headers, forbidden);
     if headers
         .get(header::TE)
         .is_some_and(|te| te.as_bytes() != b"trailers")
     {
         headers.remove(header::TE);
+    }
+}
+
+/// Removes the headers whose name matches, in one pass over the names
+/// present: removing absent names one by one would hash and probe each.
+pub(super) fn remove_matching(
+    headers: &mut http::HeaderMap,
+    matches: impl Fn(&http::HeaderName) -> bool,
+) {
+    if headers.keys().any(&matches) {
+        let names: Vec<_> = headers.keys().filter(|n| matches(n)).cloned().collect();
+        for name in names {
+            headers.remove(name);
+        }
     }
 }
 

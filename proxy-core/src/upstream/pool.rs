@@ -138,7 +138,7 @@ impl Clone for Pool {
 }
 
 struct Shared {
-    connector: HttpsConnector<super::TcpConnector>,
+    connector: HttpsConnector<super::counted::TcpConnector>,
     /// `https://host:port` to connect to.
     target: Uri,
     settings: PoolSettings,
@@ -227,7 +227,7 @@ impl Pool {
     /// A pool connecting to `target` (`https://host:port`) through
     /// `connector`, counting its connections and streams in `counters`.
     pub(crate) fn new(
-        connector: HttpsConnector<super::TcpConnector>,
+        connector: HttpsConnector<super::counted::TcpConnector>,
         target: Uri,
         settings: PoolSettings,
         counters: Arc<UpstreamCounters>,
@@ -501,9 +501,11 @@ pub(crate) const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// at once: every stream's window, so that answers nobody reads (a client
 /// that stopped reading its watch, its logs or a large list) hold their own
 /// streams' windows and never the connection's, and the streams beside them
-/// go on. Memory stays bounded by the stream windows of the streams open,
-/// as Go's HTTP/2 client (kube's own) bounds it; HTTP/2 allows at most
-/// 2^31 - 1.
+/// go on. Memory stays bounded by the stream windows of the streams open
+/// (2 MiB for each whose reader stopped reading; by default at most 100
+/// streams per connection). Go's HTTP/2 client, kube's own, keeps its
+/// connection window far above its stream windows for the same reason.
+/// HTTP/2 allows at most 2^31 - 1: past 1,023 streams the window is that.
 pub(crate) fn connection_window(streams: usize) -> u32 {
     let streams = u64::try_from(streams.max(1)).unwrap_or(u64::MAX);
     let window = streams.saturating_mul(u64::from(STREAM_WINDOW));

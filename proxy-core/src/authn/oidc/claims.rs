@@ -20,8 +20,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use super::invalid;
 use crate::authn::AuthnError;
+
+/// A token that is not valid, and why.
+pub(super) fn invalid(message: impl Into<String>) -> AuthnError {
+    AuthnError::Invalid(message.into())
+}
 
 /// Expiry times beyond this (year 2514) are treated as this.
 const LATEST_EXP_SECS: i64 = 17_179_869_184;

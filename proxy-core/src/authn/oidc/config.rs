@@ -3,7 +3,7 @@
 //! and the `--oidc-*` flags. Both become [`IssuerSettings`].
 //!
 //! CEL fields (`expression`, `valueExpression`, `userValidationRules`) are
-//! compiled here, once, by `authn::oidc::cel`; an expression that fails to
+//! compiled here, once, by [`super::cel`]; an expression that fails to
 //! compile, or needs something the evaluator lacks, is refused with its field
 //! path: a rule silently ignored would let tokens in that the author meant to
 //! keep out.

@@ -11,10 +11,10 @@
 //! array). No token appears in an error or a log.
 
 #[cfg(feature = "cel")]
-pub(crate) mod cel;
+pub mod cel;
 #[cfg(not(feature = "cel"))]
 #[path = "cel_off.rs"]
-pub(crate) mod cel;
+pub mod cel;
 #[cfg(test)]
 #[cfg(feature = "cel")]
 mod cel_cases;
@@ -35,7 +35,9 @@ use serde_json::{Map, Value};
 pub use config::{CelSettings, IssuerSettings, JwtAuthenticator, OidcFlags};
 pub use keys::{parse_discovery, parse_jwks, shown_kid, Discovery, KeySet};
 
-use claims::{check_standard_types, check_times, matched_audiences, string_claim, string_list};
+use claims::{
+    check_standard_types, check_times, invalid, matched_audiences, string_claim, string_list,
+};
 
 use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
 use crate::credential::Credential;
@@ -54,10 +56,6 @@ impl std::fmt::Debug for OidcAuthenticator {
             .field("issuer", &self.settings.issuer_url)
             .finish()
     }
-}
-
-fn invalid(message: impl Into<String>) -> AuthnError {
-    AuthnError::Invalid(message.into())
 }
 
 pub use super::peek_issuer;
