@@ -306,10 +306,15 @@ fn code_only(source: &str) -> String {
                 }
             }
             out.push(' ');
-        } else if c == 'r'
-            && (next == Some('"') || next == Some('#'))
-            && !out.ends_with(|p: char| p.is_alphanumeric() || p == '_')
-        {
+        } else if c == 'r' && (next == Some('"') || next == Some('#')) && {
+            // r"…", or br"…" / cr"…": the word before the `r` is empty, b or c
+            let word: String = out
+                .chars()
+                .rev()
+                .take_while(|p| p.is_alphanumeric() || *p == '_')
+                .collect();
+            word.is_empty() || word == "b" || word == "c"
+        } {
             // a raw string: r"…", r#"…"#, …
             let mut j = i + 1;
             let mut hashes = 0;
@@ -345,10 +350,11 @@ fn code_only(source: &str) -> String {
         } else if c == '\'' {
             // a character literal ('x', '\n', '\u{..}'), or a lifetime
             let close = if next == Some('\\') {
-                chars[i + 2..]
-                    .iter()
-                    .position(|&c| c == '\'')
-                    .map(|p| i + 2 + p)
+                // the escaped character may itself be a quote: '\''
+                chars
+                    .get(i + 3..)
+                    .and_then(|rest| rest.iter().position(|&c| c == '\''))
+                    .map(|p| i + 3 + p)
             } else if chars.get(i + 2) == Some(&'\'') {
                 Some(i + 2)
             } else {
@@ -774,7 +780,7 @@ fn imports_are_read_as_the_compiler_resolves_them() {
         ["crate::a::self", "crate::a::X", "crate::d::Y"]
     );
     let code = code_only(
-        "use crate::d; pub use b::X; pub(crate) use c::Y; // crate::a::c\nlet s = \"crate::a::c\"; let c = '\"'; f::<'a>(r#\"crate::a\"#);",
+        "use crate::d; pub use b::X; pub(crate) use c::Y; // crate::a::c\nlet s = \"crate::a::c\"; let c = '\"'; let q = '\\''; f::<'a>(r#\"crate::a\"#, br\"crate::a\\\", b\"crate::a\");",
     );
     let code = without_test_modules(&format!(
         "{code}\n#[cfg(test)]\nmod tests {{ use crate::a; }}\nfn g() {{ crate::d::h(); }}"
