@@ -765,6 +765,9 @@ pub struct RecordingCounters {
     /// Recorded sessions part of whose stream could not be read (marked in
     /// their recordings).
     pub unreadable: AtomicU64,
+    /// Recorded sessions whose recording a failed write (a full disk, say)
+    /// cut short (marked in their recordings when there was room).
+    pub truncated: AtomicU64,
 }
 
 /// Directory lookups by result, for metrics.

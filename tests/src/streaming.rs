@@ -390,6 +390,12 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
+/// Whether this process runs as root (it owns `/proc/self`).
+fn running_as_root() -> anyhow::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata("/proc/self")?.uid() == 0)
+}
+
 /// A running `authproxy agent`.
 struct RunningAgent {
     child: Child,
@@ -416,6 +422,33 @@ impl AgentProxy {
     /// YAML, `limits: {...}` say) and one agent, and waits until kube answers
     /// through it.
     pub async fn start(kube: &'static Kube, extra: &str) -> anyhow::Result<AgentProxy> {
+        AgentProxy::start_with(kube, extra, None).await
+    }
+
+    /// As [`Self::start`], with the proxy in a mount namespace of its own
+    /// where `dir` is a tmpfs of `bytes` (a small disk that fills up); what
+    /// the proxy writes there is read at [`Self::proxy_path`].
+    pub async fn start_on_small_disk(
+        kube: &'static Kube,
+        extra: &str,
+        dir: &Path,
+        bytes: u64,
+    ) -> anyhow::Result<AgentProxy> {
+        AgentProxy::start_with(kube, extra, Some((dir, bytes))).await
+    }
+
+    /// `path` as the proxy sees it (through `/proc/<pid>/root`, so inside
+    /// its mount namespace).
+    pub fn proxy_path(&self, path: &Path) -> anyhow::Result<PathBuf> {
+        let pid = self.proxy_pid()?;
+        Ok(PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path)))
+    }
+
+    async fn start_with(
+        kube: &'static Kube,
+        extra: &str,
+        small_disk: Option<(&Path, u64)>,
+    ) -> anyhow::Result<AgentProxy> {
         let pki = TestPki::new()?;
         let dir = tempfile::tempdir()?;
         let cert = pki.issue_server("proxy")?;
@@ -446,7 +479,26 @@ impl AgentProxy {
         );
         std::fs::write(dir.path().join("authproxy.yaml"), yaml)?;
         let log = std::fs::File::create(dir.path().join("proxy.log"))?;
-        let proxy = tokio::process::Command::new(authproxy_binary()?)
+        let mut command = match small_disk {
+            None => tokio::process::Command::new(authproxy_binary()?),
+            Some((disk, bytes)) => {
+                // util-linux's unshare: a mount namespace (and, for a user
+                // other than root, a user namespace where it may mount).
+                let mut command = tokio::process::Command::new("unshare");
+                if !running_as_root()? {
+                    command.arg("--map-root-user");
+                }
+                command
+                    .args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount -t tmpfs -o size="$1" authproxy-test "$2" && shift 2 && exec "$@""#)
+                    .arg("sh")
+                    .arg(bytes.to_string())
+                    .arg(disk)
+                    .arg(authproxy_binary()?);
+                command
+            }
+        };
+        let proxy = command
             .arg("serve")
             .arg("--config")
             .arg(dir.path().join("authproxy.yaml"))

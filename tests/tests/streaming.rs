@@ -968,3 +968,104 @@ async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow
     assert_eq!(new_recordings(&dir, &mut seen)?.len(), 1);
     Ok(())
 }
+
+/// A disk that fills up in the middle of a recorded session ends the
+/// recording, never the session: the command's whole output reaches kubectl,
+/// through the proxy and through the tunnel, and the recording is cut back to
+/// its last whole line with a marker saying why it ends there, so it still
+/// reads; the metrics count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_mid_session_ends_the_recording_never_the_session(
+) -> anyhow::Result<()> {
+    let kube = kube_with_kubelet().await?;
+    let recordings = tempfile::tempdir()?;
+    let dir = recordings.path().join("casts");
+    std::fs::create_dir(&dir)?;
+    // 128 KiB of disk for the recordings; each session prints 575 KiB.
+    let proxy = AgentProxy::start_on_small_disk(
+        kube,
+        &format!(
+            "sessionRecording: {{dir: {}, groups: [devs]}}",
+            dir.display()
+        ),
+        &dir,
+        128 * 1024,
+    )
+    .await?;
+    let disk = proxy.proxy_path(&dir)?;
+    let printed: String = (1..=100_000).map(|n| format!("{n}\n")).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for cluster in ["direct", "edge"] {
+        let route = Route::new(
+            &format!("{cluster}-full-disk"),
+            proxy.kubeconfig(cluster),
+            &["--context", "alice"],
+            false,
+        );
+        let pod = route.pod("full-disk");
+        kube.running_pod(&pod).await?;
+        let out = route
+            .run(
+                &[
+                    "exec",
+                    &pod,
+                    "-c",
+                    CONTAINER,
+                    "--",
+                    "sh",
+                    "-c",
+                    "seq 1 100000",
+                ],
+                None,
+                BOUND,
+            )
+            .await?;
+        assert_eq!(out.status.code(), Some(0), "{route}: {}", output_text(&out));
+        assert!(
+            out.stdout == printed.as_bytes(),
+            "{route}: {} bytes of output, {} printed",
+            out.stdout.len(),
+            printed.len()
+        );
+        let found = new_recordings(&disk, &mut seen)?;
+        assert_eq!(found.len(), 1, "{route}: {found:?}");
+        let text = finished_recording(&found[0], |cast| {
+            cast.events.last().is_some_and(|e| e.kind == "m")
+        })
+        .await?;
+        let cast = proxy_core::observe::sessions::Cast::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{route}: {e}"))?;
+        let recorded = cast.output();
+        assert!(
+            !recorded.is_empty()
+                && recorded.len() < printed.len()
+                && printed.starts_with(&recorded),
+            "{route}: {} bytes recorded",
+            recorded.len()
+        );
+        let last = cast.events.last().context("no events")?;
+        assert!(
+            last.data.contains("recording stopped") && last.data.contains("No space left"),
+            "{route}: {last:?}"
+        );
+        // It plays, and says where it stopped.
+        let (played, notes) = play(&found[0]).await?;
+        assert_eq!(played, recorded, "{route}");
+        assert!(notes.contains("No space left"), "{route}: {notes}");
+        // Room for the next route's session.
+        std::fs::remove_file(&found[0])?;
+    }
+    let metrics = proxy.metrics().await?;
+    for wanted in [
+        "authproxy_session_recordings_total{result=\"recorded\"} 2",
+        "authproxy_session_recordings_total{result=\"truncated\"} 2",
+    ] {
+        assert!(metrics.contains(wanted), "{wanted}: {metrics}");
+    }
+    let log = proxy.proxy_log();
+    assert!(
+        log.contains("the session recording could not be written") && !log.contains("panicked"),
+        "{log}"
+    );
+    Ok(())
+}

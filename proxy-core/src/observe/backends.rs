@@ -398,7 +398,7 @@ impl Collector for BackendFamilies {
         family(
             e,
             "authproxy_session_recordings",
-            "exec and attach sessions chosen for recording, by result (recorded: a file was written; failed: it could not be created, or the protocol cannot be read, and the session went on unrecorded; incomplete: recorded, but part of the stream could not be read, as a marker in the file says)",
+            "exec and attach sessions chosen for recording, by result (recorded: a file was written; failed: it could not be created, or the protocol cannot be read, and the session went on unrecorded; incomplete: recorded, but part of the stream could not be read, as a marker in the file says; truncated: recorded until a write failed, a full disk say, and the file ends there, as a marker in it says when there was room)",
             MetricType::Counter,
             |m| {
                 if recordings.is_empty() {
@@ -409,7 +409,8 @@ impl Collector for BackendFamilies {
                 };
                 counter(m, &[("result", "recorded")], sum(|r| &r.sessions))?;
                 counter(m, &[("result", "failed")], sum(|r| &r.failed))?;
-                counter(m, &[("result", "incomplete")], sum(|r| &r.unreadable))
+                counter(m, &[("result", "incomplete")], sum(|r| &r.unreadable))?;
+                counter(m, &[("result", "truncated")], sum(|r| &r.truncated))
             },
         )?;
         family(

@@ -153,6 +153,8 @@ pub(super) struct Writer {
     /// Bytes handed over and not written yet, this session's and every
     /// session's: the writer takes back what it wrote.
     pub queued: [Arc<AtomicUsize>; 2],
+    /// The recorder's counters (a recording cut short by a failed write).
+    pub counters: Arc<crate::counters::RecordingCounters>,
 }
 
 impl Writer {
@@ -168,27 +170,29 @@ impl Writer {
             max_bytes,
             dropped,
             queued,
+            counters,
         } = self;
-        let mut out =
-            tokio::io::BufWriter::with_capacity(32 * 1024, tokio::fs::File::from_std(file));
+        // `None` once a write failed: the rest of the session goes unrecorded.
+        let mut out = Some(tokio::io::BufWriter::with_capacity(
+            32 * 1024,
+            tokio::fs::File::from_std(file),
+        ));
         let mut written: u64 = 0;
         let mut full = false;
-        let mut failed: Option<std::io::Error> = None;
         let mut last = Duration::ZERO;
         let mut carries = (Vec::new(), Vec::new());
-        let mut lines: Vec<String> = Vec::new();
-        match serde_json::to_string(&header) {
-            Ok(head) => lines.push(head),
-            Err(error) => failed = Some(std::io::Error::other(error)),
-        }
+        let head = serde_json::to_string(&header).unwrap_or_default();
+        let mut lines: Vec<String> = vec![head.clone()];
         loop {
             for line in lines.drain(..) {
-                if failed.is_some() {
+                let Some(sink) = out.as_mut() else {
                     break;
-                }
+                };
                 written += line.len() as u64 + 1;
-                if let Err(error) = out.write_all(format!("{line}\n").as_bytes()).await {
-                    failed = Some(error);
+                if let Err(error) = sink.write_all(format!("{line}\n").as_bytes()).await {
+                    if let Some(sink) = out.take() {
+                        end_early(sink, &head, last, &error, &name, &counters).await;
+                    }
                 }
             }
             let Some((at, happened)) = events.recv().await else {
@@ -198,7 +202,7 @@ impl Writer {
             for budget in &queued {
                 budget.fetch_sub(size, Ordering::Relaxed);
             }
-            if full || failed.is_some() {
+            if full || out.is_none() {
                 continue;
             }
             last = at;
@@ -224,25 +228,83 @@ impl Writer {
             }
             lines.push(event);
         }
+        let Some(mut sink) = out else {
+            return;
+        };
         let lost = dropped.load(Ordering::Relaxed);
-        if lost > 0 && failed.is_none() {
+        let mut ended = Ok(());
+        if lost > 0 {
             let line = marker(
                 last,
                 format!("{lost} bytes of the session were not recorded: the recording fell behind"),
             );
-            if let Err(error) = out.write_all(format!("{line}\n").as_bytes()).await {
-                failed = Some(error);
-            }
+            ended = sink.write_all(format!("{line}\n").as_bytes()).await;
         }
-        if failed.is_none() {
-            if let Err(error) = out.flush().await {
-                failed = Some(error);
-            }
-        }
-        if let Some(error) = failed {
-            tracing::warn!(recording = %name, %error, "the session recording could not be written");
+        if let Err(error) = ended.and(sink.flush().await) {
+            end_early(sink, &head, last, &error, &name, &counters).await;
         }
     }
+}
+
+/// Ends a recording a write of which failed (a full disk, say): logged and
+/// counted, and the file cut back to its last whole line with a marker
+/// saying why it ends there (when there is room for it), so that it still
+/// reads and plays. What was buffered and not written is given up.
+async fn end_early(
+    sink: tokio::io::BufWriter<tokio::fs::File>,
+    header: &str,
+    at: Duration,
+    error: &std::io::Error,
+    name: &str,
+    counters: &crate::counters::RecordingCounters,
+) {
+    tracing::warn!(recording = %name, %error, "the session recording could not be written; the session goes on unrecorded");
+    counters.truncated.fetch_add(1, Ordering::Relaxed);
+    let file = sink.into_inner().into_std().await;
+    let header = header.to_owned();
+    let note = marker(at, format!("recording stopped: writing it failed: {error}"));
+    let cut = tokio::task::spawn_blocking(move || cut_to_last_line(file, &header, &note)).await;
+    if let Ok(Err(error)) = cut {
+        tracing::warn!(recording = %name, %error, "the session recording could not be cut back to its last whole line");
+    }
+}
+
+/// Cuts `file` back to its last whole line (to nothing when it has none),
+/// then adds `note` (after `header` when the file is left empty); when even
+/// that cannot be written, the file ends at its last whole line.
+fn cut_to_last_line(mut file: std::fs::File, header: &str, note: &str) -> std::io::Result<()> {
+    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+    let mut end = file.metadata()?.len();
+    let mut keep = 0;
+    let mut chunk = vec![0; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let piece = &mut chunk[..usize::try_from(end - start).unwrap_or(0)];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(piece)?;
+        if let Some(at) = piece.iter().rposition(|&b| b == b'\n') {
+            keep = start + at as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    file.set_len(keep)?;
+    let mut tail = String::new();
+    if keep == 0 {
+        tail.push_str(header);
+        tail.push('\n');
+    }
+    tail.push_str(note);
+    tail.push('\n');
+    file.seek(SeekFrom::Start(keep))?;
+    if file
+        .write_all(tail.as_bytes())
+        .and_then(|()| file.sync_data())
+        .is_err()
+    {
+        file.set_len(keep)?;
+    }
+    Ok(())
 }
 
 /// A marker event's line.
@@ -258,7 +320,9 @@ fn seconds(at: Duration) -> f64 {
 /// by its owner only.
 pub(super) fn create(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    // Read too: a recording cut short by a failed write is cut back to its
+    // last whole line.
+    options.read(true).write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -298,6 +362,7 @@ mod tests {
             max_bytes: 200,
             dropped,
             queued: [Arc::default(), Arc::default()],
+            counters: Arc::default(),
         };
         let (send, receive) = mpsc::channel(16);
         send.try_send((
@@ -345,5 +410,97 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
+    }
+
+    /// A recording cut short by a failed write ends at its last whole line,
+    /// then the note; with no whole line, the header and the note.
+    #[test]
+    fn a_recording_cut_short_ends_at_its_last_whole_line_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.cast");
+        let head = r#"{"version":2,"width":80,"height":24,"timestamp":1,"title":""}"#;
+        let note = r#"[0.5,"m","recording stopped: writing it failed: disk full"]"#;
+        // The cut line is past the first 64 KiB read back from the end.
+        let long = format!("[0.1,\"o\",\"{}\"]", "y".repeat(70_000));
+        let half = &long[..long.len() - 10];
+        for (written, kept) in [
+            (
+                format!("{head}\n[0.1,\"o\",\"a\"]\n{half}"),
+                format!("{head}\n[0.1,\"o\",\"a\"]\n"),
+            ),
+            (
+                format!("{head}\n{long}\n[0.2,\"o\",\"b"),
+                format!("{head}\n{long}\n"),
+            ),
+            ("{\"vers".to_string(), String::new()),
+            (String::new(), String::new()),
+        ] {
+            std::fs::write(&path, &written).unwrap();
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            cut_to_last_line(file, head, note).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let wanted = if kept.is_empty() {
+                format!("{head}\n{note}\n")
+            } else {
+                format!("{kept}{note}\n")
+            };
+            assert!(
+                text == wanted,
+                "{} bytes, wanted {}",
+                text.len(),
+                wanted.len()
+            );
+            let cast = Cast::parse(&text).unwrap();
+            assert_eq!(cast.events.last().unwrap().kind, "m");
+        }
+    }
+
+    /// A write that fails (`/dev/full`: no space left) ends the recording,
+    /// counted; the writer still takes every event, so the session's queue
+    /// budget is given back.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failed_write_ends_the_recording_counted_and_the_queue_drains() {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let queued: [Arc<AtomicUsize>; 2] = [Arc::default(), Arc::default()];
+        let counters = Arc::new(crate::counters::RecordingCounters::default());
+        let writer = Writer {
+            file,
+            header: CastHeader {
+                version: 2,
+                width: 80,
+                height: 24,
+                timestamp: 1,
+                title: String::new(),
+            },
+            max_bytes: u64::MAX,
+            dropped: Arc::default(),
+            queued: queued.clone(),
+            counters: counters.clone(),
+        };
+        let (send, receive) = mpsc::channel(64);
+        let task = tokio::spawn(writer.run(receive, "full".into()));
+        for n in 0..40 {
+            let bytes = vec![b'z'; 4096];
+            for budget in &queued {
+                budget.fetch_add(bytes.len(), Ordering::Relaxed);
+            }
+            send.send((Duration::from_millis(n), Happened::Output(bytes)))
+                .await
+                .unwrap();
+        }
+        drop(send);
+        task.await.unwrap();
+        assert_eq!(counters.truncated.load(Ordering::Relaxed), 1);
+        assert_eq!(queued[0].load(Ordering::Relaxed), 0);
+        assert_eq!(queued[1].load(Ordering::Relaxed), 0);
     }
 }

@@ -465,6 +465,7 @@ impl SessionTap {
             max_bytes: self.recorder.max_bytes,
             dropped: dropped.clone(),
             queued: queued.clone(),
+            counters: counters.clone(),
         };
         let name = self.path.display().to_string();
         tokio::spawn(writer.run(receive, name));
