@@ -216,7 +216,7 @@ fn the_image_ships_the_stripped_whole_program_build() -> anyhow::Result<()> {
             wanted.1
         );
     }
-    // The demo's and the tests' release builds stay quick.
+    // `cargo install` and the benches build `release`: it stays quick.
     let release = profile("release")?;
     ensure!(
         release.iter().any(|(k, v)| k == "lto" && v == "\"thin\""),
