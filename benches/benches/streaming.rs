@@ -361,6 +361,23 @@ fn write_file(path: &std::path::Path, mib: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cores this process may run on (`Cpus_allowed_list` of
+/// `/proc/self/status`, as `0-3,6`), in order.
+fn allowed_cores() -> anyhow::Result<Vec<u32>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .context("no Cpus_allowed_list in /proc/self/status")?;
+    let mut cores = Vec::new();
+    for part in list.trim().split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let (first, last): (u32, u32) = (first.parse()?, last.parse()?);
+        cores.extend(first..=last);
+    }
+    Ok(cores)
+}
+
 /// util-linux's `taskset` with `args`, then process `pid`.
 fn taskset(args: &[&str], pid: u32) -> anyhow::Result<()> {
     let out = std::process::Command::new("taskset")
@@ -387,17 +404,16 @@ fn main() -> anyhow::Result<()> {
     let pin = match std::env::var("STREAM_PIN").ok().as_deref() {
         None | Some("0") => None,
         Some("1") => {
-            let cores = std::thread::available_parallelism()?.get();
-            if cores < 2 {
+            let mut cores = allowed_cores()?;
+            let own = cores.pop().filter(|_| !cores.is_empty());
+            let Some(own) = own else {
                 bail!("STREAM_PIN=1 needs two cores or more");
-            }
+            };
+            let rest: Vec<String> = cores.iter().map(u32::to_string).collect();
             // This thread's cores are inherited by the runtime's threads,
             // and by every process they start.
-            taskset(
-                &["-p", "-c", &format!("0-{}", cores - 2)],
-                std::process::id(),
-            )?;
-            Some(cores - 1)
+            taskset(&["-p", "-c", &rest.join(",")], std::process::id())?;
+            Some(own)
         }
         Some(other) => bail!("STREAM_PIN: {other:?} is neither 0 nor 1"),
     };
@@ -449,7 +465,7 @@ fn main() -> anyhow::Result<()> {
             echo_rows.push((percentile(&echoes, 0.5), percentile(&echoes, 0.99), mean));
         }
         let mut fastest = vec![[Duration::MAX; 3]; routes.len()];
-        let mut spent = vec![[Spent::default(); 3]; routes.len()];
+        let mut spent_by = vec![[Spent::default(); 3]; routes.len()];
         for _ in 0..rounds {
             for (i, (route, (pod, dir))) in routes.iter().zip(&pods).enumerate() {
                 let target = format!("{pod}:upload.bin");
@@ -470,7 +486,7 @@ fn main() -> anyhow::Result<()> {
                 let (forward, cpu_forward) = with_cpu(pids, forwarded_download(route, pod, port, cp_bytes)).await?;
                 for (k, (took, cpu)) in [(up, cpu_up), (down, cpu_down), (forward, cpu_forward)].into_iter().enumerate() {
                     fastest[i][k] = fastest[i][k].min(took);
-                    spent[i][k] = spent[i][k] + cpu;
+                    spent_by[i][k] = spent_by[i][k] + cpu;
                 }
             }
         }
@@ -478,7 +494,7 @@ fn main() -> anyhow::Result<()> {
         let mut rows = Vec::new();
         let mut machine = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            let [cpu_up, cpu_down, cpu_forward] = spent[i];
+            let [cpu_up, cpu_down, cpu_forward] = spent_by[i];
             let total = cpu_up + cpu_down + cpu_forward;
             let cpu_per_mib = ms(total.cpu) / (3.0 * moved);
             let calls_per_mib = total.io_calls as f64 / (3.0 * moved);

@@ -25,7 +25,8 @@ fn pause(gap: f64, pace: Pace) -> Duration {
 }
 
 /// Plays `file` on standard output; without `pace`, all at once. Markers
-/// (a size limit reached, bytes not recorded) go to standard error.
+/// (a size limit reached, bytes not recorded, a write that failed) go to
+/// standard error.
 pub fn play(file: &Path, pace: Option<Pace>) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read: {e}"))?;
     let cast = Cast::parse(&text)?;

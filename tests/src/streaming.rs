@@ -390,10 +390,39 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kib * 1024)
 }
 
-/// Whether this process runs as root (it owns `/proc/self`).
-fn running_as_root() -> anyhow::Result<bool> {
-    use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata("/proc/self")?.uid() == 0)
+/// Mounts a tmpfs of `$1` bytes at `$2`.
+const MOUNT_TMPFS: &str = r#"mount -t tmpfs -o size="$1" authproxy-test "$2""#;
+
+/// util-linux `unshare` arguments for a mount namespace where a tmpfs can
+/// be mounted at `dir`: root's own (it needs `CAP_SYS_ADMIN`), or one in a
+/// user namespace of its own (where unprivileged user namespaces are on),
+/// whichever works here, tried first so that the test says why it cannot
+/// run rather than time out.
+fn small_disk_namespace(dir: &Path) -> anyhow::Result<Vec<&'static str>> {
+    let mut tried = Vec::new();
+    for args in [
+        &["--mount", "--propagation", "private"][..],
+        &["--map-root-user", "--mount", "--propagation", "private"][..],
+    ] {
+        let out = std::process::Command::new("unshare")
+            .args(args)
+            .args(["sh", "-c", MOUNT_TMPFS, "sh", "4096"])
+            .arg(dir)
+            .output()
+            .context("running unshare (util-linux)")?;
+        if out.status.success() {
+            return Ok(args.to_vec());
+        }
+        tried.push(format!(
+            "unshare {}: {}",
+            args.join(" "),
+            crate::output_text(&out)
+        ));
+    }
+    bail!(
+        "this test needs a mount namespace with a tmpfs (root with CAP_SYS_ADMIN, or unprivileged user namespaces): {}",
+        tried.join("; ")
+    )
 }
 
 /// A running `authproxy agent`.
@@ -441,6 +470,8 @@ impl AgentProxy {
     /// its mount namespace).
     pub fn proxy_path(&self, path: &Path) -> anyhow::Result<PathBuf> {
         let pid = self.proxy_pid()?;
+        let path = std::fs::canonicalize(path)?;
+        let path = path.as_path();
         Ok(PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path)))
     }
 
@@ -482,18 +513,15 @@ impl AgentProxy {
         let mut command = match small_disk {
             None => tokio::process::Command::new(authproxy_binary()?),
             Some((disk, bytes)) => {
-                // util-linux's unshare: a mount namespace (and, for a user
-                // other than root, a user namespace where it may mount).
+                let disk = std::fs::canonicalize(disk)?;
                 let mut command = tokio::process::Command::new("unshare");
-                if !running_as_root()? {
-                    command.arg("--map-root-user");
-                }
                 command
-                    .args(["--mount", "--propagation", "private", "sh", "-c"])
-                    .arg(r#"mount -t tmpfs -o size="$1" authproxy-test "$2" && shift 2 && exec "$@""#)
+                    .args(small_disk_namespace(&disk)?)
+                    .args(["sh", "-c"])
+                    .arg(format!("{MOUNT_TMPFS} && shift 2 && exec \"$@\""))
                     .arg("sh")
                     .arg(bytes.to_string())
-                    .arg(disk)
+                    .arg(&disk)
                     .arg(authproxy_binary()?);
                 command
             }

@@ -1057,8 +1057,8 @@ async fn a_disk_that_fills_up_mid_session_ends_the_recording_never_the_session(
     }
     let metrics = proxy.metrics().await?;
     for wanted in [
-        "authproxy_session_recordings_total{result=\"recorded\"} 2",
-        "authproxy_session_recordings_total{result=\"truncated\"} 2",
+        "authproxy_session_recordings_total{result=\"recorded\"} 2\n",
+        "authproxy_session_recordings_total{result=\"truncated\"} 2\n",
     ] {
         assert!(metrics.contains(wanted), "{wanted}: {metrics}");
     }

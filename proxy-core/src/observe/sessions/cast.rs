@@ -181,6 +181,7 @@ impl Writer {
         let mut full = false;
         let mut last = Duration::ZERO;
         let mut carries = (Vec::new(), Vec::new());
+        // Numbers and a string: it always serializes.
         let head = serde_json::to_string(&header).unwrap_or_default();
         let mut lines: Vec<String> = vec![head.clone()];
         loop {
@@ -240,7 +241,13 @@ impl Writer {
             );
             ended = sink.write_all(format!("{line}\n").as_bytes()).await;
         }
-        if let Err(error) = ended.and(sink.flush().await) {
+        // No flush after a failed write: it would write the buffer after
+        // the part of a line the failure left.
+        let ended = match ended {
+            Ok(()) => sink.flush().await,
+            failed => failed,
+        };
+        if let Err(error) = ended {
             end_early(sink, &head, last, &error, &name, &counters).await;
         }
     }
@@ -258,7 +265,7 @@ async fn end_early(
     name: &str,
     counters: &crate::counters::RecordingCounters,
 ) {
-    tracing::warn!(recording = %name, %error, "the session recording could not be written; the session goes on unrecorded");
+    tracing::warn!(recording = %name, %error, "the session recording could not be written; it ends here, the session goes on");
     counters.truncated.fetch_add(1, Ordering::Relaxed);
     let file = sink.into_inner().into_std().await;
     let header = header.to_owned();
@@ -269,13 +276,37 @@ async fn end_early(
     }
 }
 
-/// Cuts `file` back to its last whole line (to nothing when it has none),
-/// then adds `note` (after `header` when the file is left empty); when even
-/// that cannot be written, the file ends at its last whole line.
+/// Cuts `file` back to its last whole line and adds `note` there (after
+/// `header` when no whole line is left). When that cannot be written (the
+/// disk is full), it cuts back far enough for the note to fit in the room
+/// the file already held; and failing that, the file keeps its whole lines,
+/// or the header alone, so that it still reads.
 fn cut_to_last_line(mut file: std::fs::File, header: &str, note: &str) -> std::io::Result<()> {
-    use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
-    let mut end = file.metadata()?.len();
+    let len = file.metadata()?.len();
+    let (header, note) = (format!("{header}\n"), format!("{note}\n"));
     let mut keep = 0;
+    for limit in [len, len.saturating_sub(note.len() as u64)] {
+        keep = line_end_before(&mut file, limit)?;
+        let tail = if keep == 0 {
+            format!("{header}{note}")
+        } else {
+            note.clone()
+        };
+        if end_with(&mut file, keep, &tail)? {
+            return Ok(());
+        }
+    }
+    if keep == 0 {
+        end_with(&mut file, 0, &header)?;
+    }
+    Ok(())
+}
+
+/// Where the last whole line before `limit` ends in `file` (0 when none
+/// does).
+fn line_end_before(file: &mut std::fs::File, limit: u64) -> std::io::Result<u64> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut end = limit;
     let mut chunk = vec![0; 64 * 1024];
     while end > 0 {
         let start = end.saturating_sub(chunk.len() as u64);
@@ -283,28 +314,28 @@ fn cut_to_last_line(mut file: std::fs::File, header: &str, note: &str) -> std::i
         file.seek(SeekFrom::Start(start))?;
         file.read_exact(piece)?;
         if let Some(at) = piece.iter().rposition(|&b| b == b'\n') {
-            keep = start + at as u64 + 1;
-            break;
+            return Ok(start + at as u64 + 1);
         }
         end = start;
     }
+    Ok(0)
+}
+
+/// Cuts `file` to `keep` bytes and writes `tail` after them: whether it
+/// could (the file is left at `keep` bytes when not).
+fn end_with(file: &mut std::fs::File, keep: u64, tail: &str) -> std::io::Result<bool> {
+    use std::io::{Seek as _, SeekFrom, Write as _};
     file.set_len(keep)?;
-    let mut tail = String::new();
-    if keep == 0 {
-        tail.push_str(header);
-        tail.push('\n');
-    }
-    tail.push_str(note);
-    tail.push('\n');
     file.seek(SeekFrom::Start(keep))?;
     if file
         .write_all(tail.as_bytes())
         .and_then(|()| file.sync_data())
-        .is_err()
+        .is_ok()
     {
-        file.set_len(keep)?;
+        return Ok(true);
     }
-    Ok(())
+    file.set_len(keep)?;
+    Ok(false)
 }
 
 /// A marker event's line.
