@@ -628,6 +628,15 @@ async fn kube_with_root_exec() -> anyhow::Result<&'static authproxy_tests::kube:
     Ok(kube)
 }
 
+/// A temporary folder with an empty `casts` folder in it for recordings
+/// (both go when the first is dropped).
+fn casts_dir() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    let recordings = tempfile::tempdir()?;
+    let dir = recordings.path().join("casts");
+    std::fs::create_dir(&dir)?;
+    Ok((recordings, dir))
+}
+
 /// The recordings in `dir` not in `seen`, added to it.
 fn new_recordings(
     dir: &std::path::Path,
@@ -709,11 +718,9 @@ async fn play(file: &std::path::Path) -> anyhow::Result<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> anyhow::Result<()> {
     let kube = kube_with_root_exec().await?;
-    let recordings = tempfile::tempdir()?;
+    let (recordings, dir) = casts_dir()?;
     let audit = recordings.path().join("../audit-of-recordings.log");
     let audit = std::path::absolute(&audit)?;
-    let dir = recordings.path().join("casts");
-    std::fs::create_dir(&dir)?;
     // One proxy: cluster `direct` is reached straight, `edge` through the
     // agent tunnel. Sessions of group devs (alice) are recorded, typing too.
     let proxy = AgentProxy::start(
@@ -884,9 +891,7 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow::Result<()> {
     let kube = kube_with_root_exec().await?;
-    let recordings = tempfile::tempdir()?;
-    let dir = recordings.path().join("casts");
-    std::fs::create_dir(&dir)?;
+    let (_recordings, dir) = casts_dir()?;
     let proxy = AgentProxy::start(
         kube,
         &format!(
@@ -978,9 +983,7 @@ async fn a_session_that_must_be_recorded_and_cannot_be_is_not_opened() -> anyhow
 async fn a_disk_that_fills_up_mid_session_ends_the_recording_never_the_session(
 ) -> anyhow::Result<()> {
     let kube = kube_with_kubelet().await?;
-    let recordings = tempfile::tempdir()?;
-    let dir = recordings.path().join("casts");
-    std::fs::create_dir(&dir)?;
+    let (_recordings, dir) = casts_dir()?;
     // 128 KiB of disk for the recordings; each session prints 575 KiB.
     let proxy = AgentProxy::start_on_small_disk(
         kube,
