@@ -22,13 +22,17 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # openssl for the README's quickstart (run as written), `script` for kubectl exec -it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils)
+# unshare and mount: a session recording on a small disk (a tmpfs in the
+# proxy's own mount namespace).
+command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
+command -v mount >/dev/null 2>&1 || missing+=(mount)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-for tool in curl node npm openssl script ip /usr/sbin/slapd /usr/sbin/slapadd; do
+for tool in curl node npm openssl script ip unshare mount /usr/sbin/slapd /usr/sbin/slapadd; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 
