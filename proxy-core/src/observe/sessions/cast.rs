@@ -284,9 +284,11 @@ async fn end_early(
 fn cut_to_last_line(mut file: std::fs::File, header: &str, note: &str) -> std::io::Result<()> {
     let len = file.metadata()?.len();
     let (header, note) = (format!("{header}\n"), format!("{note}\n"));
-    let mut keep = 0;
-    for limit in [len, len.saturating_sub(note.len() as u64)] {
-        keep = line_end_before(&mut file, limit)?;
+    // Both found before anything is cut: the last whole line, and the last
+    // one that leaves room for the note in what the file held.
+    let last = line_end_before(&mut file, len)?;
+    let roomy = line_end_before(&mut file, last.min(len.saturating_sub(note.len() as u64)))?;
+    for keep in [last, roomy] {
         let tail = if keep == 0 {
             format!("{header}{note}")
         } else {
@@ -296,7 +298,7 @@ fn cut_to_last_line(mut file: std::fs::File, header: &str, note: &str) -> std::i
             return Ok(());
         }
     }
-    if keep == 0 {
+    if roomy == 0 {
         end_with(&mut file, 0, &header)?;
     }
     Ok(())
