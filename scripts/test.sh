@@ -109,5 +109,11 @@ fi
 ln -sfn "$helm_key" target/helm/current
 export AUTHPROXY_HELM_BIN="$helm_bin"
 
-# The suite: unit, property, doc and end-to-end tests of every crate.
-cargo test --workspace --locked "$@"
+# The suite: unit, property, doc and end-to-end tests of every crate, several
+# test binaries at once (scripts/suite.sh). With arguments, plain `cargo test`
+# with them, e.g. `scripts/test.sh -p authproxy-tests --test ldap`.
+if [ "$#" -eq 0 ]; then
+  scripts/suite.sh
+else
+  cargo test --workspace --locked "$@"
+fi

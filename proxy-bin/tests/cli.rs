@@ -493,24 +493,43 @@ fn serve_names_what_it_serves_in_one_plain_line() {
         .spawn()
         .expect("serve");
     let mut child = KillOnDrop(child);
+    // The start line is read as it comes: a busy machine may let the
+    // listener open well before the line is written.
+    let stderr = child.0.stderr.take().expect("stderr");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "authproxy did not listen within 20s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut output = String::new();
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(next) => {
+                output.push_str(&next);
+                output.push('\n');
+                if next.contains("authproxy starting") {
+                    break next;
+                }
+            }
+            Err(_) => panic!("no start line within 20s:\n{output}"),
+        }
+    };
+    assert!(
+        wait_for_listener(port, deadline),
+        "authproxy did not listen within 20s"
+    );
     let _ = child.0.kill();
-    let output = child.0.wait_with_output_ref();
+    let _ = child.0.wait();
     assert!(
         !output.contains('\x1b'),
         "colour codes in plain output:\n{output}"
     );
-    let line = output
-        .lines()
-        .find(|l| l.contains("authproxy starting"))
-        .unwrap_or_else(|| panic!("no start line:\n{output}"));
     for part in [
         format!("version={}", env!("CARGO_PKG_VERSION")),
         format!("listen=127.0.0.1:{port}"),
@@ -519,6 +538,17 @@ fn serve_names_what_it_serves_in_one_plain_line() {
     ] {
         assert!(line.contains(&part), "{part} missing from: {line}");
     }
+}
+
+/// Whether something listens on `port` before `deadline`.
+fn wait_for_listener(port: u16, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 trait WaitOutput {
