@@ -27,7 +27,7 @@ grep '"executable":"/' "$logs/build.json" | grep -E '"profile":\{[^}]*"test":tru
   sed -E 's/.*"manifest_path":"([^"]*)\/Cargo\.toml".*"src_path":"([^"]*)".*"executable":"([^"]*)".*/\1 \2 \3/' \
     >"$logs/binaries"
 
-times=target/suite-times
+times=${CARGO_TARGET_DIR:-target}/suite-times
 # Known long binaries, for a first run with no times kept.
 first_guess='streaming streaming_limits impersonation_oracle jwt_oracle proxy-core oidc chart upstream_health goaway_kube'
 order() {

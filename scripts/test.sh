@@ -69,7 +69,8 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor -X $pkg.gitTreeState=clean"
 done
 kube_key=$( { cat "$kube_module/go.mod" "$kube_module/go.sum" "$kube_module"/etcd/*.go "$kube_module"/kubelet/*.go; echo "$kube_ldflags"; } | sha256sum | cut -c1-16)
-kube_bin="$PWD/target/kube/$kube_key"
+target=${CARGO_TARGET_DIR:-$PWD/target}
+kube_bin="$target/kube/$kube_key"
 if [ ! -x "$kube_bin/kube-apiserver" ] || [ ! -x "$kube_bin/kubectl" ] || [ ! -x "$kube_bin/etcd" ] || [ ! -x "$kube_bin/kubelet" ]; then
   echo "building kube-apiserver, kubectl, etcd and the test kubelet $kube_version from $kube_module (first run only: several minutes)"
   rm -rf "$kube_bin.partial"
@@ -79,7 +80,7 @@ if [ ! -x "$kube_bin/kube-apiserver" ] || [ ! -x "$kube_bin/kubectl" ] || [ ! -x
   rm -rf "$kube_bin"
   mv "$kube_bin.partial" "$kube_bin"
 fi
-ln -sfn "$kube_key" target/kube/current
+ln -sfn "$kube_key" "$target/kube/current"
 export AUTHPROXY_KUBE_BIN="$kube_bin"
 # Tests and people running them use this kubectl, matching the server.
 export PATH="$kube_bin:$PATH"
@@ -96,7 +97,7 @@ for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$helm_k8s_minor"
 done
 helm_key=$( { cat "$helm_module/go.mod" "$helm_module/go.sum"; echo "$helm_ldflags"; } | sha256sum | cut -c1-16)
-helm_bin="$PWD/target/helm/$helm_key"
+helm_bin="$target/helm/$helm_key"
 if [ ! -x "$helm_bin/helm" ]; then
   echo "building helm $helm_version from $helm_module (first run only: a few minutes)"
   rm -rf "$helm_bin.partial"
@@ -106,7 +107,7 @@ if [ ! -x "$helm_bin/helm" ]; then
   rm -rf "$helm_bin"
   mv "$helm_bin.partial" "$helm_bin"
 fi
-ln -sfn "$helm_key" target/helm/current
+ln -sfn "$helm_key" "$target/helm/current"
 export AUTHPROXY_HELM_BIN="$helm_bin"
 
 # The suite: unit, property, doc and end-to-end tests of every crate, several
