@@ -1,6 +1,6 @@
 //! An agent's registration request, as bytes on the wire: parsed as an
 //! HTTP/1 request head (httparse, as hyper does), read by
-//! `tunnel::register::read`, then answered by an `AgentEndpoint` with one
+//! `tunnel::register::read` (through `proxy_core::fuzzing`), then answered by an `AgentEndpoint` with one
 //! cluster. Never a panic; a claimed cluster is a valid name; a token is
 //! trimmed and not empty; the answer is one of the registration's statuses.
 #![no_main]
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode, Version};
 use libfuzzer_sys::fuzz_target;
-use proxy_core::tunnel::register::{read, Claim};
+use proxy_core::fuzzing::{read_registration as read, Claim};
 use proxy_core::tunnel::AgentEndpoint;
 
 /// The token of the fuzzed endpoint's cluster `edge` (the seeds hold it).

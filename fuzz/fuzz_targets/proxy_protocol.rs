@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proxy_core::proxy_protocol::{parse, MAX_HEADER};
+use authproxy::proxy_protocol::{parse, MAX_HEADER};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(Some(header)) = parse(data) else {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::proxy_protocol::{self, HeaderError};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -29,7 +30,6 @@ use hyper_util::server::conn::auto;
 use proxy_core::credential::ClientCertificate;
 use proxy_core::forwarded::TrustedProxies;
 use proxy_core::gate::Gated;
-use proxy_core::proxy_protocol::{self, HeaderError};
 use proxy_core::reload::tls::ClientCertRecheck;
 use proxy_core::tunnel::budget::{AgentConnections, ConnectionSlot};
 use proxy_core::{BoxError, ProxyBody};

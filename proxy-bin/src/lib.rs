@@ -15,6 +15,7 @@ pub mod metrics_listener;
 pub mod pki;
 mod plain;
 pub mod prompt;
+pub mod proxy_protocol;
 pub mod readiness;
 pub mod reload;
 mod request_body;

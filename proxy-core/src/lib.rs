@@ -69,9 +69,10 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-// Modules marked `doc(hidden)` are the binary's and the fuzz targets'
-// (listener plumbing, socket reads, path normalization): public so that
-// they can reach them, outside the library's API and its semver promise.
+// Modules marked `doc(hidden)` are shared with the binary's listener
+// (socket reads, wake-ups, rate limits): public so that it can reach them,
+// outside the library's API and its semver promise. The fuzz targets reach
+// private parts through `fuzzing`, built only under `cargo fuzz`.
 pub mod authn;
 pub mod body;
 pub mod config;
@@ -85,11 +86,8 @@ pub mod kubeconfig;
 pub mod layer;
 pub mod long_running;
 pub mod observe;
-#[doc(hidden)]
-pub mod path;
+mod path;
 pub mod problem;
-#[doc(hidden)]
-pub mod proxy_protocol;
 #[doc(hidden)]
 pub mod rate_limit;
 #[doc(hidden)]
@@ -109,6 +107,16 @@ pub mod worker;
 
 #[cfg(test)]
 mod test_tls;
+
+/// The private parsers the fuzz targets (`fuzz/`) drive, built only under
+/// `cargo fuzz` (`--cfg fuzzing`): not part of the library.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::path::join as path_join;
+    #[cfg(feature = "tunnel")]
+    pub use crate::tunnel::register::{read as read_registration, Claim};
+}
 
 pub use authn::{Authenticator, AuthnError, Chain, Identity, UserInfo};
 pub use body::ProxyBody;

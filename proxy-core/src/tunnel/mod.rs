@@ -39,8 +39,7 @@ mod forward;
 pub mod limits;
 pub mod metrics;
 mod refusal;
-#[doc(hidden)]
-pub mod register;
+pub(crate) mod register;
 pub mod registry;
 mod serve;
 pub(crate) mod token;

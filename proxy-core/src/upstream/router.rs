@@ -46,7 +46,8 @@ use http::{Request, Response, StatusCode, Uri};
 use tower_service::Service;
 
 use crate::body::ProxyBody;
-use crate::path::{self, PathError};
+use crate::path;
+pub use crate::path::PathError;
 use crate::status::{Reason, Status};
 
 /// The path prefix of a named cluster, without its trailing `/`.

@@ -4,7 +4,7 @@
 //!
 //! Only parsing lives here; the listener decides whom to believe (headers
 //! are read only from the addresses of `trustedProxies`, see
-//! [`crate::forwarded::TrustedProxies`]). The parser never reads past the
+//! [`proxy_core::forwarded::TrustedProxies`]). The parser never reads past the
 //! header, so the bytes after it (the TLS handshake) stay untouched.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
