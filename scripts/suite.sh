@@ -11,7 +11,9 @@
 # The slowest binaries start first, from the times of the last run kept in
 # target/suite-times (and a built-in list on a first run), so that no long
 # binary starts last. Each binary's output is printed whole when it ends, in
-# `cargo test`'s own form, and the run ends with one line of totals.
+# `cargo test`'s own form, and the run ends with one line of totals. A binary
+# that fails runs once more, alone, at the end: the suite fails if it fails
+# again, and names it as flaky otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,6 +94,19 @@ cat "$logs/doc-tests.out"
 
 cat "$logs"/*.time | sort >"$times.new" && mv "$times.new" "$times"
 
+# A binary that failed among the others runs once more, alone: a failure
+# that does not come back is named as flaky in the totals (and its first
+# output stays above), one that does fails the suite.
+flaky=()
+while read -r _ name dir src exe; do
+  [ "$(cat "$logs/$name.status")" = 0 ] && continue
+  mv "$logs/$name.out" "$logs/$name.first"
+  echo "     Running ${src#"$PWD"/} again, alone, after it failed among the others"
+  run_one "$name" "$dir" "$src" "$exe"
+  report "$name" "$src" "$exe"
+  [ "$(cat "$logs/$name.status")" = 0 ] && flaky+=("$name")
+done <"$logs/queue"
+
 passed=$(cat "$logs"/*.out | sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1/p' | awk '{s += $1} END {print s + 0}')
 failed=$(cat "$logs"/*.out | sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\2/p' | awk '{s += $1} END {print s + 0}')
 broken=0
@@ -99,6 +114,12 @@ for status in "$logs"/*.status; do
   [ "$(cat "$status")" = 0 ] || broken=$((broken + 1))
 done
 echo
+if [ "${#flaky[@]}" -gt 0 ]; then
+  echo "warning: flaky: ${flaky[*]} failed among the others and passed alone (first output above)"
+fi
+# A binary that failed without a failed test (a crash, a panic outside the
+# tests) counts as one failure.
+[ "$failed" -eq 0 ] && failed=$broken
 echo "suite: $passed passed, $failed failed"
 if [ "$failed" -gt 0 ] || [ "$broken" -gt 0 ]; then
   echo "error: $broken test binaries failed" >&2

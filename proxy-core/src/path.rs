@@ -114,6 +114,7 @@ fn hides_dot_segment(segment: &str) -> bool {
 
 /// `uri` with its path [`normalize`]d, when that changes it (`Ok(None)`:
 /// the path is already as it will be forwarded). The query is kept as sent.
+#[cfg(feature = "observe")]
 pub fn normalize_uri(uri: &http::Uri) -> Result<Option<http::Uri>, PathError> {
     let Cow::Owned(path) = normalize(uri.path())? else {
         return Ok(None);
