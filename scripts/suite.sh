@@ -5,21 +5,36 @@
 # `cargo test` runs its test binaries one after another, and most of their
 # time is spent waiting on kube-apiserver, slapd, the OIDC provider or kubectl,
 # not on a core: running AUTHPROXY_TEST_JOBS binaries at once (default: the
-# number of cores plus two) makes the whole suite several times shorter. Each
-# binary still runs its own tests on its own threads, as under `cargo test`.
+# number of cores plus two) makes the whole suite about half as long. Each
+# binary still runs its own tests on its own threads, as under `cargo test`,
+# and servers that tests start take ports no other binary can be given
+# (`authproxy_tests::free_port`).
 #
 # The slowest binaries start first, from the times of the last run kept in
-# target/suite-times (and a built-in list on a first run), so that no long
-# binary starts last. Each binary's output is printed whole when it ends, in
-# `cargo test`'s own form, and the run ends with one line of totals. A binary
-# that fails runs once more, alone, at the end: the suite fails if it fails
-# again, and names it as flaky otherwise.
+# the build folder's suite-times (and a built-in list on a first run), so
+# that no long binary starts last. Each binary's output is printed whole when
+# it ends, in `cargo test`'s own form, and the run ends with one line of
+# totals. A binary that fails runs once more, alone, at the end: the suite
+# fails if it fails again, and names it as flaky otherwise (its first output
+# stays in the log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 jobs=${AUTHPROXY_TEST_JOBS:-$(($(nproc) + 2))}
+case $jobs in
+  '' | *[!0-9]* | 0) echo "error: AUTHPROXY_TEST_JOBS must be a whole number of at least 1, not '$jobs'" >&2; exit 2 ;;
+esac
 logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
+# An interrupted suite stops the test binaries still running (their servers
+# stop with them) before it removes their logs.
+stop_all() {
+  local pid
+  for pid in "$logs"/*.pid; do
+    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null
+  done
+  rm -rf "$logs"
+}
+trap stop_all EXIT
 
 # Build every test binary (and the authproxy binary they run) first.
 cargo test --workspace --locked --no-run --message-format=json-render-diagnostics >"$logs/build.json"
@@ -48,14 +63,22 @@ order() {
   done <"$logs/binaries" | sort -rn -k1,1
 }
 order >"$logs/queue"
+if [ "$(sort -u -k2,2 "$logs/queue" | wc -l)" -ne "$(wc -l <"$logs/queue")" ]; then
+  echo "error: two test binaries have the same source file" >&2
+  exit 1
+fi
 
 run_one() { # name dir src exe
   local name=$1 dir=$2 src=$3 exe=$4 start end status=0
   start=$(date +%s.%N)
-  (cd "$dir" && "$exe") >"$logs/$name.out" 2>&1 || status=$?
+  # No test reads the terminal: stdin is empty, never this script's input.
+  (cd "$dir" && exec "$exe") </dev/null >"$logs/$name.out" 2>&1 &
+  echo "$!" >"$logs/$name.pid"
+  wait "$!" || status=$?
+  rm -f "$logs/$name.pid"
   end=$(date +%s.%N)
-  echo "$status" >"$logs/$name.status"
   awk -v a="$start" -v b="$end" -v n="$name" 'BEGIN {printf "%s %.1f\n", n, b - a}' >"$logs/$name.time"
+  echo "$status" >"$logs/$name.status"
 }
 
 report() { # name src exe
@@ -68,58 +91,82 @@ report() { # name src exe
 }
 
 declare -A pending=()
-while read -r _ name dir src exe; do
+report_finished() {
+  local done_name
+  for done_name in "${!pending[@]}"; do
+    if [ -f "$logs/$done_name.status" ]; then
+      # shellcheck disable=SC2086 # "src exe", two words
+      report "$done_name" ${pending[$done_name]}
+      unset "pending[$done_name]"
+    fi
+  done
+}
+
+mapfile -t queue <"$logs/queue"
+for line in "${queue[@]}"; do
+  read -r _ name dir src exe <<<"$line"
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
     wait -n || true
-    for done_name in "${!pending[@]}"; do
-      if [ -f "$logs/$done_name.status" ]; then
-        report "$done_name" ${pending[$done_name]}
-        unset "pending[$done_name]"
-      fi
-    done
+    report_finished
   done
   pending[$name]="$src $exe"
   run_one "$name" "$dir" "$src" "$exe" &
-done <"$logs/queue"
+done
 
-# The doc-tests, alongside the last binaries.
-(cargo test --workspace --locked --doc >"$logs/doc-tests.out" 2>&1 && echo 0 || echo $?) >"$logs/doc-tests.status.tmp"
-mv "$logs/doc-tests.status.tmp" "$logs/doc-tests.status"
-wait
-for done_name in "${!pending[@]}"; do
-  report "$done_name" ${pending[$done_name]}
+# The doc-tests, beside the last binaries.
+doc_status=0
+cargo test --workspace --locked --doc --no-fail-fast </dev/null >"$logs/doc-tests.out" 2>&1 || doc_status=$?
+while [ "${#pending[@]}" -gt 0 ]; do
+  wait -n || true
+  report_finished
 done
 echo "   Doc-tests"
 cat "$logs/doc-tests.out"
 
 cat "$logs"/*.time | sort >"$times.new" && mv "$times.new" "$times"
 
-# A binary that failed among the others runs once more, alone: a failure
-# that does not come back is named as flaky in the totals (and its first
-# output stays above), one that does fails the suite.
+# A binary that failed among the others runs once more, alone.
 flaky=()
-while read -r _ name dir src exe; do
+for line in "${queue[@]}"; do
+  read -r _ name dir src exe <<<"$line"
   [ "$(cat "$logs/$name.status")" = 0 ] && continue
   mv "$logs/$name.out" "$logs/$name.first"
   echo "     Running ${src#"$PWD"/} again, alone, after it failed among the others"
   run_one "$name" "$dir" "$src" "$exe"
   report "$name" "$src" "$exe"
   [ "$(cat "$logs/$name.status")" = 0 ] && flaky+=("$name")
-done <"$logs/queue"
-
-passed=$(cat "$logs"/*.out | sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1/p' | awk '{s += $1} END {print s + 0}')
-failed=$(cat "$logs"/*.out | sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\2/p' | awk '{s += $1} END {print s + 0}')
-broken=0
-for status in "$logs"/*.status; do
-  [ "$(cat "$status")" = 0 ] || broken=$((broken + 1))
 done
+
+# The totals, binary by binary from the queue (one that left no status, or
+# failed without a failed test, counts as one failure), then the doc-tests.
+sums() { # file: its "test result" lines' passed and failed, added up
+  sed -nE 's/^test result: [a-zA-Z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$1" 2>/dev/null |
+    awk '{p += $1; f += $2} END {print p + 0, f + 0}'
+}
+passed=0
+failed=0
+broken=0
+tally() { # output status
+  local p f
+  read -r p f < <(sums "$1")
+  passed=$((passed + p))
+  failed=$((failed + f))
+  if [ "$2" != 0 ]; then
+    broken=$((broken + 1))
+    [ "$f" -eq 0 ] && failed=$((failed + 1))
+  fi
+  return 0
+}
+for line in "${queue[@]}"; do
+  read -r _ name _ _ _ <<<"$line"
+  tally "$logs/$name.out" "$(cat "$logs/$name.status" 2>/dev/null || echo missing)"
+done
+tally "$logs/doc-tests.out" "$doc_status"
+
 echo
 if [ "${#flaky[@]}" -gt 0 ]; then
   echo "warning: flaky: ${flaky[*]} failed among the others and passed alone (first output above)"
 fi
-# A binary that failed without a failed test (a crash, a panic outside the
-# tests) counts as one failure.
-[ "$failed" -eq 0 ] && failed=$broken
 echo "suite: $passed passed, $failed failed"
 if [ "$failed" -gt 0 ] || [ "$broken" -gt 0 ]; then
   echo "error: $broken test binaries failed" >&2

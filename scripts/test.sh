@@ -47,8 +47,8 @@ fi
 # The real Kubernetes parts: kube-apiserver, kubectl, etcd and the test
 # kubelet (kube's streaming code behind a node), built from the pinned Go
 # module tests/kube/ once into target/kube/<key>/ (key: the module's go.mod,
-# go.sum, the sources of etcd/ and kubelet/, and the build flags) and reused
-# while those are unchanged.
+# go.sum, the sources of etcd/ and kubelet/, the build flags and the Go
+# version) and reused while those are unchanged.
 go_required=1.26
 go_ok() {
   command -v go >/dev/null 2>&1 || return 1
@@ -68,8 +68,8 @@ kube_ldflags="-s"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   kube_ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$kube_minor -X $pkg.gitTreeState=clean"
 done
-kube_key=$( { cat "$kube_module/go.mod" "$kube_module/go.sum" "$kube_module"/etcd/*.go "$kube_module"/kubelet/*.go; echo "$kube_ldflags"; } | sha256sum | cut -c1-16)
-target=${CARGO_TARGET_DIR:-$PWD/target}
+kube_key=$( { cat "$kube_module/go.mod" "$kube_module/go.sum" "$kube_module"/etcd/*.go "$kube_module"/kubelet/*.go; echo "$kube_ldflags"; go env GOVERSION; } | sha256sum | cut -c1-16)
+target=$(realpath -m "${CARGO_TARGET_DIR:-target}")
 kube_bin="$target/kube/$kube_key"
 if [ ! -x "$kube_bin/kube-apiserver" ] || [ ! -x "$kube_bin/kubectl" ] || [ ! -x "$kube_bin/etcd" ] || [ ! -x "$kube_bin/kubelet" ]; then
   echo "building kube-apiserver, kubectl, etcd and the test kubelet $kube_version from $kube_module (first run only: several minutes)"
@@ -79,6 +79,8 @@ if [ ! -x "$kube_bin/kube-apiserver" ] || [ ! -x "$kube_bin/kubectl" ] || [ ! -x
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd ./kubelet)
   rm -rf "$kube_bin"
   mv "$kube_bin.partial" "$kube_bin"
+  # Builds of other keys are stale: each is some 400 MB.
+  find "$target/kube" -mindepth 1 -maxdepth 1 ! -name "$kube_key" ! -name current -exec rm -rf {} +
 fi
 ln -sfn "$kube_key" "$target/kube/current"
 export AUTHPROXY_KUBE_BIN="$kube_bin"
@@ -96,7 +98,7 @@ helm_ldflags="-s -X helm.sh/helm/v3/internal/version.version=$helm_version -X he
 for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
   helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$helm_k8s_minor"
 done
-helm_key=$( { cat "$helm_module/go.mod" "$helm_module/go.sum"; echo "$helm_ldflags"; } | sha256sum | cut -c1-16)
+helm_key=$( { cat "$helm_module/go.mod" "$helm_module/go.sum"; echo "$helm_ldflags"; go env GOVERSION; } | sha256sum | cut -c1-16)
 helm_bin="$target/helm/$helm_key"
 if [ ! -x "$helm_bin/helm" ]; then
   echo "building helm $helm_version from $helm_module (first run only: a few minutes)"
@@ -106,6 +108,7 @@ if [ ! -x "$helm_bin/helm" ]; then
     helm.sh/helm/v3/cmd/helm)
   rm -rf "$helm_bin"
   mv "$helm_bin.partial" "$helm_bin"
+  find "$target/helm" -mindepth 1 -maxdepth 1 ! -name "$helm_key" ! -name current -exec rm -rf {} +
 fi
 ln -sfn "$helm_key" "$target/helm/current"
 export AUTHPROXY_HELM_BIN="$helm_bin"

@@ -526,6 +526,11 @@ fn serve_names_what_it_serves_in_one_plain_line() {
     );
     let _ = child.0.kill();
     let _ = child.0.wait();
+    // The rest of what it wrote, up to its exit (the reader ends with it).
+    for next in seen.iter() {
+        output.push_str(&next);
+        output.push('\n');
+    }
     assert!(
         !output.contains('\x1b'),
         "colour codes in plain output:\n{output}"

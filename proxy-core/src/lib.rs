@@ -72,7 +72,7 @@
 // Modules marked `doc(hidden)` are shared with the binary's listener
 // (socket reads, wake-ups, rate limits): public so that it can reach them,
 // outside the library's API and its semver promise. The fuzz targets reach
-// private parts through `fuzzing`, built only under `cargo fuzz`.
+// private parts through `fuzzing`, built only with the feature of that name.
 pub mod authn;
 pub mod body;
 pub mod config;
@@ -108,9 +108,9 @@ pub mod worker;
 #[cfg(test)]
 mod test_tls;
 
-/// The private parsers the fuzz targets (`fuzz/`) drive, built only under
-/// `cargo fuzz` (`--cfg fuzzing`): not part of the library.
-#[cfg(fuzzing)]
+/// The private parsers the fuzz targets (`fuzz/`) drive, built only with
+/// the `fuzzing` feature: not part of the library.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::path::join as path_join;

@@ -72,22 +72,55 @@ where
     }
 }
 
-/// A loopback port free at the time of asking.
-/// A port is never handed out twice in one test process, so two tests that
-/// ask at once (and bind later) cannot be given the same one.
+/// A loopback port free at the time of asking, for a server a test starts
+/// (kube-apiserver, etcd, slapd, the OpenID provider) that binds it later.
+///
+/// Test binaries run several at once (scripts/suite.sh), so a port is kept
+/// from the others until this process exits: each is taken by an exclusive
+/// lock on a file named after it in a folder all of them share. And it
+/// comes from below the kernel's ephemeral range (where `bind(0)` and
+/// outgoing connections draw theirs), so nothing else is handed it between
+/// this check and the server's bind.
 pub fn free_port() -> anyhow::Result<u16> {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    for _ in 0..1000 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if given.insert(port) {
-            return Ok(port);
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    const LOWEST: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    anyhow::ensure!(
+        ephemeral_low > LOWEST + 1000,
+        "the ephemeral port range starts at {ephemeral_low}: no room below it for test servers"
+    );
+    let span = u64::from(ephemeral_low - LOWEST);
+    let dir = std::env::temp_dir().join("authproxy-test-ports");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Spread the processes' starting points: pid and clock.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut state = (u64::from(std::process::id()) << 32 | u64::from(nanos)) | 1;
+    for _ in 0..4 * span {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let port = LOWEST + (state % span) as u16;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))?;
+        if lock.try_lock().is_err() {
+            continue; // another test process holds it, or this one does
         }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue; // in use by something else
+        }
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
+        return Ok(port);
     }
-    anyhow::bail!("no loopback port left that this process has not handed out")
+    anyhow::bail!("no free loopback port below {ephemeral_low}")
 }
 
 /// The users the tests log in as: (token, name, uid, groups).
