@@ -22,15 +22,22 @@ cd "$(dirname "$0")/.."
 
 jobs=${AUTHPROXY_TEST_JOBS:-$(($(nproc) + 2))}
 case $jobs in
-  '' | *[!0-9]* | 0) echo "error: AUTHPROXY_TEST_JOBS must be a whole number of at least 1, not '$jobs'" >&2; exit 2 ;;
+  '' | *[!0-9]*) jobs=0 ;;
+  *) jobs=$((10#$jobs)) ;;
 esac
+if [ "$jobs" -lt 1 ]; then
+  echo "error: AUTHPROXY_TEST_JOBS must be a whole number of at least 1, not '${AUTHPROXY_TEST_JOBS:-}'" >&2
+  exit 2
+fi
 logs=$(mktemp -d)
-# An interrupted suite stops the test binaries still running (their servers
-# stop with them) before it removes their logs.
+# An interrupted suite stops the test binaries still running, each with the
+# servers it started (a process group per binary), before it removes their
+# logs.
 stop_all() {
   local pid
   for pid in "$logs"/*.pid; do
-    [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null
+    [ -f "$pid" ] || continue
+    kill -TERM -- -"$(cat "$pid")" 2>/dev/null || true
   done
   rm -rf "$logs"
 }
@@ -40,7 +47,8 @@ trap stop_all EXIT
 cargo test --workspace --locked --no-run --message-format=json-render-diagnostics >"$logs/build.json"
 
 # One line per test binary: manifest folder, source file, executable.
-grep '"executable":"/' "$logs/build.json" | grep -E '"profile":\{[^}]*"test":true\}' |
+# (Built as tests, or a test target of its own harness.)
+grep '"executable":"/' "$logs/build.json" | grep -E '"profile":\{[^}]*"test":true\}|"target":\{"kind":\["test"\]' |
   sed -E 's/.*"manifest_path":"([^"]*)\/Cargo\.toml".*"src_path":"([^"]*)".*"executable":"([^"]*)".*/\1 \2 \3/' \
     >"$logs/binaries"
 
@@ -72,29 +80,42 @@ run_one() { # name dir src exe
   local name=$1 dir=$2 src=$3 exe=$4 start end status=0
   start=$(date +%s.%N)
   # No test reads the terminal: stdin is empty, never this script's input.
-  (cd "$dir" && exec "$exe") </dev/null >"$logs/$name.out" 2>&1 &
+  # A process group of its own (setsid execs in place: the pid is the
+  # group's), for stop_all.
+  (cd "$dir" && exec setsid "$exe") </dev/null >"$logs/$name.out" 2>&1 &
   echo "$!" >"$logs/$name.pid"
   wait "$!" || status=$?
   rm -f "$logs/$name.pid"
   end=$(date +%s.%N)
   awk -v a="$start" -v b="$end" -v n="$name" 'BEGIN {printf "%s %.1f\n", n, b - a}' >"$logs/$name.time"
-  echo "$status" >"$logs/$name.status"
+  # Whole or not at all: the status file is what marks a binary as done.
+  echo "$status" >"$logs/$name.status.tmp"
+  mv "$logs/$name.status.tmp" "$logs/$name.status"
 }
 
 report() { # name src exe
   local name=$1 src=$2 exe=$3
   echo "     Running ${src#"$PWD"/} ($exe)"
-  cat "$logs/$name.out"
+  cat "$logs/$name.out" 2>/dev/null || echo "(no output)"
   if [ "$(cat "$logs/$name.status")" != 0 ]; then
     echo "error: test binary $name exited with status $(cat "$logs/$name.status")"
   fi
 }
 
 declare -A pending=()
+# After `wait -n`: reports the binaries that ended. Its status 127 says no
+# job is left: a binary still pending then ended without a status (its
+# runner died), and is reported as such.
 report_finished() {
+  local waited=$1
   local done_name
   for done_name in "${!pending[@]}"; do
     if [ -f "$logs/$done_name.status" ]; then
+      # shellcheck disable=SC2086 # "src exe", two words
+      report "$done_name" ${pending[$done_name]}
+      unset "pending[$done_name]"
+    elif [ "$waited" = 127 ]; then
+      echo "missing" >"$logs/$done_name.status"
       # shellcheck disable=SC2086 # "src exe", two words
       report "$done_name" ${pending[$done_name]}
       unset "pending[$done_name]"
@@ -106,8 +127,9 @@ mapfile -t queue <"$logs/queue"
 for line in "${queue[@]}"; do
   read -r _ name dir src exe <<<"$line"
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
-    wait -n || true
-    report_finished
+    waited=0
+    wait -n || waited=$?
+    report_finished "$waited"
   done
   pending[$name]="$src $exe"
   run_one "$name" "$dir" "$src" "$exe" &
@@ -117,8 +139,9 @@ done
 doc_status=0
 cargo test --workspace --locked --doc --no-fail-fast </dev/null >"$logs/doc-tests.out" 2>&1 || doc_status=$?
 while [ "${#pending[@]}" -gt 0 ]; do
-  wait -n || true
-  report_finished
+  waited=0
+  wait -n || waited=$?
+  report_finished "$waited"
 done
 echo "   Doc-tests"
 cat "$logs/doc-tests.out"
@@ -130,7 +153,7 @@ flaky=()
 for line in "${queue[@]}"; do
   read -r _ name dir src exe <<<"$line"
   [ "$(cat "$logs/$name.status")" = 0 ] && continue
-  mv "$logs/$name.out" "$logs/$name.first"
+  mv "$logs/$name.out" "$logs/$name.first" 2>/dev/null || true
   echo "     Running ${src#"$PWD"/} again, alone, after it failed among the others"
   run_one "$name" "$dir" "$src" "$exe"
   report "$name" "$src" "$exe"

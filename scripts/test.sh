@@ -79,8 +79,10 @@ if [ ! -x "$kube_bin/kube-apiserver" ] || [ ! -x "$kube_bin/kubectl" ] || [ ! -x
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./etcd ./kubelet)
   rm -rf "$kube_bin"
   mv "$kube_bin.partial" "$kube_bin"
-  # Builds of other keys are stale: each is some 400 MB.
-  find "$target/kube" -mindepth 1 -maxdepth 1 ! -name "$kube_key" ! -name current -exec rm -rf {} +
+  # Builds of other keys: the two most recent stay (another branch's pins),
+  # older ones go (each is some 400 MB).
+  ls -1t "$target/kube" | grep -vx -e current -e "$kube_key" -e '.*\.partial' | tail -n +3 |
+    while read -r old; do rm -rf "${target:?}/kube/$old"; done || true
 fi
 ln -sfn "$kube_key" "$target/kube/current"
 export AUTHPROXY_KUBE_BIN="$kube_bin"
@@ -108,7 +110,8 @@ if [ ! -x "$helm_bin/helm" ]; then
     helm.sh/helm/v3/cmd/helm)
   rm -rf "$helm_bin"
   mv "$helm_bin.partial" "$helm_bin"
-  find "$target/helm" -mindepth 1 -maxdepth 1 ! -name "$helm_key" ! -name current -exec rm -rf {} +
+  ls -1t "$target/helm" | grep -vx -e current -e "$helm_key" -e '.*\.partial' | tail -n +3 |
+    while read -r old; do rm -rf "${target:?}/helm/$old"; done || true
 fi
 ln -sfn "$helm_key" "$target/helm/current"
 export AUTHPROXY_HELM_BIN="$helm_bin"

@@ -76,51 +76,72 @@ where
 /// (kube-apiserver, etcd, slapd, the OpenID provider) that binds it later.
 ///
 /// Test binaries run several at once (scripts/suite.sh), so a port is kept
-/// from the others until this process exits: each is taken by an exclusive
-/// lock on a file named after it in a folder all of them share. And it
-/// comes from below the kernel's ephemeral range (where `bind(0)` and
-/// outgoing connections draw theirs), so nothing else is handed it between
-/// this check and the server's bind.
+/// from the others until this process exits: each is claimed by binding an
+/// abstract Unix socket named after it (exclusive across processes, gone
+/// when this one exits). And where the kernel leaves room, it comes from
+/// outside the ephemeral range (where `bind(0)` and outgoing connections
+/// draw theirs), so nothing else is handed it between this check and the
+/// server's bind.
 pub fn free_port() -> anyhow::Result<u16> {
-    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
-    const LOWEST: u16 = 10_000;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    use std::os::linux::net::SocketAddrExt as _;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+    static HELD: std::sync::Mutex<Vec<UnixListener>> = std::sync::Mutex::new(Vec::new());
+    let claim = |port: u16| -> anyhow::Result<bool> {
+        let name = UnixAddr::from_abstract_name(format!("authproxy-test-port-{port}"))?;
+        match UnixListener::bind_addr(&name) {
+            Ok(claimed) => {
+                if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                    return Ok(false); // in use by something else; the claim goes
+                }
+                HELD.lock().unwrap_or_else(|e| e.into_inner()).push(claimed);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Ok(false),
+            Err(e) => Err(e).context("claiming a test port"),
+        }
+    };
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    anyhow::ensure!(
-        ephemeral_low > LOWEST + 1000,
-        "the ephemeral port range starts at {ephemeral_low}: no room below it for test servers"
-    );
-    let span = u64::from(ephemeral_low - LOWEST);
-    let dir = std::env::temp_dir().join("authproxy-test-ports");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    // Spread the processes' starting points: pid and clock.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut state = (u64::from(std::process::id()) << 32 | u64::from(nanos)) | 1;
-    for _ in 0..4 * span {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let port = LOWEST + (state % span) as u16;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(port.to_string()))?;
-        if lock.try_lock().is_err() {
-            continue; // another test process holds it, or this one does
+        .and_then(|range| {
+            let mut bounds = range.split_whitespace().map(|b| b.parse::<u16>().ok());
+            Some((bounds.next()??, bounds.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    // The room below the range (from 10000), else above it.
+    let (first, span) = if low > 11_000 {
+        (10_000, low - 10_000)
+    } else if high < 64_000 {
+        (high + 1, u16::MAX - high)
+    } else {
+        (0, 0)
+    };
+    if span > 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        // Spread the processes' starting points: pid and clock.
+        let mut state = (u64::from(std::process::id()) << 32 | u64::from(nanos)) | 1;
+        for _ in 0..4 * u32::from(span) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let port = first + (state % u64::from(span)) as u16;
+            if claim(port)? {
+                return Ok(port);
+            }
         }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue; // in use by something else
-        }
-        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(lock);
-        return Ok(port);
     }
-    anyhow::bail!("no free loopback port below {ephemeral_low}")
+    // No room outside the ephemeral range: the kernel's pick, still claimed.
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if claim(port)? {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free loopback port left to claim")
 }
 
 /// The users the tests log in as: (token, name, uid, groups).
