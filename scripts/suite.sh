@@ -5,7 +5,7 @@
 # `cargo test` runs its test binaries one after another, and most of their
 # time is spent waiting on kube-apiserver, slapd, the OIDC provider or kubectl,
 # not on a core: running AUTHPROXY_TEST_JOBS binaries at once (default: the
-# number of cores plus two) makes the whole suite about half as long. Each
+# number of cores plus one) makes the whole suite about half as long. Each
 # binary still runs its own tests on its own threads, as under `cargo test`,
 # and servers that tests start take ports no other binary can be given
 # (`authproxy_tests::free_port`).
@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-jobs=${AUTHPROXY_TEST_JOBS:-$(($(nproc) + 2))}
+jobs=${AUTHPROXY_TEST_JOBS:-$(($(nproc) + 1))}
 case $jobs in
   '' | *[!0-9]*) jobs=0 ;;
   *) jobs=$((10#$jobs)) ;;
