@@ -14,9 +14,9 @@
 # the build folder's suite-times (and a built-in list on a first run), so
 # that no long binary starts last. Each binary's output is printed whole when
 # it ends, in `cargo test`'s own form, and the run ends with one line of
-# totals. A binary that fails runs once more, alone, at the end: the suite
-# fails if it fails again, and names it as flaky otherwise (its first output
-# stays in the log).
+# totals. A binary that fails runs once more, alone, at the end, and the
+# log says whether it then passed (a failure that needs the load of the
+# others); the suite fails either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -110,12 +110,10 @@ report_finished() {
   local waited=$1
   local done_name
   for done_name in "${!pending[@]}"; do
-    if [ -f "$logs/$done_name.status" ]; then
-      # shellcheck disable=SC2086 # "src exe", two words
-      report "$done_name" ${pending[$done_name]}
-      unset "pending[$done_name]"
-    elif [ "$waited" = 127 ]; then
+    if [ ! -f "$logs/$done_name.status" ] && [ "$waited" = 127 ]; then
       echo "missing" >"$logs/$done_name.status"
+    fi
+    if [ -f "$logs/$done_name.status" ]; then
       # shellcheck disable=SC2086 # "src exe", two words
       report "$done_name" ${pending[$done_name]}
       unset "pending[$done_name]"
@@ -148,16 +146,23 @@ cat "$logs/doc-tests.out"
 
 cat "$logs"/*.time | sort >"$times.new" && mv "$times.new" "$times"
 
-# A binary that failed among the others runs once more, alone.
-flaky=()
+# A binary that failed runs once more, alone, to tell a failure that needs
+# the others' load from one that does not. The suite fails either way: the
+# totals are the first run's.
+under_load=()
 for line in "${queue[@]}"; do
   read -r _ name dir src exe <<<"$line"
   [ "$(cat "$logs/$name.status")" = 0 ] && continue
-  mv "$logs/$name.out" "$logs/$name.first" 2>/dev/null || true
-  echo "     Running ${src#"$PWD"/} again, alone, after it failed among the others"
+  for kept in out status; do
+    mv "$logs/$name.$kept" "$logs/$name.first-$kept" 2>/dev/null || true
+  done
+  echo "     Running ${src#"$PWD"/} again, alone, after it failed (the suite fails either way)"
   run_one "$name" "$dir" "$src" "$exe"
   report "$name" "$src" "$exe"
-  [ "$(cat "$logs/$name.status")" = 0 ] && flaky+=("$name")
+  [ "$(cat "$logs/$name.status")" = 0 ] && under_load+=("$name")
+  for kept in out status; do
+    mv "$logs/$name.first-$kept" "$logs/$name.$kept" 2>/dev/null || true
+  done
 done
 
 # The totals, binary by binary from the queue (one that left no status, or
@@ -187,8 +192,8 @@ done
 tally "$logs/doc-tests.out" "$doc_status"
 
 echo
-if [ "${#flaky[@]}" -gt 0 ]; then
-  echo "warning: flaky: ${flaky[*]} failed among the others and passed alone (first output above)"
+if [ "${#under_load[@]}" -gt 0 ]; then
+  echo "error: ${under_load[*]} failed among the others and passed alone: a failure under load, to be found"
 fi
 echo "suite: $passed passed, $failed failed"
 if [ "$failed" -gt 0 ] || [ "$broken" -gt 0 ]; then
