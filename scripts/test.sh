@@ -32,7 +32,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-for tool in curl node npm openssl script ip unshare mount /usr/sbin/slapd /usr/sbin/slapadd; do
+for tool in curl node npm openssl script ip unshare setsid mount /usr/sbin/slapd /usr/sbin/slapadd; do
   command -v "$tool" >/dev/null 2>&1 || { echo "error: $tool is still missing after install" >&2; exit 1; }
 done
 
