@@ -14,12 +14,42 @@ if ! cargo hack --version 2>/dev/null | grep -q " $hack_version\$"; then
   cargo install cargo-hack --locked --version "$hack_version"
 fi
 
-cargo hack clippy -p proxy-core --each-feature --locked -- -D warnings
+# Each feature alone and none (`default` is left out: the workspace's own
+# clippy run checks it), then all of them.
+cargo hack clippy -p proxy-core --each-feature --exclude-features default --locked -- -D warnings
+cargo clippy -p proxy-core --all-features --locked -- -D warnings
 cargo build -p proxy-core --example embed_oidc_only --no-default-features --features oidc --locked
 # The unit tests of the OIDC-only build and of the bare one: what a part left
 # out leaves behind still works, and its configuration sections are refused.
-cargo test -p proxy-core --lib --no-default-features --features oidc --locked
-cargo test -p proxy-core --lib --no-default-features --locked
+# Both are built first, then run side by side: most of their time is spent
+# waiting on timers and sockets, not on a core.
+unit_tests() { # cargo test arguments -> the unit-test executable
+  cargo test -p proxy-core --lib --locked --no-run --message-format=json-render-diagnostics "$@" |
+    sed -nE 's/.*"executable":"([^"]+)".*/\1/p' | tail -n 1
+}
+oidc_only=$(unit_tests --no-default-features --features oidc)
+bare=$(unit_tests --no-default-features)
+if [ -z "$oidc_only" ] || [ -z "$bare" ]; then
+  echo "error: the unit tests of proxy-core without default features did not build" >&2
+  exit 1
+fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+(cd proxy-core && "$oidc_only" --test-threads 6) >"$out/oidc" 2>&1 &
+oidc_run=$!
+(cd proxy-core && "$bare" --test-threads 6) >"$out/bare" 2>&1 &
+bare_run=$!
+status=0
+wait "$oidc_run" || status=1
+echo "proxy-core's unit tests with only the oidc feature:"
+cat "$out/oidc"
+wait "$bare_run" || status=2
+echo "proxy-core's unit tests with no feature:"
+cat "$out/bare"
+if [ "$status" != 0 ]; then
+  echo "error: proxy-core's unit tests failed without their default features (see above)" >&2
+  exit 1
+fi
 
 tree=$(cargo tree -p proxy-core -e normal --no-default-features --features oidc --prefix none --locked)
 for crate in ldap3 cel prometheus-client flate2; do
