@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncBufReadExt as _;
 
 use crate::pki::TestPki;
 use crate::{require_tool, wait_for, INSTALL_HINT};
@@ -117,11 +118,36 @@ impl OidcProvider {
             .env("REDIRECT_URI", REDIRECT_URI)
             .env("NODE_NO_WARNINGS", "1")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .context("starting node")?;
+        // provider.js prints one line once it listens: waiting for it spares
+        // a curl process per 100 ms of node's start. The rest of its output
+        // is drained, so that a full pipe never blocks it.
+        let mut child = child;
+        let stdout = child.stdout.take().context("provider stdout")?;
         self.child = Some(child);
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with("oidc-provider ready at ") {
+                    return anyhow::Ok(true);
+                }
+            }
+            anyhow::Ok(false)
+        })
+        .await
+        .context("oidc-provider did not say it was ready within 20 s")??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        if !ready {
+            let status = match self.child.as_mut() {
+                Some(child) => format!("{:?}", child.wait().await),
+                None => String::new(),
+            };
+            bail!("oidc-provider ended before it was ready: {status}");
+        }
+        // Then discovery must answer (at once, as it listens).
         let url = format!("{}/.well-known/openid-configuration", self.issuer());
         let ca = self.ca.clone();
         wait_for(Duration::from_secs(20), "oidc-provider discovery", || {

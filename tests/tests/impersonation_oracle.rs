@@ -300,16 +300,16 @@ fn answer(code: u16, body: &str) -> Answer {
     }
 }
 
-/// `curl` with a client certificate: (status, body).
-async fn send(
-    ca: &std::path::Path,
+/// One request as a curl transfer with a client certificate.
+fn transfer<'a>(
+    ca: &'a std::path::Path,
     cert: &CertFiles,
     url: &str,
     method: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
     agent: &str,
-) -> anyhow::Result<(u16, String)> {
+) -> authproxy_tests::Transfer<'a> {
     let mut args: Vec<String> = vec![
         "--cert".into(),
         cert.cert_path.display().to_string(),
@@ -331,8 +331,7 @@ async fn send(
         args.push(body.into());
     }
     args.push(url.into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    authproxy_tests::curl_with_ca(ca, &args).await
+    authproxy_tests::Transfer { ca, args }
 }
 
 /// Where the proxy's side of the cases goes: the proxy's URL (a cluster's
@@ -412,11 +411,14 @@ async fn run_matrix(
         let (name, direct, proxied) = &certs[caller];
         let (targets, kube_url) = (&targets, &kube_url);
         async move {
-            let mut results = Vec::new();
+            // Straight to kube, then by the route, case after case: one curl
+            // for all of a caller's requests.
+            let mut labels = Vec::new();
+            let mut transfers = Vec::new();
             for (target, headers) in targets {
                 for (request, method, path, body) in REQUESTS {
                     let agent = unique_marker("oracle");
-                    let (code, text) = send(
+                    transfers.push(transfer(
                         kube_ca,
                         direct,
                         &format!("{kube_url}{path}"),
@@ -424,10 +426,8 @@ async fn run_matrix(
                         headers,
                         body,
                         &agent,
-                    )
-                    .await?;
-                    let kube = answer(code, &text);
-                    let (code, text) = send(
+                    ));
+                    transfers.push(transfer(
                         route.ca,
                         proxied,
                         &format!("{}{path}", route.url),
@@ -435,12 +435,20 @@ async fn run_matrix(
                         headers,
                         body,
                         &agent,
-                    )
-                    .await?;
-                    let proxy = answer(code, &text);
-                    results.push((format!("{name} as {target}: {request}"), kube, proxy));
+                    ));
+                    labels.push(format!("{name} as {target}: {request}"));
                 }
             }
+            let answers = authproxy_tests::curl_sequence(&transfers).await?;
+            let results: Vec<(String, Answer, Answer)> = labels
+                .into_iter()
+                .zip(answers.chunks(2))
+                .map(|(label, pair)| {
+                    let kube = answer(pair[0].0, &pair[0].1);
+                    let proxy = answer(pair[1].0, &pair[1].1);
+                    (label, kube, proxy)
+                })
+                .collect();
             anyhow::Ok(results)
         }
     });
