@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use super::{kube, poll, supervised, tail, Kube, Supervised};
+use super::{kube, poll, supervised, tail, Kube, Supervised, ADMIN_TOKEN};
 
 /// The Node the test kubelet serves.
 pub const NODE: &str = "authproxy-node";
@@ -137,21 +137,22 @@ impl Kube {
     /// Creates pod `name` in `default`, bound to [`NODE`] with one container
     /// [`CONTAINER`] (stdin open), and reports it Running and Ready through
     /// `pods/status`, as its kubelet would. Returns the pod's folder.
+    ///
+    /// Both writes go in one curl (a kubectl start costs several times more,
+    /// and the suite makes many pods).
     pub async fn running_pod(&self, name: &str) -> anyhow::Result<PathBuf> {
         let kube = kube()?;
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || kube.running_pod_blocking(&name)).await?
-    }
-
-    fn running_pod_blocking(&self, name: &str) -> anyhow::Result<PathBuf> {
-        self.kubelet()?;
-        let pod = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  nodeName: {NODE}\n  automountServiceAccountToken: false\n  containers:\n  - {{name: {CONTAINER}, image: registry.invalid/main:1, stdin: true}}\n"
-        );
-        let out = self.admin(&["create", "-f", "-"], Some(&pod))?;
-        if !out.status.success() {
-            bail!("creating pod {name}: {}", crate::output_text(&out));
-        }
+        tokio::task::spawn_blocking(move || kube.kubelet().map(|_| ())).await??;
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {
+                "nodeName": NODE,
+                "automountServiceAccountToken": false,
+                "containers": [{"name": CONTAINER, "image": "registry.invalid/main:1", "stdin": true}],
+            },
+        });
         let started = "2020-01-01T00:00:00Z";
         let status = serde_json::json!({"status": {
             "phase": "Running",
@@ -169,22 +170,40 @@ impl Kube {
                 "state": {"running": {"startedAt": started}},
             }],
         }});
-        let out = self.admin(
-            &[
-                "patch",
-                "pod",
-                name,
-                "-n",
-                "default",
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status.to_string(),
+        let pods = format!("{}/api/v1/namespaces/default/pods", self.url());
+        let write = |method: &str, content_type: &str, body: String, url: String| crate::Transfer {
+            ca: self.pki.ca_path(),
+            args: vec![
+                "-X".into(),
+                method.into(),
+                "-H".into(),
+                format!("Authorization: Bearer {ADMIN_TOKEN}"),
+                "-H".into(),
+                format!("Content-Type: {content_type}"),
+                "--data-binary".into(),
+                body,
+                url,
             ],
-            None,
-        )?;
-        if !out.status.success() {
-            bail!("pod {name} status: {}", crate::output_text(&out));
+        };
+        let answers = crate::curl_sequence(&[
+            write("POST", "application/json", pod.to_string(), pods.clone()),
+            write(
+                "PATCH",
+                "application/merge-patch+json",
+                status.to_string(),
+                format!("{pods}/{name}/status"),
+            ),
+        ])
+        .await?;
+        if answers[0].0 != 201 {
+            bail!(
+                "creating pod {name}: HTTP {} {}",
+                answers[0].0,
+                answers[0].1
+            );
+        }
+        if answers[1].0 != 200 {
+            bail!("pod {name} status: HTTP {} {}", answers[1].0, answers[1].1);
         }
         self.pod_dir(name)
     }

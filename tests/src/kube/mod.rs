@@ -553,16 +553,33 @@ spec:
         .await?
     }
 
-    /// Creates a configmap in `default` labelled `marker=<marker>`, as the admin.
+    /// Creates a configmap in `default` labelled `marker=<marker>`, as the admin
+    /// (with curl: tests make many, and a kubectl start costs several times
+    /// more).
     pub async fn create_configmap(&self, name: &str, marker: &str) -> anyhow::Result<()> {
-        let yaml = format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: default, labels: {{marker: {marker}}}}}\ndata: {{k: v}}\n"
-        );
-        let out = self
-            .admin_async(&["create", "-f", "-"], Some(&yaml))
-            .await?;
-        if !out.status.success() {
-            bail!("creating configmap {name}: {}", crate::output_text(&out));
+        let object = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default", "labels": {"marker": marker}},
+            "data": {"k": "v"},
+        });
+        let (code, body) = crate::curl_with_ca(
+            self.pki.ca_path(),
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &object.to_string(),
+                &format!("{}/api/v1/namespaces/default/configmaps", self.url()),
+            ],
+        )
+        .await?;
+        if code != 201 {
+            bail!("creating configmap {name}: HTTP {code} {body}");
         }
         Ok(())
     }
