@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # proxy-core's cargo features: the crate alone with each feature, with none and
 # with all, lint-clean (so a forgotten `cfg` fails); the OIDC-only example
-# builds with `--no-default-features --features oidc`, and the unit tests pass
+# compiles with `--no-default-features --features oidc`, and the unit tests pass
 # with it and with no feature; and an OIDC-only build
 # depends on none of the crates the other parts bring. Installs cargo-hack
 # when missing.
@@ -18,7 +18,9 @@ fi
 # clippy run checks it), then all of them.
 cargo hack clippy -p proxy-core --each-feature --exclude-features default --locked -- -D warnings
 cargo clippy -p proxy-core --all-features --locked -- -D warnings
-cargo build -p proxy-core --example embed_oidc_only --no-default-features --features oidc --locked
+# The OIDC-only example, lint-clean with only that feature (a check: its
+# compile errors are all a build would find).
+cargo clippy -p proxy-core --example embed_oidc_only --no-default-features --features oidc --locked -- -D warnings
 # The unit tests of the OIDC-only build and of the bare one: what a part left
 # out leaves behind still works, and its configuration sections are refused.
 # Both are built first, then run side by side: most of their time is spent

@@ -54,7 +54,7 @@ grep '"executable":"/' "$logs/build.json" | grep -E '"profile":\{[^}]*"test":tru
 
 times=${CARGO_TARGET_DIR:-target}/suite-times
 # Known long binaries, for a first run with no times kept.
-first_guess='streaming streaming_limits impersonation_oracle jwt_oracle proxy-core oidc chart upstream_health goaway_kube'
+first_guess='streaming streaming_limits shared_kube oidc jwt_oracle proxy-core chart impersonation_oracle goaway_kube'
 order() {
   while read -r dir src exe; do
     # Named by its source file, which is one per test binary.
@@ -64,7 +64,7 @@ order() {
     if [ -z "$secs" ]; then
       secs=0
       for slow in $first_guess; do
-        case $name in *:"$slow".rs | "$slow":src:lib.rs) secs=60 ;; esac
+        case $name in *:"$slow".rs | *:"$slow":main.rs | "$slow":src:lib.rs) secs=60 ;; esac
       done
     fi
     echo "$secs $name $dir $src $exe"
@@ -82,7 +82,11 @@ run_one() { # name dir src exe
   # No test reads the terminal: stdin is empty, never this script's input.
   # A process group of its own (setsid execs in place: the pid is the
   # group's), for stop_all.
-  (cd "$dir" && exec setsid "$exe") </dev/null >"$logs/$name.out" 2>&1 &
+  # A binary whose tests mostly wait may ask for more test threads than
+  # cores, with a line `// suite.sh: --test-threads N` in its main file.
+  local threads
+  threads=$(grep -m1 -oE '^// suite\.sh: --test-threads [0-9]+$' "$src" | awk '{print $NF}' || true)
+  (cd "$dir" && exec setsid "$exe" ${threads:+--test-threads "$threads"}) </dev/null >"$logs/$name.out" 2>&1 &
   echo "$!" >"$logs/$name.pid"
   wait "$!" || status=$?
   rm -f "$logs/$name.pid"

@@ -331,7 +331,7 @@ pub async fn start_proxy_with_upstream(
     let config_path = dir.join("authproxy.yaml");
     std::fs::write(&config_path, yaml)?;
     let config = FileConfig::load(&config_path)?;
-    // Watching its file as `authproxy serve` does (tests/reload.rs edits it).
+    // Watching its file as `authproxy serve` does (tests/shared_kube/reload.rs edits it).
     let source = authproxy::reload::ConfigSource {
         path: config_path,
         flags: Default::default(),

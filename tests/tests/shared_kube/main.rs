@@ -1,0 +1,45 @@
+//! The end-to-end tests that share one kube-apiserver with nothing but the
+//! common set-up (no flags of their own, no RBAC of their own, no webhook,
+//! no kubelet): one test binary, so one kube-apiserver and one link for all
+//! of them. Each module is one subject; its tests mark what they create
+//! with names of their own, as tests of one binary always have.
+//!
+//! `scripts/suite.sh` runs this binary with more test threads than cores
+//! (most of its tests wait on kube-apiserver, slapd or kubectl).
+
+// suite.sh: --test-threads 6
+
+mod audit;
+mod double_vs_kube;
+mod ldap;
+mod long_running_kube;
+mod pipeline;
+mod quickstart;
+mod reload;
+mod secrets_in_logs;
+mod upstream_health;
+
+/// What makes sharing safe stays true: no module here brings flags, RBAC,
+/// a webhook or the kubelet of its own (such a test belongs in a binary of
+/// its own, with a kube-apiserver of its own).
+#[test]
+fn no_module_here_changes_the_shared_kube_apiserver() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/shared_kube");
+    let mut modules = 0;
+    for entry in std::fs::read_dir(&dir).expect("tests/shared_kube") {
+        let path = entry.expect("entry").path();
+        if path.file_name() == Some(std::ffi::OsStr::new("main.rs")) {
+            continue;
+        }
+        modules += 1;
+        let text = std::fs::read_to_string(&path).expect("module");
+        for call in ["kube_with(", "apply_rbac(", "kubelet(", "webhook_addr("] {
+            assert!(
+                !text.contains(call),
+                "{} calls {call}: it changes the kube-apiserver the other modules share",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(modules, 9, "a module added or removed: list it in main.rs");
+}
