@@ -392,7 +392,31 @@ async fn a_client_that_stops_reading_does_not_grow_the_proxys_memory() -> anyhow
         stalled_exec(kube, &route, &pids).await?;
         stalled_download(kube, &route, &pids, port).await?;
     }
+    // The same stalls straight to kube-apiserver (no memory of ours to
+    // watch): every byte must arrive there too, so that a loss on the
+    // routes above is ours to answer for.
+    for route in kube_routes(kube) {
+        stalled_exec(kube, &route, &[]).await?;
+        stalled_download(kube, &route, &[], port).await?;
+    }
     Ok(())
+}
+
+/// kubectl straight to kube-apiserver as the admin, over WebSocket and
+/// over SPDY.
+fn kube_routes(kube: &Kube) -> Vec<Route> {
+    [false, true]
+        .into_iter()
+        .map(|spdy| {
+            let protocol = if spdy { "spdy" } else { "websocket" };
+            Route::new(
+                &format!("kube-{protocol}"),
+                kube.admin_kubeconfig(),
+                &[],
+                spdy,
+            )
+        })
+        .collect()
 }
 
 /// `kubectl exec` of a command that writes [`STALLED_OUTPUT`] bytes, its
