@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# proxy-core's cargo features: the crate alone with each feature, with none and
-# with all, lint-clean (so a forgotten `cfg` fails); the OIDC-only example
-# compiles with `--no-default-features --features oidc`, and the unit tests pass
-# with it and with no feature; and an OIDC-only build
-# depends on none of the crates the other parts bring. Installs cargo-hack
-# when missing.
+# proxy-core's cargo features: the crate alone with each feature, with none
+# and with all, lint-clean (so a forgotten `cfg` fails); the OIDC-only
+# example lint-clean and built with `--no-default-features --features oidc`;
+# the unit tests passing with only that feature and with none; and an
+# OIDC-only build depending on none of the crates the other parts bring.
+# Installs cargo-hack when missing.
 #
-# `scripts/features.sh lints` runs the checks and `scripts/features.sh
-# tests` the unit tests (CI runs them side by side, each with a build folder
-# of its own); no argument runs both.
+# `scripts/features.sh lints` runs the checks, `scripts/features.sh tests`
+# the example's build and the unit tests (CI runs the two side by side, each
+# with a build folder of its own); no argument runs both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part=${1:-all}
@@ -31,8 +31,8 @@ lints() {
   # clippy run checks it), then all of them.
   cargo hack clippy -p proxy-core --each-feature --exclude-features default --locked -- -D warnings
   cargo clippy -p proxy-core --all-features --locked -- -D warnings
-  # The OIDC-only example, lint-clean with only that feature (a check: its
-  # compile errors are all a build would find).
+  # The OIDC-only example, lint-clean with only that feature (the tests part
+  # builds it).
   cargo clippy -p proxy-core --example embed_oidc_only --no-default-features --features oidc --locked -- -D warnings
   tree=$(cargo tree -p proxy-core -e normal --no-default-features --features oidc --prefix none --locked)
   for crate in ldap3 cel prometheus-client flate2; do
@@ -45,10 +45,13 @@ lints() {
 }
 
 run_unit_tests() {
+  # The OIDC-only example builds with only that feature.
+  cargo build -p proxy-core --example embed_oidc_only --no-default-features --features oidc --locked
   # The unit tests of the OIDC-only build and of the bare one: what a part left
   # out leaves behind still works, and its configuration sections are refused.
-  # Both are built first, then run side by side: most of their time is spent
-  # waiting on timers and sockets, not on a core.
+  # Both are built first, then run side by side, three test threads each:
+  # many of their tests wait on timers and sockets (others, the property
+  # tests, keep a core busy).
   test_binary() { # cargo test arguments -> the unit-test executable
     cargo test -p proxy-core --lib --locked --no-run --message-format=json-render-diagnostics "$@" |
       sed -nE 's/.*"executable":"([^"]+)".*/\1/p' | tail -n 1
@@ -61,9 +64,9 @@ run_unit_tests() {
   fi
   out=$(mktemp -d)
   trap 'rm -rf "$out"' EXIT
-  (cd proxy-core && "$oidc_only" --test-threads 6) >"$out/oidc" 2>&1 &
+  (cd proxy-core && "$oidc_only" --test-threads 3) >"$out/oidc" 2>&1 &
   oidc_run=$!
-  (cd proxy-core && "$bare" --test-threads 6) >"$out/bare" 2>&1 &
+  (cd proxy-core && "$bare" --test-threads 3) >"$out/bare" 2>&1 &
   bare_run=$!
   status=0
   wait "$oidc_run" || status=1

@@ -118,7 +118,7 @@ export AUTHPROXY_HELM_BIN="$helm_bin"
 
 # The suite: unit, property, doc and end-to-end tests of every crate, several
 # test binaries at once (scripts/suite.sh). With arguments, plain `cargo test`
-# with them, e.g. `scripts/test.sh -p authproxy-tests --test ldap`.
+# with them, e.g. `scripts/test.sh -p authproxy-tests --test shared_kube ldap::`.
 if [ "$#" -eq 0 ]; then
   scripts/suite.sh
 else

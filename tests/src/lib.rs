@@ -462,9 +462,15 @@ pub async fn curl_sequence(transfers: &[Transfer<'_>]) -> anyhow::Result<Vec<(u1
             .parse()
             .with_context(|| format!("curl printed {code:?} as transfer {i}'s status"))?;
         if code == 0 {
+            // Named by its URL (its last argument): the others may hold
+            // a credential.
             bail!(
-                "curl got no HTTP answer to transfer {i} ({:?}): {}",
-                transfers[i].args,
+                "curl got no HTTP answer to transfer {i} ({}): {}",
+                transfers[i]
+                    .args
+                    .last()
+                    .map(String::as_str)
+                    .unwrap_or_default(),
                 String::from_utf8_lossy(&output.stderr)
             );
         }

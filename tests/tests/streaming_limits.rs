@@ -392,11 +392,10 @@ async fn a_client_that_stops_reading_does_not_grow_the_proxys_memory() -> anyhow
     // same stalls straight to kube-apiserver (no memory of ours to watch)
     // tell a loss of ours from one kube has as well.
     let mut failures = Vec::new();
-    let kube_routes = kube_routes(kube);
     let all = routes(&proxy)
         .into_iter()
         .map(|route| (route, &pids[..]))
-        .chain(kube_routes.into_iter().map(|route| (route, &[][..])));
+        .chain(kube_routes(kube).into_iter().map(|route| (route, &[][..])));
     for (route, pids) in all {
         if let Err(e) = stalled_exec(kube, &route, pids).await {
             failures.push(format!("{e:#}"));
@@ -448,10 +447,9 @@ async fn stalled_exec(kube: &Kube, route: &Route, pids: &[u32]) -> anyhow::Resul
             BOUND,
         )
         .await?;
-    assert_eq!(
-        beside.stdout,
-        b"beside\n",
-        "{route}: {}",
+    anyhow::ensure!(
+        beside.stdout == b"beside\n",
+        "{route}: the exec beside the stalled one: {}",
         output_text(&beside)
     );
     let mut stdout = child.stdout.take().context("kubectl stdout")?;
@@ -507,11 +505,15 @@ async fn stalled_download(
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .with_context(|| format!("{route}: no response head"))?;
-    assert!(response.starts_with(b"HTTP/1.1 200"), "{route}");
-    assert_eq!(
-        sha256_hex(&response[split + 4..]),
-        sha256_hex(big_data()),
-        "{route}"
+    anyhow::ensure!(
+        response.starts_with(b"HTTP/1.1 200"),
+        "{route}: the stalled download was not answered 200"
+    );
+    anyhow::ensure!(
+        sha256_hex(&response[split + 4..]) == sha256_hex(big_data()),
+        "{route}: the stalled download's {} bytes of body are not the {} served",
+        response.len() - split - 4,
+        big_data().len()
     );
     assert_growth_bounded(route, "port-forward", &growth)
 }
@@ -519,7 +521,7 @@ async fn stalled_download(
 fn assert_growth_bounded(route: &Route, what: &str, growth: &[u64]) -> anyhow::Result<()> {
     eprintln!("{route} {what}: growth {growth:?}");
     for (process, grew) in ["proxy", "agent"].iter().zip(growth) {
-        assert!(
+        anyhow::ensure!(
             *grew <= RSS_GROWTH_BOUND,
             "{route} {what}: the {process} grew by {} MiB while the client did not read",
             grew >> 20
