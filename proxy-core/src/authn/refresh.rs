@@ -249,6 +249,20 @@ impl Refresher {
         let done = Done(self.clone(), username);
         tokio::spawn(async move {
             let (this, username) = (&done.0, &done.1);
+            // The same turn as a request's own lookup: a request whose
+            // cached answer has grown too old meanwhile waits for this one,
+            // and takes its answer instead of asking the directory again.
+            let gate = this
+                .lookups
+                .get_with(username.clone(), || Arc::new(tokio::sync::Mutex::new(())));
+            let _turn = gate.lock().await;
+            if this
+                .answers
+                .get(username)
+                .is_some_and(|answer| answer.at.elapsed() <= way.settings.interval)
+            {
+                return;
+            }
             let backoff = FAILURE_BACKOFF.min(way.settings.interval);
             if this
                 .failures
@@ -418,6 +432,59 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(refresher.refreshed(&from_token, &none).await.is_err());
+    }
+
+    /// A directory that always finds the user, each lookup taking as long
+    /// as the test sets.
+    struct Slow {
+        delay_ms: Arc<AtomicU64>,
+        asked: Arc<AtomicU64>,
+    }
+
+    impl Directory for Slow {
+        fn lookup<'a>(
+            &'a self,
+            _username: &'a str,
+        ) -> Pin<Box<dyn Future<Output = Result<DirectoryAnswer, AuthnError>> + Send + 'a>>
+        {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let delay = Duration::from_millis(self.delay_ms.load(Ordering::SeqCst));
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(DirectoryAnswer::Found(user(&["devs"])))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_answer_aged_meanwhile_takes_the_background_lookups_answer() {
+        let interval = Duration::from_millis(100);
+        let (delay_ms, asked) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let way = Refreshing {
+            directory: Some(Arc::new(Slow {
+                delay_ms: delay_ms.clone(),
+                asked: asked.clone(),
+            })),
+            settings: RefreshSettings {
+                interval,
+                grace: Duration::from_secs(60),
+            },
+        };
+        let refresher = Arc::new(Refresher::default());
+        let from_token = user(&["devs"]);
+        refresher.refreshed(&from_token, &way).await.unwrap();
+        // Past the interval: answered at once, a lookup (a slow one now)
+        // starts beside the request.
+        delay_ms.store(400, Ordering::SeqCst);
+        tokio::time::sleep(interval + Duration::from_millis(50)).await;
+        refresher.refreshed(&from_token, &way).await.unwrap();
+        // Past twice the interval, that lookup still running: the next
+        // request waits for it rather than asking the directory again.
+        tokio::time::sleep(interval).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        let groups = refresher.refreshed(&from_token, &way).await.unwrap().groups;
+        assert_eq!(groups, ["devs"]);
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "one lookup, not two");
     }
 
     #[tokio::test]
