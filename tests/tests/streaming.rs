@@ -742,7 +742,7 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
                 spdy,
             );
             let pod = route.pod("recorded");
-            kube.running_pod(&pod).await?;
+            let pod_dir = kube.running_pod(&pod).await?;
             let out = route
                 .run(
                     &[
@@ -812,9 +812,14 @@ async fn exec_sessions_are_recorded_named_in_the_audit_and_replay_as_seen() -> a
                     "--",
                     "sh",
                     "-c",
-                    "i=0; while [ \"$(stty size)\" = \"0 0\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; i=0; while [ \"$(stty size)\" != \"40 120\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; read x; echo got:$x",
+                    "i=0; while [ \"$(stty size)\" = \"0 0\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size; touch sized; i=0; while [ \"$(stty size)\" != \"40 120\" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; stty size; read x; echo got:$x",
                 ],
-                "stty cols 111 rows 33; (sleep 2; stty cols 120 rows 40 </dev/tty) &",
+                // The resize once the container has seen the first size
+                // (the container's folder is the pod's, on this machine).
+                &format!(
+                    "stty cols 111 rows 33; (i=0; while [ ! -e '{sized}' ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; stty cols 120 rows 40 </dev/tty) &",
+                    sized = pod_dir.join("sized").display()
+                ),
             )?;
             let mut child = script.spawn().context("running script")?;
             let mut stdin = child.stdin.take().context("script stdin")?;
