@@ -899,19 +899,125 @@ use counted::TcpConnector;
 /// two such buffers.
 pub const UPGRADED_COPY_BUFFER: usize = 32 * 1024;
 
-/// Copies both ways between the two ends of an upgraded stream until both
-/// have closed (the bytes each way), or one fails.
+/// Copies both ways between the two ends of an upgraded stream until each
+/// way has ended (the bytes each way; the first error, once both ended).
+///
+/// Each way ends on its own. A way that fails (a write to an end that has
+/// closed: the server that finished while the caller's heartbeats still
+/// flowed to it) stops that way only: the other still carries what it was
+/// sent, every byte already on its way, and then closes its end in order.
+/// Ending both at the first error would drop the end of a stream that the
+/// server had already sent (the tail of an exec's output the caller had not
+/// read yet).
 pub(crate) async fn join_upgraded<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
-    tokio::io::copy_bidirectional_with_sizes(a, b, UPGRADED_COPY_BUFFER, UPGRADED_COPY_BUFFER).await
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let (a_to_b, b_to_a) = tokio::join!(
+        copy_one_way(&mut a_read, &mut b_write),
+        copy_one_way(&mut b_read, &mut a_write)
+    );
+    match (a_to_b, b_to_a) {
+        (Ok(sent), Ok(received)) => Ok((sent, received)),
+        (Err(error), _) | (_, Err(error)) => Err(error),
+    }
+}
+
+/// Copies `from` to `to` until `from` ends or either fails, flushing
+/// whenever `from` has nothing more at once (an interactive session's
+/// keystrokes and echoes are not held back), then shuts `to` down for
+/// writing however the copy ended.
+async fn copy_one_way<R, W>(from: &mut R, to: &mut W) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin + ?Sized,
+    W: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; UPGRADED_COPY_BUFFER];
+    let mut copied = 0u64;
+    let result = async {
+        loop {
+            // Read what is there now; when nothing is, flush what was
+            // written and wait.
+            let n = match futures_util::FutureExt::now_or_never(from.read(&mut buf)) {
+                Some(read) => read?,
+                None => {
+                    to.flush().await?;
+                    from.read(&mut buf).await?
+                }
+            };
+            if n == 0 {
+                return Ok(copied);
+            }
+            to.write_all(&buf[..n]).await?;
+            copied += n as u64;
+        }
+    }
+    .await;
+    let _ = to.flush().await;
+    let _ = to.shutdown().await;
+    result
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connected pair of loopback sockets.
+    async fn socket_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dialed, accepted) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (dialed.unwrap(), accepted.unwrap().0)
+    }
+
+    /// The server writes its last bytes and closes while the caller has
+    /// not read them; the caller's next bytes reach a closed socket, which
+    /// answers with a reset. The caller still gets every byte the server
+    /// sent, then the end of the stream.
+    #[tokio::test]
+    async fn a_failed_way_leaves_the_other_ways_bytes_to_arrive() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        const SENT: usize = 4 << 20;
+        // A caller with a small receive window, so that most of the
+        // server's bytes wait in the proxy's socket from the server.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let (dialed, accepted) = tokio::join!(
+            socket.connect(listener.local_addr().unwrap()),
+            listener.accept()
+        );
+        let (mut caller, mut caller_side) = (dialed.unwrap(), accepted.unwrap().0);
+        let (mut upstream_side, mut server) = socket_pair().await;
+        let joined =
+            tokio::spawn(async move { join_upgraded(&mut caller_side, &mut upstream_side).await });
+        // The server: its output, then the caller's first bytes left
+        // unread as it closes (a reset, as a server that stops reading
+        // before it closes gives).
+        let data: Vec<u8> = (0..SENT).map(|i| (i % 251) as u8).collect();
+        server.write_all(&data).await.unwrap();
+        caller.write_all(b"heartbeat").await.unwrap();
+        // Every byte has left the server (its socket holds none unsent:
+        // a reset would throw those away, which no proxy can help).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The caller, still not reading, sends more: to a closed socket.
+        let _ = caller.write_all(b"heartbeat").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut got = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(10), caller.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the caller's stream did not end");
+        assert_eq!(got.len(), SENT, "bytes lost");
+        assert!(got == data, "bytes changed");
+        let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
+    }
 
     fn options(credential: UpstreamCredential) -> UpstreamOptions {
         UpstreamOptions {
