@@ -406,6 +406,36 @@ pub async fn curl_with_ca(ca: &Path, args: &[&str]) -> anyhow::Result<(u16, Stri
     Ok((code, body.to_owned()))
 }
 
+/// The modules of a test binary made of a folder under `tests/tests/` (a
+/// `main.rs` and one file per module): each file's path and text, once
+/// every one is found declared in `main.rs` (a file it leaves out would
+/// never run).
+pub fn binary_modules(folder: &str) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(folder);
+    let main = std::fs::read_to_string(dir.join("main.rs"))?;
+    let mut modules = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .context("a module's file name")?;
+        if stem == "main" {
+            continue;
+        }
+        anyhow::ensure!(
+            main.contains(&format!("\nmod {stem};\n")),
+            "{} is not a module of this binary (it would never run)",
+            path.display()
+        );
+        let text = std::fs::read_to_string(&path)?;
+        modules.push((path, text));
+    }
+    Ok(modules)
+}
+
 /// One transfer of [`curl_sequence`]: the CA it trusts and the rest of its
 /// arguments (method, headers, client certificate, body, URL).
 pub struct Transfer<'a> {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 
-use super::{kube, poll, supervised, tail, Kube, Supervised, ADMIN_TOKEN};
+use super::{kube, poll, supervised, tail, Kube, Supervised};
 
 /// The Node the test kubelet serves.
 pub const NODE: &str = "authproxy-node";
@@ -171,27 +171,13 @@ impl Kube {
             }],
         }});
         let pods = format!("{}/api/v1/namespaces/default/pods", self.url());
-        let write = |method: &str, content_type: &str, body: String, url: String| crate::Transfer {
-            ca: self.pki.ca_path(),
-            args: vec![
-                "-X".into(),
-                method.into(),
-                "-H".into(),
-                format!("Authorization: Bearer {ADMIN_TOKEN}"),
-                "-H".into(),
-                format!("Content-Type: {content_type}"),
-                "--data-binary".into(),
-                body,
-                url,
-            ],
-        };
         let answers = crate::curl_sequence(&[
-            write("POST", "application/json", pod.to_string(), pods.clone()),
-            write(
+            self.admin_write("POST", "application/json", &pod, &pods),
+            self.admin_write(
                 "PATCH",
                 "application/merge-patch+json",
-                status.to_string(),
-                format!("{pods}/{name}/status"),
+                &status,
+                &format!("{pods}/{name}/status"),
             ),
         ])
         .await?;

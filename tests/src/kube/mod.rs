@@ -563,25 +563,43 @@ spec:
             "metadata": {"name": name, "namespace": "default", "labels": {"marker": marker}},
             "data": {"k": "v"},
         });
-        let (code, body) = crate::curl_with_ca(
-            self.pki.ca_path(),
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &format!("Authorization: Bearer {ADMIN_TOKEN}"),
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                &object.to_string(),
-                &format!("{}/api/v1/namespaces/default/configmaps", self.url()),
-            ],
-        )
+        let answers = crate::curl_sequence(&[self.admin_write(
+            "POST",
+            "application/json",
+            &object,
+            &format!("{}/api/v1/namespaces/default/configmaps", self.url()),
+        )])
         .await?;
-        if code != 201 {
+        let (code, body) = &answers[0];
+        if *code != 201 {
             bail!("creating configmap {name}: HTTP {code} {body}");
         }
         Ok(())
+    }
+
+    /// A write to kube-apiserver as the admin with curl (`method`, a body of
+    /// `content_type`, `url`), for [`crate::curl_sequence`].
+    pub(crate) fn admin_write(
+        &self,
+        method: &str,
+        content_type: &str,
+        body: &Value,
+        url: &str,
+    ) -> crate::Transfer<'_> {
+        crate::Transfer {
+            ca: self.pki.ca_path(),
+            args: vec![
+                "-X".into(),
+                method.into(),
+                "-H".into(),
+                format!("Authorization: Bearer {ADMIN_TOKEN}"),
+                "-H".into(),
+                format!("Content-Type: {content_type}"),
+                "--data-binary".into(),
+                body.to_string(),
+                url.into(),
+            ],
+        }
     }
 
     /// Applies `yaml` as the admin and waits until RBAC answers `can-i` with
