@@ -29,10 +29,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxy_core::credential::ClientCertificate;
 use proxy_core::forwarded::TrustedProxies;
-use proxy_core::gate::Gated;
 use proxy_core::reload::tls::ClientCertRecheck;
 use proxy_core::tunnel::budget::{AgentConnections, ConnectionSlot};
 use proxy_core::{BoxError, ProxyBody};
+use proxy_support::gate::Gated;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -125,7 +125,7 @@ pub(crate) async fn serve<H: Handler>(
                 }
                 listener
                     .acceptor
-                    .accept(proxy_core::read_ahead::ReadAhead::new(tcp))
+                    .accept(proxy_support::read_ahead::ReadAhead::new(tcp))
                     .await
             });
             let accepted = tokio::select! {

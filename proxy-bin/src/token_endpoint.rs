@@ -19,10 +19,10 @@ use proxy_core::authn::{IssuedTokens, Source};
 use proxy_core::config::IssuedTokensConfig;
 use proxy_core::counters::{ThrottleCounters, ThrottleScope};
 use proxy_core::credential::{ClientAddr, Credential};
-use proxy_core::rate_limit::RateLimiter;
 use proxy_core::refusal::read_some;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{Chain, ProxyBody};
+use proxy_support::rate_limit::RateLimiter;
 
 /// Where a login is exchanged for an issued token.
 pub const TOKEN_PATH: &str = "/authproxy/v1/token";

@@ -16,10 +16,10 @@ use hyper::body::Incoming;
 use proxy_core::authn::ClientCertificates as CertificateUsers;
 use proxy_core::counters::{ThrottleCounters, ThrottleScope};
 use proxy_core::credential::{ClientCertificate, Secret};
-use proxy_core::rate_limit::RateLimiter;
 use proxy_core::refusal::read_some;
 use proxy_core::status::{Reason, Status};
 use proxy_core::{tokenreview, Chain, ProxyBody};
+use proxy_support::rate_limit::RateLimiter;
 use tokio::net::TcpListener;
 
 use crate::config::FileConfig;

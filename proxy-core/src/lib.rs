@@ -69,18 +69,14 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-// Modules marked `doc(hidden)` are shared with the binary's listener
-// (socket reads, wake-ups, rate limits): public so that it can reach them,
-// outside the library's API and its semver promise. The fuzz targets reach
-// private parts through `fuzzing`, built only with the feature of that name.
+// The fuzz targets reach private parts through `fuzzing`, built only with
+// the feature of that name.
 pub mod authn;
 pub mod body;
 pub mod config;
 pub mod counters;
 pub mod credential;
 pub mod forwarded;
-#[doc(hidden)]
-pub mod gate;
 pub mod impersonate;
 pub mod kubeconfig;
 pub mod layer;
@@ -88,10 +84,6 @@ pub mod long_running;
 pub mod observe;
 mod path;
 pub mod problem;
-#[doc(hidden)]
-pub mod rate_limit;
-#[doc(hidden)]
-pub mod read_ahead;
 pub mod refusal;
 pub mod reload;
 pub mod status;

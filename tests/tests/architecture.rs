@@ -1,16 +1,17 @@
-//! ARCHITECTURE.md's code map names every module of proxy-core and
-//! proxy-bin, and no module that is gone. Needs no running service.
+//! ARCHITECTURE.md's code map names every module of proxy-core, proxy-bin
+//! and proxy-support, and no module that is gone; none of them has an
+//! import circle. Needs no running service.
 //!
-//! The modules are the `.rs` files under `proxy-core/src` and
-//! `proxy-bin/src`, each named by its path relative to `src` with `::`
+//! The modules are the `.rs` files under `proxy-core/src`, `proxy-bin/src`
+//! and `proxy-support/src`, each named by its path relative to `src` with `::`
 //! (`a/b.rs` and `a/b/mod.rs` are both `a::b`). Not counted: `lib.rs`,
 //! `main.rs`, and test-only files: any whose path has a component
 //! containing `tests` or equal to `test_tls`.
 //!
 //! The rule for "under the right crate's section": a crate's section runs
-//! from its heading line (`## proxy-core`, `## proxy-bin`) to the next
-//! heading of level one or two (a line starting `# ` or `## `); `###`
-//! headings stay inside it. A module is named when its path is a whole
+//! from its heading line (`## proxy-core`, `## proxy-bin`,
+//! `## proxy-support`) to the next heading of level one or two (a line
+//! starting `# ` or `## `); `###` headings stay inside it. A module is named when its path is a whole
 //! inline code span (`` `upstream::pool` ``, on one line, outside fenced
 //! blocks) in its crate's section.
 //!
@@ -34,16 +35,26 @@ struct Crate {
     name: &'static str,
     /// Its library name, which may prefix a path.
     lib: &'static str,
+    /// Whether the circle check must find many modules and imports in it
+    /// (proof that the import reader works): proxy-support is three leaves.
+    sizeable: bool,
 }
 
-const CRATES: [Crate; 2] = [
+const CRATES: [Crate; 3] = [
     Crate {
         name: "proxy-core",
         lib: "proxy_core",
+        sizeable: true,
     },
     Crate {
         name: "proxy-bin",
         lib: "authproxy",
+        sizeable: true,
+    },
+    Crate {
+        name: "proxy-support",
+        lib: "proxy_support",
+        sizeable: false,
     },
 ];
 
@@ -729,9 +740,13 @@ fn no_module_imports_itself_through_others() -> anyhow::Result<()> {
     let mut found = Vec::new();
     for krate in &CRATES {
         let graph = import_graph(&root().join(krate.name).join("src"))?;
-        anyhow::ensure!(graph.len() > 10, "{}: too few modules read", krate.name);
         let edges: usize = graph.values().map(BTreeSet::len).sum();
-        anyhow::ensure!(edges > graph.len(), "{}: too few imports read", krate.name);
+        if krate.sizeable {
+            anyhow::ensure!(graph.len() > 10, "{}: too few modules read", krate.name);
+            anyhow::ensure!(edges > graph.len(), "{}: too few imports read", krate.name);
+        } else {
+            anyhow::ensure!(graph.len() >= 3, "{}: too few modules read", krate.name);
+        }
         for cycle in cycles(&graph) {
             let detail: Vec<String> = cycle
                 .iter()

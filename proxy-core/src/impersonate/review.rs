@@ -20,9 +20,9 @@ use super::nested::{
 use crate::authn::UserInfo;
 use crate::counters::{ReviewCounters, ReviewResult};
 use crate::observe::request_info::AuthorizerAttributes;
-use crate::rate_limit::RateLimiter;
 use crate::status::{Reason, Status};
 use crate::upstream::{Backend, Upstream, UpstreamError, UpstreamOptions};
+use proxy_support::rate_limit::RateLimiter;
 
 /// Largest `SubjectAccessReview` answer read.
 const MAX_REVIEW_BYTES: usize = 64 * 1024;

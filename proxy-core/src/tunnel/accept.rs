@@ -35,7 +35,7 @@ use super::serve::Tunnel;
 use super::token::{ClusterToken, TokenBook};
 use super::UPGRADE_PROTOCOL;
 use crate::body::ProxyBody;
-use crate::rate_limit::RateLimiter;
+use proxy_support::rate_limit::RateLimiter;
 
 /// How long the requests in flight on a tunnel whose registration token
 /// was retired may take before the tunnel is dropped.

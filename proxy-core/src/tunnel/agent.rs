@@ -294,7 +294,7 @@ impl Agent {
             .tls
             .connect(
                 self.server_name.clone(),
-                crate::read_ahead::ReadAhead::new(tcp),
+                proxy_support::read_ahead::ReadAhead::new(tcp),
             )
             .await
             .map_err(AttemptError::Tls)?;

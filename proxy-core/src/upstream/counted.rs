@@ -16,7 +16,7 @@ use crate::counters::{Open, Protocol, UpstreamCounters};
 /// The API server's TCP connections, read in large pieces beneath TLS
 /// while a stream moves in bulk.
 pub(crate) type TcpConnector =
-    crate::read_ahead::Connector<hyper_util::client::legacy::connect::HttpConnector>;
+    proxy_support::read_ahead::Connector<hyper_util::client::legacy::connect::HttpConnector>;
 
 /// Wraps a connector: every connection it opens counts as open until it is
 /// dropped (closed by the pool, or the end of an upgraded tunnel).

@@ -49,7 +49,7 @@ use tokio::sync::{watch, Notify};
 use tower_service::Service;
 
 use crate::counters::{Open, Protocol, UpstreamCounters};
-use crate::gate::Gated;
+use proxy_support::gate::Gated;
 
 /// Default for [`PoolSettings::max_connections`]: with kube's 100 streams per
 /// connection, room for the default 10,000 long-running requests

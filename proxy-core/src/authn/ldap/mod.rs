@@ -32,11 +32,11 @@ use std::time::Duration;
 
 use moka::future::Cache;
 
-use crate::rate_limit::client_key;
 pub use config::LdapConfig;
 use config::{DEFAULT_MAX_USERNAME_LENGTH, DEFAULT_THROTTLE_CAPACITY};
 use directory::Directory;
 use dn::Dn;
+use proxy_support::rate_limit::client_key;
 use throttle::{canonical_username, Outcome, Slot, Throttle};
 
 use super::{Authenticator, AuthnError, AuthnFuture, Identity, Source, UserInfo, Verification};
