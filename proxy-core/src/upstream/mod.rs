@@ -395,7 +395,7 @@ where
                 builder =
                     builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone()));
             }
-            let tcp = crate::read_ahead::Connector::new(http);
+            let tcp = proxy_support::read_ahead::Connector::new(http);
             Ok(if http2 {
                 builder.enable_all_versions().wrap_connector(tcp)
             } else {
@@ -909,6 +909,14 @@ pub const UPGRADED_COPY_BUFFER: usize = 32 * 1024;
 /// Ending both at the first error would drop the end of a stream that the
 /// server had already sent (the tail of an exec's output the caller had not
 /// read yet).
+///
+/// Nor does a way stop reading when its writes fail: it reads on, and drops
+/// what it reads, until its source ends. Both ends are therefore closed
+/// only once each has finished sending. A TCP socket closed with input
+/// unread answers with a reset, which throws away whatever the other end
+/// had not read yet; an HTTP/2 stream (the agent tunnel, an HTTP/2 caller)
+/// dropped while its peer still sends is cancelled, and the DATA it had
+/// queued is thrown away unsent.
 pub(crate) async fn join_upgraded<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
@@ -926,10 +934,12 @@ where
     }
 }
 
-/// Copies `from` to `to` until `from` ends or either fails, flushing
-/// whenever `from` has nothing more at once (an interactive session's
-/// keystrokes and echoes are not held back), then shuts `to` down for
-/// writing however the copy ended.
+/// Copies `from` to `to` until `from` ends, flushing whenever `from` has
+/// nothing more at once (an interactive session's keystrokes and echoes are
+/// not held back), then shuts `to` down for writing. Once a write or flush
+/// to `to` fails, `to` is shut down and what `from` still sends is read and
+/// dropped until it ends (see [`join_upgraded`]). The bytes copied; the
+/// first error, of either end, once `from` has ended or failed.
 async fn copy_one_way<R, W>(from: &mut R, to: &mut W) -> std::io::Result<u64>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
@@ -938,28 +948,46 @@ where
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut buf = vec![0u8; UPGRADED_COPY_BUFFER];
     let mut copied = 0u64;
-    let result = async {
-        loop {
-            // Read what is there now; when nothing is, flush what was
-            // written and wait.
-            let n = match futures_util::FutureExt::now_or_never(from.read(&mut buf)) {
-                Some(read) => read?,
-                None => {
-                    to.flush().await?;
-                    from.read(&mut buf).await?
+    // The error of `to`, once it failed: from then on, what is read is dropped.
+    let mut failed: Option<std::io::Error> = None;
+    let read_result = loop {
+        // Read what is there now; when nothing is, flush what was written
+        // and wait.
+        let read = match futures_util::FutureExt::now_or_never(from.read(&mut buf)) {
+            Some(read) => read,
+            None => {
+                if failed.is_none() {
+                    if let Err(error) = to.flush().await {
+                        let _ = to.shutdown().await;
+                        failed = Some(error);
+                    }
                 }
-            };
-            if n == 0 {
-                return Ok(copied);
+                from.read(&mut buf).await
             }
-            to.write_all(&buf[..n]).await?;
-            copied += n as u64;
+        };
+        let n = match read {
+            Ok(0) => break Ok(()),
+            Ok(n) => n,
+            Err(error) => break Err(error),
+        };
+        if failed.is_none() {
+            match to.write_all(&buf[..n]).await {
+                Ok(()) => copied += n as u64,
+                Err(error) => {
+                    let _ = to.shutdown().await;
+                    failed = Some(error);
+                }
+            }
+        }
+    };
+    match failed {
+        Some(error) => Err(error),
+        None => {
+            let _ = to.flush().await;
+            let _ = to.shutdown().await;
+            read_result.map(|()| copied)
         }
     }
-    .await;
-    let _ = to.flush().await;
-    let _ = to.shutdown().await;
-    result
 }
 
 #[cfg(test)]
@@ -981,10 +1009,35 @@ mod tests {
     /// sent, then the end of the stream.
     #[tokio::test]
     async fn a_failed_way_leaves_the_other_ways_bytes_to_arrive() {
+        let got = server_closes_while_the_caller_sends(false).await;
+        assert!(
+            got.is_ok(),
+            "the caller's stream did not end in order: {got:?}"
+        );
+    }
+
+    /// As above, and the caller sends once more after the way towards the
+    /// server failed. Those bytes are read and dropped: a socket closed
+    /// with them unread would answer the caller with a reset, and the
+    /// caller would lose the server's bytes it had not read yet.
+    #[tokio::test]
+    async fn a_way_whose_writes_failed_reads_on_so_the_caller_is_not_reset() {
+        let got = server_closes_while_the_caller_sends(true).await;
+        assert!(
+            got.is_ok(),
+            "the caller's stream did not end in order: {got:?}"
+        );
+    }
+
+    /// The caller (with a small receive window, so that most of the
+    /// server's bytes wait in the proxy's sockets) does not read while the
+    /// server sends 4 MiB and closes, then sends to it (and, with
+    /// `after_failure`, once more after the write towards the closed server
+    /// failed), then reads to the end. Ok when every byte arrived, in
+    /// order, and the stream ended with a FIN; the error otherwise.
+    async fn server_closes_while_the_caller_sends(after_failure: bool) -> Result<(), String> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         const SENT: usize = 4 << 20;
-        // A caller with a small receive window, so that most of the
-        // server's bytes wait in the proxy's socket from the server.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(64 * 1024).unwrap();
@@ -1010,13 +1063,24 @@ mod tests {
         // The caller, still not reading, sends more: to a closed socket.
         let _ = caller.write_all(b"heartbeat").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
+        if after_failure {
+            // By now the write towards the server has failed; these bytes
+            // reach a proxy no longer writing to it.
+            let _ = caller.write_all(b"heartbeat").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let mut got = Vec::new();
         let read =
             tokio::time::timeout(Duration::from_secs(10), caller.read_to_end(&mut got)).await;
-        assert!(read.is_ok(), "the caller's stream did not end");
-        assert_eq!(got.len(), SENT, "bytes lost");
-        assert!(got == data, "bytes changed");
+        drop(caller);
         let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
+        match read {
+            Err(_) => Err("the caller's stream did not end".into()),
+            Ok(Err(error)) => Err(format!("{error} after {} of {SENT} bytes", got.len())),
+            Ok(Ok(_)) if got.len() != SENT => Err(format!("{} of {SENT} bytes", got.len())),
+            Ok(Ok(_)) if got != data => Err("bytes changed".into()),
+            Ok(Ok(_)) => Ok(()),
+        }
     }
 
     fn options(credential: UpstreamCredential) -> UpstreamOptions {
