@@ -1,5 +1,5 @@
 //! Connection plumbing and rate limits that proxy-core and the `authproxy`
-//! binary's listener both use: a socket read in large pieces beneath TLS
+//! binary both use: a socket read in large pieces beneath TLS
 //! ([`read_ahead`]), a future polled only when it woke its task ([`gate`]),
 //! and keyed token buckets ([`rate_limit`]).
 //!

@@ -2,7 +2,9 @@
 //! key, refilled at a steady rate, holding at most one minute's allowance.
 //!
 //! Used where a caller can make the proxy do costly or sensitive work many
-//! times: token exchanges and failed TokenReviews. The table of keys is
+//! times: token exchanges, failed TokenReviews, access reviews and agent
+//! registrations ([`client_key`] also keys the LDAP login throttles by
+//! address). The table of keys is
 //! bounded: idle keys (full buckets) are dropped when it grows past
 //! [`MAX_KEYS`], and keys are hashed, so a caller-chosen key is never kept at
 //! its full length.

@@ -899,34 +899,67 @@ use counted::TcpConnector;
 /// two such buffers.
 pub const UPGRADED_COPY_BUFFER: usize = 32 * 1024;
 
+/// How long a way of an upgraded stream whose writes failed goes on
+/// reading (and dropping) what its source sends once the other way has
+/// ended (see [`join_upgraded`]): a peer that goes on sending after the
+/// stream's other end is gone, and after it was sent the end of the
+/// stream, is cut then.
+pub const UPGRADED_LINGER: Duration = Duration::from_secs(60);
+
 /// Copies both ways between the two ends of an upgraded stream until each
-/// way has ended (the bytes each way; the first error, once both ended).
+/// way has ended (the bytes each way; an error of either, once both ended,
+/// the way from `a` to `b` first).
 ///
-/// Each way ends on its own. A way that fails (a write to an end that has
+/// Each way ends on its own. A way whose writes fail (to an end that has
 /// closed: the server that finished while the caller's heartbeats still
-/// flowed to it) stops that way only: the other still carries what it was
-/// sent, every byte already on its way, and then closes its end in order.
-/// Ending both at the first error would drop the end of a stream that the
-/// server had already sent (the tail of an exec's output the caller had not
-/// read yet).
+/// flowed to it) stops copying, and only that way: the other still carries
+/// what it was sent, every byte already on its way, and then closes its end
+/// in order. Ending both at the first error would drop the end of a stream
+/// that the server had already sent (the tail of an exec's output the
+/// caller had not read yet).
 ///
 /// Nor does a way stop reading when its writes fail: it reads on, and drops
-/// what it reads, until its source ends. Both ends are therefore closed
-/// only once each has finished sending. A TCP socket closed with input
-/// unread answers with a reset, which throws away whatever the other end
-/// had not read yet; an HTTP/2 stream (the agent tunnel, an HTTP/2 caller)
-/// dropped while its peer still sends is cancelled, and the DATA it had
-/// queued is thrown away unsent.
+/// what it reads (session recording still sees it), until its source ends,
+/// or [`UPGRADED_LINGER`] after the other way ended. Both ends are
+/// therefore closed only once each has finished sending. A TCP socket
+/// closed with input unread answers with a reset, which throws away
+/// whatever the other end had not read yet; an HTTP/2 stream (the agent
+/// tunnel, an HTTP/2 caller) dropped while its peer still sends is
+/// cancelled, and the DATA it had queued is thrown away unsent.
 pub(crate) async fn join_upgraded<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    join_upgraded_lingering(a, b, UPGRADED_LINGER).await
+}
+
+/// [`join_upgraded`] with a linger of `linger`.
+async fn join_upgraded_lingering<A, B>(
+    a: &mut A,
+    b: &mut B,
+    linger: Duration,
+) -> std::io::Result<(u64, u64)>
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
+    // Each way says when it has ended; the other lingers from then on.
+    let (a_to_b_ended, a_to_b_seen) = tokio::sync::watch::channel(false);
+    let (b_to_a_ended, b_to_a_seen) = tokio::sync::watch::channel(false);
     let (a_to_b, b_to_a) = tokio::join!(
-        copy_one_way(&mut a_read, &mut b_write),
-        copy_one_way(&mut b_read, &mut a_write)
+        async {
+            let copied = copy_one_way(&mut a_read, &mut b_write, b_to_a_seen, linger).await;
+            a_to_b_ended.send_replace(true);
+            copied
+        },
+        async {
+            let copied = copy_one_way(&mut b_read, &mut a_write, a_to_b_seen, linger).await;
+            b_to_a_ended.send_replace(true);
+            copied
+        }
     );
     match (a_to_b, b_to_a) {
         (Ok(sent), Ok(received)) => Ok((sent, received)),
@@ -938,9 +971,15 @@ where
 /// nothing more at once (an interactive session's keystrokes and echoes are
 /// not held back), then shuts `to` down for writing. Once a write or flush
 /// to `to` fails, `to` is shut down and what `from` still sends is read and
-/// dropped until it ends (see [`join_upgraded`]). The bytes copied; the
-/// first error, of either end, once `from` has ended or failed.
-async fn copy_one_way<R, W>(from: &mut R, to: &mut W) -> std::io::Result<u64>
+/// dropped until it ends, or `linger` after `other_way_ended` turned true
+/// (see [`join_upgraded`]). The bytes copied; the first error, of either
+/// end, once `from` has ended or failed.
+async fn copy_one_way<R, W>(
+    from: &mut R,
+    to: &mut W,
+    mut other_way_ended: tokio::sync::watch::Receiver<bool>,
+    linger: Duration,
+) -> std::io::Result<u64>
 where
     R: tokio::io::AsyncRead + Unpin + ?Sized,
     W: tokio::io::AsyncWrite + Unpin + ?Sized,
@@ -950,19 +989,31 @@ where
     let mut copied = 0u64;
     // The error of `to`, once it failed: from then on, what is read is dropped.
     let mut failed: Option<std::io::Error> = None;
+    // Ready `linger` after the other way ended (at once if its sender is
+    // gone); polled only while dropping what is read.
+    let mut lingered = std::pin::pin!(async move {
+        let _ = other_way_ended.wait_for(|ended| *ended).await;
+        tokio::time::sleep(linger).await;
+    });
     let read_result = loop {
-        // Read what is there now; when nothing is, flush what was written
-        // and wait.
-        let read = match futures_util::FutureExt::now_or_never(from.read(&mut buf)) {
-            Some(read) => read,
-            None => {
-                if failed.is_none() {
+        let read = if failed.is_some() {
+            tokio::select! {
+                read = from.read(&mut buf) => read,
+                () = &mut lingered => break Ok(()),
+            }
+        } else {
+            // Read what is there now; when nothing is, flush what was
+            // written and wait.
+            match futures_util::FutureExt::now_or_never(from.read(&mut buf)) {
+                Some(read) => read,
+                None => {
                     if let Err(error) = to.flush().await {
                         let _ = to.shutdown().await;
                         failed = Some(error);
+                        continue;
                     }
+                    from.read(&mut buf).await
                 }
-                from.read(&mut buf).await
             }
         };
         let n = match read {
@@ -1073,7 +1124,13 @@ mod tests {
         let read =
             tokio::time::timeout(Duration::from_secs(10), caller.read_to_end(&mut got)).await;
         drop(caller);
-        let _ = tokio::time::timeout(Duration::from_secs(10), joined).await;
+        // The caller gone, the copy ends, with the failed write's error.
+        match tokio::time::timeout(Duration::from_secs(10), joined).await {
+            Ok(Ok(Err(_))) => {}
+            Ok(Ok(Ok(copied))) => return Err(format!("the copy saw no error: {copied:?}")),
+            Ok(Err(panic)) => return Err(format!("the copy panicked: {panic}")),
+            Err(_) => return Err("the copy did not end once the caller had gone".into()),
+        }
         match read {
             Err(_) => Err("the caller's stream did not end".into()),
             Ok(Err(error)) => Err(format!("{error} after {} of {SENT} bytes", got.len())),
@@ -1081,6 +1138,51 @@ mod tests {
             Ok(Ok(_)) if got != data => Err("bytes changed".into()),
             Ok(Ok(_)) => Ok(()),
         }
+    }
+
+    /// A caller that goes on sending after the server has gone and the
+    /// stream's end has reached it is cut the linger after: its bytes are
+    /// read and dropped until then, not for ever.
+    #[tokio::test]
+    async fn a_caller_that_sends_on_after_the_end_is_cut_after_the_linger() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut caller, mut caller_side) = socket_pair().await;
+        let (mut upstream_side, server) = socket_pair().await;
+        let linger = Duration::from_millis(300);
+        let joined = tokio::spawn(async move {
+            join_upgraded_lingering(&mut caller_side, &mut upstream_side, linger).await
+        });
+        // The server closes with the caller's bytes unread: a reset.
+        caller.write_all(b"heartbeat").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(server);
+        // The caller sees the end of the stream ...
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), caller.read_to_end(&mut got))
+            .await
+            .expect("the end of the stream reached the caller")
+            .unwrap();
+        // ... and sends on regardless, every 20 ms.
+        let started = tokio::time::Instant::now();
+        let sending = tokio::spawn(async move {
+            while caller.write_all(b"heartbeat").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let ended = tokio::time::timeout(Duration::from_secs(10), joined)
+            .await
+            .expect("the copy ended")
+            .unwrap();
+        let took = started.elapsed();
+        assert!(ended.is_err(), "the write towards the server failed");
+        assert!(
+            took >= linger - Duration::from_millis(100) && took < Duration::from_secs(5),
+            "cut after {took:?}, with a linger of {linger:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), sending)
+            .await
+            .expect("the caller's writes fail once it is cut")
+            .unwrap();
     }
 
     fn options(credential: UpstreamCredential) -> UpstreamOptions {
