@@ -379,6 +379,19 @@ fn rss_of(pids: &[u32]) -> anyhow::Result<Vec<u64>> {
     pids.iter().map(|pid| rss_bytes(*pid)).collect()
 }
 
+/// A stream that ended in order, short of its tail: what kube-apiserver's
+/// own reset of a stalled session does (see the test below).
+#[derive(Debug)]
+struct TailLost(String);
+
+impl std::fmt::Display for TailLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TailLost {}
+
 /// How much exec writes to a client that does not read it.
 const STALLED_OUTPUT: usize = 128 << 20;
 
@@ -394,10 +407,14 @@ async fn a_client_that_stops_reading_does_not_grow_the_proxys_memory() -> anyhow
     // closes a stalled session's connection with the client's last bytes
     // unread, and the reset that answers them throws away the tail of the
     // output it had not yet sent (kubectl: "connection reset by peer").
-    // Its own routes are therefore reported, not held to the rule, and a
-    // route of ours that failed is tried once more: a loss of the proxy's,
-    // or growth, fails it when it comes again.
+    // Its own routes are therefore reported, not held to the rule. A route
+    // of ours that lost the tail of a stream (and failed in no other way)
+    // is tried once more, for one route a run: that loss may be kube's,
+    // which resets the proxy's connection as it resets kubectl's. Growth,
+    // changed bytes, a stream that does not end, and a loss that comes
+    // again or on a second route fail it.
     let mut failures = Vec::new();
+    let mut retried: Option<String> = None;
     let ours = routes(&proxy)
         .into_iter()
         .map(|route| (route, &pids[..], true));
@@ -408,25 +425,35 @@ async fn a_client_that_stops_reading_does_not_grow_the_proxys_memory() -> anyhow
         for attempt in ["", "-again"] {
             let exec = stalled_exec(kube, &route, pids, attempt).await;
             let download = stalled_download(kube, &route, pids, port, attempt).await;
-            let failed: Vec<String> = [exec, download]
+            let failed: Vec<anyhow::Error> = [exec, download]
                 .into_iter()
-                .filter_map(|outcome| outcome.err().map(|e| format!("{e:#}")))
+                .filter_map(Result::err)
                 .collect();
             if failed.is_empty() {
                 break;
             }
+            let text = failed
+                .iter()
+                .map(|e| format!("{e:#}"))
+                .collect::<Vec<_>>()
+                .join("; ");
             if !held {
-                eprintln!(
-                    "kube-apiserver's own route (not held to the rule): {}",
-                    failed.join("; ")
-                );
+                eprintln!("{route}: kube-apiserver's own route lost bytes (reported, not held to the rule): {text}");
                 break;
             }
-            if attempt.is_empty() {
-                eprintln!("{route}: failed, tried once more: {}", failed.join("; "));
-            } else {
-                failures.extend(failed);
+            let only_losses = failed
+                .iter()
+                .all(|e| e.downcast_ref::<TailLost>().is_some());
+            if attempt.is_empty() && only_losses && retried.is_none() {
+                eprintln!("{route}: lost the tail of a stream, tried once more: {text}");
+                retried = Some(text);
+                continue;
             }
+            if let Some(earlier) = &retried {
+                failures.push(format!("(the route tried once more before: {earlier})"));
+            }
+            failures.push(text);
+            break;
         }
     }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
@@ -499,10 +526,16 @@ async fn stalled_exec(
     .await;
     drained.with_context(|| format!("{route}: the exec output did not end"))??;
     let out = tokio::time::timeout(BOUND, child.wait_with_output()).await??;
-    anyhow::ensure!(
-        out.status.code() == Some(0) && read == STALLED_OUTPUT,
+    let what = format!(
         "{route}: kubectl got {read} of {STALLED_OUTPUT} bytes after a stall of {stalled_for:?}; {}",
         output_text(&out)
+    );
+    if read < STALLED_OUTPUT {
+        return Err(TailLost(what).into());
+    }
+    anyhow::ensure!(
+        out.status.code() == Some(0) && read == STALLED_OUTPUT,
+        "{what}"
     );
     assert_growth_bounded(route, "exec", &growth)
 }
@@ -540,12 +573,16 @@ async fn stalled_download(
         response.starts_with(b"HTTP/1.1 200"),
         "{route}: the stalled download was not answered 200"
     );
-    anyhow::ensure!(
-        sha256_hex(&response[split + 4..]) == sha256_hex(big_data()),
+    let body = &response[split + 4..];
+    let what = format!(
         "{route}: the stalled download's {} bytes of body are not the {} served",
-        response.len() - split - 4,
+        body.len(),
         big_data().len()
     );
+    if body.len() < big_data().len() && big_data().starts_with(body) {
+        return Err(TailLost(what).into());
+    }
+    anyhow::ensure!(sha256_hex(body) == sha256_hex(big_data()), "{what}");
     assert_growth_bounded(route, "port-forward", &growth)
 }
 
