@@ -899,11 +899,13 @@ use counted::TcpConnector;
 /// two such buffers.
 pub const UPGRADED_COPY_BUFFER: usize = 32 * 1024;
 
-/// How long a way of an upgraded stream whose writes failed goes on
-/// reading (and dropping) what its source sends once the other way has
-/// ended (see [`join_upgraded`]): a peer that goes on sending after the
-/// stream's other end is gone, and after it was sent the end of the
-/// stream, is cut then.
+/// How long a way of an upgraded stream (exec, attach, port-forward) whose
+/// writes failed goes on reading, and dropping, what its source sends once
+/// the other way has ended. Reading on keeps the end from being closed with
+/// input unread, which would answer with a reset (or, over HTTP/2, a
+/// cancel) that throws away the tail of the other way's bytes; a peer that
+/// goes on sending after the stream's other end is gone, and after it was
+/// sent the end of the stream, is cut this long after.
 pub const UPGRADED_LINGER: Duration = Duration::from_secs(60);
 
 /// Copies both ways between the two ends of an upgraded stream until each
