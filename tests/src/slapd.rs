@@ -239,7 +239,18 @@ impl Slapd {
     /// Stops slapd with SIGSTOP: it keeps its sockets, accepts TCP
     /// connections in the kernel, and answers nothing (a hung directory).
     pub async fn pause(&self) -> anyhow::Result<()> {
-        self.signal("-STOP").await
+        self.signal("-STOP").await?;
+        // A stop takes each thread as it next runs: wait until every thread
+        // is stopped, so that nothing sent from now on is answered.
+        let pid = self.pid()?;
+        wait_for(Duration::from_secs(10), "slapd stopped", || async move {
+            let threads = all_threads_stopped(pid).map_err(|e| format!("{e:#}"))?;
+            match threads {
+                Some(stopped) if stopped > 0 => Ok(Some(())),
+                _ => Err("a thread still runs".to_owned()),
+            }
+        })
+        .await
     }
 
     /// Lets a paused slapd run again (SIGCONT).
@@ -247,12 +258,15 @@ impl Slapd {
         self.signal("-CONT").await
     }
 
-    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
-        let pid = self
-            .child
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
             .as_ref()
             .and_then(|c| c.id())
-            .context("slapd is not running")?;
+            .context("slapd is not running")
+    }
+
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.pid()?;
         let status = tokio::process::Command::new("kill")
             .arg(signal)
             .arg(pid.to_string())
@@ -309,6 +323,25 @@ impl Slapd {
 }
 
 /// How many times the log at `path` says slapd started.
+/// How many threads `pid` has when all of them are stopped (state `T` or
+/// `t` in `/proc/PID/task/TID/stat`); `None` while one is not.
+fn all_threads_stopped(pid: u32) -> anyhow::Result<Option<usize>> {
+    let mut stopped = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .context("no state in a thread's stat")?;
+        if !matches!(state, 'T' | 't') {
+            return Ok(None);
+        }
+        stopped += 1;
+    }
+    Ok(Some(stopped))
+}
+
 fn started_lines(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .unwrap_or_default()

@@ -224,7 +224,7 @@ async fn a_hung_directory_answers_503_within_the_operation_timeout_and_the_next_
     // each must end within connect + operation timeouts (generous bound).
     for user in ["alice", "bob", "carol", "alice"] {
         let (code, body, took) = login(&env, user, "some-password").await?;
-        assert_eq!(code, 503, "{user}: {body}");
+        assert_eq!(code, 503, "{user}, answered after {took:?}: {body}");
         assert!(body.contains(r#""reason":"ServiceUnavailable""#), "{body}");
         assert!(
             took < Duration::from_secs(6),
