@@ -901,7 +901,7 @@ pub const UPGRADED_COPY_BUFFER: usize = 32 * 1024;
 
 /// How long a way of an upgraded stream (exec, attach, port-forward) whose
 /// writes failed goes on reading, and dropping, what its source sends once
-/// the other way has ended. Reading on keeps the end from being closed with
+/// the other way has ended (or failed too). Reading on keeps the end from being closed with
 /// input unread, which would answer with a reset (or, over HTTP/2, a
 /// cancel) that throws away the tail of the other way's bytes; a peer that
 /// goes on sending after the stream's other end is gone, and after it was
@@ -922,7 +922,7 @@ pub const UPGRADED_LINGER: Duration = Duration::from_secs(60);
 ///
 /// Nor does a way stop reading when its writes fail: it reads on, and drops
 /// what it reads (session recording still sees it), until its source ends,
-/// or [`UPGRADED_LINGER`] after the other way ended. Both ends are
+/// or [`UPGRADED_LINGER`] after the other way ended (or failed too). Both ends are
 /// therefore closed only once each has finished sending. A TCP socket
 /// closed with input unread answers with a reset, which throws away
 /// whatever the other end had not read yet; an HTTP/2 stream (the agent
@@ -948,18 +948,21 @@ where
 {
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
-    // Each way says when it has ended; the other lingers from then on.
-    let (a_to_b_ended, a_to_b_seen) = tokio::sync::watch::channel(false);
-    let (b_to_a_ended, b_to_a_seen) = tokio::sync::watch::channel(false);
+    // Each way says when it is done carrying bytes (ended, or its writes
+    // failed); the other lingers from then on.
+    let (a_to_b_done, a_to_b_seen) = tokio::sync::watch::channel(false);
+    let (b_to_a_done, b_to_a_seen) = tokio::sync::watch::channel(false);
     let (a_to_b, b_to_a) = tokio::join!(
         async {
-            let copied = copy_one_way(&mut a_read, &mut b_write, b_to_a_seen, linger).await;
-            a_to_b_ended.send_replace(true);
+            let copied =
+                copy_one_way(&mut a_read, &mut b_write, &a_to_b_done, b_to_a_seen, linger).await;
+            a_to_b_done.send_replace(true);
             copied
         },
         async {
-            let copied = copy_one_way(&mut b_read, &mut a_write, a_to_b_seen, linger).await;
-            b_to_a_ended.send_replace(true);
+            let copied =
+                copy_one_way(&mut b_read, &mut a_write, &b_to_a_done, a_to_b_seen, linger).await;
+            b_to_a_done.send_replace(true);
             copied
         }
     );
@@ -972,14 +975,16 @@ where
 /// Copies `from` to `to` until `from` ends, flushing whenever `from` has
 /// nothing more at once (an interactive session's keystrokes and echoes are
 /// not held back), then shuts `to` down for writing. Once a write or flush
-/// to `to` fails, `to` is shut down and what `from` still sends is read and
-/// dropped until it ends, or `linger` after `other_way_ended` turned true
-/// (see [`join_upgraded`]). The bytes copied; the first error, of either
-/// end, once `from` has ended or failed.
+/// to `to` fails, `to` is shut down, `done` is told (this way carries no
+/// more bytes), and what `from` still sends is read and dropped until it
+/// ends, or until `linger` after both this way failed and `other_way_done`
+/// turned true (see [`join_upgraded`]). The bytes copied; the first error,
+/// of either end, once `from` has ended or failed.
 async fn copy_one_way<R, W>(
     from: &mut R,
     to: &mut W,
-    mut other_way_ended: tokio::sync::watch::Receiver<bool>,
+    done: &tokio::sync::watch::Sender<bool>,
+    mut other_way_done: tokio::sync::watch::Receiver<bool>,
     linger: Duration,
 ) -> std::io::Result<u64>
 where
@@ -994,7 +999,7 @@ where
     // Ready `linger` after the other way ended (at once if its sender is
     // gone); polled only while dropping what is read.
     let mut lingered = std::pin::pin!(async move {
-        let _ = other_way_ended.wait_for(|ended| *ended).await;
+        let _ = other_way_done.wait_for(|done| *done).await;
         tokio::time::sleep(linger).await;
     });
     let read_result = loop {
@@ -1012,6 +1017,7 @@ where
                     if let Err(error) = to.flush().await {
                         let _ = to.shutdown().await;
                         failed = Some(error);
+                        done.send_replace(true);
                         continue;
                     }
                     from.read(&mut buf).await
@@ -1029,6 +1035,7 @@ where
                 Err(error) => {
                     let _ = to.shutdown().await;
                     failed = Some(error);
+                    done.send_replace(true);
                 }
             }
         }
