@@ -322,9 +322,9 @@ impl Slapd {
     }
 }
 
-/// How many times the log at `path` says slapd started.
-/// How many threads `pid` has when all of them are stopped (state `T` or
-/// `t` in `/proc/PID/task/TID/stat`); `None` while one is not.
+/// How many threads `pid` has stopped when all its live ones are (state `T`
+/// or `t` in `/proc/PID/task/TID/stat`; an exited thread, `Z` or `X`, is
+/// passed over); `None` while one is not.
 fn all_threads_stopped(pid: u32) -> anyhow::Result<Option<usize>> {
     let mut stopped = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
@@ -334,14 +334,16 @@ fn all_threads_stopped(pid: u32) -> anyhow::Result<Option<usize>> {
             .rsplit_once(") ")
             .and_then(|(_, rest)| rest.chars().next())
             .context("no state in a thread's stat")?;
-        if !matches!(state, 'T' | 't') {
-            return Ok(None);
+        match state {
+            'T' | 't' => stopped += 1,
+            'Z' | 'X' => {}
+            _ => return Ok(None),
         }
-        stopped += 1;
     }
     Ok(Some(stopped))
 }
 
+/// How many times the log at `path` says slapd started.
 fn started_lines(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .unwrap_or_default()
