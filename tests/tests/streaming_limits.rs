@@ -438,7 +438,7 @@ async fn a_client_that_stops_reading_does_not_grow_the_proxys_memory() -> anyhow
                 .collect::<Vec<_>>()
                 .join("; ");
             if !held {
-                eprintln!("{route}: kube-apiserver's own route lost bytes (reported, not held to the rule): {text}");
+                eprintln!("{route}: kube-apiserver's own route failed (reported, not held to the rule): {text}");
                 break;
             }
             let only_losses = failed

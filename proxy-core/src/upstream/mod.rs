@@ -953,18 +953,8 @@ where
     let (a_to_b_done, a_to_b_seen) = tokio::sync::watch::channel(false);
     let (b_to_a_done, b_to_a_seen) = tokio::sync::watch::channel(false);
     let (a_to_b, b_to_a) = tokio::join!(
-        async {
-            let copied =
-                copy_one_way(&mut a_read, &mut b_write, &a_to_b_done, b_to_a_seen, linger).await;
-            a_to_b_done.send_replace(true);
-            copied
-        },
-        async {
-            let copied =
-                copy_one_way(&mut b_read, &mut a_write, &b_to_a_done, a_to_b_seen, linger).await;
-            b_to_a_done.send_replace(true);
-            copied
-        }
+        copy_one_way(&mut a_read, &mut b_write, &a_to_b_done, b_to_a_seen, linger),
+        copy_one_way(&mut b_read, &mut a_write, &b_to_a_done, a_to_b_seen, linger)
     );
     match (a_to_b, b_to_a) {
         (Ok(sent), Ok(received)) => Ok((sent, received)),
@@ -975,11 +965,11 @@ where
 /// Copies `from` to `to` until `from` ends, flushing whenever `from` has
 /// nothing more at once (an interactive session's keystrokes and echoes are
 /// not held back), then shuts `to` down for writing. Once a write or flush
-/// to `to` fails, `to` is shut down, `done` is told (this way carries no
-/// more bytes), and what `from` still sends is read and dropped until it
-/// ends, or until `linger` after both this way failed and `other_way_done`
-/// turned true (see [`join_upgraded`]). The bytes copied; the first error,
-/// of either end, once `from` has ended or failed.
+/// to `to` fails, `to` is shut down and what `from` still sends is read and
+/// dropped until it ends, or until `linger` after `other_way_done` turned
+/// true (see [`join_upgraded`]). `done` is told once this way carries no
+/// more bytes: it failed or ended. The bytes copied; the first error, of
+/// either end, once `from` has ended or failed.
 async fn copy_one_way<R, W>(
     from: &mut R,
     to: &mut W,
@@ -996,7 +986,7 @@ where
     let mut copied = 0u64;
     // The error of `to`, once it failed: from then on, what is read is dropped.
     let mut failed: Option<std::io::Error> = None;
-    // Ready `linger` after the other way ended (at once if its sender is
+    // Ready `linger` after the other way is done (at once if its sender is
     // gone); polled only while dropping what is read.
     let mut lingered = std::pin::pin!(async move {
         let _ = other_way_done.wait_for(|done| *done).await;
@@ -1040,14 +1030,16 @@ where
             }
         }
     };
-    match failed {
+    let result = match failed {
         Some(error) => Err(error),
         None => {
             let _ = to.flush().await;
             let _ = to.shutdown().await;
             read_result.map(|()| copied)
         }
-    }
+    };
+    done.send_replace(true);
+    result
 }
 
 #[cfg(test)]
