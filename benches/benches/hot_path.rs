@@ -127,11 +127,10 @@ fn oidc(c: &mut Criterion) {
     .expect("config");
     let authenticator =
         OidcAuthenticator::start(jwt.settings("bench").expect("settings")).expect("authenticator");
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
-    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(
-        &std::fs::read_to_string(format!("{fixtures}/jwks.json")).expect("jwks"),
-    )
-    .expect("jwks json");
+    let fixtures = authproxy_benches::process::fixtures_dir().expect("fixtures");
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("jwks.json")).expect("jwks"))
+            .expect("jwks json");
     authenticator.keys().preload(&jwks).expect("preload");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -146,7 +145,7 @@ fn oidc(c: &mut Criterion) {
             jsonwebtoken::encode(&header, &claims, &key).expect("sign"),
         ))
     };
-    let pem = |name: &str| std::fs::read(format!("{fixtures}/{name}")).expect("key");
+    let pem = |name: &str| std::fs::read(fixtures.join(name)).expect("key");
     let rs256 = sign(
         jsonwebtoken::Algorithm::RS256,
         "rsa-bench",

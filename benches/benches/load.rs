@@ -50,7 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
-use authproxy_benches::process::{env_or, release_binary};
+use authproxy_benches::process::{env_or, fixtures_dir, release_binary};
 use authproxy_tests::pki::{self, CertFiles, TestPki};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -184,7 +184,7 @@ async fn role_upstream() -> anyhow::Result<()> {
     spawn_tls_server(h2, pki::server_config(&cert, &[b"h2", b"http/1.1"])?, api);
     spawn_tls_server(h1, pki::server_config(&cert, &[b"http/1.1"])?, api);
     let issuer = format!("https://127.0.0.1:{}", ports.2);
-    let jwks: Arc<str> = std::fs::read_to_string(fixture("jwks.json"))?.into();
+    let jwks: Arc<str> = std::fs::read_to_string(fixture("jwks.json")?)?.into();
     spawn_tls_server(
         idp,
         pki::server_config(&cert, &[b"http/1.1"])?,
@@ -304,10 +304,8 @@ fn role_bare(runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     runtime.block_on(bare_on(listener))
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+fn fixture(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(fixtures_dir()?.join(name))
 }
 
 // ---------------------------------------------------------------------------
@@ -629,7 +627,7 @@ fn id_token(idp_port: u16) -> anyhow::Result<String> {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     header.kid = Some("rsa-bench".into());
     let key =
-        jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixture("rs256-bench-only.pem"))?)?;
+        jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(fixture("rs256-bench-only.pem")?)?)?;
     Ok(jsonwebtoken::encode(&header, &claims, &key)?)
 }
 

@@ -26,6 +26,25 @@ pub fn release_binary() -> anyhow::Result<PathBuf> {
     Ok(dir.join("authproxy"))
 }
 
+/// The benches' fixtures (`benches/fixtures/`) in the checkout being run,
+/// found when a bench runs, not when it was built: cargo runs a bench in its
+/// package's folder and names that folder in `CARGO_MANIFEST_DIR`, while
+/// `env!("CARGO_MANIFEST_DIR")` names the checkout it was built in, which
+/// a build folder kept across checkouts may no longer hold.
+pub fn fixtures_dir() -> anyhow::Result<PathBuf> {
+    let package = match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::current_dir()?,
+    };
+    let fixtures = package.join("fixtures");
+    anyhow::ensure!(
+        fixtures.join("jwks.json").is_file(),
+        "{} holds no jwks.json: run the benches with cargo bench, or from benches/",
+        fixtures.display()
+    );
+    Ok(fixtures)
+}
+
 /// The resident set size of `pid` and its peak (VmRSS, VmHWM), in KiB.
 pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

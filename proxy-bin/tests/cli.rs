@@ -144,7 +144,12 @@ fn demo_prints_commands_that_show_the_impersonated_identity_and_a_401() {
 #[test]
 fn check_config_accepts_the_example_file() {
     // As shipped: the placeholder files beside it are what it names.
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/example/authproxy.yaml");
+    // This checkout's: cargo (and scripts/suite.sh) run a test in its
+    // package's folder, while `env!("CARGO_MANIFEST_DIR")` names the checkout
+    // the test was built in, which a kept build folder may no longer hold.
+    let example = std::env::current_dir()
+        .expect("the working folder")
+        .join("example/authproxy.yaml");
     let out = Command::new(BIN)
         .arg("check-config")
         .arg(example)

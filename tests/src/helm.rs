@@ -25,7 +25,7 @@ pub fn helm_bin() -> anyhow::Result<PathBuf> {
         );
         return Ok(dir);
     }
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/helm/current");
+    let dir = crate::package_dir().join("../target/helm/current");
     ensure!(
         dir.join("helm").is_file(),
         "{} holds no helm; {BUILD_HINT}",
@@ -36,7 +36,7 @@ pub fn helm_bin() -> anyhow::Result<PathBuf> {
 
 /// The chart's folder.
 pub fn chart_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/authproxy")
+    crate::package_dir().join("../deploy/helm/authproxy")
 }
 
 /// Runs helm with `args` (bounded by 60 s), with its caches and config in a

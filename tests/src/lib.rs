@@ -406,14 +406,37 @@ pub async fn curl_with_ca(ca: &Path, args: &[&str]) -> anyhow::Result<(u16, Stri
     Ok((code, body.to_owned()))
 }
 
+/// This package's folder (`tests/`) in the checkout under test, found when a
+/// test runs, not when it was built.
+///
+/// A test binary may come from a build folder kept across checkouts of the
+/// same sources (CI keeps one across its clones, and builds again only what
+/// changed), so `env!("CARGO_MANIFEST_DIR")` may name a checkout that is
+/// gone. cargo runs a test binary in its package's folder and names it in
+/// `CARGO_MANIFEST_DIR`; `scripts/suite.sh` runs each one in that folder.
+///
+/// # Panics
+/// When neither names this package's folder.
+pub fn package_dir() -> PathBuf {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_default();
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+    assert!(
+        manifest.lines().any(|l| l.trim() == "name = \"authproxy-tests\""),
+        "{} is not the authproxy-tests package's folder: run the tests from it (as cargo does), or set CARGO_MANIFEST_DIR",
+        dir.display()
+    );
+    dir
+}
+
 /// The modules of a test binary made of a folder under `tests/tests/` (a
 /// `main.rs` and one file per module): each file's path and text, once
 /// every one is found declared in `main.rs` (a file it leaves out would
 /// never run).
 pub fn binary_modules(folder: &str) -> anyhow::Result<Vec<(PathBuf, String)>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join(folder);
+    let dir = package_dir().join("tests").join(folder);
     let main = std::fs::read_to_string(dir.join("main.rs"))?;
     let mut modules = Vec::new();
     for entry in std::fs::read_dir(&dir)? {

@@ -15,7 +15,7 @@ use crate::{require_tool, wait_for, INSTALL_HINT};
 
 /// Where the provider's script and node packages live.
 pub fn provider_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc")
+    crate::package_dir().join("oidc")
 }
 
 /// The redirect URI registered for the test clients.

@@ -74,7 +74,7 @@ impl Slapd {
             key = cert.key_path.display(),
         );
         std::fs::write(dir.path().join("slapd.conf"), conf)?;
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ldap.ldif");
+        let fixture = crate::package_dir().join("fixtures/ldap.ldif");
         let out = tokio::process::Command::new(&slapadd)
             .arg("-f")
             .arg(dir.path().join("slapd.conf"))

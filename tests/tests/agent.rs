@@ -805,7 +805,7 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
     let kube = tokio::task::spawn_blocking(|| kube().map_err(|e| e.to_string()))
         .await?
         .map_err(anyhow::Error::msg)?;
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent/agent.yaml");
+    let manifest = authproxy_tests::package_dir().join("../deploy/agent/agent.yaml");
     let text = std::fs::read_to_string(&manifest)?;
     let account = "system:serviceaccount:authproxy-agent:authproxy-agent";
     kube.apply_rbac(

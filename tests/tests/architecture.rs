@@ -59,7 +59,7 @@ const CRATES: [Crate; 3] = [
 ];
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    authproxy_tests::package_dir().join("..")
 }
 
 fn architecture() -> anyhow::Result<String> {
@@ -837,4 +837,55 @@ fn imports_are_read_as_the_compiler_resolves_them() {
         cycles(&graph(&[("a::b", "d"), ("d", "a::c"), ("a::c", "a::b")])),
         [["a::b", "a::c", "d"]]
     );
+}
+
+// ---------------------------------------------------------------------------
+// Paths fixed at build time. CI keeps its build folder across fresh clones
+// and builds again only the crates whose files changed (scripts/
+// source-mtimes.py), so a test or bench binary may have been built in a
+// clone that is gone: `env!("CARGO_MANIFEST_DIR")` would name that one, and
+// cargo does not build again when only that folder changes. Code finds its
+// package's folder when it runs (`authproxy_tests::package_dir`).
+// ---------------------------------------------------------------------------
+
+#[test]
+fn no_code_names_the_folder_it_was_built_in() -> anyhow::Result<()> {
+    let root = root();
+    let needle = concat!("env!(", "\"CARGO_MANIFEST_DIR\"");
+    let mut files = Vec::new();
+    for dir in [
+        "proxy-core",
+        "proxy-bin",
+        "proxy-support",
+        "tests",
+        "benches",
+        "fuzz",
+    ] {
+        let dir = root.join(dir);
+        for folder in ["src", "tests", "benches", "examples", "fuzz_targets"] {
+            if dir.join(folder).is_dir() {
+                rust_files(&root, &dir.join(folder), &mut files)?;
+            }
+        }
+    }
+    assert!(
+        files.iter().any(|f| f.starts_with("tests/src")),
+        "no test source was found under {}",
+        root.display()
+    );
+    let mut found = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(root.join(file))?;
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or_default();
+            if code.contains(needle) {
+                found.push(format!("{}:{}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "these name the folder they were built in; find it when running (authproxy_tests::package_dir): {found:?}"
+    );
+    Ok(())
 }

@@ -22,8 +22,8 @@ const RUNTIME_LIBRARIES: &[&str] = &[
     "libgcc_s.so.1",
 ];
 
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+fn root() -> PathBuf {
+    authproxy_tests::package_dir().join("..")
 }
 
 /// The shared libraries `binary` needs, by name, from `ldd`.

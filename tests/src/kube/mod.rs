@@ -119,7 +119,7 @@ pub fn kube_bin() -> anyhow::Result<PathBuf> {
         );
     }
     // the last build of scripts/test.sh
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kube/current");
+    let dir = crate::package_dir().join("../target/kube/current");
     if has_all(&dir) {
         return Ok(dir);
     }

@@ -10,7 +10,7 @@ use authproxy_tests::kube::kube;
 
 /// The shell block after `<!-- quickstart -->` in the README.
 fn quickstart_script() -> anyhow::Result<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
+    let readme = std::fs::read_to_string(authproxy_tests::package_dir().join("../README.md"))?;
     let (_, after) = readme
         .split_once("<!-- quickstart -->")
         .context("no quickstart marker in the README")?;

@@ -4,7 +4,6 @@
 //! running proxy.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use authproxy_tests::double::{self, DoubleConfig};
 use authproxy_tests::observe::{scrape, start_observed_proxy};
@@ -36,7 +35,7 @@ fn family_of(name: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_in_dashboard_and_alerts_exists_in_a_real_scrape() -> anyhow::Result<()> {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/observe");
+    let folder = authproxy_tests::package_dir().join("../deploy/observe");
     let dashboard = std::fs::read_to_string(folder.join("dashboard.json"))?;
     let alerts = std::fs::read_to_string(folder.join("alerts.yaml"))?;
     let dashboard_json: serde_json::Value = serde_json::from_str(&dashboard)?;
