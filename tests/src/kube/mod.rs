@@ -622,31 +622,70 @@ spec:
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // A check this cannot read fails now, not after the wait.
         for check in checks {
-            let mut args = vec!["auth", "can-i"];
-            args.extend(check.iter());
-            let what = format!("RBAC in force (can-i {})", check.join(" "));
-            crate::wait_for(Duration::from_secs(20), &what, || {
-                let args = args.clone();
-                async move {
-                    let out = self
-                        .admin_async(&args, None)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                    if answer == "yes" {
-                        Ok(Some(()))
-                    } else {
-                        Err(format!(
-                            "{answer} {}",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        ))
-                    }
-                }
-            })
-            .await?;
+            AccessCheck::parse(check)?;
         }
+        let what = format!("RBAC in force (can-i {checks:?})");
+        crate::wait_for(Duration::from_secs(20), &what, || async move {
+            let answers = self.can_i(checks).await.map_err(|e| format!("{e:#}"))?;
+            let refused: Vec<String> = checks
+                .iter()
+                .zip(&answers)
+                .filter(|(_, (allowed, _))| !allowed)
+                .map(|(check, (_, why))| format!("{}: no {why}", check.join(" ")))
+                .collect();
+            if refused.is_empty() {
+                Ok(Some(()))
+            } else {
+                Err(refused.join("; "))
+            }
+        })
+        .await?;
         Ok(())
+    }
+
+    /// kube's answers to `checks`, each in `kubectl auth can-i`'s words
+    /// (`["impersonate", "users/carol", "--as", "alice"]`), asked as kubectl
+    /// asks them (a SelfSubjectAccessReview as the admin, impersonating
+    /// `--as`), all in one curl: (allowed, kube's reason).
+    pub async fn can_i(&self, checks: &[&[&str]]) -> anyhow::Result<Vec<(bool, String)>> {
+        let url = format!(
+            "{}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            self.url()
+        );
+        let mut transfers = Vec::with_capacity(checks.len());
+        for check in checks {
+            let review = AccessCheck::parse(check)?;
+            let mut transfer = self.admin_write("POST", "application/json", &review.body, &url);
+            let mut headers = Vec::new();
+            if let Some(user) = &review.user {
+                headers.extend(["-H".to_owned(), format!("Impersonate-User: {user}")]);
+            }
+            for group in &review.groups {
+                headers.extend(["-H".to_owned(), format!("Impersonate-Group: {group}")]);
+            }
+            transfer.args.splice(0..0, headers);
+            transfers.push(transfer);
+        }
+        let answers = crate::curl_sequence(&transfers).await?;
+        checks
+            .iter()
+            .zip(answers)
+            .map(|(check, (code, body))| {
+                anyhow::ensure!(code == 201, "can-i {check:?}: HTTP {code} {body}");
+                let review: Value = serde_json::from_str(&body)
+                    .with_context(|| format!("can-i {check:?}: {body}"))?;
+                let status = &review["status"];
+                let why = [&status["reason"], &status["evaluationError"]]
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .filter(|v| !v.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                Ok((status["allowed"] == true, why))
+            })
+            .collect()
     }
 
     /// A token of `authproxy:proxy-legacy`, an account with the legacy
@@ -664,16 +703,29 @@ spec:
     /// A new token of service account `name` in namespace `authproxy`
     /// (`proxy`, or `nobody`, which may do nothing), valid for an hour.
     pub async fn service_account_token(&self, name: &str) -> anyhow::Result<String> {
-        let out = self
-            .admin_async(
-                &["create", "token", name, "-n", "authproxy", "--duration=1h"],
-                None,
-            )
-            .await?;
-        if !out.status.success() {
-            bail!("proxy token: {}", crate::output_text(&out));
+        // A TokenRequest, as `kubectl create token --duration=1h` sends it.
+        let request = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        });
+        let url = format!(
+            "{}/api/v1/namespaces/authproxy/serviceaccounts/{name}/token",
+            self.url()
+        );
+        let answers =
+            crate::curl_sequence(&[self.admin_write("POST", "application/json", &request, &url)])
+                .await?;
+        let (code, body) = &answers[0];
+        if *code != 201 {
+            bail!("a token of service account {name}: HTTP {code} {body}");
         }
-        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+        let answer: Value = serde_json::from_str(body)
+            .with_context(|| format!("a token of service account {name}: {body}"))?;
+        answer["status"]["token"]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("a token of service account {name}: no token in {body}"))
     }
 
     /// A client certificate kube-apiserver's request-header authentication
@@ -832,4 +884,181 @@ pub fn impersonate_on(modes: &[&str], verbs: &[&str]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A `kubectl auth can-i` question as the SelfSubjectAccessReview kubectl
+/// sends for it.
+struct AccessCheck {
+    /// `--as`: the user the review is asked as.
+    user: Option<String>,
+    /// `--as-group`, each.
+    groups: Vec<String>,
+    /// The review.
+    body: Value,
+}
+
+impl AccessCheck {
+    /// Reads `VERB (TYPE[.GROUP][/NAME] | /URL) [-n NS | -A] [--subresource S]
+    /// [--as USER] [--as-group G]...`. The namespace is `default` unless
+    /// named, as the admin's kubeconfig names none; a type without a group
+    /// must be one this table knows, rather than a guess that asks kube
+    /// something else.
+    fn parse(check: &[&str]) -> anyhow::Result<AccessCheck> {
+        let mut words = Vec::new();
+        let (mut namespace, mut subresource) = (Some("default".to_owned()), String::new());
+        let (mut user, mut groups) = (None, Vec::new());
+        let mut args = check.iter().copied();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with('-') => (flag, Some(value.to_owned())),
+                _ => (arg, None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next().map(str::to_owned))
+                    .with_context(|| format!("can-i {check:?}: {flag} needs a value"))
+            };
+            match flag {
+                "-n" | "--namespace" => namespace = Some(value()?),
+                "-A" | "--all-namespaces" => namespace = None,
+                "--subresource" => subresource = value()?,
+                "--as" => user = Some(value()?),
+                "--as-group" => groups.push(value()?),
+                other if other.starts_with('-') => {
+                    bail!("can-i {check:?}: {other} is not read here")
+                }
+                word => words.push(word),
+            }
+        }
+        let [verb, what] = words[..] else {
+            bail!("can-i {check:?}: a verb and a resource (or a /path) were expected");
+        };
+        let spec = if what.starts_with('/') {
+            serde_json::json!({"nonResourceAttributes": {"verb": verb, "path": what}})
+        } else {
+            let (kind, name) = what.split_once('/').unwrap_or((what, ""));
+            let (resource, group) = match kind.split_once('.') {
+                Some((resource, group)) => (resource, group),
+                None => (
+                    kind,
+                    Self::group_of(kind).with_context(|| {
+                        format!("can-i {check:?}: name the API group of {kind} ({kind}.GROUP)")
+                    })?,
+                ),
+            };
+            serde_json::json!({"resourceAttributes": {
+                "namespace": namespace.unwrap_or_default(),
+                "verb": verb,
+                "group": group,
+                "resource": resource,
+                "subresource": subresource,
+                "name": name,
+            }})
+        };
+        Ok(AccessCheck {
+            user,
+            groups,
+            body: serde_json::json!({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": spec,
+            }),
+        })
+    }
+
+    /// The API group of the resource types the tests ask about.
+    fn group_of(resource: &str) -> Option<&'static str> {
+        match resource {
+            "pods" | "configmaps" | "secrets" | "serviceaccounts" | "namespaces" | "nodes"
+            | "services" | "events" | "users" | "groups" | "uids" | "userextras" => Some(""),
+            "subjectaccessreviews" | "selfsubjectaccessreviews" => Some("authorization.k8s.io"),
+            "tokenreviews" | "selfsubjectreviews" => Some("authentication.k8s.io"),
+            "deployments" | "daemonsets" => Some("apps"),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AccessCheck;
+
+    fn attributes(check: &[&str]) -> serde_json::Value {
+        AccessCheck::parse(check).expect("read").body["spec"]["resourceAttributes"].clone()
+    }
+
+    #[test]
+    fn a_can_i_question_is_read_as_kubectl_asks_it() {
+        let review = AccessCheck::parse(&["impersonate", "users/carol", "--as", "alice"]).unwrap();
+        assert_eq!(review.user.as_deref(), Some("alice"));
+        assert!(review.groups.is_empty());
+        assert_eq!(
+            review.body["spec"]["resourceAttributes"],
+            serde_json::json!({"namespace": "default", "verb": "impersonate", "group": "",
+                "resource": "users", "subresource": "", "name": "carol"})
+        );
+        let exec = attributes(&[
+            "create",
+            "pods",
+            "--subresource=exec",
+            "-n",
+            "ns-1",
+            "--as",
+            "bob",
+        ]);
+        assert_eq!(exec["subresource"], "exec");
+        assert_eq!(exec["namespace"], "ns-1");
+        assert_eq!(exec["name"], "");
+        let spaced = attributes(&[
+            "create",
+            "pods",
+            "--subresource",
+            "attach",
+            "--namespace=ns-2",
+        ]);
+        assert_eq!(
+            (&spaced["subresource"], &spaced["namespace"]),
+            (&"attach".into(), &"ns-2".into())
+        );
+        assert_eq!(attributes(&["list", "pods", "-A"])["namespace"], "");
+        let grouped = attributes(&["get", "leases.coordination.k8s.io/x"]);
+        assert_eq!(
+            (&grouped["resource"], &grouped["group"]),
+            (&"leases".into(), &"coordination.k8s.io".into())
+        );
+        assert_eq!(
+            attributes(&["create", "subjectaccessreviews"])["group"],
+            "authorization.k8s.io"
+        );
+        let groups = AccessCheck::parse(&[
+            "get",
+            "pods",
+            "--as",
+            "a",
+            "--as-group",
+            "g1",
+            "--as-group=g2",
+        ])
+        .unwrap();
+        assert_eq!(groups.groups, ["g1", "g2"]);
+        let path = AccessCheck::parse(&["get", "/healthz"]).unwrap();
+        assert_eq!(
+            path.body["spec"]["nonResourceAttributes"],
+            serde_json::json!({"verb": "get", "path": "/healthz"})
+        );
+    }
+
+    #[test]
+    fn a_can_i_question_it_cannot_read_is_refused() {
+        for check in [
+            &["get", "widgets"][..],
+            &["get"],
+            &["get", "pods", "extra"],
+            &["get", "pods", "--as"],
+            &["get", "pods", "--output", "x"],
+        ] {
+            assert!(AccessCheck::parse(check).is_err(), "{check:?}");
+        }
+    }
 }
