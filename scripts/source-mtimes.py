@@ -1,76 +1,110 @@
 #!/usr/bin/env python3
 """Gives a fresh clone's files the modification times they had in the last
-clone built with the same build folder, where their content is the same.
+run built with the same build folder, where their content is the same.
 
 cargo decides that a workspace crate is out of date when one of its source
-files is newer than its last build. Every file of a fresh clone is new, so
-without this every workspace crate is built again on every CI run, changed or
-not. With it, only what changed since the last run is built again.
+files is newer than the start of its last build. Every file of a fresh clone
+is new, so without this every workspace crate is built again on every CI run,
+changed or not. With it, only what changed since the last run is built again.
 
 Usage: scripts/source-mtimes.py RECORD
 
-RECORD (a file kept beside the build folder) holds, for each file git tracks,
-its content's hash and the time it was given; this script replaces it with
-the files of this clone. A file keeps its recorded time only when its content
-is the same as recorded; a changed or new file keeps the time the clone gave
-it, which is newer than any build. This holds whatever happened to the
-history in between: a build of other content for a path can only have run
-after that path was last recorded with other content, and that record then
-gave it a newer time. With no record yet (the first run), a file is given
-the time of the last commit that changed it: every build the folder holds
-then comes from an earlier checkout of the same linear history.
+Run it from the clone's top folder, holding the build folder's lock, before
+anything is built. RECORD (a file kept beside the build folder) holds, for
+each file git tracks, a hash of its content and the time it was given; this
+script replaces it with this clone's.
+
+- A file whose content is the same as recorded gets the recorded time back.
+  Every build that started after that time was of this content: the record
+  was made by the run that gave the file that time, and every run since kept
+  the same content for it (one of other content would have replaced the
+  record).
+- A changed or new file is given the time now, taken under the lock, which
+  is later than the start of every build in the folder.
+- With no record (the first run that uses this script, or after a run that
+  could not keep it), a file is given the time of the last commit that
+  changed it on the first-parent history. That is sound while every build
+  the folder holds is of an earlier commit of that history, made before the
+  build: CI builds the newest commit of one branch, after it is made.
+
+Only CI's runs may build in that folder: a build of other sources there
+(uncommitted changes, another branch) would be taken for theirs.
 """
 
+import hashlib
 import os
 import subprocess
 import sys
+import time
 
 
 def git(*args):
-    return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["git", "-c", "color.ui=never", *args], check=True, capture_output=True
+    ).stdout
 
 
 def tracked():
-    """Path -> content hash of every regular file git tracks here."""
-    files = {}
-    for line in git("ls-files", "-s", "-z").split("\0"):
-        if not line:
+    """The paths of the regular files git tracks here."""
+    paths = []
+    for entry in git("ls-files", "-s", "-z").split(b"\0"):
+        if not entry:
             continue
-        meta, path = line.split("\t", 1)
-        mode, blob, _stage = meta.split()
+        meta, path = entry.split(b"\t", 1)
         # Symbolic links and submodules have no content of their own here.
-        if mode in ("100644", "100755"):
-            files[path] = blob
-    return files
+        if meta.split()[0] in (b"100644", b"100755"):
+            paths.append(os.fsdecode(path))
+    return paths
+
+
+def content_hash(path):
+    """A hash of the bytes on disk (what cargo builds), not of git's blob."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def commit_times(paths):
-    """Path -> time (ns) of the last commit that changed it, for those in paths."""
+    """Path -> time (ns) of the last first-parent commit that changed it."""
+    wanted = set(paths)
     times = {}
+    # -z: "\0<time>\0\n<path>\0<path>\0...\0" per commit; a merge lists what
+    # it changed against its first parent (-m --first-parent).
+    out = git(
+        "log", "-z", "--first-parent", "-m", "--name-only", "--no-renames",
+        "--format=%x00%ct", "HEAD",
+    )
     when = None
-    for line in git("log", "--format=@%ct", "--name-only", "--no-renames", "HEAD").splitlines():
-        if line.startswith("@"):
-            when = int(line[1:]) * 1_000_000_000
-        elif line and line not in times and line in paths:
-            times[line] = when
+    after_gap = True
+    for token in out.split(b"\0"):
+        if not token:
+            after_gap = True
+            continue
+        if after_gap:
+            when = int(token) * 1_000_000_000
+            after_gap = False
+            continue
+        path = os.fsdecode(token.lstrip(b"\n"))
+        if path in wanted and path not in times:
+            times[path] = when
     return times
 
 
 def read_record(record):
     """Path -> (content hash, time in ns), or None when there is no record."""
     try:
-        with open(record, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        with open(record, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         return None
     kept = {}
-    for line in lines:
-        parts = line.split(" ", 2)
+    for entry in data.split(b"\0"):
+        if not entry:
+            continue
+        parts = entry.split(b" ", 2)
         if len(parts) != 3 or not parts[1].isdigit():
-            # A record this script did not write whole: no file keeps a time.
-            return {}
-        blob, ns, path = parts
-        kept[path] = (blob, int(ns))
+            # Not a record this script wrote whole: start over.
+            return None
+        kept[os.fsdecode(parts[2])] = (parts[0].decode(), int(parts[1]))
     return kept
 
 
@@ -79,29 +113,30 @@ def main():
         print("usage: scripts/source-mtimes.py RECORD", file=sys.stderr)
         return 2
     record = sys.argv[1]
-    files = tracked()
+    paths = tracked()
     kept = read_record(record)
-    first = commit_times(files) if kept is None else {}
+    first = commit_times(paths) if kept is None else {}
+    now = time.time_ns()
     restored = 0
-    lines = []
-    for path, blob in sorted(files.items()):
-        ns = None
+    entries = []
+    for path in sorted(paths):
+        digest = content_hash(path)
         if kept is None:
-            ns = first.get(path)
-        elif kept.get(path, (None, None))[0] == blob:
+            ns = first.get(path, now)
+        elif kept.get(path, (None, 0))[0] == digest:
             ns = kept[path][1]
-        if ns is not None:
-            os.utime(path, ns=(ns, ns), follow_symlinks=False)
-            restored += 1
         else:
-            ns = os.stat(path, follow_symlinks=False).st_mtime_ns
-        lines.append(f"{blob} {ns} {path}")
+            ns = now
+        if ns != now:
+            restored += 1
+        os.utime(path, ns=(ns, ns), follow_symlinks=False)
+        entries.append(f"{digest} {ns} ".encode() + os.fsencode(path))
     # Written whole, then renamed: an interrupted run leaves the old record.
-    with open(record + ".new", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    with open(record + ".new", "wb") as f:
+        f.write(b"\0".join(entries) + b"\0")
     os.replace(record + ".new", record)
-    print(f"source times: {restored} of {len(files)} files as last built"
-          + (" (first run: from their last commits)" if kept is None else ""))
+    how = " (no record yet: from their last commits)" if kept is None else ""
+    print(f"source times: {restored} of {len(paths)} files as last built{how}")
     return 0
 
 

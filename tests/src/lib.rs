@@ -412,23 +412,31 @@ pub async fn curl_with_ca(ca: &Path, args: &[&str]) -> anyhow::Result<(u16, Stri
 /// A test binary may come from a build folder kept across checkouts of the
 /// same sources (CI keeps one across its clones, and builds again only what
 /// changed), so `env!("CARGO_MANIFEST_DIR")` may name a checkout that is
-/// gone. cargo runs a test binary in its package's folder and names it in
-/// `CARGO_MANIFEST_DIR`; `scripts/suite.sh` runs each one in that folder.
+/// gone. cargo runs a test or a bench in its package's folder and names it
+/// in `CARGO_MANIFEST_DIR`; `scripts/suite.sh` runs each test binary in that
+/// folder. A bench of another package of the workspace (`benches/`) finds
+/// this one beside its own.
 ///
 /// # Panics
-/// When neither names this package's folder.
+/// When neither that folder nor its sibling `tests/` is this package's.
 pub fn package_dir() -> PathBuf {
     let dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_default();
-    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
-    assert!(
-        manifest.lines().any(|l| l.trim() == "name = \"authproxy-tests\""),
-        "{} is not the authproxy-tests package's folder: run the tests from it (as cargo does), or set CARGO_MANIFEST_DIR",
-        dir.display()
-    );
-    dir
+    let is_this_package = |dir: &Path| {
+        std::fs::read_to_string(dir.join("Cargo.toml"))
+            .is_ok_and(|m| m.lines().any(|l| l.trim() == "name = \"authproxy-tests\""))
+    };
+    [dir.clone(), dir.join("../tests")]
+        .into_iter()
+        .find(|d| is_this_package(d))
+        .unwrap_or_else(|| {
+            panic!(
+                "neither {} nor its sibling tests/ is the authproxy-tests package's folder: run from the workspace's packages (as cargo does), or set CARGO_MANIFEST_DIR",
+                dir.display()
+            )
+        })
 }
 
 /// The modules of a test binary made of a folder under `tests/tests/` (a

@@ -908,8 +908,8 @@ async fn the_agent_manifest_applies_and_its_account_may_impersonate_and_nothing_
             "no",
             "{check:?}"
         );
-        // The suite's own reading of can-i (`Kube::can_i`, which waits for
-        // RBAC elsewhere) answers as kubectl does.
+        // The suite's own reading of can-i (`Kube::can_i`, on which
+        // `apply_rbac` waits) answers as kubectl does.
         let (allowed, why) = kube.can_i(&[check]).await?.remove(0);
         assert!(!allowed, "Kube::can_i {check:?} said yes: {why}");
     }

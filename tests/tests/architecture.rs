@@ -844,48 +844,101 @@ fn imports_are_read_as_the_compiler_resolves_them() {
 // and builds again only the crates whose files changed (scripts/
 // source-mtimes.py), so a test or bench binary may have been built in a
 // clone that is gone: `env!("CARGO_MANIFEST_DIR")` would name that one, and
-// cargo does not build again when only that folder changes. Code finds its
-// package's folder when it runs (`authproxy_tests::package_dir`).
+// cargo does not build again when only that folder changes. A file included
+// from outside its package is tracked by its path in that clone too. Code
+// finds its package's folder when it runs (`authproxy_tests::package_dir`).
 // ---------------------------------------------------------------------------
 
-#[test]
-fn no_code_names_the_folder_it_was_built_in() -> anyhow::Result<()> {
-    let root = root();
-    let needle = concat!("env!(", "\"CARGO_MANIFEST_DIR\"");
+/// Every `.rs` file of the workspace's packages, relative to the root.
+fn workspace_rust_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for dir in [
+    for package in [
         "proxy-core",
         "proxy-bin",
         "proxy-support",
         "tests",
         "benches",
+        "examples",
         "fuzz",
     ] {
-        let dir = root.join(dir);
         for folder in ["src", "tests", "benches", "examples", "fuzz_targets"] {
-            if dir.join(folder).is_dir() {
-                rust_files(&root, &dir.join(folder), &mut files)?;
+            let dir = root.join(package).join(folder);
+            if dir.is_dir() {
+                rust_files(root, &dir, &mut files)?;
             }
         }
     }
-    assert!(
-        files.iter().any(|f| f.starts_with("tests/src")),
-        "no test source was found under {}",
+    anyhow::ensure!(
+        ["proxy-core/src", "tests/src", "examples/tests"]
+            .iter()
+            .all(|p| files.iter().any(|f| f.starts_with(p))),
+        "the workspace's sources were not found under {}",
         root.display()
     );
+    Ok(files)
+}
+
+/// The lines of `text` that are not comments, numbered from 1.
+fn code_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n + 1, line))
+        .filter(|(_, line)| !line.trim_start().starts_with("//"))
+}
+
+#[test]
+fn no_code_names_the_folder_it_was_built_in() -> anyhow::Result<()> {
+    let root = root();
+    let needle = concat!("env!(", "\"CARGO_MANIFEST_");
     let mut found = Vec::new();
-    for file in &files {
-        let text = std::fs::read_to_string(root.join(file))?;
-        for (n, line) in text.lines().enumerate() {
-            let code = line.split("//").next().unwrap_or_default();
-            if code.contains(needle) {
-                found.push(format!("{}:{}", file.display(), n + 1));
+    for file in workspace_rust_files(&root)? {
+        let text = std::fs::read_to_string(root.join(&file))?;
+        for (n, line) in code_lines(&text) {
+            if line.contains(needle) {
+                found.push(format!("{}:{n}", file.display()));
             }
         }
     }
     assert!(
         found.is_empty(),
         "these name the folder they were built in; find it when running (authproxy_tests::package_dir): {found:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn no_code_includes_a_file_from_outside_its_package() -> anyhow::Result<()> {
+    let root = root().canonicalize()?;
+    let mut seen = 0;
+    let mut found = Vec::new();
+    for file in workspace_rust_files(&root)? {
+        let package = root.join(file.components().next().context("a package folder")?);
+        let text = std::fs::read_to_string(root.join(&file))?;
+        for (n, line) in code_lines(&text) {
+            for mac in ["include_str!(\"", "include_bytes!(\""] {
+                for (at, _) in line.match_indices(mac) {
+                    let rest = &line[at + mac.len()..];
+                    let literal = rest.split('"').next().unwrap_or_default();
+                    let base = root.join(&file);
+                    let target = base.parent().context("a file's folder")?.join(literal);
+                    let target = target
+                        .canonicalize()
+                        .with_context(|| format!("{}:{n} includes {literal}", file.display()))?;
+                    seen += 1;
+                    if !target.starts_with(&package) {
+                        found.push(format!("{}:{n} ({literal})", file.display()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        seen > 0,
+        "no include_str! or include_bytes! was read: the check reads nothing"
+    );
+    assert!(
+        found.is_empty(),
+        "these include a file from outside their package; read it when running: {found:?}"
     );
     Ok(())
 }

@@ -900,9 +900,9 @@ struct AccessCheck {
 impl AccessCheck {
     /// Reads `VERB (TYPE[.GROUP][/NAME] | /URL) [-n NS | -A] [--subresource S]
     /// [--as USER] [--as-group G]...`. The namespace is `default` unless
-    /// named, as the admin's kubeconfig names none; a type without a group
-    /// must be one this table knows, rather than a guess that asks kube
-    /// something else.
+    /// named (the admin's kubeconfig's, as kubectl would take it), none with
+    /// `-A`; a type without a group must be one this table knows, rather
+    /// than a guess that asks kube something else.
     fn parse(check: &[&str]) -> anyhow::Result<AccessCheck> {
         let mut words = Vec::new();
         let (mut namespace, mut subresource) = (Some("default".to_owned()), String::new());
@@ -971,7 +971,10 @@ impl AccessCheck {
     fn group_of(resource: &str) -> Option<&'static str> {
         match resource {
             "pods" | "configmaps" | "secrets" | "serviceaccounts" | "namespaces" | "nodes"
-            | "services" | "events" | "users" | "groups" | "uids" | "userextras" => Some(""),
+            | "services" | "events" => Some(""),
+            // As kubectl asks of the legacy `impersonate` verb (constrained
+            // impersonation names them in authentication.k8s.io).
+            "users" | "groups" => Some(""),
             "subjectaccessreviews" | "selfsubjectaccessreviews" => Some("authorization.k8s.io"),
             "tokenreviews" | "selfsubjectreviews" => Some("authentication.k8s.io"),
             "deployments" | "daemonsets" => Some("apps"),
