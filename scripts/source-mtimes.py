@@ -21,11 +21,15 @@ script replaces it with this clone's.
   record).
 - A changed or new file is given the time now, taken under the lock, which
   is later than the start of every build in the folder.
-- With no record (the first run that uses this script, or after a run that
-  could not keep it), a file is given the time of the last commit that
-  changed it on the first-parent history. That is sound while every build
-  the folder holds is of an earlier commit of that history, made before the
-  build: CI builds the newest commit of one branch, after it is made.
+- A record that is empty or was not written whole (a run that could not keep
+  it leaves it empty: .ci/run) restores nothing: every file gets the time now.
+- With no record file at all (the first run on a folder that CI's runs
+  filled before this script was in use), a file is given the time of the
+  last commit that changed it on the first-parent history. That is sound
+  when every commit after those that the folder's builds were of was made
+  after those builds started: so it is where CI builds the newest commit of
+  one branch after it is made, and no commit is dated back. An empty folder
+  holds no build to be taken for another.
 
 Only CI's runs may build in that folder: a build of other sources there
 (uncommitted changes, another branch) would be taken for theirs.
@@ -39,15 +43,16 @@ import time
 
 
 def git(*args):
+    """git's output; its errors go to this script's standard error."""
     return subprocess.run(
-        ["git", "-c", "color.ui=never", *args], check=True, capture_output=True
+        ["git", "-c", "color.ui=never", *args], check=True, stdout=subprocess.PIPE
     ).stdout
 
 
 def tracked():
     """The paths of the regular files git tracks here."""
     paths = []
-    for entry in git("ls-files", "-s", "-z").split(b"\0"):
+    for entry in git("ls-files", "-s", "-z", "--full-name").split(b"\0"):
         if not entry:
             continue
         meta, path = entry.split(b"\t", 1)
@@ -71,10 +76,11 @@ def commit_times(paths):
     # it changed against its first parent (-m --first-parent).
     out = git(
         "log", "-z", "--first-parent", "-m", "--name-only", "--no-renames",
-        "--format=%x00%ct", "HEAD",
+        "--no-show-signature", "--format=%x00%ct", "HEAD",
     )
     when = None
     after_gap = True
+    first_path = False
     for token in out.split(b"\0"):
         if not token:
             after_gap = True
@@ -82,8 +88,13 @@ def commit_times(paths):
         if after_gap:
             when = int(token) * 1_000_000_000
             after_gap = False
+            first_path = True
             continue
-        path = os.fsdecode(token.lstrip(b"\n"))
+        # The first path after a time follows the format's line end.
+        if first_path and token.startswith(b"\n"):
+            token = token[1:]
+        first_path = False
+        path = os.fsdecode(token)
         if path in wanted and path not in times:
             times[path] = when
     return times
@@ -102,8 +113,8 @@ def read_record(record):
             continue
         parts = entry.split(b" ", 2)
         if len(parts) != 3 or not parts[1].isdigit():
-            # Not a record this script wrote whole: start over.
-            return None
+            # Not a record this script wrote whole: nothing is restored.
+            return {}
         kept[os.fsdecode(parts[2])] = (parts[0].decode(), int(parts[1]))
     return kept
 
@@ -112,7 +123,8 @@ def main():
     if len(sys.argv) != 2:
         print("usage: scripts/source-mtimes.py RECORD", file=sys.stderr)
         return 2
-    record = sys.argv[1]
+    record = os.path.abspath(sys.argv[1])
+    os.chdir(git("rev-parse", "--show-toplevel").rstrip(b"\n"))
     paths = tracked()
     kept = read_record(record)
     first = commit_times(paths) if kept is None else {}

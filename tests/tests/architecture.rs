@@ -849,23 +849,41 @@ fn imports_are_read_as_the_compiler_resolves_them() {
 // finds its package's folder when it runs (`authproxy_tests::package_dir`).
 // ---------------------------------------------------------------------------
 
+/// The workspace's packages (its `members`, and `fuzz`, which it leaves
+/// out but CI builds), by folder.
+fn packages(root: &Path) -> anyhow::Result<Vec<String>> {
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    let line = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .context("the workspace's members line")?;
+    let list = line.split_once('[').context("members = [...]")?.1;
+    let list = list
+        .split_once(']')
+        .context("members = [...] on one line")?
+        .0;
+    let mut found: Vec<String> = list
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_owned())
+        .filter(|m| !m.is_empty())
+        .collect();
+    found.push("fuzz".to_owned());
+    Ok(found)
+}
+
 /// Every `.rs` file of the workspace's packages, relative to the root.
 fn workspace_rust_files(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for package in [
-        "proxy-core",
-        "proxy-bin",
-        "proxy-support",
-        "tests",
-        "benches",
-        "examples",
-        "fuzz",
-    ] {
+    for package in packages(root)? {
+        let package = root.join(package);
         for folder in ["src", "tests", "benches", "examples", "fuzz_targets"] {
-            let dir = root.join(package).join(folder);
+            let dir = package.join(folder);
             if dir.is_dir() {
                 rust_files(root, &dir, &mut files)?;
             }
+        }
+        if package.join("build.rs").is_file() {
+            files.push(package.join("build.rs").strip_prefix(root)?.to_path_buf());
         }
     }
     anyhow::ensure!(
@@ -906,6 +924,186 @@ fn no_code_names_the_folder_it_was_built_in() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `source`'s characters with those of comments and of the insides of
+/// string and character literals blanked (line ends kept), so that a
+/// character's place is the same in both.
+fn code_mask(source: &str) -> Vec<char> {
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = chars.clone();
+    let blank = |out: &mut Vec<char>, from: usize, to: usize| {
+        for c in out.iter_mut().take(to.min(chars.len())).skip(from) {
+            if *c != '\n' {
+                *c = ' ';
+            }
+        }
+    };
+    let mut i = 0;
+    while i < chars.len() {
+        let (c, next) = (chars[i], chars.get(i + 1).copied());
+        let word_before = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        if c == '/' && next == Some('/') {
+            let end = chars[i..]
+                .iter()
+                .position(|&c| c == '\n')
+                .map_or(chars.len(), |p| i + p);
+            blank(&mut out, i, end);
+            i = end;
+        } else if c == '/' && next == Some('*') {
+            let (mut j, mut depth) = (i, 0);
+            while j < chars.len() {
+                if chars[j] == '/' && chars.get(j + 1) == Some(&'*') {
+                    depth += 1;
+                    j += 2;
+                } else if chars[j] == '*' && chars.get(j + 1) == Some(&'/') {
+                    depth -= 1;
+                    j += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    j += 1;
+                }
+            }
+            blank(&mut out, i, j);
+            i = j;
+        } else if c == 'r'
+            && matches!(next, Some('"' | '#'))
+            && (!word_before
+                || (i >= 1
+                    && matches!(chars[i - 1], 'b' | 'c')
+                    && !(i >= 2 && (chars[i - 2].is_alphanumeric() || chars[i - 2] == '_'))))
+        {
+            let mut j = i + 1;
+            while chars.get(j) == Some(&'#') {
+                j += 1;
+            }
+            let hashes = j - i - 1;
+            if chars.get(j) != Some(&'"') {
+                i += 1;
+                continue;
+            }
+            let open = j + 1;
+            let mut k = open;
+            while k < chars.len()
+                && !(chars[k] == '"' && (0..hashes).all(|h| chars.get(k + 1 + h) == Some(&'#')))
+            {
+                k += 1;
+            }
+            blank(&mut out, open, k);
+            i = k + 1 + hashes;
+        } else if c == '"' {
+            let mut k = i + 1;
+            while k < chars.len() && chars[k] != '"' {
+                k += if chars[k] == '\\' { 2 } else { 1 };
+            }
+            blank(&mut out, i + 1, k);
+            i = k + 1;
+        } else if c == '\'' {
+            let close = if next == Some('\\') {
+                chars
+                    .get(i + 3..)
+                    .and_then(|rest| rest.iter().position(|&c| c == '\''))
+                    .map(|p| i + 3 + p)
+            } else if chars.get(i + 2) == Some(&'\'') {
+                Some(i + 2)
+            } else {
+                None
+            };
+            match close {
+                Some(end) => {
+                    blank(&mut out, i + 1, end);
+                    i = end + 1;
+                }
+                None => i += 1,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The files `text` names to the compiler (`include!`, `include_str!`,
+/// `include_bytes!`, `#[path = ...]`) in its code, each with its line; an
+/// argument that is not a plain string literal is named as an error, since
+/// where it leads cannot be read here.
+fn named_files(text: &str) -> Vec<(usize, Result<String, String>)> {
+    let chars: Vec<char> = text.chars().collect();
+    let code = code_mask(text);
+    let mut found = Vec::new();
+    for start in ["include!", "include_str!", "include_bytes!", "#[path"] {
+        let pattern: Vec<char> = start.chars().collect();
+        for at in 0..code.len().saturating_sub(pattern.len() - 1) {
+            if code[at..at + pattern.len()] != pattern[..] {
+                continue;
+            }
+            // A longer name that ends in this one (`my_include!`) is not it.
+            if at > 0 && (code[at - 1].is_alphanumeric() || code[at - 1] == '_') {
+                continue;
+            }
+            let line = chars[..at].iter().filter(|&&c| c == '\n').count() + 1;
+            let rest: String = chars[at + pattern.len()..].iter().collect();
+            let rest = rest.trim_start();
+            let rest = if start == "#[path" {
+                rest.strip_prefix('=')
+            } else {
+                rest.strip_prefix(['(', '[', '{'])
+            }
+            .map(str::trim_start);
+            found.push((
+                line,
+                rest.and_then(string_literal).ok_or_else(|| {
+                    let shown: String = chars[at..].iter().take(60).collect();
+                    format!("not a plain string literal: {shown}")
+                }),
+            ));
+        }
+    }
+    found
+}
+
+/// The string literal `text` starts with (`"…"` or `r#"…"#`), unescaped as
+/// far as a path needs.
+fn string_literal(text: &str) -> Option<String> {
+    if let Some(raw) = text.strip_prefix('r') {
+        let hashes = raw.len() - raw.trim_start_matches('#').len();
+        let body = raw[hashes..].strip_prefix('"')?;
+        let end = body.find(&format!("\"{}", "#".repeat(hashes)))?;
+        return Some(body[..end].to_owned());
+    }
+    let body = text.strip_prefix('"')?;
+    let mut out = String::new();
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+#[test]
+fn the_file_reader_reads_every_form_it_may_meet() {
+    let text = "let a = include_str!(\"x/a.txt\"); // include_str!(\"../c\")\n// include_str!(\"../gone\")\nlet b = include_bytes! (\n    r#\"b.bin\"#,\n);\n#[path = \"c.rs\"]\nmod c;\nlet d = include_str!(concat!(\"..\", \"/d\"));\nlet e = my_include!(\"e\");\nlet f = \"include!(\\\"f\\\")\"; /* include!(\"g\") */\n";
+    let found = named_files(text);
+    let mut found: Vec<(usize, Result<&str, bool>)> = found
+        .iter()
+        .map(|(n, r)| (*n, r.as_deref().map_err(|_| true)))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            (1, Ok("x/a.txt")),
+            (3, Ok("b.bin")),
+            (6, Ok("c.rs")),
+            (8, Err(true))
+        ]
+    );
+}
+
 #[test]
 fn no_code_includes_a_file_from_outside_its_package() -> anyhow::Result<()> {
     let root = root().canonicalize()?;
@@ -914,31 +1112,33 @@ fn no_code_includes_a_file_from_outside_its_package() -> anyhow::Result<()> {
     for file in workspace_rust_files(&root)? {
         let package = root.join(file.components().next().context("a package folder")?);
         let text = std::fs::read_to_string(root.join(&file))?;
-        for (n, line) in code_lines(&text) {
-            for mac in ["include_str!(\"", "include_bytes!(\""] {
-                for (at, _) in line.match_indices(mac) {
-                    let rest = &line[at + mac.len()..];
-                    let literal = rest.split('"').next().unwrap_or_default();
-                    let base = root.join(&file);
-                    let target = base.parent().context("a file's folder")?.join(literal);
-                    let target = target
-                        .canonicalize()
-                        .with_context(|| format!("{}:{n} includes {literal}", file.display()))?;
-                    seen += 1;
-                    if !target.starts_with(&package) {
-                        found.push(format!("{}:{n} ({literal})", file.display()));
-                    }
+        let folder = root.join(&file);
+        let folder = folder.parent().context("a file's folder")?;
+        for (n, named) in named_files(&text) {
+            seen += 1;
+            let literal = match named {
+                Ok(literal) => literal,
+                Err(why) => {
+                    found.push(format!("{}:{n}: {why}", file.display()));
+                    continue;
                 }
+            };
+            let target = folder
+                .join(&literal)
+                .canonicalize()
+                .with_context(|| format!("{}:{n} names {literal}", file.display()))?;
+            if !target.starts_with(&package) {
+                found.push(format!("{}:{n} ({literal})", file.display()));
             }
         }
     }
     assert!(
         seen > 0,
-        "no include_str! or include_bytes! was read: the check reads nothing"
+        "no included file was read: the check reads nothing"
     );
     assert!(
         found.is_empty(),
-        "these include a file from outside their package; read it when running: {found:?}"
+        "these name a file from outside their package (read it when running), or a path that cannot be read here: {found:?}"
     );
     Ok(())
 }

@@ -899,10 +899,10 @@ struct AccessCheck {
 
 impl AccessCheck {
     /// Reads `VERB (TYPE[.GROUP][/NAME] | /URL) [-n NS | -A] [--subresource S]
-    /// [--as USER] [--as-group G]...`. The namespace is `default` unless
-    /// named (the admin's kubeconfig's, as kubectl would take it), none with
-    /// `-A`; a type without a group must be one this table knows, rather
-    /// than a guess that asks kube something else.
+    /// [--as USER] [--as-group G]...`. The namespace is `-n`'s, none with
+    /// `-A`, else `default` (kubectl takes the kubeconfig's, which is that
+    /// in the admin's); a type without a group must be one this table
+    /// knows, rather than a guess that asks kube something else.
     fn parse(check: &[&str]) -> anyhow::Result<AccessCheck> {
         let mut words = Vec::new();
         let (mut namespace, mut subresource) = (Some("default".to_owned()), String::new());
@@ -1056,6 +1056,7 @@ mod tests {
     fn a_can_i_question_it_cannot_read_is_refused() {
         for check in [
             &["get", "widgets"][..],
+            &["impersonate", "uids"],
             &["get"],
             &["get", "pods", "extra"],
             &["get", "pods", "--as"],
