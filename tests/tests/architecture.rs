@@ -287,106 +287,10 @@ fn module_paths_follow_the_file_layout() -> anyhow::Result<()> {
 // not paths: a dependency only through them is not seen.)
 // ---------------------------------------------------------------------------
 
-/// `source` with comments removed and string and character literals
-/// emptied, so that only code is left to read paths from.
+/// `source` with comments and the insides of string and character
+/// literals blanked, so that only code is left to read paths from.
 fn code_only(source: &str) -> String {
-    let chars: Vec<char> = source.chars().collect();
-    let mut out = String::with_capacity(source.len());
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if c == '/' && next == Some('/') {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '/' && next == Some('*') {
-            let mut depth = 0;
-            while i < chars.len() {
-                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
-                    depth += 1;
-                    i += 2;
-                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            out.push(' ');
-        } else if c == 'r' && (next == Some('"') || next == Some('#')) && {
-            // r"…", or br"…" / cr"…": the word before the `r` is empty, b or c
-            let word: String = out
-                .chars()
-                .rev()
-                .take_while(|p| p.is_alphanumeric() || *p == '_')
-                .collect();
-            word.is_empty() || word == "b" || word == "c"
-        } {
-            // a raw string: r"…", r#"…"#, …
-            let mut j = i + 1;
-            let mut hashes = 0;
-            while chars.get(j) == Some(&'#') {
-                hashes += 1;
-                j += 1;
-            }
-            if chars.get(j) != Some(&'"') {
-                out.push(c);
-                i += 1;
-                continue;
-            }
-            j += 1;
-            loop {
-                match chars.get(j) {
-                    None => break,
-                    Some('"') if (0..hashes).all(|k| chars.get(j + 1 + k) == Some(&'#')) => {
-                        j += 1 + hashes;
-                        break;
-                    }
-                    Some(_) => j += 1,
-                }
-            }
-            out.push_str("\"\"");
-            i = j;
-        } else if c == '"' {
-            i += 1;
-            while i < chars.len() && chars[i] != '"' {
-                i += if chars[i] == '\\' { 2 } else { 1 };
-            }
-            i += 1;
-            out.push_str("\"\"");
-        } else if c == '\'' {
-            // a character literal ('x', '\n', '\u{..}'), or a lifetime
-            let close = if next == Some('\\') {
-                // the escaped character may itself be a quote: '\''
-                chars
-                    .get(i + 3..)
-                    .and_then(|rest| rest.iter().position(|&c| c == '\''))
-                    .map(|p| i + 3 + p)
-            } else if chars.get(i + 2) == Some(&'\'') {
-                Some(i + 2)
-            } else {
-                None
-            };
-            match close {
-                Some(end) => {
-                    out.push_str("' '");
-                    i = end + 1;
-                }
-                None => {
-                    out.push(c);
-                    i += 1;
-                }
-            }
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    out
+    code_mask(source).into_iter().collect()
 }
 
 /// `code` without its `#[cfg(test)] mod name { … }` blocks.
