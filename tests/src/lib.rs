@@ -420,6 +420,13 @@ pub async fn curl_with_ca(ca: &Path, args: &[&str]) -> anyhow::Result<(u16, Stri
 /// # Panics
 /// When neither that folder nor its sibling `tests/` is this package's.
 pub fn package_dir() -> PathBuf {
+    // Found once per process: every fixture, chart and kube binary asks.
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND.get_or_init(find_package_dir).clone()
+}
+
+/// [`package_dir`], looked for.
+fn find_package_dir() -> PathBuf {
     let dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::current_dir().ok())

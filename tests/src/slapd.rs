@@ -244,10 +244,10 @@ impl Slapd {
         // is stopped, so that nothing sent from now on is answered.
         let pid = self.pid()?;
         wait_for(Duration::from_secs(10), "slapd stopped", || async move {
-            let threads = all_threads_stopped(pid).map_err(|e| format!("{e:#}"))?;
-            match threads {
-                Some(stopped) if stopped > 0 => Ok(Some(())),
-                _ => Err("a thread still runs".to_owned()),
+            if all_threads_stopped(pid).map_err(|e| format!("{e:#}"))? {
+                Ok(Some(()))
+            } else {
+                Err("a thread still runs".to_owned())
             }
         })
         .await
@@ -322,10 +322,10 @@ impl Slapd {
     }
 }
 
-/// How many threads `pid` has stopped when all its live ones are (state `T`
+/// Whether every live thread of `pid` is stopped, one at least (state `T`
 /// or `t` in `/proc/PID/task/TID/stat`; an exited thread, `Z` or `X`, is
-/// passed over); `None` while one is not.
-fn all_threads_stopped(pid: u32) -> anyhow::Result<Option<usize>> {
+/// passed over).
+fn all_threads_stopped(pid: u32) -> anyhow::Result<bool> {
     let mut stopped = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let stat = std::fs::read_to_string(task?.path().join("stat"))?;
@@ -337,10 +337,10 @@ fn all_threads_stopped(pid: u32) -> anyhow::Result<Option<usize>> {
         match state {
             'T' | 't' => stopped += 1,
             'Z' | 'X' => {}
-            _ => return Ok(None),
+            _ => return Ok(false),
         }
     }
-    Ok(Some(stopped))
+    Ok(stopped > 0)
 }
 
 /// How many times the log at `path` says slapd started.
